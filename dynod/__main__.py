@@ -1,0 +1,3 @@
+from dynod.cli import main
+
+main()

@@ -1,0 +1,79 @@
+"""The CLI's side of the API: HTTP/1.1 over the daemon's Unix socket, with the stdlib."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from dynod.errors import DynodError
+
+
+class DaemonUnavailable(DynodError):
+    pass
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.timeout is not None:
+            sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class Client:
+    def __init__(self, socket_path: str, timeout: float | None = None) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def _open(self, method: str, path: str, body: Any = None) -> http.client.HTTPResponse:
+        conn = _UnixConnection(self.socket_path, self.timeout)
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"content-type": "application/json"} if payload else {}
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            return conn.getresponse()
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise DaemonUnavailable(
+                f"the dynod daemon is not running (nothing answers on {self.socket_path})",
+                "start it with `sudo dynod daemon` (or `systemctl start dynod`)",
+                status=503,
+            ) from None
+        except PermissionError:
+            raise DaemonUnavailable(
+                f"permission denied on {self.socket_path}",
+                "run the command with sudo, or add yourself to the dynod group",
+                status=403,
+            ) from None
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        response = self._open(method, path, body)
+        data = response.read()
+        try:
+            parsed = json.loads(data) if data else None
+        except ValueError:
+            parsed = {"error": data.decode(errors="replace")}
+        if response.status >= 400:
+            problem = parsed.get("error", "error") if isinstance(parsed, dict) else str(parsed)
+            fix = parsed.get("fix", "") if isinstance(parsed, dict) else ""
+            raise DynodError(problem, fix, status=response.status)
+        return parsed
+
+    def lines(self, path: str) -> Iterator[bytes]:
+        """A streamed answer, line by line (chunked transfer is undone by http.client)."""
+        response = self._open("GET", path)
+        if response.status >= 400:
+            data = json.loads(response.read() or b"{}")
+            raise DynodError(data.get("error", "error"), data.get("fix", ""), response.status)
+        while True:
+            line = response.readline()
+            if not line:
+                return
+            yield line

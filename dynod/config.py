@@ -1,0 +1,30 @@
+"""The daemon's settings (`dynod daemon --help` lists them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_SOCKET = "/run/dynod.sock"
+DEFAULT_STATE_DIR = "/var/lib/dynod"
+
+
+def socket_path() -> str:
+    """Where the CLI finds the daemon: $DYNOD_SOCKET, else /run/dynod.sock."""
+    return os.environ.get("DYNOD_SOCKET", DEFAULT_SOCKET)
+
+
+@dataclass
+class Config:
+    state_dir: str = DEFAULT_STATE_DIR
+    socket: str = DEFAULT_SOCKET
+    prefix: str = "dynod"
+    cidr: str = "172.16.0.0/12"
+    router_host: str = "0.0.0.0"
+    router_port: int = 5000
+    grace: float = 30.0          # SIGTERM to SIGKILL, as on Heroku
+    boot_timeout: float = 60.0   # a web dyno must bind PORT within this (R10)
+    dyno_user: str = "nobody"    # who dynos run as when root calls `dynod run` without sudo
+    socket_group: str = "dynod"  # members may use the CLI, if the group exists
+    echo_logs: bool = True       # print the log to stderr too
+    restart_crashed: bool = True

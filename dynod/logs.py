@@ -1,0 +1,144 @@
+"""Heroku-format log lines, the daemon's log and who is following it.
+
+A line is `2026-11-21T12:00:00.123456+00:00 app[web.1]: text`: the timestamp is when dynod read
+it, `app[...]` is a dyno's own output, `heroku[...]` the platform's (lifecycle, router).
+
+A dyno writes its stdout and stderr straight into a file of its own (never a pipe to the
+daemon), so a daemon that dies or restarts never makes a dyno's write fail; the daemon reads
+the files from the offset it saved and turns what it reads into lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TextIO
+
+MAX_LINE = 10_000  # Heroku splits longer lines
+
+
+def timestamp(now: dt.datetime | None = None) -> str:
+    moment = now or dt.datetime.now(dt.UTC)
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class LogLine:
+    app: str | None  # None for the daemon's own lines
+    source: str      # "app[web.1]", "heroku[web.1]", "heroku[router]", "dynod"
+    text: str
+    time: str
+
+    def __str__(self) -> str:
+        return f"{self.time} {self.source}: {self.text}"
+
+
+def split_output(pending: bytes, chunk: bytes) -> tuple[list[str], bytes]:
+    """Cut complete lines out of pending+chunk; returns them and the unfinished rest.
+
+    Lines over MAX_LINE bytes are cut into pieces, as Heroku's logplex does; bytes that are not
+    UTF-8 are shown escaped rather than dropped.
+    """
+    data = pending + chunk
+    lines: list[str] = []
+    while True:
+        cut = data.find(b"\n")
+        if cut < 0:
+            if len(data) >= MAX_LINE:
+                lines.append(data[:MAX_LINE].decode(errors="backslashreplace"))
+                data = data[MAX_LINE:]
+                continue
+            return lines, data
+        raw, data = data[:cut], data[cut + 1 :]
+        raw = raw.removesuffix(b"\r")
+        for start in range(0, max(len(raw), 1), MAX_LINE):
+            lines.append(raw[start : start + MAX_LINE].decode(errors="backslashreplace"))
+
+
+Filter = Callable[[LogLine], bool]
+
+
+class LogBook:
+    """Keeps recent lines, appends every line to the log file and stderr, and feeds followers."""
+
+    def __init__(self, path: str | None, keep: int = 5000, echo: TextIO | None = sys.stderr):
+        self._recent: deque[LogLine] = deque(maxlen=keep)
+        self._file = open(path, "a", buffering=1) if path else None  # noqa: SIM115
+        self._echo = echo
+        self._followers: list[tuple[Filter, asyncio.Queue[LogLine | None]]] = []
+
+    def emit(self, app: str | None, source: str, text: str) -> LogLine:
+        line = LogLine(app, source, text, timestamp())
+        self._recent.append(line)
+        rendered = str(line)
+        if self._file:
+            self._file.write(rendered + "\n")
+        if self._echo:
+            print(rendered, file=self._echo, flush=True)
+        for keep, queue in self._followers:
+            if keep(line):
+                # A follower that cannot keep up loses lines rather than growing memory forever.
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(line)
+        return line
+
+    def recent(self, keep: Filter, count: int) -> list[LogLine]:
+        chosen = [line for line in self._recent if keep(line)]
+        return chosen[-count:] if count else []
+
+    @contextlib.contextmanager
+    def follow(self, keep: Filter) -> Iterator[asyncio.Queue[LogLine | None]]:
+        queue: asyncio.Queue[LogLine | None] = asyncio.Queue(maxsize=10_000)
+        entry = (keep, queue)
+        self._followers.append(entry)
+        try:
+            yield queue
+        finally:
+            self._followers.remove(entry)
+
+    def close(self) -> None:
+        for _, queue in self._followers:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+        if self._file:
+            self._file.close()
+            self._file = None
+
+
+class OutputFile:
+    """Reads what a dyno appended to its output file since the last read."""
+
+    def __init__(self, path: str, offset: int) -> None:
+        self.path = path
+        self.offset = offset
+        self._pending = b""
+
+    def read_lines(self, limit: int = 1 << 20) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < self.offset:  # truncated by someone: start over
+                    self.offset = 0
+                if size == self.offset:
+                    return []
+                f.seek(self.offset)
+                chunk = f.read(limit)
+        except FileNotFoundError:
+            return []
+        self.offset += len(chunk)
+        lines, self._pending = split_output(self._pending, chunk)
+        return lines
+
+    def flush(self) -> list[str]:
+        """The last, unterminated line, once the dyno has exited."""
+        lines = self.read_lines()
+        if self._pending:
+            lines.append(self._pending.decode(errors="backslashreplace"))
+            self._pending = b""
+        return lines

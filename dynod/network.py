@@ -1,0 +1,151 @@
+"""A dyno's network: what the Common Runtime builds in the kernel for each dyno.
+
+Everything here runs on the kernel worker's thread (netns.worker). For one dyno it amounts to:
+
+    ip netns add NS
+    ip link add dynod-1a address 0a:59:.. master dynod0 type veth \\
+        peer name eth0 address 0a:58:.. netns NS
+    bridge link set dev dynod-1a isolated on learning off flood off
+    bridge fdb replace 0a:58:.. dev dynod-1a master static
+    ip link set dynod-1a up
+    ip addr add 172.16.0.5/30 dev dynod0                 # the dyno's gateway, on the host side
+    ip -n NS link set lo up; ip -n NS link set eth0 up
+    ip -n NS addr add 172.16.0.6/30 dev eth0
+    ip -n NS route add default via 172.16.0.5
+    ip netns exec NS sysctl -w net.ipv4.ping_group_range="0 2147483647"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+
+from dynod.addressing import Pool, Subnet, mac_for
+from netns import addresses, links, namespace, sysctl
+
+PREFIX = re.compile(r"^[a-z][a-z0-9]{1,5}$")
+
+
+@dataclass(frozen=True)
+class Names:
+    """Kernel object names of one daemon instance: all start with its prefix, so cleanup removes
+    exactly what this daemon made. The host end of a veth is `PREFIX-<dyno id in hex>` (at most
+    15 characters, the kernel's limit); the bridge is `PREFIX0`."""
+
+    prefix: str
+
+    def __post_init__(self) -> None:
+        if not PREFIX.fullmatch(self.prefix):
+            raise ValueError(
+                f"invalid prefix {self.prefix!r}: 2-6 lowercase letters and digits, "
+                "starting with a letter"
+            )
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}0"
+
+    @property
+    def port_glob(self) -> str:
+        return f"{self.prefix}-*"
+
+    @property
+    def veth_pattern(self) -> re.Pattern[str]:
+        return re.compile(rf"{self.prefix}-[0-9a-f]{{1,8}}")
+
+    def veth(self, dyno_id: int) -> str:
+        return f"{self.prefix}-{dyno_id:x}"
+
+    def netns(self, app: str, dyno: str) -> str:
+        return f"{self.prefix}-{app}-{dyno}"
+
+    def owns_netns(self, name: str) -> bool:
+        return name.startswith(f"{self.prefix}-")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """What attach() needs of a dyno."""
+
+    netns: str
+    veth: str
+    subnet: Subnet
+
+
+def ensure_bridge(ipr: IPRoute, names: Names, pool: Pool) -> int:
+    """The bridge with a fixed MAC (a bridge otherwise takes its lowest port's MAC, which changes
+    as dynos come and go and leaves dynos with a stale gateway MAC) and the range's first /30."""
+    index = links.ensure_bridge(ipr, names.bridge)
+    own = pool.bridge
+    ipr.link("set", index=index, address=mac_for(own.gateway, 0x5A))
+    addresses.add(ipr, index, own.gateway, own.prefixlen)
+    # Dynos get no IPv6; the bridge needs no link-local address either.
+    sysctl.write(f"net.ipv6.conf.{names.bridge}.disable_ipv6", 1)
+    return index
+
+
+def attach(ipr: IPRoute, bridge_index: int, dyno: Attachment) -> None:
+    subnet = dyno.subnet
+    addresses.forget_neighbour(ipr, bridge_index, subnet.address)
+    namespace.create(dyno.netns)
+    try:
+        fd = namespace.open_fd(dyno.netns)
+        try:
+            port = links.add_veth_into_netns(
+                ipr,
+                host_name=dyno.veth,
+                host_mac=subnet.host_mac,
+                master=bridge_index,
+                peer_name="eth0",
+                peer_mac=subnet.dyno_mac,
+                netns_fd=fd,
+            )
+        finally:
+            os.close(fd)
+        links.isolate_bridge_port(ipr, port)
+        links.add_fdb_entry(ipr, port, subnet.dyno_mac)
+        links.set_up(ipr, port)
+        addresses.add(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
+        _configure_inside(dyno.netns, subnet)
+    except BaseException:
+        detach(ipr, bridge_index, dyno)
+        raise
+
+
+def _configure_inside(netns: str, subnet: Subnet) -> None:
+    with namespace.entered(netns):
+        inner = IPRoute()
+        try:
+            lo = links.index_of(inner, "lo")
+            eth0 = links.index_of(inner, "eth0")
+            assert lo is not None and eth0 is not None
+            links.set_up(inner, lo)
+            links.set_up(inner, eth0)
+            addresses.add(inner, eth0, subnet.address, subnet.prefixlen)
+            addresses.add_default_route(inner, subnet.gateway)
+            # Unprivileged processes may open ICMP sockets, so `ping` works without
+            # capabilities (Docker and Podman do the same).
+            sysctl.write("net.ipv4.ping_group_range", "0 2147483647")
+        finally:
+            inner.close()
+
+
+def detach(ipr: IPRoute, bridge_index: int | None, dyno: Attachment) -> None:
+    """Undo attach(), whatever part of it happened. Deleting the namespace is enough for the
+    veth: the kernel destroys both ends with it, without us waiting for it."""
+    subnet = dyno.subnet
+    if bridge_index is not None:
+        addresses.delete(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
+        addresses.forget_neighbour(ipr, bridge_index, subnet.address)
+    namespace.delete(dyno.netns)
+
+
+def remove_bridge(ipr: IPRoute, names: Names) -> None:
+    links.delete(ipr, names.bridge)
+
+
+def existing_veths(ipr: IPRoute, names: Names) -> set[str]:
+    return set(links.names_matching(ipr, names.veth_pattern))

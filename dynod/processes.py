@@ -1,0 +1,102 @@
+"""What dynod asks of a dyno's processes: are they alive, do they listen, stop them."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+
+import psutil
+
+from dynod.errors import DynodError
+
+# Words /bin/sh runs itself: they are never looked up in PATH.
+SHELL_WORDS = {
+    ".", ":", "[", "alias", "bg", "break", "case", "cd", "command", "continue", "eval", "exec",
+    "exit", "export", "false", "fg", "for", "getopts", "hash", "if", "jobs", "kill", "printf",
+    "pwd", "read", "readonly", "return", "set", "shift", "test", "times", "trap", "true", "type",
+    "ulimit", "umask", "unalias", "unset", "wait", "while", "until", "echo", "{", "(", "!",
+}
+
+TCP_LISTEN = "0A"
+
+
+def start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def is_alive(pid: int | None, started: float | None) -> bool:
+    """The same process we started: alive, not a zombie, and not a reused PID."""
+    if not pid or started is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - started) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Does anything in pid's network namespace listen on TCP port? /proc/PID/net/tcp shows the
+    sockets of that process's namespace, so no namespace switch is needed."""
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] == TCP_LISTEN:
+                        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                            return True
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return False
+
+
+def signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def check_command(command: str, cwd: str, path: str) -> None:
+    """Refuse a command whose program does not exist, before anything is set up for it.
+
+    The dyno runs `/bin/sh -c COMMAND`; we look up the first word the way sh would, skipping
+    `VAR=value` assignments and words sh runs itself.
+    """
+    if not command.strip():
+        raise DynodError("no command given", "pass one after --, or add the type to ./Procfile")
+    if not os.path.isdir(cwd):
+        raise DynodError(f"directory {cwd} does not exist", "run dynod from an existing directory")
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        raise DynodError(f"cannot parse command {command!r}: {exc}", "check its quotes") from exc
+    program = next((w for w in words if not _is_assignment(w)), "")
+    if not program or program in SHELL_WORDS or "$" in program:
+        return
+    if "/" in program:
+        full = os.path.join(cwd, program)
+        if not os.path.isfile(full) or not os.access(full, os.X_OK):
+            raise DynodError(
+                f"command not found: {program} (no executable file at {full})",
+                "check the path, or make the file executable",
+            )
+        return
+    if shutil.which(program, path=path) is None:
+        raise DynodError(
+            f"command not found: {program} (not in PATH={path})",
+            "install it, give its full path, or fix PATH with --env PATH=...",
+        )
+
+
+def _is_assignment(word: str) -> bool:
+    name, eq, _ = word.partition("=")
+    return bool(eq) and name.replace("_", "a").isalnum() and not name[0].isdigit()

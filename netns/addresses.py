@@ -1,0 +1,55 @@
+"""Addresses, routes and neighbour entries (`ip addr`, `ip route`, `ip neigh`)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+EEXIST = 17
+ENOENT = 2
+EADDRNOTAVAIL = 99
+ESRCH = 3
+
+
+def add(ipr: IPRoute, index: int, address: str, prefixlen: int) -> None:
+    """`ip addr add ADDRESS/PREFIXLEN dev IF` (no error if it is already there)."""
+    try:
+        ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+    except NetlinkError as exc:
+        if exc.code != EEXIST:
+            raise
+
+
+def delete(ipr: IPRoute, index: int, address: str, prefixlen: int) -> bool:
+    """`ip addr del ADDRESS/PREFIXLEN dev IF`; False if it was not there."""
+    try:
+        ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
+    except NetlinkError as exc:
+        if exc.code in (EADDRNOTAVAIL, ENOENT, ESRCH):
+            return False
+        raise
+    return True
+
+
+def ipv4_on(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Interface]:
+    """`ip -4 addr show dev IF`."""
+    found = []
+    for msg in ipr.get_addr(family=2, index=index):
+        found.append(ipaddress.IPv4Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"))
+    return found
+
+
+def add_default_route(ipr: IPRoute, gateway: str) -> None:
+    """`ip route add default via GATEWAY`."""
+    ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+
+
+def forget_neighbour(ipr: IPRoute, index: int, address: str) -> None:
+    """`ip neigh del ADDRESS dev IF`: no stale ARP entry may answer for an address we reuse."""
+    try:
+        ipr.neigh("del", ifindex=index, dst=address)
+    except NetlinkError as exc:
+        if exc.code not in (ENOENT, ESRCH):
+            raise

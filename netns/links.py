@@ -1,0 +1,114 @@
+"""Links: bridges and veth pairs, through one pyroute2 netlink socket (no `ip` subprocess).
+
+Every function takes the IPRoute to use, so the caller decides which thread and which
+namespace the netlink socket lives in.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+ENOENT = 2
+ENODEV = 19
+EEXIST = 17
+NUD_NOARP = 0x40  # `static` in `bridge fdb`
+NTF_MASTER = 0x04  # the entry goes to the bridge the port is in
+
+
+def index_of(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def ensure_bridge(ipr: IPRoute, name: str) -> int:
+    """`ip link add NAME type bridge; ip link set NAME up` unless it exists; returns its index.
+
+    STP is off and forward delay is 0, so a new port forwards at once (as Docker's bridges do).
+    """
+    index = index_of(ipr, name)
+    if index is None:
+        try:
+            ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
+        except NetlinkError as exc:
+            if exc.code != EEXIST:
+                raise
+        index = index_of(ipr, name)
+        assert index is not None
+    ipr.link("set", index=index, state="up")
+    return index
+
+
+def add_veth_into_netns(
+    ipr: IPRoute,
+    *,
+    host_name: str,
+    host_mac: str,
+    master: int,
+    peer_name: str,
+    peer_mac: str,
+    netns_fd: int,
+) -> int:
+    """`ip link add HOST address MAC master BR up type veth peer name eth0 address MAC netns NS`.
+
+    The peer is created directly inside the namespace, so it gets an index from the
+    namespace's own counter (2, after lo) however many links the host has seen.
+    """
+    ipr.link(
+        "add",
+        ifname=host_name,
+        address=host_mac,
+        kind="veth",
+        master=master,
+        peer={"ifname": peer_name, "address": peer_mac, "net_ns_fd": netns_fd},
+    )
+    index = index_of(ipr, host_name)
+    assert index is not None
+    return index
+
+
+def isolate_bridge_port(ipr: IPRoute, index: int) -> None:
+    """`bridge link set dev PORT isolated on learning off flood off`.
+
+    An isolated port can talk only to the bridge itself and to non-isolated ports, never to
+    another isolated port: frames between two dynos never cross the bridge, whatever
+    addresses they carry. No learning: the bridge's FDB cannot be poisoned from the port.
+    No unknown-unicast flooding: a port never sees frames meant for another port's MAC.
+    """
+    ipr.brport("set", index=index, isolated=1, learning=0, unicast_flood=0)
+
+
+def add_fdb_entry(ipr: IPRoute, port_index: int, mac: str) -> None:
+    """`bridge fdb replace MAC dev PORT master static`: with learning off, the bridge knows
+    where the dyno's MAC is from us, not from frames the dyno sends."""
+    ipr.fdb("replace", ifindex=port_index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER)
+
+
+def set_up(ipr: IPRoute, index: int) -> None:
+    ipr.link("set", index=index, state="up")
+
+
+def delete(ipr: IPRoute, name: str) -> bool:
+    """`ip link del NAME`; False if it was already gone."""
+    index = index_of(ipr, name)
+    if index is None:
+        return False
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code not in (ENODEV, ENOENT):
+            raise
+        return False
+    return True
+
+
+def names_matching(ipr: IPRoute, pattern: re.Pattern[str]) -> list[str]:
+    """`ip -o link | grep PATTERN`: names of this namespace's links that fully match."""
+    found = []
+    for msg in ipr.get_links():
+        name = msg.get_attr("IFLA_IFNAME")
+        if name and pattern.fullmatch(name):
+            found.append(name)
+    return sorted(found)

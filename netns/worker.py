@@ -1,0 +1,55 @@
+"""The kernel thread: every netlink call and namespace switch runs on this one thread.
+
+The event loop hands work over with `await worker.run(fn, ...)`, so it never blocks on the
+kernel and never has its own thread moved into a dyno's namespace. One thread, one host-side
+netlink socket, opened on that thread: netlink calls are serialized without locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from pyroute2 import IPRoute
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class KernelWorker:
+    def __init__(self, name: str = "kernel") -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._local = threading.local()
+
+    @property
+    def ipr(self) -> IPRoute:
+        """The host namespace's netlink socket; only valid on the worker thread."""
+        if threading.current_thread() is threading.main_thread():
+            raise RuntimeError("KernelWorker.ipr used outside the kernel thread")
+        ipr = getattr(self._local, "ipr", None)
+        if ipr is None:
+            ipr = self._local.ipr = IPRoute()
+        return ipr
+
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run fn on the worker thread and wait (for code outside an event loop)."""
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run fn on the worker thread without blocking the event loop."""
+        return await asyncio.wrap_future(self._pool.submit(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        def _close() -> None:
+            ipr = getattr(self._local, "ipr", None)
+            if ipr is not None:
+                ipr.close()
+                self._local.ipr = None
+
+        try:
+            self._pool.submit(_close).result(timeout=5)
+        finally:
+            self._pool.shutdown(wait=True)

@@ -1,0 +1,47 @@
+"""Root tests run against the real kernel; elsewhere they are skipped, with how to run them.
+
+In CI (CI=true) they must run: a CI that is not root fails instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests import support
+
+ROOT_REASON = (
+    "needs root and a real kernel (network namespaces, bridges, nftables): "
+    "run `sudo .venv/bin/pytest` or `sudo bash .ci/run`"
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("CI") == "true":
+        raise pytest.UsageError(f"CI must run the root tests: {ROOT_REASON}")
+    skip = pytest.mark.skip(reason=ROOT_REASON)
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_unchanged() -> object:
+    """After the whole suite, netns, links and nftables tables look as they did before."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    before = (support.netns_names(), support.link_names(), support.nft_tables())
+    yield None
+    deadline = time.monotonic() + 10  # the kernel destroys a deleted namespace's veth lazily
+    while True:
+        after = (support.netns_names(), support.link_names(), support.nft_tables())
+        added = [sorted(b - a) for a, b in zip(before, after, strict=True)]
+        if not any(added) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not any(added), f"the suite left kernel objects behind: {added}"

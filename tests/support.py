@@ -1,0 +1,330 @@
+"""Test helpers: a real `dynod daemon` in a subprocess, a fake internet host, and an inventory of
+kernel objects so every test can prove it left nothing behind.
+
+Every object a test makes carries a prefix unique to that test (`tst` + hex), and the daemon under
+test gets its own prefix, state directory, socket, router port and a /24 of 172.31/16 (inside the
+Common Runtime's 172.16/12), so tests never touch a real dynod or anything else on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dynod.client import Client
+from dynod.errors import DynodError
+
+APPS_DIR = Path(__file__).parent / "apps"
+PYTHON = "/usr/bin/python3"  # dynos run the system's python: the venv may not be readable
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def unique_prefix() -> str:
+    return "tst" + secrets.token_hex(2)[:3]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)
+
+
+# ---------------------------------------------------------------- kernel inventory
+def netns_names() -> set[str]:
+    try:
+        return set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return set()
+
+
+def link_names() -> set[str]:
+    return set(os.listdir("/sys/class/net"))
+
+
+def nft_tables() -> set[str]:
+    out = sh("nft", "list", "tables").stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def leftovers(prefix: str) -> dict[str, list[str]]:
+    found = {
+        "netns": sorted(n for n in netns_names() if n.startswith(prefix)),
+        "links": sorted(n for n in link_names() if n.startswith(prefix)),
+        "tables": sorted(t for t in nft_tables() if t.split()[-1].startswith(prefix)),
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+def kill_netns_processes(name: str) -> None:
+    try:
+        wanted = os.stat(f"/run/netns/{name}").st_ino
+    except FileNotFoundError:
+        return
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{pid}/ns/net").st_ino == wanted:
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def sweep(prefix: str) -> dict[str, list[str]]:
+    """Remove whatever carries prefix (the safety net after a failing test); returns what was
+    found, so the caller can fail the test that leaked it."""
+    found = leftovers(prefix)
+    for name in found.get("netns", []):
+        kill_netns_processes(name)
+        sh("ip", "netns", "delete", name, check=False)
+    for name in found.get("links", []):
+        sh("ip", "link", "delete", name, check=False)
+    for table in found.get("tables", []):
+        sh("nft", "delete", "table", *table.split()[1:], check=False)
+    return found
+
+
+def netns_exec(netns: str, code: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """Run Python code as root inside a namespace (`ip netns exec NS python3 -c CODE`)."""
+    return sh("ip", "netns", "exec", netns, PYTHON, "-c", code, timeout=timeout, check=False)
+
+
+# ---------------------------------------------------------------- the daemon
+@dataclass
+class DaemonProc:
+    """One `dynod daemon` subprocess with a private everything."""
+
+    prefix: str = field(default_factory=unique_prefix)
+    cidr: str = ""
+    grace: float = 3.0
+    extra: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"dynod-{self.prefix}-", dir="/tmp"))
+        self.socket = str(self.dir / "api.sock")
+        self.state_dir = str(self.dir / "state")
+        self.log_path = self.dir / "daemon.log"
+        self.router_port = free_port()
+        self.cidr = self.cidr or f"172.31.{random.randrange(256)}.0/24"
+        # The dynos' working directory: readable by the unprivileged user they run as.
+        self.app_dir = Path(tempfile.mkdtemp(prefix=f"dynod-app-{self.prefix}-", dir="/tmp"))
+        self.app_dir.chmod(0o755)
+        for app in APPS_DIR.glob("*.py"):
+            target = self.app_dir / app.name
+            shutil.copy(app, target)
+            target.chmod(0o644)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client = Client(self.socket, timeout=60)
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable, "-m", "dynod", "--socket", self.socket, "daemon",
+            "--state-dir", self.state_dir, "--prefix", self.prefix, "--cidr", self.cidr,
+            "--router-host", "127.0.0.1", "--router-port", str(self.router_port),
+            "--grace", str(self.grace), *self.extra,
+        ]
+
+    def start(self, timeout: float = 20) -> DaemonProc:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon keeps it
+        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(DynodError, OSError):
+                self.client.call("GET", "/v1/status")
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon did not answer within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str, cwd: str | None = None, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, "DYNOD_SOCKET": self.socket, **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "dynod", *args], capture_output=True, text=True,
+            timeout=timeout, cwd=cwd or str(self.app_dir), env=full_env,
+        )
+
+    def run(self, app: str, ptype: str, command: str, env: dict[str, str] | None = None,
+            detach: bool = True) -> dict[str, Any]:
+        body = {"type": ptype, "command": command, "cwd": str(self.app_dir),
+                "env": {"PATH": SYSTEM_PATH, **(env or {})}, "detach": detach}
+        return self.client.call("POST", f"/v1/apps/{app}/dynos", body)
+
+    def run_app(self, app: str, ptype: str = "web", env: dict[str, str] | None = None
+                ) -> dict[str, Any]:
+        """A dyno running tests/apps/echo_app.py, once it is up (web: bound to PORT)."""
+        dyno = self.run(app, ptype, f"{PYTHON} -u echo_app.py", env)
+        self.wait_for(lambda: self.dyno(app, dyno["name"])["state"] == "up", f"{dyno['name']} up")
+        self.wait_for(lambda: f"listening on" in self.output(app, dyno["name"]), "app listening")
+        return self.dyno(app, dyno["name"])
+
+    def run_once(self, app: str, ptype: str, command: str, timeout: float = 30
+                 ) -> tuple[int | None, list[str]]:
+        """A foreground dyno (`dynod run` without --detach): its output and exit status."""
+        dyno = self.run(app, ptype, command, detach=False)
+        lines: list[str] = []
+        client = Client(self.socket, timeout=timeout)
+        for raw in client.lines(f"/v1/apps/{app}/dynos/{dyno['name']}/attach"):
+            message = json.loads(raw)
+            if "line" in message:
+                lines.append(message["line"])
+            elif "exit" in message:
+                return message["exit"], lines
+        return None, lines
+
+    def dynos(self, app: str | None = None) -> list[dict[str, Any]]:
+        return self.client.call("GET", "/v1/dynos" + (f"?app={app}" if app else ""))
+
+    def dyno(self, app: str, name: str) -> dict[str, Any]:
+        for d in self.dynos(app):
+            if d["name"] == name:
+                return d
+        raise KeyError(f"{app} {name} not running")
+
+    def stop_dyno(self, app: str, name: str | None = None, grace: float = 2) -> Any:
+        path = f"/v1/apps/{app}/dynos" + (f"/{name}" if name else "") + f"?grace={grace}"
+        return self.client.call("DELETE", path)
+
+    def output(self, app: str, name: str) -> str:
+        """The dyno's own output lines (app[NAME]) in the daemon's log."""
+        marker = f" app[{name}]: "
+        return "\n".join(
+            line.split(marker, 1)[1] for line in self.log().splitlines()
+            if marker in line and f"[{name}]" in line
+        )
+
+    def netns(self, app: str, name: str) -> str:
+        return f"{self.prefix}-{app}-{name}"
+
+    @staticmethod
+    def wait_for(check: Any, what: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(KeyError, DynodError):
+                if check():
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for: {what}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def close(self) -> dict[str, list[str]]:
+        """Stop the daemon, sweep anything it left, and say what that was."""
+        self.terminate()
+        found = sweep(self.prefix)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.app_dir, ignore_errors=True)
+        return found
+
+
+@contextlib.contextmanager
+def running_daemon(**kwargs: Any) -> Iterator[DaemonProc]:
+    daemon = DaemonProc(**kwargs)
+    try:
+        yield daemon.start()
+    finally:
+        found = daemon.close()
+        if found:
+            raise AssertionError(f"the daemon left kernel objects behind: {found}")
+
+
+# ---------------------------------------------------------------- a fake internet host
+@dataclass
+class InternetHost:
+    """A namespace with a veth to the host: a stand-in for a host on the internet.
+
+    Its TCP server on `port` answers with the address it sees the client come from, and its UDP
+    server on the same port writes every datagram's source and text to `udp_log`.
+    """
+
+    prefix: str = field(default_factory=unique_prefix)
+
+    def __post_init__(self) -> None:
+        third = random.randrange(64)
+        self.host_ip = f"198.51.100.{4 * third + 1}"
+        self.ip = f"198.51.100.{4 * third + 2}"
+        self.netns = f"{self.prefix}-inet"
+        self.link = f"{self.prefix}-inet"
+        self.port = 8080
+        self.dir = Path(tempfile.mkdtemp(prefix=f"inet-{self.prefix}-", dir="/tmp"))
+        self.udp_log = self.dir / "udp.log"
+        self.server: subprocess.Popen[bytes] | None = None
+
+    def start(self, routes: list[str]) -> InternetHost:
+        sh("ip", "netns", "add", self.netns)
+        sh("ip", "link", "add", self.link, "type", "veth", "peer", "name", "eth0", "netns",
+           self.netns)
+        sh("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.link)
+        sh("ip", "link", "set", self.link, "up")
+        sh("ip", "-n", self.netns, "link", "set", "lo", "up")
+        sh("ip", "-n", self.netns, "link", "set", "eth0", "up")
+        sh("ip", "-n", self.netns, "addr", "add", f"{self.ip}/30", "dev", "eth0")
+        for cidr in routes:  # so the tests can try to reach dynos from "the internet"
+            sh("ip", "-n", self.netns, "route", "add", cidr, "via", self.host_ip)
+        code = f"""
+import socket, threading
+def tcp():
+    s = socket.create_server(("0.0.0.0", {self.port}))
+    while True:
+        c, peer = s.accept()
+        c.sendall(peer[0].encode()); c.close()
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", {self.port}))
+    while True:
+        data, peer = s.recvfrom(2048)
+        with open({str(self.udp_log)!r}, "a") as f:
+            f.write(peer[0] + " " + data.decode(errors="replace") + "\\n")
+threading.Thread(target=udp, daemon=True).start()
+tcp()
+"""
+        self.server = subprocess.Popen(["ip", "netns", "exec", self.netns, PYTHON, "-c", code])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = netns_exec(self.netns, f"import socket; socket.create_connection(('127.0.0.1', {self.port}), 1)")
+            if probe.returncode == 0:
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("fake internet host did not start")
+
+    def udp_seen(self) -> str:
+        return self.udp_log.read_text() if self.udp_log.exists() else ""
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.kill()
+            self.server.wait(10)
+        sweep(self.prefix)
+        shutil.rmtree(self.dir, ignore_errors=True)
