@@ -251,7 +251,10 @@ class ApiServer:
     async def _stop(self, r: Request) -> Answer:
         grace = _float(r.query.get("grace"))
         app = r.path[2]
-        dynos = [self.daemon.find(app, r.path[4])] if len(r.path) == 5 else self.daemon.app_dynos(app)
+        if len(r.path) == 5:
+            dynos = [self.daemon.find(app, r.path[4])]
+        else:
+            dynos = self.daemon.app_dynos(app)
         await asyncio.gather(*(self.daemon.stop_dyno(d, grace) for d in dynos))
         timings = {d.name: self.daemon.timings.pop(d.id, {}).get("teardown_ms") for d in dynos}
         return 200, {"stopped": [d.name for d in dynos], "teardown_ms": timings}
@@ -323,7 +326,7 @@ class ApiServer:
                 while follow and not closed.is_set():
                     try:
                         line = await asyncio.wait_for(queue.get(), 0.5)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         continue
                     if line is None:
                         return

@@ -17,19 +17,20 @@ import random
 import shutil
 import signal
 import socket
-import sys
 import subprocess
+import sys
 import time
 from typing import Any
 
 from dynod import firewall, names, network, processes
 from dynod.addressing import Pool
 from dynod.config import Config
-from dynod.errors import Conflict, DynodError, NotFound
+from dynod.errors import DynodError, NotFound
 from dynod.logs import LogBook, OutputFile
 from dynod.router import Backend, Router
 from dynod.state import Dyno, State
-from netns import addresses, exec as netns_exec, links, namespace, sysctl
+from netns import addresses, links, namespace, sysctl
+from netns import exec as netns_exec
 from netns.nftables import Nft, NftError
 from netns.worker import KernelWorker
 

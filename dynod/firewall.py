@@ -137,7 +137,9 @@ table inet {t} {{
 def remove(layout: Layout) -> str:
     """Delete both tables (and nothing else), whether or not they exist."""
     t = layout.table
-    return f"add table bridge {t}\ndelete table bridge {t}\nadd table inet {t}\ndelete table inet {t}\n"
+    return "".join(
+        f"add table {family} {t}\ndelete table {family} {t}\n" for family in ("bridge", "inet")
+    )
 
 
 def add_dyno(layout: Layout, port: Port, web: WebTarget | None = None) -> str:

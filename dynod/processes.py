@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -49,9 +50,9 @@ def listens_on(pid: int, port: int) -> bool:
                 next(f, None)
                 for line in f:
                     fields = line.split()
-                    if len(fields) > 3 and fields[3] == TCP_LISTEN:
-                        if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                            return True
+                    listening = len(fields) > 3 and fields[3] == TCP_LISTEN
+                    if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        return True
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return False
@@ -59,10 +60,8 @@ def listens_on(pid: int, port: int) -> bool:
 
 def signal_all(pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def check_command(command: str, cwd: str, path: str) -> None:

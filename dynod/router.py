@@ -24,6 +24,8 @@ Design
   closed mid-body), H19 (connect timeout), H27/H28 (client went away / went idle; logged
   with status 499, nothing sent), H99 (``resolve`` raised, or the outgoing socket could not
   be set up, e.g. ``SO_MARK`` without CAP_NET_ADMIN).
+* ``Expect: 100-continue`` is passed to the dyno and its ``100 Continue`` relayed, so the
+  dyno (not the router) decides whether it wants the body, as RFC 9110 intends for proxies.
 * Unknown apps (``resolve`` returns None, or the Host is not ``*.localhost``) get a 404
   "no such app" and are logged ``at=info ... status=404`` with empty dyno/connect/service/
   bytes, because nothing went wrong inside the platform.  Malformed requests get h11's
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 import itertools
 import logging
 import re
@@ -322,6 +325,13 @@ def _peer_ip(writer: asyncio.StreamWriter) -> str:
     return ip.removeprefix("::ffff:")
 
 
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -531,6 +541,7 @@ class Router:
                 await client.send(
                     h11.Response(
                         status_code=entry.status,
+                        reason=_reason(entry.status),
                         headers=[
                             (b"Content-Type", b"text/plain"),
                             (b"Content-Length", str(len(body)).encode()),
@@ -673,7 +684,8 @@ class Router:
         if client.conn.their_state is not h11.DONE:
             headers.append((b"Connection", b"close"))  # unread request body: we will hang up
         await client.send(
-            h11.Response(status_code=status, headers=headers), timeout=self.idle_timeout
+            h11.Response(status_code=status, reason=_reason(status), headers=headers),
+            timeout=self.idle_timeout,
         )
         await client.send(h11.Data(data=body), timeout=self.idle_timeout)
         await client.send(h11.EndOfMessage(), timeout=self.idle_timeout)

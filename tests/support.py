@@ -43,6 +43,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def gateway_of(ip: str) -> str:
+    """The host-side address of a dyno's /30: the one before the dyno's."""
+    head, last = ip.rsplit(".", 1)
+    return f"{head}.{int(last) - 1}"
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)
 
@@ -175,7 +186,7 @@ class DaemonProc:
         """A dyno running tests/apps/echo_app.py, once it is up (web: bound to PORT)."""
         dyno = self.run(app, ptype, f"{PYTHON} -u echo_app.py", env)
         self.wait_for(lambda: self.dyno(app, dyno["name"])["state"] == "up", f"{dyno['name']} up")
-        self.wait_for(lambda: f"listening on" in self.output(app, dyno["name"]), "app listening")
+        self.wait_for(lambda: "listening on" in self.output(app, dyno["name"]), "app listening")
         return self.dyno(app, dyno["name"])
 
     def run_once(self, app: str, ptype: str, command: str, timeout: float = 30
@@ -313,7 +324,9 @@ tcp()
         self.server = subprocess.Popen(["ip", "netns", "exec", self.netns, PYTHON, "-c", code])
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            probe = netns_exec(self.netns, f"import socket; socket.create_connection(('127.0.0.1', {self.port}), 1)")
+            probe = netns_exec(
+                self.netns, f"import socket; socket.create_connection(('127.0.0.1', {self.port}))"
+            )
             if probe.returncode == 0:
                 return self
             time.sleep(0.05)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import DaemonProc, InternetHost, netns_exec, sh, sweep
+from tests.support import DaemonProc, InternetHost, gateway_of, netns_exec, read, sh
 
 pytestmark = pytest.mark.root
 
@@ -105,9 +105,9 @@ def icmp_echo_answered(netns: str, ip: str) -> bool:
     code = (
         "import socket,struct\n"
         "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP); s.settimeout(1)\n"
-        "s.sendto(struct.pack('!BBHHH', 8, 0, 0, 0, 1) + b'dynod', (%r, 0))\n"
+        f"s.sendto(struct.pack('!BBHHH', 8, 0, 0, 0, 1) + b'dynod', ({ip!r}, 0))\n"
         "try:\n s.recvfrom(1024); print('reply')\n"
-        "except Exception:\n print('none')\n" % ip
+        "except Exception:\n print('none')\n"
     )
     return netns_exec(netns, code).stdout.startswith("reply")
 
@@ -129,7 +129,7 @@ def test_dynos_have_their_own_namespace_veth_and_slash30(rt: Runtime) -> None:
         out = sh("ip", "-n", ns, "-o", "-4", "addr", "show", "dev", "eth0").stdout
         assert f"{dyno['ip']}/30" in out
         route = sh("ip", "-n", ns, "route", "show", "default").stdout
-        gateway = dyno["ip"].rsplit(".", 1)[0] + "." + str(int(dyno["ip"].rsplit(".", 1)[1]) - 1)
+        gateway = gateway_of(dyno["ip"])
         assert f"default via {gateway} dev eth0" in route
         assert "UP" in sh("ip", "-n", ns, "link", "show", "lo").stdout
         bridge_addrs = sh("ip", "-o", "-4", "addr", "show", "dev", f"{d.prefix}0").stdout
@@ -140,7 +140,7 @@ def test_dynos_have_their_own_namespace_veth_and_slash30(rt: Runtime) -> None:
 
 def test_dyno_process_is_unprivileged_in_its_namespace(rt: Runtime) -> None:
     pid = rt.web1["pid"]
-    status = open(f"/proc/{pid}/status").read()
+    status = read(f"/proc/{pid}/status")
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
     assert fields["Uid"].split()[0] != "0"
     for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
@@ -255,7 +255,7 @@ def test_dyno_to_dyno_tcp_udp_icmp_blocked(rt: Runtime) -> None:
 
 def test_dynos_reach_no_host_service(rt: Runtime) -> None:
     ns = rt.daemon.netns(APP, "worker.1")
-    gateway = rt.worker["ip"].rsplit(".", 1)[0] + "." + str(int(rt.worker["ip"].rsplit(".", 1)[1]) - 1)
+    gateway = gateway_of(rt.worker["ip"])
     with socket.create_server(("0.0.0.0", 0)) as server:
         port = server.getsockname()[1]
         assert not tcp_connects(ns, gateway, port)
@@ -266,8 +266,8 @@ def test_dynos_reach_no_host_service(rt: Runtime) -> None:
 # ---------------------------------------------------------------- outbound
 def test_outbound_is_masqueraded_behind_the_host(rt: Runtime) -> None:
     code = (
-        "import socket;s=socket.create_connection((%r, %d), 5);print('seen-as', s.recv(100).decode())"
-        % (rt.inet.ip, rt.inet.port)
+        f"import socket;s=socket.create_connection(({rt.inet.ip!r}, {rt.inet.port}), 5);"
+        "print('seen-as', s.recv(100).decode())"
     )
     status, lines = rt.daemon.run_once(APP, "run", f"/usr/bin/python3 -c \"{code}\"")
     assert status == 0, lines
@@ -317,7 +317,9 @@ s.bind(("eth0", 0))
 me = s.getsockname()[4]
 for op, dst in ((2, mac(GATEWAY_MAC)), (1, b"\xff" * 6)):
     # "VICTIM_IP is at my MAC": a reply to the host, then a gratuitous request to everyone
-    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, me, ip(VICTIM), b"\0" * 6 if op == 1 else dst, ip(VICTIM if op == 1 else GATEWAY))
+    target_mac = b"\0" * 6 if op == 1 else dst
+    target_ip = ip(VICTIM if op == 1 else GATEWAY)
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, me, ip(VICTIM), target_mac, target_ip)
     s.send(dst + me + b"\x08\x06" + arp)
 print("sent")
 """
@@ -327,9 +329,9 @@ def test_arp_claims_for_another_dynos_address_are_dropped(
     rt: Runtime, attacker: dict[str, Any]
 ) -> None:
     assert rt.get()[0] == 200  # the host has a neighbour entry for the web dynos now
-    gateway = rt.web1["ip"].rsplit(".", 1)[0] + "." + str(int(rt.web1["ip"].rsplit(".", 1)[1]) - 1)
+    gateway = gateway_of(rt.web1["ip"])
     bridge = f"{rt.daemon.prefix}0"
-    bridge_mac = open(f"/sys/class/net/{bridge}/address").read().strip()
+    bridge_mac = read(f"/sys/class/net/{bridge}/address").strip()
     code = (
         ARP_ATTACK.replace("GATEWAY_MAC", repr(bridge_mac))
         .replace("VICTIM", repr(rt.web1["ip"]))
@@ -354,7 +356,8 @@ def csum(b):
     return ~t & 0xffff
 def frame(dst, payload):
     udp = struct.pack("!HHHH", 40000, PORT, 8 + len(payload), 0) + payload
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton(SRC), socket.inet_aton(DST))
+    addrs = socket.inet_aton(SRC) + socket.inet_aton(DST)
+    hdr = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0) + addrs
     hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
     return dst + me + b"\x08\x00" + hdr + udp
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(("eth0", 0))
@@ -397,7 +400,7 @@ def test_stop_removes_everything_of_the_dyno(rt: Runtime) -> None:
     assert "stopped extra.1" in result.stdout
     assert ns not in sh("ip", "netns", "list").stdout
     d.wait_for(lambda: veth not in sh("ip", "-o", "link").stdout, "veth gone")
-    gateway = dyno["ip"].rsplit(".", 1)[0] + "." + str(int(dyno["ip"].rsplit(".", 1)[1]) - 1)
+    gateway = gateway_of(dyno["ip"])
     assert f"{gateway}/30" not in sh("ip", "-o", "addr", "show", "dev", f"{d.prefix}0").stdout
     ruleset = sh("nft", "list", "table", "bridge", d.prefix).stdout
     assert dyno["ip"] + "\n" not in ruleset and f'"{veth}"' not in ruleset

@@ -497,8 +497,11 @@ def test_no_web_dynos_h14() -> None:
 
 def test_request_timeout_h12() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        await asyncio.sleep(10)  # never answers
+        try:
+            await reader.read(65536)
+            await asyncio.sleep(10)  # never answers
+        finally:
+            writer.close()
 
     async def main() -> None:
         async with serve(silent) as port:
@@ -592,6 +595,81 @@ def test_connect_timeout_h19() -> None:
         finally:
             for sock in (*fillers, listener):
                 sock.close()
+
+    run(main())
+
+
+async def _raw_exchange(port: int, data: bytes, wait: float = TIMEOUT) -> bytes:
+    """Send raw bytes, return everything received until the router closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), wait)
+    finally:
+        writer.close()
+
+
+def _misbehaving(reply: bytes, then_sleep: float) -> Handler:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read(65536)
+            writer.write(reply)
+            await writer.drain()
+            await asyncio.sleep(then_sleep)
+        finally:
+            writer.close()
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    ("reply", "then_sleep", "code", "client_sees"),
+    [
+        # closes mid-body: H18, the client gets the partial response and a closed connection
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc", 0.0, "H18", b"abc"),
+        # goes quiet mid-body: H15 after idle_timeout
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc", 3.0, "H15", b"abc"),
+        # not HTTP at all: H17 and a 503 page
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", 0.0, "H17", b"HTTP/1.1 503 Service Unavailable"),
+    ],
+)
+def test_backend_misbehaving(
+    reply: bytes, then_sleep: float, code: str, client_sees: bytes
+) -> None:
+    async def main() -> None:
+        async with serve(_misbehaving(reply, then_sleep)) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps, idle_timeout=0.3) as (router, lines):
+                request = b"GET / HTTP/1.1\r\nHost: sushi.localhost\r\nConnection: close\r\n\r\n"
+                raw = await _raw_exchange(router.port, request)
+                assert client_sees in raw
+                await wait_for_logs(lines, 1)
+                f = fields(lines[0])
+                assert (f["at"], f["code"], f["dyno"], f["status"]) == (
+                    "error",
+                    code,
+                    "web.1",
+                    "503",
+                )
+
+    run(main())
+
+
+def test_client_abort_mid_upload_h27() -> None:
+    async def main() -> None:
+        async with serve(_misbehaving(b"", 3.0)) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps) as (router, lines):
+                reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+                writer.write(
+                    b"POST / HTTP/1.1\r\nHost: sushi.localhost\r\nContent-Length: 100\r\n\r\nabc"
+                )
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.close()
+                await wait_for_logs(lines, 1)
+                f = fields(lines[0])
+                assert (f["code"], f["status"]) == ("H27", "499")
 
     run(main())
 
@@ -839,7 +917,10 @@ def test_content_length_dropped_when_chunked() -> None:
 
 def test_close_cleans_up_open_connections() -> None:
     async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(10)
+        try:
+            await asyncio.sleep(10)
+        finally:
+            writer.close()
 
     async def main() -> None:
         async with serve(hang) as port:

@@ -1,0 +1,330 @@
+"""The daemon's life: crashes and restarts, bad input, limits, and leaving nothing behind."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from dynod.errors import DynodError
+from tests.support import (
+    DaemonProc,
+    leftovers,
+    read,
+    running_daemon,
+    sh,
+    unique_prefix,
+)
+
+pytestmark = pytest.mark.root
+
+
+def router_get(daemon: DaemonProc, app: str) -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{daemon.router_port}/", headers={"Host": f"{app}.localhost"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+            return response.status, json.loads(body)["dyno"] if body.startswith(b"{") else ""
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_sigkilled_daemon_adopts_live_dynos_and_cleans_dead_ones() -> None:
+    with running_daemon() as d:
+        web = d.run_app("sushi", "web")
+        doomed = d.run("sushi", "worker", "sleep 600")
+        d.kill9()
+        # While the daemon is dead: the worker dies, and junk with the daemon's prefix appears.
+        os.kill(doomed["pid"], signal.SIGKILL)
+        sh("ip", "netns", "add", f"{d.prefix}-junk-web.9")
+        sh("ip", "link", "add", f"{d.prefix}-ffff", "type", "veth",
+           "peer", "name", f"{d.prefix}-fffe")
+        assert psutil.pid_exists(web["pid"])
+        d.start()
+        dynos = {x["name"]: x for x in d.dynos("sushi")}
+        assert list(dynos) == ["web.1"], dynos
+        assert dynos["web.1"]["pid"] == web["pid"] and dynos["web.1"]["state"] == "up"
+        assert router_get(d, "sushi") == (200, "web.1")
+        names = sh("ip", "netns", "list").stdout
+        assert d.netns("sushi", "worker.1") not in names
+        assert f"{d.prefix}-junk-web.9" not in names
+        assert f"{d.prefix}-ffff" not in sh("ip", "-o", "link").stdout
+        ruleset = sh("nft", "list", "table", "bridge", d.prefix).stdout
+        assert doomed["ip"] + "\n" not in ruleset and web["ip"] in ruleset
+        log = d.log()
+        assert "heroku[web.1]: Adopted again" in log
+        assert "heroku[worker.1]: Cleaned up after daemon restart" in log
+        # The adopted dyno is still supervised: stopping it works and its output still flows.
+        assert d.stop_dyno("sushi", "web.1")["stopped"] == ["web.1"]
+        assert not psutil.pid_exists(web["pid"]) or psutil.Process(web["pid"]).status() == "zombie"
+
+
+def test_daemon_stop_leaves_no_kernel_object_or_process() -> None:
+    daemon = DaemonProc()
+    try:
+        daemon.start()
+        pids = [daemon.run_app("sushi", "web")["pid"],
+                daemon.run("sushi", "worker", "sleep 600")["pid"]]
+        assert leftovers(daemon.prefix)
+        assert daemon.terminate() == 0
+        deadline = time.monotonic() + 5
+        while leftovers(daemon.prefix) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leftovers(daemon.prefix) == {}
+        for pid in pids:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        assert "dynod: stopped" in daemon.log()
+    finally:
+        daemon.close()
+
+
+def test_eth0_index_stays_small_after_300_dynos() -> None:
+    with running_daemon(cidr=f"172.31.{os.getpid() % 64 * 4}.0/22") as d:
+        def start(i: int) -> dict:
+            return d.run("churn", "worker", "sleep 600")
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for _ in range(3):
+                list(pool.map(start, range(100)))
+                d.stop_dyno("churn", grace=1)
+        dyno = d.run("fresh", "worker", "sleep 600")
+        ns = d.netns("fresh", dyno["name"])
+        index = int(sh("ip", "netns", "exec", ns, "cat", "/sys/class/net/eth0/ifindex").stdout)
+        host_index = int(read(f"/sys/class/net/{d.prefix}-{dyno['id']:x}/ifindex"))
+        assert index < 256
+        assert host_index > 300  # the host's counter did grow: the check means something
+
+
+def test_pool_exhaustion_is_a_clear_error_and_disturbs_nothing() -> None:
+    with running_daemon(cidr=f"172.31.{os.getpid() % 250}.16/28") as d:
+        running = [d.run("tiny", "worker", "sleep 600") for _ in range(3)]
+        with pytest.raises(DynodError) as err:
+            d.run("tiny", "worker", "sleep 600")
+        assert err.value.status == 503
+        assert "no free /30 left" in err.value.problem and "--cidr" in err.value.fix
+        assert [x["pid"] for x in d.dynos("tiny")] == [x["pid"] for x in running]
+        # a freed /30 comes back once its dyno is fully torn down
+        d.stop_dyno("tiny", "worker.2")
+        d.wait_for(lambda: d.run("tiny", "worker", "sleep 600")["ip"] == running[1]["ip"],
+                   "the freed /30 reused", timeout=10)
+
+
+def test_reused_address_is_reached_without_stale_neighbour() -> None:
+    with running_daemon(cidr=f"172.31.{os.getpid() % 250}.32/29") as d:
+        first = d.run_app("reuse", "web")
+        assert router_get(d, "reuse") == (200, "web.1")
+        bridge = f"{d.prefix}0"
+        d.stop_dyno("reuse")
+        assert first["ip"] not in sh("ip", "neigh", "show", "dev", bridge).stdout
+        second = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                second = d.run_app("reuse", "web")
+                break
+            except DynodError:
+                time.sleep(0.05)  # the old veth is still being destroyed
+        assert second is not None and second["ip"] == first["ip"]
+        assert second["port"] != first["port"] or second["pid"] != first["pid"]
+        assert router_get(d, "reuse") == (200, "web.1")
+
+
+def test_bad_input_gets_clear_errors_and_disturbs_nothing() -> None:
+    with running_daemon() as d:
+        web = d.run_app("sushi", "web")
+        cases = [
+            (["run", "--app", "Sushi", "--", "true"], "invalid app name"),
+            (["run", "--app", "ab", "--", "true"], "invalid app name"),
+            (["run", "--app", "sushi", "--type", "bad.type", "--", "true"], "invalid process type"),
+            (["run", "--app", "sushi", "--type", "w", "--", "no-such-program-xyz", "--x"],
+             "command not found: no-such-program-xyz"),
+            (["run", "--app", "sushi", "--type", "w", "--", "./missing.sh"], "command not found"),
+            (["run", "--app", "sushi", "--type", "w", "-d"], "no Procfile"),
+            (["stop", "--app", "nosuchapp", "web.1"], "no app named 'nosuchapp'"),
+            (["stop", "--app", "sushi", "web.7"], "no dyno web.7 in app sushi"),
+            (["stop", "--app", "sushi", "web"], "invalid dyno name"),
+            (["ps", "--app", "nosuchapp"], "no app named 'nosuchapp'"),
+            (["run", "--app", "sushi", "-e", "NOEQUALS", "--", "true"], "invalid --env"),
+        ]
+        for argv, message in cases:
+            result = d.cli(*argv)
+            assert result.returncode != 0, argv
+            assert message in result.stderr, (argv, result.stderr)
+            assert "fix:" in result.stderr, (argv, result.stderr)
+        (d.app_dir / "Procfile").write_text("web: python3 -m http.server $PORT\n")
+        result = d.cli("run", "--app", "sushi", "--type", "clock", "-d")
+        assert "has no 'clock' process type (it has: web)" in result.stderr
+        dynos = d.dynos("sushi")
+        assert [(x["name"], x["pid"], x["state"]) for x in dynos] == [("web.1", web["pid"], "up")]
+        assert router_get(d, "sushi") == (200, "web.1")
+
+
+def test_cli_without_daemon_says_how_to_start_it(tmp_path: object) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dynod", "--socket", "/tmp/dynod-no-such.sock", "ps"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1
+    assert "daemon is not running" in result.stderr and "sudo dynod daemon" in result.stderr
+
+
+def test_second_daemon_on_the_same_socket_is_refused() -> None:
+    with running_daemon() as d:
+        web = d.run_app("sushi", "web")
+        second = DaemonProc()
+        try:
+            argv = second.argv()
+            argv[argv.index("--socket") + 1] = d.socket
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            assert result.returncode == 1
+            assert f"already listening on {d.socket}" in result.stderr
+            assert "fix:" in result.stderr
+        finally:
+            assert second.close() == {}
+        # and a second daemon on the same state directory
+        argv = second.argv()
+        argv[argv.index("--state-dir") + 1] = d.state_dir
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 1 and "already uses" in result.stderr
+        assert d.dyno("sushi", "web.1")["pid"] == web["pid"]
+        assert router_get(d, "sushi") == (200, "web.1")
+
+
+def _readable_copy_of_dynod(target: Path) -> str:
+    """dynod and its dependencies where an unprivileged user can read them (the checkout and
+    its virtualenv may sit in root's home)."""
+    import click
+    import dnslib
+    import h11
+    import psutil as ps
+    import pyroute2
+
+    import dynod
+    import netns
+
+    for module in (dynod, netns, click, dnslib, h11, ps, pyroute2):
+        source = Path(module.__file__).parent
+        shutil.copytree(source, target / source.name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return str(target)
+
+
+def test_daemon_refuses_to_run_without_root() -> None:
+    prefix = unique_prefix()
+    copy = Path(tempfile.mkdtemp(prefix=f"dynod-{prefix}-", dir="/tmp"))
+    try:
+        copy.chmod(0o755)
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+             "-m", "dynod", "--socket", f"/tmp/{prefix}.sock", "daemon", "--state-dir",
+             f"/tmp/{prefix}-state", "--prefix", prefix],
+            capture_output=True, text=True, timeout=60, cwd="/",
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": _readable_copy_of_dynod(copy)},
+        )
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    assert result.returncode == 1, result.stderr
+    assert "must run as root" in result.stderr and "sudo dynod daemon" in result.stderr
+    assert leftovers(prefix) == {}
+    assert not os.path.exists(f"/tmp/{prefix}-state")
+
+
+def test_foreground_run_streams_output_and_returns_its_status() -> None:
+    with running_daemon() as d:
+        result = d.cli("run", "--app", "sushi", "--type", "once", "--",
+                       "echo hello from $DYNO; echo oops >&2; exit 3")
+        assert result.returncode == 3
+        assert "hello from once.1" in result.stdout and "oops" in result.stdout
+        assert d.dynos("sushi") == []
+        assert leftovers(d.netns("sushi", "once.1")) == {}
+
+
+def test_foreground_run_stops_its_dyno_on_ctrl_c() -> None:
+    with running_daemon() as d:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dynod", "run", "--app", "sushi", "--type", "fg", "--",
+             "echo started; sleep 600"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(d.app_dir),
+            env={**os.environ, "DYNOD_SOCKET": d.socket},
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "started"
+            pid = d.dyno("sushi", "fg.1")["pid"]
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 130
+        finally:
+            proc.kill()
+        assert d.dynos("sushi") == []
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_detached_run_ps_and_stop_through_the_cli() -> None:
+    with running_daemon() as d:
+        (d.app_dir / "Procfile").write_text("web: /usr/bin/python3 -u echo_app.py\n")
+        first = d.cli("run", "--app", "sushi", "--type", "web", "--detach", "--json")
+        assert first.returncode == 0, first.stderr
+        second = d.cli("run", "--app", "sushi", "--detach", "--",
+                       "/usr/bin/python3", "-m", "http.server", "$PORT")
+        assert second.returncode == 0, second.stderr
+        name, ip, port = second.stdout.split()
+        assert name == "web.2" and port.startswith("PORT=")
+        one = json.loads(first.stdout)
+        assert one["name"] == "web.1" and one["port"] and one["ip"] != ip
+        d.wait_for(lambda: all(x["state"] == "up" for x in d.dynos("sushi")), "both up")
+        seen = {router_get(d, "sushi")[0] for _ in range(4)}
+        assert seen == {200}
+        ps = d.cli("ps", "--app", "sushi")
+        assert "web.1" in ps.stdout and "web.2" in ps.stdout and ip in ps.stdout
+        stop = d.cli("stop", "--app", "sushi", "--grace", "2")
+        assert stop.returncode == 0 and "web.1" in stop.stdout and "web.2" in stop.stdout
+        assert d.dynos("sushi") == []
+        # a freed number is reused from the lowest
+        again = json.loads(d.cli("run", "--app", "sushi", "-d", "--json").stdout)
+        assert again["name"] == "web.1"
+
+
+def test_grace_period_then_sigkill() -> None:
+    with running_daemon() as d:
+        d.run("stubborn", "worker", "trap '' TERM; echo ready; while true; do sleep 0.1; done")
+        d.wait_for(lambda: "ready" in d.output("stubborn", "worker.1"), "trap set")
+        began = time.monotonic()
+        d.stop_dyno("stubborn", "worker.1", grace=1)
+        assert 1 <= time.monotonic() - began < 10
+        log = d.log()
+        assert "Error R12 (Exit timeout)" in log and "Stopping all processes with SIGKILL" in log
+        assert leftovers(d.netns("stubborn", "worker.1")) == {}
+
+
+def test_crashed_dyno_is_restarted_with_a_new_port() -> None:
+    with running_daemon() as d:
+        d.run("crashy", "web", "/usr/bin/python3 -u echo_app.py & sleep 1; exit 1")
+        d.wait_for(lambda: "State changed from up to crashed" in d.log(), "a crash")
+        d.wait_for(lambda: d.log().count("Starting process with command") >= 2, "a restart")
+        assert d.dyno("crashy", "web.1")["restarts"] >= 1
+
+
+def test_unprivileged_dyno_can_ping_its_own_loopback() -> None:
+    with running_daemon() as d:
+        code = (
+            "import socket,struct;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM,"
+            "socket.IPPROTO_ICMP);s.settimeout(2);"
+            "s.sendto(struct.pack('!BBHHH',8,0,0,0,1),('127.0.0.1',0));s.recvfrom(64);print('pong')"
+        )
+        status, lines = d.run_once("pinger", "run", f'/usr/bin/python3 -c "{code}"')
+        assert status == 0 and lines == ["pong"], lines

@@ -1,0 +1,154 @@
+"""Pure logic: names, addresses, firewall text, log lines. No root needed."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from dynod import firewall, names, processes
+from dynod.addressing import Pool, mac_for
+from dynod.errors import DynodError
+from dynod.logs import LogBook, split_output, timestamp
+from dynod.network import Names
+
+
+@pytest.mark.parametrize("good", ["sushi", "abc", "my-app-2", "a" + "b" * 28 + "c"])
+def test_app_names_heroku_accepts(good: str) -> None:
+    assert names.check_app(good) == good
+
+
+@pytest.mark.parametrize("bad", ["", "ab", "Sushi", "1app", "app-", "a_b", "a" * 31, "sushi.x"])
+def test_app_names_heroku_refuses(bad: str) -> None:
+    with pytest.raises(DynodError) as err:
+        names.check_app(bad)
+    assert "invalid app name" in err.value.problem and err.value.fix
+
+
+@pytest.mark.parametrize("bad", ["", "web.1", "a b", "x" * 129, "release"])
+def test_process_types_refused(bad: str) -> None:
+    with pytest.raises(DynodError):
+        names.check_process_type(bad)
+
+
+def test_process_types_accepted() -> None:
+    for good in ("web", "worker", "clock_2", "Web-X", "x" * 128):
+        assert names.check_process_type(good) == good
+
+
+def test_dyno_names_and_numbers() -> None:
+    assert names.parse_dyno_name("web.1") == ("web", 1)
+    assert names.parse_dyno_name("my_worker.12") == ("my_worker", 12)
+    for bad in ("web", "web.0", "web.x", ".1", "web.01"):
+        with pytest.raises(DynodError):
+            names.parse_dyno_name(bad)
+    assert names.lowest_free_number(set()) == 1
+    assert names.lowest_free_number({1, 2, 4}) == 3
+
+
+def test_procfile_parsing() -> None:
+    text = "# comment\nweb: gunicorn app:app --bind 0.0.0.0:$PORT\n\nworker:python w.py\nbad line\n"
+    assert names.parse_procfile(text) == {
+        "web": "gunicorn app:app --bind 0.0.0.0:$PORT",
+        "worker": "python w.py",
+    }
+
+
+def test_pool_carves_slash30s_and_skips_the_bridge_slot() -> None:
+    pool = Pool("172.16.0.0/12")
+    assert pool.size == 2**18
+    assert pool.bridge.gateway == "172.16.0.1"
+    first = pool.allocate(set())
+    assert first.slot == 1 and first.network == ipaddress.IPv4Network("172.16.0.4/30")
+    assert (first.gateway, first.address) == ("172.16.0.5", "172.16.0.6")
+    assert pool.allocate({1, 2}).address == "172.16.0.14"
+    assert pool.allocate({2}).slot == 1  # the lowest free
+    assert pool.slot_of("172.16.0.14") == 3
+
+
+def test_pool_exhaustion_error_names_the_fix() -> None:
+    pool = Pool("10.0.0.0/28")
+    assert pool.size == 4
+    with pytest.raises(DynodError) as err:
+        pool.allocate({1, 2, 3})
+    assert "no free /30 left in 10.0.0.0/28" in err.value.problem and "--cidr" in err.value.fix
+    with pytest.raises(DynodError):
+        Pool("10.0.0.0/30")
+
+
+def test_macs_are_derived_from_the_address() -> None:
+    assert mac_for("172.16.0.6", 0x58) == "0a:58:ac:10:00:06"
+    pool = Pool("172.16.0.0/12")
+    s = pool.subnet(1)
+    assert s.dyno_mac != s.host_mac
+    assert pool.subnet(1).dyno_mac == Pool("172.16.0.0/12").subnet(1).dyno_mac
+
+
+def test_kernel_names_fit_and_are_prefixed() -> None:
+    n = Names("dynod")
+    assert n.bridge == "dynod0"
+    assert n.veth(0xFFFFFFFF) == "dynod-ffffffff" and len(Names("abcdef").veth(0xFFFFFFFF)) == 15
+    assert n.veth_pattern.fullmatch("dynod-1a") and not n.veth_pattern.fullmatch("dynodx-1a")
+    assert n.netns("sushi", "web.1") == "dynod-sushi-web.1"
+    assert n.owns_netns("dynod-sushi-web.1") and not n.owns_netns("dynodx-sushi-web.1")
+    for bad in ("Dynod", "d", "toolongx", "1ab", "a-b"):
+        with pytest.raises(ValueError):
+            Names(bad)
+
+
+def test_firewall_text_keeps_per_dyno_facts_in_sets() -> None:
+    layout = firewall.Layout(table="dynod", bridge="dynod0", port_glob="dynod-*",
+                             cidr="172.16.0.0/12")
+    ports = [firewall.Port(f"dynod-{i:x}", mac_for(f"172.16.0.{4 * i + 2}", 0x58),
+                           f"172.16.0.{4 * i + 2}") for i in range(1, 40)]
+    web = [firewall.WebTarget(p.ip, 5000 + i) for i, p in enumerate(ports)]
+    small = firewall.ruleset(layout, ports[:1], web[:1])
+    large = firewall.ruleset(layout, ports, web)
+    rules = [line for line in large.splitlines() if "@" in line or "drop" in line]
+    assert rules == [line for line in small.splitlines() if "@" in line or "drop" in line]
+    assert large.count("dynod-") > small.count("dynod-")  # only the elements grew
+    assert 'iifname "dynod0" oifname "dynod0"' in large and "masquerade" in large
+    assert "meta mark 0x6479 ip daddr . tcp dport @web accept" in large
+    assert firewall.add_dyno(layout, ports[0], web[0]) == (
+        'add element bridge dynod ports { "dynod-1" . 0a:58:ac:10:00:06 . 172.16.0.6 }\n'
+        "add element inet dynod web { 172.16.0.6 . 5000 }\n"
+    )
+    assert "delete element bridge dynod ports" in firewall.remove_dyno(layout, ports[0])
+    assert firewall.remove(layout).count("delete table") == 2
+
+
+def test_output_is_cut_into_lines_and_long_lines_split() -> None:
+    lines, rest = split_output(b"", b"one\ntwo\r\nthr")
+    assert (lines, rest) == (["one", "two"], b"thr")
+    lines, rest = split_output(rest, b"ee\n")
+    assert (lines, rest) == (["three"], b"")
+    lines, rest = split_output(b"", b"x" * 25_000 + b"\n")
+    assert [len(x) for x in lines] == [10_000, 10_000, 5_000] and rest == b""
+    lines, _ = split_output(b"", b"\xff\xfebad\n")
+    assert lines == ["\\xff\\xfebad"]
+
+
+def test_log_lines_have_heroku_format(tmp_path: object) -> None:
+    stamp = timestamp()
+    assert stamp.endswith("+00:00") and len(stamp) == len("2026-11-21T12:00:00.123456+00:00")
+    book = LogBook(None, echo=None)
+    line = book.emit("sushi", "app[web.1]", "hello")
+    text = str(line)
+    assert text.endswith(" app[web.1]: hello") and text.split(" ")[0].endswith("+00:00")
+    assert book.recent(lambda x: x.app == "sushi", 10) == [line]
+    assert book.recent(lambda x: x.app == "other", 10) == []
+
+
+def test_command_checks(tmp_path: object) -> None:
+    processes.check_command("sh -c 'exit 0'", "/", "/usr/bin:/bin")
+    processes.check_command("FOO=1 BAR=2 true", "/", "/usr/bin:/bin")
+    processes.check_command("exec sleep 1", "/", "/usr/bin:/bin")
+    processes.check_command("$HOME/bin/x", "/", "/usr/bin:/bin")
+    for bad, words in [("nosuchprog-q", "command not found"), ("./nope", "no executable file"),
+                       ("", "no command"), ("echo 'unterminated", "cannot parse")]:
+        with pytest.raises(DynodError) as err:
+            processes.check_command(bad, "/", "/usr/bin:/bin")
+        assert words in err.value.problem
+    with pytest.raises(DynodError) as err:
+        processes.check_command("true", "/no/such/dir", "/usr/bin")
+    assert "does not exist" in err.value.problem
