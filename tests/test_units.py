@@ -152,3 +152,25 @@ def test_command_checks(tmp_path: object) -> None:
     with pytest.raises(DynodError) as err:
         processes.check_command("true", "/no/such/dir", "/usr/bin")
     assert "does not exist" in err.value.problem
+
+
+def test_a_default_drop_firewall_elsewhere_is_reported() -> None:
+    from dynod.daemon import foreign_drop_policies
+
+    class FakeNft:
+        def ruleset(self) -> list[dict[str, object]]:
+            return [
+                {"table": {"family": "inet", "name": "filter"}},
+                {"chain": {"family": "inet", "table": "filter", "name": "forward",
+                           "hook": "forward", "policy": "drop"}},
+                {"chain": {"family": "inet", "table": "filter", "name": "output",
+                           "hook": "output", "policy": "drop"}},
+                {"chain": {"family": "inet", "table": "dynod", "name": "input",
+                           "hook": "input", "policy": "drop"}},
+                {"chain": {"family": "ip", "table": "nat", "name": "input",
+                           "hook": "input", "policy": "accept"}},
+            ]
+
+    warnings = foreign_drop_policies(FakeNft(), "dynod")  # type: ignore[arg-type]
+    assert len(warnings) == 1
+    assert "table inet filter chain forward drops forward traffic" in warnings[0]
