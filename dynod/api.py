@@ -4,9 +4,11 @@ works as well as the CLI.
     GET    /v1/status                            the daemon's settings
     GET    /v1/apps                              apps and their dyno counts
     GET    /v1/dynos[?app=APP]                   dynos
-    POST   /v1/apps/APP/dynos                    start a dyno {type, command, cwd, env, detach}
+    POST   /v1/apps/APP/dynos                    start a dyno {type, command, cwd, env, detach}:
+                                                 with detach, 201 and the dyno; without, an NDJSON
+                                                 stream {"dyno": ...}, {"line": ...}..., {"exit": N}
+                                                 (closing it stops the dyno, like Ctrl-C)
     DELETE /v1/apps/APP/dynos[/NAME][?grace=S]   stop one dyno, or all of the app's
-    GET    /v1/apps/APP/dynos/NAME/attach        NDJSON: {"line": ...} then {"exit": status}
     GET    /v1/logs[?app=&dyno=&tail=N&follow=1] Heroku-format lines, followed if asked
 
 Errors are JSON `{"error": ..., "fix": ...}` with a 4xx/5xx status. Access is the socket file's:
@@ -30,6 +32,7 @@ import h11
 
 from dynod.errors import DynodError, NotFound
 from dynod.logs import LogLine
+from dynod.state import Dyno
 
 if TYPE_CHECKING:
     from dynod.daemon import Daemon
@@ -53,6 +56,7 @@ class Stream:
 
     content_type: str
     chunks: Callable[[asyncio.Event], AsyncIterator[bytes]]
+    on_close: Callable[[], None] | None = None
 
 
 Answer = tuple[int, Any] | Stream
@@ -185,8 +189,8 @@ class ApiServer:
 
         watcher = asyncio.get_running_loop().create_task(watch_client())
         headers = [("content-type", stream.content_type), ("transfer-encoding", "chunked")]
-        writer.write(conn.send(h11.Response(status_code=200, headers=headers)))
         try:
+            writer.write(conn.send(h11.Response(status_code=200, headers=headers)))
             async for chunk in stream.chunks(closed):
                 if closed.is_set():
                     break
@@ -197,6 +201,8 @@ class ApiServer:
                 await writer.drain()
         finally:
             watcher.cancel()
+            if stream.on_close is not None:
+                stream.on_close()
 
     async def _dispatch(self, request: Request) -> Answer:
         if request.body is None:
@@ -219,7 +225,6 @@ class ApiServer:
             ("POST", 4, "apps"): self._run,
             ("DELETE", 4, "apps"): self._stop,
             ("DELETE", 5, "apps"): self._stop,
-            ("GET", 6, "apps"): self._attach,
         }
         if not r.path or r.path[0] != "v1" or len(r.path) < 2:
             raise NotFound(f"no such endpoint /{'/'.join(r.path)}", "see the API list in api.py")
@@ -246,7 +251,57 @@ class ApiServer:
         body = dict(r.body) if isinstance(r.body, dict) else {}
         body["app"] = r.path[2]
         dyno = await self.daemon.run_dyno(body, r.uid, r.gid)
-        return 201, dyno.to_json() | self.daemon.timings.get(dyno.id, {})
+        if dyno.detached:
+            return 201, dyno.to_json() | self.daemon.timings.get(dyno.id, {})
+        return self._foreground(dyno)
+
+    def _foreground(self, dyno: Dyno) -> Stream:
+        """`dynod run` without --detach: the dyno's output, then its exit status.
+
+        The subscription starts before control returns to the event loop, and the daemon has
+        read no output of the new dyno yet: no line and no exit can be missed.
+        """
+        source = f"app[{dyno.name}]"
+        log = self.daemon.log
+        queue = log.subscribe(lambda line: line.app == dyno.app and line.source == source)
+        exit_wait = asyncio.ensure_future(self.daemon.wait_exit(dyno))
+
+        async def chunks(closed: asyncio.Event) -> AsyncIterator[bytes]:
+            yield _ndjson({"dyno": dyno.to_json()})
+            gone = asyncio.ensure_future(closed.wait())
+            try:
+                while True:
+                    getter = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait(
+                        {getter, exit_wait, gone}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if getter in done:
+                        line = getter.result()
+                        if line is None:  # the daemon is shutting down
+                            return
+                        yield _ndjson({"line": line.text})
+                        continue
+                    getter.cancel()
+                    if gone in done:
+                        return
+                    while not queue.empty():
+                        line = queue.get_nowait()
+                        if line is not None:
+                            yield _ndjson({"line": line.text})
+                    yield _ndjson({"exit": exit_wait.result()})
+                    return
+            finally:
+                gone.cancel()
+
+        def on_close() -> None:
+            log.unsubscribe(queue)
+            if not exit_wait.done() and self.daemon.state.dyno(dyno.id) is not None:
+                # The client went away before the process ended (the CLI was killed, or
+                # Ctrl-C): the dyno goes too.
+                asyncio.ensure_future(self.daemon.stop_dyno(dyno))
+            exit_wait.cancel()
+
+        return Stream("application/x-ndjson", chunks, on_close)
 
     async def _stop(self, r: Request) -> Answer:
         grace = _float(r.query.get("grace"))
@@ -258,53 +313,6 @@ class ApiServer:
         await asyncio.gather(*(self.daemon.stop_dyno(d, grace) for d in dynos))
         timings = {d.name: self.daemon.timings.pop(d.id, {}).get("teardown_ms") for d in dynos}
         return 200, {"stopped": [d.name for d in dynos], "teardown_ms": timings}
-
-    async def _attach(self, r: Request) -> Answer:
-        if r.path[5] != "attach":
-            raise NotFound(f"no such endpoint /{'/'.join(r.path)}")
-        dyno = self.daemon.find(r.path[2], r.path[4])
-        source = f"app[{dyno.name}]"
-        log = self.daemon.log
-
-        def mine(line: LogLine) -> bool:
-            return line.app == dyno.app and line.source == source
-
-        async def chunks(closed: asyncio.Event) -> AsyncIterator[bytes]:
-            with log.follow(mine) as queue:
-                for line in log.recent(mine, 10_000):
-                    yield _ndjson({"line": line.text})
-                exit_wait = asyncio.ensure_future(self.daemon.wait_exit(dyno))
-                gone = asyncio.ensure_future(closed.wait())
-                try:
-                    while True:
-                        getter = asyncio.ensure_future(queue.get())
-                        done, _ = await asyncio.wait(
-                            {getter, exit_wait, gone}, return_when=asyncio.FIRST_COMPLETED
-                        )
-                        if getter in done:
-                            line = getter.result()
-                            if line is None:
-                                return
-                            yield _ndjson({"line": line.text})
-                            continue
-                        getter.cancel()
-                        if gone in done:
-                            # The foreground `dynod run` went away: its dyno goes too.
-                            if self.daemon.state.dyno(dyno.id) and not dyno.detached:
-                                asyncio.ensure_future(self.daemon.stop_dyno(dyno))
-                            return
-                        await asyncio.sleep(0.2)  # let the last output lines be read
-                        while not queue.empty():
-                            line = queue.get_nowait()
-                            if line is not None:
-                                yield _ndjson({"line": line.text})
-                        yield _ndjson({"exit": exit_wait.result()})
-                        return
-                finally:
-                    exit_wait.cancel()
-                    gone.cancel()
-
-        return Stream("application/x-ndjson", chunks)
 
     async def _logs(self, r: Request) -> Answer:
         app, dyno_name = r.query.get("app"), r.query.get("dyno")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -152,31 +153,37 @@ def run(ctx: click.Context, app: str, ptype: str, detach: bool, env: tuple[str, 
         body["sudo_uid"] = int(os.environ["SUDO_UID"])
         body["sudo_gid"] = int(os.environ.get("SUDO_GID", os.environ["SUDO_UID"]))
     client = _client(ctx)
+    if not detach:
+        sys.exit(_run_foreground(client, app, body))
     dyno = client.call("POST", f"/v1/apps/{app}/dynos", body)
-    if detach:
-        if as_json:
-            click.echo(json.dumps(dyno))
-        else:
-            port = f" PORT={dyno['port']}" if dyno.get("port") else ""
-            click.echo(f"{dyno['name']} {dyno['ip']}{port}")
-        return
-    sys.exit(_attach(client, app, dyno["name"]))
+    if as_json:
+        click.echo(json.dumps(dyno))
+    else:
+        port = f" PORT={dyno['port']}" if dyno.get("port") else ""
+        click.echo(f"{dyno['name']} {dyno['ip']}{port}")
 
 
-def _attach(client: Client, app: str, dyno: str) -> int:
+def _run_foreground(client: Client, app: str, body: dict[str, Any]) -> int:
     """Stream the dyno's output; Ctrl-C stops it. Returns the exit status to exit with."""
+    name = ""
     try:
-        for raw in client.lines(f"/v1/apps/{app}/dynos/{dyno}/attach"):
+        for raw in client.lines(f"/v1/apps/{app}/dynos", "POST", body):
             message = json.loads(raw)
-            if "line" in message:
+            if "dyno" in message:
+                name = message["dyno"]["name"]
+            elif "line" in message:
                 click.echo(message["line"])
             elif "exit" in message:
                 status = message["exit"]
                 return status if isinstance(status, int) and status >= 0 else 1
     except KeyboardInterrupt:
-        click.echo(f"\nstopping {dyno}...", err=True)
-        client.call("DELETE", f"/v1/apps/{app}/dynos/{dyno}")
+        # Closing the stream stops the dyno; the DELETE waits until it is gone.
+        click.echo(f"\nstopping {name or 'the dyno'}...", err=True)
+        if name:
+            with contextlib.suppress(DynodError):
+                client.call("DELETE", f"/v1/apps/{app}/dynos/{name}")
         return 130
+    click.echo("error: the daemon closed the stream before the dyno exited", err=True)
     return 1
 
 

@@ -66,9 +66,9 @@ class Client:
             raise DynodError(problem, fix, status=response.status)
         return parsed
 
-    def lines(self, path: str) -> Iterator[bytes]:
+    def lines(self, path: str, method: str = "GET", body: Any = None) -> Iterator[bytes]:
         """A streamed answer, line by line (chunked transfer is undone by http.client)."""
-        response = self._open("GET", path)
+        response = self._open(method, path, body)
         if response.status >= 400:
             data = json.loads(response.read() or b"{}")
             raise DynodError(data.get("error", "error"), data.get("fix", ""), response.status)

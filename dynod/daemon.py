@@ -22,17 +22,14 @@ import sys
 import time
 from typing import Any
 
-from dynod import firewall, names, network, processes
-from dynod.addressing import Pool
+from dynod import names, processes
 from dynod.config import Config
 from dynod.errors import DynodError, NotFound
+from dynod.kernel import CommonRuntimeKernel
 from dynod.logs import LogBook, OutputFile
 from dynod.router import Backend, Router
 from dynod.state import Dyno, State
-from netns import addresses, links, namespace, sysctl
-from netns import exec as netns_exec
-from netns.nftables import Nft, NftError
-from netns.worker import KernelWorker
+from netns import namespace
 
 POLL = 0.1
 PORT_RANGE = (3000, 60999)
@@ -42,21 +39,12 @@ RESTART_CAP = 20 * 60.0
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.names = network.Names(config.prefix)
-        self.pool = Pool(config.cidr)
-        self.layout = firewall.Layout(
-            table=config.prefix,
-            bridge=self.names.bridge,
-            port_glob=self.names.port_glob,
-            cidr=str(self.pool.network),
-        )
-        self.worker = KernelWorker(f"{config.prefix}-kernel")
+        self.kernel = CommonRuntimeKernel(config.prefix, config.cidr)
+        self.names = self.kernel.names
+        self.pool = self.kernel.pool
         self.state: State | None = None
         self.log: LogBook | None = None
         self._lock_fd: int | None = None
-        self._owns_kernel = False
-        self._nft: Nft | None = None
-        self._bridge_index: int | None = None
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._outputs: dict[int, OutputFile] = {}
         self._exits: dict[int, asyncio.Future[int | None]] = {}
@@ -99,17 +87,16 @@ class Daemon:
             os.path.join(self.config.state_dir, "dynod.log"),
             echo=sys.stderr if self.config.echo_logs else None,
         )
-        self._nft = await self.worker.run(Nft)
-        self._owns_kernel = True
-        await self.worker.run(self._prepare_host)
+        for warning in await self.kernel.prepare_host():
+            self.log.emit(None, "dynod", f"warning: {warning}")
         await self._reconcile()
-        await self._apply_firewall()
+        await self.kernel.apply_firewall(self.state.dynos())
         from dynod.api import ApiServer
 
         self.router = Router(
             self._resolve,
             lambda text: self.log.emit(None, "heroku[router]", text),
-            socket_mark=self.layout.router_mark,
+            socket_mark=self.kernel.layout.router_mark,
         )
         await self.router.start(self.config.router_host, self.config.router_port)
         self.api = ApiServer(self)
@@ -180,18 +167,6 @@ class Daemon:
         except KeyError:
             return None
 
-    def _prepare_host(self) -> None:
-        """On the kernel thread: forwarding on, the bridge, and a warning about other firewalls."""
-        if sysctl.read("net.ipv4.ip_forward") != "1":
-            sysctl.write("net.ipv4.ip_forward", 1)
-        self._bridge_index = network.ensure_bridge(self.worker.ipr, self.names, self.pool)
-        for warning in foreign_drop_policies(self._nftables(), self.config.prefix):
-            self.log.emit(None, "dynod", f"warning: {warning}")
-
-    def _nftables(self) -> Nft:
-        assert self._nft is not None
-        return self._nft
-
     async def shutdown(self, stop_dynos: bool = True) -> None:
         """Stop every dyno and remove what this daemon made.
 
@@ -217,9 +192,9 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._owns_kernel and not keep:
-            await self.worker.run(self._remove_host_objects)
-        self.worker.close()
+        if self.kernel.touched and not keep:
+            await self.kernel.remove_host_objects()
+        self.kernel.close()
         if self.log is not None:
             self.log.emit(None, "dynod", "stopped")
             self.log.close()
@@ -227,16 +202,6 @@ class Daemon:
             self.state.close()
         os.close(self._lock_fd)
         self._lock_fd = None
-
-    def _remove_host_objects(self) -> None:
-        nft = self._nft or Nft()
-        nft.run(firewall.remove(self.layout))
-        nft.close()
-        # Veths of namespaces deleted moments ago may still be being destroyed by the kernel;
-        # the daemon leaves nothing behind, so it deletes them itself.
-        for veth in network.existing_veths(self.worker.ipr, self.names):
-            links.delete(self.worker.ipr, veth)
-        network.remove_bridge(self.worker.ipr, self.names)
 
     # ---------------------------------------------------------------- reconcile
     async def _reconcile(self) -> None:
@@ -249,89 +214,23 @@ class Daemon:
                 live.append(dyno)
                 continue
             self.log.emit(dyno.app, f"heroku[{dyno.name}]", "Cleaned up after daemon restart")
-            await self.worker.run(self._kill_inside, dyno.netns)
-            await self.worker.run(self._detach, dyno)
+            await self.kernel.kill_inside(dyno.netns)
+            await self.kernel.detach(dyno)
             self.state.remove_dyno(dyno)
-        await self.worker.run(self._remove_unknown, live)
+        await self.kernel.remove_unknown(live)
         for dyno in live:
-            await self.worker.run(self._reattach, dyno)
             self._outputs[dyno.id] = OutputFile(dyno.log_path, dyno.log_offset)
             self._watch_exit(dyno)
             self.log.emit(dyno.app, f"heroku[{dyno.name}]", f"Adopted again (pid {dyno.pid})")
         await self._sweep_draining()
-
-    def _remove_unknown(self, live: list[Dyno]) -> None:
-        ipr = self.worker.ipr
-        known_netns = {d.netns for d in live}
-        for name in namespace.names(f"{self.config.prefix}-"):
-            if self.names.owns_netns(name) and name not in known_netns:
-                self._kill_inside(name)
-                namespace.delete(name)
-        known_veths = {d.veth for d in live}
-        for veth in network.existing_veths(ipr, self.names):
-            if veth not in known_veths:
-                links.delete(ipr, veth)
-        assert self._bridge_index is not None
-        wanted = {self.pool.bridge.gateway} | {self.pool.subnet(d.slot).gateway for d in live}
-        for iface in addresses.ipv4_on(ipr, self._bridge_index):
-            if iface.ip in self.pool.network and str(iface.ip) not in wanted:
-                addresses.delete(ipr, self._bridge_index, str(iface.ip), iface.network.prefixlen)
-
-    def _reattach(self, dyno: Dyno) -> None:
-        """An adopted dyno keeps its namespace; its gateway address may need putting back."""
-        assert self._bridge_index is not None
-        subnet = self.pool.subnet(dyno.slot)
-        addresses.add(self.worker.ipr, self._bridge_index, subnet.gateway, subnet.prefixlen)
-
-    def _kill_inside(self, netns: str) -> None:
-        processes.signal_all(namespace.pids_inside(netns), signal.SIGKILL)
 
     async def _sweep_draining(self) -> None:
         """A drained /30 is free again once the kernel has destroyed its dyno's veth."""
         draining = self.state.draining()
         if not draining:
             return
-        present = await self.worker.run(self._existing_veths)
+        present = await self.kernel.existing_veths()
         self.state.drained([slot for slot, veth in draining.items() if veth not in present])
-
-    def _existing_veths(self) -> set[str]:
-        return network.existing_veths(self.worker.ipr, self.names)
-
-    async def _apply_firewall(self) -> None:
-        live = self.state.dynos()
-        ports = [self._port(d) for d in live]
-        web = [self._web(d) for d in live if self._web(d) is not None]
-        text = firewall.ruleset(self.layout, ports, [w for w in web if w is not None])
-        await self.worker.run(self._nftables().run, text)
-
-    # ---------------------------------------------------------------- dynos
-    def _port(self, dyno: Dyno) -> firewall.Port:
-        return firewall.Port(dyno.veth, self.pool.subnet(dyno.slot).dyno_mac, dyno.ip)
-
-    def _web(self, dyno: Dyno) -> firewall.WebTarget | None:
-        if dyno.type == names.WEB_TYPE and dyno.port:
-            return firewall.WebTarget(dyno.ip, dyno.port)
-        return None
-
-    def _attachment(self, dyno: Dyno) -> network.Attachment:
-        return network.Attachment(dyno.netns, dyno.veth, self.pool.subnet(dyno.slot))
-
-    def _attach(self, dyno: Dyno) -> None:
-        assert self._bridge_index is not None
-        network.attach(self.worker.ipr, self._bridge_index, self._attachment(dyno))
-        try:
-            self._nftables().run(firewall.add_dyno(self.layout, self._port(dyno), self._web(dyno)))
-        except NftError:
-            network.detach(self.worker.ipr, self._bridge_index, self._attachment(dyno))
-            raise
-
-    def _detach(self, dyno: Dyno) -> None:
-        """Remove the dyno's firewall elements, gateway address and namespace (and so its veth)."""
-        with contextlib.suppress(NftError):  # elements already gone: nothing to remove
-            self._nftables().run(
-                firewall.remove_dyno(self.layout, self._port(dyno), self._web(dyno))
-            )
-        network.detach(self.worker.ipr, self._bridge_index, self._attachment(dyno))
 
     async def run_dyno(self, request: dict[str, Any], peer_uid: int, peer_gid: int) -> Dyno:
         app = names.check_app(str(request.get("app", "")))
@@ -373,7 +272,7 @@ class Daemon:
         began = time.perf_counter()
         self.state.insert_dyno(dyno)
         try:
-            await self.worker.run(self._attach, dyno)
+            await self.kernel.attach(dyno)
         except BaseException as exc:
             self.state.remove_dyno(dyno)
             raise DynodError(
@@ -383,7 +282,7 @@ class Daemon:
         try:
             await self._spawn(dyno)
         except BaseException as exc:
-            await self.worker.run(self._detach, dyno)
+            await self.kernel.detach(dyno)
             self.state.remove_dyno(dyno)
             raise DynodError(f"could not start {dyno.name}: {exc}", status=500) from exc
         return dyno
@@ -441,7 +340,7 @@ class Daemon:
         self.log.emit(
             dyno.app, f"heroku[{dyno.name}]", f"Starting process with command `{dyno.command}`"
         )
-        popen = await self.worker.run(self._popen, dyno)
+        popen = await self.kernel.spawn(dyno, self._dyno_process_env(dyno), dyno.log_path)
         self._children[dyno.id] = popen
         self.state.update_dyno(
             dyno,
@@ -453,24 +352,6 @@ class Daemon:
         self._watch_exit(dyno)
         if dyno.type != names.WEB_TYPE:
             self._set_state(dyno, "up")
-
-    def _popen(self, dyno: Dyno) -> subprocess.Popen[bytes]:
-        argv = netns_exec.drop_privileges_argv(dyno.uid, dyno.gid, ["/bin/sh", "-c", dyno.command])
-        fd = os.open(dyno.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            return netns_exec.popen_inside(
-                dyno.netns,
-                argv,
-                cwd=dyno.cwd,
-                env=self._dyno_process_env(dyno),
-                stdin=subprocess.DEVNULL,
-                stdout=fd,
-                stderr=fd,
-                start_new_session=True,
-                close_fds=True,
-            )
-        finally:
-            os.close(fd)
 
     def _set_state(self, dyno: Dyno, new: str) -> None:
         old = dyno.state
@@ -505,15 +386,17 @@ class Daemon:
         status = popen.wait() if popen is not None else None
         if status is not None and status < 0:
             status = 128 - status  # killed by a signal: report it as a shell would (143)
+        dyno = self.state.dyno(dyno_id)
+        if dyno is not None:
+            # The last output first: whoever waits for the exit has every line by then.
+            self._drain_output(dyno, final=True)
+            text = "Process exited" if status is None else f"Process exited with status {status}"
+            self.log.emit(dyno.app, f"heroku[{dyno.name}]", text)
         future = self._exits.get(dyno_id)
         if future is not None and not future.done():
             future.set_result(status)
-        dyno = self.state.dyno(dyno_id)
         if dyno is None:
             return
-        self._drain_output(dyno, final=True)
-        text = "Process exited" if status is None else f"Process exited with status {status}"
-        self.log.emit(dyno.app, f"heroku[{dyno.name}]", text)
         if dyno.state == "stopping":
             return  # stop_dyno() takes it from here
         loop = asyncio.get_running_loop()
@@ -528,7 +411,7 @@ class Daemon:
         """Kill what is left of the crashed dyno's processes, then restart it after a cool-off
         that doubles with each crash (0 s first, as Heroku does, up to 20 minutes)."""
         try:
-            await self.worker.run(self._kill_inside, dyno.netns)
+            await self.kernel.kill_inside(dyno.netns)
             if not self.config.restart_crashed:
                 return
             delay = 0.0 if dyno.restarts == 0 else min(RESTART_CAP, 2.0 ** (dyno.restarts - 1))
@@ -544,16 +427,12 @@ class Daemon:
         dyno = self.state.dyno(dyno_id)
         if dyno is None or dyno.state != "crashed":
             return
-        old_web = self._web(dyno)
+        old_web = self.kernel.web(dyno)
         new_port = self._choose_port() if dyno.port else None
         self.state.update_dyno(dyno, restarts=dyno.restarts + 1, port=new_port)
-        new_web = self._web(dyno)
+        new_web = self.kernel.web(dyno)
         if old_web and new_web:
-            text = (
-                f"delete element inet {self.layout.table} web {{ {old_web.ip} . {old_web.port} }}\n"
-                + firewall.open_web(self.layout, new_web)
-            )
-            await self.worker.run(self._nftables().run, text)
+            await self.kernel.move_web(old_web, new_web)
         self._set_state(dyno, "starting")
         try:
             await self._spawn(dyno)
@@ -579,7 +458,7 @@ class Daemon:
                         f"within {self.config.boot_timeout:g} seconds of launch",
                     )
                     self.log.emit(dyno.app, f"heroku[{dyno.name}]", "Stopping process with SIGKILL")
-                    await self.worker.run(self._kill_inside, dyno.netns)
+                    await self.kernel.kill_inside(dyno.netns)
 
     async def _pump_output(self) -> None:
         while True:
@@ -636,7 +515,7 @@ class Daemon:
                     self.log.emit(
                         dyno.app, f"heroku[{dyno.name}]", "Stopping all processes with SIGKILL"
                     )
-                    await self.worker.run(self._kill_inside, dyno.netns)
+                    await self.kernel.kill_inside(dyno.netns)
                     await self._wait_empty(dyno, 5.0)
             future = self._exits.get(dyno.id)
             if future is not None:
@@ -644,7 +523,7 @@ class Daemon:
                     await asyncio.wait_for(asyncio.shield(future), 5.0)
             self._drain_output(dyno, final=True)
             began = time.perf_counter()
-            await self.worker.run(self._detach, dyno)
+            await self.kernel.detach(dyno)
             self.state.remove_dyno(dyno)
             self._record_timing(dyno, "teardown_ms", began)
             self.log.emit(
@@ -711,23 +590,4 @@ class Daemon:
     def busy(self, dyno_id: int) -> bool:
         return dyno_id in self._stopping
 
-
-def foreign_drop_policies(nft: Nft, own_table: str) -> list[str]:
-    """Base chains of other tables that drop by default on forward or input.
-
-    An accept in dynod's table cannot override a drop in another table (each table's chains
-    see the packet), so such a host firewall silently breaks dyno traffic: say so at start-up.
-    """
-    found = []
-    for item in nft.ruleset():
-        chain = item.get("chain")
-        if not chain or chain.get("table") == own_table:
-            continue
-        if chain.get("hook") in ("forward", "input") and chain.get("policy") == "drop":
-            found.append(
-                f"table {chain['family']} {chain['table']} chain {chain['name']} drops "
-                f"{chain['hook']} traffic by default; dyno traffic it does not accept is dropped "
-                "whatever dynod allows"
-            )
-    return found
 

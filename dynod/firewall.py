@@ -156,5 +156,9 @@ def remove_dyno(layout: Layout, port: Port, web: WebTarget | None = None) -> str
     return text
 
 
+def close_web(layout: Layout, web: WebTarget) -> str:
+    return f"delete element inet {layout.table} web {{ {_web_element(web)} }}\n"
+
+
 def open_web(layout: Layout, web: WebTarget) -> str:
     return f"add element inet {layout.table} web {{ {_web_element(web)} }}\n"

@@ -192,10 +192,11 @@ class DaemonProc:
     def run_once(self, app: str, ptype: str, command: str, timeout: float = 30
                  ) -> tuple[int | None, list[str]]:
         """A foreground dyno (`dynod run` without --detach): its output and exit status."""
-        dyno = self.run(app, ptype, command, detach=False)
+        body = {"type": ptype, "command": command, "cwd": str(self.app_dir),
+                "env": {"PATH": SYSTEM_PATH}, "detach": False}
         lines: list[str] = []
         client = Client(self.socket, timeout=timeout)
-        for raw in client.lines(f"/v1/apps/{app}/dynos/{dyno['name']}/attach"):
+        for raw in client.lines(f"/v1/apps/{app}/dynos", "POST", body):
             message = json.loads(raw)
             if "line" in message:
                 lines.append(message["line"])

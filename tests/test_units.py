@@ -155,7 +155,7 @@ def test_command_checks(tmp_path: object) -> None:
 
 
 def test_a_default_drop_firewall_elsewhere_is_reported() -> None:
-    from dynod.daemon import foreign_drop_policies
+    from dynod.kernel import foreign_drop_policies
 
     class FakeNft:
         def ruleset(self) -> list[dict[str, object]]:

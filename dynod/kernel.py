@@ -1,0 +1,201 @@
+"""What the daemon asks of the kernel, for the Common Runtime: every method here runs its work on
+the single kernel thread (netns.worker), never on the event loop's.
+
+The daemon decides *when* (lifecycle, reconcile); this module knows *what* that means in netlink
+calls and nftables transactions, in terms of the netns/ plumbing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterable, Mapping
+
+from dynod import firewall, names, network, processes
+from dynod.addressing import Pool
+from dynod.state import Dyno
+from netns import addresses, links, namespace, sysctl
+from netns import exec as netns_exec
+from netns.nftables import Nft, NftError
+from netns.worker import KernelWorker
+
+
+class CommonRuntimeKernel:
+    def __init__(self, prefix: str, cidr: str) -> None:
+        self.names = network.Names(prefix)
+        self.pool = Pool(cidr)
+        self.layout = firewall.Layout(
+            table=prefix,
+            bridge=self.names.bridge,
+            port_glob=self.names.port_glob,
+            cidr=str(self.pool.network),
+        )
+        self.worker = KernelWorker(f"{prefix}-kernel")
+        self._nft: Nft | None = None
+        self._bridge: int | None = None
+        self.touched = False  # whether anything was made that shutdown must remove
+
+    # ---------------------------------------------------------------- host-wide objects
+    async def prepare_host(self) -> list[str]:
+        """Forwarding on, the bridge; returns warnings about other firewalls."""
+        self.touched = True
+        return await self.worker.run(self._prepare_host)
+
+    def _prepare_host(self) -> list[str]:
+        self._nft = Nft()
+        if sysctl.read("net.ipv4.ip_forward") != "1":
+            sysctl.write("net.ipv4.ip_forward", 1)
+        self._bridge = network.ensure_bridge(self.worker.ipr, self.names, self.pool)
+        return foreign_drop_policies(self._nft, self.layout.table)
+
+    async def remove_host_objects(self) -> None:
+        await self.worker.run(self._remove_host_objects)
+
+    def _remove_host_objects(self) -> None:
+        nft = self._nft or Nft()
+        nft.run(firewall.remove(self.layout))
+        nft.close()
+        self._nft = None
+        # Veths of namespaces deleted moments ago may still be being destroyed by the kernel;
+        # the daemon leaves nothing behind, so it deletes them itself.
+        for veth in network.existing_veths(self.worker.ipr, self.names):
+            links.delete(self.worker.ipr, veth)
+        network.remove_bridge(self.worker.ipr, self.names)
+
+    def close(self) -> None:
+        self.worker.close()
+
+    # ---------------------------------------------------------------- one dyno
+    def port(self, dyno: Dyno) -> firewall.Port:
+        return firewall.Port(dyno.veth, self.pool.subnet(dyno.slot).dyno_mac, dyno.ip)
+
+    @staticmethod
+    def web(dyno: Dyno) -> firewall.WebTarget | None:
+        if dyno.type == names.WEB_TYPE and dyno.port:
+            return firewall.WebTarget(dyno.ip, dyno.port)
+        return None
+
+    def _attachment(self, dyno: Dyno) -> network.Attachment:
+        return network.Attachment(dyno.netns, dyno.veth, self.pool.subnet(dyno.slot))
+
+    def _nftables(self) -> Nft:
+        assert self._nft is not None, "prepare_host() first"
+        return self._nft
+
+    async def attach(self, dyno: Dyno) -> None:
+        """The dyno's namespace, veth, /30, route and sysctls, and its firewall elements."""
+        await self.worker.run(self._attach, dyno)
+
+    def _attach(self, dyno: Dyno) -> None:
+        assert self._bridge is not None
+        network.attach(self.worker.ipr, self._bridge, self._attachment(dyno))
+        try:
+            self._nftables().run(firewall.add_dyno(self.layout, self.port(dyno), self.web(dyno)))
+        except NftError:
+            network.detach(self.worker.ipr, self._bridge, self._attachment(dyno))
+            raise
+
+    async def detach(self, dyno: Dyno) -> None:
+        """Firewall elements, gateway address and namespace (and so the veth) go."""
+        await self.worker.run(self._detach, dyno)
+
+    def _detach(self, dyno: Dyno) -> None:
+        with contextlib.suppress(NftError):  # elements already gone: nothing to remove
+            self._nftables().run(
+                firewall.remove_dyno(self.layout, self.port(dyno), self.web(dyno))
+            )
+        network.detach(self.worker.ipr, self._bridge, self._attachment(dyno))
+
+    async def move_web(self, old: firewall.WebTarget, new: firewall.WebTarget) -> None:
+        """A restarted web dyno's new PORT replaces the old one, in one transaction."""
+        text = firewall.close_web(self.layout, old) + firewall.open_web(self.layout, new)
+        await self.worker.run(self._nftables().run, text)
+
+    async def kill_inside(self, netns: str) -> None:
+        await self.worker.run(_kill_inside, netns)
+
+    async def spawn(
+        self, dyno: Dyno, env: Mapping[str, str], output_path: str
+    ) -> subprocess.Popen[bytes]:
+        """`ip netns exec NS setpriv ... /bin/sh -c COMMAND >>OUTPUT 2>&1 </dev/null`."""
+        return await self.worker.run(self._spawn, dyno, env, output_path)
+
+    @staticmethod
+    def _spawn(dyno: Dyno, env: Mapping[str, str], output_path: str) -> subprocess.Popen[bytes]:
+        argv = netns_exec.drop_privileges_argv(dyno.uid, dyno.gid, ["/bin/sh", "-c", dyno.command])
+        fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            return netns_exec.popen_inside(
+                dyno.netns,
+                argv,
+                cwd=dyno.cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                start_new_session=True,  # its own session: Ctrl-C on a terminal never reaches it
+                close_fds=True,
+            )
+        finally:
+            os.close(fd)
+
+    # ---------------------------------------------------------------- reconcile
+    async def existing_veths(self) -> set[str]:
+        return await self.worker.run(lambda: network.existing_veths(self.worker.ipr, self.names))
+
+    async def apply_firewall(self, live: Iterable[Dyno]) -> None:
+        """The whole ruleset, rebuilt from the state, replacing what is there atomically."""
+        dynos = list(live)
+        web = [w for w in (self.web(d) for d in dynos) if w is not None]
+        text = firewall.ruleset(self.layout, [self.port(d) for d in dynos], web)
+        await self.worker.run(self._nftables().run, text)
+
+    async def remove_unknown(self, live: Iterable[Dyno]) -> None:
+        """Namespaces, veths and bridge addresses with our prefix that no live dyno owns."""
+        await self.worker.run(self._remove_unknown, list(live))
+
+    def _remove_unknown(self, live: list[Dyno]) -> None:
+        ipr = self.worker.ipr
+        known_netns = {d.netns for d in live}
+        for name in namespace.names(f"{self.layout.table}-"):
+            if self.names.owns_netns(name) and name not in known_netns:
+                _kill_inside(name)
+                namespace.delete(name)
+        known_veths = {d.veth for d in live}
+        for veth in network.existing_veths(ipr, self.names):
+            if veth not in known_veths:
+                links.delete(ipr, veth)
+        assert self._bridge is not None
+        wanted = {self.pool.bridge.gateway} | {self.pool.subnet(d.slot).gateway for d in live}
+        for iface in addresses.ipv4_on(ipr, self._bridge):
+            if iface.ip in self.pool.network and str(iface.ip) not in wanted:
+                addresses.delete(ipr, self._bridge, str(iface.ip), iface.network.prefixlen)
+        for dyno in live:  # an adopted dyno's gateway address may need putting back
+            subnet = self.pool.subnet(dyno.slot)
+            addresses.add(ipr, self._bridge, subnet.gateway, subnet.prefixlen)
+
+
+def _kill_inside(netns: str) -> None:
+    processes.signal_all(namespace.pids_inside(netns), signal.SIGKILL)
+
+
+def foreign_drop_policies(nft: Nft, own_table: str) -> list[str]:
+    """Base chains of other tables that drop by default on forward or input.
+
+    An accept in dynod's table cannot override a drop in another table (each table's chains
+    see the packet), so such a host firewall silently breaks dyno traffic: say so at start-up.
+    """
+    found = []
+    for item in nft.ruleset():
+        chain = item.get("chain")
+        if not chain or chain.get("table") == own_table:
+            continue
+        if chain.get("hook") in ("forward", "input") and chain.get("policy") == "drop":
+            found.append(
+                f"table {chain['family']} {chain['table']} chain {chain['name']} drops "
+                f"{chain['hook']} traffic by default; dyno traffic it does not accept is dropped "
+                "whatever dynod allows"
+            )
+    return found
