@@ -320,9 +320,10 @@ class Daemon:
         except KeyError:
             env["HOME"] = "/"
         for key, value in given.items():
-            if not isinstance(key, str) or not key or "=" in key or "\0" in str(value):
-                raise DynodError(f"invalid environment variable {key!r}", "use --env NAME=VALUE")
-            env[key] = str(value)
+            processes.check_env_name(str(key))
+            if "\0" in str(value):
+                raise DynodError(f"the value of {key} holds a NUL byte", "remove it")
+            env[str(key)] = str(value)
         return env
 
     def _choose_port(self) -> int:

@@ -21,6 +21,8 @@ from netns import exec as netns_exec
 from netns.nftables import Nft, NftError
 from netns.worker import KernelWorker
 
+SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
 
 class CommonRuntimeKernel:
     def __init__(self, prefix: str, cidr: str) -> None:
@@ -124,22 +126,32 @@ class CommonRuntimeKernel:
 
     @staticmethod
     def _spawn(dyno: Dyno, env: Mapping[str, str], output_path: str) -> subprocess.Popen[bytes]:
-        argv = netns_exec.drop_privileges_argv(dyno.uid, dyno.gid, ["/bin/sh", "-c", dyno.command])
-        fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # setpriv runs as root, so it must not see the dyno's environment (LD_PRELOAD, say):
+        # the environment reaches the dyno on stdin, read by the shell setpriv starts as the
+        # dyno's user, which then execs the command with stdin back on /dev/null.
+        shell = 'set -e; . /dev/stdin; exec /bin/sh -c "$0" </dev/null'
+        argv = netns_exec.drop_privileges_argv(
+            dyno.uid, dyno.gid, ["/bin/sh", "-c", shell, dyno.command]
+        )
+        env_fd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
+        out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
+            os.write(env_fd, processes.env_script(env).encode())
+            os.lseek(env_fd, 0, os.SEEK_SET)
             return netns_exec.popen_inside(
                 dyno.netns,
                 argv,
                 cwd=dyno.cwd,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=fd,
-                stderr=fd,
+                env={"PATH": SAFE_PATH},
+                stdin=env_fd,
+                stdout=out_fd,
+                stderr=out_fd,
                 start_new_session=True,  # its own session: Ctrl-C on a terminal never reaches it
                 close_fds=True,
             )
         finally:
-            os.close(fd)
+            os.close(env_fd)
+            os.close(out_fd)
 
     # ---------------------------------------------------------------- reconcile
     async def existing_veths(self) -> set[str]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
+from collections.abc import Mapping
 
 import psutil
 
@@ -93,6 +95,22 @@ def check_command(command: str, cwd: str, path: str) -> None:
         raise DynodError(
             f"command not found: {program} (not in PATH={path})",
             "install it, give its full path, or fix PATH with --env PATH=...",
+        )
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def env_script(env: Mapping[str, str]) -> str:
+    """`export NAME='value'` lines for /bin/sh: any value, quotes and newlines included."""
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
+
+
+def check_env_name(name: str) -> None:
+    if not ENV_NAME.fullmatch(name):
+        raise DynodError(
+            f"invalid environment variable name {name!r}",
+            "use letters, digits and '_', not starting with a digit (--env NAME=VALUE)",
         )
 
 

@@ -189,11 +189,11 @@ class DaemonProc:
         self.wait_for(lambda: "listening on" in self.output(app, dyno["name"]), "app listening")
         return self.dyno(app, dyno["name"])
 
-    def run_once(self, app: str, ptype: str, command: str, timeout: float = 30
-                 ) -> tuple[int | None, list[str]]:
+    def run_once(self, app: str, ptype: str, command: str, timeout: float = 30,
+                 env: dict[str, str] | None = None) -> tuple[int | None, list[str]]:
         """A foreground dyno (`dynod run` without --detach): its output and exit status."""
         body = {"type": ptype, "command": command, "cwd": str(self.app_dir),
-                "env": {"PATH": SYSTEM_PATH}, "detach": False}
+                "env": {"PATH": SYSTEM_PATH, **(env or {})}, "detach": False}
         lines: list[str] = []
         client = Client(self.socket, timeout=timeout)
         for raw in client.lines(f"/v1/apps/{app}/dynos", "POST", body):

@@ -328,3 +328,23 @@ def test_unprivileged_dyno_can_ping_its_own_loopback() -> None:
         )
         status, lines = d.run_once("pinger", "run", f'/usr/bin/python3 -c "{code}"')
         assert status == 0 and lines == ["pong"], lines
+
+
+def test_environment_reaches_the_dyno_intact_and_not_its_launcher() -> None:
+    with running_daemon() as d:
+        tricky = "it's \"quoted\" $HOME `id`\nsecond line"
+        names = "('TRICKY', 'LD_PRELOAD', 'DYNO', 'PORT')"
+        code = f"import os,json;print(json.dumps({{k: os.environ.get(k) for k in {names}}}))"
+        status, lines = d.run_once(
+            "envy", "web", f"/usr/bin/python3 -c \"{code}\"",
+            env={"TRICKY": tricky, "LD_PRELOAD": "/nonexistent/dynod-test.so"},
+        )
+        assert status == 0, lines
+        seen = json.loads(lines[-1])
+        assert seen["TRICKY"] == tricky and seen["DYNO"] == "web.1" and seen["PORT"].isdigit()
+        assert seen["LD_PRELOAD"] == "/nonexistent/dynod-test.so"
+        # setpriv (root) and the shell that reads the environment ran without it: only the
+        # command's own /bin/sh and python saw LD_PRELOAD, so ld.so complained twice, not 4 times
+        assert sum("cannot be preloaded" in line for line in lines) == 2
+        result = d.cli("run", "--app", "envy", "-e", "BAD-NAME=1", "--", "true")
+        assert result.returncode == 1 and "invalid environment variable name" in result.stderr

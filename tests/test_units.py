@@ -174,3 +174,20 @@ def test_a_default_drop_firewall_elsewhere_is_reported() -> None:
     warnings = foreign_drop_policies(FakeNft(), "dynod")  # type: ignore[arg-type]
     assert len(warnings) == 1
     assert "table inet filter chain forward drops forward traffic" in warnings[0]
+
+
+def test_env_script_quotes_any_value() -> None:
+    import subprocess
+
+    env = {"A": "plain", "B": "it's \"quoted\" $HOME `x`", "C": "two\nlines", "D": ""}
+    script = processes.env_script(env)
+    show = '. /dev/stdin; for v in A B C D; do eval "printf %s\\| \\"\\$$v\\""; done'
+    out = subprocess.run(
+        ["/bin/sh", "-c", show],
+        input=script, capture_output=True, text=True, check=True,
+    ).stdout
+    assert out == "plain|it's \"quoted\" $HOME `x`|two\nlines||"
+    processes.check_env_name("DATABASE_URL")
+    for bad in ("1X", "A-B", "", "A B", "A=B"):
+        with pytest.raises(DynodError):
+            processes.check_env_name(bad)
