@@ -1,6 +1,6 @@
 """How much a dyno's network costs to set up and tear down, through dynod and on the bare kernel.
 
-    sudo /opt/dynod-venv/bin/python bench/dyno_lifecycle.py [-n 200] [--rounds 4] [--json]
+    sudo .venv/bin/python bench/dyno_lifecycle.py [-n 200] [--rounds 4] [--json]
 
 What is measured, per dyno, on two sides run in the same invocation:
 

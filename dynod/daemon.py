@@ -60,14 +60,16 @@ class Daemon:
 
     # ---------------------------------------------------------------- start and stop
     async def serve(self) -> None:
+        # Handlers first: a SIGTERM during start-up still ends in shutdown(), which removes
+        # whatever start-up had made by then.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop_event.set)
         try:
             await self.start()
         except BaseException:
             await self.shutdown(stop_dynos=False)
             raise
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop_event.set)
         try:
             await self._stop_event.wait()
         finally:
@@ -536,12 +538,21 @@ class Daemon:
             self._exits.pop(dyno.id, None)
 
     async def _wait_empty(self, dyno: Dyno, timeout: float) -> bool:
+        """Wait until no process is left in the dyno's namespace. The main process's exit is
+        signalled at once (pidfd); what it leaves behind is looked for with a growing delay."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        future = self._exits.get(dyno.id)
+        if future is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(future), timeout)
+        delay = 0.002
+        while True:
             if not await asyncio.to_thread(namespace.pids_inside, dyno.netns):
                 return True
-            await asyncio.sleep(0.05)
-        return False
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 0.05)
 
     async def wait_exit(self, dyno: Dyno) -> int | None:
         future = self._exits.get(dyno.id)

@@ -128,12 +128,13 @@ class OutputFile:
 
     def read_lines(self, limit: int = 1 << 20) -> list[str]:
         try:
+            # A stat is much cheaper than an open, and most polls find nothing new.
+            size = os.stat(self.path).st_size
+            if size < self.offset:  # truncated by someone: start over
+                self.offset = 0
+            if size == self.offset:
+                return []
             with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < self.offset:  # truncated by someone: start over
-                    self.offset = 0
-                if size == self.offset:
-                    return []
                 f.seek(self.offset)
                 chunk = f.read(limit)
         except FileNotFoundError:

@@ -348,3 +348,20 @@ def test_environment_reaches_the_dyno_intact_and_not_its_launcher() -> None:
         assert sum("cannot be preloaded" in line for line in lines) == 2
         result = d.cli("run", "--app", "envy", "-e", "BAD-NAME=1", "--", "true")
         assert result.returncode == 1 and "invalid environment variable name" in result.stderr
+
+
+def test_sigterm_during_start_up_still_cleans_up() -> None:
+    daemon = DaemonProc()
+    try:
+        log = open(daemon.log_path, "ab")  # noqa: SIM115
+        daemon.proc = subprocess.Popen(daemon.argv(), stdout=log, stderr=log)
+        log.close()
+        bridge = f"/sys/class/net/{daemon.prefix}0"
+        deadline = time.monotonic() + 20
+        while not os.path.exists(bridge) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        daemon.proc.send_signal(signal.SIGTERM)  # start-up has made the bridge, maybe more
+        assert daemon.proc.wait(30) in (0, 1)
+        assert leftovers(daemon.prefix) == {}
+    finally:
+        assert daemon.close() == {}
