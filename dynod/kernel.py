@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 
 from dynod import firewall, names, network, processes
 from dynod.addressing import Pool
+from dynod.errors import DynodError
 from dynod.state import Dyno
 from netns import addresses, links, namespace, sysctl
 from netns import exec as netns_exec
@@ -46,11 +47,27 @@ class CommonRuntimeKernel:
         return await self.worker.run(self._prepare_host)
 
     def _prepare_host(self) -> list[str]:
+        self._check_range_is_free()
         self._nft = Nft()
         if sysctl.read("net.ipv4.ip_forward") != "1":
             sysctl.write("net.ipv4.ip_forward", 1)
         self._bridge = network.ensure_bridge(self.worker.ipr, self.names, self.pool)
         return foreign_drop_policies(self._nft, self.layout.table)
+
+    def _check_range_is_free(self) -> None:
+        """Refuse a range that a route of the host already covers (a LAN on 172.16/12 is common):
+        dynos would shadow those hosts, or never be reached."""
+        ipr = self.worker.ipr
+        ours = links.index_of(ipr, self.names.bridge)  # a previous run's bridge is ours
+        for routed, oif in addresses.ipv4_routes(ipr):
+            if routed.prefixlen == 0 or oif == ours or not routed.overlaps(self.pool.network):
+                continue
+            device = links.name_of(ipr, oif) if oif else "?"
+            raise DynodError(
+                f"the dyno range {self.pool.network} overlaps the route to {routed} "
+                f"on {device}",
+                "start the daemon with a free range, e.g. --cidr 172.30.0.0/16",
+            )
 
     async def remove_host_objects(self) -> None:
         await self.worker.run(self._remove_host_objects)

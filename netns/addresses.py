@@ -41,6 +41,15 @@ def ipv4_on(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Interface]:
     return found
 
 
+def ipv4_routes(ipr: IPRoute) -> list[tuple[ipaddress.IPv4Network, int | None]]:
+    """`ip -4 route show table main`: each route's destination and output interface index."""
+    found = []
+    for msg in ipr.get_routes(family=2, table=254):
+        dst = msg.get_attr("RTA_DST") or "0.0.0.0"
+        found.append((ipaddress.IPv4Network(f"{dst}/{msg['dst_len']}"), msg.get_attr("RTA_OIF")))
+    return found
+
+
 def add_default_route(ipr: IPRoute, gateway: str) -> None:
     """`ip route add default via GATEWAY`."""
     ipr.route("add", dst="0.0.0.0/0", gateway=gateway)

@@ -23,6 +23,11 @@ def index_of(ipr: IPRoute, name: str) -> int | None:
     return found[0] if found else None
 
 
+def name_of(ipr: IPRoute, index: int) -> str:
+    found = ipr.get_links(index)
+    return found[0].get_attr("IFLA_IFNAME") if found else f"if{index}"
+
+
 def ensure_bridge(ipr: IPRoute, name: str) -> int:
     """`ip link add NAME type bridge; ip link set NAME up` unless it exists; returns its index.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -91,14 +92,38 @@ def test_daemon_stop_leaves_no_kernel_object_or_process() -> None:
         daemon.close()
 
 
+def _nft_table_items(prefix: str, kind: str) -> list[dict]:
+    items = []
+    for family in ("bridge", "inet"):
+        listing = json.loads(sh("nft", "-j", "list", "table", family, prefix).stdout)
+        items += [item[kind] for item in listing["nftables"] if kind in item]
+    return items
+
+
+def nft_rules(prefix: str) -> list[str]:
+    """The rules' expressions, without their counters' values."""
+    return sorted(
+        json.dumps([e for e in rule["expr"] if "counter" not in e])
+        for rule in _nft_table_items(prefix, "rule")
+    )
+
+
+def nft_elements(prefix: str) -> int:
+    return sum(len(s.get("elem", [])) for s in _nft_table_items(prefix, "set"))
+
+
 def test_eth0_index_stays_small_after_300_dynos() -> None:
     with running_daemon(cidr=f"172.31.{os.getpid() % 64 * 4}.0/22") as d:
         def start(i: int) -> dict:
             return d.run("churn", "worker", "sleep 600")
 
+        rules_before = nft_rules(d.prefix)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             for _ in range(3):
                 list(pool.map(start, range(100)))
+                # 100 dynos: the firewall holds 100 more set elements and not one more rule
+                assert nft_rules(d.prefix) == rules_before
+                assert nft_elements(d.prefix) >= 100
                 d.stop_dyno("churn", grace=1)
         dyno = d.run("fresh", "worker", "sleep 600")
         ns = d.netns("fresh", dyno["name"])
@@ -365,3 +390,41 @@ def test_sigterm_during_start_up_still_cleans_up() -> None:
         assert leftovers(daemon.prefix) == {}
     finally:
         assert daemon.close() == {}
+
+
+def test_a_range_the_host_already_routes_is_refused() -> None:
+    prefix = unique_prefix()
+    third = random.randrange(256)
+    sh("ip", "link", "add", f"{prefix}-a", "type", "veth", "peer", "name", f"{prefix}-b")
+    try:
+        sh("ip", "addr", "add", f"172.31.{third}.1/24", "dev", f"{prefix}-a")
+        sh("ip", "link", "set", f"{prefix}-a", "up")
+        daemon = DaemonProc(cidr=f"172.31.{third}.0/25")
+        try:
+            result = subprocess.run(daemon.argv(), capture_output=True, text=True, timeout=30)
+        finally:
+            assert daemon.close() == {}
+        assert result.returncode == 1
+        assert f"overlaps the route to 172.31.{third}.0/24 on {prefix}-a" in result.stderr
+        assert "--cidr" in result.stderr
+    finally:
+        sh("ip", "link", "del", f"{prefix}-a", check=False)
+
+
+def test_the_cli_refuses_users_outside_the_dynod_group() -> None:
+    with running_daemon() as d:
+        mode = os.stat(d.socket).st_mode & 0o777
+        assert mode in (0o600, 0o660)  # root, and the dynod group when it exists
+        copy = Path(tempfile.mkdtemp(prefix=f"dynod-{d.prefix}-cli-", dir="/tmp"))
+        try:
+            copy.chmod(0o755)
+            result = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 "/usr/bin/python3", "-m", "dynod", "--socket", d.socket, "ps"],
+                capture_output=True, text=True, timeout=60, cwd="/",
+                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": _readable_copy_of_dynod(copy)},
+            )
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+        assert result.returncode == 1
+        assert "permission denied" in result.stderr and "dynod group" in result.stderr
