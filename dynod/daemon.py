@@ -218,7 +218,7 @@ class Daemon:
             self.log.emit(dyno.app, f"heroku[{dyno.name}]", "Cleaned up after daemon restart")
             await self.kernel.kill_inside(dyno.netns)
             await self.kernel.detach(dyno)
-            self.state.remove_dyno(dyno)
+            self._forget(dyno)
         await self.kernel.remove_unknown(live)
         for dyno in live:
             self._outputs[dyno.id] = OutputFile(dyno.log_path, dyno.log_offset)
@@ -276,7 +276,7 @@ class Daemon:
         try:
             await self.kernel.attach(dyno)
         except BaseException as exc:
-            self.state.remove_dyno(dyno)
+            self._forget(dyno)
             raise DynodError(
                 f"could not set up the network of {dyno.name}: {exc}", status=500
             ) from exc
@@ -285,9 +285,15 @@ class Daemon:
             await self._spawn(dyno)
         except BaseException as exc:
             await self.kernel.detach(dyno)
-            self.state.remove_dyno(dyno)
+            self._forget(dyno)
             raise DynodError(f"could not start {dyno.name}: {exc}", status=500) from exc
         return dyno
+
+    def _forget(self, dyno: Dyno) -> None:
+        """Drop the dyno from the state (its /30 drains) and its output file from the disk."""
+        self.state.remove_dyno(dyno)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dyno.log_path)
 
     def _record_timing(self, dyno: Dyno, what: str, began: float) -> None:
         self.timings.setdefault(dyno.id, {})[what] = 1000 * (time.perf_counter() - began)
@@ -527,7 +533,7 @@ class Daemon:
             self._drain_output(dyno, final=True)
             began = time.perf_counter()
             await self.kernel.detach(dyno)
-            self.state.remove_dyno(dyno)
+            self._forget(dyno)
             self._record_timing(dyno, "teardown_ms", began)
             self.log.emit(
                 dyno.app, f"heroku[{dyno.name}]", f"State changed from {previous} to down"

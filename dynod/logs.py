@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import datetime as dt
 import os
 import sys
@@ -21,6 +22,11 @@ from dataclasses import dataclass
 from typing import TextIO
 
 MAX_LINE = 10_000  # Heroku splits longer lines
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 
 def timestamp(now: dt.datetime | None = None) -> str:
@@ -121,10 +127,14 @@ class LogBook:
 class OutputFile:
     """Reads what a dyno appended to its output file since the last read."""
 
+    # Bytes already read are given back to the filesystem in steps of this size.
+    RECLAIM = 4 << 20
+
     def __init__(self, path: str, offset: int) -> None:
         self.path = path
         self.offset = offset
         self._pending = b""
+        self._reclaimed = 0
 
     def read_lines(self, limit: int = 1 << 20) -> list[str]:
         try:
@@ -140,8 +150,23 @@ class OutputFile:
         except FileNotFoundError:
             return []
         self.offset += len(chunk)
+        if self.offset - self._reclaimed >= self.RECLAIM:
+            self._reclaim()
         lines, self._pending = split_output(self._pending, chunk)
         return lines
+
+    def _reclaim(self) -> None:
+        """Punch out what was read (`fallocate --punch-hole`): the file keeps its size, so
+        offsets stay valid and the dyno's O_APPEND writes are untouched, but a chatty dyno no
+        longer fills the disk."""
+        end = self.offset & ~4095
+        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            # A filesystem without hole punching just keeps the bytes; try again 4 MiB later.
+            _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, end)
+            self._reclaimed = end
+        finally:
+            os.close(fd)
 
     def flush(self) -> list[str]:
         """The last, unterminated line, once the dyno has exited."""

@@ -191,3 +191,28 @@ def test_env_script_quotes_any_value() -> None:
     for bad in ("1X", "A-B", "", "A B", "A=B"):
         with pytest.raises(DynodError):
             processes.check_env_name(bad)
+
+
+def test_output_file_reads_new_lines_and_gives_read_space_back(tmp_path) -> None:
+    import os
+
+    from dynod.logs import OutputFile
+
+    path = tmp_path / "dyno.out"
+    with open(path, "ab", buffering=0) as dyno:
+        reader = OutputFile(str(path), 0)
+        assert reader.read_lines() == []
+        dyno.write(b"first\nsec")
+        assert reader.read_lines() == ["first"]
+        dyno.write(b"ond\n" + b"x" * 99 + b"\n")
+        assert reader.read_lines() == ["second", "x" * 99]
+        block = (b"y" * 1023 + b"\n") * 1024  # 1 MiB a write
+        for _ in range(6):
+            dyno.write(block)
+            while reader.read_lines():
+                pass
+        size = os.stat(path).st_size
+        assert size > 6 << 20  # offsets stay valid: the file keeps its size...
+        assert os.stat(path).st_blocks * 512 < 3 << 20  # ...but what was read is given back
+        dyno.write(b"tail without newline")
+        assert reader.read_lines() == [] and reader.flush() == ["tail without newline"]
