@@ -7,6 +7,7 @@ nftables tables, and sockets opened inside the dynos' namespaces.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -146,8 +147,6 @@ def test_dyno_process_is_unprivileged_in_its_namespace(rt: Runtime) -> None:
     for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert int(fields[cap].strip(), 16) == 0, cap
     assert fields["NoNewPrivs"].strip() == "1"
-    import os
-
     assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(
         f"/run/netns/{rt.daemon.netns(APP, 'web.1')}"
     ).st_ino
@@ -407,6 +406,7 @@ def test_stop_removes_everything_of_the_dyno(rt: Runtime) -> None:
     import psutil
 
     assert not psutil.pid_exists(dyno["pid"]) or psutil.Process(dyno["pid"]).status() == "zombie"
+    assert not os.path.exists(f"{d.state_dir}/output/{dyno['id']}.out")
     log = d.log()
     assert "heroku[extra.1]: Stopping all processes with SIGTERM" in log
     assert "heroku[extra.1]: State changed from up to down" in log
