@@ -7,7 +7,9 @@ calls and nftables transactions, in terms of the netns/ plumbing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +26,13 @@ from netns.worker import KernelWorker
 
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
+# The dyno's first process, already its own user: reads the environment from stdin (so that
+# nothing running as root ever sees it: LD_PRELOAD and the like), enters the directory, and runs
+# the command with stdin on /dev/null. It stays as the pid namespace's init, which the kernel
+# shields from SIGTERM, while the command's processes get SIGTERM as on Heroku; it exits with
+# the command's status, and the kernel then kills whatever is left in the namespace.
+DYNO_SHELL = '. /dev/stdin && cd -- "$1" && /bin/sh -c "$0" </dev/null; exit $?'
+
 
 class CommonRuntimeKernel:
     def __init__(self, prefix: str, cidr: str) -> None:
@@ -38,6 +47,7 @@ class CommonRuntimeKernel:
         self.worker = KernelWorker(f"{prefix}-kernel")
         self._nft: Nft | None = None
         self._bridge: int | None = None
+        self._rules = -1  # rules in our tables when we last applied them
         self.touched = False  # whether anything was made that shutdown must remove
 
     # ---------------------------------------------------------------- host-wide objects
@@ -103,15 +113,22 @@ class CommonRuntimeKernel:
         assert self._nft is not None, "prepare_host() first"
         return self._nft
 
-    async def attach(self, dyno: Dyno) -> None:
-        """The dyno's namespace, veth, /30, route and sysctls, and its firewall elements."""
-        await self.worker.run(self._attach, dyno)
+    async def attach(self, dyno: Dyno, live: Iterable[Dyno]) -> None:
+        """The dyno's namespace, veth, /30, route and sysctls, and its firewall elements.
+        `live` is every dyno of the state (this one included), for rebuilding the firewall."""
+        await self.worker.run(self._attach, dyno, list(live))
 
-    def _attach(self, dyno: Dyno) -> None:
+    def _attach(self, dyno: Dyno, live: list[Dyno]) -> None:
         assert self._bridge is not None
         network.attach(self.worker.ipr, self._bridge, self._attachment(dyno))
         try:
-            self._nftables().run(firewall.add_dyno(self.layout, self.port(dyno), self.web(dyno)))
+            try:
+                self._nftables().run(
+                    firewall.add_dyno(self.layout, self.port(dyno), self.web(dyno))
+                )
+            except NftError:
+                # Our tables are gone or changed (a flushed ruleset): rebuild them whole.
+                self._apply_firewall(live)
         except NftError:
             network.detach(self.worker.ipr, self._bridge, self._attachment(dyno))
             raise
@@ -135,6 +152,11 @@ class CommonRuntimeKernel:
     async def kill_inside(self, netns: str) -> None:
         await self.worker.run(_kill_inside, netns)
 
+    @staticmethod
+    async def pids_inside(netns: str) -> list[int]:
+        """`ip netns pids NS`: a /proc scan, off the event loop and off the kernel thread."""
+        return await asyncio.to_thread(namespace.pids_inside, netns)
+
     async def spawn(
         self, dyno: Dyno, env: Mapping[str, str], output_path: str
     ) -> subprocess.Popen[bytes]:
@@ -143,12 +165,11 @@ class CommonRuntimeKernel:
 
     @staticmethod
     def _spawn(dyno: Dyno, env: Mapping[str, str], output_path: str) -> subprocess.Popen[bytes]:
-        # setpriv runs as root, so it must not see the dyno's environment (LD_PRELOAD, say):
-        # the environment reaches the dyno on stdin, read by the shell setpriv starts as the
-        # dyno's user, which then execs the command with stdin back on /dev/null.
-        shell = 'set -e; . /dev/stdin; exec /bin/sh -c "$0" </dev/null'
-        argv = netns_exec.drop_privileges_argv(
-            dyno.uid, dyno.gid, ["/bin/sh", "-c", shell, dyno.command]
+        argv = netns_exec.own_pid_and_mount_namespaces(
+            netns_exec.drop_privileges_argv(
+                dyno.uid, dyno.gid, ["/bin/sh", "-c", DYNO_SHELL, dyno.command, dyno.cwd]
+            ),
+            keep=dyno.cwd,
         )
         env_fd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
         out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -158,7 +179,7 @@ class CommonRuntimeKernel:
             return netns_exec.popen_inside(
                 dyno.netns,
                 argv,
-                cwd=dyno.cwd,
+                cwd="/",  # the dyno's directory is entered by the dyno's user, not by root
                 env={"PATH": SAFE_PATH},
                 stdin=env_fd,
                 stdout=out_fd,
@@ -176,10 +197,29 @@ class CommonRuntimeKernel:
 
     async def apply_firewall(self, live: Iterable[Dyno]) -> None:
         """The whole ruleset, rebuilt from the state, replacing what is there atomically."""
-        dynos = list(live)
+        await self.worker.run(self._apply_firewall, list(live))
+
+    def _apply_firewall(self, dynos: list[Dyno]) -> None:
         web = [w for w in (self.web(d) for d in dynos) if w is not None]
-        text = firewall.ruleset(self.layout, [self.port(d) for d in dynos], web)
-        await self.worker.run(self._nftables().run, text)
+        self._nftables().run(firewall.ruleset(self.layout, [self.port(d) for d in dynos], web))
+        self._rules = self._rule_count()
+
+    def _rule_count(self) -> int:
+        """Rules in both of our tables; -1 when one is missing."""
+        total = 0
+        for family in ("bridge", "inet"):
+            try:
+                listing = json.loads(
+                    self._nftables().run(f"list table {family} {self.layout.table}", as_json=True)
+                )
+            except NftError:
+                return -1
+            total += sum(1 for item in listing["nftables"] if "rule" in item)
+        return total
+
+    async def firewall_intact(self) -> bool:
+        """Are our tables there with every rule we put in them?"""
+        return await self.worker.run(lambda: self._rule_count() == self._rules)
 
     async def remove_unknown(self, live: Iterable[Dyno]) -> None:
         """Namespaces, veths and bridge addresses with our prefix that no live dyno owns."""
@@ -201,9 +241,16 @@ class CommonRuntimeKernel:
         for iface in addresses.ipv4_on(ipr, self._bridge):
             if iface.ip in self.pool.network and str(iface.ip) not in wanted:
                 addresses.delete(ipr, self._bridge, str(iface.ip), iface.network.prefixlen)
-        for dyno in live:  # an adopted dyno's gateway address may need putting back
+
+    async def restore_gateways(self, live: Iterable[Dyno]) -> None:
+        """Put back the gateway address of every kept dyno (someone may have removed it)."""
+        await self.worker.run(self._restore_gateways, list(live))
+
+    def _restore_gateways(self, live: list[Dyno]) -> None:
+        assert self._bridge is not None
+        for dyno in live:
             subnet = self.pool.subnet(dyno.slot)
-            addresses.add(ipr, self._bridge, subnet.gateway, subnet.prefixlen)
+            addresses.add(self.worker.ipr, self._bridge, subnet.gateway, subnet.prefixlen)
 
 
 def _kill_inside(netns: str) -> None:

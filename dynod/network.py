@@ -59,8 +59,9 @@ class Names:
     def veth(self, dyno_id: int) -> str:
         return f"{self.prefix}-{dyno_id:x}"
 
-    def netns(self, app: str, dyno: str) -> str:
-        return f"{self.prefix}-{app}-{dyno}"
+    def netns(self, app: str, ptype: str, number: int) -> str:
+        """PREFIX-APP.TYPE.N: no '.' in an app name or a type, so no two dynos share one."""
+        return f"{self.prefix}-{app}.{ptype}.{number}"
 
     def owns_netns(self, name: str) -> bool:
         return name.startswith(f"{self.prefix}-")

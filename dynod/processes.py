@@ -77,7 +77,9 @@ def check_command(command: str, cwd: str, path: str) -> None:
     if not os.path.isdir(cwd):
         raise DynodError(f"directory {cwd} does not exist", "run dynod from an existing directory")
     try:
-        words = shlex.split(command)
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words = list(lexer)
     except ValueError as exc:
         raise DynodError(f"cannot parse command {command!r}: {exc}", "check its quotes") from exc
     program = next((w for w in words if not _is_assignment(w)), "")

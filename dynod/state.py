@@ -172,7 +172,11 @@ class State:
         for key, value in changes.items():
             setattr(dyno, key, value)
         sets = ", ".join(f"{k}=?" for k in changes)
-        self.db.execute(f"UPDATE dynos SET {sets} WHERE id=?", (*changes.values(), dyno.id))
+        cursor = self.db.execute(
+            f"UPDATE dynos SET {sets} WHERE id=?", (*changes.values(), dyno.id)
+        )
+        if cursor.rowcount == 0:
+            raise KeyError(f"dyno {dyno.id} ({dyno.name}) is no longer in the state")
 
     def remove_dyno(self, dyno: Dyno) -> None:
         """Forget a dyno; its /30 drains until the kernel has destroyed its veth."""

@@ -226,7 +226,7 @@ class DaemonProc:
         )
 
     def netns(self, app: str, name: str) -> str:
-        return f"{self.prefix}-{app}-{name}"
+        return f"{self.prefix}-{app}.{name}"
 
     @staticmethod
     def wait_for(check: Any, what: str, timeout: float = 20) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.support import DaemonProc, InternetHost, gateway_of, netns_exec, read, sh
@@ -139,18 +140,58 @@ def test_dynos_have_their_own_namespace_veth_and_slash30(rt: Runtime) -> None:
         assert f"master {d.prefix}0" in port and "isolated on" in port
 
 
-def test_dyno_process_is_unprivileged_in_its_namespace(rt: Runtime) -> None:
-    pid = rt.web1["pid"]
-    status = read(f"/proc/{pid}/status")
-    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-    assert fields["Uid"].split()[0] != "0"
-    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
-        assert int(fields[cap].strip(), 16) == 0, cap
-    assert fields["NoNewPrivs"].strip() == "1"
-    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(
-        f"/run/netns/{rt.daemon.netns(APP, 'web.1')}"
-    ).st_ino
-    assert os.readlink(f"/proc/{pid}/cwd") == str(rt.daemon.app_dir)
+def test_dyno_processes_are_unprivileged_in_their_namespaces(rt: Runtime) -> None:
+    """Every process of the dyno but the `unshare` that waits for it outside is the dyno's
+    unprivileged user, with no capability at all, in the dyno's network namespace."""
+    netns_inode = os.stat(f"/run/netns/{rt.daemon.netns(APP, 'web.1')}").st_ino
+    inside = [p for p in psutil.process_iter(["name"])
+              if _netns_inode(p.pid) == netns_inode]
+    names = sorted(p.info["name"] for p in inside)
+    assert names.count("unshare") == 1 and "python3" in names, names
+    assert rt.web1["pid"] == next(p.pid for p in inside if p.info["name"] == "unshare")
+    for proc in inside:
+        if proc.info["name"] == "unshare":
+            continue
+        fields = dict(
+            line.split(":\t", 1) for line in read(f"/proc/{proc.pid}/status").splitlines()
+            if ":\t" in line
+        )
+        assert fields["Uid"].split()[0] != "0", proc
+        for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(fields[cap].strip(), 16) == 0, (proc, cap)
+        assert fields["NoNewPrivs"].strip() == "1"
+        if proc.info["name"] == "python3":
+            assert os.readlink(f"/proc/{proc.pid}/cwd") == str(rt.daemon.app_dir)
+
+
+def _netns_inode(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def test_dynos_see_only_their_own_processes_and_tmp(rt: Runtime) -> None:
+    """A dyno cannot address another dyno's processes (their environment holds secrets) nor
+    meet it in /tmp, even when both run as the same user."""
+    victim = next(p for p in psutil.process_iter(["name"])
+                  if p.info["name"] == "python3" and _netns_inode(p.pid) == os.stat(
+                      f"/run/netns/{rt.daemon.netns(APP, 'web.1')}").st_ino)
+    code = (
+        "import os;"
+        "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()));"
+        f"print(os.path.exists('/proc/{victim.pid}/environ'));"
+        "print(os.listdir('/tmp'));"
+        "open('/tmp/left-by-run', 'w').close()"
+    )
+    status, lines = rt.daemon.run_once(APP, "run", f'/usr/bin/python3 -c "{code}"')
+    assert status == 0, lines
+    pids = json.loads(lines[0])
+    assert pids[0] == 1 and len(pids) < 6, pids  # its init, its shell, python: nothing else
+    assert lines[1] == "False" or victim.pid in pids
+    # its own, empty /tmp: only the way to its working directory, bound back in
+    assert json.loads(lines[2].replace("'", '"')) == [rt.daemon.app_dir.parts[2]]
+    assert not os.path.exists("/tmp/left-by-run")
 
 
 def test_environment_dyno_and_port(rt: Runtime) -> None:

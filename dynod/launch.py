@@ -1,0 +1,100 @@
+"""What a `run` request turns into: who the dyno runs as, its environment, its PORT."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import random
+import stat
+from collections.abc import Mapping
+from typing import Any
+
+from dynod import processes
+from dynod.errors import DynodError
+from dynod.state import Dyno
+
+PORT_RANGE = (3000, 60999)
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def choose_port() -> int:
+    """Like Heroku, a different PORT for every dyno and restart: apps must read $PORT."""
+    return random.randint(*PORT_RANGE)
+
+
+def dyno_user(
+    request: Mapping[str, Any], peer_uid: int, peer_gid: int, fallback: str
+) -> tuple[int, int]:
+    """Dynos run as whoever asked, never as root: a root caller's dynos run as the user sudo was
+    called by, or as the configured unprivileged user."""
+    if peer_uid != 0:
+        return peer_uid, peer_gid
+    sudo_uid, sudo_gid = request.get("sudo_uid"), request.get("sudo_gid")
+    if isinstance(sudo_uid, int) and isinstance(sudo_gid, int) and sudo_uid != 0:
+        return sudo_uid, sudo_gid
+    try:
+        entry = pwd.getpwnam(fallback)
+    except KeyError:
+        raise DynodError(
+            f"user {fallback!r} does not exist",
+            "create it, or start the daemon with --dyno-user NAME",
+            status=500,
+        ) from None
+    if entry.pw_uid == 0:
+        raise DynodError("dynos never run as root", "give --dyno-user an unprivileged user")
+    return entry.pw_uid, entry.pw_gid
+
+
+def dyno_env(given: Mapping[str, Any], uid: int) -> dict[str, str]:
+    """The caller's variables over a small default: PATH, LANG, HOME, USER, LOGNAME."""
+    env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
+    try:
+        entry = pwd.getpwuid(uid)
+        env |= {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name}
+    except KeyError:
+        env["HOME"] = "/"
+    for key, value in given.items():
+        processes.check_env_name(str(key))
+        if "\0" in str(value):
+            raise DynodError(f"the value of {key} holds a NUL byte", "remove it")
+        env[str(key)] = str(value)
+    return env
+
+
+def process_env(dyno: Dyno) -> dict[str, str]:
+    """What the process sees: the dyno's environment plus DYNO, and PORT on web dynos."""
+    env = dict(dyno.env)
+    env["DYNO"] = dyno.name
+    if dyno.port:
+        env["PORT"] = str(dyno.port)
+    return env
+
+
+def check_can_enter(path: str, uid: int, gid: int) -> None:
+    """The dyno starts in PATH as uid:gid with no supplementary groups: refuse a directory that
+    user could not reach, instead of letting root enter it on the dyno's behalf."""
+    if not os.path.isdir(path):
+        raise DynodError(f"directory {path} does not exist", "run dynod from an existing directory")
+    current = "/"
+    for part in [p for p in os.path.abspath(path).split("/") if p]:
+        current = os.path.join(current, part)
+        info = os.stat(current)
+        if info.st_uid == uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid == gid:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if uid != 0 and not allowed:
+            user = _user_name(uid)
+            raise DynodError(
+                f"the dyno's user {user} (uid {uid}) cannot enter {current}",
+                "run from a directory that user can reach, or with sudo so the dyno runs as you",
+            )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -1,0 +1,319 @@
+"""A dyno's life after its row is in the state: network and process up, output read, exits seen,
+crashes restarted, and stops done Heroku's way.
+
+Every change to one dyno (start, restart, stop) runs under that dyno's lock, so a stop that
+arrives while the dyno is still starting waits for the start to finish, then undoes all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from dynod import launch, names, processes
+from dynod.config import Config
+from dynod.errors import DynodError
+from dynod.kernel import CommonRuntimeKernel
+from dynod.logs import LogBook, OutputFile
+from dynod.state import Dyno, State
+
+POLL = 0.1
+RESTART_CAP = 20 * 60.0  # Heroku's longest cool-off between crash restarts
+KILL_WAIT = 5.0
+
+
+class Supervisor:
+    def __init__(self, state: State, kernel: CommonRuntimeKernel, log: LogBook, config: Config):
+        self.state = state
+        self.kernel = kernel
+        self.log = log
+        self.config = config
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._outputs: dict[int, OutputFile] = {}
+        self._exits: dict[int, asyncio.Future[int | None]] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Kernel-side cost of recent setups and teardowns (network, firewall, state): what
+        # bench/dyno_lifecycle.py compares with the bare pyroute2 floor.
+        self.timings: dict[int, dict[str, float]] = {}
+
+    # ---------------------------------------------------------------- bookkeeping
+    def _lock(self, dyno_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(dyno_id, asyncio.Lock())
+
+    def background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """A task the supervisor keeps (so it is not garbage-collected) and cancels at close."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _say(self, dyno: Dyno, text: str) -> None:
+        self.log.emit(dyno.app, f"heroku[{dyno.name}]", text)
+
+    def _set_state(self, dyno: Dyno, new: str) -> None:
+        old = dyno.state
+        if old != new:
+            self.state.update_dyno(dyno, state=new)
+            self._say(dyno, f"State changed from {old} to {new}")
+
+    def _record_timing(self, dyno: Dyno, what: str, began: float) -> None:
+        self.timings.setdefault(dyno.id, {})[what] = 1000 * (time.perf_counter() - began)
+        while len(self.timings) > 1000:  # only recent ones are asked for
+            del self.timings[next(iter(self.timings))]
+
+    def forget(self, dyno: Dyno) -> None:
+        """Drop the dyno from the state (its /30 drains) and its output file from the disk."""
+        self.state.remove_dyno(dyno)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dyno.log_path)
+        self._outputs.pop(dyno.id, None)
+        self._exits.pop(dyno.id, None)
+        self._locks.pop(dyno.id, None)
+
+    async def close(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---------------------------------------------------------------- starting
+    async def launch(self, dyno: Dyno) -> None:
+        """Network, firewall and process for a dyno whose row was just inserted."""
+        async with self._lock(dyno.id):
+            began = time.perf_counter()
+            try:
+                await self.kernel.attach(dyno, self.state.dynos())
+            except Exception as exc:
+                self.forget(dyno)
+                raise DynodError(
+                    f"could not set up the network of {dyno.name}: {exc}", status=500
+                ) from exc
+            self._record_timing(dyno, "setup_ms", began)
+            try:
+                await self._spawn(dyno)
+            except Exception as exc:
+                await self.kernel.detach(dyno)
+                self.forget(dyno)
+                raise DynodError(f"could not start {dyno.name}: {exc}", status=500) from exc
+
+    async def _spawn(self, dyno: Dyno) -> None:
+        self._say(dyno, f"Starting process with command `{dyno.command}`")
+        popen = await self.kernel.spawn(dyno, launch.process_env(dyno), dyno.log_path)
+        self._children[dyno.id] = popen
+        self.state.update_dyno(
+            dyno, pid=popen.pid, pid_start=processes.start_time(popen.pid), started_at=time.time()
+        )
+        self._outputs.setdefault(dyno.id, OutputFile(dyno.log_path, dyno.log_offset))
+        self._watch_exit(dyno)
+        if dyno.type != names.WEB_TYPE:
+            self._set_state(dyno, "up")
+
+    def adopt(self, dyno: Dyno) -> None:
+        """A dyno found alive after a daemon restart: read its output and watch its exit."""
+        self._outputs[dyno.id] = OutputFile(dyno.log_path, dyno.log_offset)
+        self._watch_exit(dyno)
+        self._say(dyno, f"Adopted again (pid {dyno.pid})")
+
+    # ---------------------------------------------------------------- exits and crashes
+    def _watch_exit(self, dyno: Dyno) -> None:
+        """pidfd_open gives a file that becomes readable when the process exits, for our own
+        children and adopted processes alike: no polling, no SIGCHLD races."""
+        assert dyno.pid is not None
+        loop = asyncio.get_running_loop()
+        self._exits[dyno.id] = loop.create_future()
+        try:
+            pidfd = os.pidfd_open(dyno.pid)
+        except ProcessLookupError:
+            loop.call_soon(self._on_exit, dyno.id)
+            return
+
+        def exited() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._on_exit(dyno.id)
+
+        loop.add_reader(pidfd, exited)
+
+    def _on_exit(self, dyno_id: int) -> None:
+        status = self._reap(dyno_id)
+        dyno = self.state.dyno(dyno_id)
+        if dyno is not None:
+            # The last output first: whoever waits for the exit has every line by then.
+            self.drain_output(dyno, final=True)
+            self._say(dyno, "Process exited" + ("" if status is None else f" with status {status}"))
+        future = self._exits.get(dyno_id)
+        if future is not None and not future.done():
+            future.set_result(status)
+        if dyno is not None and dyno.state != "stopping":
+            self.background(self._after_exit(dyno_id))
+
+    def _reap(self, dyno_id: int) -> int | None:
+        popen = self._children.pop(dyno_id, None)
+        if popen is None:
+            return None  # adopted: not our child, its status went to init
+        status = popen.wait()
+        return 128 - status if status < 0 else status  # a signal, as a shell reports it (143)
+
+    async def _after_exit(self, dyno_id: int) -> None:
+        dyno = self.state.dyno(dyno_id)
+        if dyno is None or dyno.state == "stopping":
+            return
+        if not dyno.detached:
+            # `dynod run` in the foreground: the dyno ends with its process, like `heroku run`.
+            await self.stop(dyno, 0)
+            return
+        async with self._lock(dyno_id):
+            dyno = self.state.dyno(dyno_id)
+            if dyno is None or dyno.state in ("stopping", "crashed"):
+                return
+            self._set_state(dyno, "crashed")
+            await self.kernel.kill_inside(dyno.netns)
+            self.schedule_restart(dyno)
+
+    def schedule_restart(self, dyno: Dyno) -> None:
+        """Restart a crashed dyno after a cool-off that doubles with each crash (at once the first
+        time, as on Heroku, up to 20 minutes)."""
+        if not self.config.restart_crashed:
+            return
+        delay = 0.0 if dyno.restarts == 0 else min(RESTART_CAP, 2.0 ** (dyno.restarts - 1))
+        loop = asyncio.get_running_loop()
+        self._timers[dyno.id] = loop.call_later(
+            delay, lambda: self.background(self._restart(dyno.id))
+        )
+
+    async def _restart(self, dyno_id: int) -> None:
+        self._timers.pop(dyno_id, None)
+        async with self._lock(dyno_id):
+            dyno = self.state.dyno(dyno_id)
+            if dyno is None or dyno.state != "crashed":
+                return
+            old_web = self.kernel.web(dyno)
+            self.state.update_dyno(
+                dyno, restarts=dyno.restarts + 1, port=launch.choose_port() if dyno.port else None
+            )
+            self._set_state(dyno, "starting")
+            try:
+                new_web = self.kernel.web(dyno)
+                if old_web and new_web:
+                    await self.kernel.move_web(old_web, new_web)
+                await self._spawn(dyno)
+            except Exception as exc:  # noqa: BLE001 - a failed restart is another crash
+                self._say(dyno, f"Restart failed: {exc}")
+                self._set_state(dyno, "crashed")
+                self.schedule_restart(dyno)
+
+    # ---------------------------------------------------------------- stopping
+    async def stop(self, dyno: Dyno, grace: float | None = None) -> None:
+        """SIGTERM to every process of the dyno, SIGKILL after the grace period, then its
+        namespace, links, address and firewall entries go."""
+        timer = self._timers.pop(dyno.id, None)
+        if timer is not None:
+            timer.cancel()
+        async with self._lock(dyno.id):
+            current = self.state.dyno(dyno.id)
+            if current is None:
+                return  # stopped meanwhile
+            await self._stop(current, self.config.grace if grace is None else grace)
+
+    async def _stop(self, dyno: Dyno, grace: float) -> None:
+        previous = dyno.state
+        self.state.update_dyno(dyno, state="stopping")
+        await self._terminate(dyno, grace)
+        self.drain_output(dyno, final=True)
+        began = time.perf_counter()
+        await self.kernel.detach(dyno)
+        self.forget(dyno)
+        self._record_timing(dyno, "teardown_ms", began)
+        self._say(dyno, f"State changed from {previous} to down")
+
+    async def _terminate(self, dyno: Dyno, grace: float) -> None:
+        pids = await self.kernel.pids_inside(dyno.netns)
+        if not pids:
+            return
+        self._say(dyno, "Stopping all processes with SIGTERM")
+        processes.signal_all(pids, signal.SIGTERM)
+        if await self._wait_empty(dyno, grace):
+            return
+        self._say(
+            dyno,
+            "Error R12 (Exit timeout) -> At least one process failed to exit within "
+            f"{grace:g} seconds of SIGTERM",
+        )
+        self._say(dyno, "Stopping all processes with SIGKILL")
+        await self.kernel.kill_inside(dyno.netns)
+        await self._wait_empty(dyno, KILL_WAIT)
+
+    async def _wait_empty(self, dyno: Dyno, timeout: float) -> bool:
+        """Wait until no process is left in the dyno's namespace. The main process's exit is
+        signalled at once (pidfd); what it leaves behind is looked for with a growing delay."""
+        deadline = time.monotonic() + timeout
+        future = self._exits.get(dyno.id)
+        if future is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(future), timeout)
+        delay = 0.002
+        while True:
+            if not await self.kernel.pids_inside(dyno.netns):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 0.05)
+
+    async def wait_exit(self, dyno: Dyno) -> int | None:
+        future = self._exits.get(dyno.id)
+        return None if future is None else await asyncio.shield(future)
+
+    # ---------------------------------------------------------------- output and boot
+    def start_loops(self) -> None:
+        self.background(self._forever(self._read_all_output))
+        self.background(self._forever(self._check_boots))
+
+    async def _forever(self, step: Any) -> None:
+        """Run step every POLL seconds; one failure is logged, never the end of the loop."""
+        while True:
+            await asyncio.sleep(POLL)
+            try:
+                await step()
+            except Exception as exc:  # noqa: BLE001
+                self.log.emit(None, "dynod", f"error in {step.__name__}: {exc!r}")
+
+    async def _read_all_output(self) -> None:
+        for dyno in self.state.dynos():
+            self.drain_output(dyno)
+
+    def drain_output(self, dyno: Dyno, final: bool = False) -> None:
+        reader = self._outputs.get(dyno.id)
+        if reader is None:
+            return
+        for line in reader.flush() if final else reader.read_lines():
+            self.log.emit(dyno.app, f"app[{dyno.name}]", line)
+        if reader.offset != dyno.log_offset and self.state.dyno(dyno.id) is not None:
+            self.state.update_dyno(dyno, log_offset=reader.offset)
+
+    async def _check_boots(self) -> None:
+        """Web dynos are up once something listens on PORT; R10 if not within boot_timeout."""
+        now = time.time()
+        for dyno in self.state.dynos():
+            if dyno.state != "starting" or dyno.type != names.WEB_TYPE or not dyno.pid:
+                continue
+            if processes.listens_on(dyno.pid, dyno.port or 0):
+                self._set_state(dyno, "up")
+            elif dyno.started_at and now - dyno.started_at > self.config.boot_timeout:
+                self._say(
+                    dyno,
+                    "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within "
+                    f"{self.config.boot_timeout:g} seconds of launch",
+                )
+                self._say(dyno, "Stopping process with SIGKILL")
+                await self.kernel.kill_inside(dyno.netns)
+
