@@ -318,7 +318,8 @@ class ApiServer:
         app, dyno_name = r.query.get("app"), r.query.get("dyno")
         if app:
             self.daemon.app_dynos(app)  # unknown app: a clear 404
-        tail = int(_float(r.query.get("tail")) or 100)
+        tail_given = _float(r.query.get("tail"))
+        tail = 100 if tail_given is None else int(tail_given)
         follow = r.query.get("follow") in ("1", "true", "yes")
         log = self.daemon.log
 
@@ -354,6 +355,6 @@ def _float(value: str | None) -> float | None:
         number = float(value)
     except ValueError:
         raise DynodError(f"not a number: {value!r}", "give seconds, e.g. ?grace=5") from None
-    if number < 0:
-        raise DynodError(f"negative value {value!r}", "give a number of seconds >= 0")
+    if not 0 <= number < float("inf"):  # also refuses nan
+        raise DynodError(f"not a usable number: {value!r}", "give a finite number >= 0")
     return number

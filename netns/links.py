@@ -78,7 +78,7 @@ def isolate_bridge_port(ipr: IPRoute, index: int) -> None:
     """`bridge link set dev PORT isolated on learning off flood off`.
 
     An isolated port can talk only to the bridge itself and to non-isolated ports, never to
-    another isolated port: frames between two dynos never cross the bridge, whatever
+    another isolated port: frames between two containers never cross the bridge, whatever
     addresses they carry. No learning: the bridge's FDB cannot be poisoned from the port.
     No unknown-unicast flooding: a port never sees frames meant for another port's MAC.
     """
@@ -87,7 +87,7 @@ def isolate_bridge_port(ipr: IPRoute, index: int) -> None:
 
 def add_fdb_entry(ipr: IPRoute, port_index: int, mac: str) -> None:
     """`bridge fdb replace MAC dev PORT master static`: with learning off, the bridge knows
-    where the dyno's MAC is from us, not from frames the dyno sends."""
+    where the container's MAC is from us, not from frames the container sends."""
     ipr.fdb("replace", ifindex=port_index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER)
 
 

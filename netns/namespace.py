@@ -6,7 +6,7 @@ without forking a helper (pyroute2's netns.create() forks one and costs ~3x more
 
 A namespace belongs to a thread: setns(2) switches only the calling thread. `entered()` is the one
 place that switches, and it always switches back. It refuses to run on a thread that runs an asyncio
-event loop, because every coroutine on that loop would silently run in the dyno's namespace.
+event loop, because every coroutine on that loop would silently run in the other namespace.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The kernel thread: every netlink call and namespace switch runs on this one thread.
 
 The event loop hands work over with `await worker.run(fn, ...)`, so it never blocks on the
-kernel and never has its own thread moved into a dyno's namespace. One thread, one host-side
+kernel and never has its own thread moved into another namespace. One thread, one host-side
 netlink socket, opened on that thread: netlink calls are serialized without locks.
 """
 

@@ -31,15 +31,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def kernel_unchanged() -> object:
-    """After the whole suite, netns, links and nftables tables look as they did before."""
+    """After the whole suite, netns, links and nftables tables look as they did before, and no
+    process lives in a network namespace that was not there before (a leaked dyno would)."""
     if os.geteuid() != 0:
         yield None
         return
-    before = (support.netns_names(), support.link_names(), support.nft_tables())
+    before = (support.netns_names(), support.link_names(), support.nft_tables(),
+              support.process_netns())
     yield None
     deadline = time.monotonic() + 10  # the kernel destroys a deleted namespace's veth lazily
     while True:
-        after = (support.netns_names(), support.link_names(), support.nft_tables())
+        after = (support.netns_names(), support.link_names(), support.nft_tables(),
+                 support.process_netns())
         added = [sorted(b - a) for a, b in zip(before, after, strict=True)]
         if not any(added) or time.monotonic() > deadline:
             break

@@ -66,6 +66,16 @@ def netns_names() -> set[str]:
         return set()
 
 
+def process_netns() -> set[int]:
+    """The network namespaces (inodes) that processes are in."""
+    found = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError):
+                found.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
+    return found
+
+
 def link_names() -> set[str]:
     return set(os.listdir("/sys/class/net"))
 
@@ -73,6 +83,19 @@ def link_names() -> set[str]:
 def nft_tables() -> set[str]:
     out = sh("nft", "list", "tables").stdout
     return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def port_elements(table: str) -> set[tuple[str, str, str]]:
+    """The (port, MAC, IP) elements of a daemon's bridge table: whom the firewall lets send."""
+    result = sh("nft", "-j", "list", "set", "bridge", table, "ports", check=False)
+    if result.returncode != 0:
+        return set()  # no such table (yet)
+    listing = json.loads(result.stdout)
+    found = set()
+    for item in listing["nftables"]:
+        for elem in item.get("set", {}).get("elem", []):
+            found.add(tuple(elem["concat"]))
+    return found
 
 
 def leftovers(prefix: str) -> dict[str, list[str]]:

@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from dynod.errors import DynodError
 from tests.support import (
     DaemonProc,
     leftovers,
+    port_elements,
     read,
     running_daemon,
     sh,
@@ -63,12 +65,17 @@ def test_sigkilled_daemon_adopts_live_dynos_and_cleans_dead_ones() -> None:
         assert d.netns("sushi", "worker.1") not in names
         assert f"{d.prefix}-junk-web.9" not in names
         assert f"{d.prefix}-ffff" not in sh("ip", "-o", "link").stdout
-        ruleset = sh("nft", "list", "table", "bridge", d.prefix).stdout
-        assert doomed["ip"] + "\n" not in ruleset and web["ip"] in ruleset
+        allowed = {ip for _, _, ip in port_elements(d.prefix)}
+        assert allowed == {web["ip"]}, allowed
         log = d.log()
         assert "heroku[web.1]: Adopted again" in log
         assert "heroku[worker.1]: Cleaned up after daemon restart" in log
-        # The adopted dyno is still supervised: stopping it works and its output still flows.
+        # The adopted dyno is still supervised: its output still flows, and stopping it works.
+        marker = f"/after-restart-{random.randrange(10**6)}"
+        request = urllib.request.Request(f"http://127.0.0.1:{d.router_port}{marker}",
+                                         headers={"Host": "sushi.localhost"})
+        urllib.request.urlopen(request, timeout=10).read()
+        d.wait_for(lambda: marker in d.output("sushi", "web.1"), "output of the adopted dyno")
         assert d.stop_dyno("sushi", "web.1")["stopped"] == ["web.1"]
         assert not psutil.pid_exists(web["pid"]) or psutil.Process(web["pid"]).status() == "zombie"
 
@@ -98,6 +105,12 @@ def _nft_table_items(prefix: str, kind: str) -> list[dict]:
         listing = json.loads(sh("nft", "-j", "list", "table", family, prefix).stdout)
         items += [item[kind] for item in listing["nftables"] if kind in item]
     return items
+
+
+def web_elements(prefix: str) -> set[tuple[str, int]]:
+    listing = json.loads(sh("nft", "-j", "list", "set", "inet", prefix, "web").stdout)
+    return {tuple(e["concat"]) for item in listing["nftables"]
+            for e in item.get("set", {}).get("elem", [])}
 
 
 def nft_rules(prefix: str) -> list[str]:
@@ -163,7 +176,6 @@ def test_reused_address_is_reached_without_stale_neighbour() -> None:
             except DynodError:
                 time.sleep(0.05)  # the old veth is still being destroyed
         assert second is not None and second["ip"] == first["ip"]
-        assert second["port"] != first["port"] or second["pid"] != first["pid"]
         assert router_get(d, "reuse") == (200, "web.1")
 
 
@@ -338,10 +350,17 @@ def test_grace_period_then_sigkill() -> None:
 
 def test_crashed_dyno_is_restarted_with_a_new_port() -> None:
     with running_daemon() as d:
-        d.run("crashy", "web", "/usr/bin/python3 -u echo_app.py & sleep 1; exit 1")
+        d.run("crashy", "web", "/usr/bin/python3 -u echo_app.py & sleep 2; exit 1")
+        d.wait_for(lambda: d.dyno("crashy", "web.1")["state"] == "up", "up")
+        first_port = d.dyno("crashy", "web.1")["port"]
         d.wait_for(lambda: "State changed from up to crashed" in d.log(), "a crash")
-        d.wait_for(lambda: d.log().count("Starting process with command") >= 2, "a restart")
-        assert d.dyno("crashy", "web.1")["restarts"] >= 1
+        d.wait_for(lambda: d.dyno("crashy", "web.1")["restarts"] >= 1, "a restart")
+        d.wait_for(lambda: d.dyno("crashy", "web.1")["state"] == "up", "up again")
+        again = d.dyno("crashy", "web.1")
+        assert again["port"] != first_port
+        assert router_get(d, "crashy") == (200, "web.1")  # the router and firewall followed
+        web = {ip_port[1] for ip_port in web_elements(d.prefix)}
+        assert web == {again["port"]}
 
 
 def test_unprivileged_dyno_can_ping_its_own_loopback() -> None:
@@ -428,3 +447,63 @@ def test_the_cli_refuses_users_outside_the_dynod_group() -> None:
             shutil.rmtree(copy, ignore_errors=True)
         assert result.returncode == 1
         assert "permission denied" in result.stderr and "dynod group" in result.stderr
+
+
+def test_a_stop_racing_a_start_leaves_nothing_running() -> None:
+    marker = str(random.randrange(10**6, 10**7))
+    with running_daemon() as d:
+        def stop_as_soon_as_it_exists() -> None:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    d.stop_dyno("racer", "worker.1", grace=1)
+                    return
+                except DynodError:
+                    time.sleep(0.0005)  # not inserted yet
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for _ in range(10):
+                stopper = pool.submit(stop_as_soon_as_it_exists)
+                # the stop waits for the start to finish, so the start itself never fails
+                assert d.run("racer", "worker", f"sleep {marker}")["name"] == "worker.1"
+                stopper.result()
+                d.wait_for(lambda: d.dynos("racer") == [], "no dyno left")
+        time.sleep(0.2)
+        stray = [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
+        assert stray == []
+        assert not [n for n in sh("ip", "netns", "list").stdout.split() if "racer" in n]
+        d.wait_for(lambda: not [x for x in leftovers(d.prefix).get("links", [])
+                                if x != f"{d.prefix}0"], "no veth left")
+
+
+def test_a_second_daemon_with_the_same_prefix_is_refused() -> None:
+    with running_daemon() as d:
+        worker = d.run("sushi", "worker", "sleep 600")
+        second = DaemonProc(prefix=d.prefix)  # its own socket, state directory and range
+        try:
+            result = subprocess.run(second.argv(), capture_output=True, text=True, timeout=30)
+        finally:
+            shutil.rmtree(second.dir, ignore_errors=True)
+            shutil.rmtree(second.app_dir, ignore_errors=True)
+        assert result.returncode == 1
+        assert f"already uses the prefix '{d.prefix}'" in result.stderr
+        assert d.dyno("sushi", "worker.1")["pid"] == worker["pid"]
+        assert d.dyno("sushi", "worker.1")["state"] == "up"
+        assert d.netns("sushi", "worker.1") in sh("ip", "netns", "list").stdout
+
+
+def test_a_flushed_firewall_is_put_back() -> None:
+    with running_daemon() as d:
+        web = d.run_app("sushi", "web")
+        worker = d.run_app("sushi", "worker", env={"APP_PORT": "7000"})
+        # what `nft flush ruleset` or a firewall reload would do to dynod's tables
+        sh("nft", "delete", "table", "inet", d.prefix)
+        sh("nft", "delete", "table", "bridge", d.prefix)
+        d.wait_for(lambda: {ip for _, _, ip in port_elements(d.prefix)}
+                   == {web["ip"], worker["ip"]}, "the firewall re-applied", timeout=10)
+        assert "re-applying them from the state" in d.log()
+        with socket.socket() as s:
+            s.settimeout(1)
+            assert s.connect_ex((worker["ip"], 7000)) != 0  # isolation is back
+        assert router_get(d, "sushi") == (200, "web.1")
+        assert d.run("sushi", "worker", "sleep 600")["name"] == "worker.2"
