@@ -507,3 +507,18 @@ def test_a_flushed_firewall_is_put_back() -> None:
             assert s.connect_ex((worker["ip"], 7000)) != 0  # isolation is back
         assert router_get(d, "sushi") == (200, "web.1")
         assert d.run("sushi", "worker", "sleep 600")["name"] == "worker.2"
+
+
+def test_a_crashed_dyno_survives_a_daemon_restart_and_is_restarted() -> None:
+    with running_daemon() as d:
+        d.run("flaky", "worker", "echo attempt; exit 1")
+        d.wait_for(lambda: d.dyno("flaky", "worker.1")["restarts"] >= 2, "a few crashes")
+        d.wait_for(lambda: d.dyno("flaky", "worker.1")["state"] == "crashed", "crashed")
+        before = d.dyno("flaky", "worker.1")
+        d.kill9()
+        d.start()
+        d.wait_for(lambda: d.dyno("flaky", "worker.1")["restarts"] > before["restarts"],
+                   "restarted by the new daemon", timeout=30)
+        after = d.dyno("flaky", "worker.1")
+        assert after["ip"] == before["ip"] and after["id"] == before["id"]
+        assert d.log().count("app[worker.1]: attempt") > before["restarts"] + 1
