@@ -84,7 +84,7 @@ class Daemon:
         log = self.log
         self.router = Router(
             self._resolve,
-            lambda text: log.emit(None, "heroku[router]", text),
+            lambda text, app: log.emit(app, "heroku[router]", text),
             socket_mark=self.kernel.layout.router_mark,
         )
         await self.router.start(self.config.router_host, self.config.router_port)

@@ -4,7 +4,8 @@ Every app is reachable as ``http://APP.localhost:PORT/``.  The router reads the 
 header, asks ``resolve(app, client_ip)`` for the app's web dynos that are up, picks one
 round-robin (one counter per app), opens a fresh TCP connection to it, forwards the request
 with Heroku's ``X-Forwarded-*`` / ``X-Request-*`` / ``Via`` headers, streams the response
-back, and hands one Heroku-style log line per request to ``log``.
+back, and hands one Heroku-style log line per request to ``log(line, app)`` (app is None
+when the Host named no known app).
 
 Design
 ------
@@ -140,6 +141,7 @@ class RequestLog:
     error: HerokuError | None = None
     protocol: str = "http"
     emitted: bool = field(default=False, compare=False)
+    app: str | None = field(default=None, compare=False)  # set once resolve() knows the app
 
 
 _UNSAFE_BARE = re.compile(r'[^\x21-\x7e]|["\\]')
@@ -445,7 +447,7 @@ class Router:
     def __init__(
         self,
         resolve: Resolve,
-        log: Callable[[str], None],
+        log: Callable[[str, str | None], None],
         *,
         connect_timeout: float = 5.0,
         response_timeout: float = 30.0,
@@ -587,6 +589,7 @@ class Router:
             return await self._answer_locally(client, entry, H99.status, H99)
         if backends is None:
             return await self._answer_locally(client, entry, 404, None)
+        entry.app = app
         if not backends:
             return await self._answer_locally(client, entry, H14.status, H14)
         assert app is not None
@@ -857,7 +860,7 @@ class Router:
             return
         entry.emitted = True
         try:
-            self._log(format_log_line(entry))
+            self._log(format_log_line(entry), entry.app)
         except Exception:
             _logger.exception("router: log callback failed")
 

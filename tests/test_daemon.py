@@ -522,3 +522,27 @@ def test_a_crashed_dyno_survives_a_daemon_restart_and_is_restarted() -> None:
         after = d.dyno("flaky", "worker.1")
         assert after["ip"] == before["ip"] and after["id"] == before["id"]
         assert d.log().count("app[worker.1]: attempt") > before["restarts"] + 1
+
+
+def test_logs_apps_status_and_the_raw_api() -> None:
+    with running_daemon() as d:
+        d.run_app("sushi", "web")
+        assert router_get(d, "sushi") == (200, "web.1")
+        d.wait_for(lambda: "http-hit" in d.output("sushi", "web.1"), "the request logged")
+        logs = d.cli("logs", "--app", "sushi", "-n", "50")
+        assert logs.returncode == 0, logs.stderr
+        lines = logs.stdout.splitlines()
+        assert any(" heroku[web.1]: State changed from starting to up" in x for x in lines)
+        assert any(" app[web.1]: http-hit " in x for x in lines)
+        assert any(" heroku[router]: at=info method=GET" in x for x in lines)
+        router_only = d.cli("logs", "--app", "sushi", "--dyno", "router").stdout.splitlines()
+        assert router_only and all("heroku[router]" in x for x in router_only)
+        assert d.cli("logs", "-n", "0").stdout == ""
+        assert "sushi" in d.cli("apps").stdout and "1 dyno(s)" in d.cli("apps").stdout
+        status = d.cli("status").stdout
+        assert d.prefix in status and d.cidr in status
+        # the API is plain HTTP and JSON on the socket, as Docker's is
+        raw = sh("curl", "-sS", "--unix-socket", d.socket, "http://dynod/v1/dynos?app=sushi")
+        assert [x["name"] for x in json.loads(raw.stdout)] == ["web.1"]
+        missing = sh("curl", "-sS", "--unix-socket", d.socket, "http://dynod/v1/nope")
+        assert "no such endpoint" in json.loads(missing.stdout)["error"]

@@ -63,7 +63,7 @@ async def router_for(
     def resolve(app: str, client_ip: str) -> Sequence[Backend] | None:
         return apps.get(app)
 
-    router = Router(resolve, lines.append, **kwargs)
+    router = Router(resolve, lambda line, app: lines.append(line), **kwargs)
     await router.start("127.0.0.1", 0)
     try:
         yield router, lines
@@ -925,7 +925,7 @@ def test_close_cleans_up_open_connections() -> None:
     async def main() -> None:
         async with serve(hang) as port:
             router = Router(
-                lambda app, ip: [Backend("web.1", "127.0.0.1", port)], lambda line: None
+                lambda app, ip: [Backend("web.1", "127.0.0.1", port)], lambda line, app: None
             )
             await router.start("127.0.0.1", 0)
             idle = await Client.open(router.port)
