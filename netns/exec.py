@@ -19,12 +19,14 @@ def popen_inside(name: str, argv: Sequence[str], **popen_kwargs: Any) -> subproc
 
 
 # Runs as root in the new mount namespace: keeps a handle on the directory to keep, gives the
-# namespace its own empty /tmp and /dev/shm, binds the kept directory back in if it was under
-# one of them, and becomes the program.
+# namespace its own empty /tmp and /dev/shm and a /sys that shows its own network namespace's
+# links (as `ip netns exec` does), binds the kept directory back in if it was under /tmp or
+# /dev/shm, and becomes the program.
 PRIVATE_TMP = """
 exec 3<"$1" || exit 126
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp || exit 126
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm || exit 126
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys || exit 126
 case "$1" in /tmp/*|/dev/shm/*)
     mkdir -p "$1" && mount --no-canonicalize --bind /proc/self/fd/3 "$1" || exit 126;;
 esac

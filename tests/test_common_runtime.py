@@ -179,7 +179,7 @@ def _netns_inode(pid: int) -> int | None:
         return None
 
 
-def test_dynos_see_only_their_own_processes_and_tmp(rt: Runtime) -> None:
+def test_dynos_see_only_their_own_processes_tmp_and_links(rt: Runtime) -> None:
     """A dyno cannot address another dyno's processes (their environment holds secrets) nor
     meet it in /tmp, even when both run as the same user."""
     victim = next(p for p in psutil.process_iter(["name"])
@@ -190,7 +190,8 @@ def test_dynos_see_only_their_own_processes_and_tmp(rt: Runtime) -> None:
         "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()));"
         f"print(os.path.exists('/proc/{victim.pid}/environ'));"
         "print(os.listdir('/tmp'));"
-        "open('/tmp/left-by-run', 'w').close()"
+        "open('/tmp/left-by-run', 'w').close();"
+        "print(sorted(os.listdir('/sys/class/net')))"
     )
     status, lines = rt.daemon.run_once(APP, "run", f'/usr/bin/python3 -c "{code}"')
     assert status == 0, lines
@@ -199,6 +200,7 @@ def test_dynos_see_only_their_own_processes_and_tmp(rt: Runtime) -> None:
     assert lines[1] == "False" or victim.pid in pids
     # its own, empty /tmp: only the way to its working directory, bound back in
     assert json.loads(lines[2].replace("'", '"')) == [rt.daemon.app_dir.parts[2]]
+    assert lines[3] == "['eth0', 'lo']"  # its own links in /sys, not the host's
     assert not os.path.exists("/tmp/left-by-run")
 
 
