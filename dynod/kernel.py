@@ -113,24 +113,23 @@ class CommonRuntimeKernel:
         assert self._nft is not None, "prepare_host() first"
         return self._nft
 
-    async def attach(self, dyno: Dyno, live: Iterable[Dyno]) -> None:
-        """The dyno's namespace, veth, /30, route and sysctls, and its firewall elements.
-        `live` is every dyno of the state (this one included), for rebuilding the firewall."""
-        await self.worker.run(self._attach, dyno, list(live))
+    async def attach(self, dyno: Dyno) -> None:
+        """The dyno's namespace, veth, /30, route and sysctls, and its firewall elements; all
+        or nothing (NftError when the firewall refused the elements)."""
+        await self.worker.run(self._attach, dyno)
 
-    def _attach(self, dyno: Dyno, live: list[Dyno]) -> None:
+    def _attach(self, dyno: Dyno) -> None:
         assert self._bridge is not None
-        network.attach(self.worker.ipr, self._bridge, self._attachment(dyno))
+        # Firewall elements first: they are plain data, harmless before the port exists, and
+        # a refusal then leaves nothing in the network to undo.
+        self._nftables().run(firewall.add_dyno(self.layout, self.port(dyno), self.web(dyno)))
         try:
-            try:
+            network.attach(self.worker.ipr, self._bridge, self._attachment(dyno))
+        except BaseException:
+            with contextlib.suppress(NftError):
                 self._nftables().run(
-                    firewall.add_dyno(self.layout, self.port(dyno), self.web(dyno))
+                    firewall.remove_dyno(self.layout, self.port(dyno), self.web(dyno))
                 )
-            except NftError:
-                # Our tables are gone or changed (a flushed ruleset): rebuild them whole.
-                self._apply_firewall(live)
-        except NftError:
-            network.detach(self.worker.ipr, self._bridge, self._attachment(dyno))
             raise
 
     async def detach(self, dyno: Dyno) -> None:

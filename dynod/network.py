@@ -3,11 +3,10 @@
 Everything here runs on the kernel worker's thread (netns.worker). For one dyno it amounts to:
 
     ip netns add NS
-    ip link add dynod-1a address 0a:59:.. master dynod0 type veth \\
+    ip link add dynod-1a address 0a:59:.. master dynod0 up type veth \\
         peer name eth0 address 0a:58:.. netns NS
     bridge link set dev dynod-1a isolated on learning off flood off
     bridge fdb replace 0a:58:.. dev dynod-1a master static
-    ip link set dynod-1a up
     ip addr add 172.16.0.5/30 dev dynod0                 # the dyno's gateway, on the host side
     ip -n NS link set lo up; ip -n NS link set eth0 up
     ip -n NS addr add 172.16.0.6/30 dev eth0
@@ -90,7 +89,6 @@ def ensure_bridge(ipr: IPRoute, names: Names, pool: Pool) -> int:
 
 def attach(ipr: IPRoute, bridge_index: int, dyno: Attachment) -> None:
     subnet = dyno.subnet
-    addresses.forget_neighbour(ipr, bridge_index, subnet.address)
     namespace.create(dyno.netns)
     try:
         fd = namespace.open_fd(dyno.netns)
@@ -108,7 +106,6 @@ def attach(ipr: IPRoute, bridge_index: int, dyno: Attachment) -> None:
             os.close(fd)
         links.isolate_bridge_port(ipr, port)
         links.add_fdb_entry(ipr, port, subnet.dyno_mac)
-        links.set_up(ipr, port)
         addresses.add(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
         _configure_inside(dyno.netns, subnet)
     except BaseException:
@@ -120,10 +117,9 @@ def _configure_inside(netns: str, subnet: Subnet) -> None:
     with namespace.entered(netns):
         inner = IPRoute()
         try:
-            lo = links.index_of(inner, "lo")
             eth0 = links.index_of(inner, "eth0")
-            assert lo is not None and eth0 is not None
-            links.set_up(inner, lo)
+            assert eth0 is not None
+            links.set_up(inner, links.LOOPBACK_INDEX)
             links.set_up(inner, eth0)
             addresses.add(inner, eth0, subnet.address, subnet.prefixlen)
             addresses.add_default_route(inner, subnet.gateway)

@@ -22,6 +22,7 @@ from dynod.errors import DynodError
 from dynod.kernel import CommonRuntimeKernel
 from dynod.logs import LogBook, OutputFile
 from dynod.state import Dyno, State
+from netns.nftables import NftError
 
 POLL = 0.1
 RESTART_CAP = 20 * 60.0  # Heroku's longest cool-off between crash restarts
@@ -39,6 +40,7 @@ class Supervisor:
         self._exits: dict[int, asyncio.Future[int | None]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._booting: set[int] = set()  # web dynos waiting to bind PORT
         self._tasks: set[asyncio.Task[Any]] = set()
         # Kernel-side cost of recent setups and teardowns (network, firewall, state): what
         # bench/dyno_lifecycle.py compares with the bare pyroute2 floor.
@@ -77,6 +79,7 @@ class Supervisor:
         self._outputs.pop(dyno.id, None)
         self._exits.pop(dyno.id, None)
         self._locks.pop(dyno.id, None)
+        self._booting.discard(dyno.id)
 
     async def close(self) -> None:
         for handle in self._timers.values():
@@ -91,7 +94,7 @@ class Supervisor:
         async with self._lock(dyno.id):
             began = time.perf_counter()
             try:
-                await self.kernel.attach(dyno, self.state.dynos())
+                await self._attach(dyno)
             except Exception as exc:
                 self.forget(dyno)
                 raise DynodError(
@@ -105,6 +108,15 @@ class Supervisor:
                 self.forget(dyno)
                 raise DynodError(f"could not start {dyno.name}: {exc}", status=500) from exc
 
+    async def _attach(self, dyno: Dyno) -> None:
+        try:
+            await self.kernel.attach(dyno)
+        except NftError:
+            # Our tables were changed behind our back (a flushed ruleset): rebuild them from
+            # the state, this dyno included, and try once more.
+            await self.kernel.apply_firewall(self.state.dynos())
+            await self.kernel.attach(dyno)
+
     async def _spawn(self, dyno: Dyno) -> None:
         self._say(dyno, f"Starting process with command `{dyno.command}`")
         popen = await self.kernel.spawn(dyno, launch.process_env(dyno), dyno.log_path)
@@ -114,13 +126,17 @@ class Supervisor:
         )
         self._outputs.setdefault(dyno.id, OutputFile(dyno.log_path, dyno.log_offset))
         self._watch_exit(dyno)
-        if dyno.type != names.WEB_TYPE:
+        if dyno.type == names.WEB_TYPE:
+            self._booting.add(dyno.id)
+        else:
             self._set_state(dyno, "up")
 
     def adopt(self, dyno: Dyno) -> None:
         """A dyno found alive after a daemon restart: read its output and watch its exit."""
         self._outputs[dyno.id] = OutputFile(dyno.log_path, dyno.log_offset)
         self._watch_exit(dyno)
+        if dyno.type == names.WEB_TYPE and dyno.state == "starting":
+            self._booting.add(dyno.id)
         self._say(dyno, f"Adopted again (pid {dyno.pid})")
 
     # ---------------------------------------------------------------- exits and crashes
@@ -288,8 +304,15 @@ class Supervisor:
                 self.log.emit(None, "dynod", f"error in {step.__name__}: {exc!r}")
 
     async def _read_all_output(self) -> None:
-        for dyno in self.state.dynos():
-            self.drain_output(dyno)
+        # A stat per dyno; the state is read only for dynos that wrote something.
+        for dyno_id, reader in list(self._outputs.items()):
+            lines = reader.read_lines()
+            dyno = self.state.dyno(dyno_id) if lines else None
+            if dyno is None:
+                continue
+            for line in lines:
+                self.log.emit(dyno.app, f"app[{dyno.name}]", line)
+            self.state.update_dyno(dyno, log_offset=reader.offset)
 
     def drain_output(self, dyno: Dyno, final: bool = False) -> None:
         reader = self._outputs.get(dyno.id)
@@ -303,12 +326,16 @@ class Supervisor:
     async def _check_boots(self) -> None:
         """Web dynos are up once something listens on PORT; R10 if not within boot_timeout."""
         now = time.time()
-        for dyno in self.state.dynos():
-            if dyno.state != "starting" or dyno.type != names.WEB_TYPE or not dyno.pid:
+        for dyno_id in list(self._booting):
+            dyno = self.state.dyno(dyno_id)
+            if dyno is None or dyno.state != "starting" or not dyno.pid:
+                self._booting.discard(dyno_id)
                 continue
             if processes.listens_on(dyno.pid, dyno.port or 0):
+                self._booting.discard(dyno_id)
                 self._set_state(dyno, "up")
             elif dyno.started_at and now - dyno.started_at > self.config.boot_timeout:
+                self._booting.discard(dyno_id)
                 self._say(
                     dyno,
                     "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within "

@@ -11,6 +11,7 @@ import re
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+LOOPBACK_INDEX = 1  # the kernel's LOOPBACK_IFINDEX: lo is 1 in every network namespace
 ENOENT = 2
 ENODEV = 19
 EEXIST = 17
@@ -59,7 +60,8 @@ def add_veth_into_netns(
     """`ip link add HOST address MAC master BR up type veth peer name eth0 address MAC netns NS`.
 
     The peer is created directly inside the namespace, so it gets an index from the
-    namespace's own counter (2, after lo) however many links the host has seen.
+    namespace's own counter (2, after lo) however many links the host has seen. The host end
+    is up from the start.
     """
     ipr.link(
         "add",
@@ -67,6 +69,7 @@ def add_veth_into_netns(
         address=host_mac,
         kind="veth",
         master=master,
+        state="up",
         peer={"ifname": peer_name, "address": peer_mac, "net_ns_fd": netns_fd},
     )
     index = index_of(ipr, host_name)

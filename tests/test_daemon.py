@@ -521,7 +521,8 @@ def test_a_crashed_dyno_survives_a_daemon_restart_and_is_restarted() -> None:
                    "restarted by the new daemon", timeout=30)
         after = d.dyno("flaky", "worker.1")
         assert after["ip"] == before["ip"] and after["id"] == before["id"]
-        assert d.log().count("app[worker.1]: attempt") > before["restarts"] + 1
+        d.wait_for(lambda: d.log().count("app[worker.1]: attempt") > before["restarts"] + 1,
+                   "the restarted process's output")
 
 
 def test_logs_apps_status_and_the_raw_api() -> None:
@@ -546,3 +547,11 @@ def test_logs_apps_status_and_the_raw_api() -> None:
         assert [x["name"] for x in json.loads(raw.stdout)] == ["web.1"]
         missing = sh("curl", "-sS", "--unix-socket", d.socket, "http://dynod/v1/nope")
         assert "no such endpoint" in json.loads(missing.stdout)["error"]
+
+
+def test_a_run_right_after_a_flush_rebuilds_the_firewall_first() -> None:
+    with running_daemon() as d:
+        first = d.run("sushi", "worker", "sleep 600")
+        sh("nft", "delete", "table", "bridge", d.prefix)  # before the guard notices
+        second = d.run("sushi", "worker", "sleep 600")
+        assert {ip for _, _, ip in port_elements(d.prefix)} == {first["ip"], second["ip"]}
