@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from dynod.errors import DynodError, NotFound
-from dynod.logs import LogLine
+from dynod.logs import LogLine, OutputFile
 from dynod.state import Dyno
 
 if TYPE_CHECKING:
     from dynod.daemon import Daemon
 
 MAX_BODY = 1 << 20
+OUTPUT_POLL = 0.05  # seconds between looks at a foreground dyno's output
 
 
 @dataclass
@@ -201,6 +202,7 @@ class ApiServer:
                 await writer.drain()
         finally:
             watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
             if stream.on_close is not None:
                 stream.on_close()
 
@@ -258,47 +260,40 @@ class ApiServer:
     def _foreground(self, dyno: Dyno) -> Stream:
         """`dynod run` without --detach: the dyno's output, then its exit status.
 
-        The subscription starts before control returns to the event loop, and the daemon has
-        read no output of the new dyno yet: no line and no exit can be missed.
+        The stream reads the dyno's output file itself, at the pace the client reads: nothing is
+        dropped however much the dyno writes, and the exit comes after the last byte. The file
+        is opened before control returns to the event loop, so it can be read to the end even
+        after the stopped dyno's file is unlinked.
         """
-        source = f"app[{dyno.name}]"
-        log = self.daemon.log
-        queue = log.subscribe(lambda line: line.app == dyno.app and line.source == source)
+        reader = OutputFile(dyno.log_path, 0, reclaim=False)
+        reader.open()
         exit_wait = asyncio.ensure_future(self.daemon.wait_exit(dyno))
 
         async def chunks(closed: asyncio.Event) -> AsyncIterator[bytes]:
             yield _ndjson({"dyno": dyno.to_json()})
             gone = asyncio.ensure_future(closed.wait())
             try:
-                while True:
-                    getter = asyncio.ensure_future(queue.get())
-                    done, _ = await asyncio.wait(
-                        {getter, exit_wait, gone}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if getter in done:
-                        line = getter.result()
-                        if line is None:  # the daemon is shutting down
-                            return
-                        yield _ndjson({"line": line.text})
+                while not gone.done():
+                    lines = reader.read_lines()
+                    for line in lines:
+                        yield _ndjson({"line": line})
+                    if lines:
                         continue
-                    getter.cancel()
-                    if gone in done:
+                    if exit_wait.done():
+                        for line in reader.flush():
+                            yield _ndjson({"line": line})
+                        yield _ndjson({"exit": exit_wait.result()})
                         return
-                    while not queue.empty():
-                        line = queue.get_nowait()
-                        if line is not None:
-                            yield _ndjson({"line": line.text})
-                    yield _ndjson({"exit": exit_wait.result()})
-                    return
+                    await asyncio.wait({exit_wait, gone}, timeout=OUTPUT_POLL)
             finally:
                 gone.cancel()
 
         def on_close() -> None:
-            log.unsubscribe(queue)
+            reader.close()
             if not exit_wait.done() and self.daemon.state.dyno(dyno.id) is not None:
                 # The client went away before the process ended (the CLI was killed, or
                 # Ctrl-C): the dyno goes too.
-                asyncio.ensure_future(self.daemon.stop_dyno(dyno))
+                self.daemon.background(self.daemon.stop_dyno(dyno))
             exit_wait.cancel()
 
         return Stream("application/x-ndjson", chunks, on_close)

@@ -8,6 +8,7 @@ then listen. Shutdown (SIGTERM, SIGINT) stops every dyno and removes everything 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import grp
 import os
@@ -95,7 +96,7 @@ class Daemon:
         await self.api.start(self.config.socket, self._socket_group())
         self.supervisor.start_loops()
         self.supervisor.background(self._guard_firewall())
-        for dyno in to_stop:  # caught mid-stop by the restart: finish the stop
+        for dyno in to_stop:
             self.supervisor.background(self.supervisor.stop(dyno))
         self.log.emit(
             None,
@@ -129,10 +130,14 @@ class Daemon:
             f"another dynod daemon (pid {{owner}}) already uses {self.config.state_dir}",
         )
         self._lock(
-            os.path.join(LOCK_DIR, f"dynod-{self.config.prefix}.lock"),
+            self._prefix_lock_path,
             f"another dynod daemon (pid {{owner}}) already uses the prefix "
             f"{self.config.prefix!r}",
         )
+
+    @property
+    def _prefix_lock_path(self) -> str:
+        return os.path.join(LOCK_DIR, f"dynod-{self.config.prefix}.lock")
 
     def _lock(self, path: str, problem: str) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -208,6 +213,9 @@ class Daemon:
             self.log.close()
         if self.state is not None:
             self.state.close()
+        if len(self._lock_fds) == 2:  # both ours: the prefix's lock file is ours to remove
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._prefix_lock_path)
         for fd in self._lock_fds:
             os.close(fd)
         self._lock_fds = []
@@ -217,7 +225,8 @@ class Daemon:
         """Make the kernel match the state after a restart, even one after SIGKILL.
 
         Live dynos are adopted; crashed ones keep their namespace and are restarted; anything
-        else is cleaned. Returns the dynos that were being stopped, for start() to finish."""
+        else is cleaned. Returns the dynos to stop once started: those that were being stopped,
+        and foreground ones, whose `dynod run` lost its stream with the old daemon."""
         assert self.state is not None and self.supervisor is not None
         kept: list[Dyno] = []
         to_stop: list[Dyno] = []
@@ -227,7 +236,8 @@ class Daemon:
             if alive and dyno.state != "crashed":
                 kept.append(dyno)
                 self.supervisor.adopt(dyno)
-                if dyno.state == "stopping":
+                # caught mid-stop, or a foreground dyno whose `dynod run` lost its stream
+                if dyno.state == "stopping" or not dyno.detached:
                     to_stop.append(dyno)
             elif exists and dyno.state == "crashed":
                 kept.append(dyno)
@@ -320,6 +330,10 @@ class Daemon:
     async def stop_dyno(self, dyno: Dyno, grace: float | None = None) -> None:
         assert self.supervisor is not None
         await self.supervisor.stop(dyno, grace)
+
+    def background(self, coro: Any) -> None:
+        assert self.supervisor is not None
+        self.supervisor.background(coro)
 
     async def wait_exit(self, dyno: Dyno) -> int | None:
         assert self.supervisor is not None

@@ -15,7 +15,7 @@ import signal
 import subprocess
 from collections.abc import Iterable, Mapping
 
-from dynod import firewall, names, network, processes
+from dynod import firewall, launch, names, network, processes
 from dynod.addressing import Pool
 from dynod.errors import DynodError
 from dynod.state import Dyno
@@ -26,12 +26,31 @@ from netns.worker import KernelWorker
 
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
-# The dyno's first process, already its own user: reads the environment from stdin (so that
-# nothing running as root ever sees it: LD_PRELOAD and the like), enters the directory, and runs
-# the command with stdin on /dev/null. It stays as the pid namespace's init, which the kernel
-# shields from SIGTERM, while the command's processes get SIGTERM as on Heroku; it exits with
-# the command's status, and the kernel then kills whatever is left in the namespace.
-DYNO_SHELL = '. /dev/stdin && cd -- "$1" && /bin/sh -c "$0" </dev/null; exit $?'
+# The dyno's first process, already its own user, and the init of its pid namespace. It reads the
+# environment from stdin (so nothing running as root ever sees it: LD_PRELOAD and the like),
+# enters the directory, and runs the command in the background with stdin on /dev/null.
+# As init it is shielded by the kernel from every signal it has no handler for; it handles
+# SIGTERM only to learn that the dyno is being stopped. Then it waits until every other process
+# of the dyno has exited (they all got SIGTERM and have the grace period; the daemon SIGKILLs
+# them after it), so a graceful shutdown is never cut short. When the command exits on its own
+# it exits at once, with the command's status, and the kernel kills whatever the command left.
+DYNO_INIT = """
+. /dev/stdin || exit 126
+cd -- "$1" || exit 126
+stopping=
+trap 'stopping=yes' TERM
+/bin/sh -c "$0" </dev/null &
+main=$!
+while :; do
+    wait "$main"
+    status=$?
+    kill -0 "$main" 2>/dev/null || break
+done
+if [ -n "$stopping" ]; then
+    while set -- /proc/[0-9]*; [ "$#" -gt 1 ]; do sleep 0.05; done
+fi
+exit "$status"
+"""
 
 
 class CommonRuntimeKernel:
@@ -151,6 +170,11 @@ class CommonRuntimeKernel:
     async def kill_inside(self, netns: str) -> None:
         await self.worker.run(_kill_inside, netns)
 
+    async def signal_inside(self, netns: str, sig: signal.Signals) -> int:
+        """Send sig to every process in the namespace, found and signalled in one go (a PID
+        found now is signalled now, not after it could have been reused); how many."""
+        return await self.worker.run(_signal_inside, netns, sig)
+
     @staticmethod
     async def pids_inside(netns: str) -> list[int]:
         """`ip netns pids NS`: a /proc scan, off the event loop and off the kernel thread."""
@@ -164,11 +188,19 @@ class CommonRuntimeKernel:
 
     @staticmethod
     def _spawn(dyno: Dyno, env: Mapping[str, str], output_path: str) -> subprocess.Popen[bytes]:
-        argv = netns_exec.own_pid_and_mount_namespaces(
+        # Checked again at every start, on the very inodes handed down: the directory may have
+        # been swapped for a symlink since the last one.
+        dir_fd = launch.open_dir_as(dyno.cwd, dyno.uid, dyno.gid)
+        try:
+            checked = os.fstat(dir_fd)
+        finally:
+            os.close(dir_fd)
+        argv = netns_exec.own_namespaces(
             netns_exec.drop_privileges_argv(
-                dyno.uid, dyno.gid, ["/bin/sh", "-c", DYNO_SHELL, dyno.command, dyno.cwd]
+                dyno.uid, dyno.gid, ["/bin/sh", "-c", DYNO_INIT, dyno.command, dyno.cwd]
             ),
             keep=dyno.cwd,
+            keep_id=f"{checked.st_dev}:{checked.st_ino}",
         )
         env_fd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
         out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -252,8 +284,14 @@ class CommonRuntimeKernel:
             addresses.add(self.worker.ipr, self._bridge, subnet.gateway, subnet.prefixlen)
 
 
+def _signal_inside(netns: str, sig: signal.Signals) -> int:
+    pids = namespace.pids_inside(netns)
+    processes.signal_all(pids, sig)
+    return len(pids)
+
+
 def _kill_inside(netns: str) -> None:
-    processes.signal_all(namespace.pids_inside(netns), signal.SIGKILL)
+    _signal_inside(netns, signal.SIGKILL)
 
 
 def foreign_drop_policies(nft: Nft, own_table: str) -> list[str]:

@@ -70,27 +70,56 @@ def process_env(dyno: Dyno) -> dict[str, str]:
     return env
 
 
-def check_can_enter(path: str, uid: int, gid: int) -> None:
-    """The dyno starts in PATH as uid:gid with no supplementary groups: refuse a directory that
-    user could not reach, instead of letting root enter it on the dyno's behalf."""
-    if not os.path.isdir(path):
-        raise DynodError(f"directory {path} does not exist", "run dynod from an existing directory")
+def open_dir_as(path: str, uid: int, gid: int) -> int:
+    """An O_PATH descriptor on directory `path`, opened one component at a time without following
+    symlinks, each checked for search permission as uid:gid with no supplementary groups (how
+    the dyno runs). What root later binds into the dyno is exactly what was checked."""
+    if not os.path.isabs(path):
+        raise DynodError(f"{path} is not an absolute path", "give the full path")
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     current = "/"
-    for part in [p for p in os.path.abspath(path).split("/") if p]:
-        current = os.path.join(current, part)
-        info = os.stat(current)
-        if info.st_uid == uid:
-            allowed = info.st_mode & stat.S_IXUSR
-        elif info.st_gid == gid:
-            allowed = info.st_mode & stat.S_IXGRP
-        else:
-            allowed = info.st_mode & stat.S_IXOTH
-        if uid != 0 and not allowed:
-            user = _user_name(uid)
-            raise DynodError(
-                f"the dyno's user {user} (uid {uid}) cannot enter {current}",
-                "run from a directory that user can reach, or with sudo so the dyno runs as you",
-            )
+    try:
+        for part in [p for p in path.split("/") if p]:
+            current = os.path.join(current, part)
+            try:
+                child = os.open(
+                    part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+            except FileNotFoundError:
+                raise DynodError(
+                    f"directory {current} does not exist", "run dynod from an existing directory"
+                ) from None
+            except NotADirectoryError:
+                raise DynodError(
+                    f"{current} is not a directory (or is a symlink)",
+                    "run dynod from the real directory (`cd -P`)",
+                ) from None
+            os.close(fd)
+            fd = child
+            _check_search(os.fstat(fd), current, uid, gid)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_can_enter(path: str, uid: int, gid: int) -> None:
+    """Refuse up front a directory the dyno's user could not reach."""
+    os.close(open_dir_as(path, uid, gid))
+
+
+def _check_search(info: os.stat_result, path: str, uid: int, gid: int) -> None:
+    if info.st_uid == uid:
+        allowed = info.st_mode & stat.S_IXUSR
+    elif info.st_gid == gid:
+        allowed = info.st_mode & stat.S_IXGRP
+    else:
+        allowed = info.st_mode & stat.S_IXOTH
+    if uid != 0 and not allowed:
+        raise DynodError(
+            f"the dyno's user {_user_name(uid)} (uid {uid}) cannot enter {path}",
+            "run from a directory that user can reach, or with sudo so the dyno runs as you",
+        )
 
 
 def _user_name(uid: int) -> str:

@@ -125,52 +125,71 @@ class LogBook:
 
 
 class OutputFile:
-    """Reads what a dyno appended to its output file since the last read."""
+    """Reads what a dyno appended to its output file since the last read.
+
+    The file stays open: reading goes on after the file is unlinked (a stopped dyno's), and a
+    poll costs an fstat, not an open.
+    """
 
     # Bytes already read are given back to the filesystem in steps of this size.
     RECLAIM = 4 << 20
 
-    def __init__(self, path: str, offset: int) -> None:
+    def __init__(self, path: str, offset: int, reclaim: bool = True) -> None:
         self.path = path
         self.offset = offset
+        self.reclaim = reclaim
+        self._fd: int | None = None
         self._pending = b""
         self._reclaimed = 0
 
+    def open(self) -> bool:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def read_lines(self, limit: int = 1 << 20) -> list[str]:
-        try:
-            # A stat is much cheaper than an open, and most polls find nothing new.
-            size = os.stat(self.path).st_size
-            if size < self.offset:  # truncated by someone: start over
-                self.offset = 0
-            if size == self.offset:
-                return []
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                chunk = f.read(limit)
-        except FileNotFoundError:
-            return []
-        self.offset += len(chunk)
-        if self.offset - self._reclaimed >= self.RECLAIM:
-            self._reclaim()
+        """Complete lines from at most `limit` new bytes."""
+        chunk = self._read(limit)
         lines, self._pending = split_output(self._pending, chunk)
         return lines
+
+    def _read(self, limit: int) -> bytes:
+        if not self.open():
+            return b""
+        assert self._fd is not None
+        size = os.fstat(self._fd).st_size
+        if size < self.offset:  # truncated by someone: start over
+            self.offset = 0
+        if size == self.offset:
+            return b""
+        chunk = os.pread(self._fd, min(limit, size - self.offset), self.offset)
+        self.offset += len(chunk)
+        if self.reclaim and self.offset - self._reclaimed >= self.RECLAIM:
+            self._reclaim()
+        return chunk
 
     def _reclaim(self) -> None:
         """Punch out what was read (`fallocate --punch-hole`): the file keeps its size, so
         offsets stay valid and the dyno's O_APPEND writes are untouched, but a chatty dyno no
-        longer fills the disk."""
+        longer fills the disk. A filesystem without hole punching just keeps the bytes."""
         end = self.offset & ~4095
-        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            # A filesystem without hole punching just keeps the bytes; try again 4 MiB later.
-            _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, end)
-            self._reclaimed = end
-        finally:
-            os.close(fd)
+        _libc.fallocate(self._fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, end)
+        self._reclaimed = end
 
     def flush(self) -> list[str]:
-        """The last, unterminated line, once the dyno has exited."""
-        lines = self.read_lines()
+        """Everything left, the last unterminated line included, once the dyno has exited."""
+        lines: list[str] = []
+        while chunk := self._read(1 << 20):
+            more, self._pending = split_output(self._pending, chunk)
+            lines += more
         if self._pending:
             lines.append(self._pending.decode(errors="backslashreplace"))
             self._pending = b""

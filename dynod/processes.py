@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import shlex
@@ -43,21 +44,37 @@ def is_alive(pid: int | None, started: float | None) -> bool:
         return False
 
 
-def listens_on(pid: int, port: int) -> bool:
-    """Does anything in pid's network namespace listen on TCP port? /proc/PID/net/tcp shows the
-    sockets of that process's namespace, so no namespace switch is needed."""
+def listening_addresses(pid: int, port: int) -> set[str]:
+    """The local addresses on which something in pid's network namespace listens on TCP port
+    (`ss -ltn sport = :PORT`). /proc/PID/net/tcp shows the sockets of that process's namespace,
+    so no namespace switch is needed."""
+    found = set()
     for table in ("tcp", "tcp6"):
         try:
             with open(f"/proc/{pid}/net/{table}") as f:
                 next(f, None)
                 for line in f:
                     fields = line.split()
-                    listening = len(fields) > 3 and fields[3] == TCP_LISTEN
-                    if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        return True
+                    if len(fields) <= 3 or fields[3] != TCP_LISTEN:
+                        continue
+                    address, _, hex_port = fields[1].rpartition(":")
+                    if int(hex_port, 16) == port:
+                        found.add(_address(address))
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-    return False
+    return found
+
+
+def _address(hex_address: str) -> str:
+    """/proc/net/tcp{,6} prints addresses as host-order 32-bit words in hex."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(words))
+
+
+def reachable_on(addresses: set[str], ip: str) -> bool:
+    """Would a connection to ip reach a socket bound to one of these addresses?"""
+    return bool(addresses & {"0.0.0.0", "::", ip, f"::ffff:{ip}"})
 
 
 def signal_all(pids: list[int], sig: signal.Signals) -> None:

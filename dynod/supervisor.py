@@ -41,6 +41,7 @@ class Supervisor:
         self._locks: dict[int, asyncio.Lock] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._booting: set[int] = set()  # web dynos waiting to bind PORT
+        self._warned: set[int] = set()  # ...told that they bound an unreachable address
         self._tasks: set[asyncio.Task[Any]] = set()
         # Kernel-side cost of recent setups and teardowns (network, firewall, state): what
         # bench/dyno_lifecycle.py compares with the bare pyroute2 floor.
@@ -76,10 +77,13 @@ class Supervisor:
         self.state.remove_dyno(dyno)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(dyno.log_path)
-        self._outputs.pop(dyno.id, None)
+        reader = self._outputs.pop(dyno.id, None)
+        if reader is not None:
+            reader.close()
         self._exits.pop(dyno.id, None)
         self._locks.pop(dyno.id, None)
         self._booting.discard(dyno.id)
+        self._warned.discard(dyno.id)
 
     async def close(self) -> None:
         for handle in self._timers.values():
@@ -90,7 +94,11 @@ class Supervisor:
 
     # ---------------------------------------------------------------- starting
     async def launch(self, dyno: Dyno) -> None:
-        """Network, firewall and process for a dyno whose row was just inserted."""
+        """Network, firewall and process for a dyno whose row was just inserted. Shielded: a
+        caller that goes away (or a shutdown) never leaves a start half done."""
+        await asyncio.shield(self.background(self._launch(dyno)))
+
+    async def _launch(self, dyno: Dyno) -> None:
         async with self._lock(dyno.id):
             began = time.perf_counter()
             try:
@@ -124,16 +132,22 @@ class Supervisor:
         self.state.update_dyno(
             dyno, pid=popen.pid, pid_start=processes.start_time(popen.pid), started_at=time.time()
         )
-        self._outputs.setdefault(dyno.id, OutputFile(dyno.log_path, dyno.log_offset))
+        self._outputs.setdefault(dyno.id, self._reader(dyno))
         self._watch_exit(dyno)
         if dyno.type == names.WEB_TYPE:
             self._booting.add(dyno.id)
         else:
             self._set_state(dyno, "up")
 
+    @staticmethod
+    def _reader(dyno: Dyno) -> OutputFile:
+        # A foreground dyno's output is also read by its `dynod run`, at the terminal's pace:
+        # the bytes must stay until then.
+        return OutputFile(dyno.log_path, dyno.log_offset, reclaim=dyno.detached)
+
     def adopt(self, dyno: Dyno) -> None:
         """A dyno found alive after a daemon restart: read its output and watch its exit."""
-        self._outputs[dyno.id] = OutputFile(dyno.log_path, dyno.log_offset)
+        self._outputs[dyno.id] = self._reader(dyno)
         self._watch_exit(dyno)
         if dyno.type == names.WEB_TYPE and dyno.state == "starting":
             self._booting.add(dyno.id)
@@ -241,7 +255,8 @@ class Supervisor:
             await self._stop(current, self.config.grace if grace is None else grace)
 
     async def _stop(self, dyno: Dyno, grace: float) -> None:
-        previous = dyno.state
+        # Heroku's order: the state change first, then the signals and the exit.
+        self._say(dyno, f"State changed from {dyno.state} to down")
         self.state.update_dyno(dyno, state="stopping")
         await self._terminate(dyno, grace)
         self.drain_output(dyno, final=True)
@@ -249,14 +264,11 @@ class Supervisor:
         await self.kernel.detach(dyno)
         self.forget(dyno)
         self._record_timing(dyno, "teardown_ms", began)
-        self._say(dyno, f"State changed from {previous} to down")
 
     async def _terminate(self, dyno: Dyno, grace: float) -> None:
-        pids = await self.kernel.pids_inside(dyno.netns)
-        if not pids:
+        if not await self.kernel.signal_inside(dyno.netns, signal.SIGTERM):
             return
         self._say(dyno, "Stopping all processes with SIGTERM")
-        processes.signal_all(pids, signal.SIGTERM)
         if await self._wait_empty(dyno, grace):
             return
         self._say(
@@ -264,7 +276,7 @@ class Supervisor:
             "Error R12 (Exit timeout) -> At least one process failed to exit within "
             f"{grace:g} seconds of SIGTERM",
         )
-        self._say(dyno, "Stopping all processes with SIGKILL")
+        self._say(dyno, "Stopping remaining processes with SIGKILL")
         await self.kernel.kill_inside(dyno.netns)
         await self._wait_empty(dyno, KILL_WAIT)
 
@@ -331,9 +343,17 @@ class Supervisor:
             if dyno is None or dyno.state != "starting" or not dyno.pid:
                 self._booting.discard(dyno_id)
                 continue
-            if processes.listens_on(dyno.pid, dyno.port or 0):
+            bound = processes.listening_addresses(dyno.pid, dyno.port or 0)
+            if processes.reachable_on(bound, dyno.ip):
                 self._booting.discard(dyno_id)
                 self._set_state(dyno, "up")
+            elif bound and dyno_id not in self._warned:
+                self._warned.add(dyno_id)
+                self._say(
+                    dyno,
+                    f"Web process listens on {', '.join(sorted(bound))}:{dyno.port}, which the "
+                    "router cannot reach: bind 0.0.0.0 (or $HEROKU_PRIVATE_IP)",
+                )
             elif dyno.started_at and now - dyno.started_at > self.config.boot_timeout:
                 self._booting.discard(dyno_id)
                 self._say(

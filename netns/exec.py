@@ -18,33 +18,49 @@ def popen_inside(name: str, argv: Sequence[str], **popen_kwargs: Any) -> subproc
         return subprocess.Popen(list(argv), **popen_kwargs)
 
 
-# Runs as root in the new mount namespace: keeps a handle on the directory to keep, gives the
-# namespace its own empty /tmp and /dev/shm and a /sys that shows its own network namespace's
-# links (as `ip netns exec` does), binds the kept directory back in if it was under /tmp or
-# /dev/shm, and becomes the program.
-PRIVATE_TMP = """
-exec 3<"$1" || exit 126
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp || exit 126
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm || exit 126
-mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys || exit 126
-case "$1" in /tmp/*|/dev/shm/*)
-    mkdir -p "$1" && mount --no-canonicalize --bind /proc/self/fd/3 "$1" || exit 126;;
+# Runs as root in the new namespaces: gives them their own empty /tmp, /dev/shm and /var/tmp,
+# an empty /run/netns (the names of other namespaces are none of its business), and a /sys that
+# shows its own network namespace's links (as `ip netns exec` does); binds the kept directory
+# back in if it was under one of the private directories; then becomes the program. The kept
+# directory is opened before the private mounts cover it, and must be the very inode the
+# caller checked (device:inode), so a directory swapped for a symlink meanwhile is refused.
+ISOLATE = """
+keep=$1 keep_id=$2
+shift 2
+case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*)
+    exec 3<"$keep" || exit 126
+    if [ "$(stat -L -c %d:%i /proc/self/fd/3)" != "$keep_id" ]; then
+        echo "$keep changed while the program was being started" >&2
+        exit 126
+    fi;;
 esac
-exec 3<&-
-shift
+for dir in /tmp /dev/shm /var/tmp; do
+    mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$dir" || exit 126
+done
+if [ -d /run/netns ]; then
+    mount -t tmpfs -o mode=755,nosuid,nodev,noexec tmpfs /run/netns || exit 126
+fi
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys || exit 126
+case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*)
+    mkdir -p "$keep" || exit 126
+    mount --no-canonicalize --bind /proc/self/fd/3 "$keep" || exit 126
+    exec 3<&-;;
+esac
 exec "$@"
 """
 
 
-def own_pid_and_mount_namespaces(argv: Sequence[str], keep: str) -> list[str]:
-    """`unshare --pid --fork --mount --mount-proc` with a private /tmp and /dev/shm: the program
-    sees only its own processes and temporary files, and cannot address (ptrace, signal, read
-    /proc/PID/environ of) processes outside. The directory `keep` stays visible where it is,
-    even under /tmp. unshare itself waits in the parent namespace, ignores SIGTERM and SIGINT,
-    and exits with the program's status."""
+def own_namespaces(argv: Sequence[str], keep: str, keep_id: str) -> list[str]:
+    """`unshare --pid --fork --mount --mount-proc --ipc --uts` with private temporary directories:
+    the program sees only its own processes, IPC objects and temporary files, and cannot address
+    (ptrace, signal, read /proc/PID/environ of) processes outside. The directory `keep` (whose
+    "device:inode" is keep_id) stays visible where it is, even under /tmp. unshare itself
+    waits in the parent namespace, ignores SIGTERM and SIGINT, and exits with the program's
+    status."""
     return [
         "unshare", "--pid", "--fork", "--mount", "--propagation", "private", "--mount-proc",
-        "--", "/bin/sh", "-c", PRIVATE_TMP, "init", keep, *argv,
+        "--ipc", "--uts",
+        "--", "/bin/sh", "-c", ISOLATE, "isolate", keep, keep_id, *argv,
     ]
 
 

@@ -344,7 +344,8 @@ def test_grace_period_then_sigkill() -> None:
         d.stop_dyno("stubborn", "worker.1", grace=1)
         assert 1 <= time.monotonic() - began < 10
         log = d.log()
-        assert "Error R12 (Exit timeout)" in log and "Stopping all processes with SIGKILL" in log
+        assert "Error R12 (Exit timeout)" in log
+        assert "Stopping remaining processes with SIGKILL" in log
         assert leftovers(d.netns("stubborn", "worker.1")) == {}
 
 
@@ -555,3 +556,102 @@ def test_a_run_right_after_a_flush_rebuilds_the_firewall_first() -> None:
         sh("nft", "delete", "table", "bridge", d.prefix)  # before the guard notices
         second = d.run("sushi", "worker", "sleep 600")
         assert {ip for _, _, ip in port_elements(d.prefix)} == {first["ip"], second["ip"]}
+
+
+GRACEFUL = """
+import signal, subprocess, sys, time
+helper = subprocess.Popen(["/bin/sh", "-c", "trap 'sleep 1; echo helper-done; exit 0' TERM; "
+                           "sleep 600 & wait"])
+def stop(*_):
+    print("got-sigterm", flush=True)
+    time.sleep(1.5)
+    print("clean-exit", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_dyno_that_handles_sigterm_gets_its_grace_period() -> None:
+    with running_daemon(grace=10) as d:
+        (d.app_dir / "graceful.py").write_text(GRACEFUL)
+        (d.app_dir / "graceful.py").chmod(0o644)
+        d.run("polite", "worker", "/usr/bin/python3 -u graceful.py")
+        d.wait_for(lambda: "ready" in d.output("polite", "worker.1"), "ready")
+        began = time.monotonic()
+        d.stop_dyno("polite", "worker.1", grace=10)
+        took = time.monotonic() - began
+        out = d.output("polite", "worker.1")
+        assert "got-sigterm" in out and "clean-exit" in out and "helper-done" in out, out
+        assert 1.4 < took < 9, took  # it had its 1.5 s, and no SIGKILL was needed
+        log = d.log()
+        assert "Error R12" not in log
+        down = log.index("heroku[worker.1]: State changed from up to down")
+        assert down < log.index("heroku[worker.1]: Stopping all processes with SIGTERM")
+
+
+def test_foreground_run_streams_every_line_of_a_large_output() -> None:
+    with running_daemon() as d:
+        result = d.cli("run", "--app", "chatty", "--type", "run", "--", "seq 1 300000")
+        assert result.returncode == 0, result.stderr[-500:]
+        lines = result.stdout.splitlines()
+        assert len(lines) == 300000 and lines[0] == "1" and lines[-1] == "300000"
+        assert lines == [str(i) for i in range(1, 300001)]
+
+
+def test_the_directory_is_checked_again_at_every_restart(tmp_path: Path) -> None:
+    secret_dir = Path(tempfile.mkdtemp(prefix="dynod-secret-", dir="/root"
+                                       if os.path.isdir("/root") else "/tmp"))
+    secret_dir.chmod(0o700)
+    (secret_dir / "secret.txt").write_text("root-only")
+    try:
+        with running_daemon() as d:
+            work = d.app_dir / "work"
+            work.mkdir(mode=0o755)
+            body = {"type": "worker", "command": "cat secret.txt; sleep 1; exit 1",
+                    "cwd": str(work), "env": {"PATH": "/usr/bin:/bin"}, "detach": True}
+            d.client.call("POST", "/v1/apps/swapper/dynos", body)
+            d.wait_for(lambda: "No such file" in d.output("swapper", "worker.1"), "first run")
+            work.rmdir()
+            work.symlink_to(secret_dir)  # as the dyno's user could, between two restarts
+            d.wait_for(lambda: "Restart failed" in d.log(), "a refused restart", timeout=20)
+            assert "root-only" not in d.output("swapper", "worker.1")
+    finally:
+        shutil.rmtree(secret_dir, ignore_errors=True)
+
+
+def test_dynos_have_their_own_ipc_objects() -> None:
+    with running_daemon() as d:
+        before = sh("ipcs", "-q").stdout
+        status, lines = d.run_once("ipc", "run", "ipcmk -Q && ipcs -q | grep -c 0x")
+        assert status == 0 and lines[-1] == "1", lines  # its own queue, and only that one
+        assert sh("ipcs", "-q").stdout == before
+
+
+def test_a_foreground_dyno_is_stopped_when_its_daemon_died() -> None:
+    with running_daemon() as d:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dynod", "run", "--app", "sushi", "--type", "fg", "--",
+             "echo started; sleep 600"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(d.app_dir),
+            env={**os.environ, "DYNOD_SOCKET": d.socket},
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+            d.kill9()
+            assert proc.wait(30) == 1
+        finally:
+            proc.kill()
+        d.start()
+        d.wait_for(lambda: d.dynos("sushi") == [], "the orphaned foreground dyno stopped")
+
+
+def test_a_web_dyno_bound_to_loopback_is_not_up_and_is_told_why() -> None:
+    with running_daemon(extra=["--boot-timeout", "3"]) as d:
+        d.run("loopy", "web", "/usr/bin/python3 -m http.server --bind 127.0.0.1 $PORT")
+        d.wait_for(lambda: "which the router cannot reach" in d.log(), "the hint")
+        assert d.dyno("loopy", "web.1")["state"] == "starting"
+        assert router_get(d, "loopy")[0] == 503
+        d.wait_for(lambda: "Error R10 (Boot timeout)" in d.log(), "R10", timeout=10)

@@ -217,3 +217,21 @@ def test_output_file_reads_new_lines_and_gives_read_space_back(tmp_path) -> None
         assert os.stat(path).st_blocks * 512 < 3 << 20  # ...but what was read is given back
         dyno.write(b"tail without newline")
         assert reader.read_lines() == [] and reader.flush() == ["tail without newline"]
+
+
+def test_listening_addresses_are_read_from_proc(tmp_path) -> None:
+    import os
+    import socket
+
+    with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
+        v4.bind(("127.0.0.1", 0))
+        v4.listen()
+        port = v4.getsockname()[1]
+        v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        v6.bind(("::", port))
+        v6.listen()
+        found = processes.listening_addresses(os.getpid(), port)
+    assert found == {"127.0.0.1", "::"}
+    assert processes.reachable_on(found, "172.16.0.6")  # through the IPv6 wildcard
+    assert not processes.reachable_on({"127.0.0.1"}, "172.16.0.6")
+    assert processes.reachable_on({"172.16.0.6"}, "172.16.0.6")
