@@ -180,10 +180,15 @@ def _run_foreground(client: Client, app: str, body: dict[str, Any]) -> int:
         # Closing the stream stops the dyno; the DELETE waits until it is gone.
         click.echo(f"\nstopping {name or 'the dyno'}...", err=True)
         if name:
-            with contextlib.suppress(DynodError):
+            # a second Ctrl-C stops waiting, not the stop: the stream's end stops the dyno too
+            with contextlib.suppress(DynodError, KeyboardInterrupt):
                 client.call("DELETE", f"/v1/apps/{app}/dynos/{name}")
         return 130
-    click.echo("error: the daemon closed the stream before the dyno exited", err=True)
+    click.echo(
+        "error: the daemon closed the stream before the dyno exited; a restarted daemon "
+        f"stops it (`dynod ps --app {app}` shows whether it still runs)",
+        err=True,
+    )
     return 1
 
 
