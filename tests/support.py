@@ -76,6 +76,11 @@ def process_netns() -> set[int]:
     return found
 
 
+def lock_files() -> set[str]:
+    """The daemons' per-prefix lock files in /run."""
+    return {n for n in os.listdir("/run") if n.startswith("dynod-") and n.endswith(".lock")}
+
+
 def link_names() -> set[str]:
     return set(os.listdir("/sys/class/net"))
 
