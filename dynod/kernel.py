@@ -47,7 +47,7 @@ while :; do
     kill -0 "$main" 2>/dev/null || break
 done
 if [ -n "$stopping" ]; then
-    while set -- /proc/[0-9]*; [ "$#" -gt 1 ]; do sleep 0.05; done
+    while set -- /proc/[0-9]*; [ "$#" -gt 1 ]; do sleep 0.01; done
 fi
 exit "$status"
 """
