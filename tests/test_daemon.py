@@ -291,17 +291,22 @@ def test_foreground_run_streams_output_and_returns_its_status() -> None:
         assert leftovers(d.netns("sushi", "once.1")) == {}
 
 
+def start_foreground_run(d: DaemonProc) -> subprocess.Popen[str]:
+    """`dynod run --app sushi --type fg -- ...` in the foreground, once its dyno has started."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dynod", "run", "--app", "sushi", "--type", "fg", "--",
+         "echo started; sleep 600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(d.app_dir),
+        env={**os.environ, "DYNOD_SOCKET": d.socket},
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+    return proc
+
+
 def test_foreground_run_stops_its_dyno_on_ctrl_c() -> None:
     with running_daemon() as d:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dynod", "run", "--app", "sushi", "--type", "fg", "--",
-             "echo started; sleep 600"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(d.app_dir),
-            env={**os.environ, "DYNOD_SOCKET": d.socket},
-        )
+        proc = start_foreground_run(d)
         try:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "started"
             pid = d.dyno("sushi", "fg.1")["pid"]
             proc.send_signal(signal.SIGINT)
             assert proc.wait(30) == 130
@@ -632,14 +637,8 @@ def test_dynos_have_their_own_ipc_objects() -> None:
 
 def test_a_foreground_dyno_is_stopped_when_its_daemon_died() -> None:
     with running_daemon() as d:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dynod", "run", "--app", "sushi", "--type", "fg", "--",
-             "echo started; sleep 600"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(d.app_dir),
-            env={**os.environ, "DYNOD_SOCKET": d.socket},
-        )
+        proc = start_foreground_run(d)
         try:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
             d.kill9()
             assert proc.wait(30) == 1
         finally:
