@@ -71,10 +71,6 @@ class Pool:
     def bridge(self) -> Subnet:
         return self.subnet(0)
 
-    def slot_of(self, address: str) -> int:
-        offset = int(ipaddress.IPv4Address(address)) - int(self.network.network_address)
-        return offset // 4
-
     def allocate(self, unavailable: Iterable[int]) -> Subnet:
         """The lowest dyno slot not in use and not still being torn down."""
         taken = set(unavailable)

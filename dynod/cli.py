@@ -59,7 +59,7 @@ def main(ctx: click.Context, socket: str) -> None:
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
 @click.option("--prefix", default="dynod", show_default=True,
               help="Start of every kernel object's name (2-6 letters/digits).")
-@click.option("--cidr", default="172.16.0.0/12", show_default=True,
+@click.option("--cidr", default=Config.cidr, show_default=True,
               help="The Common Runtime range; each dyno gets a /30 of it.")
 @click.option("--router-host", default="0.0.0.0", show_default=True)
 @click.option("--router-port", default=5000, show_default=True, type=int)

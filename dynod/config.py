@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from dynod.addressing import COMMON_RUNTIME_RANGE
+
 DEFAULT_SOCKET = "/run/dynod.sock"
 DEFAULT_STATE_DIR = "/var/lib/dynod"
 
@@ -19,7 +21,7 @@ class Config:
     state_dir: str = DEFAULT_STATE_DIR
     socket: str = DEFAULT_SOCKET
     prefix: str = "dynod"
-    cidr: str = "172.16.0.0/12"
+    cidr: str = str(COMMON_RUNTIME_RANGE)
     router_host: str = "0.0.0.0"
     router_port: int = 5000
     grace: float = 30.0          # SIGTERM to SIGKILL, as on Heroku

@@ -22,8 +22,3 @@ class DynodError(Exception):
 class NotFound(DynodError):
     def __init__(self, problem: str, fix: str = "") -> None:
         super().__init__(problem, fix, status=404)
-
-
-class Conflict(DynodError):
-    def __init__(self, problem: str, fix: str = "") -> None:
-        super().__init__(problem, fix, status=409)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import os
 
-CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 
 MS_BIND = 4096
