@@ -338,7 +338,9 @@ class Floor:
                 seq = int(name.rsplit("-", 1)[1], 16)
                 with contextlib.suppress(NetlinkError):
                     ipr.addr(
-                        "del", index=self._bridge_index, address=self._addresses(seq)[0],
+                        "del",
+                        index=self._bridge_index,
+                        address=self._addresses(seq)[0],
                         prefixlen=30,
                     )
             namespace.delete(name)
@@ -400,20 +402,30 @@ class DaemonSide:
     def start(self) -> None:
         argv = [
             *dynod_command(),
-            "--socket", self.socket,
+            "--socket",
+            self.socket,
             "daemon",
-            "--state-dir", os.path.join(self.workdir, "state"),
-            "--prefix", self.prefix,
-            "--cidr", str(self.network),
-            "--router-host", "127.0.0.1",
-            "--router-port", str(free_port()),
-            "--grace", str(GRACE),
+            "--state-dir",
+            os.path.join(self.workdir, "state"),
+            "--prefix",
+            self.prefix,
+            "--cidr",
+            str(self.network),
+            "--router-host",
+            "127.0.0.1",
+            "--router-port",
+            str(free_port()),
+            "--grace",
+            str(GRACE),
             "--quiet",
         ]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         # Its own session: a Ctrl-C reaches the bench only, which then stops the daemon.
         self.process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
             start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT
@@ -517,12 +529,12 @@ class Results:
             "setup_ms": {k: summary(v.setup) for k, v in sides.items()},
             "teardown_ms": {k: summary(v.teardown) for k, v in sides.items()},
         }
-        setup_ratio = out["setup_ms"]["daemon_kernel"]["median"] / out["setup_ms"]["floor"][
-            "median"
-        ]
-        teardown_ratio = out["teardown_ms"]["daemon_kernel"]["median"] / out["teardown_ms"][
-            "floor"
-        ]["median"]
+        setup_ratio = (
+            out["setup_ms"]["daemon_kernel"]["median"] / out["setup_ms"]["floor"]["median"]
+        )
+        teardown_ratio = (
+            out["teardown_ms"]["daemon_kernel"]["median"] / out["teardown_ms"]["floor"]["median"]
+        )
         teardown_median = out["teardown_ms"]["daemon_kernel"]["median"]
         out["ratios"] = {"setup": setup_ratio, "teardown": teardown_ratio}
         out["targets"] = {

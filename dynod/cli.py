@@ -57,32 +57,71 @@ def main(ctx: click.Context, socket: str) -> None:
 
 @main.command()
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
-@click.option("--prefix", default="dynod", show_default=True,
-              help="Start of every kernel object's name (2-6 letters/digits).")
-@click.option("--cidr", default=Config.cidr, show_default=True,
-              help="The Common Runtime range; each dyno gets a /30 of it.")
+@click.option(
+    "--prefix",
+    default="dynod",
+    show_default=True,
+    help="Start of every kernel object's name (2-6 letters/digits).",
+)
+@click.option(
+    "--cidr",
+    default=Config.cidr,
+    show_default=True,
+    help="The Common Runtime range; each dyno gets a /30 of it.",
+)
 @click.option("--router-host", default="0.0.0.0", show_default=True)
 @click.option("--router-port", default=5000, show_default=True, type=int)
-@click.option("--grace", default=30.0, show_default=True, type=float,
-              help="Seconds from SIGTERM to SIGKILL when a dyno stops.")
-@click.option("--boot-timeout", default=60.0, show_default=True, type=float,
-              help="Seconds a web dyno has to bind $PORT (R10).")
-@click.option("--dyno-user", default="nobody", show_default=True,
-              help="Who dynos run as when root runs `dynod run` outside sudo.")
+@click.option(
+    "--grace",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Seconds from SIGTERM to SIGKILL when a dyno stops.",
+)
+@click.option(
+    "--boot-timeout",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Seconds a web dyno has to bind $PORT (R10).",
+)
+@click.option(
+    "--dyno-user",
+    default="nobody",
+    show_default=True,
+    help="Who dynos run as when root runs `dynod run` outside sudo.",
+)
 @click.option("--no-restart", is_flag=True, help="Do not restart crashed dynos.")
 @click.option("--quiet", is_flag=True, help="Do not print the log on stderr.")
 @click.pass_context
-def daemon(ctx: click.Context, state_dir: str, prefix: str, cidr: str, router_host: str,
-           router_port: int, grace: float, boot_timeout: float, dyno_user: str,
-           no_restart: bool, quiet: bool) -> None:
+def daemon(
+    ctx: click.Context,
+    state_dir: str,
+    prefix: str,
+    cidr: str,
+    router_host: str,
+    router_port: int,
+    grace: float,
+    boot_timeout: float,
+    dyno_user: str,
+    no_restart: bool,
+    quiet: bool,
+) -> None:
     """Run the root daemon in the foreground (Ctrl-C stops it and every dyno)."""
     from dynod.daemon import Daemon
 
     try:
         config = Config(
-            state_dir=state_dir, socket=ctx.obj["socket"], prefix=prefix, cidr=cidr,
-            router_host=router_host, router_port=router_port, grace=grace,
-            boot_timeout=boot_timeout, dyno_user=dyno_user, echo_logs=not quiet,
+            state_dir=state_dir,
+            socket=ctx.obj["socket"],
+            prefix=prefix,
+            cidr=cidr,
+            router_host=router_host,
+            router_port=router_port,
+            grace=grace,
+            boot_timeout=boot_timeout,
+            dyno_user=dyno_user,
+            echo_logs=not quiet,
             restart_crashed=not no_restart,
         )
         asyncio.run(Daemon(config).serve())
@@ -90,8 +129,12 @@ def daemon(ctx: click.Context, state_dir: str, prefix: str, cidr: str, router_ho
         _fail(DynodError(str(exc), "see `dynod daemon --help`"))
     except OSError as exc:
         if exc.errno == 98:  # EADDRINUSE
-            _fail(DynodError(f"the router's port is taken: {exc.strerror}",
-                             "stop what uses it, or pass --router-port"))
+            _fail(
+                DynodError(
+                    f"the router's port is taken: {exc.strerror}",
+                    "stop what uses it, or pass --router-port",
+                )
+            )
         raise
 
 
@@ -131,8 +174,15 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True, help="With --detach: print the dyno as JSON.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def run(ctx: click.Context, app: str, ptype: str, detach: bool, env: tuple[str, ...],
-        as_json: bool, command: tuple[str, ...]) -> None:
+def run(
+    ctx: click.Context,
+    app: str,
+    ptype: str,
+    detach: bool,
+    env: tuple[str, ...],
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
     """Start a dyno running COMMAND through /bin/sh -c (so '$PORT' expands inside the dyno).
 
     Without a command, the type's line from ./Procfile runs.

@@ -24,9 +24,9 @@ class Config:
     cidr: str = str(COMMON_RUNTIME_RANGE)
     router_host: str = "0.0.0.0"
     router_port: int = 5000
-    grace: float = 30.0          # SIGTERM to SIGKILL, as on Heroku
-    boot_timeout: float = 60.0   # a web dyno must bind PORT within this (R10)
-    dyno_user: str = "nobody"    # who dynos run as when root calls `dynod run` without sudo
+    grace: float = 30.0  # SIGTERM to SIGKILL, as on Heroku
+    boot_timeout: float = 60.0  # a web dyno must bind PORT within this (R10)
+    dyno_user: str = "nobody"  # who dynos run as when root calls `dynod run` without sudo
     socket_group: str = "dynod"  # members may use the CLI, if the group exists
-    echo_logs: bool = True       # print the log to stderr too
+    echo_logs: bool = True  # print the log to stderr too
     restart_crashed: bool = True

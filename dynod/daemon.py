@@ -114,9 +114,7 @@ class Daemon:
             )
         for tool, package in (("setpriv", "util-linux"), ("unshare", "util-linux")):
             if shutil.which(tool) is None:
-                raise DynodError(
-                    f"{tool} is missing (dynos need it)", f"apt-get install {package}"
-                )
+                raise DynodError(f"{tool} is missing (dynos need it)", f"apt-get install {package}")
 
     @property
     def _output_dir(self) -> str:
@@ -131,8 +129,7 @@ class Daemon:
         )
         self._lock(
             self._prefix_lock_path,
-            f"another dynod daemon (pid {{owner}}) already uses the prefix "
-            f"{self.config.prefix!r}",
+            f"another dynod daemon (pid {{owner}}) already uses the prefix {self.config.prefix!r}",
         )
 
     @property
@@ -275,8 +272,10 @@ class Daemon:
             try:
                 if not await self.kernel.firewall_intact():
                     self.log.emit(
-                        None, "dynod", "warning: dynod's nftables tables were changed by someone "
-                        "else (nft flush ruleset?); re-applying them from the state"
+                        None,
+                        "dynod",
+                        "warning: dynod's nftables tables were changed by someone "
+                        "else (nft flush ruleset?); re-applying them from the state",
                     )
                     await self.kernel.apply_firewall(self.state.dynos())
             except Exception as exc:  # noqa: BLE001 - keep guarding

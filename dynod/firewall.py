@@ -44,10 +44,10 @@ class WebTarget:
 class Layout:
     """What the rules are written against: names and the range."""
 
-    table: str            # nftables table name, the daemon's prefix
-    bridge: str           # the Common Runtime bridge
-    port_glob: str        # matches every dyno port's name, e.g. "dynod-*"
-    cidr: str             # the Common Runtime range
+    table: str  # nftables table name, the daemon's prefix
+    bridge: str  # the Common Runtime bridge
+    port_glob: str  # matches every dyno port's name, e.g. "dynod-*"
+    cidr: str  # the Common Runtime range
     router_mark: int = ROUTER_MARK
 
 

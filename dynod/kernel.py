@@ -93,8 +93,7 @@ class CommonRuntimeKernel:
                 continue
             device = links.name_of(ipr, oif) if oif else "?"
             raise DynodError(
-                f"the dyno range {self.pool.network} overlaps the route to {routed} "
-                f"on {device}",
+                f"the dyno range {self.pool.network} overlaps the route to {routed} on {device}",
                 "start the daemon with a free range, e.g. --cidr 172.30.0.0/16",
             )
 
@@ -157,9 +156,7 @@ class CommonRuntimeKernel:
 
     def _detach(self, dyno: Dyno) -> None:
         with contextlib.suppress(NftError):  # elements already gone: nothing to remove
-            self._nftables().run(
-                firewall.remove_dyno(self.layout, self.port(dyno), self.web(dyno))
-            )
+            self._nftables().run(firewall.remove_dyno(self.layout, self.port(dyno), self.web(dyno)))
         network.detach(self.worker.ipr, self._bridge, self._attachment(dyno))
 
     async def move_web(self, old: firewall.WebTarget, new: firewall.WebTarget) -> None:

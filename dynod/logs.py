@@ -37,7 +37,7 @@ def timestamp(now: dt.datetime | None = None) -> str:
 @dataclass(frozen=True)
 class LogLine:
     app: str | None  # None for the daemon's own lines
-    source: str      # "app[web.1]", "heroku[web.1]", "heroku[router]", "dynod"
+    source: str  # "app[web.1]", "heroku[web.1]", "heroku[router]", "dynod"
     text: str
     time: str
 

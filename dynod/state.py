@@ -128,9 +128,7 @@ class State:
         if app is None:
             rows = self.db.execute("SELECT * FROM dynos ORDER BY app, type, number")
         else:
-            rows = self.db.execute(
-                "SELECT * FROM dynos WHERE app=? ORDER BY type, number", (app,)
-            )
+            rows = self.db.execute("SELECT * FROM dynos WHERE app=? ORDER BY type, number", (app,))
         return [self._dyno(r) for r in rows]
 
     def dyno(self, dyno_id: int) -> Dyno | None:

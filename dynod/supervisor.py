@@ -363,4 +363,3 @@ class Supervisor:
                 )
                 self._say(dyno, "Stopping process with SIGKILL")
                 await self.kernel.kill_inside(dyno.netns)
-

@@ -58,9 +58,23 @@ def own_namespaces(argv: Sequence[str], keep: str, keep_id: str) -> list[str]:
     waits in the parent namespace, ignores SIGTERM and SIGINT, and exits with the program's
     status."""
     return [
-        "unshare", "--pid", "--fork", "--mount", "--propagation", "private", "--mount-proc",
-        "--ipc", "--uts",
-        "--", "/bin/sh", "-c", ISOLATE, "isolate", keep, keep_id, *argv,
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount",
+        "--propagation",
+        "private",
+        "--mount-proc",
+        "--ipc",
+        "--uts",
+        "--",
+        "/bin/sh",
+        "-c",
+        ISOLATE,
+        "isolate",
+        keep,
+        keep_id,
+        *argv,
     ]
 
 

@@ -66,9 +66,7 @@ class Nft:
 
     def ruleset(self) -> list[dict[str, Any]]:
         """`nft -j list ruleset`, parsed: the list under "nftables"."""
-        return json.loads(self.run("list ruleset", as_json=True) or '{"nftables": []}')[
-            "nftables"
-        ]
+        return json.loads(self.run("list ruleset", as_json=True) or '{"nftables": []}')["nftables"]
 
     def tables(self) -> list[tuple[str, str]]:
         """`nft list tables`: (family, name) pairs."""

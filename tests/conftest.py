@@ -36,13 +36,23 @@ def kernel_unchanged() -> object:
     if os.geteuid() != 0:
         yield None
         return
-    before = (support.netns_names(), support.link_names(), support.nft_tables(),
-              support.process_netns(), support.lock_files())
+    before = (
+        support.netns_names(),
+        support.link_names(),
+        support.nft_tables(),
+        support.process_netns(),
+        support.lock_files(),
+    )
     yield None
     deadline = time.monotonic() + 10  # the kernel destroys a deleted namespace's veth lazily
     while True:
-        after = (support.netns_names(), support.link_names(), support.nft_tables(),
-                 support.process_netns(), support.lock_files())
+        after = (
+            support.netns_names(),
+            support.link_names(),
+            support.nft_tables(),
+            support.process_netns(),
+            support.lock_files(),
+        )
         added = [sorted(b - a) for a, b in zip(before, after, strict=True)]
         if not any(added) or time.monotonic() > deadline:
             break

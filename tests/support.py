@@ -172,10 +172,25 @@ class DaemonProc:
 
     def argv(self) -> list[str]:
         return [
-            sys.executable, "-m", "dynod", "--socket", self.socket, "daemon",
-            "--state-dir", self.state_dir, "--prefix", self.prefix, "--cidr", self.cidr,
-            "--router-host", "127.0.0.1", "--router-port", str(self.router_port),
-            "--grace", str(self.grace), *self.extra,
+            sys.executable,
+            "-m",
+            "dynod",
+            "--socket",
+            self.socket,
+            "daemon",
+            "--state-dir",
+            self.state_dir,
+            "--prefix",
+            self.prefix,
+            "--cidr",
+            self.cidr,
+            "--router-host",
+            "127.0.0.1",
+            "--router-port",
+            str(self.router_port),
+            "--grace",
+            str(self.grace),
+            *self.extra,
         ]
 
     def start(self, timeout: float = 20) -> DaemonProc:
@@ -195,33 +210,65 @@ class DaemonProc:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def cli(self, *args: str, cwd: str | None = None, timeout: float = 60,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self,
+        *args: str,
+        cwd: str | None = None,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "DYNOD_SOCKET": self.socket, **(env or {})}
         return subprocess.run(
-            [sys.executable, "-m", "dynod", *args], capture_output=True, text=True,
-            timeout=timeout, cwd=cwd or str(self.app_dir), env=full_env,
+            [sys.executable, "-m", "dynod", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd or str(self.app_dir),
+            env=full_env,
         )
 
-    def run(self, app: str, ptype: str, command: str, env: dict[str, str] | None = None,
-            detach: bool = True) -> dict[str, Any]:
-        body = {"type": ptype, "command": command, "cwd": str(self.app_dir),
-                "env": {"PATH": SYSTEM_PATH, **(env or {})}, "detach": detach}
+    def run(
+        self,
+        app: str,
+        ptype: str,
+        command: str,
+        env: dict[str, str] | None = None,
+        detach: bool = True,
+    ) -> dict[str, Any]:
+        body = {
+            "type": ptype,
+            "command": command,
+            "cwd": str(self.app_dir),
+            "env": {"PATH": SYSTEM_PATH, **(env or {})},
+            "detach": detach,
+        }
         return self.client.call("POST", f"/v1/apps/{app}/dynos", body)
 
-    def run_app(self, app: str, ptype: str = "web", env: dict[str, str] | None = None
-                ) -> dict[str, Any]:
+    def run_app(
+        self, app: str, ptype: str = "web", env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """A dyno running tests/apps/echo_app.py, once it is up (web: bound to PORT)."""
         dyno = self.run(app, ptype, f"{PYTHON} -u echo_app.py", env)
         self.wait_for(lambda: self.dyno(app, dyno["name"])["state"] == "up", f"{dyno['name']} up")
         self.wait_for(lambda: "listening on" in self.output(app, dyno["name"]), "app listening")
         return self.dyno(app, dyno["name"])
 
-    def run_once(self, app: str, ptype: str, command: str, timeout: float = 30,
-                 env: dict[str, str] | None = None) -> tuple[int | None, list[str]]:
+    def run_once(
+        self,
+        app: str,
+        ptype: str,
+        command: str,
+        timeout: float = 30,
+        env: dict[str, str] | None = None,
+    ) -> tuple[int | None, list[str]]:
         """A foreground dyno (`dynod run` without --detach): its output and exit status."""
-        body = {"type": ptype, "command": command, "cwd": str(self.app_dir),
-                "env": {"PATH": SYSTEM_PATH, **(env or {})}, "detach": False}
+        body = {
+            "type": ptype,
+            "command": command,
+            "cwd": str(self.app_dir),
+            "env": {"PATH": SYSTEM_PATH, **(env or {})},
+            "detach": False,
+        }
         lines: list[str] = []
         client = Client(self.socket, timeout=timeout)
         for raw in client.lines(f"/v1/apps/{app}/dynos", "POST", body):
@@ -249,7 +296,8 @@ class DaemonProc:
         """The dyno's own output lines (app[NAME]) in the daemon's log."""
         marker = f" app[{name}]: "
         return "\n".join(
-            line.split(marker, 1)[1] for line in self.log().splitlines()
+            line.split(marker, 1)[1]
+            for line in self.log().splitlines()
             if marker in line and f"[{name}]" in line
         )
 
@@ -325,8 +373,19 @@ class InternetHost:
 
     def start(self, routes: list[str]) -> InternetHost:
         sh("ip", "netns", "add", self.netns)
-        sh("ip", "link", "add", self.link, "type", "veth", "peer", "name", "eth0", "netns",
-           self.netns)
+        sh(
+            "ip",
+            "link",
+            "add",
+            self.link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            self.netns,
+        )
         sh("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.link)
         sh("ip", "link", "set", self.link, "up")
         sh("ip", "-n", self.netns, "link", "set", "lo", "up")

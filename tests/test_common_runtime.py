@@ -41,8 +41,9 @@ class Runtime:
     web2: dict[str, Any]
     worker: dict[str, Any]
 
-    def get(self, path: str = "/", headers: dict[str, str] | None = None,
-            host: str = f"{APP}.localhost") -> tuple[int, dict[str, Any]]:
+    def get(
+        self, path: str = "/", headers: dict[str, str] | None = None, host: str = f"{APP}.localhost"
+    ) -> tuple[int, dict[str, Any]]:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.daemon.router_port}{path}",
             headers={"Host": host, **(headers or {})},
@@ -152,8 +153,7 @@ def test_dyno_processes_are_unprivileged_in_their_namespaces(rt: Runtime) -> Non
     """Every process of the dyno but the `unshare` that waits for it outside is the dyno's
     unprivileged user, with no capability at all, in the dyno's network namespace."""
     netns_inode = os.stat(f"/run/netns/{rt.daemon.netns(APP, 'web.1')}").st_ino
-    inside = [p for p in psutil.process_iter(["name"])
-              if _netns_inode(p.pid) == netns_inode]
+    inside = [p for p in psutil.process_iter(["name"]) if _netns_inode(p.pid) == netns_inode]
     names = sorted(p.info["name"] for p in inside)
     assert names.count("unshare") == 1 and "python3" in names, names
     assert rt.web1["pid"] == next(p.pid for p in inside if p.info["name"] == "unshare")
@@ -161,7 +161,8 @@ def test_dyno_processes_are_unprivileged_in_their_namespaces(rt: Runtime) -> Non
         if proc.info["name"] == "unshare":
             continue
         fields = dict(
-            line.split(":\t", 1) for line in read(f"/proc/{proc.pid}/status").splitlines()
+            line.split(":\t", 1)
+            for line in read(f"/proc/{proc.pid}/status").splitlines()
             if ":\t" in line
         )
         assert fields["Uid"].split()[0] != "0", proc
@@ -182,9 +183,12 @@ def _netns_inode(pid: int) -> int | None:
 def test_dynos_see_only_their_own_processes_tmp_and_links(rt: Runtime) -> None:
     """A dyno cannot address another dyno's processes (their environment holds secrets) nor
     meet it in /tmp, even when both run as the same user."""
-    victim = next(p for p in psutil.process_iter(["name"])
-                  if p.info["name"] == "python3" and _netns_inode(p.pid) == os.stat(
-                      f"/run/netns/{rt.daemon.netns(APP, 'web.1')}").st_ino)
+    victim = next(
+        p
+        for p in psutil.process_iter(["name"])
+        if p.info["name"] == "python3"
+        and _netns_inode(p.pid) == os.stat(f"/run/netns/{rt.daemon.netns(APP, 'web.1')}").st_ino
+    )
     code = (
         "import os;"
         "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()));"
@@ -229,8 +233,9 @@ def test_router_round_robins_over_both_web_dynos(rt: Runtime) -> None:
 
 
 def test_router_headers_and_log_line(rt: Runtime) -> None:
-    status, body = rt.get("/hello?x=1", headers={"X-Request-Id": "a" * 30,
-                                                  "X-Forwarded-Host": "evil"})
+    status, body = rt.get(
+        "/hello?x=1", headers={"X-Request-Id": "a" * 30, "X-Forwarded-Host": "evil"}
+    )
     assert status == 200
     headers = {k.lower(): v for k, v in body["headers"].items()}
     assert headers["x-forwarded-for"] == "127.0.0.1"
@@ -242,7 +247,7 @@ def test_router_headers_and_log_line(rt: Runtime) -> None:
     settle(rt)
     lines = [line for line in rt.daemon.log().splitlines() if "request_id=" + "a" * 30 in line]
     assert len(lines) == 1
-    assert "heroku[router]: at=info method=GET path=\"/hello?x=1\"" in lines[0]
+    assert 'heroku[router]: at=info method=GET path="/hello?x=1"' in lines[0]
     assert f"host={APP}.localhost" in lines[0] and "status=200" in lines[0]
     assert "dyno=web." in lines[0] and 'fwd="127.0.0.1"' in lines[0]
 
@@ -319,7 +324,7 @@ def test_outbound_is_masqueraded_behind_the_host(rt: Runtime) -> None:
         f"import socket;s=socket.create_connection(({rt.inet.ip!r}, {rt.inet.port}), 5);"
         "print('seen-as', s.recv(100).decode())"
     )
-    status, lines = rt.daemon.run_once(APP, "run", f"/usr/bin/python3 -c \"{code}\"")
+    status, lines = rt.daemon.run_once(APP, "run", f'/usr/bin/python3 -c "{code}"')
     assert status == 0, lines
     assert f"seen-as {rt.inet.host_ip}" in lines
     assert icmp_echo_answered(rt.daemon.netns(APP, "worker.1"), rt.inet.ip)
@@ -348,8 +353,20 @@ def test_spoofed_mac_is_dropped(rt: Runtime, attacker: dict[str, Any]) -> None:
         sh("ip", "-n", ns, "link", "set", "eth0", "address", mac)
         # a MAC change empties the neighbour table; a static entry makes the IP packet leave
         # without ARP, so the test meets the IP anti-spoofing rule, not just the ARP one
-        sh("ip", "-n", ns, "neigh", "replace", gateway, "lladdr", bridge_mac, "dev", "eth0",
-           "nud", "permanent")
+        sh(
+            "ip",
+            "-n",
+            ns,
+            "neigh",
+            "replace",
+            gateway,
+            "lladdr",
+            bridge_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        )
         udp_send(ns, rt.inet.ip, rt.inet.port, payload)
 
     send_with_mac("0a:58:de:ad:be:ef", "spoofed-mac")
@@ -469,4 +486,3 @@ def test_stop_removes_everything_of_the_dyno(rt: Runtime) -> None:
     log = d.log()
     assert "heroku[extra.1]: Stopping all processes with SIGTERM" in log
     assert "heroku[extra.1]: State changed from up to down" in log
-

@@ -53,8 +53,17 @@ def test_sigkilled_daemon_adopts_live_dynos_and_cleans_dead_ones() -> None:
         # While the daemon is dead: the worker dies, and junk with the daemon's prefix appears.
         os.kill(doomed["pid"], signal.SIGKILL)
         sh("ip", "netns", "add", f"{d.prefix}-junk-web.9")
-        sh("ip", "link", "add", f"{d.prefix}-ffff", "type", "veth",
-           "peer", "name", f"{d.prefix}-fffe")
+        sh(
+            "ip",
+            "link",
+            "add",
+            f"{d.prefix}-ffff",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"{d.prefix}-fffe",
+        )
         assert psutil.pid_exists(web["pid"])
         d.start()
         dynos = {x["name"]: x for x in d.dynos("sushi")}
@@ -72,8 +81,9 @@ def test_sigkilled_daemon_adopts_live_dynos_and_cleans_dead_ones() -> None:
         assert "heroku[worker.1]: Cleaned up after daemon restart" in log
         # The adopted dyno is still supervised: its output still flows, and stopping it works.
         marker = f"/after-restart-{random.randrange(10**6)}"
-        request = urllib.request.Request(f"http://127.0.0.1:{d.router_port}{marker}",
-                                         headers={"Host": "sushi.localhost"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{d.router_port}{marker}", headers={"Host": "sushi.localhost"}
+        )
         urllib.request.urlopen(request, timeout=10).read()
         d.wait_for(lambda: marker in d.output("sushi", "web.1"), "output of the adopted dyno")
         assert d.stop_dyno("sushi", "web.1")["stopped"] == ["web.1"]
@@ -84,8 +94,10 @@ def test_daemon_stop_leaves_no_kernel_object_or_process() -> None:
     daemon = DaemonProc()
     try:
         daemon.start()
-        pids = [daemon.run_app("sushi", "web")["pid"],
-                daemon.run("sushi", "worker", "sleep 600")["pid"]]
+        pids = [
+            daemon.run_app("sushi", "web")["pid"],
+            daemon.run("sushi", "worker", "sleep 600")["pid"],
+        ]
         assert leftovers(daemon.prefix)
         assert daemon.terminate() == 0
         deadline = time.monotonic() + 5
@@ -109,8 +121,11 @@ def _nft_table_items(prefix: str, kind: str) -> list[dict]:
 
 def web_elements(prefix: str) -> set[tuple[str, int]]:
     listing = json.loads(sh("nft", "-j", "list", "set", "inet", prefix, "web").stdout)
-    return {tuple(e["concat"]) for item in listing["nftables"]
-            for e in item.get("set", {}).get("elem", [])}
+    return {
+        tuple(e["concat"])
+        for item in listing["nftables"]
+        for e in item.get("set", {}).get("elem", [])
+    }
 
 
 def nft_rules(prefix: str) -> list[str]:
@@ -127,6 +142,7 @@ def nft_elements(prefix: str) -> int:
 
 def test_eth0_index_stays_small_after_300_dynos() -> None:
     with running_daemon(cidr=f"172.31.{os.getpid() % 64 * 4}.0/22") as d:
+
         def start(i: int) -> dict:
             return d.run("churn", "worker", "sleep 600")
 
@@ -156,8 +172,11 @@ def test_pool_exhaustion_is_a_clear_error_and_disturbs_nothing() -> None:
         assert [x["pid"] for x in d.dynos("tiny")] == [x["pid"] for x in running]
         # a freed /30 comes back once its dyno is fully torn down
         d.stop_dyno("tiny", "worker.2")
-        d.wait_for(lambda: d.run("tiny", "worker", "sleep 600")["ip"] == running[1]["ip"],
-                   "the freed /30 reused", timeout=10)
+        d.wait_for(
+            lambda: d.run("tiny", "worker", "sleep 600")["ip"] == running[1]["ip"],
+            "the freed /30 reused",
+            timeout=10,
+        )
 
 
 def test_reused_address_is_reached_without_stale_neighbour() -> None:
@@ -186,8 +205,10 @@ def test_bad_input_gets_clear_errors_and_disturbs_nothing() -> None:
             (["run", "--app", "Sushi", "--", "true"], "invalid app name"),
             (["run", "--app", "ab", "--", "true"], "invalid app name"),
             (["run", "--app", "sushi", "--type", "bad.type", "--", "true"], "invalid process type"),
-            (["run", "--app", "sushi", "--type", "w", "--", "no-such-program-xyz", "--x"],
-             "command not found: no-such-program-xyz"),
+            (
+                ["run", "--app", "sushi", "--type", "w", "--", "no-such-program-xyz", "--x"],
+                "command not found: no-such-program-xyz",
+            ),
             (["run", "--app", "sushi", "--type", "w", "--", "./missing.sh"], "command not found"),
             (["run", "--app", "sushi", "--type", "w", "-d"], "no Procfile"),
             (["stop", "--app", "nosuchapp", "web.1"], "no app named 'nosuchapp'"),
@@ -212,7 +233,9 @@ def test_bad_input_gets_clear_errors_and_disturbs_nothing() -> None:
 def test_cli_without_daemon_says_how_to_start_it(tmp_path: object) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dynod", "--socket", "/tmp/dynod-no-such.sock", "ps"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1
     assert "daemon is not running" in result.stderr and "sudo dynod daemon" in result.stderr
@@ -254,8 +277,7 @@ def _readable_copy_of_dynod(target: Path) -> str:
 
     for module in (dynod, netns, click, dnslib, h11, ps, pyroute2):
         source = Path(module.__file__).parent
-        shutil.copytree(source, target / source.name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(source, target / source.name, ignore=shutil.ignore_patterns("__pycache__"))
     for path in [target, *target.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     return str(target)
@@ -267,10 +289,26 @@ def test_daemon_refuses_to_run_without_root() -> None:
     try:
         copy.chmod(0o755)
         result = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
-             "-m", "dynod", "--socket", f"/tmp/{prefix}.sock", "daemon", "--state-dir",
-             f"/tmp/{prefix}-state", "--prefix", prefix],
-            capture_output=True, text=True, timeout=60, cwd="/",
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-m",
+                "dynod",
+                "--socket",
+                f"/tmp/{prefix}.sock",
+                "daemon",
+                "--state-dir",
+                f"/tmp/{prefix}-state",
+                "--prefix",
+                prefix,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": _readable_copy_of_dynod(copy)},
         )
     finally:
@@ -283,8 +321,15 @@ def test_daemon_refuses_to_run_without_root() -> None:
 
 def test_foreground_run_streams_output_and_returns_its_status() -> None:
     with running_daemon() as d:
-        result = d.cli("run", "--app", "sushi", "--type", "once", "--",
-                       "echo hello from $DYNO; echo oops >&2; exit 3")
+        result = d.cli(
+            "run",
+            "--app",
+            "sushi",
+            "--type",
+            "once",
+            "--",
+            "echo hello from $DYNO; echo oops >&2; exit 3",
+        )
         assert result.returncode == 3
         assert "hello from once.1" in result.stdout and "oops" in result.stdout
         assert d.dynos("sushi") == []
@@ -294,9 +339,22 @@ def test_foreground_run_streams_output_and_returns_its_status() -> None:
 def start_foreground_run(d: DaemonProc) -> subprocess.Popen[str]:
     """`dynod run --app sushi --type fg -- ...` in the foreground, once its dyno has started."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dynod", "run", "--app", "sushi", "--type", "fg", "--",
-         "echo started; sleep 600"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(d.app_dir),
+        [
+            sys.executable,
+            "-m",
+            "dynod",
+            "run",
+            "--app",
+            "sushi",
+            "--type",
+            "fg",
+            "--",
+            "echo started; sleep 600",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(d.app_dir),
         env={**os.environ, "DYNOD_SOCKET": d.socket},
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
@@ -321,8 +379,17 @@ def test_detached_run_ps_and_stop_through_the_cli() -> None:
         (d.app_dir / "Procfile").write_text("web: /usr/bin/python3 -u echo_app.py\n")
         first = d.cli("run", "--app", "sushi", "--type", "web", "--detach", "--json")
         assert first.returncode == 0, first.stderr
-        second = d.cli("run", "--app", "sushi", "--detach", "--",
-                       "/usr/bin/python3", "-m", "http.server", "$PORT")
+        second = d.cli(
+            "run",
+            "--app",
+            "sushi",
+            "--detach",
+            "--",
+            "/usr/bin/python3",
+            "-m",
+            "http.server",
+            "$PORT",
+        )
         assert second.returncode == 0, second.stderr
         name, ip, port = second.stdout.split()
         assert name == "web.2" and port.startswith("PORT=")
@@ -382,11 +449,13 @@ def test_unprivileged_dyno_can_ping_its_own_loopback() -> None:
 
 def test_environment_reaches_the_dyno_intact_and_not_its_launcher() -> None:
     with running_daemon() as d:
-        tricky = "it's \"quoted\" $HOME `id`\nsecond line"
+        tricky = 'it\'s "quoted" $HOME `id`\nsecond line'
         names = "('TRICKY', 'LD_PRELOAD', 'DYNO', 'PORT')"
         code = f"import os,json;print(json.dumps({{k: os.environ.get(k) for k in {names}}}))"
         status, lines = d.run_once(
-            "envy", "web", f"/usr/bin/python3 -c \"{code}\"",
+            "envy",
+            "web",
+            f'/usr/bin/python3 -c "{code}"',
             env={"TRICKY": tricky, "LD_PRELOAD": "/nonexistent/dynod-test.so"},
         )
         assert status == 0, lines
@@ -444,9 +513,22 @@ def test_the_cli_refuses_users_outside_the_dynod_group() -> None:
         try:
             copy.chmod(0o755)
             result = subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                 "/usr/bin/python3", "-m", "dynod", "--socket", d.socket, "ps"],
-                capture_output=True, text=True, timeout=60, cwd="/",
+                [
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                    "-m",
+                    "dynod",
+                    "--socket",
+                    d.socket,
+                    "ps",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd="/",
                 env={"PATH": "/usr/bin:/bin", "PYTHONPATH": _readable_copy_of_dynod(copy)},
             )
         finally:
@@ -458,6 +540,7 @@ def test_the_cli_refuses_users_outside_the_dynod_group() -> None:
 def test_a_stop_racing_a_start_leaves_nothing_running() -> None:
     marker = str(random.randrange(10**6, 10**7))
     with running_daemon() as d:
+
         def stop_as_soon_as_it_exists() -> None:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
@@ -478,8 +561,10 @@ def test_a_stop_racing_a_start_leaves_nothing_running() -> None:
         stray = [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
         assert stray == []
         assert not [n for n in sh("ip", "netns", "list").stdout.split() if "racer" in n]
-        d.wait_for(lambda: not [x for x in leftovers(d.prefix).get("links", [])
-                                if x != f"{d.prefix}0"], "no veth left")
+        d.wait_for(
+            lambda: not [x for x in leftovers(d.prefix).get("links", []) if x != f"{d.prefix}0"],
+            "no veth left",
+        )
 
 
 def test_a_second_daemon_with_the_same_prefix_is_refused() -> None:
@@ -505,8 +590,11 @@ def test_a_flushed_firewall_is_put_back() -> None:
         # what `nft flush ruleset` or a firewall reload would do to dynod's tables
         sh("nft", "delete", "table", "inet", d.prefix)
         sh("nft", "delete", "table", "bridge", d.prefix)
-        d.wait_for(lambda: {ip for _, _, ip in port_elements(d.prefix)}
-                   == {web["ip"], worker["ip"]}, "the firewall re-applied", timeout=10)
+        d.wait_for(
+            lambda: {ip for _, _, ip in port_elements(d.prefix)} == {web["ip"], worker["ip"]},
+            "the firewall re-applied",
+            timeout=10,
+        )
         assert "re-applying them from the state" in d.log()
         with socket.socket() as s:
             s.settimeout(1)
@@ -523,12 +611,17 @@ def test_a_crashed_dyno_survives_a_daemon_restart_and_is_restarted() -> None:
         before = d.dyno("flaky", "worker.1")
         d.kill9()
         d.start()
-        d.wait_for(lambda: d.dyno("flaky", "worker.1")["restarts"] > before["restarts"],
-                   "restarted by the new daemon", timeout=30)
+        d.wait_for(
+            lambda: d.dyno("flaky", "worker.1")["restarts"] > before["restarts"],
+            "restarted by the new daemon",
+            timeout=30,
+        )
         after = d.dyno("flaky", "worker.1")
         assert after["ip"] == before["ip"] and after["id"] == before["id"]
-        d.wait_for(lambda: d.log().count("app[worker.1]: attempt") > before["restarts"] + 1,
-                   "the restarted process's output")
+        d.wait_for(
+            lambda: d.log().count("app[worker.1]: attempt") > before["restarts"] + 1,
+            "the restarted process's output",
+        )
 
 
 def test_logs_apps_status_and_the_raw_api() -> None:
@@ -607,16 +700,22 @@ def test_foreground_run_streams_every_line_of_a_large_output() -> None:
 
 
 def test_the_directory_is_checked_again_at_every_restart(tmp_path: Path) -> None:
-    secret_dir = Path(tempfile.mkdtemp(prefix="dynod-secret-", dir="/root"
-                                       if os.path.isdir("/root") else "/tmp"))
+    secret_dir = Path(
+        tempfile.mkdtemp(prefix="dynod-secret-", dir="/root" if os.path.isdir("/root") else "/tmp")
+    )
     secret_dir.chmod(0o700)
     (secret_dir / "secret.txt").write_text("root-only")
     try:
         with running_daemon() as d:
             work = d.app_dir / "work"
             work.mkdir(mode=0o755)
-            body = {"type": "worker", "command": "cat secret.txt; sleep 1; exit 1",
-                    "cwd": str(work), "env": {"PATH": "/usr/bin:/bin"}, "detach": True}
+            body = {
+                "type": "worker",
+                "command": "cat secret.txt; sleep 1; exit 1",
+                "cwd": str(work),
+                "env": {"PATH": "/usr/bin:/bin"},
+                "detach": True,
+            }
             d.client.call("POST", "/v1/apps/swapper/dynos", body)
             d.wait_for(lambda: "No such file" in d.output("swapper", "worker.1"), "first run")
             work.rmdir()

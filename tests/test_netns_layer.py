@@ -86,8 +86,13 @@ def test_veth_peer_is_born_inside_with_a_small_index(prefix: str) -> None:
         fd = namespace.open_fd(name)
         try:
             port = links.add_veth_into_netns(
-                ipr, host_name=f"{prefix}-1", host_mac="0a:59:01:02:03:04", master=bridge,
-                peer_name="eth0", peer_mac="0a:58:01:02:03:04", netns_fd=fd,
+                ipr,
+                host_name=f"{prefix}-1",
+                host_mac="0a:59:01:02:03:04",
+                master=bridge,
+                peer_name="eth0",
+                peer_mac="0a:58:01:02:03:04",
+                netns_fd=fd,
             )
         finally:
             os.close(fd)

@@ -97,10 +97,15 @@ def test_kernel_names_fit_and_are_prefixed() -> None:
 
 
 def test_firewall_text_keeps_per_dyno_facts_in_sets() -> None:
-    layout = firewall.Layout(table="dynod", bridge="dynod0", port_glob="dynod-*",
-                             cidr="172.16.0.0/12")
-    ports = [firewall.Port(f"dynod-{i:x}", mac_for(f"172.16.0.{4 * i + 2}", 0x58),
-                           f"172.16.0.{4 * i + 2}") for i in range(1, 40)]
+    layout = firewall.Layout(
+        table="dynod", bridge="dynod0", port_glob="dynod-*", cidr="172.16.0.0/12"
+    )
+    ports = [
+        firewall.Port(
+            f"dynod-{i:x}", mac_for(f"172.16.0.{4 * i + 2}", 0x58), f"172.16.0.{4 * i + 2}"
+        )
+        for i in range(1, 40)
+    ]
     web = [firewall.WebTarget(p.ip, 5000 + i) for i, p in enumerate(ports)]
     small = firewall.ruleset(layout, ports[:1], web[:1])
     large = firewall.ruleset(layout, ports, web)
@@ -144,8 +149,12 @@ def test_command_checks(tmp_path: object) -> None:
     processes.check_command("FOO=1 BAR=2 true", "/", "/usr/bin:/bin")
     processes.check_command("exec sleep 1", "/", "/usr/bin:/bin")
     processes.check_command("$HOME/bin/x", "/", "/usr/bin:/bin")
-    for bad, words in [("nosuchprog-q", "command not found"), ("./nope", "no executable file"),
-                       ("", "no command"), ("echo 'unterminated", "cannot parse")]:
+    for bad, words in [
+        ("nosuchprog-q", "command not found"),
+        ("./nope", "no executable file"),
+        ("", "no command"),
+        ("echo 'unterminated", "cannot parse"),
+    ]:
         with pytest.raises(DynodError) as err:
             processes.check_command(bad, "/", "/usr/bin:/bin")
         assert words in err.value.problem
@@ -161,14 +170,42 @@ def test_a_default_drop_firewall_elsewhere_is_reported() -> None:
         def ruleset(self) -> list[dict[str, object]]:
             return [
                 {"table": {"family": "inet", "name": "filter"}},
-                {"chain": {"family": "inet", "table": "filter", "name": "forward",
-                           "hook": "forward", "policy": "drop"}},
-                {"chain": {"family": "inet", "table": "filter", "name": "output",
-                           "hook": "output", "policy": "drop"}},
-                {"chain": {"family": "inet", "table": "dynod", "name": "input",
-                           "hook": "input", "policy": "drop"}},
-                {"chain": {"family": "ip", "table": "nat", "name": "input",
-                           "hook": "input", "policy": "accept"}},
+                {
+                    "chain": {
+                        "family": "inet",
+                        "table": "filter",
+                        "name": "forward",
+                        "hook": "forward",
+                        "policy": "drop",
+                    }
+                },
+                {
+                    "chain": {
+                        "family": "inet",
+                        "table": "filter",
+                        "name": "output",
+                        "hook": "output",
+                        "policy": "drop",
+                    }
+                },
+                {
+                    "chain": {
+                        "family": "inet",
+                        "table": "dynod",
+                        "name": "input",
+                        "hook": "input",
+                        "policy": "drop",
+                    }
+                },
+                {
+                    "chain": {
+                        "family": "ip",
+                        "table": "nat",
+                        "name": "input",
+                        "hook": "input",
+                        "policy": "accept",
+                    }
+                },
             ]
 
     warnings = foreign_drop_policies(FakeNft(), "dynod")  # type: ignore[arg-type]
@@ -179,14 +216,17 @@ def test_a_default_drop_firewall_elsewhere_is_reported() -> None:
 def test_env_script_quotes_any_value() -> None:
     import subprocess
 
-    env = {"A": "plain", "B": "it's \"quoted\" $HOME `x`", "C": "two\nlines", "D": ""}
+    env = {"A": "plain", "B": 'it\'s "quoted" $HOME `x`', "C": "two\nlines", "D": ""}
     script = processes.env_script(env)
     show = '. /dev/stdin; for v in A B C D; do eval "printf %s\\| \\"\\$$v\\""; done'
     out = subprocess.run(
         ["/bin/sh", "-c", show],
-        input=script, capture_output=True, text=True, check=True,
+        input=script,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    assert out == "plain|it's \"quoted\" $HOME `x`|two\nlines||"
+    assert out == 'plain|it\'s "quoted" $HOME `x`|two\nlines||'
     processes.check_env_name("DATABASE_URL")
     for bad in ("1X", "A-B", "", "A B", "A=B"):
         with pytest.raises(DynodError):

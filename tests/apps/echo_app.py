@@ -22,8 +22,12 @@ def say(text: str) -> None:
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         body = json.dumps(
-            {"dyno": os.environ.get("DYNO"), "headers": dict(self.headers.items()),
-             "env": dict(os.environ), "path": self.path}
+            {
+                "dyno": os.environ.get("DYNO"),
+                "headers": dict(self.headers.items()),
+                "env": dict(os.environ),
+                "path": self.path,
+            }
         ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
