@@ -98,22 +98,16 @@ class LogBook:
         chosen = [line for line in self._recent if keep(line)]
         return chosen[-count:] if count else []
 
-    def subscribe(self, keep: Filter) -> asyncio.Queue[LogLine | None]:
-        """From now on, every line keep() accepts also goes to the returned queue."""
-        queue: asyncio.Queue[LogLine | None] = asyncio.Queue(maxsize=10_000)
-        self._followers.append((keep, queue))
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[LogLine | None]) -> None:
-        self._followers = [(k, q) for k, q in self._followers if q is not queue]
-
     @contextlib.contextmanager
     def follow(self, keep: Filter) -> Iterator[asyncio.Queue[LogLine | None]]:
-        queue = self.subscribe(keep)
+        """While inside, every line keep() accepts also goes to the yielded queue."""
+        queue: asyncio.Queue[LogLine | None] = asyncio.Queue(maxsize=10_000)
+        entry = (keep, queue)
+        self._followers.append(entry)
         try:
             yield queue
         finally:
-            self.unsubscribe(queue)
+            self._followers.remove(entry)
 
     def close(self) -> None:
         for _, queue in self._followers:

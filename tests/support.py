@@ -227,21 +227,22 @@ class DaemonProc:
             env=full_env,
         )
 
-    def run(
-        self,
-        app: str,
-        ptype: str,
-        command: str,
-        env: dict[str, str] | None = None,
-        detach: bool = True,
+    def _body(
+        self, ptype: str, command: str, env: dict[str, str] | None, detach: bool
     ) -> dict[str, Any]:
-        body = {
+        return {
             "type": ptype,
             "command": command,
             "cwd": str(self.app_dir),
             "env": {"PATH": SYSTEM_PATH, **(env or {})},
             "detach": detach,
         }
+
+    def run(
+        self, app: str, ptype: str, command: str, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """A detached dyno (`dynod run --detach`), as the API answers it."""
+        body = self._body(ptype, command, env, detach=True)
         return self.client.call("POST", f"/v1/apps/{app}/dynos", body)
 
     def run_app(
@@ -262,13 +263,7 @@ class DaemonProc:
         env: dict[str, str] | None = None,
     ) -> tuple[int | None, list[str]]:
         """A foreground dyno (`dynod run` without --detach): its output and exit status."""
-        body = {
-            "type": ptype,
-            "command": command,
-            "cwd": str(self.app_dir),
-            "env": {"PATH": SYSTEM_PATH, **(env or {})},
-            "detach": False,
-        }
+        body = self._body(ptype, command, env, detach=False)
         lines: list[str] = []
         client = Client(self.socket, timeout=timeout)
         for raw in client.lines(f"/v1/apps/{app}/dynos", "POST", body):

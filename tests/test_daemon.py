@@ -283,12 +283,12 @@ def _readable_copy_of_dynod(target: Path) -> str:
     return str(target)
 
 
-def test_daemon_refuses_to_run_without_root() -> None:
-    prefix = unique_prefix()
-    copy = Path(tempfile.mkdtemp(prefix=f"dynod-{prefix}-", dir="/tmp"))
+def dynod_as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    """`setpriv --reuid=nobody python3 -m dynod ARGS...`, from a copy nobody can read."""
+    copy = Path(tempfile.mkdtemp(prefix="dynod-nobody-", dir="/tmp"))
     try:
         copy.chmod(0o755)
-        result = subprocess.run(
+        return subprocess.run(
             [
                 "setpriv",
                 "--reuid=65534",
@@ -297,13 +297,7 @@ def test_daemon_refuses_to_run_without_root() -> None:
                 "/usr/bin/python3",
                 "-m",
                 "dynod",
-                "--socket",
-                f"/tmp/{prefix}.sock",
-                "daemon",
-                "--state-dir",
-                f"/tmp/{prefix}-state",
-                "--prefix",
-                prefix,
+                *args,
             ],
             capture_output=True,
             text=True,
@@ -313,6 +307,19 @@ def test_daemon_refuses_to_run_without_root() -> None:
         )
     finally:
         shutil.rmtree(copy, ignore_errors=True)
+
+
+def test_daemon_refuses_to_run_without_root() -> None:
+    prefix = unique_prefix()
+    result = dynod_as_nobody(
+        "--socket",
+        f"/tmp/{prefix}.sock",
+        "daemon",
+        "--state-dir",
+        f"/tmp/{prefix}-state",
+        "--prefix",
+        prefix,
+    )
     assert result.returncode == 1, result.stderr
     assert "must run as root" in result.stderr and "sudo dynod daemon" in result.stderr
     assert leftovers(prefix) == {}
@@ -509,30 +516,7 @@ def test_the_cli_refuses_users_outside_the_dynod_group() -> None:
     with running_daemon() as d:
         mode = os.stat(d.socket).st_mode & 0o777
         assert mode in (0o600, 0o660)  # root, and the dynod group when it exists
-        copy = Path(tempfile.mkdtemp(prefix=f"dynod-{d.prefix}-cli-", dir="/tmp"))
-        try:
-            copy.chmod(0o755)
-            result = subprocess.run(
-                [
-                    "setpriv",
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                    "/usr/bin/python3",
-                    "-m",
-                    "dynod",
-                    "--socket",
-                    d.socket,
-                    "ps",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                cwd="/",
-                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": _readable_copy_of_dynod(copy)},
-            )
-        finally:
-            shutil.rmtree(copy, ignore_errors=True)
+        result = dynod_as_nobody("--socket", d.socket, "ps")
         assert result.returncode == 1
         assert "permission denied" in result.stderr and "dynod group" in result.stderr
 
