@@ -2,7 +2,21 @@
 works as well as the CLI.
 
     GET    /v1/status                            the daemon's settings
-    GET    /v1/apps                              apps and their dyno counts
+    GET    /v1/spaces                            spaces: range, bridge, DNS, router, NAT, apps
+    POST   /v1/spaces                            create a space {name, cidr?, nat_ip?}: 201, it
+    GET    /v1/spaces/SPACE                      one of them
+    DELETE /v1/spaces/SPACE                      destroy a space without apps: {"destroyed": SPACE}
+    GET    /v1/spaces/SPACE/trusted-ips          its trusted IP ranges: ["0.0.0.0/0", ...]
+    POST   /v1/spaces/SPACE/trusted-ips          trust a range {cidr}: 201, the ranges
+    DELETE /v1/spaces/SPACE/trusted-ips/CIDR     stop trusting a range (10.0.0.0%2F8): the ranges
+    GET    /v1/apps                              apps: space, routing, features, dyno counts
+    POST   /v1/apps                              create an app {name, space?, internal_routing?}:
+                                                 201, it
+    GET    /v1/apps/APP                          one of them
+    DELETE /v1/apps/APP                          destroy an app, stopping its dynos:
+                                                 {"stopped": [dyno names]}
+    GET    /v1/apps/APP/features                 [{name, enabled, description}]
+    PUT    /v1/apps/APP/features/FEATURE         {enabled}: {name, enabled, note}
     GET    /v1/dynos[?app=APP]                   dynos
     POST   /v1/apps/APP/dynos                    start a dyno {type, command, cwd, env, detach}:
                                                  with detach, 201 and the dyno; without, an NDJSON
@@ -10,6 +24,10 @@ works as well as the CLI.
                                                  (closing it stops the dyno, like Ctrl-C)
     DELETE /v1/apps/APP/dynos[/NAME][?grace=S]   stop one dyno, or all of the app's
     GET    /v1/logs[?app=&dyno=&tail=N&follow=1] Heroku-format lines, followed if asked
+
+Path segments are URL-decoded after the path is split, so a CIDR's slash travels as %2F. In the
+bodies of the space, app and feature endpoints, a missing field, one of the wrong JSON type and an
+unknown one are each a 400 that names the field.
 
 Errors are JSON `{"error": ..., "fix": ...}` with a 4xx/5xx status. Access is the socket file's:
 root, and the `dynod` group when it exists.
@@ -61,6 +79,7 @@ class Stream:
 
 
 Answer = tuple[int, Any] | Stream
+Handler = Callable[..., Awaitable[Answer]]
 
 
 class ApiServer:
@@ -68,6 +87,7 @@ class ApiServer:
         self.daemon = daemon
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._table = self._routes()
 
     async def start(self, path: str, group: int | None) -> None:
         old_umask = os.umask(0o177)
@@ -141,13 +161,16 @@ class ApiServer:
                 break
         assert head is not None
         url = urllib.parse.urlsplit(head.target.decode())
+        path = url.path.strip("/")
         try:
             parsed = json.loads(body) if body else {}
         except ValueError:
             parsed = None
         return Request(
             head.method.decode(),
-            [urllib.parse.unquote(p) for p in url.path.strip("/").split("/") if p],
+            # split before decoding (a %2F stays in its segment); an empty inner segment stays,
+            # so /v1/apps//dynos is no endpoint rather than /v1/apps/dynos
+            [urllib.parse.unquote(p) for p in path.split("/")] if path else [],
             dict(urllib.parse.parse_qsl(url.query)),
             parsed,
             uid,
@@ -218,40 +241,122 @@ class ApiServer:
             return 500, {"error": f"internal error: {exc}", "fix": "see the daemon's log"}
 
     # ---------------------------------------------------------------- routes
+    def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
+        """(method, path after /v1, handler); each `*` segment is passed to the handler."""
+        return [
+            ("GET", ("status",), self._status),
+            ("GET", ("spaces",), self._spaces),
+            ("POST", ("spaces",), self._create_space),
+            ("GET", ("spaces", "*"), self._space),
+            ("DELETE", ("spaces", "*"), self._destroy_space),
+            ("GET", ("spaces", "*", "trusted-ips"), self._trusted_ips),
+            ("POST", ("spaces", "*", "trusted-ips"), self._add_trusted_ip),
+            ("DELETE", ("spaces", "*", "trusted-ips", "*"), self._remove_trusted_ip),
+            ("GET", ("apps",), self._apps),
+            ("POST", ("apps",), self._create_app),
+            ("GET", ("apps", "*"), self._app),
+            ("DELETE", ("apps", "*"), self._destroy_app),
+            ("GET", ("apps", "*", "features"), self._features),
+            ("PUT", ("apps", "*", "features", "*"), self._set_feature),
+            ("POST", ("apps", "*", "dynos"), self._run),
+            ("DELETE", ("apps", "*", "dynos"), self._stop),
+            ("DELETE", ("apps", "*", "dynos", "*"), self._stop),
+            ("GET", ("dynos",), self._dynos),
+            ("GET", ("logs",), self._logs),
+        ]
+
     async def _route(self, r: Request) -> Answer:
-        routes: dict[tuple[str, int, str], Callable[[Request], Awaitable[Answer]]] = {
-            ("GET", 2, "status"): self._status,
-            ("GET", 2, "apps"): self._apps,
-            ("GET", 2, "dynos"): self._dynos,
-            ("GET", 2, "logs"): self._logs,
-            ("POST", 4, "apps"): self._run,
-            ("DELETE", 4, "apps"): self._stop,
-            ("DELETE", 5, "apps"): self._stop,
-        }
-        if not r.path or r.path[0] != "v1" or len(r.path) < 2:
-            raise NotFound(f"no such endpoint /{'/'.join(r.path)}", "see the API list in api.py")
-        handler = routes.get((r.method, len(r.path), r.path[1]))
-        if handler is None or (len(r.path) >= 4 and r.path[3] != "dynos"):
-            raise NotFound(
-                f"no such endpoint {r.method} /{'/'.join(r.path)}", "see the API list in api.py"
+        endpoint = f"/{'/'.join(r.path)}"
+        if r.path[:1] != ["v1"]:
+            raise NotFound(f"no such endpoint {endpoint}", "see the API list in api.py")
+        allowed: list[str] = []
+        for method, pattern, handler in self._table:
+            args = _match(pattern, r.path[1:])
+            if args is None:
+                continue
+            if method == r.method:
+                return await handler(r, *args)
+            allowed.append(method)
+        if allowed:
+            raise DynodError(
+                f"{endpoint} does not take {r.method}",
+                f"it takes {' or '.join(allowed)}; see the API list in api.py",
+                status=405,
             )
-        return await handler(r)
+        raise NotFound(f"no such endpoint {r.method} {endpoint}", "see the API list in api.py")
 
     async def _status(self, r: Request) -> Answer:
         return 200, self.daemon.status()
 
+    async def _spaces(self, r: Request) -> Answer:
+        return 200, await self.daemon.spaces_info()
+
+    async def _create_space(self, r: Request) -> Answer:
+        body = _fields(r, "name", "cidr", "nat_ip")
+        space = await self.daemon.create_space(
+            _text(body, "name"),
+            _optional_text(body, "cidr"),
+            _optional_text(body, "nat_ip"),
+        )
+        return 201, space
+
+    async def _space(self, r: Request, space: str) -> Answer:
+        for entry in await self.daemon.spaces_info():
+            if entry["name"] == space:
+                return 200, entry
+        raise NotFound(f"no space named {space!r}", "`dynod spaces` lists the spaces")
+
+    async def _destroy_space(self, r: Request, space: str) -> Answer:
+        await self.daemon.destroy_space(space)
+        return 200, {"destroyed": space}
+
+    async def _trusted_ips(self, r: Request, space: str) -> Answer:
+        return 200, await self.daemon.trusted_ips(space)
+
+    async def _add_trusted_ip(self, r: Request, space: str) -> Answer:
+        body = _fields(r, "cidr")
+        return 201, await self.daemon.add_trusted_ip(space, _text(body, "cidr"))
+
+    async def _remove_trusted_ip(self, r: Request, space: str, cidr: str) -> Answer:
+        return 200, await self.daemon.remove_trusted_ip(space, cidr)
+
     async def _apps(self, r: Request) -> Answer:
-        state = self.daemon.state
-        return 200, [{"name": a, "dynos": len(state.dynos(a))} for a in state.apps()]
+        return 200, await self.daemon.apps_info()
+
+    async def _create_app(self, r: Request) -> Answer:
+        body = _fields(r, "name", "space", "internal_routing")
+        app = await self.daemon.create_app(
+            _text(body, "name"),
+            _optional_text(body, "space"),
+            _flag(body, "internal_routing"),
+        )
+        return 201, app
+
+    async def _app(self, r: Request, app: str) -> Answer:
+        for entry in await self.daemon.apps_info():
+            if entry["name"] == app:
+                return 200, entry
+        raise NotFound(f"no app named {app!r}", "`dynod apps` lists the apps")
+
+    async def _destroy_app(self, r: Request, app: str) -> Answer:
+        return 200, await self.daemon.destroy_app(app)
+
+    async def _features(self, r: Request, app: str) -> Answer:
+        return 200, await self.daemon.features(app)
+
+    async def _set_feature(self, r: Request, app: str, feature: str) -> Answer:
+        body = _fields(r, "enabled")
+        enabled = _flag(body, "enabled", required=True)
+        return 200, await self.daemon.set_feature(app, feature, enabled)
 
     async def _dynos(self, r: Request) -> Answer:
         app = r.query.get("app")
         dynos = self.daemon.app_dynos(app) if app else self.daemon.state.dynos()
         return 200, [d.to_json() for d in dynos]
 
-    async def _run(self, r: Request) -> Answer:
+    async def _run(self, r: Request, app: str) -> Answer:
         body = dict(r.body) if isinstance(r.body, dict) else {}
-        body["app"] = r.path[2]
+        body["app"] = app
         dyno = await self.daemon.run_dyno(body, r.uid, r.gid)
         if dyno.detached:
             return 201, dyno.to_json() | self.daemon.timings.get(dyno.id, {})
@@ -298,13 +403,9 @@ class ApiServer:
 
         return Stream("application/x-ndjson", chunks, on_close)
 
-    async def _stop(self, r: Request) -> Answer:
+    async def _stop(self, r: Request, app: str, dyno: str | None = None) -> Answer:
         grace = _float(r.query.get("grace"))
-        app = r.path[2]
-        if len(r.path) == 5:
-            dynos = [self.daemon.find(app, r.path[4])]
-        else:
-            dynos = self.daemon.app_dynos(app)
+        dynos = [self.daemon.find(app, dyno)] if dyno else self.daemon.app_dynos(app)
         await asyncio.gather(*(self.daemon.stop_dyno(d, grace) for d in dynos))
         timings = {d.name: self.daemon.timings.pop(d.id, {}).get("teardown_ms") for d in dynos}
         return 200, {"stopped": [d.name for d in dynos], "teardown_ms": timings}
@@ -337,6 +438,78 @@ class ApiServer:
                     yield f"{line}\n".encode()
 
         return Stream("text/plain; charset=utf-8", chunks)
+
+
+def _match(pattern: tuple[str, ...], path: list[str]) -> list[str] | None:
+    """The `*` segments of `path` if it fits `pattern`, else None. `*` takes a non-empty one."""
+    if len(pattern) != len(path):
+        return None
+    args: list[str] = []
+    for want, got in zip(pattern, path, strict=True):
+        if want == "*":
+            if not got:
+                return None
+            args.append(got)
+        elif want != got:
+            return None
+    return args
+
+
+def _fields(r: Request, *known: str) -> dict[str, Any]:
+    """The request's body: a JSON object with no fields but `known`."""
+    listed = ", ".join(known)
+    if not isinstance(r.body, dict):
+        raise DynodError(
+            f"the request body is JSON {_json_type(r.body)}, not an object",
+            f"send a JSON object with the fields {listed}",
+        )
+    unknown = sorted(set(r.body) - set(known))
+    if unknown:
+        raise DynodError(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
+            f"this endpoint's fields are {listed}",
+        )
+    return r.body
+
+
+def _optional_text(body: dict[str, Any], key: str) -> str | None:
+    """A string field that may be missing or null."""
+    return None if body.get(key) is None else _text(body, key)
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        got = "missing" if key not in body else f"JSON {_json_type(value)}"
+        raise DynodError(
+            f"the field {key!r} must be a string, and it is {got}",
+            f'send it as a string, e.g. {{"{key}": "..."}}',
+        )
+    return value
+
+
+def _flag(body: dict[str, Any], key: str, required: bool = False) -> bool:
+    """A true/false field; when not required, missing or null is false."""
+    value = body.get(key)
+    if value is None and not required:
+        return False
+    if not isinstance(value, bool):
+        got = "missing" if key not in body else f"JSON {_json_type(value)} {json.dumps(value)}"
+        raise DynodError(
+            f"the field {key!r} must be true or false, and it is {got}",
+            f'send {{"{key}": true}} or {{"{key}": false}}',
+        )
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
 
 
 def _ndjson(obj: Any) -> bytes:

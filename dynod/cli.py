@@ -9,12 +9,13 @@ import os
 import sys
 import time
 import urllib.parse
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
 from dynod import names
-from dynod.client import Client
+from dynod.client import Client, api_path
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
 from dynod.errors import DynodError
 
@@ -91,6 +92,13 @@ def main(ctx: click.Context, socket: str) -> None:
     show_default=True,
     help="Who dynos run as when root runs `dynod run` outside sudo.",
 )
+@click.option(
+    "--upstream",
+    multiple=True,
+    metavar="IP[:PORT]",
+    help="DNS resolver that names outside .localspace are forwarded to; default: the "
+    "nameservers of /etc/resolv.conf. Repeat for more than one.",
+)
 @click.option("--no-restart", is_flag=True, help="Do not restart crashed dynos.")
 @click.option("--quiet", is_flag=True, help="Do not print the log on stderr.")
 @click.pass_context
@@ -104,10 +112,13 @@ def daemon(
     grace: float,
     boot_timeout: float,
     dyno_user: str,
+    upstream: tuple[str, ...],
     no_restart: bool,
     quiet: bool,
 ) -> None:
     """Run the root daemon in the foreground (Ctrl-C stops it and every dyno)."""
+    for resolver in upstream:
+        names.parse_upstream(resolver)
     from dynod.daemon import Daemon
 
     try:
@@ -121,6 +132,7 @@ def daemon(
             grace=grace,
             boot_timeout=boot_timeout,
             dyno_user=dyno_user,
+            upstreams=list(upstream),
             echo_logs=not quiet,
             restart_crashed=not no_restart,
         )
@@ -313,12 +325,297 @@ def logs(ctx: click.Context, app: str | None, dyno: str | None, num: int, follow
         pass
 
 
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+def _cell(value: Any) -> str:
+    """A table cell: lists joined with commas, nothing as '-'."""
+    if isinstance(value, list):
+        value = ", ".join(str(v) for v in value)
+    return "-" if value is None or value == "" else str(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Columns as wide as their widest cell, two spaces apart."""
+    cells = [list(headers)] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _check_confirm(kind: str, name: str, confirm: str | None) -> None:
+    """`--confirm NAME` is optional; when given, it must name what is being destroyed."""
+    if confirm is not None and confirm != name:
+        raise DynodError(
+            f"--confirm {confirm} does not match the {kind} to destroy, {name}",
+            f"give --confirm {name}, or leave --confirm out",
+        )
+
+
+# ---------------------------------------------------------------- spaces
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 @click.pass_context
-def apps(ctx: click.Context) -> None:
-    """List apps."""
-    for app in _client(ctx).call("GET", "/v1/apps"):
-        click.echo(f"{app['name']:<30} {app['dynos']} dyno(s)")
+def spaces(ctx: click.Context, as_json: bool) -> None:
+    """List spaces: name, range, bridge, DNS address, NAT address, apps."""
+    found = _client(ctx).call("GET", api_path("spaces"))
+    if as_json:
+        _echo_json(found)
+        return
+    if not found:
+        click.echo("no spaces (`dynod spaces:create NAME` creates one)")
+        return
+    _table(
+        ("NAME", "CIDR", "BRIDGE", "DNS", "NAT", "APPS"),
+        [(s["name"], s["cidr"], s["bridge"], s["dns"], s["nat_ip"], s["apps"]) for s in found],
+    )
+
+
+@main.command("spaces:create")
+@click.argument("name")
+@click.option(
+    "--cidr",
+    metavar="RANGE",
+    help="A private /16 for its dynos (default: the next free /16 of 10.0.0.0/8).",
+)
+@click.option(
+    "--nat-ip",
+    metavar="ADDR",
+    help="The host address its dynos' outbound traffic leaves from "
+    "(default: the source address of the host's default route).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the space as JSON.")
+@click.pass_context
+def spaces_create(
+    ctx: click.Context, name: str, cidr: str | None, nat_ip: str | None, as_json: bool
+) -> None:
+    """Create a Private Space: its own range, bridge, DNS, internal router and NAT address."""
+    body: dict[str, Any] = {"name": names.check_space(name)}
+    if cidr is not None:
+        body["cidr"] = names.check_space_cidr(cidr)
+    if nat_ip is not None:
+        body["nat_ip"] = names.check_nat_ip(nat_ip)
+    space = _client(ctx).call("POST", api_path("spaces"), body)
+    if as_json:
+        _echo_json(space)
+        return
+    click.echo(
+        f"created space {space['name']}: {space['cidr']}, bridge {space['bridge']}, "
+        f"DNS {space['dns']}, router {space['router']}, NAT {space['nat_ip']}"
+    )
+
+
+@main.command("spaces:destroy")
+@click.argument("name")
+@click.option("--confirm", metavar="NAME", help="Optional: must repeat the space's name.")
+@click.pass_context
+def spaces_destroy(ctx: click.Context, name: str, confirm: str | None) -> None:
+    """Destroy a space that has no apps left.
+
+    `dynod apps:destroy APP` destroys its apps first.
+    """
+    names.check_space(name)
+    _check_confirm("space", name, confirm)
+    _client(ctx).call("DELETE", api_path("spaces", name))
+    click.echo(f"destroyed space {name}")
+
+
+# ---------------------------------------------------------------- apps
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@click.pass_context
+def apps(ctx: click.Context, as_json: bool) -> None:
+    """List apps: space, routing, enabled features, dynos."""
+    found = _client(ctx).call("GET", api_path("apps"))
+    if as_json:
+        _echo_json(found)
+        return
+    if not found:
+        click.echo("no apps (`dynod apps:create NAME` or `dynod run --app NAME` creates one)")
+        return
+    _table(
+        ("NAME", "SPACE", "ROUTING", "FEATURES", "DYNOS"),
+        [
+            (
+                a["name"],
+                a["space"] or "common runtime",
+                "internal" if a["internal_routing"] else "external",
+                sorted(f for f, on in a["features"].items() if on),
+                a["dynos"],
+            )
+            for a in found
+        ],
+    )
+
+
+@main.command("apps:create")
+@click.argument("name")
+@click.option(
+    "--space", "-s", help="The Private Space to create it in (default: none, the Common Runtime)."
+)
+@click.option(
+    "--internal-routing",
+    is_flag=True,
+    help="Serve its web dynos only to clients inside its space (needs --space).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the app as JSON.")
+@click.pass_context
+def apps_create(
+    ctx: click.Context, name: str, space: str | None, internal_routing: bool, as_json: bool
+) -> None:
+    """Create an app, in the Common Runtime or in a space.
+
+    An app stays where it is created; so does its routing.
+    """
+    body: dict[str, Any] = {"name": names.check_app(name)}
+    if space is not None:
+        body["space"] = names.check_space(space)
+    if internal_routing:
+        if space is None:
+            raise DynodError(
+                "internal routing exists only in Private Spaces",
+                "give --space SPACE too (`dynod spaces` lists the spaces), "
+                "or leave --internal-routing out",
+            )
+        body["internal_routing"] = True
+    app = _client(ctx).call("POST", api_path("apps"), body)
+    if as_json:
+        _echo_json(app)
+        return
+    if not app["space"]:
+        click.echo(f"created {app['name']} in the common runtime")
+    else:
+        routing = " with internal routing" if app["internal_routing"] else ""
+        click.echo(f"created {app['name']} in space {app['space']}{routing}")
+
+
+@main.command("apps:destroy")
+@click.argument("name")
+@click.option("--confirm", metavar="NAME", help="Optional: must repeat the app's name.")
+@click.pass_context
+def apps_destroy(ctx: click.Context, name: str, confirm: str | None) -> None:
+    """Destroy an app, stopping its dynos first."""
+    names.check_app(name)
+    _check_confirm("app", name, confirm)
+    stopped = _client(ctx).call("DELETE", api_path("apps", name))["stopped"]
+    ran = f"stopped {', '.join(stopped)}" if stopped else "it had no dynos"
+    click.echo(f"destroyed {name} ({ran})")
+
+
+# ---------------------------------------------------------------- features
+@main.command()
+@click.option("--app", "-a", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@click.pass_context
+def features(ctx: click.Context, app: str, as_json: bool) -> None:
+    """List an app's features: enabled or disabled, and what each does."""
+    names.check_app(app)
+    found = _client(ctx).call("GET", api_path("apps", app, "features"))
+    if as_json:
+        _echo_json(found)
+        return
+    if not found:
+        click.echo(f"{app} has no features to switch")
+        return
+    _table(
+        ("FEATURE", "STATE", "DESCRIPTION"),
+        [(f["name"], "enabled" if f["enabled"] else "disabled", f["description"]) for f in found],
+    )
+
+
+def _set_feature(ctx: click.Context, app: str, feature: str, enabled: bool) -> None:
+    names.check_app(app)
+    body = {"enabled": enabled}
+    result = _client(ctx).call("PUT", api_path("apps", app, "features", feature), body)
+    click.echo(f"{'enabled' if result['enabled'] else 'disabled'} {result['name']} on {app}")
+    if result.get("note"):
+        click.echo(result["note"])
+
+
+@main.command("features:enable")
+@click.argument("feature")
+@click.option("--app", "-a", required=True)
+@click.pass_context
+def features_enable(ctx: click.Context, feature: str, app: str) -> None:
+    """Enable a feature on an app.
+
+    `dynod features --app APP` lists the features.
+    """
+    _set_feature(ctx, app, feature, True)
+
+
+@main.command("features:disable")
+@click.argument("feature")
+@click.option("--app", "-a", required=True)
+@click.pass_context
+def features_disable(ctx: click.Context, feature: str, app: str) -> None:
+    """Disable a feature on an app."""
+    _set_feature(ctx, app, feature, False)
+
+
+# ---------------------------------------------------------------- trusted IP ranges
+def _echo_ranges(space: str, ranges: list[str]) -> None:
+    """After a change: the ranges now trusted, and what that means when it may surprise."""
+    if not ranges:
+        click.echo(f"{space} trusts no IP ranges now: only clients inside it reach its apps")
+        return
+    click.echo(f"{space} trusts: {', '.join(ranges)}")
+    if "0.0.0.0/0" in ranges and len(ranges) > 1:
+        click.echo(
+            "note: 0.0.0.0/0 trusts every address, so the other ranges change nothing; "
+            f"`dynod trusted-ips:remove 0.0.0.0/0 --space {space}` limits access to them"
+        )
+
+
+@main.command("trusted-ips")
+@click.option("--space", "-s", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@click.pass_context
+def trusted_ips(ctx: click.Context, space: str, as_json: bool) -> None:
+    """List the IP ranges a space trusts.
+
+    Clients from them may reach the space's apps that do not use internal routing; clients
+    inside the space always may.
+    """
+    names.check_space(space)
+    ranges = _client(ctx).call("GET", api_path("spaces", space, "trusted-ips"))
+    if as_json:
+        _echo_json(ranges)
+        return
+    if not ranges:
+        click.echo(f"{space} trusts no IP ranges: only clients inside it reach its apps")
+    for cidr in ranges:
+        click.echo(cidr)
+
+
+@main.command("trusted-ips:add")
+@click.argument("cidr")
+@click.option("--space", "-s", required=True)
+@click.pass_context
+def trusted_ips_add(ctx: click.Context, cidr: str, space: str) -> None:
+    """Trust an IP range (203.0.113.0/24, or one address).
+
+    Its clients may then reach the space's apps that do not use internal routing.
+    """
+    names.check_space(space)
+    body = {"cidr": names.check_cidr(cidr, "trusted IP range")}
+    ranges = _client(ctx).call("POST", api_path("spaces", space, "trusted-ips"), body)
+    click.echo(f"added {body['cidr']} to {space}'s trusted IP ranges")
+    _echo_ranges(space, ranges)
+
+
+@main.command("trusted-ips:remove")
+@click.argument("cidr")
+@click.option("--space", "-s", required=True)
+@click.pass_context
+def trusted_ips_remove(ctx: click.Context, cidr: str, space: str) -> None:
+    """Stop trusting an IP range, as `dynod trusted-ips` lists it."""
+    names.check_space(space)
+    canonical = names.check_cidr(cidr, "trusted IP range")
+    ranges = _client(ctx).call("DELETE", api_path("spaces", space, "trusted-ips", canonical))
+    click.echo(f"removed {canonical} from {space}'s trusted IP ranges")
+    _echo_ranges(space, ranges)
 
 
 @main.command()
@@ -328,5 +625,5 @@ def status(ctx: click.Context) -> None:
     started = time.monotonic()
     info = _client(ctx).call("GET", "/v1/status")
     for key, value in info.items():
-        click.echo(f"{key:<10} {value}")
+        click.echo(f"{key:<10} {_cell(value)}")
     click.echo(f"{'answered':<10} in {1000 * (time.monotonic() - started):.1f} ms")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,17 @@ from dynod.errors import DynodError
 
 class DaemonUnavailable(DynodError):
     pass
+
+
+def api_path(*segments: str, **query: str | None) -> str:
+    """'/v1/...', each segment quoted whole; queries that are None are left out.
+
+    api_path("spaces", "acme", "trusted-ips", "10.0.0.0/8")
+        == "/v1/spaces/acme/trusted-ips/10.0.0.0%2F8"
+    """
+    path = "/v1/" + "/".join(urllib.parse.quote(s, safe="") for s in segments)
+    given = {k: v for k, v in query.items() if v is not None}
+    return path + ("?" + urllib.parse.urlencode(given) if given else "")
 
 
 class _UnixConnection(http.client.HTTPConnection):

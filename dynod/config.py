@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dynod.addressing import COMMON_RUNTIME_RANGE
 
@@ -30,3 +30,7 @@ class Config:
     socket_group: str = "dynod"  # members may use the CLI, if the group exists
     echo_logs: bool = True  # print the log to stderr too
     restart_crashed: bool = True
+    # where names outside .localspace are forwarded ("IP" or "IP:PORT"); empty: the host's
+    # /etc/resolv.conf nameservers
+    upstreams: list[str] = field(default_factory=list)
+    dns_timeout: float = 2.0  # an upstream that has not answered by then: SERVFAIL

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import grp
+import ipaddress
 import os
 import shutil
 import signal
@@ -20,13 +21,15 @@ import sys
 import time
 from typing import Any
 
-from dynod import launch, names, processes
+from dynod import discovery, launch, names, processes, spaces
 from dynod.config import Config
+from dynod.dns import DnsServer
 from dynod.errors import DynodError, NotFound
-from dynod.kernel import CommonRuntimeKernel
+from dynod.firewall import DNS_PORT, INTERNAL_ROUTER_PORT
+from dynod.kernel import Kernel
 from dynod.logs import LogBook
-from dynod.router import Backend, Router
-from dynod.state import Dyno, State
+from dynod.router import Backend, Refused, Router
+from dynod.state import App, Dyno, Space, State
 from dynod.supervisor import Supervisor
 from netns import namespace
 
@@ -37,10 +40,13 @@ LOCK_DIR = "/run"
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.kernel = CommonRuntimeKernel(config.prefix, config.cidr)
+        self.kernel = Kernel(config.prefix, config.cidr, os.path.join(config.state_dir, "resolv"))
         self.names = self.kernel.names
         self.pool = self.kernel.pool
         self.state: State | None = None
+        self.dns: DnsServer | None = None
+        self.registry: discovery.Registry | None = None
+        self._trusted: dict[str, list[ipaddress.IPv4Network]] = {}  # space -> trusted ranges
         self.log: LogBook | None = None
         self.supervisor: Supervisor | None = None
         self.router: Router | None = None
@@ -78,19 +84,28 @@ class Daemon:
             os.path.join(self.config.state_dir, "dynod.log"),
             echo=sys.stderr if self.config.echo_logs else None,
         )
-        self.supervisor = Supervisor(self.state, self.kernel, self.log, self.config)
+        log = self.log
+        self.dns = DnsServer(
+            self._upstreams(),
+            timeout=self.config.dns_timeout,
+            log=lambda text: log.emit(None, "dynod", f"dns: {text}"),
+        )
+        self.registry = discovery.Registry(self.state, self.dns, self._space_network)
+        self.supervisor = Supervisor(self.state, self.kernel, self.log, self.config, self.registry)
         for warning in await self.kernel.prepare_host():
             self.log.emit(None, "dynod", f"warning: {warning}")
-        to_stop = await self._reconcile()
-        await self.kernel.apply_firewall(self.state.dynos())
-        from dynod.api import ApiServer
-
-        log = self.log
+        self.dns.listen(self.kernel.common.address, DNS_PORT)
         self.router = Router(
             self._resolve,
             lambda text, app: log.emit(app, "heroku[router]", text),
             socket_mark=self.kernel.layout.router_mark,
         )
+        for space in self.state.spaces():
+            await self._open_space(space)
+        to_stop = await self._reconcile()
+        await self.kernel.apply_firewall(self.state.dynos())
+        from dynod.api import ApiServer
+
         await self.router.start(self.config.router_host, self.config.router_port)
         self.api = ApiServer(self)
         await self.api.start(self.config.socket, self._socket_group())
@@ -194,6 +209,8 @@ class Daemon:
             await self.api.close()
         if self.router is not None:
             await self.router.close()
+        if self.dns is not None:
+            self.dns.close()
         keep = not stop_dynos and self.state is not None and bool(self.state.dynos())
         if self.supervisor is not None and self.state is not None:
             if stop_dynos:
@@ -261,7 +278,7 @@ class Daemon:
         if not draining:
             return
         present = await self.kernel.existing_veths()
-        self.state.drained([slot for slot, veth in draining.items() if veth not in present])
+        self.state.drained([key for key, veth in draining.items() if veth not in present])
 
     async def _guard_firewall(self) -> None:
         """`nft flush ruleset` or a firewall reload removes dynod's tables (docker/for-linux#1472):
@@ -294,10 +311,14 @@ class Daemon:
         processes.check_command(command, cwd, env["PATH"])
         await self._sweep_draining()
         # From here to insert_dyno nothing awaits, so concurrent runs cannot pick the same
-        # number or /30; the app is created only once its first dyno has a /30.
+        # number or /30; an unknown app is created (in the Common Runtime) only once its first
+        # dyno has a /30.
+        known = self.state.app(app)
+        space = known.space if known is not None and known.space else ""
         number = names.lowest_free_number(self.state.numbers_taken(app, ptype))
-        subnet = self.pool.allocate(self.state.slots_unavailable())
-        self.state.add_app(app)
+        subnet = self.kernel.net(space).pool.allocate(self.state.slots_unavailable(space))
+        if known is None:
+            self.state.add_app(App(app))
         dyno_id = self.state.next_dyno_id()
         dyno = self.state.insert_dyno(
             Dyno(
@@ -321,6 +342,7 @@ class Daemon:
                 detached=bool(request.get("detach", True)),
                 log_path=os.path.join(self._output_dir, f"{dyno_id}.out"),
                 created_at=time.time(),
+                space=space,
             )
         )
         await self.supervisor.launch(dyno)
@@ -362,15 +384,285 @@ class Daemon:
             raise NotFound(f"no app named {app!r}", "`dynod apps` lists the apps")
         return self.state.dynos(app)
 
-    def _resolve(self, app: str, client: str) -> list[Backend] | None:
+    def _resolve(self, name: str, client: str) -> list[Backend] | None:
+        """The router's question: which web dynos serve app `name` to this client?
+
+        An internal-routing app exists only for clients inside its space; an external app of a
+        space is refused to clients outside both the space and its trusted IP ranges."""
         assert self.state is not None
-        if not self.state.app_exists(app):
+        app = self.state.app(name)
+        if app is None:
             return None
+        if app.space:
+            cidr, _ = self._space_network(app.space)
+            inside = spaces.allows([ipaddress.IPv4Network(cidr)], client)
+            if not inside and app.internal_routing:
+                return None
+            if not inside and not spaces.allows(self._trusted.get(app.space, []), client):
+                raise Refused(f"{client} is not in the trusted IP ranges of space {app.space}")
         return [
             Backend(d.name, d.ip, d.port)
-            for d in self.state.dynos(app)
+            for d in self.state.dynos(name)
             if d.type == names.WEB_TYPE and d.state == "up" and d.port
         ]
+
+    # ---------------------------------------------------------------- DNS
+    def _upstreams(self) -> list[tuple[str, int]]:
+        """--upstream, else the nameservers of the host's /etc/resolv.conf."""
+        if self.config.upstreams:
+            return [names.parse_upstream(text) for text in self.config.upstreams]
+        found = []
+        for text in _host_nameservers():
+            with contextlib.suppress(DynodError):  # e.g. `nameserver 0.0.0.0`: unusable, skip
+                found.append(names.parse_upstream(text))
+        return found
+
+    def _space_network(self, space: str) -> tuple[str, str]:
+        net = self.kernel.net(space)
+        return str(net.pool.network), net.address
+
+    # ---------------------------------------------------------------- spaces
+    async def _open_space(self, space: Space) -> None:
+        """The space's bridge, firewall entries, DNS and internal router; all or nothing."""
+        assert self.state is not None and self.dns is not None and self.router is not None
+        assert self.registry is not None
+        net = await self.kernel.add_space(
+            space.name, space.id, space.cidr, space.nat_ip, self.state.dynos()
+        )
+        try:
+            self.dns.listen(net.address, DNS_PORT)
+            self.registry.publish(space.name)
+            await self.router.listen(net.address, INTERNAL_ROUTER_PORT)
+        except BaseException:
+            await self._close_space(space.name)
+            raise
+        self._trusted[space.name] = [
+            ipaddress.IPv4Network(c) for c in self.state.trusted_ips(space.name)
+        ]
+
+    async def _close_space(self, name: str) -> None:
+        assert self.state is not None and self.dns is not None and self.router is not None
+        assert self.registry is not None
+        net = self.kernel.spaces.get(name)
+        if net is None:
+            return
+        await self.router.unlisten(net.address)
+        self.registry.forget_space(name)
+        self.dns.unlisten(net.address)
+        self._trusted.pop(name, None)
+        await self.kernel.remove_space(name, self.state.dynos())
+
+    def _space(self, name: str) -> Space:
+        assert self.state is not None
+        names.check_space(name)
+        space = self.state.space(name)
+        if space is None:
+            raise NotFound(f"no space named {name!r}", "`dynod spaces` lists the spaces")
+        return space
+
+    async def create_space(self, name: str, cidr: str | None, nat_ip: str | None) -> dict[str, Any]:
+        assert self.state is not None
+        names.check_space(name)
+        if self.state.space(name) is not None:
+            raise DynodError(
+                f"a space named {name!r} already exists", "choose another name", status=409
+            )
+        in_use = {f"space {s.name}": ipaddress.IPv4Network(s.cidr) for s in self.state.spaces()}
+        in_use["the Common Runtime range"] = self.pool.network
+        for host, _ in self._upstreams():
+            with contextlib.suppress(ValueError):
+                in_use[f"the DNS resolver {host}"] = ipaddress.IPv4Network(host)
+        if cidr is None:
+            routed = await self.kernel.routed_ranges()
+            network = spaces.next_free_range([*in_use.values(), *routed])
+        else:
+            network = ipaddress.IPv4Network(names.check_space_cidr(cidr))
+            spaces.check_range_free(network, in_use)
+            await self.kernel.check_range(str(network))
+        if nat_ip is None:
+            nat_ip = await self.kernel.default_source()
+            if nat_ip is None:
+                raise DynodError(
+                    "this host has no default route, so there is no address for the space's "
+                    "outbound traffic to leave from",
+                    "give one of the host's addresses with --nat-ip",
+                )
+        else:
+            nat_ip = names.check_nat_ip(nat_ip)
+            ranges = [str(n) for n in in_use.values()] + [str(network)]
+            spaces.check_nat_address(nat_ip, await self.kernel.local_addresses(), ranges)
+        space = self.state.add_space(name, str(network), nat_ip, [spaces.EVERYWHERE])
+        try:
+            await self._open_space(space)
+        except BaseException:
+            self.state.remove_space(name)
+            raise
+        assert self.log is not None
+        self.log.emit(None, "dynod", f"space {name} created: {network}, NAT address {nat_ip}")
+        return self._space_info(space)
+
+    def _space_info(self, space: Space) -> dict[str, Any]:
+        assert self.state is not None
+        net = self.kernel.net(space.name)
+        return {
+            "name": space.name,
+            "cidr": space.cidr,
+            "bridge": net.bridge,
+            "dns": net.address,
+            "router": f"{net.address}:{INTERNAL_ROUTER_PORT}",
+            "nat_ip": space.nat_ip,
+            "apps": [a.name for a in self.state.apps_in(space.name)],
+            "trusted_ips": self.state.trusted_ips(space.name),
+        }
+
+    async def spaces_info(self) -> list[dict[str, Any]]:
+        assert self.state is not None
+        return [self._space_info(s) for s in self.state.spaces()]
+
+    async def destroy_space(self, name: str) -> None:
+        assert self.state is not None
+        self._space(name)
+        apps = [a.name for a in self.state.apps_in(name)]
+        if apps:
+            raise DynodError(
+                f"space {name} still has apps: {', '.join(apps)}",
+                "destroy them first (`dynod apps:destroy APP`)",
+                status=409,
+            )
+        await self._close_space(name)
+        self.state.remove_space(name)
+        assert self.log is not None
+        self.log.emit(None, "dynod", f"space {name} destroyed")
+
+    # ---------------------------------------------------------------- trusted IP ranges
+    async def trusted_ips(self, space: str) -> list[str]:
+        assert self.state is not None
+        self._space(space)
+        return self.state.trusted_ips(space)
+
+    async def add_trusted_ip(self, space: str, cidr: str) -> list[str]:
+        assert self.state is not None
+        self._space(space)
+        cidr = names.check_cidr(cidr, "trusted IP range")
+        spaces.check_can_add_trusted(self.state.trusted_ips(space), cidr)
+        self.state.add_trusted_ip(space, cidr)
+        return self._trusted_changed(space)
+
+    async def remove_trusted_ip(self, space: str, cidr: str) -> list[str]:
+        assert self.state is not None
+        self._space(space)
+        cidr = names.check_cidr(cidr, "trusted IP range")
+        if not self.state.remove_trusted_ip(space, cidr):
+            raise NotFound(
+                f"{cidr} is not a trusted IP range of space {space}",
+                f"`dynod trusted-ips --space {space}` lists them",
+            )
+        return self._trusted_changed(space)
+
+    def _trusted_changed(self, space: str) -> list[str]:
+        """The router reads the new ranges on its next request."""
+        assert self.state is not None
+        current = self.state.trusted_ips(space)
+        self._trusted[space] = [ipaddress.IPv4Network(c) for c in current]
+        return current
+
+    # ---------------------------------------------------------------- apps
+    def _app(self, name: str) -> App:
+        assert self.state is not None
+        names.check_app(name)
+        app = self.state.app(name)
+        if app is None:
+            raise NotFound(f"no app named {name!r}", "`dynod apps` lists the apps")
+        return app
+
+    async def create_app(
+        self, name: str, space: str | None, internal_routing: bool
+    ) -> dict[str, Any]:
+        assert self.state is not None and self.registry is not None
+        names.check_app(name)
+        if self.state.app_exists(name):
+            raise DynodError(f"an app named {name!r} already exists", "choose another name", 409)
+        if space:
+            self._space(space)
+        elif internal_routing:
+            raise DynodError(
+                "internal routing exists only for apps in a Private Space",
+                "add --space SPACE, or leave --internal-routing out",
+            )
+        self.state.add_app(
+            App(name, space or None, internal_routing=internal_routing, dns_discovery=bool(space))
+        )
+        if space:
+            self.registry.publish(space)  # APP.herokuapp.localspace resolves from now on
+        return self._app_info(self._app(name))
+
+    def _app_info(self, app: App) -> dict[str, Any]:
+        assert self.state is not None
+        return {
+            "name": app.name,
+            "space": app.space,
+            "internal_routing": app.internal_routing,
+            "features": {discovery.FEATURE: app.dns_discovery},
+            "dynos": len(self.state.dynos(app.name)),
+        }
+
+    async def apps_info(self) -> list[dict[str, Any]]:
+        assert self.state is not None
+        return [self._app_info(a) for a in self.state.apps()]
+
+    async def destroy_app(self, name: str) -> dict[str, Any]:
+        """Stop its dynos (until none is left: a run may race with the destroy), forget it."""
+        assert self.state is not None and self.supervisor is not None
+        assert self.registry is not None
+        app = self._app(name)
+        stopped: list[str] = []
+        while dynos := self.state.dynos(name):
+            await asyncio.gather(*(self.supervisor.stop(d) for d in dynos))
+            stopped += [d.name for d in dynos]
+        self.state.remove_app(name)
+        if app.space:
+            self.registry.publish(app.space)
+        assert self.log is not None
+        self.log.emit(name, "dynod", f"app {name} destroyed")
+        return {"stopped": stopped}
+
+    # ---------------------------------------------------------------- features
+    def _feature(self, app: App) -> dict[str, Any]:
+        assert self.state is not None
+        running = [d for d in self.state.dynos(app.name) if d.state in ("starting", "up")]
+        note = (
+            "DNS answers change at once; a dyno's HEROKU_DNS_* variables and IPv6 follow at "
+            "its next start"
+        )
+        if running:
+            note += f" ({len(running)} dyno(s) running: stop and run them again to apply)"
+        return {
+            "name": discovery.FEATURE,
+            "enabled": app.dns_discovery,
+            "description": "DNS service discovery: TYPE.APP.app.localspace names for the "
+            "space's dynos; turns IPv6 off in the app's dynos",
+            "note": note if app.space else "only apps in a Private Space can use it",
+        }
+
+    async def features(self, name: str) -> list[dict[str, Any]]:
+        return [self._feature(self._app(name))]
+
+    async def set_feature(self, name: str, feature: str, enabled: bool) -> dict[str, Any]:
+        assert self.state is not None and self.registry is not None
+        app = self._app(name)
+        if feature != discovery.FEATURE:
+            raise NotFound(
+                f"no feature named {feature!r}", f"the one feature is {discovery.FEATURE}"
+            )
+        if not app.space:
+            raise DynodError(
+                f"{feature} works only for apps in a Private Space; {name} is in the Common "
+                "Runtime",
+                "create the app in a space (`dynod apps:create APP --space SPACE`)",
+            )
+        self.state.set_dns_discovery(name, enabled)
+        self.registry.publish(app.space)
+        return self._feature(self._app(name))
 
     def status(self) -> dict[str, Any]:
         return {
@@ -379,6 +671,20 @@ class Daemon:
             "router": f"{self.config.router_host}:{self.router.port if self.router else 0}",
             "range": str(self.pool.network),
             "bridge": self.names.bridge,
+            "dns": self.kernel.common.address,
+            "upstreams": [f"{h}:{p}" for h, p in self._upstreams()],
+            "spaces": len(self.kernel.spaces),
             "prefix": self.config.prefix,
             "state_dir": self.config.state_dir,
         }
+
+
+def _host_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
+    """The IPv4 nameservers of the host's resolv.conf (read, never changed)."""
+    found = []
+    with contextlib.suppress(OSError), open(path) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] == "nameserver" and ":" not in fields[1]:
+                found.append(fields[1])
+    return found

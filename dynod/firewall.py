@@ -1,28 +1,38 @@
-"""The Common Runtime's firewall, rendered as nftables text.
+"""dynod's firewall, rendered as nftables text.
 
 Two tables, both named after the daemon's prefix and touched by nobody else:
 
-* `bridge PREFIX` sees frames as they enter the bridge from a dyno's port, before the bridge
+* `bridge PREFIX` sees frames as they enter a bridge from a dyno's port, before the bridge
   learns from them or the IP stack sees them. It is the anti-spoofing layer: a frame from a
   dyno's port passes only with that dyno's own MAC and IP (ARP included); IPv6 and every other
   ethertype are dropped. It works whether br_netfilter is loaded or not.
-* `inet PREFIX` is the policy at the IP layer: dyno-to-dyno routed through the host is dropped,
-  nothing new reaches a dyno from the host or the outside except the router's connections to a
-  web dyno's PORT, dynos reach no service on the host, and outbound traffic is masqueraded.
+* `inet PREFIX` is the policy at the IP layer. Every bridge (the Common Runtime's and one per
+  Private Space) is a network of its own:
+  - nothing new reaches a dyno from another network, the host or the outside, except the
+    router's connections to a web dyno's PORT;
+  - inside a Private Space (and only there), dynos reach each other on TCP and UDP ports
+    1024-65535 and by ping; Common Runtime dynos never reach each other;
+  - dynos reach only dynod's own services on the host: DNS on their bridge's address, and in a
+    space the internal router on port 80 there;
+  - outbound traffic is masqueraded behind the host in the Common Runtime, and SNATed to the
+    space's stable NAT address in a Private Space.
 
-Ports of the bridge are also `isolated on`, so frames between two dynos never cross the bridge.
-The rules are fixed; what each dyno adds is set elements, so the ruleset does not grow with the
-number of dynos and every change is one atomic `nft -f` transaction.
+Ports of the bridges are also `isolated on`, so frames between two dynos never cross a bridge:
+traffic between dynos of a space is routed by the host, where the rules above see it.
+The rules are fixed; dynos and spaces add set and map elements, so the ruleset does not grow
+with the number of dynos (or spaces) and every change is one atomic `nft -f` transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The router marks its sockets (SO_MARK needs CAP_NET_ADMIN): the only host traffic let through
 # to a dyno is the router's, to a web dyno's PORT.
 ROUTER_MARK = 0x6479
+DNS_PORT = 53
+INTERNAL_ROUTER_PORT = 80
 
 
 @dataclass(frozen=True)
@@ -41,14 +51,32 @@ class WebTarget:
 
 
 @dataclass(frozen=True)
+class Network:
+    """One bridge and its range: the Common Runtime's, or a Private Space's (with nat_ip)."""
+
+    bridge: str
+    cidr: str
+    address: str  # the bridge's own address, where dynod's DNS (and router) listen
+    nat_ip: str | None = None  # None: masquerade (Common Runtime)
+
+    @property
+    def is_space(self) -> bool:
+        return self.nat_ip is not None
+
+
+@dataclass(frozen=True)
 class Layout:
-    """What the rules are written against: names and the range."""
+    """What the rules are written against: names, and the networks."""
 
     table: str  # nftables table name, the daemon's prefix
-    bridge: str  # the Common Runtime bridge
     port_glob: str  # matches every dyno port's name, e.g. "dynod-*"
-    cidr: str  # the Common Runtime range
+    common: Network  # the Common Runtime
+    spaces: tuple[Network, ...] = field(default=())
     router_mark: int = ROUTER_MARK
+
+    @property
+    def networks(self) -> tuple[Network, ...]:
+        return (self.common, *self.spaces)
 
 
 def _port_element(port: Port) -> str:
@@ -63,24 +91,46 @@ def _elements(items: list[str]) -> str:
     return "{ " + ", ".join(items) + " }"
 
 
+def _services(net: Network) -> list[str]:
+    """What dynos of a network may reach on the host: DNS, and in a space the internal router."""
+    ports = [("udp", DNS_PORT), ("tcp", DNS_PORT)]
+    if net.is_space:
+        ports.append(("tcp", INTERNAL_ROUTER_PORT))
+    return [f'"{net.bridge}" . {net.address} . {proto} . {port}' for proto, port in ports]
+
+
+def _set_body(kind: str, items: list[str], flags: str = "") -> str:
+    lines = [f"type {kind}"]
+    if flags:
+        lines.append(f"flags {flags}")
+    if items:
+        lines.append(f"elements = {_elements(items)}")
+    return "\n        ".join(lines)
+
+
 def ruleset(layout: Layout, ports: Iterable[Port] = (), web: Iterable[WebTarget] = ()) -> str:
     """The whole of dynod's firewall, replacing what was there in one transaction.
 
     `add table` then `delete table` makes the text work whether or not the table existed.
     """
-    t, br, glob = layout.table, layout.bridge, layout.port_glob
-    port_items = [_port_element(p) for p in ports]
-    web_items = [_web_element(w) for w in web]
-    port_elements = f"elements = {_elements(port_items)}" if port_items else ""
-    web_elements = f"elements = {_elements(web_items)}" if web_items else ""
+    t, glob, cr = layout.table, layout.port_glob, layout.common
+    spaces = layout.spaces
+    bridges = _set_body("ifname", [f'"{n.bridge}"' for n in layout.networks])
+    intra = _set_body("ifname . ifname", [f'"{n.bridge}" . "{n.bridge}"' for n in spaces])
+    services = _set_body(
+        "ifname . ipv4_addr . inet_proto . inet_service",
+        [item for n in layout.networks for item in _services(n)],
+    )
+    nat = _set_body("ipv4_addr : ipv4_addr", [f"{n.cidr} : {n.nat_ip}" for n in spaces], "interval")
+    port_set = _set_body("ifname . ether_addr . ipv4_addr", [_port_element(p) for p in ports])
+    web_set = _set_body("ipv4_addr . inet_service", [_web_element(w) for w in web])
     return f"""
 add table bridge {t}
 delete table bridge {t}
 table bridge {t} {{
     # a dyno's port name . its MAC . its IP: the only source a frame from that port may carry
     set ports {{
-        type ifname . ether_addr . ipv4_addr
-        {port_elements}
+        {port_set}
     }}
     chain prerouting {{
         type filter hook prerouting priority filter; policy accept;
@@ -101,34 +151,53 @@ table bridge {t} {{
 add table inet {t}
 delete table inet {t}
 table inet {t} {{
+    # every dyno bridge: the Common Runtime's and one per Private Space
+    set bridges {{
+        {bridges}
+    }}
+    # "space bridge" . "same bridge": where dynos may open connections to each other
+    set intra {{
+        {intra}
+    }}
+    # bridge . its address . protocol . port: the host services a network's dynos may use
+    set services {{
+        {services}
+    }}
     # dyno IP . PORT of web dynos that are up: where the router may connect
     set web {{
-        type ipv4_addr . inet_service
-        {web_elements}
+        {web_set}
+    }}
+    # a space's range -> its stable NAT address
+    map nat {{
+        {nat}
     }}
     chain input {{
         type filter hook input priority filter; policy accept;
-        iifname "{br}" jump dyno_to_host
+        iifname @bridges jump dyno_to_host
     }}
     chain dyno_to_host {{
         ct state established,related accept
-        counter drop comment "no host service is offered to dynos"
+        iifname . ip daddr . meta l4proto . th dport @services accept
+        counter drop comment "no other host service is offered to dynos"
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
-        iifname "{br}" oifname "{br}" counter drop comment "dyno to dyno"
-        oifname "{br}" ct state established,related accept
-        oifname "{br}" counter drop comment "outside to dyno"
+        oifname @bridges ct state established,related accept
+        iifname . oifname @intra meta l4proto {{ tcp, udp }} th dport 1024-65535 accept
+        iifname . oifname @intra icmp type echo-request accept
+        oifname @bridges counter drop comment "new connection to a dyno"
     }}
     chain output {{
         type filter hook output priority filter; policy accept;
-        oifname "{br}" ct state established,related accept
-        oifname "{br}" meta mark {layout.router_mark:#x} ip daddr . tcp dport @web accept
-        oifname "{br}" counter drop comment "host to dyno, except the router to PORT"
+        oifname @bridges ct state established,related accept
+        oifname @bridges meta mark {layout.router_mark:#x} ip daddr . tcp dport @web accept
+        oifname @bridges counter drop comment "host to dyno, except the router to PORT"
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        ip saddr {layout.cidr} oifname != "{br}" masquerade
+        oifname @bridges return
+        ip saddr {cr.cidr} masquerade
+        snat ip to ip saddr map @nat
     }}
 }}
 """

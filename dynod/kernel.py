@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
 
 from dynod import firewall, launch, names, network, processes
-from dynod.addressing import Pool
+from dynod.addressing import Pool, Subnet
 from dynod.errors import DynodError
 from dynod.state import Dyno
 from netns import addresses, links, namespace, sysctl
@@ -53,49 +58,128 @@ exit "$status"
 """
 
 
-class CommonRuntimeKernel:
-    def __init__(self, prefix: str, cidr: str) -> None:
+@dataclass
+class Net:
+    """One dyno network: the Common Runtime's (key "") or a Private Space's (key: its name)."""
+
+    key: str
+    bridge: str
+    pool: Pool
+    nat_ip: str | None = None  # a space's stable NAT address; None: masquerade
+    index: int | None = None  # the bridge's ifindex, once it exists
+
+    @property
+    def address(self) -> str:
+        """The bridge's own address: where dynod's DNS (and a space's internal router) listen."""
+        return self.pool.bridge.gateway
+
+    def firewall(self) -> firewall.Network:
+        return firewall.Network(self.bridge, str(self.pool.network), self.address, self.nat_ip)
+
+
+class Kernel:
+    def __init__(self, prefix: str, cidr: str, resolv_dir: str) -> None:
         self.names = network.Names(prefix)
-        self.pool = Pool(cidr)
-        self.layout = firewall.Layout(
-            table=prefix,
-            bridge=self.names.bridge,
-            port_glob=self.names.port_glob,
-            cidr=str(self.pool.network),
-        )
+        self.common = Net("", self.names.bridge, Pool(cidr))
+        self.spaces: dict[str, Net] = {}
+        self.resolv_dir = resolv_dir
         self.worker = KernelWorker(f"{prefix}-kernel")
         self._nft: Nft | None = None
-        self._bridge: int | None = None
         self._rules = -1  # rules in our tables when we last applied them
         self.touched = False  # whether anything was made that shutdown must remove
 
+    @property
+    def pool(self) -> Pool:
+        return self.common.pool
+
+    @property
+    def layout(self) -> firewall.Layout:
+        return firewall.Layout(
+            table=self.names.prefix,
+            port_glob=self.names.port_glob,
+            common=self.common.firewall(),
+            spaces=tuple(n.firewall() for _, n in sorted(self.spaces.items())),
+        )
+
+    def net(self, key: str) -> Net:
+        return self.common if key == "" else self.spaces[key]
+
+    def resolv_path(self, net: Net) -> str:
+        return os.path.join(self.resolv_dir, f"{net.bridge}.conf")
+
     # ---------------------------------------------------------------- host-wide objects
     async def prepare_host(self) -> list[str]:
-        """Forwarding on, the bridge; returns warnings about other firewalls."""
+        """Forwarding on, the Common Runtime's bridge; returns warnings about other firewalls."""
         self.touched = True
         return await self.worker.run(self._prepare_host)
 
     def _prepare_host(self) -> list[str]:
-        self._check_range_is_free()
+        check_range_is_free(self.worker.ipr, self.common.pool.network, self.common.bridge)
         self._nft = Nft()
         if sysctl.read("net.ipv4.ip_forward") != "1":
             sysctl.write("net.ipv4.ip_forward", 1)
-        self._bridge = network.ensure_bridge(self.worker.ipr, self.names, self.pool)
+        self._make_bridge(self.common)
         return foreign_drop_policies(self._nft, self.layout.table)
 
-    def _check_range_is_free(self) -> None:
-        """Refuse a range that a route of the host already covers (a LAN on 172.16/12 is common):
-        dynos would shadow those hosts, or never be reached."""
-        ipr = self.worker.ipr
-        ours = links.index_of(ipr, self.names.bridge)  # a previous run's bridge is ours
-        for routed, oif in addresses.ipv4_routes(ipr):
-            if routed.prefixlen == 0 or oif == ours or not routed.overlaps(self.pool.network):
-                continue
-            device = links.name_of(ipr, oif) if oif else "?"
-            raise DynodError(
-                f"the dyno range {self.pool.network} overlaps the route to {routed} on {device}",
-                "start the daemon with a free range, e.g. --cidr 172.30.0.0/16",
-            )
+    def _make_bridge(self, net: Net) -> None:
+        net.index = network.ensure_bridge(self.worker.ipr, net.bridge, net.pool)
+        # What dynos of this network find in /etc/resolv.conf (bound over it in their own
+        # mount namespace): dynod's DNS, and no search or ndots lines, the names are complete.
+        os.makedirs(self.resolv_dir, mode=0o755, exist_ok=True)
+        path = self.resolv_path(net)
+        with open(path + ".new", "w") as f:
+            f.write(f"# dynod: DNS on the {net.bridge} bridge\nnameserver {net.address}\n")
+        os.chmod(path + ".new", 0o644)
+        os.replace(path + ".new", path)
+
+    async def add_space(
+        self, key: str, space_id: int, cidr: str, nat_ip: str, live: Iterable[Dyno]
+    ) -> Net:
+        """A space's bridge and its place in the firewall (the whole firewall is re-applied, in
+        one transaction, with the live dynos' elements)."""
+        net = Net(key, self.names.space_bridge(space_id), Pool(cidr), nat_ip)
+        await self.worker.run(self._add_space, net, list(live))
+        return net
+
+    def _add_space(self, net: Net, live: list[Dyno]) -> None:
+        check_range_is_free(self.worker.ipr, net.pool.network, net.bridge)
+        self._make_bridge(net)
+        self.spaces[net.key] = net
+        try:
+            self._apply_firewall(live)
+        except BaseException:
+            del self.spaces[net.key]
+            network.remove_bridge(self.worker.ipr, net.bridge)
+            raise
+
+    async def remove_space(self, key: str, live: Iterable[Dyno]) -> None:
+        await self.worker.run(self._remove_space, key, list(live))
+
+    def _remove_space(self, key: str, live: list[Dyno]) -> None:
+        net = self.spaces.pop(key)
+        self._apply_firewall(live)
+        network.remove_bridge(self.worker.ipr, net.bridge)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.resolv_path(net))
+
+    async def check_range(self, cidr: str) -> None:
+        """Refuse a range a route of the host already covers (see check_range_is_free)."""
+        wanted = ipaddress.IPv4Network(cidr)
+        await self.worker.run(lambda: check_range_is_free(self.worker.ipr, wanted, None))
+
+    async def routed_ranges(self) -> list[ipaddress.IPv4Network]:
+        """Every IPv4 range the host has a route to, but the default route."""
+        return await self.worker.run(
+            lambda: [r for r, _ in addresses.ipv4_routes(self.worker.ipr) if r.prefixlen]
+        )
+
+    async def local_addresses(self) -> set[str]:
+        return await self.worker.run(lambda: addresses.local_ipv4(self.worker.ipr))
+
+    async def default_source(self) -> str | None:
+        """The address the host's own outbound traffic leaves from (`ip route get 192.0.2.0`'s
+        src is what a person would read; the default route's preferred source here)."""
+        return await self.worker.run(lambda: addresses.default_source(self.worker.ipr))
 
     async def remove_host_objects(self) -> None:
         await self.worker.run(self._remove_host_objects)
@@ -107,16 +191,23 @@ class CommonRuntimeKernel:
         self._nft = None
         # Veths of namespaces deleted moments ago may still be being destroyed by the kernel;
         # the daemon leaves nothing behind, so it deletes them itself.
-        for veth in network.existing_veths(self.worker.ipr, self.names):
-            links.delete(self.worker.ipr, veth)
-        network.remove_bridge(self.worker.ipr, self.names)
+        ipr = self.worker.ipr
+        for veth in network.existing_veths(ipr, self.names):
+            links.delete(ipr, veth)
+        for bridge in network.existing_space_bridges(ipr, self.names) | {self.common.bridge}:
+            network.remove_bridge(ipr, bridge)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.resolv_dir)
 
     def close(self) -> None:
         self.worker.close()
 
     # ---------------------------------------------------------------- one dyno
+    def subnet(self, dyno: Dyno) -> Subnet:
+        return self.net(dyno.space).pool.subnet(dyno.slot)
+
     def port(self, dyno: Dyno) -> firewall.Port:
-        return firewall.Port(dyno.veth, self.pool.subnet(dyno.slot).dyno_mac, dyno.ip)
+        return firewall.Port(dyno.veth, self.subnet(dyno).dyno_mac, dyno.ip)
 
     @staticmethod
     def web(dyno: Dyno) -> firewall.WebTarget | None:
@@ -125,7 +216,7 @@ class CommonRuntimeKernel:
         return None
 
     def _attachment(self, dyno: Dyno) -> network.Attachment:
-        return network.Attachment(dyno.netns, dyno.veth, self.pool.subnet(dyno.slot))
+        return network.Attachment(dyno.netns, dyno.veth, self.subnet(dyno))
 
     def _nftables(self) -> Nft:
         assert self._nft is not None, "prepare_host() first"
@@ -137,12 +228,13 @@ class CommonRuntimeKernel:
         await self.worker.run(self._attach, dyno)
 
     def _attach(self, dyno: Dyno) -> None:
-        assert self._bridge is not None
+        bridge = self.net(dyno.space).index
+        assert bridge is not None
         # Firewall elements first: they are plain data, harmless before the port exists, and
         # a refusal then leaves nothing in the network to undo.
         self._nftables().run(firewall.add_dyno(self.layout, self.port(dyno), self.web(dyno)))
         try:
-            network.attach(self.worker.ipr, self._bridge, self._attachment(dyno))
+            network.attach(self.worker.ipr, bridge, self._attachment(dyno))
         except BaseException:
             with contextlib.suppress(NftError):
                 self._nftables().run(
@@ -157,7 +249,7 @@ class CommonRuntimeKernel:
     def _detach(self, dyno: Dyno) -> None:
         with contextlib.suppress(NftError):  # elements already gone: nothing to remove
             self._nftables().run(firewall.remove_dyno(self.layout, self.port(dyno), self.web(dyno)))
-        network.detach(self.worker.ipr, self._bridge, self._attachment(dyno))
+        network.detach(self.worker.ipr, self.net(dyno.space).index, self._attachment(dyno))
 
     async def move_web(self, old: firewall.WebTarget, new: firewall.WebTarget) -> None:
         """A restarted web dyno's new PORT replaces the old one, in one transaction."""
@@ -178,13 +270,16 @@ class CommonRuntimeKernel:
         return await asyncio.to_thread(namespace.pids_inside, netns)
 
     async def spawn(
-        self, dyno: Dyno, env: Mapping[str, str], output_path: str
+        self, dyno: Dyno, env: Mapping[str, str], output_path: str, ipv6: bool = True
     ) -> subprocess.Popen[bytes]:
-        """`ip netns exec NS setpriv ... /bin/sh -c COMMAND >>OUTPUT 2>&1 </dev/null`."""
-        return await self.worker.run(self._spawn, dyno, env, output_path)
+        """`ip netns exec NS setpriv ... /bin/sh -c COMMAND >>OUTPUT 2>&1 </dev/null`, with IPv6
+        on or off in the namespace (DNS discovery turns it off) and the network's resolv.conf."""
+        return await self.worker.run(self._spawn, dyno, env, output_path, ipv6)
 
-    @staticmethod
-    def _spawn(dyno: Dyno, env: Mapping[str, str], output_path: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, dyno: Dyno, env: Mapping[str, str], output_path: str, ipv6: bool
+    ) -> subprocess.Popen[bytes]:
+        network.set_ipv6(dyno.netns, ipv6)
         # Checked again at every start, on the very inodes handed down: the directory may have
         # been swapped for a symlink since the last one.
         dir_fd = launch.open_dir_as(dyno.cwd, dyno.uid, dyno.gid)
@@ -198,6 +293,7 @@ class CommonRuntimeKernel:
             ),
             keep=dyno.cwd,
             keep_id=f"{checked.st_dev}:{checked.st_ino}",
+            resolv=self.resolv_path(self.net(dyno.space)),
         )
         env_fd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
         out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -228,6 +324,8 @@ class CommonRuntimeKernel:
         await self.worker.run(self._apply_firewall, list(live))
 
     def _apply_firewall(self, dynos: list[Dyno]) -> None:
+        # At start-up spaces are opened one by one: a dyno of one not opened yet waits for it.
+        dynos = [d for d in dynos if d.space == "" or d.space in self.spaces]
         web = [w for w in (self.web(d) for d in dynos) if w is not None]
         self._nftables().run(firewall.ruleset(self.layout, [self.port(d) for d in dynos], web))
         self._rules = self._rule_count()
@@ -256,7 +354,7 @@ class CommonRuntimeKernel:
     def _remove_unknown(self, live: list[Dyno]) -> None:
         ipr = self.worker.ipr
         known_netns = {d.netns for d in live}
-        for name in namespace.names(f"{self.layout.table}-"):
+        for name in namespace.names(f"{self.names.prefix}-"):
             if self.names.owns_netns(name) and name not in known_netns:
                 _kill_inside(name)
                 namespace.delete(name)
@@ -264,21 +362,43 @@ class CommonRuntimeKernel:
         for veth in network.existing_veths(ipr, self.names):
             if veth not in known_veths:
                 links.delete(ipr, veth)
-        assert self._bridge is not None
-        wanted = {self.pool.bridge.gateway} | {self.pool.subnet(d.slot).gateway for d in live}
-        for iface in addresses.ipv4_on(ipr, self._bridge):
-            if iface.ip in self.pool.network and str(iface.ip) not in wanted:
-                addresses.delete(ipr, self._bridge, str(iface.ip), iface.network.prefixlen)
+        known_bridges = {n.bridge for n in self.spaces.values()}
+        for bridge in network.existing_space_bridges(ipr, self.names) - known_bridges:
+            network.remove_bridge(ipr, bridge)
+        for net in (self.common, *self.spaces.values()):
+            assert net.index is not None
+            wanted = {net.address} | {self.subnet(d).gateway for d in live if d.space == net.key}
+            for iface in addresses.ipv4_on(ipr, net.index):
+                if iface.ip in net.pool.network and str(iface.ip) not in wanted:
+                    addresses.delete(ipr, net.index, str(iface.ip), iface.network.prefixlen)
 
     async def restore_gateways(self, live: Iterable[Dyno]) -> None:
         """Put back the gateway address of every kept dyno (someone may have removed it)."""
         await self.worker.run(self._restore_gateways, list(live))
 
     def _restore_gateways(self, live: list[Dyno]) -> None:
-        assert self._bridge is not None
         for dyno in live:
-            subnet = self.pool.subnet(dyno.slot)
-            addresses.add(self.worker.ipr, self._bridge, subnet.gateway, subnet.prefixlen)
+            bridge = self.net(dyno.space).index
+            assert bridge is not None
+            subnet = self.subnet(dyno)
+            addresses.add(self.worker.ipr, bridge, subnet.gateway, subnet.prefixlen)
+
+
+def check_range_is_free(
+    ipr: IPRoute, wanted: ipaddress.IPv4Network, own_bridge: str | None
+) -> None:
+    """Refuse a range that a route of the host already covers (a LAN on 172.16/12 or 10/8 is
+    common): dynos would shadow those hosts, or never be reached. A route through our own bridge
+    of that name (left by a previous run) does not count."""
+    ours = links.index_of(ipr, own_bridge) if own_bridge else None
+    for routed, oif in addresses.ipv4_routes(ipr):
+        if routed.prefixlen == 0 or (ours and oif == ours) or not routed.overlaps(wanted):
+            continue
+        device = links.name_of(ipr, oif) if oif else "?"
+        raise DynodError(
+            f"the range {wanted} overlaps the route to {routed} on {device}",
+            "choose a free range (--cidr)",
+        )
 
 
 def _signal_inside(netns: str, sig: signal.Signals) -> int:

@@ -61,12 +61,17 @@ def dyno_env(given: Mapping[str, Any], uid: int) -> dict[str, str]:
     return env
 
 
-def process_env(dyno: Dyno) -> dict[str, str]:
-    """What the process sees: the dyno's environment plus DYNO, and PORT on web dynos."""
+def process_env(dyno: Dyno, dns: Mapping[str, str]) -> dict[str, str]:
+    """What the process sees: the dyno's environment plus DYNO, PORT on web dynos,
+    HEROKU_PRIVATE_IP in a Private Space, and the HEROKU_DNS_* names (`dns`) when the app has
+    DNS discovery on."""
     env = dict(dyno.env)
     env["DYNO"] = dyno.name
     if dyno.port:
         env["PORT"] = str(dyno.port)
+    if dyno.space:
+        env["HEROKU_PRIVATE_IP"] = dyno.ip
+    env.update(dns)
     return env
 
 

@@ -45,7 +45,15 @@ class Names:
 
     @property
     def bridge(self) -> str:
+        """The Common Runtime's bridge."""
         return f"{self.prefix}0"
+
+    def space_bridge(self, space_id: int) -> str:
+        return f"{self.prefix}s{space_id}"
+
+    @property
+    def space_bridge_pattern(self) -> re.Pattern[str]:
+        return re.compile(rf"{self.prefix}s[0-9]{{1,8}}")
 
     @property
     def port_glob(self) -> str:
@@ -75,15 +83,15 @@ class Attachment:
     subnet: Subnet
 
 
-def ensure_bridge(ipr: IPRoute, names: Names, pool: Pool) -> int:
+def ensure_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
     """The bridge with a fixed MAC (a bridge otherwise takes its lowest port's MAC, which changes
     as dynos come and go and leaves dynos with a stale gateway MAC) and the range's first /30."""
-    index = links.ensure_bridge(ipr, names.bridge)
+    index = links.ensure_bridge(ipr, name)
     own = pool.bridge
     ipr.link("set", index=index, address=mac_for(own.gateway, 0x5A))
     addresses.add(ipr, index, own.gateway, own.prefixlen)
-    # Dynos get no IPv6; the bridge needs no link-local address either.
-    sysctl.write(f"net.ipv6.conf.{names.bridge}.disable_ipv6", 1)
+    # Dynos get no IPv6 from the bridge; it needs no link-local address either.
+    sysctl.write(f"net.ipv6.conf.{name}.disable_ipv6", 1)
     return index
 
 
@@ -140,8 +148,21 @@ def detach(ipr: IPRoute, bridge_index: int | None, dyno: Attachment) -> None:
     namespace.delete(dyno.netns)
 
 
-def remove_bridge(ipr: IPRoute, names: Names) -> None:
-    links.delete(ipr, names.bridge)
+def set_ipv6(netns: str, enabled: bool) -> None:
+    """`ip netns exec NS sysctl -w net.ipv6.conf.{all,default,lo,eth0}.disable_ipv6=N`: with
+    it off, the dyno has no ::1 and no link-local address, so nothing in it tries IPv6 first."""
+    value = 0 if enabled else 1
+    with namespace.entered(netns):
+        for conf in ("all", "default", "lo", "eth0"):
+            sysctl.write(f"net.ipv6.conf.{conf}.disable_ipv6", value)
+
+
+def remove_bridge(ipr: IPRoute, name: str) -> None:
+    links.delete(ipr, name)
+
+
+def existing_space_bridges(ipr: IPRoute, names: Names) -> set[str]:
+    return set(links.names_matching(ipr, names.space_bridge_pattern))
 
 
 def existing_veths(ipr: IPRoute, names: Names) -> set[str]:

@@ -64,6 +64,7 @@ import h11
 __all__ = [
     "Backend",
     "HerokuError",
+    "Refused",
     "RequestLog",
     "Resolve",
     "Router",
@@ -95,6 +96,11 @@ class Backend:
 
 
 Resolve = Callable[[str, str], Sequence[Backend] | None]
+
+
+class Refused(Exception):
+    """Raised by ``resolve`` when the app exists but this client may not reach it (a Private
+    Space's trusted IP ranges): 403, logged with the reason."""
 
 
 @dataclass(frozen=True)
@@ -309,14 +315,20 @@ def pick_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
     return str(uuid.uuid4())
 
 
+# ``APP.localhost`` from the host; ``APP.herokuapp.localspace`` from a Private Space's dynos,
+# which dynod's DNS resolves to the space's own router address.
+APP_DOMAINS = ("localhost", "herokuapp.localspace")
+
+
 def app_from_host(host: str) -> str | None:
-    """``Sushi.localhost:5000`` -> ``sushi``; None unless the host is ``<one label>.localhost``."""
+    """``Sushi.localhost:5000`` -> ``sushi``; None unless the host is ``<one label>.localhost``
+    or ``<one label>.herokuapp.localspace``."""
     host = host.strip().lower()
     if host.startswith("["):  # IPv6 literal, never an app
         return None
     host = host.rsplit(":", 1)[0].rstrip(".")
     app, dot, domain = host.partition(".")
-    if not dot or domain != "localhost" or not _APP_NAME.fullmatch(app):
+    if not dot or domain not in APP_DOMAINS or not _APP_NAME.fullmatch(app):
         return None
     return app
 
@@ -464,6 +476,7 @@ class Router:
         self.source_address = source_address
         self.port = 0  # the bound port, set by start()
         self._server: asyncio.Server | None = None
+        self._extra: dict[str, asyncio.Server] = {}  # more listening addresses, by host
         self._tasks: set[asyncio.Task[None]] = set()
         self._counters: dict[str, itertools.count[int]] = {}
         self._closing = False
@@ -476,10 +489,25 @@ class Router:
         self._server = await asyncio.start_server(self._on_client, host, port)
         self.port = self._server.sockets[0].getsockname()[1]
 
+    async def listen(self, host: str, port: int) -> None:
+        """Listen on one more address (a Private Space's router address)."""
+        if host in self._extra:
+            return
+        self._extra[host] = await asyncio.start_server(self._on_client, host, port)
+
+    async def unlisten(self, host: str) -> None:
+        """Stop listening on that address; its connections in progress finish."""
+        server = self._extra.pop(host, None)
+        if server is not None:
+            server.close()
+
     async def close(self) -> None:
         """Stop listening and drop every client connection (and its dyno connection)."""
         self._closing = True
         server, self._server = self._server, None
+        for extra in self._extra.values():
+            extra.close()
+        self._extra.clear()
         if server is not None:
             server.close()
         tasks = list(self._tasks)
@@ -584,6 +612,9 @@ class Router:
         app = app_from_host(entry.host) if request.method != b"CONNECT" else None
         try:
             backends = None if app is None else self._resolve(app, entry.fwd)
+        except Refused as refused:
+            entry.app = app
+            return await self._answer_locally(client, entry, 403, None, f"{refused}\n".encode())
         except Exception:
             _logger.exception("router: resolve(%r) failed", app)
             return await self._answer_locally(client, entry, H99.status, H99)
@@ -647,15 +678,20 @@ class Router:
         return _Peer(h11.Connection(h11.CLIENT), reader, writer)
 
     async def _answer_locally(
-        self, client: _Peer, entry: RequestLog, status: int, error: HerokuError | None
+        self,
+        client: _Peer,
+        entry: RequestLog,
+        status: int,
+        error: HerokuError | None,
+        text: bytes = b"no such app\n",
     ) -> bool:
-        """Answer without (further) involving a dyno: 404, or a 503 error page."""
+        """Answer without (further) involving a dyno: 404, 403, or a 503 error page."""
         entry.status, entry.error = status, error
         # Read a small unwanted body so the connection can stay alive -- unless the client is
         # waiting for "100 Continue", in which case it will not send the body at all.
         if not client.conn.they_are_waiting_for_100_continue:
             await self._discard_body(client)
-        await self._send_error_page(client, status, error)
+        await self._send_error_page(client, status, error, text)
         return True
 
     async def _discard_body(self, client: _Peer) -> None:
@@ -667,11 +703,17 @@ class Router:
                     return
                 discarded += len(event.data) if isinstance(event, h11.Data) else 0
 
-    async def _send_error_page(self, client: _Peer, status: int, error: HerokuError | None) -> None:
+    async def _send_error_page(
+        self,
+        client: _Peer,
+        status: int,
+        error: HerokuError | None,
+        text: bytes = b"no such app\n",
+    ) -> None:
         if client.conn.our_state is not h11.SEND_RESPONSE:
             return  # response already (partly) sent: all we can do is close
         if error is None:
-            body, ctype = b"no such app\n", b"text/plain; charset=utf-8"
+            body, ctype = text, b"text/plain; charset=utf-8"
         else:
             body = (
                 "<!DOCTYPE html><html><head><title>Application Error</title></head><body>"

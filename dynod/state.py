@@ -1,4 +1,4 @@
-"""The daemon's source of truth: apps, dynos and the /30s they hold, in SQLite.
+"""The daemon's source of truth: spaces, apps, dynos and the /30s they hold, in SQLite.
 
 Kernel state is derived from this: at start-up the daemon rebuilds what is missing and removes
 what the state does not know. Every write is its own transaction, so a daemon killed at any point
@@ -14,18 +14,39 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dynod.errors import DynodError
+
+SCHEMA_VERSION = 2
+
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS spaces (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT NOT NULL UNIQUE,
+    cidr        TEXT NOT NULL UNIQUE,
+    nat_ip      TEXT NOT NULL,
+    created_at  REAL NOT NULL
+);
+-- who may reach a space's external apps through the router
+CREATE TABLE IF NOT EXISTS trusted_ips (
+    space       TEXT NOT NULL REFERENCES spaces(name),
+    cidr        TEXT NOT NULL,
+    PRIMARY KEY (space, cidr)
+);
 CREATE TABLE IF NOT EXISTS apps (
     name        TEXT PRIMARY KEY,
-    created_at  REAL NOT NULL
+    created_at  REAL NOT NULL,
+    space       TEXT REFERENCES spaces(name),       -- NULL: the Common Runtime
+    internal_routing INTEGER NOT NULL DEFAULT 0,
+    dns_discovery INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dynos (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     app         TEXT NOT NULL REFERENCES apps(name),
+    space       TEXT NOT NULL DEFAULT '',   -- the network of its /30 ('': Common Runtime)
     type        TEXT NOT NULL,
     number      INTEGER NOT NULL,
     state       TEXT NOT NULL,
-    slot        INTEGER NOT NULL UNIQUE,
+    slot        INTEGER NOT NULL,
     ip          TEXT NOT NULL,
     port        INTEGER,
     pid         INTEGER,
@@ -43,14 +64,59 @@ CREATE TABLE IF NOT EXISTS dynos (
     log_offset  INTEGER NOT NULL DEFAULT 0,
     created_at  REAL NOT NULL,
     started_at  REAL,
-    UNIQUE (app, type, number)
+    UNIQUE (app, type, number),
+    UNIQUE (space, slot)
 );
 -- /30s whose dyno is gone but whose host-side veth the kernel has not destroyed yet
 CREATE TABLE IF NOT EXISTS draining (
-    slot        INTEGER PRIMARY KEY,
-    veth        TEXT NOT NULL
+    space       TEXT NOT NULL DEFAULT '',
+    slot        INTEGER NOT NULL,
+    veth        TEXT NOT NULL,
+    PRIMARY KEY (space, slot)
 );
 """
+
+# Issue 2's state (version 0 or 1): no spaces, one range. Its rows move into the new tables
+# as Common Runtime apps and dynos, so an upgrade keeps every running dyno.
+MIGRATE_FROM_1 = """
+ALTER TABLE apps RENAME TO apps_v1;
+ALTER TABLE dynos RENAME TO dynos_v1;
+ALTER TABLE draining RENAME TO draining_v1;
+{schema}
+INSERT INTO apps (name, created_at) SELECT name, created_at FROM apps_v1;
+INSERT INTO dynos (id, app, space, type, number, state, slot, ip, port, pid, pid_start, netns,
+    veth, command, cwd, uid, gid, env, detached, restarts, log_path, log_offset, created_at,
+    started_at)
+  SELECT id, app, '', type, number, state, slot, ip, port, pid, pid_start, netns, veth, command,
+    cwd, uid, gid, env, detached, restarts, log_path, log_offset, created_at, started_at
+  FROM dynos_v1;
+INSERT INTO draining (space, slot, veth) SELECT '', slot, veth FROM draining_v1;
+-- dyno ids name veths: the counter goes on where it was, so no id (and no veth name) repeats
+DELETE FROM sqlite_sequence WHERE name='dynos';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'dynos', seq FROM sqlite_sequence
+  WHERE name='dynos_v1';
+DROP TABLE apps_v1;
+DROP TABLE dynos_v1;
+DROP TABLE draining_v1;
+"""
+
+
+@dataclass
+class Space:
+    id: int
+    name: str
+    cidr: str
+    nat_ip: str
+    created_at: float = 0.0
+
+
+@dataclass
+class App:
+    name: str
+    space: str | None = None
+    internal_routing: bool = False
+    dns_discovery: bool = False
+    created_at: float = 0.0
 
 
 @dataclass
@@ -78,6 +144,7 @@ class Dyno:
     log_offset: int = 0
     created_at: float = 0.0
     started_at: float | None = None
+    space: str = ""  # the network of its /30: "" is the Common Runtime
 
     @property
     def name(self) -> str:
@@ -99,22 +166,116 @@ class State:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise DynodError(
+                f"the state in {self.directory} was written by a newer dynod "
+                f"(schema {version}, this one knows {SCHEMA_VERSION})",
+                "run the newer dynod, or give this one another --state-dir",
+            )
+        old = self.db.execute("SELECT 1 FROM sqlite_master WHERE name='dynos'").fetchone()
+        script = MIGRATE_FROM_1.format(schema=SCHEMA) if old else SCHEMA
+        # One transaction: a daemon killed mid-upgrade leaves the old state as it was.
+        self.db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
 
     def close(self) -> None:
         self.db.close()
 
+    # spaces
+    @staticmethod
+    def _space(row: sqlite3.Row) -> Space:
+        return Space(**dict(row))
+
+    def spaces(self) -> list[Space]:
+        return [self._space(r) for r in self.db.execute("SELECT * FROM spaces ORDER BY name")]
+
+    def space(self, name: str) -> Space | None:
+        row = self.db.execute("SELECT * FROM spaces WHERE name=?", (name,)).fetchone()
+        return self._space(row) if row else None
+
+    def add_space(self, name: str, cidr: str, nat_ip: str, trusted: list[str]) -> Space:
+        self.db.execute("BEGIN")
+        try:
+            cursor = self.db.execute(
+                "INSERT INTO spaces (name, cidr, nat_ip, created_at) VALUES (?, ?, ?, ?)",
+                (name, cidr, nat_ip, time.time()),
+            )
+            self.db.executemany(
+                "INSERT INTO trusted_ips (space, cidr) VALUES (?, ?)", [(name, c) for c in trusted]
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        space = self.space(name)
+        assert space is not None and space.id == cursor.lastrowid
+        return space
+
+    def remove_space(self, name: str) -> None:
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute("DELETE FROM trusted_ips WHERE space=?", (name,))
+            self.db.execute("DELETE FROM spaces WHERE name=?", (name,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def trusted_ips(self, space: str) -> list[str]:
+        rows = self.db.execute(
+            "SELECT cidr FROM trusted_ips WHERE space=? ORDER BY rowid", (space,)
+        )
+        return [r["cidr"] for r in rows]
+
+    def add_trusted_ip(self, space: str, cidr: str) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO trusted_ips (space, cidr) VALUES (?, ?)", (space, cidr)
+        )
+
+    def remove_trusted_ip(self, space: str, cidr: str) -> bool:
+        cursor = self.db.execute("DELETE FROM trusted_ips WHERE space=? AND cidr=?", (space, cidr))
+        return cursor.rowcount > 0
+
     # apps
+    @staticmethod
+    def _app(row: sqlite3.Row) -> App:
+        data = dict(row)
+        data["internal_routing"] = bool(data["internal_routing"])
+        data["dns_discovery"] = bool(data["dns_discovery"])
+        return App(**data)
+
     def app_exists(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM apps WHERE name=?", (name,)).fetchone() is not None
 
-    def add_app(self, name: str) -> None:
+    def app(self, name: str) -> App | None:
+        row = self.db.execute("SELECT * FROM apps WHERE name=?", (name,)).fetchone()
+        return self._app(row) if row else None
+
+    def add_app(self, app: App) -> None:
+        """Insert the app unless one of that name exists."""
         self.db.execute(
-            "INSERT OR IGNORE INTO apps (name, created_at) VALUES (?, ?)", (name, time.time())
+            "INSERT OR IGNORE INTO apps (name, created_at, space, internal_routing, dns_discovery)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (app.name, time.time(), app.space, int(app.internal_routing), int(app.dns_discovery)),
         )
 
-    def apps(self) -> list[str]:
-        return [r["name"] for r in self.db.execute("SELECT name FROM apps ORDER BY name")]
+    def remove_app(self, name: str) -> None:
+        self.db.execute("DELETE FROM apps WHERE name=?", (name,))
+
+    def set_dns_discovery(self, name: str, enabled: bool) -> None:
+        self.db.execute("UPDATE apps SET dns_discovery=? WHERE name=?", (int(enabled), name))
+
+    def apps(self) -> list[App]:
+        return [self._app(r) for r in self.db.execute("SELECT * FROM apps ORDER BY name")]
+
+    def apps_in(self, space: str) -> list[App]:
+        rows = self.db.execute("SELECT * FROM apps WHERE space=? ORDER BY name", (space,))
+        return [self._app(r) for r in rows]
 
     # dynos
     @staticmethod
@@ -145,8 +306,11 @@ class State:
         rows = self.db.execute("SELECT number FROM dynos WHERE app=? AND type=?", (app, ptype))
         return {r["number"] for r in rows}
 
-    def slots_unavailable(self) -> set[int]:
-        rows = self.db.execute("SELECT slot FROM dynos UNION SELECT slot FROM draining")
+    def slots_unavailable(self, space: str) -> set[int]:
+        rows = self.db.execute(
+            "SELECT slot FROM dynos WHERE space=? UNION SELECT slot FROM draining WHERE space=?",
+            (space, space),
+        )
         return {r["slot"] for r in rows}
 
     def next_dyno_id(self) -> int:
@@ -182,8 +346,8 @@ class State:
         try:
             self.db.execute("DELETE FROM dynos WHERE id=?", (dyno.id,))
             self.db.execute(
-                "INSERT OR REPLACE INTO draining (slot, veth) VALUES (?, ?)",
-                (dyno.slot, dyno.veth),
+                "INSERT OR REPLACE INTO draining (space, slot, veth) VALUES (?, ?, ?)",
+                (dyno.space, dyno.slot, dyno.veth),
             )
             self.db.execute("COMMIT")
         except BaseException:
@@ -191,8 +355,9 @@ class State:
             raise
 
     # draining /30s
-    def draining(self) -> dict[int, str]:
-        return {r["slot"]: r["veth"] for r in self.db.execute("SELECT * FROM draining")}
+    def draining(self) -> dict[tuple[str, int], str]:
+        rows = self.db.execute("SELECT * FROM draining")
+        return {(r["space"], r["slot"]): r["veth"] for r in rows}
 
-    def drained(self, slots: list[int]) -> None:
-        self.db.executemany("DELETE FROM draining WHERE slot=?", [(s,) for s in slots])
+    def drained(self, slots: list[tuple[str, int]]) -> None:
+        self.db.executemany("DELETE FROM draining WHERE space=? AND slot=?", slots)

@@ -16,10 +16,10 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from dynod import launch, names, processes
+from dynod import discovery, launch, names, processes
 from dynod.config import Config
 from dynod.errors import DynodError
-from dynod.kernel import CommonRuntimeKernel
+from dynod.kernel import Kernel
 from dynod.logs import LogBook, OutputFile
 from dynod.state import Dyno, State
 from netns.nftables import NftError
@@ -30,9 +30,17 @@ KILL_WAIT = 5.0
 
 
 class Supervisor:
-    def __init__(self, state: State, kernel: CommonRuntimeKernel, log: LogBook, config: Config):
+    def __init__(
+        self,
+        state: State,
+        kernel: Kernel,
+        log: LogBook,
+        config: Config,
+        registry: discovery.Registry,
+    ) -> None:
         self.state = state
         self.kernel = kernel
+        self.registry = registry  # DNS names: registered before a process starts
         self.log = log
         self.config = config
         self._children: dict[int, subprocess.Popen[bytes]] = {}
@@ -74,6 +82,7 @@ class Supervisor:
 
     def forget(self, dyno: Dyno) -> None:
         """Drop the dyno from the state (its /30 drains) and its output file from the disk."""
+        self.registry.unregister(dyno)
         self.state.remove_dyno(dyno)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(dyno.log_path)
@@ -110,8 +119,10 @@ class Supervisor:
                 ) from exc
             self._record_timing(dyno, "setup_ms", began)
             try:
+                self.registry.register(dyno)
                 await self._spawn(dyno)
             except Exception as exc:
+                self.registry.unregister(dyno)
                 await self.kernel.detach(dyno)
                 self.forget(dyno)
                 raise DynodError(f"could not start {dyno.name}: {exc}", status=500) from exc
@@ -127,7 +138,11 @@ class Supervisor:
 
     async def _spawn(self, dyno: Dyno) -> None:
         self._say(dyno, f"Starting process with command `{dyno.command}`")
-        popen = await self.kernel.spawn(dyno, launch.process_env(dyno), dyno.log_path)
+        app = self.state.app(dyno.app)
+        # The environment and IPv6 follow the app's discovery setting as of this start.
+        with_dns = bool(dyno.space and app is not None and app.dns_discovery)
+        env = launch.process_env(dyno, discovery.dns_env(dyno) if with_dns else {})
+        popen = await self.kernel.spawn(dyno, env, dyno.log_path, ipv6=not with_dns)
         self._children[dyno.id] = popen
         self.state.update_dyno(
             dyno, pid=popen.pid, pid_start=processes.start_time(popen.pid), started_at=time.time()
@@ -151,6 +166,8 @@ class Supervisor:
         self._watch_exit(dyno)
         if dyno.type == names.WEB_TYPE and dyno.state == "starting":
             self._booting.add(dyno.id)
+        if dyno.state in ("starting", "up"):
+            self.registry.register(dyno)
         self._say(dyno, f"Adopted again (pid {dyno.pid})")
 
     # ---------------------------------------------------------------- exits and crashes
@@ -206,6 +223,7 @@ class Supervisor:
             if dyno is None or dyno.state in ("stopping", "crashed"):
                 return
             self._set_state(dyno, "crashed")
+            self.registry.unregister(dyno)
             await self.kernel.kill_inside(dyno.netns)
             self.schedule_restart(dyno)
 
@@ -235,9 +253,11 @@ class Supervisor:
                 new_web = self.kernel.web(dyno)
                 if old_web and new_web:
                     await self.kernel.move_web(old_web, new_web)
+                self.registry.register(dyno)
                 await self._spawn(dyno)
             except Exception as exc:  # noqa: BLE001 - a failed restart is another crash
                 self._say(dyno, f"Restart failed: {exc}")
+                self.registry.unregister(dyno)
                 self._set_state(dyno, "crashed")
                 self.schedule_restart(dyno)
 
@@ -258,6 +278,7 @@ class Supervisor:
         # Heroku's order: the state change first, then the signals and the exit.
         self._say(dyno, f"State changed from {dyno.state} to down")
         self.state.update_dyno(dyno, state="stopping")
+        self.registry.unregister(dyno)  # no new connections are sent its way
         await self._terminate(dyno, grace)
         self.drain_output(dyno, final=True)
         began = time.perf_counter()

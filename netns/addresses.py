@@ -62,3 +62,22 @@ def forget_neighbour(ipr: IPRoute, index: int, address: str) -> None:
     except NetlinkError as exc:
         if exc.code not in (ENOENT, ESRCH):
             raise
+
+
+def local_ipv4(ipr: IPRoute) -> set[str]:
+    """`ip -4 -o addr show`: every IPv4 address of this namespace."""
+    return {str(msg.get_attr("IFA_ADDRESS")) for msg in ipr.get_addr(family=2)}
+
+
+def default_source(ipr: IPRoute) -> str | None:
+    """`ip route get 1.1.1.1`'s `src`: the address outbound traffic leaves from (a route
+    lookup only; nothing is sent). None when there is no route out."""
+    try:
+        reply = ipr.route("get", dst="1.1.1.1")
+    except NetlinkError:
+        return None
+    for msg in reply:
+        source = msg.get_attr("RTA_PREFSRC")
+        if source:
+            return str(source)
+    return None

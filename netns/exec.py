@@ -18,15 +18,20 @@ def popen_inside(name: str, argv: Sequence[str], **popen_kwargs: Any) -> subproc
         return subprocess.Popen(list(argv), **popen_kwargs)
 
 
-# Runs as root in the new namespaces: gives them their own empty /tmp, /dev/shm and /var/tmp,
+# Runs as root in the new namespaces: binds the given resolv.conf over /etc/resolv.conf (the host's
+# file is never changed; a symlinked one has its target covered, in this mount namespace only),
+# gives them their own empty /tmp, /dev/shm and /var/tmp,
 # an empty /run/netns (the names of other namespaces are none of its business), and a /sys that
 # shows its own network namespace's links (as `ip netns exec` does); binds the kept directory
 # back in if it was under one of the private directories; then becomes the program. The kept
 # directory is opened before the private mounts cover it, and must be the very inode the
 # caller checked (device:inode), so a directory swapped for a symlink meanwhile is refused.
 ISOLATE = """
-keep=$1 keep_id=$2
-shift 2
+keep=$1 keep_id=$2 resolv=$3
+shift 3
+if [ -n "$resolv" ]; then
+    mount --bind -o ro "$resolv" /etc/resolv.conf || exit 126
+fi
 case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*)
     exec 3<"$keep" || exit 126
     if [ "$(stat -L -c %d:%i /proc/self/fd/3)" != "$keep_id" ]; then
@@ -50,13 +55,13 @@ exec "$@"
 """
 
 
-def own_namespaces(argv: Sequence[str], keep: str, keep_id: str) -> list[str]:
+def own_namespaces(argv: Sequence[str], keep: str, keep_id: str, resolv: str = "") -> list[str]:
     """`unshare --pid --fork --mount --mount-proc --ipc --uts` with private temporary directories:
     the program sees only its own processes, IPC objects and temporary files, and cannot address
     (ptrace, signal, read /proc/PID/environ of) processes outside. The directory `keep` (whose
     "device:inode" is keep_id) stays visible where it is, even under /tmp. unshare itself
     waits in the parent namespace, ignores SIGTERM and SIGINT, and exits with the program's
-    status."""
+    status. A non-empty `resolv` is a file bound read-only over /etc/resolv.conf."""
     return [
         "unshare",
         "--pid",
@@ -74,6 +79,7 @@ def own_namespaces(argv: Sequence[str], keep: str, keep_id: str) -> list[str]:
         "isolate",
         keep,
         keep_id,
+        resolv,
         *argv,
     ]
 

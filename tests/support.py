@@ -152,6 +152,10 @@ class DaemonProc:
     cidr: str = ""
     grace: float = 3.0
     extra: list[str] = field(default_factory=list)
+    router_host: str = "127.0.0.1"
+    # Never the host's resolver in a test: a closed port on loopback unless a test gives its
+    # own fake upstream.
+    upstream: str = "127.0.0.1:9"
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"dynod-{self.prefix}-", dir="/tmp"))
@@ -185,11 +189,13 @@ class DaemonProc:
             "--cidr",
             self.cidr,
             "--router-host",
-            "127.0.0.1",
+            self.router_host,
             "--router-port",
             str(self.router_port),
             "--grace",
             str(self.grace),
+            "--upstream",
+            self.upstream,
             *self.extra,
         ]
 
@@ -365,6 +371,7 @@ class InternetHost:
         self.dir = Path(tempfile.mkdtemp(prefix=f"inet-{self.prefix}-", dir="/tmp"))
         self.udp_log = self.dir / "udp.log"
         self.server: subprocess.Popen[bytes] | None = None
+        self.dns_server: subprocess.Popen[bytes] | None = None
 
     def start(self, routes: list[str]) -> InternetHost:
         sh("ip", "netns", "add", self.netns)
@@ -418,9 +425,46 @@ tcp()
     def udp_seen(self) -> str:
         return self.udp_log.read_text() if self.udp_log.exists() else ""
 
+    def serve_dns(self, answers: dict[str, str]) -> None:
+        """A fake upstream resolver on port 53 (UDP and TCP) of this host: A records for the
+        names given, NXDOMAIN for the rest."""
+        code = f"""
+import time
+from dnslib import QTYPE, RR, A, RCODE
+from dnslib.server import DNSServer, BaseResolver
+ANSWERS = {answers!r}
+class Resolver(BaseResolver):
+    def resolve(self, request, handler):
+        reply = request.reply()
+        name = str(request.q.qname).rstrip(".").lower()
+        if name in ANSWERS and request.q.qtype == QTYPE.A:
+            reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(ANSWERS[name]), ttl=60))
+        elif name not in ANSWERS:
+            reply.header.rcode = RCODE.NXDOMAIN
+        return reply
+for tcp in (False, True):
+    DNSServer(Resolver(), port=53, address="0.0.0.0", tcp=tcp).start_thread()
+while True:
+    time.sleep(60)
+"""
+        # The venv's python: the fake resolver uses dnslib (test code, run as root).
+        self.dns_server = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, sys.executable, "-c", code]
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = netns_exec(
+                self.netns, "import socket; socket.create_connection(('127.0.0.1', 53))"
+            )
+            if probe.returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("fake upstream resolver did not start")
+
     def close(self) -> None:
-        if self.server is not None:
-            self.server.kill()
-            self.server.wait(10)
+        for server in (self.server, self.dns_server):
+            if server is not None:
+                server.kill()
+                server.wait(10)
         sweep(self.prefix)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -622,7 +622,8 @@ def test_logs_apps_status_and_the_raw_api() -> None:
         router_only = d.cli("logs", "--app", "sushi", "--dyno", "router").stdout.splitlines()
         assert router_only and all("heroku[router]" in x for x in router_only)
         assert d.cli("logs", "-n", "0").stdout == ""
-        assert "sushi" in d.cli("apps").stdout and "1 dyno(s)" in d.cli("apps").stdout
+        apps = {a["name"]: a for a in json.loads(d.cli("apps", "--json").stdout)}
+        assert apps["sushi"]["dynos"] == 1 and apps["sushi"]["space"] is None
         status = d.cli("status").stdout
         assert d.prefix in status and d.cidr in status
         # the API is plain HTTP and JSON on the socket, as Docker's is

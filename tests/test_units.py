@@ -97,9 +97,13 @@ def test_kernel_names_fit_and_are_prefixed() -> None:
 
 
 def test_firewall_text_keeps_per_dyno_facts_in_sets() -> None:
-    layout = firewall.Layout(
-        table="dynod", bridge="dynod0", port_glob="dynod-*", cidr="172.16.0.0/12"
+    common = firewall.Network("dynod0", "172.16.0.0/12", "172.16.0.1")
+    layout = firewall.Layout(table="dynod", port_glob="dynod-*", common=common)
+    spaces = tuple(
+        firewall.Network(f"dynods{i}", f"10.{i}.0.0/16", f"10.{i}.0.1", f"192.0.2.{i}")
+        for i in range(1, 6)
     )
+    with_spaces = firewall.Layout(table="dynod", port_glob="dynod-*", common=common, spaces=spaces)
     ports = [
         firewall.Port(
             f"dynod-{i:x}", mac_for(f"172.16.0.{4 * i + 2}", 0x58), f"172.16.0.{4 * i + 2}"
@@ -112,7 +116,12 @@ def test_firewall_text_keeps_per_dyno_facts_in_sets() -> None:
     rules = [line for line in large.splitlines() if "@" in line or "drop" in line]
     assert rules == [line for line in small.splitlines() if "@" in line or "drop" in line]
     assert large.count("dynod-") > small.count("dynod-")  # only the elements grew
-    assert 'iifname "dynod0" oifname "dynod0"' in large and "masquerade" in large
+    spaced = firewall.ruleset(with_spaces, ports, web)
+    assert rules == [line for line in spaced.splitlines() if "@" in line or "drop" in line]
+    assert '"dynods5" . "dynods5"' in spaced and "10.5.0.0/16 : 192.0.2.5" in spaced
+    assert '"dynods5" . 10.5.0.1 . tcp . 80' in spaced
+    assert '"dynod0" . 172.16.0.1 . tcp . 80' not in spaced  # no internal router there
+    assert "ip saddr 172.16.0.0/12 masquerade" in large
     assert "meta mark 0x6479 ip daddr . tcp dport @web accept" in large
     assert firewall.add_dyno(layout, ports[0], web[0]) == (
         'add element bridge dynod ports { "dynod-1" . 0a:58:ac:10:00:06 . 172.16.0.6 }\n'
@@ -274,3 +283,63 @@ def test_listening_addresses_are_read_from_proc(tmp_path) -> None:
     assert processes.reachable_on(found, "172.16.0.6")  # through the IPv6 wildcard
     assert not processes.reachable_on({"127.0.0.1"}, "172.16.0.6")
     assert processes.reachable_on({"172.16.0.6"}, "172.16.0.6")
+
+
+V1_SCHEMA = """
+CREATE TABLE apps (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE dynos (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL REFERENCES apps(name),
+    type TEXT NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL,
+    slot INTEGER NOT NULL UNIQUE, ip TEXT NOT NULL, port INTEGER, pid INTEGER, pid_start REAL,
+    netns TEXT NOT NULL UNIQUE, veth TEXT NOT NULL UNIQUE, command TEXT NOT NULL,
+    cwd TEXT NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, env TEXT NOT NULL,
+    detached INTEGER NOT NULL, restarts INTEGER NOT NULL DEFAULT 0, log_path TEXT NOT NULL,
+    log_offset INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL,
+    UNIQUE (app, type, number));
+CREATE TABLE draining (slot INTEGER PRIMARY KEY, veth TEXT NOT NULL);
+INSERT INTO apps VALUES ('sushi', 1.0);
+INSERT INTO dynos (id, app, type, number, state, slot, ip, port, netns, veth, command, cwd, uid,
+    gid, env, detached, log_path, created_at)
+  VALUES (7, 'sushi', 'web', 1, 'up', 1, '172.16.0.6', 3000, 'dynod-sushi.web.1', 'dynod-7',
+    'x', '/', 1000, 1000, '{}', 1, '/tmp/x', 1.0);
+INSERT INTO draining VALUES (2, 'dynod-9');
+UPDATE sqlite_sequence SET seq = 9 WHERE name = 'dynos';
+"""
+
+
+def test_an_issue_2_state_is_upgraded_without_losing_a_dyno(tmp_path) -> None:
+    import sqlite3
+
+    from dynod.state import State
+
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript(V1_SCHEMA)
+    db.close()
+    state = State(str(tmp_path))
+    try:
+        (dyno,) = state.dynos()
+        assert (dyno.id, dyno.name, dyno.space, dyno.slot) == (7, "web.1", "", 1)
+        app = state.app("sushi")
+        assert app is not None and app.space is None and not app.dns_discovery
+        assert state.draining() == {("", 2): "dynod-9"}
+        assert state.next_dyno_id() == 10  # no veth name is handed out twice
+        assert state.slots_unavailable("") == {1, 2} and state.slots_unavailable("acme") == set()
+    finally:
+        state.close()
+    State(str(tmp_path)).close()  # opening it again changes nothing
+
+
+def test_space_ranges_are_picked_and_checked() -> None:
+    from dynod import spaces
+
+    used = [ipaddress.IPv4Network("10.0.0.0/16"), ipaddress.IPv4Network("10.1.5.0/24")]
+    assert str(spaces.next_free_range(used)) == "10.2.0.0/16"
+    with pytest.raises(DynodError) as err:
+        spaces.check_range_free(ipaddress.IPv4Network("10.1.0.0/16"), {"space acme": used[1]})
+    assert "overlaps space acme" in err.value.problem
+    assert spaces.allows([ipaddress.IPv4Network("0.0.0.0/0")], "198.51.100.7")
+    assert not spaces.allows([ipaddress.IPv4Network("203.0.113.0/24")], "198.51.100.7")
+    assert not spaces.allows([ipaddress.IPv4Network("0.0.0.0/0")], "::1")
+    with pytest.raises(DynodError) as err:
+        spaces.check_nat_address("198.51.100.9", {"192.0.2.2"}, [])
+    assert "not an address of this host" in err.value.problem

@@ -2,6 +2,7 @@
 
 On PORT (or APP_PORT): HTTP answers JSON with $DYNO, the request's headers and the environment;
 UDP prints `udp-hit <source> <payload>`. On the port after it, plain TCP prints `tcp-other-hit`.
+It listens on 0.0.0.0, or on $HEROKU_PRIVATE_IP when BIND_PRIVATE_IP is set.
 Only the standard library: it runs with the system's python3, as an unprivileged user.
 """
 
@@ -13,6 +14,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT = int(os.environ.get("PORT") or os.environ["APP_PORT"])
+HOST = os.environ["HEROKU_PRIVATE_IP"] if os.environ.get("BIND_PRIVATE_IP") else "0.0.0.0"
 
 
 def say(text: str) -> None:
@@ -41,14 +43,14 @@ class Handler(BaseHTTPRequestHandler):
 
 def udp() -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("0.0.0.0", PORT))
+    sock.bind((HOST, PORT))
     while True:
         data, peer = sock.recvfrom(2048)
         say(f"udp-hit {peer[0]} {data.decode(errors='replace')}")
 
 
 def other_tcp() -> None:
-    server = socket.create_server(("0.0.0.0", PORT + 1))
+    server = socket.create_server((HOST, PORT + 1))
     while True:
         conn, peer = server.accept()
         say(f"tcp-other-hit {peer[0]}")
@@ -59,4 +61,4 @@ for target in (udp, other_tcp):
     threading.Thread(target=target, daemon=True).start()
 say(f"listening on {PORT} as uid {os.getuid()}")
 sys.stdout.flush()
-ThreadingHTTPServer(("0.0.0.0", PORT), Handler).serve_forever()
+ThreadingHTTPServer((HOST, PORT), Handler).serve_forever()
