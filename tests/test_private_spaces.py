@@ -648,3 +648,36 @@ def test_space_urls_quote_cidrs(sp: Spaces) -> None:
     with pytest.raises(Exception) as refused:
         sp.daemon.client.call("DELETE", path)
     assert "not a trusted IP range" in str(refused.value)
+
+
+def test_a_sigkilled_daemon_brings_its_spaces_back() -> None:
+    """After SIGKILL the next daemon rebuilds each space (bridge, firewall, DNS, internal
+    router) from the state and adopts the space's dynos; nothing is lost."""
+    daemon = DaemonProc()
+    try:
+        daemon.start()
+        space = f"{daemon.prefix}r"
+        created = daemon.cli("spaces:create", space, "--cidr", _space_cidr())
+        assert created.returncode == 0, created.stderr
+        assert daemon.cli("apps:create", "kept", "--space", space).returncode == 0
+        worker = _dyno(daemon, "kept", "worker", space)
+        web = daemon.run_app("kept", "web")
+        info = daemon.client.call("GET", f"/v1/spaces/{space}")
+        daemon.kill9()
+        daemon.start()
+        assert daemon.dyno("kept", "worker.1")["pid"] == worker["pid"]  # adopted, not restarted
+        assert daemon.client.call("GET", f"/v1/spaces/{space}") == info
+        code = (
+            "import json, socket, urllib.request\n"
+            "print('dns', socket.gethostbyname('1.worker.kept.app.localspace'))\n"
+            "r = urllib.request.urlopen('http://kept.herokuapp.localspace/', timeout=10)\n"
+            "print('router', json.loads(r.read())['dyno'])\n"
+        )
+        status, lines = daemon.run_once("kept", "run", f"{PYTHON} -c {shlex.quote(code)}")
+        output = "\n".join(lines)
+        assert status == 0, output
+        assert f"dns {worker['ip']}" in output and "router web.1" in output
+        assert web["state"] == "up"
+    finally:
+        found = daemon.close()
+    assert not found, f"the daemon left kernel objects behind: {found}"
