@@ -85,10 +85,12 @@ class Daemon:
             echo=sys.stderr if self.config.echo_logs else None,
         )
         log = self.log
+        loop = asyncio.get_running_loop()
         self.dns = DnsServer(
             self._upstreams(),
             timeout=self.config.dns_timeout,
-            log=lambda text: log.emit(None, "dynod", f"dns: {text}"),
+            # called from the DNS server's threads: the log belongs to the event loop
+            log=lambda text: loop.call_soon_threadsafe(log.emit, None, "dynod", f"dns: {text}"),
         )
         self.registry = discovery.Registry(self.state, self.dns, self._space_network)
         self.supervisor = Supervisor(self.state, self.kernel, self.log, self.config, self.registry)
@@ -674,6 +676,7 @@ class Daemon:
             "dns": self.kernel.common.address,
             "upstreams": [f"{h}:{p}" for h, p in self._upstreams()],
             "spaces": len(self.kernel.spaces),
+            "dns_stats": self.dns.stats if self.dns is not None else {},
             "prefix": self.config.prefix,
             "state_dir": self.config.state_dir,
         }

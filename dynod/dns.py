@@ -502,11 +502,12 @@ class _Listener:
 
 
 def _bind(address: str, port: int) -> tuple[socket.socket, socket.socket]:
-    """The UDP and TCP sockets of address:port.  TCP is bound first: two listening TCP sockets
-    can never share a port, so a DNS server already there is always detected.  SO_REUSEADDR is
-    set on TCP only, where it lets a restarted daemon rebind while old connections linger in
+    """The UDP and TCP sockets of address:port.  TCP is bound first: a listening TCP socket
+    shares its port with nobody (short of SO_REUSEPORT on both, which we never set), so a DNS
+    server already there, on this address or on 0.0.0.0, is detected.  SO_REUSEADDR is set on
+    TCP only, where it lets a restarted daemon rebind while old connections linger in
     TIME_WAIT; UDP has no TIME_WAIT, and on Linux SO_REUSEADDR on UDP would let a second
-    daemon bind the same address and silently take half of the queries."""
+    daemon bind the very same address and silently steal queries."""
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:

@@ -110,6 +110,7 @@ def read_exact(sock: socket.socket, size: int, until: float) -> bytes | None:
 class _Pending:
     """A UDP query sent upstream, waiting for its answer."""
 
+    uid: int  # the ID the upstreams see
     q: Query  # the client's query
     query: bytes  # as sent upstream: our ID, then the client's query
     reply_to: socket.socket  # the listening socket it came in on
@@ -168,26 +169,36 @@ class Forwarder:
             return empty_reply(q, SERVFAIL)
         now = time.monotonic()
         with self._lock:
-            if len(self._pending) >= self._max_inflight:
-                self.servfail += 1
-                self._report("inflight", f"{self._max_inflight} queries in flight: SERVFAIL")
-                return empty_reply(q, SERVFAIL)
-            uid = self._new_id()
-            pending = _Pending(
-                q=q,
-                query=uid.to_bytes(2, "big") + q.data[2:],
-                reply_to=reply_to,
-                client=client,
-                deadline=now + self._timeout,
-                order=self._order(),
-            )
-            self._pending[uid] = pending
-            self.forwarded += 1
-            wake = self._schedule(uid, pending, now)
+            pending = self._register(q, reply_to, client, now)
+            wake = pending is not None and self._schedule(pending, now)
+        if pending is None:  # the log is called with no lock held: it may be slow
+            self._report("inflight", f"{self._max_inflight} queries in flight: SERVFAIL")
+            return empty_reply(q, SERVFAIL)
         self._send(pending)
         if wake:
             self._wake()
         return None
+
+    def _register(
+        self, q: Query, reply_to: socket.socket, client: Address, now: float
+    ) -> _Pending | None:
+        """A new pending query (lock held); None (counted as SERVFAIL) when too many are."""
+        if len(self._pending) >= self._max_inflight:
+            self.servfail += 1
+            return None
+        uid = self._new_id()
+        pending = _Pending(
+            uid=uid,
+            q=q,
+            query=uid.to_bytes(2, "big") + q.data[2:],
+            reply_to=reply_to,
+            client=client,
+            deadline=now + self._timeout,
+            order=self._order(),
+        )
+        self._pending[uid] = pending
+        self.forwarded += 1
+        return pending
 
     def _order(self) -> list[int]:
         n = len(self._upstreams)
@@ -201,14 +212,14 @@ class Forwarder:
             if uid not in self._pending:
                 return uid
 
-    def _schedule(self, uid: int, pending: _Pending, now: float) -> bool:
+    def _schedule(self, pending: _Pending, now: float) -> bool:
         """Arm the deadline of the current attempt (lock held).  True if the forwarder thread
         must wake up to see it (it is now the earliest)."""
         share = self._timeout / len(self._upstreams)
         last = pending.attempt + 1 == len(pending.order)
         when = pending.deadline if last else min(now + share, pending.deadline)
         self._seq += 1
-        heapq.heappush(self._deadlines, (when, self._seq, uid, pending.attempt))
+        heapq.heappush(self._deadlines, (when, self._seq, pending.uid, pending.attempt))
         if len(self._deadlines) > 4 * len(self._pending) + 1024:
             self._compact()
         return self._deadlines[0][1] == self._seq
@@ -294,7 +305,7 @@ class Forwarder:
                 return  # not from an upstream we asked, or not about our question: forged
             if data[3] & 0x0F in (SERVFAIL, REFUSED) and pending.attempt + 1 < len(pending.order):
                 pending.attempt += 1
-                self._schedule(uid, pending, time.monotonic())
+                self._schedule(pending, time.monotonic())
                 retry = pending
             else:
                 del self._pending[uid]
@@ -315,22 +326,24 @@ class Forwarder:
     def _expire(self, now: float) -> None:
         resend: list[_Pending] = []
         failed: list[_Pending] = []
+        silent: set[str] = set()
         with self._lock:
             while self._deadlines and self._deadlines[0][0] <= now:
                 _when, _seq, uid, attempt = heapq.heappop(self._deadlines)
                 pending = self._pending.get(uid)
                 if pending is None or pending.attempt != attempt:
                     continue  # answered, or already moved on
-                label = self._upstreams[pending.order[attempt]].label
-                self._report(f"timeout {label}", f"upstream {label} did not answer in time")
+                silent.add(self._upstreams[pending.order[attempt]].label)
                 if attempt + 1 < len(pending.order) and now < pending.deadline:
                     pending.attempt += 1
-                    self._schedule(uid, pending, now)
+                    self._schedule(pending, now)
                     resend.append(pending)
                 else:
                     del self._pending[uid]
                     self.servfail += 1
                     failed.append(pending)
+        for label in silent:
+            self._report(f"timeout {label}", f"upstream {label} did not answer in time")
         for pending in resend:
             self._send(pending)
         for pending in failed:

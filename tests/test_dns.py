@@ -124,9 +124,13 @@ def frame(packet: bytes) -> bytes:
 
 def tcp_connect(server: Address, source: str, timeout: float = 2.0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((source, 0))
-    sock.settimeout(timeout)
-    sock.connect(server)
+    try:
+        sock.bind((source, 0))
+        sock.settimeout(timeout)
+        sock.connect(server)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -268,10 +272,9 @@ def make_server() -> Iterator[MakeServer]:
     """make_server(upstreams=[], **options) -> (server, (address, port)), listening on a fresh
     address, with RECORDS for 127.10.0.0/16; closed (and checked to leave no thread) after."""
     servers: list[DnsServer] = []
-    logged: list[str] = []
 
     def make(upstreams: Sequence[Address] = (), **options: object) -> tuple[DnsServer, Address]:
-        server = DnsServer(list(upstreams), log=logged.append, **options)  # type: ignore[arg-type]
+        server = DnsServer(list(upstreams), **options)  # type: ignore[arg-type]
         servers.append(server)
         address = unique_address(77)
         port = free_port(address)
@@ -464,6 +467,23 @@ def test_set_scope_takes_effect_on_the_very_next_query(make_server: MakeServer) 
     assert rcode(ask(address, WEB, source=NO_SCOPE)) == "NXDOMAIN"
 
 
+def test_small_changes_to_a_big_scope(make_server: MakeServer) -> None:
+    """A few names changed or gone among many (the prepared answers are patched, not rebuilt):
+    no stale answer survives, on the prepared path or any other."""
+    server, address = make_server()
+    many = {f"{i}.web.sushi.app.localspace": [f"10.4.0.{i + 1}"] for i in range(40)}
+    server.set_scope("sushi-space", "127.10.0.0/16", {**RECORDS, **many})
+    assert addresses(ask(address, "7.web.sushi.app.localspace")) == ["10.4.0.8"]
+    del many["7.web.sushi.app.localspace"]
+    many["8.web.sushi.app.localspace"] = ["10.4.1.1"]
+    server.set_scope("sushi-space", "127.10.0.0/16", {**RECORDS, **many})
+    for tcp in (False, True):
+        assert rcode(ask(address, "7.web.sushi.app.localspace", tcp=tcp)) == "NXDOMAIN"
+        assert rcode(ask(address, "7.web.sushi.app.localspace", "AAAA", tcp=tcp)) == "NXDOMAIN"
+        assert addresses(ask(address, "8.web.sushi.app.localspace", tcp=tcp)) == ["10.4.1.1"]
+        assert addresses(ask(address, "9.web.sushi.app.localspace", tcp=tcp)) == ["10.4.0.10"]
+
+
 def test_set_scope_rejects_bad_records_and_changes_nothing(make_server: MakeServer) -> None:
     server, address = make_server()
     for bad in ({"web.example.com": ["10.0.0.1"]}, {WEB: ["10.0.0.300"]}, {"a..localspace": []}):
@@ -588,13 +608,15 @@ def test_truncated_upstream_answers_go_to_tcp(
 
 
 def test_upstream_timeout_is_servfail(make_server: MakeServer, upstream: FakeUpstream) -> None:
-    server, address = make_server([upstream.address], timeout=0.3)
+    logged: list[str] = []
+    server, address = make_server([upstream.address], timeout=0.3, log=logged.append)
     for tcp in (False, True):
         started = time.monotonic()
         reply = ask(address, "slow.test", tcp=tcp)
         elapsed = time.monotonic() - started
         assert rcode(reply) == "SERVFAIL" and 0.25 < elapsed < 1.5, (tcp, elapsed)
     assert server.stats["servfail"] == 2
+    assert f"upstream {upstream.host}:{upstream.port} did not answer in time" in logged
 
 
 def test_no_upstream_is_servfail(make_server: MakeServer) -> None:
