@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import grp
 import ipaddress
 import os
@@ -19,7 +20,8 @@ import socket
 import stat
 import sys
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from dynod import discovery, launch, names, processes, spaces
 from dynod.config import Config
@@ -35,6 +37,18 @@ from netns import namespace
 
 FIREWALL_CHECK = 2.0  # seconds between checks that nobody removed dynod's nftables tables
 LOCK_DIR = "/run"
+T = TypeVar("T")
+
+
+def _administrative(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Run under the daemon's admin lock (creating and destroying spaces and apps)."""
+
+    @functools.wraps(method)
+    async def locked(self: Daemon, *args: Any, **kwargs: Any) -> T:
+        async with self._admin:
+            return await method(self, *args, **kwargs)
+
+    return locked
 
 
 class Daemon:
@@ -47,6 +61,9 @@ class Daemon:
         self.dns: DnsServer | None = None
         self.registry: discovery.Registry | None = None
         self._trusted: dict[str, list[ipaddress.IPv4Network]] = {}  # space -> trusted ranges
+        # Creating and destroying spaces and apps wait for one another: a space is never
+        # destroyed while an app is being created in it, and two creations never pick one name.
+        self._admin = asyncio.Lock()
         self.log: LogBook | None = None
         self.supervisor: Supervisor | None = None
         self.router: Router | None = None
@@ -102,8 +119,10 @@ class Daemon:
             lambda text, app: log.emit(app, "heroku[router]", text),
             socket_mark=self.kernel.layout.router_mark,
         )
+        # Every space first, the firewall once after reconcile: the tables a killed daemon left
+        # stay whole (and correct) until then.
         for space in self.state.spaces():
-            await self._open_space(space)
+            await self._open_space(space, starting=True)
         to_stop = await self._reconcile()
         await self.kernel.apply_firewall(self.state.dynos())
         from dynod.api import ApiServer
@@ -424,35 +443,39 @@ class Daemon:
         return str(net.pool.network), net.address
 
     # ---------------------------------------------------------------- spaces
-    async def _open_space(self, space: Space) -> None:
-        """The space's bridge, firewall entries, DNS and internal router; all or nothing."""
+    async def _open_space(self, space: Space, starting: bool = False) -> None:
+        """The space's bridge, firewall entries, DNS and internal router; all or nothing for a
+        new space. At start-up a failure undoes nothing: the daemon stops and leaves the
+        space's running dynos their network, for the next start to adopt."""
         assert self.state is not None and self.dns is not None and self.router is not None
         assert self.registry is not None
         net = await self.kernel.add_space(
-            space.name, space.id, space.cidr, space.nat_ip, self.state.dynos()
+            space.name, space.id, space.cidr, space.nat_ip, None if starting else self.state.dynos()
         )
         try:
             self.dns.listen(net.address, DNS_PORT)
             self.registry.publish(space.name)
             await self.router.listen(net.address, INTERNAL_ROUTER_PORT)
         except BaseException:
-            await self._close_space(space.name)
+            if not starting:
+                await self._close_space(space.name)
             raise
         self._trusted[space.name] = [
             ipaddress.IPv4Network(c) for c in self.state.trusted_ips(space.name)
         ]
 
     async def _close_space(self, name: str) -> None:
+        """The kernel side first: if it fails, the space still works as before."""
         assert self.state is not None and self.dns is not None and self.router is not None
         assert self.registry is not None
         net = self.kernel.spaces.get(name)
         if net is None:
             return
+        await self.kernel.remove_space(name, self.state.dynos())
         await self.router.unlisten(net.address)
         self.registry.forget_space(name)
         self.dns.unlisten(net.address)
         self._trusted.pop(name, None)
-        await self.kernel.remove_space(name, self.state.dynos())
 
     def _space(self, name: str) -> Space:
         assert self.state is not None
@@ -462,6 +485,7 @@ class Daemon:
             raise NotFound(f"no space named {name!r}", "`dynod spaces` lists the spaces")
         return space
 
+    @_administrative
     async def create_space(self, name: str, cidr: str | None, nat_ip: str | None) -> dict[str, Any]:
         assert self.state is not None
         names.check_space(name)
@@ -521,6 +545,7 @@ class Daemon:
         assert self.state is not None
         return [self._space_info(s) for s in self.state.spaces()]
 
+    @_administrative
     async def destroy_space(self, name: str) -> None:
         assert self.state is not None
         self._space(name)
@@ -577,6 +602,7 @@ class Daemon:
             raise NotFound(f"no app named {name!r}", "`dynod apps` lists the apps")
         return app
 
+    @_administrative
     async def create_app(
         self, name: str, space: str | None, internal_routing: bool
     ) -> dict[str, Any]:
@@ -612,6 +638,7 @@ class Daemon:
         assert self.state is not None
         return [self._app_info(a) for a in self.state.apps()]
 
+    @_administrative
     async def destroy_app(self, name: str) -> dict[str, Any]:
         """Stop its dynos (until none is left: a run may race with the destroy), forget it."""
         assert self.state is not None and self.supervisor is not None
@@ -649,6 +676,7 @@ class Daemon:
     async def features(self, name: str) -> list[dict[str, Any]]:
         return [self._feature(self._app(name))]
 
+    @_administrative
     async def set_feature(self, name: str, feature: str, enabled: bool) -> dict[str, Any]:
         assert self.state is not None and self.registry is not None
         app = self._app(name)

@@ -133,18 +133,23 @@ class Kernel:
         os.replace(path + ".new", path)
 
     async def add_space(
-        self, key: str, space_id: int, cidr: str, nat_ip: str, live: Iterable[Dyno]
+        self, key: str, space_id: int, cidr: str, nat_ip: str, live: Iterable[Dyno] | None
     ) -> Net:
-        """A space's bridge and its place in the firewall (the whole firewall is re-applied, in
-        one transaction, with the live dynos' elements)."""
+        """A space's bridge and its place in the firewall: the whole firewall is re-applied, in
+        one transaction, with the live dynos' elements. With live=None (the daemon's start-up,
+        which opens every space of the state first and then applies the firewall once) the
+        firewall is left alone, and a failure removes nothing: the space's dynos may be
+        running on that bridge."""
         net = Net(key, self.names.space_bridge(space_id), Pool(cidr), nat_ip)
-        await self.worker.run(self._add_space, net, list(live))
+        await self.worker.run(self._add_space, net, None if live is None else list(live))
         return net
 
-    def _add_space(self, net: Net, live: list[Dyno]) -> None:
+    def _add_space(self, net: Net, live: list[Dyno] | None) -> None:
         check_range_is_free(self.worker.ipr, net.pool.network, net.bridge)
         self._make_bridge(net)
         self.spaces[net.key] = net
+        if live is None:
+            return
         try:
             self._apply_firewall(live)
         except BaseException:
@@ -157,7 +162,11 @@ class Kernel:
 
     def _remove_space(self, key: str, live: list[Dyno]) -> None:
         net = self.spaces.pop(key)
-        self._apply_firewall(live)
+        try:
+            self._apply_firewall(live)
+        except BaseException:
+            self.spaces[key] = net  # nothing changed: the space is still whole
+            raise
         network.remove_bridge(self.worker.ipr, net.bridge)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.resolv_path(net))
