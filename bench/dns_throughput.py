@@ -1,6 +1,6 @@
 """How fast dynod's DNS server answers service-discovery queries, next to dnsmasq, in one run.
 
-    sudo /opt/dynod-venv/bin/python bench/dns_throughput.py [--seconds 10] [--rounds 3] [--json]
+    sudo .venv/bin/python bench/dns_throughput.py [--seconds 10] [--rounds 3] [--json]
 
 What is measured, for two servers holding the same records and answering the same queries:
 
@@ -59,7 +59,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -75,6 +74,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dnslib
+from run_support import Interrupted, machine, signals_ignored, sigterm_as_interrupt
 
 from netns import namespace
 
@@ -120,10 +120,6 @@ server.close()
 
 class SetupError(Exception):
     """Something the measurement needs is missing or wrong: exit status 1."""
-
-
-class Interrupted(Exception):
-    """SIGTERM to the bench: unwind through the finally blocks like Ctrl-C does."""
 
 
 def progress(quiet: bool, text: str) -> None:
@@ -794,33 +790,6 @@ def summary_table(results: Results, summary: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- running it
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Cleanup is short and bounded: a second Ctrl-C must not cut it short."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def machine() -> str:
-    return f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
-
-
 def run(args: argparse.Namespace) -> tuple[Results, list[str]]:
     """Set up, check, measure, clean up whatever happens. Returns the results and whatever
     could not be removed."""

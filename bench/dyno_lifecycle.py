@@ -50,7 +50,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -61,13 +60,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from run_support import Interrupted, machine, signals_ignored, sigterm_as_interrupt
 
 from dynod.client import Client
 from dynod.errors import DynodError
@@ -87,10 +87,6 @@ KILL_AFTER = 30.0
 LINKS_GONE_TIMEOUT = 30.0
 RANGE = ipaddress.IPv4Network("172.31.0.0/16")  # both sides take a block of it
 MAX_N = 4000
-
-
-class Interrupted(Exception):
-    """SIGTERM to the bench: unwind through the finally blocks like Ctrl-C does."""
 
 
 # ---------------------------------------------------------------------------- numbers
@@ -548,10 +544,6 @@ class Results:
         return out
 
 
-def machine() -> str:
-    return f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
-
-
 def round_sizes(n: int, rounds: int) -> list[int]:
     return [n // rounds + (1 if i < n % rounds else 0) for i in range(rounds)]
 
@@ -586,29 +578,6 @@ def measure(results: Results, floor: Floor, daemon: DaemonSide, quiet: bool) -> 
                 f"round {index + 1}/{results.rounds}: {side:6} {size} dynos up and down "
                 f"in {time.monotonic() - began:.1f} s",
             )
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Cleanup is bounded (30 s for the daemon at worst): a second Ctrl-C must not cut it short."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def run(n: int, rounds: int, warmup: int, quiet: bool) -> tuple[Results, list[str]]:
