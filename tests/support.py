@@ -33,8 +33,15 @@ PYTHON = "/usr/bin/python3"  # dynos run the system's python: the venv may not b
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
+# Every prefix this test run handed out: on a shared machine (DYNOD_TESTS_SHARED=1) the suite's
+# leak check looks only at objects that carry one of them.
+MADE_PREFIXES: set[str] = set()
+
+
 def unique_prefix() -> str:
-    return "tst" + secrets.token_hex(2)[:3]
+    prefix = "tst" + secrets.token_hex(2)[:3]
+    MADE_PREFIXES.add(prefix)
+    return prefix
 
 
 def free_port() -> int:
