@@ -67,6 +67,7 @@ class Request:
     body: Any
     uid: int
     gid: int
+    body_error: DynodError | None = None  # the body could not be read as JSON: why
 
 
 @dataclass
@@ -160,12 +161,9 @@ class ApiServer:
             elif isinstance(event, h11.EndOfMessage):
                 break
         assert head is not None
-        url = urllib.parse.urlsplit(head.target.decode())
+        url = urllib.parse.urlsplit(head.target.decode("utf-8", "replace"))
         path = url.path.strip("/")
-        try:
-            parsed = json.loads(body) if body else {}
-        except ValueError:
-            parsed = None
+        parsed, body_error = _parse_json(body)
         return Request(
             head.method.decode(),
             # split before decoding (a %2F stays in its segment); an empty inner segment stays,
@@ -175,6 +173,7 @@ class ApiServer:
             parsed,
             uid,
             gid,
+            body_error,
         )
 
     async def _send(
@@ -230,8 +229,8 @@ class ApiServer:
                 stream.on_close()
 
     async def _dispatch(self, request: Request) -> Answer:
-        if request.body is None:
-            return 400, {"error": "the request body is not JSON", "fix": "send a JSON object"}
+        if request.body_error is not None:
+            return 400, request.body_error.to_json()
         try:
             return await self._route(request)
         except DynodError as exc:
@@ -356,6 +355,8 @@ class ApiServer:
 
     async def _run(self, r: Request, app: str) -> Answer:
         body = dict(r.body) if isinstance(r.body, dict) else {}
+        if "detach" in body:  # missing means detached; anything but a JSON boolean is refused
+            _flag(body, "detach", required=True)
         body["app"] = app
         dyno = await self.daemon.run_dyno(body, r.uid, r.gid)
         if dyno.detached:
@@ -438,6 +439,21 @@ class ApiServer:
                     yield f"{line}\n".encode()
 
         return Stream("text/plain; charset=utf-8", chunks)
+
+
+def _parse_json(body: bytes) -> tuple[Any, DynodError | None]:
+    """The body as JSON (an empty body is {}), or the reason it is not."""
+    if not body:
+        return {}, None
+    try:
+        return json.loads(body), None
+    except RecursionError:  # "[[[[...": Python's parser recurses once per level
+        return None, DynodError(
+            "the request body is JSON nested too deeply",
+            "send a JSON object with the endpoint's fields, nested a few levels at most",
+        )
+    except ValueError:
+        return None, DynodError("the request body is not JSON", "send a JSON object")
 
 
 def _match(pattern: tuple[str, ...], path: list[str]) -> list[str] | None:
