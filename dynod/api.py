@@ -41,6 +41,7 @@ import json
 import os
 import socket
 import struct
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
     from dynod.daemon import Daemon
 
 MAX_BODY = 1 << 20
+IDLE_TIMEOUT = 300.0  # seconds a kept-alive connection may wait before its next request
+REQUEST_TIMEOUT = 30.0  # seconds a request, once begun, has to arrive whole
 OUTPUT_POLL = 0.05  # seconds between looks at a foreground dyno's output
 
 
@@ -89,6 +92,8 @@ class ApiServer:
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._table = self._routes()
+        self.idle_timeout = IDLE_TIMEOUT
+        self.request_timeout = REQUEST_TIMEOUT
 
     async def start(self, path: str, group: int | None) -> None:
         old_umask = os.umask(0o177)
@@ -140,12 +145,21 @@ class ApiServer:
     async def _read_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader, uid: int, gid: int
     ) -> Request | None:
+        """The next request, or None: the client closed, idled, or was too slow to send it (a
+        connection never ties up the daemon for long)."""
         head: h11.Request | None = None
         body = b""
+        deadline: float | None = None
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                data = await reader.read(65536)
+                if deadline is None and (head is not None or conn.trailing_data[0]):
+                    deadline = time.monotonic() + self.request_timeout
+                wait = self.idle_timeout if deadline is None else deadline - time.monotonic()
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), max(wait, 0.0))
+                except TimeoutError:
+                    return None
                 conn.receive_data(data)
                 if not data and conn.their_state is h11.IDLE:
                     return None

@@ -478,8 +478,10 @@ def run_api(tmp_path: Path) -> Iterator[FakeApi]:
     loop.run_until_complete(server.start(path, None))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
+    fake = FakeApi(path, daemon)
+    fake.server = server  # type: ignore[attr-defined]
     try:
-        yield FakeApi(path, daemon)
+        yield fake
     finally:
         asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
@@ -513,4 +515,16 @@ def test_deeply_nested_json_is_a_400(run_api: FakeApi, kind: str) -> None:
         raise AssertionError(f"the API dropped the connection: {exc!r}") from None
     assert status == 400 and "nested too deeply" in answer["error"] and answer["fix"]
     # the connection and the server are fine afterwards
+    assert run_api.request("GET", "/v1/spaces") == (200, [])
+
+
+def test_a_partial_api_request_is_timed_out(run_api: FakeApi) -> None:
+    """A client that starts a request and never finishes it no longer holds its connection
+    (and a file of the daemon's) for ever."""
+    run_api.server.request_timeout = 0.3  # type: ignore[attr-defined]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(run_api.path)
+        sock.settimeout(3)
+        sock.sendall(b"POST /v1/spaces HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{")
+        assert sock.recv(100) == b""  # closed
     assert run_api.request("GET", "/v1/spaces") == (200, [])
