@@ -27,7 +27,10 @@ works as well as the CLI.
 
 Path segments are URL-decoded after the path is split, so a CIDR's slash travels as %2F. In the
 bodies of the space, app and feature endpoints, a missing field, one of the wrong JSON type and an
-unknown one are each a 400 that names the field.
+unknown one are each a 400 that names the field. A dyno's `detach` must be a JSON boolean (missing
+means true), and a root caller's `sudo_uid`/`sudo_gid` real IDs (0 means the daemon's
+--dyno-user, never root). A body that is not JSON, or is nested too deeply, is a 400. A request
+must arrive whole within 30 s of its first byte; an idle connection is closed after 300 s.
 
 Errors are JSON `{"error": ..., "fix": ...}` with a 4xx/5xx status. Access is the socket file's:
 root, and the `dynod` group when it exists.
