@@ -27,7 +27,10 @@ works as well as the CLI.
 
 Path segments are URL-decoded after the path is split, so a CIDR's slash travels as %2F. In the
 bodies of the space, app and feature endpoints, a missing field, one of the wrong JSON type and an
-unknown one are each a 400 that names the field.
+unknown one are each a 400 that names the field. A dyno's `detach` must be a JSON boolean (missing
+means true), and a root caller's `sudo_uid`/`sudo_gid` real IDs (0 means the daemon's
+--dyno-user, never root). A body that is not JSON, or is nested too deeply, is a 400. A request
+must arrive whole within 30 s of its first byte; an idle connection is closed after 300 s.
 
 Errors are JSON `{"error": ..., "fix": ...}` with a 4xx/5xx status. Access is the socket file's:
 root, and the `dynod` group when it exists.
@@ -41,6 +44,7 @@ import json
 import os
 import socket
 import struct
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +60,8 @@ if TYPE_CHECKING:
     from dynod.daemon import Daemon
 
 MAX_BODY = 1 << 20
+IDLE_TIMEOUT = 300.0  # seconds a kept-alive connection may wait before its next request
+REQUEST_TIMEOUT = 30.0  # seconds a request, once begun, has to arrive whole
 OUTPUT_POLL = 0.05  # seconds between looks at a foreground dyno's output
 
 
@@ -67,6 +73,7 @@ class Request:
     body: Any
     uid: int
     gid: int
+    body_error: DynodError | None = None  # the body could not be read as JSON: why
 
 
 @dataclass
@@ -88,6 +95,8 @@ class ApiServer:
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._table = self._routes()
+        self.idle_timeout = IDLE_TIMEOUT
+        self.request_timeout = REQUEST_TIMEOUT
 
     async def start(self, path: str, group: int | None) -> None:
         old_umask = os.umask(0o177)
@@ -139,12 +148,21 @@ class ApiServer:
     async def _read_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader, uid: int, gid: int
     ) -> Request | None:
+        """The next request, or None: the client closed, idled, or was too slow to send it (a
+        connection never ties up the daemon for long)."""
         head: h11.Request | None = None
         body = b""
+        deadline: float | None = None
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                data = await reader.read(65536)
+                if deadline is None and (head is not None or conn.trailing_data[0]):
+                    deadline = time.monotonic() + self.request_timeout
+                wait = self.idle_timeout if deadline is None else deadline - time.monotonic()
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), max(wait, 0.0))
+                except TimeoutError:
+                    return None
                 conn.receive_data(data)
                 if not data and conn.their_state is h11.IDLE:
                     return None
@@ -160,12 +178,9 @@ class ApiServer:
             elif isinstance(event, h11.EndOfMessage):
                 break
         assert head is not None
-        url = urllib.parse.urlsplit(head.target.decode())
+        url = urllib.parse.urlsplit(head.target.decode("utf-8", "replace"))
         path = url.path.strip("/")
-        try:
-            parsed = json.loads(body) if body else {}
-        except ValueError:
-            parsed = None
+        parsed, body_error = _parse_json(body)
         return Request(
             head.method.decode(),
             # split before decoding (a %2F stays in its segment); an empty inner segment stays,
@@ -175,6 +190,7 @@ class ApiServer:
             parsed,
             uid,
             gid,
+            body_error,
         )
 
     async def _send(
@@ -230,8 +246,8 @@ class ApiServer:
                 stream.on_close()
 
     async def _dispatch(self, request: Request) -> Answer:
-        if request.body is None:
-            return 400, {"error": "the request body is not JSON", "fix": "send a JSON object"}
+        if request.body_error is not None:
+            return 400, request.body_error.to_json()
         try:
             return await self._route(request)
         except DynodError as exc:
@@ -356,6 +372,8 @@ class ApiServer:
 
     async def _run(self, r: Request, app: str) -> Answer:
         body = dict(r.body) if isinstance(r.body, dict) else {}
+        if "detach" in body:  # missing means detached; anything but a JSON boolean is refused
+            _flag(body, "detach", required=True)
         body["app"] = app
         dyno = await self.daemon.run_dyno(body, r.uid, r.gid)
         if dyno.detached:
@@ -438,6 +456,21 @@ class ApiServer:
                     yield f"{line}\n".encode()
 
         return Stream("text/plain; charset=utf-8", chunks)
+
+
+def _parse_json(body: bytes) -> tuple[Any, DynodError | None]:
+    """The body as JSON (an empty body is {}), or the reason it is not."""
+    if not body:
+        return {}, None
+    try:
+        return json.loads(body), None
+    except RecursionError:  # "[[[[...": Python's parser recurses once per level
+        return None, DynodError(
+            "the request body is JSON nested too deeply",
+            "send a JSON object with the endpoint's fields, nested a few levels at most",
+        )
+    except ValueError:
+        return None, DynodError("the request body is not JSON", "send a JSON object")
 
 
 def _match(pattern: tuple[str, ...], path: list[str]) -> list[str] | None:

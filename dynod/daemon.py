@@ -30,7 +30,7 @@ from dynod.errors import DynodError, NotFound
 from dynod.firewall import DNS_PORT, INTERNAL_ROUTER_PORT
 from dynod.kernel import Kernel
 from dynod.logs import LogBook
-from dynod.router import Backend, Refused, Router
+from dynod.router import Backend, Refused, Router, raise_open_file_limit
 from dynod.state import App, Dyno, Space, State
 from dynod.supervisor import Supervisor
 from netns import namespace
@@ -76,6 +76,7 @@ class Daemon:
         # The kernel thread and the event loop hand the GIL to each other many times per dyno;
         # Python's default 5 ms switch interval would add up to that much to every handoff.
         sys.setswitchinterval(0.0005)
+        raise_open_file_limit()  # systemd's default soft limit, 1,024, is too few (issue 7)
         # Handlers first: a SIGTERM during start-up still ends in shutdown(), which removes
         # whatever start-up had made by then.
         loop = asyncio.get_running_loop()

@@ -54,6 +54,14 @@ thread (`dynod.dns_forward`).  `set_scope` replaces a scope's answers with one a
 assignment, which every thread sees at its next query: no lock on the query path, no rebinding
 of sockets (aardvark-dns#389), no moment without answers.  `close` shuts the sockets down,
 which wakes every blocked thread at once.
+
+Shares
+------
+One dyno must not starve another tenant's lookups.  TCP connections and forwarded queries in
+flight are bounded three ways: per source address (one dyno), per scope (one space, or the
+Common Runtime) and in total.  A dyno that holds every connection it may, or floods a slow
+domain, is refused beyond its own share (its extra connections are closed, its extra queries
+get SERVFAIL at once) while every other source keeps its own.
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
-from dynod.dns_forward import Address, Forwarder, Throttle, read_exact
+from dynod.dns_forward import Address, Forwarder, ShareKey, Shares, Throttle, read_exact
 from dynod.dns_wire import (
     BADVERS,
     NOTIMP,
@@ -92,6 +100,13 @@ READ_SIZE = 4096  # a query is small; a bigger datagram is cut and then fails to
 UDP_RECEIVE_BUFFER = 1 << 20  # absorbs bursts while the thread is busy (capped by rmem_max)
 MAX_CACHED_ASKERS = 65536  # source address -> scope; cleared when full
 TCP_BACKLOG = 128
+# Shares (see "Shares" above).  A share larger than the total is the total.
+MAX_TCP = 256
+MAX_TCP_PER_SCOPE = 64
+MAX_TCP_PER_SOURCE = 16
+MAX_INFLIGHT = 1000
+MAX_INFLIGHT_PER_SCOPE = 400
+MAX_INFLIGHT_PER_SOURCE = 100
 
 
 @dataclass(eq=False, slots=True)
@@ -128,18 +143,24 @@ class DnsServer:
         *,
         timeout: float = 2.0,
         log: Callable[[str], None] | None = None,
-        max_inflight: int = 1000,
-        max_tcp_connections: int = 128,
+        max_inflight: int = MAX_INFLIGHT,
+        max_inflight_per_scope: int = MAX_INFLIGHT_PER_SCOPE,
+        max_inflight_per_source: int = MAX_INFLIGHT_PER_SOURCE,
+        max_tcp_connections: int = MAX_TCP,
+        max_tcp_per_scope: int = MAX_TCP_PER_SCOPE,
+        max_tcp_per_source: int = MAX_TCP_PER_SOURCE,
         tcp_idle_timeout: float = 5.0,
     ) -> None:
         self._log = log or (lambda _text: None)
         self._report = Throttle(self._log)
         self._forwarder = Forwarder(
-            upstreams, timeout=timeout, max_inflight=max_inflight, report=self._report
+            upstreams,
+            timeout=timeout,
+            shares=Shares(max_inflight, max_inflight_per_scope, max_inflight_per_source),
+            report=self._report,
         )
         self._tcp_idle_timeout = tcp_idle_timeout
-        self._max_tcp = max_tcp_connections
-        self._tcp_connections = 0
+        self._tcp_shares = Shares(max_tcp_connections, max_tcp_per_scope, max_tcp_per_source)
         self._lock = threading.Lock()  # scopes, listeners, counters: never taken by queries
         self._scopes: dict[str, _Scope] = {}
         self._listeners: dict[str, _Listener] = {}
@@ -232,7 +253,7 @@ class DnsServer:
         totals["forwarded"] = self._forwarder.forwarded
         totals["servfail"] = self._forwarder.servfail
         totals["inflight"] = self._forwarder.inflight
-        totals["tcp_connections"] = self._tcp_connections
+        totals["tcp_connections"] = self._tcp_shares.total
         return totals
 
     # ------------------------------------------------------------------------- scopes
@@ -287,7 +308,7 @@ class DnsServer:
         return reply
 
     def _answer_udp(
-        self, data: bytes, zone: Zone, sock: socket.socket, client: Address, counters: _Counters
+        self, data: bytes, scope: _Scope, sock: socket.socket, client: Address, counters: _Counters
     ) -> bytes | None:
         """Everything the prepared answers do not cover.  None: nothing to send now (dropped,
         or forwarded: the forwarder thread sends the answer)."""
@@ -295,8 +316,8 @@ class DnsServer:
         if not isinstance(q, Query):
             return q
         if q.local:
-            return self._local(q, zone, udp_limit(q), counters)
-        return self._forwarder.forward_udp(q, sock, client)
+            return self._local(q, scope.zone, udp_limit(q), counters)
+        return self._forwarder.forward_udp(q, sock, client, (scope.name, client[0]))
 
     def _answer_tcp(
         self,
@@ -316,16 +337,13 @@ class DnsServer:
 
     # ---------------------------------------------------------------------- counters
 
-    def _take_tcp_slot(self) -> bool:
-        with self._lock:
-            if self._tcp_connections >= self._max_tcp:
-                return False
-            self._tcp_connections += 1
-            return True
+    def _scope_of(self, ip: str) -> _Scope:
+        return self._scope_by_ip.get(ip) or self._find_scope(ip)
 
-    def _release_tcp_slot(self) -> None:
-        with self._lock:
-            self._tcp_connections -= 1
+    def _take_tcp_slot(self, peer: str) -> ShareKey | None:
+        """The share a new TCP connection from `peer` takes, or None: its share is full."""
+        key = (self._scope_of(peer).name, peer)
+        return key if self._tcp_shares.take(key) else None
 
     def _new_counters(self) -> _Counters:
         counters = _Counters()
@@ -420,14 +438,13 @@ class _Listener:
                 counters.queries += 1
                 try:
                     scope = server._scope_by_ip.get(client[0]) or server._find_scope(client[0])
-                    zone = scope.zone
-                    prepared = zone.prepared.get(data[2:].lower())
+                    prepared = scope.zone.prepared.get(data[2:].lower())
                     if prepared is not None:
                         head, sections, turn = prepared
                         section = sections[next(turn) % len(sections)]
                         sendto(data[:2] + head + data[12:] + section, client)
                         continue
-                    reply = server._answer_udp(data, zone, sock, client, counters)
+                    reply = server._answer_udp(data, scope, sock, client, counters)
                     if reply is not None:
                         sendto(reply, client)
                 except Exception as exc:  # one bad packet costs that packet only
@@ -452,15 +469,19 @@ class _Listener:
                 server._report("accept", f"{self.address}: accepting TCP: {exc}")
                 time.sleep(0.05)
                 continue
-            if not server._take_tcp_slot():
-                server._report("tcp full", f"{server._max_tcp} TCP connections: refusing more")
+            share = server._take_tcp_slot(peer[0])
+            if share is None:
+                server._report(
+                    f"tcp full {peer[0]}",
+                    f"TCP connections from {peer[0]} (or its network) over its share: refusing",
+                )
                 conn.close()
                 continue
             if not self._track(conn, True):
-                server._release_tcp_slot()
+                server._tcp_shares.release(share)
                 conn.close()
                 continue
-            self._spawn(self._serve_tcp, "tcp", conn, peer[0])
+            self._spawn(self._serve_tcp, "tcp", conn, peer[0], share)
 
     def _track(self, sock: socket.socket, on: bool) -> bool:
         """Register (or forget) a socket that stop() must shut down.  False once closing."""
@@ -473,7 +494,7 @@ class _Listener:
             self._tracked.add(sock)
             return True
 
-    def _serve_tcp(self, conn: socket.socket, peer: str) -> None:
+    def _serve_tcp(self, conn: socket.socket, peer: str, share: ShareKey) -> None:
         """Queries one after the other on one connection (RFC 7766), until the client closes,
         is idle for tcp_idle_timeout, or the listener stops."""
         server = self.server
@@ -497,7 +518,7 @@ class _Listener:
         finally:
             self._track(conn, False)
             conn.close()
-            server._release_tcp_slot()
+            server._tcp_shares.release(share)
             server._retire(counters)
 
 

@@ -38,6 +38,58 @@ READ_SIZE = 65535
 
 Address = Any  # a socket address as the socket module gives it: (host, port[, flow, scope])
 Track = Callable[[socket.socket, bool], bool]
+ShareKey = tuple[str, str]  # (scope, source address)
+
+
+class Shares:
+    """Counts of something held (connections, queries in flight) in total, per scope and per
+    source, each with its own limit, so that one source, or one scope, cannot take it all.
+    Thread safe."""
+
+    def __init__(self, total: int, per_scope: int, per_source: int) -> None:
+        self.limits = (total, min(per_scope, total), min(per_source, per_scope, total))
+        self.total = 0
+        self._lock = threading.Lock()
+        self._scopes: dict[str, int] = {}
+        self._sources: dict[str, int] = {}
+
+    def take(self, key: ShareKey) -> bool:
+        """Count one more for `key`; False (nothing counted) when any of its limits is full."""
+        scope, source = key
+        total, per_scope, per_source = self.limits
+        with self._lock:
+            if (
+                self.total >= total
+                or self._scopes.get(scope, 0) >= per_scope
+                or self._sources.get(source, 0) >= per_source
+            ):
+                return False
+            self.total += 1
+            self._scopes[scope] = self._scopes.get(scope, 0) + 1
+            self._sources[source] = self._sources.get(source, 0) + 1
+            return True
+
+    def release(self, key: ShareKey) -> None:
+        scope, source = key
+        with self._lock:
+            self.total -= 1
+            _decrement(self._scopes, scope)
+            _decrement(self._sources, source)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.total = 0
+            self._scopes.clear()
+            self._sources.clear()
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    """One less; a key at zero is removed, so the dicts hold only sources holding something."""
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 class Throttle:
@@ -117,6 +169,7 @@ class _Pending:
     client: Address
     deadline: float
     order: list[int]  # indexes of the upstreams to try, in order
+    share: ShareKey  # whose share of the queries in flight it takes
     attempt: int = 0
 
 
@@ -126,12 +179,12 @@ class Forwarder:
         upstreams: Sequence[tuple[str, int]],
         *,
         timeout: float,
-        max_inflight: int,
+        shares: Shares,
         report: Throttle,
     ) -> None:
         self._upstreams = [upstream(host, port) for host, port in upstreams]
         self._timeout = timeout
-        self._max_inflight = max_inflight
+        self._shares = shares  # of the queries in flight, by scope and source
         self._report = report
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
@@ -161,18 +214,24 @@ class Forwarder:
 
     # ------------------------------------------------------------------------------- UDP
 
-    def forward_udp(self, q: Query, reply_to: socket.socket, client: Address) -> bytes | None:
+    def forward_udp(
+        self, q: Query, reply_to: socket.socket, client: Address, share: ShareKey
+    ) -> bytes | None:
         """Send `q` upstream; the answer goes to `client` later.  Returns an immediate reply
-        instead when the query cannot be forwarded (SERVFAIL)."""
+        instead when the query cannot be forwarded (SERVFAIL), also when `share` (the asker's
+        scope and address) already has its share of the queries in flight."""
         if not self._upstreams or self._closed:
             self._count_servfail()
             return empty_reply(q, SERVFAIL)
         now = time.monotonic()
         with self._lock:
-            pending = self._register(q, reply_to, client, now)
+            pending = self._register(q, reply_to, client, now, share)
             wake = pending is not None and self._schedule(pending, now)
         if pending is None:  # the log is called with no lock held: it may be slow
-            self._report("inflight", f"{self._max_inflight} queries in flight: SERVFAIL")
+            self._report(
+                f"inflight {share[1]}",
+                f"queries in flight from {share[1]} (or its network) over its share: SERVFAIL",
+            )
             return empty_reply(q, SERVFAIL)
         self._send(pending)
         if wake:
@@ -180,10 +239,11 @@ class Forwarder:
         return None
 
     def _register(
-        self, q: Query, reply_to: socket.socket, client: Address, now: float
+        self, q: Query, reply_to: socket.socket, client: Address, now: float, share: ShareKey
     ) -> _Pending | None:
-        """A new pending query (lock held); None (counted as SERVFAIL) when too many are."""
-        if len(self._pending) >= self._max_inflight:
+        """A new pending query (lock held); None (counted as SERVFAIL) when too many are, in
+        total or of its share."""
+        if not self._shares.take(share):
             self.servfail += 1
             return None
         uid = self._new_id()
@@ -195,6 +255,7 @@ class Forwarder:
             client=client,
             deadline=now + self._timeout,
             order=self._order(),
+            share=share,
         )
         self._pending[uid] = pending
         self.forwarded += 1
@@ -308,7 +369,7 @@ class Forwarder:
                 self._schedule(pending, time.monotonic())
                 retry = pending
             else:
-                del self._pending[uid]
+                self._done(pending)
                 self._preferred = index
         if retry is not None:
             self._send(retry)
@@ -316,6 +377,11 @@ class Forwarder:
         reply = _client_view(data, question, pending.q.data[:2])
         with contextlib.suppress(OSError):  # the asker's address is gone, or unlisten() ran
             pending.reply_to.sendto(reply, pending.client)
+
+    def _done(self, pending: _Pending) -> None:
+        """Forget an answered or failed query (lock held), giving back its share."""
+        del self._pending[pending.uid]
+        self._shares.release(pending.share)
 
     def _sender(self, pending: _Pending, source: Address) -> int | None:
         for index in pending.order[: pending.attempt + 1]:
@@ -339,7 +405,7 @@ class Forwarder:
                     self._schedule(pending, now)
                     resend.append(pending)
                 else:
-                    del self._pending[uid]
+                    self._done(pending)
                     self.servfail += 1
                     failed.append(pending)
         for label in silent:
@@ -413,6 +479,7 @@ class Forwarder:
         with self._lock:
             self._pending.clear()
             self._deadlines.clear()
+            self._shares.clear()
         self._close_fds()
 
     def _close_fds(self) -> None:

@@ -15,8 +15,10 @@ APP_NAME = re.compile(r"^[a-z][a-z0-9-]{1,28}[a-z0-9]$")
 PROCESS_TYPE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 DYNO_NAME = re.compile(r"^([A-Za-z0-9_-]{1,128})\.([1-9][0-9]{0,5})$")
 PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
-# Heroku's Platform API rule for space names: no leading, trailing or doubled dash.
+# Heroku's Platform API rule for space names: no leading, trailing or doubled dash.  The API
+# schema gives no maximum length; dynod takes Heroku's app name limit, 30 characters.
 SPACE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-))+[a-z0-9]$")
+SPACE_NAME_MAX = 30
 # A space's range: a /16 of a private (RFC 1918) block, as on Heroku.
 SPACE_PREFIXLEN = 16
 PRIVATE_BLOCKS = tuple(
@@ -85,11 +87,12 @@ def parse_procfile(text: str) -> dict[str, str]:
 
 
 def check_space(name: str) -> str:
-    if not SPACE_NAME.fullmatch(name or ""):
+    if not SPACE_NAME.fullmatch(name or "") or len(name) > SPACE_NAME_MAX:
+        shown = repr(name) if len(name or "") <= 40 else f"{name[:40]!r}... ({len(name)} chars)"
         raise DynodError(
-            f"invalid space name {name!r}",
-            "use at least 3 characters: lowercase letters, digits and single dashes, "
-            "starting and ending with a letter or digit (e.g. acme or acme-prod)",
+            f"invalid space name {shown}",
+            f"use 3 to {SPACE_NAME_MAX} characters: lowercase letters, digits and single "
+            "dashes, starting and ending with a letter or digit (e.g. acme or acme-prod)",
         )
     return name
 

@@ -27,6 +27,18 @@ Design
   be set up, e.g. ``SO_MARK`` without CAP_NET_ADMIN).
 * ``Expect: 100-continue`` is passed to the dyno and its ``100 Continue`` relayed, so the
   dyno (not the router) decides whether it wants the body, as RFC 9110 intends for proxies.
+* A request body the client frames badly (a malformed chunk size) is H25 "HTTP Restriction":
+  400 to the client, the dyno's connection dropped.
+* Resources: each client address may hold ``max_client_connections`` connections, and all
+  clients together ``max_connections`` (by default what the open file limit leaves room for,
+  two descriptors each: client and dyno); connections beyond are closed at once.  A keep-alive
+  connection may idle ``idle_timeout`` before a request, and a request head, once begun, must be
+  whole within ``head_timeout`` (slowloris): else 408, logged as H28.
+* Routing goes by ``Host``, or by the authority of an absolute-form target
+  (``GET http://other.localhost/ HTTP/1.1``), which overrides Host (RFC 9112 3.2.2); the dyno
+  gets the origin-form (``GET / HTTP/1.1``) and a Host naming that authority.  Names listed in
+  ``Connection`` are dropped as hop-by-hop, except Host and Content-Length, which the request
+  cannot do without.
 * Unknown apps (``resolve`` returns None, or the Host is not ``*.localhost``) get a 404
   "no such app" and are logged ``at=info ... status=404`` with empty dyno/connect/service/
   bytes, because nothing went wrong inside the platform.  Malformed requests get h11's
@@ -53,6 +65,7 @@ import http
 import itertools
 import logging
 import re
+import resource
 import socket
 import time
 import uuid
@@ -75,6 +88,8 @@ __all__ = [
     "hop_by_hop_names",
     "is_upgrade_request",
     "pick_request_id",
+    "raise_open_file_limit",
+    "split_absolute_form",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -84,6 +99,13 @@ READ_SIZE = 65536
 DISCARD_LIMIT = 1 << 20
 # Upper bound for flushing our last bytes / reading the client's leftovers before closing.
 CLOSE_GRACE = 1.0
+# Connections one client address may hold at once (a browser opens 6 per host).
+MAX_CLIENT_CONNECTIONS = 64
+# Open files kept for everything but the router's connections: the API, DNS (its TCP
+# connections and their upstream sockets), state, logs, namespaces, dynos' output files.
+FD_RESERVE = 768
+# The daemon's open file limit (`ulimit -n`), raised at start-up from systemd's default 1,024.
+OPEN_FILES = 65536
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -118,6 +140,7 @@ H17 = HerokuError("H17", "Poorly formatted HTTP response")
 H18 = HerokuError("H18", "Server Request Interrupted")
 H19 = HerokuError("H19", "Backend connection timeout")
 H27 = HerokuError("H27", "Client Request Interrupted", 499)
+H25 = HerokuError("H25", "HTTP Restriction", 400)
 H28 = HerokuError("H28", "Client Connection Idle", 499)
 H99 = HerokuError("H99", "Platform error")
 
@@ -255,11 +278,17 @@ def is_upgrade_request(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return bool(_values(headers, b"upgrade")) and b"upgrade" in _tokens(headers, b"connection")
 
 
+# Names a sender may list in Connection that a proxy must still pass on: without Host a request
+# cannot be sent at all, without Content-Length its body would be lost (RFC 9110 7.6.1: such
+# fields are never meant as connection options).
+_NEVER_HOP_BY_HOP = frozenset({b"host", b"content-length"})
+
+
 def _end_to_end(
     headers: Sequence[tuple[bytes, bytes]], upgrade: bool, drop: Iterable[bytes]
 ) -> Headers:
     """Copy without hop-by-hop headers; for an upgrade, re-add Upgrade + Connection: Upgrade."""
-    dropped = hop_by_hop_names(headers) | set(drop)
+    dropped = (hop_by_hop_names(headers) - _NEVER_HOP_BY_HOP) | set(drop)
     out = [(name, value) for name, value in headers if name.lower() not in dropped]
     if upgrade:
         out += [(b"Connection", b"Upgrade"), (b"Upgrade", b", ".join(_values(headers, b"upgrade")))]
@@ -333,6 +362,55 @@ def app_from_host(host: str) -> str | None:
     return app
 
 
+_ABSOLUTE_FORM = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([^#]*)")
+
+
+def split_absolute_form(method: bytes, target: bytes) -> tuple[bytes, bytes] | None:
+    """``http://other.localhost/x?y`` -> (``other.localhost``, ``/x?y``): the authority that
+    replaces Host and the origin-form target for the dyno (RFC 9112 3.2.2; an empty path is
+    ``/``, or ``*`` for OPTIONS, 3.2.4).  None for a target that is not absolute-form.
+    ValueError for one the router cannot take: not http(s), no host, or user info."""
+    match = _ABSOLUTE_FORM.fullmatch(target)
+    if match is None or method == b"CONNECT":
+        return None
+    scheme, authority, rest = match.groups()
+    if scheme.lower() not in (b"http", b"https"):
+        raise ValueError(f"the scheme {scheme.decode('ascii', 'replace')} is not HTTP")
+    if not authority or b"@" in authority:
+        raise ValueError("the target has no host, or has user info")
+    if not rest:
+        rest = b"*" if method == b"OPTIONS" else b"/"
+    elif not rest.startswith(b"/"):
+        rest = b"/" + rest  # "http://a.localhost?q" is the path "/" and the query "q"
+    return authority, rest
+
+
+def raise_open_file_limit(want: int = OPEN_FILES) -> int:
+    """``ulimit -n WANT`` for the daemon (and ``ulimit -Hn WANT`` first when the hard limit is
+    lower, as root may): every client connection costs the router two open files, and the API
+    and DNS share the same table.  Never lowers a limit.  Returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    if soft == infinite or soft >= want:
+        return soft
+    if hard != infinite and hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want
+        except (ValueError, OSError):  # not root, or above fs.nr_open: as far as allowed
+            want = hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return want
+
+
+def _connection_limit() -> int:
+    """How many client connections the open file limit leaves room for (two files each)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = OPEN_FILES
+    return max(16, (soft - FD_RESERVE) // 2)
+
+
 def _peer_ip(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
     ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
@@ -375,6 +453,10 @@ class _ClientGone(Exception):
     def __init__(self, error: HerokuError | None) -> None:
         super().__init__(error.code if error else "client gone")
         self.error = error
+
+
+class _BadBody(Exception):
+    """The client's request body broke HTTP's framing (a malformed chunk size): H25, 400."""
 
 
 H11Event = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
@@ -466,12 +548,20 @@ class Router:
         idle_timeout: float = 55.0,
         socket_mark: int | None = None,
         source_address: str | None = None,
+        head_timeout: float = 30.0,
+        max_client_connections: int = MAX_CLIENT_CONNECTIONS,
+        max_connections: int | None = None,
     ) -> None:
         self._resolve = resolve
         self._log = log
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
         self.idle_timeout = idle_timeout
+        self.head_timeout = head_timeout  # a request head, once begun, is whole by then
+        self.max_client_connections = max_client_connections
+        self.max_connections = max_connections  # None: what the open file limit allows
+        self._by_client: dict[str, int] = {}  # open connections per client address
+        self._refused_at: dict[str, float] = {}  # when a refusal was last logged, per client
         self.socket_mark = socket_mark
         self.source_address = source_address
         self.port = 0  # the bound port, set by start()
@@ -521,7 +611,8 @@ class Router:
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if self._closing or task is None:
+        client_ip = _peer_ip(writer)
+        if self._closing or task is None or not self._admit(client_ip):
             writer.transport.abort()
             return
         self._tasks.add(task)
@@ -529,6 +620,35 @@ class Router:
             await self._serve(_Peer(h11.Connection(h11.SERVER), reader, writer))
         finally:
             self._tasks.discard(task)
+            left = self._by_client[client_ip] - 1
+            if left:
+                self._by_client[client_ip] = left
+            else:
+                del self._by_client[client_ip]
+
+    def _admit(self, client_ip: str) -> bool:
+        """Count a new connection of `client_ip`, or refuse it: over the client's share, or
+        over what the open file limit leaves room for (so the API stays usable)."""
+        limit = self.max_connections or _connection_limit()
+        held = self._by_client.get(client_ip, 0)
+        if held < self.max_client_connections and len(self._tasks) < limit:
+            self._by_client[client_ip] = held + 1
+            return True
+        now = time.monotonic()
+        if now - self._refused_at.get(client_ip, -60.0) >= 10:  # one line per client per 10 s
+            if len(self._refused_at) > 4096:
+                self._refused_at.clear()
+            self._refused_at[client_ip] = now
+            _logger.warning(
+                "router: refusing connections from %s: it holds %d (at most %d per client), "
+                "%d in all (at most %d)",
+                client_ip,
+                held,
+                self.max_client_connections,
+                len(self._tasks),
+                limit,
+            )
+        return False
 
     async def _serve(self, client: _Peer) -> None:
         client_ip = _peer_ip(client.writer)
@@ -547,27 +667,46 @@ class Router:
     async def _serve_one(self, client: _Peer, client_ip: str) -> bool:
         """Handle the next request on the connection; True if another one may follow."""
         try:
-            event = await client.next_event(timeout=self.idle_timeout)
+            event = await self._next_request(client)
         except h11.RemoteProtocolError as exc:
-            await self._reject_malformed(client, client_ip, exc)
+            await self._reject(client, client_ip, exc.error_status_hint, None)
             return False
         except TimeoutError:
-            return False  # idle keep-alive connection
+            if client.conn.trailing_data[0]:  # a request begun but not finished: slowloris
+                await self._reject(client, client_ip, 408, H28)
+            return False  # else an idle keep-alive connection: just close
         if not isinstance(event, h11.Request):
             return False  # ConnectionClosed (or PAUSED on a broken pipeline)
         keep = await self._handle_request(client, event, client_ip)
         conn = client.conn
         return keep and conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
-    async def _reject_malformed(
-        self, client: _Peer, client_ip: str, exc: h11.RemoteProtocolError
+    async def _next_request(self, client: _Peer) -> H11Event:
+        """The next request head: the client may idle ``idle_timeout`` before it starts, and
+        must finish it within ``head_timeout`` of the first byte (TimeoutError otherwise)."""
+        deadline = None
+        while True:
+            event = client.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if deadline is None and client.conn.trailing_data[0]:
+                deadline = time.monotonic() + self.head_timeout
+            wait = self.idle_timeout if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                raise TimeoutError
+            data = await asyncio.wait_for(client.reader.read(READ_SIZE), wait)
+            client.saw_eof = client.saw_eof or not data
+            client.conn.receive_data(data)
+
+    async def _reject(
+        self, client: _Peer, client_ip: str, status: int, error: HerokuError | None
     ) -> None:
-        entry = RequestLog(
-            request_id=str(uuid.uuid4()), fwd=client_ip, status=exc.error_status_hint
-        )
+        """Answer a request the router cannot read (malformed, or too slow) and log it."""
+        entry = RequestLog(request_id=str(uuid.uuid4()), fwd=client_ip, status=status)
+        entry.error = error
         try:
             if client.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                body = b"bad request\n"
+                body = _reason(status).lower() + b"\n"  # "bad request", "request timeout"
                 await client.send(
                     h11.Response(
                         status_code=entry.status,
@@ -589,16 +728,29 @@ class Router:
 
     async def _handle_request(self, client: _Peer, request: h11.Request, client_ip: str) -> bool:
         raw = list(request.headers.raw_items())
+        target = request.target
+        try:
+            absolute = split_absolute_form(request.method, target)
+        except ValueError as exc:
+            absolute, bad_target = None, f"{exc}\n".encode()
+        else:
+            bad_target = None
+        if absolute is not None:
+            # The absolute-form's authority overrides Host; the dyno gets a Host naming it.
+            authority, target = absolute
+            raw = [(b"Host", authority)] + [(k, v) for k, v in raw if k.lower() != b"host"]
         host = b", ".join(_values(raw, b"host")).decode("latin-1")
         entry = RequestLog(
             method=request.method.decode("ascii", "replace"),
-            path=request.target.decode("ascii", "backslashreplace"),
+            path=target.decode("ascii", "backslashreplace"),
             host=(host.rsplit(":", 1)[0] if not host.startswith("[") else host).lower(),
             request_id=pick_request_id(raw),
             fwd=client_ip,
         )
         try:
-            return await self._route(client, request, raw, entry)
+            if bad_target is not None:
+                return await self._answer_locally(client, entry, 400, None, bad_target)
+            return await self._route(client, request, raw, entry, target)
         except asyncio.CancelledError:
             entry.emitted = True  # router shutting down: not a request outcome worth logging
             raise
@@ -606,7 +758,7 @@ class Router:
             self._emit(entry)
 
     async def _route(
-        self, client: _Peer, request: h11.Request, raw: Headers, entry: RequestLog
+        self, client: _Peer, request: h11.Request, raw: Headers, entry: RequestLog, target: bytes
     ) -> bool:
         arrived_ms = _now_ms()
         app = app_from_host(entry.host) if request.method != b"CONNECT" else None
@@ -639,7 +791,7 @@ class Router:
                 request_start_ms=arrived_ms,
                 request_id=entry.request_id,
             )
-            outgoing = h11.Request(method=request.method, target=request.target, headers=headers)
+            outgoing = h11.Request(method=request.method, target=target, headers=headers)
             return await self._exchange(client, peer, outgoing, entry)
         finally:
             await _close_writer(peer.writer)
@@ -757,6 +909,10 @@ class Router:
             if gone.error is not None:
                 entry.status, entry.error = gone.error.status, gone.error
             return False
+        except _BadBody:
+            entry.status, entry.error = H25.status, H25
+            await self._send_error_page(client, H25.status, H25)
+            return False
         except _Fail as fail:
             entry.error = fail.error
             entry.status = fail.error.status
@@ -778,7 +934,11 @@ class Router:
                     event = await ex.client.next_event(timeout=self.idle_timeout)
                 except TimeoutError as exc:
                     raise _ClientGone(H28) from exc
-                except (h11.RemoteProtocolError, OSError) as exc:
+                except h11.RemoteProtocolError as exc:
+                    if ex.client.saw_eof:  # the client went away mid-body
+                        raise _ClientGone(H27) from exc
+                    raise _BadBody() from exc
+                except OSError as exc:
                     raise _ClientGone(H27) from exc
                 if isinstance(event, h11.Data):
                     out: h11.Event = h11.Data(data=event.data)
@@ -808,7 +968,7 @@ class Router:
                 await asyncio.wait({read, ex.upload}, return_when=asyncio.FIRST_COMPLETED)
             if not read.done():
                 failure = None if ex.upload.cancelled() else ex.upload.exception()
-                if isinstance(failure, _ClientGone):
+                if isinstance(failure, _ClientGone | _BadBody):
                     raise failure
                 left = ex.upload_done_at + self.response_timeout - time.monotonic()
                 done, _ = await asyncio.wait({read}, timeout=max(left, 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import pwd
 import socket
 import threading
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from dynod import names
+from dynod import launch, names
 from dynod.api import ApiServer
 from dynod.cli import main
 from dynod.client import api_path
@@ -424,3 +425,106 @@ def test_api_refusals(
     got, answer = api.request(method, path, body)
     assert got == status and problem in answer["error"] and answer["fix"], answer
     assert not api.daemon.calls
+
+
+# ---------------------------------------------------------------- issue 7 item 8: API edge cases
+
+
+def test_space_names_are_at_most_30_characters() -> None:
+    assert names.check_space("a" * 30) == "a" * 30
+    for bad in ("a" * 31, "a" * 10_000):
+        with pytest.raises(DynodError) as err:
+            names.check_space(bad)
+        assert "invalid space name" in err.value.problem and "3 to 30 characters" in err.value.fix
+        assert len(err.value.problem) < 100  # a huge name is not echoed whole
+
+
+@pytest.mark.parametrize("bad", [-1, True, False, 1.5, "1000", [1000], 1 << 32, 0xFFFFFFFF])
+def test_sudo_ids_must_be_real_ids(bad: Any) -> None:
+    for field in ("sudo_uid", "sudo_gid"):
+        request = {"sudo_uid": 1000, "sudo_gid": 1000, field: bad}
+        with pytest.raises(DynodError) as err:
+            launch.dyno_user(request, 0, 0, "nobody")
+        assert repr(field) in err.value.problem and err.value.fix and err.value.status == 400
+
+
+def test_sudo_uid_never_gives_root() -> None:
+    nobody = pwd.getpwnam("nobody")
+    assert launch.dyno_user({"sudo_uid": 1000, "sudo_gid": 1001}, 0, 0, "nobody") == (1000, 1001)
+    # sudo called by root: the configured user, never uid 0
+    assert launch.dyno_user({"sudo_uid": 0, "sudo_gid": 0}, 0, 0, "nobody") == (
+        nobody.pw_uid,
+        nobody.pw_gid,
+    )
+    assert launch.dyno_user({}, 0, 0, "nobody") == (nobody.pw_uid, nobody.pw_gid)
+    # a caller that is not root runs its dynos as itself, whatever it sends
+    assert launch.dyno_user({"sudo_uid": 5, "sudo_gid": 5}, 1000, 1000, "nobody") == (1000, 1000)
+
+
+class RunDaemon(FakeDaemon):
+    """Refuses every run after recording it: the tests check what reaches the daemon."""
+
+    async def run_dyno(self, request: dict[str, Any], uid: int, gid: int) -> Any:
+        self.calls.append(("run_dyno", request))
+        raise DynodError("fake daemon: not running dynos", "")
+
+
+@pytest.fixture
+def run_api(tmp_path: Path) -> Iterator[FakeApi]:
+    daemon = RunDaemon()
+    server = ApiServer(daemon)  # type: ignore[arg-type]
+    path = str(tmp_path / "api.sock")
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(server.start(path, None))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    fake = FakeApi(path, daemon)
+    fake.server = server  # type: ignore[attr-defined]
+    try:
+        yield fake
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+@pytest.mark.parametrize("bad", ['"no"', '"false"', "0", "1", "null", "[]"])
+def test_detach_must_be_a_json_boolean(run_api: FakeApi, bad: str) -> None:
+    body = f'{{"type": "web", "command": "true", "detach": {bad}}}'.encode()
+    status, answer = run_api.request("POST", "/v1/apps/sushi/dynos", body)
+    assert status == 400 and "'detach'" in answer["error"] and answer["fix"]
+    assert run_api.daemon.calls == []  # refused before the daemon is asked
+    for good in ("true", "false"):
+        body = f'{{"type": "web", "command": "true", "detach": {good}}}'.encode()
+        run_api.request("POST", "/v1/apps/sushi/dynos", body)
+        assert run_api.daemon.calls[-1][1]["detach"] is (good == "true")
+
+
+def nested(depth: int, kind: str) -> bytes:
+    if kind == "array":
+        return b"[" * depth + b"]" * depth
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+@pytest.mark.parametrize("kind", ["array", "object"])
+def test_deeply_nested_json_is_a_400(run_api: FakeApi, kind: str) -> None:
+    try:
+        status, answer = run_api.request("POST", "/v1/spaces", nested(50_000, kind))
+    except (ConnectionError, http.client.HTTPException) as exc:
+        raise AssertionError(f"the API dropped the connection: {exc!r}") from None
+    assert status == 400 and "nested too deeply" in answer["error"] and answer["fix"]
+    # the connection and the server are fine afterwards
+    assert run_api.request("GET", "/v1/spaces") == (200, [])
+
+
+def test_a_partial_api_request_is_timed_out(run_api: FakeApi) -> None:
+    """A client that starts a request and never finishes it no longer holds its connection
+    (and a file of the daemon's) for ever."""
+    run_api.server.request_timeout = 0.3  # type: ignore[attr-defined]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(run_api.path)
+        sock.settimeout(3)
+        sock.sendall(b"POST /v1/spaces HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{")
+        assert sock.recv(100) == b""  # closed
+    assert run_api.request("GET", "/v1/spaces") == (200, [])

@@ -818,3 +818,99 @@ def test_stats(make_server: MakeServer) -> None:
     stats = server.stats
     assert stats["queries"] == 4 and stats["nxdomain"] == 1 and stats["formerr"] == 1
     assert stats["servfail"] == 1 and stats["forwarded"] == 0 and stats["dropped"] == 0
+
+
+# ------------------------------------------------------------- shares: no tenant starves another
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_one_source_holding_tcp_connections_does_not_starve_another(
+    make_server: MakeServer,
+) -> None:
+    """Issue 7 item 4: one dyno held every TCP slot (128) with idle connections, and TCP lookups
+    from another space failed 20 of 20 times.  Now each source has its own share."""
+    server, address = make_server(tcp_idle_timeout=30)
+    hostile = "127.10.0.66"
+    held: list[socket.socket] = []
+    try:
+        for _ in range(140):
+            held.append(tcp_connect(address, hostile))
+        # the hostile source keeps its share only: the rest of its connections are closed
+        assert wait_until(lambda: server.stats["tcp_connections"] == 16), server.stats
+        time.sleep(0.2)
+        assert server.stats["tcp_connections"] == 16
+        for source in ("127.10.0.7", NO_SCOPE):  # same space, other source; another network
+            answers = [ask(address, WEB, tcp=True, source=source) for _ in range(20)]
+            assert all(len(addresses(a)) == 3 for a in answers if source == "127.10.0.7")
+            assert all(rcode(a) == "NXDOMAIN" for a in answers if source == NO_SCOPE)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_network_holding_tcp_connections_does_not_starve_another(
+    make_server: MakeServer,
+) -> None:
+    """Many sources of one network (a space's dynos) take at most the network's share."""
+    server, address = make_server(tcp_idle_timeout=30)
+    held: list[socket.socket] = []
+    try:
+        for n in range(10):  # 10 sources x 16 > the network's share of 64
+            held += [tcp_connect(address, f"127.10.1.{n + 1}") for _ in range(16)]
+        assert wait_until(lambda: server.stats["tcp_connections"] == 64), server.stats
+        time.sleep(0.2)
+        assert server.stats["tcp_connections"] == 64
+        for _ in range(20):
+            assert rcode(ask(address, WEB, tcp=True, source=IN_SCOPE_B)) == "NXDOMAIN"
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def flood(address: Address, source: str, count: int) -> socket.socket:
+    """Send `count` queries for slow.test (which the upstream never answers) from `source`."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((source, 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    for i in range(count):
+        sock.sendto(query("slow.test", qid=i), address)
+    return sock
+
+
+def test_a_slow_forward_flood_from_one_source_does_not_servfail_another(
+    make_server: MakeServer, upstream: FakeUpstream
+) -> None:
+    """Issue 7 item 4: one dyno querying a slow domain filled the 1,000 queries in flight, and
+    another space's lookups got SERVFAIL.  Now each source has its own share."""
+    server, address = make_server([upstream.address], timeout=5.0)
+    with flood(address, "127.10.0.66", 1000) as hostile:
+        assert wait_until(lambda: server.stats["queries"] >= 1000), server.stats
+        assert server.stats["inflight"] == 100  # its share; the other 900 got SERVFAIL at once
+        hostile.settimeout(2)
+        assert rcode(dnslib.DNSRecord.parse(hostile.recv(65535))) == "SERVFAIL"
+        for source in ("127.10.0.7", NO_SCOPE):
+            for _ in range(10):
+                assert addresses(ask(address, "example.test", source=source)) == ["192.0.2.1"]
+
+
+def test_a_slow_forward_flood_from_one_network_does_not_servfail_another(
+    make_server: MakeServer, upstream: FakeUpstream
+) -> None:
+    server, address = make_server([upstream.address], timeout=5.0)
+    sockets = [flood(address, f"127.10.2.{n + 1}", 150) for n in range(6)]
+    try:
+        assert wait_until(lambda: server.stats["queries"] >= 900), server.stats
+        assert server.stats["inflight"] == 400  # the network's share
+        for _ in range(10):
+            assert addresses(ask(address, "example.test", source=NO_SCOPE)) == ["192.0.2.1"]
+    finally:
+        for sock in sockets:
+            sock.close()

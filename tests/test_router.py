@@ -949,3 +949,187 @@ def test_close_cleans_up_open_connections() -> None:
                 await router.close()
 
     run(main())
+
+
+# ------------------------------------------------------------- issue 7: edge cases and limits
+
+
+def test_connection_listing_host_or_content_length_keeps_them() -> None:
+    """`Connection: Host` used to strip Host, and the request was dropped unanswered."""
+
+    async def main() -> None:
+        async with serve(echo_backend("web.1")) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps) as (router, lines):
+                raw = await _raw_exchange(
+                    router.port,
+                    b"GET / HTTP/1.1\r\nHost: sushi.localhost\r\nConnection: Host, close\r\n\r\n",
+                )
+                assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
+                body = raw.split(b"\r\n\r\n", 1)[1]
+                assert sent_headers(body)["host"] == "sushi.localhost"
+                raw = await _raw_exchange(
+                    router.port,
+                    b"POST / HTTP/1.1\r\nHost: sushi.localhost\r\nContent-Length: 5\r\n"
+                    b"Connection: content-length, close\r\n\r\nhello",
+                )
+                assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
+                assert json.loads(raw.split(b"\r\n\r\n", 1)[1])["body"] == "hello"
+                await wait_for_logs(lines, 2)
+                assert [fields(line)["status"] for line in lines] == ["200", "200"]
+
+    run(main())
+
+
+def test_absolute_form_target_routes_by_its_authority() -> None:
+    """RFC 9112 3.2.2: the absolute-form's authority overrides Host; the dyno gets the
+    origin-form and a Host naming that authority.  It used to be forwarded unchanged to the
+    app named by Host."""
+
+    async def main() -> None:
+        async with serve(echo_backend("sushi")) as sushi, serve(echo_backend("other")) as other:
+            apps = {
+                "sushi": [Backend("web.1", "127.0.0.1", sushi)],
+                "other": [Backend("web.1", "127.0.0.1", other)],
+            }
+            async with router_for(apps) as (router, lines):
+                raw = await _raw_exchange(
+                    router.port,
+                    b"GET http://Other.localhost:5000/x?y=1 HTTP/1.1\r\n"
+                    b"Host: sushi.localhost\r\nConnection: close\r\n\r\n",
+                )
+                assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
+                seen = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+                assert seen["dyno"] == "other" and seen["target"] == "/x?y=1"
+                hosts = [v for k, v in seen["headers"] if k.lower() == "host"]
+                assert hosts == ["Other.localhost:5000"]
+                for bad in (b"ftp://other.localhost/", b"http://user@other.localhost/"):
+                    raw = await _raw_exchange(
+                        router.port,
+                        b"GET "
+                        + bad
+                        + b" HTTP/1.1\r\nHost: sushi.localhost\r\nConnection: close\r\n\r\n",
+                    )
+                    assert raw.startswith(b"HTTP/1.1 400 "), raw[:200]
+                await wait_for_logs(lines, 3)
+                first = fields(lines[0])
+                assert (first["host"], first["path"], first["status"]) == (
+                    "other.localhost",
+                    "/x?y=1",
+                    "200",
+                )
+                assert [fields(line)["status"] for line in lines[1:]] == ["400", "400"]
+
+    run(main())
+
+
+def test_malformed_chunk_size_is_400_h25() -> None:
+    """It used to be logged as H27/499 (client gone) with nothing sent back."""
+
+    async def main() -> None:
+        async with serve(_misbehaving(b"", 3.0)) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps) as (router, lines):
+                raw = await _raw_exchange(
+                    router.port,
+                    b"POST / HTTP/1.1\r\nHost: sushi.localhost\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+                    wait=2.0,
+                )
+                assert raw.startswith(b"HTTP/1.1 400 "), raw[:200]
+                await wait_for_logs(lines, 1)
+                f = fields(lines[0])
+                assert (f["at"], f["code"], f["status"], f["dyno"]) == (
+                    "error",
+                    "H25",
+                    "400",
+                    "web.1",
+                )
+
+    run(main())
+
+
+async def open_from(source: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def closed_by_peer(reader: asyncio.StreamReader, wait: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), wait) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_connections_per_client_are_capped_and_others_are_served() -> None:
+    """Idle connections from one client beyond its share are closed at once; another client
+    is still served.  600 idle connections used to freeze the daemon."""
+
+    async def main() -> None:
+        async with serve(echo_backend("web.1")) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps) as (router, _lines):
+                held = [await open_from("127.0.0.2", router.port) for _ in range(100)]
+                try:
+                    closed = await asyncio.gather(*(closed_by_peer(r, 1.0) for r, _w in held))
+                    assert closed.count(True) == 100 - 64, closed
+                    assert not any(closed[:64])  # the first 64 stay open
+                    reader, writer = await open_from("127.0.0.3", router.port)
+                    client = Client(reader, writer)
+                    try:
+                        response, _body = await client.get()
+                        assert response.status_code == 200
+                    finally:
+                        await client.close()
+                finally:
+                    for _reader, writer in held:
+                        writer.close()
+
+    run(main())
+
+
+def test_connections_in_all_are_capped() -> None:
+    async def main() -> None:
+        async with router_for({}) as (router, _lines):
+            router.max_connections = 8
+            held = [await open_from(f"127.0.1.{n + 1}", router.port) for n in range(12)]
+            try:
+                closed = await asyncio.gather(*(closed_by_peer(r, 1.0) for r, _w in held))
+                assert closed == [False] * 8 + [True] * 4
+            finally:
+                for _reader, writer in held:
+                    writer.close()
+
+    run(main())
+
+
+def test_a_partial_request_head_is_timed_out_408() -> None:
+    """Slowloris: a head trickled one byte at a time used to be kept for ever (each byte
+    restarted the 55 s idle timeout).  An idle keep-alive connection is not affected."""
+
+    async def main() -> None:
+        async with router_for({}) as (router, lines):
+            router.head_timeout = 0.5
+            idle_reader, idle_writer = await open_from("127.0.0.4", router.port)
+            reader, writer = await open_from("127.0.0.5", router.port)
+            try:
+                started = time.monotonic()
+                received = b""
+                for byte in b"GET / HTTP/1.1\r\nHost: sushi.localhost\r\nX-Slow: " + b"a" * 100:
+                    writer.write(bytes([byte]))
+                    with contextlib.suppress(TimeoutError):
+                        received += await asyncio.wait_for(reader.read(65536), 0.1)
+                    if received or time.monotonic() - started > 3:
+                        break
+                assert received.startswith(b"HTTP/1.1 408 "), received
+                assert time.monotonic() - started < 2
+                await wait_for_logs(lines, 1)
+                f = fields(lines[0])
+                assert (f["at"], f["code"], f["status"]) == ("error", "H28", "408")
+                assert not await closed_by_peer(idle_reader, 0.2)  # idle, no bytes: kept
+            finally:
+                writer.close()
+                idle_writer.close()
+
+    run(main())
