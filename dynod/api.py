@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from dynod.errors import DynodError, NotFound
-from dynod.logs import LogLine, OutputFile
+from dynod.logs import LogLine, OutputFile, shared_puncher
 from dynod.state import Dyno
 
 if TYPE_CHECKING:
@@ -374,7 +374,7 @@ class ApiServer:
         opened before control returns to the event loop, so it can be read to the end even
         after the stopped dyno's file is unlinked.
         """
-        reader = OutputFile(dyno.log_path, 0, keep=2 * OutputFile.WINDOW)
+        reader = OutputFile(dyno.log_path, 0, keep=2 * OutputFile.WINDOW, puncher=shared_puncher())
         reader.open()
         exit_wait = asyncio.ensure_future(self.daemon.wait_exit(dyno))
 

@@ -43,6 +43,7 @@ BYTES_PER_SECOND = 1 << 20
 WINDOW = 8 << 20  # unread bytes kept in a dyno's file; what is older is skipped, unread
 READ_BUDGET = 256 << 10  # bytes read from one dyno's file per poll
 REPORT_EVERY = 1.0  # seconds between two L10 lines of one dyno
+PUNCH_QUEUE = 64  # hole punches waiting for the punching thread
 
 # The daemon's own log: rotated at LOG_MAX bytes, LOG_KEEP old files kept (dynod.log.1 ...).
 LOG_MAX = 10 << 20
@@ -333,6 +334,55 @@ class LogBook:
             self._echo = None
 
 
+class Puncher:
+    """Hole punching on a thread of its own: on ext4, punching out the hundreds of MB a `yes`
+    writes between two polls takes tens of milliseconds, too long for the event loop. Each job
+    has its own dup of the file descriptor, so a reader that closes its file meanwhile never
+    has another file punched under the reused number."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[int, int, int] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="dynod-punch", daemon=True)
+        self._thread.start()
+
+    def punch(self, fd: int, start: int, length: int) -> bool:
+        """Queue a punch; False (try again later) when too many are waiting already."""
+        if self._queue.qsize() >= PUNCH_QUEUE:
+            return False
+        self._queue.put((os.dup(fd), start, length))
+        return True
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            fd, start, length = job
+            try:
+                punch_hole(fd, start, length)
+            finally:
+                os.close(fd)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+
+_shared: Puncher | None = None
+
+
+def shared_puncher() -> Puncher:
+    """The daemon's one punching thread, made on first use."""
+    global _shared
+    if _shared is None:
+        _shared = Puncher()
+    return _shared
+
+
+def punch_hole(fd: int, start: int, length: int) -> None:
+    """`fallocate --punch-hole --keep-size --offset START --length LENGTH FILE`: the bytes are
+    given back to the filesystem, the file keeps its size. A filesystem without hole punching
+    just keeps the bytes."""
+    _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, length)
+
+
 class OutputFile:
     """Reads what a dyno appended to its output file since the last read, within bounds.
 
@@ -354,15 +404,18 @@ class OutputFile:
         reclaim: bool = True,
         keep: int = 0,
         limit: OutputLimit | None = None,
+        puncher: Puncher | None = None,
     ) -> None:
-        """keep: bytes at the file's end never punched out, for a second reader of the same
-        file (a foreground dyno's stream): with keep >= 2 * WINDOW, whatever one reader
-        punches is so far behind the end that the other skips it instead of reading a hole."""
+        """puncher: who punches out what was read (at once, here, without one).
+        keep: bytes at the file's end never punched out, for a second reader of the same file
+        (a foreground dyno's stream): with keep >= 2 * WINDOW, whatever one reader punches is
+        so far behind the end that the other skips it instead of reading a hole."""
         self.path = path
         self.offset = offset
         self.reclaim = reclaim
         self.keep = keep
         self.limit = limit
+        self.puncher = puncher
         self._fd: int | None = None
         self._pending = b""
         self._reclaimed = 0
@@ -440,14 +493,16 @@ class OutputFile:
         self.skipped += skipped
 
     def _reclaim(self, size: int) -> None:
-        """Punch out what was read (`fallocate --punch-hole`): the file keeps its size, so
-        offsets stay valid and the dyno's O_APPEND writes are untouched, but a chatty dyno no
-        longer fills the disk. A filesystem without hole punching just keeps the bytes."""
+        """Punch out what was read or skipped: the file keeps its size, so offsets stay valid
+        and the dyno's O_APPEND writes are untouched, but a chatty dyno no longer fills the
+        disk."""
         end = min(self.offset, size - self.keep) & ~4095
-        if end <= self._reclaimed:
+        if end <= self._reclaimed or self._fd is None:
             return
-        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-        _libc.fallocate(self._fd, mode, self._reclaimed, end - self._reclaimed)
+        if self.puncher is None:
+            punch_hole(self._fd, self._reclaimed, end - self._reclaimed)
+        elif not self.puncher.punch(self._fd, self._reclaimed, end - self._reclaimed):
+            return
         self._reclaimed = end
 
     def flush(self, limit: int = WINDOW) -> list[str]:

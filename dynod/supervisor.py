@@ -20,7 +20,7 @@ from dynod import discovery, launch, names, processes
 from dynod.config import Config
 from dynod.errors import DynodError
 from dynod.kernel import Kernel
-from dynod.logs import LogBook, OutputFile, OutputLimit
+from dynod.logs import LogBook, OutputFile, OutputLimit, shared_puncher
 from dynod.state import Dyno, State
 from netns.nftables import NftError
 
@@ -159,7 +159,9 @@ class Supervisor:
         # A foreground dyno's output is also read by its `dynod run`, at the terminal's pace:
         # the last 2 windows stay on disk for it (each reader skips what the other punched).
         keep = 0 if dyno.detached else 2 * OutputFile.WINDOW
-        return OutputFile(dyno.log_path, dyno.log_offset, keep=keep, limit=OutputLimit())
+        return OutputFile(
+            dyno.log_path, dyno.log_offset, keep=keep, limit=OutputLimit(), puncher=shared_puncher()
+        )
 
     def adopt(self, dyno: Dyno) -> None:
         """A dyno found alive after a daemon restart: read its output and watch its exit."""
