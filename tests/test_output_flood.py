@@ -142,3 +142,33 @@ def test_a_foreground_flood_is_bounded_and_the_stream_says_what_it_skipped() -> 
         )
         if latencies:
             assert statistics.median(latencies) < 0.1, latencies
+
+
+def test_a_backlog_left_while_the_daemon_was_down_is_skipped_not_read() -> None:
+    """The issue's worst case: a dyno floods while the daemon is dead, and the new daemon finds
+    a backlog of GBs. It must start, answer and stop the dyno as quickly as with no backlog."""
+    with running_daemon() as d:
+        dyno = d.run("flood", "worker", "yes")
+        path = Path(dyno["log_path"])
+        d.kill9()
+        deadline = time.monotonic() + 20
+        while os.stat(path).st_size < 1 << 30 and time.monotonic() < deadline:
+            time.sleep(0.1)  # at least 1 GB unread (or 20 s of flooding, on a slow disk)
+        backlog = os.stat(path).st_size
+        began = time.monotonic()
+        d.start(timeout=20)
+        assert time.monotonic() - began < 10
+        took = status_latencies(d, 20)
+        assert statistics.median(took) < 0.1, took
+        d.wait_for(
+            lambda: "Error L10" in Path(d.state_dir, "dynod.log").read_text(errors="replace"),
+            "the skipped backlog reported",
+        )
+        daemon = psutil.Process(d.proc.pid if d.proc else 0)
+        assert daemon.memory_info().rss < 300 << 20, daemon.memory_info().rss
+        began = time.monotonic()
+        Client(d.socket, timeout=30).call("DELETE", "/v1/apps/flood/dynos/worker.1?grace=2")
+        assert time.monotonic() - began < 5
+        log = Path(d.state_dir, "dynod.log").read_text(errors="replace")
+        skipped = sum(int(m.group(2) or 0) for m in map(L10.search, log.splitlines()) if m)
+        assert skipped > backlog - (64 << 20), (skipped, backlog)
