@@ -187,6 +187,7 @@ class RotatingFile:
         self.keep = keep
         self._fd = -1
         self._size = 0
+        self.lost = 0
         self._open()
 
     def _open(self) -> None:
@@ -195,21 +196,29 @@ class RotatingFile:
         self._size = os.fstat(self._fd).st_size
 
     def write(self, data: bytes) -> None:
-        if self._size and self._size + len(data) > self.max_bytes:
-            self.rotate()
-        os.write(self._fd, data)
+        """A full disk loses lines (counted in `lost`), never the daemon."""
+        try:
+            if self._fd < 0:  # a rotation that failed half-way: try again
+                self._open()
+            elif self._size and self._size + len(data) > self.max_bytes:
+                self.rotate()
+            os.write(self._fd, data)
+        except OSError:
+            self.lost += 1
+            return
         self._size += len(data)
 
     def rotate(self) -> None:
         """`mv NAME.2 NAME.3; mv NAME.1 NAME.2; mv NAME NAME.1`, then a new NAME."""
-        os.close(self._fd)
+        self.close()
         for n in range(self.keep - 1, 0, -1):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
-        if self.keep:
-            os.replace(self.path, f"{self.path}.1")
-        else:
-            os.unlink(self.path)
+        with contextlib.suppress(FileNotFoundError):  # someone deleted it: nothing to keep
+            if self.keep:
+                os.replace(self.path, f"{self.path}.1")
+            else:
+                os.unlink(self.path)
         self._open()
 
     def close(self) -> None:

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from dynod import logs
 from dynod.logs import (
     MAX_LINE,
@@ -223,3 +225,23 @@ def test_a_slow_follower_is_told_what_it_missed() -> None:
         r"30 messages since \S+\.$",
         notice[0],
     ), notice
+
+
+def test_a_full_disk_loses_log_lines_not_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    book = LogBook(str(tmp_path / "dynod.log"), echo=None)
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(logs.os, "write", full)
+    line = book.emit("sushi", "app[web.1]", "lost on disk, kept in memory")
+    monkeypatch.undo()
+    assert book.recent(lambda x: True, 1) == [line]
+    assert book._file is not None and book._file.lost == 1
+    book.emit("sushi", "app[web.1]", "room again")
+    book.close()
+    assert (tmp_path / "dynod.log").read_text().endswith("app[web.1]: room again\n")
