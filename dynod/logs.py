@@ -34,8 +34,9 @@ from typing import TextIO
 
 MAX_LINE = 10_000  # Heroku splits longer lines
 
-# Per dyno. Logplex keeps a buffer of 1,024 lines per source and drops what overflows it (L10):
-# the same number is the burst here, then 1,000 lines (and 1 MiB) a second, steady.
+# Per dyno. Logplex buffers 1,024 messages per drain (drain_buffer_size in heroku/logplex's
+# src/logplex.app.src) and drops what overflows, with an L10 line: the same number is the burst
+# here, then 1,000 lines (and 1 MiB) a second, steady.
 LINE_BURST = 1_024
 LINES_PER_SECOND = 1_000
 BYTE_BURST = 1 << 20
