@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from dynod.errors import DynodError, NotFound
-from dynod.logs import LogLine, OutputFile
+from dynod.logs import LogLine, OutputFile, shared_puncher
 from dynod.state import Dyno
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ MAX_BODY = 1 << 20
 IDLE_TIMEOUT = 300.0  # seconds a kept-alive connection may wait before its next request
 REQUEST_TIMEOUT = 30.0  # seconds a request, once begun, has to arrive whole
 OUTPUT_POLL = 0.05  # seconds between looks at a foreground dyno's output
+OUTPUT_SLICE = 16 << 10  # bytes of it turned into lines before the event loop is let go
 
 
 @dataclass
@@ -383,28 +384,40 @@ class ApiServer:
     def _foreground(self, dyno: Dyno) -> Stream:
         """`dynod run` without --detach: the dyno's output, then its exit status.
 
-        The stream reads the dyno's output file itself, at the pace the client reads: nothing is
-        dropped however much the dyno writes, and the exit comes after the last byte. The file
-        is opened before control returns to the event loop, so it can be read to the end even
+        The stream reads the dyno's output file itself, at the pace the client reads, in slices
+        of OUTPUT_SLICE bytes with the event loop let go between two. A dyno that gets more than
+        the window (logs.WINDOW) ahead of its client has the older bytes skipped, and the
+        stream says so with a line in Logplex's words (Error L10) that also carries
+        `"dropped"` and `"skipped_bytes"`. The exit comes after the last byte. The file is
+        opened before control returns to the event loop, so it can be read to the end even
         after the stopped dyno's file is unlinked.
         """
-        reader = OutputFile(dyno.log_path, 0, reclaim=False)
+        reader = OutputFile(dyno.log_path, 0, keep=2 * OutputFile.WINDOW, puncher=shared_puncher())
         reader.open()
         exit_wait = asyncio.ensure_future(self.daemon.wait_exit(dyno))
+
+        def batch(lines: list[str], final: bool = False) -> bytes:
+            dropped, skipped = reader.dropped, reader.skipped
+            report = reader.overflow(final=final)
+            out = b"".join(_ndjson({"line": line}) for line in lines)
+            if report:
+                notice = {"line": report, "dropped": dropped, "skipped_bytes": skipped}
+                out += _ndjson(notice)
+            return out
 
         async def chunks(closed: asyncio.Event) -> AsyncIterator[bytes]:
             yield _ndjson({"dyno": dyno.to_json()})
             gone = asyncio.ensure_future(closed.wait())
             try:
                 while not gone.done():
-                    lines = reader.read_lines()
-                    for line in lines:
-                        yield _ndjson({"line": line})
-                    if lines:
+                    offset = reader.offset
+                    if out := batch(reader.read_lines(OUTPUT_SLICE)):
+                        yield out
+                    if reader.offset != offset:
+                        await asyncio.sleep(0)  # others' turn between two slices
                         continue
                     if exit_wait.done():
-                        for line in reader.flush():
-                            yield _ndjson({"line": line})
+                        yield batch(reader.flush(OUTPUT_SLICE), final=True)
                         yield _ndjson({"exit": exit_wait.result()})
                         return
                     await asyncio.wait({exit_wait, gone}, timeout=OUTPUT_POLL)

@@ -20,7 +20,7 @@ from dynod import discovery, launch, names, processes
 from dynod.config import Config
 from dynod.errors import DynodError
 from dynod.kernel import Kernel
-from dynod.logs import LogBook, OutputFile
+from dynod.logs import LogBook, OutputFile, OutputLimit, shared_puncher
 from dynod.state import Dyno, State
 from netns.nftables import NftError
 
@@ -157,8 +157,11 @@ class Supervisor:
     @staticmethod
     def _reader(dyno: Dyno) -> OutputFile:
         # A foreground dyno's output is also read by its `dynod run`, at the terminal's pace:
-        # the bytes must stay until then.
-        return OutputFile(dyno.log_path, dyno.log_offset, reclaim=dyno.detached)
+        # the last 2 windows stay on disk for it (each reader skips what the other punched).
+        keep = 0 if dyno.detached else 2 * OutputFile.WINDOW
+        return OutputFile(
+            dyno.log_path, dyno.log_offset, keep=keep, limit=OutputLimit(), puncher=shared_puncher()
+        )
 
     def adopt(self, dyno: Dyno) -> None:
         """A dyno found alive after a daemon restart: read its output and watch its exit."""
@@ -337,24 +340,38 @@ class Supervisor:
                 self.log.emit(None, "dynod", f"error in {step.__name__}: {exc!r}")
 
     async def _read_all_output(self) -> None:
-        # A stat per dyno; the state is read only for dynos that wrote something.
+        # A stat per dyno; the state is read only for dynos that wrote something. Each reader
+        # reads at most READ_BUDGET bytes and hands over at most its rate limit of lines, so a
+        # flooding dyno costs one bounded slice of a poll, and the others still get theirs.
         for dyno_id, reader in list(self._outputs.items()):
+            if self._outputs.get(dyno_id) is not reader:
+                continue  # forgotten while an earlier dyno's lines were handed over
+            offset = reader.offset
             lines = reader.read_lines()
-            dyno = self.state.dyno(dyno_id) if lines else None
+            report = reader.overflow()
+            dyno = self.state.dyno(dyno_id) if reader.offset != offset or report else None
             if dyno is None:
                 continue
-            for line in lines:
-                self.log.emit(dyno.app, f"app[{dyno.name}]", line)
+            self._emit_output(dyno, lines, report)
             self.state.update_dyno(dyno, log_offset=reader.offset)
+            await asyncio.sleep(0)  # the API and the router between two dynos' output
 
     def drain_output(self, dyno: Dyno, final: bool = False) -> None:
+        """The output not read yet: bounded like a poll (flush reads at most the window)."""
         reader = self._outputs.get(dyno.id)
         if reader is None:
             return
-        for line in reader.flush() if final else reader.read_lines():
-            self.log.emit(dyno.app, f"app[{dyno.name}]", line)
+        lines = reader.flush() if final else reader.read_lines()
+        self._emit_output(dyno, lines, reader.overflow(final=final))
         if reader.offset != dyno.log_offset and self.state.dyno(dyno.id) is not None:
             self.state.update_dyno(dyno, log_offset=reader.offset)
+
+    def _emit_output(self, dyno: Dyno, lines: list[str], report: str | None) -> None:
+        for line in lines:
+            self.log.emit(dyno.app, f"app[{dyno.name}]", line)
+        if report:
+            # Logplex's source for L10 is itself: heroku[logplex], for the dyno's app.
+            self.log.emit(dyno.app, "heroku[logplex]", report)
 
     async def _check_boots(self) -> None:
         """Web dynos are up once something listens on PORT; R10 if not within boot_timeout."""

@@ -1,0 +1,247 @@
+"""Unit tests of the output and log bounds (issue 7 item 3): no daemon, no root."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dynod import logs
+from dynod.logs import (
+    MAX_LINE,
+    Echo,
+    LogBook,
+    OutputFile,
+    OutputLimit,
+    RotatingFile,
+    TokenBucket,
+    cut_lines,
+)
+
+L10 = re.compile(
+    r"^Error L10 \(output buffer overflow\): (\d+) messages( and (\d+) unread bytes)? "
+    r"dropped since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00\.$"
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lines_over_the_gate_are_counted_not_cut() -> None:
+    allowed = iter([True, True, False])
+    lines, rest, dropped = cut_lines(b"", b"a\nb\nc\nd\ne\ntail", lambda _size: next(allowed))
+    assert lines == ["a", "b"] and rest == b"tail" and dropped == 3
+    # an unfinished tail never grows past MAX_LINE: the pieces are dropped, counted
+    lines, rest, dropped = cut_lines(b"", b"x\n" + b"y" * (2 * MAX_LINE + 5), lambda _s: False)
+    assert lines == [] and rest == b"y" * 5 and dropped == 1 + 2
+
+
+def test_token_buckets_give_a_burst_then_a_rate() -> None:
+    clock = Clock()
+    bucket = TokenBucket(10, 5, clock)
+    assert bucket.tokens == 5
+    bucket.tokens = 0
+    clock.now += 0.3
+    bucket.refill()
+    assert abs(bucket.tokens - 3) < 1e-9
+    clock.now += 100
+    bucket.refill()
+    assert bucket.tokens == 5  # never more than the burst
+
+    limit = OutputLimit(lines=100, line_burst=1024, bytes_=1 << 20, byte_burst=1 << 20, clock=clock)
+    taken = sum(limit.admit(1) for _ in range(5000))
+    assert taken == 1024
+    clock.now += 1.0
+    limit.refill()
+    assert sum(limit.admit(1) for _ in range(5000)) == 100
+    clock.now += 10
+    limit.refill()
+    assert not limit.admit((1 << 20) + 1)  # the bytes bucket refuses a line bigger than it holds
+    assert limit.admit(1 << 20) and not limit.admit(1)
+
+
+def test_a_flood_is_rate_limited_and_reported_in_logplex_words(tmp_path: Path) -> None:
+    path = tmp_path / "dyno.out"
+    clock = Clock()
+    limit = OutputLimit(lines=1000, line_burst=1024, clock=clock)
+    reader = OutputFile(str(path), 0, limit=limit)
+    with open(path, "ab", buffering=0) as dyno:
+        dyno.write(b"y\n" * 100_000)
+        lines = reader.read_lines()
+    assert lines == ["y"] * 1024
+    assert reader.dropped == 100_000 - 1024 and reader.skipped == 0
+    report = reader.overflow()
+    assert report is not None
+    match = L10.match(report)
+    assert match and int(match.group(1)) == 100_000 - 1024 and match.group(2) is None, report
+    assert reader.dropped == 0 and reader.overflow(final=True) is None  # reported once
+
+
+def test_a_backlog_over_the_window_is_skipped_punched_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "dyno.out"
+    reader = OutputFile(str(path), 0)
+    reader.WINDOW = 1 << 20
+    line = b"z" * 99 + b"\n"  # 100 bytes a line
+    with open(path, "ab", buffering=0) as dyno:
+        dyno.write(line * 50_000)  # 5 MB, 4 over the window
+        lines = reader.read_lines(64 << 10)
+    size = os.stat(path).st_size
+    assert reader.skipped >= size - reader.WINDOW
+    assert all(x == "z" * 99 for x in lines) and lines  # the reader starts at a line start
+    assert os.stat(path).st_blocks * 512 <= reader.WINDOW + (64 << 10)  # skipped bytes punched
+    report = reader.overflow(final=True)
+    match = L10.match(report or "")
+    assert match and size - reader.WINDOW <= int(match.group(3)) < size - reader.WINDOW + 100
+
+
+def test_flush_reads_at_most_the_window_however_big_the_backlog(tmp_path: Path) -> None:
+    for name in ("dyno.out", "other.out"):
+        with open(tmp_path / name, "ab", buffering=0) as dyno:
+            for _ in range(32):
+                dyno.write(b"w" * 1023 + b"\n" + b"v" * (1 << 20) + b"\n")  # 32 MB in all
+            dyno.write(b"last line, unterminated")
+    path = tmp_path / "dyno.out"
+    reader = OutputFile(str(path), 0)
+    reader.WINDOW = 1 << 20
+    began = time.monotonic()
+    lines = reader.flush()
+    assert time.monotonic() - began < 2
+    assert sum(len(x) for x in lines) <= reader.WINDOW
+    assert lines[-1] == "last line, unterminated"
+    assert reader.skipped > 30 << 20 and reader.offset == os.stat(path).st_size
+    # a slice-bounded flush counts what it did not read instead of reading it
+    other = OutputFile(str(tmp_path / "other.out"), 0)
+    other.WINDOW = 64 << 20  # no skip-ahead: the limit alone bounds it
+    assert other.flush(limit=4096) == ["w" * 1023] and other.skipped > (32 << 20) - 4096
+
+
+def test_two_readers_of_one_file_never_read_a_punched_hole(tmp_path: Path) -> None:
+    """A foreground dyno: the daemon and the `dynod run` stream read the same file, and both
+    punch. With keep = 2 windows, the slower one skips what the faster one punched."""
+    path = tmp_path / "dyno.out"
+    window = 256 << 10
+    fast = OutputFile(str(path), 0, keep=2 * window)
+    slow = OutputFile(str(path), 0, keep=2 * window)
+    fast.WINDOW = slow.WINDOW = window
+    fast.RECLAIM = slow.RECLAIM = 4096
+    seen: list[str] = []
+    with open(path, "ab", buffering=0) as dyno:
+        for i in range(3000):
+            dyno.write(f"{i:07d}".encode() * 100 + b"\n")
+            fast.read_lines(1 << 30)
+            if i % 7 == 0:
+                seen += slow.read_lines(4096)
+    seen += slow.flush()
+    assert seen and all("\0" not in x and len(x) == 700 for x in seen)
+    assert slow.skipped > 0  # it fell behind and skipped, rather than reading zeros
+    assert os.stat(path).st_blocks * 512 < os.stat(path).st_size  # and bytes were given back
+
+
+def test_the_daemon_log_rotates_and_stays_root_only(tmp_path: Path) -> None:
+    path = tmp_path / "dynod.log"
+    book = LogBook(str(path), echo=None, max_bytes=10_000, keep_files=2)
+    for i in range(1000):
+        book.emit("sushi", "app[web.1]", f"line {i:04d} " + "x" * 50)
+    book.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["dynod.log", "dynod.log.1", "dynod.log.2"], names
+    for name in names:
+        info = os.stat(tmp_path / name)
+        assert info.st_size <= 10_000 and stat.S_IMODE(info.st_mode) == 0o600
+    assert "line 0999" in (tmp_path / "dynod.log").read_text()
+    # a restarted daemon appends to the current file and keeps rotating
+    file = RotatingFile(str(path), max_bytes=10_000, keep=2)
+    file.write(b"x" * 9_999 + b"\n")
+    file.close()
+    assert b"line 0999" in (tmp_path / "dynod.log.1").read_bytes()  # rotated, not lost
+    assert (tmp_path / "dynod.log").read_bytes() == b"x" * 9_999 + b"\n"
+    assert not (tmp_path / "dynod.log.3").exists()
+
+
+class BlockedStream(io.StringIO):
+    """stderr of a terminal that is not read: every write waits until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.release.wait()
+        return super().write(text)
+
+
+def test_a_stuck_stderr_never_blocks_the_log() -> None:
+    stream = BlockedStream()
+    book = LogBook(None, echo=stream)
+    began = time.monotonic()
+    for i in range(logs.ECHO_QUEUE + 5000):
+        book.emit(None, "dynod", f"line {i}")
+    assert time.monotonic() - began < 5  # nothing waited for the stuck stream
+    echo = book._echo
+    assert isinstance(echo, Echo) and echo.dropped >= 4000
+    stream.release.set()
+    deadline = time.monotonic() + 10
+    while not echo._queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    book.emit(None, "dynod", "after")  # there is room again: the count goes first
+    book.close()
+    text = stream.getvalue()
+    assert re.search(r"dynod: \d+ lines were not echoed: slow stderr\n.*after", text), text[-300:]
+
+
+def test_a_slow_follower_is_told_what_it_missed() -> None:
+    async def scenario() -> list[str]:
+        book = LogBook(None, echo=None)
+        with book.follow(lambda line: True) as queue:
+            for i in range(logs.FOLLOW_QUEUE + 30):
+                book.emit("sushi", "app[web.1]", f"n{i}")
+            for _ in range(100):
+                queue.get_nowait()
+            book.emit("sushi", "app[web.1]", "later")
+            got = []
+            while not queue.empty():
+                item = queue.get_nowait()
+                assert item is not None
+                got.append(str(item))
+            return got
+
+    got = asyncio.run(scenario())
+    notice = [x for x in got if "Error L11" in x]
+    assert len(notice) == 1 and got[-1].endswith("app[web.1]: later"), got[-3:]
+    assert re.search(
+        r" heroku\[logplex\]: Error L11 \(Tail buffer overflow\) -> This tail session dropped "
+        r"30 messages since \S+\.$",
+        notice[0],
+    ), notice
+
+
+def test_a_full_disk_loses_log_lines_not_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    book = LogBook(str(tmp_path / "dynod.log"), echo=None)
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(logs.os, "write", full)
+    line = book.emit("sushi", "app[web.1]", "lost on disk, kept in memory")
+    monkeypatch.undo()
+    assert book.recent(lambda x: True, 1) == [line]
+    assert book._file is not None and book._file.lost == 1
+    book.emit("sushi", "app[web.1]", "room again")
+    book.close()
+    assert (tmp_path / "dynod.log").read_text().endswith("app[web.1]: room again\n")
