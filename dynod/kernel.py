@@ -40,9 +40,7 @@ SYS_NET = "/sys/class/net"  # the host's links, one directory each
 # of the dyno has exited (they all got SIGTERM and have the grace period; the daemon SIGKILLs
 # them after it), so a graceful shutdown is never cut short. When the command exits on its own
 # it exits at once, with the command's status, and the kernel kills whatever the command left.
-# The daemon's umask (077: its state is root's alone) is not the dyno's: it gets the usual 022.
 DYNO_INIT = """
-umask 022
 . /dev/stdin || exit 126
 cd -- "$1" || exit 126
 stopping=

@@ -145,6 +145,12 @@ def test_an_open_state_directory_of_an_older_daemon_is_made_private_at_start() -
         assert d.dyno("vault", worker["name"])["state"] == "up"  # adopted, still running
 
 
+def test_dynos_keep_the_usual_umask_while_the_daemon_keeps_its_files_private() -> None:
+    with running_daemon() as d:
+        status, lines = d.run_once("mask", "run", "umask; touch /tmp/f; stat -c %a /tmp/f")
+        assert status == 0 and lines[-2:] == ["0022", "644"], lines
+
+
 # ---------------------------------------------------------------- item 7: objects removed
 FAST = ["--health-interval", "0.1"]
 
