@@ -32,7 +32,7 @@ from dynod.kernel import Kernel
 from dynod.logs import LogBook
 from dynod.router import Backend, Refused, Router
 from dynod.state import App, Dyno, Space, State
-from dynod.supervisor import Supervisor
+from dynod.supervisor import Supervisor, were_removed
 from netns import namespace
 
 PRIVATE_UMASK = 0o077
@@ -303,8 +303,8 @@ class Daemon:
                 # restarted on a rebuilt network. Its processes are found by pid namespace.
                 self.log_dyno(
                     dyno,
-                    f"Error: the dyno's {' and '.join(removed)} removed while the daemon was "
-                    "down; stopping all processes with SIGKILL",
+                    f"Error: the dyno's {were_removed(removed)} while the daemon was down; "
+                    "stopping all processes with SIGKILL",
                 )
                 await self.kernel.kill_inside(dyno)
                 self.log_dyno(dyno, f"State changed from {dyno.state} to crashed")

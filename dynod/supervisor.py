@@ -29,6 +29,11 @@ RESTART_CAP = 20 * 60.0  # Heroku's longest cool-off between crash restarts
 KILL_WAIT = 5.0
 
 
+def were_removed(removed: list[str]) -> str:
+    """["veth x"] -> "veth x was removed"; two of them "... and ... were removed"."""
+    return f"{' and '.join(removed)} {'was' if len(removed) == 1 else 'were'} removed"
+
+
 class Supervisor:
     def __init__(
         self,
@@ -425,8 +430,7 @@ class Supervisor:
             self._broken.add(dyno_id)
             self._say(
                 dyno,
-                f"Error: the dyno's {' and '.join(removed)} "
-                f"{'was' if len(removed) == 1 else 'were'} removed by someone else; "
+                f"Error: the dyno's {were_removed(removed)} by someone else; "
                 "stopping all processes with SIGKILL",
             )
             await self.kernel.kill_inside(dyno)
