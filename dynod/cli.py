@@ -99,6 +99,13 @@ def main(ctx: click.Context, socket: str) -> None:
     help="DNS resolver that names outside .localspace are forwarded to; default: the "
     "nameservers of /etc/resolv.conf. Repeat for more than one.",
 )
+@click.option(
+    "--health-interval",
+    default=Config.health_interval,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between checks that no dyno's namespace or veth was removed.",
+)
 @click.option("--no-restart", is_flag=True, help="Do not restart crashed dynos.")
 @click.option("--quiet", is_flag=True, help="Do not print the log on stderr.")
 @click.pass_context
@@ -113,6 +120,7 @@ def daemon(
     boot_timeout: float,
     dyno_user: str,
     upstream: tuple[str, ...],
+    health_interval: float,
     no_restart: bool,
     quiet: bool,
 ) -> None:
@@ -135,6 +143,7 @@ def daemon(
             upstreams=list(upstream),
             echo_logs=not quiet,
             restart_crashed=not no_restart,
+            health_interval=health_interval,
         )
         asyncio.run(Daemon(config).serve())
     except ValueError as exc:

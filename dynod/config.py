@@ -34,3 +34,4 @@ class Config:
     # /etc/resolv.conf nameservers
     upstreams: list[str] = field(default_factory=list)
     dns_timeout: float = 2.0  # an upstream that has not answered by then: SERVFAIL
+    health_interval: float = 1.0  # seconds between checks that each dyno's network is whole

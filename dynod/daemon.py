@@ -32,9 +32,10 @@ from dynod.kernel import Kernel
 from dynod.logs import LogBook
 from dynod.router import Backend, Refused, Router, raise_open_file_limit
 from dynod.state import App, Dyno, Space, State
-from dynod.supervisor import Supervisor
+from dynod.supervisor import Supervisor, were_removed
 from netns import namespace
 
+PRIVATE_UMASK = 0o077
 FIREWALL_CHECK = 2.0  # seconds between checks that nobody removed dynod's nftables tables
 LOCK_DIR = "/run"
 T = TypeVar("T")
@@ -94,8 +95,15 @@ class Daemon:
 
     async def start(self) -> None:
         self._preflight()
+        # Everything the daemon makes is root's alone unless it says otherwise: the state holds
+        # every dyno's environment (secrets), the log every app's lines. Dynos get 022 back.
+        os.umask(PRIVATE_UMASK)
+        make_private_dir(self.config.state_dir)
         os.makedirs(self._output_dir, mode=0o700, exist_ok=True)
         self._take_locks()
+        # A state directory of an older dynod (0755, files 0644) is made private, before any
+        # dyno starts.
+        made_private = make_private_tree(self.config.state_dir, readable=self._readable_by_dynos)
         self._check_socket_free()
         self.state = State(self.config.state_dir)
         self.log = LogBook(
@@ -103,6 +111,13 @@ class Daemon:
             echo=sys.stderr if self.config.echo_logs else None,
         )
         log = self.log
+        if made_private:
+            log.emit(
+                None,
+                "dynod",
+                f"made {len(made_private)} file(s) and directories under "
+                f"{self.config.state_dir} readable by root only (an older dynod left them open)",
+            )
         loop = asyncio.get_running_loop()
         self.dns = DnsServer(
             self._upstreams(),
@@ -152,6 +167,10 @@ class Daemon:
         for tool, package in (("setpriv", "util-linux"), ("unshare", "util-linux")):
             if shutil.which(tool) is None:
                 raise DynodError(f"{tool} is missing (dynos need it)", f"apt-get install {package}")
+
+    def _readable_by_dynos(self, path: str) -> bool:
+        """The resolv.conf files: bound over a dyno's /etc/resolv.conf, read as its user."""
+        return os.path.dirname(path) == self.kernel.resolv_dir and path.endswith(".conf")
 
     @property
     def _output_dir(self) -> str:
@@ -268,8 +287,9 @@ class Daemon:
         to_stop: list[Dyno] = []
         for dyno in self.state.dynos():
             exists = namespace.exists(dyno.netns)
-            alive = exists and processes.is_alive(dyno.pid, dyno.pid_start)
-            if alive and dyno.state != "crashed":
+            alive = processes.is_alive(dyno.pid, dyno.pid_start)
+            removed = self.kernel.removed_objects(dyno)
+            if alive and not removed and dyno.state != "crashed":
                 kept.append(dyno)
                 self.supervisor.adopt(dyno)
                 # caught mid-stop, or a foreground dyno whose `dynod run` lost its stream
@@ -277,11 +297,24 @@ class Daemon:
                     to_stop.append(dyno)
             elif exists and dyno.state == "crashed":
                 kept.append(dyno)
-                await self.kernel.kill_inside(dyno.netns)
+                await self.kernel.kill_inside(dyno)
+                self.supervisor.schedule_restart(dyno)
+            elif alive and dyno.detached and dyno.state in ("starting", "up"):
+                # Its namespace's name or veth was removed while no daemon watched: a crash,
+                # restarted on a rebuilt network. Its processes are found by pid namespace.
+                self.log_dyno(
+                    dyno,
+                    f"Error: the dyno's {were_removed(removed)} while the daemon was down; "
+                    "stopping all processes with SIGKILL",
+                )
+                await self.kernel.kill_inside(dyno)
+                self.log_dyno(dyno, f"State changed from {dyno.state} to crashed")
+                self.state.update_dyno(dyno, state="crashed")
+                kept.append(dyno)
                 self.supervisor.schedule_restart(dyno)
             else:
                 self.log_dyno(dyno, "Cleaned up after daemon restart")
-                await self.kernel.kill_inside(dyno.netns)
+                await self.kernel.kill_inside(dyno)
                 await self.kernel.detach(dyno)
                 self.supervisor.forget(dyno)
         await self.kernel.remove_unknown(kept)
@@ -709,6 +742,34 @@ class Daemon:
             "prefix": self.config.prefix,
             "state_dir": self.config.state_dir,
         }
+
+
+def make_private_dir(path: str) -> None:
+    """`install -d -m 0700 PATH`: parents made as needed (root's alone too, under the umask),
+    and an existing directory's mode fixed, so its tree cannot be reached by anyone else."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def make_private_tree(root: str, readable: Callable[[str], bool]) -> list[str]:
+    """`chmod 0700` every directory and `chmod 0600` every file under root (0644 for those
+    readable(path) allows); symlinks and other special files are left alone, and nothing is
+    followed out of the tree. Returns the paths whose mode was changed."""
+    changed = []
+    for top, dirs, files in os.walk(root):
+        for name, is_dir in [(d, True) for d in dirs] + [(f, False) for f in files]:
+            path = os.path.join(top, name)
+            info = os.lstat(path)
+            if is_dir and stat.S_ISDIR(info.st_mode):
+                wanted = 0o700
+            elif not is_dir and stat.S_ISREG(info.st_mode):
+                wanted = 0o644 if readable(path) else 0o600
+            else:
+                continue  # a symlink (never followed) or a socket
+            if stat.S_IMODE(info.st_mode) != wanted:
+                os.chmod(path, wanted)
+                changed.append(path)
+    return changed
 
 
 def _host_nameservers(path: str = "/etc/resolv.conf") -> list[str]:

@@ -30,6 +30,7 @@ from netns.nftables import Nft, NftError
 from netns.worker import KernelWorker
 
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+SYS_NET = "/sys/class/net"  # the host's links, one directory each
 
 # The dyno's first process, already its own user, and the init of its pid namespace. It reads the
 # environment from stdin (so nothing running as root ever sees it: LD_PRELOAD and the like),
@@ -265,18 +266,45 @@ class Kernel:
         text = firewall.close_web(self.layout, old) + firewall.open_web(self.layout, new)
         await self.worker.run(self._nftables().run, text)
 
-    async def kill_inside(self, netns: str) -> None:
-        await self.worker.run(_kill_inside, netns)
+    async def kill_inside(self, dyno: Dyno) -> None:
+        """SIGKILL to every process of the dyno (see dyno_pids): its pid namespace's init first
+        among them, whose death makes the kernel kill the rest of that namespace."""
+        await self.worker.run(_signal_dyno, dyno, signal.SIGKILL)
 
-    async def signal_inside(self, netns: str, sig: signal.Signals) -> int:
-        """Send sig to every process in the namespace, found and signalled in one go (a PID
-        found now is signalled now, not after it could have been reused); how many."""
-        return await self.worker.run(_signal_inside, netns, sig)
+    async def signal_inside(self, dyno: Dyno, sig: signal.Signals) -> int:
+        """Send sig to every process of the dyno, found and signalled in one go (a PID found now
+        is signalled now, not after it could have been reused); how many."""
+        return await self.worker.run(_signal_dyno, dyno, sig)
 
     @staticmethod
-    async def pids_inside(netns: str) -> list[int]:
-        """`ip netns pids NS`: a /proc scan, off the event loop and off the kernel thread."""
-        return await asyncio.to_thread(namespace.pids_inside, netns)
+    async def pids_inside(dyno: Dyno) -> list[int]:
+        """The dyno's processes (dyno_pids): a /proc scan, off the event loop and off the kernel
+        thread."""
+        return await asyncio.to_thread(dyno_pids, dyno)
+
+    @staticmethod
+    def removed_objects(dyno: Dyno) -> list[str]:
+        """What someone removed of the dyno's network while it runs, as `ip netns list` and
+        `ip link show VETH` would tell: a stat each, cheap enough to ask every second."""
+        removed = []
+        if not namespace.exists(dyno.netns):
+            removed.append(f"network namespace {dyno.netns}")
+        if not os.path.exists(os.path.join(SYS_NET, dyno.veth)):
+            removed.append(f"veth {dyno.veth}")
+        return removed
+
+    async def rebuild(self, dyno: Dyno) -> None:
+        """A dyno's network from scratch, for one whose namespace name or veth was removed while
+        it ran (its processes must be gone): what is left is removed (`ip netns delete`,
+        `ip link del VETH`, the gateway address and firewall elements), then attach()."""
+        await self.worker.run(self._rebuild, dyno)
+
+    def _rebuild(self, dyno: Dyno) -> None:
+        self._detach(dyno)
+        # A namespace whose name was deleted dies with its last process, and the kernel
+        # destroys its veth a moment later: the name must be free for the new one now.
+        links.delete(self.worker.ipr, dyno.veth)
+        self._attach(dyno)
 
     async def spawn(
         self, dyno: Dyno, env: Mapping[str, str], output_path: str, ipv6: bool = True
@@ -410,6 +438,28 @@ def check_range_is_free(
         )
 
 
+def dyno_pids(dyno: Dyno) -> list[int]:
+    """Every process of a dyno, also when its namespace's name was deleted (`ip netns delete`
+    while it runs: the namespace lives on, held by its processes).
+
+    The dyno's recorded process is `unshare --pid --fork`; every process whose pid namespace
+    is the one unshare made for its children belongs to the dyno, and a dyno's processes cannot
+    leave it. Also unshare itself, and whatever is in the named network namespace (a process
+    that root put there with `ip netns exec`, or one whose unshare is gone)."""
+    found: set[int] = set(namespace.pids_inside(dyno.netns))
+    if processes.is_alive(dyno.pid, dyno.pid_start):
+        assert dyno.pid is not None
+        found.add(dyno.pid)
+        found.update(namespace.pids_in_child_pid_namespace(dyno.pid))
+    return sorted(found)
+
+
+def _signal_dyno(dyno: Dyno, sig: signal.Signals) -> int:
+    pids = dyno_pids(dyno)
+    processes.signal_all(pids, sig)
+    return len(pids)
+
+
 def _signal_inside(netns: str, sig: signal.Signals) -> int:
     pids = namespace.pids_inside(netns)
     processes.signal_all(pids, sig)
@@ -417,6 +467,7 @@ def _signal_inside(netns: str, sig: signal.Signals) -> int:
 
 
 def _kill_inside(netns: str) -> None:
+    """`ip netns pids NS | xargs kill -KILL`, for namespaces no dyno of the state owns."""
     _signal_inside(netns, signal.SIGKILL)
 
 

@@ -29,6 +29,11 @@ RESTART_CAP = 20 * 60.0  # Heroku's longest cool-off between crash restarts
 KILL_WAIT = 5.0
 
 
+def were_removed(removed: list[str]) -> str:
+    """["veth x"] -> "veth x was removed"; two of them "... and ... were removed"."""
+    return f"{' and '.join(removed)} {'was' if len(removed) == 1 else 'were'} removed"
+
+
 class Supervisor:
     def __init__(
         self,
@@ -50,6 +55,7 @@ class Supervisor:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._booting: set[int] = set()  # web dynos waiting to bind PORT
         self._warned: set[int] = set()  # ...told that they bound an unreachable address
+        self._broken: set[int] = set()  # dynos whose network someone removed: being killed
         self._tasks: set[asyncio.Task[Any]] = set()
         # Kernel-side cost of recent setups and teardowns (network, firewall, state): what
         # bench/dyno_lifecycle.py compares with the bare pyroute2 floor.
@@ -93,6 +99,7 @@ class Supervisor:
         self._locks.pop(dyno.id, None)
         self._booting.discard(dyno.id)
         self._warned.discard(dyno.id)
+        self._broken.discard(dyno.id)
 
     async def close(self) -> None:
         for handle in self._timers.values():
@@ -227,7 +234,7 @@ class Supervisor:
                 return
             self._set_state(dyno, "crashed")
             self.registry.unregister(dyno)
-            await self.kernel.kill_inside(dyno.netns)
+            await self.kernel.kill_inside(dyno)
             self.schedule_restart(dyno)
 
     def schedule_restart(self, dyno: Dyno) -> None:
@@ -256,6 +263,7 @@ class Supervisor:
                 new_web = self.kernel.web(dyno)
                 if old_web and new_web:
                     await self.kernel.move_web(old_web, new_web)
+                await self._repair_network(dyno)
                 self.registry.register(dyno)
                 await self._spawn(dyno)
             except Exception as exc:  # noqa: BLE001 - a failed restart is another crash
@@ -290,7 +298,7 @@ class Supervisor:
         self._record_timing(dyno, "teardown_ms", began)
 
     async def _terminate(self, dyno: Dyno, grace: float) -> None:
-        if not await self.kernel.signal_inside(dyno.netns, signal.SIGTERM):
+        if not await self.kernel.signal_inside(dyno, signal.SIGTERM):
             return
         self._say(dyno, "Stopping all processes with SIGTERM")
         if await self._wait_empty(dyno, grace):
@@ -301,7 +309,7 @@ class Supervisor:
             f"{grace:g} seconds of SIGTERM",
         )
         self._say(dyno, "Stopping remaining processes with SIGKILL")
-        await self.kernel.kill_inside(dyno.netns)
+        await self.kernel.kill_inside(dyno)
         await self._wait_empty(dyno, KILL_WAIT)
 
     async def _wait_empty(self, dyno: Dyno, timeout: float) -> bool:
@@ -314,7 +322,7 @@ class Supervisor:
                 await asyncio.wait_for(asyncio.shield(future), timeout)
         delay = 0.002
         while True:
-            if not await self.kernel.pids_inside(dyno.netns):
+            if not await self.kernel.pids_inside(dyno):
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -329,6 +337,7 @@ class Supervisor:
     def start_loops(self) -> None:
         self.background(self._forever(self._read_all_output))
         self.background(self._forever(self._check_boots))
+        self.background(self._watch_health())
 
     async def _forever(self, step: Any) -> None:
         """Run step every POLL seconds; one failure is logged, never the end of the loop."""
@@ -400,4 +409,53 @@ class Supervisor:
                     f"{self.config.boot_timeout:g} seconds of launch",
                 )
                 self._say(dyno, "Stopping process with SIGKILL")
-                await self.kernel.kill_inside(dyno.netns)
+                await self.kernel.kill_inside(dyno)
+
+    # ---------------------------------------------------------------- health
+    async def _watch_health(self) -> None:
+        """Every health_interval seconds, check that no dyno's network was removed under it."""
+        while True:
+            await asyncio.sleep(self.config.health_interval)
+            try:
+                await self._check_health()
+            except Exception as exc:  # noqa: BLE001 - keep watching
+                self.log.emit(None, "dynod", f"error in the health check: {exc!r}")
+
+    async def _check_health(self) -> None:
+        """A stat of /run/netns/NAME and /sys/class/net/VETH per running dyno. A dyno being
+        started, restarted or stopped (its lock is held) is skipped: its objects come and go."""
+        for dyno in self.state.dynos():
+            if dyno.state not in ("starting", "up") or not dyno.pid or dyno.id in self._broken:
+                continue
+            if self._lock(dyno.id).locked() or not self.kernel.removed_objects(dyno):
+                continue
+            await self._on_network_removed(dyno.id)
+
+    async def _on_network_removed(self, dyno_id: int) -> None:
+        """Someone deleted the dyno's veth or its namespace's name (`ip link del`, `ip netns
+        delete`): it can no longer be reached, or no longer be found by name. Treat it as a
+        crash: kill every process (found by its pid namespace, not by the name), then the exit
+        is handled as any other: a detached dyno is restarted with the usual backoff on a
+        rebuilt network (_repair_network), a foreground one ends."""
+        async with self._lock(dyno_id):
+            dyno = self.state.dyno(dyno_id)
+            if dyno is None or dyno.state not in ("starting", "up"):
+                return
+            removed = self.kernel.removed_objects(dyno)
+            if not removed:
+                return
+            self._broken.add(dyno_id)
+            self._say(
+                dyno,
+                f"Error: the dyno's {were_removed(removed)} by someone else; "
+                "stopping all processes with SIGKILL",
+            )
+            await self.kernel.kill_inside(dyno)
+
+    async def _repair_network(self, dyno: Dyno) -> None:
+        """Before a restart: a network with a removed part is rebuilt whole."""
+        self._broken.discard(dyno.id)
+        removed = self.kernel.removed_objects(dyno)
+        if removed:
+            self._say(dyno, f"Rebuilding its network ({' and '.join(removed)} gone)")
+            await self.kernel.rebuild(dyno)

@@ -26,7 +26,10 @@ def popen_inside(name: str, argv: Sequence[str], **popen_kwargs: Any) -> subproc
 # back in if it was under one of the private directories; then becomes the program. The kept
 # directory is opened before the private mounts cover it, and must be the very inode the
 # caller checked (device:inode), so a directory swapped for a symlink meanwhile is refused.
+# The caller's umask is not the program's: the usual 022 (the directories made here for the
+# kept one must be traversable, and the program's files are its own business).
 ISOLATE = """
+umask 022
 keep=$1 keep_id=$2 resolv=$3
 shift 3
 if [ -n "$resolv" ]; then

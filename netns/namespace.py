@@ -33,7 +33,11 @@ def _ensure_run_dir() -> None:
     Shared propagation lets the bind mounts below show up in mount namespaces made later
     (a process's private /etc, say) and be unmounted everywhere at once.
     """
-    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+    try:
+        os.mkdir(RUN_DIR)
+        os.chmod(RUN_DIR, 0o755)  # as `ip netns add` makes it, whatever the caller's umask
+    except FileExistsError:
+        pass
     try:
         _libc.mount("", RUN_DIR, "none", _libc.MS_SHARED | _libc.MS_REC)
     except OSError:
@@ -146,13 +150,40 @@ def pids_inside(name: str) -> list[int]:
         wanted = inode(name)
     except FileNotFoundError:
         return []
+    return pids_in("net", wanted)
+
+
+def inode_of(pid: int, kind: str) -> int | None:
+    """The namespace of kind KIND ("net", "pid", "pid_for_children"...) that process PID is in
+    (`stat -L -c %i /proc/PID/ns/KIND`); None when the process is gone."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except OSError:
+        return None
+
+
+def pids_in(kind: str, wanted: int) -> list[int]:
+    """Every process whose KIND namespace is the inode `wanted`: what `lsns -t KIND` counts,
+    as a /proc scan (`for p in /proc/[0-9]*; do stat -L -c %i $p/ns/KIND; done`)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if os.stat(f"/proc/{entry}/ns/net").st_ino == wanted:
+            if os.stat(f"/proc/{entry}/ns/{kind}").st_ino == wanted:
                 found.append(int(entry))
         except OSError:
             continue  # exited meanwhile, or a kernel thread
     return found
+
+
+def pids_in_child_pid_namespace(pid: int) -> list[int]:
+    """Every process of the pid namespace that PID made for its children (what `unshare --pid
+    --fork` makes; `lsns -t pid` lists it), found without any namespace name: the processes
+    whose /proc/P/ns/pid is PID's /proc/PID/ns/pid_for_children. Empty when PID is gone or
+    made no pid namespace of its own (never the caller's own namespace: that is every process
+    of the host)."""
+    target = inode_of(pid, "pid_for_children")
+    if target is None or target == inode_of(os.getpid(), "pid"):
+        return []
+    return pids_in("pid", target)
