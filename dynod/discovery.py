@@ -78,9 +78,6 @@ class Registry:
         if dyno.space and self._dynos.get(dyno.space, {}).pop(dyno.id, None) is not None:
             self.publish(dyno.space)
 
-    def is_registered(self, dyno: Dyno) -> bool:
-        return dyno.id in self._dynos.get(dyno.space, {})
-
     def publish(self, space: str) -> None:
         """Rebuild the space's records from the state and the registered dynos."""
         cidr, _ = self.network_of(space)

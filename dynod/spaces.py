@@ -10,9 +10,9 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 
 from dynod.errors import DynodError
+from dynod.names import SPACE_PREFIXLEN
 
 DEFAULT_BLOCK = ipaddress.IPv4Network("10.0.0.0/8")
-SPACE_PREFIXLEN = 16
 MAX_TRUSTED = 20  # Heroku's limit per space
 EVERYWHERE = "0.0.0.0/0"  # a new space's trusted range, as on Heroku
 

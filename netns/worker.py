@@ -34,10 +34,6 @@ class KernelWorker:
             ipr = self._local.ipr = IPRoute()
         return ipr
 
-    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run fn on the worker thread and wait (for code outside an event loop)."""
-        return self._pool.submit(fn, *args, **kwargs).result()
-
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run fn on the worker thread without blocking the event loop."""
         return await asyncio.wrap_future(self._pool.submit(fn, *args, **kwargs))
