@@ -19,6 +19,11 @@ Two tables, both named after the daemon's prefix and touched by nobody else:
 
 Ports of the bridges are also `isolated on`, so frames between two dynos never cross a bridge:
 traffic between dynos of a space is routed by the host, where the rules above see it.
+A port itself is never an IP interface: a frame a dyno sends to an IEEE link-local group MAC
+(01:80:c2:00:00:00-0f) is not bridged but handed to the host's IP stack on the port, where
+neither the bridge table nor a rule on `@bridges` would see it. `inet PREFIX` drops everything
+whose iifname is a port before conntrack (and again in input and forward); the port also has
+IPv6 off and answers no ARP (network.attach), which no `nft flush ruleset` can undo.
 The rules are fixed; dynos and spaces add set and map elements, so the ruleset does not grow
 with the number of dynos (or spaces) and every change is one atomic `nft -f` transaction.
 """
@@ -171,8 +176,18 @@ table inet {t} {{
     map nat {{
         {nat}
     }}
+    # A dyno's frames reach the IP stack through its bridge (br_netfilter names the bridge as
+    # iifname then). A frame to an IEEE link-local group MAC (01:80:c2:00:00:0X) is not
+    # bridged: it is handed to the host on the port itself, past the bridge table's
+    # anti-spoofing. Nothing legitimate arrives with a port as iifname, so drop it all, before
+    # conntrack sees it.
+    chain ports_raw {{
+        type filter hook prerouting priority raw; policy accept;
+        iifname "{glob}" counter drop comment "a dyno port is never an IP interface"
+    }}
     chain input {{
         type filter hook input priority filter; policy accept;
+        iifname "{glob}" counter drop comment "second lock: a dyno port to the host"
         iifname @bridges jump dyno_to_host
     }}
     chain dyno_to_host {{
@@ -182,6 +197,7 @@ table inet {t} {{
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
+        iifname "{glob}" counter drop comment "second lock: a dyno port routed anywhere"
         oifname @bridges ct state established,related accept
         iifname . oifname @intra meta l4proto {{ tcp, udp }} th dport 1024-65535 accept
         iifname . oifname @intra icmp type echo-request accept

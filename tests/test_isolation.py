@@ -1,0 +1,246 @@
+"""Isolation against a dyno that is root in its own network namespace.
+
+`ip netns exec NS ...` as root is the test's way to be such a dyno: it may send any frame on its
+eth0 and rewrite its own neighbour table. Whatever it sends, nothing may reach a host service it
+is not offered, and no spoofed packet may make the host answer another dyno.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dynod.addressing import Pool
+from tests.support import PYTHON, gateway_of, running_daemon, sh
+
+pytestmark = pytest.mark.root
+
+GROUP_MACS = [f"01:80:c2:00:00:{n:02x}" for n in range(16)]  # every IEEE link-local group
+
+# Sends, from a namespace's eth0 as raw frames, to every IEEE link-local group MAC: IPv4 UDP
+# (spoofed sources included), an ICMP echo request spoofed as the victim, and IPv6 UDP to
+# ff02::1 and to the port's link-local address. Every payload carries the token.
+RAW_SENDER = r"""
+import json, socket, struct, sys
+spec = json.loads(sys.argv[1])
+token = spec["token"].encode()
+
+def csum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+def ipv4(src, dst, proto, payload):
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0,
+                       socket.inet_aton(src), socket.inet_aton(dst))
+    return head[:10] + struct.pack("!H", csum(head)) + head[12:] + payload
+
+def udp4(src, dst, port, data):
+    return ipv4(src, dst, 17, struct.pack("!HHHH", 40000, port, 8 + len(data), 0) + data)
+
+def echo4(src, dst, data):
+    body = struct.pack("!BBHHH", 8, 0, 0, 0x1234, 1) + data
+    body = body[:2] + struct.pack("!H", csum(body)) + body[4:]
+    return ipv4(src, dst, 1, body)
+
+def udp6(src, dst, port, data):
+    s, d = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+    length = 8 + len(data)
+    head = struct.pack("!HHHH", 40000, port, length, 0)
+    pseudo = s + d + struct.pack("!I3xB", length, 17)
+    head = head[:6] + struct.pack("!H", csum(pseudo + head + data) or 0xFFFF)
+    return struct.pack("!IHBB", 6 << 28, length, 17, 64) + s + d + head + data
+
+mac = lambda text: bytes.fromhex(text.replace(":", ""))
+own_mac = mac(open("/sys/class/net/eth0/address").read().strip())
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+raw.bind(("eth0", 0))
+sent = 0
+for group in spec["groups"]:
+    frames = []
+    for src in spec["sources"]:
+        for dst in spec["targets"]:
+            data = token + b" udp4 " + group.encode()
+            frames.append((0x0800, udp4(src, dst, spec["port"], data)))
+    frames.append((0x0800, echo4(spec["victim"], spec["gateway"], token + b" echo")))
+    for dst in spec["targets6"]:
+        frames.append((0x86DD, udp6(spec["source6"], dst, spec["port"], token + b" udp6")))
+    for ethertype, packet in frames:
+        raw.send(mac(group) + own_mac + struct.pack("!H", ethertype) + packet)
+        sent += 1
+print(sent)
+"""
+
+# Counts, for a while, the frames on a namespace's eth0 that carry the token (the victim's
+# side: an echo reply the host sent it because of a spoofed request).
+SNIFFER = r"""
+import socket, sys, time
+token, seconds = sys.argv[1].encode(), float(sys.argv[2])
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+raw.bind(("eth0", 0))
+raw.settimeout(0.1)
+print("ready", flush=True)
+seen = 0
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    try:
+        frame = raw.recv(65535)
+    except socket.timeout:
+        continue
+    seen += token in frame
+print(seen, flush=True)
+"""
+
+# The `ip neigh` variant: ordinary sockets once the gateway's neighbour entry is a group MAC.
+NEIGH_SENDER = r"""
+import socket, subprocess, sys
+token, gateway, port, targets = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+for n in range(2, 16):
+    group = f"01:80:c2:00:00:{n:02x}"
+    subprocess.run(["ip", "neigh", "replace", gateway, "lladdr", group, "nud", "permanent",
+                    "dev", "eth0"], check=True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for target in targets:
+            s.sendto(f"{token} neigh {group}".encode(), (target, port))
+subprocess.run(["ip", "neigh", "del", gateway, "dev", "eth0"], check=False)
+print("sent")
+"""
+
+
+class Listeners:
+    """UDP sockets on 0.0.0.0 and [::] of the host, one port: what arrives carrying a token."""
+
+    def __init__(self) -> None:
+        self.v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.v4.bind(("0.0.0.0", 0))
+        self.port = int(self.v4.getsockname()[1])
+        self.v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        self.v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        self.v6.bind(("::", self.port))
+        for s in (self.v4, self.v6):
+            s.setblocking(False)
+
+    def received(self, token: str) -> list[str]:
+        found = []
+        for s in (self.v4, self.v6):
+            while True:
+                try:
+                    data, peer = s.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                if token.encode() in data:
+                    found.append(f"{data.decode(errors='replace')} from {peer[0]}")
+        return found
+
+    def close(self) -> None:
+        self.v4.close()
+        self.v6.close()
+
+
+@pytest.fixture
+def listeners() -> Iterator[Listeners]:
+    found = Listeners()
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+def eui64_link_local(mac: str) -> str:
+    """The fe80:: address the kernel gives a link with this MAC (when IPv6 is on)."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    eui = bytes([b[0] ^ 0x02]) + b[1:3] + b"\xff\xfe" + b[3:]
+    groups = [f"{int.from_bytes(eui[i : i + 2], 'big'):x}" for i in range(0, 8, 2)]
+    return "fe80::" + ":".join(groups)
+
+
+def link_mac(name: str) -> str:
+    with open(f"/sys/class/net/{name}/address") as f:
+        return f.read().strip()
+
+
+def start_sniffer(netns: str, token: str, seconds: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", netns, PYTHON, "-c", SNIFFER, token, str(seconds)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
+    return proc
+
+
+def sniffed(proc: subprocess.Popen[str]) -> int:
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return int(out.strip().splitlines()[-1])
+
+
+def test_frames_to_every_ieee_group_address_reach_nothing_on_the_host(
+    listeners: Listeners,
+) -> None:
+    with running_daemon() as d:
+        attacker = d.run("evil", "worker", "sleep 600")
+        victim = d.run("victim", "worker", "sleep 600")
+        for dyno in (attacker, victim):
+            d.wait_for(lambda x=dyno: d.dyno(x["app"], x["name"])["state"] == "up", "up")
+        gateway = gateway_of(attacker["ip"])
+        bridge = Pool(d.cidr).bridge.gateway
+        port_link_local = eui64_link_local(link_mac(attacker["veth"]))
+        token = "tok" + secrets.token_hex(6)
+        victim_sniffer = start_sniffer(victim["netns"], token, 4)
+        spec = {
+            "token": token,
+            "groups": GROUP_MACS,
+            "port": listeners.port,
+            "sources": [attacker["ip"], victim["ip"], "8.8.8.8"],
+            "targets": [gateway, bridge],
+            "victim": victim["ip"],
+            "gateway": gateway,
+            "source6": "fe80::1",
+            "targets6": ["ff02::1", port_link_local],
+        }
+        result = sh(
+            "ip",
+            "netns",
+            "exec",
+            attacker["netns"],
+            PYTHON,
+            "-c",
+            RAW_SENDER,
+            json.dumps(spec),
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert int(result.stdout) == len(GROUP_MACS) * 9
+        neigh = sh(
+            "ip",
+            "netns",
+            "exec",
+            attacker["netns"],
+            PYTHON,
+            "-c",
+            NEIGH_SENDER,
+            token,
+            gateway,
+            str(listeners.port),
+            gateway,
+            bridge,
+            check=False,
+        )
+        assert neigh.returncode == 0, neigh.stderr
+        time.sleep(1)
+        arrived = listeners.received(token)
+        replies = sniffed(victim_sniffer)
+        kinds = sorted({" ".join(line.split()[1:2] + line.split()[-1:]) for line in arrived})
+        assert (kinds, replies) == ([], 0), f"{len(arrived)} datagrams, {replies} echo replies"
