@@ -30,8 +30,12 @@ with the number of dynos (or spaces) and every change is one atomic `nft -f` tra
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+import socket
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
+
+from netns.conntrack import Flow
 
 # The router marks its sockets (SO_MARK needs CAP_NET_ADMIN): the only host traffic let through
 # to a dyno is the router's, to a web dyno's PORT.
@@ -247,3 +251,58 @@ def close_web(layout: Layout, web: WebTarget) -> str:
 
 def open_web(layout: Layout, web: WebTarget) -> str:
     return f"add element inet {layout.table} web {{ {_web_element(web)} }}\n"
+
+
+# ---------------------------------------------------------------- what the kernel should hold
+def port_value(port: Port) -> object:
+    """A `ports` element as `nft -j list` shows it."""
+    return {"concat": [port.ifname, port.mac, port.ip]}
+
+
+def web_value(target: WebTarget) -> object:
+    """A `web` element as `nft -j list` shows it."""
+    return {"concat": [target.ip, target.port]}
+
+
+# ---------------------------------------------------------------- tracked flows
+INTRA_PORTS = range(1024, 65536)
+ICMP_ECHO_REQUEST = 8
+PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
+
+
+def _dyno_network(layout: Layout, address: str, local: Set[str]) -> Network | None:
+    """The network whose range holds this dyno address (host addresses there are not dynos)."""
+    if address in local:
+        return None
+    ip = ipaddress.IPv4Address(address)
+    for net in layout.networks:
+        if ip in ipaddress.IPv4Network(net.cidr):
+            return net
+    return None
+
+
+def refused(layout: Layout, web: Set[WebTarget], local: Set[str], flow: Flow) -> bool:
+    """Would the rules have refused this flow's first packet? Only flows to or from a dyno are
+    judged; the host's own flows are never refused here.
+
+    The rules' router mark is not in conntrack, so any host connection to a web dyno's PORT
+    counts as the router's."""
+    src = _dyno_network(layout, flow.src, local)
+    dst = _dyno_network(layout, flow.dst, local)
+    proto = PROTOCOLS.get(flow.proto)
+    if dst is not None:
+        if src is not None:
+            return not (src == dst and dst.is_space and _intra_allowed(flow, proto))
+        if flow.src in local:
+            return not (proto == "tcp" and WebTarget(flow.dst, flow.dport or 0) in web)
+        return True  # from outside: nothing new reaches a dyno
+    if src is not None and flow.dst in local:
+        wanted = f'"{src.bridge}" . {flow.dst} . {proto} . {flow.dport}'
+        return wanted not in _services(src)
+    return False  # a dyno to the outside, or not a dyno's flow at all
+
+
+def _intra_allowed(flow: Flow, proto: str | None) -> bool:
+    if proto is not None:
+        return flow.dport in INTRA_PORTS
+    return flow.proto == socket.IPPROTO_ICMP and flow.icmp_type == ICMP_ECHO_REQUEST

@@ -7,17 +7,20 @@ is not offered, and no spoofed packet may make the host answer another dyno.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from dynod.addressing import Pool
-from tests.support import PYTHON, gateway_of, running_daemon, sh
+from tests.support import PYTHON, gateway_of, port_elements, running_daemon, sh
 
 pytestmark = pytest.mark.root
 
@@ -244,3 +247,83 @@ def test_frames_to_every_ieee_group_address_reach_nothing_on_the_host(
         replies = sniffed(victim_sniffer)
         kinds = sorted({" ".join(line.split()[1:2] + line.split()[-1:]) for line in arrived})
         assert (kinds, replies) == ([], 0), f"{len(arrived)} datagrams, {replies} echo replies"
+
+
+# ---------------------------------------------------------------- the firewall's guard
+def nft_elements(table: str, family: str, name: str) -> list[Any]:
+    listing = json.loads(sh("nft", "-j", "list", "set", family, table, name).stdout)
+    return [e for item in listing["nftables"] for e in item.get("set", {}).get("elem", [])]
+
+
+def nft_element_text(value: Any) -> str:
+    return " . ".join(f'"{v}"' if str(v).startswith("tst") else str(v) for v in value["concat"])
+
+
+def test_deleted_set_elements_come_back_at_once_on_the_nftables_event() -> None:
+    with running_daemon() as d:
+        web = d.run_app("sushi", "web")
+        ports = nft_elements(d.prefix, "bridge", "ports")
+        webs = nft_elements(d.prefix, "inet", "web")
+        assert len(ports) == 1 and webs == [{"concat": [web["ip"], web["port"]]}]
+        for family, name, elements in (("bridge", "ports", ports), ("inet", "web", webs)):
+            text = nft_element_text(elements[0])
+            proc = subprocess.Popen(
+                ["nft", "delete", "element", family, d.prefix, name, "{", text, "}"],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.wait(10) == 0, proc.stderr.read() if proc.stderr else ""
+            # the old guard polled every 2 s and counted rules only: it never saw this
+            d.wait_for(
+                lambda f=family, n=name: len(nft_elements(d.prefix, f, n)) == 1,
+                f"the {name} element back",
+                timeout=1.5,
+            )
+            # noticed because of that very commit, not by a poll
+            assert f"pid {proc.pid} (nft)" in d.log()
+        assert nft_elements(d.prefix, "bridge", "ports") == ports
+        assert nft_elements(d.prefix, "inet", "web") == webs
+
+
+def half_request(ip: str, port: int) -> socket.socket:
+    """A TCP connection with half an HTTP request sent: the server waits for the rest."""
+    conn = socket.create_connection((ip, port), timeout=3)
+    conn.sendall(b"GET /window HTTP/1.0\r\n")
+    return conn
+
+
+def finish_request(conn: socket.socket) -> bytes:
+    """The rest of the request, and the first bytes of the answer (b"" when none came)."""
+    try:
+        conn.sendall(b"Host: x\r\n\r\n")
+        conn.settimeout(3)
+        return conn.recv(64)
+    except OSError:
+        return b""
+    finally:
+        conn.close()
+
+
+def test_a_connection_opened_while_the_firewall_was_gone_is_cut_after_the_restore() -> None:
+    with running_daemon() as d:
+        web = d.run_app("sushi", "web")
+        worker = d.run_app("sushi", "worker", env={"APP_PORT": "7000"})
+        assert d.proc is not None
+        # The daemon is frozen while the tables are gone, so the window is certain to be open.
+        d.proc.send_signal(signal.SIGSTOP)
+        try:
+            sh("nft", "delete", "table", "inet", d.prefix)
+            sh("nft", "delete", "table", "bridge", d.prefix)
+            refused = half_request(worker["ip"], 7000)  # host -> a worker: never allowed
+            allowed = half_request(web["ip"], web["port"])  # host -> a web dyno's PORT
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        d.wait_for(lambda: len(port_elements(d.prefix)) == 2, "the firewall re-applied", 5)
+        with contextlib.suppress(AssertionError):  # if it never comes, the asserts say why
+            d.wait_for(lambda: "connections it refuses" in d.log(), "the flows cut", 5)
+        assert finish_request(allowed).startswith(b"HTTP/1.0 200")
+        assert finish_request(refused) == b"", "a connection from the window outlived the restore"
+        assert "firewall restored; cut " in d.log()
+        with socket.socket() as s:
+            s.settimeout(1)
+            assert s.connect_ex((worker["ip"], 7000)) != 0  # and nothing new gets through
