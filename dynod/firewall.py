@@ -281,25 +281,29 @@ def _dyno_network(layout: Layout, address: str, local: Set[str]) -> Network | No
     return None
 
 
-def refused(layout: Layout, web: Set[WebTarget], local: Set[str], flow: Flow) -> bool:
-    """Would the rules have refused this flow's first packet? Only flows to or from a dyno are
-    judged; the host's own flows are never refused here.
-
-    The rules' router mark is not in conntrack, so any host connection to a web dyno's PORT
-    counts as the router's."""
+def allows(
+    layout: Layout, web: Set[WebTarget], local: Set[str], flow: Flow, *, marked: bool
+) -> bool:
+    """Do the rules let this flow's first packet through? `marked`: sent by a socket with the
+    router's mark. Flows that touch no dyno are not dynod's to judge: they pass."""
     src = _dyno_network(layout, flow.src, local)
     dst = _dyno_network(layout, flow.dst, local)
     proto = PROTOCOLS.get(flow.proto)
     if dst is not None:
         if src is not None:
-            return not (src == dst and dst.is_space and _intra_allowed(flow, proto))
+            return src == dst and dst.is_space and _intra_allowed(flow, proto)
         if flow.src in local:
-            return not (proto == "tcp" and WebTarget(flow.dst, flow.dport or 0) in web)
-        return True  # from outside: nothing new reaches a dyno
+            return marked and proto == "tcp" and WebTarget(flow.dst, flow.dport or 0) in web
+        return False  # from outside: nothing new reaches a dyno
     if src is not None and flow.dst in local:
-        wanted = f'"{src.bridge}" . {flow.dst} . {proto} . {flow.dport}'
-        return wanted not in _services(src)
-    return False  # a dyno to the outside, or not a dyno's flow at all
+        return f'"{src.bridge}" . {flow.dst} . {proto} . {flow.dport}' in _services(src)
+    return True  # a dyno to the outside, or not a dyno's flow at all
+
+
+def refused(layout: Layout, web: Set[WebTarget], local: Set[str], flow: Flow) -> bool:
+    """Would the rules have refused this tracked flow? Conntrack does not keep the router's
+    mark, so any host connection to a web dyno's PORT is taken for the router's."""
+    return not allows(layout, web, local, flow, marked=True)
 
 
 def _intra_allowed(flow: Flow, proto: str | None) -> bool:
