@@ -35,7 +35,7 @@ GROUP_MACS = [f"01:80:c2:00:00:{n:02x}" for n in range(16)]  # every IEEE link-l
 # (spoofed sources included), an ICMP echo request spoofed as the victim, and IPv6 UDP to
 # ff02::1 and to the port's link-local address. Every payload carries the token.
 RAW_SENDER = r"""
-import json, socket, struct, sys
+import json, socket, struct, sys, time
 spec = json.loads(sys.argv[1])
 token = spec["token"].encode()
 
@@ -68,10 +68,17 @@ def udp6(src, dst, port, data):
     head = head[:6] + struct.pack("!H", csum(pseudo + head + data) or 0xFFFF)
     return struct.pack("!IHBB", 6 << 28, length, 17, 64) + s + d + head + data
 
+def arp_request(own_mac, own_ip, target):
+    return struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, own_mac, socket.inet_aton(own_ip),
+                       b"\0" * 6, socket.inet_aton(target))
+
 mac = lambda text: bytes.fromhex(text.replace(":", ""))
 own_mac = mac(open("/sys/class/net/eth0/address").read().strip())
 raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 raw.bind(("eth0", 0))
+arp = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+arp.bind(("eth0", 0))
+arp.settimeout(0.1)
 sent = 0
 for group in spec["groups"]:
     frames = []
@@ -82,10 +89,23 @@ for group in spec["groups"]:
     frames.append((0x0800, echo4(spec["victim"], spec["gateway"], token + b" echo")))
     for dst in spec["targets6"]:
         frames.append((0x86DD, udp6(spec["source6"], dst, spec["port"], token + b" udp6")))
+    for dst in spec["targets"]:
+        frames.append((0x0806, arp_request(own_mac, spec["sources"][0], dst)))
     for ethertype, packet in frames:
         raw.send(mac(group) + own_mac + struct.pack("!H", ethertype) + packet)
         sent += 1
-print(sent)
+# ARP replies from the port itself (the bridge answers for its addresses as usual: a frame to
+# 01:80:c2:00:00:00 is bridged when STP is off)
+replies = 0
+deadline = time.monotonic() + 1
+while time.monotonic() < deadline:
+    try:
+        frame = arp.recv(2048)
+    except socket.timeout:
+        continue
+    reply = frame[12:14] == b"\x08\x06" and frame[20:22] == b"\x00\x02"
+    replies += reply and frame[22:28] == mac(spec["port_mac"])
+print(json.dumps({"sent": sent, "arp_replies": replies}))
 """
 
 # Counts, for a while, the frames on a namespace's eth0 that carry the token (the victim's
@@ -217,6 +237,7 @@ def test_frames_to_every_ieee_group_address_reach_nothing_on_the_host(
             "gateway": gateway,
             "source6": "fe80::1",
             "targets6": ["ff02::1", port_link_local],
+            "port_mac": link_mac(attacker["veth"]),
         }
         result = sh(
             "ip",
@@ -230,7 +251,8 @@ def test_frames_to_every_ieee_group_address_reach_nothing_on_the_host(
             check=False,
         )
         assert result.returncode == 0, result.stderr
-        assert int(result.stdout) == len(GROUP_MACS) * 9
+        sender = json.loads(result.stdout)
+        assert sender["sent"] == len(GROUP_MACS) * 11
         neigh = sh(
             "ip",
             "netns",
@@ -251,7 +273,12 @@ def test_frames_to_every_ieee_group_address_reach_nothing_on_the_host(
         arrived = listeners.received(token)
         replies = sniffed(victim_sniffer)
         kinds = sorted({" ".join(line.split()[1:2] + line.split()[-1:]) for line in arrived})
-        assert (kinds, replies) == ([], 0), f"{len(arrived)} datagrams, {replies} echo replies"
+        # the port takes no IPv6 at all (no link-local address to be reached at)
+        assert sh("ip", "-6", "addr", "show", "dev", attacker["veth"]).stdout.strip() == ""
+        arp = sender["arp_replies"]
+        assert (kinds, replies, arp) == ([], 0, 0), (
+            f"{len(arrived)} datagrams, {replies} echo replies, {arp} ARP replies"
+        )
 
 
 # ---------------------------------------------------------------- the firewall's guard
