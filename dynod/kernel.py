@@ -358,6 +358,11 @@ class Kernel:
         web = [w for w in (self.web(d) for d in dynos) if w is not None]
         self._nftables().run(firewall.ruleset(self.layout, [self.port(d) for d in dynos], web))
         self._expected = snapshot(self._nftables(), self._tables())
+        # Ports made by an older dynod (adopted at start-up), or changed by hand since, get the
+        # port settings the firewall relies on too.
+        for dyno in dynos:
+            with contextlib.suppress(FileNotFoundError):  # its veth is gone: reconcile's job
+                network.close_port_to_host(dyno.veth)
 
     def _tables(self) -> list[tuple[str, str]]:
         return [("bridge", self.layout.table), ("inet", self.layout.table)]

@@ -297,6 +297,10 @@ def test_deleted_set_elements_come_back_at_once_on_the_nftables_event() -> None:
         ports = nft_elements(d.prefix, "bridge", "ports")
         webs = nft_elements(d.prefix, "inet", "web")
         assert len(ports) == 1 and webs == [{"concat": [web["ip"], web["port"]]}]
+        # a commit by someone else that leaves our tables alone is checked, and changes nothing
+        harmless = f"add table inet {d.prefix}z; delete table inet {d.prefix}z"
+        sh("nft", harmless)
+        deleted = []
         for family, name, elements in (("bridge", "ports", ports), ("inet", "web", webs)):
             text = nft_element_text(elements[0])
             proc = subprocess.Popen(
@@ -313,6 +317,11 @@ def test_deleted_set_elements_come_back_at_once_on_the_nftables_event() -> None:
                 timeout=8,
             )
             assert f"pid {proc.pid} (nft)" in d.log()
+            deleted.append(proc.pid)
+        warnings = [line for line in d.log().splitlines() if "re-applying them" in line]
+        assert len(warnings) == 2, warnings  # one per deletion, none for the harmless commit
+        for line, pid in zip(warnings, deleted, strict=True):
+            assert f"pid {pid} (nft)" in line
         assert nft_elements(d.prefix, "bridge", "ports") == ports
         assert nft_elements(d.prefix, "inet", "web") == webs
 
