@@ -311,14 +311,26 @@ class Daemon:
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
         foreign: list[nfevents.Commit] = []  # commits by others since the last check
-        events = nfevents.NftEvents()
+        try:
+            events: nfevents.NftEvents | None = nfevents.NftEvents()
+        except OSError as exc:
+            assert self.log is not None
+            self.log.emit(
+                None,
+                "dynod",
+                f"warning: no nftables events ({exc}); the firewall is checked every "
+                f"{FIREWALL_CHECK:g} s only",
+            )
+            events = None
 
         def on_events() -> None:
+            assert events is not None
             foreign.extend(c for c in events.read() if not c.ours())
             if foreign:
                 changed.set()
 
-        loop.add_reader(events.fileno(), on_events)
+        if events is not None:
+            loop.add_reader(events.fileno(), on_events)
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -329,8 +341,9 @@ class Daemon:
                 foreign.clear()
                 await self._check_firewall(by or "none, found by the poll")
         finally:
-            loop.remove_reader(events.fileno())
-            events.close()
+            if events is not None:
+                loop.remove_reader(events.fileno())
+                events.close()
 
     async def _check_firewall(self, by: str) -> None:
         assert self.state is not None and self.log is not None
