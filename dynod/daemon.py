@@ -33,10 +33,12 @@ from dynod.logs import LogBook
 from dynod.router import Backend, Refused, Router, raise_open_file_limit
 from dynod.state import App, Dyno, Space, State
 from dynod.supervisor import Supervisor, were_removed
-from netns import namespace
+from netns import namespace, nfevents
 
 PRIVATE_UMASK = 0o077
-FIREWALL_CHECK = 2.0  # seconds between checks that nobody removed dynod's nftables tables
+# seconds between checks of dynod's nftables tables when no nftables event came (a backstop:
+# every commit by another process is an event, and is checked at once)
+FIREWALL_CHECK = 10.0
 LOCK_DIR = "/run"
 T = TypeVar("T")
 
@@ -336,22 +338,63 @@ class Daemon:
         self.state.drained([key for key, veth in draining.items() if veth not in present])
 
     async def _guard_firewall(self) -> None:
-        """`nft flush ruleset` or a firewall reload removes dynod's tables (docker/for-linux#1472):
-        notice, and put the whole firewall back from the state."""
+        """`nft flush ruleset` or a firewall reload removes dynod's tables (docker/for-linux#1472),
+        and anyone may delete a rule or a set element: notice at once (every nftables commit
+        by another process is an event), put the whole firewall back from the state, and cut
+        the connections that slipped through meanwhile. A slow poll backs the events up."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        foreign: list[nfevents.Commit] = []  # commits by others since the last check
+        try:
+            events: nfevents.NftEvents | None = nfevents.NftEvents()
+        except OSError as exc:
+            assert self.log is not None
+            self.log.emit(
+                None,
+                "dynod",
+                f"warning: no nftables events ({exc}); the firewall is checked every "
+                f"{FIREWALL_CHECK:g} s only",
+            )
+            events = None
+
+        def on_events() -> None:
+            assert events is not None
+            foreign.extend(c for c in events.read() if not c.ours())
+            if foreign:
+                changed.set()
+
+        if events is not None:
+            loop.add_reader(events.fileno(), on_events)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), FIREWALL_CHECK)
+                changed.clear()
+                seen = sorted({str(c) for c in foreign})
+                by = ", ".join(seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
+                foreign.clear()
+                await self._check_firewall(by or "none, found by the poll")
+        finally:
+            if events is not None:
+                loop.remove_reader(events.fileno())
+                events.close()
+
+    async def _check_firewall(self, by: str) -> None:
         assert self.state is not None and self.log is not None
-        while True:
-            await asyncio.sleep(FIREWALL_CHECK)
-            try:
-                if not await self.kernel.firewall_intact():
-                    self.log.emit(
-                        None,
-                        "dynod",
-                        "warning: dynod's nftables tables were changed by someone "
-                        "else (nft flush ruleset?); re-applying them from the state",
-                    )
-                    await self.kernel.apply_firewall(self.state.dynos())
-            except Exception as exc:  # noqa: BLE001 - keep guarding
-                self.log.emit(None, "dynod", f"error: re-applying the firewall: {exc}")
+        try:
+            if await self.kernel.firewall_intact():
+                return
+            self.log.emit(
+                None,
+                "dynod",
+                "warning: dynod's nftables tables were changed by someone "
+                f"else (nft flush ruleset?); re-applying them from the state; commits: {by}",
+            )
+            cut = await self.kernel.restore_firewall(self.state.dynos())
+            if cut:
+                self.log.emit(None, "dynod", f"firewall restored; cut {cut} connections it refuses")
+        except Exception as exc:  # noqa: BLE001 - keep guarding
+            self.log.emit(None, "dynod", f"error: re-applying the firewall: {exc}")
 
     # ---------------------------------------------------------------- dynos
     async def run_dyno(self, request: dict[str, Any], peer_uid: int, peer_gid: int) -> Dyno:

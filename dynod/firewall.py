@@ -19,14 +19,23 @@ Two tables, both named after the daemon's prefix and touched by nobody else:
 
 Ports of the bridges are also `isolated on`, so frames between two dynos never cross a bridge:
 traffic between dynos of a space is routed by the host, where the rules above see it.
+A port itself is never an IP interface: a frame a dyno sends to an IEEE link-local group MAC
+(01:80:c2:00:00:00-0f) is not bridged but handed to the host's IP stack on the port, where
+neither the bridge table nor a rule on `@bridges` would see it. `inet PREFIX` drops everything
+whose iifname is a port before conntrack (and again in input and forward); the port also has
+IPv6 off and answers no ARP (network.attach), which no `nft flush ruleset` can undo.
 The rules are fixed; dynos and spaces add set and map elements, so the ruleset does not grow
 with the number of dynos (or spaces) and every change is one atomic `nft -f` transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+import socket
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
+
+from netns.conntrack import Flow
 
 # The router marks its sockets (SO_MARK needs CAP_NET_ADMIN): the only host traffic let through
 # to a dyno is the router's, to a web dyno's PORT.
@@ -171,8 +180,18 @@ table inet {t} {{
     map nat {{
         {nat}
     }}
+    # A dyno's frames reach the IP stack through its bridge (br_netfilter names the bridge as
+    # iifname then). A frame to an IEEE link-local group MAC (01:80:c2:00:00:0X) is not
+    # bridged: it is handed to the host on the port itself, past the bridge table's
+    # anti-spoofing. Nothing legitimate arrives with a port as iifname, so drop it all, before
+    # conntrack sees it.
+    chain ports_raw {{
+        type filter hook prerouting priority raw; policy accept;
+        iifname "{glob}" counter drop comment "a dyno port is never an IP interface"
+    }}
     chain input {{
         type filter hook input priority filter; policy accept;
+        iifname "{glob}" counter drop comment "second lock: a dyno port to the host"
         iifname @bridges jump dyno_to_host
     }}
     chain dyno_to_host {{
@@ -182,6 +201,7 @@ table inet {t} {{
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
+        iifname "{glob}" counter drop comment "second lock: a dyno port routed anywhere"
         oifname @bridges ct state established,related accept
         iifname . oifname @intra meta l4proto {{ tcp, udp }} th dport 1024-65535 accept
         iifname . oifname @intra icmp type echo-request accept
@@ -231,3 +251,62 @@ def close_web(layout: Layout, web: WebTarget) -> str:
 
 def open_web(layout: Layout, web: WebTarget) -> str:
     return f"add element inet {layout.table} web {{ {_web_element(web)} }}\n"
+
+
+# ---------------------------------------------------------------- what the kernel should hold
+def port_value(port: Port) -> object:
+    """A `ports` element as `nft -j list` shows it."""
+    return {"concat": [port.ifname, port.mac, port.ip]}
+
+
+def web_value(target: WebTarget) -> object:
+    """A `web` element as `nft -j list` shows it."""
+    return {"concat": [target.ip, target.port]}
+
+
+# ---------------------------------------------------------------- tracked flows
+INTRA_PORTS = range(1024, 65536)
+ICMP_ECHO_REQUEST = 8
+PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
+
+
+def _dyno_network(layout: Layout, address: str, local: Set[str]) -> Network | None:
+    """The network whose range holds this dyno address (host addresses there are not dynos)."""
+    if address in local:
+        return None
+    ip = ipaddress.IPv4Address(address)
+    for net in layout.networks:
+        if ip in ipaddress.IPv4Network(net.cidr):
+            return net
+    return None
+
+
+def allows(
+    layout: Layout, web: Set[WebTarget], local: Set[str], flow: Flow, *, marked: bool
+) -> bool:
+    """Do the rules let this flow's first packet through? `marked`: sent by a socket with the
+    router's mark. Flows that touch no dyno are not dynod's to judge: they pass."""
+    src = _dyno_network(layout, flow.src, local)
+    dst = _dyno_network(layout, flow.dst, local)
+    proto = PROTOCOLS.get(flow.proto)
+    if dst is not None:
+        if src is not None:
+            return src == dst and dst.is_space and _intra_allowed(flow, proto)
+        if flow.src in local:
+            return marked and proto == "tcp" and WebTarget(flow.dst, flow.dport or 0) in web
+        return False  # from outside: nothing new reaches a dyno
+    if src is not None and flow.dst in local:
+        return f'"{src.bridge}" . {flow.dst} . {proto} . {flow.dport}' in _services(src)
+    return True  # a dyno to the outside, or not a dyno's flow at all
+
+
+def refused(layout: Layout, web: Set[WebTarget], local: Set[str], flow: Flow) -> bool:
+    """Would the rules have refused this tracked flow? Conntrack does not keep the router's
+    mark, so any host connection to a web dyno's PORT is taken for the router's."""
+    return not allows(layout, web, local, flow, marked=True)
+
+
+def _intra_allowed(flow: Flow, proto: str | None) -> bool:
+    if proto is not None:
+        return flow.dport in INTRA_PORTS
+    return flow.proto == socket.IPPROTO_ICMP and flow.icmp_type == ICMP_ECHO_REQUEST

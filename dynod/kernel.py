@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import os
 import shutil
 import signal
@@ -24,9 +23,9 @@ from dynod import firewall, launch, names, network, processes
 from dynod.addressing import Pool, Subnet
 from dynod.errors import DynodError
 from dynod.state import Dyno
-from netns import addresses, links, namespace, sysctl
+from netns import addresses, conntrack, links, namespace, sysctl
 from netns import exec as netns_exec
-from netns.nftables import Nft, NftError
+from netns.nftables import Nft, NftError, Snapshot, element_key, snapshot
 from netns.worker import KernelWorker
 
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -86,7 +85,9 @@ class Kernel:
         self.resolv_dir = resolv_dir
         self.worker = KernelWorker(f"{prefix}-kernel")
         self._nft: Nft | None = None
-        self._rules = -1  # rules in our tables when we last applied them
+        # What our tables should hold: taken right after each full apply, and kept up to date
+        # (on the kernel thread) with the elements each later transaction added or removed.
+        self._expected: Snapshot | None = None
         self.touched = False  # whether anything was made that shutdown must remove
 
     @property
@@ -243,6 +244,7 @@ class Kernel:
         # Firewall elements first: they are plain data, harmless before the port exists, and
         # a refusal then leaves nothing in the network to undo.
         self._nftables().run(firewall.add_dyno(self.layout, self.port(dyno), self.web(dyno)))
+        self._expect(dyno, present=True)
         try:
             network.attach(self.worker.ipr, bridge, self._attachment(dyno))
         except BaseException:
@@ -250,6 +252,7 @@ class Kernel:
                 self._nftables().run(
                     firewall.remove_dyno(self.layout, self.port(dyno), self.web(dyno))
                 )
+            self._expect(dyno, present=False)
             raise
 
     async def detach(self, dyno: Dyno) -> None:
@@ -259,12 +262,29 @@ class Kernel:
     def _detach(self, dyno: Dyno) -> None:
         with contextlib.suppress(NftError):  # elements already gone: nothing to remove
             self._nftables().run(firewall.remove_dyno(self.layout, self.port(dyno), self.web(dyno)))
+        self._expect(dyno, present=False)
         network.detach(self.worker.ipr, self.net(dyno.space).index, self._attachment(dyno))
 
     async def move_web(self, old: firewall.WebTarget, new: firewall.WebTarget) -> None:
         """A restarted web dyno's new PORT replaces the old one, in one transaction."""
+        await self.worker.run(self._move_web, old, new)
+
+    def _move_web(self, old: firewall.WebTarget, new: firewall.WebTarget) -> None:
         text = firewall.close_web(self.layout, old) + firewall.open_web(self.layout, new)
-        await self.worker.run(self._nftables().run, text)
+        self._nftables().run(text)
+        if self._expected is not None:
+            self._expected.discard("inet", "web", element_key(firewall.web_value(old)))
+            self._expected.add("inet", "web", element_key(firewall.web_value(new)))
+
+    def _expect(self, dyno: Dyno, present: bool) -> None:
+        """Record what a successful transaction did to the per-dyno sets."""
+        if self._expected is None:
+            return
+        change = self._expected.add if present else self._expected.discard
+        change("bridge", "ports", element_key(firewall.port_value(self.port(dyno))))
+        web = self.web(dyno)
+        if web is not None:
+            change("inet", "web", element_key(firewall.web_value(web)))
 
     async def kill_inside(self, dyno: Dyno) -> None:
         """SIGKILL to every process of the dyno (see dyno_pids): its pid namespace's init first
@@ -365,24 +385,36 @@ class Kernel:
         dynos = [d for d in dynos if d.space == "" or d.space in self.spaces]
         web = [w for w in (self.web(d) for d in dynos) if w is not None]
         self._nftables().run(firewall.ruleset(self.layout, [self.port(d) for d in dynos], web))
-        self._rules = self._rule_count()
+        self._expected = snapshot(self._nftables(), self._tables())
+        # Ports made by an older dynod (adopted at start-up), or changed by hand since, get the
+        # port settings the firewall relies on too.
+        for dyno in dynos:
+            with contextlib.suppress(FileNotFoundError):  # its veth is gone: reconcile's job
+                network.close_port_to_host(dyno.veth)
 
-    def _rule_count(self) -> int:
-        """Rules in both of our tables; -1 when one is missing."""
-        total = 0
-        for family in ("bridge", "inet"):
-            try:
-                listing = json.loads(
-                    self._nftables().run(f"list table {family} {self.layout.table}", as_json=True)
-                )
-            except NftError:
-                return -1
-            total += sum(1 for item in listing["nftables"] if "rule" in item)
-        return total
+    def _tables(self) -> list[tuple[str, str]]:
+        return [("bridge", self.layout.table), ("inet", self.layout.table)]
 
     async def firewall_intact(self) -> bool:
-        """Are our tables there with every rule we put in them?"""
-        return await self.worker.run(lambda: self._rule_count() == self._rules)
+        """Are our tables there with every rule and every set element we put in them?"""
+        return await self.worker.run(self._firewall_intact)
+
+    def _firewall_intact(self) -> bool:
+        if self._expected is None:
+            return True  # never applied yet: nothing to compare with
+        return snapshot(self._nftables(), self._tables()) == self._expected
+
+    async def restore_firewall(self, live: Iterable[Dyno]) -> int:
+        """Re-apply the whole firewall from the state, then cut the tracked flows it refuses
+        (connections opened while it was missing would live on in conntrack); how many."""
+        return await self.worker.run(self._restore_firewall, list(live))
+
+    def _restore_firewall(self, dynos: list[Dyno]) -> int:
+        self._apply_firewall(dynos)
+        layout = self.layout
+        web = {w for w in (self.web(d) for d in dynos) if w is not None}
+        local = addresses.local_ipv4(self.worker.ipr)
+        return conntrack.delete_where(lambda flow: firewall.refused(layout, web, local, flow))
 
     async def remove_unknown(self, live: Iterable[Dyno]) -> None:
         """Namespaces, veths and bridge addresses with our prefix that no live dyno owns."""

@@ -5,6 +5,7 @@ Everything here runs on the kernel worker's thread (netns.worker). For one dyno 
     ip netns add NS
     ip link add dynod-1a address 0a:59:.. master dynod0 up type veth \\
         peer name eth0 address 0a:58:.. netns NS
+    sysctl -w net.ipv6.conf.dynod-1a.disable_ipv6=1 net.ipv4.conf.dynod-1a.arp_ignore=8
     bridge link set dev dynod-1a isolated on learning off flood off
     bridge fdb replace 0a:58:.. dev dynod-1a master static
     ip addr add 172.16.0.5/30 dev dynod0                 # the dyno's gateway, on the host side
@@ -112,6 +113,7 @@ def attach(ipr: IPRoute, bridge_index: int, dyno: Attachment) -> None:
             )
         finally:
             os.close(fd)
+        close_port_to_host(dyno.veth)
         links.isolate_bridge_port(ipr, port)
         links.add_fdb_entry(ipr, port, subnet.dyno_mac)
         addresses.add(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
@@ -119,6 +121,17 @@ def attach(ipr: IPRoute, bridge_index: int, dyno: Attachment) -> None:
     except BaseException:
         detach(ipr, bridge_index, dyno)
         raise
+
+
+def close_port_to_host(port: str) -> None:
+    """`sysctl -w net.ipv6.conf.PORT.disable_ipv6=1 net.ipv4.conf.PORT.arp_ignore=8`.
+
+    A dyno's traffic to the host enters through its bridge. Frames to an IEEE link-local group
+    MAC are handed to the host on the port instead (the firewall drops them there too): with
+    IPv6 off the port has no link-local address and takes no IPv6 at all, and arp_ignore=8
+    makes it answer no ARP request for any host address. These live and die with the veth."""
+    sysctl.write(f"net.ipv6.conf.{port}.disable_ipv6", 1)
+    sysctl.write(f"net.ipv4.conf.{port}.arp_ignore", 8)
 
 
 def _configure_inside(netns: str, subnet: Subnet) -> None:

@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import json
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 NFT_CTX_DEFAULT = 0
@@ -88,3 +89,55 @@ class Nft:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def element_key(value: object) -> str:
+    """One set or map element, as `nft -j list` shows it, in a form that compares equal."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class Snapshot:
+    """What some tables hold, as `nft -j list table` shows it, minus what changes by itself
+    (handles, counters): `structure` is every table, chain, set and rule in order, `elements`
+    the elements of each set and map, keyed "family name"."""
+
+    structure: list[str] = field(default_factory=list)
+    elements: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(self, family: str, name: str, key: str) -> None:
+        self.elements.setdefault(f"{family} {name}", set()).add(key)
+
+    def discard(self, family: str, name: str, key: str) -> None:
+        self.elements.setdefault(f"{family} {name}", set()).discard(key)
+
+
+def snapshot(nft: Nft, tables: list[tuple[str, str]]) -> Snapshot | None:
+    """`nft -j list table FAMILY NAME` for each table, normalized; None when one is missing."""
+    found = Snapshot()
+    for family, name in tables:
+        try:
+            listing = json.loads(nft.run(f"list table {family} {name}", as_json=True))
+        except NftError:
+            return None
+        for item in listing["nftables"]:
+            if "metainfo" in item:
+                continue
+            kind, body = next(iter(item.items()))
+            body = {k: v for k, v in body.items() if k != "handle"}
+            if kind in ("set", "map"):
+                elements = found.elements.setdefault(f"{family} {body['name']}", set())
+                elements.update(element_key(e) for e in body.pop("elem", []))
+            found.structure.append(element_key({kind: _without_counts(body)}))
+    return found
+
+
+def _without_counts(value: Any) -> Any:
+    """The value with every counter's packets and bytes set to 0."""
+    if isinstance(value, dict):
+        if set(value) == {"packets", "bytes"}:
+            return {"packets": 0, "bytes": 0}
+        return {k: _without_counts(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_counts(v) for v in value]
+    return value

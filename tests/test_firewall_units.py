@@ -1,0 +1,141 @@
+"""The firewall's pure parts: which tracked flows the rules refuse, nftables commit events, and
+the comparison of what the kernel holds with what the daemon put there. No root needed."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from dynod import firewall
+from netns.conntrack import Flow
+from netns.nfevents import (
+    NFNL_SUBSYS_NFTABLES,
+    NFT_MSG_NEWGEN,
+    UNKNOWN,
+    Commit,
+    parse_commits,
+)
+from netns.nftables import Snapshot, _without_counts, element_key
+
+TCP, UDP, ICMP = socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_ICMP
+ECHO, ECHO_REPLY = 8, 0
+
+CR = firewall.Network("dyn0", "172.20.0.0/16", "172.20.0.1")
+SPACE_A = firewall.Network("dyns1", "10.1.0.0/16", "10.1.0.1", "192.0.2.1")
+SPACE_B = firewall.Network("dyns2", "10.2.0.0/16", "10.2.0.1", "192.0.2.2")
+LAYOUT = firewall.Layout("dyn", "dyn-*", CR, (SPACE_A, SPACE_B))
+# host addresses: the bridges', the dynos' gateways, the host's own
+LOCAL = {
+    "172.20.0.1",
+    "172.20.0.5",
+    "172.20.0.9",
+    "10.1.0.1",
+    "10.1.0.5",
+    "10.2.0.1",
+    "198.51.100.7",
+}
+CR1, CR2, A1, A2, B1 = "172.20.0.6", "172.20.0.10", "10.1.0.6", "10.1.0.10", "10.2.0.6"
+WEB = {firewall.WebTarget(CR1, 5000), firewall.WebTarget(A1, 5001)}
+
+
+def flow(proto: int, src: str, dst: str, dport: int | None = None, icmp: int | None = None) -> Flow:
+    return Flow(proto, src, dst, 40000 if dport else None, dport, icmp)
+
+
+def refused(f: Flow) -> bool:
+    return firewall.refused(LAYOUT, WEB, LOCAL, f)
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        flow(TCP, "172.20.0.5", CR1, 5000),  # the router to a web dyno's PORT
+        flow(TCP, "10.1.0.1", A1, 5001),
+        flow(TCP, CR1, "93.184.216.34", 443),  # a dyno to the outside
+        flow(UDP, A1, "8.8.8.8", 53),
+        flow(ICMP, B1, "1.1.1.1", icmp=ECHO),
+        flow(TCP, A1, A2, 1024),  # inside a space, 1024-65535 and ping
+        flow(UDP, A2, A1, 65535),
+        flow(ICMP, A1, A2, icmp=ECHO),
+        flow(UDP, CR1, "172.20.0.1", 53),  # DNS on the dyno's own bridge
+        flow(TCP, A1, "10.1.0.1", 53),
+        flow(TCP, A1, "10.1.0.1", 80),  # a space's internal router
+        flow(TCP, "198.51.100.7", "93.184.216.34", 22),  # the host's own flows are not judged
+        flow(TCP, "127.0.0.1", "127.0.0.1", 8080),
+    ],
+)
+def test_flows_the_rules_allow_survive(f: Flow) -> None:
+    assert not refused(f)
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        flow(TCP, "198.51.100.7", CR2, 7000),  # the host to a dyno that is not web on PORT
+        flow(TCP, "172.20.0.1", CR1, 5001),  # a web dyno, but not its PORT
+        flow(UDP, "172.20.0.5", CR1, 5000),  # its PORT, but UDP
+        flow(ICMP, "172.20.0.1", CR1, icmp=ECHO),
+        flow(TCP, "203.0.113.9", CR1, 5000),  # from the outside, straight to a dyno
+        flow(TCP, CR1, CR2, 5000),  # Common Runtime dynos never reach each other
+        flow(ICMP, CR1, CR2, icmp=ECHO),
+        flow(TCP, A1, B1, 5000),  # nor do two spaces
+        flow(TCP, CR1, A1, 5001),
+        flow(TCP, A1, A2, 1023),  # a space, but below 1024
+        flow(ICMP, A1, A2, icmp=ECHO_REPLY),
+        flow(TCP, CR1, "172.20.0.1", 80),  # no internal router in the Common Runtime
+        flow(TCP, CR1, "172.20.0.1", 22),  # no other host service
+        flow(UDP, CR1, "172.20.0.5", 53),  # DNS is on the bridge's address, not the gateway
+        flow(UDP, A1, "172.20.0.1", 53),  # nor on another network's bridge
+        flow(TCP, CR1, "198.51.100.7", 22),  # the host's own address
+        flow(ICMP, CR1, "172.20.0.5", icmp=ECHO),
+    ],
+)
+def test_flows_the_rules_refuse_are_cut(f: Flow) -> None:
+    assert refused(f)
+
+
+def newgen(pid: int | None, name: str | None) -> bytes:
+    attrs = b""
+    if pid is not None:
+        attrs += struct.pack("=HH", 8, 2) + struct.pack("!I", pid)
+    if name is not None:
+        raw = name.encode() + b"\0"
+        attrs += struct.pack("=HH", 4 + len(raw), 3) + raw + b"\0" * (-len(raw) % 4)
+    body = struct.pack("=BBH", 0, 0, 0) + attrs
+    kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN
+    return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
+
+
+def other_message() -> bytes:
+    body = b"\0" * 8
+    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | 0, 0, 0, 0) + body
+
+
+def test_commit_events_name_who_committed() -> None:
+    data = other_message() + newgen(4242, "nft") + other_message() + newgen(None, None)
+    assert parse_commits(data) == [Commit(4242, "nft"), Commit(UNKNOWN, "?")]
+    assert str(Commit(4242, "nft")) == "pid 4242 (nft)"
+    assert not Commit(UNKNOWN).ours()  # lost events are always someone else's
+    assert not Commit(2**31 - 1).ours()
+
+
+def test_a_snapshot_ignores_counters_and_compares_elements_as_sets() -> None:
+    rule = {"expr": [{"counter": {"packets": 7, "bytes": 900}}, {"drop": None}]}
+    assert _without_counts(rule) == {
+        "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"drop": None}]
+    }
+    port = firewall.Port("dyn-1", "0a:58:ac:14:00:06", CR1)
+    web = firewall.WebTarget(CR1, 5000)
+    # what `nft -j list` shows, key order and all
+    assert element_key(firewall.port_value(port)) == element_key(
+        {"concat": ["dyn-1", "0a:58:ac:14:00:06", CR1]}
+    )
+    assert element_key(firewall.web_value(web)) == element_key({"concat": [CR1, 5000]})
+    expected, seen = Snapshot(["table"]), Snapshot(["table"])
+    expected.add("inet", "web", element_key(firewall.web_value(web)))
+    seen.add("inet", "web", element_key({"concat": [CR1, 5000]}))
+    assert expected == seen
+    expected.discard("inet", "web", element_key(firewall.web_value(web)))
+    assert expected != seen
