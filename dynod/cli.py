@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from dynod import names
+from dynod import names, sizes
 from dynod.client import Client, api_path
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
 from dynod.errors import DynodError
@@ -99,6 +99,13 @@ def main(ctx: click.Context, socket: str) -> None:
     help="DNS resolver that names outside .localspace are forwarded to; default: the "
     "nameservers of /etc/resolv.conf. Repeat for more than one.",
 )
+@click.option(
+    "--metrics-interval",
+    default=20.0,
+    show_default=True,
+    type=float,
+    help="Seconds between samples of each dyno's memory (R14, R15 logs).",
+)
 @click.option("--no-restart", is_flag=True, help="Do not restart crashed dynos.")
 @click.option("--quiet", is_flag=True, help="Do not print the log on stderr.")
 @click.pass_context
@@ -113,6 +120,7 @@ def daemon(
     boot_timeout: float,
     dyno_user: str,
     upstream: tuple[str, ...],
+    metrics_interval: float,
     no_restart: bool,
     quiet: bool,
 ) -> None:
@@ -135,6 +143,7 @@ def daemon(
             upstreams=list(upstream),
             echo_logs=not quiet,
             restart_crashed=not no_restart,
+            metrics_interval=metrics_interval,
         )
         asyncio.run(Daemon(config).serve())
     except ValueError as exc:
@@ -184,6 +193,13 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--detach", "-d", is_flag=True, help="Start it and return at once.")
 @click.option("--env", "-e", "env", multiple=True, help="NAME=VALUE, for the dyno.")
 @click.option("--json", "as_json", is_flag=True, help="With --detach: print the dyno as JSON.")
+@click.option(
+    "--size",
+    "-s",
+    help=f"Heroku's dyno size: memory, processes, CPU share ({sizes.DEFAULT} if not given): "
+    + ", ".join(sizes.SIZES)
+    + ".",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(
@@ -193,6 +209,7 @@ def run(
     detach: bool,
     env: tuple[str, ...],
     as_json: bool,
+    size: str | None,
     command: tuple[str, ...],
 ) -> None:
     """Start a dyno running COMMAND through /bin/sh -c (so '$PORT' expands inside the dyno).
@@ -211,6 +228,8 @@ def run(
         "env": _parse_env(env),
         "detach": detach,
     }
+    if size is not None:
+        body["size"] = sizes.parse(size).name
     if os.geteuid() == 0 and os.environ.get("SUDO_UID", "").isdigit():
         body["sudo_uid"] = int(os.environ["SUDO_UID"])
         body["sudo_gid"] = int(os.environ.get("SUDO_GID", os.environ["SUDO_UID"]))
@@ -270,7 +289,7 @@ def _uptime(seconds: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def ps(ctx: click.Context, app: str | None, as_json: bool) -> None:
-    """List dynos: name, state, private IP, port, pid, uptime."""
+    """List dynos: name, state, size, memory, private IP, port, pid, uptime."""
     query = f"?app={urllib.parse.quote(app)}" if app else ""
     dynos = _client(ctx).call("GET", f"/v1/dynos{query}")
     if as_json:
@@ -279,13 +298,25 @@ def ps(ctx: click.Context, app: str | None, as_json: bool) -> None:
     if not dynos:
         click.echo("no dynos" + (f" in {app}" if app else ""))
         return
-    header = f"{'APP':<30} {'DYNO':<16} {'STATE':<9} {'IP':<15} {'PORT':<6} {'PID':<8} UPTIME"
+    header = (
+        f"{'APP':<30} {'DYNO':<16} {'STATE':<9} {'SIZE':<16} {'MEMORY':<15} {'IP':<15} "
+        f"{'PORT':<6} {'PID':<8} UPTIME"
+    )
     click.echo(header)
     for d in dynos:
         click.echo(
-            f"{d['app']:<30} {d['name']:<16} {d['state']:<9} {d['ip']:<15} "
-            f"{d['port'] or '-'!s:<6} {d['pid'] or '-'!s:<8} {_uptime(d['uptime'])}"
+            f"{d['app']:<30} {d['name']:<16} {d['state']:<9} {d.get('size') or '-':<16} "
+            f"{_memory(d):<15} {d['ip']:<15} {d['port'] or '-'!s:<6} {d['pid'] or '-'!s:<8} "
+            f"{_uptime(d['uptime'])}"
         )
+
+
+def _memory(dyno: dict[str, Any]) -> str:
+    """`123M/512M` (now / the size's quota), as Heroku's mem= counts: MB."""
+    used, quota = dyno.get("memory_mb"), dyno.get("memory_quota_mb")
+    if used is None:
+        return "-"
+    return f"{int(used)}M" + (f"/{quota}M" if quota else "")
 
 
 @main.command()
