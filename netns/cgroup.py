@@ -90,7 +90,7 @@ def _below(mount_point: str, root: str, path: str) -> str:
     """Our cgroup's directory: its path is relative to the root of what is mounted there."""
     if root != "/" and (path == root or path.startswith(root + "/")):
         path = path[len(root) :]
-    return os.path.join(mount_point, path.lstrip("/"))
+    return os.path.normpath(os.path.join(mount_point, path.lstrip("/")))
 
 
 def discover(

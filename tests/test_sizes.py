@@ -8,6 +8,7 @@ kernel limit (standard-1x: 1 GB) stops it first.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -113,20 +114,24 @@ def daemon() -> Iterator[DaemonProc]:
 
 def test_each_dyno_has_its_own_run_lock(daemon: DaemonProc) -> None:
     marker = f"dynod-test-{daemon.prefix}"
-    writer = run(
-        daemon,
-        "locka",
-        "worker",
-        f"echo secret > /run/lock/{marker} && echo wrote && sleep 30",
-    )
-    daemon.wait_for(lambda: "wrote" in daemon.output("locka", writer["name"]), "the write")
-    status, lines = daemon.run_once(
-        "lockb", "run", f"cat /run/lock/{marker}; echo more >> /run/lock/{marker}; echo done"
-    )
-    assert "secret" not in lines
-    assert not os.path.exists(f"/run/lock/{marker}"), "the host's /run/lock got the dyno's file"
-    daemon.stop_dyno("locka")
-    daemon.stop_dyno("lockb")
+    try:
+        writer = run(
+            daemon,
+            "locka",
+            "worker",
+            f"echo secret > /run/lock/{marker} && echo wrote && sleep 30",
+        )
+        daemon.wait_for(lambda: "wrote" in daemon.output("locka", writer["name"]), "the write")
+        status, lines = daemon.run_once(
+            "lockb", "run", f"cat /run/lock/{marker}; echo more >> /run/lock/{marker}; echo done"
+        )
+        assert lines[-1:] == ["done"]
+        assert "secret" not in lines
+        assert not os.path.exists(f"/run/lock/{marker}"), "the host's /run/lock has the file"
+        daemon.stop_dyno("locka")
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # where it lands without the fix
+            os.unlink(f"/run/lock/{marker}")
 
 
 def test_private_mounts_are_sized_to_the_quota(daemon: DaemonProc) -> None:
