@@ -221,6 +221,8 @@ class Kernel:
         for bridge in network.existing_space_bridges(ipr, self.names) | {self.common.bridge}:
             network.remove_bridge(ipr, bridge)
         self._remove_cgroups(set())
+        if self.cgroups is not None:
+            cgroup.release(self.cgroups, f"{self.names.prefix}.daemon")
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.resolv_dir)
 

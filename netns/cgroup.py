@@ -156,6 +156,24 @@ def prepare(tree: Tree, leaf: str) -> None:
         raise _refused(base, exc) from exc
 
 
+def release(tree: Tree, leaf: str) -> None:
+    """v2 only, undoing prepare() once no child group is left: `echo -memory -pids -cpu >
+    BASE/cgroup.subtree_control`, this process back into BASE, `rmdir BASE/leaf`. Without it a
+    service manager could not put the next daemon into BASE (a cgroup that hands controllers
+    to children may hold no processes). Best effort: other children (another daemon's) keep
+    the controllers on, and then this process stays in its leaf."""
+    if tree.version != 2:
+        return
+    base = tree.base("memory")
+    own = os.path.join(base, leaf)
+    if not os.path.isdir(own):
+        return
+    with contextlib.suppress(OSError):
+        _write(os.path.join(base, "cgroup.subtree_control"), "-memory -pids -cpu")
+        _write(os.path.join(base, "cgroup.procs"), str(os.getpid()))
+        os.rmdir(own)
+
+
 def _refused(base: str, exc: OSError) -> Unavailable:
     return Unavailable(
         f"cannot hand the memory, pids and cpu controllers of {base} to child cgroups: "

@@ -27,6 +27,7 @@ from typing import Any
 
 from dynod.client import Client
 from dynod.errors import DynodError
+from netns import cgroup
 
 APPS_DIR = Path(__file__).parent / "apps"
 PYTHON = "/usr/bin/python3"  # dynos run the system's python: the venv may not be readable
@@ -115,6 +116,7 @@ def leftovers(prefix: str) -> dict[str, list[str]]:
         "netns": sorted(n for n in netns_names() if n.startswith(prefix)),
         "links": sorted(n for n in link_names() if n.startswith(prefix)),
         "tables": sorted(t for t in nft_tables() if t.split()[-1].startswith(prefix)),
+        "cgroups": sorted(cgroup_names(prefix)),
     }
     return {k: v for k, v in found.items() if v}
 
@@ -142,7 +144,17 @@ def sweep(prefix: str) -> dict[str, list[str]]:
         sh("ip", "link", "delete", name, check=False)
     for table in found.get("tables", []):
         sh("nft", "delete", "table", *table.split()[1:], check=False)
+    for name in found.get("cgroups", []):
+        cgroup.remove(cgroup.discover(), name)
     return found
+
+
+def cgroup_names(prefix: str) -> set[str]:
+    """Dyno cgroups with prefix below this process's own cgroup (where its daemons put them)."""
+    try:
+        return cgroup.names(cgroup.discover(), f"{prefix}-")
+    except cgroup.Unavailable:
+        return set()
 
 
 def netns_exec(netns: str, code: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

@@ -172,6 +172,16 @@ def test_v2_discover_prepare_create_and_usage(tmp_path: Path) -> None:
     assert cgroup.names(tree, "e-") == set()
 
 
+def test_v2_release_undoes_prepare(tmp_path: Path) -> None:
+    base = _v2(tmp_path)
+    tree = _discover(tmp_path)
+    (base / "dynod.daemon").mkdir()  # where prepare() moved the daemon (EBUSY on a real host)
+    cgroup.release(tree, "dynod.daemon")
+    assert (base / "cgroup.subtree_control").read_text() == "-memory -pids -cpu"
+    assert (base / "cgroup.procs").read_text() == str(os.getpid())
+    assert not (base / "dynod.daemon").exists()
+
+
 def test_v2_already_delegated_is_left_alone(tmp_path: Path) -> None:
     base = _v2(tmp_path)
     _write(base / "cgroup.subtree_control", "cpu memory pids\n")
