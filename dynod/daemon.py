@@ -719,7 +719,15 @@ class Daemon:
             "dns_stats": self.dns.stats if self.dns is not None else {},
             "prefix": self.config.prefix,
             "state_dir": self.config.state_dir,
+            "sizes": self._sizes_status(),
         }
+
+    def _sizes_status(self) -> str:
+        """How dyno sizes are enforced here (cgroup v1 or v2), or why they are not."""
+        tree = self.kernel.cgroups
+        if tree is None:
+            return f"not enforced: {self.kernel.cgroup_problem}"
+        return f"cgroup v{tree.version} below {tree.base('memory')}, default {sizes.DEFAULT}"
 
 
 def _host_nameservers(path: str = "/etc/resolv.conf") -> list[str]:

@@ -399,6 +399,8 @@ class Supervisor:
         if usage.oom_kills <= seen:
             return False
         size = sizes.SIZES[dyno.size]
+        # The kernel kills at the group's limit, so that is what it held then (what is left
+        # now, after the kill, says nothing).
         self._say(dyno, sizes.running_line(size, max(usage.memory, size.hard_mb * sizes.MB)))
         self._say(dyno, sizes.R15)
         self._say(dyno, sizes.KILLED)

@@ -212,6 +212,8 @@ def test_r15_at_the_hard_limit_kills_and_restarts(daemon: DaemonProc) -> None:
 
 
 def test_default_size_unknown_size_and_cgroups_gone(daemon: DaemonProc) -> None:
+    status = daemon.client.call("GET", "/v1/status")
+    assert status["sizes"].startswith(f"cgroup v{tree().version} below "), status
     dyno = run(daemon, "plain", "worker", "sleep 30")
     assert dyno["size"] == sizes.DEFAULT
     name = daemon.netns("plain", dyno["name"])
