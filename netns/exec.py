@@ -35,7 +35,7 @@ shift 5
 if [ -n "$resolv" ]; then
     mount --bind -o ro "$resolv" /etc/resolv.conf || exit 126
 fi
-case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*)
+case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*|/run/lock/*)
     exec 3<"$keep" || exit 126
     if [ "$(stat -L -c %d:%i /proc/self/fd/3)" != "$keep_id" ]; then
         echo "$keep changed while the program was being started" >&2
@@ -52,7 +52,7 @@ if [ -d /run/netns ]; then
     mount -t tmpfs -o mode=755,nosuid,nodev,noexec tmpfs /run/netns || exit 126
 fi
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys || exit 126
-case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*)
+case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*|/run/lock/*)
     mkdir -p "$keep" || exit 126
     mount --no-canonicalize --bind /proc/self/fd/3 "$keep" || exit 126
     exec 3<&-;;
