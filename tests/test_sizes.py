@@ -9,6 +9,7 @@ kernel limit (standard-1x: 1 GB) stops it first.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from typing import Any
 import pytest
 
 from dynod import sizes
+from dynod.client import Client
+from dynod.errors import DynodError
 from netns import cgroup
 from tests.support import PYTHON, SYSTEM_PATH, DaemonProc
 
@@ -61,7 +64,7 @@ MOUNT_SIZES = (
 )
 
 
-def body(d: DaemonProc, ptype: str, command: str, size: str | None, detach: bool = True) -> Any:
+def body(d: DaemonProc, ptype: str, command: str, size: object, detach: bool = True) -> Any:
     request: dict[str, Any] = {
         "type": ptype,
         "command": command,
@@ -74,7 +77,7 @@ def body(d: DaemonProc, ptype: str, command: str, size: str | None, detach: bool
     return request
 
 
-def run(d: DaemonProc, app: str, ptype: str, command: str, size: str | None = None) -> Any:
+def run(d: DaemonProc, app: str, ptype: str, command: str, size: object = None) -> Any:
     return d.client.call("POST", f"/v1/apps/{app}/dynos", body(d, ptype, command, size))
 
 
@@ -143,9 +146,6 @@ def test_private_mounts_are_sized_to_the_quota(daemon: DaemonProc) -> None:
 
 
 def _foreground(d: DaemonProc, app: str, request: dict[str, Any]) -> list[str]:
-    import json
-
-    from dynod.client import Client
 
     lines = []
     for raw in Client(d.socket, timeout=60).lines(f"/v1/apps/{app}/dynos", "POST", request):
@@ -225,6 +225,10 @@ def test_default_size_unknown_size_and_cgroups_gone(daemon: DaemonProc) -> None:
     result = daemon.cli("run", "--app", "plain", "--size", "huge-9x", "--detach", "--", "true")
     assert result.returncode == 1
     assert "unknown dyno size 'huge-9x'" in result.stderr and "fix:" in result.stderr
+    with pytest.raises(DynodError) as caught:  # the API refuses it too, whoever sends it
+        run(daemon, "plain", "worker", "true", size=512)
+    assert caught.value.status == 400 and "size" in caught.value.problem
+    assert groups(daemon.prefix) == set()
 
 
 def _memory_limit(name: str) -> int:
@@ -236,7 +240,24 @@ def _memory_limit(name: str) -> int:
 
 
 def test_cgroups_after_sigkill_and_shutdown(daemon: DaemonProc) -> None:
-    kept = run(daemon, "kept", "worker", "sleep 60", "standard-2x")
+    # through the CLI: the size's name in any case, as Heroku's CLI takes it
+    started = daemon.cli(
+        "run",
+        "--app",
+        "kept",
+        "--type",
+        "worker",
+        "--size",
+        "Standard-2X",
+        "--detach",
+        "--json",
+        "--",
+        "sleep",
+        "60",
+    )
+    assert started.returncode == 0, started.stderr
+    kept = json.loads(started.stdout)
+    assert kept["size"] == "standard-2x"
     kept_group = daemon.netns("kept", kept["name"])
     daemon.kill9()
     # a group a killed daemon left with nothing in the state (SIGKILL between mkdir and insert)

@@ -102,6 +102,14 @@ def test_log_lines() -> None:
     assert sizes.R15 == "Error R15 (Memory quota vastly exceeded)"
 
 
+def test_ps_memory_cell() -> None:
+    from dynod.cli import _memory
+
+    assert _memory({"memory_mb": 123.7, "memory_quota_mb": 512}) == "123M/512M"
+    assert _memory({"memory_mb": None, "memory_quota_mb": None}) == "-"
+    assert _memory({}) == "-"  # a daemon from before sizes
+
+
 # ---------------------------------------------------------------- fake cgroupfs trees
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
