@@ -102,6 +102,21 @@ def groups(prefix: str) -> set[str]:
     return cgroup.names(tree(), f"{prefix}-")
 
 
+def enforced(d: DaemonProc) -> bool:
+    """Whether the daemon found cgroups to put sizes in (`dynod status` says how, or why not)."""
+    return not d.client.call("GET", "/v1/status")["sizes"].startswith("not enforced")
+
+
+@pytest.fixture
+def sized(daemon: DaemonProc) -> DaemonProc:
+    """A daemon that enforces sizes. A host that cannot (cgroup v2 without delegation: the
+    daemon shares its cgroup with other processes) is told by the daemon, and these tests are
+    skipped with its reason; test_size_is_refused_where_it_cannot_be_enforced runs instead."""
+    if not enforced(daemon):
+        pytest.skip(daemon.client.call("GET", "/v1/status")["sizes"])
+    return daemon
+
+
 @pytest.fixture
 def daemon() -> Iterator[DaemonProc]:
     d = DaemonProc(extra=["--metrics-interval", INTERVAL])
@@ -134,7 +149,8 @@ def test_each_dyno_has_its_own_run_lock(daemon: DaemonProc) -> None:
             os.unlink(f"/run/lock/{marker}")
 
 
-def test_private_mounts_are_sized_to_the_quota(daemon: DaemonProc) -> None:
+def test_private_mounts_are_sized_to_the_quota(sized: DaemonProc) -> None:
+    daemon = sized
     command = run_script(daemon, "mounts", "mounts", MOUNT_SIZES)
     for size, quota in (("standard-1x", 512), ("standard-2x", 1024)):
         request = body(daemon, "run", command, size, detach=False)
@@ -155,7 +171,8 @@ def _foreground(d: DaemonProc, app: str, request: dict[str, Any]) -> list[str]:
     return lines
 
 
-def test_the_process_limit_stops_a_fork_loop(daemon: DaemonProc) -> None:
+def test_the_process_limit_stops_a_fork_loop(sized: DaemonProc) -> None:
+    daemon = sized
     command = run_script(daemon, "forks", "forks", FORKS)
     lines = _foreground(daemon, "forks", body(daemon, "run", command, "standard-1x", False))
     result = next(line for line in lines if line.startswith("forked"))
@@ -165,7 +182,8 @@ def test_the_process_limit_stops_a_fork_loop(daemon: DaemonProc) -> None:
     assert 240 <= count < sizes.SIZES["standard-1x"].tasks, result
 
 
-def test_r14_between_quota_and_hard_limit(daemon: DaemonProc) -> None:
+def test_r14_between_quota_and_hard_limit(sized: DaemonProc) -> None:
+    daemon = sized
     # 1.3 times standard-1x's 512 MB quota, well under its 1 GB hard limit
     command = run_script(daemon, "hold", "hold", HOLD, str(int(512 * 1.3)))
     dyno = run(daemon, "hold", "worker", command, "standard-1x")
@@ -192,7 +210,8 @@ def test_r14_between_quota_and_hard_limit(daemon: DaemonProc) -> None:
     daemon.stop_dyno("hold")
 
 
-def test_r15_at_the_hard_limit_kills_and_restarts(daemon: DaemonProc) -> None:
+def test_r15_at_the_hard_limit_kills_and_restarts(sized: DaemonProc) -> None:
+    daemon = sized
     command = run_script(daemon, "leak", "leak", HOLD, "1536")  # 1.5 times the 1 GB limit
     dyno = run(daemon, "leak", "worker", command, "standard-1x")
     name = dyno["name"]
@@ -211,7 +230,8 @@ def test_r15_at_the_hard_limit_kills_and_restarts(daemon: DaemonProc) -> None:
     daemon.stop_dyno("leak", grace=0)
 
 
-def test_default_size_unknown_size_and_cgroups_gone(daemon: DaemonProc) -> None:
+def test_default_size_unknown_size_and_cgroups_gone(sized: DaemonProc) -> None:
+    daemon = sized
     status = daemon.client.call("GET", "/v1/status")
     assert status["sizes"].startswith(f"cgroup v{tree().version} below "), status
     dyno = run(daemon, "plain", "worker", "sleep 30")
@@ -239,7 +259,8 @@ def _memory_limit(name: str) -> int:
         return int(f.read())
 
 
-def test_cgroups_after_sigkill_and_shutdown(daemon: DaemonProc) -> None:
+def test_cgroups_after_sigkill_and_shutdown(sized: DaemonProc) -> None:
+    daemon = sized
     # through the CLI: the size's name in any case, as Heroku's CLI takes it
     started = daemon.cli(
         "run",
@@ -269,3 +290,14 @@ def test_cgroups_after_sigkill_and_shutdown(daemon: DaemonProc) -> None:
     assert daemon.dyno("kept", kept["name"])["size"] == "standard-2x"
     assert daemon.terminate() == 0
     assert groups(daemon.prefix) == set()
+
+
+def test_size_is_refused_where_it_cannot_be_enforced(daemon: DaemonProc) -> None:
+    if enforced(daemon):
+        pytest.skip("this host enforces sizes: the tests above cover them")
+    dyno = run(daemon, "nolimit", "worker", "sleep 30")
+    assert dyno["size"] == ""  # runs, unlimited, as before sizes existed
+    with pytest.raises(DynodError) as caught:
+        run(daemon, "nolimit", "worker", "sleep 30", "standard-1x")
+    assert "cannot be enforced" in caught.value.problem and caught.value.fix
+    daemon.stop_dyno("nolimit")
