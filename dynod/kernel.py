@@ -128,8 +128,8 @@ class Kernel:
     def _find_cgroups(self) -> list[str]:
         """The daemon's own cgroup, ready for dyno groups below it; a warning when it is not."""
         try:
-            tree = cgroup.discover()
-            cgroup.prepare(tree, f"{self.names.prefix}.daemon")
+            tree = cgroup.discover(self.cgroup_leaf)
+            cgroup.prepare(tree, self.cgroup_leaf)
         except cgroup.Unavailable as exc:
             self.cgroup_problem = exc.problem
             return [f"dyno sizes are not enforced: {exc.problem}; fix: {exc.fix}"]
@@ -222,7 +222,7 @@ class Kernel:
             network.remove_bridge(ipr, bridge)
         self._remove_cgroups(set())
         if self.cgroups is not None:
-            cgroup.release(self.cgroups, f"{self.names.prefix}.daemon")
+            cgroup.release(self.cgroups, self.cgroup_leaf)
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.resolv_dir)
 
@@ -348,6 +348,12 @@ class Kernel:
             os.close(out_fd)
 
     # ---------------------------------------------------------------- cgroups (dyno sizes)
+    @property
+    def cgroup_leaf(self) -> str:
+        """cgroup v2: the daemon's own place below its cgroup, so the cgroup can hand its
+        controllers to the dynos' groups (PREFIX.daemon: no dyno's name, those are PREFIX-...)."""
+        return f"{self.names.prefix}.daemon"
+
     @staticmethod
     def cgroup_name(dyno: Dyno) -> str:
         """A dyno's cgroup is named as its namespace: PREFIX-APP.TYPE.N, unique while it lives."""

@@ -94,10 +94,14 @@ def _below(mount_point: str, root: str, path: str) -> str:
 
 
 def discover(
-    proc_cgroup: str = "/proc/self/cgroup", mountinfo: str = "/proc/self/mountinfo"
+    leaf: str = "",
+    proc_cgroup: str = "/proc/self/cgroup",
+    mountinfo: str = "/proc/self/mountinfo",
 ) -> Tree:
     """`cat /proc/self/cgroup` and `findmnt -t cgroup,cgroup2`: our own cgroup, in the v2 tree
-    when it offers memory, pids and cpu there, else in the v1 trees of those controllers."""
+    when it offers memory, pids and cpu there, else in the v1 trees of those controllers. On v2
+    a process already in its `leaf` (put there by prepare() before a restart, or by the service
+    manager) has the leaf's parent as its own cgroup."""
     v1_paths: dict[str, str] = {}
     v2_path = None
     for line in _read(proc_cgroup).splitlines():
@@ -110,6 +114,8 @@ def discover(
     for root, point, kind, _ in mounts:
         if kind == "cgroup2" and v2_path is not None:
             base = _below(point, root, v2_path)
+            if leaf and os.path.basename(base) == leaf:
+                base = os.path.dirname(base)
             with contextlib.suppress(OSError):
                 offered = set(_read(os.path.join(base, "cgroup.controllers")).split())
                 if set(CONTROLLERS) <= offered:
@@ -153,6 +159,10 @@ def prepare(tree: Tree, leaf: str) -> None:
         _write(os.path.join(own, "cgroup.procs"), str(os.getpid()))
         _write(control, wanted)
     except OSError as exc:
+        # others share the cgroup: back where this process was, and no leaf left behind
+        with contextlib.suppress(OSError):
+            _write(os.path.join(base, "cgroup.procs"), str(os.getpid()))
+            os.rmdir(own)
         raise _refused(base, exc) from exc
 
 

@@ -21,7 +21,7 @@ from dynod import sizes
 from dynod.client import Client
 from dynod.errors import DynodError
 from netns import cgroup
-from tests.support import PYTHON, SYSTEM_PATH, DaemonProc
+from tests.support import PYTHON, SYSTEM_PATH, DaemonProc, cgroup_names, daemon_tree
 
 pytestmark = pytest.mark.root
 
@@ -94,12 +94,15 @@ def heroku_lines(d: DaemonProc, name: str) -> list[str]:
     return [line.split(marker, 1)[1] for line in d.log().splitlines() if marker in line]
 
 
-def tree() -> cgroup.Tree:
-    return cgroup.discover()  # the daemon runs in this process's cgroups
+def tree(prefix: str) -> cgroup.Tree:
+    """Where the daemon of that prefix makes its dynos' groups (tests/support.py)."""
+    found = daemon_tree(prefix)
+    assert found is not None
+    return found
 
 
 def groups(prefix: str) -> set[str]:
-    return cgroup.names(tree(), f"{prefix}-")
+    return cgroup_names(prefix)
 
 
 def enforced(d: DaemonProc) -> bool:
@@ -233,12 +236,12 @@ def test_r15_at_the_hard_limit_kills_and_restarts(sized: DaemonProc) -> None:
 def test_default_size_unknown_size_and_cgroups_gone(sized: DaemonProc) -> None:
     daemon = sized
     status = daemon.client.call("GET", "/v1/status")
-    assert status["sizes"].startswith(f"cgroup v{tree().version} below "), status
+    assert status["sizes"].startswith(f"cgroup v{tree(daemon.prefix).version} below "), status
     dyno = run(daemon, "plain", "worker", "sleep 30")
     assert dyno["size"] == sizes.DEFAULT
     name = daemon.netns("plain", dyno["name"])
     assert name in groups(daemon.prefix)
-    limit = _memory_limit(name)
+    limit = _memory_limit(daemon.prefix, name)
     assert limit == sizes.SIZES[sizes.DEFAULT].hard_mb * MB
     daemon.stop_dyno("plain")
     assert name not in groups(daemon.prefix)
@@ -251,8 +254,8 @@ def test_default_size_unknown_size_and_cgroups_gone(sized: DaemonProc) -> None:
     assert groups(daemon.prefix) == set()
 
 
-def _memory_limit(name: str) -> int:
-    t = tree()
+def _memory_limit(prefix: str, name: str) -> int:
+    t = tree(prefix)
     base = os.path.join(t.base("memory"), name)
     limit_file = "memory.max" if t.version == 2 else "memory.limit_in_bytes"
     with open(os.path.join(base, limit_file)) as f:
@@ -283,7 +286,7 @@ def test_cgroups_after_sigkill_and_shutdown(sized: DaemonProc) -> None:
     daemon.kill9()
     # a group a killed daemon left with nothing in the state (SIGKILL between mkdir and insert)
     stray = f"{daemon.prefix}-stray.web.1"
-    cgroup.create(tree(), stray, sizes.SIZES["eco"].limits)
+    cgroup.create(tree(daemon.prefix), stray, sizes.SIZES["eco"].limits)
     daemon.start()
     daemon.wait_for(lambda: stray not in groups(daemon.prefix), "the stray group removed")
     assert kept_group in groups(daemon.prefix)  # adopted with its dyno

@@ -153,8 +153,8 @@ def _v1(tmp: Path, with_unified: bool = True) -> dict[str, Path]:
     return points
 
 
-def _discover(tmp: Path) -> cgroup.Tree:
-    return cgroup.discover(str(tmp / "self-cgroup"), str(tmp / "mountinfo"))
+def _discover(tmp: Path, leaf: str = "") -> cgroup.Tree:
+    return cgroup.discover(leaf, str(tmp / "self-cgroup"), str(tmp / "mountinfo"))
 
 
 def test_v2_discover_prepare_create_and_usage(tmp_path: Path) -> None:
@@ -188,6 +188,19 @@ def test_v2_release_undoes_prepare(tmp_path: Path) -> None:
     assert (base / "cgroup.subtree_control").read_text() == "-memory -pids -cpu"
     assert (base / "cgroup.procs").read_text() == str(os.getpid())
     assert not (base / "dynod.daemon").exists()
+
+
+def test_v2_a_daemon_already_in_its_leaf_has_the_parent_as_its_cgroup(tmp_path: Path) -> None:
+    base = _v2(tmp_path)
+    # restarted after SIGKILL into the leaf the last one made (or put there by systemd's
+    # DelegateSubgroup=): the dynos' groups are the leaf's siblings
+    _write(base / "dynod.daemon" / "cgroup.controllers", "cpu memory pids\n")
+    _write(tmp_path / "self-cgroup", "0::/system.slice/dynod.service/dynod.daemon\n")
+    assert _discover(tmp_path, "dynod.daemon").bases == tuple(
+        (c, str(base)) for c in cgroup.CONTROLLERS
+    )
+    other = _discover(tmp_path, "other.daemon")
+    assert other.base("memory") == str(base / "dynod.daemon")
 
 
 def test_v2_already_delegated_is_left_alone(tmp_path: Path) -> None:
