@@ -17,8 +17,9 @@ works as well as the CLI.
                                                  {"stopped": [dyno names]}
     GET    /v1/apps/APP/features                 [{name, enabled, description}]
     PUT    /v1/apps/APP/features/FEATURE         {enabled}: {name, enabled, note}
-    GET    /v1/dynos[?app=APP]                   dynos
-    POST   /v1/apps/APP/dynos                    start a dyno {type, command, cwd, env, detach}:
+    GET    /v1/dynos[?app=APP]                   dynos, with memory_mb and memory_quota_mb
+    POST   /v1/apps/APP/dynos                    start a dyno {type, command, cwd, env, detach,
+                                                 size}:
                                                  with detach, 201 and the dyno; without, an NDJSON
                                                  stream {"dyno": ...}, {"line": ...}..., {"exit": N}
                                                  (closing it stops the dyno, like Ctrl-C)
@@ -369,7 +370,7 @@ class ApiServer:
     async def _dynos(self, r: Request) -> Answer:
         app = r.query.get("app")
         dynos = self.daemon.app_dynos(app) if app else self.daemon.state.dynos()
-        return 200, [d.to_json() for d in dynos]
+        return 200, [d.to_json() | self.daemon.memory(d) for d in dynos]
 
     async def _run(self, r: Request, app: str) -> Answer:
         body = dict(r.body) if isinstance(r.body, dict) else {}

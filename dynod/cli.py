@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from dynod import names
+from dynod import names, sizes
 from dynod.client import Client, api_path
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
 from dynod.errors import DynodError
@@ -106,6 +106,13 @@ def main(ctx: click.Context, socket: str) -> None:
     type=click.FloatRange(min=0.01),
     help="Seconds between checks that no dyno's namespace or veth was removed.",
 )
+@click.option(
+    "--metrics-interval",
+    default=Config.metrics_interval,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between samples of each dyno's memory (R14, R15 logs).",
+)
 @click.option("--no-restart", is_flag=True, help="Do not restart crashed dynos.")
 @click.option("--quiet", is_flag=True, help="Do not print the log on stderr.")
 @click.pass_context
@@ -121,6 +128,7 @@ def daemon(
     dyno_user: str,
     upstream: tuple[str, ...],
     health_interval: float,
+    metrics_interval: float,
     no_restart: bool,
     quiet: bool,
 ) -> None:
@@ -144,6 +152,7 @@ def daemon(
             echo_logs=not quiet,
             restart_crashed=not no_restart,
             health_interval=health_interval,
+            metrics_interval=metrics_interval,
         )
         asyncio.run(Daemon(config).serve())
     except ValueError as exc:
@@ -193,6 +202,13 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--detach", "-d", is_flag=True, help="Start it and return at once.")
 @click.option("--env", "-e", "env", multiple=True, help="NAME=VALUE, for the dyno.")
 @click.option("--json", "as_json", is_flag=True, help="With --detach: print the dyno as JSON.")
+@click.option(
+    "--size",
+    "-s",
+    help=f"Heroku's dyno size: memory, processes, CPU share ({sizes.DEFAULT} if not given): "
+    + ", ".join(sizes.SIZES)
+    + ".",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(
@@ -202,6 +218,7 @@ def run(
     detach: bool,
     env: tuple[str, ...],
     as_json: bool,
+    size: str | None,
     command: tuple[str, ...],
 ) -> None:
     """Start a dyno running COMMAND through /bin/sh -c (so '$PORT' expands inside the dyno).
@@ -220,6 +237,8 @@ def run(
         "env": _parse_env(env),
         "detach": detach,
     }
+    if size is not None:
+        body["size"] = sizes.parse(size).name
     if os.geteuid() == 0 and os.environ.get("SUDO_UID", "").isdigit():
         body["sudo_uid"] = int(os.environ["SUDO_UID"])
         body["sudo_gid"] = int(os.environ.get("SUDO_GID", os.environ["SUDO_UID"]))
@@ -279,7 +298,7 @@ def _uptime(seconds: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def ps(ctx: click.Context, app: str | None, as_json: bool) -> None:
-    """List dynos: name, state, private IP, port, pid, uptime."""
+    """List dynos: name, state, size, memory, private IP, port, pid, uptime."""
     query = f"?app={urllib.parse.quote(app)}" if app else ""
     dynos = _client(ctx).call("GET", f"/v1/dynos{query}")
     if as_json:
@@ -288,13 +307,25 @@ def ps(ctx: click.Context, app: str | None, as_json: bool) -> None:
     if not dynos:
         click.echo("no dynos" + (f" in {app}" if app else ""))
         return
-    header = f"{'APP':<30} {'DYNO':<16} {'STATE':<9} {'IP':<15} {'PORT':<6} {'PID':<8} UPTIME"
+    header = (
+        f"{'APP':<30} {'DYNO':<16} {'STATE':<9} {'SIZE':<16} {'MEMORY':<15} {'IP':<15} "
+        f"{'PORT':<6} {'PID':<8} UPTIME"
+    )
     click.echo(header)
     for d in dynos:
         click.echo(
-            f"{d['app']:<30} {d['name']:<16} {d['state']:<9} {d['ip']:<15} "
-            f"{d['port'] or '-'!s:<6} {d['pid'] or '-'!s:<8} {_uptime(d['uptime'])}"
+            f"{d['app']:<30} {d['name']:<16} {d['state']:<9} {d.get('size') or '-':<16} "
+            f"{_memory(d):<15} {d['ip']:<15} {d['port'] or '-'!s:<6} {d['pid'] or '-'!s:<8} "
+            f"{_uptime(d['uptime'])}"
         )
+
+
+def _memory(dyno: dict[str, Any]) -> str:
+    """`123M/512M` (now / the size's quota), as Heroku's mem= counts: MB."""
+    used, quota = dyno.get("memory_mb"), dyno.get("memory_quota_mb")
+    if used is None:
+        return "-"
+    return f"{int(used)}M" + (f"/{quota}M" if quota else "")
 
 
 @main.command()

@@ -33,5 +33,7 @@ class Config:
     # where names outside .localspace are forwarded ("IP" or "IP:PORT"); empty: the host's
     # /etc/resolv.conf nameservers
     upstreams: list[str] = field(default_factory=list)
+    # seconds between samples of each dyno's memory (R14/R15), as Heroku's log-runtime-metrics
+    metrics_interval: float = 20.0
     dns_timeout: float = 2.0  # an upstream that has not answered by then: SERVFAIL
     health_interval: float = 1.0  # seconds between checks that each dyno's network is whole

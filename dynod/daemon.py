@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from dynod import discovery, launch, names, processes, spaces
+from dynod import discovery, launch, names, processes, sizes, spaces
 from dynod.config import Config
 from dynod.dns import DnsServer
 from dynod.errors import DynodError, NotFound
@@ -320,6 +320,7 @@ class Daemon:
                 await self.kernel.detach(dyno)
                 self.supervisor.forget(dyno)
         await self.kernel.remove_unknown(kept)
+        await self.kernel.remove_unknown_cgroups(kept)
         await self.kernel.restore_gateways(kept)
         await self._sweep_draining()
         return to_stop
@@ -405,6 +406,7 @@ class Daemon:
         cwd = os.path.abspath(str(request.get("cwd") or "/"))
         uid, gid = launch.dyno_user(request, peer_uid, peer_gid, self.config.dyno_user)
         env = launch.dyno_env(request.get("env") or {}, uid)
+        size = sizes.choose(request.get("size"), self.kernel.cgroup_problem)
         launch.check_can_enter(cwd, uid, gid)
         processes.check_command(command, cwd, env["PATH"])
         await self._sweep_draining()
@@ -441,6 +443,7 @@ class Daemon:
                 log_path=os.path.join(self._output_dir, f"{dyno_id}.out"),
                 created_at=time.time(),
                 space=space,
+                size=size,
             )
         )
         await self.supervisor.launch(dyno)
@@ -462,6 +465,15 @@ class Daemon:
     def timings(self) -> dict[int, dict[str, float]]:
         assert self.supervisor is not None
         return self.supervisor.timings
+
+    def memory(self, dyno: Dyno) -> dict[str, Any]:
+        """What `dynod ps` shows of a dyno's size: its memory now and its quota, in MB."""
+        usage = self.kernel.cgroup_usage(dyno)
+        size = sizes.SIZES.get(dyno.size)
+        return {
+            "memory_mb": None if usage is None else round(usage.memory / sizes.MB, 1),
+            "memory_quota_mb": size.quota_mb if size else None,
+        }
 
     # ---------------------------------------------------------------- queries
     def find(self, app: str, dyno_name: str) -> Dyno:
@@ -784,7 +796,15 @@ class Daemon:
             "dns_stats": self.dns.stats if self.dns is not None else {},
             "prefix": self.config.prefix,
             "state_dir": self.config.state_dir,
+            "sizes": self._sizes_status(),
         }
+
+    def _sizes_status(self) -> str:
+        """How dyno sizes are enforced here (cgroup v1 or v2), or why they are not."""
+        tree = self.kernel.cgroups
+        if tree is None:
+            return f"not enforced: {self.kernel.cgroup_problem}"
+        return f"cgroup v{tree.version} below {tree.base('memory')}, default {sizes.DEFAULT}"
 
 
 def make_private_dir(path: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from dynod.errors import DynodError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spaces (
@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS dynos (
     log_offset  INTEGER NOT NULL DEFAULT 0,
     created_at  REAL NOT NULL,
     started_at  REAL,
+    size        TEXT NOT NULL DEFAULT '',   -- its dyno size ('': none, no limits)
     UNIQUE (app, type, number),
     UNIQUE (space, slot)
 );
@@ -98,6 +99,12 @@ INSERT INTO sqlite_sequence (name, seq) SELECT 'dynos', seq FROM sqlite_sequence
 DROP TABLE apps_v1;
 DROP TABLE dynos_v1;
 DROP TABLE draining_v1;
+"""
+
+
+# Version 2: dynos had no size. Those keep running as they were, without limits (size '').
+MIGRATE_FROM_2 = """
+ALTER TABLE dynos ADD COLUMN size TEXT NOT NULL DEFAULT '';
 """
 
 
@@ -145,6 +152,7 @@ class Dyno:
     created_at: float = 0.0
     started_at: float | None = None
     space: str = ""  # the network of its /30: "" is the Common Runtime
+    size: str = ""  # its dyno size (dynod.sizes); "": none, no limits
 
     @property
     def name(self) -> str:
@@ -179,7 +187,12 @@ class State:
                 "run the newer dynod, or give this one another --state-dir",
             )
         old = self.db.execute("SELECT 1 FROM sqlite_master WHERE name='dynos'").fetchone()
-        script = MIGRATE_FROM_1.format(schema=SCHEMA) if old else SCHEMA
+        if not old:
+            script = SCHEMA
+        elif version == 2:
+            script = MIGRATE_FROM_2
+        else:
+            script = MIGRATE_FROM_1.format(schema=SCHEMA)
         # One transaction: a daemon killed mid-upgrade leaves the old state as it was.
         self.db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
 

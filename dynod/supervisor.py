@@ -16,7 +16,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from dynod import discovery, launch, names, processes
+from dynod import discovery, launch, names, processes, sizes
 from dynod.config import Config
 from dynod.errors import DynodError
 from dynod.kernel import Kernel
@@ -60,6 +60,8 @@ class Supervisor:
         # Kernel-side cost of recent setups and teardowns (network, firewall, state): what
         # bench/dyno_lifecycle.py compares with the bare pyroute2 floor.
         self.timings: dict[int, dict[str, float]] = {}
+        self._oom_seen: dict[int, int] = {}  # per dyno: OOM kills in its cgroup already told
+        self._began = time.time()
 
     # ---------------------------------------------------------------- bookkeeping
     def _lock(self, dyno_id: int) -> asyncio.Lock:
@@ -100,6 +102,7 @@ class Supervisor:
         self._booting.discard(dyno.id)
         self._warned.discard(dyno.id)
         self._broken.discard(dyno.id)
+        self._oom_seen.pop(dyno.id, None)
 
     async def close(self) -> None:
         for handle in self._timers.values():
@@ -206,6 +209,7 @@ class Supervisor:
         if dyno is not None:
             # The last output first: whoever waits for the exit has every line by then.
             self.drain_output(dyno, final=True)
+            self._check_oom(dyno)  # an exit the kernel's OOM killer caused is an R15
             self._say(dyno, "Process exited" + ("" if status is None else f" with status {status}"))
         future = self._exits.get(dyno_id)
         if future is not None and not future.done():
@@ -338,6 +342,7 @@ class Supervisor:
         self.background(self._forever(self._read_all_output))
         self.background(self._forever(self._check_boots))
         self.background(self._watch_health())
+        self.background(self._sample_memory_forever())
 
     async def _forever(self, step: Any) -> None:
         """Run step every POLL seconds; one failure is logged, never the end of the loop."""
@@ -381,6 +386,51 @@ class Supervisor:
         if report:
             # Logplex's source for L10 is itself: heroku[logplex], for the dyno's app.
             self.log.emit(dyno.app, "heroku[logplex]", report)
+
+    # ---------------------------------------------------------------- memory (dyno sizes)
+    async def _sample_memory_forever(self) -> None:
+        """Every metrics_interval seconds, each sized dyno's memory against its quota."""
+        while True:
+            await asyncio.sleep(self.config.metrics_interval)
+            try:
+                await self._sample_memory()
+            except Exception as exc:  # noqa: BLE001 - one failure is not the end of sampling
+                self.log.emit(None, "dynod", f"error sampling dyno memory: {exc!r}")
+
+    async def _sample_memory(self) -> None:
+        """Heroku's behaviour: over the quota, `Process running mem=...` and R14 at every
+        sample; at the hard limit the kernel OOM-kills inside the dyno's cgroup, and that is
+        R15: the whole dyno is killed and, like any crash, restarted."""
+        for dyno in self.state.dynos():
+            if not dyno.size or dyno.state not in ("starting", "up"):
+                continue
+            if self._check_oom(dyno):
+                await self.kernel.kill_inside(dyno)
+                continue
+            usage = self.kernel.cgroup_usage(dyno)
+            size = sizes.SIZES[dyno.size]
+            if usage is not None and usage.memory > size.quota_mb * sizes.MB:
+                self._say(dyno, sizes.running_line(size, usage.memory))
+                self._say(dyno, sizes.R14)
+
+    def _check_oom(self, dyno: Dyno) -> bool:
+        """Log R15 if the kernel OOM-killed in the dyno's cgroup since we last looked. A dyno
+        adopted from an earlier daemon starts from the count it has: those were told then."""
+        usage = self.kernel.cgroup_usage(dyno)
+        if usage is None:
+            return False
+        made_here = dyno.created_at >= self._began  # so was its cgroup: it counts from 0
+        seen = self._oom_seen.setdefault(dyno.id, 0 if made_here else usage.oom_kills)
+        self._oom_seen[dyno.id] = usage.oom_kills
+        if usage.oom_kills <= seen:
+            return False
+        size = sizes.SIZES[dyno.size]
+        # The kernel kills at the group's limit, so that is what it held then (what is left
+        # now, after the kill, says nothing).
+        self._say(dyno, sizes.running_line(size, max(usage.memory, size.hard_mb * sizes.MB)))
+        self._say(dyno, sizes.R15)
+        self._say(dyno, sizes.KILLED)
+        return True
 
     async def _check_boots(self) -> None:
         """Web dynos are up once something listens on PORT; R10 if not within boot_timeout."""

@@ -27,6 +27,8 @@ from typing import Any
 
 from dynod.client import Client
 from dynod.errors import DynodError
+from netns import cgroup
+from netns.exec import in_cgroups
 
 APPS_DIR = Path(__file__).parent / "apps"
 PYTHON = "/usr/bin/python3"  # dynos run the system's python: the venv may not be readable
@@ -115,6 +117,7 @@ def leftovers(prefix: str) -> dict[str, list[str]]:
         "netns": sorted(n for n in netns_names() if n.startswith(prefix)),
         "links": sorted(n for n in link_names() if n.startswith(prefix)),
         "tables": sorted(t for t in nft_tables() if t.split()[-1].startswith(prefix)),
+        "cgroups": sorted(cgroup_names(prefix)),
     }
     return {k: v for k, v in found.items() if v}
 
@@ -142,7 +145,55 @@ def sweep(prefix: str) -> dict[str, list[str]]:
         sh("ip", "link", "delete", name, check=False)
     for table in found.get("tables", []):
         sh("nft", "delete", "table", *table.split()[1:], check=False)
+    tree = daemon_tree(prefix)
+    for name in found.get("cgroups", []):
+        if tree is not None:
+            cgroup.remove(tree, name)
     return found
+
+
+# On cgroup v2 a cgroup that hands controllers to children may hold no process, and the tests'
+# own cgroup holds pytest (in a login session, the shell too): each daemon gets a cgroup of its
+# own, as systemd gives the unit with Delegate=yes, in which it then makes its dynos' groups. On
+# v1 there is no such rule: the daemon uses the tests' own cgroups.
+V2_ROOT = "/sys/fs/cgroup"
+
+
+def daemon_cgroup(prefix: str) -> str | None:
+    """`mkdir /sys/fs/cgroup/dynod-test-PREFIX` on a cgroup v2 host, None elsewhere."""
+    if not os.path.exists(os.path.join(V2_ROOT, "cgroup.controllers")):
+        return None
+    path = os.path.join(V2_ROOT, f"dynod-test-{prefix}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def daemon_tree(prefix: str) -> cgroup.Tree | None:
+    """Where the daemon of that prefix makes its dynos' groups (None: nowhere)."""
+    if os.path.exists(os.path.join(V2_ROOT, "cgroup.controllers")):
+        path = os.path.join(V2_ROOT, f"dynod-test-{prefix}")
+        return cgroup.Tree(2, tuple((c, path) for c in cgroup.CONTROLLERS))
+    try:
+        return cgroup.discover()
+    except cgroup.Unavailable:
+        return None
+
+
+def remove_daemon_cgroup(prefix: str) -> None:
+    """The daemon's own v2 cgroup and its leaf, once the daemon is gone (`rmdir`)."""
+    path = os.path.join(V2_ROOT, f"dynod-test-{prefix}")
+    if not os.path.isdir(path) or not os.path.exists(os.path.join(V2_ROOT, "cgroup.controllers")):
+        return
+    # the daemon is gone: its leaf is empty (release() is the daemon's own, it moves the caller)
+    for leftover in (os.path.join(path, f"{prefix}.daemon"), path):
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(leftover)
+
+
+def cgroup_names(prefix: str) -> set[str]:
+    """Dyno cgroups with prefix where the daemon of that prefix puts them."""
+    tree = daemon_tree(prefix)
+    return set() if tree is None else cgroup.names(tree, f"{prefix}-")
 
 
 def netns_exec(netns: str, code: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -208,7 +259,15 @@ class DaemonProc:
 
     def start(self, timeout: float = 20) -> DaemonProc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon keeps it
-        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        argv = self.argv()
+        own = daemon_cgroup(self.prefix)
+        if own is not None:
+            # a restart goes where the last daemon moved itself: its cgroup now hands its
+            # controllers to children, and so may hold no process itself
+            leaf = os.path.join(own, f"{self.prefix}.daemon")
+            where = leaf if os.path.isdir(leaf) else own
+            argv = in_cgroups([os.path.join(where, "cgroup.procs")], argv)
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -341,6 +400,7 @@ class DaemonProc:
         """Stop the daemon, sweep anything it left, and say what that was."""
         self.terminate()
         found = sweep(self.prefix)
+        remove_daemon_cgroup(self.prefix)
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree(self.app_dir, ignore_errors=True)
         return found
