@@ -54,8 +54,8 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from dynod.errors import DynodError, NotFound
-from dynod.logs import LogLine, OutputFile, shared_puncher
-from dynod.state import Dyno
+from dynod.logs import LogBook, LogLine, OutputFile, shared_puncher
+from dynod.state import Dyno, State
 
 if TYPE_CHECKING:
     from dynod.daemon import Daemon
@@ -99,6 +99,20 @@ class ApiServer:
         self._table = self._routes()
         self.idle_timeout = IDLE_TIMEOUT
         self.request_timeout = REQUEST_TIMEOUT
+
+    # The daemon builds these before it listens (issue 8 makes them plain constructor
+    # arguments); a request that came earlier is told to wait.
+    @property
+    def _state(self) -> State:
+        if self.daemon.state is None:
+            raise DynodError("the daemon is still starting", "try again in a moment", 503)
+        return self.daemon.state
+
+    @property
+    def _log(self) -> LogBook:
+        if self.daemon.log is None:
+            raise DynodError("the daemon is still starting", "try again in a moment", 503)
+        return self.daemon.log
 
     async def start(self, path: str, group: int | None) -> None:
         old_umask = os.umask(0o177)
@@ -255,7 +269,7 @@ class ApiServer:
         except DynodError as exc:
             return exc.status, exc.to_json()
         except Exception as exc:  # noqa: BLE001 - the API never dies of one request
-            self.daemon.log.emit(None, "dynod", f"error: {request.method} {request.path}: {exc!r}")
+            self._log.emit(None, "dynod", f"error: {request.method} {request.path}: {exc!r}")
             return 500, {"error": f"internal error: {exc}", "fix": "see the daemon's log"}
 
     # ---------------------------------------------------------------- routes
@@ -369,7 +383,7 @@ class ApiServer:
 
     async def _dynos(self, r: Request) -> Answer:
         app = r.query.get("app")
-        dynos = self.daemon.app_dynos(app) if app else self.daemon.state.dynos()
+        dynos = self.daemon.app_dynos(app) if app else self._state.dynos()
         return 200, [d.to_json() | self.daemon.memory(d) for d in dynos]
 
     async def _run(self, r: Request, app: str) -> Answer:
@@ -427,7 +441,7 @@ class ApiServer:
 
         def on_close() -> None:
             reader.close()
-            if not exit_wait.done() and self.daemon.state.dyno(dyno.id) is not None:
+            if not exit_wait.done() and self._state.dyno(dyno.id) is not None:
                 # The client went away before the process ended (the CLI was killed, or
                 # Ctrl-C): the dyno goes too.
                 self.daemon.background(self.daemon.stop_dyno(dyno))
@@ -449,7 +463,7 @@ class ApiServer:
         tail_given = _float(r.query.get("tail"))
         tail = 100 if tail_given is None else int(tail_given)
         follow = r.query.get("follow") in ("1", "true", "yes")
-        log = self.daemon.log
+        log = self._log
 
         def wanted(line: LogLine) -> bool:
             if app and line.app != app:
@@ -462,12 +476,12 @@ class ApiServer:
                     yield f"{line}\n".encode()
                 while follow and not closed.is_set():
                     try:
-                        line = await asyncio.wait_for(queue.get(), 0.5)
+                        followed = await asyncio.wait_for(queue.get(), 0.5)
                     except TimeoutError:
                         continue
-                    if line is None:
+                    if followed is None:
                         return
-                    yield f"{line}\n".encode()
+                    yield f"{followed}\n".encode()
 
         return Stream("text/plain; charset=utf-8", chunks)
 
@@ -556,7 +570,8 @@ def _json_type(value: Any) -> str:
         return "boolean"
     if isinstance(value, int | float):
         return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    named: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return named.get(type(value), type(value).__name__)
 
 
 def _ndjson(obj: Any) -> bytes:

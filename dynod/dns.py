@@ -142,7 +142,7 @@ class DnsServer:
         upstreams: Sequence[tuple[str, int]],
         *,
         timeout: float = 2.0,
-        log: Callable[[str], None] | None = None,
+        log: Callable[[str], object] | None = None,
         max_inflight: int = MAX_INFLIGHT,
         max_inflight_per_scope: int = MAX_INFLIGHT_PER_SCOPE,
         max_inflight_per_source: int = MAX_INFLIGHT_PER_SOURCE,
@@ -408,9 +408,9 @@ class _Listener:
         deadline = time.monotonic() + 2
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        for sock in (self._udp, self._tcp):
-            if sock is not None:
-                sock.close()
+        for listening in (self._udp, self._tcp):
+            if listening is not None:
+                listening.close()
 
     # -------------------------------------------------------------------------- UDP
 

@@ -96,7 +96,7 @@ class Throttle:
     """Calls `log` at most once per `interval` seconds per kind of message, so that a flood of
     bad packets or a dead upstream cannot flood the daemon's log."""
 
-    def __init__(self, log: Callable[[str], None], interval: float = 10.0) -> None:
+    def __init__(self, log: Callable[[str], object], interval: float = 10.0) -> None:
         self._log = log
         self._interval = interval
         self._lock = threading.Lock()

@@ -541,7 +541,7 @@ class Router:
     def __init__(
         self,
         resolve: Resolve,
-        log: Callable[[str, str | None], None],
+        log: Callable[[str, str | None], object],
         *,
         connect_timeout: float = 5.0,
         response_timeout: float = 30.0,
@@ -729,6 +729,7 @@ class Router:
     async def _handle_request(self, client: _Peer, request: h11.Request, client_ip: str) -> bool:
         raw = list(request.headers.raw_items())
         target = request.target
+        bad_target: bytes | None
         try:
             absolute = split_absolute_form(request.method, target)
         except ValueError as exc:
