@@ -104,7 +104,7 @@ STOP_TIMEOUT = 5.0
 # The dynod side: the server of this repository, in a process of its own, until SIGTERM.
 DYNOD_SERVER = """
 import json, signal, sys
-from dynod.dns import DnsServer
+from dynod.dns.server import DnsServer
 
 with open(sys.argv[1]) as f:
     config = json.load(f)

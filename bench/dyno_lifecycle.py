@@ -69,7 +69,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from run_support import Interrupted, machine, signals_ignored, sigterm_as_interrupt
 
-from dynod.client import Client
+from dynod.api.client import Client
 from dynod.errors import DynodError
 from netns import namespace
 from netns.nftables import Nft, NftError

@@ -1,3 +1,3 @@
-from dynod.cli import main
+from dynod.cli.main import main
 
 main()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from dynod.addressing import COMMON_RUNTIME_RANGE
+from dynod.kernel.addressing import COMMON_RUNTIME_RANGE
 
 DEFAULT_SOCKET = "/run/dynod.sock"
 DEFAULT_STATE_DIR = "/var/lib/dynod"

@@ -23,16 +23,19 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from dynod import discovery, launch, names, processes, sizes, spaces
 from dynod.config import Config
-from dynod.dns import DnsServer
+from dynod.control import launch
+from dynod.control.supervisor import Supervisor, were_removed
+from dynod.dns.registry import FEATURE, Registry
+from dynod.dns.server import DnsServer
 from dynod.errors import DynodError, NotFound
-from dynod.firewall import DNS_PORT, INTERNAL_ROUTER_PORT
-from dynod.kernel import Kernel
-from dynod.logs import LogBook
-from dynod.router import Backend, Refused, Router, raise_open_file_limit
-from dynod.state import App, Dyno, Space, State
-from dynod.supervisor import Supervisor, were_removed
+from dynod.kernel import processes
+from dynod.kernel.firewall import DNS_PORT, INTERNAL_ROUTER_PORT
+from dynod.kernel.host import Kernel
+from dynod.logs.book import LogBook
+from dynod.router.proxy import Backend, Refused, Router, raise_open_file_limit
+from dynod.rules import names, sizes, spaces
+from dynod.state.store import App, Dyno, Space, State
 from netns import namespace, nfevents
 
 PRIVATE_UMASK = 0o077
@@ -62,7 +65,7 @@ class Daemon:
         self.pool = self.kernel.pool
         self.state: State | None = None
         self.dns: DnsServer | None = None
-        self.registry: discovery.Registry | None = None
+        self.registry: Registry | None = None
         self._trusted: dict[str, list[ipaddress.IPv4Network]] = {}  # space -> trusted ranges
         # Creating and destroying spaces and apps wait for one another: a space is never
         # destroyed while an app is being created in it, and two creations never pick one name.
@@ -127,7 +130,7 @@ class Daemon:
             # called from the DNS server's threads: the log belongs to the event loop
             log=lambda text: loop.call_soon_threadsafe(log.emit, None, "dynod", f"dns: {text}"),
         )
-        self.registry = discovery.Registry(self.state, self.dns, self._space_network)
+        self.registry = Registry(self.state, self.dns, self._space_network)
         self.supervisor = Supervisor(self.state, self.kernel, self.log, self.config, self.registry)
         for warning in await self.kernel.prepare_host():
             self.log.emit(None, "dynod", f"warning: {warning}")
@@ -143,7 +146,7 @@ class Daemon:
             await self._open_space(space, starting=True)
         to_stop = await self._reconcile()
         await self.kernel.apply_firewall(self.state.dynos())
-        from dynod.api import ApiServer
+        from dynod.api.server import ApiServer
 
         await self.router.start(self.config.router_host, self.config.router_port)
         self.api = ApiServer(self)
@@ -719,7 +722,7 @@ class Daemon:
             "name": app.name,
             "space": app.space,
             "internal_routing": app.internal_routing,
-            "features": {discovery.FEATURE: app.dns_discovery},
+            "features": {FEATURE: app.dns_discovery},
             "dynos": len(self.state.dynos(app.name)),
         }
 
@@ -755,7 +758,7 @@ class Daemon:
         if running:
             note += f" ({len(running)} dyno(s) running: stop and run them again to apply)"
         return {
-            "name": discovery.FEATURE,
+            "name": FEATURE,
             "enabled": app.dns_discovery,
             "description": "DNS service discovery: TYPE.APP.app.localspace names for the "
             "space's dynos; turns IPv6 off in the app's dynos",
@@ -769,10 +772,8 @@ class Daemon:
     async def set_feature(self, name: str, feature: str, enabled: bool) -> dict[str, Any]:
         assert self.state is not None and self.registry is not None
         app = self._app(name)
-        if feature != discovery.FEATURE:
-            raise NotFound(
-                f"no feature named {feature!r}", f"the one feature is {discovery.FEATURE}"
-            )
+        if feature != FEATURE:
+            raise NotFound(f"no feature named {feature!r}", f"the one feature is {FEATURE}")
         if not app.space:
             raise DynodError(
                 f"{feature} works only for apps in a Private Space; {name} is in the Common "

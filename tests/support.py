@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dynod.client import Client
+from dynod.api.client import Client
 from dynod.errors import DynodError
 from netns import cgroup
 from netns.exec import in_cgroups

@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from dynod import launch, names
-from dynod.api import ApiServer
-from dynod.cli import main
-from dynod.client import api_path
+from dynod.api.client import api_path
+from dynod.api.server import ApiServer
+from dynod.cli.main import main
+from dynod.control import launch
 from dynod.errors import DynodError, NotFound
+from dynod.rules import names
 
 # ---------------------------------------------------------------- validators
 

@@ -378,7 +378,7 @@ def test_spoofed_mac_is_dropped(rt: Runtime, attacker: dict[str, Any]) -> None:
 
 
 def rt_mac(rt: Runtime, ip: str) -> str:
-    from dynod.addressing import mac_for
+    from dynod.kernel.addressing import mac_for
 
     return mac_for(ip, 0x58)
 

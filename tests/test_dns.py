@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 import dnslib
 import pytest
 
-from dynod.dns import DnsServer
+from dynod.dns.server import DnsServer
 from dynod.errors import DynodError
 
 Address = tuple[str, int]

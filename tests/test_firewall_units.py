@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from dynod import firewall
+from dynod.kernel import firewall
 from netns.conntrack import Flow
 from netns.nfevents import (
     NFNL_SUBSYS_NFTABLES,

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from dynod.config import Config
+from dynod.control.supervisor import Supervisor
 from dynod.daemon import make_private_dir, make_private_tree
-from dynod.kernel import Kernel, dyno_pids
-from dynod.logs import LogBook
-from dynod.state import Dyno
-from dynod.supervisor import Supervisor
+from dynod.kernel.host import Kernel, dyno_pids
+from dynod.logs.book import LogBook
+from dynod.state.store import Dyno
 from netns import namespace
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from dynod import firewall
-from dynod.addressing import Pool
+from dynod.kernel import firewall
+from dynod.kernel.addressing import Pool
 from netns.conntrack import Flow
 from tests.support import PYTHON, gateway_of, port_elements, running_daemon, sh
 

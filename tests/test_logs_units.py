@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dynod import logs
-from dynod.logs import (
+from dynod.logs import book as logs
+from dynod.logs.book import (
     MAX_LINE,
     Echo,
     LogBook,

@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dynod import logs
-from dynod.client import Client
+from dynod.api.client import Client
+from dynod.logs import book as logs
 from tests.support import SYSTEM_PATH, DaemonProc, running_daemon
 
 pytestmark = pytest.mark.root

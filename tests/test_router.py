@@ -19,7 +19,7 @@ from typing import Any
 import h11
 import pytest
 
-from dynod.router import (
+from dynod.router.proxy import (
     H14,
     Backend,
     RequestLog,

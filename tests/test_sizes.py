@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from dynod import sizes
-from dynod.client import Client
+from dynod.api.client import Client
 from dynod.errors import DynodError
+from dynod.rules import sizes
 from netns import cgroup
 from tests.support import PYTHON, SYSTEM_PATH, DaemonProc, cgroup_names, daemon_tree
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dynod import sizes
 from dynod.errors import DynodError
-from dynod.state import SCHEMA, State
+from dynod.rules import sizes
+from dynod.state.store import SCHEMA, State
 from netns import cgroup
 from netns import exec as netns_exec
 
@@ -103,7 +103,7 @@ def test_log_lines() -> None:
 
 
 def test_ps_memory_cell() -> None:
-    from dynod.cli import _memory
+    from dynod.cli.main import _memory
 
     assert _memory({"memory_mb": 123.7, "memory_quota_mb": 512}) == "123M/512M"
     assert _memory({"memory_mb": None, "memory_quota_mb": None}) == "-"

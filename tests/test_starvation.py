@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dynod.client import Client
+from dynod.api.client import Client
 from dynod.errors import DynodError
 from tests.support import DaemonProc, running_daemon
 

@@ -6,11 +6,12 @@ import ipaddress
 
 import pytest
 
-from dynod import firewall, names, processes
-from dynod.addressing import Pool, mac_for
 from dynod.errors import DynodError
-from dynod.logs import LogBook, split_output, timestamp
-from dynod.network import Names
+from dynod.kernel import firewall, processes
+from dynod.kernel.addressing import Pool, mac_for
+from dynod.kernel.network import Names
+from dynod.logs.book import LogBook, split_output, timestamp
+from dynod.rules import names
 
 
 @pytest.mark.parametrize("good", ["sushi", "abc", "my-app-2", "a" + "b" * 28 + "c"])
@@ -173,7 +174,7 @@ def test_command_checks(tmp_path: object) -> None:
 
 
 def test_a_default_drop_firewall_elsewhere_is_reported() -> None:
-    from dynod.kernel import foreign_drop_policies
+    from dynod.kernel.host import foreign_drop_policies
 
     class FakeNft:
         def ruleset(self) -> list[dict[str, object]]:
@@ -245,7 +246,7 @@ def test_env_script_quotes_any_value() -> None:
 def test_output_file_reads_new_lines_and_gives_read_space_back(tmp_path) -> None:
     import os
 
-    from dynod.logs import OutputFile
+    from dynod.logs.book import OutputFile
 
     path = tmp_path / "dyno.out"
     with open(path, "ab", buffering=0) as dyno:
@@ -310,7 +311,7 @@ UPDATE sqlite_sequence SET seq = 9 WHERE name = 'dynos';
 def test_an_issue_2_state_is_upgraded_without_losing_a_dyno(tmp_path) -> None:
     import sqlite3
 
-    from dynod.state import State
+    from dynod.state.store import State
 
     db = sqlite3.connect(tmp_path / "state.db")
     db.executescript(V1_SCHEMA)
@@ -330,7 +331,7 @@ def test_an_issue_2_state_is_upgraded_without_losing_a_dyno(tmp_path) -> None:
 
 
 def test_space_ranges_are_picked_and_checked() -> None:
-    from dynod import spaces
+    from dynod.rules import spaces
 
     used = [ipaddress.IPv4Network("10.0.0.0/16"), ipaddress.IPv4Network("10.1.5.0/24")]
     assert str(spaces.next_free_range(used)) == "10.2.0.0/16"

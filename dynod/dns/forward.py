@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dynod.dns_wire import HEADER_LEN, REFUSED, SERVFAIL, Query, empty_reply
+from dynod.dns.wire import HEADER_LEN, REFUSED, SERVFAIL, Query, empty_reply
 from dynod.errors import DynodError
 
 # Sockets per address family that UDP queries leave from.  Each has its own random port, and

@@ -10,9 +10,9 @@ import stat
 from collections.abc import Mapping
 from typing import Any
 
-from dynod import processes
 from dynod.errors import DynodError
-from dynod.state import Dyno
+from dynod.kernel import processes
+from dynod.state.store import Dyno
 
 PORT_RANGE = (3000, 60999)
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"

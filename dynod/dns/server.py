@@ -75,8 +75,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
-from dynod.dns_forward import Address, Forwarder, ShareKey, Shares, Throttle, read_exact
-from dynod.dns_wire import (
+from dynod.dns.forward import Address, Forwarder, ShareKey, Shares, Throttle, read_exact
+from dynod.dns.wire import (
     BADVERS,
     NOTIMP,
     NXDOMAIN,
@@ -91,7 +91,7 @@ from dynod.dns_wire import (
     parse_query,
     udp_limit,
 )
-from dynod.dns_wire import EMPTY_ZONE as _EMPTY_ZONE
+from dynod.dns.wire import EMPTY_ZONE as _EMPTY_ZONE
 from dynod.errors import DynodError
 
 __all__ = ["DnsServer"]

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from dynod import firewall, launch, names, network, processes, sizes
-from dynod.addressing import Pool, Subnet
+from dynod.control import launch
 from dynod.errors import DynodError
-from dynod.state import Dyno
+from dynod.kernel import firewall, network, processes
+from dynod.kernel.addressing import Pool, Subnet
+from dynod.rules import names, sizes
+from dynod.state.store import Dyno
 from netns import addresses, cgroup, conntrack, links, namespace, sysctl
 from netns import exec as netns_exec
 from netns.nftables import Nft, NftError, Snapshot, element_key, snapshot

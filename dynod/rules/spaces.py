@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 
 from dynod.errors import DynodError
-from dynod.names import SPACE_PREFIXLEN
+from dynod.rules.names import SPACE_PREFIXLEN
 
 DEFAULT_BLOCK = ipaddress.IPv4Network("10.0.0.0/8")
 MAX_TRUSTED = 20  # Heroku's limit per space

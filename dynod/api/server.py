@@ -54,8 +54,8 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from dynod.errors import DynodError, NotFound
-from dynod.logs import LogBook, LogLine, OutputFile, shared_puncher
-from dynod.state import Dyno, State
+from dynod.logs.book import LogBook, LogLine, OutputFile, shared_puncher
+from dynod.state.store import Dyno, State
 
 if TYPE_CHECKING:
     from dynod.daemon import Daemon

@@ -14,10 +14,10 @@ from typing import Any
 
 import click
 
-from dynod import names, sizes
-from dynod.client import Client, api_path
+from dynod.api.client import Client, api_path
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
 from dynod.errors import DynodError
+from dynod.rules import names, sizes
 
 # Variables of the caller's environment a dyno inherits; everything else comes from --env.
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")

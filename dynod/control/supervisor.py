@@ -16,12 +16,15 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from dynod import discovery, launch, names, processes, sizes
 from dynod.config import Config
+from dynod.control import launch
+from dynod.dns.registry import Registry, dns_env
 from dynod.errors import DynodError
-from dynod.kernel import Kernel
-from dynod.logs import LogBook, OutputFile, OutputLimit, shared_puncher
-from dynod.state import Dyno, State
+from dynod.kernel import processes
+from dynod.kernel.host import Kernel
+from dynod.logs.book import LogBook, OutputFile, OutputLimit, shared_puncher
+from dynod.rules import names, sizes
+from dynod.state.store import Dyno, State
 from netns.nftables import NftError
 
 POLL = 0.1
@@ -41,7 +44,7 @@ class Supervisor:
         kernel: Kernel,
         log: LogBook,
         config: Config,
-        registry: discovery.Registry,
+        registry: Registry,
     ) -> None:
         self.state = state
         self.kernel = kernel
@@ -151,7 +154,7 @@ class Supervisor:
         app = self.state.app(dyno.app)
         # The environment and IPv6 follow the app's discovery setting as of this start.
         with_dns = bool(dyno.space and app is not None and app.dns_discovery)
-        env = launch.process_env(dyno, discovery.dns_env(dyno) if with_dns else {})
+        env = launch.process_env(dyno, dns_env(dyno) if with_dns else {})
         popen = await self.kernel.spawn(dyno, env, dyno.log_path, ipv6=not with_dns)
         self._children[dyno.id] = popen
         self.state.update_dyno(

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from dynod.state import Dyno, State
+from dynod.state.store import Dyno, State
 
 DOMAIN = "app.localspace"
 ROUTER_DOMAIN = "herokuapp.localspace"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from dynod.addressing import Pool, Subnet, mac_for
+from dynod.kernel.addressing import Pool, Subnet, mac_for
 from netns import addresses, links, namespace, sysctl
 
 PREFIX = re.compile(r"^[a-z][a-z0-9]{1,5}$")
