@@ -1,4 +1,4 @@
-"""Forwarding of names outside localspace to the upstream resolvers (see dynod/dns.py).
+"""Forwarding of names outside localspace to the upstream resolvers (see dynod/dns/server.py).
 
 UDP queries are sent from the thread that received them on non-blocking sockets, and are
 then owned by one forwarder thread: it waits (poll) for the upstreams' replies and for the

@@ -1,6 +1,6 @@
 """DNS wire format for dynod's DNS server: reading queries, and answers prepared in advance.
 
-Nothing here touches a socket; `dynod.dns` explains the design and does the I/O.  Offsets and
+Nothing here touches a socket; `dynod.dns.server` explains the design and does the I/O.  Offsets and
 bit masks below refer to the layout of RFC 1035 section 4.1:
 
     offset 0   ID (2 bytes)         the asker's transaction id, copied into the reply
