@@ -342,7 +342,9 @@ class DaemonProc:
         client = Client(self.socket, timeout=timeout)
         for raw in client.lines(f"/v1/apps/{app}/dynos", "POST", body):
             message = json.loads(raw)
-            if "line" in message:
+            if "lines" in message:
+                lines += message["lines"]
+            elif "line" in message:  # a notice (L10)
                 lines.append(message["line"])
             elif "exit" in message:
                 return message["exit"], lines
