@@ -9,6 +9,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 EEXIST = 17
 ENOENT = 2
+ENODEV = 19  # the device itself is gone: so is whatever it held
 EADDRNOTAVAIL = 99
 ESRCH = 3
 
@@ -27,7 +28,7 @@ def delete(ipr: IPRoute, index: int, address: str, prefixlen: int) -> bool:
     try:
         ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
     except NetlinkError as exc:
-        if exc.code in (EADDRNOTAVAIL, ENOENT, ESRCH):
+        if exc.code in (EADDRNOTAVAIL, ENOENT, ESRCH, ENODEV):
             return False
         raise
     return True
@@ -60,7 +61,7 @@ def forget_neighbour(ipr: IPRoute, index: int, address: str) -> None:
     try:
         ipr.neigh("del", ifindex=index, dst=address)
     except NetlinkError as exc:
-        if exc.code not in (ENOENT, ESRCH):
+        if exc.code not in (ENOENT, ESRCH, ENODEV):
             raise
 
 

@@ -127,6 +127,8 @@ def kill_netns_processes(name: str) -> None:
         wanted = os.stat(f"/run/netns/{name}").st_ino
     except FileNotFoundError:
         return
+    if wanted == os.stat("/proc/self/ns/net").st_ino:
+        return  # never the host's own namespace: that is every process of the machine
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             with contextlib.suppress(OSError):
@@ -340,7 +342,9 @@ class DaemonProc:
         client = Client(self.socket, timeout=timeout)
         for raw in client.lines(f"/v1/apps/{app}/dynos", "POST", body):
             message = json.loads(raw)
-            if "line" in message:
+            if "lines" in message:
+                lines += message["lines"]
+            elif "line" in message:  # a notice (L10)
                 lines.append(message["line"])
             elif "exit" in message:
                 return message["exit"], lines

@@ -124,11 +124,13 @@ def test_a_foreground_flood_is_bounded_and_the_stream_says_what_it_skipped() -> 
             message = json.loads(raw)
             if "dropped" in message:
                 notices.append(message)
-            elif "line" in message:
-                lines += 1
-                last = str(message["line"])
-                if lines % 20_000 == 0 and len(latencies) < 10:
+            elif "lines" in message:
+                batch = message["lines"]
+                crossed = lines // 20_000 != (lines + len(batch)) // 20_000
+                if batch and crossed and len(latencies) < 10:
                     latencies += status_latencies(d, 1)
+                lines += len(batch)
+                last = str(batch[-1]) if batch else last
             elif "exit" in message:
                 status = message["exit"]
                 break

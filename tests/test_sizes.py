@@ -169,7 +169,9 @@ def _foreground(d: DaemonProc, app: str, request: dict[str, Any]) -> list[str]:
     lines = []
     for raw in Client(d.socket, timeout=60).lines(f"/v1/apps/{app}/dynos", "POST", request):
         message = json.loads(raw)
-        if "line" in message:
+        if "lines" in message:
+            lines += message["lines"]
+        elif "line" in message:
             lines.append(message["line"])
     return lines
 

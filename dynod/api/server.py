@@ -54,13 +54,14 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from dynod.errors import DynodError, NotFound
-from dynod.logs.book import LogBook, LogLine, OutputFile, shared_puncher
+from dynod.logs.book import FOREGROUND_WINDOW, LogBook, LogLine, OutputFile, shared_puncher
 from dynod.state.store import Dyno, State
 
 if TYPE_CHECKING:
     from dynod.daemon import Daemon
 
 MAX_BODY = 1 << 20
+MAX_SECONDS = 86_400  # a grace period or a tail longer than a day is a typo
 IDLE_TIMEOUT = 300.0  # seconds a kept-alive connection may wait before its next request
 REQUEST_TIMEOUT = 30.0  # seconds a request, once begun, has to arrive whole
 OUTPUT_POLL = 0.05  # seconds between looks at a foreground dyno's output
@@ -168,6 +169,7 @@ class ApiServer:
         connection never ties up the daemon for long)."""
         head: h11.Request | None = None
         body = b""
+        too_large = False
         deadline: float | None = None
         while True:
             event = conn.next_event()
@@ -188,15 +190,25 @@ class ApiServer:
             if isinstance(event, h11.Request):
                 head = event
             elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > MAX_BODY:
-                    raise h11.RemoteProtocolError("request body too large")
+                if len(body) + len(event.data) > MAX_BODY:
+                    too_large = True  # the rest is read and dropped, so the answer is heard
+                else:
+                    body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 break
         assert head is not None
         url = urllib.parse.urlsplit(head.target.decode("utf-8", "replace"))
         path = url.path.strip("/")
         parsed, body_error = _parse_json(body)
+        if too_large:
+            parsed, body_error = (
+                None,
+                DynodError(
+                    f"the request body is over {MAX_BODY >> 20} MiB",
+                    "send less: no endpoint takes that much",
+                    status=413,
+                ),
+            )
         return Request(
             head.method.decode(),
             # split before decoding (a %2F stays in its segment); an empty inner segment stays,
@@ -263,7 +275,7 @@ class ApiServer:
 
     async def _dispatch(self, request: Request) -> Answer:
         if request.body_error is not None:
-            return 400, request.body_error.to_json()
+            return request.body_error.status, request.body_error.to_json()
         try:
             return await self._route(request)
         except DynodError as exc:
@@ -387,9 +399,13 @@ class ApiServer:
         return 200, [d.to_json() | self.daemon.memory(d) for d in dynos]
 
     async def _run(self, r: Request, app: str) -> Answer:
-        body = dict(r.body) if isinstance(r.body, dict) else {}
+        body = dict(_fields(r, *RUN_FIELDS))
         if "detach" in body:  # missing means detached; anything but a JSON boolean is refused
             _flag(body, "detach", required=True)
+        for key in ("type", "command", "cwd", "size"):
+            if body.get(key) is not None:
+                _text(body, key)
+        _string_map(body, "env")
         body["app"] = app
         dyno = await self.daemon.run_dyno(body, r.uid, r.gid)
         if dyno.detached:
@@ -401,20 +417,27 @@ class ApiServer:
 
         The stream reads the dyno's output file itself, at the pace the client reads, in slices
         of OUTPUT_SLICE bytes with the event loop let go between two. A dyno that gets more than
-        the window (logs.WINDOW) ahead of its client has the older bytes skipped, and the
+        the window (logs.FOREGROUND_WINDOW) ahead of its client has the older bytes skipped, and the
         stream says so with a line in Logplex's words (Error L10) that also carries
         `"dropped"` and `"skipped_bytes"`. The exit comes after the last byte. The file is
         opened before control returns to the event loop, so it can be read to the end even
         after the stopped dyno's file is unlinked.
         """
-        reader = OutputFile(dyno.log_path, 0, keep=2 * OutputFile.WINDOW, puncher=shared_puncher())
+        reader = OutputFile(
+            dyno.log_path,
+            0,
+            keep=2 * FOREGROUND_WINDOW,
+            puncher=shared_puncher(),
+            window=FOREGROUND_WINDOW,
+        )
         reader.open()
         exit_wait = asyncio.ensure_future(self.daemon.wait_exit(dyno))
 
         def batch(lines: list[str], final: bool = False) -> bytes:
             dropped, skipped = reader.dropped, reader.skipped
             report = reader.overflow(final=final)
-            out = b"".join(_ndjson({"line": line}) for line in lines)
+            # One message per slice: encoding a list is one C call, a message per line is not.
+            out = _ndjson({"lines": lines}) if lines else b""
             if report:
                 notice = {"line": report, "dropped": dropped, "skipped_bytes": skipped}
                 out += _ndjson(notice)
@@ -468,7 +491,7 @@ class ApiServer:
         def wanted(line: LogLine) -> bool:
             if app and line.app != app:
                 return False
-            return not dyno_name or line.source.endswith(f"[{dyno_name}]")
+            return not dyno_name or line.source.endswith(f"[{dyno_name}]") or line.dyno == dyno_name
 
         async def chunks(closed: asyncio.Event) -> AsyncIterator[bytes]:
             with log.follow(wanted) as queue:
@@ -491,7 +514,7 @@ def _parse_json(body: bytes) -> tuple[Any, DynodError | None]:
     if not body:
         return {}, None
     try:
-        return json.loads(body), None
+        return json.loads(body, parse_constant=_not_json), None
     except RecursionError:  # "[[[[...": Python's parser recurses once per level
         return None, DynodError(
             "the request body is JSON nested too deeply",
@@ -499,6 +522,11 @@ def _parse_json(body: bytes) -> tuple[Any, DynodError | None]:
         )
     except ValueError:
         return None, DynodError("the request body is not JSON", "send a JSON object")
+
+
+def _not_json(word: str) -> Any:
+    """NaN, Infinity and -Infinity: Python's json reads them, JSON has no such numbers."""
+    raise ValueError(f"{word} is not JSON")
 
 
 def _match(pattern: tuple[str, ...], path: list[str]) -> list[str] | None:
@@ -531,6 +559,23 @@ def _fields(r: Request, *known: str) -> dict[str, Any]:
             f"this endpoint's fields are {listed}",
         )
     return r.body
+
+
+# What `dynod run` sends; anything else is refused, as on every other endpoint.
+RUN_FIELDS = ("type", "command", "cwd", "env", "detach", "size", "sudo_uid", "sudo_gid")
+
+
+def _string_map(body: dict[str, Any], key: str) -> None:
+    """A field that, when given, is a JSON object of strings (the dyno's environment)."""
+    value = body.get(key)
+    if value is None:
+        return
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise DynodError(
+            f"the field {key!r} must be a JSON object of strings, and it is "
+            f"{json.dumps(value)[:200]}",
+            f'send it as {{"{key}": {{"NAME": "value"}}}}',
+        )
 
 
 def _optional_text(body: dict[str, Any], key: str) -> str | None:
@@ -585,6 +630,8 @@ def _float(value: str | None) -> float | None:
         number = float(value)
     except ValueError:
         raise DynodError(f"not a number: {value!r}", "give seconds, e.g. ?grace=5") from None
-    if not 0 <= number < float("inf"):  # also refuses nan
-        raise DynodError(f"not a usable number: {value!r}", "give a finite number >= 0")
+    if not 0 <= number <= MAX_SECONDS:  # also refuses nan and infinity
+        raise DynodError(
+            f"not a usable number of seconds: {value!r}", f"give a number from 0 to {MAX_SECONDS}"
+        )
     return number

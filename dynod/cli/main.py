@@ -261,8 +261,10 @@ def _run_foreground(client: Client, app: str, body: dict[str, Any]) -> int:
             message = json.loads(raw)
             if "dyno" in message:
                 name = message["dyno"]["name"]
-            elif "line" in message:
-                click.echo(message["line"])
+            elif "lines" in message:
+                click.echo("\n".join(message["lines"]))
+            elif "line" in message:  # a notice about the stream (L10): not the dyno's output
+                click.echo(message["line"], err=True)
             elif "exit" in message:
                 status = message["exit"]
                 return status if isinstance(status, int) and status >= 0 else 1

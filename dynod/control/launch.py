@@ -32,9 +32,9 @@ def dyno_user(
     0 (sudo called by root) means the configured user, never root."""
     sudo_uid, sudo_gid = _sudo_id(request, "sudo_uid"), _sudo_id(request, "sudo_gid")
     if peer_uid != 0:
-        return peer_uid, peer_gid
+        return peer_uid, _not_root_group(peer_gid)
     if sudo_uid is not None and sudo_gid is not None and sudo_uid != 0:
-        return sudo_uid, sudo_gid
+        return sudo_uid, _not_root_group(sudo_gid)
     try:
         entry = pwd.getpwnam(fallback)
     except KeyError:
@@ -46,6 +46,17 @@ def dyno_user(
     if entry.pw_uid == 0:
         raise DynodError("dynos never run as root", "give --dyno-user an unprivileged user")
     return entry.pw_uid, entry.pw_gid
+
+
+def _not_root_group(gid: int) -> int:
+    """Nor in root's group: files readable by group root are not a dyno's business."""
+    if gid == 0:
+        raise DynodError(
+            "dynos never run in the root group, and the caller's primary group is root",
+            "call dynod from a user whose primary group is not root (or as root, without "
+            "sudo: the dyno then runs as --dyno-user)",
+        )
+    return gid
 
 
 MAX_ID = 0xFFFFFFFE  # uid_t and gid_t are 32 bits; 0xFFFFFFFF is (uid_t)-1, "no change"

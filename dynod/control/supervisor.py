@@ -22,7 +22,7 @@ from dynod.dns.registry import Registry, dns_env
 from dynod.errors import DynodError
 from dynod.kernel import processes
 from dynod.kernel.host import Kernel
-from dynod.logs.book import LogBook, OutputFile, OutputLimit, shared_puncher
+from dynod.logs.book import FOREGROUND_WINDOW, LogBook, OutputFile, OutputLimit, shared_puncher
 from dynod.rules import names, sizes
 from dynod.state.store import Dyno, State
 from netns.nftables import NftError
@@ -171,7 +171,7 @@ class Supervisor:
     def _reader(dyno: Dyno) -> OutputFile:
         # A foreground dyno's output is also read by its `dynod run`, at the terminal's pace:
         # the last 2 windows stay on disk for it (each reader skips what the other punched).
-        keep = 0 if dyno.detached else 2 * OutputFile.WINDOW
+        keep = 0 if dyno.detached else 2 * FOREGROUND_WINDOW
         return OutputFile(
             dyno.log_path, dyno.log_offset, keep=keep, limit=OutputLimit(), puncher=shared_puncher()
         )
@@ -388,7 +388,7 @@ class Supervisor:
             self.log.emit(dyno.app, f"app[{dyno.name}]", line)
         if report:
             # Logplex's source for L10 is itself: heroku[logplex], for the dyno's app.
-            self.log.emit(dyno.app, "heroku[logplex]", report)
+            self.log.emit(dyno.app, "heroku[logplex]", report, dyno=dyno.name)
 
     # ---------------------------------------------------------------- memory (dyno sizes)
     async def _sample_memory_forever(self) -> None:

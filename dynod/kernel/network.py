@@ -93,6 +93,9 @@ def ensure_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
     addresses.add(ipr, index, own.gateway, own.prefixlen)
     # Dynos get no IPv6 from the bridge; it needs no link-local address either.
     sysctl.write(f"net.ipv6.conf.{name}.disable_ipv6", 1)
+    # ARP is answered only for an address of the asker's own subnet (its gateway): a dyno
+    # does not learn the host's other addresses, nor other dynos' gateways.
+    sysctl.write(f"net.ipv4.conf.{name}.arp_ignore", 2)
     return index
 
 
@@ -155,10 +158,13 @@ def detach(ipr: IPRoute, bridge_index: int | None, dyno: Attachment) -> None:
     """Undo attach(), whatever part of it happened. Deleting the namespace is enough for the
     veth: the kernel destroys both ends with it, without us waiting for it."""
     subnet = dyno.subnet
-    if bridge_index is not None:
-        addresses.delete(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
-        addresses.forget_neighbour(ipr, bridge_index, subnet.address)
-    namespace.delete(dyno.netns)
+    try:
+        if bridge_index is not None:
+            addresses.delete(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
+            addresses.forget_neighbour(ipr, bridge_index, subnet.address)
+    finally:
+        # whatever happened to the bridge (someone may have deleted it), the namespace goes
+        namespace.delete(dyno.netns)
 
 
 def set_ipv6(netns: str, enabled: bool) -> None:

@@ -65,6 +65,9 @@ SHELL_WORDS = {
 }
 
 TCP_LISTEN = "0A"
+# A command travels as one argument of `sh -c` (the kernel takes at most 128 KiB per argument),
+# and is parsed here before anything is set up: 32 KiB is more than any Procfile line.
+MAX_COMMAND = 32 << 10
 
 
 def start_time(pid: int) -> float | None:
@@ -132,6 +135,11 @@ def check_command(command: str, cwd: str, path: str) -> None:
     """
     if not command.strip():
         raise DynodError("no command given", "pass one after --, or add the type to ./Procfile")
+    if len(command) > MAX_COMMAND:
+        raise DynodError(
+            f"the command is {len(command)} characters long; at most {MAX_COMMAND} are taken",
+            "put a long command in a script and run the script",
+        )
     if not os.path.isdir(cwd):
         raise DynodError(f"directory {cwd} does not exist", "run dynod from an existing directory")
     try:

@@ -42,6 +42,10 @@ LINES_PER_SECOND = 1_000
 BYTE_BURST = 1 << 20
 BYTES_PER_SECOND = 1 << 20
 WINDOW = 8 << 20  # unread bytes kept in a dyno's file; what is older is skipped, unread
+# A foreground dyno's output is its user's data (`dynod run -- pg_dump > file`): its stream may
+# fall this far behind before bytes are skipped. The daemon's own reader of the same file keeps
+# twice that unpunched, so the stream never reads a hole.
+FOREGROUND_WINDOW = 64 << 20
 READ_BUDGET = 256 << 10  # bytes read from one dyno's file per poll
 REPORT_EVERY = 1.0  # seconds between two L10 lines of one dyno
 PUNCH_QUEUE = 64  # hole punches waiting for the punching thread
@@ -69,6 +73,9 @@ class LogLine:
     source: str  # "app[web.1]", "heroku[web.1]", "heroku[router]", "dynod"
     text: str
     time: str
+    # the dyno a line is about when its source does not say (an L10 from heroku[logplex]), so
+    # `dynod logs --dyno web.1` shows it
+    dyno: str | None = None
 
     def __str__(self) -> str:
         return f"{self.time} {self.source}: {self.text}"
@@ -286,8 +293,8 @@ class LogBook:
         self._echo = Echo(echo) if echo else None
         self._followers: list[_Follower] = []
 
-    def emit(self, app: str | None, source: str, text: str) -> LogLine:
-        line = LogLine(app, source, text, timestamp())
+    def emit(self, app: str | None, source: str, text: str, dyno: str | None = None) -> LogLine:
+        line = LogLine(app, source, text, timestamp(), dyno)
         self._recent.append(line)
         rendered = str(line)
         if self._file:
@@ -415,6 +422,7 @@ class OutputFile:
         keep: int = 0,
         limit: OutputLimit | None = None,
         puncher: Puncher | None = None,
+        window: int | None = None,
     ) -> None:
         """puncher: who punches out what was read (at once, here, without one).
         keep: bytes at the file's end never punched out, for a second reader of the same file
@@ -424,12 +432,15 @@ class OutputFile:
         self.offset = offset
         self.reclaim = reclaim
         self.keep = keep
+        if window is not None:
+            self.WINDOW = window
         self.limit = limit
         self.puncher = puncher
         self._fd: int | None = None
         self._pending = b""
         self._reclaimed = 0
         self._resync = False  # after a skip: drop the rest of the line the skip landed in
+        self._resync_seen = 0  # bytes dropped so far while looking for that line's end
         self.dropped = 0  # lines dropped since the last overflow()
         self.skipped = 0  # bytes skipped unread since the last overflow()
         self.since = ""
@@ -485,16 +496,24 @@ class OutputFile:
         self._pending = b""
         self.offset = offset
         self._resync = True
+        self._resync_seen = 0
         if self.reclaim:
             self._reclaim(size)
 
     def _after_cut_line(self, chunk: bytes) -> bytes:
-        cut = chunk.find(b"\n")
-        self._count(0, len(chunk) if cut < 0 else cut + 1)
-        if cut < 0:
+        """Drop the rest of the line a skip landed in; output without newlines is cut into
+        MAX_LINE pieces anyway, so after that much the next byte starts a line."""
+        room = MAX_LINE - self._resync_seen
+        cut = chunk.find(b"\n", 0, room)
+        if cut < 0 and len(chunk) < room:
+            self._count(0, len(chunk))
+            self._resync_seen += len(chunk)
             return b""
+        end = cut + 1 if cut >= 0 else room
+        self._count(0, end)
         self._resync = False
-        return chunk[cut + 1 :]
+        self._resync_seen = 0
+        return chunk[end:]
 
     def _count(self, dropped: int, skipped: int) -> None:
         if (dropped or skipped) and not (self.dropped or self.skipped):
@@ -515,11 +534,11 @@ class OutputFile:
             return
         self._reclaimed = end
 
-    def flush(self, limit: int = WINDOW) -> list[str]:
+    def flush(self, limit: int | None = None) -> list[str]:
         """What is left, the last unterminated line included, once the dyno has exited: at most
         `limit` bytes (what a process left behind still writes beyond that is skipped and
-        counted), within the rate limit."""
-        lines = self.read_lines(limit)
+        counted), within the rate limit. Without a limit: the window."""
+        lines = self.read_lines(self.WINDOW if limit is None else limit)
         if self._fd is not None:
             size = os.fstat(self._fd).st_size
             if size > self.offset:

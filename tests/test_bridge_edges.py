@@ -1,0 +1,79 @@
+"""What a dyno learns by ARP, and a space whose bridge was deleted by hand (found by an
+adversarial try of issue 7's fixes)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.support import gateway_of, netns_exec, running_daemon, sh
+
+pytestmark = pytest.mark.root
+
+# Run as root in a dyno's namespace: an ARP request on eth0 for each target, broadcast; prints
+# which targets were answered.
+ARP = r"""
+import json, socket, struct, sys, time
+targets = json.loads(sys.argv[1])
+mac = bytes.fromhex(open("/sys/class/net/eth0/address").read().strip().replace(":", ""))
+own = sys.argv[2]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind(("eth0", 0))
+s.settimeout(0.1)
+for target in targets:
+    body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, socket.inet_aton(own),
+                       b"\0" * 6, socket.inet_aton(target))
+    s.send(b"\xff" * 6 + mac + b"\x08\x06" + body)
+answered = set()
+deadline = time.monotonic() + 1.5
+while time.monotonic() < deadline:
+    try:
+        frame = s.recv(2048)
+    except socket.timeout:
+        continue
+    if frame[12:14] == b"\x08\x06" and frame[20:22] == b"\x00\x02":
+        answered.add(socket.inet_ntoa(frame[28:32]))
+print(json.dumps(sorted(answered)))
+"""
+
+
+def arp_answers(netns: str, own_ip: str, targets: list[str]) -> list[str]:
+    code = f"import sys; sys.argv = ['arp', {json.dumps(targets)!r}, {own_ip!r}]\n" + ARP
+    result = netns_exec(netns, code)
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout))
+
+
+def test_a_dyno_gets_arp_answers_for_its_own_gateway_only() -> None:
+    with running_daemon() as d:
+        one = d.run("sushi", "worker", "sleep 600")
+        two = d.run("tuna", "worker", "sleep 600")
+        d.wait_for(lambda: d.dyno("tuna", "worker.1")["state"] == "up", "two up")
+        own, other = gateway_of(one["ip"]), gateway_of(two["ip"])
+        bridge_address = d.cidr.rsplit(".", 1)[0] + ".1"  # the bridge's own, x.y.z.1
+        answered = arp_answers(
+            d.netns("sushi", "worker.1"), one["ip"], [own, other, bridge_address]
+        )
+        assert answered == [own], answered
+
+
+def test_a_deleted_space_bridge_neither_blocks_stop_nor_leaks_a_namespace() -> None:
+    with running_daemon() as d:
+        d.client.call("POST", "/v1/spaces", {"name": f"{d.prefix}x", "cidr": "10.213.0.0/16"})
+        d.client.call("POST", "/v1/apps", {"name": "spb", "space": f"{d.prefix}x"})
+        d.run("spb", "worker", "sleep 600")
+        d.wait_for(lambda: d.dyno("spb", "worker.1")["state"] == "up", "worker up")
+        bridge = next(
+            s["bridge"] for s in d.client.call("GET", "/v1/spaces") if s["name"] == f"{d.prefix}x"
+        )
+        sh("ip", "link", "del", bridge)
+        d.stop_dyno("spb", "worker.1", grace=1)
+        assert d.dynos("spb") == []
+        assert not os.path.exists(f"/run/netns/{d.netns('spb', 'worker.1')}")
+        with pytest.raises(Exception, match="could not set up the network"):
+            d.run("spb", "other", "sleep 600")
+        assert not os.path.exists(f"/run/netns/{d.netns('spb', 'other.1')}")
+        d.client.call("DELETE", "/v1/apps/spb")
+        d.client.call("DELETE", f"/v1/spaces/{d.prefix}x")
