@@ -160,6 +160,10 @@ def dyno_processes(dyno: dict[str, object]) -> list[int]:
     unshare = int(str(dyno["pid"]))
     wanted = os.stat(f"/proc/{unshare}/ns/pid_for_children").st_ino
     found = [unshare]
+    if wanted == os.stat("/proc/self/ns/pid").st_ino:
+        # unshare has not made the dyno's pid namespace yet (its wrapper is still starting):
+        # its children's namespace is still the host's, which is every process of the machine.
+        return found
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError):
