@@ -127,6 +127,8 @@ def kill_netns_processes(name: str) -> None:
         wanted = os.stat(f"/run/netns/{name}").st_ino
     except FileNotFoundError:
         return
+    if wanted == os.stat("/proc/self/ns/net").st_ino:
+        return  # never the host's own namespace: that is every process of the machine
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             with contextlib.suppress(OSError):
