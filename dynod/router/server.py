@@ -87,7 +87,7 @@ from dynod.router.logline import H14, H28, H99, HerokuError, RequestLog, format_
 from dynod.router.pages import send_error_page, send_rejection
 from dynod.router.peer import Fail, H11Event, Peer, close_writer, linger, now_ms, peer_ip
 from dynod.router.proxy import Exchange, connect
-from dynod.router.routes import Refused, Resolve, RouteTable
+from dynod.router.routes import Backend, Refused, Resolve, RouteTable
 
 __all__ = ["Router"]
 
@@ -309,6 +309,19 @@ class Router:
         if not backends:
             return await self._answer_locally(client, entry, H14.status, H14)
         backend = backends[next(self._counters.setdefault(app, itertools.count())) % len(backends)]
+        return await self._proxy(client, request, raw, entry, target, backend, arrived_ms)
+
+    async def _proxy(
+        self,
+        client: Peer,
+        request: h11.Request,
+        raw: Headers,
+        entry: RequestLog,
+        target: bytes,
+        backend: Backend,
+        arrived_ms: int,
+    ) -> bool:
+        """Send the request to `backend` and its answer back (or answer an error page)."""
         entry.dyno = backend.dyno
         try:
             peer = await connect(
