@@ -64,21 +64,20 @@ def connection_limit() -> int:
 class Admission:
     """Counts the open client connections per address and refuses those over the caps."""
 
-    def __init__(self, per_client: int, total: int | None) -> None:
-        self.per_client = per_client
-        self.total = total  # None: what the open file limit allows
+    def __init__(self) -> None:
         self._by_client: dict[str, int] = {}  # open connections per client address
         self._refused_at: dict[str, float] = {}  # when a refusal was last logged, per client
 
-    def admit(self, client_ip: str, open_now: int) -> bool:
-        """Count a new connection of `client_ip`, or refuse it: over the client's share, or
-        over what the open file limit leaves room for (so the API stays usable)."""
-        limit = self.total or connection_limit()
+    def admit(self, client_ip: str, open_now: int, per_client: int, total: int | None) -> bool:
+        """Count a new connection of `client_ip`, or refuse it: over the client's share
+        (`per_client`), or over `total` (None: what the open file limit leaves room for, so
+        the API stays usable)."""
+        limit = total or connection_limit()
         held = self._by_client.get(client_ip, 0)
-        if held < self.per_client and open_now < limit:
+        if held < per_client and open_now < limit:
             self._by_client[client_ip] = held + 1
             return True
-        self._warn(client_ip, held, open_now, limit)
+        self._warn(client_ip, held, per_client, open_now, limit)
         return False
 
     def release(self, client_ip: str) -> None:
@@ -89,7 +88,7 @@ class Admission:
         else:
             del self._by_client[client_ip]
 
-    def _warn(self, client_ip: str, held: int, open_now: int, limit: int) -> None:
+    def _warn(self, client_ip: str, held: int, per_client: int, open_now: int, limit: int) -> None:
         now = time.monotonic()
         if now - self._refused_at.get(client_ip, -60.0) < 10:
             return  # one line per client per 10 s
@@ -101,7 +100,7 @@ class Admission:
             "%d in all (at most %d)",
             client_ip,
             held,
-            self.per_client,
+            per_client,
             open_now,
             limit,
         )

@@ -119,7 +119,9 @@ class Router:
         self.response_timeout = response_timeout
         self.idle_timeout = idle_timeout
         self.head_timeout = head_timeout  # a request head, once begun, is whole by then
-        self.admission = Admission(max_client_connections, max_connections)
+        self.max_client_connections = max_client_connections
+        self.max_connections = max_connections  # None: what the open file limit allows
+        self._admission = Admission()
         self.socket_mark = socket_mark
         self.source_address = source_address
         self.port = 0  # the bound port, set by start()
@@ -128,24 +130,6 @@ class Router:
         self._tasks: set[asyncio.Task[None]] = set()
         self._counters: dict[str, itertools.count[int]] = {}
         self._closing = False
-
-    @property
-    def max_client_connections(self) -> int:
-        """Connections one client address may hold at once."""
-        return self.admission.per_client
-
-    @max_client_connections.setter
-    def max_client_connections(self, value: int) -> None:
-        self.admission.per_client = value
-
-    @property
-    def max_connections(self) -> int | None:
-        """Client connections in all; None: what the open file limit leaves room for."""
-        return self.admission.total
-
-    @max_connections.setter
-    def max_connections(self, value: int | None) -> None:
-        self.admission.total = value
 
     def update(self, table: RouteTable) -> None:
         """Route every request from now on by `table` (a whole new one: tables never change)."""
@@ -192,7 +176,7 @@ class Router:
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         client_ip = peer_ip(writer)
-        if self._closing or task is None or not self.admission.admit(client_ip, len(self._tasks)):
+        if self._closing or task is None or not self._admit(client_ip):
             writer.transport.abort()
             return
         self._tasks.add(task)
@@ -200,7 +184,12 @@ class Router:
             await self._serve(Peer(h11.Connection(h11.SERVER), reader, writer))
         finally:
             self._tasks.discard(task)
-            self.admission.release(client_ip)
+            self._admission.release(client_ip)
+
+    def _admit(self, client_ip: str) -> bool:
+        return self._admission.admit(
+            client_ip, len(self._tasks), self.max_client_connections, self.max_connections
+        )
 
     async def _serve(self, client: Peer) -> None:
         client_ip = peer_ip(client.writer)
