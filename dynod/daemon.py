@@ -20,7 +20,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from dynod.config import Config
@@ -33,7 +33,9 @@ from dynod.kernel import processes
 from dynod.kernel.firewall import DNS_PORT, INTERNAL_ROUTER_PORT
 from dynod.kernel.host import Kernel
 from dynod.logs.book import LogBook
-from dynod.router.proxy import Backend, Refused, Router, raise_open_file_limit
+from dynod.router.limits import raise_open_file_limit
+from dynod.router.routes import Backend, RouteTable
+from dynod.router.server import Router
 from dynod.rules import names, sizes, spaces
 from dynod.state.store import App, Dyno, Space, State
 from netns import namespace, nfevents
@@ -497,27 +499,19 @@ class Daemon:
             raise NotFound(f"no app named {app!r}", "`dynod apps` lists the apps")
         return self.state.dynos(app)
 
-    def _resolve(self, name: str, client: str) -> list[Backend] | None:
+    def _resolve(self, name: str, client: str) -> Sequence[Backend] | None:
         """The router's question: which web dynos serve app `name` to this client?
 
-        An internal-routing app exists only for clients inside its space; an external app of a
-        space is refused to clients outside both the space and its trusted IP ranges."""
+        The policy is the route table's (dynod.router.routes). Interim step of issue 8: the
+        table of this one app is built per request, until the services that own the state
+        changes push whole tables with `router.update`."""
         assert self.state is not None
         app = self.state.app(name)
         if app is None:
             return None
-        if app.space:
-            cidr, _ = self._space_network(app.space)
-            inside = spaces.allows([ipaddress.IPv4Network(cidr)], client)
-            if not inside and app.internal_routing:
-                return None
-            if not inside and not spaces.allows(self._trusted.get(app.space, []), client):
-                raise Refused(f"{client} is not in the trusted IP ranges of space {app.space}")
-        return [
-            Backend(d.name, d.ip, d.port)
-            for d in self.state.dynos(name)
-            if d.type == names.WEB_TYPE and d.state == "up" and d.port
-        ]
+        cidrs = {app.space: self._space_network(app.space)[0]} if app.space else {}
+        table = RouteTable.build([app], self.state.dynos(name), cidrs, self._trusted)
+        return table.resolve(name, client)
 
     # ---------------------------------------------------------------- DNS
     def _upstreams(self) -> list[tuple[str, int]]:

@@ -19,18 +19,16 @@ from typing import Any
 import h11
 import pytest
 
-from dynod.router.proxy import (
-    H14,
-    Backend,
-    RequestLog,
-    Router,
+from dynod.router.headers import (
     app_from_host,
-    format_log_line,
     forward_request_headers,
     forward_response_headers,
     hop_by_hop_names,
     pick_request_id,
 )
+from dynod.router.logline import H14, RequestLog, format_log_line
+from dynod.router.routes import Backend
+from dynod.router.server import Router
 
 TIMEOUT = 5.0
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

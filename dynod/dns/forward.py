@@ -24,138 +24,27 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from dynod.dns.limits import ShareKey, Shares, Throttle
+from dynod.dns.upstream import (
+    Address,
+    Track,
+    ask_tcp,
+    client_view,
+    same_question,
+    udp_socket,
+    upstream,
+)
 from dynod.dns.wire import HEADER_LEN, REFUSED, SERVFAIL, Query, empty_reply
-from dynod.errors import DynodError
+
+__all__ = ["Forwarder"]
 
 # Sockets per address family that UDP queries leave from.  Each has its own random port, and
 # each query a random ID, which makes forging an upstream's answer that much harder.
 SOCKETS_PER_FAMILY = 8
 READ_SIZE = 65535
-
-Address = Any  # a socket address as the socket module gives it: (host, port[, flow, scope])
-Track = Callable[[socket.socket, bool], bool]
-ShareKey = tuple[str, str]  # (scope, source address)
-
-
-class Shares:
-    """Counts of something held (connections, queries in flight) in total, per scope and per
-    source, each with its own limit, so that one source, or one scope, cannot take it all.
-    Thread safe."""
-
-    def __init__(self, total: int, per_scope: int, per_source: int) -> None:
-        self.limits = (total, min(per_scope, total), min(per_source, per_scope, total))
-        self.total = 0
-        self._lock = threading.Lock()
-        self._scopes: dict[str, int] = {}
-        self._sources: dict[str, int] = {}
-
-    def take(self, key: ShareKey) -> bool:
-        """Count one more for `key`; False (nothing counted) when any of its limits is full."""
-        scope, source = key
-        total, per_scope, per_source = self.limits
-        with self._lock:
-            if (
-                self.total >= total
-                or self._scopes.get(scope, 0) >= per_scope
-                or self._sources.get(source, 0) >= per_source
-            ):
-                return False
-            self.total += 1
-            self._scopes[scope] = self._scopes.get(scope, 0) + 1
-            self._sources[source] = self._sources.get(source, 0) + 1
-            return True
-
-    def release(self, key: ShareKey) -> None:
-        scope, source = key
-        with self._lock:
-            self.total -= 1
-            _decrement(self._scopes, scope)
-            _decrement(self._sources, source)
-
-    def clear(self) -> None:
-        with self._lock:
-            self.total = 0
-            self._scopes.clear()
-            self._sources.clear()
-
-
-def _decrement(counts: dict[str, int], key: str) -> None:
-    """One less; a key at zero is removed, so the dicts hold only sources holding something."""
-    left = counts.get(key, 0) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
-
-
-class Throttle:
-    """Calls `log` at most once per `interval` seconds per kind of message, so that a flood of
-    bad packets or a dead upstream cannot flood the daemon's log."""
-
-    def __init__(self, log: Callable[[str], object], interval: float = 10.0) -> None:
-        self._log = log
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def __call__(self, kind: str, text: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(kind)
-            if last is not None and now - last < self._interval:
-                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-                return
-            self._last[kind] = now
-            suppressed = self._suppressed.pop(kind, 0)
-        if suppressed:
-            text += f" ({suppressed} more like this in the last {self._interval:g}s)"
-        with contextlib.suppress(Exception):  # a failing log must not kill a server thread
-            self._log(text)
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    family: int
-    address: Address
-    label: str  # "10.0.0.2:53", for logs
-
-
-def upstream(host: str, port: int) -> Upstream:
-    """An upstream resolver given as an IP address (v4 or v6, with a %zone for link-local)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)
-    except (socket.gaierror, UnicodeError, ValueError) as exc:
-        raise DynodError(
-            f"upstream DNS server {host!r} is not an IP address ({exc})",
-            "give upstream resolvers as IP addresses, e.g. --upstream 1.1.1.1",
-        ) from exc
-    family, _type, _proto, _name, address = infos[0]
-    label = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-    return Upstream(family, address, label)
-
-
-def read_exact(sock: socket.socket, size: int, until: float) -> bytes | None:
-    """`size` bytes from a stream socket by time.monotonic() `until`; None on EOF or timeout."""
-    chunks: list[bytes] = []
-    while size:
-        left = until - time.monotonic()
-        if left <= 0:
-            return None
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(size)
-        except TimeoutError:
-            return None
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
 
 
 @dataclass(slots=True, eq=False)
@@ -200,7 +89,7 @@ class Forwarder:
         self._thread: threading.Thread | None = None
         try:
             for family in {u.family for u in self._upstreams}:
-                self._sockets[family] = [_udp_socket(family) for _ in range(SOCKETS_PER_FAMILY)]
+                self._sockets[family] = [udp_socket(family) for _ in range(SOCKETS_PER_FAMILY)]
         except OSError:
             self._close_fds()
             raise
@@ -362,7 +251,7 @@ class Forwarder:
                 return  # late (we already answered SERVFAIL), or a guess
             index = self._sender(pending, source)
             question = pending.q.data[HEADER_LEN : pending.q.question_end]
-            if index is None or not _same_question(data, question):
+            if index is None or not same_question(data, question):
                 return  # not from an upstream we asked, or not about our question: forged
             if data[3] & 0x0F in (SERVFAIL, REFUSED) and pending.attempt + 1 < len(pending.order):
                 pending.attempt += 1
@@ -374,7 +263,7 @@ class Forwarder:
         if retry is not None:
             self._send(retry)
             return
-        reply = _client_view(data, question, pending.q.data[:2])
+        reply = client_view(data, question, pending.q.data[:2])
         with contextlib.suppress(OSError):  # the asker's address is gone, or unlisten() ran
             pending.reply_to.sendto(reply, pending.client)
 
@@ -431,7 +320,9 @@ class Forwarder:
             if left <= 0 or self._closed:
                 break
             share = left / (len(order) - i)
-            reply = self._ask_tcp(self._upstreams[index], q, time.monotonic() + share, track)
+            reply = ask_tcp(
+                self._upstreams[index], q, time.monotonic() + share, track, self._report
+            )
             if reply is None:
                 continue
             if reply[3] & 0x0F in (SERVFAIL, REFUSED) and i + 1 < len(order):
@@ -441,33 +332,6 @@ class Forwarder:
             return reply
         self._count_servfail()
         return empty_reply(q, SERVFAIL)
-
-    def _ask_tcp(self, target: Upstream, q: Query, until: float, track: Track) -> bytes | None:
-        question = q.data[HEADER_LEN : q.question_end]
-        sock = socket.socket(target.family, socket.SOCK_STREAM)
-        if not track(sock, True):  # the listener is stopping
-            sock.close()
-            return None
-        try:
-            sock.settimeout(max(until - time.monotonic(), 0.001))
-            sock.connect(target.address)
-            sock.sendall(len(q.data).to_bytes(2, "big") + q.data)
-            head = read_exact(sock, 2, until)
-            reply = read_exact(sock, int.from_bytes(head, "big"), until) if head else None
-        except OSError as exc:
-            self._report(f"tcp {target.label}", f"upstream {target.label} over TCP: {exc}")
-            return None
-        finally:
-            track(sock, False)
-            sock.close()
-        if reply is None:
-            self._report(f"tcp {target.label}", f"upstream {target.label} over TCP: no answer")
-            return None
-        if len(reply) < HEADER_LEN or reply[:2] != q.data[:2] or not reply[2] & 0x80:
-            return None
-        if not _same_question(reply, question):
-            return None
-        return _client_view(reply, question, q.data[:2])
 
     # ------------------------------------------------------------------------------ close
 
@@ -489,30 +353,3 @@ class Forwarder:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def _udp_socket(family: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    with contextlib.suppress(OSError):  # room for bursts of replies (capped by rmem_max)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    return sock
-
-
-def _same_question(reply: bytes, question: bytes) -> bool:
-    """Whether a reply is about `question` (case aside: some servers do not keep it).  A reply
-    without a question (FORMERR from the upstream) is taken: its ID and source matched."""
-    qdcount = reply[4:6]
-    if qdcount == b"\x00\x00":
-        return True
-    end = HEADER_LEN + len(question)
-    return qdcount == b"\x00\x01" and reply[HEADER_LEN:end].lower() == question.lower()
-
-
-def _client_view(reply: bytes, question: bytes, client_id: bytes) -> bytes:
-    """The upstream's reply with the client's ID and the client's question back in (its exact
-    case: 0x20 checking resolvers compare it)."""
-    if reply[4:6] == b"\x00\x00":
-        return client_id + reply[2:]  # no question to restore
-    end = HEADER_LEN + len(question)
-    return client_id + reply[2:HEADER_LEN] + question + reply[end:]

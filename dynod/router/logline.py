@@ -1,0 +1,114 @@
+"""Heroku's router error codes and its log line per request (``at=info method=GET ...``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = [
+    "H12",
+    "H13",
+    "H14",
+    "H15",
+    "H17",
+    "H18",
+    "H19",
+    "H25",
+    "H27",
+    "H28",
+    "H99",
+    "HerokuError",
+    "RequestLog",
+    "format_log_line",
+]
+
+
+@dataclass(frozen=True)
+class HerokuError:
+    code: str
+    desc: str
+    status: int = 503
+
+
+H12 = HerokuError("H12", "Request timeout")
+H13 = HerokuError("H13", "Connection closed without response")
+H14 = HerokuError("H14", "No web processes running")
+H15 = HerokuError("H15", "Idle connection")
+H17 = HerokuError("H17", "Poorly formatted HTTP response")
+H18 = HerokuError("H18", "Server Request Interrupted")
+H19 = HerokuError("H19", "Backend connection timeout")
+H27 = HerokuError("H27", "Client Request Interrupted", 499)
+H25 = HerokuError("H25", "HTTP Restriction", 400)
+H28 = HerokuError("H28", "Client Connection Idle", 499)
+H99 = HerokuError("H99", "Platform error")
+
+
+@dataclass
+class RequestLog:
+    """Everything that goes into one router log line.
+
+    ``None`` renders as an empty value (``dyno= connect=``), as Heroku does when no dyno was
+    involved.  ``bytes`` counts response body bytes relayed from the dyno, so it stays None
+    for 404/H14 and is 0 for a 503 produced after a dyno was picked.
+    """
+
+    method: str = ""
+    path: str = ""
+    host: str = ""
+    request_id: str = ""
+    fwd: str = ""
+    dyno: str | None = None
+    connect_ms: int | None = None
+    service_ms: int | None = None
+    status: int = 0
+    bytes: int | None = None
+    error: HerokuError | None = None
+    protocol: str = "http"
+    emitted: bool = field(default=False, compare=False)
+    app: str | None = field(default=None, compare=False)  # set once resolve() knows the app
+
+
+_UNSAFE_BARE = re.compile(r'[^\x21-\x7e]|["\\]')
+_UNSAFE_QUOTED = re.compile(r'[^\x20-\x7e]|["\\]')
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return "\\" + char if char in '"\\' else f"%{ord(char) & 0xFF:02X}"
+
+
+def _bare(value: str | None) -> str:
+    # Unquoted values must not contain spaces or quotes, or log parsers would split them.
+    return "" if value is None else _UNSAFE_BARE.sub(_escape, value)
+
+
+def _quoted(value: str) -> str:
+    return '"' + _UNSAFE_QUOTED.sub(_escape, value) + '"'
+
+
+def _ms(value: int | None) -> str:
+    return "" if value is None else f"{value}ms"
+
+
+def format_log_line(entry: RequestLog) -> str:
+    """Render the message part of a ``heroku[router]`` log line."""
+    parts = ["at=info"]
+    if entry.error is not None:
+        parts = ["at=error", f"code={entry.error.code}", f'desc="{entry.error.desc}"']
+    parts += [
+        f"method={_bare(entry.method)}",
+        f"path={_quoted(entry.path)}",
+        f"host={_bare(entry.host)}",
+        f"request_id={_bare(entry.request_id)}",
+        f"fwd={_quoted(entry.fwd)}",
+        f"dyno={_bare(entry.dyno)}",
+        f"connect={_ms(entry.connect_ms)}",
+        f"service={_ms(entry.service_ms)}",
+        f"status={entry.status}",
+        f"bytes={'' if entry.bytes is None else entry.bytes}",
+        f"protocol={entry.protocol}",
+    ]
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- headers

@@ -1,0 +1,118 @@
+"""The router's access policy as a plain value: which web dynos serve an app, to which clients.
+
+The control side builds a whole new `RouteTable` from the state whenever something the policy
+depends on changes (a dyno goes up or down, an app or a space comes or goes, a space's trusted
+IP ranges change) and hands it to the router with `Router.update(table)`. The router reads only
+the table it was last given, per request, and never asks the state: a table is immutable, so it
+can be swapped between two requests without a lock, and it is all a router worker process
+would need to receive (issue 11).
+
+The policy, as on Heroku:
+- an app is served by its web dynos that are up and have a port, in the order given;
+- an app in a Private Space with internal routing exists only for clients inside the space
+  (anyone else gets "no such app");
+- any other app of a space is refused (403) to clients outside both the space and its trusted
+  IP ranges; a Common Runtime app is open to everyone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from dynod.rules import names, spaces
+from dynod.state.store import App, Dyno
+
+__all__ = ["AppRoute", "Backend", "Refused", "Resolve", "RouteTable", "SpaceRanges"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    dyno: str  # "web.1"
+    host: str  # "172.16.0.6"
+    port: int
+
+
+# What the router asks per request: (app, client IP) -> the web dynos, None, or Refused.
+Resolve = Callable[[str, str], Sequence[Backend] | None]
+
+
+class Refused(Exception):
+    """Raised by ``resolve`` when the app exists but this client may not reach it (a Private
+    Space's trusted IP ranges): 403, logged with the reason."""
+
+
+@dataclass(frozen=True)
+class SpaceRanges:
+    """A space's own range (its dynos and bridge) and the client ranges it trusts."""
+
+    network: ipaddress.IPv4Network
+    trusted: tuple[ipaddress.IPv4Network, ...]
+
+
+@dataclass(frozen=True)
+class AppRoute:
+    backends: tuple[Backend, ...]
+    space: str | None = None  # None: the Common Runtime
+    internal_routing: bool = False
+
+
+def _backends(app: str, dynos: Iterable[Dyno]) -> tuple[Backend, ...]:
+    return tuple(
+        Backend(d.name, d.ip, d.port)
+        for d in dynos
+        if d.app == app and d.type == names.WEB_TYPE and d.state == "up" and d.port
+    )
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """App name -> route, space name -> ranges; empty by default (every app unknown)."""
+
+    apps: Mapping[str, AppRoute] = field(default_factory=lambda: MappingProxyType({}))
+    spaces: Mapping[str, SpaceRanges] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def build(
+        cls,
+        apps: Iterable[App],
+        dynos: Iterable[Dyno],
+        space_cidrs: Mapping[str, str],
+        trusted: Mapping[str, Iterable[str | ipaddress.IPv4Network]],
+    ) -> RouteTable:
+        """The table for these apps and dynos. space_cidrs maps each space to its CIDR,
+        trusted each space to its trusted IP ranges (a space missing there trusts nobody)."""
+        dynos = list(dynos)
+        routes = {
+            app.name: AppRoute(_backends(app.name, dynos), app.space or None, app.internal_routing)
+            for app in apps
+        }
+        ranges = {
+            name: SpaceRanges(
+                ipaddress.IPv4Network(cidr),
+                tuple(ipaddress.IPv4Network(c) for c in trusted.get(name, ())),
+            )
+            for name, cidr in space_cidrs.items()
+        }
+        return cls(MappingProxyType(routes), MappingProxyType(ranges))
+
+    def resolve(self, app: str, client: str) -> tuple[Backend, ...] | None:
+        """The web dynos that serve `app` to `client`; None when the app does not exist for
+        this client; Refused when it exists but this client may not reach it."""
+        route = self.apps.get(app)
+        if route is None:
+            return None
+        if route.space is None:
+            return route.backends
+        ranges = self.spaces.get(route.space)
+        # A space the table does not know (not opened yet) has no range: nobody is inside.
+        inside = ranges is not None and spaces.allows([ranges.network], client)
+        if inside:
+            return route.backends
+        if route.internal_routing:
+            return None
+        if ranges is None or not spaces.allows(ranges.trusted, client):
+            raise Refused(f"{client} is not in the trusted IP ranges of space {route.space}")
+        return route.backends

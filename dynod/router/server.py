@@ -1,0 +1,392 @@
+"""Heroku's HTTP router, as an asyncio reverse proxy.
+
+Every app is reachable as ``http://APP.localhost:PORT/``.  The router reads the ``Host``
+header, asks its route table (``dynod.router.routes``, replaced by the control side with
+``update(table)`` on every change) for the app's web dynos that are up, picks one
+round-robin (one counter per app), opens a fresh TCP connection to it, forwards the request
+with Heroku's ``X-Forwarded-*`` / ``X-Request-*`` / ``Via`` headers, streams the response
+back, and hands one Heroku-style log line per request to ``log(line, app)`` (app is None
+when the Host named no known app).
+
+Design
+------
+* The modules: ``server`` (this one: listening, connections, one request's routing),
+  ``proxy`` (one exchange with a dyno), ``peer`` (an h11 connection on a stream pair, closing,
+  splicing), ``pages`` (answers the router writes itself), ``headers`` (HTTP header and target
+  rules), ``logline`` (Heroku's error codes and log line), ``limits`` (caps and admission),
+  ``routes`` (the access policy, as a value).
+* One asyncio task per client connection.  Requests on a keep-alive connection are handled
+  one after the other, each routed independently; every request gets its own backend
+  connection (``Connection: close`` is sent to the dyno), which keeps the state machine
+  simple and matches a router that balances per request.
+* While the response head is awaited, a second task streams the request body to the dyno,
+  so a dyno can answer before it has read the whole body, and neither direction is ever
+  buffered whole: each chunk is written and ``drain()``-ed before the next one is read.
+* ``Upgrade`` requests (WebSocket) are forwarded with ``Connection: Upgrade``; if the dyno
+  answers ``101`` the router relays the 101 and then splices raw bytes both ways.
+* Failures map onto Heroku's error codes and a 503 page: H12 (no response head within
+  ``response_timeout`` after the request was fully sent), H13 (connection refused, or the
+  dyno closed without answering), H14 (no web dynos), H15 (dyno idle for ``idle_timeout``
+  mid-body: the client connection is just closed), H17 (unparseable response), H18 (dyno
+  closed mid-body), H19 (connect timeout), H27/H28 (client went away / went idle; logged
+  with status 499, nothing sent), H99 (``resolve`` raised, or the outgoing socket could not
+  be set up, e.g. ``SO_MARK`` without CAP_NET_ADMIN).
+* ``Expect: 100-continue`` is passed to the dyno and its ``100 Continue`` relayed, so the
+  dyno (not the router) decides whether it wants the body, as RFC 9110 intends for proxies.
+* A request body the client frames badly (a malformed chunk size) is H25 "HTTP Restriction":
+  400 to the client, the dyno's connection dropped.
+* Resources: each client address may hold ``max_client_connections`` connections, and all
+  clients together ``max_connections`` (by default what the open file limit leaves room for,
+  two descriptors each: client and dyno); connections beyond are closed at once.  A keep-alive
+  connection may idle ``idle_timeout`` before a request, and a request head, once begun, must be
+  whole within ``head_timeout`` (slowloris): else 408, logged as H28.
+* Routing goes by ``Host``, or by the authority of an absolute-form target
+  (``GET http://other.localhost/ HTTP/1.1``), which overrides Host (RFC 9112 3.2.2); the dyno
+  gets the origin-form (``GET / HTTP/1.1``) and a Host naming that authority.  Names listed in
+  ``Connection`` are dropped as hop-by-hop, except Host and Content-Length, which the request
+  cannot do without.
+* Unknown apps (``resolve`` returns None, or the Host is not ``*.localhost``) get a 404
+  "no such app" and are logged ``at=info ... status=404`` with empty dyno/connect/service/
+  bytes, because nothing went wrong inside the platform.  Malformed requests get h11's
+  suggested status (400, or 431 for oversized heads) and are logged the same way.
+
+Why h11
+-------
+h11 is a pure-Python, sans-IO HTTP/1.1 state machine maintained by python-hyper.  Sans-IO
+means the router owns the sockets (needed for ``SO_MARK`` and source binding on outgoing
+connections) and all timeouts, while h11 only parses and frames.  Its strict RFC 7230
+framing (rejecting conflicting Content-Length/Transfer-Encoding, bad chunk sizes, obs-fold,
+...) is what protects a proxy against request smuggling, and the same library plays both
+the server role (towards clients) and the client role (towards dynos), including the
+protocol-switch bookkeeping (``trailing_data``) that WebSocket splicing needs.  aiohttp is a
+whole framework with its own server/client lifecycles and lenient parsing, and httptools is
+a C parser binding that only parses (no framing of what we send, no client role).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+import h11
+
+from dynod.router.headers import (
+    Headers,
+    app_from_host,
+    forward_request_headers,
+    pick_request_id,
+    split_absolute_form,
+)
+from dynod.router.limits import DISCARD_LIMIT, MAX_CLIENT_CONNECTIONS, READ_SIZE, Admission
+from dynod.router.logline import H14, H28, H99, HerokuError, RequestLog, format_log_line
+from dynod.router.pages import send_error_page, send_rejection
+from dynod.router.peer import Fail, H11Event, Peer, close_writer, linger, now_ms, peer_ip
+from dynod.router.proxy import Exchange, connect
+from dynod.router.routes import Backend, Refused, Resolve, RouteTable
+
+__all__ = ["Router"]
+
+_logger = logging.getLogger(__name__)
+
+
+class Router:
+    """Heroku's router: ``APP.localhost`` -> round-robin over the app's web dynos."""
+
+    def __init__(
+        self,
+        resolve: Resolve,
+        log: Callable[[str, str | None], object],
+        *,
+        connect_timeout: float = 5.0,
+        response_timeout: float = 30.0,
+        idle_timeout: float = 55.0,
+        socket_mark: int | None = None,
+        source_address: str | None = None,
+        head_timeout: float = 30.0,
+        max_client_connections: int = MAX_CLIENT_CONNECTIONS,
+        max_connections: int | None = None,
+    ) -> None:
+        """`resolve(app, client_ip)` answers each request until `update` gives a route table:
+        the daemon passes ``RouteTable().resolve`` (no apps yet), tests a function of theirs."""
+        self._resolve = resolve
+        self._log = log
+        self.connect_timeout = connect_timeout
+        self.response_timeout = response_timeout
+        self.idle_timeout = idle_timeout
+        self.head_timeout = head_timeout  # a request head, once begun, is whole by then
+        self.max_client_connections = max_client_connections
+        self.max_connections = max_connections  # None: what the open file limit allows
+        self._admission = Admission()
+        self.socket_mark = socket_mark
+        self.source_address = source_address
+        self.port = 0  # the bound port, set by start()
+        self._server: asyncio.Server | None = None
+        self._extra: dict[str, asyncio.Server] = {}  # more listening addresses, by host
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._counters: dict[str, itertools.count[int]] = {}
+        self._closing = False
+
+    def update(self, table: RouteTable) -> None:
+        """Route every request from now on by `table` (a whole new one: tables never change)."""
+        self._resolve = table.resolve
+
+    async def start(self, host: str, port: int) -> None:
+        """Bind and listen; ``port=0`` picks a free port, readable afterwards as ``.port``."""
+        if self._server is not None:
+            raise RuntimeError("router already started")
+        self._closing = False
+        self._server = await asyncio.start_server(self._on_client, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def listen(self, host: str, port: int) -> None:
+        """Listen on one more address (a Private Space's router address)."""
+        if host in self._extra:
+            return
+        self._extra[host] = await asyncio.start_server(self._on_client, host, port)
+
+    async def unlisten(self, host: str) -> None:
+        """Stop listening on that address; its connections in progress finish."""
+        server = self._extra.pop(host, None)
+        if server is not None:
+            server.close()
+
+    async def close(self) -> None:
+        """Stop listening and drop every client connection (and its dyno connection)."""
+        self._closing = True
+        server, self._server = self._server, None
+        for extra in self._extra.values():
+            extra.close()
+        self._extra.clear()
+        if server is not None:
+            server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    # -- client connections --------------------------------------------------------------
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        client_ip = peer_ip(writer)
+        if self._closing or task is None or not self._admit(client_ip):
+            writer.transport.abort()
+            return
+        self._tasks.add(task)
+        try:
+            await self._serve(Peer(h11.Connection(h11.SERVER), reader, writer))
+        finally:
+            self._tasks.discard(task)
+            self._admission.release(client_ip)
+
+    def _admit(self, client_ip: str) -> bool:
+        return self._admission.admit(
+            client_ip, len(self._tasks), self.max_client_connections, self.max_connections
+        )
+
+    async def _serve(self, client: Peer) -> None:
+        client_ip = peer_ip(client.writer)
+        try:
+            while await self._serve_one(client, client_ip):
+                client.conn.start_next_cycle()
+            if client.conn.their_state is h11.SEND_BODY:
+                await linger(client)
+        except (ConnectionError, OSError, TimeoutError, h11.ProtocolError):
+            pass  # the client went away or we could not frame something: just hang up
+        except Exception:  # a bug must cost one connection, never the router
+            _logger.exception("router: unexpected error serving %s", client_ip)
+        finally:
+            await close_writer(client.writer)
+
+    async def _serve_one(self, client: Peer, client_ip: str) -> bool:
+        """Handle the next request on the connection; True if another one may follow."""
+        try:
+            event = await self._next_request(client)
+        except h11.RemoteProtocolError as exc:
+            await self._reject(client, client_ip, exc.error_status_hint, None)
+            return False
+        except TimeoutError:
+            if client.conn.trailing_data[0]:  # a request begun but not finished: slowloris
+                await self._reject(client, client_ip, 408, H28)
+            return False  # else an idle keep-alive connection: just close
+        if not isinstance(event, h11.Request):
+            return False  # ConnectionClosed (or PAUSED on a broken pipeline)
+        keep = await self._handle_request(client, event, client_ip)
+        conn = client.conn
+        return keep and conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    async def _next_request(self, client: Peer) -> H11Event:
+        """The next request head: the client may idle ``idle_timeout`` before it starts, and
+        must finish it within ``head_timeout`` of the first byte (TimeoutError otherwise)."""
+        deadline = None
+        while True:
+            event = client.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if deadline is None and client.conn.trailing_data[0]:
+                deadline = time.monotonic() + self.head_timeout
+            wait = self.idle_timeout if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                raise TimeoutError
+            data = await asyncio.wait_for(client.reader.read(READ_SIZE), wait)
+            client.saw_eof = client.saw_eof or not data
+            client.conn.receive_data(data)
+
+    async def _reject(
+        self, client: Peer, client_ip: str, status: int, error: HerokuError | None
+    ) -> None:
+        """Answer a request the router cannot read (malformed, or too slow) and log it."""
+        entry = RequestLog(request_id=str(uuid.uuid4()), fwd=client_ip, status=status)
+        entry.error = error
+        try:
+            await send_rejection(client, status, self.idle_timeout)
+        finally:
+            self._emit(entry)
+
+    # -- one request ---------------------------------------------------------------------
+
+    async def _handle_request(self, client: Peer, request: h11.Request, client_ip: str) -> bool:
+        raw = list(request.headers.raw_items())
+        target = request.target
+        bad_target: bytes | None
+        try:
+            absolute = split_absolute_form(request.method, target)
+        except ValueError as exc:
+            absolute, bad_target = None, f"{exc}\n".encode()
+        else:
+            bad_target = None
+        if absolute is not None:
+            # The absolute-form's authority overrides Host; the dyno gets a Host naming it.
+            authority, target = absolute
+            raw = [(b"Host", authority)] + [(k, v) for k, v in raw if k.lower() != b"host"]
+        entry = _entry(request, raw, target, client_ip)
+        try:
+            if bad_target is not None:
+                return await self._answer_locally(client, entry, 400, None, bad_target)
+            return await self._route(client, request, raw, entry, target)
+        except asyncio.CancelledError:
+            entry.emitted = True  # router shutting down: not a request outcome worth logging
+            raise
+        finally:
+            self._emit(entry)
+
+    async def _route(
+        self, client: Peer, request: h11.Request, raw: Headers, entry: RequestLog, target: bytes
+    ) -> bool:
+        arrived_ms = now_ms()
+        app = app_from_host(entry.host) if request.method != b"CONNECT" else None
+        if app is None:
+            return await self._answer_locally(client, entry, 404, None)
+        try:
+            backends = self._resolve(app, entry.fwd)
+        except Refused as refused:
+            entry.app = app
+            return await self._answer_locally(client, entry, 403, None, f"{refused}\n".encode())
+        except Exception:
+            _logger.exception("router: resolve(%r) failed", app)
+            return await self._answer_locally(client, entry, H99.status, H99)
+        if backends is None:
+            return await self._answer_locally(client, entry, 404, None)
+        entry.app = app
+        if not backends:
+            return await self._answer_locally(client, entry, H14.status, H14)
+        backend = backends[next(self._counters.setdefault(app, itertools.count())) % len(backends)]
+        return await self._proxy(client, request, raw, entry, target, backend, arrived_ms)
+
+    async def _proxy(
+        self,
+        client: Peer,
+        request: h11.Request,
+        raw: Headers,
+        entry: RequestLog,
+        target: bytes,
+        backend: Backend,
+        arrived_ms: int,
+    ) -> bool:
+        """Send the request to `backend` and its answer back (or answer an error page)."""
+        entry.dyno = backend.dyno
+        try:
+            peer = await connect(
+                backend,
+                entry,
+                timeout=self.connect_timeout,
+                socket_mark=self.socket_mark,
+                source_address=self.source_address,
+            )
+        except Fail as fail:
+            entry.bytes = 0
+            return await self._answer_locally(client, entry, fail.error.status, fail.error)
+        try:
+            headers = forward_request_headers(
+                raw,
+                client_ip=entry.fwd,
+                listen_port=self.port,
+                request_start_ms=arrived_ms,
+                request_id=entry.request_id,
+            )
+            outgoing = h11.Request(method=request.method, target=target, headers=headers)
+            exchange = Exchange(
+                client,
+                peer,
+                entry,
+                idle_timeout=self.idle_timeout,
+                response_timeout=self.response_timeout,
+                emit=self._emit,
+            )
+            return await exchange.run(outgoing)
+        finally:
+            await close_writer(peer.writer)
+
+    async def _answer_locally(
+        self,
+        client: Peer,
+        entry: RequestLog,
+        status: int,
+        error: HerokuError | None,
+        text: bytes = b"no such app\n",
+    ) -> bool:
+        """Answer without (further) involving a dyno: 404, 403, or a 503 error page."""
+        entry.status, entry.error = status, error
+        # Read a small unwanted body so the connection can stay alive -- unless the client is
+        # waiting for "100 Continue", in which case it will not send the body at all.
+        if not client.conn.they_are_waiting_for_100_continue:
+            await self._discard_body(client)
+        await send_error_page(client, status, error, self.idle_timeout, text)
+        return True
+
+    async def _discard_body(self, client: Peer) -> None:
+        discarded = 0
+        with contextlib.suppress(h11.RemoteProtocolError, TimeoutError, OSError):
+            while client.conn.their_state is h11.SEND_BODY and discarded <= DISCARD_LIMIT:
+                event = await client.next_event(timeout=self.idle_timeout)
+                if not isinstance(event, h11.Data | h11.EndOfMessage):
+                    return
+                discarded += len(event.data) if isinstance(event, h11.Data) else 0
+
+    def _emit(self, entry: RequestLog) -> None:
+        if entry.emitted:
+            return
+        entry.emitted = True
+        try:
+            self._log(format_log_line(entry), entry.app)
+        except Exception:
+            _logger.exception("router: log callback failed")
+
+
+def _entry(request: h11.Request, raw: Headers, target: bytes, client_ip: str) -> RequestLog:
+    """The log entry of a request, as far as its head tells."""
+    host = b", ".join(value for name, value in raw if name.lower() == b"host").decode("latin-1")
+    return RequestLog(
+        method=request.method.decode("ascii", "replace"),
+        path=target.decode("ascii", "backslashreplace"),
+        host=(host.rsplit(":", 1)[0] if not host.startswith("[") else host).lower(),
+        request_id=pick_request_id(raw),
+        fwd=client_ip,
+    )
