@@ -219,6 +219,11 @@ class Router:
         if not isinstance(event, h11.Request):
             return False  # ConnectionClosed (or PAUSED on a broken pipeline)
         keep = await self._handle_request(client, event, client_ip)
+        if _has_both_framings(event):
+            # RFC 9112 6.1: a request with Transfer-Encoding and Content-Length may be an attempt
+            # to smuggle; it is read by Transfer-Encoding alone, and the connection closes after
+            # the answer, so nothing pipelined behind it is ever read.
+            return False
         conn = client.conn
         return keep and conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
@@ -390,3 +395,8 @@ def _entry(request: h11.Request, raw: Headers, target: bytes, client_ip: str) ->
         request_id=pick_request_id(raw),
         fwd=client_ip,
     )
+
+
+def _has_both_framings(request: h11.Request) -> bool:
+    names = {name for name, _ in request.headers}
+    return b"transfer-encoding" in names and b"content-length" in names
