@@ -914,3 +914,24 @@ def test_a_slow_forward_flood_from_one_network_does_not_servfail_another(
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_common_runtime_dynos_each_have_their_own_share(
+    make_server: MakeServer, upstream: FakeUpstream
+) -> None:
+    """An adversarial try: 4 dynos of one Common Runtime app (askers in no space) held the
+    whole TCP and forwarding share of "no space", starving every other app there. Each of
+    them is a group of its own now."""
+    server, address = make_server([upstream.address], timeout=5.0, tcp_idle_timeout=30)
+    hostile = [f"127.20.9.{n + 1}" for n in range(8)]
+    held = [tcp_connect(address, source) for source in hostile for _ in range(16)]
+    floods = [flood(address, source, 100) for source in hostile]
+    try:
+        assert wait_until(lambda: server.stats["tcp_connections"] == 128), server.stats
+        assert wait_until(lambda: server.stats["inflight"] == 800), server.stats
+        for _ in range(10):
+            assert addresses(ask(address, "example.test", source=NO_SCOPE)) == ["192.0.2.1"]
+            assert rcode(ask(address, "nope.localspace", tcp=True, source=NO_SCOPE)) == "NXDOMAIN"
+    finally:
+        for sock in held + floods:
+            sock.close()

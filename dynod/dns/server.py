@@ -104,10 +104,10 @@ __all__ = ["DnsServer"]
 
 MAX_CACHED_ASKERS = 65536  # source address -> scope; cleared when full
 # Shares (see "Shares" above).  A share larger than the total is the total.
-MAX_TCP = 256
+MAX_TCP = 1024  # a connection costs a file; the daemon has 65,536
 MAX_TCP_PER_SCOPE = 64
 MAX_TCP_PER_SOURCE = 16
-MAX_INFLIGHT = 1000
+MAX_INFLIGHT = 4000
 MAX_INFLIGHT_PER_SCOPE = 400
 MAX_INFLIGHT_PER_SOURCE = 100
 
@@ -296,7 +296,7 @@ class DnsServer:
             return q
         if q.local:
             return self._local(q, scope.zone, udp_limit(q), counters)
-        return self._forwarder.forward_udp(q, sock, client, (scope.name, client[0]))
+        return self._forwarder.forward_udp(q, sock, client, _share_key(scope, client[0]))
 
     def answer_tcp(
         self,
@@ -321,7 +321,7 @@ class DnsServer:
 
     def take_tcp_slot(self, peer: str) -> ShareKey | None:
         """The share a new TCP connection from `peer` takes, or None: its share is full."""
-        key = (self._scope_of(peer).name, peer)
+        key = _share_key(self._scope_of(peer), peer)
         return key if self._tcp_shares.take(key) else None
 
     def release_tcp_slot(self, key: ShareKey) -> None:
@@ -341,3 +341,11 @@ class DnsServer:
             retired = self._retired
             for f in fields(Counters):
                 setattr(retired, f.name, getattr(retired, f.name) + getattr(counters, f.name))
+
+
+def _share_key(scope: Scope, source: str) -> ShareKey:
+    """Whose shares an asker takes. A space is one tenant's network; an asker in no space (a
+    Common Runtime dyno: every app there is a tenant of its own) is a group by itself, so a few
+    dynos of one app cannot take the Common Runtime's whole share from the others."""
+    group = scope.name if scope is not NOWHERE else f"source {source}"
+    return (group, source)
