@@ -52,6 +52,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_test_range() -> str:
+    """A /24 of 172.31/16 that no route of the host covers now (another test run's daemon may
+    hold one on a shared machine)."""
+    routed = sh("ip", "-4", "route", "show", "table", "all").stdout
+    taken = {line.split(".")[2] for line in routed.split() if line.startswith("172.31.")}
+    free = [n for n in range(256) if str(n) not in taken]
+    return f"172.31.{random.choice(free or list(range(256)))}.0/24"
+
+
 def gateway_of(ip: str) -> str:
     """The host-side address of a dyno's /30: the one before the dyno's."""
     head, last = ip.rsplit(".", 1)
@@ -223,7 +232,7 @@ class DaemonProc:
         self.state_dir = str(self.dir / "state")
         self.log_path = self.dir / "daemon.log"
         self.router_port = free_port()
-        self.cidr = self.cidr or f"172.31.{random.randrange(256)}.0/24"
+        self.cidr = self.cidr or free_test_range()
         # The dynos' working directory: readable by the unprivileged user they run as.
         self.app_dir = Path(tempfile.mkdtemp(prefix=f"dynod-app-{self.prefix}-", dir="/tmp"))
         self.app_dir.chmod(0o755)

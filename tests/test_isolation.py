@@ -541,6 +541,8 @@ def test_probe_matrix_every_pair_host_and_router_match_the_policy() -> None:
                 d.wait_for(
                     lambda x=dyno: "listening on" in d.output(x["app"], x["name"]), "listening"
                 )
+                # the router sends requests only to dynos that are up (seen bound to PORT)
+                d.wait_for(lambda x=dyno: d.dyno(x["app"], x["name"])["state"] == "up", "dyno up")
             info = {s["name"]: s for s in d.client.call("GET", "/v1/spaces")}
             common = firewall.Network(f"{d.prefix}0", d.cidr, Pool(d.cidr).bridge.gateway)
             nets = {
