@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from dynod.kernel import firewall
+from dynod.kernel.addressing import mac_for
 from netns.conntrack import Flow
 from netns.nfevents import (
     NFNL_SUBSYS_NFTABLES,
@@ -139,3 +140,38 @@ def test_a_snapshot_ignores_counters_and_compares_elements_as_sets() -> None:
     assert expected == seen
     expected.discard("inet", "web", element_key(firewall.web_value(web)))
     assert expected != seen
+
+
+def test_firewall_text_keeps_per_dyno_facts_in_sets() -> None:
+    common = firewall.Network("dynod0", "172.16.0.0/12", "172.16.0.1")
+    layout = firewall.Layout(table="dynod", port_glob="dynod-*", common=common)
+    spaces = tuple(
+        firewall.Network(f"dynods{i}", f"10.{i}.0.0/16", f"10.{i}.0.1", f"192.0.2.{i}")
+        for i in range(1, 6)
+    )
+    with_spaces = firewall.Layout(table="dynod", port_glob="dynod-*", common=common, spaces=spaces)
+    ports = [
+        firewall.Port(
+            f"dynod-{i:x}", mac_for(f"172.16.0.{4 * i + 2}", 0x58), f"172.16.0.{4 * i + 2}"
+        )
+        for i in range(1, 40)
+    ]
+    web = [firewall.WebTarget(p.ip, 5000 + i) for i, p in enumerate(ports)]
+    small = firewall.ruleset(layout, ports[:1], web[:1])
+    large = firewall.ruleset(layout, ports, web)
+    rules = [line for line in large.splitlines() if "@" in line or "drop" in line]
+    assert rules == [line for line in small.splitlines() if "@" in line or "drop" in line]
+    assert large.count("dynod-") > small.count("dynod-")  # only the elements grew
+    spaced = firewall.ruleset(with_spaces, ports, web)
+    assert rules == [line for line in spaced.splitlines() if "@" in line or "drop" in line]
+    assert '"dynods5" . "dynods5"' in spaced and "10.5.0.0/16 : 192.0.2.5" in spaced
+    assert '"dynods5" . 10.5.0.1 . tcp . 80' in spaced
+    assert '"dynod0" . 172.16.0.1 . tcp . 80' not in spaced  # no internal router there
+    assert "ip saddr 172.16.0.0/12 masquerade" in large
+    assert "meta mark 0x6479 ip daddr . tcp dport @web accept" in large
+    assert firewall.add_dyno(layout, ports[0], web[0]) == (
+        'add element bridge dynod ports { "dynod-1" . 0a:58:ac:10:00:06 . 172.16.0.6 }\n'
+        "add element inet dynod web { 172.16.0.6 . 5000 }\n"
+    )
+    assert "delete element bridge dynod ports" in firewall.remove_dyno(layout, ports[0])
+    assert firewall.remove(layout).count("delete table") == 2

@@ -168,3 +168,53 @@ def test_the_health_check_kills_only_running_dynos_with_a_removed_part() -> None
         "processes with SIGKILL" in line
         for line in said
     ), said
+
+
+def test_a_default_drop_firewall_elsewhere_is_reported() -> None:
+    from dynod.kernel.host import foreign_drop_policies
+
+    class FakeNft:
+        def ruleset(self) -> list[dict[str, object]]:
+            return [
+                {"table": {"family": "inet", "name": "filter"}},
+                {
+                    "chain": {
+                        "family": "inet",
+                        "table": "filter",
+                        "name": "forward",
+                        "hook": "forward",
+                        "policy": "drop",
+                    }
+                },
+                {
+                    "chain": {
+                        "family": "inet",
+                        "table": "filter",
+                        "name": "output",
+                        "hook": "output",
+                        "policy": "drop",
+                    }
+                },
+                {
+                    "chain": {
+                        "family": "inet",
+                        "table": "dynod",
+                        "name": "input",
+                        "hook": "input",
+                        "policy": "drop",
+                    }
+                },
+                {
+                    "chain": {
+                        "family": "ip",
+                        "table": "nat",
+                        "name": "input",
+                        "hook": "input",
+                        "policy": "accept",
+                    }
+                },
+            ]
+
+    warnings = foreign_drop_policies(FakeNft(), "dynod")  # type: ignore[arg-type]
+    assert len(warnings) == 1
+    assert "table inet filter chain forward drops forward traffic" in warnings[0]
