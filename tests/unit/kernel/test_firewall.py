@@ -1,23 +1,16 @@
-"""The firewall's pure parts: which tracked flows the rules refuse, nftables commit events, and
-the comparison of what the kernel holds with what the daemon put there. No root needed."""
+"""The firewall's pure parts (dynod/kernel/firewall.py): which tracked flows the rules refuse, the
+comparison of what the kernel holds with what the daemon put there, and the ruleset's text.
+No root needed."""
 
 from __future__ import annotations
 
 import socket
-import struct
 
 import pytest
 
 from dynod.kernel import firewall
 from dynod.kernel.addressing import mac_for
 from netns.conntrack import Flow
-from netns.nfevents import (
-    NFNL_SUBSYS_NFTABLES,
-    NFT_MSG_NEWGEN,
-    UNKNOWN,
-    Commit,
-    parse_commits,
-)
 from netns.nftables import Snapshot, _without_counts, element_key
 
 TCP, UDP, ICMP = socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_ICMP
@@ -95,31 +88,6 @@ def test_flows_the_rules_allow_survive(f: Flow) -> None:
 )
 def test_flows_the_rules_refuse_are_cut(f: Flow) -> None:
     assert refused(f)
-
-
-def newgen(pid: int | None, name: str | None) -> bytes:
-    attrs = b""
-    if pid is not None:
-        attrs += struct.pack("=HH", 8, 2) + struct.pack("!I", pid)
-    if name is not None:
-        raw = name.encode() + b"\0"
-        attrs += struct.pack("=HH", 4 + len(raw), 3) + raw + b"\0" * (-len(raw) % 4)
-    body = struct.pack("=BBH", 0, 0, 0) + attrs
-    kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN
-    return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
-
-
-def other_message() -> bytes:
-    body = b"\0" * 8
-    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | 0, 0, 0, 0) + body
-
-
-def test_commit_events_name_who_committed() -> None:
-    data = other_message() + newgen(4242, "nft") + other_message() + newgen(None, None)
-    assert parse_commits(data) == [Commit(4242, "nft"), Commit(UNKNOWN, "?")]
-    assert str(Commit(4242, "nft")) == "pid 4242 (nft)"
-    assert not Commit(UNKNOWN).ours()  # lost events are always someone else's
-    assert not Commit(2**31 - 1).ours()
 
 
 def test_a_snapshot_ignores_counters_and_compares_elements_as_sets() -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
+from dynod.state.store import SCHEMA, State
+
 V1_SCHEMA = """
 CREATE TABLE apps (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
 CREATE TABLE dynos (
@@ -44,3 +49,27 @@ def test_an_issue_2_state_is_upgraded_without_losing_a_dyno(tmp_path) -> None:
     finally:
         state.close()
     State(str(tmp_path)).close()  # opening it again changes nothing
+
+
+def test_state_v2_gains_sizes(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "state.db")
+    old_schema = "\n".join(line for line in SCHEMA.splitlines() if "size " not in line)
+    db.executescript(old_schema)
+    db.execute("INSERT INTO apps (name, created_at) VALUES ('a', 0)")
+    db.execute(
+        "INSERT INTO dynos (app, type, number, state, slot, ip, netns, veth, command, cwd, uid, "
+        "gid, env, detached, log_path, created_at) VALUES ('a', 'web', 1, 'up', 1, '10.0.0.2', "
+        "'d-a.web.1', 'd-1', 'x', '/', 1, 1, '{}', 1, '/o', 0)"
+    )
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    state = State(str(tmp_path))
+    try:
+        (dyno,) = state.dynos()
+        assert dyno.size == ""  # a dyno from before sizes keeps running without limits
+        state.update_dyno(dyno, size="eco")
+        assert state.dynos()[0].size == "eco"
+        assert state.db.execute("PRAGMA user_version").fetchone()[0] == 3
+    finally:
+        state.close()
