@@ -1,12 +1,14 @@
 """Root tests run against the real kernel; elsewhere they are skipped, with how to run them.
 
-In CI (CI=true) they must run: a CI that is not root fails instead of skipping them.
+In CI (CI=true) they must run: a CI that is not root fails instead of skipping them. Root tests
+live in tests/integration/, the others in tests/unit/: a test in the wrong folder stops the run.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +34,26 @@ def _ours(found: list[object]) -> list[object]:
     ]
 
 
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def misplaced(items: list[pytest.Item]) -> list[str]:
+    """Root tests live in tests/integration/ and only there, so that tests/unit/ runs anywhere."""
+    return [
+        item.nodeid
+        for item in items
+        if (INTEGRATION in item.path.parents) != (item.get_closest_marker("root") is not None)
+    ]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wrong = misplaced(items)
+    if wrong:
+        raise pytest.UsageError(
+            f"{wrong[0]} is in the wrong folder ({len(wrong)} tests in all): "
+            "move root-marked tests (pytestmark = pytest.mark.root) to tests/integration/ "
+            "and tests without the mark to tests/unit/"
+        )
     if os.geteuid() == 0:
         return
     if os.environ.get("CI") == "true":

@@ -23,6 +23,8 @@ from dynod.logs.book import (
     RotatingFile,
     TokenBucket,
     cut_lines,
+    split_output,
+    timestamp,
 )
 
 L10 = re.compile(
@@ -245,3 +247,50 @@ def test_a_full_disk_loses_log_lines_not_the_daemon(
     book.emit("sushi", "app[web.1]", "room again")
     book.close()
     assert (tmp_path / "dynod.log").read_text().endswith("app[web.1]: room again\n")
+
+
+def test_output_is_cut_into_lines_and_long_lines_split() -> None:
+    lines, rest = split_output(b"", b"one\ntwo\r\nthr")
+    assert (lines, rest) == (["one", "two"], b"thr")
+    lines, rest = split_output(rest, b"ee\n")
+    assert (lines, rest) == (["three"], b"")
+    lines, rest = split_output(b"", b"x" * 25_000 + b"\n")
+    assert [len(x) for x in lines] == [10_000, 10_000, 5_000] and rest == b""
+    lines, _ = split_output(b"", b"\xff\xfebad\n")
+    assert lines == ["\\xff\\xfebad"]
+
+
+def test_log_lines_have_heroku_format(tmp_path: object) -> None:
+    stamp = timestamp()
+    assert stamp.endswith("+00:00") and len(stamp) == len("2026-11-21T12:00:00.123456+00:00")
+    book = LogBook(None, echo=None)
+    line = book.emit("sushi", "app[web.1]", "hello")
+    text = str(line)
+    assert text.endswith(" app[web.1]: hello") and text.split(" ")[0].endswith("+00:00")
+    assert book.recent(lambda x: x.app == "sushi", 10) == [line]
+    assert book.recent(lambda x: x.app == "other", 10) == []
+
+
+def test_output_file_reads_new_lines_and_gives_read_space_back(tmp_path) -> None:
+    import os
+
+    from dynod.logs.book import OutputFile
+
+    path = tmp_path / "dyno.out"
+    with open(path, "ab", buffering=0) as dyno:
+        reader = OutputFile(str(path), 0)
+        assert reader.read_lines() == []
+        dyno.write(b"first\nsec")
+        assert reader.read_lines() == ["first"]
+        dyno.write(b"ond\n" + b"x" * 99 + b"\n")
+        assert reader.read_lines() == ["second", "x" * 99]
+        block = (b"y" * 1023 + b"\n") * 1024  # 1 MiB a write
+        for _ in range(6):
+            dyno.write(block)
+            while reader.read_lines():
+                pass
+        size = os.stat(path).st_size
+        assert size > 6 << 20  # offsets stay valid: the file keeps its size...
+        assert os.stat(path).st_blocks * 512 < 3 << 20  # ...but what was read is given back
+        dyno.write(b"tail without newline")
+        assert reader.read_lines() == [] and reader.flush() == ["tail without newline"]

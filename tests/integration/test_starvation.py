@@ -19,7 +19,7 @@ from tests.support import DaemonProc, running_daemon
 
 pytestmark = pytest.mark.root
 
-UNIT = Path(__file__).resolve().parent.parent / "vagrant" / "dynod.service"
+UNIT = Path(__file__).resolve().parents[2] / "vagrant" / "dynod.service"
 SYSTEMD_DEFAULT_SOFT = 1024  # systemd's default soft RLIMIT_NOFILE for services
 HOSTILE = "127.0.0.2"
 OTHER = "127.0.0.3"

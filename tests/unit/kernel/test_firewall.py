@@ -1,22 +1,16 @@
-"""The firewall's pure parts: which tracked flows the rules refuse, nftables commit events, and
-the comparison of what the kernel holds with what the daemon put there. No root needed."""
+"""The firewall's pure parts (dynod/kernel/firewall.py): which tracked flows the rules refuse, the
+comparison of what the kernel holds with what the daemon put there, and the ruleset's text.
+No root needed."""
 
 from __future__ import annotations
 
 import socket
-import struct
 
 import pytest
 
 from dynod.kernel import firewall
+from dynod.kernel.addressing import mac_for
 from netns.conntrack import Flow
-from netns.nfevents import (
-    NFNL_SUBSYS_NFTABLES,
-    NFT_MSG_NEWGEN,
-    UNKNOWN,
-    Commit,
-    parse_commits,
-)
 from netns.nftables import Snapshot, _without_counts, element_key
 
 TCP, UDP, ICMP = socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_ICMP
@@ -96,31 +90,6 @@ def test_flows_the_rules_refuse_are_cut(f: Flow) -> None:
     assert refused(f)
 
 
-def newgen(pid: int | None, name: str | None) -> bytes:
-    attrs = b""
-    if pid is not None:
-        attrs += struct.pack("=HH", 8, 2) + struct.pack("!I", pid)
-    if name is not None:
-        raw = name.encode() + b"\0"
-        attrs += struct.pack("=HH", 4 + len(raw), 3) + raw + b"\0" * (-len(raw) % 4)
-    body = struct.pack("=BBH", 0, 0, 0) + attrs
-    kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN
-    return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
-
-
-def other_message() -> bytes:
-    body = b"\0" * 8
-    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | 0, 0, 0, 0) + body
-
-
-def test_commit_events_name_who_committed() -> None:
-    data = other_message() + newgen(4242, "nft") + other_message() + newgen(None, None)
-    assert parse_commits(data) == [Commit(4242, "nft"), Commit(UNKNOWN, "?")]
-    assert str(Commit(4242, "nft")) == "pid 4242 (nft)"
-    assert not Commit(UNKNOWN).ours()  # lost events are always someone else's
-    assert not Commit(2**31 - 1).ours()
-
-
 def test_a_snapshot_ignores_counters_and_compares_elements_as_sets() -> None:
     rule = {"expr": [{"counter": {"packets": 7, "bytes": 900}}, {"drop": None}]}
     assert _without_counts(rule) == {
@@ -139,3 +108,38 @@ def test_a_snapshot_ignores_counters_and_compares_elements_as_sets() -> None:
     assert expected == seen
     expected.discard("inet", "web", element_key(firewall.web_value(web)))
     assert expected != seen
+
+
+def test_firewall_text_keeps_per_dyno_facts_in_sets() -> None:
+    common = firewall.Network("dynod0", "172.16.0.0/12", "172.16.0.1")
+    layout = firewall.Layout(table="dynod", port_glob="dynod-*", common=common)
+    spaces = tuple(
+        firewall.Network(f"dynods{i}", f"10.{i}.0.0/16", f"10.{i}.0.1", f"192.0.2.{i}")
+        for i in range(1, 6)
+    )
+    with_spaces = firewall.Layout(table="dynod", port_glob="dynod-*", common=common, spaces=spaces)
+    ports = [
+        firewall.Port(
+            f"dynod-{i:x}", mac_for(f"172.16.0.{4 * i + 2}", 0x58), f"172.16.0.{4 * i + 2}"
+        )
+        for i in range(1, 40)
+    ]
+    web = [firewall.WebTarget(p.ip, 5000 + i) for i, p in enumerate(ports)]
+    small = firewall.ruleset(layout, ports[:1], web[:1])
+    large = firewall.ruleset(layout, ports, web)
+    rules = [line for line in large.splitlines() if "@" in line or "drop" in line]
+    assert rules == [line for line in small.splitlines() if "@" in line or "drop" in line]
+    assert large.count("dynod-") > small.count("dynod-")  # only the elements grew
+    spaced = firewall.ruleset(with_spaces, ports, web)
+    assert rules == [line for line in spaced.splitlines() if "@" in line or "drop" in line]
+    assert '"dynods5" . "dynods5"' in spaced and "10.5.0.0/16 : 192.0.2.5" in spaced
+    assert '"dynods5" . 10.5.0.1 . tcp . 80' in spaced
+    assert '"dynod0" . 172.16.0.1 . tcp . 80' not in spaced  # no internal router there
+    assert "ip saddr 172.16.0.0/12 masquerade" in large
+    assert "meta mark 0x6479 ip daddr . tcp dport @web accept" in large
+    assert firewall.add_dyno(layout, ports[0], web[0]) == (
+        'add element bridge dynod ports { "dynod-1" . 0a:58:ac:10:00:06 . 172.16.0.6 }\n'
+        "add element inet dynod web { 172.16.0.6 . 5000 }\n"
+    )
+    assert "delete element bridge dynod ports" in firewall.remove_dyno(layout, ports[0])
+    assert firewall.remove(layout).count("delete table") == 2

@@ -1,0 +1,63 @@
+"""The supervisor's health check (dynod/control/supervisor.py) over a fake state and kernel: which
+dynos it stops when a part of their network was removed. No root needed."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dynod.config import Config
+from dynod.control.supervisor import Supervisor
+from dynod.logs.book import LogBook
+from dynod.state.store import Dyno
+from tests.unit.rows import dyno
+
+
+class FakeState:
+    def __init__(self, dynos: list[Dyno]) -> None:
+        self._dynos = {d.id: d for d in dynos}
+
+    def dynos(self) -> list[Dyno]:
+        return list(self._dynos.values())
+
+    def dyno(self, dyno_id: int) -> Dyno | None:
+        return self._dynos.get(dyno_id)
+
+
+class FakeKernel:
+    def __init__(self, broken: set[int]) -> None:
+        self.broken = broken
+        self.killed: list[int] = []
+
+    def removed_objects(self, d: Dyno) -> list[str]:
+        return [f"veth {d.veth}"] if d.id in self.broken else []
+
+    async def kill_inside(self, d: Dyno) -> None:
+        self.killed.append(d.id)
+
+
+def test_the_health_check_kills_only_running_dynos_with_a_removed_part() -> None:
+    dynos = [
+        dyno(id=1, pid=10, veth="v1"),  # up, broken: killed
+        dyno(id=2, pid=20, veth="v2"),  # up, whole: left alone
+        dyno(id=3, pid=30, veth="v3", state="crashed"),  # its restart repairs it
+        dyno(id=4, pid=40, veth="v4", state="stopping"),  # being torn down
+        dyno(id=5, pid=None, veth="v5", state="starting"),  # network still being built
+        dyno(id=6, pid=60, veth="v6", type="worker"),  # locked: a start or stop is under way
+    ]
+    kernel = FakeKernel({1, 3, 4, 5, 6})
+    log = LogBook(None, echo=None)
+    sup = Supervisor(FakeState(dynos), kernel, log, Config(), None)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        async with sup._lock(6):
+            await sup._check_health()
+        await sup._check_health()  # already handled: not killed twice
+
+    asyncio.run(scenario())
+    assert kernel.killed == [1, 6]
+    said = [str(line) for line in log.recent(lambda _: True, 10)]
+    assert any(
+        "heroku[web.1]: Error: the dyno's veth v1 was removed by someone else; stopping all "
+        "processes with SIGKILL" in line
+        for line in said
+    ), said

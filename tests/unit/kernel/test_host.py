@@ -1,0 +1,72 @@
+"""The kernel side's view of a running dyno (dynod/kernel/host.py): what was removed under it, its
+processes by pid namespace, other firewalls' drop policies. No root needed."""
+
+from __future__ import annotations
+
+import os
+
+from dynod.kernel.host import Kernel, dyno_pids
+from tests.unit.rows import dyno
+
+
+def test_removed_objects_names_what_is_missing() -> None:
+    assert Kernel.removed_objects(dyno()) == ["network namespace tstunit-no-such-namespace"]
+    assert Kernel.removed_objects(dyno(veth="tstunit-nolink")) == [
+        "network namespace tstunit-no-such-namespace",
+        "veth tstunit-nolink",
+    ]
+
+
+def test_a_dead_or_reused_pid_finds_no_processes() -> None:
+    # The recorded start time does not match: a reused PID is never taken for the dyno's.
+    assert dyno_pids(dyno(pid=os.getpid(), pid_start=1.0)) == []
+
+
+def test_a_default_drop_firewall_elsewhere_is_reported() -> None:
+    from dynod.kernel.host import foreign_drop_policies
+
+    class FakeNft:
+        def ruleset(self) -> list[dict[str, object]]:
+            return [
+                {"table": {"family": "inet", "name": "filter"}},
+                {
+                    "chain": {
+                        "family": "inet",
+                        "table": "filter",
+                        "name": "forward",
+                        "hook": "forward",
+                        "policy": "drop",
+                    }
+                },
+                {
+                    "chain": {
+                        "family": "inet",
+                        "table": "filter",
+                        "name": "output",
+                        "hook": "output",
+                        "policy": "drop",
+                    }
+                },
+                {
+                    "chain": {
+                        "family": "inet",
+                        "table": "dynod",
+                        "name": "input",
+                        "hook": "input",
+                        "policy": "drop",
+                    }
+                },
+                {
+                    "chain": {
+                        "family": "ip",
+                        "table": "nat",
+                        "name": "input",
+                        "hook": "input",
+                        "policy": "accept",
+                    }
+                },
+            ]
+
+    warnings = foreign_drop_policies(FakeNft(), "dynod")  # type: ignore[arg-type]
+    assert len(warnings) == 1
+    assert "table inet filter chain forward drops forward traffic" in warnings[0]

@@ -1,0 +1,75 @@
+"""The SQLite state's migrations (dynod/state/store.py). No root needed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from dynod.state.store import SCHEMA, State
+
+V1_SCHEMA = """
+CREATE TABLE apps (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE dynos (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL REFERENCES apps(name),
+    type TEXT NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL,
+    slot INTEGER NOT NULL UNIQUE, ip TEXT NOT NULL, port INTEGER, pid INTEGER, pid_start REAL,
+    netns TEXT NOT NULL UNIQUE, veth TEXT NOT NULL UNIQUE, command TEXT NOT NULL,
+    cwd TEXT NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, env TEXT NOT NULL,
+    detached INTEGER NOT NULL, restarts INTEGER NOT NULL DEFAULT 0, log_path TEXT NOT NULL,
+    log_offset INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL,
+    UNIQUE (app, type, number));
+CREATE TABLE draining (slot INTEGER PRIMARY KEY, veth TEXT NOT NULL);
+INSERT INTO apps VALUES ('sushi', 1.0);
+INSERT INTO dynos (id, app, type, number, state, slot, ip, port, netns, veth, command, cwd, uid,
+    gid, env, detached, log_path, created_at)
+  VALUES (7, 'sushi', 'web', 1, 'up', 1, '172.16.0.6', 3000, 'dynod-sushi.web.1', 'dynod-7',
+    'x', '/', 1000, 1000, '{}', 1, '/tmp/x', 1.0);
+INSERT INTO draining VALUES (2, 'dynod-9');
+UPDATE sqlite_sequence SET seq = 9 WHERE name = 'dynos';
+"""
+
+
+def test_an_issue_2_state_is_upgraded_without_losing_a_dyno(tmp_path) -> None:
+    import sqlite3
+
+    from dynod.state.store import State
+
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript(V1_SCHEMA)
+    db.close()
+    state = State(str(tmp_path))
+    try:
+        (dyno,) = state.dynos()
+        assert (dyno.id, dyno.name, dyno.space, dyno.slot) == (7, "web.1", "", 1)
+        app = state.app("sushi")
+        assert app is not None and app.space is None and not app.dns_discovery
+        assert state.draining() == {("", 2): "dynod-9"}
+        assert state.next_dyno_id() == 10  # no veth name is handed out twice
+        assert state.slots_unavailable("") == {1, 2} and state.slots_unavailable("acme") == set()
+    finally:
+        state.close()
+    State(str(tmp_path)).close()  # opening it again changes nothing
+
+
+def test_state_v2_gains_sizes(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "state.db")
+    old_schema = "\n".join(line for line in SCHEMA.splitlines() if "size " not in line)
+    db.executescript(old_schema)
+    db.execute("INSERT INTO apps (name, created_at) VALUES ('a', 0)")
+    db.execute(
+        "INSERT INTO dynos (app, type, number, state, slot, ip, netns, veth, command, cwd, uid, "
+        "gid, env, detached, log_path, created_at) VALUES ('a', 'web', 1, 'up', 1, '10.0.0.2', "
+        "'d-a.web.1', 'd-1', 'x', '/', 1, 1, '{}', 1, '/o', 0)"
+    )
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    state = State(str(tmp_path))
+    try:
+        (dyno,) = state.dynos()
+        assert dyno.size == ""  # a dyno from before sizes keeps running without limits
+        state.update_dyno(dyno, size="eco")
+        assert state.dynos()[0].size == "eco"
+        assert state.db.execute("PRAGMA user_version").fetchone()[0] == 3
+    finally:
+        state.close()
