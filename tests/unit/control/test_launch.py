@@ -31,3 +31,11 @@ def test_sudo_uid_never_gives_root() -> None:
     assert launch.dyno_user({}, 0, 0, "nobody") == (nobody.pw_uid, nobody.pw_gid)
     # a caller that is not root runs its dynos as itself, whatever it sends
     assert launch.dyno_user({"sudo_uid": 5, "sudo_gid": 5}, 1000, 1000, "nobody") == (1000, 1000)
+
+
+def test_the_root_group_is_refused_from_sudo_and_from_a_peer() -> None:
+    with pytest.raises(DynodError, match="root group"):
+        launch.dyno_user({"sudo_uid": 1000, "sudo_gid": 0}, 0, 0, "nobody")
+    with pytest.raises(DynodError, match="root group"):
+        launch.dyno_user({}, 1000, 0, "nobody")
+    assert launch.dyno_user({"sudo_uid": 1000, "sudo_gid": 1000}, 0, 0, "nobody") == (1000, 1000)

@@ -3,6 +3,8 @@ listening addresses read from /proc. No root needed."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from dynod.errors import DynodError
@@ -64,3 +66,11 @@ def test_listening_addresses_are_read_from_proc(tmp_path) -> None:
     assert processes.reachable_on(found, "172.16.0.6")  # through the IPv6 wildcard
     assert not processes.reachable_on({"127.0.0.1"}, "172.16.0.6")
     assert processes.reachable_on({"172.16.0.6"}, "172.16.0.6")
+
+
+def test_a_command_over_the_limit_is_refused_quickly() -> None:
+    began = time.monotonic()
+    with pytest.raises(DynodError, match="at most 32768"):
+        processes.check_command("true " + "a" * 1_000_000, "/", "/usr/bin:/bin")
+    assert time.monotonic() - began < 0.5
+    processes.check_command("true " + "a" * 30_000, "/", "/usr/bin:/bin")  # within it: fine

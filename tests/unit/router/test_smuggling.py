@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from dynod.router.routes import Backend
-from tests.test_router import echo_backend, router_for, run, serve
+from tests.unit.router.test_proxy import echo_backend, router_for, run, serve
 
 
 def test_nothing_pipelined_behind_a_cl_te_request_is_served() -> None:
