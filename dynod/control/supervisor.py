@@ -21,11 +21,10 @@ from dynod.control import launch
 from dynod.dns.registry import Registry, dns_env
 from dynod.errors import DynodError
 from dynod.kernel import processes
-from dynod.kernel.host import Kernel
+from dynod.kernel.protocol import KernelSide
 from dynod.logs.book import LogBook, OutputFile, OutputLimit, shared_puncher
 from dynod.rules import names, sizes
 from dynod.state.store import Dyno, State
-from netns.nftables import NftError
 
 POLL = 0.1
 RESTART_CAP = 20 * 60.0  # Heroku's longest cool-off between crash restarts
@@ -37,11 +36,17 @@ def were_removed(removed: list[str]) -> str:
     return f"{' and '.join(removed)} {'was' if len(removed) == 1 else 'were'} removed"
 
 
+def restart_delay(restarts: int) -> float:
+    """Seconds before restarting a dyno that crashed after `restarts` restarts: at once the
+    first time, as on Heroku, then 1, 2, 4... seconds, up to 20 minutes."""
+    return 0.0 if restarts == 0 else min(RESTART_CAP, 2.0 ** (restarts - 1))
+
+
 class Supervisor:
     def __init__(
         self,
         state: State,
-        kernel: Kernel,
+        kernel: KernelSide,
         log: LogBook,
         config: Config,
         registry: Registry,
@@ -141,13 +146,7 @@ class Supervisor:
                 raise DynodError(f"could not start {dyno.name}: {exc}", status=500) from exc
 
     async def _attach(self, dyno: Dyno) -> None:
-        try:
-            await self.kernel.attach(dyno)
-        except NftError:
-            # Our tables were changed behind our back (a flushed ruleset): rebuild them from
-            # the state, this dyno included, and try once more.
-            await self.kernel.apply_firewall(self.state.dynos())
-            await self.kernel.attach(dyno)
+        await self.kernel.attach(dyno, self.state.dynos)
 
     async def _spawn(self, dyno: Dyno) -> None:
         self._say(dyno, f"Starting process with command `{dyno.command}`")
@@ -249,7 +248,7 @@ class Supervisor:
         time, as on Heroku, up to 20 minutes)."""
         if not self.config.restart_crashed:
             return
-        delay = 0.0 if dyno.restarts == 0 else min(RESTART_CAP, 2.0 ** (dyno.restarts - 1))
+        delay = restart_delay(dyno.restarts)
         loop = asyncio.get_running_loop()
         self._timers[dyno.id] = loop.call_later(
             delay, lambda: self.background(self._restart(dyno.id))

@@ -14,7 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -253,10 +253,16 @@ class Kernel:
         assert self._nft is not None, "prepare_host() first"
         return self._nft
 
-    async def attach(self, dyno: Dyno) -> None:
+    async def attach(self, dyno: Dyno, live: Callable[[], Iterable[Dyno]]) -> None:
         """The dyno's namespace, veth, /30, route and sysctls, and its firewall elements; all
-        or nothing (NftError when the firewall refused the elements)."""
-        await self.worker.run(self._attach, dyno)
+        or nothing. When nft refuses the elements, our tables were changed behind our back (a
+        flushed ruleset): they are rebuilt from live() (this dyno included), and tried again
+        once."""
+        try:
+            await self.worker.run(self._attach, dyno)
+        except NftError:
+            await self.apply_firewall(live())
+            await self.worker.run(self._attach, dyno)
 
     def _attach(self, dyno: Dyno) -> None:
         bridge = self.net(dyno.space).index
