@@ -15,7 +15,6 @@ import grp
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import stat
 import sys
@@ -33,7 +32,7 @@ from dynod.kernel import processes
 from dynod.kernel.firewall import DNS_PORT, INTERNAL_ROUTER_PORT
 from dynod.kernel.host import Kernel
 from dynod.logs.book import LogBook
-from dynod.router.proxy import Backend, Refused, Router, raise_open_file_limit
+from dynod.router.proxy import Backend, Refused, Router
 from dynod.rules import names, sizes, spaces
 from dynod.state.store import App, Dyno, Space, State
 from netns import namespace, nfevents
@@ -73,32 +72,12 @@ class Daemon:
         self.log: LogBook | None = None
         self.supervisor: Supervisor | None = None
         self.router: Router | None = None
-        self.api: Any = None
         self._lock_fds: list[int] = []
-        self._stop_event = asyncio.Event()
 
     # ---------------------------------------------------------------- start and stop
-    async def serve(self) -> None:
-        # The kernel thread and the event loop hand the GIL to each other many times per dyno;
-        # Python's default 5 ms switch interval would add up to that much to every handoff.
-        sys.setswitchinterval(0.0005)
-        raise_open_file_limit()  # systemd's default soft limit, 1,024, is too few (issue 7)
-        # Handlers first: a SIGTERM during start-up still ends in shutdown(), which removes
-        # whatever start-up had made by then.
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop_event.set)
-        try:
-            await self.start()
-        except BaseException:
-            await self.shutdown(stop_dynos=False)
-            raise
-        try:
-            await self._stop_event.wait()
-        finally:
-            await self.shutdown()
-
-    async def start(self) -> None:
+    async def start(self, listen: Callable[[], Awaitable[None]]) -> None:
+        """Everything up, reconciled with what the kernel has; listen() opens the API (built by
+        compose.py: the daemon does not know it) once the router is up."""
         self._preflight()
         # Everything the daemon makes is root's alone unless it says otherwise: the state holds
         # every dyno's environment (secrets), the log every app's lines. Dynos get 022 back.
@@ -146,11 +125,8 @@ class Daemon:
             await self._open_space(space, starting=True)
         to_stop = await self._reconcile()
         await self.kernel.apply_firewall(self.state.dynos())
-        from dynod.api.server import ApiServer
-
         await self.router.start(self.config.router_host, self.config.router_port)
-        self.api = ApiServer(self)
-        await self.api.start(self.config.socket, self._socket_group())
+        await listen()
         self.supervisor.start_loops()
         self.supervisor.background(self._guard_firewall())
         for dyno in to_stop:
@@ -235,7 +211,7 @@ class Daemon:
             "stop it first, or give this one another --socket",
         )
 
-    def _socket_group(self) -> int | None:
+    def socket_group(self) -> int | None:
         try:
             return grp.getgrnam(self.config.socket_group).gr_gid
         except KeyError:
@@ -251,8 +227,6 @@ class Daemon:
             return  # never got as far as owning anything
         if self.log is not None:
             self.log.emit(None, "dynod", "shutting down: stopping every dyno")
-        if self.api is not None:
-            await self.api.close()
         if self.router is not None:
             await self.router.close()
         if self.dns is not None:

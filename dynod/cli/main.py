@@ -135,7 +135,7 @@ def daemon(
     """Run the root daemon in the foreground (Ctrl-C stops it and every dyno)."""
     for resolver in upstream:
         names.parse_upstream(resolver)
-    from dynod.daemon import Daemon
+    from dynod.compose import serve
 
     try:
         config = Config(
@@ -154,7 +154,7 @@ def daemon(
             health_interval=health_interval,
             metrics_interval=metrics_interval,
         )
-        asyncio.run(Daemon(config).serve())
+        asyncio.run(serve(config))
     except ValueError as exc:
         _fail(DynodError(str(exc), "see `dynod daemon --help`"))
     except OSError as exc:
