@@ -29,11 +29,11 @@ from dynod.dns.registry import FEATURE, Registry
 from dynod.dns.server import DnsServer
 from dynod.errors import DynodError, NotFound
 from dynod.kernel import processes
-from dynod.kernel.firewall import DNS_PORT, INTERNAL_ROUTER_PORT
 from dynod.kernel.host import Kernel
 from dynod.logs.book import LogBook
 from dynod.router.proxy import Backend, Refused, Router
 from dynod.rules import names, sizes, spaces
+from dynod.rules.names import DNS_PORT, INTERNAL_ROUTER_PORT
 from dynod.state.store import App, Dyno, Space, State
 from netns import namespace, nfevents
 
@@ -676,13 +676,9 @@ class Daemon:
         names.check_app(name)
         if self.state.app_exists(name):
             raise DynodError(f"an app named {name!r} already exists", "choose another name", 409)
+        names.check_routing(space, internal_routing)
         if space:
             self._space(space)
-        elif internal_routing:
-            raise DynodError(
-                "internal routing exists only for apps in a Private Space",
-                "add --space SPACE, or leave --internal-routing out",
-            )
         self.state.add_app(
             App(name, space or None, internal_routing=internal_routing, dns_discovery=bool(space))
         )

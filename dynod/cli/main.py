@@ -511,13 +511,8 @@ def apps_create(
     body: dict[str, Any] = {"name": names.check_app(name)}
     if space is not None:
         body["space"] = names.check_space(space)
+    names.check_routing(space, internal_routing)
     if internal_routing:
-        if space is None:
-            raise DynodError(
-                "internal routing exists only in Private Spaces",
-                "give --space SPACE too (`dynod spaces` lists the spaces), "
-                "or leave --internal-routing out",
-            )
         body["internal_routing"] = True
     app = _client(ctx).call("POST", api_path("apps"), body)
     if as_json:
