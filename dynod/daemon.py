@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from dynod.api.requests import RunRequest
 from dynod.config import Config
 from dynod.control import launch
 from dynod.control.supervisor import Supervisor, were_removed
@@ -375,15 +376,15 @@ class Daemon:
             self.log.emit(None, "dynod", f"error: re-applying the firewall: {exc}")
 
     # ---------------------------------------------------------------- dynos
-    async def run_dyno(self, request: dict[str, Any], peer_uid: int, peer_gid: int) -> Dyno:
+    async def run_dyno(self, request: RunRequest, peer_uid: int, peer_gid: int) -> Dyno:
         assert self.state is not None and self.supervisor is not None
-        app = names.check_app(str(request.get("app", "")))
-        ptype = names.check_process_type(str(request.get("type", "")))
-        command = str(request.get("command") or "")
-        cwd = os.path.abspath(str(request.get("cwd") or "/"))
+        app = names.check_app(request.app)
+        ptype = names.check_process_type(request.type)
+        command = request.command
+        cwd = os.path.abspath(request.cwd)
         uid, gid = launch.dyno_user(request, peer_uid, peer_gid, self.config.dyno_user)
-        env = launch.dyno_env(request.get("env") or {}, uid)
-        size = sizes.choose(request.get("size"), self.kernel.cgroup_problem)
+        env = launch.dyno_env(request.env, uid)
+        size = sizes.choose(request.size, self.kernel.cgroup_problem)
         launch.check_can_enter(cwd, uid, gid)
         processes.check_command(command, cwd, env["PATH"])
         await self._sweep_draining()
@@ -416,7 +417,7 @@ class Daemon:
                 uid=uid,
                 gid=gid,
                 env=env,
-                detached=bool(request.get("detach", True)),
+                detached=request.detach,
                 log_path=os.path.join(self._output_dir, f"{dyno_id}.out"),
                 created_at=time.time(),
                 space=space,

@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dynod.api.client import api_path
+from dynod.api.requests import RunRequest
 from dynod.api.server import ApiServer
 from dynod.cli.main import main
 from dynod.control import launch
@@ -445,27 +446,36 @@ def test_sudo_ids_must_be_real_ids(bad: Any) -> None:
     for field in ("sudo_uid", "sudo_gid"):
         request = {"sudo_uid": 1000, "sudo_gid": 1000, field: bad}
         with pytest.raises(DynodError) as err:
-            launch.dyno_user(request, 0, 0, "nobody")
+            launch.dyno_user(RunRequest.parse("app", request), 0, 0, "nobody")
         assert repr(field) in err.value.problem and err.value.fix and err.value.status == 400
 
 
 def test_sudo_uid_never_gives_root() -> None:
     nobody = pwd.getpwnam("nobody")
-    assert launch.dyno_user({"sudo_uid": 1000, "sudo_gid": 1001}, 0, 0, "nobody") == (1000, 1001)
+    assert launch.dyno_user(
+        RunRequest.parse("app", {"sudo_uid": 1000, "sudo_gid": 1001}), 0, 0, "nobody"
+    ) == (1000, 1001)
     # sudo called by root: the configured user, never uid 0
-    assert launch.dyno_user({"sudo_uid": 0, "sudo_gid": 0}, 0, 0, "nobody") == (
+    assert launch.dyno_user(
+        RunRequest.parse("app", {"sudo_uid": 0, "sudo_gid": 0}), 0, 0, "nobody"
+    ) == (
         nobody.pw_uid,
         nobody.pw_gid,
     )
-    assert launch.dyno_user({}, 0, 0, "nobody") == (nobody.pw_uid, nobody.pw_gid)
+    assert launch.dyno_user(RunRequest.parse("app", {}), 0, 0, "nobody") == (
+        nobody.pw_uid,
+        nobody.pw_gid,
+    )
     # a caller that is not root runs its dynos as itself, whatever it sends
-    assert launch.dyno_user({"sudo_uid": 5, "sudo_gid": 5}, 1000, 1000, "nobody") == (1000, 1000)
+    assert launch.dyno_user(
+        RunRequest.parse("app", {"sudo_uid": 5, "sudo_gid": 5}), 1000, 1000, "nobody"
+    ) == (1000, 1000)
 
 
 class RunDaemon(FakeDaemon):
     """Refuses every run after recording it: the tests check what reaches the daemon."""
 
-    async def run_dyno(self, request: dict[str, Any], uid: int, gid: int) -> Any:
+    async def run_dyno(self, request: RunRequest, uid: int, gid: int) -> Any:
         self.calls.append(("run_dyno", request))
         raise DynodError("fake daemon: not running dynos", "")
 
@@ -499,7 +509,7 @@ def test_detach_must_be_a_json_boolean(run_api: FakeApi, bad: str) -> None:
     for good in ("true", "false"):
         body = f'{{"type": "web", "command": "true", "detach": {good}}}'.encode()
         run_api.request("POST", "/v1/apps/sushi/dynos", body)
-        assert run_api.daemon.calls[-1][1]["detach"] is (good == "true")
+        assert run_api.daemon.calls[-1][1].detach is (good == "true")
 
 
 def nested(depth: int, kind: str) -> bytes:

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
+from dynod.api.requests import RunRequest
 from dynod.errors import DynodError, NotFound
 from dynod.logs.book import LogBook, LogLine, OutputFile, shared_puncher
 from dynod.state.store import Dyno, State
@@ -390,8 +391,7 @@ class ApiServer:
         body = dict(r.body) if isinstance(r.body, dict) else {}
         if "detach" in body:  # missing means detached; anything but a JSON boolean is refused
             _flag(body, "detach", required=True)
-        body["app"] = app
-        dyno = await self.daemon.run_dyno(body, r.uid, r.gid)
+        dyno = await self.daemon.run_dyno(RunRequest.parse(app, body), r.uid, r.gid)
         if dyno.detached:
             return 201, dyno.to_json() | self.daemon.timings.get(dyno.id, {})
         return self._foreground(dyno)

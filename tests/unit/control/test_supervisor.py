@@ -77,6 +77,16 @@ class World:
             for line in self.log.recent(lambda line: line.source == f"heroku[{dyno.name}]", 1000)
         ]
 
+    def output(self, dyno: Dyno) -> list[str]:
+        """The dyno's lines so far (what the supervisor's output loop would have read)."""
+        row = self.row(dyno)
+        if row is not None:
+            self.supervisor.drain_output(row)
+        return [
+            line.text
+            for line in self.log.recent(lambda line: line.source == f"app[{dyno.name}]", 1000)
+        ]
+
     def row(self, dyno: Dyno) -> Dyno | None:
         return self.state.dyno(dyno.id)
 
@@ -135,6 +145,7 @@ def test_stop_order_state_then_sigterm_then_grace_then_sigkill_then_detach(world
     async def test() -> None:
         dyno = world.dyno("trap '' TERM; echo ready; while :; do sleep 0.05; done")
         await world.supervisor.launch(dyno)
+        await until(lambda: "ready" in world.output(dyno))  # the trap is set
         began = time.monotonic()
         await world.supervisor.stop(dyno)
         waited = time.monotonic() - began
@@ -167,8 +178,9 @@ def test_stop_order_state_then_sigterm_then_grace_then_sigkill_then_detach(world
 
 def test_a_process_that_obeys_sigterm_gets_no_sigkill(world: World) -> None:
     async def test() -> None:
-        dyno = world.dyno("sleep 30")
+        dyno = world.dyno("echo ready; exec sleep 30")
         await world.supervisor.launch(dyno)
+        await until(lambda: "ready" in world.output(dyno))
         await world.supervisor.stop(dyno)
         assert world.kernel.operations(dyno.name) == ["attach", "spawn", "signal SIGTERM", "detach"]
         assert "Process exited with status 143" in world.said(dyno)
