@@ -19,45 +19,16 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from dynod.control import launch
 from dynod.errors import DynodError
-from dynod.kernel import firewall, network, processes
+from dynod.kernel import firewall, network, processes, sandbox
 from dynod.kernel.addressing import Pool, Subnet
 from dynod.rules import names, sizes
 from dynod.state.store import Dyno
 from netns import addresses, cgroup, conntrack, links, namespace, sysctl
-from netns import exec as netns_exec
 from netns.nftables import Nft, NftError, Snapshot, element_key, snapshot
 from netns.worker import KernelWorker
 
-SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 SYS_NET = "/sys/class/net"  # the host's links, one directory each
-
-# The dyno's first process, already its own user, and the init of its pid namespace. It reads the
-# environment from stdin (so nothing running as root ever sees it: LD_PRELOAD and the like),
-# enters the directory, and runs the command in the background with stdin on /dev/null.
-# As init it is shielded by the kernel from every signal it has no handler for; it handles
-# SIGTERM only to learn that the dyno is being stopped. Then it waits until every other process
-# of the dyno has exited (they all got SIGTERM and have the grace period; the daemon SIGKILLs
-# them after it), so a graceful shutdown is never cut short. When the command exits on its own
-# it exits at once, with the command's status, and the kernel kills whatever the command left.
-DYNO_INIT = """
-. /dev/stdin || exit 126
-cd -- "$1" || exit 126
-stopping=
-trap 'stopping=yes' TERM
-/bin/sh -c "$0" </dev/null &
-main=$!
-while :; do
-    wait "$main"
-    status=$?
-    kill -0 "$main" 2>/dev/null || break
-done
-if [ -n "$stopping" ]; then
-    while set -- /proc/[0-9]*; [ "$#" -gt 1 ]; do sleep 0.01; done
-fi
-exit "$status"
-"""
 
 
 @dataclass
@@ -364,44 +335,21 @@ class Kernel:
         self, dyno: Dyno, env: Mapping[str, str], output_path: str, ipv6: bool
     ) -> subprocess.Popen[bytes]:
         network.set_ipv6(dyno.netns, ipv6)
-        # Checked again at every start, on the very inodes handed down: the directory may have
-        # been swapped for a symlink since the last one.
-        dir_fd = launch.open_dir_as(dyno.cwd, dyno.uid, dyno.gid)
-        try:
-            checked = os.fstat(dir_fd)
-        finally:
-            os.close(dir_fd)
         size = sizes.SIZES[dyno.size] if dyno.size else None
-        argv = netns_exec.own_namespaces(
-            netns_exec.drop_privileges_argv(
-                dyno.uid, dyno.gid, ["/bin/sh", "-c", DYNO_INIT, dyno.command, dyno.cwd]
+        return sandbox.spawn(
+            sandbox.Spawn(
+                netns=dyno.netns,
+                command=dyno.command,
+                cwd=dyno.cwd,
+                uid=dyno.uid,
+                gid=dyno.gid,
+                resolv=self.resolv_path(self.net(dyno.space)),
+                tmpfs_size=size.tmpfs_bytes if size else None,
+                cgroups=self._make_cgroup(dyno, size) if size else [],
             ),
-            keep=dyno.cwd,
-            keep_id=f"{checked.st_dev}:{checked.st_ino}",
-            resolv=self.resolv_path(self.net(dyno.space)),
-            tmpfs_size=size.tmpfs_bytes if size else None,
+            env,
+            output_path,
         )
-        if size is not None:
-            argv = netns_exec.in_cgroups(self._make_cgroup(dyno, size), argv)
-        env_fd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
-        out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(env_fd, processes.env_script(env).encode())
-            os.lseek(env_fd, 0, os.SEEK_SET)
-            return netns_exec.popen_inside(
-                dyno.netns,
-                argv,
-                cwd="/",  # the dyno's directory is entered by the dyno's user, not by root
-                env={"PATH": SAFE_PATH},
-                stdin=env_fd,
-                stdout=out_fd,
-                stderr=out_fd,
-                start_new_session=True,  # its own session: Ctrl-C on a terminal never reaches it
-                close_fds=True,
-            )
-        finally:
-            os.close(env_fd)
-            os.close(out_fd)
 
     # ---------------------------------------------------------------- cgroups (dyno sizes)
     @property
