@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 from dynod.api.requests import RunRequest
 from dynod.config import Config
 from dynod.control import launch
-from dynod.control.supervisor import Supervisor, were_removed
+from dynod.control.health import were_removed
+from dynod.control.supervisor import Supervisor
 from dynod.dns.registry import FEATURE, Registry
 from dynod.dns.server import DnsServer
 from dynod.errors import DynodError, NotFound

@@ -81,7 +81,7 @@ class World:
         """The dyno's lines so far (what the supervisor's output loop would have read)."""
         row = self.row(dyno)
         if row is not None:
-            self.supervisor.drain_output(row)
+            self.supervisor.outputs.drain(row)
         return [
             line.text
             for line in self.log.recent(lambda line: line.source == f"app[{dyno.name}]", 1000)
@@ -261,7 +261,7 @@ def test_a_removed_veth_is_a_crash_and_the_restart_rebuilds_the_network(world: W
         dyno = world.dyno("sleep 30")
         await world.supervisor.launch(dyno)
         world.kernel.links.discard(dyno.veth)  # `ip link del VETH` by someone else
-        await world.supervisor._check_health()
+        await world.supervisor.health.check()
         said = world.said(dyno)
         assert (
             f"Error: the dyno's veth {dyno.veth} was removed by someone else; "
@@ -289,7 +289,7 @@ def test_a_removed_namespace_is_seen_too(world: World) -> None:
         await world.supervisor.launch(dyno)
         world.kernel.namespaces.discard(dyno.netns)
         world.kernel.links.discard(dyno.veth)
-        await world.supervisor._check_health()
+        await world.supervisor.health.check()
         assert (
             f"Error: the dyno's network namespace {dyno.netns} and veth {dyno.veth} were "
             "removed by someone else; stopping all processes with SIGKILL"
@@ -303,10 +303,10 @@ def test_an_oom_kill_is_r15_and_the_dyno_restarts(world: World) -> None:
         dyno = world.dyno("sleep 30", size="standard-1x")
         await world.supervisor.launch(dyno)
         world.kernel.usage[dyno.id] = cgroup.Usage(memory=1 << 20, oom_kills=0)
-        await world.supervisor._sample_memory()
+        await world.supervisor.memory.sample()
         assert "signal SIGKILL" not in world.kernel.operations(dyno.name)
         world.kernel.usage[dyno.id] = cgroup.Usage(memory=1 << 20, oom_kills=1)
-        await world.supervisor._sample_memory()
+        await world.supervisor.memory.sample()
         said = world.said(dyno)
         assert any(line.startswith("Error R15 (Memory quota vastly exceeded)") for line in said)
         assert "signal SIGKILL" in world.kernel.operations(dyno.name)
