@@ -10,9 +10,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from dynod.claim import make_private_dir, make_private_tree
 from dynod.config import Config
 from dynod.control.supervisor import Supervisor
-from dynod.daemon import make_private_dir, make_private_tree
 from dynod.kernel.host import Kernel, dyno_pids
 from dynod.logs.book import LogBook
 from dynod.state.store import Dyno

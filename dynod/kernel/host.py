@@ -83,6 +83,11 @@ class Kernel:
     def net(self, key: str) -> Net:
         return self.common if key == "" else self.spaces[key]
 
+    def space_network(self, space: str) -> tuple[str, str]:
+        """A network's (CIDR, bridge address): "" is the Common Runtime."""
+        net = self.net(space)
+        return str(net.pool.network), net.address
+
     def resolv_path(self, net: Net) -> str:
         return os.path.join(self.resolv_dir, f"{net.bridge}.conf")
 
