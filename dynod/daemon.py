@@ -21,7 +21,7 @@ from dynod.api.requests import RunRequest
 from dynod.claim import Claim
 from dynod.config import Config
 from dynod.control import launch
-from dynod.control.health import were_removed
+from dynod.control.reconcile import reconcile
 from dynod.control.supervisor import Supervisor
 from dynod.dns.registry import FEATURE, Registry
 from dynod.dns.server import DnsServer
@@ -33,7 +33,7 @@ from dynod.router.proxy import Backend, Refused, Router
 from dynod.rules import names, sizes, spaces
 from dynod.rules.names import DNS_PORT, INTERNAL_ROUTER_PORT
 from dynod.state.store import App, Dyno, Space, State
-from netns import namespace, nfevents
+from netns import nfevents
 
 PRIVATE_UMASK = 0o077
 # seconds between checks of dynod's nftables tables when no nftables event came (a backstop:
@@ -156,53 +156,11 @@ class Daemon:
 
     # ---------------------------------------------------------------- reconcile
     async def _reconcile(self) -> list[Dyno]:
-        """Make the kernel match the state after a restart, even one after SIGKILL.
-
-        Live dynos are adopted; crashed ones keep their namespace and are restarted; anything
-        else is cleaned. Returns the dynos to stop once started: those that were being stopped,
-        and foreground ones, whose `dynod run` lost its stream with the old daemon."""
-        kept: list[Dyno] = []
-        to_stop: list[Dyno] = []
-        for dyno in self.state.dynos():
-            exists = namespace.exists(dyno.netns)
-            alive = processes.is_alive(dyno.pid, dyno.pid_start)
-            removed = self.kernel.removed_objects(dyno)
-            if alive and not removed and dyno.state != "crashed":
-                kept.append(dyno)
-                self.supervisor.adopt(dyno)
-                # caught mid-stop, or a foreground dyno whose `dynod run` lost its stream
-                if dyno.state == "stopping" or not dyno.detached:
-                    to_stop.append(dyno)
-            elif exists and dyno.state == "crashed":
-                kept.append(dyno)
-                await self.kernel.kill_inside(dyno)
-                self.supervisor.schedule_restart(dyno)
-            elif alive and dyno.detached and dyno.state in ("starting", "up"):
-                # Its namespace's name or veth was removed while no daemon watched: a crash,
-                # restarted on a rebuilt network. Its processes are found by pid namespace.
-                self.log_dyno(
-                    dyno,
-                    f"Error: the dyno's {were_removed(removed)} while the daemon was down; "
-                    "stopping all processes with SIGKILL",
-                )
-                await self.kernel.kill_inside(dyno)
-                self.log_dyno(dyno, f"State changed from {dyno.state} to crashed")
-                self.state.update_dyno(dyno, state="crashed")
-                kept.append(dyno)
-                self.supervisor.schedule_restart(dyno)
-            else:
-                self.log_dyno(dyno, "Cleaned up after daemon restart")
-                await self.kernel.kill_inside(dyno)
-                await self.kernel.detach(dyno)
-                self.supervisor.forget(dyno)
-        await self.kernel.remove_unknown(kept)
-        await self.kernel.remove_unknown_cgroups(kept)
-        await self.kernel.restore_gateways(kept)
+        """Make the kernel match the state after a restart (control/reconcile.py); the dynos to
+        stop once started."""
+        _, to_stop = await reconcile(self.state, self.kernel, self.supervisor)
         await self._sweep_draining()
         return to_stop
-
-    def log_dyno(self, dyno: Dyno, text: str) -> None:
-        self.log.emit(dyno.app, f"heroku[{dyno.name}]", text)
 
     async def _sweep_draining(self) -> None:
         """A drained /30 is free again once the kernel has destroyed its dyno's veth."""

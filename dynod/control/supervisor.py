@@ -56,8 +56,8 @@ class Supervisor:
         self.config = config
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self.outputs = Outputs(state, log)
-        self.memory = MemoryWatch(state, kernel, self._say)
-        self.health = HealthWatch(state, kernel, self._say, self._lock)
+        self.memory = MemoryWatch(state, kernel, self.say)
+        self.health = HealthWatch(state, kernel, self.say, self._lock)
         self._exits: dict[int, asyncio.Future[int | None]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -79,14 +79,14 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _say(self, dyno: Dyno, text: str) -> None:
+    def say(self, dyno: Dyno, text: str) -> None:
         self.log.emit(dyno.app, f"heroku[{dyno.name}]", text)
 
     def _set_state(self, dyno: Dyno, new: str) -> None:
         old = dyno.state
         if old != new:
             self.state.update_dyno(dyno, state=new)
-            self._say(dyno, f"State changed from {old} to {new}")
+            self.say(dyno, f"State changed from {old} to {new}")
 
     def _record_timing(self, dyno: Dyno, what: str, began: float) -> None:
         self.timings.setdefault(dyno.id, {})[what] = 1000 * (time.perf_counter() - began)
@@ -144,7 +144,7 @@ class Supervisor:
         await self.kernel.attach(dyno, self.state.dynos)
 
     async def _spawn(self, dyno: Dyno) -> None:
-        self._say(dyno, f"Starting process with command `{dyno.command}`")
+        self.say(dyno, f"Starting process with command `{dyno.command}`")
         app = self.state.app(dyno.app)
         # The environment and IPv6 follow the app's discovery setting as of this start.
         with_dns = bool(dyno.space and app is not None and app.dns_discovery)
@@ -169,7 +169,7 @@ class Supervisor:
             self._booting.add(dyno.id)
         if dyno.state in ("starting", "up"):
             self.registry.register(dyno)
-        self._say(dyno, f"Adopted again (pid {dyno.pid})")
+        self.say(dyno, f"Adopted again (pid {dyno.pid})")
 
     # ---------------------------------------------------------------- exits and crashes
     def _watch_exit(self, dyno: Dyno) -> None:
@@ -198,7 +198,7 @@ class Supervisor:
             # The last output first: whoever waits for the exit has every line by then.
             self.outputs.drain(dyno, final=True)
             self.memory.check_oom(dyno)  # an exit the kernel's OOM killer caused is an R15
-            self._say(dyno, "Process exited" + ("" if status is None else f" with status {status}"))
+            self.say(dyno, "Process exited" + ("" if status is None else f" with status {status}"))
         future = self._exits.get(dyno_id)
         if future is not None and not future.done():
             future.set_result(status)
@@ -259,7 +259,7 @@ class Supervisor:
                 self.registry.register(dyno)
                 await self._spawn(dyno)
             except Exception as exc:  # noqa: BLE001 - a failed restart is another crash
-                self._say(dyno, f"Restart failed: {exc}")
+                self.say(dyno, f"Restart failed: {exc}")
                 self.registry.unregister(dyno)
                 self._set_state(dyno, "crashed")
                 self.schedule_restart(dyno)
@@ -279,7 +279,7 @@ class Supervisor:
 
     async def _stop(self, dyno: Dyno, grace: float) -> None:
         # Heroku's order: the state change first, then the signals and the exit.
-        self._say(dyno, f"State changed from {dyno.state} to down")
+        self.say(dyno, f"State changed from {dyno.state} to down")
         self.state.update_dyno(dyno, state="stopping")
         self.registry.unregister(dyno)  # no new connections are sent its way
         await self._terminate(dyno, grace)
@@ -292,15 +292,15 @@ class Supervisor:
     async def _terminate(self, dyno: Dyno, grace: float) -> None:
         if not await self.kernel.signal_inside(dyno, signal.SIGTERM):
             return
-        self._say(dyno, "Stopping all processes with SIGTERM")
+        self.say(dyno, "Stopping all processes with SIGTERM")
         if await self._wait_empty(dyno, grace):
             return
-        self._say(
+        self.say(
             dyno,
             "Error R12 (Exit timeout) -> At least one process failed to exit within "
             f"{grace:g} seconds of SIGTERM",
         )
-        self._say(dyno, "Stopping remaining processes with SIGKILL")
+        self.say(dyno, "Stopping remaining processes with SIGKILL")
         await self.kernel.kill_inside(dyno)
         await self._wait_empty(dyno, KILL_WAIT)
 
@@ -359,17 +359,17 @@ class Supervisor:
                 self._set_state(dyno, "up")
             elif bound and dyno_id not in self._warned:
                 self._warned.add(dyno_id)
-                self._say(
+                self.say(
                     dyno,
                     f"Web process listens on {', '.join(sorted(bound))}:{dyno.port}, which the "
                     "router cannot reach: bind 0.0.0.0 (or $HEROKU_PRIVATE_IP)",
                 )
             elif dyno.started_at and now - dyno.started_at > self.config.boot_timeout:
                 self._booting.discard(dyno_id)
-                self._say(
+                self.say(
                     dyno,
                     "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within "
                     f"{self.config.boot_timeout:g} seconds of launch",
                 )
-                self._say(dyno, "Stopping process with SIGKILL")
+                self.say(dyno, "Stopping process with SIGKILL")
                 await self.kernel.kill_inside(dyno)

@@ -131,6 +131,20 @@ class FakeKernel:
     def cgroup_usage(self, dyno: Dyno) -> cgroup.Usage | None:
         return self.usage.get(dyno.id) if dyno.size else None
 
+    # What reconcile asks beyond one dyno (control/reconcile.py's HostSweep).
+    async def remove_unknown(self, live: Iterable[Dyno]) -> None:
+        kept = list(live)
+        self.namespaces &= {d.netns for d in kept}
+        self.links &= {d.veth for d in kept}
+        self.calls.append(("remove unknown", ",".join(sorted(d.name for d in kept)), None))
+
+    async def remove_unknown_cgroups(self, live: Iterable[Dyno]) -> None:
+        self.usage = {i: u for i, u in self.usage.items() if i in {d.id for d in live}}
+
+    async def restore_gateways(self, live: Iterable[Dyno]) -> None:
+        # The fake has no addresses to lose: only the request is recorded.
+        self.calls.append(("restore gateways", ",".join(sorted(d.name for d in live)), None))
+
 
 def _conforms(fake: FakeKernel) -> KernelSide:
     """mypy checks here that the fake is a KernelSide."""
