@@ -242,7 +242,7 @@ class Daemon:
         # number or /30; an unknown app is created (in the Common Runtime) only once its first
         # dyno has a /30.
         known = self.state.app(app)
-        space = known.space if known is not None and known.space else ""
+        space = known.space if known is not None else ""
         number = names.lowest_free_number(self.state.numbers_taken(app, ptype))
         subnet = self.kernel.net(space).pool.allocate(self.state.slots_unavailable(space))
         if known is None:
@@ -493,7 +493,7 @@ class Daemon:
         if space:
             self._space(space)
         self.state.add_app(
-            App(name, space or None, internal_routing=internal_routing, dns_discovery=bool(space))
+            App(name, space or "", internal_routing=internal_routing, dns_discovery=bool(space))
         )
         if space:
             self.registry.publish(space)  # APP.herokuapp.localspace resolves from now on
@@ -502,7 +502,7 @@ class Daemon:
     def _app_info(self, app: App) -> dict[str, Any]:
         return {
             "name": app.name,
-            "space": app.space,
+            "space": app.space or None,  # the API's Common Runtime is null
             "internal_routing": app.internal_routing,
             "features": {FEATURE: app.dns_discovery},
             "dynos": len(self.state.dynos(app.name)),

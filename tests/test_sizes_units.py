@@ -306,6 +306,6 @@ def test_state_v2_gains_sizes(tmp_path: Path) -> None:
         assert dyno.size == ""  # a dyno from before sizes keeps running without limits
         state.update_dyno(dyno, size="eco")
         assert state.dynos()[0].size == "eco"
-        assert state.db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert state.db.execute("PRAGMA user_version").fetchone()[0] == 4
     finally:
         state.close()
