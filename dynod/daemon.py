@@ -234,7 +234,7 @@ class Daemon:
         cwd = os.path.abspath(request.cwd)
         uid, gid = launch.dyno_user(request, peer_uid, peer_gid, self.config.dyno_user)
         env = launch.dyno_env(request.env, uid)
-        size = sizes.choose(request.size, self.kernel.cgroup_problem)
+        size = sizes.choose(request.size, self.kernel.cgroups.problem)
         launch.check_can_enter(cwd, uid, gid)
         processes.check_command(command, cwd, env["PATH"])
         await self._sweep_draining()
@@ -578,7 +578,7 @@ class Daemon:
 
     def _sizes_status(self) -> str:
         """How dyno sizes are enforced here (cgroup v1 or v2), or why they are not."""
-        tree = self.kernel.cgroups
+        tree = self.kernel.cgroups.tree
         if tree is None:
-            return f"not enforced: {self.kernel.cgroup_problem}"
+            return f"not enforced: {self.kernel.cgroups.problem}"
         return f"cgroup v{tree.version} below {tree.base('memory')}, default {sizes.DEFAULT}"

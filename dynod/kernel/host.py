@@ -22,6 +22,7 @@ from pyroute2 import IPRoute
 from dynod.errors import DynodError
 from dynod.kernel import firewall, network, processes, sandbox
 from dynod.kernel.addressing import Pool, Subnet
+from dynod.kernel.cgroups import DynoCgroups
 from dynod.rules import names, sizes
 from dynod.state.store import Dyno
 from netns import addresses, cgroup, conntrack, links, namespace, sysctl
@@ -62,10 +63,7 @@ class Kernel:
         # (on the kernel thread) with the elements each later transaction added or removed.
         self._expected: Snapshot | None = None
         self.touched = False  # whether anything was made that shutdown must remove
-        # Where dynos' cgroups go (below the daemon's own); None: sizes are not enforced, and
-        # cgroup_problem says why.
-        self.cgroups: cgroup.Tree | None = None
-        self.cgroup_problem: str | None = "not looked for yet"
+        self.cgroups = DynoCgroups(prefix)  # where sized dynos' groups go
 
     @property
     def pool(self) -> Pool:
@@ -103,18 +101,7 @@ class Kernel:
         if sysctl.read("net.ipv4.ip_forward") != "1":
             sysctl.write("net.ipv4.ip_forward", 1)
         self._make_bridge(self.common)
-        return foreign_drop_policies(self._nft, self.layout.table) + self._find_cgroups()
-
-    def _find_cgroups(self) -> list[str]:
-        """The daemon's own cgroup, ready for dyno groups below it; a warning when it is not."""
-        try:
-            tree = cgroup.discover(self.cgroup_leaf)
-            cgroup.prepare(tree, self.cgroup_leaf)
-        except cgroup.Unavailable as exc:
-            self.cgroup_problem = exc.problem
-            return [f"dyno sizes are not enforced: {exc.problem}; fix: {exc.fix}"]
-        self.cgroups, self.cgroup_problem = tree, None
-        return []
+        return foreign_drop_policies(self._nft, self.layout.table) + self.cgroups.find()
 
     def _make_bridge(self, net: Net) -> None:
         net.index = network.ensure_bridge(self.worker.ipr, net.bridge, net.pool)
@@ -200,9 +187,7 @@ class Kernel:
             links.delete(ipr, veth)
         for bridge in network.existing_space_bridges(ipr, self.names) | {self.common.bridge}:
             network.remove_bridge(ipr, bridge)
-        self._remove_cgroups(set())
-        if self.cgroups is not None:
-            cgroup.release(self.cgroups, self.cgroup_leaf)
+        self.cgroups.release()
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.resolv_dir)
 
@@ -260,7 +245,7 @@ class Kernel:
     async def detach(self, dyno: Dyno) -> None:
         """Firewall elements, gateway address and namespace (and so the veth) go."""
         await self.worker.run(self._detach, dyno)
-        await self.worker.run(self._remove_cgroup, dyno)
+        await self.worker.run(self.cgroups.remove, dyno)
 
     def _detach(self, dyno: Dyno) -> None:
         with contextlib.suppress(NftError):  # elements already gone: nothing to remove
@@ -350,58 +335,20 @@ class Kernel:
                 gid=dyno.gid,
                 resolv=self.resolv_path(self.net(dyno.space)),
                 tmpfs_size=size.tmpfs_bytes if size else None,
-                cgroups=self._make_cgroup(dyno, size) if size else [],
+                cgroups=self.cgroups.make(dyno, size) if size else [],
             ),
             env,
             output_path,
         )
 
     # ---------------------------------------------------------------- cgroups (dyno sizes)
-    @property
-    def cgroup_leaf(self) -> str:
-        """cgroup v2: the daemon's own place below its cgroup, so the cgroup can hand its
-        controllers to the dynos' groups (PREFIX.daemon: no dyno's name, those are PREFIX-...)."""
-        return f"{self.names.prefix}.daemon"
-
-    @staticmethod
-    def cgroup_name(dyno: Dyno) -> str:
-        """A dyno's cgroup is named as its namespace: PREFIX-APP.TYPE.N, unique while it lives."""
-        return dyno.netns
-
-    def _make_cgroup(self, dyno: Dyno, size: sizes.Size) -> list[str]:
-        if self.cgroups is None:
-            raise DynodError(
-                f"{dyno.name} has size {size.name}, but this daemon has no cgroups: "
-                f"{self.cgroup_problem}",
-                "stop the dyno and run it again without --size",
-            )
-        return cgroup.create(self.cgroups, self.cgroup_name(dyno), size.limits)
-
-    def _remove_cgroup(self, dyno: Dyno) -> None:
-        if self.cgroups is not None and dyno.size:
-            cgroup.remove(self.cgroups, self.cgroup_name(dyno))
-
     def cgroup_usage(self, dyno: Dyno) -> cgroup.Usage | None:
-        """What the dyno's processes hold now (a few small cgroupfs reads: no netlink, safe
-        anywhere); None for a dyno without a size, or whose group is not there (yet)."""
-        if self.cgroups is None or not dyno.size:
-            return None
-        try:
-            return cgroup.usage(self.cgroups, self.cgroup_name(dyno))
-        except FileNotFoundError:
-            return None
+        return self.cgroups.usage(dyno)
 
     async def remove_unknown_cgroups(self, live: Iterable[Dyno]) -> None:
         """Groups with our prefix below the daemon's cgroup that no live dyno owns (left by a
         daemon killed with SIGKILL): their processes are killed, the groups removed."""
-        keep = {self.cgroup_name(d) for d in live}
-        await self.worker.run(self._remove_cgroups, keep)
-
-    def _remove_cgroups(self, keep: set[str]) -> None:
-        if self.cgroups is None:
-            return
-        for name in cgroup.names(self.cgroups, f"{self.names.prefix}-") - keep:
-            cgroup.remove(self.cgroups, name)
+        await self.worker.run(self.cgroups.remove_all_but, {self.cgroups.name(d) for d in live})
 
     # ---------------------------------------------------------------- reconcile
     async def existing_veths(self) -> set[str]:
