@@ -35,11 +35,9 @@ from dynod.rules.names import DNS_PORT, INTERNAL_ROUTER_PORT
 from dynod.state.store import App, Dyno, Space, State
 from netns import nfevents
 
-PRIVATE_UMASK = 0o077
 # seconds between checks of dynod's nftables tables when no nftables event came (a backstop:
 # every commit by another process is an event, and is checked at once)
 FIREWALL_CHECK = 10.0
-LOCK_DIR = "/run"
 T = TypeVar("T")
 
 
