@@ -377,7 +377,7 @@ def dynod_command() -> list[str]:
     found = shutil.which("dynod")
     if found:
         return [found]
-    return [sys.executable, "-c", "from dynod.cli import main; main()"]
+    return [sys.executable, "-c", "from dynod.cli.main import main; main()"]
 
 
 class DaemonSide:

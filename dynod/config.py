@@ -37,3 +37,8 @@ class Config:
     metrics_interval: float = 20.0
     dns_timeout: float = 2.0  # an upstream that has not answered by then: SERVFAIL
     health_interval: float = 1.0  # seconds between checks that each dyno's network is whole
+
+    @property
+    def resolv_dir(self) -> str:
+        """Where each network's resolv.conf is written (bound over a dyno's /etc/resolv.conf)."""
+        return os.path.join(self.state_dir, "resolv")

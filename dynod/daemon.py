@@ -9,42 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import grp
 import ipaddress
 import os
-import shutil
-import signal
-import socket
-import stat
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from dynod.api.requests import RunRequest
+from dynod.claim import Claim
 from dynod.config import Config
 from dynod.control import launch
-from dynod.control.supervisor import Supervisor, were_removed
+from dynod.control.reconcile import reconcile
+from dynod.control.supervisor import Supervisor
 from dynod.dns.registry import FEATURE, Registry
 from dynod.dns.server import DnsServer
 from dynod.errors import DynodError, NotFound
 from dynod.kernel import processes
-from dynod.kernel.firewall import DNS_PORT, INTERNAL_ROUTER_PORT
 from dynod.kernel.host import Kernel
 from dynod.logs.book import LogBook
-from dynod.router.limits import raise_open_file_limit
 from dynod.router.routes import Backend, RouteTable
 from dynod.router.server import Router
 from dynod.rules import names, sizes, spaces
+from dynod.rules.names import DNS_PORT, INTERNAL_ROUTER_PORT
 from dynod.state.store import App, Dyno, Space, State
-from netns import namespace, nfevents
+from netns import nfevents
 
-PRIVATE_UMASK = 0o077
 # seconds between checks of dynod's nftables tables when no nftables event came (a backstop:
 # every commit by another process is an event, and is checked at once)
 FIREWALL_CHECK = 10.0
-LOCK_DIR = "/run"
 T = TypeVar("T")
 
 
@@ -60,99 +54,63 @@ def _administrative(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaita
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    """Starts, stops and reconciles; built whole by compose.build (nothing in it is None)."""
+
+    def __init__(
+        self,
+        config: Config,
+        claim: Claim,
+        kernel: Kernel,
+        state: State,
+        log: LogBook,
+        dns: DnsServer,
+        registry: Registry,
+        supervisor: Supervisor,
+        upstreams: list[tuple[str, int]],
+    ) -> None:
         self.config = config
-        self.kernel = Kernel(config.prefix, config.cidr, os.path.join(config.state_dir, "resolv"))
-        self.names = self.kernel.names
-        self.pool = self.kernel.pool
-        self.state: State | None = None
-        self.dns: DnsServer | None = None
-        self.registry: Registry | None = None
+        self.claim = claim
+        self.kernel = kernel
+        self.names = kernel.names
+        self.pool = kernel.pool
+        self.state = state
+        self.log = log
+        self.dns = dns
+        self.registry = registry
+        self.supervisor = supervisor
+        self.upstreams = upstreams  # where DNS forwards names outside .localspace
+        self.router = Router(
+            self._resolve,
+            lambda text, app: log.emit(app, "heroku[router]", text),
+            socket_mark=kernel.layout.router_mark,
+        )
         self._trusted: dict[str, list[ipaddress.IPv4Network]] = {}  # space -> trusted ranges
         # Creating and destroying spaces and apps wait for one another: a space is never
         # destroyed while an app is being created in it, and two creations never pick one name.
         self._admin = asyncio.Lock()
-        self.log: LogBook | None = None
-        self.supervisor: Supervisor | None = None
-        self.router: Router | None = None
-        self.api: Any = None
-        self._lock_fds: list[int] = []
-        self._stop_event = asyncio.Event()
 
     # ---------------------------------------------------------------- start and stop
-    async def serve(self) -> None:
-        # The kernel thread and the event loop hand the GIL to each other many times per dyno;
-        # Python's default 5 ms switch interval would add up to that much to every handoff.
-        sys.setswitchinterval(0.0005)
-        raise_open_file_limit()  # systemd's default soft limit, 1,024, is too few (issue 7)
-        # Handlers first: a SIGTERM during start-up still ends in shutdown(), which removes
-        # whatever start-up had made by then.
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop_event.set)
-        try:
-            await self.start()
-        except BaseException:
-            await self.shutdown(stop_dynos=False)
-            raise
-        try:
-            await self._stop_event.wait()
-        finally:
-            await self.shutdown()
-
-    async def start(self) -> None:
-        self._preflight()
-        # Everything the daemon makes is root's alone unless it says otherwise: the state holds
-        # every dyno's environment (secrets), the log every app's lines. Dynos get 022 back.
-        os.umask(PRIVATE_UMASK)
-        make_private_dir(self.config.state_dir)
-        os.makedirs(self._output_dir, mode=0o700, exist_ok=True)
-        self._take_locks()
-        # A state directory of an older dynod (0755, files 0644) is made private, before any
-        # dyno starts.
-        made_private = make_private_tree(self.config.state_dir, readable=self._readable_by_dynos)
-        self._check_socket_free()
-        self.state = State(self.config.state_dir)
-        self.log = LogBook(
-            os.path.join(self.config.state_dir, "dynod.log"),
-            echo=sys.stderr if self.config.echo_logs else None,
-        )
-        log = self.log
-        if made_private:
-            log.emit(
+    async def start(self, listen: Callable[[], Awaitable[None]]) -> None:
+        """Everything up, reconciled with what the kernel has; listen() opens the API (built by
+        compose.py: the daemon does not know it) once the router is up."""
+        if self.claim.made_private:
+            self.log.emit(
                 None,
                 "dynod",
-                f"made {len(made_private)} file(s) and directories under "
+                f"made {len(self.claim.made_private)} file(s) and directories under "
                 f"{self.config.state_dir} readable by root only (an older dynod left them open)",
             )
-        loop = asyncio.get_running_loop()
-        self.dns = DnsServer(
-            self._upstreams(),
-            timeout=self.config.dns_timeout,
-            # called from the DNS server's threads: the log belongs to the event loop
-            log=lambda text: loop.call_soon_threadsafe(log.emit, None, "dynod", f"dns: {text}"),
-        )
-        self.registry = Registry(self.state, self.dns, self._space_network)
-        self.supervisor = Supervisor(self.state, self.kernel, self.log, self.config, self.registry)
         for warning in await self.kernel.prepare_host():
             self.log.emit(None, "dynod", f"warning: {warning}")
         self.dns.listen(self.kernel.common.address, DNS_PORT)
-        self.router = Router(
-            self._resolve,
-            lambda text, app: log.emit(app, "heroku[router]", text),
-            socket_mark=self.kernel.layout.router_mark,
-        )
         # Every space first, the firewall once after reconcile: the tables a killed daemon left
         # stay whole (and correct) until then.
         for space in self.state.spaces():
             await self._open_space(space, starting=True)
         to_stop = await self._reconcile()
         await self.kernel.apply_firewall(self.state.dynos())
-        from dynod.api.server import ApiServer
-
         await self.router.start(self.config.router_host, self.config.router_port)
-        self.api = ApiServer(self)
-        await self.api.start(self.config.socket, self._socket_group())
+        await listen()
         self.supervisor.start_loops()
         self.supervisor.background(self._guard_firewall())
         for dyno in to_stop:
@@ -165,79 +123,7 @@ class Daemon:
             f"bridge {self.names.bridge}",
         )
 
-    def _preflight(self) -> None:
-        if os.geteuid() != 0:
-            raise DynodError(
-                "dynod daemon must run as root: it creates namespaces, links and nftables tables",
-                "start it with `sudo dynod daemon`",
-            )
-        for tool, package in (("setpriv", "util-linux"), ("unshare", "util-linux")):
-            if shutil.which(tool) is None:
-                raise DynodError(f"{tool} is missing (dynos need it)", f"apt-get install {package}")
-
-    def _readable_by_dynos(self, path: str) -> bool:
-        """The resolv.conf files: bound over a dyno's /etc/resolv.conf, read as its user."""
-        return os.path.dirname(path) == self.kernel.resolv_dir and path.endswith(".conf")
-
-    @property
-    def _output_dir(self) -> str:
-        return os.path.join(self.config.state_dir, "output")
-
-    def _take_locks(self) -> None:
-        """One daemon per state directory, and one per prefix: a second daemon with the same
-        prefix would take the first one's namespaces for leftovers and remove them."""
-        self._lock(
-            os.path.join(self.config.state_dir, "lock"),
-            f"another dynod daemon (pid {{owner}}) already uses {self.config.state_dir}",
-        )
-        self._lock(
-            self._prefix_lock_path,
-            f"another dynod daemon (pid {{owner}}) already uses the prefix {self.config.prefix!r}",
-        )
-
-    @property
-    def _prefix_lock_path(self) -> str:
-        return os.path.join(LOCK_DIR, f"dynod-{self.config.prefix}.lock")
-
-    def _lock(self, path: str, problem: str) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode().strip() or "?"
-            os.close(fd)
-            raise DynodError(
-                problem.format(owner=owner),
-                "stop it first, or give this one its own --state-dir, --socket and --prefix",
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fds.append(fd)
-
-    def _check_socket_free(self) -> None:
-        path = self.config.socket
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(mode):
-            raise DynodError(
-                f"{path} exists and is not a socket", "remove it, or give another --socket"
-            )
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # left by a daemon that died: nobody answers on it
-            return
-        finally:
-            probe.close()
-        raise DynodError(
-            f"another dynod daemon is already listening on {path}",
-            "stop it first, or give this one another --socket",
-        )
-
-    def _socket_group(self) -> int | None:
+    def socket_group(self) -> int | None:
         try:
             return grp.getgrnam(self.config.socket_group).gr_gid
         except KeyError:
@@ -249,94 +135,34 @@ class Daemon:
         After a failed start (stop_dynos=False) running dynos are left alone, with the kernel
         objects they need, for the next start to adopt: a daemon that cannot start must not
         take down what runs."""
-        if not self._lock_fds:
-            return  # never got as far as owning anything
-        if self.log is not None:
-            self.log.emit(None, "dynod", "shutting down: stopping every dyno")
-        if self.api is not None:
-            await self.api.close()
-        if self.router is not None:
-            await self.router.close()
-        if self.dns is not None:
-            self.dns.close()
-        keep = not stop_dynos and self.state is not None and bool(self.state.dynos())
-        if self.supervisor is not None and self.state is not None:
-            if stop_dynos:
-                await asyncio.gather(
-                    *(self.supervisor.stop(d) for d in self.state.dynos()),
-                    return_exceptions=True,
-                )
-            await self.supervisor.close()
+        self.log.emit(None, "dynod", "shutting down: stopping every dyno")
+        await self.router.close()
+        self.dns.close()
+        keep = not stop_dynos and bool(self.state.dynos())
+        if stop_dynos:
+            await asyncio.gather(
+                *(self.supervisor.stop(d) for d in self.state.dynos()),
+                return_exceptions=True,
+            )
+        await self.supervisor.close()
         if self.kernel.touched and not keep:
             await self.kernel.remove_host_objects()
         self.kernel.close()
-        if self.log is not None:
-            self.log.emit(None, "dynod", "stopped")
-            self.log.close()
-        if self.state is not None:
-            self.state.close()
-        if len(self._lock_fds) == 2:  # both ours: the prefix's lock file is ours to remove
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._prefix_lock_path)
-        for fd in self._lock_fds:
-            os.close(fd)
-        self._lock_fds = []
+        self.log.emit(None, "dynod", "stopped")
+        self.log.close()
+        self.state.close()
+        self.claim.release()
 
     # ---------------------------------------------------------------- reconcile
     async def _reconcile(self) -> list[Dyno]:
-        """Make the kernel match the state after a restart, even one after SIGKILL.
-
-        Live dynos are adopted; crashed ones keep their namespace and are restarted; anything
-        else is cleaned. Returns the dynos to stop once started: those that were being stopped,
-        and foreground ones, whose `dynod run` lost its stream with the old daemon."""
-        assert self.state is not None and self.supervisor is not None
-        kept: list[Dyno] = []
-        to_stop: list[Dyno] = []
-        for dyno in self.state.dynos():
-            exists = namespace.exists(dyno.netns)
-            alive = processes.is_alive(dyno.pid, dyno.pid_start)
-            removed = self.kernel.removed_objects(dyno)
-            if alive and not removed and dyno.state != "crashed":
-                kept.append(dyno)
-                self.supervisor.adopt(dyno)
-                # caught mid-stop, or a foreground dyno whose `dynod run` lost its stream
-                if dyno.state == "stopping" or not dyno.detached:
-                    to_stop.append(dyno)
-            elif exists and dyno.state == "crashed":
-                kept.append(dyno)
-                await self.kernel.kill_inside(dyno)
-                self.supervisor.schedule_restart(dyno)
-            elif alive and dyno.detached and dyno.state in ("starting", "up"):
-                # Its namespace's name or veth was removed while no daemon watched: a crash,
-                # restarted on a rebuilt network. Its processes are found by pid namespace.
-                self.log_dyno(
-                    dyno,
-                    f"Error: the dyno's {were_removed(removed)} while the daemon was down; "
-                    "stopping all processes with SIGKILL",
-                )
-                await self.kernel.kill_inside(dyno)
-                self.log_dyno(dyno, f"State changed from {dyno.state} to crashed")
-                self.state.update_dyno(dyno, state="crashed")
-                kept.append(dyno)
-                self.supervisor.schedule_restart(dyno)
-            else:
-                self.log_dyno(dyno, "Cleaned up after daemon restart")
-                await self.kernel.kill_inside(dyno)
-                await self.kernel.detach(dyno)
-                self.supervisor.forget(dyno)
-        await self.kernel.remove_unknown(kept)
-        await self.kernel.remove_unknown_cgroups(kept)
-        await self.kernel.restore_gateways(kept)
+        """Make the kernel match the state after a restart (control/reconcile.py); the dynos to
+        stop once started."""
+        _, to_stop = await reconcile(self.state, self.kernel, self.supervisor)
         await self._sweep_draining()
         return to_stop
 
-    def log_dyno(self, dyno: Dyno, text: str) -> None:
-        assert self.log is not None
-        self.log.emit(dyno.app, f"heroku[{dyno.name}]", text)
-
     async def _sweep_draining(self) -> None:
         """A drained /30 is free again once the kernel has destroyed its dyno's veth."""
-        assert self.state is not None
         draining = self.state.draining()
         if not draining:
             return
@@ -354,7 +180,6 @@ class Daemon:
         try:
             events: nfevents.NftEvents | None = nfevents.NftEvents()
         except OSError as exc:
-            assert self.log is not None
             self.log.emit(
                 None,
                 "dynod",
@@ -363,14 +188,13 @@ class Daemon:
             )
             events = None
 
-        def on_events() -> None:
-            assert events is not None
-            foreign.extend(c for c in events.read() if not c.ours())
+        def on_events(source: nfevents.NftEvents) -> None:
+            foreign.extend(c for c in source.read() if not c.ours())
             if foreign:
                 changed.set()
 
         if events is not None:
-            loop.add_reader(events.fileno(), on_events)
+            loop.add_reader(events.fileno(), on_events, events)
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -386,7 +210,6 @@ class Daemon:
                 events.close()
 
     async def _check_firewall(self, by: str) -> None:
-        assert self.state is not None and self.log is not None
         try:
             if await self.kernel.firewall_intact():
                 return
@@ -403,15 +226,14 @@ class Daemon:
             self.log.emit(None, "dynod", f"error: re-applying the firewall: {exc}")
 
     # ---------------------------------------------------------------- dynos
-    async def run_dyno(self, request: dict[str, Any], peer_uid: int, peer_gid: int) -> Dyno:
-        assert self.state is not None and self.supervisor is not None
-        app = names.check_app(str(request.get("app", "")))
-        ptype = names.check_process_type(str(request.get("type", "")))
-        command = str(request.get("command") or "")
-        cwd = os.path.abspath(str(request.get("cwd") or "/"))
+    async def run_dyno(self, request: RunRequest, peer_uid: int, peer_gid: int) -> Dyno:
+        app = names.check_app(request.app)
+        ptype = names.check_process_type(request.type)
+        command = request.command
+        cwd = os.path.abspath(request.cwd)
         uid, gid = launch.dyno_user(request, peer_uid, peer_gid, self.config.dyno_user)
-        env = launch.dyno_env(request.get("env") or {}, uid)
-        size = sizes.choose(request.get("size"), self.kernel.cgroup_problem)
+        env = launch.dyno_env(request.env, uid)
+        size = sizes.choose(request.size, self.kernel.cgroups.problem)
         launch.check_can_enter(cwd, uid, gid)
         processes.check_command(command, cwd, env["PATH"])
         await self._sweep_draining()
@@ -419,7 +241,7 @@ class Daemon:
         # number or /30; an unknown app is created (in the Common Runtime) only once its first
         # dyno has a /30.
         known = self.state.app(app)
-        space = known.space if known is not None and known.space else ""
+        space = known.space if known is not None else ""
         number = names.lowest_free_number(self.state.numbers_taken(app, ptype))
         subnet = self.kernel.net(space).pool.allocate(self.state.slots_unavailable(space))
         if known is None:
@@ -444,8 +266,8 @@ class Daemon:
                 uid=uid,
                 gid=gid,
                 env=env,
-                detached=bool(request.get("detach", True)),
-                log_path=os.path.join(self._output_dir, f"{dyno_id}.out"),
+                detached=request.detach,
+                log_path=os.path.join(self.claim.output_dir, f"{dyno_id}.out"),
                 created_at=time.time(),
                 space=space,
                 size=size,
@@ -455,20 +277,16 @@ class Daemon:
         return dyno
 
     async def stop_dyno(self, dyno: Dyno, grace: float | None = None) -> None:
-        assert self.supervisor is not None
         await self.supervisor.stop(dyno, grace)
 
     def background(self, coro: Any) -> None:
-        assert self.supervisor is not None
         self.supervisor.background(coro)
 
     async def wait_exit(self, dyno: Dyno) -> int | None:
-        assert self.supervisor is not None
         return await self.supervisor.wait_exit(dyno)
 
     @property
     def timings(self) -> dict[int, dict[str, float]]:
-        assert self.supervisor is not None
         return self.supervisor.timings
 
     def memory(self, dyno: Dyno) -> dict[str, Any]:
@@ -482,7 +300,6 @@ class Daemon:
 
     # ---------------------------------------------------------------- queries
     def find(self, app: str, dyno_name: str) -> Dyno:
-        assert self.state is not None
         ptype, number = names.parse_dyno_name(dyno_name)
         self.app_dynos(app)
         dyno = self.state.find_dyno(app, ptype, number)
@@ -493,7 +310,6 @@ class Daemon:
         return dyno
 
     def app_dynos(self, app: str) -> list[Dyno]:
-        assert self.state is not None
         names.check_app(app)
         if not self.state.app_exists(app):
             raise NotFound(f"no app named {app!r}", "`dynod apps` lists the apps")
@@ -505,36 +321,19 @@ class Daemon:
         The policy is the route table's (dynod.router.routes). Interim step of issue 8: the
         table of this one app is built per request, until the services that own the state
         changes push whole tables with `router.update`."""
-        assert self.state is not None
         app = self.state.app(name)
         if app is None:
             return None
-        cidrs = {app.space: self._space_network(app.space)[0]} if app.space else {}
+        cidrs = {app.space: self.kernel.space_network(app.space)[0]} if app.space else {}
         table = RouteTable.build([app], self.state.dynos(name), cidrs, self._trusted)
         return table.resolve(name, client)
 
     # ---------------------------------------------------------------- DNS
-    def _upstreams(self) -> list[tuple[str, int]]:
-        """--upstream, else the nameservers of the host's /etc/resolv.conf."""
-        if self.config.upstreams:
-            return [names.parse_upstream(text) for text in self.config.upstreams]
-        found = []
-        for text in _host_nameservers():
-            with contextlib.suppress(DynodError):  # e.g. `nameserver 0.0.0.0`: unusable, skip
-                found.append(names.parse_upstream(text))
-        return found
-
-    def _space_network(self, space: str) -> tuple[str, str]:
-        net = self.kernel.net(space)
-        return str(net.pool.network), net.address
-
     # ---------------------------------------------------------------- spaces
     async def _open_space(self, space: Space, starting: bool = False) -> None:
         """The space's bridge, firewall entries, DNS and internal router; all or nothing for a
         new space. At start-up a failure undoes nothing: the daemon stops and leaves the
         space's running dynos their network, for the next start to adopt."""
-        assert self.state is not None and self.dns is not None and self.router is not None
-        assert self.registry is not None
         net = await self.kernel.add_space(
             space.name, space.id, space.cidr, space.nat_ip, None if starting else self.state.dynos()
         )
@@ -552,8 +351,6 @@ class Daemon:
 
     async def _close_space(self, name: str) -> None:
         """The kernel side first: if it fails, the space still works as before."""
-        assert self.state is not None and self.dns is not None and self.router is not None
-        assert self.registry is not None
         net = self.kernel.spaces.get(name)
         if net is None:
             return
@@ -564,7 +361,6 @@ class Daemon:
         self._trusted.pop(name, None)
 
     def _space(self, name: str) -> Space:
-        assert self.state is not None
         names.check_space(name)
         space = self.state.space(name)
         if space is None:
@@ -573,7 +369,6 @@ class Daemon:
 
     @_administrative
     async def create_space(self, name: str, cidr: str | None, nat_ip: str | None) -> dict[str, Any]:
-        assert self.state is not None
         names.check_space(name)
         if self.state.space(name) is not None:
             raise DynodError(
@@ -581,7 +376,7 @@ class Daemon:
             )
         in_use = {f"space {s.name}": ipaddress.IPv4Network(s.cidr) for s in self.state.spaces()}
         in_use["the Common Runtime range"] = self.pool.network
-        for host, _ in self._upstreams():
+        for host, _ in self.upstreams:
             with contextlib.suppress(ValueError):
                 in_use[f"the DNS resolver {host}"] = ipaddress.IPv4Network(host)
         if cidr is None:
@@ -609,12 +404,10 @@ class Daemon:
         except BaseException:
             self.state.remove_space(name)
             raise
-        assert self.log is not None
         self.log.emit(None, "dynod", f"space {name} created: {network}, NAT address {nat_ip}")
         return self._space_info(space)
 
     def _space_info(self, space: Space) -> dict[str, Any]:
-        assert self.state is not None
         net = self.kernel.net(space.name)
         return {
             "name": space.name,
@@ -628,12 +421,10 @@ class Daemon:
         }
 
     async def spaces_info(self) -> list[dict[str, Any]]:
-        assert self.state is not None
         return [self._space_info(s) for s in self.state.spaces()]
 
     @_administrative
     async def destroy_space(self, name: str) -> None:
-        assert self.state is not None
         self._space(name)
         apps = [a.name for a in self.state.apps_in(name)]
         if apps:
@@ -644,17 +435,14 @@ class Daemon:
             )
         await self._close_space(name)
         self.state.remove_space(name)
-        assert self.log is not None
         self.log.emit(None, "dynod", f"space {name} destroyed")
 
     # ---------------------------------------------------------------- trusted IP ranges
     async def trusted_ips(self, space: str) -> list[str]:
-        assert self.state is not None
         self._space(space)
         return self.state.trusted_ips(space)
 
     async def add_trusted_ip(self, space: str, cidr: str) -> list[str]:
-        assert self.state is not None
         self._space(space)
         cidr = names.check_cidr(cidr, "trusted IP range")
         spaces.check_can_add_trusted(self.state.trusted_ips(space), cidr)
@@ -662,7 +450,6 @@ class Daemon:
         return self._trusted_changed(space)
 
     async def remove_trusted_ip(self, space: str, cidr: str) -> list[str]:
-        assert self.state is not None
         self._space(space)
         cidr = names.check_cidr(cidr, "trusted IP range")
         if not self.state.remove_trusted_ip(space, cidr):
@@ -674,14 +461,12 @@ class Daemon:
 
     def _trusted_changed(self, space: str) -> list[str]:
         """The router reads the new ranges on its next request."""
-        assert self.state is not None
         current = self.state.trusted_ips(space)
         self._trusted[space] = [ipaddress.IPv4Network(c) for c in current]
         return current
 
     # ---------------------------------------------------------------- apps
     def _app(self, name: str) -> App:
-        assert self.state is not None
         names.check_app(name)
         app = self.state.app(name)
         if app is None:
@@ -692,43 +477,34 @@ class Daemon:
     async def create_app(
         self, name: str, space: str | None, internal_routing: bool
     ) -> dict[str, Any]:
-        assert self.state is not None and self.registry is not None
         names.check_app(name)
         if self.state.app_exists(name):
             raise DynodError(f"an app named {name!r} already exists", "choose another name", 409)
+        names.check_routing(space, internal_routing)
         if space:
             self._space(space)
-        elif internal_routing:
-            raise DynodError(
-                "internal routing exists only for apps in a Private Space",
-                "add --space SPACE, or leave --internal-routing out",
-            )
         self.state.add_app(
-            App(name, space or None, internal_routing=internal_routing, dns_discovery=bool(space))
+            App(name, space or "", internal_routing=internal_routing, dns_discovery=bool(space))
         )
         if space:
             self.registry.publish(space)  # APP.herokuapp.localspace resolves from now on
         return self._app_info(self._app(name))
 
     def _app_info(self, app: App) -> dict[str, Any]:
-        assert self.state is not None
         return {
             "name": app.name,
-            "space": app.space,
+            "space": app.space or None,  # the API's Common Runtime is null
             "internal_routing": app.internal_routing,
             "features": {FEATURE: app.dns_discovery},
             "dynos": len(self.state.dynos(app.name)),
         }
 
     async def apps_info(self) -> list[dict[str, Any]]:
-        assert self.state is not None
         return [self._app_info(a) for a in self.state.apps()]
 
     @_administrative
     async def destroy_app(self, name: str) -> dict[str, Any]:
         """Stop its dynos (until none is left: a run may race with the destroy), forget it."""
-        assert self.state is not None and self.supervisor is not None
-        assert self.registry is not None
         app = self._app(name)
         stopped: list[str] = []
         while dynos := self.state.dynos(name):
@@ -737,13 +513,11 @@ class Daemon:
         self.state.remove_app(name)
         if app.space:
             self.registry.publish(app.space)
-        assert self.log is not None
         self.log.emit(name, "dynod", f"app {name} destroyed")
         return {"stopped": stopped}
 
     # ---------------------------------------------------------------- features
     def _feature(self, app: App) -> dict[str, Any]:
-        assert self.state is not None
         running = [d for d in self.state.dynos(app.name) if d.state in ("starting", "up")]
         note = (
             "DNS answers change at once; a dyno's HEROKU_DNS_* variables and IPv6 follow at "
@@ -764,7 +538,6 @@ class Daemon:
 
     @_administrative
     async def set_feature(self, name: str, feature: str, enabled: bool) -> dict[str, Any]:
-        assert self.state is not None and self.registry is not None
         app = self._app(name)
         if feature != FEATURE:
             raise NotFound(f"no feature named {feature!r}", f"the one feature is {FEATURE}")
@@ -786,9 +559,9 @@ class Daemon:
             "range": str(self.pool.network),
             "bridge": self.names.bridge,
             "dns": self.kernel.common.address,
-            "upstreams": [f"{h}:{p}" for h, p in self._upstreams()],
+            "upstreams": [f"{h}:{p}" for h, p in self.upstreams],
             "spaces": len(self.kernel.spaces),
-            "dns_stats": self.dns.stats if self.dns is not None else {},
+            "dns_stats": self.dns.stats,
             "prefix": self.config.prefix,
             "state_dir": self.config.state_dir,
             "sizes": self._sizes_status(),
@@ -796,46 +569,7 @@ class Daemon:
 
     def _sizes_status(self) -> str:
         """How dyno sizes are enforced here (cgroup v1 or v2), or why they are not."""
-        tree = self.kernel.cgroups
+        tree = self.kernel.cgroups.tree
         if tree is None:
-            return f"not enforced: {self.kernel.cgroup_problem}"
+            return f"not enforced: {self.kernel.cgroups.problem}"
         return f"cgroup v{tree.version} below {tree.base('memory')}, default {sizes.DEFAULT}"
-
-
-def make_private_dir(path: str) -> None:
-    """`install -d -m 0700 PATH`: parents made as needed (root's alone too, under the umask),
-    and an existing directory's mode fixed, so its tree cannot be reached by anyone else."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
-def make_private_tree(root: str, readable: Callable[[str], bool]) -> list[str]:
-    """`chmod 0700` every directory and `chmod 0600` every file under root (0644 for those
-    readable(path) allows); symlinks and other special files are left alone, and nothing is
-    followed out of the tree. Returns the paths whose mode was changed."""
-    changed = []
-    for top, dirs, files in os.walk(root):
-        for name, is_dir in [(d, True) for d in dirs] + [(f, False) for f in files]:
-            path = os.path.join(top, name)
-            info = os.lstat(path)
-            if is_dir and stat.S_ISDIR(info.st_mode):
-                wanted = 0o700
-            elif not is_dir and stat.S_ISREG(info.st_mode):
-                wanted = 0o644 if readable(path) else 0o600
-            else:
-                continue  # a symlink (never followed) or a socket
-            if stat.S_IMODE(info.st_mode) != wanted:
-                os.chmod(path, wanted)
-                changed.append(path)
-    return changed
-
-
-def _host_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
-    """The IPv4 nameservers of the host's resolv.conf (read, never changed)."""
-    found = []
-    with contextlib.suppress(OSError), open(path) as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) >= 2 and fields[0] == "nameserver" and ":" not in fields[1]:
-                found.append(fields[1])
-    return found

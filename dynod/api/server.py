@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
+from dynod.api.requests import RunRequest
 from dynod.errors import DynodError, NotFound
 from dynod.logs.book import FOREGROUND_WINDOW, LogBook, LogLine, OutputFile, shared_puncher
 from dynod.state.store import Dyno, State
@@ -406,8 +407,7 @@ class ApiServer:
             if body.get(key) is not None:
                 _text(body, key)
         _string_map(body, "env")
-        body["app"] = app
-        dyno = await self.daemon.run_dyno(body, r.uid, r.gid)
+        dyno = await self.daemon.run_dyno(RunRequest.parse(app, body), r.uid, r.gid)
         if dyno.detached:
             return 201, dyno.to_json() | self.daemon.timings.get(dyno.id, {})
         return self._foreground(dyno)

@@ -135,7 +135,7 @@ def daemon(
     """Run the root daemon in the foreground (Ctrl-C stops it and every dyno)."""
     for resolver in upstream:
         names.parse_upstream(resolver)
-    from dynod.daemon import Daemon
+    from dynod.compose import serve
 
     try:
         config = Config(
@@ -154,7 +154,7 @@ def daemon(
             health_interval=health_interval,
             metrics_interval=metrics_interval,
         )
-        asyncio.run(Daemon(config).serve())
+        asyncio.run(serve(config))
     except ValueError as exc:
         _fail(DynodError(str(exc), "see `dynod daemon --help`"))
     except OSError as exc:
@@ -513,13 +513,8 @@ def apps_create(
     body: dict[str, Any] = {"name": names.check_app(name)}
     if space is not None:
         body["space"] = names.check_space(space)
+    names.check_routing(space, internal_routing)
     if internal_routing:
-        if space is None:
-            raise DynodError(
-                "internal routing exists only in Private Spaces",
-                "give --space SPACE too (`dynod spaces` lists the spaces), "
-                "or leave --internal-routing out",
-            )
         body["internal_routing"] = True
     app = _client(ctx).call("POST", api_path("apps"), body)
     if as_json:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import random
@@ -10,6 +9,7 @@ import stat
 from collections.abc import Mapping
 from typing import Any
 
+from dynod.api.requests import RunRequest
 from dynod.errors import DynodError
 from dynod.kernel import processes
 from dynod.state.store import Dyno
@@ -23,14 +23,12 @@ def choose_port() -> int:
     return random.randint(*PORT_RANGE)
 
 
-def dyno_user(
-    request: Mapping[str, Any], peer_uid: int, peer_gid: int, fallback: str
-) -> tuple[int, int]:
+def dyno_user(request: RunRequest, peer_uid: int, peer_gid: int, fallback: str) -> tuple[int, int]:
     """Dynos run as whoever asked, never as root: a root caller's dynos run as the user sudo was
     called by, or as the configured unprivileged user.  `sudo_uid`/`sudo_gid`, when sent, must
     be real IDs (integers from 0, not booleans, not the kernel's "no change" -1); a sudo_uid of
     0 (sudo called by root) means the configured user, never root."""
-    sudo_uid, sudo_gid = _sudo_id(request, "sudo_uid"), _sudo_id(request, "sudo_gid")
+    sudo_uid, sudo_gid = request.sudo_uid, request.sudo_gid
     if peer_uid != 0:
         return peer_uid, _not_root_group(peer_gid)
     if sudo_uid is not None and sudo_gid is not None and sudo_uid != 0:
@@ -57,24 +55,6 @@ def _not_root_group(gid: int) -> int:
             "sudo: the dyno then runs as --dyno-user)",
         )
     return gid
-
-
-MAX_ID = 0xFFFFFFFE  # uid_t and gid_t are 32 bits; 0xFFFFFFFF is (uid_t)-1, "no change"
-
-
-def _sudo_id(request: Mapping[str, Any], key: str) -> int | None:
-    """The request's `key` (sudo_uid, sudo_gid) as an ID, None when missing; else DynodError."""
-    value = request.get(key)
-    if value is None:
-        return None
-    # bool is an int in Python (True == 1): JSON true is no user ID
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
-        raise DynodError(
-            f"the field {key!r} must be a user or group ID (an integer from 0 to {MAX_ID}), "
-            f"and it is {json.dumps(value)}",
-            f"send the number sudo puts in ${key.upper()}, or leave the field out",
-        )
-    return value
 
 
 def dyno_env(given: Mapping[str, Any], uid: int) -> dict[str, str]:

@@ -35,13 +35,12 @@ import socket
 from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 
+from dynod.rules.names import DNS_PORT, INTERNAL_ROUTER_PORT
 from netns.conntrack import Flow
 
 # The router marks its sockets (SO_MARK needs CAP_NET_ADMIN): the only host traffic let through
 # to a dyno is the router's, to a web dyno's PORT.
 ROUTER_MARK = 0x6479
-DNS_PORT = 53
-INTERNAL_ROUTER_PORT = 80
 
 
 @dataclass(frozen=True)

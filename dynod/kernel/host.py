@@ -14,50 +14,22 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from dynod.control import launch
 from dynod.errors import DynodError
-from dynod.kernel import firewall, network, processes
+from dynod.kernel import firewall, network, processes, sandbox
 from dynod.kernel.addressing import Pool, Subnet
+from dynod.kernel.cgroups import DynoCgroups
 from dynod.rules import names, sizes
 from dynod.state.store import Dyno
 from netns import addresses, cgroup, conntrack, links, namespace, sysctl
-from netns import exec as netns_exec
 from netns.nftables import Nft, NftError, Snapshot, element_key, snapshot
 from netns.worker import KernelWorker
 
-SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 SYS_NET = "/sys/class/net"  # the host's links, one directory each
-
-# The dyno's first process, already its own user, and the init of its pid namespace. It reads the
-# environment from stdin (so nothing running as root ever sees it: LD_PRELOAD and the like),
-# enters the directory, and runs the command in the background with stdin on /dev/null.
-# As init it is shielded by the kernel from every signal it has no handler for; it handles
-# SIGTERM only to learn that the dyno is being stopped. Then it waits until every other process
-# of the dyno has exited (they all got SIGTERM and have the grace period; the daemon SIGKILLs
-# them after it), so a graceful shutdown is never cut short. When the command exits on its own
-# it exits at once, with the command's status, and the kernel kills whatever the command left.
-DYNO_INIT = """
-. /dev/stdin || exit 126
-cd -- "$1" || exit 126
-stopping=
-trap 'stopping=yes' TERM
-/bin/sh -c "$0" </dev/null &
-main=$!
-while :; do
-    wait "$main"
-    status=$?
-    kill -0 "$main" 2>/dev/null || break
-done
-if [ -n "$stopping" ]; then
-    while set -- /proc/[0-9]*; [ "$#" -gt 1 ]; do sleep 0.01; done
-fi
-exit "$status"
-"""
 
 
 @dataclass
@@ -91,10 +63,7 @@ class Kernel:
         # (on the kernel thread) with the elements each later transaction added or removed.
         self._expected: Snapshot | None = None
         self.touched = False  # whether anything was made that shutdown must remove
-        # Where dynos' cgroups go (below the daemon's own); None: sizes are not enforced, and
-        # cgroup_problem says why.
-        self.cgroups: cgroup.Tree | None = None
-        self.cgroup_problem: str | None = "not looked for yet"
+        self.cgroups = DynoCgroups(prefix)  # where sized dynos' groups go
 
     @property
     def pool(self) -> Pool:
@@ -112,6 +81,11 @@ class Kernel:
     def net(self, key: str) -> Net:
         return self.common if key == "" else self.spaces[key]
 
+    def space_network(self, space: str) -> tuple[str, str]:
+        """A network's (CIDR, bridge address): "" is the Common Runtime."""
+        net = self.net(space)
+        return str(net.pool.network), net.address
+
     def resolv_path(self, net: Net) -> str:
         return os.path.join(self.resolv_dir, f"{net.bridge}.conf")
 
@@ -127,18 +101,7 @@ class Kernel:
         if sysctl.read("net.ipv4.ip_forward") != "1":
             sysctl.write("net.ipv4.ip_forward", 1)
         self._make_bridge(self.common)
-        return foreign_drop_policies(self._nft, self.layout.table) + self._find_cgroups()
-
-    def _find_cgroups(self) -> list[str]:
-        """The daemon's own cgroup, ready for dyno groups below it; a warning when it is not."""
-        try:
-            tree = cgroup.discover(self.cgroup_leaf)
-            cgroup.prepare(tree, self.cgroup_leaf)
-        except cgroup.Unavailable as exc:
-            self.cgroup_problem = exc.problem
-            return [f"dyno sizes are not enforced: {exc.problem}; fix: {exc.fix}"]
-        self.cgroups, self.cgroup_problem = tree, None
-        return []
+        return foreign_drop_policies(self._nft, self.layout.table) + self.cgroups.find()
 
     def _make_bridge(self, net: Net) -> None:
         net.index = network.ensure_bridge(self.worker.ipr, net.bridge, net.pool)
@@ -224,9 +187,7 @@ class Kernel:
             links.delete(ipr, veth)
         for bridge in network.existing_space_bridges(ipr, self.names) | {self.common.bridge}:
             network.remove_bridge(ipr, bridge)
-        self._remove_cgroups(set())
-        if self.cgroups is not None:
-            cgroup.release(self.cgroups, self.cgroup_leaf)
+        self.cgroups.release()
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.resolv_dir)
 
@@ -253,10 +214,16 @@ class Kernel:
         assert self._nft is not None, "prepare_host() first"
         return self._nft
 
-    async def attach(self, dyno: Dyno) -> None:
+    async def attach(self, dyno: Dyno, live: Callable[[], Iterable[Dyno]]) -> None:
         """The dyno's namespace, veth, /30, route and sysctls, and its firewall elements; all
-        or nothing (NftError when the firewall refused the elements)."""
-        await self.worker.run(self._attach, dyno)
+        or nothing. When nft refuses the elements, our tables were changed behind our back (a
+        flushed ruleset): they are rebuilt from live() (this dyno included), and tried again
+        once."""
+        try:
+            await self.worker.run(self._attach, dyno)
+        except NftError:
+            await self.apply_firewall(live())
+            await self.worker.run(self._attach, dyno)
 
     def _attach(self, dyno: Dyno) -> None:
         bridge = self.net(dyno.space).index
@@ -278,7 +245,7 @@ class Kernel:
     async def detach(self, dyno: Dyno) -> None:
         """Firewall elements, gateway address and namespace (and so the veth) go."""
         await self.worker.run(self._detach, dyno)
-        await self.worker.run(self._remove_cgroup, dyno)
+        await self.worker.run(self.cgroups.remove, dyno)
 
     def _detach(self, dyno: Dyno) -> None:
         with contextlib.suppress(NftError):  # elements already gone: nothing to remove
@@ -358,91 +325,30 @@ class Kernel:
         self, dyno: Dyno, env: Mapping[str, str], output_path: str, ipv6: bool
     ) -> subprocess.Popen[bytes]:
         network.set_ipv6(dyno.netns, ipv6)
-        # Checked again at every start, on the very inodes handed down: the directory may have
-        # been swapped for a symlink since the last one.
-        dir_fd = launch.open_dir_as(dyno.cwd, dyno.uid, dyno.gid)
-        try:
-            checked = os.fstat(dir_fd)
-        finally:
-            os.close(dir_fd)
         size = sizes.SIZES[dyno.size] if dyno.size else None
-        argv = netns_exec.own_namespaces(
-            netns_exec.drop_privileges_argv(
-                dyno.uid, dyno.gid, ["/bin/sh", "-c", DYNO_INIT, dyno.command, dyno.cwd]
+        return sandbox.spawn(
+            sandbox.Spawn(
+                netns=dyno.netns,
+                command=dyno.command,
+                cwd=dyno.cwd,
+                uid=dyno.uid,
+                gid=dyno.gid,
+                resolv=self.resolv_path(self.net(dyno.space)),
+                tmpfs_size=size.tmpfs_bytes if size else None,
+                cgroups=self.cgroups.make(dyno, size) if size else [],
             ),
-            keep=dyno.cwd,
-            keep_id=f"{checked.st_dev}:{checked.st_ino}",
-            resolv=self.resolv_path(self.net(dyno.space)),
-            tmpfs_size=size.tmpfs_bytes if size else None,
+            env,
+            output_path,
         )
-        if size is not None:
-            argv = netns_exec.in_cgroups(self._make_cgroup(dyno, size), argv)
-        env_fd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
-        out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(env_fd, processes.env_script(env).encode())
-            os.lseek(env_fd, 0, os.SEEK_SET)
-            return netns_exec.popen_inside(
-                dyno.netns,
-                argv,
-                cwd="/",  # the dyno's directory is entered by the dyno's user, not by root
-                env={"PATH": SAFE_PATH},
-                stdin=env_fd,
-                stdout=out_fd,
-                stderr=out_fd,
-                start_new_session=True,  # its own session: Ctrl-C on a terminal never reaches it
-                close_fds=True,
-            )
-        finally:
-            os.close(env_fd)
-            os.close(out_fd)
 
     # ---------------------------------------------------------------- cgroups (dyno sizes)
-    @property
-    def cgroup_leaf(self) -> str:
-        """cgroup v2: the daemon's own place below its cgroup, so the cgroup can hand its
-        controllers to the dynos' groups (PREFIX.daemon: no dyno's name, those are PREFIX-...)."""
-        return f"{self.names.prefix}.daemon"
-
-    @staticmethod
-    def cgroup_name(dyno: Dyno) -> str:
-        """A dyno's cgroup is named as its namespace: PREFIX-APP.TYPE.N, unique while it lives."""
-        return dyno.netns
-
-    def _make_cgroup(self, dyno: Dyno, size: sizes.Size) -> list[str]:
-        if self.cgroups is None:
-            raise DynodError(
-                f"{dyno.name} has size {size.name}, but this daemon has no cgroups: "
-                f"{self.cgroup_problem}",
-                "stop the dyno and run it again without --size",
-            )
-        return cgroup.create(self.cgroups, self.cgroup_name(dyno), size.limits)
-
-    def _remove_cgroup(self, dyno: Dyno) -> None:
-        if self.cgroups is not None and dyno.size:
-            cgroup.remove(self.cgroups, self.cgroup_name(dyno))
-
     def cgroup_usage(self, dyno: Dyno) -> cgroup.Usage | None:
-        """What the dyno's processes hold now (a few small cgroupfs reads: no netlink, safe
-        anywhere); None for a dyno without a size, or whose group is not there (yet)."""
-        if self.cgroups is None or not dyno.size:
-            return None
-        try:
-            return cgroup.usage(self.cgroups, self.cgroup_name(dyno))
-        except FileNotFoundError:
-            return None
+        return self.cgroups.usage(dyno)
 
     async def remove_unknown_cgroups(self, live: Iterable[Dyno]) -> None:
         """Groups with our prefix below the daemon's cgroup that no live dyno owns (left by a
         daemon killed with SIGKILL): their processes are killed, the groups removed."""
-        keep = {self.cgroup_name(d) for d in live}
-        await self.worker.run(self._remove_cgroups, keep)
-
-    def _remove_cgroups(self, keep: set[str]) -> None:
-        if self.cgroups is None:
-            return
-        for name in cgroup.names(self.cgroups, f"{self.names.prefix}-") - keep:
-            cgroup.remove(self.cgroups, name)
+        await self.worker.run(self.cgroups.remove_all_but, {self.cgroups.name(d) for d in live})
 
     # ---------------------------------------------------------------- reconcile
     async def existing_veths(self) -> set[str]:

@@ -24,7 +24,9 @@ SPACE_PREFIXLEN = 16
 PRIVATE_BLOCKS = tuple(
     ipaddress.IPv4Network(b) for b in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 )
-DNS_PORT = 53
+DNS_PORT = 53  # the space's resolver, on its bridge address; and an upstream's default
+# A private space's router, for apps with internal routing: http://APP.app.localspace
+INTERNAL_ROUTER_PORT = 80
 
 # Dynos of these types never take router traffic or run as long-lived processes.
 RELEASE_TYPE = "release"
@@ -84,6 +86,16 @@ def parse_procfile(text: str) -> dict[str, str]:
         if match:
             commands[match.group(1)] = match.group(2).strip()
     return commands
+
+
+def check_routing(space: str | None, internal_routing: bool) -> None:
+    """Internal routing is a Private Space's: an app in the Common Runtime cannot have it."""
+    if internal_routing and not space:
+        raise DynodError(
+            "internal routing exists only in Private Spaces",
+            "give --space SPACE too (`dynod spaces` lists the spaces), "
+            "or leave --internal-routing out",
+        )
 
 
 def check_space(name: str) -> str:

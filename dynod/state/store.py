@@ -16,7 +16,7 @@ from typing import Any
 
 from dynod.errors import DynodError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spaces (
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS trusted_ips (
 CREATE TABLE IF NOT EXISTS apps (
     name        TEXT PRIMARY KEY,
     created_at  REAL NOT NULL,
-    space       TEXT REFERENCES spaces(name),       -- NULL: the Common Runtime
+    space       TEXT NOT NULL DEFAULT '',   -- its space ('': the Common Runtime)
     internal_routing INTEGER NOT NULL DEFAULT 0,
     dns_discovery INTEGER NOT NULL DEFAULT 0
 );
@@ -107,6 +107,21 @@ MIGRATE_FROM_2 = """
 ALTER TABLE dynos ADD COLUMN size TEXT NOT NULL DEFAULT '';
 """
 
+# Version 3: a Common Runtime app's space was NULL (a dyno's ''): one encoding now, ''.
+MIGRATE_FROM_3 = """
+ALTER TABLE apps RENAME TO apps_v3;
+CREATE TABLE apps (
+    name        TEXT PRIMARY KEY,
+    created_at  REAL NOT NULL,
+    space       TEXT NOT NULL DEFAULT '',   -- its space ('': the Common Runtime)
+    internal_routing INTEGER NOT NULL DEFAULT 0,
+    dns_discovery INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO apps (name, created_at, space, internal_routing, dns_discovery)
+  SELECT name, created_at, COALESCE(space, ''), internal_routing, dns_discovery FROM apps_v3;
+DROP TABLE apps_v3;
+"""
+
 
 @dataclass
 class Space:
@@ -120,7 +135,7 @@ class Space:
 @dataclass
 class App:
     name: str
-    space: str | None = None
+    space: str = ""  # "": the Common Runtime (as for dynos)
     internal_routing: bool = False
     dns_discovery: bool = False
     created_at: float = 0.0
@@ -189,8 +204,10 @@ class State:
         old = self.db.execute("SELECT 1 FROM sqlite_master WHERE name='dynos'").fetchone()
         if not old:
             script = SCHEMA
+        elif version == 3:
+            script = MIGRATE_FROM_3
         elif version == 2:
-            script = MIGRATE_FROM_2
+            script = MIGRATE_FROM_2 + MIGRATE_FROM_3
         else:
             script = MIGRATE_FROM_1.format(schema=SCHEMA)
         # One transaction: a daemon killed mid-upgrade leaves the old state as it was.

@@ -11,6 +11,7 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
+from dynod.api.requests import RunRequest
 from dynod.cli.main import main
 from dynod.errors import DynodError, NotFound
 from dynod.rules import names
@@ -161,6 +162,6 @@ def ok(result: Result) -> list[str]:
 class RunDaemon(FakeDaemon):
     """Refuses every run after recording it: the tests check what reaches the daemon."""
 
-    async def run_dyno(self, request: dict[str, Any], uid: int, gid: int) -> Any:
+    async def run_dyno(self, request: RunRequest, uid: int, gid: int) -> Any:
         self.calls.append(("run_dyno", request))
         raise DynodError("fake daemon: not running dynos", "")

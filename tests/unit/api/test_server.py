@@ -67,7 +67,7 @@ def test_detach_must_be_a_json_boolean(run_api: FakeApi, bad: str) -> None:
     for good in ("true", "false"):
         body = f'{{"type": "web", "command": "true", "detach": {good}}}'.encode()
         run_api.request("POST", "/v1/apps/sushi/dynos", body)
-        assert run_api.daemon.calls[-1][1]["detach"] is (good == "true")
+        assert run_api.daemon.calls[-1][1].detach is (good == "true")
 
 
 def nested(depth: int, kind: str) -> bytes:

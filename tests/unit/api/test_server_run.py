@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from dynod.api.requests import RunRequest
 from dynod.api.server import ApiServer
 from dynod.errors import DynodError
 
@@ -25,9 +26,9 @@ class RunDaemon:
     log = None
 
     def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
+        self.calls: list[RunRequest] = []
 
-    async def run_dyno(self, request: dict[str, Any], uid: int, gid: int) -> Any:
+    async def run_dyno(self, request: RunRequest, uid: int, gid: int) -> Any:
         self.calls.append(request)
         raise DynodError("fake daemon: not running dynos", "")
 
@@ -97,7 +98,7 @@ def test_a_run_body_of_the_wrong_shape_is_a_400(api: Api, body: str, field: str)
 def test_a_well_formed_run_body_reaches_the_daemon(api: Api) -> None:
     body = {"type": "web", "command": "true", "cwd": "/", "env": {"A": "1"}, "detach": True}
     api.request("POST", RUN, json.dumps(body).encode())
-    assert api.daemon.calls[-1] == body | {"app": "sushi"}
+    assert api.daemon.calls[-1] == RunRequest("sushi", "web", "true", "/", {"A": "1"})
 
 
 @pytest.mark.parametrize("word", ["NaN", "Infinity", "-Infinity"])

@@ -50,8 +50,8 @@ def test_the_health_check_kills_only_running_dynos_with_a_removed_part() -> None
 
     async def scenario() -> None:
         async with sup._lock(6):
-            await sup._check_health()
-        await sup._check_health()  # already handled: not killed twice
+            await sup.health.check()
+        await sup.health.check()  # already handled: not killed twice
 
     asyncio.run(scenario())
     assert kernel.killed == [1, 6]

@@ -42,7 +42,7 @@ def test_an_issue_2_state_is_upgraded_without_losing_a_dyno(tmp_path) -> None:
         (dyno,) = state.dynos()
         assert (dyno.id, dyno.name, dyno.space, dyno.slot) == (7, "web.1", "", 1)
         app = state.app("sushi")
-        assert app is not None and app.space is None and not app.dns_discovery
+        assert app is not None and app.space == "" and not app.dns_discovery
         assert state.draining() == {("", 2): "dynod-9"}
         assert state.next_dyno_id() == 10  # no veth name is handed out twice
         assert state.slots_unavailable("") == {1, 2} and state.slots_unavailable("acme") == set()
@@ -70,6 +70,6 @@ def test_state_v2_gains_sizes(tmp_path: Path) -> None:
         assert dyno.size == ""  # a dyno from before sizes keeps running without limits
         state.update_dyno(dyno, size="eco")
         assert state.dynos()[0].size == "eco"
-        assert state.db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert state.db.execute("PRAGMA user_version").fetchone()[0] == 4
     finally:
         state.close()

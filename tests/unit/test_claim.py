@@ -8,7 +8,7 @@ import socket
 import stat
 from pathlib import Path
 
-from dynod.daemon import make_private_dir, make_private_tree
+from dynod.claim import make_private_dir, make_private_tree
 
 
 def mode(path: Path) -> int:

@@ -1,0 +1,161 @@
+"""What a daemon owns on the host before it builds anything: root, the tools dynos need, its
+state directory (private), and the locks that make it the only daemon of its state directory
+and of its prefix. Taken first by compose.py; released last."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import socket
+import stat
+from collections.abc import Callable
+
+from dynod.config import Config
+from dynod.errors import DynodError
+
+PRIVATE_UMASK = 0o077
+LOCK_DIR = "/run"
+
+
+class Claim:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.lock_fds: list[int] = []
+        self.made_private: list[str] = []  # what an older dynod had left readable
+
+    @classmethod
+    def take(cls, config: Config) -> Claim:
+        """Everything or nothing: a refusal releases what was taken."""
+        claim = cls(config)
+        try:
+            claim._take()
+        except BaseException:
+            claim.release(remove_prefix_lock=False)
+            raise
+        return claim
+
+    def _take(self) -> None:
+        self._preflight()
+        # Everything the daemon makes is root's alone unless it says otherwise: the state holds
+        # every dyno's environment (secrets), the log every app's lines. Dynos get 022 back.
+        os.umask(PRIVATE_UMASK)
+        make_private_dir(self.config.state_dir)
+        os.makedirs(self.output_dir, mode=0o700, exist_ok=True)
+        self._take_locks()
+        # A state directory of an older dynod (0755, files 0644) is made private, before any
+        # dyno starts.
+        self.made_private = make_private_tree(
+            self.config.state_dir, readable=self._readable_by_dynos
+        )
+        self._check_socket_free()
+
+    def release(self, remove_prefix_lock: bool = True) -> None:
+        if remove_prefix_lock and len(self.lock_fds) == 2:
+            # both ours: the prefix's lock file is ours to remove
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.prefix_lock_path)
+        for fd in self.lock_fds:
+            os.close(fd)
+        self.lock_fds = []
+
+    def _preflight(self) -> None:
+        if os.geteuid() != 0:
+            raise DynodError(
+                "dynod daemon must run as root: it creates namespaces, links and nftables tables",
+                "start it with `sudo dynod daemon`",
+            )
+        for tool, package in (("setpriv", "util-linux"), ("unshare", "util-linux")):
+            if shutil.which(tool) is None:
+                raise DynodError(f"{tool} is missing (dynos need it)", f"apt-get install {package}")
+
+    def _readable_by_dynos(self, path: str) -> bool:
+        """The resolv.conf files: bound over a dyno's /etc/resolv.conf, read as its user."""
+        return os.path.dirname(path) == self.config.resolv_dir and path.endswith(".conf")
+
+    @property
+    def output_dir(self) -> str:
+        return os.path.join(self.config.state_dir, "output")
+
+    def _take_locks(self) -> None:
+        """One daemon per state directory, and one per prefix: a second daemon with the same
+        prefix would take the first one's namespaces for leftovers and remove them."""
+        self._lock(
+            os.path.join(self.config.state_dir, "lock"),
+            f"another dynod daemon (pid {{owner}}) already uses {self.config.state_dir}",
+        )
+        self._lock(
+            self.prefix_lock_path,
+            f"another dynod daemon (pid {{owner}}) already uses the prefix {self.config.prefix!r}",
+        )
+
+    @property
+    def prefix_lock_path(self) -> str:
+        return os.path.join(LOCK_DIR, f"dynod-{self.config.prefix}.lock")
+
+    def _lock(self, path: str, problem: str) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode().strip() or "?"
+            os.close(fd)
+            raise DynodError(
+                problem.format(owner=owner),
+                "stop it first, or give this one its own --state-dir, --socket and --prefix",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.lock_fds.append(fd)
+
+    def _check_socket_free(self) -> None:
+        path = self.config.socket
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise DynodError(
+                f"{path} exists and is not a socket", "remove it, or give another --socket"
+            )
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # left by a daemon that died: nobody answers on it
+            return
+        finally:
+            probe.close()
+        raise DynodError(
+            f"another dynod daemon is already listening on {path}",
+            "stop it first, or give this one another --socket",
+        )
+
+
+def make_private_dir(path: str) -> None:
+    """`install -d -m 0700 PATH`: parents made as needed (root's alone too, under the umask),
+    and an existing directory's mode fixed, so its tree cannot be reached by anyone else."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def make_private_tree(root: str, readable: Callable[[str], bool]) -> list[str]:
+    """`chmod 0700` every directory and `chmod 0600` every file under root (0644 for those
+    readable(path) allows); symlinks and other special files are left alone, and nothing is
+    followed out of the tree. Returns the paths whose mode was changed."""
+    changed = []
+    for top, dirs, files in os.walk(root):
+        for name, is_dir in [(d, True) for d in dirs] + [(f, False) for f in files]:
+            path = os.path.join(top, name)
+            info = os.lstat(path)
+            if is_dir and stat.S_ISDIR(info.st_mode):
+                wanted = 0o700
+            elif not is_dir and stat.S_ISREG(info.st_mode):
+                wanted = 0o644 if readable(path) else 0o600
+            else:
+                continue  # a symlink (never followed) or a socket
+            if stat.S_IMODE(info.st_mode) != wanted:
+                os.chmod(path, wanted)
+                changed.append(path)
+    return changed

@@ -1,0 +1,101 @@
+"""The composition root: takes the host (claim.py), builds every part of the daemon with its
+dependencies ready, and runs the daemon and its API until SIGINT/SIGTERM.
+
+The API knows the daemon; the daemon does not know the API (it is handed the API's listen()),
+so the two do not import each other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+
+from dynod.api.server import ApiServer
+from dynod.claim import Claim
+from dynod.config import Config
+from dynod.control.supervisor import Supervisor
+from dynod.daemon import Daemon
+from dynod.dns.registry import Registry
+from dynod.dns.server import DnsServer
+from dynod.errors import DynodError
+from dynod.kernel.host import Kernel
+from dynod.logs.book import LogBook
+from dynod.router.limits import raise_open_file_limit
+from dynod.rules import names
+from dynod.state.store import State
+
+
+async def serve(config: Config) -> None:
+    """`dynod daemon`: start, wait for SIGINT or SIGTERM, shut down."""
+    # The kernel thread and the event loop hand the GIL to each other many times per dyno;
+    # Python's default 5 ms switch interval would add up to that much to every handoff.
+    sys.setswitchinterval(0.0005)
+    raise_open_file_limit()  # systemd's default soft limit, 1,024, is too few (issue 7)
+    stop = asyncio.Event()
+    # Handlers first: a SIGTERM during start-up still ends in shutdown(), which removes
+    # whatever start-up had made by then.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    claim = Claim.take(config)  # refused: nothing was made
+    try:
+        daemon = build(config, claim, loop)
+    except BaseException:
+        claim.release()
+        raise
+    api = ApiServer(daemon)
+    try:
+        await daemon.start(lambda: api.start(config.socket, daemon.socket_group()))
+    except BaseException:
+        await _close(api, daemon, stop_dynos=False)
+        raise
+    try:
+        await stop.wait()
+    finally:
+        await _close(api, daemon, stop_dynos=True)
+
+
+def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> Daemon:
+    """Every part, whole. Nothing here touches the kernel yet (Daemon.start does)."""
+    kernel = Kernel(config.prefix, config.cidr, config.resolv_dir)
+    state = State(config.state_dir)
+    log = LogBook(f"{config.state_dir}/dynod.log", echo=sys.stderr if config.echo_logs else None)
+    resolvers = upstreams(config)
+    dns = DnsServer(
+        resolvers,
+        timeout=config.dns_timeout,
+        # called from the DNS server's threads: the log belongs to the event loop
+        log=lambda text: loop.call_soon_threadsafe(log.emit, None, "dynod", f"dns: {text}"),
+    )
+    registry = Registry(state, dns, kernel.space_network)
+    supervisor = Supervisor(state, kernel, log, config, registry)
+    return Daemon(config, claim, kernel, state, log, dns, registry, supervisor, resolvers)
+
+
+async def _close(api: ApiServer, daemon: Daemon, stop_dynos: bool) -> None:
+    """The API first: no new request while the dynos stop."""
+    await api.close()
+    await daemon.shutdown(stop_dynos=stop_dynos)
+
+
+def upstreams(config: Config) -> list[tuple[str, int]]:
+    """--upstream, else the nameservers of the host's /etc/resolv.conf."""
+    if config.upstreams:
+        return [names.parse_upstream(text) for text in config.upstreams]
+    found = []
+    for text in host_nameservers():
+        with contextlib.suppress(DynodError):  # e.g. `nameserver 0.0.0.0`: unusable, skip
+            found.append(names.parse_upstream(text))
+    return found
+
+
+def host_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
+    """The IPv4 nameservers of the host's resolv.conf (read, never changed)."""
+    found = []
+    with contextlib.suppress(OSError), open(path) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] == "nameserver" and ":" not in fields[1]:
+                found.append(fields[1])
+    return found

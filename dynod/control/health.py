@@ -1,0 +1,75 @@
+"""A running dyno whose network someone removed (`ip link del VETH`, `ip netns delete NS`) is
+a crashed dyno: killed, then restarted on a rebuilt network like any crash."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from dynod.kernel.protocol import KernelSide
+from dynod.state.store import Dyno, State
+
+Say = Callable[[Dyno, str], None]  # a heroku[TYPE.N] line in the dyno's app's log
+
+
+def were_removed(removed: list[str]) -> str:
+    """["veth x"] -> "veth x was removed"; two of them "... and ... were removed"."""
+    return f"{' and '.join(removed)} {'was' if len(removed) == 1 else 'were'} removed"
+
+
+class HealthWatch:
+    def __init__(
+        self,
+        state: State,
+        kernel: KernelSide,
+        say: Say,
+        lock: Callable[[int], asyncio.Lock],
+    ) -> None:
+        """lock(dyno_id) is the dyno's lock, held by whoever starts or stops it."""
+        self.state = state
+        self.kernel = kernel
+        self.say = say
+        self.lock = lock
+        self._broken: set[int] = set()  # dynos whose network someone removed: being killed
+
+    def forget(self, dyno_id: int) -> None:
+        self._broken.discard(dyno_id)
+
+    async def check(self) -> None:
+        """A stat of /run/netns/NAME and /sys/class/net/VETH per running dyno. A dyno being
+        started, restarted or stopped (its lock is held) is skipped: its objects come and go."""
+        for dyno in self.state.dynos():
+            if dyno.state not in ("starting", "up") or not dyno.pid or dyno.id in self._broken:
+                continue
+            if self.lock(dyno.id).locked() or not self.kernel.removed_objects(dyno):
+                continue
+            await self._on_network_removed(dyno.id)
+
+    async def _on_network_removed(self, dyno_id: int) -> None:
+        """Someone deleted the dyno's veth or its namespace's name: it can no longer be
+        reached, or no longer be found by name. Treat it as a crash: kill every process (found
+        by its pid namespace, not by the name), then the exit is handled as any other: a
+        detached dyno is restarted with the usual backoff on a rebuilt network (repair), a
+        foreground one ends."""
+        async with self.lock(dyno_id):
+            dyno = self.state.dyno(dyno_id)
+            if dyno is None or dyno.state not in ("starting", "up"):
+                return
+            removed = self.kernel.removed_objects(dyno)
+            if not removed:
+                return
+            self._broken.add(dyno_id)
+            self.say(
+                dyno,
+                f"Error: the dyno's {were_removed(removed)} by someone else; "
+                "stopping all processes with SIGKILL",
+            )
+            await self.kernel.kill_inside(dyno)
+
+    async def repair(self, dyno: Dyno) -> None:
+        """Before a restart: a network with a removed part is rebuilt whole."""
+        self._broken.discard(dyno.id)
+        removed = self.kernel.removed_objects(dyno)
+        if removed:
+            self.say(dyno, f"Rebuilding its network ({' and '.join(removed)} gone)")
+            await self.kernel.rebuild(dyno)

@@ -1,0 +1,60 @@
+"""Dyno sizes at run time: each sized dyno's memory against its quota (R14), and the kernel's
+OOM kills in its cgroup (R15), as Heroku's dyno manager and log-runtime-metrics report them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from dynod.kernel.protocol import KernelSide
+from dynod.rules import sizes
+from dynod.state.store import Dyno, State
+
+Say = Callable[[Dyno, str], None]  # a heroku[TYPE.N] line in the dyno's app's log
+
+
+class MemoryWatch:
+    def __init__(self, state: State, kernel: KernelSide, say: Say) -> None:
+        self.state = state
+        self.kernel = kernel
+        self.say = say
+        self._oom_seen: dict[int, int] = {}  # per dyno: OOM kills in its cgroup already told
+        self._began = time.time()
+
+    def forget(self, dyno_id: int) -> None:
+        self._oom_seen.pop(dyno_id, None)
+
+    async def sample(self) -> None:
+        """Heroku's behaviour: over the quota, `Process running mem=...` and R14 at every
+        sample; at the hard limit the kernel OOM-kills inside the dyno's cgroup, and that is
+        R15: the whole dyno is killed and, like any crash, restarted."""
+        for dyno in self.state.dynos():
+            if not dyno.size or dyno.state not in ("starting", "up"):
+                continue
+            if self.check_oom(dyno):
+                await self.kernel.kill_inside(dyno)
+                continue
+            usage = self.kernel.cgroup_usage(dyno)
+            size = sizes.SIZES[dyno.size]
+            if usage is not None and usage.memory > size.quota_mb * sizes.MB:
+                self.say(dyno, sizes.running_line(size, usage.memory))
+                self.say(dyno, sizes.R14)
+
+    def check_oom(self, dyno: Dyno) -> bool:
+        """Log R15 if the kernel OOM-killed in the dyno's cgroup since we last looked. A dyno
+        adopted from an earlier daemon starts from the count it has: those were told then."""
+        usage = self.kernel.cgroup_usage(dyno)
+        if usage is None:
+            return False
+        made_here = dyno.created_at >= self._began  # so was its cgroup: it counts from 0
+        seen = self._oom_seen.setdefault(dyno.id, 0 if made_here else usage.oom_kills)
+        self._oom_seen[dyno.id] = usage.oom_kills
+        if usage.oom_kills <= seen:
+            return False
+        size = sizes.SIZES[dyno.size]
+        # The kernel kills at the group's limit, so that is what it held then (what is left
+        # now, after the kill, says nothing).
+        self.say(dyno, sizes.running_line(size, max(usage.memory, size.hard_mb * sizes.MB)))
+        self.say(dyno, sizes.R15)
+        self.say(dyno, sizes.KILLED)
+        return True

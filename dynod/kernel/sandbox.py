@@ -1,0 +1,97 @@
+"""A dyno's process: its sandbox (its user, own pid/mount namespaces, a private /tmp, its
+resolv.conf, its cgroups) and how it is started. Networking is not here (kernel/network.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dynod.control import launch
+from dynod.kernel import processes
+from netns import exec as netns_exec
+
+SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+# The dyno's first process, already its own user, and the init of its pid namespace. It reads the
+# environment from stdin (so nothing running as root ever sees it: LD_PRELOAD and the like),
+# enters the directory, and runs the command in the background with stdin on /dev/null.
+# As init it is shielded by the kernel from every signal it has no handler for; it handles
+# SIGTERM only to learn that the dyno is being stopped. Then it waits until every other process
+# of the dyno has exited (they all got SIGTERM and have the grace period; the daemon SIGKILLs
+# them after it), so a graceful shutdown is never cut short. When the command exits on its own
+# it exits at once, with the command's status, and the kernel kills whatever the command left.
+DYNO_INIT = """
+. /dev/stdin || exit 126
+cd -- "$1" || exit 126
+stopping=
+trap 'stopping=yes' TERM
+/bin/sh -c "$0" </dev/null &
+main=$!
+while :; do
+    wait "$main"
+    status=$?
+    kill -0 "$main" 2>/dev/null || break
+done
+if [ -n "$stopping" ]; then
+    while set -- /proc/[0-9]*; [ "$#" -gt 1 ]; do sleep 0.01; done
+fi
+exit "$status"
+"""
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Everything the process of one dyno is started with, but its environment (secrets)."""
+
+    netns: str
+    command: str
+    cwd: str
+    uid: int
+    gid: int
+    resolv: str  # the network's resolv.conf, bound over /etc/resolv.conf
+    tmpfs_size: int | None  # its /tmp's size; None: the kernel's default
+    cgroups: list[str]  # the group directories to enter first; []: none
+
+
+def spawn(how: Spawn, env: Mapping[str, str], output_path: str) -> subprocess.Popen[bytes]:
+    """`ip netns exec NS setpriv ... /bin/sh -c DYNO_INIT COMMAND CWD >>OUTPUT 2>&1`, the
+    environment on stdin (a memfd), in its own session, as the dyno's user."""
+    # Checked again at every start, on the very inodes handed down: the directory may have
+    # been swapped for a symlink since the last one.
+    dir_fd = launch.open_dir_as(how.cwd, how.uid, how.gid)
+    try:
+        checked = os.fstat(dir_fd)
+    finally:
+        os.close(dir_fd)
+    argv = netns_exec.own_namespaces(
+        netns_exec.drop_privileges_argv(
+            how.uid, how.gid, ["/bin/sh", "-c", DYNO_INIT, how.command, how.cwd]
+        ),
+        keep=how.cwd,
+        keep_id=f"{checked.st_dev}:{checked.st_ino}",
+        resolv=how.resolv,
+        tmpfs_size=how.tmpfs_size,
+    )
+    if how.cgroups:
+        argv = netns_exec.in_cgroups(how.cgroups, argv)
+    env_fd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
+    out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(env_fd, processes.env_script(env).encode())
+        os.lseek(env_fd, 0, os.SEEK_SET)
+        return netns_exec.popen_inside(
+            how.netns,
+            argv,
+            cwd="/",  # the dyno's directory is entered by the dyno's user, not by root
+            env={"PATH": SAFE_PATH},
+            stdin=env_fd,
+            stdout=out_fd,
+            stderr=out_fd,
+            start_new_session=True,  # its own session: Ctrl-C on a terminal never reaches it
+            close_fds=True,
+        )
+    finally:
+        os.close(env_fd)
+        os.close(out_fd)
