@@ -32,7 +32,9 @@ class Claim:
         try:
             claim._take()
         except BaseException:
-            claim.release(remove_prefix_lock=False)
+            # the prefix's lock file goes only if both locks were ours (release checks): a
+            # daemon refused for a busy socket leaves no lock file of its own behind
+            claim.release()
             raise
         return claim
 
