@@ -220,8 +220,9 @@ class Daemon:
                 f"else (nft flush ruleset?); re-applying them from the state; commits: {by}",
             )
             cut = await self.kernel.restore_firewall(self.state.dynos())
-            if cut:
-                self.log.emit(None, "dynod", f"firewall restored; cut {cut} connections it refuses")
+            # 0 when conntrack was off meanwhile (no table needed it): the restored rules then
+            # refuse the window's connections at their next packet all the same
+            self.log.emit(None, "dynod", f"firewall restored; cut {cut} connections it refuses")
         except Exception as exc:  # noqa: BLE001 - keep guarding
             self.log.emit(None, "dynod", f"error: re-applying the firewall: {exc}")
 
