@@ -21,7 +21,7 @@ from dynod.control.routing import RoutePublisher
 from dynod.control.spaces import SpaceService
 from dynod.control.status import StatusReport
 from dynod.control.supervisor import Supervisor
-from dynod.daemon import Daemon, Parts
+from dynod.daemon import Daemon
 from dynod.dns.registry import Registry
 from dynod.dns.server import DnsServer
 from dynod.errors import DynodError
@@ -90,8 +90,10 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
     apps = AppService(state, spaces, supervisor, registry, routes, log, admin)
     dynos = DynoService(config, claim, kernel, state, supervisor, routes)
     status = StatusReport(config, kernel, dns, router, resolvers)
-    parts = Parts(config, claim, kernel, state, log, dns, router, routes, supervisor, spaces, dynos)
-    return Daemon(parts), Services(spaces, apps, dynos, status, log)
+    daemon = Daemon(
+        config, claim, kernel, state, log, dns, router, routes, supervisor, spaces, dynos
+    )
+    return daemon, Services(spaces, apps, dynos, status, log)
 
 
 async def _close(api: ApiServer, daemon: Daemon, stop_dynos: bool) -> None:

@@ -34,8 +34,8 @@ FIREWALL_CHECK = 10.0
 
 
 @dataclass(frozen=True)
-class Parts:
-    """What the daemon runs, each built whole by compose.build."""
+class Daemon:
+    """Starts, stops and reconciles; built whole by compose.build (nothing in it is None)."""
 
     config: Config
     claim: Claim
@@ -44,27 +44,10 @@ class Parts:
     log: LogBook
     dns: DnsServer
     router: Router
-    routes: RoutePublisher
+    routes: RoutePublisher  # pushes the route table to the router
     supervisor: Supervisor
-    spaces: SpaceService
-    dynos: DynoService
-
-
-class Daemon:
-    """Starts, stops and reconciles; built whole by compose.build (nothing in it is None)."""
-
-    def __init__(self, parts: Parts) -> None:
-        self.config = parts.config
-        self.claim = parts.claim
-        self.kernel = parts.kernel
-        self.state = parts.state
-        self.log = parts.log
-        self.dns = parts.dns
-        self.router = parts.router
-        self.routes = parts.routes
-        self.supervisor = parts.supervisor
-        self.spaces = parts.spaces
-        self.dynos = parts.dynos
+    spaces: SpaceService  # opened at start-up
+    dynos: DynoService  # their drained /30s swept at start-up
 
     # ---------------------------------------------------------------- start and stop
     async def start(self, listen: Callable[[], Awaitable[None]]) -> None:
