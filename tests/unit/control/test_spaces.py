@@ -122,19 +122,13 @@ def world(tmp_path: object) -> Iterator[World]:
     kernel, dns, router = SpaceKernel(), Listeners(), Router()
     tables: list[RouteTable] = []
     routes = RoutePublisher(state, kernel.space_network, tables.append)
-    registry = Registry(state, dns, kernel.space_network)  # type: ignore[arg-type]
+    fake: Any = SimpleNamespace(kernel=kernel, dns=dns, router=router)  # typed as the real ones
+    registry = Registry(state, fake.dns, kernel.space_network)
     log = LogBook(None, echo=None)
     admin = asyncio.Lock()
+    resolvers = [("10.9.0.53", 53)]
     spaces = SpaceService(
-        state,
-        kernel,
-        dns,
-        registry,
-        router,
-        routes,
-        log,
-        [("10.9.0.53", 53)],
-        admin,  # type: ignore[arg-type]
+        state, fake.kernel, fake.dns, registry, fake.router, routes, log, resolvers, admin
     )
     apps = AppService(state, spaces, NoSupervisor(), registry, routes, log, admin)  # type: ignore[arg-type]
     yield World(state, kernel, dns, router, spaces, apps, tables)
