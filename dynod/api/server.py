@@ -35,6 +35,10 @@ must arrive whole within 30 s of its first byte; an idle connection is closed af
 
 Errors are JSON `{"error": ..., "fix": ...}` with a 4xx/5xx status. Access is the socket file's:
 root, and the `dynod` group when it exists.
+
+This module is the HTTP layer; api/endpoints.py maps (method, path) to the services
+(control/), api/requests.py turns each body into a typed request, api/streams.py holds the
+streamed answers (foreground output, logs).
 """
 
 from __future__ import annotations
