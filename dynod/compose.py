@@ -1,8 +1,8 @@
 """The composition root: takes the host (claim.py), builds every part of the daemon with its
 dependencies ready, and runs the daemon and its API until SIGINT/SIGTERM.
 
-The API knows the daemon; the daemon does not know the API (it is handed the API's listen()),
-so the two do not import each other."""
+The API knows the services; the daemon knows neither the API (it is handed the API's listen())
+nor the operations (the services'): it starts, stops and reconciles."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ import contextlib
 import signal
 import sys
 
-from dynod.api.server import ApiServer
+from dynod.api.endpoints import Services
+from dynod.api.server import ApiServer, socket_group
 from dynod.claim import Claim
 from dynod.config import Config
+from dynod.control.apps import AppService
+from dynod.control.dynos import DynoService
+from dynod.control.routing import RoutePublisher
+from dynod.control.spaces import SpaceService
+from dynod.control.status import StatusReport
 from dynod.control.supervisor import Supervisor
 from dynod.daemon import Daemon
 from dynod.dns.registry import Registry
@@ -22,6 +28,8 @@ from dynod.errors import DynodError
 from dynod.kernel.host import Kernel
 from dynod.logs.book import LogBook
 from dynod.router.limits import raise_open_file_limit
+from dynod.router.routes import RouteTable
+from dynod.router.server import Router
 from dynod.rules import names
 from dynod.state.store import State
 
@@ -40,13 +48,13 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     claim = Claim.take(config)  # refused: nothing was made
     try:
-        daemon = build(config, claim, loop)
+        daemon, services = build(config, claim, loop)
     except BaseException:
         claim.release()
         raise
-    api = ApiServer(daemon)
+    api = ApiServer(services)
     try:
-        await daemon.start(lambda: api.start(config.socket, daemon.socket_group()))
+        await daemon.start(lambda: api.start(config.socket, socket_group(config.socket_group)))
     except BaseException:
         await _close(api, daemon, stop_dynos=False)
         raise
@@ -56,8 +64,9 @@ async def serve(config: Config) -> None:
         await _close(api, daemon, stop_dynos=True)
 
 
-def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> Daemon:
-    """Every part, whole. Nothing here touches the kernel yet (Daemon.start does)."""
+def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tuple[Daemon, Services]:
+    """Every part, whole: the daemon, and the services the API calls. Nothing here touches the
+    kernel yet (Daemon.start does)."""
     kernel = Kernel(config.prefix, config.cidr, config.resolv_dir)
     state = State(config.state_dir)
     log = LogBook(f"{config.state_dir}/dynod.log", echo=sys.stderr if config.echo_logs else None)
@@ -69,8 +78,22 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> Daem
         log=lambda text: loop.call_soon_threadsafe(log.emit, None, "dynod", f"dns: {text}"),
     )
     registry = Registry(state, dns, kernel.space_network)
-    supervisor = Supervisor(state, kernel, log, config, registry)
-    return Daemon(config, claim, kernel, state, log, dns, registry, supervisor, resolvers)
+    router = Router(
+        RouteTable().resolve,  # no app until the first table is pushed
+        lambda text, app: log.emit(app, "heroku[router]", text),
+        socket_mark=kernel.layout.router_mark,
+    )
+    routes = RoutePublisher(state, kernel.space_network, router.update)
+    supervisor = Supervisor(state, kernel, log, config, registry, on_change=routes.dyno_changed)
+    admin = asyncio.Lock()  # spaces and apps: see control/admin.py
+    spaces = SpaceService(state, kernel, dns, registry, router, routes, log, resolvers, admin)
+    apps = AppService(state, spaces, supervisor, registry, routes, log, admin)
+    dynos = DynoService(config, claim, kernel, state, supervisor, routes)
+    status = StatusReport(config, kernel, dns, router, resolvers)
+    daemon = Daemon(
+        config, claim, kernel, state, log, dns, router, routes, supervisor, spaces, dynos
+    )
+    return daemon, Services(spaces, apps, dynos, status, log)
 
 
 async def _close(api: ApiServer, daemon: Daemon, stop_dynos: bool) -> None:

@@ -1,5 +1,8 @@
 """Typed requests: each API body parsed once, at the API's edge, into a frozen value that the
-daemon's services take. Nothing behind the API reads a raw JSON dict."""
+daemon's services take. Nothing behind the API reads a raw JSON dict.
+
+Every body is a JSON object with the endpoint's fields only: a field that is not the endpoint's,
+a missing one and one of the wrong JSON type are each a 400 that names the field."""
 
 from __future__ import annotations
 
@@ -28,6 +31,18 @@ class RunRequest:
     detach: bool = True  # missing means detached, as `heroku ps:scale` dynos
     sudo_uid: int | None = None  # who called sudo, when root runs `sudo dynod run`
     sudo_gid: int | None = None
+
+    @classmethod
+    def from_body(cls, app: str, body: Any) -> RunRequest:
+        """The API's body, checked field by field (the JSON types), then parsed."""
+        fields = object_with(body, *RUN_FIELDS)
+        if "detach" in fields:  # missing means detached; anything but a JSON boolean is refused
+            flag(fields, "detach", required=True)
+        for key in ("type", "command", "cwd", "size"):
+            if fields.get(key) is not None:
+                text(fields, key)
+        string_map(fields, "env")
+        return cls.parse(app, fields)
 
     @classmethod
     def parse(cls, app: str, body: Mapping[str, Any]) -> RunRequest:
@@ -66,3 +81,147 @@ def _sudo_id(body: Mapping[str, Any], key: str) -> int | None:
             f"send the number sudo puts in ${key.upper()}, or leave the field out",
         )
     return value
+
+
+# What `dynod run` sends; anything else is refused, as on every other endpoint.
+RUN_FIELDS = ("type", "command", "cwd", "env", "detach", "size", "sudo_uid", "sudo_gid")
+
+
+@dataclass(frozen=True)
+class CreateSpace:
+    """POST /v1/spaces: a range and a NAT address are chosen when not given."""
+
+    name: str
+    cidr: str | None = None
+    nat_ip: str | None = None
+
+    @classmethod
+    def from_body(cls, body: Any) -> CreateSpace:
+        fields = object_with(body, "name", "cidr", "nat_ip")
+        return cls(
+            text(fields, "name"), optional_text(fields, "cidr"), optional_text(fields, "nat_ip")
+        )
+
+
+@dataclass(frozen=True)
+class CreateApp:
+    """POST /v1/apps: in the Common Runtime when space is None."""
+
+    name: str
+    space: str | None = None
+    internal_routing: bool = False
+
+    @classmethod
+    def from_body(cls, body: Any) -> CreateApp:
+        fields = object_with(body, "name", "space", "internal_routing")
+        return cls(
+            text(fields, "name"),
+            optional_text(fields, "space"),
+            flag(fields, "internal_routing"),
+        )
+
+
+@dataclass(frozen=True)
+class SetFeature:
+    """PUT /v1/apps/APP/features/FEATURE."""
+
+    app: str
+    feature: str
+    enabled: bool
+
+    @classmethod
+    def from_body(cls, app: str, feature: str, body: Any) -> SetFeature:
+        fields = object_with(body, "enabled")
+        return cls(app, feature, flag(fields, "enabled", required=True))
+
+
+@dataclass(frozen=True)
+class TrustedRange:
+    """POST /v1/spaces/SPACE/trusted-ips (the body's cidr) and DELETE .../trusted-ips/CIDR."""
+
+    space: str
+    cidr: str
+
+    @classmethod
+    def from_body(cls, space: str, body: Any) -> TrustedRange:
+        return cls(space, text(object_with(body, "cidr"), "cidr"))
+
+
+@dataclass(frozen=True)
+class StopDynos:
+    """DELETE /v1/apps/APP/dynos[/NAME][?grace=S]: one dyno, or every dyno of the app."""
+
+    app: str
+    dyno: str | None = None
+    grace: float | None = None
+
+
+def object_with(body: Any, *known: str) -> dict[str, Any]:
+    """The body: a JSON object with no fields but `known`."""
+    listed = ", ".join(known)
+    if not isinstance(body, dict):
+        raise DynodError(
+            f"the request body is JSON {json_type(body)}, not an object",
+            f"send a JSON object with the fields {listed}",
+        )
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise DynodError(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
+            f"this endpoint's fields are {listed}",
+        )
+    return body
+
+
+def string_map(body: Mapping[str, Any], key: str) -> None:
+    """A field that, when given, is a JSON object of strings (the dyno's environment)."""
+    value = body.get(key)
+    if value is None:
+        return
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise DynodError(
+            f"the field {key!r} must be a JSON object of strings, and it is "
+            f"{json.dumps(value)[:200]}",
+            f'send it as {{"{key}": {{"NAME": "value"}}}}',
+        )
+
+
+def optional_text(body: Mapping[str, Any], key: str) -> str | None:
+    """A string field that may be missing or null."""
+    return None if body.get(key) is None else text(body, key)
+
+
+def text(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        got = "missing" if key not in body else f"JSON {json_type(value)}"
+        raise DynodError(
+            f"the field {key!r} must be a string, and it is {got}",
+            f'send it as a string, e.g. {{"{key}": "..."}}',
+        )
+    return value
+
+
+def flag(body: Mapping[str, Any], key: str, required: bool = False) -> bool:
+    """A true/false field; when not required, missing or null is false."""
+    value = body.get(key)
+    if value is None and not required:
+        return False
+    if not isinstance(value, bool):
+        got = "missing" if key not in body else f"JSON {json_type(value)} {json.dumps(value)}"
+        raise DynodError(
+            f"the field {key!r} must be true or false, and it is {got}",
+            f'send {{"{key}": true}} or {{"{key}": false}}',
+        )
+    return value
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    named: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return named.get(type(value), type(value).__name__)

@@ -48,8 +48,11 @@ class Supervisor:
         log: LogBook,
         config: Config,
         registry: Registry,
+        on_change: Callable[[Dyno], None] = lambda dyno: None,
     ) -> None:
         self.state = state
+        # told of each state change and each dyno forgotten: the route table is pushed anew
+        self.on_change = on_change
         self.kernel = kernel
         self.registry = registry  # DNS names: registered before a process starts
         self.log = log
@@ -86,6 +89,7 @@ class Supervisor:
         old = dyno.state
         if old != new:
             self.state.update_dyno(dyno, state=new)
+            self.on_change(dyno)
             self.say(dyno, f"State changed from {old} to {new}")
 
     def _record_timing(self, dyno: Dyno, what: str, began: float) -> None:
@@ -97,6 +101,7 @@ class Supervisor:
         """Drop the dyno from the state (its /30 drains) and its output file from the disk."""
         self.registry.unregister(dyno)
         self.state.remove_dyno(dyno)
+        self.on_change(dyno)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(dyno.log_path)
         self.outputs.close(dyno.id)
@@ -281,6 +286,7 @@ class Supervisor:
         # Heroku's order: the state change first, then the signals and the exit.
         self.say(dyno, f"State changed from {dyno.state} to down")
         self.state.update_dyno(dyno, state="stopping")
+        self.on_change(dyno)  # out of the router's rotation before the signals
         self.registry.unregister(dyno)  # no new connections are sent its way
         await self._terminate(dyno, grace)
         self.outputs.drain(dyno, final=True)

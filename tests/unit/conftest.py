@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from dynod.api.server import ApiServer
-from tests.unit.fake_daemon import FakeApi, FakeDaemon, RunDaemon
+from tests.unit.fake_daemon import FakeApi, FakeDaemon, RunDaemon, services
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[FakeApi]:
     daemon = FakeDaemon()
-    server = ApiServer(daemon)  # type: ignore[arg-type]
+    server = ApiServer(services(daemon))
     path = str(tmp_path / "api.sock")
     loop = asyncio.new_event_loop()
     loop.run_until_complete(server.start(path, None))
@@ -34,7 +34,7 @@ def api(tmp_path: Path) -> Iterator[FakeApi]:
 @pytest.fixture
 def run_api(tmp_path: Path) -> Iterator[FakeApi]:
     daemon = RunDaemon()
-    server = ApiServer(daemon)  # type: ignore[arg-type]
+    server = ApiServer(services(daemon))
     path = str(tmp_path / "api.sock")
     loop = asyncio.new_event_loop()
     loop.run_until_complete(server.start(path, None))

@@ -11,7 +11,15 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from dynod.api.requests import RunRequest
+from dynod.api.endpoints import Services
+from dynod.api.requests import (
+    CreateApp,
+    CreateSpace,
+    RunRequest,
+    SetFeature,
+    StopDynos,
+    TrustedRange,
+)
 from dynod.cli.main import main
 from dynod.errors import DynodError, NotFound
 from dynod.rules import names
@@ -165,3 +173,72 @@ class RunDaemon(FakeDaemon):
     async def run_dyno(self, request: RunRequest, uid: int, gid: int) -> Any:
         self.calls.append(("run_dyno", request))
         raise DynodError("fake daemon: not running dynos", "")
+
+
+# ---------------------------------------------------------------- the services over a fake daemon
+
+
+class _Spaces:
+    def __init__(self, daemon: Any) -> None:
+        self.d = daemon
+
+    async def create(self, r: CreateSpace) -> dict:
+        return await self.d.create_space(r.name, r.cidr, r.nat_ip)
+
+    async def infos(self) -> list[dict]:
+        return await self.d.spaces_info()
+
+    async def destroy(self, name: str) -> None:
+        await self.d.destroy_space(name)
+
+    async def trusted(self, space: str) -> list[str]:
+        return await self.d.trusted_ips(space)
+
+    async def trust(self, r: TrustedRange) -> list[str]:
+        return await self.d.add_trusted_ip(r.space, r.cidr)
+
+    async def distrust(self, r: TrustedRange) -> list[str]:
+        return await self.d.remove_trusted_ip(r.space, r.cidr)
+
+
+class _Apps:
+    def __init__(self, daemon: Any) -> None:
+        self.d = daemon
+
+    async def create(self, r: CreateApp) -> dict:
+        return await self.d.create_app(r.name, r.space, r.internal_routing)
+
+    async def infos(self) -> list[dict]:
+        return await self.d.apps_info()
+
+    async def destroy(self, name: str) -> dict:
+        return await self.d.destroy_app(name)
+
+    async def features(self, app: str) -> list[dict]:
+        return await self.d.features(app)
+
+    async def set_feature(self, r: SetFeature) -> dict:
+        return await self.d.set_feature(r.app, r.feature, r.enabled)
+
+
+class _Dynos:
+    def __init__(self, daemon: Any) -> None:
+        self.d = daemon
+
+    async def run(self, request: RunRequest, uid: int, gid: int) -> Any:
+        return await self.d.run_dyno(request, uid, gid)
+
+    def of_app(self, app: str) -> list[Any]:
+        return self.d.app_dynos(app)
+
+    def ps(self, app: str | None = None) -> list[dict]:
+        return [d.to_json() for d in self.of_app(app)] if app else []
+
+    async def stop(self, r: StopDynos) -> dict:
+        dynos = [self.d.find(r.app, r.dyno)] if r.dyno else self.of_app(r.app)
+        return {"stopped": [d.name for d in dynos], "teardown_ms": {}}
+
+
+def services(daemon: Any) -> Services:
+    """The API's services, each a thin adapter over the fake daemon's methods."""
+    return Services(_Spaces(daemon), _Apps(daemon), _Dynos(daemon), None, None)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ import pytest
 from dynod.api.requests import RunRequest
 from dynod.api.server import ApiServer
 from dynod.errors import DynodError
+from tests.unit.fake_daemon import services
 
 
 class RunDaemon:
@@ -58,7 +59,7 @@ class Api:
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     daemon = RunDaemon()
-    server = ApiServer(daemon)  # type: ignore[arg-type]
+    server = ApiServer(services(daemon))
     path = str(tmp_path / "api.sock")
     loop = asyncio.new_event_loop()
     loop.run_until_complete(server.start(path, None))

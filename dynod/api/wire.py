@@ -1,0 +1,59 @@
+"""What the API's HTTP layer and its endpoints hand each other: a parsed request, an answer
+(a status and JSON, or a stream), and the JSON encoding of both."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dynod.errors import DynodError
+
+
+@dataclass
+class Request:
+    method: str
+    path: list[str]
+    query: dict[str, str]
+    body: Any
+    uid: int
+    gid: int
+    body_error: DynodError | None = None  # the body could not be read as JSON: why
+
+
+@dataclass
+class Stream:
+    """A streamed answer; `closed` is set when the client goes away."""
+
+    content_type: str
+    chunks: Callable[[asyncio.Event], AsyncIterator[bytes]]
+    on_close: Callable[[], None] | None = None
+
+
+Answer = tuple[int, Any] | Stream
+
+
+def parse_json(body: bytes) -> tuple[Any, DynodError | None]:
+    """The body as JSON (an empty body is {}), or the reason it is not."""
+    if not body:
+        return {}, None
+    try:
+        return json.loads(body, parse_constant=_not_json), None
+    except RecursionError:  # "[[[[...": Python's parser recurses once per level
+        return None, DynodError(
+            "the request body is JSON nested too deeply",
+            "send a JSON object with the endpoint's fields, nested a few levels at most",
+        )
+    except ValueError:
+        return None, DynodError("the request body is not JSON", "send a JSON object")
+
+
+def _not_json(word: str) -> Any:
+    """NaN, Infinity and -Infinity: Python's json reads them, JSON has no such numbers."""
+    raise ValueError(f"{word} is not JSON")
+
+
+def ndjson(obj: Any) -> bytes:
+    return json.dumps(obj).encode() + b"\n"

@@ -1,0 +1,153 @@
+"""Dynos: run, stop, find, list. The checks of a run request (names, user, command, size) are
+made here, before anything is allocated; the lifecycle itself is the supervisor's."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from dynod.api.requests import RunRequest, StopDynos
+from dynod.claim import Claim
+from dynod.config import Config
+from dynod.control import launch
+from dynod.control.routing import RoutePublisher
+from dynod.control.supervisor import Supervisor
+from dynod.errors import NotFound
+from dynod.kernel import processes
+from dynod.kernel.host import Kernel
+from dynod.rules import names, sizes
+from dynod.state.store import App, Dyno, State
+
+
+class DynoService:
+    def __init__(
+        self,
+        config: Config,
+        claim: Claim,
+        kernel: Kernel,
+        state: State,
+        supervisor: Supervisor,
+        routes: RoutePublisher,
+    ) -> None:
+        self.config = config
+        self.claim = claim
+        self.kernel = kernel
+        self.names = kernel.names
+        self.state = state
+        self.supervisor = supervisor
+        self.routes = routes
+
+    async def run(self, request: RunRequest, peer_uid: int, peer_gid: int) -> Dyno:
+        app = names.check_app(request.app)
+        ptype = names.check_process_type(request.type)
+        command = request.command
+        cwd = os.path.abspath(request.cwd)
+        uid, gid = launch.dyno_user(request, peer_uid, peer_gid, self.config.dyno_user)
+        env = launch.dyno_env(request.env, uid)
+        size = sizes.choose(request.size, self.kernel.cgroups.problem)
+        launch.check_can_enter(cwd, uid, gid)
+        processes.check_command(command, cwd, env["PATH"])
+        await self.sweep_draining()
+        # From here to insert_dyno nothing awaits, so concurrent runs cannot pick the same
+        # number or /30; an unknown app is created (in the Common Runtime) only once its first
+        # dyno has a /30.
+        known = self.state.app(app)
+        space = known.space if known is not None else ""
+        number = names.lowest_free_number(self.state.numbers_taken(app, ptype))
+        subnet = self.kernel.net(space).pool.allocate(self.state.slots_unavailable(space))
+        if known is None:
+            self.state.add_app(App(app))
+        dyno_id = self.state.next_dyno_id()
+        dyno = self.state.insert_dyno(
+            Dyno(
+                id=dyno_id,
+                app=app,
+                type=ptype,
+                number=number,
+                state="starting",
+                slot=subnet.slot,
+                ip=subnet.address,
+                port=launch.choose_port() if ptype == names.WEB_TYPE else None,
+                pid=None,
+                pid_start=None,
+                netns=self.names.netns(app, ptype, number),
+                veth=self.names.veth(dyno_id),
+                command=command,
+                cwd=cwd,
+                uid=uid,
+                gid=gid,
+                env=env,
+                detached=request.detach,
+                log_path=os.path.join(self.claim.output_dir, f"{dyno_id}.out"),
+                created_at=time.time(),
+                space=space,
+                size=size,
+            )
+        )
+        if known is None:
+            self.routes.publish()  # the new app exists for the router (with no web dyno yet)
+        await self.supervisor.launch(dyno)
+        return dyno
+
+    async def sweep_draining(self) -> None:
+        """A drained /30 is free again once the kernel has destroyed its dyno's veth."""
+        draining = self.state.draining()
+        if not draining:
+            return
+        present = await self.kernel.existing_veths()
+        self.state.drained([key for key, veth in draining.items() if veth not in present])
+
+    # ---------------------------------------------------------------- stopping
+    async def stop(self, request: StopDynos) -> dict[str, Any]:
+        """One dyno, or every dyno of the app; with each one's kernel teardown time."""
+        one = request.dyno
+        dynos = [self.find(request.app, one)] if one else self.of_app(request.app)
+        await asyncio.gather(*(self.supervisor.stop(d, request.grace) for d in dynos))
+        timings = {d.name: self.supervisor.timings.pop(d.id, {}).get("teardown_ms") for d in dynos}
+        return {"stopped": [d.name for d in dynos], "teardown_ms": timings}
+
+    def stop_later(self, dyno: Dyno) -> None:
+        """Stop a dyno in the background if it still exists (its client went away)."""
+        if self.state.dyno(dyno.id) is not None:
+            self.supervisor.background(self.supervisor.stop(dyno))
+
+    async def wait_exit(self, dyno: Dyno) -> int | None:
+        return await self.supervisor.wait_exit(dyno)
+
+    def timings(self, dyno: Dyno) -> dict[str, float]:
+        """The kernel-side cost of the dyno's setup (what `dynod run --detach` shows)."""
+        return self.supervisor.timings.get(dyno.id, {})
+
+    # ---------------------------------------------------------------- queries
+    def find(self, app: str, dyno_name: str) -> Dyno:
+        ptype, number = names.parse_dyno_name(dyno_name)
+        self.of_app(app)
+        dyno = self.state.find_dyno(app, ptype, number)
+        if dyno is None:
+            raise NotFound(
+                f"no dyno {dyno_name} in app {app}", f"`dynod ps --app {app}` lists its dynos"
+            )
+        return dyno
+
+    def of_app(self, app: str) -> list[Dyno]:
+        """The app's dynos; NotFound when there is no such app."""
+        names.check_app(app)
+        if not self.state.app_exists(app):
+            raise NotFound(f"no app named {app!r}", "`dynod apps` lists the apps")
+        return self.state.dynos(app)
+
+    def ps(self, app: str | None = None) -> list[dict[str, Any]]:
+        """What `dynod ps` shows: every dyno (of the app when given), with its memory."""
+        dynos = self.of_app(app) if app else self.state.dynos()
+        return [d.to_json() | self.memory(d) for d in dynos]
+
+    def memory(self, dyno: Dyno) -> dict[str, Any]:
+        """What `dynod ps` shows of a dyno's size: its memory now and its quota, in MB."""
+        usage = self.kernel.cgroup_usage(dyno)
+        size = sizes.SIZES.get(dyno.size)
+        return {
+            "memory_mb": None if usage is None else round(usage.memory / sizes.MB, 1),
+            "memory_quota_mb": size.quota_mb if size else None,
+        }

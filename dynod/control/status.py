@@ -1,0 +1,51 @@
+"""`GET /v1/status` (`dynod status`): the daemon's settings and what it runs on."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dynod.config import Config
+from dynod.dns.server import DnsServer
+from dynod.kernel.host import Kernel
+from dynod.router.server import Router
+from dynod.rules import sizes
+
+
+class StatusReport:
+    def __init__(
+        self,
+        config: Config,
+        kernel: Kernel,
+        dns: DnsServer,
+        router: Router,
+        upstreams: list[tuple[str, int]],
+    ) -> None:
+        self.config = config
+        self.kernel = kernel
+        self.dns = dns
+        self.router = router
+        self.upstreams = upstreams
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "socket": self.config.socket,
+            "router": f"{self.config.router_host}:{self.router.port}",
+            "range": str(self.kernel.pool.network),
+            "bridge": self.kernel.names.bridge,
+            "dns": self.kernel.common.address,
+            "upstreams": [f"{h}:{p}" for h, p in self.upstreams],
+            "spaces": len(self.kernel.spaces),
+            "dns_stats": self.dns.stats,
+            "prefix": self.config.prefix,
+            "state_dir": self.config.state_dir,
+            "sizes": self._sizes(),
+        }
+
+    def _sizes(self) -> str:
+        """How dyno sizes are enforced here (cgroup v1 or v2), or why they are not."""
+        tree = self.kernel.cgroups.tree
+        if tree is None:
+            return f"not enforced: {self.kernel.cgroups.problem}"
+        return f"cgroup v{tree.version} below {tree.base('memory')}, default {sizes.DEFAULT}"
