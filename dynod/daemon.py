@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from dynod.api.requests import RunRequest
 from dynod.claim import Claim
 from dynod.config import Config
-from dynod.control import launch
+from dynod.control import launch, networks
 from dynod.control.reconcile import reconcile
 from dynod.control.supervisor import Supervisor
 from dynod.dns.registry import FEATURE, Registry
@@ -108,7 +108,7 @@ class Daemon:
         for space in self.state.spaces():
             await self._open_space(space, starting=True)
         to_stop = await self._reconcile()
-        await self.kernel.apply_firewall(self.state.dynos())
+        await self.kernel.apply_firewall(self.supervisor.networks.live())
         await self.router.start(self.config.router_host, self.config.router_port)
         await listen()
         self.supervisor.start_loops()
@@ -219,7 +219,7 @@ class Daemon:
                 "warning: dynod's nftables tables were changed by someone "
                 f"else (nft flush ruleset?); re-applying them from the state; commits: {by}",
             )
-            cut = await self.kernel.restore_firewall(self.state.dynos())
+            cut = await self.kernel.restore_firewall(self.supervisor.networks.live())
             if cut:
                 self.log.emit(None, "dynod", f"firewall restored; cut {cut} connections it refuses")
         except Exception as exc:  # noqa: BLE001 - keep guarding
@@ -243,10 +243,20 @@ class Daemon:
         known = self.state.app(app)
         space = known.space if known is not None else ""
         number = names.lowest_free_number(self.state.numbers_taken(app, ptype))
-        subnet = self.kernel.net(space).pool.allocate(self.state.slots_unavailable(space))
+        net = self.kernel.net(space)
+        subnet = net.pool.allocate(self.state.slots_unavailable(space))
         if known is None:
             self.state.add_app(App(app))
         dyno_id = self.state.next_dyno_id()
+        port = launch.choose_port() if ptype == names.WEB_TYPE else None
+        network = networks.allocated(
+            self.names.netns(app, ptype, number),
+            self.names.veth(dyno_id),
+            net.bridge,
+            subnet,
+            ptype,
+            port,
+        )
         dyno = self.state.insert_dyno(
             Dyno(
                 id=dyno_id,
@@ -255,12 +265,12 @@ class Daemon:
                 number=number,
                 state="starting",
                 slot=subnet.slot,
-                ip=subnet.address,
-                port=launch.choose_port() if ptype == names.WEB_TYPE else None,
+                ip=network.address,
+                port=port,
                 pid=None,
                 pid_start=None,
-                netns=self.names.netns(app, ptype, number),
-                veth=self.names.veth(dyno_id),
+                netns=network.netns,
+                veth=network.veth,
                 command=command,
                 cwd=cwd,
                 uid=uid,
@@ -273,7 +283,7 @@ class Daemon:
                 size=size,
             )
         )
-        await self.supervisor.launch(dyno)
+        await self.supervisor.launch(dyno, network)
         return dyno
 
     async def stop_dyno(self, dyno: Dyno, grace: float | None = None) -> None:
@@ -291,7 +301,7 @@ class Daemon:
 
     def memory(self, dyno: Dyno) -> dict[str, Any]:
         """What `dynod ps` shows of a dyno's size: its memory now and its quota, in MB."""
-        usage = self.kernel.cgroup_usage(dyno)
+        usage = self.supervisor.memory.usage(dyno)
         size = sizes.SIZES.get(dyno.size)
         return {
             "memory_mb": None if usage is None else round(usage.memory / sizes.MB, 1),
@@ -335,7 +345,11 @@ class Daemon:
         new space. At start-up a failure undoes nothing: the daemon stops and leaves the
         space's running dynos their network, for the next start to adopt."""
         net = await self.kernel.add_space(
-            space.name, space.id, space.cidr, space.nat_ip, None if starting else self.state.dynos()
+            space.name,
+            space.id,
+            space.cidr,
+            space.nat_ip,
+            None if starting else self.supervisor.networks.live(),
         )
         try:
             self.dns.listen(net.address, DNS_PORT)
@@ -354,7 +368,7 @@ class Daemon:
         net = self.kernel.spaces.get(name)
         if net is None:
             return
-        await self.kernel.remove_space(name, self.state.dynos())
+        await self.kernel.remove_space(name, self.supervisor.networks.live())
         await self.router.unlisten(net.address)
         self.registry.forget_space(name)
         self.dns.unlisten(net.address)

@@ -18,15 +18,19 @@ from typing import Any
 
 from dynod.config import Config
 from dynod.control import launch
+from dynod.control.boot import BootWatch
 from dynod.control.health import HealthWatch
 from dynod.control.memory import MemoryWatch
+from dynod.control.networks import Networks, group, running
 from dynod.control.output import Outputs
 from dynod.dns.registry import Registry, dns_env
 from dynod.errors import DynodError
 from dynod.kernel import processes
+from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.protocol import KernelSide
+from dynod.kernel.sandbox import Launch
 from dynod.logs.book import LogBook
-from dynod.rules import names
+from dynod.rules import names, sizes
 from dynod.state.store import Dyno, State
 
 POLL = 0.1
@@ -56,13 +60,13 @@ class Supervisor:
         self.config = config
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self.outputs = Outputs(state, log)
+        self.networks = Networks(state, kernel)  # each dyno's facts, computed once
         self.memory = MemoryWatch(state, kernel, self.say)
-        self.health = HealthWatch(state, kernel, self.say, self._lock)
+        self.health = HealthWatch(state, kernel, self.networks, self.say, self._lock)
+        self.boot = BootWatch(state, kernel, config, self.say, self._set_state)
         self._exits: dict[int, asyncio.Future[int | None]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._booting: set[int] = set()  # web dynos waiting to bind PORT
-        self._warned: set[int] = set()  # ...told that they bound an unreachable address
         self._tasks: set[asyncio.Task[Any]] = set()
         # Kernel-side cost of recent setups and teardowns (network, firewall, state): what
         # bench/dyno_lifecycle.py compares with the bare pyroute2 floor.
@@ -102,10 +106,10 @@ class Supervisor:
         self.outputs.close(dyno.id)
         self._exits.pop(dyno.id, None)
         self._locks.pop(dyno.id, None)
-        self._booting.discard(dyno.id)
-        self._warned.discard(dyno.id)
+        self.boot.forget(dyno.id)
         self.health.forget(dyno.id)
         self.memory.forget(dyno.id)
+        self.networks.forget(dyno.id)
 
     async def close(self) -> None:
         for handle in self._timers.values():
@@ -115,9 +119,11 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # ---------------------------------------------------------------- starting
-    async def launch(self, dyno: Dyno) -> None:
-        """Network, firewall and process for a dyno whose row was just inserted. Shielded: a
-        caller that goes away (or a shutdown) never leaves a start half done."""
+    async def launch(self, dyno: Dyno, network: DynoNetwork) -> None:
+        """Network, firewall and process for a dyno whose row was just inserted, on the
+        network computed at its allocation. Shielded: a caller that goes away (or a shutdown)
+        never leaves a start half done."""
+        self.networks.keep(dyno.id, network)
         await asyncio.shield(self.background(self._launch(dyno)))
 
     async def _launch(self, dyno: Dyno) -> None:
@@ -136,12 +142,19 @@ class Supervisor:
                 await self._spawn(dyno)
             except Exception as exc:
                 self.registry.unregister(dyno)
-                await self.kernel.detach(dyno)
+                await self.teardown(dyno)
                 self.forget(dyno)
                 raise DynodError(f"could not start {dyno.name}: {exc}", status=500) from exc
 
     async def _attach(self, dyno: Dyno) -> None:
-        await self.kernel.attach(dyno, self.state.dynos)
+        await self.kernel.attach(self.networks.of(dyno), self.networks.live)
+
+    async def teardown(self, dyno: Dyno) -> None:
+        """Its network goes, and its cgroup if it is sized."""
+        await self.kernel.detach(self.networks.of(dyno))
+        sized = group(dyno)
+        if sized is not None:
+            await self.kernel.remove_group(sized)
 
     async def _spawn(self, dyno: Dyno) -> None:
         self.say(dyno, f"Starting process with command `{dyno.command}`")
@@ -149,7 +162,17 @@ class Supervisor:
         # The environment and IPv6 follow the app's discovery setting as of this start.
         with_dns = bool(dyno.space and app is not None and app.dns_discovery)
         env = launch.process_env(dyno, dns_env(dyno) if with_dns else {})
-        popen = await self.kernel.spawn(dyno, env, dyno.log_path, ipv6=not with_dns)
+        how = Launch(
+            name=dyno.name,
+            network=self.networks.of(dyno),
+            command=dyno.command,
+            cwd=dyno.cwd,
+            uid=dyno.uid,
+            gid=dyno.gid,
+            size=sizes.SIZES[dyno.size] if dyno.size else None,
+            ipv6=not with_dns,
+        )
+        popen = await self.kernel.spawn(how, env, dyno.log_path)
         self._children[dyno.id] = popen
         self.state.update_dyno(
             dyno, pid=popen.pid, pid_start=processes.start_time(popen.pid), started_at=time.time()
@@ -157,7 +180,7 @@ class Supervisor:
         self.outputs.open(dyno)
         self._watch_exit(dyno)
         if dyno.type == names.WEB_TYPE:
-            self._booting.add(dyno.id)
+            self.boot.add(dyno.id)
         else:
             self._set_state(dyno, "up")
 
@@ -165,8 +188,9 @@ class Supervisor:
         """A dyno found alive after a daemon restart: read its output and watch its exit."""
         self.outputs.reopen(dyno)
         self._watch_exit(dyno)
+        self.networks.of(dyno)  # its facts, computed once from its row
         if dyno.type == names.WEB_TYPE and dyno.state == "starting":
-            self._booting.add(dyno.id)
+            self.boot.add(dyno.id)
         if dyno.state in ("starting", "up"):
             self.registry.register(dyno)
         self.say(dyno, f"Adopted again (pid {dyno.pid})")
@@ -226,7 +250,7 @@ class Supervisor:
                 return
             self._set_state(dyno, "crashed")
             self.registry.unregister(dyno)
-            await self.kernel.kill_inside(dyno)
+            await self.kernel.kill_inside(running(dyno))
             self.schedule_restart(dyno)
 
     def schedule_restart(self, dyno: Dyno) -> None:
@@ -246,15 +270,16 @@ class Supervisor:
             dyno = self.state.dyno(dyno_id)
             if dyno is None or dyno.state != "crashed":
                 return
-            old_web = self.kernel.web(dyno)
+            old = self.networks.of(dyno)
             self.state.update_dyno(
                 dyno, restarts=dyno.restarts + 1, port=launch.choose_port() if dyno.port else None
             )
             self._set_state(dyno, "starting")
             try:
-                new_web = self.kernel.web(dyno)
-                if old_web and new_web:
-                    await self.kernel.move_web(old_web, new_web)
+                new = old.on_port(dyno.port)  # a new PORT: new facts, the same network
+                if old.web and new.web:
+                    await self.kernel.move_web(old.web, new.web)
+                self.networks.keep(dyno.id, new)
                 await self.health.repair(dyno)
                 self.registry.register(dyno)
                 await self._spawn(dyno)
@@ -285,12 +310,12 @@ class Supervisor:
         await self._terminate(dyno, grace)
         self.outputs.drain(dyno, final=True)
         began = time.perf_counter()
-        await self.kernel.detach(dyno)
+        await self.teardown(dyno)
         self.forget(dyno)
         self._record_timing(dyno, "teardown_ms", began)
 
     async def _terminate(self, dyno: Dyno, grace: float) -> None:
-        if not await self.kernel.signal_inside(dyno, signal.SIGTERM):
+        if not await self.kernel.signal_inside(running(dyno), signal.SIGTERM):
             return
         self.say(dyno, "Stopping all processes with SIGTERM")
         if await self._wait_empty(dyno, grace):
@@ -301,7 +326,7 @@ class Supervisor:
             f"{grace:g} seconds of SIGTERM",
         )
         self.say(dyno, "Stopping remaining processes with SIGKILL")
-        await self.kernel.kill_inside(dyno)
+        await self.kernel.kill_inside(running(dyno))
         await self._wait_empty(dyno, KILL_WAIT)
 
     async def _wait_empty(self, dyno: Dyno, timeout: float) -> bool:
@@ -314,7 +339,7 @@ class Supervisor:
                 await asyncio.wait_for(asyncio.shield(future), timeout)
         delay = 0.002
         while True:
-            if not await self.kernel.pids_inside(dyno):
+            if not await self.kernel.pids_inside(running(dyno)):
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -328,7 +353,7 @@ class Supervisor:
     # ---------------------------------------------------------------- output and boot
     def start_loops(self) -> None:
         self.background(self._every(POLL, self.outputs.read_all, "reading output"))
-        self.background(self._every(POLL, self._check_boots, "the boot check"))
+        self.background(self._every(POLL, self.boot.check, "the boot check"))
         self.background(
             self._every(self.config.health_interval, self.health.check, "the health check")
         )
@@ -344,32 +369,3 @@ class Supervisor:
                 await step()
             except Exception as exc:  # noqa: BLE001
                 self.log.emit(None, "dynod", f"error in {what}: {exc!r}")
-
-    async def _check_boots(self) -> None:
-        """Web dynos are up once something listens on PORT; R10 if not within boot_timeout."""
-        now = time.time()
-        for dyno_id in list(self._booting):
-            dyno = self.state.dyno(dyno_id)
-            if dyno is None or dyno.state != "starting" or not dyno.pid:
-                self._booting.discard(dyno_id)
-                continue
-            bound = processes.listening_addresses(dyno.pid, dyno.port or 0)
-            if processes.reachable_on(bound, dyno.ip):
-                self._booting.discard(dyno_id)
-                self._set_state(dyno, "up")
-            elif bound and dyno_id not in self._warned:
-                self._warned.add(dyno_id)
-                self.say(
-                    dyno,
-                    f"Web process listens on {', '.join(sorted(bound))}:{dyno.port}, which the "
-                    "router cannot reach: bind 0.0.0.0 (or $HEROKU_PRIVATE_IP)",
-                )
-            elif dyno.started_at and now - dyno.started_at > self.config.boot_timeout:
-                self._booting.discard(dyno_id)
-                self.say(
-                    dyno,
-                    "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within "
-                    f"{self.config.boot_timeout:g} seconds of launch",
-                )
-                self.say(dyno, "Stopping process with SIGKILL")
-                await self.kernel.kill_inside(dyno)
