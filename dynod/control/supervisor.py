@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 from dynod.config import Config
 from dynod.control import launch
 from dynod.control.boot import BootWatch
+from dynod.control.exits import Exits, terminate
 from dynod.control.health import HealthWatch
 from dynod.control.memory import MemoryWatch
 from dynod.control.networks import Networks, group, running
@@ -35,7 +34,6 @@ from dynod.state.store import Dyno, State
 
 POLL = 0.1
 RESTART_CAP = 20 * 60.0  # Heroku's longest cool-off between crash restarts
-KILL_WAIT = 5.0
 
 
 def restart_delay(restarts: int) -> float:
@@ -58,13 +56,12 @@ class Supervisor:
         self.registry = registry  # DNS names: registered before a process starts
         self.log = log
         self.config = config
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
         self.outputs = Outputs(state, log)
         self.networks = Networks(state, kernel)  # each dyno's facts, computed once
         self.memory = MemoryWatch(state, kernel, self.say)
         self.health = HealthWatch(state, kernel, self.networks, self.say, self._lock)
         self.boot = BootWatch(state, kernel, config, self.say, self._set_state)
-        self._exits: dict[int, asyncio.Future[int | None]] = {}
+        self.exits = Exits()  # each dyno's main process, and its exit
         self._locks: dict[int, asyncio.Lock] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -104,7 +101,7 @@ class Supervisor:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(dyno.log_path)
         self.outputs.close(dyno.id)
-        self._exits.pop(dyno.id, None)
+        self.exits.forget(dyno.id)
         self._locks.pop(dyno.id, None)
         self.boot.forget(dyno.id)
         self.health.forget(dyno.id)
@@ -173,12 +170,12 @@ class Supervisor:
             ipv6=not with_dns,
         )
         popen = await self.kernel.spawn(how, env, dyno.log_path)
-        self._children[dyno.id] = popen
+        self.exits.child(dyno.id, popen)
         self.state.update_dyno(
             dyno, pid=popen.pid, pid_start=processes.start_time(popen.pid), started_at=time.time()
         )
         self.outputs.open(dyno)
-        self._watch_exit(dyno)
+        self.exits.watch(dyno, self._on_exit)
         if dyno.type == names.WEB_TYPE:
             self.boot.add(dyno.id)
         else:
@@ -187,7 +184,7 @@ class Supervisor:
     def adopt(self, dyno: Dyno) -> None:
         """A dyno found alive after a daemon restart: read its output and watch its exit."""
         self.outputs.reopen(dyno)
-        self._watch_exit(dyno)
+        self.exits.watch(dyno, self._on_exit)
         self.networks.of(dyno)  # its facts, computed once from its row
         if dyno.type == names.WEB_TYPE and dyno.state == "starting":
             self.boot.add(dyno.id)
@@ -196,45 +193,17 @@ class Supervisor:
         self.say(dyno, f"Adopted again (pid {dyno.pid})")
 
     # ---------------------------------------------------------------- exits and crashes
-    def _watch_exit(self, dyno: Dyno) -> None:
-        """pidfd_open gives a file that becomes readable when the process exits, for our own
-        children and adopted processes alike: no polling, no SIGCHLD races."""
-        assert dyno.pid is not None
-        loop = asyncio.get_running_loop()
-        self._exits[dyno.id] = loop.create_future()
-        try:
-            pidfd = os.pidfd_open(dyno.pid)
-        except ProcessLookupError:
-            loop.call_soon(self._on_exit, dyno.id)
-            return
-
-        def exited() -> None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            self._on_exit(dyno.id)
-
-        loop.add_reader(pidfd, exited)
-
     def _on_exit(self, dyno_id: int) -> None:
-        status = self._reap(dyno_id)
+        status = self.exits.reap(dyno_id)
         dyno = self.state.dyno(dyno_id)
         if dyno is not None:
             # The last output first: whoever waits for the exit has every line by then.
             self.outputs.drain(dyno, final=True)
             self.memory.check_oom(dyno)  # an exit the kernel's OOM killer caused is an R15
             self.say(dyno, "Process exited" + ("" if status is None else f" with status {status}"))
-        future = self._exits.get(dyno_id)
-        if future is not None and not future.done():
-            future.set_result(status)
+        self.exits.settle(dyno_id, status)
         if dyno is not None and dyno.state != "stopping":
             self.background(self._after_exit(dyno_id))
-
-    def _reap(self, dyno_id: int) -> int | None:
-        popen = self._children.pop(dyno_id, None)
-        if popen is None:
-            return None  # adopted: not our child, its status went to init
-        status = popen.wait()
-        return 128 - status if status < 0 else status  # a signal, as a shell reports it (143)
 
     async def _after_exit(self, dyno_id: int) -> None:
         dyno = self.state.dyno(dyno_id)
@@ -307,48 +276,15 @@ class Supervisor:
         self.say(dyno, f"State changed from {dyno.state} to down")
         self.state.update_dyno(dyno, state="stopping")
         self.registry.unregister(dyno)  # no new connections are sent its way
-        await self._terminate(dyno, grace)
+        await terminate(self.kernel, self.exits, self.say, dyno, grace)
         self.outputs.drain(dyno, final=True)
         began = time.perf_counter()
         await self.teardown(dyno)
         self.forget(dyno)
         self._record_timing(dyno, "teardown_ms", began)
 
-    async def _terminate(self, dyno: Dyno, grace: float) -> None:
-        if not await self.kernel.signal_inside(running(dyno), signal.SIGTERM):
-            return
-        self.say(dyno, "Stopping all processes with SIGTERM")
-        if await self._wait_empty(dyno, grace):
-            return
-        self.say(
-            dyno,
-            "Error R12 (Exit timeout) -> At least one process failed to exit within "
-            f"{grace:g} seconds of SIGTERM",
-        )
-        self.say(dyno, "Stopping remaining processes with SIGKILL")
-        await self.kernel.kill_inside(running(dyno))
-        await self._wait_empty(dyno, KILL_WAIT)
-
-    async def _wait_empty(self, dyno: Dyno, timeout: float) -> bool:
-        """Wait until no process is left in the dyno's namespace. The main process's exit is
-        signalled at once (pidfd); what it leaves behind is looked for with a growing delay."""
-        deadline = time.monotonic() + timeout
-        future = self._exits.get(dyno.id)
-        if future is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(future), timeout)
-        delay = 0.002
-        while True:
-            if not await self.kernel.pids_inside(running(dyno)):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, 0.05)
-
     async def wait_exit(self, dyno: Dyno) -> int | None:
-        future = self._exits.get(dyno.id)
-        return None if future is None else await asyncio.shield(future)
+        return await self.exits.wait(dyno.id)
 
     # ---------------------------------------------------------------- output and boot
     def start_loops(self) -> None:
