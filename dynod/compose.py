@@ -86,7 +86,9 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
     routes = RoutePublisher(state, kernel.space_network, router.update)
     supervisor = Supervisor(state, kernel, log, config, registry, on_change=routes.dyno_changed)
     admin = asyncio.Lock()  # spaces and apps: see control/admin.py
-    spaces = SpaceService(state, kernel, dns, registry, router, routes, log, resolvers, admin)
+    spaces = SpaceService(
+        state, kernel, dns, registry, router, routes, log, resolvers, admin, supervisor.networks
+    )
     apps = AppService(state, spaces, supervisor, registry, routes, log, admin)
     dynos = DynoService(config, claim, kernel, state, supervisor, routes)
     status = StatusReport(config, kernel, dns, router, resolvers)

@@ -67,7 +67,7 @@ class Daemon:
         # stay whole (and correct) until then.
         await self.spaces.open_all()
         to_stop = await self._reconcile()
-        await self.kernel.apply_firewall(self.state.dynos())
+        await self.kernel.apply_firewall(self.supervisor.networks.live())
         self.routes.publish()  # what reconcile found up is served as soon as the router is
         await self.router.start(self.config.router_host, self.config.router_port)
         await listen()
@@ -165,7 +165,7 @@ class Daemon:
                 "warning: dynod's nftables tables were changed by someone "
                 f"else (nft flush ruleset?); re-applying them from the state; commits: {by}",
             )
-            cut = await self.kernel.restore_firewall(self.state.dynos())
+            cut = await self.kernel.restore_firewall(self.supervisor.networks.live())
             # 0 when conntrack was off meanwhile (no table needed it): the restored rules then
             # refuse the window's connections at their next packet all the same
             self.log.emit(None, "dynod", f"firewall restored; cut {cut} connections it refuses")

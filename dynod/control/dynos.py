@@ -11,7 +11,7 @@ from typing import Any
 from dynod.api.requests import RunRequest, StopDynos
 from dynod.claim import Claim
 from dynod.config import Config
-from dynod.control import launch
+from dynod.control import launch, networks
 from dynod.control.routing import RoutePublisher
 from dynod.control.supervisor import Supervisor
 from dynod.errors import NotFound
@@ -56,10 +56,21 @@ class DynoService:
         known = self.state.app(app)
         space = known.space if known is not None else ""
         number = names.lowest_free_number(self.state.numbers_taken(app, ptype))
-        subnet = self.kernel.net(space).pool.allocate(self.state.slots_unavailable(space))
+        net = self.kernel.net(space)
+        subnet = net.pool.allocate(self.state.slots_unavailable(space))
         if known is None:
             self.state.add_app(App(app))
         dyno_id = self.state.next_dyno_id()
+        port = launch.choose_port() if ptype == names.WEB_TYPE else None
+        # the dyno's network, computed once here and handed down whole
+        network = networks.allocated(
+            self.names.netns(app, ptype, number),
+            self.names.veth(dyno_id),
+            net.bridge,
+            subnet,
+            ptype,
+            port,
+        )
         dyno = self.state.insert_dyno(
             Dyno(
                 id=dyno_id,
@@ -68,12 +79,12 @@ class DynoService:
                 number=number,
                 state="starting",
                 slot=subnet.slot,
-                ip=subnet.address,
-                port=launch.choose_port() if ptype == names.WEB_TYPE else None,
+                ip=network.address,
+                port=port,
                 pid=None,
                 pid_start=None,
-                netns=self.names.netns(app, ptype, number),
-                veth=self.names.veth(dyno_id),
+                netns=network.netns,
+                veth=network.veth,
                 command=command,
                 cwd=cwd,
                 uid=uid,
@@ -88,7 +99,7 @@ class DynoService:
         )
         if known is None:
             self.routes.publish()  # the new app exists for the router (with no web dyno yet)
-        await self.supervisor.launch(dyno)
+        await self.supervisor.launch(dyno, network)
         return dyno
 
     async def sweep_draining(self) -> None:
@@ -145,7 +156,7 @@ class DynoService:
 
     def memory(self, dyno: Dyno) -> dict[str, Any]:
         """What `dynod ps` shows of a dyno's size: its memory now and its quota, in MB."""
-        usage = self.kernel.cgroup_usage(dyno)
+        usage = self.supervisor.memory.usage(dyno)
         size = sizes.SIZES.get(dyno.size)
         return {
             "memory_mb": None if usage is None else round(usage.memory / sizes.MB, 1),

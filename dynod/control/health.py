@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from dynod.control.networks import Networks, running
 from dynod.kernel.protocol import KernelSide
 from dynod.state.store import Dyno, State
 
@@ -22,12 +23,14 @@ class HealthWatch:
         self,
         state: State,
         kernel: KernelSide,
+        networks: Networks,
         say: Say,
         lock: Callable[[int], asyncio.Lock],
     ) -> None:
         """lock(dyno_id) is the dyno's lock, held by whoever starts or stops it."""
         self.state = state
         self.kernel = kernel
+        self.networks = networks
         self.say = say
         self.lock = lock
         self._broken: set[int] = set()  # dynos whose network someone removed: being killed
@@ -41,7 +44,7 @@ class HealthWatch:
         for dyno in self.state.dynos():
             if dyno.state not in ("starting", "up") or not dyno.pid or dyno.id in self._broken:
                 continue
-            if self.lock(dyno.id).locked() or not self.kernel.removed_objects(dyno):
+            if self.lock(dyno.id).locked() or not self.removed(dyno):
                 continue
             await self._on_network_removed(dyno.id)
 
@@ -55,7 +58,7 @@ class HealthWatch:
             dyno = self.state.dyno(dyno_id)
             if dyno is None or dyno.state not in ("starting", "up"):
                 return
-            removed = self.kernel.removed_objects(dyno)
+            removed = self.removed(dyno)
             if not removed:
                 return
             self._broken.add(dyno_id)
@@ -64,12 +67,15 @@ class HealthWatch:
                 f"Error: the dyno's {were_removed(removed)} by someone else; "
                 "stopping all processes with SIGKILL",
             )
-            await self.kernel.kill_inside(dyno)
+            await self.kernel.kill_inside(running(dyno))
 
     async def repair(self, dyno: Dyno) -> None:
         """Before a restart: a network with a removed part is rebuilt whole."""
         self._broken.discard(dyno.id)
-        removed = self.kernel.removed_objects(dyno)
+        removed = self.removed(dyno)
         if removed:
             self.say(dyno, f"Rebuilding its network ({' and '.join(removed)} gone)")
-            await self.kernel.rebuild(dyno)
+            await self.kernel.rebuild(self.networks.of(dyno))
+
+    def removed(self, dyno: Dyno) -> list[str]:
+        return self.kernel.removed_objects(self.networks.of(dyno))

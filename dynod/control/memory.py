@@ -6,9 +6,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from dynod.control.networks import group, running
 from dynod.kernel.protocol import KernelSide
 from dynod.rules import sizes
 from dynod.state.store import Dyno, State
+from netns import cgroup
 
 Say = Callable[[Dyno, str], None]  # a heroku[TYPE.N] line in the dyno's app's log
 
@@ -21,6 +23,11 @@ class MemoryWatch:
         self._oom_seen: dict[int, int] = {}  # per dyno: OOM kills in its cgroup already told
         self._began = time.time()
 
+    def usage(self, dyno: Dyno) -> cgroup.Usage | None:
+        """What a sized dyno's cgroup holds now; None for a dyno without a size."""
+        sized = group(dyno)
+        return None if sized is None else self.kernel.cgroup_usage(sized)
+
     def forget(self, dyno_id: int) -> None:
         self._oom_seen.pop(dyno_id, None)
 
@@ -32,9 +39,9 @@ class MemoryWatch:
             if not dyno.size or dyno.state not in ("starting", "up"):
                 continue
             if self.check_oom(dyno):
-                await self.kernel.kill_inside(dyno)
+                await self.kernel.kill_inside(running(dyno))
                 continue
-            usage = self.kernel.cgroup_usage(dyno)
+            usage = self.usage(dyno)
             size = sizes.SIZES[dyno.size]
             if usage is not None and usage.memory > size.quota_mb * sizes.MB:
                 self.say(dyno, sizes.running_line(size, usage.memory))
@@ -43,7 +50,7 @@ class MemoryWatch:
     def check_oom(self, dyno: Dyno) -> bool:
         """Log R15 if the kernel OOM-killed in the dyno's cgroup since we last looked. A dyno
         adopted from an earlier daemon starts from the count it has: those were told then."""
-        usage = self.kernel.cgroup_usage(dyno)
+        usage = self.usage(dyno)
         if usage is None:
             return False
         made_here = dyno.created_at >= self._began  # so was its cgroup: it counts from 0

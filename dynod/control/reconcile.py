@@ -10,8 +10,10 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from dynod.control.health import were_removed
+from dynod.control.networks import running
 from dynod.control.supervisor import Supervisor
 from dynod.kernel import processes
+from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.protocol import KernelSide
 from dynod.state.store import Dyno, State
 
@@ -43,11 +45,11 @@ def decide(dyno: Dyno, alive: bool, removed: list[str]) -> Decision:
 class HostSweep(Protocol):
     """What reconcile asks of the kernel beyond one dyno: remove what no kept dyno owns."""
 
-    async def remove_unknown(self, live: Iterable[Dyno]) -> None: ...
+    async def remove_unknown(self, live: Iterable[DynoNetwork]) -> None: ...
 
-    async def remove_unknown_cgroups(self, live: Iterable[Dyno]) -> None: ...
+    async def remove_unknown_cgroups(self, groups: Iterable[str]) -> None: ...
 
-    async def restore_gateways(self, live: Iterable[Dyno]) -> None: ...
+    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> None: ...
 
 
 class ReconcileKernel(KernelSide, HostSweep, Protocol):
@@ -65,14 +67,14 @@ async def reconcile(
     kept: list[Dyno] = []
     to_stop: list[Dyno] = []
     for dyno in state.dynos():
-        removed = kernel.removed_objects(dyno)
+        removed = kernel.removed_objects(supervisor.networks.of(dyno))
         decision = decide(dyno, is_alive(dyno), removed)
         if decision in (Decision.ADOPT, Decision.ADOPT_AND_STOP):
             supervisor.adopt(dyno)
             if decision is Decision.ADOPT_AND_STOP:
                 to_stop.append(dyno)
         elif decision is Decision.RESTART:
-            await kernel.kill_inside(dyno)
+            await kernel.kill_inside(running(dyno))
             supervisor.schedule_restart(dyno)
         elif decision is Decision.CRASH:
             # Its processes are found by pid namespace, not by the (removed) name.
@@ -81,18 +83,19 @@ async def reconcile(
                 f"Error: the dyno's {were_removed(removed)} while the daemon was down; "
                 "stopping all processes with SIGKILL",
             )
-            await kernel.kill_inside(dyno)
+            await kernel.kill_inside(running(dyno))
             supervisor.say(dyno, f"State changed from {dyno.state} to crashed")
             state.update_dyno(dyno, state="crashed")
             supervisor.schedule_restart(dyno)
         else:
             supervisor.say(dyno, "Cleaned up after daemon restart")
-            await kernel.kill_inside(dyno)
-            await kernel.detach(dyno)
+            await kernel.kill_inside(running(dyno))
+            await supervisor.teardown(dyno)
             supervisor.forget(dyno)
             continue
         kept.append(dyno)
-    await kernel.remove_unknown(kept)
-    await kernel.remove_unknown_cgroups(kept)
-    await kernel.restore_gateways(kept)
+    networks = [supervisor.networks.of(d) for d in kept]
+    await kernel.remove_unknown(networks)
+    await kernel.remove_unknown_cgroups(d.netns for d in kept)  # a cgroup is named as its netns
+    await kernel.restore_gateways(networks)
     return kept, to_stop

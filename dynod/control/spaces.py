@@ -13,6 +13,7 @@ from typing import Any
 
 from dynod.api.requests import CreateSpace, TrustedRange
 from dynod.control.admin import administrative
+from dynod.control.networks import Networks
 from dynod.control.routing import RoutePublisher
 from dynod.dns.registry import Registry
 from dynod.dns.server import DnsServer
@@ -37,6 +38,7 @@ class SpaceService:
         log: LogBook,
         upstreams: list[tuple[str, int]],
         admin: asyncio.Lock,
+        networks: Networks,
     ) -> None:
         self.state = state
         self.kernel = kernel
@@ -47,6 +49,7 @@ class SpaceService:
         self.log = log
         self.upstreams = upstreams  # a space's range must not hide a DNS resolver
         self.admin = admin
+        self.networks = networks  # the live dynos' network facts, for the firewall
 
     # ---------------------------------------------------------------- open and close
     async def open_all(self) -> None:
@@ -61,7 +64,11 @@ class SpaceService:
         """The space's bridge, firewall entries, DNS and internal router; all or nothing for a
         new space."""
         net = await self.kernel.add_space(
-            space.name, space.id, space.cidr, space.nat_ip, None if starting else self.state.dynos()
+            space.name,
+            space.id,
+            space.cidr,
+            space.nat_ip,
+            None if starting else self.networks.live(),
         )
         try:
             self.dns.listen(net.address, DNS_PORT)
@@ -78,7 +85,7 @@ class SpaceService:
         net = self.kernel.spaces.get(name)
         if net is None:
             return
-        await self.kernel.remove_space(name, self.state.dynos())
+        await self.kernel.remove_space(name, self.networks.live())
         await self.router.unlisten(net.address)
         self.registry.forget_space(name)
         self.dns.unlisten(net.address)

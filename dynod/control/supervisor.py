@@ -10,28 +10,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from dynod.config import Config
 from dynod.control import launch
+from dynod.control.boot import BootWatch
+from dynod.control.exits import Exits, terminate
 from dynod.control.health import HealthWatch
 from dynod.control.memory import MemoryWatch
+from dynod.control.networks import Networks, group, running
 from dynod.control.output import Outputs
 from dynod.dns.registry import Registry, dns_env
 from dynod.errors import DynodError
 from dynod.kernel import processes
+from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.protocol import KernelSide
+from dynod.kernel.sandbox import Launch
 from dynod.logs.book import LogBook
-from dynod.rules import names
+from dynod.rules import names, sizes
 from dynod.state.store import Dyno, State
 
 POLL = 0.1
 RESTART_CAP = 20 * 60.0  # Heroku's longest cool-off between crash restarts
-KILL_WAIT = 5.0
 
 
 def restart_delay(restarts: int) -> float:
@@ -57,15 +59,14 @@ class Supervisor:
         self.registry = registry  # DNS names: registered before a process starts
         self.log = log
         self.config = config
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
         self.outputs = Outputs(state, log)
+        self.networks = Networks(state, kernel)  # each dyno's facts, computed once
         self.memory = MemoryWatch(state, kernel, self.say)
-        self.health = HealthWatch(state, kernel, self.say, self._lock)
-        self._exits: dict[int, asyncio.Future[int | None]] = {}
+        self.health = HealthWatch(state, kernel, self.networks, self.say, self._lock)
+        self.boot = BootWatch(state, kernel, config, self.say, self._set_state)
+        self.exits = Exits()  # each dyno's main process, and its exit
         self._locks: dict[int, asyncio.Lock] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._booting: set[int] = set()  # web dynos waiting to bind PORT
-        self._warned: set[int] = set()  # ...told that they bound an unreachable address
         self._tasks: set[asyncio.Task[Any]] = set()
         # Kernel-side cost of recent setups and teardowns (network, firewall, state): what
         # bench/dyno_lifecycle.py compares with the bare pyroute2 floor.
@@ -105,12 +106,12 @@ class Supervisor:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(dyno.log_path)
         self.outputs.close(dyno.id)
-        self._exits.pop(dyno.id, None)
+        self.exits.forget(dyno.id)
         self._locks.pop(dyno.id, None)
-        self._booting.discard(dyno.id)
-        self._warned.discard(dyno.id)
+        self.boot.forget(dyno.id)
         self.health.forget(dyno.id)
         self.memory.forget(dyno.id)
+        self.networks.forget(dyno.id)
 
     async def close(self) -> None:
         for handle in self._timers.values():
@@ -120,9 +121,11 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # ---------------------------------------------------------------- starting
-    async def launch(self, dyno: Dyno) -> None:
-        """Network, firewall and process for a dyno whose row was just inserted. Shielded: a
-        caller that goes away (or a shutdown) never leaves a start half done."""
+    async def launch(self, dyno: Dyno, network: DynoNetwork) -> None:
+        """Network, firewall and process for a dyno whose row was just inserted, on the
+        network computed at its allocation. Shielded: a caller that goes away (or a shutdown)
+        never leaves a start half done."""
+        self.networks.keep(dyno.id, network)
         await asyncio.shield(self.background(self._launch(dyno)))
 
     async def _launch(self, dyno: Dyno) -> None:
@@ -141,12 +144,19 @@ class Supervisor:
                 await self._spawn(dyno)
             except Exception as exc:
                 self.registry.unregister(dyno)
-                await self.kernel.detach(dyno)
+                await self.teardown(dyno)
                 self.forget(dyno)
                 raise DynodError(f"could not start {dyno.name}: {exc}", status=500) from exc
 
     async def _attach(self, dyno: Dyno) -> None:
-        await self.kernel.attach(dyno, self.state.dynos)
+        await self.kernel.attach(self.networks.of(dyno), self.networks.live)
+
+    async def teardown(self, dyno: Dyno) -> None:
+        """Its network goes, and its cgroup if it is sized."""
+        await self.kernel.detach(self.networks.of(dyno))
+        sized = group(dyno)
+        if sized is not None:
+            await self.kernel.remove_group(sized)
 
     async def _spawn(self, dyno: Dyno) -> None:
         self.say(dyno, f"Starting process with command `{dyno.command}`")
@@ -154,68 +164,51 @@ class Supervisor:
         # The environment and IPv6 follow the app's discovery setting as of this start.
         with_dns = bool(dyno.space and app is not None and app.dns_discovery)
         env = launch.process_env(dyno, dns_env(dyno) if with_dns else {})
-        popen = await self.kernel.spawn(dyno, env, dyno.log_path, ipv6=not with_dns)
-        self._children[dyno.id] = popen
+        how = Launch(
+            name=dyno.name,
+            network=self.networks.of(dyno),
+            command=dyno.command,
+            cwd=dyno.cwd,
+            uid=dyno.uid,
+            gid=dyno.gid,
+            size=sizes.SIZES[dyno.size] if dyno.size else None,
+            ipv6=not with_dns,
+        )
+        popen = await self.kernel.spawn(how, env, dyno.log_path)
+        self.exits.child(dyno.id, popen)
         self.state.update_dyno(
             dyno, pid=popen.pid, pid_start=processes.start_time(popen.pid), started_at=time.time()
         )
         self.outputs.open(dyno)
-        self._watch_exit(dyno)
+        self.exits.watch(dyno, self._on_exit)
         if dyno.type == names.WEB_TYPE:
-            self._booting.add(dyno.id)
+            self.boot.add(dyno.id)
         else:
             self._set_state(dyno, "up")
 
     def adopt(self, dyno: Dyno) -> None:
         """A dyno found alive after a daemon restart: read its output and watch its exit."""
         self.outputs.reopen(dyno)
-        self._watch_exit(dyno)
+        self.exits.watch(dyno, self._on_exit)
+        self.networks.of(dyno)  # its facts, computed once from its row
         if dyno.type == names.WEB_TYPE and dyno.state == "starting":
-            self._booting.add(dyno.id)
+            self.boot.add(dyno.id)
         if dyno.state in ("starting", "up"):
             self.registry.register(dyno)
         self.say(dyno, f"Adopted again (pid {dyno.pid})")
 
     # ---------------------------------------------------------------- exits and crashes
-    def _watch_exit(self, dyno: Dyno) -> None:
-        """pidfd_open gives a file that becomes readable when the process exits, for our own
-        children and adopted processes alike: no polling, no SIGCHLD races."""
-        assert dyno.pid is not None
-        loop = asyncio.get_running_loop()
-        self._exits[dyno.id] = loop.create_future()
-        try:
-            pidfd = os.pidfd_open(dyno.pid)
-        except ProcessLookupError:
-            loop.call_soon(self._on_exit, dyno.id)
-            return
-
-        def exited() -> None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            self._on_exit(dyno.id)
-
-        loop.add_reader(pidfd, exited)
-
     def _on_exit(self, dyno_id: int) -> None:
-        status = self._reap(dyno_id)
+        status = self.exits.reap(dyno_id)
         dyno = self.state.dyno(dyno_id)
         if dyno is not None:
             # The last output first: whoever waits for the exit has every line by then.
             self.outputs.drain(dyno, final=True)
             self.memory.check_oom(dyno)  # an exit the kernel's OOM killer caused is an R15
             self.say(dyno, "Process exited" + ("" if status is None else f" with status {status}"))
-        future = self._exits.get(dyno_id)
-        if future is not None and not future.done():
-            future.set_result(status)
+        self.exits.settle(dyno_id, status)
         if dyno is not None and dyno.state != "stopping":
             self.background(self._after_exit(dyno_id))
-
-    def _reap(self, dyno_id: int) -> int | None:
-        popen = self._children.pop(dyno_id, None)
-        if popen is None:
-            return None  # adopted: not our child, its status went to init
-        status = popen.wait()
-        return 128 - status if status < 0 else status  # a signal, as a shell reports it (143)
 
     async def _after_exit(self, dyno_id: int) -> None:
         dyno = self.state.dyno(dyno_id)
@@ -231,7 +224,7 @@ class Supervisor:
                 return
             self._set_state(dyno, "crashed")
             self.registry.unregister(dyno)
-            await self.kernel.kill_inside(dyno)
+            await self.kernel.kill_inside(running(dyno))
             self.schedule_restart(dyno)
 
     def schedule_restart(self, dyno: Dyno) -> None:
@@ -251,15 +244,16 @@ class Supervisor:
             dyno = self.state.dyno(dyno_id)
             if dyno is None or dyno.state != "crashed":
                 return
-            old_web = self.kernel.web(dyno)
+            old = self.networks.of(dyno)
             self.state.update_dyno(
                 dyno, restarts=dyno.restarts + 1, port=launch.choose_port() if dyno.port else None
             )
             self._set_state(dyno, "starting")
             try:
-                new_web = self.kernel.web(dyno)
-                if old_web and new_web:
-                    await self.kernel.move_web(old_web, new_web)
+                new = old.on_port(dyno.port)  # a new PORT: new facts, the same network
+                if old.web and new.web:
+                    await self.kernel.move_web(old.web, new.web)
+                self.networks.keep(dyno.id, new)
                 await self.health.repair(dyno)
                 self.registry.register(dyno)
                 await self._spawn(dyno)
@@ -288,53 +282,20 @@ class Supervisor:
         self.state.update_dyno(dyno, state="stopping")
         self.on_change(dyno)  # out of the router's rotation before the signals
         self.registry.unregister(dyno)  # no new connections are sent its way
-        await self._terminate(dyno, grace)
+        await terminate(self.kernel, self.exits, self.say, dyno, grace)
         self.outputs.drain(dyno, final=True)
         began = time.perf_counter()
-        await self.kernel.detach(dyno)
+        await self.teardown(dyno)
         self.forget(dyno)
         self._record_timing(dyno, "teardown_ms", began)
 
-    async def _terminate(self, dyno: Dyno, grace: float) -> None:
-        if not await self.kernel.signal_inside(dyno, signal.SIGTERM):
-            return
-        self.say(dyno, "Stopping all processes with SIGTERM")
-        if await self._wait_empty(dyno, grace):
-            return
-        self.say(
-            dyno,
-            "Error R12 (Exit timeout) -> At least one process failed to exit within "
-            f"{grace:g} seconds of SIGTERM",
-        )
-        self.say(dyno, "Stopping remaining processes with SIGKILL")
-        await self.kernel.kill_inside(dyno)
-        await self._wait_empty(dyno, KILL_WAIT)
-
-    async def _wait_empty(self, dyno: Dyno, timeout: float) -> bool:
-        """Wait until no process is left in the dyno's namespace. The main process's exit is
-        signalled at once (pidfd); what it leaves behind is looked for with a growing delay."""
-        deadline = time.monotonic() + timeout
-        future = self._exits.get(dyno.id)
-        if future is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(future), timeout)
-        delay = 0.002
-        while True:
-            if not await self.kernel.pids_inside(dyno):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, 0.05)
-
     async def wait_exit(self, dyno: Dyno) -> int | None:
-        future = self._exits.get(dyno.id)
-        return None if future is None else await asyncio.shield(future)
+        return await self.exits.wait(dyno.id)
 
     # ---------------------------------------------------------------- output and boot
     def start_loops(self) -> None:
         self.background(self._every(POLL, self.outputs.read_all, "reading output"))
-        self.background(self._every(POLL, self._check_boots, "the boot check"))
+        self.background(self._every(POLL, self.boot.check, "the boot check"))
         self.background(
             self._every(self.config.health_interval, self.health.check, "the health check")
         )
@@ -350,32 +311,3 @@ class Supervisor:
                 await step()
             except Exception as exc:  # noqa: BLE001
                 self.log.emit(None, "dynod", f"error in {what}: {exc!r}")
-
-    async def _check_boots(self) -> None:
-        """Web dynos are up once something listens on PORT; R10 if not within boot_timeout."""
-        now = time.time()
-        for dyno_id in list(self._booting):
-            dyno = self.state.dyno(dyno_id)
-            if dyno is None or dyno.state != "starting" or not dyno.pid:
-                self._booting.discard(dyno_id)
-                continue
-            bound = processes.listening_addresses(dyno.pid, dyno.port or 0)
-            if processes.reachable_on(bound, dyno.ip):
-                self._booting.discard(dyno_id)
-                self._set_state(dyno, "up")
-            elif bound and dyno_id not in self._warned:
-                self._warned.add(dyno_id)
-                self.say(
-                    dyno,
-                    f"Web process listens on {', '.join(sorted(bound))}:{dyno.port}, which the "
-                    "router cannot reach: bind 0.0.0.0 (or $HEROKU_PRIVATE_IP)",
-                )
-            elif dyno.started_at and now - dyno.started_at > self.config.boot_timeout:
-                self._booting.discard(dyno_id)
-                self.say(
-                    dyno,
-                    "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within "
-                    f"{self.config.boot_timeout:g} seconds of launch",
-                )
-                self.say(dyno, "Stopping process with SIGKILL")
-                await self.kernel.kill_inside(dyno)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dynod.errors import DynodError
 from dynod.rules import sizes
-from dynod.state.store import Dyno
 from netns import cgroup
 
 
@@ -22,11 +21,6 @@ class DynoCgroups:
         controllers to the dynos' groups (PREFIX.daemon: no dyno's name, those are PREFIX-...)."""
         return f"{self.prefix}.daemon"
 
-    @staticmethod
-    def name(dyno: Dyno) -> str:
-        """A dyno's cgroup is named as its namespace: PREFIX-APP.TYPE.N, unique while it lives."""
-        return dyno.netns
-
     def find(self) -> list[str]:
         """The daemon's own cgroup, ready for dyno groups below it; a warning when it is not."""
         try:
@@ -38,26 +32,27 @@ class DynoCgroups:
         self.tree, self.problem = tree, None
         return []
 
-    def make(self, dyno: Dyno, size: sizes.Size) -> list[str]:
-        """`mkdir` the dyno's group(s) and write its limits; the directories to enter."""
+    def make(self, group: str, size: sizes.Size, owner: str) -> list[str]:
+        """`mkdir` the dyno's group(s) and write its limits; the directories to enter. A dyno's
+        group is named as its namespace: PREFIX-APP.TYPE.N, unique while it lives."""
         if self.tree is None:
             raise DynodError(
-                f"{dyno.name} has size {size.name}, but this daemon has no cgroups: {self.problem}",
+                f"{owner} has size {size.name}, but this daemon has no cgroups: {self.problem}",
                 "stop the dyno and run it again without --size",
             )
-        return cgroup.create(self.tree, self.name(dyno), size.limits)
+        return cgroup.create(self.tree, group, size.limits)
 
-    def remove(self, dyno: Dyno) -> None:
-        if self.tree is not None and dyno.size:
-            cgroup.remove(self.tree, self.name(dyno))
+    def remove(self, group: str) -> None:
+        if self.tree is not None:
+            cgroup.remove(self.tree, group)
 
-    def usage(self, dyno: Dyno) -> cgroup.Usage | None:
+    def usage(self, group: str) -> cgroup.Usage | None:
         """What the dyno's processes hold now (a few small cgroupfs reads: no netlink, safe
-        anywhere); None for a dyno without a size, or whose group is not there (yet)."""
-        if self.tree is None or not dyno.size:
+        anywhere); None when its group is not there (yet)."""
+        if self.tree is None:
             return None
         try:
-            return cgroup.usage(self.tree, self.name(dyno))
+            return cgroup.usage(self.tree, group)
         except FileNotFoundError:
             return None
 

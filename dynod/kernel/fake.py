@@ -4,7 +4,8 @@ Namespaces, veths and web elements are names in sets; the processes are real but
 command runs as `/bin/sh -c COMMAND` in its own session, as the test's own user, in no
 namespace, with the output appended to the dyno's output file. So exits, signals, pidfds and
 the output reading of the supervisor work as with the real kernel, and each call is recorded
-(with the dyno's state in the state store at that moment) for tests of ordering."""
+(with the dyno's state in the state store at that moment) for tests of ordering, and every
+network fact handed to it, for tests that the facts are the allocation's."""
 
 from __future__ import annotations
 
@@ -16,95 +17,112 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dynod.kernel import firewall
-from dynod.kernel.host import Kernel
+from dynod.kernel.addressing import Pool
+from dynod.kernel.facts import DynoNetwork, Running
+from dynod.kernel.machine import Net
 from dynod.kernel.protocol import KernelSide
-from dynod.state.store import Dyno
+from dynod.kernel.sandbox import Launch
 from netns import cgroup
 
 
 @dataclass
 class FakeKernel:
-    """What a dyno would have on the machine, kept in sets; `calls` is the log of requests."""
+    """What a dyno would have on the machine, kept in sets; `calls` is the log of requests,
+    each with the dyno's namespace name (its key: unique while it lives) and its state then;
+    `handed` every network fact it was given, in order."""
 
-    state_of: Callable[[Dyno], str | None] = lambda dyno: dyno.state
+    state_of: Callable[[str], str | None] = lambda netns: None
+    cidr: str = "10.0.0.0/16"
     calls: list[tuple[str, str, str | None]] = field(default_factory=list)
+    handed: list[tuple[str, DynoNetwork]] = field(default_factory=list)
     namespaces: set[str] = field(default_factory=set)
     links: set[str] = field(default_factory=set)
     web_elements: set[firewall.WebTarget] = field(default_factory=set)
-    usage: dict[int, cgroup.Usage] = field(default_factory=dict)
-    sessions: dict[int, int] = field(default_factory=dict)  # dyno id -> its session's id
+    usage: dict[str, cgroup.Usage] = field(default_factory=dict)  # cgroup name -> usage
+    groups_removed: list[str] = field(default_factory=list)
+    sessions: dict[str, int] = field(default_factory=dict)  # netns -> its session's id
     fail_spawn: str = ""  # a reason to refuse the next spawns with
 
-    def _record(self, what: str, dyno: Dyno) -> None:
-        self.calls.append((what, dyno.name, self.state_of(dyno)))
+    def __post_init__(self) -> None:
+        self.common = Net("", "fake0", Pool(self.cidr))
+        self.spaces: dict[str, Net] = {}
 
-    def operations(self, dyno_name: str) -> list[str]:
+    def net(self, key: str) -> Net:
+        return self.common if key == "" else self.spaces[key]
+
+    def _record(self, what: str, netns: str) -> None:
+        self.calls.append((what, netns, self.state_of(netns)))
+
+    def _hand(self, what: str, dyno: DynoNetwork) -> None:
+        self._record(what, dyno.netns)
+        self.handed.append((what, dyno))
+
+    def operations(self, netns: str) -> list[str]:
         """The requests made for one dyno, in order."""
-        return [what for what, name, _ in self.calls if name == dyno_name]
+        return [what for what, name, _ in self.calls if name == netns]
 
-    async def attach(self, dyno: Dyno, live: Callable[[], Iterable[Dyno]]) -> None:
-        self._record("attach", dyno)
+    async def attach(self, dyno: DynoNetwork, live: Callable[[], Iterable[DynoNetwork]]) -> None:
+        self._hand("attach", dyno)
         self.namespaces.add(dyno.netns)
         self.links.add(dyno.veth)
-        web = self.web(dyno)
-        if web is not None:
-            self.web_elements.add(web)
+        if dyno.web is not None:
+            self.web_elements.add(dyno.web)
 
-    async def detach(self, dyno: Dyno) -> None:
-        self._record("detach", dyno)
+    async def detach(self, dyno: DynoNetwork) -> None:
+        self._hand("detach", dyno)
         self.namespaces.discard(dyno.netns)
         self.links.discard(dyno.veth)
-        web = self.web(dyno)
-        if web is not None:
-            self.web_elements.discard(web)
+        if dyno.web is not None:
+            self.web_elements.discard(dyno.web)
 
-    async def rebuild(self, dyno: Dyno) -> None:
-        self._record("rebuild", dyno)
+    async def remove_group(self, group: str) -> None:
+        self.groups_removed.append(group)
+        self.usage.pop(group, None)
+
+    async def rebuild(self, dyno: DynoNetwork) -> None:
+        self._hand("rebuild", dyno)
         self.namespaces.add(dyno.netns)
         self.links.add(dyno.veth)
-
-    def web(self, dyno: Dyno) -> firewall.WebTarget | None:
-        return Kernel.web(dyno)  # the one rule of what a web element is
 
     async def move_web(self, old: firewall.WebTarget, new: firewall.WebTarget) -> None:
         self.web_elements.discard(old)
         self.web_elements.add(new)
 
     async def spawn(
-        self, dyno: Dyno, env: Mapping[str, str], output_path: str, ipv6: bool = True
+        self, how: Launch, env: Mapping[str, str], output_path: str
     ) -> subprocess.Popen[bytes]:
-        self._record("spawn", dyno)
+        self._hand("spawn", how.network)
         if self.fail_spawn:
             raise OSError(self.fail_spawn)
         with open(output_path, "ab") as out:
             popen = subprocess.Popen(
-                ["/bin/sh", "-c", dyno.command],
+                ["/bin/sh", "-c", how.command],
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
                 start_new_session=True,
             )
-        self.sessions[dyno.id] = popen.pid
+        self.sessions[how.network.netns] = popen.pid
         return popen
 
-    async def signal_inside(self, dyno: Dyno, sig: signal.Signals) -> int:
-        self._record(f"signal {sig.name}", dyno)
+    async def signal_inside(self, dyno: Running, sig: signal.Signals) -> int:
+        self._record(f"signal {sig.name}", dyno.netns)
         pids = self._pids(dyno)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         return len(pids)
 
-    async def kill_inside(self, dyno: Dyno) -> None:
+    async def kill_inside(self, dyno: Running) -> None:
         await self.signal_inside(dyno, signal.SIGKILL)
 
-    async def pids_inside(self, dyno: Dyno) -> list[int]:
+    async def pids_inside(self, dyno: Running) -> list[int]:
         return self._pids(dyno)
 
-    def _pids(self, dyno: Dyno) -> list[int]:
+    def _pids(self, dyno: Running) -> list[int]:
         """The live (not zombie) processes of the dyno's session: `pgrep -s SID`."""
-        session = self.sessions.get(dyno.id)
+        session = self.sessions.get(dyno.netns)
         if session is None:
             return []
         found = []
@@ -120,7 +138,7 @@ class FakeKernel:
                 found.append(int(entry))
         return sorted(found)
 
-    def removed_objects(self, dyno: Dyno) -> list[str]:
+    def removed_objects(self, dyno: DynoNetwork) -> list[str]:
         removed = []
         if dyno.netns not in self.namespaces:
             removed.append(f"network namespace {dyno.netns}")
@@ -128,22 +146,23 @@ class FakeKernel:
             removed.append(f"veth {dyno.veth}")
         return removed
 
-    def cgroup_usage(self, dyno: Dyno) -> cgroup.Usage | None:
-        return self.usage.get(dyno.id) if dyno.size else None
+    def cgroup_usage(self, group: str) -> cgroup.Usage | None:
+        return self.usage.get(group)
 
     # What reconcile asks beyond one dyno (control/reconcile.py's HostSweep).
-    async def remove_unknown(self, live: Iterable[Dyno]) -> None:
+    async def remove_unknown(self, live: Iterable[DynoNetwork]) -> None:
         kept = list(live)
         self.namespaces &= {d.netns for d in kept}
         self.links &= {d.veth for d in kept}
-        self.calls.append(("remove unknown", ",".join(sorted(d.name for d in kept)), None))
+        self.calls.append(("remove unknown", ",".join(sorted(d.netns for d in kept)), None))
 
-    async def remove_unknown_cgroups(self, live: Iterable[Dyno]) -> None:
-        self.usage = {i: u for i, u in self.usage.items() if i in {d.id for d in live}}
+    async def remove_unknown_cgroups(self, groups: Iterable[str]) -> None:
+        keep = set(groups)
+        self.usage = {name: u for name, u in self.usage.items() if name in keep}
 
-    async def restore_gateways(self, live: Iterable[Dyno]) -> None:
+    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> None:
         # The fake has no addresses to lose: only the request is recorded.
-        self.calls.append(("restore gateways", ",".join(sorted(d.name for d in live)), None))
+        self.calls.append(("restore gateways", ",".join(sorted(d.netns for d in live)), None))
 
 
 def _conforms(fake: FakeKernel) -> KernelSide:

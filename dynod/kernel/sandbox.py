@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from dynod.control import launch
 from dynod.kernel import processes
+from dynod.kernel.facts import DynoNetwork
+from dynod.rules.sizes import Size
 from netns import exec as netns_exec
 
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -39,6 +41,21 @@ if [ -n "$stopping" ]; then
 fi
 exit "$status"
 """
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What the control side asks a dyno's process to be started with (but its environment):
+    the kernel side turns it into a Spawn on the dyno's network."""
+
+    name: str  # TYPE.N, for messages
+    network: DynoNetwork
+    command: str
+    cwd: str
+    uid: int
+    gid: int
+    size: Size | None  # its limits; None: none
+    ipv6: bool  # IPv6 on in its namespace (DNS discovery turns it off)
 
 
 @dataclass(frozen=True)

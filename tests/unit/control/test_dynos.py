@@ -39,7 +39,7 @@ class AllocatingKernel(FakeKernel):
 
     def net(self, key: str) -> Any:
         assert key == "", "only the Common Runtime here"
-        return SimpleNamespace(pool=self.pool)
+        return SimpleNamespace(pool=self.pool, bridge=self.names.bridge)
 
     async def existing_veths(self) -> set[str]:
         return set(self.links)
@@ -95,7 +95,7 @@ def test_run_numbers_the_dynos_of_a_type_and_gives_each_its_own_slash_30(world: 
         assert len({first.ip, second.ip, worker.ip}) == 3
         assert first.port and second.port and worker.port is None
         assert first.netns == world.kernel.names.netns("sushi", "web", 1)
-        assert world.kernel.operations("web.1") == ["attach", "spawn"]
+        assert world.kernel.operations(first.netns) == ["attach", "spawn"]
         # The unknown app was created, in the Common Runtime, and is known to the router.
         app = world.state.app("sushi")
         assert app is not None and app.space == ""

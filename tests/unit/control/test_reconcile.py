@@ -83,7 +83,7 @@ def test_reconcile_adopts_restarts_crashes_and_cleans(
         assert [d.name for d in kept] == [alive.name, foreground.name, crashed.name, broken.name]
         assert [d.name for d in to_stop] == [foreground.name]
         assert state.dyno(dead.id) is None  # forgotten, and its network detached
-        assert kernel.operations(dead.name) == ["signal SIGKILL", "detach"]
+        assert kernel.operations(dead.netns) == ["signal SIGKILL", "detach"]
         assert "Cleaned up after daemon restart" in world.said(dead)
         assert "ns-left-by-nobody" not in kernel.namespaces  # what nobody owns is removed
         assert alive.netns in kernel.namespaces
@@ -95,9 +95,9 @@ def test_reconcile_adopts_restarts_crashes_and_cleans(
         ) in world.said(broken)
         assert "State changed from up to crashed" in world.said(broken)
         living.clear()
-        await until(lambda: "rebuild" in kernel.operations(broken.name))
-        await until(lambda: kernel.operations(crashed.name).count("spawn") >= 1)
-        assert kernel.operations(crashed.name)[0] == "signal SIGKILL"
+        await until(lambda: "rebuild" in kernel.operations(broken.netns))
+        await until(lambda: kernel.operations(crashed.netns).count("spawn") >= 1)
+        assert kernel.operations(crashed.netns)[0] == "signal SIGKILL"
         row = state.dyno(crashed.id)
         assert row is not None and row.restarts >= 1
 

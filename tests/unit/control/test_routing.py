@@ -144,7 +144,7 @@ def test_a_web_dyno_enters_the_table_when_up_and_leaves_it_when_stopping(world: 
         port = free_port()
         dyno = world.dyno(LISTEN, names.WEB_TYPE, port)
         world.supervisor.start_loops()
-        await world.supervisor.launch(dyno)
+        await world.supervisor.launch(dyno, world.supervisor.networks.of(dyno))
         await until(lambda: bool(world.pushed.serves("app")))
         assert world.pushed.serves("app") == (Backend(dyno.name, "127.0.0.1", port),)
         assert world.pushed.states[-1][dyno.name] == "up"
@@ -161,7 +161,7 @@ def test_a_web_dyno_enters_the_table_when_up_and_leaves_it_when_stopping(world: 
 def test_a_worker_pushes_no_table(world: World) -> None:
     async def test() -> None:
         dyno = world.dyno("exec sleep 30", "worker")
-        await world.supervisor.launch(dyno)
+        await world.supervisor.launch(dyno, world.supervisor.networks.of(dyno))
         await world.supervisor.stop(dyno)
         assert world.pushed.tables == []  # nothing the router reads changed
 

@@ -15,6 +15,7 @@ import pytest
 
 from dynod.api.requests import CreateApp, CreateSpace, SetFeature, TrustedRange
 from dynod.control.apps import AppService
+from dynod.control.networks import Networks
 from dynod.control.routing import RoutePublisher
 from dynod.control.spaces import SpaceService
 from dynod.dns.registry import Registry
@@ -128,7 +129,16 @@ def world(tmp_path: object) -> Iterator[World]:
     admin = asyncio.Lock()
     resolvers = [("10.9.0.53", 53)]
     spaces = SpaceService(
-        state, fake.kernel, fake.dns, registry, fake.router, routes, log, resolvers, admin
+        state,
+        fake.kernel,
+        fake.dns,
+        registry,
+        fake.router,
+        routes,
+        log,
+        resolvers,
+        admin,
+        Networks(state, fake.kernel),
     )
     apps = AppService(state, spaces, NoSupervisor(), registry, routes, log, admin)  # type: ignore[arg-type]
     yield World(state, kernel, dns, router, spaces, apps, tables)

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import pytest
 
 from dynod.config import Config
+from dynod.control import networks
 from dynod.control.supervisor import RESTART_CAP, Supervisor, restart_delay
 from dynod.dns.registry import Registry
+from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.fake import FakeKernel
 from dynod.logs.book import LogBook
 from dynod.rules import names
@@ -71,6 +73,15 @@ class World:
             )
         )
 
+    def allocated(self, dyno: Dyno) -> DynoNetwork:
+        """The facts the daemon computes when it allocates the dyno's /30."""
+        subnet = self.kernel.net(dyno.space).pool.subnet(dyno.slot)
+        bridge = self.kernel.net(dyno.space).bridge
+        return networks.allocated(dyno.netns, dyno.veth, bridge, subnet, dyno.type, dyno.port)
+
+    async def launch(self, dyno: Dyno) -> None:
+        await self.supervisor.launch(dyno, self.allocated(dyno))
+
     def said(self, dyno: Dyno) -> list[str]:
         return [
             line.text
@@ -95,7 +106,9 @@ class World:
 def world(tmp_path: object) -> Iterator[World]:
     directory = str(tmp_path)
     state = State(os.path.join(directory, "state"))
-    kernel = FakeKernel(state_of=lambda d: getattr(state.dyno(d.id), "state", None))
+    kernel = FakeKernel(
+        state_of=lambda netns: next((d.state for d in state.dynos() if d.netns == netns), None)
+    )
     log = LogBook(None, echo=None)
     config = Config(grace=0.5, restart_crashed=True, health_interval=0.05, metrics_interval=60)
     registry = Registry(state, NoDns(), lambda space: ("10.1.0.0/16", "10.1.0.1"))
@@ -131,8 +144,8 @@ def test_restart_delay_doubles_up_to_twenty_minutes() -> None:
 def test_a_worker_is_attached_then_spawned_and_up(world: World) -> None:
     async def test() -> None:
         dyno = world.dyno("sleep 30")
-        await world.supervisor.launch(dyno)
-        assert world.kernel.operations(dyno.name) == ["attach", "spawn"]
+        await world.launch(dyno)
+        assert world.kernel.operations(dyno.netns) == ["attach", "spawn"]
         row = world.row(dyno)
         assert row is not None and row.state == "up" and row.pid
         assert dyno.netns in world.kernel.namespaces
@@ -144,13 +157,13 @@ def test_a_worker_is_attached_then_spawned_and_up(world: World) -> None:
 def test_stop_order_state_then_sigterm_then_grace_then_sigkill_then_detach(world: World) -> None:
     async def test() -> None:
         dyno = world.dyno("trap '' TERM; echo ready; while :; do sleep 0.05; done")
-        await world.supervisor.launch(dyno)
+        await world.launch(dyno)
         await until(lambda: "ready" in world.output(dyno))  # the trap is set
         began = time.monotonic()
         await world.supervisor.stop(dyno)
         waited = time.monotonic() - began
         # The state was "stopping" before the first signal; detach came after SIGKILL.
-        calls = [(what, state) for what, name, state in world.kernel.calls if name == dyno.name]
+        calls = [(what, state) for what, name, state in world.kernel.calls if name == dyno.netns]
         assert calls == [
             ("attach", "starting"),
             ("spawn", "starting"),
@@ -179,10 +192,15 @@ def test_stop_order_state_then_sigterm_then_grace_then_sigkill_then_detach(world
 def test_a_process_that_obeys_sigterm_gets_no_sigkill(world: World) -> None:
     async def test() -> None:
         dyno = world.dyno("echo ready; exec sleep 30")
-        await world.supervisor.launch(dyno)
+        await world.launch(dyno)
         await until(lambda: "ready" in world.output(dyno))
         await world.supervisor.stop(dyno)
-        assert world.kernel.operations(dyno.name) == ["attach", "spawn", "signal SIGTERM", "detach"]
+        assert world.kernel.operations(dyno.netns) == [
+            "attach",
+            "spawn",
+            "signal SIGTERM",
+            "detach",
+        ]
         assert "Process exited with status 143" in world.said(dyno)
 
     run(world, test)
@@ -191,7 +209,7 @@ def test_a_process_that_obeys_sigterm_gets_no_sigkill(world: World) -> None:
 def test_a_crash_is_restarted_at_once_then_with_backoff(world: World) -> None:
     async def test() -> None:
         dyno = world.dyno("echo hi; exit 3")
-        await world.supervisor.launch(dyno)
+        await world.launch(dyno)
         # First crash: restarted at once (restarts 0 -> 1); second: one second later.
         await until(lambda: (row := world.row(dyno)) is not None and row.restarts >= 1)
         await until(lambda: "Process exited with status 3" in world.said(dyno)[-3:])
@@ -205,8 +223,8 @@ def test_a_crash_is_restarted_at_once_then_with_backoff(world: World) -> None:
         assert said.count("State changed from up to crashed") == 2
         assert "State changed from crashed to starting" in said
         # Between the crash and the restart nothing was detached: the network is kept.
-        assert "detach" not in world.kernel.operations(dyno.name)
-        assert world.kernel.operations(dyno.name).count("spawn") == 2
+        assert "detach" not in world.kernel.operations(dyno.netns)
+        assert world.kernel.operations(dyno.netns).count("spawn") == 2
         # A stop during the cool-off cancels the restart.
         await world.supervisor.stop(dyno)
         assert dyno.id not in world.supervisor._timers
@@ -220,12 +238,12 @@ def test_no_restart_when_restarting_is_off(world: World) -> None:
 
     async def test() -> None:
         dyno = world.dyno("exit 1")
-        await world.supervisor.launch(dyno)
+        await world.launch(dyno)
         await until(lambda: (row := world.row(dyno)) is not None and row.state == "crashed")
         await asyncio.sleep(0.2)
         row = world.row(dyno)
         assert row is not None and row.state == "crashed" and row.restarts == 0
-        assert world.kernel.operations(dyno.name).count("spawn") == 1
+        assert world.kernel.operations(dyno.netns).count("spawn") == 1
 
     run(world, test)
 
@@ -233,12 +251,12 @@ def test_no_restart_when_restarting_is_off(world: World) -> None:
 def test_a_foreground_dyno_ends_with_its_process(world: World) -> None:
     async def test() -> None:
         dyno = world.dyno("echo done", detached=False)
-        await world.supervisor.launch(dyno)
+        await world.launch(dyno)
         status = await world.supervisor.wait_exit(dyno)
         assert status == 0
         await until(lambda: world.row(dyno) is None)
-        assert world.kernel.operations(dyno.name)[-1] == "detach"
-        assert world.kernel.operations(dyno.name).count("spawn") == 1
+        assert world.kernel.operations(dyno.netns)[-1] == "detach"
+        assert world.kernel.operations(dyno.netns).count("spawn") == 1
 
     run(world, test)
 
@@ -248,8 +266,8 @@ def test_a_failed_spawn_undoes_the_network_and_forgets_the_dyno(world: World) ->
         world.kernel.fail_spawn = "no such file"
         dyno = world.dyno("true")
         with pytest.raises(Exception, match="could not start worker"):
-            await world.supervisor.launch(dyno)
-        assert world.kernel.operations(dyno.name) == ["attach", "spawn", "detach"]
+            await world.launch(dyno)
+        assert world.kernel.operations(dyno.netns) == ["attach", "spawn", "detach"]
         assert world.row(dyno) is None
         assert dyno.netns not in world.kernel.namespaces
 
@@ -259,7 +277,7 @@ def test_a_failed_spawn_undoes_the_network_and_forgets_the_dyno(world: World) ->
 def test_a_removed_veth_is_a_crash_and_the_restart_rebuilds_the_network(world: World) -> None:
     async def test() -> None:
         dyno = world.dyno("sleep 30")
-        await world.supervisor.launch(dyno)
+        await world.launch(dyno)
         world.kernel.links.discard(dyno.veth)  # `ip link del VETH` by someone else
         await world.supervisor.health.check()
         said = world.said(dyno)
@@ -267,9 +285,9 @@ def test_a_removed_veth_is_a_crash_and_the_restart_rebuilds_the_network(world: W
             f"Error: the dyno's veth {dyno.veth} was removed by someone else; "
             "stopping all processes with SIGKILL"
         ) in said
-        await until(lambda: "rebuild" in world.kernel.operations(dyno.name))
+        await until(lambda: "rebuild" in world.kernel.operations(dyno.netns))
         await until(lambda: (row := world.row(dyno)) is not None and row.state == "up")
-        assert world.kernel.operations(dyno.name) == [
+        assert world.kernel.operations(dyno.netns) == [
             "attach",
             "spawn",
             "signal SIGKILL",  # the health check, on seeing the veth gone
@@ -286,7 +304,7 @@ def test_a_removed_veth_is_a_crash_and_the_restart_rebuilds_the_network(world: W
 def test_a_removed_namespace_is_seen_too(world: World) -> None:
     async def test() -> None:
         dyno = world.dyno("sleep 30")
-        await world.supervisor.launch(dyno)
+        await world.launch(dyno)
         world.kernel.namespaces.discard(dyno.netns)
         world.kernel.links.discard(dyno.veth)
         await world.supervisor.health.check()
@@ -301,16 +319,16 @@ def test_a_removed_namespace_is_seen_too(world: World) -> None:
 def test_an_oom_kill_is_r15_and_the_dyno_restarts(world: World) -> None:
     async def test() -> None:
         dyno = world.dyno("sleep 30", size="standard-1x")
-        await world.supervisor.launch(dyno)
-        world.kernel.usage[dyno.id] = cgroup.Usage(memory=1 << 20, oom_kills=0)
+        await world.launch(dyno)
+        world.kernel.usage[dyno.netns] = cgroup.Usage(memory=1 << 20, oom_kills=0)
         await world.supervisor.memory.sample()
-        assert "signal SIGKILL" not in world.kernel.operations(dyno.name)
-        world.kernel.usage[dyno.id] = cgroup.Usage(memory=1 << 20, oom_kills=1)
+        assert "signal SIGKILL" not in world.kernel.operations(dyno.netns)
+        world.kernel.usage[dyno.netns] = cgroup.Usage(memory=1 << 20, oom_kills=1)
         await world.supervisor.memory.sample()
         said = world.said(dyno)
         assert any(line.startswith("Error R15 (Memory quota vastly exceeded)") for line in said)
-        assert "signal SIGKILL" in world.kernel.operations(dyno.name)
+        assert "signal SIGKILL" in world.kernel.operations(dyno.netns)
         await until(lambda: (row := world.row(dyno)) is not None and row.restarts == 1)
-        await until(lambda: world.kernel.operations(dyno.name).count("spawn") == 2)
+        await until(lambda: world.kernel.operations(dyno.netns).count("spawn") == 2)
 
     run(world, test)

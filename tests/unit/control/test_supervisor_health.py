@@ -7,6 +7,9 @@ import asyncio
 
 from dynod.config import Config
 from dynod.control.supervisor import Supervisor
+from dynod.kernel.addressing import Pool
+from dynod.kernel.facts import DynoNetwork, Running
+from dynod.kernel.machine import Net
 from dynod.logs.book import LogBook
 from dynod.state.store import Dyno
 from tests.unit.rows import dyno
@@ -25,14 +28,17 @@ class FakeState:
 
 class FakeKernel:
     def __init__(self, broken: set[int]) -> None:
-        self.broken = broken
-        self.killed: list[int] = []
+        self.broken = {f"v{i}" for i in broken}
+        self.killed: list[int | None] = []
 
-    def removed_objects(self, d: Dyno) -> list[str]:
-        return [f"veth {d.veth}"] if d.id in self.broken else []
+    def net(self, key: str) -> Net:
+        return Net(key, "fake0", Pool("172.16.0.0/12"))
 
-    async def kill_inside(self, d: Dyno) -> None:
-        self.killed.append(d.id)
+    def removed_objects(self, d: DynoNetwork) -> list[str]:
+        return [f"veth {d.veth}"] if d.veth in self.broken else []
+
+    async def kill_inside(self, d: Running) -> None:
+        self.killed.append(d.pid)
 
 
 def test_the_health_check_kills_only_running_dynos_with_a_removed_part() -> None:
@@ -54,7 +60,7 @@ def test_the_health_check_kills_only_running_dynos_with_a_removed_part() -> None
         await sup.health.check()  # already handled: not killed twice
 
     asyncio.run(scenario())
-    assert kernel.killed == [1, 6]
+    assert kernel.killed == [10, 60]  # the pids of dynos 1 and 6
     said = [str(line) for line in log.recent(lambda _: True, 10)]
     assert any(
         "heroku[web.1]: Error: the dyno's veth v1 was removed by someone else; stopping all "

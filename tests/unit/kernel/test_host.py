@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import os
 
+from dynod.kernel.addressing import Pool
+from dynod.kernel.facts import DynoNetwork, Running
 from dynod.kernel.host import Kernel, dyno_pids
-from tests.unit.rows import dyno
+
+
+def facts(veth: str) -> DynoNetwork:
+    return DynoNetwork(
+        "tstunit-no-such-namespace", veth, "dynod0", Pool("172.16.0.0/12").subnet(1), None
+    )
 
 
 def test_removed_objects_names_what_is_missing() -> None:
-    assert Kernel.removed_objects(dyno()) == ["network namespace tstunit-no-such-namespace"]
-    assert Kernel.removed_objects(dyno(veth="tstunit-nolink")) == [
+    assert Kernel.removed_objects(facts("lo")) == ["network namespace tstunit-no-such-namespace"]
+    assert Kernel.removed_objects(facts("tstunit-nolink")) == [
         "network namespace tstunit-no-such-namespace",
         "veth tstunit-nolink",
     ]
@@ -19,7 +26,7 @@ def test_removed_objects_names_what_is_missing() -> None:
 
 def test_a_dead_or_reused_pid_finds_no_processes() -> None:
     # The recorded start time does not match: a reused PID is never taken for the dyno's.
-    assert dyno_pids(dyno(pid=os.getpid(), pid_start=1.0)) == []
+    assert dyno_pids(Running("tstunit-no-such-namespace", os.getpid(), 1.0)) == []
 
 
 def test_a_default_drop_firewall_elsewhere_is_reported() -> None:

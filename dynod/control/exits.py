@@ -1,0 +1,105 @@
+"""A dyno's processes ending: its main process's exit seen through a pidfd (our own child's
+reaped for its status, an adopted one's not), and a stop's SIGTERM, grace period and SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+from dynod.control.networks import running
+from dynod.kernel.protocol import KernelSide
+from dynod.state.store import Dyno
+
+KILL_WAIT = 5.0
+Say = Callable[[Dyno, str], None]  # a heroku[TYPE.N] line in the dyno's app's log
+
+
+class Exits:
+    def __init__(self) -> None:
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._futures: dict[int, asyncio.Future[int | None]] = {}
+
+    def child(self, dyno_id: int, popen: subprocess.Popen[bytes]) -> None:
+        self._children[dyno_id] = popen
+
+    def watch(self, dyno: Dyno, on_exit: Callable[[int], None]) -> None:
+        """pidfd_open gives a file that becomes readable when the process exits, for our own
+        children and adopted processes alike: no polling, no SIGCHLD races."""
+        assert dyno.pid is not None
+        loop = asyncio.get_running_loop()
+        self._futures[dyno.id] = loop.create_future()
+        try:
+            pidfd = os.pidfd_open(dyno.pid)
+        except ProcessLookupError:
+            loop.call_soon(on_exit, dyno.id)
+            return
+
+        def exited() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            on_exit(dyno.id)
+
+        loop.add_reader(pidfd, exited)
+
+    def reap(self, dyno_id: int) -> int | None:
+        popen = self._children.pop(dyno_id, None)
+        if popen is None:
+            return None  # adopted: not our child, its status went to init
+        status = popen.wait()
+        return 128 - status if status < 0 else status  # a signal, as a shell reports it (143)
+
+    def settle(self, dyno_id: int, status: int | None) -> None:
+        """Whoever waits for the exit learns its status now."""
+        future = self._futures.get(dyno_id)
+        if future is not None and not future.done():
+            future.set_result(status)
+
+    def future(self, dyno_id: int) -> asyncio.Future[int | None] | None:
+        return self._futures.get(dyno_id)
+
+    async def wait(self, dyno_id: int) -> int | None:
+        future = self._futures.get(dyno_id)
+        return None if future is None else await asyncio.shield(future)
+
+    def forget(self, dyno_id: int) -> None:
+        self._futures.pop(dyno_id, None)
+
+
+async def terminate(kernel: KernelSide, exits: Exits, say: Say, dyno: Dyno, grace: float) -> None:
+    """SIGTERM to every process of the dyno; R12 and SIGKILL for what outlives the grace."""
+    if not await kernel.signal_inside(running(dyno), signal.SIGTERM):
+        return
+    say(dyno, "Stopping all processes with SIGTERM")
+    if await wait_empty(kernel, exits, dyno, grace):
+        return
+    say(
+        dyno,
+        "Error R12 (Exit timeout) -> At least one process failed to exit within "
+        f"{grace:g} seconds of SIGTERM",
+    )
+    say(dyno, "Stopping remaining processes with SIGKILL")
+    await kernel.kill_inside(running(dyno))
+    await wait_empty(kernel, exits, dyno, KILL_WAIT)
+
+
+async def wait_empty(kernel: KernelSide, exits: Exits, dyno: Dyno, timeout: float) -> bool:
+    """Wait until no process is left in the dyno's namespace. The main process's exit is
+    signalled at once (pidfd); what it leaves behind is looked for with a growing delay."""
+    deadline = time.monotonic() + timeout
+    future = exits.future(dyno.id)
+    if future is not None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+    delay = 0.002
+    while True:
+        if not await kernel.pids_inside(running(dyno)):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, 0.05)

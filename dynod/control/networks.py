@@ -1,0 +1,71 @@
+"""Each dyno's network facts (kernel/facts.py), kept by the control side: computed once, at
+allocation for a new dyno, or from its row when a restarted daemon adopts it; the kernel side
+is handed these, never a row. Whether a dyno is a web dyno (gets a web target) is decided here."""
+
+from __future__ import annotations
+
+from dynod.kernel.addressing import Subnet
+from dynod.kernel.facts import DynoNetwork, Running, describe
+from dynod.kernel.protocol import KernelSide
+from dynod.rules import names
+from dynod.state.store import Dyno, State
+
+
+def web_port(ptype: str, port: int | None) -> int | None:
+    """The PORT the router may reach: web dynos only."""
+    return port if ptype == names.WEB_TYPE else None
+
+
+def allocated(
+    netns: str, veth: str, bridge: str, subnet: Subnet, ptype: str, port: int | None
+) -> DynoNetwork:
+    """A new dyno's facts, from its allocation (Pool.allocate's /30 and its names)."""
+    return describe(netns, veth, bridge, subnet, web_port(ptype, port))
+
+
+def running(dyno: Dyno) -> Running:
+    return Running(dyno.netns, dyno.pid, dyno.pid_start)
+
+
+def group(dyno: Dyno) -> str | None:
+    """A sized dyno's cgroup (named as its namespace); None: it has none."""
+    return dyno.netns if dyno.size else None
+
+
+class Networks:
+    def __init__(self, state: State, kernel: KernelSide) -> None:
+        self.state = state
+        self.kernel = kernel
+        self._facts: dict[int, DynoNetwork] = {}
+
+    def keep(self, dyno_id: int, network: DynoNetwork) -> None:
+        self._facts[dyno_id] = network
+
+    def forget(self, dyno_id: int) -> None:
+        self._facts.pop(dyno_id, None)
+
+    def of(self, dyno: Dyno) -> DynoNetwork:
+        """The dyno's facts; for a dyno this daemon did not allocate (adopted, reconciled)
+        computed once from its row."""
+        known = self._facts.get(dyno.id)
+        if known is None:
+            net = self.kernel.net(dyno.space)
+            known = describe(
+                dyno.netns,
+                dyno.veth,
+                net.bridge,
+                net.pool.subnet(dyno.slot),
+                web_port(dyno.type, dyno.port),
+            )
+            self._facts[dyno.id] = known
+        return known
+
+    def live(self) -> list[DynoNetwork]:
+        """Every dyno of the state whose network is open (at start-up spaces open one by one)."""
+        found = []
+        for dyno in self.state.dynos():
+            try:
+                found.append(self.of(dyno))
+            except KeyError:
+                continue
+        return found

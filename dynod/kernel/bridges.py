@@ -1,0 +1,103 @@
+"""The host-wide objects (kernel thread): forwarding, the Common Runtime's and the spaces'
+bridges with their resolv.conf, and their removal when the daemon leaves."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import shutil
+
+from pyroute2 import IPRoute
+
+from dynod.errors import DynodError
+from dynod.kernel import firewall, network, ruleset
+from dynod.kernel.facts import DynoNetwork
+from dynod.kernel.machine import Machine, Net
+from netns import addresses, links, sysctl
+from netns.nftables import Nft
+
+
+def prepare_host(m: Machine) -> list[str]:
+    """`sysctl -w net.ipv4.ip_forward=1`, the Common Runtime's bridge; warnings."""
+    check_range_is_free(m.worker.ipr, m.common.pool.network, m.common.bridge)
+    m.nft = Nft()
+    if sysctl.read("net.ipv4.ip_forward") != "1":
+        sysctl.write("net.ipv4.ip_forward", 1)
+    make_bridge(m, m.common)
+    return ruleset.foreign_drop_policies(m.nft, m.layout.table) + m.cgroups.find()
+
+
+def make_bridge(m: Machine, net: Net) -> None:
+    net.index = network.ensure_bridge(m.worker.ipr, net.bridge, net.pool)
+    # What dynos of this network find in /etc/resolv.conf (bound over it in their own
+    # mount namespace): dynod's DNS, and no search or ndots lines, the names are complete.
+    os.makedirs(m.resolv_dir, mode=0o755, exist_ok=True)
+    path = m.resolv_path(net.bridge)
+    with open(path + ".new", "w") as f:
+        f.write(f"# dynod: DNS on the {net.bridge} bridge\nnameserver {net.address}\n")
+    os.chmod(path + ".new", 0o644)
+    os.replace(path + ".new", path)
+
+
+def add_space(m: Machine, net: Net, live: list[DynoNetwork] | None) -> None:
+    """The space's bridge; with live, the whole firewall re-applied with it, or neither."""
+    check_range_is_free(m.worker.ipr, net.pool.network, net.bridge)
+    make_bridge(m, net)
+    m.spaces[net.key] = net
+    if live is None:
+        return
+    try:
+        ruleset.apply(m, live)
+    except BaseException:
+        del m.spaces[net.key]
+        network.remove_bridge(m.worker.ipr, net.bridge)
+        raise
+
+
+def remove_space(m: Machine, key: str, live: list[DynoNetwork]) -> None:
+    """The firewall without the space, then `ip link del BRIDGE` and its resolv.conf."""
+    net = m.spaces.pop(key)
+    try:
+        ruleset.apply(m, live)
+    except BaseException:
+        m.spaces[key] = net  # nothing changed: the space is still whole
+        raise
+    network.remove_bridge(m.worker.ipr, net.bridge)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(m.resolv_path(net.bridge))
+
+
+def remove_host_objects(m: Machine) -> None:
+    """`nft delete table ...`, every veth and bridge of ours, our cgroups and resolv.confs."""
+    nft = m.nft or Nft()
+    nft.run(firewall.remove(m.layout))
+    nft.close()
+    m.nft = None
+    # Veths of namespaces deleted moments ago may still be being destroyed by the kernel;
+    # the daemon leaves nothing behind, so it deletes them itself.
+    ipr = m.worker.ipr
+    for veth in network.existing_veths(ipr, m.names):
+        links.delete(ipr, veth)
+    for bridge in network.existing_space_bridges(ipr, m.names) | {m.common.bridge}:
+        network.remove_bridge(ipr, bridge)
+    m.cgroups.release()
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(m.resolv_dir)
+
+
+def check_range_is_free(
+    ipr: IPRoute, wanted: ipaddress.IPv4Network, own_bridge: str | None
+) -> None:
+    """Refuse a range that a route of the host already covers (a LAN on 172.16/12 or 10/8 is
+    common): dynos would shadow those hosts, or never be reached. A route through our own bridge
+    of that name (left by a previous run) does not count."""
+    ours = links.index_of(ipr, own_bridge) if own_bridge else None
+    for routed, oif in addresses.ipv4_routes(ipr):
+        if routed.prefixlen == 0 or (ours and oif == ours) or not routed.overlaps(wanted):
+            continue
+        device = links.name_of(ipr, oif) if oif else "?"
+        raise DynodError(
+            f"the range {wanted} overlaps the route to {routed} on {device}",
+            "choose a free range (--cidr)",
+        )

@@ -1,0 +1,64 @@
+"""A dyno's network facts, computed once when its /30 is allocated and handed down whole: the
+kernel side never sees a state row and never decides what a web dyno is (the control side does,
+by giving a web target or none). A restart's new PORT is a new value (dataclasses.replace)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from dynod.kernel.addressing import Subnet
+from dynod.kernel.firewall import Port, WebTarget
+
+
+@dataclass(frozen=True)
+class DynoNetwork:
+    """What `ip netns add`, `ip link add ... type veth`, `ip addr add` and the firewall's set
+    elements of one dyno are made from."""
+
+    netns: str  # its network namespace, /run/netns/NETNS
+    veth: str  # the host end of its veth (the dyno end is eth0)
+    bridge: str  # the bridge its veth is a port of
+    subnet: Subnet  # its /30: address, gateway, prefix length, MACs
+    web: WebTarget | None  # where the router may reach it; None: not a web dyno
+
+    @property
+    def address(self) -> str:
+        return self.subnet.address
+
+    @property
+    def gateway(self) -> str:
+        return self.subnet.gateway
+
+    @property
+    def prefixlen(self) -> int:
+        return self.subnet.prefixlen
+
+    @property
+    def port(self) -> Port:
+        """Its bridge port, as the firewall's ports set holds it."""
+        return Port(self.veth, self.subnet.dyno_mac, self.subnet.address)
+
+    def on_port(self, web_port: int | None) -> DynoNetwork:
+        """The same network with its web target on another PORT (a restart's new one)."""
+        return replace(self, web=target(self.subnet, web_port) if self.web else None)
+
+
+def target(subnet: Subnet, web_port: int | None) -> WebTarget | None:
+    return WebTarget(subnet.address, web_port) if web_port else None
+
+
+def describe(
+    netns: str, veth: str, bridge: str, subnet: Subnet, web_port: int | None
+) -> DynoNetwork:
+    """The facts of a dyno given its allocation: web_port is its PORT if it is a web dyno."""
+    return DynoNetwork(netns, veth, bridge, subnet, target(subnet, web_port))
+
+
+@dataclass(frozen=True)
+class Running:
+    """A dyno's processes as the kernel finds them: those in its network namespace, and its
+    recorded process (`unshare --pid --fork`, pid and start time) with its pid namespace."""
+
+    netns: str
+    pid: int | None
+    pid_start: float | None

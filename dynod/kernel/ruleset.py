@@ -1,0 +1,84 @@
+"""The firewall on the host: the whole ruleset applied in one transaction, the record of what
+our tables should hold, the check that they still do, and its restoration (kernel thread)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from dynod.kernel import firewall, network
+from dynod.kernel.facts import DynoNetwork
+from dynod.kernel.machine import Machine
+from netns import addresses, conntrack
+from netns.nftables import Nft, element_key, snapshot
+
+
+def apply(m: Machine, live: list[DynoNetwork]) -> None:
+    """`nft -f RULESET`: every table, chain, rule and element, replacing what is there."""
+    # At start-up spaces are opened one by one: a dyno of one not opened yet waits for it.
+    live = [n for n in live if m.is_open(n.bridge)]
+    web = [n.web for n in live if n.web is not None]
+    m.nftables().run(firewall.ruleset(m.layout, [n.port for n in live], web))
+    m.expected = snapshot(m.nftables(), tables(m))
+    # Ports made by an older dynod (adopted at start-up), or changed by hand since, get the
+    # port settings the firewall relies on too.
+    for dyno in live:
+        with contextlib.suppress(FileNotFoundError):  # its veth is gone: reconcile's job
+            network.close_port_to_host(dyno.veth)
+
+
+def tables(m: Machine) -> list[tuple[str, str]]:
+    return [("bridge", m.layout.table), ("inet", m.layout.table)]
+
+
+def expect(m: Machine, dyno: DynoNetwork, present: bool) -> None:
+    """Record what a successful transaction did to the per-dyno sets."""
+    if m.expected is None:
+        return
+    change = m.expected.add if present else m.expected.discard
+    change("bridge", "ports", element_key(firewall.port_value(dyno.port)))
+    if dyno.web is not None:
+        change("inet", "web", element_key(firewall.web_value(dyno.web)))
+
+
+def move_web(m: Machine, old: firewall.WebTarget, new: firewall.WebTarget) -> None:
+    """One transaction: the old web element out, the new one in."""
+    m.nftables().run(firewall.close_web(m.layout, old) + firewall.open_web(m.layout, new))
+    if m.expected is not None:
+        m.expected.discard("inet", "web", element_key(firewall.web_value(old)))
+        m.expected.add("inet", "web", element_key(firewall.web_value(new)))
+
+
+def intact(m: Machine) -> bool:
+    """`nft list table ...` equals what we put there, every rule and element."""
+    if m.expected is None:
+        return True  # never applied yet: nothing to compare with
+    return snapshot(m.nftables(), tables(m)) == m.expected
+
+
+def restore(m: Machine, live: list[DynoNetwork]) -> int:
+    """apply(), then `conntrack -D` the tracked flows the firewall refuses; how many."""
+    apply(m, live)
+    web = {n.web for n in live if n.web is not None}
+    local = addresses.local_ipv4(m.worker.ipr)
+    layout = m.layout
+    return conntrack.delete_where(lambda flow: firewall.refused(layout, web, local, flow))
+
+
+def foreign_drop_policies(nft: Nft, own_table: str) -> list[str]:
+    """Base chains of other tables that drop by default on forward or input.
+
+    An accept in dynod's table cannot override a drop in another table (each table's chains
+    see the packet), so such a host firewall silently breaks dyno traffic: say so at start-up.
+    """
+    found = []
+    for item in nft.ruleset():
+        chain = item.get("chain")
+        if not chain or chain.get("table") == own_table:
+            continue
+        if chain.get("hook") in ("forward", "input") and chain.get("policy") == "drop":
+            found.append(
+                f"table {chain['family']} {chain['table']} chain {chain['name']} drops "
+                f"{chain['hook']} traffic by default; dyno traffic it does not accept is dropped "
+                "whatever dynod allows"
+            )
+    return found

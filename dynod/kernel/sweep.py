@@ -1,0 +1,40 @@
+"""Reconcile's sweeps of the host (kernel thread): what no kept dyno owns goes, what a kept dyno
+lost comes back."""
+
+from __future__ import annotations
+
+from dynod.kernel import network
+from dynod.kernel.facts import DynoNetwork
+from dynod.kernel.inside import kill_namespace
+from dynod.kernel.machine import Machine
+from netns import addresses, links, namespace
+
+
+def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
+    """`ip netns delete`, `ip link del` and `ip addr del` of what has our prefix but no owner."""
+    ipr = m.worker.ipr
+    known_netns = {d.netns for d in live}
+    for name in namespace.names(f"{m.names.prefix}-"):
+        if m.names.owns_netns(name) and name not in known_netns:
+            kill_namespace(name)
+            namespace.delete(name)
+    known_veths = {d.veth for d in live}
+    for veth in network.existing_veths(ipr, m.names):
+        if veth not in known_veths:
+            links.delete(ipr, veth)
+    known_bridges = {n.bridge for n in m.spaces.values()}
+    for bridge in network.existing_space_bridges(ipr, m.names) - known_bridges:
+        network.remove_bridge(ipr, bridge)
+    for net in m.nets():
+        index = m.bridge_index(net.bridge)
+        wanted = {net.address} | {d.gateway for d in live if d.bridge == net.bridge}
+        for iface in addresses.ipv4_on(ipr, index):
+            if iface.ip in net.pool.network and str(iface.ip) not in wanted:
+                addresses.delete(ipr, index, str(iface.ip), iface.network.prefixlen)
+
+
+def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
+    """`ip addr replace GATEWAY/30 dev BRIDGE` for every kept dyno (someone may have removed
+    it)."""
+    for dyno in live:
+        addresses.add(m.worker.ipr, m.bridge_index(dyno.bridge), dyno.gateway, dyno.prefixlen)

@@ -1,0 +1,70 @@
+"""Each dyno's network facts are computed once (dynod/control/networks.py): the kernel side is
+handed the very facts computed at allocation, a restart's new PORT hands new facts with the new
+web target, and an adopted dyno's facts are computed from its row once. No root needed."""
+
+from __future__ import annotations
+
+from dynod.control.networks import allocated
+from dynod.kernel.firewall import WebTarget
+from dynod.rules import names
+from tests.unit.control.test_supervisor import World, run, until
+from tests.unit.control.test_supervisor import world as world  # noqa: F401 - the fixture
+
+
+def test_the_kernel_is_handed_the_allocation_s_facts(world: World) -> None:
+    async def test() -> None:
+        dyno = world.dyno("exec sleep 30", ptype=names.WEB_TYPE)
+        facts = world.allocated(dyno)
+        await world.supervisor.launch(dyno, facts)
+        handed = [(what, f) for what, f in world.kernel.handed]
+        assert [what for what, _ in handed] == ["attach", "spawn"]
+        assert all(f is facts for _, f in handed)  # the same value, not recomputed
+        assert facts.web == WebTarget(dyno.ip, dyno.port or 0)
+        assert world.kernel.web_elements == {facts.web}
+        await world.supervisor.stop(dyno, 0)
+        assert world.kernel.handed[-1] == ("detach", facts)
+        assert world.kernel.web_elements == set()
+
+    run(world, test)
+
+
+def test_a_worker_has_no_web_target(world: World) -> None:
+    async def test() -> None:
+        dyno = world.dyno("exec sleep 30")
+        await world.launch(dyno)
+        assert [f.web for _, f in world.kernel.handed] == [None, None]
+        await world.supervisor.stop(dyno, 0)
+
+    run(world, test)
+
+
+def test_a_restart_hands_new_facts_with_the_new_port(world: World) -> None:
+    async def test() -> None:
+        dyno = world.dyno("sleep 0.2; exit 1", ptype=names.WEB_TYPE)
+        first = world.allocated(dyno)
+        await world.supervisor.launch(dyno, first)
+        await until(lambda: world.kernel.operations(dyno.netns).count("spawn") == 2)
+        row = world.row(dyno)
+        assert row is not None and row.port != first.web.port  # type: ignore[union-attr]
+        spawned = [f for what, f in world.kernel.handed if what == "spawn"]
+        assert spawned[0] is first
+        assert spawned[1] == first.on_port(row.port)
+        assert spawned[1].web == WebTarget(row.ip, row.port or 0)
+        assert world.kernel.web_elements == {spawned[1].web}  # the old one moved, not kept
+        await world.supervisor.stop(dyno, 0)
+        assert world.kernel.handed[-1] == ("detach", spawned[1])
+
+    run(world, test)
+
+
+def test_an_adopted_dyno_s_facts_come_from_its_row_once(world: World) -> None:
+    dyno = world.dyno("true", ptype=names.WEB_TYPE)
+    networks = world.supervisor.networks
+    facts = networks.of(dyno)
+    subnet = world.kernel.net("").pool.subnet(dyno.slot)
+    assert facts == allocated(dyno.netns, dyno.veth, "fake0", subnet, dyno.type, dyno.port)
+    assert facts.address == dyno.ip  # the row's address is the allocation's
+    assert networks.of(dyno) is facts  # kept: not computed again
+    assert networks.live() == [facts]
+    networks.forget(dyno.id)
+    assert networks.of(dyno) is not facts and networks.of(dyno) == facts
