@@ -88,6 +88,7 @@ from dynod.dns.upstream import Address
 from dynod.dns.wire import (
     BADVERS,
     NOTIMP,
+    NS_NAME,
     NXDOMAIN,
     TCP_LIMIT,
     BadQuery,
@@ -184,9 +185,12 @@ class DnsServer:
         Where networks overlap, the most specific one wins.  ValueError for a bad network,
         name or address (nothing changes then)."""
         net = ipaddress.IPv4Network(network, strict=False)
+        # The zone's NS, ns.localspace, is this server as the scope's dynos reach it: the
+        # network's first address (the bridge's own), which their resolv.conf names.
+        served = {NS_NAME: [str(net.network_address + 1)], **records}
         with self._lock:
             current = self._scopes.get(scope)
-            zone = build_zone(records, current.zone if current else EMPTY_ZONE)
+            zone = build_zone(served, current.zone if current else EMPTY_ZONE)
             if current is not None and current.network == net:
                 current.zone = zone  # one assignment: queries see the old zone or this one
                 return

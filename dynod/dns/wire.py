@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import dnslib
 
 # Record types, classes and response codes used here (RFC 1035, 3596, 6891)
-A, SOA, AAAA, OPT, ANY = 1, 6, 28, 41, 255
+A, NS, SOA, AAAA, OPT, ANY = 1, 2, 6, 28, 41, 255
 IN = 1
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16  # an extended rcode: its upper 8 bits travel in the OPT record's TTL field
@@ -38,6 +38,9 @@ MAX_NAME_LEN = 255
 
 # The zone we answer for: its apex in wire form (a label of 10 bytes, then the root label).
 APEX = b"\x0alocalspace\x00"
+# The name server of the zone (its NS record); in each scope it resolves to the scope's bridge
+# address, where this server listens for that scope's dynos.
+NS_NAME = "ns.localspace"
 
 QD1 = b"\x00\x01\x00\x00\x00\x00\x00\x00"  # QDCOUNT=1, ANCOUNT=NSCOUNT=ARCOUNT=0
 
@@ -214,6 +217,14 @@ def _soa_record() -> bytes:
     return bytes(buffer.data)
 
 
+def _ns_record() -> bytes:
+    """The NS of localspace.: ns.localspace., TTL 0 like every record we serve."""
+    buffer = _NoCompression()
+    rdata = dnslib.NS(NS_NAME + ".")
+    dnslib.RR("localspace.", dnslib.QTYPE.NS, ttl=0, rdata=rdata).pack(buffer)
+    return bytes(buffer.data)
+
+
 def _opt_record(do: bool, ext_rcode: int) -> bytes:
     """Our OPT record: the UDP size we accept, EDNS version 0, the DO bit echoed."""
     buffer = dnslib.DNSBuffer()
@@ -225,4 +236,5 @@ def _opt_record(do: bool, ext_rcode: int) -> bytes:
 A_PREFIX = _a_record_prefix()
 RECORD_LEN = len(A_PREFIX) + 4
 SOA_RECORD = _soa_record()
+NS_RECORD = _ns_record()
 _OPT_RECORDS = {(do, ext): _opt_record(do, ext) for do in (False, True) for ext in (0, 1)}

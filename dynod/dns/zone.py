@@ -19,6 +19,8 @@ from dynod.dns.wire import (
     IN,
     MAX_NAME_LEN,
     NOERROR,
+    NS,
+    NS_RECORD,
     NXDOMAIN,
     PLAIN_UDP_LIMIT,
     QD1,
@@ -104,15 +106,19 @@ EMPTY_ZONE = Zone({}, {})
 
 
 def build_zone(records: Mapping[str, Sequence[str]], previous: Zone) -> Zone:
-    """A zone for `records` (name -> IPv4 addresses).  Names whose addresses did not change
-    keep their prepared answers from `previous`, and when few names changed the prepared
-    table is a copy of the previous one (C speed) patched for those: the cost of a change is
-    in proportion to what changed.  ValueError for a bad name or address."""
+    """A zone for `records` (name -> IPv4 addresses), with every empty non-terminal between
+    them and the apex (`sushi.app.localspace` above `web.sushi.app.localspace`) as a name with
+    no addresses: RFC 8020 says NXDOMAIN denies everything below a name, so a resolver that
+    applies it (unbound's harden-below-nxdomain) would lose the names below; these answer
+    NOERROR with no data and the SOA, from prepared answers like any other name.
+
+    Names whose addresses did not change keep their prepared answers from `previous`, and
+    when few names changed the prepared table is a copy of the previous one (C speed) patched
+    for those: the cost of a change is in proportion to what changed.
+    ValueError for a bad name or address."""
     names: dict[bytes, Name] = {}
     changed: list[Name] = []
-    for text, addresses in records.items():
-        wire = encode_name(text)
-        source = tuple(addresses)
+    for wire, source in _with_empty_non_terminals(records).items():
         name = previous.names.get(wire)
         if name is None or name.source != source:
             name = Name(wire, source, name.turn if name else itertools.count())
@@ -129,6 +135,19 @@ def build_zone(records: Mapping[str, Sequence[str]], previous: Zone) -> Zone:
         for name in changed:  # the keys of a name depend on its name only: these replace
             prepared.update(name.prepared)
     return Zone(prepared, names)
+
+
+def _with_empty_non_terminals(records: Mapping[str, Sequence[str]]) -> dict[bytes, tuple[str, ...]]:
+    """Wire name -> addresses for `records` and for every name between them and the apex
+    (no addresses).  ValueError for a bad name."""
+    named = {encode_name(text): tuple(addresses) for text, addresses in records.items()}
+    empty: dict[bytes, tuple[str, ...]] = {}
+    for wire in named:
+        parent = wire[wire[0] + 1 :]  # drop the first label
+        while parent != APEX and parent not in named and parent not in empty:
+            empty[parent] = ()
+            parent = parent[parent[0] + 1 :]
+    return named | empty
 
 
 def _pack_address(text: str) -> bytes:
@@ -164,8 +183,12 @@ def local_reply(q: Query, zone: Zone, limit: int) -> bytes:
         return reply(q, NOERROR, body, aa=True, tc=fit < name.count, an=fit, ns=0)
     if name is not None:  # known name, no data of this type: NOERROR at once (moby#35118)
         return reply(q, NOERROR, SOA_RECORD, aa=True, tc=False, an=0, ns=1)
-    if q.qname == APEX and q.qtype in (SOA, ANY):
+    if q.qname == APEX and q.qtype == ANY:
+        return reply(q, NOERROR, SOA_RECORD + NS_RECORD, aa=True, tc=False, an=2, ns=0)
+    if q.qname == APEX and q.qtype == SOA:
         return reply(q, NOERROR, SOA_RECORD, aa=True, tc=False, an=1, ns=0)
+    if q.qname == APEX and q.qtype == NS:
+        return reply(q, NOERROR, NS_RECORD, aa=True, tc=False, an=1, ns=0)
     if q.qname == APEX:
         return reply(q, NOERROR, SOA_RECORD, aa=True, tc=False, an=0, ns=1)
     return reply(q, NXDOMAIN, SOA_RECORD, aa=True, tc=False, an=0, ns=1)

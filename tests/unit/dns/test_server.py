@@ -374,20 +374,69 @@ def test_scopes_by_source_address(make_server: MakeServer) -> None:
     assert rcode(ask(address, "sushi.herokuapp.localspace", source=IN_SCOPE_B)) == "NXDOMAIN"
 
 
+def assert_negative(reply: dnslib.DNSRecord, expected: str, what: object) -> None:
+    """An authoritative negative answer (RFC 2308): no records, the zone's SOA in the
+    authority section, cached for 0 seconds (TTL and MINIMUM 0)."""
+    assert rcode(reply) == expected, what
+    assert reply.header.aa == 1 and reply.rr == [], what
+    assert [rr.rtype for rr in reply.auth] == [dnslib.QTYPE.SOA], what
+    assert str(reply.auth[0].rname) == "localspace.", what
+    assert reply.auth[0].ttl == 0 and reply.auth[0].rdata.times[-1] == 0, what
+
+
+EVERY_PATH = ({}, {"edns": 1232}, {"tcp": True})  # prepared UDP, parsed UDP, TCP
+
+
 def test_unknown_localspace_names_are_nxdomain(make_server: MakeServer) -> None:
     _server, address = make_server()
     for name in (
-        "sushi.app.localspace",  # HEROKU_DNS_APP_NAME does not resolve by itself
         "9.web.sushi.app.localspace",
+        "x.web.sushi.app.localspace",  # below an existing name: still nothing there
+        "nope.sushi.app.localspace",  # unknown below an existing app
         "web.tuna.app.localspace",
-        "app.localspace",
+        "tuna.app.localspace",
         "nope.localspace",
     ):
-        reply = ask(address, name)
-        assert rcode(reply) == "NXDOMAIN", name
-        assert reply.header.aa == 1 and reply.rr == []
-        assert [rr.rtype for rr in reply.auth] == [dnslib.QTYPE.SOA]
-        assert reply.auth[0].ttl == 0
+        for path in EVERY_PATH:
+            assert_negative(ask(address, name, **path), "NXDOMAIN", (name, path))
+
+
+def test_empty_non_terminals_are_noerror_with_no_data(make_server: MakeServer) -> None:
+    """Names with names below them exist (RFC 8020: NXDOMAIN would deny everything below, and a
+    resolver applying it would lose web.sushi.app.localspace), but have no address."""
+    server, address = make_server()
+    for name in ("sushi.app.localspace", "app.localspace", "herokuapp.localspace"):
+        for qtype in ("A", "AAAA", "TXT", "ANY"):
+            for path in EVERY_PATH:
+                assert_negative(ask(address, name, qtype, **path), "NOERROR", (name, qtype, path))
+    # another space's askers see nothing of sushi, not even that the app exists
+    server.set_scope("other-space", "127.20.0.0/16", {"web.tuna.app.localspace": ["10.2.0.2"]})
+    assert_negative(ask(address, "sushi.app.localspace", source=IN_SCOPE_B), "NXDOMAIN", "B")
+    assert_negative(ask(address, "tuna.app.localspace", source=IN_SCOPE_B), "NOERROR", "B")
+    assert_negative(ask(address, "herokuapp.localspace", source=IN_SCOPE_B), "NXDOMAIN", "B")
+    # when the last name below goes, so does the empty non-terminal
+    server.set_scope("other-space", "127.20.0.0/16", {})
+    assert_negative(ask(address, "tuna.app.localspace", source=IN_SCOPE_B), "NXDOMAIN", "gone")
+    assert_negative(ask(address, "app.localspace", source=IN_SCOPE_B), "NXDOMAIN", "gone")
+
+
+def test_apex_has_soa_and_ns(make_server: MakeServer) -> None:
+    """localspace. is a zone: SOA and NS at the apex; the NS, ns.localspace, is this server as
+    the scope reaches it (the first address of the scope's network: its bridge)."""
+    _server, address = make_server()
+    for path in EVERY_PATH:
+        soa = ask(address, "localspace", "SOA", **path)
+        assert rcode(soa) == "NOERROR" and soa.header.aa == 1
+        assert [(str(rr.rname), rr.rtype) for rr in soa.rr] == [("localspace.", dnslib.QTYPE.SOA)]
+        ns = ask(address, "localspace", "NS", **path)
+        assert rcode(ns) == "NOERROR" and ns.header.aa == 1
+        assert [(str(rr.rname), rr.rtype) for rr in ns.rr] == [("localspace.", dnslib.QTYPE.NS)]
+        assert str(ns.rr[0].rdata) == "ns.localspace."
+        both = ask(address, "localspace", "ANY", **path)
+        assert sorted(rr.rtype for rr in both.rr) == [dnslib.QTYPE.NS, dnslib.QTYPE.SOA]
+        assert addresses(ask(address, "ns.localspace", **path)) == ["127.10.0.1"]
+        for qtype in ("A", "AAAA", "MX"):
+            assert_negative(ask(address, "localspace", qtype, **path), "NOERROR", (qtype, path))
 
 
 def test_known_names_have_no_data_of_other_types(make_server: MakeServer) -> None:
