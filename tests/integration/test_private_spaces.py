@@ -205,9 +205,22 @@ def test_answers_rotate_from_query_to_query(sp: Spaces) -> None:
     assert set(firsts) == {sp.web1["ip"], sp.web2["ip"]}
 
 
-def test_app_name_alone_and_unknown_names_are_nxdomain(sp: Spaces) -> None:
+def test_names_with_names_below_exist_without_an_address(sp: Spaces) -> None:
+    """RFC 8020: NXDOMAIN would deny web.sushi.app.localspace too (unbound's
+    harden-below-nxdomain); they answer NOERROR with no data, in the asker's space only."""
+    for name in ("sushi.app.localspace", "app.localspace", "localspace"):
+        reply = sp.dig(sp.worker, name)
+        assert reply["rcode"] == NOERROR and reply["count"] == 0, name
+    assert sp.dig(sp.cr, "sushi.app.localspace")["rcode"] == NXDOMAIN
+
+
+def test_the_zone_name_server_is_the_askers_dns_address(sp: Spaces) -> None:
+    for asker in (sp.worker, sp.other):
+        assert sp.ips(asker, "ns.localspace") == [sp.dns_of(asker)]
+
+
+def test_unknown_names_are_nxdomain(sp: Spaces) -> None:
     for name in (
-        "sushi.app.localspace",
         "nope.sushi.app.localspace",
         "9.web.sushi.app.localspace",
         "web.nosuchapp.app.localspace",
