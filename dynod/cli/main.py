@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from dynod.api.client import Client, api_path
+from dynod.cli.command import build_command
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
 from dynod.errors import DynodError
 from dynod.rules import names, sizes
@@ -223,13 +224,12 @@ def run(
 ) -> None:
     """Start a dyno running COMMAND through /bin/sh -c (so '$PORT' expands inside the dyno).
 
-    Without a command, the type's line from ./Procfile runs.
+    Without a command, the type's line from ./Procfile runs. As with `heroku run`, one word is
+    the whole command line; of several, words with a space or a '"' are double-quoted.
     """
     names.check_app(app)
     names.check_process_type(ptype)
-    # Joined with spaces, as `heroku run` does: `-- python3 -m http.server '$PORT'` reaches
-    # the dyno's shell as `python3 -m http.server $PORT`.
-    line = " ".join(command) if command else _read_procfile(ptype)
+    line = build_command(command) if command else _read_procfile(ptype)
     body: dict[str, Any] = {
         "type": ptype,
         "command": line,

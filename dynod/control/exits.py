@@ -16,6 +16,7 @@ from dynod.kernel.protocol import KernelSide
 from dynod.state.store import Dyno
 
 KILL_WAIT = 5.0
+EARLY_EXIT = 10.0  # a process dyno that ends this soon after its start, with 0, was likely misread
 Say = Callable[[Dyno, str], None]  # a heroku[TYPE.N] line in the dyno's app's log
 
 
@@ -68,6 +69,23 @@ class Exits:
 
     def forget(self, dyno_id: int) -> None:
         self._futures.pop(dyno_id, None)
+
+
+def early_exit_note(dyno: Dyno, status: int | None, now: float) -> str | None:
+    """What to tell the user when a detached dyno's process ended with status 0 within its first
+    seconds: a process dyno must keep running, so that is a crash, and the usual cause is a
+    command line read differently than meant (`sh -c exec server` runs `exec` alone)."""
+    if not dyno.detached or status != 0 or dyno.started_at is None:
+        return None
+    seconds = now - dyno.started_at
+    if seconds > EARLY_EXIT:
+        return None
+    return (
+        f"The process ended with status 0 {seconds:.1f}s after its start: a process dyno must "
+        f"keep running, so that is a crash. Its command was read as: /bin/sh -c {dyno.command!r}. "
+        "Of several words after `--`, only those with a space or a '\"' are double-quoted; "
+        "to pass a command line as is, give it as one word"
+    )
 
 
 async def terminate(kernel: KernelSide, exits: Exits, say: Say, dyno: Dyno, grace: float) -> None:

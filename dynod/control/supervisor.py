@@ -17,7 +17,7 @@ from typing import Any
 from dynod.config import Config
 from dynod.control import launch
 from dynod.control.boot import BootWatch
-from dynod.control.exits import Exits, terminate
+from dynod.control.exits import Exits, early_exit_note, terminate
 from dynod.control.health import HealthWatch
 from dynod.control.memory import MemoryWatch
 from dynod.control.networks import Networks, group, running
@@ -206,6 +206,9 @@ class Supervisor:
             self.outputs.drain(dyno, final=True)
             self.memory.check_oom(dyno)  # an exit the kernel's OOM killer caused is an R15
             self.say(dyno, "Process exited" + ("" if status is None else f" with status {status}"))
+            note = early_exit_note(dyno, status, time.time())
+            if note is not None:
+                self.say(dyno, note)
         self.exits.settle(dyno_id, status)
         if dyno is not None and dyno.state != "stopping":
             self.background(self._after_exit(dyno_id))

@@ -332,3 +332,16 @@ def test_an_oom_kill_is_r15_and_the_dyno_restarts(world: World) -> None:
         await until(lambda: world.kernel.operations(dyno.netns).count("spawn") == 2)
 
     run(world, test)
+
+
+def test_a_detached_dyno_that_exits_0_at_once_gets_a_note_on_its_command(world: World) -> None:
+    async def test() -> None:
+        dyno = world.dyno("exit 0")
+        await world.launch(dyno)
+        await until(lambda: any("keep running" in line for line in world.said(dyno)))
+        said = world.said(dyno)
+        exited = said.index("Process exited with status 0")
+        assert "Its command was read as: /bin/sh -c 'exit 0'" in said[exited + 1]
+        await world.supervisor.stop(dyno)
+
+    run(world, test)
