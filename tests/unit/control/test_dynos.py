@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from dynod.kernel.network import Names
 from dynod.logs.book import LogBook
 from dynod.router.routes import RouteTable
 from dynod.state.store import State
+from tests.unit.control.worlds import NoDns, end_sessions
 
 
 @dataclass
@@ -43,14 +43,6 @@ class AllocatingKernel(FakeKernel):
 
     async def existing_veths(self) -> set[str]:
         return set(self.links)
-
-
-class NoDns:
-    def set_scope(self, scope: str, network: str, records: dict[str, list[str]]) -> None:
-        pass
-
-    def remove_scope(self, scope: str) -> None:
-        pass
 
 
 @dataclass
@@ -75,9 +67,7 @@ def world(tmp_path: object) -> Iterator[World]:
     claim = SimpleNamespace(output_dir=directory)
     dynos = DynoService(config, claim, kernel, state, supervisor, routes)  # type: ignore[arg-type]
     yield World(state, kernel, dynos, tables)
-    for session in kernel.sessions.values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(session, 9)
+    end_sessions(kernel)
     asyncio.run(supervisor.close())
     state.db.close()
 

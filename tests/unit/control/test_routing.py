@@ -3,8 +3,6 @@ reach the router as whole new tables, on the fake kernel side (no root)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import socket
 import sys
@@ -23,16 +21,9 @@ from dynod.logs.book import LogBook
 from dynod.router.routes import Backend, Refused, RouteTable
 from dynod.rules import names
 from dynod.state.store import App, Dyno, State
+from tests.unit.control.worlds import NoDns, end_sessions, run_with, until
 
 SPACE_NET = ("10.9.0.0/16", "10.9.0.1")
-
-
-class NoDns:
-    def set_scope(self, scope: str, network: str, records: dict[str, list[str]]) -> None:
-        pass
-
-    def remove_scope(self, scope: str) -> None:
-        pass
 
 
 @dataclass
@@ -102,27 +93,12 @@ def world(tmp_path: object) -> Iterator[World]:
     routes = RoutePublisher(state, lambda space: SPACE_NET, pushed.update)
     supervisor = Supervisor(state, kernel, log, config, registry, on_change=routes.dyno_changed)
     yield World(state, kernel, supervisor, routes, pushed, directory)
-    for session in kernel.sessions.values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(session, 9)
+    end_sessions(kernel)
     state.db.close()
 
 
 def run(world: World, test: Callable[[], Awaitable[None]]) -> None:
-    async def main() -> None:
-        try:
-            await test()
-        finally:
-            await world.supervisor.close()
-
-    asyncio.run(main())
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.01)
+    run_with(world.supervisor, test)
 
 
 def free_port() -> int:

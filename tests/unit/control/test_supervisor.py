@@ -6,7 +6,6 @@ only the network is sets of names."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,14 +23,7 @@ from dynod.logs.book import LogBook
 from dynod.rules import names
 from dynod.state.store import App, Dyno, State
 from netns import cgroup
-
-
-class NoDns:
-    def set_scope(self, scope: str, network: str, records: dict[str, list[str]]) -> None:
-        pass
-
-    def remove_scope(self, scope: str) -> None:
-        pass
+from tests.unit.control.worlds import NoDns, end_sessions, run_with, until
 
 
 @dataclass
@@ -113,27 +105,12 @@ def world(tmp_path: object) -> Iterator[World]:
     config = Config(grace=0.5, restart_crashed=True, health_interval=0.05, metrics_interval=60)
     registry = Registry(state, NoDns(), lambda space: ("10.1.0.0/16", "10.1.0.1"))
     yield World(state, kernel, log, Supervisor(state, kernel, log, config, registry), directory)
-    for session in kernel.sessions.values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(session, 9)
+    end_sessions(kernel)
     state.db.close()
 
 
 def run(world: World, test: Callable[[], Awaitable[None]]) -> None:
-    async def main() -> None:
-        try:
-            await test()
-        finally:
-            await world.supervisor.close()
-
-    asyncio.run(main())
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.01)
+    run_with(world.supervisor, test)
 
 
 def test_restart_delay_doubles_up_to_twenty_minutes() -> None:
