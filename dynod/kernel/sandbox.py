@@ -8,8 +8,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from dynod.control import launch
-from dynod.kernel import processes
+from dynod.kernel import directory, processes
 from dynod.kernel.facts import DynoNetwork
 from dynod.rules.sizes import Size
 from netns import exec as netns_exec
@@ -77,7 +76,7 @@ def spawn(how: Spawn, env: Mapping[str, str], output_path: str) -> subprocess.Po
     environment on stdin (a memfd), in its own session, as the dyno's user."""
     # Checked again at every start, on the very inodes handed down: the directory may have
     # been swapped for a symlink since the last one.
-    dir_fd = launch.open_dir_as(how.cwd, how.uid, how.gid)
+    dir_fd = directory.open_as(how.cwd, how.uid, how.gid)
     try:
         checked = os.fstat(dir_fd)
     finally:
