@@ -7,6 +7,9 @@ import ipaddress
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from netns import record
+from netns.links import name_of
+
 EEXIST = 17
 ENOENT = 2
 ENODEV = 19  # the device itself is gone: so is whatever it held
@@ -21,6 +24,9 @@ def add(ipr: IPRoute, index: int, address: str, prefixlen: int) -> None:
     except NetlinkError as exc:
         if exc.code != EEXIST:
             raise
+        return
+    if record.active():
+        record.note("ip", "addr", "add", f"{address}/{prefixlen}", "dev", name_of(ipr, index))
 
 
 def delete(ipr: IPRoute, index: int, address: str, prefixlen: int) -> bool:
@@ -31,6 +37,8 @@ def delete(ipr: IPRoute, index: int, address: str, prefixlen: int) -> bool:
         if exc.code in (EADDRNOTAVAIL, ENOENT, ESRCH, ENODEV):
             return False
         raise
+    if record.active():
+        record.note("ip", "addr", "del", f"{address}/{prefixlen}", "dev", name_of(ipr, index))
     return True
 
 
@@ -54,15 +62,21 @@ def ipv4_routes(ipr: IPRoute) -> list[tuple[ipaddress.IPv4Network, int | None]]:
 def add_default_route(ipr: IPRoute, gateway: str) -> None:
     """`ip route add default via GATEWAY`."""
     ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+    record.note("ip", "route", "add", "default", "via", gateway)
 
 
 def forget_neighbour(ipr: IPRoute, index: int, address: str) -> None:
     """`ip neigh del ADDRESS dev IF`: no stale ARP entry may answer for an address we reuse."""
+    # looked up before, while the link surely exists
+    device = name_of(ipr, index) if record.active() else ""
     try:
         ipr.neigh("del", ifindex=index, dst=address)
     except NetlinkError as exc:
         if exc.code not in (ENOENT, ESRCH, ENODEV):
             raise
+        return
+    if record.active():
+        record.note("ip", "neigh", "del", address, "dev", device)
 
 
 def local_ipv4(ipr: IPRoute) -> set[str]:

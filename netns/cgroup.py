@@ -19,9 +19,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import signal
 import time
 from dataclasses import dataclass
+
+from netns import record
 
 CONTROLLERS = ("memory", "pids", "cpu")
 EMPTY_WAIT = 2.0  # seconds a group may take to empty after its last task was killed
@@ -70,8 +73,16 @@ def _read(path: str) -> str:
 
 
 def _write(path: str, value: str) -> None:
+    """`echo VALUE > PATH`."""
     with open(path, "w") as f:
         f.write(value)
+    record.note_text(f"echo {shlex.quote(value)} > {shlex.quote(path)}")
+
+
+def _mkdir(path: str) -> None:
+    """`mkdir -p PATH`."""
+    os.makedirs(path, exist_ok=True)
+    record.note("mkdir", "-p", path)
 
 
 def _mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
@@ -155,7 +166,7 @@ def prepare(tree: Tree, leaf: str) -> None:
             raise _refused(base, exc) from exc
     own = os.path.join(base, leaf)
     try:
-        os.makedirs(own, exist_ok=True)
+        _mkdir(own)
         _write(os.path.join(own, "cgroup.procs"), str(os.getpid()))
         _write(control, wanted)
     except OSError as exc:
@@ -182,6 +193,7 @@ def release(tree: Tree, leaf: str) -> None:
         _write(os.path.join(base, "cgroup.subtree_control"), "-memory -pids -cpu")
         _write(os.path.join(base, "cgroup.procs"), str(os.getpid()))
         os.rmdir(own)
+        record.note("rmdir", own)
 
 
 def _refused(base: str, exc: OSError) -> Unavailable:
@@ -197,7 +209,7 @@ def create(tree: Tree, name: str, limits: Limits) -> list[str]:
     (or 0, itself) into to join. v2: memory.max, memory.swap.max 0, pids.max, cpu.weight.
     v1: memory.limit_in_bytes (and memsw, so no swap beyond it), pids.max, cpu.shares."""
     for directory in tree.directories(name):
-        os.makedirs(directory, exist_ok=True)
+        _mkdir(directory)
     memory, pids, cpu = (os.path.join(tree.base(c), name) for c in CONTROLLERS)
     if tree.version == 2:
         _write(os.path.join(memory, "memory.max"), str(limits.memory))
@@ -251,6 +263,7 @@ def remove(tree: Tree, name: str) -> None:
         while True:
             try:
                 os.rmdir(directory)
+                record.note("rmdir", directory)
                 break
             except FileNotFoundError:
                 break
@@ -268,6 +281,8 @@ def _kill_all(directory: str) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    if pids:
+        record.note("kill", "-KILL", *(str(p) for p in pids))
 
 
 def names(tree: Tree, start: str) -> set[str]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from pyroute2 import Conntrack
 
+from netns import record
+
 
 @dataclass(frozen=True)
 class Flow:
@@ -43,9 +45,29 @@ def delete_where(refused: Callable[[Flow], bool]) -> int:
             try:
                 ct.entry("del", tuple_orig=orig)
                 deleted += 1
+                record.note(*_delete_words(orig))
             except Exception as exc:  # noqa: BLE001 - ENOENT: it ended on its own
                 if getattr(exc, "code", None) != 2:
                     raise
     finally:
         ct.close()
     return deleted
+
+
+def _delete_words(orig: object) -> list[str]:
+    """`conntrack -D -p PROTO -s SRC -d DST [--sport N --dport N]` for one flow."""
+    words = [
+        "conntrack",
+        "-D",
+        "-p",
+        str(getattr(orig, "proto", "")),
+        "-s",
+        str(getattr(orig, "saddr", "")),
+        "-d",
+        str(getattr(orig, "daddr", "")),
+    ]
+    for option, attr in (("--sport", "sport"), ("--dport", "dport")):
+        value = getattr(orig, attr, None)
+        if value:
+            words += [option, str(value)]
+    return words

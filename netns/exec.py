@@ -6,18 +6,43 @@ inside the namespace is born there: no helper process, no setns in the child.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from netns import namespace
+from netns import namespace, record
 
 LOCK_SIZE = 5 * 1024 * 1024  # /run/lock: lock files only (Debian mounts its own with 5 MB)
 
 
-def popen_inside(name: str, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[bytes]:
+def popen_inside(
+    name: str, argv: Sequence[str], shown_stdio: str = "", **popen_kwargs: Any
+) -> subprocess.Popen[bytes]:
+    """`ip netns exec NAME ARGV...`, started from this thread while it is inside NAME.
+    shown_stdio is how the recorder shows the child's stdin, stdout and stderr (the Popen's
+    are file descriptors), e.g. `</dev/null >>FILE 2>&1`."""
     with namespace.entered(name):
-        return subprocess.Popen(list(argv), **popen_kwargs)
+        process = subprocess.Popen(list(argv), **popen_kwargs)
+    if record.active():
+        record.note_text(as_typed(name, argv, popen_kwargs, shown_stdio))
+    return process
+
+
+def as_typed(name: str, argv: Sequence[str], popen_kwargs: dict[str, Any], stdio: str) -> str:
+    """`(cd CWD && exec env -i VAR=... setsid -f ip netns exec NAME ARGV...) STDIO`: what the
+    Popen does, as one shell line; -f: the shell does not wait for it."""
+    words = ["ip", "netns", "exec", name, *argv]
+    if popen_kwargs.get("start_new_session"):
+        words = ["setsid", "-f", *words]
+    env = popen_kwargs.get("env")
+    if env is not None:
+        words = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *words]
+    line = shlex.join(words)
+    cwd = popen_kwargs.get("cwd")
+    if cwd is not None:
+        line = f"(cd {shlex.quote(str(cwd))} && exec {line})"
+    return f"{line} {stdio}".rstrip()
 
 
 # Runs as root in the new namespaces: binds the given resolv.conf over /etc/resolv.conf (the host's

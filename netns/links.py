@@ -6,10 +6,13 @@ namespace the netlink socket lives in.
 
 from __future__ import annotations
 
+import os
 import re
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from netns import namespace, record
 
 LOOPBACK_INDEX = 1  # the kernel's LOOPBACK_IFINDEX: lo is 1 in every network namespace
 ENOENT = 2
@@ -38,13 +41,24 @@ def ensure_bridge(ipr: IPRoute, name: str) -> int:
     if index is None:
         try:
             ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
+            record.note(
+                "ip", "link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"
+            )
         except NetlinkError as exc:
             if exc.code != EEXIST:
                 raise
         index = index_of(ipr, name)
         assert index is not None
     ipr.link("set", index=index, state="up")
+    record.note("ip", "link", "set", name, "up")
     return index
+
+
+def set_address(ipr: IPRoute, index: int, mac: str) -> None:
+    """`ip link set IF address MAC`."""
+    ipr.link("set", index=index, address=mac)
+    if record.active():
+        record.note("ip", "link", "set", name_of(ipr, index), "address", mac)
 
 
 def add_veth_into_netns(
@@ -55,7 +69,7 @@ def add_veth_into_netns(
     master: int,
     peer_name: str,
     peer_mac: str,
-    netns_fd: int,
+    netns: str,
 ) -> int:
     """`ip link add HOST address MAC master BR up type veth peer name eth0 address MAC netns NS`.
 
@@ -63,15 +77,40 @@ def add_veth_into_netns(
     namespace's own counter (2, after lo) however many links the host has seen. The host end
     is up from the start.
     """
-    ipr.link(
-        "add",
-        ifname=host_name,
-        address=host_mac,
-        kind="veth",
-        master=master,
-        state="up",
-        peer={"ifname": peer_name, "address": peer_mac, "net_ns_fd": netns_fd},
-    )
+    fd = namespace.open_fd(netns)
+    try:
+        ipr.link(
+            "add",
+            ifname=host_name,
+            address=host_mac,
+            kind="veth",
+            master=master,
+            state="up",
+            peer={"ifname": peer_name, "address": peer_mac, "net_ns_fd": fd},
+        )
+    finally:
+        os.close(fd)
+    if record.active():
+        record.note(
+            "ip",
+            "link",
+            "add",
+            host_name,
+            "address",
+            host_mac,
+            "master",
+            name_of(ipr, master),
+            "up",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_name,
+            "address",
+            peer_mac,
+            "netns",
+            netns,
+        )
     index = index_of(ipr, host_name)
     assert index is not None
     return index
@@ -86,16 +125,37 @@ def isolate_bridge_port(ipr: IPRoute, index: int) -> None:
     No unknown-unicast flooding: a port never sees frames meant for another port's MAC.
     """
     ipr.brport("set", index=index, isolated=1, learning=0, unicast_flood=0)
+    if record.active():
+        record.note(
+            "bridge",
+            "link",
+            "set",
+            "dev",
+            name_of(ipr, index),
+            "isolated",
+            "on",
+            "learning",
+            "off",
+            "flood",
+            "off",
+        )
 
 
 def add_fdb_entry(ipr: IPRoute, port_index: int, mac: str) -> None:
     """`bridge fdb replace MAC dev PORT master static`: with learning off, the bridge knows
     where the container's MAC is from us, not from frames the container sends."""
     ipr.fdb("replace", ifindex=port_index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER)
+    if record.active():
+        record.note(
+            "bridge", "fdb", "replace", mac, "dev", name_of(ipr, port_index), "master", "static"
+        )
 
 
 def set_up(ipr: IPRoute, index: int) -> None:
+    """`ip link set IF up`."""
     ipr.link("set", index=index, state="up")
+    if record.active():
+        record.note("ip", "link", "set", name_of(ipr, index), "up")
 
 
 def delete(ipr: IPRoute, name: str) -> bool:
@@ -109,6 +169,7 @@ def delete(ipr: IPRoute, name: str) -> bool:
         if exc.code not in (ENODEV, ENOENT):
             raise
         return False
+    record.note("ip", "link", "del", name)
     return True
 
 

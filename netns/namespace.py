@@ -16,7 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from netns import _libc
+from netns import _libc, record
 
 RUN_DIR = "/run/netns"
 
@@ -80,6 +80,7 @@ def create(name: str) -> None:
     except BaseException:
         os.unlink(target)
         raise
+    record.note("ip", "netns", "add", name)
 
 
 def delete(name: str) -> bool:
@@ -95,6 +96,7 @@ def delete(name: str) -> bool:
             raise
     with contextlib.suppress(FileNotFoundError):
         os.unlink(target)
+    record.note("ip", "netns", "delete", name)
     return True
 
 
@@ -135,7 +137,8 @@ def entered(name: str) -> Iterator[None]:
         finally:
             os.close(target)
         try:
-            yield
+            with record.inside(name):
+                yield
         finally:
             _libc.setns(home, _libc.CLONE_NEWNET)
 

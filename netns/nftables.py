@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from netns import record
+
 NFT_CTX_DEFAULT = 0
 NFT_CTX_OUTPUT_JSON = 1 << 4
 
@@ -63,6 +65,8 @@ class Nft:
             err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
         if rc != 0:
             raise NftError(err.strip() or f"nft failed (rc={rc})")
+        if not as_json:  # a listing is always asked for as JSON here: this changed the kernel
+            record.note_text(record.here_document("nft -f -", text, "NFT"))
         return out
 
     def ruleset(self) -> list[dict[str, Any]]:

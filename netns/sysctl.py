@@ -6,6 +6,8 @@ thread inside `namespace.entered()` changes the namespace's value, not the host'
 
 from __future__ import annotations
 
+from netns import record
+
 
 def _path(key: str) -> str:
     return "/proc/sys/" + key.replace(".", "/")
@@ -20,3 +22,4 @@ def write(key: str, value: str | int) -> None:
     """`sysctl -w KEY=VALUE`."""
     with open(_path(key), "w") as f:
         f.write(str(value))
+    record.note("sysctl", "-w", f"{key}={value}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -35,8 +36,14 @@ class KernelWorker:
         return ipr
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run fn on the worker thread without blocking the event loop."""
-        return await asyncio.wrap_future(self._pool.submit(fn, *args, **kwargs))
+        """Run fn on the worker thread without blocking the event loop, in a copy of the
+        caller's context: the recorder (netns/record.py) credits its commands to the caller."""
+        context = contextvars.copy_context()
+
+        def job() -> T:
+            return context.run(fn, *args, **kwargs)
+
+        return await asyncio.wrap_future(self._pool.submit(job))
 
     def close(self) -> None:
         def _close() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import shlex
 import shutil
 
 from pyroute2 import IPRoute
@@ -14,7 +15,7 @@ from dynod.errors import DynodError
 from dynod.kernel import firewall, network, ruleset
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.machine import Machine, Net
-from netns import addresses, links, sysctl
+from netns import addresses, links, record, sysctl
 from netns.nftables import Nft
 
 
@@ -34,10 +35,14 @@ def make_bridge(m: Machine, net: Net) -> None:
     # mount namespace): dynod's DNS, and no search or ndots lines, the names are complete.
     os.makedirs(m.resolv_dir, mode=0o755, exist_ok=True)
     path = m.resolv_path(net.bridge)
+    text = f"# dynod: DNS on the {net.bridge} bridge\nnameserver {net.address}\n"
     with open(path + ".new", "w") as f:
-        f.write(f"# dynod: DNS on the {net.bridge} bridge\nnameserver {net.address}\n")
+        f.write(text)
     os.chmod(path + ".new", 0o644)
     os.replace(path + ".new", path)
+    record.note("mkdir", "-p", "-m", "755", m.resolv_dir)
+    record.note_text(record.here_document(f"cat > {shlex.quote(path)}", text))
+    record.note("chmod", "644", path)
 
 
 def add_space(m: Machine, net: Net, live: list[DynoNetwork] | None) -> None:

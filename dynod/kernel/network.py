@@ -17,7 +17,6 @@ Everything here runs on the kernel worker's thread (netns.worker). For one dyno 
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -89,7 +88,7 @@ def ensure_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
     as dynos come and go and leaves dynos with a stale gateway MAC) and the range's first /30."""
     index = links.ensure_bridge(ipr, name)
     own = pool.bridge
-    ipr.link("set", index=index, address=mac_for(own.gateway, 0x5A))
+    links.set_address(ipr, index, mac_for(own.gateway, 0x5A))
     addresses.add(ipr, index, own.gateway, own.prefixlen)
     # Dynos get no IPv6 from the bridge; it needs no link-local address either.
     sysctl.write(f"net.ipv6.conf.{name}.disable_ipv6", 1)
@@ -103,19 +102,15 @@ def attach(ipr: IPRoute, bridge_index: int, dyno: Attachment) -> None:
     subnet = dyno.subnet
     namespace.create(dyno.netns)
     try:
-        fd = namespace.open_fd(dyno.netns)
-        try:
-            port = links.add_veth_into_netns(
-                ipr,
-                host_name=dyno.veth,
-                host_mac=subnet.host_mac,
-                master=bridge_index,
-                peer_name="eth0",
-                peer_mac=subnet.dyno_mac,
-                netns_fd=fd,
-            )
-        finally:
-            os.close(fd)
+        port = links.add_veth_into_netns(
+            ipr,
+            host_name=dyno.veth,
+            host_mac=subnet.host_mac,
+            master=bridge_index,
+            peer_name="eth0",
+            peer_mac=subnet.dyno_mac,
+            netns=dyno.netns,
+        )
         close_port_to_host(dyno.veth)
         links.isolate_bridge_port(ipr, port)
         links.add_fdb_entry(ipr, port, subnet.dyno_mac)

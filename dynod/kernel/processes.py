@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import psutil
 
 from dynod.errors import DynodError
+from netns import record
 
 # Words /bin/sh runs itself: they are never looked up in PATH.
 SHELL_WORDS = {
@@ -125,6 +126,8 @@ def signal_all(pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
             os.kill(pid, sig)
+    if pids:
+        record.note("kill", f"-{sig.name.removeprefix('SIG')}", *(str(p) for p in pids))
 
 
 def check_command(command: str, cwd: str, path: str) -> None:

@@ -4,6 +4,7 @@ resolv.conf, its cgroups) and how it is started. Networking is not here (kernel/
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from dynod.kernel import directory, processes
 from dynod.kernel.facts import DynoNetwork
 from dynod.rules.sizes import Size
 from netns import exec as netns_exec
+from netns import record
 
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -97,9 +99,14 @@ def spawn(how: Spawn, env: Mapping[str, str], output_path: str) -> subprocess.Po
     try:
         os.write(env_fd, processes.env_script(env).encode())
         os.lseek(env_fd, 0, os.SEEK_SET)
+        record.note_text(
+            "# the dyno's environment (its config vars) goes to it on stdin, as a shell script "
+            "in a memfd; it is not shown here"
+        )
         return netns_exec.popen_inside(
             how.netns,
             argv,
+            shown_stdio=f"</dev/null >>{shlex.quote(output_path)} 2>&1",
             cwd="/",  # the dyno's directory is entered by the dyno's user, not by root
             env={"PATH": SAFE_PATH},
             stdin=env_fd,

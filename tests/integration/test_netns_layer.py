@@ -83,19 +83,15 @@ def test_veth_peer_is_born_inside_with_a_small_index(prefix: str) -> None:
     namespace.create(name)
     with IPRoute() as ipr:
         bridge = links.ensure_bridge(ipr, f"{prefix}br")
-        fd = namespace.open_fd(name)
-        try:
-            port = links.add_veth_into_netns(
-                ipr,
-                host_name=f"{prefix}-1",
-                host_mac="0a:59:01:02:03:04",
-                master=bridge,
-                peer_name="eth0",
-                peer_mac="0a:58:01:02:03:04",
-                netns_fd=fd,
-            )
-        finally:
-            os.close(fd)
+        port = links.add_veth_into_netns(
+            ipr,
+            host_name=f"{prefix}-1",
+            host_mac="0a:59:01:02:03:04",
+            master=bridge,
+            peer_name="eth0",
+            peer_mac="0a:58:01:02:03:04",
+            netns=name,
+        )
         links.isolate_bridge_port(ipr, port)
         addresses.add(ipr, bridge, "10.255.255.1", 30)
         assert str(addresses.ipv4_on(ipr, bridge)[0]) == "10.255.255.1/30"
