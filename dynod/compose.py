@@ -32,6 +32,7 @@ from dynod.router.routes import RouteTable
 from dynod.router.server import Router
 from dynod.rules import names
 from dynod.state.store import State
+from netns import record
 
 
 async def serve(config: Config) -> None:
@@ -54,7 +55,9 @@ async def serve(config: Config) -> None:
         raise
     api = ApiServer(services)
     try:
-        await daemon.start(lambda: api.start(config.socket, socket_group(config.socket_group)))
+        # what start-up does is kept (bounded) for `dynod explain daemon`
+        with record.recording(services.startup):
+            await daemon.start(lambda: api.start(config.socket, socket_group(config.socket_group)))
     except BaseException:
         await _close(api, daemon, stop_dynos=False)
         raise

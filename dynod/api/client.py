@@ -7,7 +7,7 @@ import json
 import socket
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from dynod.errors import DynodError
 
@@ -27,6 +27,20 @@ def api_path(*segments: str, **query: str | None) -> str:
     return path + ("?" + urllib.parse.urlencode(given) if given else "")
 
 
+class ExplainSink(Protocol):
+    """Where a client asking for explanations (`?explain=1`, api/explain.py) hands them."""
+
+    def add(self, commands: list[str]) -> None:
+        """The commands of a JSON answer (or of an error)."""
+
+    def streamed(self, commands: list[str]) -> None:
+        """The commands of a streamed answer, as soon as they arrive (its first line)."""
+
+
+def _explaining(path: str) -> str:
+    return path + ("&" if "?" in path else "?") + "explain=1"
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -41,9 +55,12 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class Client:
-    def __init__(self, socket_path: str, timeout: float | None = None) -> None:
+    def __init__(
+        self, socket_path: str, timeout: float | None = None, explain: ExplainSink | None = None
+    ) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        self.explain = explain  # given: every request asks for the commands it made
 
     def _open(self, method: str, path: str, body: Any = None) -> http.client.HTTPResponse:
         conn = _UnixConnection(self.socket_path, self.timeout)
@@ -66,12 +83,18 @@ class Client:
             ) from None
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
+        if self.explain is not None:
+            path = _explaining(path)
         response = self._open(method, path, body)
         data = response.read()
         try:
             parsed = json.loads(data) if data else None
         except ValueError:
             parsed = {"error": data.decode(errors="replace")}
+        if self.explain is not None and isinstance(parsed, dict) and "explain" in parsed:
+            self.explain.add(parsed.pop("explain"))
+            if response.status < 400:
+                parsed = parsed.get("answer")
         if response.status >= 400:
             problem = parsed.get("error", "error") if isinstance(parsed, dict) else str(parsed)
             fix = parsed.get("fix", "") if isinstance(parsed, dict) else ""
@@ -80,12 +103,23 @@ class Client:
 
     def lines(self, path: str, method: str = "GET", body: Any = None) -> Iterator[bytes]:
         """A streamed answer, line by line (chunked transfer is undone by http.client)."""
+        if self.explain is not None:
+            path = _explaining(path)
         response = self._open(method, path, body)
         if response.status >= 400:
             data = json.loads(response.read() or b"{}")
+            if self.explain is not None and "explain" in data:
+                self.explain.add(data["explain"])
             raise DynodError(data.get("error", "error"), data.get("fix", ""), response.status)
+        first = self.explain is not None
         while True:
             line = response.readline()
             if not line:
                 return
+            if first and self.explain is not None:
+                first = False
+                message = json.loads(line)
+                if isinstance(message, dict) and "explain" in message:
+                    self.explain.streamed(message["explain"])
+                    continue
             yield line

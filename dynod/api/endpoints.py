@@ -4,7 +4,7 @@ request (api/requests.py) and calls a service; none reads the state or the log i
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dynod.api import streams
 from dynod.api.requests import (
@@ -22,6 +22,7 @@ from dynod.control.spaces import SpaceService
 from dynod.control.status import StatusReport
 from dynod.errors import DynodError, NotFound
 from dynod.logs.book import LogBook
+from netns import record
 
 MAX_SECONDS = 86_400  # a grace period or a tail longer than a day is a typo
 
@@ -37,6 +38,7 @@ class Services:
     dynos: DynoService
     status: StatusReport
     log: LogBook
+    startup: record.Recording = field(default_factory=record.Recording)  # what start-up did
 
 
 class Endpoints:
@@ -46,6 +48,7 @@ class Endpoints:
         self.dynos = services.dynos
         self.status = services.status
         self.log = services.log
+        self.startup = services.startup
         self._table = self._routes()
 
     def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
@@ -70,6 +73,7 @@ class Endpoints:
             ("DELETE", ("apps", "*", "dynos", "*"), self._stop),
             ("GET", ("dynos",), self._dynos),
             ("GET", ("logs",), self._logs),
+            ("GET", ("explain", "daemon"), self._explain_daemon),
         ]
 
     async def route(self, r: Request) -> Answer:
@@ -165,6 +169,9 @@ class Endpoints:
         tail = 100 if tail_given is None else int(tail_given)
         follow = r.query.get("follow") in ("1", "true", "yes")
         return streams.log_lines(self.log, app, dyno_name, tail, follow)
+
+    async def _explain_daemon(self, r: Request) -> Answer:
+        return 200, self.startup.commands()
 
 
 def _match(pattern: tuple[str, ...], path: list[str]) -> list[str] | None:

@@ -25,6 +25,10 @@ works as well as the CLI.
                                                  (closing it stops the dyno, like Ctrl-C)
     DELETE /v1/apps/APP/dynos[/NAME][?grace=S]   stop one dyno, or all of the app's
     GET    /v1/logs[?app=&dyno=&tail=N&follow=1] Heroku-format lines, followed if asked
+    GET    /v1/explain/daemon                    the commands the daemon's start-up did
+
+Any request may add `?explain=1`: the answer then carries the commands that do what the daemon
+did for it (api/explain.py says where).
 
 Path segments are URL-decoded after the path is split, so a CIDR's slash travels as %2F. In the
 bodies of the space, app and feature endpoints, a missing field, one of the wrong JSON type and an
@@ -55,6 +59,7 @@ import urllib.parse
 
 import h11
 
+from dynod.api import explain
 from dynod.api.endpoints import Endpoints, Services
 from dynod.api.wire import Answer, Request, Stream, parse_json
 from dynod.errors import DynodError
@@ -238,6 +243,11 @@ class ApiServer:
     async def _dispatch(self, request: Request) -> Answer:
         if request.body_error is not None:
             return request.body_error.status, request.body_error.to_json()
+        if explain.wanted(request):
+            return await explain.explained(lambda: self._answer(request))
+        return await self._answer(request)
+
+    async def _answer(self, request: Request) -> Answer:
         try:
             return await self.endpoints.route(request)
         except DynodError as exc:

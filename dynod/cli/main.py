@@ -16,6 +16,7 @@ import click
 
 from dynod.api.client import Client, api_path
 from dynod.cli.command import build_command
+from dynod.cli.explain import explain_group, explain_option
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
 from dynod.errors import DynodError
 from dynod.rules import names, sizes
@@ -25,7 +26,7 @@ INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 
 
 def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj["socket"])
+    return Client(ctx.obj["socket"], explain=ctx.obj.get("explain"))
 
 
 def _fail(exc: DynodError) -> None:
@@ -198,6 +199,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@explain_option
 @click.option("--app", "-a", required=True, help="The app (created if new).")
 @click.option("--type", "ptype", default="web", show_default=True, help="The process type.")
 @click.option("--detach", "-d", is_flag=True, help="Start it and return at once.")
@@ -331,6 +333,7 @@ def _memory(dyno: dict[str, Any]) -> str:
 
 
 @main.command()
+@explain_option
 @click.option("--app", "-a", required=True)
 @click.option("--grace", type=float, help="Seconds from SIGTERM to SIGKILL (daemon default 30).")
 @click.argument("dyno", required=False)
@@ -415,6 +418,7 @@ def spaces(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command("spaces:create")
+@explain_option
 @click.argument("name")
 @click.option(
     "--cidr",
@@ -449,6 +453,7 @@ def spaces_create(
 
 
 @main.command("spaces:destroy")
+@explain_option
 @click.argument("name")
 @click.option("--confirm", metavar="NAME", help="Optional: must repeat the space's name.")
 @click.pass_context
@@ -528,6 +533,7 @@ def apps_create(
 
 
 @main.command("apps:destroy")
+@explain_option
 @click.argument("name")
 @click.option("--confirm", metavar="NAME", help="Optional: must repeat the app's name.")
 @click.pass_context
@@ -571,6 +577,7 @@ def _set_feature(ctx: click.Context, app: str, feature: str, enabled: bool) -> N
 
 
 @main.command("features:enable")
+@explain_option
 @click.argument("feature")
 @click.option("--app", "-a", required=True)
 @click.pass_context
@@ -583,6 +590,7 @@ def features_enable(ctx: click.Context, feature: str, app: str) -> None:
 
 
 @main.command("features:disable")
+@explain_option
 @click.argument("feature")
 @click.option("--app", "-a", required=True)
 @click.pass_context
@@ -627,6 +635,7 @@ def trusted_ips(ctx: click.Context, space: str, as_json: bool) -> None:
 
 
 @main.command("trusted-ips:add")
+@explain_option
 @click.argument("cidr")
 @click.option("--space", "-s", required=True)
 @click.pass_context
@@ -643,6 +652,7 @@ def trusted_ips_add(ctx: click.Context, cidr: str, space: str) -> None:
 
 
 @main.command("trusted-ips:remove")
+@explain_option
 @click.argument("cidr")
 @click.option("--space", "-s", required=True)
 @click.pass_context
@@ -664,3 +674,6 @@ def status(ctx: click.Context) -> None:
     for key, value in info.items():
         click.echo(f"{key:<10} {_cell(value)}")
     click.echo(f"{'answered':<10} in {1000 * (time.monotonic() - started):.1f} ms")
+
+
+main.add_command(explain_group)  # `dynod explain daemon`

@@ -1,0 +1,62 @@
+"""`?explain=1` on any request: the answer comes back with the commands (netns/record.py) that
+do what the daemon did for it, in order.
+
+- a JSON answer becomes `{"answer": ANSWER, "explain": [COMMAND, ...]}`;
+- an error keeps its shape and gets an "explain" list too (what was done before the refusal,
+  and undone after it);
+- a stream (a foreground `run`) starts with one `{"explain": [...]}` line: its commands are those
+  up to the dyno's start (what its stop does later is not part of this request's answer).
+
+Each command is a string of shell text; a few span lines (an `nft -f -` here-document)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from dynod.api.wire import Answer, Request, Stream, ndjson
+from netns import record
+
+FLAG = "explain"
+
+
+def wanted(request: Request) -> bool:
+    return request.query.get(FLAG, "") in ("1", "true", "yes")
+
+
+async def explained(answer: Callable[[], Awaitable[Answer]]) -> Answer:
+    """The answer, with what the kernel side did while it was being made."""
+    with record.recording() as rec:
+        found = await answer()
+    return attach(found, rec.commands())
+
+
+def attach(answer: Answer, commands: list[str]) -> Answer:
+    if isinstance(answer, Stream):
+        return _prefixed(answer, ndjson({FLAG: commands}))
+    status, obj = answer
+    if status >= 400 and isinstance(obj, dict):
+        return status, obj | {FLAG: commands}
+    return status, {"answer": obj, FLAG: commands}
+
+
+def _prefixed(stream: Stream, first: bytes) -> Stream:
+    inner = stream.chunks
+
+    async def chunks(closed: Any) -> AsyncIterator[bytes]:
+        yield first
+        generator = inner(closed)
+        try:
+            async for chunk in generator:
+                yield chunk
+        finally:
+            with contextlib.suppress(Exception):
+                await generator.aclose()  # type: ignore[attr-defined]
+
+    return Stream(stream.content_type, chunks, stream.on_close)
+
+
+def daemon_commands(startup: record.Recording) -> list[str]:
+    """What the daemon's start-up did (`dynod explain daemon`)."""
+    return startup.commands()
