@@ -15,6 +15,7 @@ ENOENT = 2
 ENODEV = 19  # the device itself is gone: so is whatever it held
 EADDRNOTAVAIL = 99
 ESRCH = 3
+RTPROT_STATIC = 4  # `proto static` in `ip route`
 
 
 def add(ipr: IPRoute, index: int, address: str, prefixlen: int) -> None:
@@ -60,9 +61,10 @@ def ipv4_routes(ipr: IPRoute) -> list[tuple[ipaddress.IPv4Network, int | None]]:
 
 
 def add_default_route(ipr: IPRoute, gateway: str) -> None:
-    """`ip route add default via GATEWAY`."""
-    ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
-    record.note("ip", "route", "add", "default", "via", gateway)
+    """`ip route add default via GATEWAY proto static` (a route an administrator set, as
+    pyroute2 marks it by default; `ip route add` alone would say `proto boot`)."""
+    ipr.route("add", dst="0.0.0.0/0", gateway=gateway, proto=RTPROT_STATIC)
+    record.note("ip", "route", "add", "default", "via", gateway, "proto", "static")
 
 
 def forget_neighbour(ipr: IPRoute, index: int, address: str) -> None:
