@@ -11,7 +11,7 @@ Everything here runs on the kernel worker's thread (netns.worker). For one dyno 
     ip addr add 172.16.0.5/30 dev dynod0                 # the dyno's gateway, on the host side
     ip -n NS link set lo up; ip -n NS link set eth0 up
     ip -n NS addr add 172.16.0.6/30 dev eth0
-    ip -n NS route add default via 172.16.0.5
+    ip -n NS route add default via 172.16.0.5 proto static
     ip netns exec NS sysctl -w net.ipv4.ping_group_range="0 2147483647"
 """
 
