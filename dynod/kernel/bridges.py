@@ -71,6 +71,7 @@ def remove_space(m: Machine, key: str, live: list[DynoNetwork]) -> None:
     network.remove_bridge(m.worker.ipr, net.bridge)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(m.resolv_path(net.bridge))
+        record.note("rm", m.resolv_path(net.bridge))
 
 
 def remove_host_objects(m: Machine) -> None:
