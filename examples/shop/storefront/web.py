@@ -1,7 +1,7 @@
 """The storefront's web process: the public face of the example shop.
 
-    GET  /          -> the orders, as the orders API has them
-    POST /order     item=tea -> creates the order at the API and hands it to a worker
+GET  /          -> the orders, as the orders API has them
+POST /order     item=tea -> creates the order at the API and hands it to a worker
 """
 
 from __future__ import annotations
