@@ -664,3 +664,8 @@ def status(ctx: click.Context) -> None:
     for key, value in info.items():
         click.echo(f"{key:<10} {_cell(value)}")
     click.echo(f"{'answered':<10} in {1000 * (time.monotonic() - started):.1f} ms")
+
+
+from dynod.cli.inspect import inspect  # noqa: E402  (no cycle: inspect does not import main)
+
+main.add_command(inspect)
