@@ -14,7 +14,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-packages=(python3 python3-venv python3-pip nftables iproute2 util-linux procps iputils-ping curl)
+packages=(python3 python3-venv python3-pip nftables iproute2 util-linux procps iputils-ping curl
+          chromium)  # chromium: the headless browser tests/integration/test_inspect.py opens
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
