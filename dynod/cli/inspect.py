@@ -43,11 +43,11 @@ def inspect(
     """The network as the kernel holds it now: bridges and their ports, veths, each dyno's
     namespace, address and routes, the nftables sets, the DNS names, and every difference from
     the daemon's state (flagged with !)."""
-    if app and space:
+    if app is not None and space is not None:
         raise DynodError("--app and --space both given", "give one of them, or neither")
-    if app:
+    if app is not None:
         names.check_app(app)
-    if space:
+    if space is not None:
         names.check_space(space)
     data = Client(ctx.obj["socket"]).call("GET", api_path("inspect", app=app, space=space))
     top = Topology.from_json(data)

@@ -50,6 +50,13 @@ class Wanted:
     elements: dict[str, set[str]] | None  # "family set" -> element keys; None: never applied
     dns: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     everything: bool = True  # strays are looked for only in the unscoped view
+    # every dyno on the networks shown (an app's view shows its own dynos, but the ports and
+    # gateways of the other apps of its space are theirs, not strays); None: `dynos`
+    neighbours: list[WantedDyno] | None = None
+
+    @property
+    def on_networks(self) -> list[WantedDyno]:
+        return self.dynos if self.neighbours is None else self.neighbours
 
 
 class _Builder:
@@ -130,7 +137,7 @@ class _Builder:
     # ---------------------------------------------------------------- bridges
     def bridge(self, want: WantedNet) -> model.Bridge:
         link = self.look.link(want.bridge)
-        dynos = [d for d in self.wanted.dynos if d.network.bridge == want.bridge]
+        dynos = [d for d in self.wanted.on_networks if d.network.bridge == want.bridge]
         if link is None or link.kind != "bridge":
             self.flag("missing", f"bridge {want.bridge}", f"`ip -d link show {want.bridge}`")
             return model.Bridge(want.bridge, None, want.key, want.cidr, (), (), want.nat_ip)

@@ -29,11 +29,12 @@ class InspectService:
             )
         keys, scope = self._scope(app, space)
         nets = [self.kernel.machine.net(k) for k in keys if self._open(k)]
-        dynos = [
+        neighbours = [
             build.WantedDyno(d.app, d.name, d.space, d.state, self.networks.of(d))
-            for d in self.state.dynos(app)
+            for d in self.state.dynos()
             if d.space in keys and self._open(d.space)
         ]
+        dynos = [d for d in neighbours if app is None or d.app == app]
         dns = {n.key: self.registry.records(n.key) for n in nets if n.key}
         prefix = self.kernel.names.prefix
         m = self.kernel.machine
@@ -66,6 +67,7 @@ class InspectService:
             elements=elements,
             dns=dns,
             everything=not (app or space),
+            neighbours=neighbours,
         )
         return build.build(seen, wanted).to_json()
 

@@ -138,6 +138,11 @@ def test_scope_app_and_space(net: Net) -> None:
     space = net.model("--space", net.space)
     assert [b["name"] for b in space["bridges"]] == net.bridges[1:]
     assert sorted(d["app"] for d in space["dynos"]) == ["api", "jobs"]
+    api = net.model("--app", "api")
+    assert [d["app"] for d in api["dynos"]] == ["api"]
+    # jobs' port and gateway on the same bridge are jobs', not strays
+    assert api["problems"] == []
+    assert sorted(p["dyno"] for p in api["bridges"][0]["ports"]) == ["api/web.1", "jobs/worker.1"]
 
 
 def test_unknown_app_or_space_is_refused(net: Net) -> None:

@@ -96,5 +96,6 @@ def test_bad_input_is_refused(inspecting: tuple[FakeApi, _Inspect]) -> None:
     api, service = inspecting
     refused(api.cli("inspect", "--app", "nope"), "no app named 'nope'")
     refused(api.cli("inspect", "--app", "a", "--space", "b"), "--app and --space both given")
-    refused(api.cli("inspect", "--app", "Bad_Name"), "")
+    refused(api.cli("inspect", "--app", "Bad_Name"), "invalid app name 'Bad_Name'")
+    refused(api.cli("inspect", "--app", ""), "invalid app name ''")
     assert service.asked == [("nope", None)]

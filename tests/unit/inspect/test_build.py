@@ -166,3 +166,15 @@ def test_dns_names_go_with_their_dyno() -> None:
     wanted = _wanted(dns={"": names})
     (dyno,) = build.build(_look(), wanted).dynos
     assert dyno.dns == ("1.web.sushi.app.localspace",)
+
+
+def test_an_apps_view_takes_its_neighbours_ports_and_gateways_as_theirs() -> None:
+    """--app other: sushi's dyno is on the same bridge; its port and gateway are not strays."""
+    shown: list[build.WantedDyno] = []
+    wanted = _wanted(dynos=shown, neighbours=_wanted().dynos, everything=False, scope="app other")
+    top = build.build(_look(), wanted)
+    assert top.problems == ()
+    assert top.dynos == ()
+    assert [p.dyno for p in top.bridges[0].ports] == ["sushi/web.1"]
+    without = build.build(_look(), _wanted(dynos=shown, everything=False))
+    assert "stray port dynod-1: on dynod0, no dyno owns it" in [str(p) for p in without.problems]
