@@ -91,6 +91,9 @@ def _write(data: bytes, output: str | None) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return
-    with open(output, "wb") as f:
-        f.write(data)
+    try:
+        with open(output, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise DynodError(f"cannot write {output}: {exc.strerror}", "give a writable path") from exc
     click.echo(f"wrote {output}", err=True)

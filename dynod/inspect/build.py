@@ -73,6 +73,7 @@ class _Builder:
     def dyno(self, want: WantedDyno) -> model.Dyno:
         net = want.network
         label = f"{want.app}/{want.name}"
+        found_before = len(self.problems)
         exists = net.netns in self.look.namespaces
         if not exists:
             self.flag("missing", f"namespace {net.netns}", f"{label}'s; `ip netns list`")
@@ -109,6 +110,12 @@ class _Builder:
                     "missing",
                     f"default route in {net.netns}",
                     f"via {net.gateway}; `ip -n {net.netns} route`",
+                )
+        if want.state == "starting":  # attach() may be under way: say so with each
+            for i in range(found_before, len(self.problems)):
+                p = self.problems[i]
+                self.problems[i] = model.Problem(
+                    p.kind, p.subject, f"{p.detail} (it is starting: its network may be unfinished)"
                 )
         return model.Dyno(
             app=want.app,

@@ -99,3 +99,12 @@ def test_bad_input_is_refused(inspecting: tuple[FakeApi, _Inspect]) -> None:
     refused(api.cli("inspect", "--app", "Bad_Name"), "invalid app name 'Bad_Name'")
     refused(api.cli("inspect", "--app", ""), "invalid app name ''")
     assert service.asked == [("nope", None)]
+
+
+def test_an_unwritable_output_is_refused(
+    inspecting: tuple[FakeApi, _Inspect], tmp_path: Path
+) -> None:
+    api, _ = inspecting
+    target = tmp_path / "no-such-dir" / "net.html"
+    refused(api.cli("inspect", "--format", "html", "-o", str(target)), f"cannot write {target}")
+    assert not target.parent.exists()

@@ -178,3 +178,11 @@ def test_an_apps_view_takes_its_neighbours_ports_and_gateways_as_theirs() -> Non
     assert [p.dyno for p in top.bridges[0].ports] == ["sushi/web.1"]
     without = build.build(_look(), _wanted(dynos=shown, everything=False))
     assert "stray port dynod-1: on dynod0, no dyno owns it" in [str(p) for p in without.problems]
+
+
+def test_a_starting_dynos_differences_say_it_is_starting() -> None:
+    look = _look()
+    look.namespaces, look.inside = [], {}
+    starting = [dataclasses.replace(_wanted().dynos[0], state="starting")]
+    (problem,) = [p for p in _problems(look, _wanted(dynos=starting)) if "namespace" in p]
+    assert problem.endswith("(it is starting: its network may be unfinished)")
