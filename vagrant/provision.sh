@@ -15,7 +15,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 packages=(python3 python3-venv python3-pip nftables iproute2 util-linux procps iputils-ping curl
-          chromium)  # chromium: the headless browser tests/integration/test_inspect.py opens
+          chromium graphviz)  # `dynod inspect`'s browser test and its svg/png drawings
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -91,10 +91,8 @@ def render(top: Topology) -> str:
     for bridge in top.bridges:
         out.extend(_bridge(top, bridge))
     sets = "\n".join(
-        [
-            f"{s.family} {s.table} {s.name}: " + (", ".join(s.elements) or "(empty)")
-            for s in top.sets
-        ]
+        f"{s.family} {s.table} {s.name}:" + "".join(f"\n  {e}" for e in s.elements)
+        for s in top.sets
     )
     out.append(f"  sets [shape=note, label={quote('nftables sets' + chr(10) + sets)}];")
     if top.dns:

@@ -7,6 +7,7 @@ rendered DOM must show every bridge and dyno; its screenshot is kept (DYNOD_ARTE
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
 import random
@@ -143,6 +144,17 @@ def test_scope_app_and_space(net: Net) -> None:
     # jobs' port and gateway on the same bridge are jobs', not strays
     assert api["problems"] == []
     assert sorted(p["dyno"] for p in api["bridges"][0]["ports"]) == ["api/web.1", "jobs/worker.1"]
+
+
+def test_graphviz_draws_every_bridge_and_dyno(net: Net, tmp_path: Path) -> None:
+    if shutil.which("dot") is None:
+        pytest.fail("graphviz is not installed (vagrant/provision.sh installs it)")
+    image = tmp_path / "net.svg"
+    done = net.daemon.cli("inspect", "--format", "svg", "-o", str(image))
+    assert done.returncode == 0, done.stderr
+    svg = image.read_text()
+    assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+    _everything_shown(net, html.unescape(svg))  # dot writes "-" as &#45;
 
 
 def test_unknown_app_or_space_is_refused(net: Net) -> None:
