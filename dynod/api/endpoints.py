@@ -21,6 +21,7 @@ from dynod.control.dynos import DynoService
 from dynod.control.spaces import SpaceService
 from dynod.control.status import StatusReport
 from dynod.errors import DynodError, NotFound
+from dynod.inspect.service import InspectService
 from dynod.logs.book import LogBook
 
 MAX_SECONDS = 86_400  # a grace period or a tail longer than a day is a typo
@@ -37,6 +38,7 @@ class Services:
     dynos: DynoService
     status: StatusReport
     log: LogBook
+    inspect: InspectService
 
 
 class Endpoints:
@@ -46,6 +48,7 @@ class Endpoints:
         self.dynos = services.dynos
         self.status = services.status
         self.log = services.log
+        self.inspect = services.inspect
         self._table = self._routes()
 
     def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
@@ -70,6 +73,7 @@ class Endpoints:
             ("DELETE", ("apps", "*", "dynos", "*"), self._stop),
             ("GET", ("dynos",), self._dynos),
             ("GET", ("logs",), self._logs),
+            ("GET", ("inspect",), self._inspect),
         ]
 
     async def route(self, r: Request) -> Answer:
@@ -165,6 +169,10 @@ class Endpoints:
         tail = 100 if tail_given is None else int(tail_given)
         follow = r.query.get("follow") in ("1", "true", "yes")
         return streams.log_lines(self.log, app, dyno_name, tail, follow)
+
+    async def _inspect(self, r: Request) -> Answer:
+        app, space = r.query.get("app") or None, r.query.get("space") or None
+        return 200, await self.inspect.inspect(app, space)
 
 
 def _match(pattern: tuple[str, ...], path: list[str]) -> list[str] | None:
