@@ -25,6 +25,7 @@ from dynod.daemon import Daemon
 from dynod.dns.registry import Registry
 from dynod.dns.server import DnsServer
 from dynod.errors import DynodError
+from dynod.inspect.service import InspectService
 from dynod.kernel.host import Kernel
 from dynod.logs.book import LogBook
 from dynod.router.limits import raise_open_file_limit
@@ -98,7 +99,8 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
     daemon = Daemon(
         config, claim, kernel, state, log, dns, router, routes, supervisor, spaces, dynos
     )
-    return daemon, Services(spaces, apps, dynos, status, log)
+    inspect = InspectService(state, kernel, supervisor.networks, registry)
+    return daemon, Services(spaces, apps, dynos, status, log, inspect)
 
 
 async def _close(api: ApiServer, daemon: Daemon, stop_dynos: bool) -> None:

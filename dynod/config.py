@@ -37,6 +37,9 @@ class Config:
     metrics_interval: float = 20.0
     dns_timeout: float = 2.0  # an upstream that has not answered by then: SERVFAIL
     health_interval: float = 1.0  # seconds between checks that each dyno's network is whole
+    # re-apply the firewall when someone else changes it; off only to break it by hand and
+    # watch `dynod inspect` flag the difference
+    firewall_guard: bool = True
 
     @property
     def resolv_dir(self) -> str:

@@ -72,7 +72,8 @@ class Daemon:
         await self.router.start(self.config.router_host, self.config.router_port)
         await listen()
         self.supervisor.start_loops()
-        self.supervisor.background(self._guard_firewall())
+        if self.config.firewall_guard:
+            self.supervisor.background(self._guard_firewall())
         for dyno in to_stop:
             self.supervisor.background(self.supervisor.stop(dyno))
         self.log.emit(

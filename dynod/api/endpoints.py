@@ -21,6 +21,7 @@ from dynod.control.dynos import DynoService
 from dynod.control.spaces import SpaceService
 from dynod.control.status import StatusReport
 from dynod.errors import DynodError, NotFound
+from dynod.inspect.service import InspectService
 from dynod.logs.book import LogBook
 from netns import record
 
@@ -38,6 +39,7 @@ class Services:
     dynos: DynoService
     status: StatusReport
     log: LogBook
+    inspect: InspectService
     startup: record.Recording = field(default_factory=record.Recording)  # what start-up did
 
 
@@ -48,6 +50,7 @@ class Endpoints:
         self.dynos = services.dynos
         self.status = services.status
         self.log = services.log
+        self.inspect = services.inspect
         self.startup = services.startup
         self._table = self._routes()
 
@@ -73,6 +76,7 @@ class Endpoints:
             ("DELETE", ("apps", "*", "dynos", "*"), self._stop),
             ("GET", ("dynos",), self._dynos),
             ("GET", ("logs",), self._logs),
+            ("GET", ("inspect",), self._inspect),
             ("GET", ("explain", "daemon"), self._explain_daemon),
         ]
 
@@ -169,6 +173,10 @@ class Endpoints:
         tail = 100 if tail_given is None else int(tail_given)
         follow = r.query.get("follow") in ("1", "true", "yes")
         return streams.log_lines(self.log, app, dyno_name, tail, follow)
+
+    async def _inspect(self, r: Request) -> Answer:
+        app, space = r.query.get("app") or None, r.query.get("space") or None
+        return 200, await self.inspect.inspect(app, space)
 
     async def _explain_daemon(self, r: Request) -> Answer:
         return 200, self.startup.commands()

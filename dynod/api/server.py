@@ -25,6 +25,8 @@ works as well as the CLI.
                                                  (closing it stops the dyno, like Ctrl-C)
     DELETE /v1/apps/APP/dynos[/NAME][?grace=S]   stop one dyno, or all of the app's
     GET    /v1/logs[?app=&dyno=&tail=N&follow=1] Heroku-format lines, followed if asked
+    GET    /v1/inspect[?app=APP|space=SPACE]     the live topology read from the kernel, and
+                                                 every difference from the state (problems)
     GET    /v1/explain/daemon                    the commands the daemon's start-up did
 
 Any request may add `?explain=1`: the answer then carries the commands that do what the daemon

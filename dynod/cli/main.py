@@ -116,6 +116,12 @@ def main(ctx: click.Context, socket: str) -> None:
     help="Seconds between samples of each dyno's memory (R14, R15 logs).",
 )
 @click.option("--no-restart", is_flag=True, help="Do not restart crashed dynos.")
+@click.option(
+    "--no-firewall-guard",
+    is_flag=True,
+    help="Do not re-apply the firewall when someone else changes it (to break it by hand "
+    "and watch `dynod inspect` flag it).",
+)
 @click.option("--quiet", is_flag=True, help="Do not print the log on stderr.")
 @click.pass_context
 def daemon(
@@ -132,6 +138,7 @@ def daemon(
     health_interval: float,
     metrics_interval: float,
     no_restart: bool,
+    no_firewall_guard: bool,
     quiet: bool,
 ) -> None:
     """Run the root daemon in the foreground (Ctrl-C stops it and every dyno)."""
@@ -155,6 +162,7 @@ def daemon(
             restart_crashed=not no_restart,
             health_interval=health_interval,
             metrics_interval=metrics_interval,
+            firewall_guard=not no_firewall_guard,
         )
         asyncio.run(serve(config))
     except ValueError as exc:
@@ -676,4 +684,7 @@ def status(ctx: click.Context) -> None:
     click.echo(f"{'answered':<10} in {1000 * (time.monotonic() - started):.1f} ms")
 
 
+from dynod.cli.inspect import inspect  # noqa: E402  (no cycle: inspect does not import main)
+
+main.add_command(inspect)
 main.add_command(explain_group)  # `dynod explain daemon`

@@ -1,0 +1,306 @@
+"""The topology from what the kernel holds (look.Look) and what the state says should be there
+(Wanted): a pure function, so every difference it flags is unit-tested without root.
+
+What should be there is what attach() makes for each dyno of the state (kernel/network.py):
+its namespace, its veth on its bridge with the port isolated, learning and flooding off, a
+static FDB entry for its MAC, its gateway on the bridge, eth0 with its /30 and a default route
+via the gateway; and every element the daemon's last firewall transactions put in its sets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from dynod.inspect import model
+from dynod.inspect.look import Look
+from dynod.kernel.facts import DynoNetwork
+from dynod.kernel.network import Names
+from netns import topology
+from netns.nftables import element_key
+
+
+@dataclass(frozen=True)
+class WantedNet:
+    key: str  # "" the Common Runtime, else the space's name
+    bridge: str
+    cidr: str
+    address: str  # the bridge's own address
+    prefixlen: int
+    nat_ip: str | None
+
+
+@dataclass(frozen=True)
+class WantedDyno:
+    app: str
+    name: str
+    space: str
+    state: str
+    network: DynoNetwork
+
+
+@dataclass
+class Wanted:
+    """What the state says, for the scope asked about."""
+
+    prefix: str
+    scope: str
+    networks: list[WantedNet]
+    dynos: list[WantedDyno]
+    elements: dict[str, set[str]] | None  # "family set" -> element keys; None: never applied
+    dns: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    everything: bool = True  # strays are looked for only in the unscoped view
+    # every dyno on the networks shown (an app's view shows its own dynos, but the ports and
+    # gateways of the other apps of its space are theirs, not strays); None: `dynos`
+    neighbours: list[WantedDyno] | None = None
+
+    @property
+    def on_networks(self) -> list[WantedDyno]:
+        return self.dynos if self.neighbours is None else self.neighbours
+
+
+class _Builder:
+    def __init__(self, look: Look, wanted: Wanted) -> None:
+        self.look = look
+        self.wanted = wanted
+        self.names = Names(wanted.prefix)
+        self.problems: list[model.Problem] = []
+
+    def flag(self, kind: str, subject: str, detail: str) -> None:
+        self.problems.append(model.Problem(kind, subject, detail))
+
+    # ---------------------------------------------------------------- dynos
+    def dyno(self, want: WantedDyno) -> model.Dyno:
+        net = want.network
+        label = f"{want.app}/{want.name}"
+        found_before = len(self.problems)
+        exists = net.netns in self.look.namespaces
+        if not exists:
+            self.flag("missing", f"namespace {net.netns}", f"{label}'s; `ip netns list`")
+        veth = self.look.link(net.veth)
+        if veth is None:
+            self.flag("missing", f"veth {net.veth}", f"{label}'s; `ip link show {net.veth}`")
+        inside = self.look.inside.get(net.netns)
+        eth0 = next((x for x in inside.links if x.name == "eth0"), None) if inside else None
+        address: str | None = None
+        routes: tuple[str, ...] = ()
+        if inside is not None:
+            if eth0 is None:
+                self.flag("missing", f"eth0 in {net.netns}", f"`ip -n {net.netns} link`")
+            else:
+                found = inside.addresses.get(eth0.index, [])
+                address = found[0] if found else None
+                want_address = f"{net.address}/{net.prefixlen}"
+                if want_address not in found:
+                    self.flag(
+                        "wrong",
+                        f"eth0 in {net.netns}",
+                        f"has {', '.join(found) or 'no address'}, the state says {want_address}; "
+                        f"`ip -n {net.netns} addr`",
+                    )
+                if veth is not None and (eth0.peer != veth.index or veth.peer != eth0.index):
+                    self.flag(
+                        "wrong",
+                        f"veth {net.veth}",
+                        f"is not the peer of eth0 in {net.netns}; `ip -d link show {net.veth}`",
+                    )
+            routes = tuple(_route_text(r, inside) for r in inside.routes)
+            if not any(r.dst == "default" and r.gateway == net.gateway for r in inside.routes):
+                self.flag(
+                    "missing",
+                    f"default route in {net.netns}",
+                    f"via {net.gateway}; `ip -n {net.netns} route`",
+                )
+        if want.state == "starting":  # attach() may be under way: say so with each
+            for i in range(found_before, len(self.problems)):
+                p = self.problems[i]
+                self.problems[i] = model.Problem(
+                    p.kind, p.subject, f"{p.detail} (it is starting: its network may be unfinished)"
+                )
+        return model.Dyno(
+            app=want.app,
+            name=want.name,
+            space=want.space,
+            state=want.state,
+            netns=net.netns,
+            netns_exists=exists,
+            veth=net.veth,
+            veth_index=veth.index if veth else None,
+            eth0_index=eth0.index if eth0 else None,
+            address=address,
+            gateway=net.gateway,
+            routes=routes,
+            bridge=net.bridge,
+            web_port=net.web.port if net.web else None,
+            dns=tuple(
+                sorted(
+                    name
+                    for name, ips in self.wanted.dns.get(want.space, {}).items()
+                    if net.address in ips
+                )
+            ),
+        )
+
+    # ---------------------------------------------------------------- bridges
+    def bridge(self, want: WantedNet) -> model.Bridge:
+        link = self.look.link(want.bridge)
+        dynos = [d for d in self.wanted.on_networks if d.network.bridge == want.bridge]
+        if link is None or link.kind != "bridge":
+            self.flag("missing", f"bridge {want.bridge}", f"`ip -d link show {want.bridge}`")
+            return model.Bridge(want.bridge, None, want.key, want.cidr, (), (), want.nat_ip)
+        have = self.look.addresses.get(link.index, [])
+        own = f"{want.address}/{want.prefixlen}"
+        wanted_addresses = [own] + [f"{d.network.gateway}/{d.network.prefixlen}" for d in dynos]
+        for address in wanted_addresses:
+            if address not in have:
+                self.flag(
+                    "missing",
+                    f"address {address}",
+                    f"on {want.bridge}; `ip -4 addr show dev {want.bridge}`",
+                )
+        for address in have:
+            if address not in wanted_addresses:
+                self.flag(
+                    "stray", f"address {address}", f"on {want.bridge}, no dyno of the state's"
+                )
+        ordered = [a for a in wanted_addresses if a in have] + [
+            a for a in have if a not in wanted_addresses
+        ]
+        return model.Bridge(
+            name=want.bridge,
+            index=link.index,
+            network=want.key,
+            cidr=want.cidr,
+            addresses=tuple(ordered),
+            ports=tuple(self._ports(link, dynos)),
+            nat_ip=want.nat_ip,
+        )
+
+    def _ports(self, bridge: topology.Link, dynos: list[WantedDyno]) -> list[model.Port]:
+        by_veth = {d.network.veth: d for d in dynos}
+        fdb = self.look.fdb.get(bridge.index, [])
+        ports = []
+        for link in self.look.links:
+            if link.master != bridge.index:
+                continue
+            owner = by_veth.get(link.name)
+            flags = link.port or topology.PortFlags(False, True, True)
+            macs = tuple(sorted(e.mac for e in fdb if e.port == link.index and e.static))
+            ports.append(
+                model.Port(
+                    name=link.name,
+                    index=link.index,
+                    peer_index=link.peer,
+                    isolated=flags.isolated,
+                    learning=flags.learning,
+                    flood=flags.flood,
+                    dyno=f"{owner.app}/{owner.name}" if owner else "",
+                    fdb=macs,
+                )
+            )
+            if owner is None:
+                self.flag("stray", f"port {link.name}", f"on {bridge.name}, no dyno owns it")
+                continue
+            wrong = _wrong_flags(flags)
+            if wrong:
+                self.flag(
+                    "wrong",
+                    f"port {link.name}",
+                    f"{', '.join(wrong)}; `bridge -d link show dev {link.name}`",
+                )
+            if owner.network.subnet.dyno_mac not in macs:
+                self.flag(
+                    "missing",
+                    f"fdb entry {owner.network.subnet.dyno_mac}",
+                    f"static on {link.name}; `bridge fdb show br {bridge.name}`",
+                )
+        for d in dynos:
+            veth = self.look.link(d.network.veth)
+            if veth is not None and veth.master != bridge.index:
+                self.flag("wrong", f"veth {veth.name}", f"is not a port of {bridge.name}")
+        return ports
+
+    # ---------------------------------------------------------------- firewall
+    def sets(self) -> list[model.NftSet]:
+        prefix = self.wanted.prefix
+        for family in ("bridge", "inet"):
+            if f"{family} {prefix}" not in self.look.tables:
+                self.flag(
+                    "missing", f"table {family} {prefix}", f"`nft list table {family} {prefix}`"
+                )
+        found = []
+        for key, elements in sorted(self.look.sets.items()):
+            family, name = key.split(" ", 1)
+            found.append(
+                model.NftSet(
+                    family, prefix, name, tuple(sorted(model.element_text(e) for e in elements))
+                )
+            )
+            if self.wanted.elements is None or key not in self.wanted.elements:
+                continue
+            want = self.wanted.elements[key]
+            have = {element_key(e): e for e in elements}
+            subject = f"set {family} {prefix} {name}"
+            for k, e in have.items():
+                if k not in want:
+                    self.flag("stray", f"element {model.element_text(e)}", f"in {subject}")
+            for k in sorted(want - set(have)):
+                self.flag("missing", f"element {_key_text(k)}", f"in {subject}")
+        return found
+
+    # ---------------------------------------------------------------- strays
+    def strays(self) -> None:
+        known_veths = {d.network.veth for d in self.wanted.dynos}
+        known_bridges = {n.bridge for n in self.wanted.networks}
+        known_netns = {d.network.netns for d in self.wanted.dynos}
+        for link in self.look.links:
+            if self.names.veth_pattern.fullmatch(link.name) and link.name not in known_veths:
+                if link.master is None:  # a port's stray is flagged with its bridge
+                    self.flag("stray", f"link {link.name}", "no dyno of the state owns it")
+            elif (
+                self.names.space_bridge_pattern.fullmatch(link.name)
+                or link.name == self.names.bridge
+            ) and link.name not in known_bridges:
+                self.flag("stray", f"bridge {link.name}", "no network of the state's")
+        for name in self.look.namespaces:
+            if name not in known_netns:
+                self.flag("stray", f"namespace {name}", "no dyno of the state's")
+
+
+def build(look: Look, wanted: Wanted) -> model.Topology:
+    b = _Builder(look, wanted)
+    bridges = [b.bridge(n) for n in wanted.networks]
+    dynos = [b.dyno(d) for d in wanted.dynos]
+    sets = b.sets()
+    if wanted.everything:
+        b.strays()
+    return model.Topology(
+        prefix=wanted.prefix,
+        scope=wanted.scope,
+        bridges=tuple(bridges),
+        dynos=tuple(dynos),
+        sets=tuple(sets),
+        dns={k: v for k, v in wanted.dns.items() if any(n.key == k for n in wanted.networks)},
+        problems=tuple(b.problems),
+    )
+
+
+def _wrong_flags(flags: topology.PortFlags) -> list[str]:
+    wrong = []
+    if not flags.isolated:
+        wrong.append("isolated off (should be on)")
+    if flags.learning:
+        wrong.append("learning on (should be off)")
+    if flags.flood:
+        wrong.append("flood on (should be off)")
+    return wrong
+
+
+def _route_text(route: topology.Route, inside: topology.Namespace) -> str:
+    dev = next((x.name for x in inside.links if x.index == route.dev), "?")
+    via = f" via {route.gateway}" if route.gateway else ""
+    return f"{route.dst}{via} dev {dev}"
+
+
+def _key_text(key: str) -> str:
+    return model.element_text(json.loads(key))

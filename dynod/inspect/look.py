@@ -1,0 +1,67 @@
+"""What the kernel holds right now, read on the kernel worker's thread: the host's links (with
+bridge-port flags), addresses and FDB entries, the namespaces with the daemon's prefix, the view
+from inside the ones asked for, and the elements of dynod's nftables sets. As a person would
+look:
+
+    ip -d link show; ip -4 addr show; bridge fdb show br BRIDGE
+    ip netns list | grep PREFIX-
+    ip -n NETNS -d link show; ip -n NETNS -4 addr show; ip -n NETNS -4 route show
+    nft -j list table bridge PREFIX; nft -j list table inet PREFIX
+
+Nothing here changes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from netns import namespace, topology
+from netns.nftables import Nft
+
+FAMILIES = ("bridge", "inet")
+
+
+@dataclass
+class Look:
+    links: list[topology.Link] = field(default_factory=list)
+    addresses: dict[int, list[str]] = field(default_factory=dict)
+    fdb: dict[int, list[topology.FdbEntry]] = field(default_factory=dict)  # bridge -> entries
+    namespaces: list[str] = field(default_factory=list)  # every one with the prefix
+    inside: dict[str, topology.Namespace] = field(default_factory=dict)  # those asked for
+    sets: dict[str, list[Any]] = field(default_factory=dict)  # "family name" -> elements
+    tables: list[str] = field(default_factory=list)  # "family table" of ours that exist
+
+    def link(self, name: str) -> topology.Link | None:
+        for link in self.links:
+            if link.name == name:
+                return link
+        return None
+
+
+def look(ipr: IPRoute, nft: Nft, prefix: str, bridges: Iterable[str], netns: Iterable[str]) -> Look:
+    """The host's view, the namespaces named in `netns` from inside, and `bridges`' FDBs."""
+    found = Look(links=topology.links(ipr), addresses=topology.ipv4_addresses(ipr))
+    wanted = set(bridges)
+    for link in found.links:
+        if link.name in wanted and link.kind == "bridge":
+            found.fdb[link.index] = topology.fdb(ipr, link.index)
+    found.namespaces = namespace.names(f"{prefix}-")
+    for name in netns:
+        if name not in found.namespaces:
+            continue
+        try:
+            found.inside[name] = topology.inside(name)
+        except OSError:
+            continue  # deleted between the listing and the look: shown as missing
+    for family in FAMILIES:
+        sets = topology.nft_sets(nft, family, prefix)
+        if sets is None:
+            continue
+        found.tables.append(f"{family} {prefix}")
+        for name, elements in sets.items():
+            found.sets[f"{family} {name}"] = elements
+    return found
