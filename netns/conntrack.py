@@ -54,13 +54,16 @@ def delete_where(refused: Callable[[Flow], bool]) -> int:
     return deleted
 
 
+PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp"}
+
+
 def _delete_words(orig: object) -> list[str]:
     """`conntrack -D -p PROTO -s SRC -d DST [--sport N --dport N]` for one flow."""
     words = [
         "conntrack",
         "-D",
         "-p",
-        str(getattr(orig, "proto", "")),
+        PROTOCOLS.get(getattr(orig, "proto", 0), str(getattr(orig, "proto", ""))),
         "-s",
         str(getattr(orig, "saddr", "")),
         "-d",

@@ -153,3 +153,15 @@ def test_tasks_a_request_starts_report_to_it_until_it_ends() -> None:
         return rec.commands()
 
     assert asyncio.run(main()) == ["ip netns add during"]
+
+
+def test_a_deleted_flow_is_shown_as_conntrack_would_take_it() -> None:
+    from types import SimpleNamespace
+
+    from netns.conntrack import _delete_words
+
+    flow = SimpleNamespace(proto=6, saddr="172.16.0.6", daddr="10.0.0.1", sport=4000, dport=80)
+    assert _delete_words(flow) == [
+        "conntrack", "-D", "-p", "tcp", "-s", "172.16.0.6", "-d", "10.0.0.1",
+        "--sport", "4000", "--dport", "80",
+    ]  # fmt: skip
