@@ -16,6 +16,7 @@ from dynod.api.server import ApiServer, socket_group
 from dynod.claim import Claim
 from dynod.config import Config
 from dynod.control.apps import AppService
+from dynod.control.configvars import ConfigService
 from dynod.control.dynos import DynoService
 from dynod.control.routing import RoutePublisher
 from dynod.control.spaces import SpaceService
@@ -95,7 +96,8 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
     daemon = Daemon(
         config, claim, kernel, state, log, dns, router, routes, supervisor, spaces, dynos
     )
-    return daemon, Services(spaces, apps, dynos, status, log)
+    config_vars = ConfigService(state, supervisor, log)
+    return daemon, Services(spaces, apps, dynos, status, log, config_vars)
 
 
 async def _close(api: ApiServer, daemon: Daemon, stop_dynos: bool) -> None:

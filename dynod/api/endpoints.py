@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from dynod.api import streams
+from dynod.api.config_endpoints import ConfigEndpoints
 from dynod.api.requests import (
     CreateApp,
     CreateSpace,
@@ -17,6 +18,7 @@ from dynod.api.requests import (
 )
 from dynod.api.wire import Answer, Request
 from dynod.control.apps import AppService
+from dynod.control.configvars import ConfigService
 from dynod.control.dynos import DynoService
 from dynod.control.spaces import SpaceService
 from dynod.control.status import StatusReport
@@ -37,6 +39,7 @@ class Services:
     dynos: DynoService
     status: StatusReport
     log: LogBook
+    config: ConfigService
 
 
 class Endpoints:
@@ -46,6 +49,7 @@ class Endpoints:
         self.dynos = services.dynos
         self.status = services.status
         self.log = services.log
+        self.config = ConfigEndpoints(services.config)
         self._table = self._routes()
 
     def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
@@ -70,6 +74,7 @@ class Endpoints:
             ("DELETE", ("apps", "*", "dynos", "*"), self._stop),
             ("GET", ("dynos",), self._dynos),
             ("GET", ("logs",), self._logs),
+            *self.config.routes(),
         ]
 
     async def route(self, r: Request) -> Answer:
