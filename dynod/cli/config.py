@@ -13,7 +13,7 @@ from dynod.api.client import api_path
 from dynod.cli.main import _client, main
 from dynod.errors import DynodError
 from dynod.rules import names
-from dynod.rules.configvars import check_name, parse_assignments
+from dynod.rules.configvars import check_changes, check_name, parse_assignments
 
 
 def _fetch(ctx: click.Context, app: str) -> dict[str, str]:
@@ -71,6 +71,7 @@ def config_get(ctx: click.Context, app: str, shell: bool, name: str) -> None:
 
 def _change(ctx: click.Context, app: str, changes: dict[str, str | None], verb: str) -> Any:
     names.check_app(app)
+    check_changes(changes)
     click.echo(f"{verb} {', '.join(changes)} and restarting {app}... ", nl=False, err=True)
     try:
         done = _client(ctx).call("PATCH", api_path("apps", app, "config-vars"), changes)

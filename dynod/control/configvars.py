@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from dynod.control import launch
 from dynod.control.supervisor import Supervisor
 from dynod.errors import DynodError, NotFound
 from dynod.logs.book import LogBook
 from dynod.rules import names
-from dynod.rules.configvars import check_name
+from dynod.rules.configvars import check_changes
 from dynod.state.store import State
 
 MAX_VALUE = 32 * 1024  # Heroku's limit on all of an app's config vars together (32 kB)
@@ -67,20 +66,6 @@ class ConfigService:
         running = [d for d in self.state.dynos(app) if d.detached and d.state in ("starting", "up")]
         done = await asyncio.gather(*(self.supervisor.restart(d) for d in running))
         return [d.name for d, was in zip(running, done, strict=True) if was]
-
-
-def check_changes(changes: dict[str, str | None]) -> None:
-    if not changes:
-        raise DynodError("no config vars given", "give at least one NAME=VALUE (or NAME to unset)")
-    for name, value in changes.items():
-        check_name(name)
-        if launch.is_platform_var(name):
-            raise DynodError(
-                f"{name} is set by the platform in every dyno and cannot be a config var",
-                "choose another name",
-            )
-        if value is not None and "\0" in value:
-            raise DynodError(f"the value of {name} holds a NUL byte", "remove it")
 
 
 def _description(changes: dict[str, str | None]) -> str:

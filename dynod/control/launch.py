@@ -79,15 +79,6 @@ def dyno_env(given: Mapping[str, Any]) -> dict[str, str]:
     return env
 
 
-# Set by the platform at each start: a config var of one of these names is refused.
-PLATFORM_VARS = ("DYNO", "PORT", "HEROKU_PRIVATE_IP")
-PLATFORM_PREFIX = "HEROKU_DNS_"
-
-
-def is_platform_var(name: str) -> bool:
-    return name in PLATFORM_VARS or name.startswith(PLATFORM_PREFIX)
-
-
 def process_env(dyno: Dyno, config: Mapping[str, str], dns: Mapping[str, str]) -> dict[str, str]:
     """What the process sees, each layer over the one before: the defaults, the app's config
     vars, the dyno's own environment (`run -e`: for that one dyno), then the platform's DYNO,

@@ -13,6 +13,11 @@ from dynod.errors import DynodError
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 
+# Set by the platform in every dyno (DYNO, PORT on web dynos, HEROKU_PRIVATE_IP in a space, the
+# HEROKU_DNS_* names with DNS discovery): a config var cannot take one of these names.
+PLATFORM_VARS = ("DYNO", "PORT", "HEROKU_PRIVATE_IP")
+PLATFORM_PREFIX = "HEROKU_DNS_"
+
 
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name or ""):
@@ -35,3 +40,19 @@ def parse_assignments(words: tuple[str, ...] | list[str]) -> dict[str, str]:
             raise DynodError(f"{word!r} is not NAME=VALUE", f"write it as {word}=VALUE")
         assigned[check_name(name)] = value
     return assigned
+
+
+def check_changes(changes: dict[str, str | None]) -> None:
+    """A config change: names to set (a value) or unset (None). Errors name a var, never show
+    its value (values are secrets)."""
+    if not changes:
+        raise DynodError("no config vars given", "give at least one NAME=VALUE (or NAME to unset)")
+    for name, value in changes.items():
+        check_name(name)
+        if name in PLATFORM_VARS or name.startswith(PLATFORM_PREFIX):
+            raise DynodError(
+                f"{name} is set by the platform in every dyno and cannot be a config var",
+                "choose another name",
+            )
+        if value is not None and "\0" in value:
+            raise DynodError(f"the value of {name} holds a NUL byte", "remove it")

@@ -13,13 +13,18 @@ from tests.unit.fake_daemon import FakeApi, cli, ok, refused
 @pytest.mark.parametrize(
     ("args", "problem"),
     [
-        (["config:set", "--app", "a", "1A=x"], "invalid config var name '1A'"),
-        (["config:set", "--app", "a", "MY-VAR=x"], "invalid config var name"),
-        (["config:set", "--app", "a", "NOEQUALS"], "'NOEQUALS' is not NAME=VALUE"),
+        (["config:set", "--app", "sushi", "1A=x"], "invalid config var name '1A'"),
+        (["config:set", "--app", "sushi", "MY-VAR=x"], "invalid config var name"),
+        (["config:set", "--app", "sushi", "NOEQUALS"], "'NOEQUALS' is not NAME=VALUE"),
         (["config:set", "--app", "Bad", "A=1"], "invalid app name"),
-        (["config:unset", "--app", "a", "A-B"], "invalid config var name"),
-        (["config:get", "--app", "a", "A B"], "invalid config var name"),
+        (["config:unset", "--app", "sushi", "A-B"], "invalid config var name"),
+        (["config:get", "--app", "sushi", "A B"], "invalid config var name"),
         (["config", "--app", "Bad"], "invalid app name"),
+        (["config:set", "--app", "sushi", "PORT=80"], "PORT is set by the platform"),
+        (
+            ["config:unset", "--app", "sushi", "HEROKU_DNS_APP_NAME"],
+            "HEROKU_DNS_APP_NAME is set by the platform",
+        ),
     ],
 )
 def test_refused_before_asking_the_daemon(args: list[str], problem: str) -> None:
