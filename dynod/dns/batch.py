@@ -1,0 +1,148 @@
+"""Datagrams in batches: `recvmmsg(2)` and `sendmmsg(2)` on a UDP socket, through ctypes (the
+standard library has no binding for them), so one system call moves up to BATCH datagrams.
+
+Why: a query costs two system calls with recvfrom/sendto, and each Python socket call also
+gives up and takes back the GIL; on a VM with the CPU bug mitigations on, that entry and exit is
+a good part of the whole cost of an answer. Under load many queries wait in the socket's queue,
+so one recvmmsg takes them all, and one sendmmsg sends all their answers.
+
+Every buffer is allocated once: BATCH slots of SLOT bytes to receive into and to send from, the
+senders' addresses (sockaddr_in, 16 bytes each), and the message headers pointing at them. The
+header arrays are plain bytearrays written through memoryviews of 64-bit words, so filling one
+is an item assignment, not a ctypes attribute. Layouts are x86-64 / aarch64 Linux (LP64):
+
+    struct iovec   { void *base; size_t len; }                              16 bytes
+    struct msghdr  { void *name; socklen_t namelen; struct iovec *iov; size_t iovlen;
+                     void *control; size_t controllen; int flags; }         56 bytes
+    struct mmsghdr { struct msghdr hdr; unsigned int len; }                 64 bytes
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+
+__all__ = ["BATCH", "SLOT", "Batch", "supported"]
+
+BATCH = 64  # datagrams per system call: what 64 queries in flight need
+SLOT = 4096  # bytes per datagram: a bigger query is cut (then FORMERR), as with recvfrom(4096)
+MSG_WAITFORONE = 0x10000  # block for the first datagram only, then take what is queued
+ADDRESS = 16  # sizeof(struct sockaddr_in)
+IOVEC = 16
+MMSGHDR = 64
+WORDS = MMSGHDR // 8  # 64-bit words per header
+
+_libc = ctypes.CDLL(None, use_errno=True)  # CDLL releases the GIL while the call blocks
+_recvmmsg = _libc.recvmmsg
+_recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+_recvmmsg.restype = ctypes.c_int
+_sendmmsg = _libc.sendmmsg
+_sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+_sendmmsg.restype = ctypes.c_int
+
+
+def supported() -> bool:
+    """The layouts above hold (a 64-bit Linux)."""
+    return ctypes.sizeof(ctypes.c_void_p) == 8 and os.uname().sysname == "Linux"
+
+
+def _address_of(buffer: bytearray) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+class Batch:
+    """The buffers of one UDP socket's batches; used by one thread only."""
+
+    def __init__(self, sock: socket.socket, size: int = BATCH) -> None:
+        self.fd = sock.fileno()
+        self.size = size
+        self.received = bytearray(size * SLOT)
+        self.addresses = bytearray(size * ADDRESS)
+        self.outgoing = bytearray(size * SLOT)
+        self._recv_iov = bytearray(size * IOVEC)
+        self._recv_hdr = bytearray(size * MMSGHDR)
+        self._send_iov = bytearray(size * IOVEC)
+        self._send_hdr = bytearray(size * MMSGHDR)
+        self.received_view = memoryview(self.received)
+        self.outgoing_view = memoryview(self.outgoing)
+        # msg_len of header i is 32-bit word 16 i + 14; the sender's IPv4 address (network
+        # order, read as a native int: a dict key) is 32-bit word 4 i + 1 of the addresses
+        self.lengths = memoryview(self._recv_hdr).cast("I")
+        self.sources = memoryview(self.addresses).cast("I")
+        self._send_words = memoryview(self._send_hdr).cast("Q")
+        self._send_iov_words = memoryview(self._send_iov).cast("Q")
+        self._addresses_at = _address_of(self.addresses)
+        self._recv_hdr_at = _address_of(self._recv_hdr)
+        self._send_hdr_at = _address_of(self._send_hdr)
+        received_at, outgoing_at = _address_of(self.received), _address_of(self.outgoing)
+        recv_iov_at, send_iov_at = _address_of(self._recv_iov), _address_of(self._send_iov)
+        recv_iov_words = memoryview(self._recv_iov).cast("Q")
+        recv_words = memoryview(self._recv_hdr).cast("Q")
+        for i in range(size):
+            recv_iov_words[2 * i] = received_at + i * SLOT
+            recv_iov_words[2 * i + 1] = SLOT
+            self._send_iov_words[2 * i] = outgoing_at + i * SLOT
+            at = WORDS * i  # msg_name, msg_namelen, msg_iov, msg_iovlen
+            recv_words[at], recv_words[at + 1] = self._addresses_at + i * ADDRESS, ADDRESS
+            recv_words[at + 2], recv_words[at + 3] = recv_iov_at + i * IOVEC, 1
+            self._send_words[at + 1] = ADDRESS
+            self._send_words[at + 2], self._send_words[at + 3] = send_iov_at + i * IOVEC, 1
+        self._recv_words = recv_words
+        self.pending = 0  # replies queued by put() since the last send()
+        self._filled = 0  # datagrams the last receive() took
+
+    def receive(self) -> int:
+        """Block until at least one datagram is queued, then take up to `size`: their count.
+        OSError on failure. A shut-down socket gives one empty datagram from nowhere."""
+        words = self._recv_words
+        for i in range(self._filled):  # the kernel wrote their senders' real lengths
+            words[WORDS * i + 1] = ADDRESS
+        count = _recvmmsg(self.fd, self._recv_hdr_at, self.size, MSG_WAITFORONE, None)
+        if count < 0:
+            self._filled = 0
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+        self._filled = count
+        return count
+
+    def datagram(self, i: int) -> bytes:
+        """The i-th datagram received."""
+        start = i * SLOT
+        return bytes(self.received_view[start : start + self.lengths[16 * i + 14]])
+
+    def sender(self, i: int) -> tuple[str, int]:
+        """Who sent the i-th datagram, as socket.recvfrom says it."""
+        at = i * ADDRESS
+        port: int = struct.unpack_from("!H", self.addresses, at + 2)[0]
+        return socket.inet_ntoa(self.addresses[at + 4 : at + 8]), port
+
+    def put(self, reply: bytes, i: int) -> bool:
+        """Queue `reply` to the sender of the i-th datagram; False if it does not fit a slot
+        (the caller sends it alone)."""
+        size = len(reply)
+        if size > SLOT:
+            return False
+        j = self.pending
+        start = j * SLOT
+        self.outgoing_view[start : start + size] = reply
+        self._send_iov_words[2 * j + 1] = size
+        self._send_words[WORDS * j] = self._addresses_at + i * ADDRESS
+        self.pending = j + 1
+        return True
+
+    def send(self) -> list[OSError]:
+        """Send every queued reply; the errors of those the kernel refused (each is skipped)."""
+        errors: list[OSError] = []
+        done, total = 0, self.pending
+        self.pending = 0
+        while done < total:
+            at = self._send_hdr_at + done * MMSGHDR
+            sent = _sendmmsg(self.fd, at, total - done, 0)
+            if sent < 0:
+                error = ctypes.get_errno()
+                errors.append(OSError(error, os.strerror(error)))
+                sent = 1  # that one is lost, like a failed sendto
+            done += sent
+        return errors
