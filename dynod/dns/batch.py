@@ -89,22 +89,16 @@ class Batch:
             recv_words[at + 2], recv_words[at + 3] = recv_iov_at + i * IOVEC, 1
             self._send_words[at + 1] = ADDRESS
             self._send_words[at + 2], self._send_words[at + 3] = send_iov_at + i * IOVEC, 1
-        self._recv_words = recv_words
         self.pending = 0  # replies queued by put() since the last send()
-        self._filled = 0  # datagrams the last receive() took
 
     def receive(self) -> int:
         """Block until at least one datagram is queued, then take up to `size`: their count.
         OSError on failure. A shut-down socket gives one empty datagram from nowhere."""
-        words = self._recv_words
-        for i in range(self._filled):  # the kernel wrote their senders' real lengths
-            words[WORDS * i + 1] = ADDRESS
+        # (msg_namelen needs no reset: the kernel writes back 16 for every IPv4 sender)
         count = _recvmmsg(self.fd, self._recv_hdr_at, self.size, MSG_WAITFORONE, None)
         if count < 0:
-            self._filled = 0
             error = ctypes.get_errno()
             raise OSError(error, os.strerror(error))
-        self._filled = count
         return count
 
     def datagram(self, i: int) -> bytes:

@@ -27,7 +27,10 @@ prepared flags and counts + the asker's own question (so the case they used come
 "0x20" resolvers check) + one prepared answer section.  No object per query, no parsing:
 about 0.4 us of Python.  Anything else (EDNS, unknown names, odd flags, garbage, forwarded
 names) takes a slower path (about 5 us) that parses the query by hand, strictly: one
-question, no compression pointers, at most an OPT record.
+question, no compression pointers, at most an OPT record.  A plain query whose answer has
+nothing to rotate (NXDOMAIN, no data) leaves its answer behind in the zone's bounded cache of
+prepared negative answers (`zone.remember_negative`), so the next one takes the fast path too;
+a new zone (any change of the registry) starts with none.
 
 Why TC and TCP
 --------------
@@ -48,7 +51,8 @@ Threads
 -------
 The daemon runs asyncio; the server runs beside it in plain threads, so a busy DNS never waits
 for the event loop, nor the loop for DNS: one thread per listening UDP socket (blocking
-``recvfrom``/``sendto``: the cheapest way Python has to move datagrams), one accepting TCP
+``recvmmsg``, which takes every queued query at once, and one ``sendmmsg`` for their answers:
+`dynod.dns.batch`; two system calls per batch instead of two per query), one accepting TCP
 thread per address, one thread per TCP connection (bounded, idle ones closed), one forwarder
 thread (`dynod.dns.forward`).  `set_scope` replaces a scope's answers with one attribute
 assignment, which every thread sees at its next query: no lock on the query path, no rebinding
@@ -61,6 +65,7 @@ Modules
 address), ``scopes`` (a scope, a thread's counts), ``wire`` (parsing queries, building
 replies), ``zone`` (the prepared answers of one scope), ``forward`` (the forwarder thread),
 ``upstream`` (upstream resolvers, TCP forwarding), ``limits`` (shares, the throttled log),
+``batch`` (recvmmsg/sendmmsg),
 ``registry`` (which names each space's dynos have).
 
 Shares
