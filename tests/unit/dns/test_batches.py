@@ -126,3 +126,19 @@ def test_the_negative_answers_are_bounded(make_server: MakeServer) -> None:
         assert q is not None
         remember_negative(zone, q, data[:2] + b"\x81\x83" + data[4:])
         assert len(zone.negative) <= MAX_NEGATIVE
+
+
+def test_a_datagram_bigger_than_a_slot_is_cut_and_refused_and_the_batch_goes_on(
+    make_server: MakeServer,
+) -> None:
+    _server, address = make_server()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((IN_SCOPE_A, 0))
+        sock.settimeout(2)
+        big = query(WEB) + b"\x00" * (2 * batch.SLOT)  # bytes no count accounts for
+        sock.sendto(big, address)
+        sock.sendto(query("nope.localspace", qid=7), address)  # queued behind it
+        first = dnslib.DNSRecord.parse(sock.recv(65535))
+        second = dnslib.DNSRecord.parse(sock.recv(65535))
+        assert rcode(first) == "FORMERR" and first.header.id == 0x1234
+        assert rcode(second) == "NXDOMAIN" and second.header.id == 7
