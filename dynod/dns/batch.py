@@ -6,7 +6,8 @@ gives up and takes back the GIL; on a VM with the CPU bug mitigations on, that e
 a good part of the whole cost of an answer. Under load many queries wait in the socket's queue,
 so one recvmmsg takes them all, and one sendmmsg sends all their answers.
 
-Every buffer is allocated once: BATCH slots of SLOT bytes to receive into and to send from, the
+Every buffer is allocated once (about 200 kB per listening address): BATCH slots of
+RECEIVE_SLOT bytes to receive into and of SEND_SLOT bytes to send from, the
 senders' addresses (sockaddr_in, 16 bytes each), and the message headers pointing at them. The
 header arrays are plain bytearrays written through memoryviews of 64-bit words, so filling one
 is an item assignment, not a ctypes attribute. Layouts are x86-64 / aarch64 Linux (LP64):
@@ -24,10 +25,16 @@ import os
 import socket
 import struct
 
-__all__ = ["BATCH", "SLOT", "Batch", "supported"]
+from dynod.dns.wire import EDNS_UDP_LIMIT
+
+__all__ = ["BATCH", "RECEIVE_SLOT", "SEND_SLOT", "Batch", "supported"]
 
 BATCH = 64  # datagrams per system call: what 64 queries in flight need
-SLOT = 4096  # bytes per datagram: a bigger query is cut (then FORMERR), as with recvfrom(4096)
+# A query is a few dozen bytes (a few hundred with EDNS padding); a bigger one is cut, then
+# refused with FORMERR.  An answer over UDP is at most EDNS_UDP_LIMIT (1232) bytes; a bigger
+# reply (none is made) would be sent alone.
+RECEIVE_SLOT = 2048
+SEND_SLOT = EDNS_UDP_LIMIT
 MSG_WAITFORONE = 0x10000  # block for the first datagram only, then take what is queued
 ADDRESS = 16  # sizeof(struct sockaddr_in)
 IOVEC = 16
@@ -59,9 +66,9 @@ class Batch:
     def __init__(self, sock: socket.socket, size: int = BATCH) -> None:
         self.fd = sock.fileno()
         self.size = size
-        self.received = bytearray(size * SLOT)
+        self.received = bytearray(size * RECEIVE_SLOT)
         self.addresses = bytearray(size * ADDRESS)
-        self.outgoing = bytearray(size * SLOT)
+        self.outgoing = bytearray(size * SEND_SLOT)
         self._recv_iov = bytearray(size * IOVEC)
         self._recv_hdr = bytearray(size * MMSGHDR)
         self._send_iov = bytearray(size * IOVEC)
@@ -82,9 +89,9 @@ class Batch:
         recv_iov_words = memoryview(self._recv_iov).cast("Q")
         recv_words = memoryview(self._recv_hdr).cast("Q")
         for i in range(size):
-            recv_iov_words[2 * i] = received_at + i * SLOT
-            recv_iov_words[2 * i + 1] = SLOT
-            self._send_iov_words[2 * i] = outgoing_at + i * SLOT
+            recv_iov_words[2 * i] = received_at + i * RECEIVE_SLOT
+            recv_iov_words[2 * i + 1] = RECEIVE_SLOT
+            self._send_iov_words[2 * i] = outgoing_at + i * SEND_SLOT
             at = WORDS * i  # msg_name, msg_namelen, msg_iov, msg_iovlen
             recv_words[at], recv_words[at + 1] = self._addresses_at + i * ADDRESS, ADDRESS
             recv_words[at + 2], recv_words[at + 3] = recv_iov_at + i * IOVEC, 1
@@ -106,7 +113,7 @@ class Batch:
 
     def datagram(self, i: int) -> bytes:
         """The i-th datagram received."""
-        start = i * SLOT
+        start = i * RECEIVE_SLOT
         return self.received_view[start : start + self.lengths[16 * i + 14]].tobytes()
 
     def sender(self, i: int) -> tuple[str, int]:
@@ -119,10 +126,10 @@ class Batch:
         """Queue `reply` to the sender of the i-th datagram; False if it does not fit a slot
         (the caller sends it alone)."""
         size = len(reply)
-        if size > SLOT:
+        if size > SEND_SLOT:
             return False
         j = self.pending
-        start = j * SLOT
+        start = j * SEND_SLOT
         self.outgoing_view[start : start + size] = reply
         self._send_iov_words[2 * j + 1] = size
         self._send_words[WORDS * j] = self._addresses_at + i * ADDRESS

@@ -52,7 +52,7 @@ def test_a_batch_takes_every_queued_datagram_and_answers_each_sender() -> None:
                     b"pong ping %d" % n + b"x" * n,
                     server.getsockname(),
                 )
-            assert not batched.put(b"x" * (batch.SLOT + 1), 0)  # too big: the caller sends it
+            assert not batched.put(b"x" * (batch.SEND_SLOT + 1), 0)  # too big: the caller sends it
         finally:
             for sender in senders:
                 sender.close()
@@ -135,7 +135,7 @@ def test_a_datagram_bigger_than_a_slot_is_cut_and_refused_and_the_batch_goes_on(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((IN_SCOPE_A, 0))
         sock.settimeout(2)
-        big = query(WEB) + b"\x00" * (2 * batch.SLOT)  # bytes no count accounts for
+        big = query(WEB) + b"\x00" * (2 * batch.RECEIVE_SLOT)  # bytes no count accounts for
         sock.sendto(big, address)
         sock.sendto(query("nope.localspace", qid=7), address)  # queued behind it
         first = dnslib.DNSRecord.parse(sock.recv(65535))
