@@ -1,5 +1,8 @@
 """`dynod config`, `config:set`, `config:unset`, `config:get`: an app's config vars, printed as
-the heroku CLI prints them (`=== APP Config Vars`, aligned `NAME: value`; `--shell`, `--json`)."""
+the heroku CLI prints them (`=== APP Config Vars`, aligned `NAME: value`; `--shell`, `--json`).
+
+cli/main.py adds COMMANDS to its group (this module does not import it: no cycle); errors are
+printed as `error:`/`fix:` by that group."""
 
 from __future__ import annotations
 
@@ -9,11 +12,14 @@ from typing import Any
 
 import click
 
-from dynod.api.client import api_path
-from dynod.cli.main import _client, main
+from dynod.api.client import Client, api_path
 from dynod.errors import DynodError
 from dynod.rules import names
 from dynod.rules.configvars import check_changes, check_name, parse_assignments
+
+
+def _client(ctx: click.Context) -> Client:
+    return Client(ctx.obj["socket"])  # the --socket of the `main` group
 
 
 def _fetch(ctx: click.Context, app: str) -> dict[str, str]:
@@ -38,7 +44,7 @@ def shell_lines(variables: dict[str, str]) -> list[str]:
     return [f"{name}={shlex.quote(value)}" for name, value in variables.items()]
 
 
-@main.command()
+@click.command()
 @click.option("--app", "-a", required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the vars as a JSON object.")
 @click.option("--shell", "-s", is_flag=True, help="Print NAME=value lines for a shell.")
@@ -57,7 +63,7 @@ def config(ctx: click.Context, app: str, as_json: bool, shell: bool) -> None:
             click.echo(line)
 
 
-@main.command("config:get")
+@click.command("config:get")
 @click.option("--app", "-a", required=True)
 @click.option("--shell", "-s", is_flag=True, help="Print NAME=value.")
 @click.argument("name")
@@ -82,7 +88,7 @@ def _change(ctx: click.Context, app: str, changes: dict[str, str | None], verb: 
     return done
 
 
-@main.command("config:set")
+@click.command("config:set")
 @click.option("--app", "-a", required=True)
 @click.argument("assignments", nargs=-1, required=True)
 @click.pass_context
@@ -94,10 +100,13 @@ def config_set(ctx: click.Context, app: str, assignments: tuple[str, ...]) -> No
         click.echo(line)
 
 
-@main.command("config:unset")
+@click.command("config:unset")
 @click.option("--app", "-a", required=True)
 @click.argument("names_", metavar="NAME...", nargs=-1, required=True)
 @click.pass_context
 def config_unset(ctx: click.Context, app: str, names_: tuple[str, ...]) -> None:
     """Unset vars and restart the app's dynos."""
     _change(ctx, app, {check_name(n): None for n in names_}, "Unsetting")
+
+
+COMMANDS = (config, config_get, config_set, config_unset)

@@ -664,3 +664,9 @@ def status(ctx: click.Context) -> None:
     for key, value in info.items():
         click.echo(f"{key:<10} {_cell(value)}")
     click.echo(f"{'answered':<10} in {1000 * (time.monotonic() - started):.1f} ms")
+
+
+from dynod.cli.config import COMMANDS as CONFIG_COMMANDS  # noqa: E402  (no cycle)
+
+for _command in CONFIG_COMMANDS:
+    main.add_command(_command)
