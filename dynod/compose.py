@@ -16,6 +16,7 @@ from dynod.api.server import ApiServer, socket_group
 from dynod.claim import Claim
 from dynod.config import Config
 from dynod.control.apps import AppService
+from dynod.control.configvars import ConfigService
 from dynod.control.dynos import DynoService
 from dynod.control.routing import RoutePublisher
 from dynod.control.spaces import SpaceService
@@ -100,7 +101,8 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
         config, claim, kernel, state, log, dns, router, routes, supervisor, spaces, dynos
     )
     inspect = InspectService(state, kernel, supervisor.networks, registry)
-    return daemon, Services(spaces, apps, dynos, status, log, inspect)
+    config_vars = ConfigService(state, supervisor, log)
+    return daemon, Services(spaces, apps, dynos, status, log, inspect, config_vars)
 
 
 async def _close(api: ApiServer, daemon: Daemon, stop_dynos: bool) -> None:

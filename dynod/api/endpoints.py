@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from dynod.api import streams
+from dynod.api.config_endpoints import ConfigEndpoints
 from dynod.api.requests import (
     CreateApp,
     CreateSpace,
@@ -17,6 +18,7 @@ from dynod.api.requests import (
 )
 from dynod.api.wire import Answer, Request
 from dynod.control.apps import AppService
+from dynod.control.configvars import ConfigService
 from dynod.control.dynos import DynoService
 from dynod.control.spaces import SpaceService
 from dynod.control.status import StatusReport
@@ -40,6 +42,7 @@ class Services:
     status: StatusReport
     log: LogBook
     inspect: InspectService
+    config: ConfigService
     startup: record.Recording = field(default_factory=record.Recording)  # what start-up did
 
 
@@ -52,6 +55,7 @@ class Endpoints:
         self.log = services.log
         self.inspect = services.inspect
         self.startup = services.startup
+        self.config = ConfigEndpoints(services.config)
         self._table = self._routes()
 
     def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
@@ -78,6 +82,7 @@ class Endpoints:
             ("GET", ("logs",), self._logs),
             ("GET", ("inspect",), self._inspect),
             ("GET", ("explain", "daemon"), self._explain_daemon),
+            *self.config.routes(),
         ]
 
     async def route(self, r: Request) -> Answer:

@@ -17,6 +17,8 @@ works as well as the CLI.
                                                  {"stopped": [dyno names]}
     GET    /v1/apps/APP/features                 [{name, enabled, description}]
     PUT    /v1/apps/APP/features/FEATURE         {enabled}: {name, enabled, note}
+    GET    /v1/apps/APP/config-vars              {"vars": {NAME: value}, "version": N}
+    PATCH  /v1/apps/APP/config-vars              {NAME: "value" | null}: a release, restarts
     GET    /v1/dynos[?app=APP]                   dynos, with memory_mb and memory_quota_mb
     POST   /v1/apps/APP/dynos                    start a dyno {type, command, cwd, env, detach,
                                                  size}:

@@ -688,3 +688,7 @@ from dynod.cli.inspect import inspect  # noqa: E402  (no cycle: inspect does not
 
 main.add_command(inspect)
 main.add_command(explain_group)  # `dynod explain daemon`
+from dynod.cli.config import COMMANDS as CONFIG_COMMANDS  # noqa: E402  (no cycle)
+
+for _command in CONFIG_COMMANDS:
+    main.add_command(_command)

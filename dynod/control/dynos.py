@@ -45,10 +45,10 @@ class DynoService:
         command = request.command
         cwd = os.path.abspath(request.cwd)
         uid, gid = launch.dyno_user(request, peer_uid, peer_gid, self.config.dyno_user)
-        env = launch.dyno_env(request.env, uid)
+        env = launch.dyno_env(request.env)
         size = sizes.choose(request.size, self.kernel.cgroups.problem)
         launch.check_can_enter(cwd, uid, gid)
-        processes.check_command(command, cwd, env["PATH"])
+        processes.check_command(command, cwd, (launch.defaults(uid) | env)["PATH"])
         await self.sweep_draining()
         # From here to insert_dyno nothing awaits, so concurrent runs cannot pick the same
         # number or /30; an unknown app is created (in the Common Runtime) only once its first

@@ -56,14 +56,21 @@ def _not_root_group(gid: int) -> int:
     return gid
 
 
-def dyno_env(given: Mapping[str, Any], uid: int) -> dict[str, str]:
-    """The caller's variables over a small default: PATH, LANG, HOME, USER, LOGNAME."""
+def defaults(uid: int) -> dict[str, str]:
+    """What every dyno starts from: PATH, LANG, and the HOME, USER, LOGNAME of its user."""
     env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
     try:
         entry = pwd.getpwuid(uid)
         env |= {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name}
     except KeyError:
         env["HOME"] = "/"
+    return env
+
+
+def dyno_env(given: Mapping[str, Any]) -> dict[str, str]:
+    """The variables `run` was given (-e, and the caller's PATH, LANG, LC_ALL, TZ), checked: what
+    the dyno's row keeps. The defaults and the config vars are added at each start."""
+    env: dict[str, str] = {}
     for key, value in given.items():
         processes.check_env_name(str(key))
         if "\0" in str(value):
@@ -72,11 +79,12 @@ def dyno_env(given: Mapping[str, Any], uid: int) -> dict[str, str]:
     return env
 
 
-def process_env(dyno: Dyno, dns: Mapping[str, str]) -> dict[str, str]:
-    """What the process sees: the dyno's environment plus DYNO, PORT on web dynos,
-    HEROKU_PRIVATE_IP in a Private Space, and the HEROKU_DNS_* names (`dns`) when the app has
-    DNS discovery on."""
-    env = dict(dyno.env)
+def process_env(dyno: Dyno, config: Mapping[str, str], dns: Mapping[str, str]) -> dict[str, str]:
+    """What the process sees, each layer over the one before: the defaults, the app's config
+    vars, the dyno's own environment (`run -e`: for that one dyno), then the platform's DYNO,
+    PORT on web dynos, HEROKU_PRIVATE_IP in a Private Space, and the HEROKU_DNS_* names (`dns`)
+    when the app has DNS discovery on, which nothing overrides."""
+    env = defaults(dyno.uid) | dict(config) | dict(dyno.env)
     env["DYNO"] = dyno.name
     if dyno.port:
         env["PORT"] = str(dyno.port)

@@ -163,7 +163,8 @@ class Supervisor:
         app = self.state.app(dyno.app)
         # The environment and IPv6 follow the app's discovery setting as of this start.
         with_dns = bool(dyno.space and app is not None and app.dns_discovery)
-        env = launch.process_env(dyno, dns_env(dyno) if with_dns else {})
+        config = self.state.config_vars(dyno.app)
+        env = launch.process_env(dyno, config, dns_env(dyno) if with_dns else {})
         how = Launch(
             name=dyno.name,
             network=self.networks.of(dyno),
@@ -247,24 +248,51 @@ class Supervisor:
             dyno = self.state.dyno(dyno_id)
             if dyno is None or dyno.state != "crashed":
                 return
-            old = self.networks.of(dyno)
-            self.state.update_dyno(
-                dyno, restarts=dyno.restarts + 1, port=launch.choose_port() if dyno.port else None
-            )
+            self.state.update_dyno(dyno, restarts=dyno.restarts + 1)
             self._set_state(dyno, "starting")
-            try:
-                new = old.on_port(dyno.port)  # a new PORT: new facts, the same network
-                if old.web and new.web:
-                    await self.kernel.move_web(old.web, new.web)
-                self.networks.keep(dyno.id, new)
-                await self.health.repair(dyno)
-                self.registry.register(dyno)
-                await self._spawn(dyno)
-            except Exception as exc:  # noqa: BLE001 - a failed restart is another crash
-                self.say(dyno, f"Restart failed: {exc}")
-                self.registry.unregister(dyno)
-                self._set_state(dyno, "crashed")
-                self.schedule_restart(dyno)
+            await self._respawn(dyno)
+
+    async def _respawn(self, dyno: Dyno) -> None:
+        """A new process on the dyno's network, with a new PORT (as on Heroku); a failure is
+        another crash. Under the dyno's lock, its old process gone."""
+        old = self.networks.of(dyno)
+        self.state.update_dyno(dyno, port=launch.choose_port() if dyno.port else None)
+        try:
+            new = old.on_port(dyno.port)  # a new PORT: new facts, the same network
+            if old.web and new.web:
+                await self.kernel.move_web(old.web, new.web)
+            self.networks.keep(dyno.id, new)
+            await self.health.repair(dyno)
+            self.registry.register(dyno)
+            await self._spawn(dyno)
+        except Exception as exc:  # noqa: BLE001 - a failed restart is another crash
+            self.say(dyno, f"Restart failed: {exc}")
+            self.registry.unregister(dyno)
+            self._set_state(dyno, "crashed")
+            self.schedule_restart(dyno)
+
+    async def restart(self, dyno: Dyno, grace: float | None = None) -> bool:
+        """Heroku's restart of a running dyno (after a config change): SIGTERM, the grace
+        period, then a new process with the environment of now. False if it was not running."""
+        async with self._lock(dyno.id):
+            current = self.state.dyno(dyno.id)
+            if current is None or current.state not in ("starting", "up"):
+                return False
+            self.say(current, "Restarting")
+            self.say(current, f"State changed from {current.state} to starting")
+            # "stopping" while the old process ends: its exit is no crash, no route points at it
+            self.state.update_dyno(current, state="stopping")
+            self.on_change(current)
+            self.registry.unregister(current)
+            await terminate(self.kernel, self.exits, self.say, current, self._grace(grace))
+            self.outputs.drain(current, final=True)
+            self.state.update_dyno(current, state="starting")
+            self.on_change(current)
+            await self._respawn(current)
+            return True
+
+    def _grace(self, grace: float | None) -> float:
+        return self.config.grace if grace is None else grace
 
     # ---------------------------------------------------------------- stopping
     async def stop(self, dyno: Dyno, grace: float | None = None) -> None:
@@ -277,7 +305,7 @@ class Supervisor:
             current = self.state.dyno(dyno.id)
             if current is None:
                 return  # stopped meanwhile
-            await self._stop(current, self.config.grace if grace is None else grace)
+            await self._stop(current, self._grace(grace))
 
     async def _stop(self, dyno: Dyno, grace: float) -> None:
         # Heroku's order: the state change first, then the signals and the exit.

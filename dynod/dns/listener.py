@@ -12,9 +12,12 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from dynod.dns import batch
 from dynod.dns.limits import ShareKey
 from dynod.dns.scopes import Counters, Scope
 from dynod.dns.upstream import Address, Track, read_exact
+from dynod.dns.wire import NXDOMAIN
+from dynod.dns.zone import Zone
 from dynod.errors import DynodError
 
 __all__ = ["Answers", "Listener"]
@@ -27,13 +30,22 @@ TCP_BACKLOG = 128
 class Answers(Protocol):
     """What a listener asks of the DNS server it serves (`dynod.dns.server.DnsServer`)."""
 
-    scope_by_ip: dict[str, Scope]  # the cache of asker -> scope, read on the hot path
+    # the cache of asker -> scope, read on the hot path: by the address as text, or as the
+    # int of its 4 bytes in network order read natively (what a batch has at hand)
+    scope_by_ip: dict[str | int, Scope]
     tcp_idle_timeout: float
 
     def find_scope(self, ip: str) -> Scope: ...
+    def find_scope_raw(self, source: int) -> Scope: ...
     def report(self, kind: str, text: str) -> None: ...
     def answer_udp(
-        self, data: bytes, scope: Scope, sock: socket.socket, client: Address, counters: Counters
+        self,
+        data: bytes,
+        scope: Scope,
+        zone: Zone,
+        sock: socket.socket,
+        client: Address,
+        counters: Counters,
     ) -> bytes | None: ...
     def answer_tcp(
         self, data: bytes, peer: str, counters: Counters, track: Track
@@ -99,17 +111,78 @@ class Listener:
     # -------------------------------------------------------------------------- UDP
 
     def _serve_udp(self) -> None:
-        """The hot path.  Keep it short: every line runs for every query."""
+        """The hot path.  Keep it short: every line runs for every query.  Datagrams come and
+        go in batches (`dynod.dns.batch`): one recvmmsg takes every query queued, one sendmmsg
+        sends their answers."""
         assert self._udp is not None
+        if not batch.supported():
+            self._serve_udp_one_by_one()
+            return
         server = self.server
         sock = self._udp
-        recvfrom = sock.recvfrom
-        sendto = sock.sendto
+        batched = batch.Batch(sock)
+        receive, datagram, put, sources = (
+            batched.receive,
+            batched.datagram,
+            batched.put,
+            batched.sources,
+        )
         counters = server.new_counters()
         try:
             while True:
                 try:
-                    data, client = recvfrom(READ_SIZE)
+                    count = receive()
+                except OSError as exc:
+                    if self.closing or exc.errno == errno.EBADF:
+                        return
+                    server.report("udp recv", f"{self.address}: receiving: {exc}")
+                    continue
+                if self.closing:  # woken by stop()'s shutdown
+                    return
+                counters.queries += count
+                for i in range(count):
+                    data = datagram(i)
+                    try:
+                        source = sources[4 * i + 1]  # the IPv4 address, as an int
+                        scope = server.scope_by_ip.get(source) or server.find_scope_raw(source)
+                        zone = scope.zone
+                        key = data[2:].lower()
+                        prepared = zone.prepared.get(key)
+                        if prepared is None:
+                            prepared = zone.negative.get(key)
+                            if prepared is not None and prepared[0][1] & 0x0F == NXDOMAIN:
+                                counters.nxdomain += 1
+                        if prepared is not None:
+                            head, sections, turn = prepared
+                            section = sections[next(turn) % len(sections)]
+                            put(data[:2] + head + data[12:] + section, i)
+                            continue
+                        client = batched.sender(i)
+                        reply = server.answer_udp(data, scope, zone, sock, client, counters)
+                        if reply is not None and not put(reply, i):
+                            sock.sendto(reply, client)
+                    except Exception as exc:  # one bad packet costs that packet only
+                        counters.dropped += 1
+                        if not self.closing:
+                            who = batched.sender(i)[0]
+                            server.report("udp", f"{self.address}: query from {who}: {exc!r}")
+                for failed in batched.send():
+                    counters.dropped += 1
+                    if not self.closing:
+                        server.report("udp send", f"{self.address}: sending: {failed}")
+        finally:
+            server.retire(counters)
+
+    def _serve_udp_one_by_one(self) -> None:
+        """recvfrom and sendto, where recvmmsg's layouts are not known (not a 64-bit Linux)."""
+        assert self._udp is not None
+        server = self.server
+        sock = self._udp
+        counters = server.new_counters()
+        try:
+            while True:
+                try:
+                    data, client = sock.recvfrom(READ_SIZE)
                 except OSError as exc:
                     if self.closing or exc.errno == errno.EBADF:
                         return
@@ -122,15 +195,19 @@ class Listener:
                 counters.queries += 1
                 try:
                     scope = server.scope_by_ip.get(client[0]) or server.find_scope(client[0])
-                    prepared = scope.zone.prepared.get(data[2:].lower())
+                    zone = scope.zone
+                    key = data[2:].lower()
+                    prepared = zone.prepared.get(key) or zone.negative.get(key)
                     if prepared is not None:
                         head, sections, turn = prepared
+                        if head[1] & 0x0F == NXDOMAIN:
+                            counters.nxdomain += 1
                         section = sections[next(turn) % len(sections)]
-                        sendto(data[:2] + head + data[12:] + section, client)
+                        sock.sendto(data[:2] + head + data[12:] + section, client)
                         continue
-                    reply = server.answer_udp(data, scope, sock, client, counters)
+                    reply = server.answer_udp(data, scope, zone, sock, client, counters)
                     if reply is not None:
-                        sendto(reply, client)
+                        sock.sendto(reply, client)
                 except Exception as exc:  # one bad packet costs that packet only
                     counters.dropped += 1
                     if not self.closing:

@@ -27,7 +27,10 @@ prepared flags and counts + the asker's own question (so the case they used come
 "0x20" resolvers check) + one prepared answer section.  No object per query, no parsing:
 about 0.4 us of Python.  Anything else (EDNS, unknown names, odd flags, garbage, forwarded
 names) takes a slower path (about 5 us) that parses the query by hand, strictly: one
-question, no compression pointers, at most an OPT record.
+question, no compression pointers, at most an OPT record.  A plain query whose answer has
+nothing to rotate (NXDOMAIN, no data) leaves its answer behind in the zone's bounded cache of
+prepared negative answers (`zone.remember_negative`), so the next one takes the fast path too;
+a new zone (any change of the registry) starts with none.
 
 Why TC and TCP
 --------------
@@ -48,7 +51,8 @@ Threads
 -------
 The daemon runs asyncio; the server runs beside it in plain threads, so a busy DNS never waits
 for the event loop, nor the loop for DNS: one thread per listening UDP socket (blocking
-``recvfrom``/``sendto``: the cheapest way Python has to move datagrams), one accepting TCP
+``recvmmsg``, which takes every queued query at once, and one ``sendmmsg`` for their answers:
+`dynod.dns.batch`; two system calls per batch instead of two per query), one accepting TCP
 thread per address, one thread per TCP connection (bounded, idle ones closed), one forwarder
 thread (`dynod.dns.forward`).  `set_scope` replaces a scope's answers with one attribute
 assignment, which every thread sees at its next query: no lock on the query path, no rebinding
@@ -61,6 +65,7 @@ Modules
 address), ``scopes`` (a scope, a thread's counts), ``wire`` (parsing queries, building
 replies), ``zone`` (the prepared answers of one scope), ``forward`` (the forwarder thread),
 ``upstream`` (upstream resolvers, TCP forwarding), ``limits`` (shares, the throttled log),
+``batch`` (recvmmsg/sendmmsg),
 ``registry`` (which names each space's dynos have).
 
 Shares
@@ -76,6 +81,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
@@ -98,7 +104,7 @@ from dynod.dns.wire import (
     parse_query,
     udp_limit,
 )
-from dynod.dns.zone import EMPTY_ZONE, Zone, build_zone, local_reply
+from dynod.dns.zone import EMPTY_ZONE, Zone, build_zone, local_reply, remember_negative
 from dynod.errors import DynodError
 
 __all__ = ["DnsServer"]
@@ -149,8 +155,8 @@ class DnsServer:
         self._closed = False
         # The routes and the cache of source address -> scope are replaced together whenever
         # a network comes or goes; the cache fills lazily, one entry per asker.
-        self._routes: tuple[tuple[Route, ...], dict[str, Scope]] = ((), {})
-        self.scope_by_ip: dict[str, Scope] = self._routes[1]
+        self._routes: tuple[tuple[Route, ...], dict[str | int, Scope]] = ((), {})
+        self.scope_by_ip: dict[str | int, Scope] = self._routes[1]
 
     # ----------------------------------------------------------------------- public API
 
@@ -246,7 +252,7 @@ class DnsServer:
         the old cache a moment ago finish with it; the next one uses the new one."""
         ordered = sorted(self._scopes.values(), key=lambda s: s.network.prefixlen, reverse=True)
         routes = tuple((int(s.network.network_address), int(s.network.netmask), s) for s in ordered)
-        cache: dict[str, Scope] = {}
+        cache: dict[str | int, Scope] = {}
         self._routes = (routes, cache)
         self.scope_by_ip = cache
 
@@ -263,6 +269,17 @@ class DnsServer:
         if len(cache) >= MAX_CACHED_ASKERS:
             cache.clear()
         cache[ip] = scope
+        return scope
+
+    def find_scope_raw(self, source: int) -> Scope:
+        """find_scope for an address given as its 4 bytes (network order) read as a native int,
+        as a batch of datagrams has it; cached under that int."""
+        routes, cache = self._routes
+        value = int.from_bytes(source.to_bytes(4, sys.byteorder), "big")
+        scope = next((s for net, mask, s in routes if value & mask == net), NOWHERE)
+        if len(cache) >= MAX_CACHED_ASKERS:
+            cache.clear()
+        cache[source] = scope
         return scope
 
     # ------------------------------------------------------------------ answering (slow)
@@ -291,15 +308,26 @@ class DnsServer:
         return reply
 
     def answer_udp(
-        self, data: bytes, scope: Scope, sock: socket.socket, client: Address, counters: Counters
+        self,
+        data: bytes,
+        scope: Scope,
+        zone: Zone,
+        sock: socket.socket,
+        client: Address,
+        counters: Counters,
     ) -> bytes | None:
-        """Everything the prepared answers do not cover.  None: nothing to send now (dropped,
-        or forwarded: the forwarder thread sends the answer)."""
+        """Everything the prepared answers do not cover, `zone` being the scope's zone as the
+        hot path read it.  None: nothing to send now (dropped, or forwarded: the forwarder
+        thread sends the answer).  A local answer that will never change while the zone lives
+        (no addresses to rotate: NXDOMAIN, no data) is kept among the zone's prepared negative
+        answers, so the next such query takes the hot path."""
         q = self._read(data, counters)
         if not isinstance(q, Query):
             return q
         if q.local:
-            return self._local(q, scope.zone, udp_limit(q), counters)
+            reply = self._local(q, zone, udp_limit(q), counters)
+            remember_negative(zone, q, reply)
+            return reply
         return self._forwarder.forward_udp(q, sock, client, _share_key(scope, client[0]))
 
     def answer_tcp(

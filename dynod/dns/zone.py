@@ -8,7 +8,7 @@ import itertools
 import socket
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dynod.dns.wire import (
     A_PREFIX,
@@ -36,7 +36,16 @@ from dynod.dns.wire import (
     reply_flags,
 )
 
-__all__ = ["EMPTY_ZONE", "Name", "Prepared", "Zone", "build_zone", "encode_name", "local_reply"]
+__all__ = [
+    "EMPTY_ZONE",
+    "Name",
+    "Prepared",
+    "Zone",
+    "build_zone",
+    "encode_name",
+    "local_reply",
+    "remember_negative",
+]
 
 # A prepared UDP answer: (flags and counts, the answer section of each rotation, the turn
 # counter).  The reply is: the asker's ID + flags and counts + the question as asked + one
@@ -100,9 +109,15 @@ class Zone:
 
     prepared: dict[bytes, Prepared]  # query after the ID, lowercased -> plain UDP answer
     names: dict[bytes, Name]  # lowercased wire name -> Name
+    # Answers with nothing to rotate (NXDOMAIN, no data), prepared the first time they are
+    # asked: keyed like `prepared`, and born empty with each zone, so a change of the registry
+    # (a new zone) forgets them all at once.  At most MAX_NEGATIVE (cleared when full).
+    negative: dict[bytes, Prepared] = field(default_factory=dict)
 
 
 EMPTY_ZONE = Zone({}, {})
+MAX_NEGATIVE = 4096  # a dyno asking random names may fill it: then it starts again
+_NO_TURN = itertools.repeat(0)
 
 
 def build_zone(records: Mapping[str, Sequence[str]], previous: Zone) -> Zone:
@@ -192,3 +207,22 @@ def local_reply(q: Query, zone: Zone, limit: int) -> bytes:
     if q.qname == APEX:
         return reply(q, NOERROR, SOA_RECORD, aa=True, tc=False, an=0, ns=1)
     return reply(q, NXDOMAIN, SOA_RECORD, aa=True, tc=False, an=0, ns=1)
+
+
+def remember_negative(zone: Zone, q: Query, reply: bytes) -> None:
+    """Keep `reply` as a prepared answer of `zone` when it holds no record that rotates (no
+    answer, or the apex's fixed ones) and the query is plain UDP (no EDNS).  The key is the
+    hot path's: the query after its ID, lowercased; only queries whose lowercasing touched
+    nothing but the name are kept (a flag or type byte that looks like a capital letter would
+    otherwise share a key with another)."""
+    if q.edns_size is not None or ((reply[6] or reply[7]) and q.qname != APEX):  # rotating
+        return
+    data = q.data
+    qname_end = q.question_end - 4
+    fixed = data[2:HEADER_LEN] + data[qname_end : q.question_end]
+    if fixed.lower() != fixed or q.question_end != len(data):
+        return
+    negative = zone.negative
+    if len(negative) >= MAX_NEGATIVE:
+        negative.clear()
+    negative[data[2:].lower()] = (reply[2:HEADER_LEN], (reply[q.question_end :],), _NO_TURN)

@@ -16,7 +16,7 @@ from typing import Any
 
 from dynod.errors import DynodError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spaces (
@@ -74,6 +74,21 @@ CREATE TABLE IF NOT EXISTS draining (
     slot        INTEGER NOT NULL,
     veth        TEXT NOT NULL,
     PRIMARY KEY (space, slot)
+);
+"""
+
+# Version 5: config vars, per app (values are secrets: this root-only file is their one home),
+# and each app's release counter (vN), which a config change raises.
+CONFIG_VARS = """
+CREATE TABLE IF NOT EXISTS config_vars (
+    app         TEXT NOT NULL REFERENCES apps(name),
+    name        TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (app, name)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    app         TEXT PRIMARY KEY REFERENCES apps(name),
+    version     INTEGER NOT NULL
 );
 """
 
@@ -204,12 +219,15 @@ class State:
         old = self.db.execute("SELECT 1 FROM sqlite_master WHERE name='dynos'").fetchone()
         if not old:
             script = SCHEMA
+        elif version == 4:
+            script = ""
         elif version == 3:
             script = MIGRATE_FROM_3
         elif version == 2:
             script = MIGRATE_FROM_2 + MIGRATE_FROM_3
         else:
             script = MIGRATE_FROM_1.format(schema=SCHEMA)
+        script += CONFIG_VARS
         # One transaction: a daemon killed mid-upgrade leaves the old state as it was.
         self.db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
 
@@ -295,7 +313,51 @@ class State:
         )
 
     def remove_app(self, name: str) -> None:
-        self.db.execute("DELETE FROM apps WHERE name=?", (name,))
+        """The app, its config vars and its release counter, in one transaction."""
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute("DELETE FROM config_vars WHERE app=?", (name,))
+            self.db.execute("DELETE FROM releases WHERE app=?", (name,))
+            self.db.execute("DELETE FROM apps WHERE name=?", (name,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # config vars
+    def config_vars(self, app: str) -> dict[str, str]:
+        rows = self.db.execute(
+            "SELECT name, value FROM config_vars WHERE app=? ORDER BY name", (app,)
+        )
+        return {r["name"]: r["value"] for r in rows}
+
+    def release(self, app: str) -> int:
+        """The app's release number: v1 from its creation, one more per config change."""
+        row = self.db.execute("SELECT version FROM releases WHERE app=?", (app,)).fetchone()
+        return row["version"] if row else 1
+
+    def change_config(self, app: str, changes: dict[str, str | None]) -> int:
+        """Set (a str) and unset (None) config vars and raise the release counter, in one
+        transaction. Returns the new release number."""
+        self.db.execute("BEGIN")
+        try:
+            for name, value in changes.items():
+                if value is None:
+                    self.db.execute("DELETE FROM config_vars WHERE app=? AND name=?", (app, name))
+                else:
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO config_vars (app, name, value) VALUES (?, ?, ?)",
+                        (app, name, value),
+                    )
+            version = self.release(app) + 1
+            self.db.execute(
+                "INSERT OR REPLACE INTO releases (app, version) VALUES (?, ?)", (app, version)
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return version
 
     def set_dns_discovery(self, name: str, enabled: bool) -> None:
         self.db.execute("UPDATE apps SET dns_discovery=? WHERE name=?", (int(enabled), name))

@@ -239,6 +239,36 @@ class _Dynos:
         return {"stopped": [d.name for d in dynos], "teardown_ms": {}}
 
 
+class _Config:
+    """Config vars over a dict per app (the real service: tests/unit/control/test_configvars.py)."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.d = daemon
+        self.vars: dict[str, dict[str, str]] = {}
+        self.version: dict[str, int] = {}
+
+    def _app(self, app: str) -> dict[str, str]:
+        if app not in self.d.apps:
+            raise NotFound(f"no app named {app!r}", "`dynod apps` lists the apps")
+        return self.vars.setdefault(app, {})
+
+    def get(self, app: str) -> dict:
+        return {"vars": dict(self._app(app)), "version": self.version.get(app, 1)}
+
+    async def change(self, app: str, changes: dict[str, str | None]) -> dict:
+        found = self._app(app)
+        for name, value in changes.items():
+            if value is None:
+                found.pop(name, None)
+            else:
+                found[name] = value
+        self.version[app] = self.version.get(app, 1) + 1
+        self.d.calls.append(("config", app, changes))
+        return {"vars": dict(found), "version": self.version[app], "restarted": []}
+
+
 def services(daemon: Any) -> Services:
     """The API's services, each a thin adapter over the fake daemon's methods."""
-    return Services(_Spaces(daemon), _Apps(daemon), _Dynos(daemon), None, None, None)  # type: ignore[arg-type]
+    return Services(
+        _Spaces(daemon), _Apps(daemon), _Dynos(daemon), None, None, None, _Config(daemon)
+    )  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from dynod.state.store import SCHEMA, State
+from dynod.state.store import SCHEMA, SCHEMA_VERSION, App, State
 
 V1_SCHEMA = """
 CREATE TABLE apps (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
@@ -70,6 +70,40 @@ def test_state_v2_gains_sizes(tmp_path: Path) -> None:
         assert dyno.size == ""  # a dyno from before sizes keeps running without limits
         state.update_dyno(dyno, size="eco")
         assert state.dynos()[0].size == "eco"
-        assert state.db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert state.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert state.config_vars("a") == {}  # the config var table came with the upgrade
+    finally:
+        state.close()
+
+
+def test_config_vars_change_in_one_release_and_go_with_their_app(tmp_path: Path) -> None:
+    state = State(str(tmp_path))
+    try:
+        state.add_app(App("a"))
+        state.add_app(App("b"))
+        assert state.release("a") == 1
+        assert state.change_config("a", {"A": "1", "PEM": "x\ny=z"}) == 2
+        state.change_config("b", {"A": "other"})
+        assert state.change_config("a", {"A": None, "B": ""}) == 3
+        assert state.config_vars("a") == {"B": "", "PEM": "x\ny=z"}
+        assert state.config_vars("b") == {"A": "other"}
+        state.remove_app("a")
+        assert (state.config_vars("a"), state.release("a")) == ({}, 1)
+        assert state.config_vars("b") == {"A": "other"}
+    finally:
+        state.close()
+
+
+def test_a_version_4_state_gains_the_config_var_tables(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript(SCHEMA)
+    db.execute("INSERT INTO apps (name, created_at) VALUES ('a', 0)")
+    db.execute("PRAGMA user_version=4")
+    db.commit()
+    db.close()
+    state = State(str(tmp_path))
+    try:
+        assert state.change_config("a", {"A": "1"}) == 2
+        assert state.config_vars("a") == {"A": "1"}
     finally:
         state.close()

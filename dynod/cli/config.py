@@ -1,0 +1,112 @@
+"""`dynod config`, `config:set`, `config:unset`, `config:get`: an app's config vars, printed as
+the heroku CLI prints them (`=== APP Config Vars`, aligned `NAME: value`; `--shell`, `--json`).
+
+cli/main.py adds COMMANDS to its group (this module does not import it: no cycle); errors are
+printed as `error:`/`fix:` by that group."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+import click
+
+from dynod.api.client import Client, api_path
+from dynod.errors import DynodError
+from dynod.rules import names
+from dynod.rules.configvars import check_changes, check_name, parse_assignments
+
+
+def _client(ctx: click.Context) -> Client:
+    return Client(ctx.obj["socket"])  # the --socket of the `main` group
+
+
+def _fetch(ctx: click.Context, app: str) -> dict[str, str]:
+    names.check_app(app)
+    found: dict[str, str] = _client(ctx).call("GET", api_path("apps", app, "config-vars"))["vars"]
+    return found
+
+
+def styled(variables: dict[str, str]) -> list[str]:
+    """`NAME: value` with the values in one column; a value's further lines are indented to it."""
+    width = max((len(k) for k in variables), default=0) + 2
+    lines = []
+    for name, value in variables.items():
+        first, *rest = value.split("\n")
+        lines.append(f"{name + ':':<{width}}{first}".rstrip())
+        lines.extend(" " * width + line for line in rest)
+    return lines
+
+
+def shell_lines(variables: dict[str, str]) -> list[str]:
+    """`NAME=value` lines a shell can `eval` or a .env file can hold: values quoted when needed."""
+    return [f"{name}={shlex.quote(value)}" for name, value in variables.items()]
+
+
+@click.command()
+@click.option("--app", "-a", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the vars as a JSON object.")
+@click.option("--shell", "-s", is_flag=True, help="Print NAME=value lines for a shell.")
+@click.pass_context
+def config(ctx: click.Context, app: str, as_json: bool, shell: bool) -> None:
+    """Show the app's config vars."""
+    variables = _fetch(ctx, app)
+    if as_json:
+        click.echo(json.dumps(variables, indent=2))
+    elif shell:
+        for line in shell_lines(variables):
+            click.echo(line)
+    else:
+        click.echo(f"=== {app} Config Vars\n")
+        for line in styled(variables):
+            click.echo(line)
+
+
+@click.command("config:get")
+@click.option("--app", "-a", required=True)
+@click.option("--shell", "-s", is_flag=True, help="Print NAME=value.")
+@click.argument("name")
+@click.pass_context
+def config_get(ctx: click.Context, app: str, shell: bool, name: str) -> None:
+    """Print one config var's value as it is (an empty line when it is not set)."""
+    check_name(name)
+    value = _fetch(ctx, app).get(name, "")
+    click.echo(shell_lines({name: value})[0] if shell else value)
+
+
+def _change(ctx: click.Context, app: str, changes: dict[str, str | None], verb: str) -> Any:
+    names.check_app(app)
+    check_changes(changes)
+    click.echo(f"{verb} {', '.join(changes)} and restarting {app}... ", nl=False, err=True)
+    try:
+        done = _client(ctx).call("PATCH", api_path("apps", app, "config-vars"), changes)
+    except DynodError:
+        click.echo("failed", err=True)  # the error follows on its own line
+        raise
+    click.echo(f"done, v{done['version']}", err=True)
+    return done
+
+
+@click.command("config:set")
+@click.option("--app", "-a", required=True)
+@click.argument("assignments", nargs=-1, required=True)
+@click.pass_context
+def config_set(ctx: click.Context, app: str, assignments: tuple[str, ...]) -> None:
+    """Set NAME=VALUE vars (a value may hold '=' and newlines) and restart the app's dynos."""
+    given = parse_assignments(assignments)
+    _change(ctx, app, dict(given), "Setting")
+    for line in styled(given):
+        click.echo(line)
+
+
+@click.command("config:unset")
+@click.option("--app", "-a", required=True)
+@click.argument("names_", metavar="NAME...", nargs=-1, required=True)
+@click.pass_context
+def config_unset(ctx: click.Context, app: str, names_: tuple[str, ...]) -> None:
+    """Unset vars and restart the app's dynos."""
+    _change(ctx, app, {check_name(n): None for n in names_}, "Unsetting")
+
+
+COMMANDS = (config, config_get, config_set, config_unset)
