@@ -32,6 +32,7 @@ from dynod.router.routes import RouteTable
 from dynod.router.server import Router
 from dynod.rules import names
 from dynod.state.store import State
+from dynod.trace.service import TraceService
 
 
 async def serve(config: Config) -> None:
@@ -95,7 +96,8 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
     daemon = Daemon(
         config, claim, kernel, state, log, dns, router, routes, supervisor, spaces, dynos
     )
-    return daemon, Services(spaces, apps, dynos, status, log)
+    traces = TraceService(state, kernel, lambda: router.port)
+    return daemon, Services(spaces, apps, dynos, status, log, traces)
 
 
 async def _close(api: ApiServer, daemon: Daemon, stop_dynos: bool) -> None:

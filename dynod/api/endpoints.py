@@ -22,6 +22,8 @@ from dynod.control.spaces import SpaceService
 from dynod.control.status import StatusReport
 from dynod.errors import DynodError, NotFound
 from dynod.logs.book import LogBook
+from dynod.trace.service import TraceService
+from dynod.trace.spec import TraceRequest
 
 MAX_SECONDS = 86_400  # a grace period or a tail longer than a day is a typo
 
@@ -37,6 +39,7 @@ class Services:
     dynos: DynoService
     status: StatusReport
     log: LogBook
+    traces: TraceService
 
 
 class Endpoints:
@@ -46,6 +49,7 @@ class Endpoints:
         self.dynos = services.dynos
         self.status = services.status
         self.log = services.log
+        self.traces = services.traces
         self._table = self._routes()
 
     def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
@@ -70,6 +74,7 @@ class Endpoints:
             ("DELETE", ("apps", "*", "dynos", "*"), self._stop),
             ("GET", ("dynos",), self._dynos),
             ("GET", ("logs",), self._logs),
+            ("POST", ("traces",), self._trace),
         ]
 
     async def route(self, r: Request) -> Answer:
@@ -165,6 +170,9 @@ class Endpoints:
         tail = 100 if tail_given is None else int(tail_given)
         follow = r.query.get("follow") in ("1", "true", "yes")
         return streams.log_lines(self.log, app, dyno_name, tail, follow)
+
+    async def _trace(self, r: Request) -> Answer:
+        return await self.traces.stream(TraceRequest.from_body(r.body))
 
 
 def _match(pattern: tuple[str, ...], path: list[str]) -> list[str] | None:

@@ -25,6 +25,9 @@ works as well as the CLI.
                                                  (closing it stops the dyno, like Ctrl-C)
     DELETE /v1/apps/APP/dynos[/NAME][?grace=S]   stop one dyno, or all of the app's
     GET    /v1/logs[?app=&dyno=&tail=N&follow=1] Heroku-format lines, followed if asked
+    POST   /v1/traces                            one probe {from, to, protocol?, port?, wait?},
+                                                 traced: an NDJSON line {"report": ...} or
+                                                 {"error", "fix"}; closing it cancels the trace
 
 Path segments are URL-decoded after the path is split, so a CIDR's slash travels as %2F. In the
 bodies of the space, app and feature endpoints, a missing field, one of the wrong JSON type and an

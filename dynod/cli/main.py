@@ -664,3 +664,8 @@ def status(ctx: click.Context) -> None:
     for key, value in info.items():
         click.echo(f"{key:<10} {_cell(value)}")
     click.echo(f"{'answered':<10} in {1000 * (time.monotonic() - started):.1f} ms")
+
+
+from dynod.cli.trace import trace as _trace  # noqa: E402
+
+main.add_command(_trace)
