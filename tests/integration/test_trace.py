@@ -4,6 +4,7 @@ of the CLI, and after a daemon killed mid-trace (start-up sweeps it)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +78,10 @@ def test_router_to_web_port_is_accepted(daemon: DaemonProc) -> None:
     assert "accepted: the router (its sockets' mark) to a web dyno's PORT" in result.stdout
     # it reached web.1's own namespace
     assert f"sushi/web.1 (netns {daemon.prefix}-sushi.web.1):" in result.stdout
+    as_json = json.loads(trace(daemon, "router", "sushi/web.1", "--json").stdout)
+    assert as_json["verdict"]["outcome"] == "accepted"
+    assert (as_json["dst"], as_json["dport"]) == (web["ip"], web["port"])
+    assert any(s["hook"] == "output" and s["verdict"] == "accept" for s in as_json["steps"])
 
 
 def test_the_host_without_the_routers_mark_is_refused(daemon: DaemonProc) -> None:
