@@ -122,7 +122,10 @@ class TraceService:
             for p in plan.places()
         ]
         path = steps(places, opened.flow, tracing.table_name(self.kernel.machine))
-        src = opened.flow.src or _bound_address(opened.probe)
+        # the host's routing picked the source: the traced packet says which
+        seen = (e.packet for found in events.values() for e in found if e.packet is not None)
+        carried = next((p.src for p in seen if opened.flow.carries(p)), None)
+        src = opened.flow.src or carried or _bound_address(opened.probe)
         return Report(
             source=ends.source.label,
             target=ends.target.label,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import DaemonProc, leftovers, running_daemon, sh
+from tests.support import DaemonProc, gateway_of, leftovers, running_daemon, sh
 
 pytestmark = pytest.mark.root
 
@@ -85,7 +85,12 @@ def test_router_to_web_port_is_accepted(daemon: DaemonProc) -> None:
 
 
 def test_the_host_without_the_routers_mark_is_refused(daemon: DaemonProc) -> None:
-    result = trace(daemon, "host", "sushi/web.1")
+    web = daemon.dyno("sushi", "web.1")
+    result = trace(daemon, "host", "sushi/web.1", "icmp")
+    # the source the host's routing picked: the gateway of web.1's /30, on the bridge
+    assert (
+        f"trace icmp {gateway_of(web['ip'])} -> {web['ip']} (host -> sushi/web.1)" in result.stdout
+    )
     assert "dropped: the host to a dyno: only the router" in result.stdout
 
 
