@@ -4,26 +4,41 @@ of the CLI, and after a daemon killed mid-trace (start-up sweeps it)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from tests.support import DaemonProc, gateway_of, leftovers, running_daemon, sh
+from tests.support import DaemonProc, gateway_of, leftovers, sh
 
 pytestmark = pytest.mark.root
 
 OTHER_PORT = "8080"  # where a worker running the echo app listens (APP_PORT)
+START = 120.0  # seconds a daemon may take to start on a loaded machine (no timing is tested)
+
+
+@contextlib.contextmanager
+def patient_daemon(**kwargs: Any) -> Iterator[DaemonProc]:
+    """running_daemon (tests/support.py), with a start-up that may be slow."""
+    d = DaemonProc(**kwargs)
+    try:
+        yield d.start(timeout=START)
+    finally:
+        found = d.close()
+        if found:
+            raise AssertionError(f"the daemon left kernel objects behind: {found}")
 
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProc]:
     # --no-restart: a crashed dyno stays crashed, for the unreachable-FROM case
-    with running_daemon(extra=["--no-restart"]) as d:
+    with patient_daemon(extra=["--no-restart"]) as d:
         d.run_app("sushi", "web")
         d.run_app("sushi", "worker", env={"APP_PORT": OTHER_PORT})
         d.client.call("POST", "/v1/spaces", {"name": "acme"})
@@ -189,14 +204,14 @@ def test_a_crashed_dyno_is_not_a_place_to_trace_from(daemon: DaemonProc) -> None
 
 
 def test_a_daemon_killed_or_stopped_mid_trace_leaves_nothing() -> None:
-    with running_daemon() as d:
+    with patient_daemon() as d:
         d.run_app("sushi", "web")
         d.run_app("sushi", "worker", env={"APP_PORT": OTHER_PORT})
         proc = _start_slow_trace(d)
         d.kill9()
         proc.communicate(timeout=20)
         assert len(trace_tables(d)) == 4  # what a killed daemon left
-        d.start(timeout=120)  # a loaded machine's start-up can take long; no timing is tested
+        d.start(timeout=START)
         assert trace_tables(d) == []
         assert d.dyno("sushi", "web.1")["state"] == "up"  # adopted, its namespace kept
         result = trace(d, "router", "sushi/web.1")
