@@ -34,6 +34,7 @@ from dynod.router.routes import RouteTable
 from dynod.router.server import Router
 from dynod.rules import names
 from dynod.state.store import State
+from dynod.trace.service import TraceService
 from netns import record
 
 
@@ -102,7 +103,8 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
     )
     inspect = InspectService(state, kernel, supervisor.networks, registry)
     config_vars = ConfigService(state, supervisor, log)
-    return daemon, Services(spaces, apps, dynos, status, log, inspect, config_vars)
+    traces = TraceService(state, kernel, lambda: router.port)
+    return daemon, Services(spaces, apps, dynos, status, log, inspect, config_vars, traces)
 
 
 async def _close(api: ApiServer, daemon: Daemon, stop_dynos: bool) -> None:

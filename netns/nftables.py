@@ -16,7 +16,9 @@ from typing import Any
 from netns import record
 
 NFT_CTX_DEFAULT = 0
+NFT_CTX_OUTPUT_HANDLE = 1 << 3
 NFT_CTX_OUTPUT_JSON = 1 << 4
+NFT_CTX_OUTPUT_TERSE = 1 << 11  # `nft -t`: sets without their elements
 
 
 class NftError(RuntimeError):
@@ -56,10 +58,14 @@ class Nft:
         self._lib.nft_ctx_buffer_error(self._ctx)
         self._lock = threading.Lock()
 
-    def run(self, text: str, *, as_json: bool = False) -> str:
-        """Run nft commands (one transaction); returns nft's output, raises NftError on error."""
+    def run(self, text: str, *, as_json: bool = False, handles: bool = False) -> str:
+        """Run nft commands (one transaction); returns nft's output, raises NftError on error.
+        handles: `nft -a -t`, each rule with its handle and sets without their elements."""
+        flags = NFT_CTX_OUTPUT_JSON if as_json else 0
+        if handles:
+            flags |= NFT_CTX_OUTPUT_HANDLE | NFT_CTX_OUTPUT_TERSE
         with self._lock:
-            self._lib.nft_ctx_output_set_flags(self._ctx, NFT_CTX_OUTPUT_JSON if as_json else 0)
+            self._lib.nft_ctx_output_set_flags(self._ctx, flags)
             rc = self._lib.nft_run_cmd_from_buffer(self._ctx, text.encode())
             out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode()
             err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()

@@ -25,6 +25,8 @@ from dynod.control.status import StatusReport
 from dynod.errors import DynodError, NotFound
 from dynod.inspect.service import InspectService
 from dynod.logs.book import LogBook
+from dynod.trace.service import TraceService
+from dynod.trace.spec import TraceRequest
 from netns import record
 
 MAX_SECONDS = 86_400  # a grace period or a tail longer than a day is a typo
@@ -43,6 +45,7 @@ class Services:
     log: LogBook
     inspect: InspectService
     config: ConfigService
+    traces: TraceService
     startup: record.Recording = field(default_factory=record.Recording)  # what start-up did
 
 
@@ -56,6 +59,7 @@ class Endpoints:
         self.inspect = services.inspect
         self.startup = services.startup
         self.config = ConfigEndpoints(services.config)
+        self.traces = services.traces
         self._table = self._routes()
 
     def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
@@ -83,6 +87,7 @@ class Endpoints:
             ("GET", ("inspect",), self._inspect),
             ("GET", ("explain", "daemon"), self._explain_daemon),
             *self.config.routes(),
+            ("POST", ("traces",), self._trace),
         ]
 
     async def route(self, r: Request) -> Answer:
@@ -185,6 +190,9 @@ class Endpoints:
 
     async def _explain_daemon(self, r: Request) -> Answer:
         return 200, self.startup.commands()
+
+    async def _trace(self, r: Request) -> Answer:
+        return await self.traces.stream(TraceRequest.from_body(r.body))
 
 
 def _match(pattern: tuple[str, ...], path: list[str]) -> list[str] | None:

@@ -684,11 +684,10 @@ def status(ctx: click.Context) -> None:
     click.echo(f"{'answered':<10} in {1000 * (time.monotonic() - started):.1f} ms")
 
 
-from dynod.cli.inspect import inspect  # noqa: E402  (no cycle: inspect does not import main)
+# The commands of their own modules: those modules do not import this one (no import cycle).
+from dynod.cli.config import COMMANDS as CONFIG_COMMANDS  # noqa: E402
+from dynod.cli.inspect import inspect  # noqa: E402
+from dynod.cli.trace import trace as _trace  # noqa: E402
 
-main.add_command(inspect)
-main.add_command(explain_group)  # `dynod explain daemon`
-from dynod.cli.config import COMMANDS as CONFIG_COMMANDS  # noqa: E402  (no cycle)
-
-for _command in CONFIG_COMMANDS:
+for _command in (inspect, explain_group, _trace, *CONFIG_COMMANDS):
     main.add_command(_command)

@@ -142,18 +142,21 @@ table bridge {t} {{
     }}
     chain prerouting {{
         type filter hook prerouting priority filter; policy accept;
-        iifname "{glob}" jump from_dyno
+        iifname "{glob}" jump from_dyno comment "a frame from a dyno's port: check its source"
     }}
     chain from_dyno {{
-        ether type ip iifname . ether saddr . ip saddr @ports accept
+        ether type ip iifname . ether saddr . ip saddr @ports accept \\
+            comment "the dyno's own MAC and IP"
         ether type arp iifname . ether saddr . arp saddr ip @ports \\
-            iifname . arp saddr ether . arp saddr ip @ports accept
-        counter drop comment "spoofed, IPv6 or other ethertype"
+            iifname . arp saddr ether . arp saddr ip @ports accept \\
+            comment "ARP with the dyno's own MAC and IP"
+        counter drop comment "spoofed (not the port's dyno's MAC and IP), IPv6 or other ethertype"
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
         # ports are isolated already; this is the second lock on the same door
-        iifname "{glob}" oifname "{glob}" counter drop
+        iifname "{glob}" oifname "{glob}" counter drop \\
+            comment "dyno port to dyno port: never bridged (the ports are isolated too)"
     }}
 }}
 add table inet {t}
@@ -191,32 +194,45 @@ table inet {t} {{
     chain input {{
         type filter hook input priority filter; policy accept;
         iifname "{glob}" counter drop comment "second lock: a dyno port to the host"
-        iifname @bridges jump dyno_to_host
+        iifname @bridges jump dyno_to_host comment "a dyno to the host: only dynod's services"
     }}
     chain dyno_to_host {{
-        ct state established,related accept
-        iifname . ip daddr . meta l4proto . th dport @services accept
+        ct state established,related accept comment "replies within a connection allowed before"
+        iifname . ip daddr . meta l4proto . th dport @services accept \\
+            comment "a dynod service: DNS on the bridge's address (in a space, the router too)"
         counter drop comment "no other host service is offered to dynos"
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
         iifname "{glob}" counter drop comment "second lock: a dyno port routed anywhere"
-        oifname @bridges ct state established,related accept
-        iifname . oifname @intra meta l4proto {{ tcp, udp }} th dport 1024-65535 accept
-        iifname . oifname @intra icmp type echo-request accept
-        oifname @bridges counter drop comment "new connection to a dyno"
+        oifname @bridges ct state established,related accept \\
+            comment "replies within a connection allowed before"
+        iifname . oifname @intra meta l4proto {{ tcp, udp }} th dport 1024-65535 accept \\
+            comment "dyno to dyno in the same Private Space, on ports 1024-65535"
+        iifname . oifname @intra icmp type echo-request accept \\
+            comment "dyno to dyno in the same Private Space: ping"
+        iifname . oifname @intra counter drop \\
+            comment "dyno to dyno in the same Private Space: only ports 1024-65535 and ping"
+        iifname "{cr.bridge}" oifname "{cr.bridge}" counter drop \\
+            comment "dyno to dyno in the Common Runtime"
+        iifname @bridges oifname @bridges counter drop \\
+            comment "dyno to dyno of another network (Common Runtime or Private Space)"
+        oifname @bridges counter drop comment "new connection to a dyno from outside"
     }}
     chain output {{
         type filter hook output priority filter; policy accept;
-        oifname @bridges ct state established,related accept
-        oifname @bridges meta mark {layout.router_mark:#x} ip daddr . tcp dport @web accept
-        oifname @bridges counter drop comment "host to dyno, except the router to PORT"
+        oifname @bridges ct state established,related accept \\
+            comment "replies within a connection allowed before"
+        oifname @bridges meta mark {layout.router_mark:#x} ip daddr . tcp dport @web accept \\
+            comment "the router (its sockets' mark) to a web dyno's PORT"
+        oifname @bridges counter drop \\
+            comment "the host to a dyno: only the router, only to a web dyno's PORT"
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        oifname @bridges return
-        ip saddr {cr.cidr} masquerade
-        snat ip to ip saddr map @nat
+        oifname @bridges return comment "to a dyno: addresses kept"
+        ip saddr {cr.cidr} masquerade comment "Common Runtime to the outside: behind the host"
+        snat ip to ip saddr map @nat comment "Private Space to the outside: its stable NAT address"
     }}
 }}
 """

@@ -3,7 +3,7 @@ lost comes back."""
 
 from __future__ import annotations
 
-from dynod.kernel import network
+from dynod.kernel import network, tracing
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.inside import kill_namespace
 from dynod.kernel.machine import Machine
@@ -12,6 +12,7 @@ from netns import addresses, links, namespace
 
 def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
     """`ip netns delete`, `ip link del` and `ip addr del` of what has our prefix but no owner."""
+    tracing.sweep_leftovers(m)  # a trace's tables, left by a daemon killed mid-trace
     ipr = m.worker.ipr
     known_netns = {d.netns for d in live}
     for name in namespace.names(f"{m.names.prefix}-"):

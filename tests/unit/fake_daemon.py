@@ -269,6 +269,6 @@ class _Config:
 
 def services(daemon: Any) -> Services:
     """The API's services, each a thin adapter over the fake daemon's methods."""
-    return Services(
-        _Spaces(daemon), _Apps(daemon), _Dynos(daemon), None, None, None, _Config(daemon)
-    )  # type: ignore[arg-type]
+    return Services(  # type: ignore[arg-type]
+        _Spaces(daemon), _Apps(daemon), _Dynos(daemon), None, None, None, _Config(daemon), None
+    )
