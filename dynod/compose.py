@@ -17,6 +17,7 @@ from dynod.claim import Claim
 from dynod.config import Config
 from dynod.control.apps import AppService
 from dynod.control.dynos import DynoService
+from dynod.control.formation import FormationService
 from dynod.control.routing import RoutePublisher
 from dynod.control.spaces import SpaceService
 from dynod.control.status import StatusReport
@@ -58,6 +59,7 @@ async def serve(config: Config) -> None:
     except BaseException:
         await _close(api, daemon, stop_dynos=False)
         raise
+    services.formation.start()  # after reconcile: converges what a killed daemon left half done
     try:
         await stop.wait()
     finally:
@@ -91,11 +93,12 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
     )
     apps = AppService(state, spaces, supervisor, registry, routes, log, admin)
     dynos = DynoService(config, claim, kernel, state, supervisor, routes)
+    formation = FormationService(config, state, dynos, supervisor, log)
     status = StatusReport(config, kernel, dns, router, resolvers)
     daemon = Daemon(
         config, claim, kernel, state, log, dns, router, routes, supervisor, spaces, dynos
     )
-    return daemon, Services(spaces, apps, dynos, status, log)
+    return daemon, Services(spaces, apps, dynos, status, log, formation)
 
 
 async def _close(api: ApiServer, daemon: Daemon, stop_dynos: bool) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from dynod.api import streams
+from dynod.api import formation_endpoints, streams
 from dynod.api.requests import (
     CreateApp,
     CreateSpace,
@@ -18,6 +18,7 @@ from dynod.api.requests import (
 from dynod.api.wire import Answer, Request
 from dynod.control.apps import AppService
 from dynod.control.dynos import DynoService
+from dynod.control.formation import FormationService
 from dynod.control.spaces import SpaceService
 from dynod.control.status import StatusReport
 from dynod.errors import DynodError, NotFound
@@ -37,6 +38,7 @@ class Services:
     dynos: DynoService
     status: StatusReport
     log: LogBook
+    formation: FormationService
 
 
 class Endpoints:
@@ -46,6 +48,7 @@ class Endpoints:
         self.dynos = services.dynos
         self.status = services.status
         self.log = services.log
+        self.formation = services.formation
         self._table = self._routes()
 
     def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
@@ -70,6 +73,7 @@ class Endpoints:
             ("DELETE", ("apps", "*", "dynos", "*"), self._stop),
             ("GET", ("dynos",), self._dynos),
             ("GET", ("logs",), self._logs),
+            *formation_endpoints.routes(self.formation),
         ]
 
     async def route(self, r: Request) -> Answer:
@@ -155,6 +159,8 @@ class Endpoints:
 
     async def _stop(self, r: Request, app: str, dyno: str | None = None) -> Answer:
         grace = _seconds(r.query.get("grace"))
+        if dyno is None:  # every dyno: the formation is scaled to 0, or it would restart them
+            await self.formation.scale_to_zero(app)
         return 200, await self.dynos.stop(StopDynos(app, dyno, grace))
 
     async def _logs(self, r: Request) -> Answer:

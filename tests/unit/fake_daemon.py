@@ -241,4 +241,4 @@ class _Dynos:
 
 def services(daemon: Any) -> Services:
     """The API's services, each a thin adapter over the fake daemon's methods."""
-    return Services(_Spaces(daemon), _Apps(daemon), _Dynos(daemon), None, None)  # type: ignore[arg-type]
+    return Services(_Spaces(daemon), _Apps(daemon), _Dynos(daemon), None, None, None)  # type: ignore[arg-type]
