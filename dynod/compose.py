@@ -63,6 +63,7 @@ async def serve(config: Config) -> None:
     try:
         await stop.wait()
     finally:
+        await services.formation.close()
         await _close(api, daemon, stop_dynos=True)
 
 

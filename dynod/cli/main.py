@@ -626,4 +626,3 @@ def status(ctx: click.Context) -> None:
     for key, value in info.items():
         click.echo(f"{key:<10} {_cell(value)}")
     click.echo(f"{'answered':<10} in {1000 * (time.monotonic() - started):.1f} ms")
-

@@ -37,6 +37,7 @@ class NewDyno:
     size: str
     detach: bool = True
     formation: bool = False  # the formation's: it may stop or replace it
+    number: int | None = None  # its number when free (a restart keeps the name), else the lowest
 
 
 class DynoService:
@@ -80,7 +81,10 @@ class DynoService:
         # dyno has a /30, with the caller's directory as its own (where its Procfile is).
         known = self.state.app(app)
         space = known.space if known is not None else ""
-        number = names.lowest_free_number(self.state.numbers_taken(app, ptype))
+        taken = self.state.numbers_taken(app, ptype)
+        number = new.number
+        if number is None or number in taken:
+            number = names.lowest_free_number(taken)
         net = self.kernel.net(space)
         subnet = net.pool.allocate(self.state.slots_unavailable(space))
         if known is None:

@@ -12,6 +12,7 @@ type (`run` cannot be scaled).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,7 @@ class FormationService:
         self.log = log
         self._locks: dict[str, asyncio.Lock] = {}
         self._failures: dict[tuple[str, str], str] = {}  # the last start failure, said once
+        self._loop: asyncio.Task[None] | None = None
 
     def _lock(self, app: str) -> asyncio.Lock:
         return self._locks.setdefault(app, asyncio.Lock())
@@ -198,7 +200,14 @@ class FormationService:
             await asyncio.sleep(CONVERGE_EVERY)
 
     def start(self) -> None:
-        self.supervisor.background(self.keep_converging())
+        self._loop = self.supervisor.background(self.keep_converging())
+
+    async def close(self) -> None:
+        """Before the daemon stops every dyno: no convergence may start them again."""
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
 
     # ---------------------------------------------------------------- restart and stop
     def targets(self, app: str, target: str | None) -> list[Dyno]:
@@ -223,9 +232,11 @@ class FormationService:
         chosen = self.targets(app, target)
         async with self._lock(app):  # no converge fills the gap with another number meanwhile
             await asyncio.gather(*(self.supervisor.stop(d) for d in chosen))
+            # the manual ones first: they take their own numbers back before the formation
+            # picks the lowest free ones
+            manual = [d for d in chosen if not d.formation and d.detached]
+            await asyncio.gather(*(self.dynos.create(_again(d)) for d in manual))
             await self._converge(app)
-        manual = [d for d in chosen if not d.formation and d.detached]
-        await asyncio.gather(*(self.dynos.create(_again(d)) for d in manual))
         return [d.name for d in chosen]
 
     async def stop(self, app: str, target: str) -> dict[str, list[str]]:
@@ -263,4 +274,5 @@ def _again(dyno: Dyno) -> NewDyno:
         dyno.env,
         dyno.size,
         detach=True,
+        number=dyno.number,
     )
