@@ -15,6 +15,9 @@ from dynod.state.store import Dyno, Process, State
 
 WAIT_POLL = 0.1  # seconds between looks at the dynos
 LOG_LINES = 20  # of the failing dyno, shown with the failure
+# Ready only once everything has stayed up this long: a process that exits right after it
+# starts (a worker's typo) is a crash to report, not an app that is up.
+SETTLE = 1.0
 
 
 def pending(formation: list[Process], dynos: list[Dyno]) -> list[tuple[str, Dyno | None]]:
@@ -44,6 +47,7 @@ async def wait(state: State, log: LogBook, app: str, timeout: float) -> dict[str
     """{"ready": true, "dynos": [...]}, or {"ready": false, "problem", "dyno", "log"}."""
     baseline = {d.id: d.restarts for d in state.dynos(app)}  # a higher count later: a crash
     deadline = time.monotonic() + timeout
+    ready_since: float | None = None
     while True:
         if state.app(app) is None:
             return _failed(log, app, f"the app {app} was destroyed", None)
@@ -52,9 +56,14 @@ async def wait(state: State, log: LogBook, app: str, timeout: float) -> dict[str
             if dyno.state == "crashed" or dyno.restarts > baseline.get(dyno.id, 0):
                 return _failed(log, app, f"{dyno.name} crashed", dyno)
         waiting = pending(state.formation(app), dynos)
-        if not waiting:
+        now = time.monotonic()
+        if waiting:
+            ready_since = None
+        elif ready_since is None:
+            ready_since = now
+        elif now - ready_since >= SETTLE:
             return {"ready": True, "dynos": [d.name for d in dynos]}
-        if time.monotonic() >= deadline:
+        if waiting and now >= deadline:
             problem, about = waiting[0]
             return _failed(log, app, f"not up after {timeout:g} s: {problem}", about)
         await asyncio.sleep(WAIT_POLL)
