@@ -60,7 +60,8 @@ class FormationService:
         self.supervisor = supervisor
         self.log = log
         self._locks: dict[str, asyncio.Lock] = {}
-        self._failures: dict[tuple[str, str], str] = {}  # the last start failure, said once
+        # why starts of each (app, type) failed since its last success: each reason said once
+        self._failures: dict[tuple[str, str], set[str]] = {}
         self._loop: asyncio.Task[None] | None = None
 
     def _lock(self, app: str) -> asyncio.Lock:
@@ -147,7 +148,8 @@ class FormationService:
         failed = []
         for process, result in zip(missing, results, strict=True):
             if self._note(process, result):
-                failed.append(f"{process.type}: {self._failures[(process.app, process.type)]}")
+                assert isinstance(result, BaseException)
+                failed.append(f"{process.type}: {result}")
         return failed
 
     def _new_dyno(self, process: Process) -> NewDyno:
@@ -177,8 +179,9 @@ class FormationService:
         if isinstance(result, asyncio.CancelledError):
             raise result
         text = str(result.problem if isinstance(result, DynodError) else result)
-        if self._failures.get(key) != text:
-            self._failures[key] = text
+        said = self._failures.setdefault(key, set())
+        if text not in said:
+            said.add(text)
             self.log.emit(
                 process.app, "dynod", f"formation: could not start a {process.type} dyno: {text}"
             )
