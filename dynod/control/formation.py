@@ -77,8 +77,8 @@ class FormationService:
         stored when one change is refused."""
         app = request.app
         self.dynos.of_app(app)
-        for ptype in request.commands:
-            names.check_process_type(ptype)
+        for change in request.changes:  # the Procfile's other types (release:...) are not ours
+            formation.check_type(change.type)
         cwd = request.cwd
         who = RunRequest(app, sudo_uid=request.sudo_uid, sudo_gid=request.sudo_gid)
         uid, gid = launch.dyno_user(who, peer_uid, peer_gid, self.config.dyno_user)

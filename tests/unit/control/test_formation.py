@@ -25,7 +25,12 @@ from dynod.state.store import App, State
 from tests.unit.control.test_dynos import AllocatingKernel
 from tests.unit.control.worlds import NoDns, end_sessions
 
-PROCFILE = {"web": "sleep 30", "worker": "sleep 30", "clock": "sleep 30"}
+PROCFILE = {
+    "web": "sleep 30",
+    "worker": "sleep 30",
+    "clock": "sleep 30",
+    "release": "true",  # Heroku's release phase: in many Procfiles, never scaled
+}
 
 
 class World(SimpleNamespace):
