@@ -11,6 +11,7 @@ PATCH takes Heroku's shape ({"updates": [{"type": "web", "quantity": 2, "size": 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from dynod.rules import formation, sizes
 
 Handler = Callable[..., Awaitable[Answer]]
 MAX_WAIT = 86_400.0
+MAX_COUNT = 999_999_999  # what `ps:scale` reads (9 digits)
 DEFAULT_WAIT = 60.0  # as the boot timeout: a web dyno that is not up by then gets R10
 
 
@@ -67,11 +69,17 @@ def _change(update: Any) -> formation.Change:
             '{"type": "web", "quantity": 2} sets it; {"type": "web", "delta": -1} moves it',
         )
     number = quantity if quantity is not None else delta
-    limit = formation.MAX_DYNOS_PER_APP
-    if isinstance(number, bool) or not isinstance(number, int) or abs(number) > limit:
+    # the per-app cap is checked on the result (rules/formation.apply); this only keeps
+    # numbers that are not counts (true, 1.5, 10**30) out
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, int)
+        or abs(number) > MAX_COUNT
+        or (quantity is not None and number < 0)
+    ):
         raise DynodError(
-            f"the update of {ptype}: {number!r} is not a number of dynos",
-            f"give an integer from {-limit if delta is not None else 0} to {limit}",
+            f"the update of {ptype}: {json.dumps(number)} is not a number of dynos",
+            f"give an integer (the app holds at most {formation.MAX_DYNOS_PER_APP} dynos)",
         )
     if size is not None:
         if quantity is None:
