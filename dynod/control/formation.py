@@ -83,6 +83,8 @@ class FormationService:
         who = RunRequest(app, sudo_uid=request.sudo_uid, sudo_gid=request.sudo_gid)
         uid, gid = launch.dyno_user(who, peer_uid, peer_gid, self.config.dyno_user)
         env = launch.dyno_env(request.env, uid)
+        # From here to set_formation nothing awaits: two scales (web+1, web+1) cannot both read
+        # the same quantities.
         current = {p.type: p for p in self.state.formation(app)}
         quantities = formation.apply({t: p.quantity for t, p in current.items()}, request.changes)
         problem = self.dynos.kernel.cgroups.problem
@@ -92,13 +94,14 @@ class FormationService:
             quantity = quantities[ptype]
             command = request.commands.get(ptype)
             if command is None:
-                if old is None or quantity > 0:
+                # scaling down needs no Procfile: the stored command stays
+                if old is None or quantity > old.quantity:
                     known = ", ".join(request.commands) or "none"
                     raise DynodError(
                         f"the Procfile in {cwd} has no {ptype!r} process type (it has: {known})",
                         f"add a line `{ptype}: COMMAND` to it, or scale one of its types",
                     )
-                command = old.command  # scaled to 0: what it ran is kept for the record
+                command = old.command
             size = sizes.choose(change.size or (old.size if old else None), problem)
             if quantity > 0:
                 launch.check_can_enter(cwd, uid, gid)

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,15 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.root
+
+
+def router_get(d: DaemonProc, app: str) -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{d.router_port}/", headers={"Host": f"{app}.localhost"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())["dyno"]
+
 
 PROCFILE = f"web: {PYTHON} echo_app.py\nworker: sleep 1000\n# a comment\n\nclock: sleep 1000\n"
 ENV = {"PATH": SYSTEM_PATH}
@@ -67,6 +77,8 @@ def test_scale_ps_restart_stop_and_manual_dynos() -> None:
         assert names_of(d, "form", formation=True) == ["web.1", "web.2", "worker.1"]
         waited = d.cli("ps:wait", "--app", "form", "--timeout", "30")
         assert waited.returncode == 0, waited.stderr
+        # ready means served: the router reaches both web dynos of the formation
+        assert {router_get(d, "form") for _ in range(4)} == {(200, "web.1"), (200, "web.2")}
         ps = d.cli("ps", "--app", "form").stdout
         assert re.search(rf"^=== web \([\w -]+\): {PYTHON} echo_app.py \(2\)$", ps, re.M), ps
         assert re.search(

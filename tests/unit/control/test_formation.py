@@ -179,3 +179,17 @@ def test_a_start_that_fails_is_reported_once_and_retried(world: World) -> None:
         assert names(world) == ["worker.1", "worker.2", "worker.3"]
 
     asyncio.run(test())
+
+
+def test_scaling_down_needs_no_procfile(world: World) -> None:
+    async def test() -> None:
+        await scale(world, "worker=3")
+        await scale(world, "worker-1", commands={})
+        assert names(world) == ["worker.1", "worker.2"]
+        with pytest.raises(DynodError, match=r"no 'worker' process type \(it has: none\)"):
+            await scale(world, "worker+1", commands={})
+        await scale(world, "worker=0", commands={})
+        assert names(world) == []
+        assert [p.command for p in world.state.formation("sushi")] == ["sleep 30"]
+
+    asyncio.run(test())
