@@ -18,6 +18,7 @@ from dynod.config import Config
 from dynod.control.apps import AppService
 from dynod.control.configvars import ConfigService
 from dynod.control.dynos import DynoService
+from dynod.control.formation import FormationService
 from dynod.control.routing import RoutePublisher
 from dynod.control.spaces import SpaceService
 from dynod.control.status import StatusReport
@@ -64,9 +65,11 @@ async def serve(config: Config) -> None:
     except BaseException:
         await _close(api, daemon, stop_dynos=False)
         raise
+    services.formation.start()  # after reconcile: converges what a killed daemon left half done
     try:
         await stop.wait()
     finally:
+        await services.formation.close()
         await _close(api, daemon, stop_dynos=True)
 
 
@@ -97,6 +100,7 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
     )
     apps = AppService(state, spaces, supervisor, registry, routes, log, admin)
     dynos = DynoService(config, claim, kernel, state, supervisor, routes)
+    formation = FormationService(config, state, dynos, supervisor, log)
     status = StatusReport(config, kernel, dns, router, resolvers)
     daemon = Daemon(
         config, claim, kernel, state, log, dns, router, routes, supervisor, spaces, dynos
@@ -104,7 +108,8 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
     inspect = InspectService(state, kernel, supervisor.networks, registry)
     config_vars = ConfigService(state, supervisor, log)
     traces = TraceService(state, kernel, lambda: router.port)
-    return daemon, Services(spaces, apps, dynos, status, log, inspect, config_vars, traces)
+    services = Services(spaces, apps, dynos, status, log, inspect, config_vars, traces, formation)
+    return daemon, services
 
 
 async def _close(api: ApiServer, daemon: Daemon, stop_dynos: bool) -> None:

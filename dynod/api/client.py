@@ -123,3 +123,50 @@ class Client:
                     self.explain.streamed(message["explain"])
                     continue
             yield line
+
+    # ---------------------------------------------------------------- formations (issue 9)
+    def formation(self, app: str) -> list[dict[str, Any]]:
+        """The app's process types: [{"type", "command", "quantity", "size"}]."""
+        result: list[dict[str, Any]] = self.call("GET", api_path("apps", app, "formation"))
+        return result
+
+    def scale(
+        self,
+        app: str,
+        updates: list[dict[str, Any]],
+        commands: dict[str, str],
+        cwd: str,
+        env: dict[str, str] | None = None,
+        sudo: tuple[int, int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """ps:scale: updates are {"type", "quantity" or "delta", "size"?}; commands the
+        Procfile's, read from cwd. Returns the new formation once it has converged."""
+        body: dict[str, Any] = {"updates": updates, "commands": commands, "cwd": cwd}
+        if env:
+            body["env"] = env
+        if sudo is not None:
+            body["sudo_uid"], body["sudo_gid"] = sudo
+        result: list[dict[str, Any]] = self.call("PATCH", api_path("apps", app, "formation"), body)
+        return result
+
+    def wait(self, app: str, timeout: float) -> dict[str, Any]:
+        """ps:wait: {"ready": true, "dynos"} or {"ready": false, "problem", "dyno", "log"}."""
+        path = api_path("apps", app, "formation", "wait", timeout=f"{timeout:g}")
+        result: dict[str, Any] = self.call("GET", path)
+        return result
+
+    def restart(self, app: str, target: str | None = None) -> list[str]:
+        """ps:restart of a dyno (web.1), a type (web) or the whole app: the names restarted."""
+        body = {"target": target}
+        names: list[str] = self.call("POST", api_path("apps", app, "actions", "restart"), body)[
+            "restarted"
+        ]
+        return names
+
+    def stop_dynos(self, app: str, target: str) -> dict[str, list[str]]:
+        """ps:stop of a dyno or a type: {"stopped": [...], "replaced": [...]} (the formation
+        starts its own dynos again)."""
+        result: dict[str, list[str]] = self.call(
+            "POST", api_path("apps", app, "actions", "stop"), {"target": target}
+        )
+        return result

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from dynod.api import streams
+from dynod.api import formation_endpoints, streams
 from dynod.api.config_endpoints import ConfigEndpoints
 from dynod.api.requests import (
     CreateApp,
@@ -20,6 +20,7 @@ from dynod.api.wire import Answer, Request
 from dynod.control.apps import AppService
 from dynod.control.configvars import ConfigService
 from dynod.control.dynos import DynoService
+from dynod.control.formation import FormationService
 from dynod.control.spaces import SpaceService
 from dynod.control.status import StatusReport
 from dynod.errors import DynodError, NotFound
@@ -46,6 +47,7 @@ class Services:
     inspect: InspectService
     config: ConfigService
     traces: TraceService
+    formation: FormationService
     startup: record.Recording = field(default_factory=record.Recording)  # what start-up did
 
 
@@ -60,6 +62,7 @@ class Endpoints:
         self.startup = services.startup
         self.config = ConfigEndpoints(services.config)
         self.traces = services.traces
+        self.formation = services.formation
         self._table = self._routes()
 
     def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
@@ -88,6 +91,7 @@ class Endpoints:
             ("GET", ("explain", "daemon"), self._explain_daemon),
             *self.config.routes(),
             ("POST", ("traces",), self._trace),
+            *formation_endpoints.routes(self.formation),
         ]
 
     async def route(self, r: Request) -> Answer:
@@ -173,6 +177,8 @@ class Endpoints:
 
     async def _stop(self, r: Request, app: str, dyno: str | None = None) -> Answer:
         grace = _seconds(r.query.get("grace"))
+        if dyno is None:  # every dyno: the formation is scaled to 0, or it would restart them
+            await self.formation.scale_to_zero(app)
         return 200, await self.dynos.stop(StopDynos(app, dyno, grace))
 
     async def _logs(self, r: Request) -> Answer:

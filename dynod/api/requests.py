@@ -105,19 +105,22 @@ class CreateSpace:
 
 @dataclass(frozen=True)
 class CreateApp:
-    """POST /v1/apps: in the Common Runtime when space is None."""
+    """POST /v1/apps: in the Common Runtime when space is None; `dir` is where its Procfile is
+    (the CLI sends its working directory when --dir is not given)."""
 
     name: str
     space: str | None = None
     internal_routing: bool = False
+    dir: str | None = None
 
     @classmethod
     def from_body(cls, body: Any) -> CreateApp:
-        fields = object_with(body, "name", "space", "internal_routing")
+        fields = object_with(body, "name", "space", "internal_routing", "dir")
         return cls(
             text(fields, "name"),
             optional_text(fields, "space"),
             flag(fields, "internal_routing"),
+            optional_text(fields, "dir"),
         )
 
 

@@ -10,8 +10,8 @@ works as well as the CLI.
     POST   /v1/spaces/SPACE/trusted-ips          trust a range {cidr}: 201, the ranges
     DELETE /v1/spaces/SPACE/trusted-ips/CIDR     stop trusting a range (10.0.0.0%2F8): the ranges
     GET    /v1/apps                              apps: space, routing, features, dyno counts
-    POST   /v1/apps                              create an app {name, space?, internal_routing?}:
-                                                 201, it
+    POST   /v1/apps                              create an app {name, space?, internal_routing?,
+                                                 dir?}: 201, it
     GET    /v1/apps/APP                          one of them
     DELETE /v1/apps/APP                          destroy an app, stopping its dynos:
                                                  {"stopped": [dyno names]}
@@ -25,7 +25,11 @@ works as well as the CLI.
                                                  with detach, 201 and the dyno; without, an NDJSON
                                                  stream {"dyno": ...}, {"line": ...}..., {"exit": N}
                                                  (closing it stops the dyno, like Ctrl-C)
-    DELETE /v1/apps/APP/dynos[/NAME][?grace=S]   stop one dyno, or all of the app's
+    DELETE /v1/apps/APP/dynos[/NAME][?grace=S]   stop one dyno, or all of the app's (its
+                                                 formation is scaled to 0 first)
+    GET    /v1/apps/APP/formation ... POST /v1/apps/APP/actions/stop: the formation, ps:scale,
+                                                 ps:wait, ps:restart, ps:stop (listed in
+                                                 api/formation_endpoints.py)
     GET    /v1/logs[?app=&dyno=&tail=N&follow=1] Heroku-format lines, followed if asked
     GET    /v1/inspect[?app=APP|space=SPACE]     the live topology read from the kernel, and
                                                  every difference from the state (problems)

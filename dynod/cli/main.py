@@ -19,7 +19,7 @@ from dynod.cli.command import build_command
 from dynod.cli.explain import explain_group, explain_option
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
 from dynod.errors import DynodError
-from dynod.rules import names, sizes
+from dynod.rules import names, procfile, sizes
 
 # Variables of the caller's environment a dyno inherits; everything else comes from --env.
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
@@ -179,21 +179,9 @@ def daemon(
 
 
 def _read_procfile(ptype: str) -> str:
-    try:
-        with open("Procfile") as f:
-            commands = names.parse_procfile(f.read())
-    except FileNotFoundError:
-        raise DynodError(
-            f"no command given and no Procfile in {os.getcwd()}",
-            "give the command after --, or run from the directory with the Procfile",
-        ) from None
-    if ptype not in commands:
-        known = ", ".join(sorted(commands)) or "none"
-        raise DynodError(
-            f"the Procfile has no {ptype!r} process type (it has: {known})",
-            "add a line `TYPE: command` to the Procfile, or give the command after --",
-        )
-    return commands[ptype]
+    """The type's command in ./Procfile (`dynod run` without a command)."""
+    here = os.getcwd()
+    return procfile.command(procfile.read(here), ptype, here)
 
 
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -292,44 +280,6 @@ def _run_foreground(client: Client, app: str, body: dict[str, Any]) -> int:
         err=True,
     )
     return 1
-
-
-def _uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-@main.command()
-@click.option("--app", "-a", help="Only this app's dynos.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def ps(ctx: click.Context, app: str | None, as_json: bool) -> None:
-    """List dynos: name, state, size, memory, private IP, port, pid, uptime."""
-    query = f"?app={urllib.parse.quote(app)}" if app else ""
-    dynos = _client(ctx).call("GET", f"/v1/dynos{query}")
-    if as_json:
-        click.echo(json.dumps(dynos, indent=2))
-        return
-    if not dynos:
-        click.echo("no dynos" + (f" in {app}" if app else ""))
-        return
-    header = (
-        f"{'APP':<30} {'DYNO':<16} {'STATE':<9} {'SIZE':<16} {'MEMORY':<15} {'IP':<15} "
-        f"{'PORT':<6} {'PID':<8} UPTIME"
-    )
-    click.echo(header)
-    for d in dynos:
-        click.echo(
-            f"{d['app']:<30} {d['name']:<16} {d['state']:<9} {d.get('size') or '-':<16} "
-            f"{_memory(d):<15} {d['ip']:<15} {d['port'] or '-'!s:<6} {d['pid'] or '-'!s:<8} "
-            f"{_uptime(d['uptime'])}"
-        )
 
 
 def _memory(dyno: dict[str, Any]) -> str:
@@ -514,10 +464,21 @@ def apps(ctx: click.Context, as_json: bool) -> None:
     is_flag=True,
     help="Serve its web dynos only to clients inside its space (needs --space).",
 )
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    help="Where its Procfile is (default: the current directory).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the app as JSON.")
 @click.pass_context
 def apps_create(
-    ctx: click.Context, name: str, space: str | None, internal_routing: bool, as_json: bool
+    ctx: click.Context,
+    name: str,
+    space: str | None,
+    internal_routing: bool,
+    directory: str | None,
+    as_json: bool,
 ) -> None:
     """Create an app, in the Common Runtime or in a space.
 
@@ -529,6 +490,7 @@ def apps_create(
     names.check_routing(space, internal_routing)
     if internal_routing:
         body["internal_routing"] = True
+    body["dir"] = os.path.abspath(directory or os.getcwd())
     app = _client(ctx).call("POST", api_path("apps"), body)
     if as_json:
         _echo_json(app)

@@ -4,6 +4,7 @@ Space). The internal-routing rule is checked here, once (rules/names.check_routi
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from dynod.api.requests import CreateApp, SetFeature
@@ -53,12 +54,19 @@ class AppService:
         names.check_routing(space, request.internal_routing)
         if space:
             self.spaces.get(space)
+        directory = request.dir or ""
+        if directory and (not os.path.isabs(directory) or "\0" in directory):
+            raise DynodError(
+                f"the app's directory must be an absolute path, and it is {directory!r}",
+                "give --dir an absolute path (the CLI makes a relative one absolute)",
+            )
         self.state.add_app(
             App(
                 name,
                 space or "",
                 internal_routing=request.internal_routing,
                 dns_discovery=bool(space),
+                dir=os.path.normpath(directory) if directory else "",
             )
         )
         if space:
@@ -73,6 +81,8 @@ class AppService:
             "internal_routing": app.internal_routing,
             "features": {FEATURE: app.dns_discovery},
             "dynos": len(self.state.dynos(app.name)),
+            "dir": app.dir or None,
+            "formation": sum(p.quantity for p in self.state.formation(app.name)),
         }
 
     async def infos(self) -> list[dict[str, Any]]:
@@ -83,6 +93,7 @@ class AppService:
         """Stop its dynos (until none is left: a run may race with the destroy), forget it."""
         app = self.get(name)
         stopped: list[str] = []
+        self.state.clear_formation(name)  # the formation must not start what is being stopped
         while dynos := self.state.dynos(name):
             await asyncio.gather(*(self.supervisor.stop(d) for d in dynos))
             stopped += [d.name for d in dynos]

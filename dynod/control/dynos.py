@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from dynod.api.requests import RunRequest, StopDynos
@@ -19,6 +21,23 @@ from dynod.kernel import processes
 from dynod.kernel.host import Kernel
 from dynod.rules import names, sizes
 from dynod.state.store import App, Dyno, State
+
+
+@dataclass(frozen=True)
+class NewDyno:
+    """A dyno to create, every part of it checked: its user, directory and command."""
+
+    app: str
+    type: str
+    command: str
+    cwd: str
+    uid: int
+    gid: int
+    env: Mapping[str, str]
+    size: str
+    detach: bool = True
+    formation: bool = False  # the formation's: it may stop or replace it
+    number: int | None = None  # its number when free (a restart keeps the name), else the lowest
 
 
 class DynoService:
@@ -49,17 +68,27 @@ class DynoService:
         size = sizes.choose(request.size, self.kernel.cgroups.problem)
         launch.check_can_enter(cwd, uid, gid)
         processes.check_command(command, cwd, (launch.defaults(uid) | env)["PATH"])
+        return await self.create(
+            NewDyno(app, ptype, command, cwd, uid, gid, env, size, detach=request.detach)
+        )
+
+    async def create(self, new: NewDyno) -> Dyno:
+        """Allocate and launch a dyno whose request was checked (run's, or the formation's)."""
+        app, ptype, cwd = new.app, new.type, new.cwd
         await self.sweep_draining()
         # From here to insert_dyno nothing awaits, so concurrent runs cannot pick the same
         # number or /30; an unknown app is created (in the Common Runtime) only once its first
-        # dyno has a /30.
+        # dyno has a /30, with the caller's directory as its own (where its Procfile is).
         known = self.state.app(app)
         space = known.space if known is not None else ""
-        number = names.lowest_free_number(self.state.numbers_taken(app, ptype))
+        taken = self.state.numbers_taken(app, ptype)
+        number = new.number
+        if number is None or number in taken:
+            number = names.lowest_free_number(taken)
         net = self.kernel.net(space)
         subnet = net.pool.allocate(self.state.slots_unavailable(space))
         if known is None:
-            self.state.add_app(App(app))
+            self.state.add_app(App(app, dir=cwd))
         dyno_id = self.state.next_dyno_id()
         port = launch.choose_port() if ptype == names.WEB_TYPE else None
         # the dyno's network, computed once here and handed down whole
@@ -85,16 +114,17 @@ class DynoService:
                 pid_start=None,
                 netns=network.netns,
                 veth=network.veth,
-                command=command,
+                command=new.command,
                 cwd=cwd,
-                uid=uid,
-                gid=gid,
-                env=env,
-                detached=request.detach,
+                uid=new.uid,
+                gid=new.gid,
+                env=dict(new.env),
+                detached=new.detach,
                 log_path=os.path.join(self.claim.output_dir, f"{dyno_id}.out"),
                 created_at=time.time(),
                 space=space,
-                size=size,
+                size=new.size,
+                formation=new.formation,
             )
         )
         if known is None:

@@ -14,7 +14,6 @@ from dynod.errors import DynodError
 APP_NAME = re.compile(r"^[a-z][a-z0-9-]{1,28}[a-z0-9]$")
 PROCESS_TYPE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 DYNO_NAME = re.compile(r"^([A-Za-z0-9_-]{1,128})\.([1-9][0-9]{0,5})$")
-PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
 # Heroku's Platform API rule for space names: no leading, trailing or doubled dash.  The API
 # schema gives no maximum length; dynod takes Heroku's app name limit, 30 characters.
 SPACE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-))+[a-z0-9]$")
@@ -73,19 +72,6 @@ def lowest_free_number(taken: set[int]) -> int:
     while number in taken:
         number += 1
     return number
-
-
-def parse_procfile(text: str) -> dict[str, str]:
-    """Procfile lines `type: command`; blank lines and comments are skipped."""
-    commands: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = PROCFILE_LINE.match(line)
-        if match:
-            commands[match.group(1)] = match.group(2).strip()
-    return commands
 
 
 def check_routing(space: str | None, internal_routing: bool) -> None:

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS apps (
     created_at  REAL NOT NULL,
     space       TEXT NOT NULL DEFAULT '',   -- its space ('': the Common Runtime)
     internal_routing INTEGER NOT NULL DEFAULT 0,
-    dns_discovery INTEGER NOT NULL DEFAULT 0
+    dns_discovery INTEGER NOT NULL DEFAULT 0,
+    dir         TEXT NOT NULL DEFAULT ''    -- where its Procfile is ('': not recorded)
 );
 CREATE TABLE IF NOT EXISTS dynos (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS dynos (
     created_at  REAL NOT NULL,
     started_at  REAL,
     size        TEXT NOT NULL DEFAULT '',   -- its dyno size ('': none, no limits)
+    formation   INTEGER NOT NULL DEFAULT 0, -- started by the app's formation (ps:scale)
     UNIQUE (app, type, number),
     UNIQUE (space, slot)
 );
@@ -75,9 +77,10 @@ CREATE TABLE IF NOT EXISTS draining (
     veth        TEXT NOT NULL,
     PRIMARY KEY (space, slot)
 );
+{formation}
 """
 
-# Version 5: config vars, per app (values are secrets: this root-only file is their one home),
+# Version 5 adds config vars, per app (values are secrets: this root-only file is their one home),
 # and each app's release counter (vN), which a config change raises.
 CONFIG_VARS = """
 CREATE TABLE IF NOT EXISTS config_vars (
@@ -91,6 +94,24 @@ CREATE TABLE IF NOT EXISTS releases (
     version     INTEGER NOT NULL
 );
 """
+# The formation (issue 9): per app and type, the Procfile's command and how many dynos run it,
+# with who they run as and where, so the daemon converges after a restart without the Procfile.
+FORMATION = """
+CREATE TABLE IF NOT EXISTS formation (
+    app         TEXT NOT NULL REFERENCES apps(name),
+    type        TEXT NOT NULL,
+    command     TEXT NOT NULL,
+    quantity    INTEGER NOT NULL,
+    size        TEXT NOT NULL DEFAULT '',   -- '': the default size when its dynos start
+    cwd         TEXT NOT NULL,
+    uid         INTEGER NOT NULL,
+    gid         INTEGER NOT NULL,
+    env         TEXT NOT NULL,
+    updated_at  REAL NOT NULL,
+    PRIMARY KEY (app, type)
+);
+"""
+SCHEMA = SCHEMA.format(formation=FORMATION)
 
 # Issue 2's state (version 0 or 1): no spaces, one range. Its rows move into the new tables
 # as Common Runtime apps and dynos, so an upgrade keeps every running dyno.
@@ -137,6 +158,13 @@ INSERT INTO apps (name, created_at, space, internal_routing, dns_discovery)
 DROP TABLE apps_v3;
 """
 
+# Version 4: no formations, no app directory.
+MIGRATE_FROM_4 = f"""
+ALTER TABLE apps ADD COLUMN dir TEXT NOT NULL DEFAULT '';
+ALTER TABLE dynos ADD COLUMN formation INTEGER NOT NULL DEFAULT 0;
+{FORMATION}
+"""
+
 
 @dataclass
 class Space:
@@ -154,6 +182,7 @@ class App:
     internal_routing: bool = False
     dns_discovery: bool = False
     created_at: float = 0.0
+    dir: str = ""  # where its Procfile is (apps:create --dir; the first caller's directory)
 
 
 @dataclass
@@ -183,6 +212,7 @@ class Dyno:
     started_at: float | None = None
     space: str = ""  # the network of its /30: "" is the Common Runtime
     size: str = ""  # its dyno size (dynod.sizes); "": none, no limits
+    formation: bool = False  # started by the app's formation, which may stop or replace it
 
     @property
     def name(self) -> str:
@@ -194,6 +224,31 @@ class Dyno:
         data.pop("env")
         data["uptime"] = (time.time() - self.started_at) if self.started_at else None
         return data
+
+
+@dataclass
+class Process:
+    """One process type of an app's formation: its command and how many dynos run it, and what
+    they start with (who, where, the caller's environment at the last scale)."""
+
+    app: str
+    type: str
+    command: str
+    quantity: int
+    cwd: str
+    uid: int
+    gid: int
+    env: dict[str, str] = field(default_factory=dict)
+    size: str = ""  # "": the default size
+    updated_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "command": self.command,
+            "quantity": self.quantity,
+            "size": self.size or None,
+        }
 
 
 class State:
@@ -220,11 +275,11 @@ class State:
         if not old:
             script = SCHEMA
         elif version == 4:
-            script = ""
+            script = MIGRATE_FROM_4
         elif version == 3:
-            script = MIGRATE_FROM_3
+            script = MIGRATE_FROM_3 + MIGRATE_FROM_4
         elif version == 2:
-            script = MIGRATE_FROM_2 + MIGRATE_FROM_3
+            script = MIGRATE_FROM_2 + MIGRATE_FROM_3 + MIGRATE_FROM_4
         else:
             script = MIGRATE_FROM_1.format(schema=SCHEMA)
         script += CONFIG_VARS
@@ -307,17 +362,26 @@ class State:
     def add_app(self, app: App) -> None:
         """Insert the app unless one of that name exists."""
         self.db.execute(
-            "INSERT OR IGNORE INTO apps (name, created_at, space, internal_routing, dns_discovery)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (app.name, time.time(), app.space, int(app.internal_routing), int(app.dns_discovery)),
+            "INSERT OR IGNORE INTO apps (name, created_at, space, internal_routing, dns_discovery,"
+            " dir) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                app.name,
+                time.time(),
+                app.space,
+                int(app.internal_routing),
+                int(app.dns_discovery),
+                app.dir,
+            ),
         )
 
     def remove_app(self, name: str) -> None:
-        """The app, its config vars and its release counter, in one transaction."""
+        """The app, its formation, its config vars and its release counter, in one
+        transaction."""
         self.db.execute("BEGIN")
         try:
             self.db.execute("DELETE FROM config_vars WHERE app=?", (name,))
             self.db.execute("DELETE FROM releases WHERE app=?", (name,))
+            self.db.execute("DELETE FROM formation WHERE app=?", (name,))
             self.db.execute("DELETE FROM apps WHERE name=?", (name,))
             self.db.execute("COMMIT")
         except BaseException:
@@ -375,6 +439,7 @@ class State:
         data = dict(row)
         data["env"] = json.loads(data["env"])
         data["detached"] = bool(data["detached"])
+        data["formation"] = bool(data["formation"])
         return Dyno(**data)
 
     def dynos(self, app: str | None = None) -> list[Dyno]:
@@ -414,6 +479,7 @@ class State:
         data.pop("id")
         data["env"] = json.dumps(dyno.env)
         data["detached"] = int(dyno.detached)
+        data["formation"] = int(dyno.formation)
         columns = ", ".join(data)
         marks = ", ".join("?" for _ in data)
         cursor = self.db.execute(
@@ -453,3 +519,47 @@ class State:
 
     def drained(self, slots: list[tuple[str, int]]) -> None:
         self.db.executemany("DELETE FROM draining WHERE space=? AND slot=?", slots)
+
+    # formations
+    @staticmethod
+    def _process(row: sqlite3.Row) -> Process:
+        data = dict(row)
+        data["env"] = json.loads(data["env"])
+        return Process(**data)
+
+    def formation(self, app: str) -> list[Process]:
+        rows = self.db.execute("SELECT * FROM formation WHERE app=? ORDER BY type", (app,))
+        return [self._process(r) for r in rows]
+
+    def formation_apps(self) -> list[str]:
+        rows = self.db.execute("SELECT DISTINCT app FROM formation ORDER BY app")
+        return [r["app"] for r in rows]
+
+    def set_formation(self, processes: list[Process]) -> None:
+        """Insert or replace these process types' rows, all in one transaction."""
+        self.db.execute("BEGIN")
+        try:
+            for p in processes:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO formation (app, type, command, quantity, size, cwd,"
+                    " uid, gid, env, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        p.app,
+                        p.type,
+                        p.command,
+                        p.quantity,
+                        p.size,
+                        p.cwd,
+                        p.uid,
+                        p.gid,
+                        json.dumps(p.env),
+                        time.time(),
+                    ),
+                )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def clear_formation(self, app: str) -> None:
+        self.db.execute("DELETE FROM formation WHERE app=?", (app,))

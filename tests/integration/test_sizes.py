@@ -208,8 +208,8 @@ def test_r14_between_quota_and_hard_limit(sized: DaemonProc) -> None:
     # `dynod ps`: its size, and its memory against the quota
     ps = daemon.cli("ps", "--app", "hold")
     assert ps.returncode == 0, ps.stderr
-    row = next(line for line in ps.stdout.splitlines() if line.startswith("hold "))
-    assert "standard-1x" in row.split()
+    row = next(line for line in ps.stdout.splitlines() if line.startswith(f"{name} "))
+    assert row.startswith(f"{name} (Standard-1X): up "), row
     used = re.search(r"\b(\d+)M/512M\b", row)
     assert used and 640 <= int(used[1]) < 760, row
     daemon.stop_dyno("hold")

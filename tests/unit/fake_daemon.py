@@ -270,5 +270,13 @@ class _Config:
 def services(daemon: Any) -> Services:
     """The API's services, each a thin adapter over the fake daemon's methods."""
     return Services(  # type: ignore[arg-type]
-        _Spaces(daemon), _Apps(daemon), _Dynos(daemon), None, None, None, _Config(daemon), None
+        _Spaces(daemon),
+        _Apps(daemon),
+        _Dynos(daemon),
+        None,
+        None,
+        None,
+        _Config(daemon),
+        None,
+        None,
     )

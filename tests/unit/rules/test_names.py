@@ -42,14 +42,6 @@ def test_dyno_names_and_numbers() -> None:
     assert names.lowest_free_number({1, 2, 4}) == 3
 
 
-def test_procfile_parsing() -> None:
-    text = "# comment\nweb: gunicorn app:app --bind 0.0.0.0:$PORT\n\nworker:python w.py\nbad line\n"
-    assert names.parse_procfile(text) == {
-        "web": "gunicorn app:app --bind 0.0.0.0:$PORT",
-        "worker": "python w.py",
-    }
-
-
 @pytest.mark.parametrize("good", ["acme", "a-b", "abc", "1abc", "acme-prod-2"])
 def test_space_names_accepted(good: str) -> None:
     assert names.check_space(good) == good

@@ -53,7 +53,11 @@ def test_an_issue_2_state_is_upgraded_without_losing_a_dyno(tmp_path) -> None:
 
 def test_state_v2_gains_sizes(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "state.db")
-    old_schema = "\n".join(line for line in SCHEMA.splitlines() if "size " not in line)
+    v4 = SCHEMA.split("CREATE TABLE IF NOT EXISTS formation")[0]
+    v4 = v4.replace("DEFAULT 0,\n    dir ", "DEFAULT 0\n    -- dir ")  # no app directory yet
+    old_schema = "\n".join(
+        line for line in v4.splitlines() if "size " not in line and "formation " not in line
+    )
     db.executescript(old_schema)
     db.execute("INSERT INTO apps (name, created_at) VALUES ('a', 0)")
     db.execute(
@@ -105,5 +109,6 @@ def test_a_version_4_state_gains_the_config_var_tables(tmp_path: Path) -> None:
     try:
         assert state.change_config("a", {"A": "1"}) == 2
         assert state.config_vars("a") == {"A": "1"}
+        assert state.db.execute("PRAGMA user_version").fetchone()[0] == 5
     finally:
         state.close()

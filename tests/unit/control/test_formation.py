@@ -1,0 +1,195 @@
+"""The formation service (control/formation.py) on the fake kernel side: scale checks all and
+stores all or nothing, convergence starts the lowest free numbers and stops the highest, leaves
+manual and foreground dynos alone, and replaces what vanished; restart and stop (no root)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+
+from dynod.api.requests import RunRequest
+from dynod.config import Config
+from dynod.control.dynos import DynoService
+from dynod.control.formation import FormationService, ScaleRequest
+from dynod.control.routing import RoutePublisher
+from dynod.control.supervisor import Supervisor
+from dynod.dns.registry import Registry
+from dynod.errors import DynodError
+from dynod.logs.book import LogBook
+from dynod.rules import formation
+from dynod.state.store import App, State
+from tests.unit.control.test_dynos import AllocatingKernel
+from tests.unit.control.worlds import NoDns, end_sessions
+
+PROCFILE = {
+    "web": "sleep 30",
+    "worker": "sleep 30",
+    "clock": "sleep 30",
+    "release": "true",  # Heroku's release phase: in many Procfiles, never scaled
+}
+
+
+class World(SimpleNamespace):
+    state: State
+    kernel: AllocatingKernel
+    dynos: DynoService
+    formation: FormationService
+    log: LogBook
+
+
+@pytest.fixture
+def world(tmp_path: object) -> Iterator[World]:
+    directory = str(tmp_path)
+    state = State(os.path.join(directory, "state"))
+    kernel = AllocatingKernel()
+    log = LogBook(None, echo=None)
+    config = Config(grace=0.5, metrics_interval=60, state_dir=directory)
+    registry = Registry(state, NoDns(), lambda space: ("10.1.0.0/16", "10.1.0.1"))
+    routes = RoutePublisher(state, lambda space: ("10.1.0.0/16", "10.1.0.1"), lambda t: None)
+    supervisor = Supervisor(state, kernel, log, config, registry, on_change=routes.dyno_changed)
+    claim = SimpleNamespace(output_dir=directory)
+    dynos = DynoService(config, claim, kernel, state, supervisor, routes)  # type: ignore[arg-type]
+    service = FormationService(config, state, dynos, supervisor, log)
+    state.add_app(App("sushi", dir="/"))
+    yield World(state=state, kernel=kernel, dynos=dynos, formation=service, log=log)
+    end_sessions(kernel)
+    asyncio.run(supervisor.close())
+    state.db.close()
+
+
+def scale(world: World, *changes: str, commands: dict[str, str] | None = None) -> object:
+    request = ScaleRequest(
+        "sushi",
+        formation.parse_changes(changes),
+        PROCFILE if commands is None else commands,
+        "/",
+        {"PATH": "/usr/bin:/bin"},
+    )
+    return world.formation.scale(request, os.getuid(), os.getgid())
+
+
+def names(world: World, formation_only: bool = True) -> list[str]:
+    return [
+        d.name
+        for d in world.state.dynos("sushi")
+        if (d.formation or not formation_only) and d.state != "stopping"
+    ]
+
+
+def test_scale_up_down_lowest_free_numbers_and_highest_stopped(world: World) -> None:
+    async def test() -> None:
+        shown = await scale(world, "web=2", "worker=1")
+        assert shown == [
+            {"type": "web", "command": "sleep 30", "quantity": 2, "size": None},
+            {"type": "worker", "command": "sleep 30", "quantity": 1, "size": None},
+        ]
+        assert names(world) == ["web.1", "web.2", "worker.1"]
+        await scale(world, "web+2")
+        assert names(world) == ["web.1", "web.2", "web.3", "web.4", "worker.1"]
+        # a gap is filled from the lowest number
+        (web2,) = [d for d in world.state.dynos("sushi") if d.name == "web.2"]
+        await world.formation.supervisor.stop(web2)
+        await world.formation.converge("sushi")
+        assert names(world) == ["web.1", "web.2", "web.3", "web.4", "worker.1"]
+        await scale(world, "web-3", "worker=0")
+        assert names(world) == ["web.1"]
+        await scale(world, "web=0")
+        assert names(world) == [] and world.kernel.links == set()
+
+    asyncio.run(test())
+
+
+def test_refused_scales_change_nothing(world: World) -> None:
+    async def test() -> None:
+        await scale(world, "worker=1")
+        before = (names(world), [p.to_json() for p in world.state.formation("sushi")])
+        refusals = [
+            (("web=1", "nosuch=1"), None, "no 'nosuch' process type"),
+            (("worker-2",), None, "would have -1 dynos"),
+            (("web=60", "clock=40"), None, "at most 100"),
+            (("web=1",), {"web": "no-such-program-here"}, "no-such-program-here"),
+        ]
+        for changes, commands, says in refusals:
+            with pytest.raises(DynodError, match=says):
+                await scale(world, *changes, commands=commands)
+            after = (names(world), [p.to_json() for p in world.state.formation("sushi")])
+            assert after == before
+
+    asyncio.run(test())
+
+
+def test_manual_and_foreground_dynos_are_left_alone(world: World) -> None:
+    async def test() -> None:
+        manual = await world.dynos.run(
+            RunRequest("sushi", "worker", "sleep 30"), os.getuid(), os.getgid()
+        )
+        attached = await world.dynos.run(
+            RunRequest("sushi", "worker", "sleep 30", detach=False), os.getuid(), os.getgid()
+        )
+        await scale(world, "worker=2")
+        # the formation's dynos never take a manual dyno's name
+        assert names(world) == ["worker.3", "worker.4"]
+        await scale(world, "worker=0")
+        assert names(world, formation_only=False) == [manual.name, attached.name]
+        restarted = await world.formation.restart("sushi", None)
+        assert restarted == [manual.name]  # not the foreground one
+        assert names(world, formation_only=False) == ["worker.1", "worker.2"]
+
+    asyncio.run(test())
+
+
+def test_ps_stop_of_a_formation_dyno_starts_it_again(world: World) -> None:
+    async def test() -> None:
+        await scale(world, "web=2")
+        first = {d.name: d.id for d in world.state.dynos("sushi")}
+        answer = await world.formation.stop("sushi", "web.1")
+        assert answer == {"stopped": ["web.1"], "replaced": ["web.1"]}
+        again = {d.name: d.id for d in world.state.dynos("sushi")}
+        assert set(again) == {"web.1", "web.2"} and again["web.1"] != first["web.1"]
+        with pytest.raises(DynodError, match="no worker dynos"):
+            await world.formation.stop("sushi", "worker")
+        await world.formation.scale_to_zero("sushi")
+        await world.formation.converge("sushi")
+        assert names(world) == []
+
+    asyncio.run(test())
+
+
+def test_a_start_that_fails_is_reported_once_and_retried(world: World) -> None:
+    async def test() -> None:
+        await scale(world, "worker=1")
+        # what a restarted daemon may find: a formation of 3 whose dynos cannot start
+        (process,) = world.state.formation("sushi")
+        process.quantity = 3
+        world.state.set_formation([process])
+        world.kernel.fail_spawn = "no such directory"
+        for _ in range(2):
+            failed = await world.formation.converge("sushi")
+            assert len(failed) == 2
+        said = [x.text for x in world.log.recent(lambda line: line.source == "dynod", 10)]
+        # once per reason (worker.2's and worker.3's), not once per attempt
+        assert len([t for t in said if "could not start a worker dyno" in t]) == 2
+        assert names(world) == ["worker.1"]
+        world.kernel.fail_spawn = ""  # the next convergence makes it
+        assert await world.formation.converge("sushi") == []
+        assert names(world) == ["worker.1", "worker.2", "worker.3"]
+
+    asyncio.run(test())
+
+
+def test_scaling_down_needs_no_procfile(world: World) -> None:
+    async def test() -> None:
+        await scale(world, "worker=3")
+        await scale(world, "worker-1", commands={})
+        assert names(world) == ["worker.1", "worker.2"]
+        with pytest.raises(DynodError, match=r"no 'worker' process type \(it has: none\)"):
+            await scale(world, "worker+1", commands={})
+        await scale(world, "worker=0", commands={})
+        assert names(world) == []
+        assert [p.command for p in world.state.formation("sushi")] == ["sleep 30"]
+
+    asyncio.run(test())
