@@ -70,6 +70,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -142,19 +143,26 @@ class Router:
         # A dyno no longer in the table (stopped, crashed, on a new port) loses its pool.
         self._pool.retain({b for route in table.apps.values() for b in route.backends})
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind and listen; ``port=0`` picks a free port, readable afterwards as ``.port``."""
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
+        """Bind and listen; ``port=0`` picks a free port, readable afterwards as ``.port``.
+        With `sock`, serve that listening socket instead (a worker process's, from the daemon)."""
         if self._server is not None:
             raise RuntimeError("router already started")
         self._closing = False
-        self._server = await asyncio.start_server(self._on_client, host, port)
+        if sock is not None:
+            self._server = await asyncio.start_server(self._on_client, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._on_client, host, port)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def listen(self, host: str, port: int) -> None:
+    async def listen(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         """Listen on one more address (a Private Space's router address)."""
         if host in self._extra:
             return
-        self._extra[host] = await asyncio.start_server(self._on_client, host, port)
+        if sock is not None:
+            self._extra[host] = await asyncio.start_server(self._on_client, sock=sock)
+        else:
+            self._extra[host] = await asyncio.start_server(self._on_client, host, port)
 
     async def unlisten(self, host: str) -> None:
         """Stop listening on that address; its connections in progress finish."""
