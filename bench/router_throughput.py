@@ -173,7 +173,9 @@ def dynod_command() -> list[str]:
 
 
 class Daemon(Process):
-    def __init__(self, prefix: str, network: str, workdir: str, port: int) -> None:
+    def __init__(
+        self, prefix: str, network: str, workdir: str, port: int, workers: int | None
+    ) -> None:
         self.socket = os.path.join(workdir, "api.sock")
         self.port = port
         argv = [
@@ -182,6 +184,8 @@ class Daemon(Process):
             "--cidr", network, "--router-host", "127.0.0.1", "--router-port", str(port),
             "--grace", "2", "--quiet",
         ]  # fmt: skip
+        if workers is not None:
+            argv += ["--router-workers", str(workers)]
         super().__init__("dynod daemon", argv, os.path.join(workdir, "daemon.log"))
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -372,7 +376,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Run], list[str]]
         started.append(proxy)
         wait_http(proxy_addr, proxy_port, "x", proxy)
         say(f"starting dynod daemon (prefix {prefix}, {network})")
-        daemon = Daemon(prefix, str(network), workdir, free_port())
+        daemon = Daemon(prefix, str(network), workdir, free_port(), args.router_workers)
         daemon.start_backend(rundir)
         say("backend directly ...")
         direct = wrk_at(backend_addr, backend_port, "x", args.seconds, "backend")
@@ -446,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--router-workers",
+        type=int,
+        default=None,
+        help="the daemon's --router-workers (default: its own, one per core; 0: in its loop)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 60 or not 1 <= args.rounds <= 10:
         parser.error("--seconds must be 1-60 and --rounds 1-10 (the bench is bounded)")

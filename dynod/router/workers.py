@@ -134,7 +134,9 @@ class RouterWorkers:
             "ctl_fd": ctl_child.fileno(),
             "listen_fd": chan_child.fileno(),
             "socket_mark": self.socket_mark,
-            "max_client_connections": self.max_client_connections,
+            # A client's share is split between the workers, which share its connections: a
+            # client address holds at most max_client_connections in all, as with one router.
+            "max_client_connections": -(-self.max_client_connections // self.count),
         }
         try:
             popen = subprocess.Popen(
