@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import socket
 import time
@@ -93,6 +92,7 @@ from dynod.router.peer import Fail, H11Event, Peer, close_writer, linger, now_ms
 from dynod.router.pool import IDEMPOTENT, BackendPool
 from dynod.router.proxy import Exchange, Stale, connect
 from dynod.router.routes import Backend, Refused, Resolve, RouteTable
+from dynod.router.turns import Turns
 
 __all__ = ["Router"]
 
@@ -115,6 +115,7 @@ class Router:
         head_timeout: float = 30.0,
         max_client_connections: int = MAX_CLIENT_CONNECTIONS,
         max_connections: int | None = None,
+        turns: Turns | None = None,
     ) -> None:
         """`resolve(app, client_ip)` answers each request until `update` gives a route table:
         the daemon passes ``RouteTable().resolve`` (no apps yet), tests a function of theirs."""
@@ -133,7 +134,7 @@ class Router:
         self._server: asyncio.Server | None = None
         self._extra: dict[str, asyncio.Server] = {}  # more listening addresses, by host
         self._tasks: set[asyncio.Task[None]] = set()
-        self._counters: dict[str, itertools.count[int]] = {}
+        self._turns = turns or Turns()  # round robin per app (shared between workers)
         self._pool = BackendPool()  # idle keep-alive connections to the dynos
         self._closing = False
 
@@ -323,7 +324,7 @@ class Router:
         entry.app = app
         if not backends:
             return await self._answer_locally(client, entry, H14.status, H14)
-        backend = backends[next(self._counters.setdefault(app, itertools.count())) % len(backends)]
+        backend = backends[self._turns.next(app) % len(backends)]
         return await self._proxy(client, request, raw, entry, target, backend, arrived_ms)
 
     async def _proxy(

@@ -21,6 +21,7 @@ from typing import Any
 
 from dynod.router.routes import RouteTable
 from dynod.router.server import Router
+from dynod.router.turns import Turns
 from dynod.router.wire import frame, read_frame, recv_listen
 
 __all__ = ["LogBatcher", "main"]
@@ -80,6 +81,7 @@ async def serve(settings: dict[str, Any]) -> None:
         logs.add,
         socket_mark=settings.get("socket_mark"),
         max_client_connections=int(settings["max_client_connections"]),
+        turns=Turns(int(settings["turns_fd"])),
     )
     loop = asyncio.get_running_loop()
     done = loop.create_future()

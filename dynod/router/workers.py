@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dynod.router.limits import MAX_CLIENT_CONNECTIONS
 from dynod.router.routes import RouteTable
 from dynod.router.server import Router
+from dynod.router.turns import shared_turns_file
 from dynod.router.wire import frame, read_frame, send_listen
 
 __all__ = ["AnyRouter", "RouterWorkers"]
@@ -75,6 +76,7 @@ class RouterWorkers:
         self._workers: dict[int, _Worker] = {}  # slot -> worker
         self._watchers: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._turns_fd = -1  # the shared round-robin counters (router/turns.py), from start()
 
     # -- the router's interface ----------------------------------------------------------
 
@@ -90,6 +92,8 @@ class RouterWorkers:
         sock = _listening(host, port)
         self._sockets["main"] = sock
         self.port = sock.getsockname()[1]
+        if self._turns_fd < 0:
+            self._turns_fd = shared_turns_file()
         for slot in range(self.count):
             self._spawn(slot)
 
@@ -124,6 +128,9 @@ class RouterWorkers:
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
+        if self._turns_fd >= 0:
+            os.close(self._turns_fd)
+            self._turns_fd = -1
 
     # -- the workers ---------------------------------------------------------------------
 
@@ -133,6 +140,7 @@ class RouterWorkers:
         settings = {
             "ctl_fd": ctl_child.fileno(),
             "listen_fd": chan_child.fileno(),
+            "turns_fd": self._turns_fd,
             "socket_mark": self.socket_mark,
             # A client's share is split between the workers, which share its connections: a
             # client address holds at most max_client_connections in all, as with one router.
@@ -143,7 +151,7 @@ class RouterWorkers:
                 [*_dropped_privileges(), sys.executable, "-m", "dynod.router.worker",
                  json.dumps(settings)],
                 stdin=subprocess.DEVNULL,
-                pass_fds=(ctl_child.fileno(), chan_child.fileno()),
+                pass_fds=(ctl_child.fileno(), chan_child.fileno(), self._turns_fd),
                 env=_environment(),
                 start_new_session=True,  # a Ctrl-C reaches the daemon, which stops them
             )  # fmt: skip

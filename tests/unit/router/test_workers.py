@@ -5,6 +5,7 @@ and are gone after close()."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -85,5 +86,24 @@ def test_a_worker_that_dies_is_started_again_with_the_table() -> None:
             os.kill(first, signal.SIGKILL)
             await until(lambda: router.pids() and router.pids() != [first], "a new worker")
             await get_until_200(router.port)
+
+    run(main(), timeout=60)
+
+
+def test_round_robin_holds_across_workers() -> None:
+    """Consecutive requests alternate over the app's dynos whichever worker accepts them."""
+
+    async def main() -> None:
+        async with (
+            serve(echo_backend("web.1")) as p1,
+            serve(echo_backend("web.2")) as p2,
+            workers(2) as (router, _),
+        ):
+            b1, b2 = Backend("web.1", "127.0.0.1", p1), Backend("web.2", "127.0.0.1", p2)
+            router.update(RouteTable({"sushi": AppRoute((b1, b2))}))
+            for _ in range(4):  # until both workers have the table, whichever accepts
+                await get_until_200(router.port)
+            seen = [json.loads((await fetch(router.port))[1])["dyno"] for _ in range(8)]
+            assert all(a != b for a, b in zip(seen, seen[1:], strict=False)), seen
 
     run(main(), timeout=60)
