@@ -51,6 +51,9 @@ Design
   bytes, because nothing went wrong inside the platform.  Malformed requests get h11's
   suggested status (400, or 431 for oversized heads) and are logged the same way.
 
+Strict framing on top of h11: a request head with obs-fold or a bare LF line end (which h11
+tolerates) is refused with 400 before h11 parses it (``headers.strict_head_problem``).
+
 Why h11
 -------
 h11 is a pure-Python, sans-IO HTTP/1.1 state machine maintained by python-hyper.  Sans-IO

@@ -10,7 +10,9 @@ line per request as before.
 
 Workers run ``python -m dynod.router.worker`` under ``setpriv`` with every capability dropped
 but CAP_NET_ADMIN (the firewall lets only the router's socket mark reach the dynos; setting it
-needs that capability), and no_new_privs. A worker that exits is started again (after 0.5 s,
+needs that capability), and no_new_privs. They keep uid 0, so a dyno (never root) cannot signal
+or trace them, which it could if they ran as ``nobody``, the dynos' default user; the price: file
+permissions still let them open what root owns (a dedicated system user would remove it). A worker that exits is started again (after 0.5 s,
 doubling to 30 s while it keeps dying) and gets the current table and sockets; the daemon's
 stop ends them (SIGTERM, then SIGKILL), and a daemon that dies closes their control sockets,
 which ends them too.
