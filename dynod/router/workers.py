@@ -12,10 +12,10 @@ Workers run ``python -m dynod.router.worker`` under ``setpriv`` with every capab
 but CAP_NET_ADMIN (the firewall lets only the router's socket mark reach the dynos; setting it
 needs that capability), and no_new_privs. They keep uid 0, so a dyno (never root) cannot signal
 or trace them, which it could if they ran as ``nobody``, the dynos' default user; the price: file
-permissions still let them open what root owns (a dedicated system user would remove it). A worker that exits is started again (after 0.5 s,
-doubling to 30 s while it keeps dying) and gets the current table and sockets; the daemon's
-stop ends them (SIGTERM, then SIGKILL), and a daemon that dies closes their control sockets,
-which ends them too.
+permissions still let them open what root owns (a dedicated system user would remove it).
+A worker that exits is started again (after 0.5 s, doubling to 30 s while it keeps dying) and
+gets the current table and sockets; the daemon's stop ends them (SIGTERM, then SIGKILL), and a
+daemon that dies closes their control sockets, which ends them too.
 """
 
 from __future__ import annotations
@@ -173,9 +173,14 @@ class RouterWorkers:
         writer.write(frame({"table": self._table.to_wire()}))
         for key, sock in self._sockets.items():
             _send(worker, key, sock)
-        while (message := await read_frame(reader)) is not None:
-            for line, app in message.get("logs", ()):
-                self._log(str(line), app)
+        try:
+            while (message := await read_frame(reader)) is not None:
+                for line, app in message.get("logs", ()):
+                    self._log(str(line), app)
+        except (OSError, ValueError) as exc:  # reset, or a frame it could not have meant
+            _logger.warning("router worker %d: control channel broken: %s", slot, exc)
+            with contextlib.suppress(ProcessLookupError):
+                worker.popen.kill()
         status = await _reap(worker.popen, STOP_GRACE)
         await self._detach(worker)
         if self._closing or self._workers.get(slot) is not worker:
