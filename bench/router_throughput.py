@@ -1,6 +1,7 @@
 """How many requests per second dynod's router proxies, next to nginx, in one run.
 
     sudo .venv/bin/python bench/router_throughput.py [--seconds 5] [--rounds 3] [--json]
+        [--router-workers N]     # the daemon's option (default one per core; 0: in its loop)
 
 Two reverse proxies, each in front of the same kind of backend (one nginx worker answering
 `return 200 "ok"` to everything), loaded by the same client, in alternating rounds:
