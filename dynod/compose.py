@@ -33,6 +33,7 @@ from dynod.logs.book import LogBook
 from dynod.router.limits import raise_open_file_limit
 from dynod.router.routes import RouteTable
 from dynod.router.server import Router
+from dynod.router.workers import AnyRouter, RouterWorkers
 from dynod.rules import names
 from dynod.state.store import State
 from dynod.trace.service import TraceService
@@ -73,6 +74,18 @@ async def serve(config: Config) -> None:
         await _close(api, daemon, stop_dynos=True)
 
 
+def _router(config: Config, kernel: Kernel, log: LogBook) -> AnyRouter:
+    def emit(text: str, app: str | None) -> None:
+        log.emit(app, "heroku[router]", text)
+
+    if config.router_workers > 0:
+        return RouterWorkers(
+            emit, count=config.router_workers, socket_mark=kernel.layout.router_mark
+        )
+    # no app until the first table is pushed
+    return Router(RouteTable().resolve, emit, socket_mark=kernel.layout.router_mark)
+
+
 def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tuple[Daemon, Services]:
     """Every part, whole: the daemon, and the services the API calls. Nothing here touches the
     kernel yet (Daemon.start does)."""
@@ -87,11 +100,7 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
         log=lambda text: loop.call_soon_threadsafe(log.emit, None, "dynod", f"dns: {text}"),
     )
     registry = Registry(state, dns, kernel.space_network)
-    router = Router(
-        RouteTable().resolve,  # no app until the first table is pushed
-        lambda text, app: log.emit(app, "heroku[router]", text),
-        socket_mark=kernel.layout.router_mark,
-    )
+    router = _router(config, kernel, log)
     routes = RoutePublisher(state, kernel.space_network, router.update)
     supervisor = Supervisor(state, kernel, log, config, registry, on_change=routes.dyno_changed)
     admin = asyncio.Lock()  # spaces and apps: see control/admin.py

@@ -24,6 +24,8 @@ class Config:
     cidr: str = str(COMMON_RUNTIME_RANGE)
     router_host: str = "0.0.0.0"
     router_port: int = 5000
+    # router worker processes (dynod/router/workers.py); 0: the router runs in the daemon's loop
+    router_workers: int = 0
     grace: float = 30.0  # SIGTERM to SIGKILL, as on Heroku
     boot_timeout: float = 60.0  # a web dyno must bind PORT within this (R10)
     dyno_user: str = "nobody"  # who dynos run as when root calls `dynod run` without sudo

@@ -23,7 +23,7 @@ from dynod.control.supervisor import Supervisor
 from dynod.dns.server import DnsServer
 from dynod.kernel.host import Kernel
 from dynod.logs.book import LogBook
-from dynod.router.server import Router
+from dynod.router.workers import AnyRouter
 from dynod.rules.names import DNS_PORT
 from dynod.state.store import Dyno, State
 from netns import nfevents
@@ -43,7 +43,7 @@ class Daemon:
     state: State
     log: LogBook
     dns: DnsServer
-    router: Router
+    router: AnyRouter
     routes: RoutePublisher  # pushes the route table to the router
     supervisor: Supervisor
     spaces: SpaceService  # opened at start-up

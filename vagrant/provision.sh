@@ -24,6 +24,11 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # nginx is only bench/router_throughput.py's reference, run with its own configuration: the
+    # system service it brings would take port 80 on every address, spaces' router addresses too.
+    if [[ " ${missing[*]} " == *" nginx-light "* ]] && command -v systemctl >/dev/null; then
+        systemctl disable --now nginx 2>/dev/null || true
+    fi
 fi
 
 # Debian's own Python 3.11, whatever else is first on PATH.

@@ -75,6 +75,12 @@ def main(ctx: click.Context, socket: str) -> None:
 @click.option("--router-host", default="0.0.0.0", show_default=True)
 @click.option("--router-port", default=5000, show_default=True, type=int)
 @click.option(
+    "--router-workers",
+    default=None,
+    type=click.IntRange(0, 64),
+    help="Router worker processes [default: one per core]; 0: in the daemon's own loop.",
+)
+@click.option(
     "--grace",
     default=30.0,
     show_default=True,
@@ -131,6 +137,7 @@ def daemon(
     cidr: str,
     router_host: str,
     router_port: int,
+    router_workers: int | None,
     grace: float,
     boot_timeout: float,
     dyno_user: str,
@@ -154,6 +161,7 @@ def daemon(
             cidr=cidr,
             router_host=router_host,
             router_port=router_port,
+            router_workers=os.cpu_count() or 1 if router_workers is None else router_workers,
             grace=grace,
             boot_timeout=boot_timeout,
             dyno_user=dyno_user,

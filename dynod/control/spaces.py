@@ -20,7 +20,7 @@ from dynod.dns.server import DnsServer
 from dynod.errors import DynodError, NotFound
 from dynod.kernel.host import Kernel
 from dynod.logs.book import LogBook
-from dynod.router.server import Router
+from dynod.router.workers import AnyRouter
 from dynod.rules import names, spaces
 from dynod.rules.names import DNS_PORT, INTERNAL_ROUTER_PORT
 from dynod.state.store import Space, State
@@ -33,7 +33,7 @@ class SpaceService:
         kernel: Kernel,
         dns: DnsServer,
         registry: Registry,
-        router: Router,
+        router: AnyRouter,
         routes: RoutePublisher,
         log: LogBook,
         upstreams: list[tuple[str, int]],

@@ -8,7 +8,7 @@ from typing import Any
 from dynod.config import Config
 from dynod.dns.server import DnsServer
 from dynod.kernel.host import Kernel
-from dynod.router.server import Router
+from dynod.router.workers import AnyRouter
 from dynod.rules import sizes
 
 
@@ -18,7 +18,7 @@ class StatusReport:
         config: Config,
         kernel: Kernel,
         dns: DnsServer,
-        router: Router,
+        router: AnyRouter,
         upstreams: list[tuple[str, int]],
     ) -> None:
         self.config = config

@@ -18,6 +18,7 @@ __all__ = [
     "is_upgrade_request",
     "pick_request_id",
     "split_absolute_form",
+    "strict_head_problem",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -109,8 +110,8 @@ def forward_request_headers(
 ) -> Headers:
     """Headers to send to the dyno, given the client's (raw-cased) headers.
 
-    Non-upgrade requests get ``Connection: close`` because the router does not reuse dyno
-    connections.  A chunked request body stays chunked (Transfer-Encoding is hop-by-hop,
+    Nothing asks the dyno to close: the router keeps its connections alive (`router.pool`).
+    A chunked request body stays chunked (Transfer-Encoding is hop-by-hop,
     but h11 needs it to frame what we send).
     """
     upgrade = is_upgrade_request(headers)
@@ -118,8 +119,6 @@ def forward_request_headers(
     # With both framings h11 went by Transfer-Encoding; passing Content-Length on as well
     # would let a dyno that prefers it read the body differently (request smuggling).
     out = _end_to_end(headers, upgrade, _ROUTER_OWNED | ({b"content-length"} if chunked else set()))
-    if not upgrade:
-        out.append((b"Connection", b"close"))
     if chunked:
         out.append((b"Transfer-Encoding", b"chunked"))
     out += [
@@ -187,3 +186,24 @@ def split_absolute_form(method: bytes, target: bytes) -> tuple[bytes, bytes] | N
     elif not rest.startswith(b"/"):
         rest = b"/" + rest  # "http://a.localhost?q" is the path "/" and the query "q"
     return authority, rest
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_OBS_FOLD = re.compile(rb"\r\n[ \t]")
+
+
+def strict_head_problem(buffered: bytes) -> str | None:
+    """Why the request head at the start of `buffered` must be refused, or None.
+
+    h11 accepts two things RFC 9112 lets a recipient tolerate, which a proxy must not: a bare LF
+    as a line end (2.2) and obs-fold, a header line continued on the next (5.2). Were the router
+    to accept them, a dyno that reads the same bytes another way could see two requests where
+    the router saw one. Only the head is looked at: up to its blank line, or all that has come
+    if it is not whole yet (so a head ended by a bare LF blank line is refused too)."""
+    end = buffered.find(b"\r\n\r\n")
+    head = buffered if end < 0 else buffered[: end + 2]
+    if _BARE_LF.search(head):
+        return "a line ends with a bare LF"
+    if _OBS_FOLD.search(head.lstrip(b"\r\n")):
+        return "a header line is folded (obs-fold)"
+    return None

@@ -14,12 +14,13 @@ from collections.abc import Callable
 import h11
 
 from dynod.router.headers import forward_response_headers
+from dynod.router.limits import READ_SIZE
 from dynod.router.logline import H12, H13, H15, H17, H18, H19, H25, H27, H28, H99, RequestLog
 from dynod.router.pages import send_error_page
 from dynod.router.peer import BadBody, ClientGone, Fail, H11Event, Peer, Splice, elapsed_ms
 from dynod.router.routes import Backend
 
-__all__ = ["Exchange", "connect"]
+__all__ = ["Exchange", "Stale", "connect"]
 
 _logger = logging.getLogger(__name__)
 
@@ -63,6 +64,19 @@ async def connect(
     return Peer(h11.Connection(h11.CLIENT), reader, writer)
 
 
+def _bodyless(request: h11.Request) -> bool:
+    """No body follows the head: neither chunked nor a Content-Length above 0."""
+    for name, value in request.headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return False
+    return True
+
+
+class Stale(Exception):
+    """A reused keep-alive connection failed before anything came back, for a request that
+    may be sent again: the caller retries it once on a fresh connection (as nginx does)."""
+
+
 class Exchange:
     """One request in flight between a client and a dyno."""
 
@@ -75,8 +89,12 @@ class Exchange:
         idle_timeout: float,
         response_timeout: float,
         emit: Callable[[RequestLog], None],
+        may_retry: bool = False,
     ) -> None:
         self.client = client
+        # A reused connection and a request that can be repeated: H13 before any byte of
+        # the answer raises Stale instead of answering the error page.
+        self.may_retry = may_retry
         self.backend = backend
         self.entry = entry
         self.idle = idle_timeout
@@ -96,6 +114,9 @@ class Exchange:
             if gone.error is not None:
                 entry.status, entry.error = gone.error.status, gone.error
             return False
+        except Stale:
+            entry.status = 0
+            raise
         except BadBody:
             entry.status, entry.error = H25.status, H25
             await send_error_page(self.client, H25.status, H25, self.idle)
@@ -115,15 +136,31 @@ class Exchange:
 
     async def _proxy(self, outgoing: h11.Request) -> bool:
         try:
-            await self.backend.send(outgoing, timeout=self.idle)
-        except (OSError, TimeoutError) as exc:
-            raise Fail(H13) from exc
-        self.upload = asyncio.create_task(self._upload())
-        head = await self._await_response_head()
+            head = await self._send_and_await_head(outgoing)
+        except Fail as fail:
+            if self.may_retry and fail.error is H13:
+                raise Stale() from fail
+            raise
+        self.may_retry = False
         if isinstance(head, h11.InformationalResponse):
             await self._switch_protocols(head)
             return False
         return await self._relay_response(head)
+
+    async def _send_and_await_head(
+        self, outgoing: h11.Request
+    ) -> h11.Response | h11.InformationalResponse:
+        try:
+            await self.backend.send(outgoing, timeout=self.idle)
+        except (OSError, TimeoutError) as exc:
+            raise Fail(H13) from exc
+        if _bodyless(outgoing):
+            # Most requests have no body: end it here, with no upload task to start and await.
+            await self._end_bodyless()
+        else:
+            self.may_retry = False  # a body streamed once cannot be sent again
+            self.upload = asyncio.create_task(self._upload())
+        return await self._await_response_head()
 
     async def _upload(self) -> None:
         """Stream the client's request body to the dyno, chunk by chunk."""
@@ -157,12 +194,30 @@ class Exchange:
             return h11.EndOfMessage()  # trailers are hop-by-hop for us: dropped
         raise ClientGone(H27)  # closed mid-body
 
-    async def _next_head_event(self, upload: asyncio.Task[None]) -> H11Event:
+    async def _end_bodyless(self) -> None:
+        """The request has no body: take its EndOfMessage from the client and pass it on."""
+        if self.client.conn.their_state is h11.SEND_BODY:  # not yet taken (by a first try)
+            event = self.client.conn.next_event()  # never NEED_DATA: framing says length 0
+            if not isinstance(event, h11.EndOfMessage):
+                raise BadBody()
+        try:
+            await self.backend.send(h11.EndOfMessage(), timeout=self.idle)
+        except (OSError, TimeoutError) as exc:
+            raise Fail(H13) from exc
+        self.upload_done_at = time.monotonic()
+
+    async def _next_head_event(self, upload: asyncio.Task[None] | None) -> H11Event:
         """Next event from the dyno before the response head, enforcing H12.
 
         Like Heroku, the response timeout only starts once the whole request has been sent:
         a slow upload is bounded by the idle timeouts instead.
         """
+        if upload is None:  # the whole request is sent: only the response timeout runs
+            try:
+                async with asyncio.timeout(self.response_timeout):
+                    return await self.backend.next_event()
+            except TimeoutError as exc:
+                raise Fail(H12) from exc
         read = asyncio.ensure_future(self.backend.next_event())
         try:
             if not upload.done():
@@ -183,12 +238,9 @@ class Exchange:
 
     async def _await_response_head(self) -> h11.Response | h11.InformationalResponse:
         """The dyno's response head (or its 101); other 1xx are relayed to the client."""
-        upload = self.upload
-        if upload is None:
-            raise RuntimeError("the upload starts before the response head is awaited")
         while True:
             try:
-                event = await self._next_head_event(upload)
+                event = await self._next_head_event(self.upload)
             except h11.RemoteProtocolError as exc:
                 raise Fail(H13 if self.backend.saw_eof else H17) from exc
             except OSError as exc:
@@ -202,6 +254,7 @@ class Exchange:
             await self._relay_informational(event)
 
     async def _relay_informational(self, event: h11.InformationalResponse) -> None:
+        self.may_retry = False  # the client has seen part of this answer
         with contextlib.suppress(h11.LocalProtocolError):  # e.g. 1xx to an HTTP/1.0 client
             await self.client.send(
                 h11.InformationalResponse(
@@ -219,28 +272,39 @@ class Exchange:
         self.entry.status = head.status_code
         headers = forward_response_headers(list(head.headers.raw_items()), upgrade=False)
         try:
-            await self.client.send(
-                h11.Response(status_code=head.status_code, reason=head.reason, headers=headers),
-                timeout=self.idle,
+            # Held, not sent: it goes out with the body when that is already here.
+            self.client.hold(
+                h11.Response(status_code=head.status_code, reason=head.reason, headers=headers)
             )
         except h11.LocalProtocolError as exc:
             raise Fail(H17) from exc
         while True:
             try:
-                event = await self.backend.next_event(timeout=self.idle)
+                event = self.backend.conn.next_event()
+                if event is h11.NEED_DATA:
+                    await self._flush_client()  # before waiting on the dyno
+                    event = await self.backend.next_event(timeout=self.idle)
             except TimeoutError as exc:
                 raise Fail(H15) from exc
             except (h11.RemoteProtocolError, OSError) as exc:
                 raise Fail(H18) from exc
             if isinstance(event, h11.Data):
-                await self._to_client(h11.Data(data=event.data))
+                self.client.hold(h11.Data(data=event.data))
                 self.entry.bytes = (self.entry.bytes or 0) + len(event.data)
+                if len(self.client.pending) >= READ_SIZE:
+                    await self._flush_client()
             elif isinstance(event, h11.EndOfMessage):
                 await self._to_client(h11.EndOfMessage())
                 self.entry.service_ms = elapsed_ms(self.sent_at)
                 return True
             else:
                 raise Fail(H18)
+
+    async def _flush_client(self) -> None:
+        try:
+            await self.client.flush(timeout=self.idle)
+        except (OSError, TimeoutError) as exc:
+            raise ClientGone(None) from exc
 
     async def _to_client(self, event: h11.Event) -> None:
         try:

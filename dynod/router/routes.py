@@ -21,6 +21,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from dynod.rules import names, spaces
 from dynod.state.store import App, Dyno
@@ -97,6 +98,37 @@ class RouteTable:
             for name, cidr in space_cidrs.items()
         }
         return cls(MappingProxyType(routes), MappingProxyType(ranges))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The table as JSON-ready data, for the router's worker processes (`from_wire`)."""
+        return {
+            "apps": {
+                name: [
+                    [[b.dyno, b.host, b.port] for b in route.backends],
+                    route.space,
+                    route.internal_routing,
+                ]
+                for name, route in self.apps.items()
+            },
+            "spaces": {
+                name: [str(r.network), [str(t) for t in r.trusted]]
+                for name, r in self.spaces.items()
+            },
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> RouteTable:
+        apps = {
+            name: AppRoute(tuple(Backend(d, h, int(p)) for d, h, p in backends), space, internal)
+            for name, (backends, space, internal) in data["apps"].items()
+        }
+        ranges = {
+            name: SpaceRanges(
+                ipaddress.IPv4Network(network), tuple(ipaddress.IPv4Network(t) for t in trusted)
+            )
+            for name, (network, trusted) in data["spaces"].items()
+        }
+        return cls(MappingProxyType(apps), MappingProxyType(ranges))
 
     def resolve(self, app: str, client: str) -> tuple[Backend, ...] | None:
         """The web dynos that serve `app` to `client`; None when the app does not exist for

@@ -16,9 +16,10 @@ Design
   rules), ``logline`` (Heroku's error codes and log line), ``limits`` (caps and admission),
   ``routes`` (the access policy, as a value).
 * One asyncio task per client connection.  Requests on a keep-alive connection are handled
-  one after the other, each routed independently; every request gets its own backend
-  connection (``Connection: close`` is sent to the dyno), which keeps the state machine
-  simple and matches a router that balances per request.
+  one after the other, each routed independently (a router that balances per request).  The
+  connections to the dynos are kept alive and reused (``pool``: at most 64 idle per dyno, only
+  after a clean exchange, closed when the dyno leaves the route table); a reused connection the
+  dyno closed meanwhile is retried once on a fresh one when the request may be repeated.
 * While the response head is awaited, a second task streams the request body to the dyno,
   so a dyno can answer before it has read the whole body, and neither direction is ever
   buffered whole: each chunk is written and ``drain()``-ed before the next one is read.
@@ -50,6 +51,9 @@ Design
   bytes, because nothing went wrong inside the platform.  Malformed requests get h11's
   suggested status (400, or 431 for oversized heads) and are logged the same way.
 
+Strict framing on top of h11: a request head with obs-fold or a bare LF line end (which h11
+tolerates) is refused with 400 before h11 parses it (``headers.strict_head_problem``).
+
 Why h11
 -------
 h11 is a pure-Python, sans-IO HTTP/1.1 state machine maintained by python-hyper.  Sans-IO
@@ -67,8 +71,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -79,15 +83,19 @@ from dynod.router.headers import (
     Headers,
     app_from_host,
     forward_request_headers,
+    is_upgrade_request,
     pick_request_id,
     split_absolute_form,
+    strict_head_problem,
 )
 from dynod.router.limits import DISCARD_LIMIT, MAX_CLIENT_CONNECTIONS, READ_SIZE, Admission
 from dynod.router.logline import H14, H28, H99, HerokuError, RequestLog, format_log_line
 from dynod.router.pages import send_error_page, send_rejection
 from dynod.router.peer import Fail, H11Event, Peer, close_writer, linger, now_ms, peer_ip
-from dynod.router.proxy import Exchange, connect
+from dynod.router.pool import IDEMPOTENT, BackendPool
+from dynod.router.proxy import Exchange, Stale, connect
 from dynod.router.routes import Backend, Refused, Resolve, RouteTable
+from dynod.router.turns import Turns
 
 __all__ = ["Router"]
 
@@ -110,6 +118,7 @@ class Router:
         head_timeout: float = 30.0,
         max_client_connections: int = MAX_CLIENT_CONNECTIONS,
         max_connections: int | None = None,
+        turns: Turns | None = None,
     ) -> None:
         """`resolve(app, client_ip)` answers each request until `update` gives a route table:
         the daemon passes ``RouteTable().resolve`` (no apps yet), tests a function of theirs."""
@@ -128,26 +137,36 @@ class Router:
         self._server: asyncio.Server | None = None
         self._extra: dict[str, asyncio.Server] = {}  # more listening addresses, by host
         self._tasks: set[asyncio.Task[None]] = set()
-        self._counters: dict[str, itertools.count[int]] = {}
+        self._turns = turns or Turns()  # round robin per app (shared between workers)
+        self._pool = BackendPool()  # idle keep-alive connections to the dynos
         self._closing = False
 
     def update(self, table: RouteTable) -> None:
         """Route every request from now on by `table` (a whole new one: tables never change)."""
         self._resolve = table.resolve
+        # A dyno no longer in the table (stopped, crashed, on a new port) loses its pool.
+        self._pool.retain({b for route in table.apps.values() for b in route.backends})
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind and listen; ``port=0`` picks a free port, readable afterwards as ``.port``."""
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
+        """Bind and listen; ``port=0`` picks a free port, readable afterwards as ``.port``.
+        With `sock`, serve that listening socket instead (a worker process's, from the daemon)."""
         if self._server is not None:
             raise RuntimeError("router already started")
         self._closing = False
-        self._server = await asyncio.start_server(self._on_client, host, port)
+        if sock is not None:
+            self._server = await asyncio.start_server(self._on_client, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._on_client, host, port)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def listen(self, host: str, port: int) -> None:
+    async def listen(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         """Listen on one more address (a Private Space's router address)."""
         if host in self._extra:
             return
-        self._extra[host] = await asyncio.start_server(self._on_client, host, port)
+        if sock is not None:
+            self._extra[host] = await asyncio.start_server(self._on_client, sock=sock)
+        else:
+            self._extra[host] = await asyncio.start_server(self._on_client, host, port)
 
     async def unlisten(self, host: str) -> None:
         """Stop listening on that address; its connections in progress finish."""
@@ -168,6 +187,7 @@ class Router:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._pool.close()
         if server is not None:
             await server.wait_closed()
 
@@ -232,6 +252,10 @@ class Router:
         must finish it within ``head_timeout`` of the first byte (TimeoutError otherwise)."""
         deadline = None
         while True:
+            if client.conn.their_state is h11.IDLE:  # a head, not yet parsed: strict framing
+                problem = strict_head_problem(client.conn.trailing_data[0])
+                if problem is not None:
+                    raise h11.RemoteProtocolError(problem, error_status_hint=400)
             event = client.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
@@ -240,7 +264,8 @@ class Router:
             wait = self.idle_timeout if deadline is None else deadline - time.monotonic()
             if wait <= 0:
                 raise TimeoutError
-            data = await asyncio.wait_for(client.reader.read(READ_SIZE), wait)
+            async with asyncio.timeout(wait):
+                data = await client.reader.read(READ_SIZE)
             client.saw_eof = client.saw_eof or not data
             client.conn.receive_data(data)
 
@@ -302,7 +327,7 @@ class Router:
         entry.app = app
         if not backends:
             return await self._answer_locally(client, entry, H14.status, H14)
-        backend = backends[next(self._counters.setdefault(app, itertools.count())) % len(backends)]
+        backend = backends[self._turns.next(app) % len(backends)]
         return await self._proxy(client, request, raw, entry, target, backend, arrived_ms)
 
     async def _proxy(
@@ -317,6 +342,23 @@ class Router:
     ) -> bool:
         """Send the request to `backend` and its answer back (or answer an error page)."""
         entry.dyno = backend.dyno
+        headers = forward_request_headers(
+            raw,
+            client_ip=entry.fwd,
+            listen_port=self.port,
+            request_start_ms=arrived_ms,
+            request_id=entry.request_id,
+        )
+        outgoing = h11.Request(method=request.method, target=target, headers=headers)
+        upgrade = is_upgrade_request(raw)
+        # A reused connection the dyno closed meanwhile is retried once on a fresh one.
+        peer = None if upgrade else self._pool.take(backend)
+        if peer is not None:
+            entry.connect_ms = 0
+            try:
+                return await self._exchange(client, peer, backend, entry, outgoing, retry=True)
+            except Stale:
+                entry.service_ms = None
         try:
             peer = await connect(
                 backend,
@@ -328,15 +370,22 @@ class Router:
         except Fail as fail:
             entry.bytes = 0
             return await self._answer_locally(client, entry, fail.error.status, fail.error)
+        return await self._exchange(client, peer, backend, entry, outgoing, retry=False)
+
+    async def _exchange(
+        self,
+        client: Peer,
+        peer: Peer,
+        backend: Backend,
+        entry: RequestLog,
+        outgoing: h11.Request,
+        *,
+        retry: bool,
+    ) -> bool:
+        """One try of the request on `peer`; the connection goes back to the pool after a
+        clean exchange, else it is closed. Raises Stale (only with `retry`)."""
+        kept = False
         try:
-            headers = forward_request_headers(
-                raw,
-                client_ip=entry.fwd,
-                listen_port=self.port,
-                request_start_ms=arrived_ms,
-                request_id=entry.request_id,
-            )
-            outgoing = h11.Request(method=request.method, target=target, headers=headers)
             exchange = Exchange(
                 client,
                 peer,
@@ -344,10 +393,14 @@ class Router:
                 idle_timeout=self.idle_timeout,
                 response_timeout=self.response_timeout,
                 emit=self._emit,
+                may_retry=retry and outgoing.method in IDEMPOTENT,
             )
-            return await exchange.run(outgoing)
+            keep = await exchange.run(outgoing)
+            kept = not self._closing and self._pool.give(backend, peer)
+            return keep
         finally:
-            await close_writer(peer.writer)
+            if not kept:
+                await close_writer(peer.writer)
 
     async def _answer_locally(
         self,

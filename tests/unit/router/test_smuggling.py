@@ -5,9 +5,14 @@ pipelined behind it is never read, so it cannot reach another app."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import h11
+import pytest
+
+from dynod.router.headers import strict_head_problem
 from dynod.router.routes import Backend
-from tests.unit.router.test_proxy import echo_backend, router_for, run, serve
+from tests.unit.router.test_proxy import echo_backend, router_for, run, serve, wait_for_logs
 
 
 def test_nothing_pipelined_behind_a_cl_te_request_is_served() -> None:
@@ -32,3 +37,140 @@ def test_nothing_pipelined_behind_a_cl_te_request_is_served() -> None:
                 assert b"/smuggled" not in raw
 
     run(main())
+
+
+# --------------------------------------------------------------------------- refused heads
+# Each of these is a head a dyno could read differently from the router. The router must answer
+# 400 (431 for an oversized head) itself and close, and the dyno must receive nothing at all: not
+# the request, and not whatever a lenient reader would take for a second request behind it.
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: sushi.localhost\r\n\r\n"
+REFUSED_HEADS = {
+    "duplicate Content-Length": (
+        b"POST / HTTP/1.1\r\nHost: sushi.localhost\r\nContent-Length: 0\r\n"
+        b"Content-Length: 50\r\n\r\n" + SMUGGLED,
+        400,
+    ),
+    "Content-Length list": (
+        b"POST / HTTP/1.1\r\nHost: sushi.localhost\r\nContent-Length: 0, 50\r\n\r\n" + SMUGGLED,
+        400,
+    ),
+    "obs-fold": (
+        b"POST / HTTP/1.1\r\nHost: sushi.localhost\r\nX-Note: a\r\n Content-Length: 50\r\n\r\n"
+        + SMUGGLED,
+        400,
+    ),
+    "obs-fold with a tab": (
+        b"GET / HTTP/1.1\r\nHost: sushi.localhost\r\nX-Note: a\r\n\tb\r\n\r\n" + SMUGGLED,
+        400,
+    ),
+    "bare LF line end": (
+        b"GET / HTTP/1.1\r\nHost: sushi.localhost\nX-Note: a\r\n\r\n" + SMUGGLED,
+        400,
+    ),
+    "bare LF head": (b"GET / HTTP/1.1\nHost: sushi.localhost\n\n" + SMUGGLED, 400),
+    "space before the colon": (
+        b"POST / HTTP/1.1\r\nHost: sushi.localhost\r\nTransfer-Encoding : chunked\r\n\r\n"
+        b"0\r\n\r\n" + SMUGGLED,
+        400,
+    ),
+    "Transfer-Encoding not chunked": (
+        b"POST / HTTP/1.1\r\nHost: sushi.localhost\r\nTransfer-Encoding: gzip\r\n\r\n" + SMUGGLED,
+        501,
+    ),
+    "oversized head": (
+        b"GET / HTTP/1.1\r\nHost: sushi.localhost\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",
+        431,
+    ),
+}
+
+
+def recording_backend(received: list[bytes]) -> Any:
+    """A dyno that records every byte it receives and answers each request it parses."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                data = await reader.read(65536)
+                received.append(data)
+                if not data:
+                    return
+                conn.receive_data(data)
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA or event is h11.PAUSED:
+                        break
+                    if isinstance(event, h11.EndOfMessage):
+                        writer.write(
+                            conn.send(
+                                h11.Response(status_code=200, headers=[(b"Content-Length", b"2")])
+                            )
+                            + conn.send(h11.Data(data=b"ok"))
+                            + conn.send(h11.EndOfMessage())
+                        )
+                        conn.start_next_cycle()
+                await writer.drain()
+        except h11.ProtocolError:
+            return
+        finally:
+            writer.close()
+
+    return handle
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_HEADS))
+def test_ambiguous_heads_are_refused_and_never_reach_a_dyno(name: str) -> None:
+    raw, status = REFUSED_HEADS[name]
+
+    async def main() -> None:
+        received: list[bytes] = []
+        async with serve(recording_backend(received)) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps) as (router, lines):
+                reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+                writer.write(raw)
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.read(), 5)  # until the router closes
+                writer.close()
+                assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+                assert answer.count(b"HTTP/1.1 ") == 1, answer
+                await wait_for_logs(lines, 1)
+                assert f"status={status} " in lines[0]
+        assert b"".join(received) == b"", received
+
+    run(main())
+
+
+def test_cl_te_reaches_the_dyno_as_one_chunked_request_and_nothing_after() -> None:
+    """RFC 9112 6.1: read by Transfer-Encoding, Content-Length dropped, connection closed after."""
+
+    async def main() -> None:
+        received: list[bytes] = []
+        async with serve(recording_backend(received)) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps) as (router, _):
+                reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+                writer.write(
+                    b"POST / HTTP/1.1\r\nHost: sushi.localhost\r\nContent-Length: 50\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + SMUGGLED
+                )
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+                assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1
+        seen = b"".join(received)
+        assert seen.count(b" HTTP/1.1\r\n") == 1, seen
+        assert b"/smuggled" not in seen
+        assert b"content-length" not in seen.lower()
+        assert b"transfer-encoding: chunked" in seen.lower()
+
+    run(main())
+
+
+def test_strict_head_problem() -> None:
+    assert strict_head_problem(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody\nwith LF") is None
+    assert strict_head_problem(b"GET / HTTP/1.1\r\nHost: a\r\n") is None  # not whole yet
+    assert strict_head_problem(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n") is None
+    assert strict_head_problem(b"GET / HTTP/1.1\nHost") == "a line ends with a bare LF"
+    assert strict_head_problem(b"GET / HTTP/1.1\r\nA: 1\r\n 2\r\n\r\n") is not None

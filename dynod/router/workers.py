@@ -1,0 +1,265 @@
+"""The router as worker processes: one per core, started and supervised by the daemon.
+
+The daemon keeps the router's interface (`update`, `start`, `listen`, `unlisten`, `close`,
+`port`) but does no HTTP itself: its event loop stays free for the API, the supervisor and DNS
+whatever the load on the router. It binds every listening socket (the main port, and port 80 on
+each space's address) and hands each worker a copy (SCM_RIGHTS), so the workers share each
+accept queue and need no right to bind. Each new route table goes to every worker at once, as a
+whole (`wire`); their log lines come back in batches and go into the daemon's log book, one
+line per request as before.
+
+Workers run ``python -m dynod.router.worker`` under ``setpriv`` with every capability dropped
+but CAP_NET_ADMIN (the firewall lets only the router's socket mark reach the dynos; setting it
+needs that capability), and no_new_privs. They keep uid 0, so a dyno (never root) cannot signal
+or trace them, which it could if they ran as ``nobody``, the dynos' default user; the price: file
+permissions still let them open what root owns (a dedicated system user would remove it).
+A worker that exits is started again (after 0.5 s, doubling to 30 s while it keeps dying) and
+gets the current table and sockets; the daemon's stop ends them (SIGTERM, then SIGKILL), and a
+daemon that dies closes their control sockets, which ends them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from dynod.router.limits import MAX_CLIENT_CONNECTIONS
+from dynod.router.routes import RouteTable
+from dynod.router.server import Router
+from dynod.router.turns import shared_turns_file
+from dynod.router.wire import frame, read_frame, send_listen
+
+__all__ = ["AnyRouter", "RouterWorkers"]
+
+_logger = logging.getLogger(__name__)
+
+RESTART_FIRST, RESTART_MOST = 0.5, 30.0
+STOP_GRACE = 2.0
+
+
+class _Worker:
+    """One worker process and the daemon's ends of its two channels."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], ctl: socket.socket, chan: socket.socket):
+        self.popen = popen
+        self.ctl = ctl
+        self.chan = chan
+        self.writer: asyncio.StreamWriter | None = None
+        self.reader_task: asyncio.Task[None] | None = None
+        self.started = time.monotonic()
+
+
+class RouterWorkers:
+    def __init__(
+        self,
+        log: Callable[[str, str | None], object],
+        *,
+        count: int,
+        socket_mark: int | None = None,
+        max_client_connections: int = MAX_CLIENT_CONNECTIONS,
+    ) -> None:
+        self._log = log
+        self.count = max(1, count)
+        self.socket_mark = socket_mark
+        self.max_client_connections = max_client_connections
+        self.port = 0
+        self._table = RouteTable()
+        self._sockets: dict[str, socket.socket] = {}  # "main" or a space's address -> listening
+        self._workers: dict[int, _Worker] = {}  # slot -> worker
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._turns_fd = -1  # the shared round-robin counters (router/turns.py), from start()
+
+    # -- the router's interface ----------------------------------------------------------
+
+    def update(self, table: RouteTable) -> None:
+        self._table = table
+        data = frame({"table": table.to_wire()})
+        for worker in self._workers.values():
+            if worker.writer is not None and not worker.writer.is_closing():
+                worker.writer.write(data)
+
+    async def start(self, host: str, port: int) -> None:
+        self._closing = False
+        sock = _listening(host, port)
+        self._sockets["main"] = sock
+        self.port = sock.getsockname()[1]
+        if self._turns_fd < 0:
+            self._turns_fd = shared_turns_file()
+        for slot in range(self.count):
+            self._spawn(slot)
+
+    async def listen(self, host: str, port: int) -> None:
+        if host in self._sockets:
+            return
+        sock = _listening(host, port)
+        self._sockets[host] = sock
+        for worker in self._workers.values():
+            _send(worker, host, sock)
+
+    async def unlisten(self, host: str) -> None:
+        sock = self._sockets.pop(host, None)
+        if sock is None:
+            return
+        for worker in self._workers.values():
+            _send(worker, host, None)
+        sock.close()
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                worker.popen.send_signal(signal.SIGTERM)
+        for worker in workers:
+            await _reap(worker.popen, STOP_GRACE)
+            await self._detach(worker)
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+        if self._turns_fd >= 0:
+            os.close(self._turns_fd)
+            self._turns_fd = -1
+
+    # -- the workers ---------------------------------------------------------------------
+
+    def _spawn(self, slot: int) -> None:
+        ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        chan, chan_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        settings = {
+            "ctl_fd": ctl_child.fileno(),
+            "listen_fd": chan_child.fileno(),
+            "turns_fd": self._turns_fd,
+            "socket_mark": self.socket_mark,
+            # A client's share is split between the workers, which share its connections: a
+            # client address holds at most max_client_connections in all, as with one router.
+            "max_client_connections": -(-self.max_client_connections // self.count),
+        }
+        try:
+            popen = subprocess.Popen(
+                [*_dropped_privileges(), sys.executable, "-m", "dynod.router.worker",
+                 json.dumps(settings)],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(ctl_child.fileno(), chan_child.fileno(), self._turns_fd),
+                env=_environment(),
+                start_new_session=True,  # a Ctrl-C reaches the daemon, which stops them
+            )  # fmt: skip
+        finally:
+            ctl_child.close()
+            chan_child.close()
+        worker = _Worker(popen, ctl, chan)
+        self._workers[slot] = worker
+        watcher = asyncio.create_task(self._watch(slot, worker))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, slot: int, worker: _Worker) -> None:
+        """Feed the worker its table and sockets, relay its log lines; restart it if it dies."""
+        reader, writer = await asyncio.open_connection(sock=worker.ctl)
+        worker.writer = writer
+        writer.write(frame({"table": self._table.to_wire()}))
+        for key, sock in self._sockets.items():
+            _send(worker, key, sock)
+        try:
+            while (message := await read_frame(reader)) is not None:
+                for line, app in message.get("logs", ()):
+                    self._log(str(line), app)
+        except (OSError, ValueError) as exc:  # reset, or a frame it could not have meant
+            _logger.warning("router worker %d: control channel broken: %s", slot, exc)
+            with contextlib.suppress(ProcessLookupError):
+                worker.popen.kill()
+        status = await _reap(worker.popen, STOP_GRACE)
+        await self._detach(worker)
+        if self._closing or self._workers.get(slot) is not worker:
+            return
+        _logger.warning("router worker %d exited with status %s; starting it again", slot, status)
+        lived = time.monotonic() - worker.started
+        delay = RESTART_FIRST if lived > RESTART_MOST else min(RESTART_MOST, 2 * lived + 0.5)
+        await asyncio.sleep(delay)
+        if not self._closing and self._workers.get(slot) is worker:
+            self._spawn(slot)
+
+    async def _detach(self, worker: _Worker) -> None:
+        if worker.writer is not None:
+            worker.writer.close()
+        else:
+            worker.ctl.close()
+        worker.chan.close()
+
+    def pids(self) -> list[int]:
+        return [w.popen.pid for w in self._workers.values()]
+
+
+def _send(worker: _Worker, key: str, sock: socket.socket | None) -> None:
+    try:
+        send_listen(worker.chan, key, sock)
+    except OSError as exc:  # the worker is gone; its restart gets every socket again
+        _logger.warning("router worker %d: cannot hand it %s: %s", worker.popen.pid, key, exc)
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _dropped_privileges() -> list[str]:
+    """setpriv: keep CAP_NET_ADMIN alone (the socket mark), no new privileges. Not root (a
+    test's daemon): nothing to drop."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        return []
+    keep = "-all,+net_admin"
+    return [
+        setpriv,
+        f"--inh-caps={keep}",
+        f"--ambient-caps={keep}",
+        f"--bounding-set={keep}",
+        "--no-new-privs",
+        "--",
+    ]
+
+
+def _environment() -> dict[str, str]:
+    """The daemon's environment, with the path to this copy of dynod (a checkout or a venv)."""
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+async def _reap(popen: subprocess.Popen[bytes], grace: float) -> int | None:
+    """Wait for the worker's exit without blocking the loop; SIGKILL after `grace`."""
+    deadline = time.monotonic() + grace
+    while popen.poll() is None:
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                popen.kill()
+            deadline = float("inf")
+        await asyncio.sleep(0.02)
+    return popen.returncode
+
+
+# What the daemon holds: the router in its own loop, or its worker processes.
+AnyRouter = Router | RouterWorkers

@@ -1,0 +1,84 @@
+"""Strict HTTP/1.1 framing through the real router to a real web dyno that records every byte
+it receives (tests/apps/recorder_app.py): heads a dyno could read as two requests are refused by
+the router and never reach the dyno; requests that pass reach it once each, on a connection the
+router keeps alive between requests."""
+
+from __future__ import annotations
+
+import ast
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import PYTHON, DaemonProc, running_daemon
+from tests.unit.router.test_smuggling import REFUSED_HEADS
+
+pytestmark = pytest.mark.root
+
+APP = "frame"
+TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProc]:
+    with running_daemon() as daemon:
+        dyno = daemon.run(APP, "web", f"{PYTHON} -u recorder_app.py")
+        daemon.wait_for(
+            lambda: daemon.dyno(APP, dyno["name"])["state"] == "up", f"{dyno['name']} up"
+        )
+        daemon.wait_for(lambda: "listening on" in daemon.output(APP, "web.1"), "app listening")
+        yield daemon
+
+
+def exchange(port: int, raw: bytes) -> bytes:
+    """Send `raw` on a new connection and read until the router closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+        conn.sendall(raw)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+        return answer
+
+
+def received(daemon: DaemonProc) -> bytes:
+    """Everything the dyno printed it received, concatenated."""
+    out = b""
+    for line in daemon.output(APP, "web.1").splitlines():
+        if line.startswith("recv "):
+            out += ast.literal_eval(line.removeprefix("recv "))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_HEADS))
+def test_ambiguous_heads_never_reach_the_dyno(daemon: DaemonProc, name: str) -> None:
+    raw, status = REFUSED_HEADS[name]
+    before = received(daemon)
+    answer = exchange(daemon.router_port, raw)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1
+    daemon.wait_for(
+        lambda: f"status={status} " in daemon.log().split("heroku[router]")[-1], "log line"
+    )
+    assert received(daemon) == before  # not one byte reached the dyno
+
+
+def test_requests_reach_the_dyno_once_each_on_a_kept_connection(daemon: DaemonProc) -> None:
+    request = b"GET /kept-%d HTTP/1.1\r\nHost: frame.localhost\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", daemon.router_port), timeout=TIMEOUT) as conn:
+        for i in range(3):
+            conn.sendall(request % i)
+            answer = b""
+            while not answer.endswith(b"ok"):
+                chunk = conn.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 ")
+    daemon.wait_for(lambda: received(daemon).count(b"GET /kept-2 ") == 1, "the third request")
+    seen = received(daemon)
+    for i in range(3):
+        assert seen.count(b"GET /kept-%d HTTP/1.1\r\n" % i) == 1, seen
+    assert b"/smuggled" not in seen and b"X-Note" not in seen and b"X-Big" not in seen
+    # One dyno connection served all three: the dyno saw no close in between.
+    assert "recv b''" not in daemon.output(APP, "web.1").split("GET /kept-0")[-1]
+    assert b"Connection: close" not in seen[seen.index(b"GET /kept-0 ") :]

@@ -1,0 +1,109 @@
+"""The router as worker processes (dynod.router.workers): they serve the daemon's listening
+socket with the table it pushes, send their log lines back, are started again when one dies,
+and are gone after close()."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psutil
+
+from dynod.router.routes import AppRoute, Backend, RouteTable
+from dynod.router.workers import RouterWorkers
+from tests.unit.router.test_proxy import echo_backend, fetch, run, serve
+
+TIMEOUT = 15.0
+
+
+@asynccontextmanager
+async def workers(count: int) -> AsyncIterator[tuple[RouterWorkers, list[tuple[str, str | None]]]]:
+    lines: list[tuple[str, str | None]] = []
+    router = RouterWorkers(lambda line, app: lines.append((line, app)), count=count)
+    await router.start("127.0.0.1", 0)
+    try:
+        yield router, lines
+    finally:
+        pids = router.pids()
+        await router.close()
+        assert not [
+            p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+        ]
+
+
+async def until(check: object, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not check():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def get_until_200(port: int) -> None:
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while True:
+        response, _ = await fetch(port)
+        if response.status_code == 200:
+            return
+        assert asyncio.get_running_loop().time() < deadline, response
+        await asyncio.sleep(0.05)
+
+
+def test_workers_route_by_the_pushed_table_and_log_through_the_daemon() -> None:
+    async def main() -> None:
+        async with serve(echo_backend("web.1")) as port, workers(2) as (router, lines):
+            backend = Backend("web.1", "127.0.0.1", port)
+            assert len(router.pids()) == 2
+            response, _ = await fetch(router.port)
+            assert response.status_code == 404  # no table yet: no app
+            router.update(RouteTable({"sushi": AppRoute((backend,))}))
+            await get_until_200(router.port)
+            for _ in range(10):
+                response, _ = await fetch(router.port)
+                assert response.status_code == 200
+            await until(lambda: len(lines) >= 12, "log lines")
+            ok = [(line, app) for line, app in lines if " status=200 " in line]
+            assert len(ok) == 11 and all(app == "sushi" for _, app in ok)
+            assert all(line.startswith("at=info method=GET ") for line, _ in ok)
+            router.update(RouteTable({"sushi": AppRoute(())}))
+            deadline = asyncio.get_running_loop().time() + TIMEOUT
+            while (await fetch(router.port))[0].status_code != 503:  # H14 once every worker knows
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+
+    run(main(), timeout=60)
+
+
+def test_a_worker_that_dies_is_started_again_with_the_table() -> None:
+    async def main() -> None:
+        async with serve(echo_backend("web.1")) as port, workers(1) as (router, _):
+            router.update(RouteTable({"sushi": AppRoute((Backend("web.1", "127.0.0.1", port),))}))
+            await get_until_200(router.port)
+            (first,) = router.pids()
+            os.kill(first, signal.SIGKILL)
+            await until(lambda: router.pids() and router.pids() != [first], "a new worker")
+            await get_until_200(router.port)
+
+    run(main(), timeout=60)
+
+
+def test_round_robin_holds_across_workers() -> None:
+    """Consecutive requests alternate over the app's dynos whichever worker accepts them."""
+
+    async def main() -> None:
+        async with (
+            serve(echo_backend("web.1")) as p1,
+            serve(echo_backend("web.2")) as p2,
+            workers(2) as (router, _),
+        ):
+            b1, b2 = Backend("web.1", "127.0.0.1", p1), Backend("web.2", "127.0.0.1", p2)
+            router.update(RouteTable({"sushi": AppRoute((b1, b2))}))
+            for _ in range(4):  # until both workers have the table, whichever accepts
+                await get_until_200(router.port)
+            seen = [json.loads((await fetch(router.port))[1])["dyno"] for _ in range(8)]
+            assert all(a != b for a, b in zip(seen, seen[1:], strict=False)), seen
+
+    run(main(), timeout=60)
