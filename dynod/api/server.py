@@ -22,7 +22,10 @@ works as well as the CLI.
                                                  size}:
                                                  with detach, 201 and the dyno; without, an NDJSON
                                                  stream {"dyno": ...}, {"line": ...}..., {"exit": N}
-                                                 (closing it stops the dyno, like Ctrl-C)
+                                                 (closing it stops the dyno, like Ctrl-C);
+                                                 with {attach, tty?, rows?, cols?} and
+                                                 `Upgrade: dynod-attach`, a one-off run.N:
+                                                 101, then frames (api/frames.py)
     DELETE /v1/apps/APP/dynos[/NAME][?grace=S]   stop one dyno, or all of the app's
     GET    /v1/logs[?app=&dyno=&tail=N&follow=1] Heroku-format lines, followed if asked
 

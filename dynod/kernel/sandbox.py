@@ -148,6 +148,10 @@ def _argv(how: Spawn, inner: list[str]) -> list[str]:
 
 
 def _spawn_attached(how: Spawn, env: Mapping[str, str], stdio: DynoEnds) -> subprocess.Popen[bytes]:
+    # Its streams are its own, as grantpt(3) gives a login its terminal: so it can reopen them
+    # (/dev/stdin, the path `tty` prints), which root's 0600 pipes and 0620 pty refuse.
+    for fd in {stdio.stdin, stdio.stdout, stdio.stderr}:
+        os.fchown(fd, how.uid, -1 if stdio.tty else how.gid)
     memfd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
     try:
         env_fd = fcntl.fcntl(memfd, fcntl.F_DUPFD_CLOEXEC, ENV_FD_FLOOR)

@@ -113,9 +113,11 @@ def cli_status(term: Terminal) -> int:
 
 def test_a_shell_on_a_terminal_sees_its_tty_the_window_size_and_ctrl_c_and_ctrl_d() -> None:
     with running_daemon() as d, terminal(d, "termy", ["sh"], rows=31, cols=97) as term:
-        term.send(b"tty; stty size; echo port=${PORT-none} dyno=$DYNO\n")
+        term.send(
+            b"tty; stty size; [ -O $(tty) ] && echo owned; echo port=${PORT-none} dyno=$DYNO\n"
+        )
         shown = term.expect(b"port=none dyno=run.1")
-        assert b"/dev/pts/" in shown and b"\r\n31 97\r\n" in shown, shown
+        assert b"/dev/pts/" in shown and b"\r\n31 97\r\nowned\r\n" in shown, shown
         assert d.dyno("termy", "run.1")["port"] is None
         # a resize of the user's terminal reaches the dyno's
         term.resize(44, 123)
@@ -136,6 +138,14 @@ def test_a_shell_on_a_terminal_sees_its_tty_the_window_size_and_ctrl_c_and_ctrl_
         term.send(b"\x03")
         term.send(b"echo status=$?\n")
         term.expect(b"status=130")
+        # Ctrl-Z stops the foreground job (the shell's job control works on the dyno's tty)
+        term.send(b"sleep 100\n")
+        term.expect(b"sleep 100")
+        time.sleep(0.5)
+        term.send(b"\x1a")
+        term.expect(b"Stopped")
+        term.send(b"kill -9 %1; wait; echo killed\n")
+        term.expect(b"killed\r\n")
         # Ctrl-D ends cat
         term.send(b"cat\n")
         term.expect(b"cat")
@@ -162,7 +172,12 @@ def test_stdin_piped_in_reaches_the_dyno_and_its_exit_status_comes_back() -> Non
         env = {**os.environ, "DYNOD_SOCKET": d.socket}
         cli = [sys.executable, "-m", "dynod", "run", "--app", "pipes", "--"]
         piped = subprocess.run(
-            [*cli, "cat"], input="hi\n", capture_output=True, text=True, env=env, timeout=60
+            [*cli, "cat /dev/stdin"],
+            input="hi\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
         )
         assert (piped.returncode, piped.stdout) == (0, "hi\n"), piped.stderr
         # one word is the whole command line, as with heroku run
