@@ -167,6 +167,25 @@ def test_ctrl_c_ends_a_command_with_130_as_a_terminal_would() -> None:
         assert cli_status(term) == 130
 
 
+def the_cli(term: Terminal) -> psutil.Process:
+    """The `dynod run` process below the test terminal's shell."""
+    below = psutil.Process(term.pid).children(recursive=True)
+    found = [p for p in below if "dynod" in p.cmdline()]
+    assert found, "the CLI process"
+    return found[0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_the_cli_killed_by_a_signal_restores_the_terminal_and_the_dyno_stops(
+    sig: signal.Signals,
+) -> None:
+    with running_daemon() as d, terminal(d, "sigs", ["sh", "-c", "echo ready; sleep 100"]) as term:
+        term.expect(b"ready")
+        the_cli(term).send_signal(sig)
+        assert cli_status(term) == 128 + sig  # and the terminal is cooked again
+        d.wait_for(lambda: not d.dynos("sigs"), "the one-off stopped")
+
+
 def test_stdin_piped_in_reaches_the_dyno_and_its_exit_status_comes_back() -> None:
     with running_daemon() as d:
         env = {**os.environ, "DYNOD_SOCKET": d.socket}
@@ -247,10 +266,7 @@ def test_a_flooding_one_off_stays_bounded_and_killing_its_cli_stops_it() -> None
         dyno = d.dyno("flood", "run.1")
         netns, veth, pid = d.netns("flood", "run.1"), dyno["veth"], dyno["pid"]
         assert netns in netns_names()
-        below = psutil.Process(term.pid).children(recursive=True)
-        cli = [p for p in below if "dynod" in p.cmdline()]
-        assert cli, "the CLI process"
-        cli[0].kill()
+        the_cli(term).kill()
         d.wait_for(lambda: not d.dynos("flood"), "the one-off stopped", timeout=60)
         assert netns not in netns_names()
         # the kernel destroys the veth with the namespace, in its own time
