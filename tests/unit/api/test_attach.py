@@ -5,14 +5,21 @@ daemon stops reading while the client does not read (no root)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 
+import pytest
+
 from dynod.api import attach, frames
 from dynod.api.requests import RunRequest
+from dynod.cli import oneoff
 from dynod.control.dynos import DynoService
+from dynod.errors import DynodError
 from tests.unit.control.test_dynos import World, world  # noqa: F401 - the fixture
 from tests.unit.control.worlds import until
+from tests.unit.fake_daemon import FakeApi, cli
+from tests.unit.fake_daemon import refused as refused_with
 
 
 async def start(
@@ -78,3 +85,23 @@ def test_a_flood_is_left_unread_while_the_client_reads_nothing(world: World) -> 
         await until(lambda: world.state.dyno(dyno.id) is None, 20)
 
     asyncio.run(test())
+
+
+def test_an_attach_request_without_the_upgrade_is_refused(run_api: FakeApi) -> None:
+    body = json.dumps({"command": "bash", "attach": True}).encode()
+    status, answer = run_api.request("POST", "/v1/apps/sushi/dynos", body)
+    assert status == 400 and "Upgrade: dynod-attach" in answer["fix"], answer
+    assert run_api.daemon.calls == []
+
+
+def test_a_refused_upgrade_is_the_daemons_error_for_the_cli(run_api: FakeApi) -> None:
+    body = {"command": "bash", "attach": True, "rows": -1}
+    with pytest.raises(DynodError) as refused:
+        oneoff._upgrade(run_api.path, "/v1/apps/sushi/dynos", body)
+    assert "'rows'" in refused.value.problem and refused.value.status == 400
+    assert run_api.daemon.calls == []
+
+
+def test_a_one_off_needs_a_command() -> None:
+    result = cli("run", "--app", "sushi")
+    refused_with(result, "a one-off dyno needs a command")
