@@ -49,6 +49,9 @@ def run_attached(socket_path: str, path: str, body: dict[str, Any], use_tty: boo
             return _Relay(sock, early, winch).run()
     except KeyboardInterrupt:
         return 130  # closing the connection stops the dyno
+    except BrokenPipeError:
+        # `dynod run -- yes | head -1`: the reader is gone, so is the dyno (as SIGPIPE would)
+        return 128 + signal.SIGPIPE
     finally:
         sock.close()
 
@@ -167,7 +170,8 @@ class _Relay:
         self.winch = winch
         self.decoder = frames.Decoder()
         self.outgoing = bytearray()
-        self.selector = selectors.DefaultSelector()
+        # poll, not epoll: a stdin redirected from a regular file is pollable (always ready)
+        self.selector = selectors.PollSelector()
         self.stdin_open = True
 
     def run(self) -> int:
@@ -176,8 +180,9 @@ class _Relay:
         if self.winch >= 0:
             self.selector.register(self.winch, selectors.EVENT_READ)
         try:
+            os.fstat(0)
             self.selector.register(0, selectors.EVENT_READ)
-        except (ValueError, OSError):  # no stdin at all: the dyno's is closed at once
+        except OSError:  # no stdin at all: the dyno's is closed at once
             self._stdin_ended()
         status = self._incoming(self.early)
         while status is None:
@@ -242,7 +247,8 @@ class _Relay:
         except ConnectionError:
             data = b""
         if not data:
-            _write(2, b"\r\nerror: the daemon closed the connection before the dyno exited\r\n")
+            with contextlib.suppress(OSError):
+                _write(2, b"\r\nerror: the daemon closed the connection before the dyno exited\r\n")
             return 1
         return self._incoming(data)
 
@@ -266,8 +272,6 @@ def _write(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
             select.select([], [fd], [])
-        except BrokenPipeError:
-            return
 
 
 def wants_tty(no_tty: bool) -> bool:

@@ -206,6 +206,25 @@ def test_stdin_piped_in_reaches_the_dyno_and_its_exit_status_comes_back() -> Non
         )
         assert status.returncode == 5, status.stderr
         assert (status.stdout, status.stderr) == ("got x y\n", "oops\n")
+        # stdin redirected from a file (which epoll would refuse)
+        with open(d.app_dir / "input.txt", "w+") as given:
+            given.write("from a file\n")
+            given.seek(0)
+            filed = subprocess.run(
+                [*cli, "cat"], stdin=given, capture_output=True, text=True, env=env, timeout=60
+            )
+        assert (filed.returncode, filed.stdout) == (0, "from a file\n"), filed.stderr
+        # the reader of its output gone, the CLI ends and the dyno with it
+        head = subprocess.run(
+            ["/bin/sh", "-c", '"$@" | head -n 1', "sh", *cli, "yes"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert head.stdout == "y\n", head.stderr
+        d.wait_for(lambda: not d.dynos("pipes"), "the one-off stopped")
         # --no-tty with a terminal on stdin: pipes still (the dyno's stdin is no terminal)
         argv = ["[ -t 0 ] || [ -t 1 ] || echo no-tty"]
         with terminal(d, "pipes", argv, options=("--no-tty",)) as term:
