@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from dynod.api import formation_endpoints, streams
+from dynod.api import attach, formation_endpoints, frames, streams
 from dynod.api.config_endpoints import ConfigEndpoints
 from dynod.api.requests import (
     CreateApp,
@@ -170,7 +170,17 @@ class Endpoints:
         return 200, self.dynos.ps(r.query.get("app") or None)
 
     async def _run(self, r: Request, app: str) -> Answer:
-        dyno = await self.dynos.run(RunRequest.from_body(app, r.body), r.uid, r.gid)
+        request = RunRequest.from_body(app, r.body)
+        if request.attach:
+            if r.upgrade != frames.PROTOCOL:
+                raise DynodError(
+                    "an attached one-off dyno needs the connection switched to its frames",
+                    f"send `Connection: Upgrade` and `Upgrade: {frames.PROTOCOL}` (dynod run "
+                    "does), or leave out attach",
+                )
+            dyno, ends = await self.dynos.run_attached(request, r.uid, r.gid)
+            return attach.session(dyno, ends, self.dynos)
+        dyno = await self.dynos.run(request, r.uid, r.gid)
         if dyno.detached:
             return 201, dyno.to_json() | self.dynos.timings(dyno)
         return streams.foreground(dyno, self.dynos)

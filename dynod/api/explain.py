@@ -15,10 +15,19 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from dynod.api.wire import Answer, Request, Stream, ndjson
+from dynod.api import frames
+from dynod.api.wire import Answer, Request, Stream, Upgrade, ndjson
 from netns import record
 
 FLAG = "explain"
+HEADER = "# what dynod did, as the commands a person would type (--explain):"
+NOTHING = "# --explain: dynod changed nothing in the kernel for this"
+
+
+def render(commands: list[str]) -> str:
+    """The commands as one shell script: a header comment, then one command per line (a
+    here-document spans several)."""
+    return "\n".join([HEADER, *commands] if commands else [NOTHING])
 
 
 def wanted(request: Request) -> bool:
@@ -35,6 +44,8 @@ async def explained(answer: Callable[[], Awaitable[Answer]]) -> Answer:
 def attach(answer: Answer, commands: list[str]) -> Answer:
     if isinstance(answer, Stream):
         return _prefixed(answer, ndjson({FLAG: commands}))
+    if isinstance(answer, Upgrade):
+        return _told_first(answer, commands)
     status, obj = answer
     if status >= 400 and isinstance(obj, dict):
         return status, obj | {FLAG: commands}
@@ -60,3 +71,15 @@ def _prefixed(stream: Stream, first: bytes) -> Stream:
 def daemon_commands(startup: record.Recording) -> list[str]:
     """What the daemon's start-up did (`dynod explain daemon`)."""
     return startup.commands()
+
+
+def _told_first(upgrade: Upgrade, commands: list[str]) -> Upgrade:
+    """An attached one-off: the commands are its first stderr frame, as a foreground `run`
+    prints them on stderr once the dyno has started."""
+    inner = upgrade.session
+
+    async def session(reader: Any, writer: Any, rest: bytes) -> None:
+        writer.write(frames.data(frames.STDERR, (render(commands) + "\n").encode()))
+        await inner(reader, writer, rest)
+
+    return Upgrade(upgrade.protocol, session, upgrade.refused)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynod.errors import DynodError
@@ -31,6 +31,12 @@ class RunRequest:
     detach: bool = True  # missing means detached, as `heroku ps:scale` dynos
     sudo_uid: int | None = None  # who called sudo, when root runs `sudo dynod run`
     sudo_gid: int | None = None
+    # A one-off dyno (run.N) attached to the caller over an HTTP Upgrade (api/attach.py); with
+    # `tty`, on a pseudo-terminal of rows x cols (0: left to the kernel's default).
+    attach: bool = False
+    tty: bool = False
+    rows: int = 0
+    cols: int = 0
 
     @classmethod
     def from_body(cls, app: str, body: Any) -> RunRequest:
@@ -42,7 +48,27 @@ class RunRequest:
             if fields.get(key) is not None:
                 text(fields, key)
         string_map(fields, "env")
-        return cls.parse(app, fields)
+        attach, tty = flag(fields, "attach"), flag(fields, "tty")
+        rows, cols = _window(fields, "rows"), _window(fields, "cols")
+        if tty and not attach:
+            raise DynodError(
+                "a terminal ('tty') is only for an attached one-off dyno",
+                'send {"attach": true, "tty": true}, or leave tty out',
+            )
+        if attach and str(fields.get("type") or "run") != "run":
+            raise DynodError(
+                "an attached one-off dyno is always of type run (run.1, run.2, ...)",
+                "leave 'type' out, or start a process dyno without 'attach'",
+            )
+        parsed = cls.parse(app, fields)
+        return replace(
+            parsed,
+            attach=attach,
+            tty=tty,
+            rows=rows,
+            cols=cols,
+            detach=not attach and parsed.detach,
+        )
 
     @classmethod
     def parse(cls, app: str, body: Mapping[str, Any]) -> RunRequest:
@@ -84,7 +110,33 @@ def _sudo_id(body: Mapping[str, Any], key: str) -> int | None:
 
 
 # What `dynod run` sends; anything else is refused, as on every other endpoint.
-RUN_FIELDS = ("type", "command", "cwd", "env", "detach", "size", "sudo_uid", "sudo_gid")
+RUN_FIELDS = (
+    "type",
+    "command",
+    "cwd",
+    "env",
+    "detach",
+    "size",
+    "sudo_uid",
+    "sudo_gid",
+    "attach",
+    "tty",
+    "rows",
+    "cols",
+)
+MAX_WINDOW = 0xFFFF  # struct winsize's fields are 16 bits
+
+
+def _window(body: Mapping[str, Any], key: str) -> int:
+    """A terminal's rows or cols: 0 (the default) to MAX_WINDOW."""
+    value = body.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WINDOW:
+        raise DynodError(
+            f"the field {key!r} must be an integer from 0 to {MAX_WINDOW}, "
+            f"and it is {json.dumps(value)}",
+            "send the terminal's size as `stty size` prints it, or leave it out",
+        )
+    return value
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,10 @@ works as well as the CLI.
                                                  size}:
                                                  with detach, 201 and the dyno; without, an NDJSON
                                                  stream {"dyno": ...}, {"line": ...}..., {"exit": N}
-                                                 (closing it stops the dyno, like Ctrl-C)
+                                                 (closing it stops the dyno, like Ctrl-C);
+                                                 with {attach, tty?, rows?, cols?} and
+                                                 `Upgrade: dynod-attach`, a one-off run.N:
+                                                 101, then frames (api/frames.py)
     DELETE /v1/apps/APP/dynos[/NAME][?grace=S]   stop one dyno, or all of the app's (its
                                                  formation is scaled to 0 first)
     GET    /v1/apps/APP/formation ... POST /v1/apps/APP/actions/stop: the formation, ps:scale,
@@ -67,12 +70,13 @@ import socket
 import struct
 import time
 import urllib.parse
+from typing import Any
 
 import h11
 
 from dynod.api import explain
 from dynod.api.endpoints import Endpoints, Services
-from dynod.api.wire import Answer, Request, Stream, parse_json
+from dynod.api.wire import Answer, Request, Stream, Upgrade, parse_json
 from dynod.errors import DynodError
 from dynod.logs.book import LogBook
 
@@ -128,6 +132,9 @@ class ApiServer:
                 if request is None:
                     break
                 answer = await self._dispatch(request)
+                if isinstance(answer, Upgrade):
+                    await self._switch(conn, writer, reader, answer)
+                    break
                 await self._send(conn, writer, reader, answer)
                 if conn.our_state is not h11.DONE:
                     break
@@ -197,6 +204,7 @@ class ApiServer:
             uid,
             gid,
             body_error,
+            _upgrade(head),
         )
 
     async def _send(
@@ -204,7 +212,7 @@ class ApiServer:
         conn: h11.Connection,
         writer: asyncio.StreamWriter,
         reader: asyncio.StreamReader,
-        answer: Answer,
+        answer: tuple[int, Any] | Stream,
     ) -> None:
         if isinstance(answer, Stream):
             await self._send_stream(conn, writer, reader, answer)
@@ -251,6 +259,25 @@ class ApiServer:
             if stream.on_close is not None:
                 stream.on_close()
 
+    async def _switch(
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        reader: asyncio.StreamReader,
+        answer: Upgrade,
+    ) -> None:
+        """101, then the connection is the session's (no request or idle timeout: an attached
+        shell may sit idle for hours; it ends with the dyno or the client)."""
+        try:
+            headers = [("connection", "Upgrade"), ("upgrade", answer.protocol)]
+            writer.write(conn.send(h11.InformationalResponse(status_code=101, headers=headers)))
+            await writer.drain()
+        except BaseException:
+            answer.refused()
+            raise
+        early, _ = conn.trailing_data
+        await answer.session(reader, writer, bytes(early))
+
     async def _dispatch(self, request: Request) -> Answer:
         if request.body_error is not None:
             return request.body_error.status, request.body_error.to_json()
@@ -266,6 +293,14 @@ class ApiServer:
         except Exception as exc:  # noqa: BLE001 - the API never dies of one request
             self._log.emit(None, "dynod", f"error: {request.method} {request.path}: {exc!r}")
             return 500, {"error": f"internal error: {exc}", "fix": "see the daemon's log"}
+
+
+def _upgrade(head: h11.Request) -> str:
+    """The protocol a request asks to switch to: its Upgrade header, with Connection: upgrade."""
+    connection = b",".join(v for k, v in head.headers if k == b"connection").lower()
+    if b"upgrade" not in {t.strip() for t in connection.split(b",")}:
+        return ""
+    return b",".join(v for k, v in head.headers if k == b"upgrade").decode("latin-1").lower()
 
 
 def socket_group(name: str) -> int | None:

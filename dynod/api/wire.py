@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ class Request:
     uid: int
     gid: int
     body_error: DynodError | None = None  # the body could not be read as JSON: why
+    upgrade: str = ""  # the protocol the client asked to switch to (Upgrade:), lowercased
 
 
 @dataclass
@@ -32,7 +33,18 @@ class Stream:
     on_close: Callable[[], None] | None = None
 
 
-Answer = tuple[int, Any] | Stream
+@dataclass
+class Upgrade:
+    """An answer that switches the connection to `protocol` (101 Switching Protocols), then
+    hands the raw connection and the bytes already read past the request to `session`;
+    `refused` is called instead when the switch cannot be made."""
+
+    protocol: str
+    session: Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[None]]
+    refused: Callable[[], None]
+
+
+Answer = tuple[int, Any] | Stream | Upgrade
 
 
 def parse_json(body: bytes) -> tuple[Any, DynodError | None]:

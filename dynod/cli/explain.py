@@ -26,11 +26,9 @@ from typing import Any, TypeVar
 import click
 
 from dynod.api.client import Client
+from dynod.api.explain import HEADER, NOTHING, render  # noqa: F401  (HEADER, NOTHING: tests)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-HEADER = "# what dynod did, as the commands a person would type (--explain):"
-NOTHING = "# --explain: dynod changed nothing in the kernel for this"
 
 
 class Explanation:
@@ -51,12 +49,6 @@ class Explanation:
         if self.heard:
             click.echo(render(self.pending))
         self.pending, self.heard = [], False
-
-
-def render(commands: list[str]) -> str:
-    """The commands as one shell script: a header comment, then one command per line (a
-    here-document spans several)."""
-    return "\n".join([HEADER, *commands] if commands else [NOTHING])
 
 
 def explain_option(command: F) -> F:

@@ -205,8 +205,14 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @main.command(context_settings={"ignore_unknown_options": True})
 @explain_option
 @click.option("--app", "-a", required=True, help="The app (created if new).")
-@click.option("--type", "ptype", default="web", show_default=True, help="The process type.")
+@click.option(
+    "--type",
+    "ptype",
+    help="A process dyno of this type (web with --detach); without it and --detach, a one-off "
+    "run.N attached to the terminal.",
+)
 @click.option("--detach", "-d", is_flag=True, help="Start it and return at once.")
+@click.option("--no-tty", is_flag=True, help="One-off: pipes, even when stdin is a terminal.")
 @click.option("--env", "-e", "env", multiple=True, help="NAME=VALUE, for the dyno.")
 @click.option("--json", "as_json", is_flag=True, help="With --detach: print the dyno as JSON.")
 @click.option(
@@ -221,8 +227,9 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 def run(
     ctx: click.Context,
     app: str,
-    ptype: str,
+    ptype: str | None,
     detach: bool,
+    no_tty: bool,
     env: tuple[str, ...],
     as_json: bool,
     size: str | None,
@@ -232,8 +239,18 @@ def run(
 
     Without a command, the type's line from ./Procfile runs. As with `heroku run`, one word is
     the whole command line; of several, words with a space or a '"' are double-quoted.
+    Without --type and --detach, a one-off dyno run.N: stdin is forwarded, and on a terminal
+    it gets a terminal of its own.
     """
     names.check_app(app)
+    one_off = ptype is None and not detach
+    if one_off and not command:
+        raise DynodError(
+            "a one-off dyno needs a command",
+            "give it after --, e.g. `dynod run --app APP -- bash`; or --type TYPE to run the "
+            "Procfile's line for TYPE",
+        )
+    ptype = ptype or names.WEB_TYPE
     names.check_process_type(ptype)
     line = build_command(command) if command else _read_procfile(ptype)
     body: dict[str, Any] = {
@@ -248,6 +265,12 @@ def run(
     if os.geteuid() == 0 and os.environ.get("SUDO_UID", "").isdigit():
         body["sudo_uid"] = int(os.environ["SUDO_UID"])
         body["sudo_gid"] = int(os.environ.get("SUDO_GID", os.environ["SUDO_UID"]))
+    if one_off:
+        from dynod.cli import oneoff
+
+        del body["type"], body["detach"]
+        path = api_path("apps", app, "dynos")
+        sys.exit(oneoff.run_attached(ctx.obj["socket"], path, body, oneoff.wants_tty(no_tty)))
     client = _client(ctx)
     if not detach:
         sys.exit(_run_foreground(client, app, body))

@@ -17,8 +17,9 @@ from dynod.control import launch, networks
 from dynod.control.routing import RoutePublisher
 from dynod.control.supervisor import Supervisor
 from dynod.errors import NotFound
-from dynod.kernel import processes
+from dynod.kernel import processes, stdio
 from dynod.kernel.host import Kernel
+from dynod.kernel.stdio import DaemonEnds, DynoEnds
 from dynod.rules import names, sizes
 from dynod.state.store import App, Dyno, State
 
@@ -38,6 +39,7 @@ class NewDyno:
     detach: bool = True
     formation: bool = False  # the formation's: it may stop or replace it
     number: int | None = None  # its number when free (a restart keeps the name), else the lowest
+    attached: DynoEnds | None = None  # a one-off's terminal or pipes, relayed to its caller
 
 
 class DynoService:
@@ -58,9 +60,29 @@ class DynoService:
         self.supervisor = supervisor
         self.routes = routes
 
-    async def run(self, request: RunRequest, peer_uid: int, peer_gid: int) -> Dyno:
+    async def run_attached(
+        self, request: RunRequest, peer_uid: int, peer_gid: int
+    ) -> tuple[Dyno, DaemonEnds]:
+        """A one-off dyno run.N on a new pseudo-terminal (request.tty) or pipes: the dyno and
+        the daemon's ends of its standard streams, for the caller to relay."""
+        ours, theirs = stdio.terminal(request.rows, request.cols) if request.tty else stdio.pipes()
+        try:
+            dyno = await self.run(request, peer_uid, peer_gid, theirs)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        return dyno, ours
+
+    async def run(
+        self,
+        request: RunRequest,
+        peer_uid: int,
+        peer_gid: int,
+        attached: DynoEnds | None = None,
+    ) -> Dyno:
         app = names.check_app(request.app)
-        ptype = names.check_process_type(request.type)
+        ptype = names.ONE_OFF_TYPE if attached else names.check_process_type(request.type)
         command = request.command
         cwd = os.path.abspath(request.cwd)
         uid, gid = launch.dyno_user(request, peer_uid, peer_gid, self.config.dyno_user)
@@ -69,12 +91,14 @@ class DynoService:
         launch.check_can_enter(cwd, uid, gid)
         processes.check_command(command, cwd, (launch.defaults(uid) | env)["PATH"])
         return await self.create(
-            NewDyno(app, ptype, command, cwd, uid, gid, env, size, detach=request.detach)
+            NewDyno(
+                app, ptype, command, cwd, uid, gid, env, size, request.detach, attached=attached
+            )
         )
 
     async def create(self, new: NewDyno) -> Dyno:
         """Allocate and launch a dyno whose request was checked (run's, or the formation's)."""
-        app, ptype, cwd = new.app, new.type, new.cwd
+        app, ptype, cwd, attached = new.app, new.type, new.cwd, new.attached
         await self.sweep_draining()
         # From here to insert_dyno nothing awaits, so concurrent runs cannot pick the same
         # number or /30; an unknown app is created (in the Common Runtime) only once its first
@@ -90,7 +114,8 @@ class DynoService:
         if known is None:
             self.state.add_app(App(app, dir=cwd))
         dyno_id = self.state.next_dyno_id()
-        port = launch.choose_port() if ptype == names.WEB_TYPE else None
+        # one-offs get no PORT (nor a web element: the router never sends them requests)
+        port = launch.choose_port() if ptype == names.WEB_TYPE and not attached else None
         # the dyno's network, computed once here and handed down whole
         network = networks.allocated(
             self.names.netns(app, ptype, number),
@@ -129,6 +154,8 @@ class DynoService:
         )
         if known is None:
             self.routes.publish()  # the new app exists for the router (with no web dyno yet)
+        if attached is not None:
+            self.supervisor.stdio[dyno.id] = attached
         await self.supervisor.launch(dyno, network)
         return dyno
 

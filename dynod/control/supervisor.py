@@ -28,6 +28,7 @@ from dynod.kernel import processes
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.protocol import KernelSide
 from dynod.kernel.sandbox import Launch
+from dynod.kernel.stdio import DynoEnds
 from dynod.logs.book import LogBook
 from dynod.rules import names, sizes
 from dynod.state.store import Dyno, State
@@ -71,6 +72,8 @@ class Supervisor:
         # Kernel-side cost of recent setups and teardowns (network, firewall, state): what
         # bench/dyno_lifecycle.py compares with the bare pyroute2 floor.
         self.timings: dict[int, dict[str, float]] = {}
+        # An attached one-off's standard streams (the dyno's ends), handed to its one spawn.
+        self.stdio: dict[int, DynoEnds] = {}
 
     # ---------------------------------------------------------------- bookkeeping
     def _lock(self, dyno_id: int) -> asyncio.Lock:
@@ -112,6 +115,9 @@ class Supervisor:
         self.health.forget(dyno.id)
         self.memory.forget(dyno.id)
         self.networks.forget(dyno.id)
+        ends = self.stdio.pop(dyno.id, None)
+        if ends is not None:
+            ends.close()
 
     async def close(self) -> None:
         for handle in self._timers.values():
@@ -175,12 +181,18 @@ class Supervisor:
             size=sizes.SIZES[dyno.size] if dyno.size else None,
             ipv6=not with_dns,
         )
-        popen = await self.kernel.spawn(how, env, dyno.log_path)
+        ends = self.stdio.pop(dyno.id, None)
+        try:
+            popen = await self.kernel.spawn(how, env, dyno.log_path, ends)
+        finally:
+            if ends is not None:
+                ends.close()  # the dyno has its copies: the daemon's end sees EOF when it exits
         self.exits.child(dyno.id, popen)
         self.state.update_dyno(
             dyno, pid=popen.pid, pid_start=processes.start_time(popen.pid), started_at=time.time()
         )
-        self.outputs.open(dyno)
+        if ends is None:
+            self.outputs.open(dyno)  # an attached one-off's output goes to its client only
         self.exits.watch(dyno, self._on_exit)
         if dyno.type == names.WEB_TYPE:
             self.boot.add(dyno.id)

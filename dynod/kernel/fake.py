@@ -22,6 +22,7 @@ from dynod.kernel.facts import DynoNetwork, Running
 from dynod.kernel.machine import Net
 from dynod.kernel.protocol import KernelSide
 from dynod.kernel.sandbox import Launch
+from dynod.kernel.stdio import DynoEnds
 from netns import cgroup
 
 
@@ -89,7 +90,11 @@ class FakeKernel:
         self.web_elements.add(new)
 
     async def spawn(
-        self, how: Launch, env: Mapping[str, str], output_path: str
+        self,
+        how: Launch,
+        env: Mapping[str, str],
+        output_path: str,
+        stdio: DynoEnds | None = None,
     ) -> subprocess.Popen[bytes]:
         self._hand("spawn", how.network)
         if self.fail_spawn:
@@ -98,9 +103,9 @@ class FakeKernel:
             popen = subprocess.Popen(
                 ["/bin/sh", "-c", how.command],
                 env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
+                stdin=subprocess.DEVNULL if stdio is None else stdio.stdin,
+                stdout=out if stdio is None else stdio.stdout,
+                stderr=out if stdio is None else stdio.stderr,
                 start_new_session=True,
             )
         self.sessions[how.network.netns] = popen.pid

@@ -26,6 +26,7 @@ from dynod.kernel.facts import DynoNetwork, Running
 from dynod.kernel.inside import dyno_pids, signal_dyno
 from dynod.kernel.machine import Machine, Net
 from dynod.kernel.ruleset import foreign_drop_policies
+from dynod.kernel.stdio import DynoEnds
 from netns import addresses, cgroup, namespace
 from netns.nftables import NftError
 from netns.worker import KernelWorker
@@ -158,14 +159,23 @@ class Kernel:
 
     # ---------------------------------------------------------------- one dyno's processes
     async def spawn(
-        self, how: sandbox.Launch, env: Mapping[str, str], output_path: str
+        self,
+        how: sandbox.Launch,
+        env: Mapping[str, str],
+        output_path: str,
+        stdio: DynoEnds | None = None,
     ) -> subprocess.Popen[bytes]:
         """`ip netns exec NS setpriv ... /bin/sh -c COMMAND >>OUTPUT 2>&1 </dev/null`, with IPv6
-        on or off in the namespace (DNS discovery turns it off) and the network's resolv.conf."""
-        return await self.worker.run(self._spawn, how, env, output_path)
+        on or off in the namespace (DNS discovery turns it off) and the network's resolv.conf;
+        an attached one-off's fds 0-2 are `stdio`."""
+        return await self.worker.run(self._spawn, how, env, output_path, stdio)
 
     def _spawn(
-        self, how: sandbox.Launch, env: Mapping[str, str], output_path: str
+        self,
+        how: sandbox.Launch,
+        env: Mapping[str, str],
+        output_path: str,
+        stdio: DynoEnds | None = None,
     ) -> subprocess.Popen[bytes]:
         netns = how.network.netns
         network.set_ipv6(netns, how.ipv6)
@@ -180,7 +190,7 @@ class Kernel:
             tmpfs_size=size.tmpfs_bytes if size else None,
             cgroups=self.cgroups.make(netns, size, how.name) if size else [],
         )
-        return sandbox.spawn(spawn, env, output_path)
+        return sandbox.spawn(spawn, env, output_path, stdio)
 
     async def kill_inside(self, dyno: Running) -> None:
         """SIGKILL to every process of the dyno (see dyno_pids): its pid namespace's init first

@@ -16,6 +16,7 @@ from dynod.kernel import firewall
 from dynod.kernel.facts import DynoNetwork, Running
 from dynod.kernel.machine import Net
 from dynod.kernel.sandbox import Launch
+from dynod.kernel.stdio import DynoEnds
 from netns import cgroup
 
 
@@ -38,7 +39,11 @@ class KernelSide(Protocol):
     async def move_web(self, old: firewall.WebTarget, new: firewall.WebTarget) -> None: ...
 
     async def spawn(
-        self, how: Launch, env: Mapping[str, str], output_path: str
+        self,
+        how: Launch,
+        env: Mapping[str, str],
+        output_path: str,
+        stdio: DynoEnds | None = None,
     ) -> subprocess.Popen[bytes]: ...
 
     async def signal_inside(self, dyno: Running, sig: signal.Signals) -> int: ...

@@ -3,6 +3,7 @@ resolv.conf, its cgroups) and how it is started. Networking is not here (kernel/
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import subprocess
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from dynod.kernel import directory, processes
 from dynod.kernel.facts import DynoNetwork
+from dynod.kernel.stdio import DynoEnds
 from dynod.rules.sizes import Size
 from netns import exec as netns_exec
 from netns import record
@@ -44,6 +46,27 @@ exit "$status"
 """
 
 
+# An attached one-off dyno's first process: the same, but its stdin, stdout and stderr are the
+# user's (a terminal's slave or pipes the daemon relays), so the environment comes on another
+# fd ($2, passed down by number: dash's redirections take one digit, so it cannot be moved or
+# closed; it is emptied once read). The command runs in the foreground, so it keeps stdin and
+# the terminal's default signals (an `&` job of a non-interactive shell ignores SIGINT).
+ATTACHED_INIT = """
+. "/dev/fd/$2" || exit 126
+: > "/dev/fd/$2"
+cd -- "$1" || exit 126
+stopping=
+trap 'stopping=yes' TERM
+/bin/sh -c "$0"
+status=$?
+if [ -n "$stopping" ]; then
+    while set -- /proc/[0-9]*; [ "$#" -gt 1 ]; do sleep 0.01; done
+fi
+exit "$status"
+"""
+ENV_FD_FLOOR = 10  # above the fds the namespace scripts use (ISOLATE's 3)
+
+
 @dataclass(frozen=True)
 class Launch:
     """What the control side asks a dyno's process to be started with (but its environment):
@@ -73,27 +96,16 @@ class Spawn:
     cgroups: list[str]  # the group directories to enter first; []: none
 
 
-def spawn(how: Spawn, env: Mapping[str, str], output_path: str) -> subprocess.Popen[bytes]:
+def spawn(
+    how: Spawn, env: Mapping[str, str], output_path: str, stdio: DynoEnds | None = None
+) -> subprocess.Popen[bytes]:
     """`ip netns exec NS setpriv ... /bin/sh -c DYNO_INIT COMMAND CWD >>OUTPUT 2>&1`, the
-    environment on stdin (a memfd), in its own session, as the dyno's user."""
-    # Checked again at every start, on the very inodes handed down: the directory may have
-    # been swapped for a symlink since the last one.
-    dir_fd = directory.open_as(how.cwd, how.uid, how.gid)
-    try:
-        checked = os.fstat(dir_fd)
-    finally:
-        os.close(dir_fd)
-    argv = netns_exec.own_namespaces(
-        netns_exec.drop_privileges_argv(
-            how.uid, how.gid, ["/bin/sh", "-c", DYNO_INIT, how.command, how.cwd]
-        ),
-        keep=how.cwd,
-        keep_id=f"{checked.st_dev}:{checked.st_ino}",
-        resolv=how.resolv,
-        tmpfs_size=how.tmpfs_size,
-    )
-    if how.cgroups:
-        argv = netns_exec.in_cgroups(how.cgroups, argv)
+    environment on stdin (a memfd), in its own session, as the dyno's user. With `stdio` (an
+    attached one-off), its fds 0-2 are those, the environment comes on another fd, and on a
+    terminal `setsid --ctty` makes the terminal its controlling one in a session of its own."""
+    if stdio is not None:
+        return _spawn_attached(how, env, stdio)
+    argv = _argv(how, ["/bin/sh", "-c", DYNO_INIT, how.command, how.cwd])
     env_fd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
     out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
@@ -118,3 +130,58 @@ def spawn(how: Spawn, env: Mapping[str, str], output_path: str) -> subprocess.Po
     finally:
         os.close(env_fd)
         os.close(out_fd)
+
+
+def _checked_dir(how: Spawn) -> str:
+    """The dyno's directory's device:inode, checked again at every start, on the very inode
+    handed down: it may have been swapped for a symlink since the last one."""
+    dir_fd = directory.open_as(how.cwd, how.uid, how.gid)
+    try:
+        checked = os.fstat(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return f"{checked.st_dev}:{checked.st_ino}"
+
+
+def _argv(how: Spawn, inner: list[str]) -> list[str]:
+    argv = netns_exec.own_namespaces(
+        netns_exec.drop_privileges_argv(how.uid, how.gid, inner),
+        keep=how.cwd,
+        keep_id=_checked_dir(how),
+        resolv=how.resolv,
+        tmpfs_size=how.tmpfs_size,
+    )
+    return netns_exec.in_cgroups(how.cgroups, argv) if how.cgroups else argv
+
+
+def _spawn_attached(how: Spawn, env: Mapping[str, str], stdio: DynoEnds) -> subprocess.Popen[bytes]:
+    # Its streams are its own, as grantpt(3) gives a login its terminal: so it can reopen them
+    # (/dev/stdin, the path `tty` prints), which root's 0600 pipes and 0620 pty refuse.
+    for fd in {stdio.stdin, stdio.stdout, stdio.stderr}:
+        os.fchown(fd, how.uid, -1 if stdio.tty else how.gid)
+    memfd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
+    try:
+        env_fd = fcntl.fcntl(memfd, fcntl.F_DUPFD_CLOEXEC, ENV_FD_FLOOR)
+    finally:
+        os.close(memfd)
+    try:
+        os.write(env_fd, processes.env_script(env).encode())
+        inner = ["/bin/sh", "-c", ATTACHED_INIT, how.command, how.cwd, str(env_fd)]
+        if stdio.tty:
+            # setsid(2), then TIOCSCTTY on stdin: the slave is the terminal of the dyno's
+            # session, so Ctrl-C typed by the user reaches its foreground processes.
+            inner = ["setsid", "--ctty", *inner]
+        return netns_exec.popen_inside(
+            how.netns,
+            _argv(how, inner),
+            cwd="/",
+            env={"PATH": SAFE_PATH},
+            stdin=stdio.stdin,
+            stdout=stdio.stdout,
+            stderr=stdio.stderr,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(env_fd,),
+        )
+    finally:
+        os.close(env_fd)

@@ -30,6 +30,7 @@ INTERNAL_ROUTER_PORT = 80
 # Dynos of these types never take router traffic or run as long-lived processes.
 RELEASE_TYPE = "release"
 WEB_TYPE = "web"
+ONE_OFF_TYPE = "run"  # `dynod run` attached, as `heroku run`: run.1, run.2, ...
 
 
 def check_app(name: str) -> str:

@@ -57,3 +57,27 @@ def test_a_size_that_is_no_name_is_refused() -> None:
     with pytest.raises(DynodError) as err:
         RunRequest.parse("sushi", {"size": 2})
     assert "dyno type name" in err.value.problem
+
+
+def test_an_attach_body_is_a_one_off_never_detached() -> None:
+    body = {"command": "bash", "attach": True, "tty": True, "rows": 40, "cols": 120}
+    request = RunRequest.from_body("sushi", body)
+    assert (request.attach, request.tty, request.rows, request.cols) == (True, True, 40, 120)
+    assert request.detach is False
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"command": "bash", "tty": True}, "only for an attached"),
+        ({"command": "bash", "attach": True, "type": "web"}, "always of type run"),
+        ({"command": "bash", "attach": True, "rows": -1}, "'rows'"),
+        ({"command": "bash", "attach": True, "cols": 70000}, "'cols'"),
+        ({"command": "bash", "attach": True, "rows": True}, "'rows'"),
+        ({"command": "bash", "attach": "yes"}, "'attach'"),
+    ],
+)
+def test_a_bad_attach_body_is_refused(body: dict[str, object], words: str) -> None:
+    with pytest.raises(DynodError) as refused:
+        RunRequest.from_body("sushi", body)
+    assert words in refused.value.problem and refused.value.fix
