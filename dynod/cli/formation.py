@@ -73,7 +73,7 @@ def render(
     others = [d for d in dynos if not d.get("formation")]
     for ptype in sorted({d["type"] for d in others}):
         mine = [d for d in others if d["type"] == ptype]
-        kind = "one-off processes" if ptype == formation.ONE_OFF_TYPE else "outside the formation"
+        kind = "one-off processes" if ptype == names.ONE_OFF_TYPE else "outside the formation"
         lines.append(f"=== {app_prefix}{ptype}: {kind} ({len(mine)})")
         lines += [dyno_line(d, True) for d in mine]
         lines.append("")

@@ -16,7 +16,7 @@ from dynod.errors import DynodError
 from dynod.rules import names, sizes
 
 MAX_DYNOS_PER_APP = 100
-ONE_OFF_TYPE = "run"  # one-off dynos (`dynod run` without --type) are named run.N
+
 CHANGE = re.compile(r"^([A-Za-z0-9_-]+)(=|\+|-)([0-9]{1,9})(?::(.+))?$")
 
 
@@ -47,7 +47,7 @@ class Change:
 def check_type(ptype: str) -> str:
     """A process type a formation can hold: not `release`, not the one-off dynos' `run`."""
     names.check_process_type(ptype)
-    if ptype == ONE_OFF_TYPE:
+    if ptype == names.ONE_OFF_TYPE:
         raise DynodError(
             "run is the name of one-off dynos (`dynod run`), not a process type to scale",
             "rename the Procfile's `run:` line, e.g. to `runner:`",
