@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from dynod.kernel.addressing import COMMON_RUNTIME_RANGE
+from dynod.kernel.addressing import COMMON_RUNTIME_RANGE, SHARD_PORTS
 
 DEFAULT_SOCKET = "/run/dynod.sock"
 DEFAULT_STATE_DIR = "/var/lib/dynod"
@@ -37,6 +37,7 @@ class Config:
     metrics_interval: float = 20.0
     dns_timeout: float = 2.0  # an upstream that has not answered by then: SERVFAIL
     health_interval: float = 1.0  # seconds between checks that each dyno's network is whole
+    shard_ports: int = SHARD_PORTS  # dynos per bridge: a network is sharded over bridges
 
     @property
     def resolv_dir(self) -> str:

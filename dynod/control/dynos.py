@@ -66,7 +66,7 @@ class DynoService:
         network = networks.allocated(
             self.names.netns(app, ptype, number),
             self.names.veth(dyno_id),
-            net.bridge,
+            net,
             subnet,
             ptype,
             port,

@@ -22,6 +22,7 @@ from dynod.control.health import HealthWatch
 from dynod.control.memory import MemoryWatch
 from dynod.control.networks import Networks, group, running
 from dynod.control.output import Outputs
+from dynod.control.refusals import network_refused
 from dynod.dns.registry import Registry, dns_env
 from dynod.errors import DynodError
 from dynod.kernel import processes
@@ -135,9 +136,7 @@ class Supervisor:
                 await self._attach(dyno)
             except Exception as exc:
                 self.forget(dyno)
-                raise DynodError(
-                    f"could not set up the network of {dyno.name}: {exc}", status=500
-                ) from exc
+                raise network_refused(dyno.name, exc) from exc
             self._record_timing(dyno, "setup_ms", began)
             try:
                 self.registry.register(dyno)

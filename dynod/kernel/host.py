@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 
 from dynod.kernel import attachments, bridges, firewall, network, ruleset, sandbox, sweep
-from dynod.kernel.addressing import Pool
+from dynod.kernel.addressing import SHARD_PORTS, Pool
 from dynod.kernel.bridges import check_range_is_free
 from dynod.kernel.cgroups import DynoCgroups
 from dynod.kernel.facts import DynoNetwork, Running
@@ -36,11 +36,14 @@ SYS_NET = "/sys/class/net"  # the host's links, one directory each
 
 
 class Kernel:
-    def __init__(self, prefix: str, cidr: str, resolv_dir: str) -> None:
+    def __init__(
+        self, prefix: str, cidr: str, resolv_dir: str, shard_ports: int = SHARD_PORTS
+    ) -> None:
         names = network.Names(prefix)
+        self.shard_ports = shard_ports  # ports per bridge of a network (machine.Net)
         self.machine = Machine(
             names=names,
-            common=Net("", names.bridge, Pool(cidr)),
+            common=Net("", names.bridge, Pool(cidr), shard_ports=shard_ports),
             resolv_dir=resolv_dir,
             worker=KernelWorker(f"{prefix}-kernel"),
             cgroups=DynoCgroups(prefix),  # where sized dynos' groups go
@@ -82,7 +85,8 @@ class Kernel:
         which opens every space of the state first and then applies the firewall once) the
         firewall is left alone, and a failure removes nothing: the space's dynos may be
         running on that bridge."""
-        net = Net(key, self.names.space_bridge(space_id), Pool(cidr), nat_ip)
+        bridge = self.names.space_bridge(space_id)
+        net = Net(key, bridge, Pool(cidr), nat_ip, shard_ports=self.shard_ports)
         known = None if live is None else list(live)
         await self.worker.run(bridges.add_space, self.machine, net, known)
         return net

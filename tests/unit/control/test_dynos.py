@@ -21,6 +21,7 @@ from dynod.dns.registry import Registry
 from dynod.errors import DynodError, NotFound
 from dynod.kernel.addressing import Pool
 from dynod.kernel.fake import FakeKernel
+from dynod.kernel.machine import Net
 from dynod.kernel.network import Names
 from dynod.logs.book import LogBook
 from dynod.router.routes import RouteTable
@@ -39,7 +40,7 @@ class AllocatingKernel(FakeKernel):
 
     def net(self, key: str) -> Any:
         assert key == "", "only the Common Runtime here"
-        return SimpleNamespace(pool=self.pool, bridge=self.names.bridge)
+        return Net("", self.names.bridge, self.pool)
 
     async def existing_veths(self) -> set[str]:
         return set(self.links)
