@@ -11,7 +11,6 @@ state row.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import signal
@@ -23,9 +22,10 @@ from dynod.kernel.addressing import SHARD_PORTS, Pool
 from dynod.kernel.bridges import check_range_is_free
 from dynod.kernel.cgroups import DynoCgroups
 from dynod.kernel.facts import DynoNetwork, Running
-from dynod.kernel.inside import dyno_pids, signal_dyno
+from dynod.kernel.inside import dyno_pids, dyno_pids_in, signal_dyno_in
 from dynod.kernel.machine import Machine, Net
 from dynod.kernel.ruleset import foreign_drop_policies
+from dynod.kernel.scans import SharedScans
 from netns import addresses, cgroup, namespace
 from netns.nftables import NftError
 from netns.worker import KernelWorker
@@ -54,6 +54,7 @@ class Kernel:
         self.worker = self.machine.worker
         self.cgroups = self.machine.cgroups
         self.touched = False  # whether anything was made that shutdown must remove
+        self.scans = SharedScans()  # who runs in which namespace, one scan for many askers
 
     @property
     def pool(self) -> Pool:
@@ -189,18 +190,19 @@ class Kernel:
     async def kill_inside(self, dyno: Running) -> None:
         """SIGKILL to every process of the dyno (see dyno_pids): its pid namespace's init first
         among them, whose death makes the kernel kill the rest of that namespace."""
-        await self.worker.run(signal_dyno, dyno, signal.SIGKILL)
+        await self.signal_inside(dyno, signal.SIGKILL)
 
     async def signal_inside(self, dyno: Running, sig: signal.Signals) -> int:
-        """Send sig to every process of the dyno, found and signalled in one go (a PID found now
-        is signalled now, not after it could have been reused); how many."""
-        return await self.worker.run(signal_dyno, dyno, sig)
+        """Send sig to every process of the dyno, found in a /proc scan shared with whoever
+        asked at the same time (scans.py: many dynos stopping at once scan once), each checked
+        to be the dyno's still right before its signal; how many."""
+        table = await self.scans.fresh()
+        return await self.worker.run(signal_dyno_in, dyno, table, sig)
 
-    @staticmethod
-    async def pids_inside(dyno: Running) -> list[int]:
-        """The dyno's processes (dyno_pids): a /proc scan, off the event loop and off the kernel
-        thread."""
-        return await asyncio.to_thread(dyno_pids, dyno)
+    async def pids_inside(self, dyno: Running) -> list[int]:
+        """The dyno's processes (dyno_pids), from a shared /proc scan (scans.py) made off the
+        event loop and off the kernel thread."""
+        return dyno_pids_in(dyno, await self.scans.fresh())
 
     def cgroup_usage(self, group: str) -> cgroup.Usage | None:
         return self.cgroups.usage(group)
