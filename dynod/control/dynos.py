@@ -107,7 +107,7 @@ class DynoService:
         draining = self.state.draining()
         if not draining:
             return
-        present = await self.kernel.existing_veths()
+        present = await self.kernel.existing_veths(draining.values())
         self.state.drained([key for key, veth in draining.items() if veth not in present])
 
     # ---------------------------------------------------------------- stopping

@@ -221,8 +221,12 @@ class Kernel:
         opened while it was missing would live on in conntrack); how many."""
         return await self.worker.run(ruleset.restore, self.machine, list(live))
 
-    async def existing_veths(self) -> set[str]:
-        return await self.worker.run(lambda: network.existing_veths(self.worker.ipr, self.names))
+    @staticmethod
+    async def existing_veths(veths: Iterable[str]) -> set[str]:
+        """Which of these veths the kernel still has (`ip link show VETH`, as a stat of
+        /sys/class/net/VETH each): as cheap with 4,000 dynos as with one, unlike listing
+        every link of the host."""
+        return {v for v in veths if os.path.exists(os.path.join(SYS_NET, v))}
 
     async def remove_unknown(self, live: Iterable[DynoNetwork]) -> None:
         """Namespaces, veths and bridge addresses with our prefix that no live dyno owns."""

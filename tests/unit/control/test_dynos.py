@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -42,8 +42,8 @@ class AllocatingKernel(FakeKernel):
         assert key == "", "only the Common Runtime here"
         return Net("", self.names.bridge, self.pool)
 
-    async def existing_veths(self) -> set[str]:
-        return set(self.links)
+    async def existing_veths(self, veths: Iterable[str]) -> set[str]:
+        return set(self.links) & set(veths)
 
 
 @dataclass
