@@ -137,3 +137,20 @@ def test_common_runtime_dynos_on_different_shards_still_never_reach_each_other()
         address = sh("cat", f"{d.state_dir}/resolv/{d.prefix}0.conf").stdout.split()[-1]
         got = in_netns(second["netns"], CONNECT, address, "53", python=PYTHON)
         assert got == "True"
+
+
+def test_a_restart_with_another_shard_size_is_refused_while_dynos_run() -> None:
+    """Adopted dynos would be looked for on other bridges: the daemon says so and changes
+    nothing; with the size it had, it adopts them."""
+    with running_daemon(extra=["--shard-ports", "1"]) as d:
+        first, second = (d.run_app("kept", "web") for _ in range(2))
+        d.kill9()
+        d.extra = ["--shard-ports", "2"]
+        with pytest.raises(RuntimeError) as refused:
+            d.start(timeout=60)
+        assert "error: the state's 2 dynos are on bridges of 1 ports each" in str(refused.value)
+        assert "fix: start the daemon with --shard-ports 1" in str(refused.value)
+        assert bridge_of(second["netns"]) == f"{d.prefix}0-1"  # untouched
+        d.extra = ["--shard-ports", "1"]
+        d.start(timeout=60)
+        assert {x["pid"] for x in d.dynos("kept")} == {first["pid"], second["pid"]}
