@@ -203,7 +203,8 @@ class Supervisor:
         if dyno is not None:
             # The last output first: whoever waits for the exit has every line by then.
             self.outputs.drain(dyno, final=True)
-            self.memory.check_oom(dyno)  # an exit the kernel's OOM killer caused is an R15
+            # an exit the kernel's OOM killer caused is an R15
+            self.memory.check_oom(dyno, self.memory.usage(dyno))
             self.say(dyno, "Process exited" + ("" if status is None else f" with status {status}"))
             note = early_exit_note(dyno, status, time.time())
             if note is not None:
