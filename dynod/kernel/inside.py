@@ -49,9 +49,9 @@ def _child_pid_namespace(pid: int) -> int | None:
 
 
 def signal_dyno_in(dyno: Running, table: namespace.Table, sig: signal.Signals) -> int:
-    """signal_dyno() from a shared scan: each process is checked to be in the dyno's network
-    or pid namespace still, right before its signal (its PID may have been reused since the
-    scan); how many were signalled."""
+    """`kill -SIG` every process of the dyno (dyno_pids), found in a shared scan: each one is
+    checked to be in the dyno's network or pid namespace still, right before its signal (its
+    PID may have been reused since the scan); how many were signalled."""
     try:
         net = namespace.inode(dyno.netns)
     except FileNotFoundError:
@@ -75,13 +75,6 @@ def _still_in(pid: int, own: int | None, net: int | None, children: int | None) 
     if net is not None and namespace.inode_of(pid, "net") == net:
         return True
     return children is not None and namespace.inode_of(pid, "pid") == children
-
-
-def signal_dyno(dyno: Running, sig: signal.Signals) -> int:
-    """`kill -SIG` every process of the dyno, found and signalled in one go; how many."""
-    pids = dyno_pids(dyno)
-    processes.signal_all(pids, sig)
-    return len(pids)
 
 
 def kill_namespace(netns: str) -> None:
