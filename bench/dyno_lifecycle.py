@@ -383,8 +383,15 @@ def dynod_command() -> list[str]:
 class DaemonSide:
     """A `dynod daemon` of our own, and the API calls that start and stop dynos through it."""
 
-    def __init__(self, prefix: str, network: ipaddress.IPv4Network, workdir: str) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        network: ipaddress.IPv4Network,
+        workdir: str,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.prefix = prefix
+        self.extra = extra  # more `dynod daemon` options (bench/density.py's --shard-ports)
         self.network = network
         self.workdir = workdir
         self.socket = os.path.join(workdir, "api.sock")
@@ -394,6 +401,7 @@ class DaemonSide:
         self.log_path = os.path.join(workdir, "daemon.stderr")
         self.exit_status: int | None = None
         self.killed = False
+        self.kill_after = KILL_AFTER  # SIGTERM to SIGKILL when stopping the daemon
 
     def start(self) -> None:
         argv = [
@@ -414,6 +422,7 @@ class DaemonSide:
             "--grace",
             str(GRACE),
             "--quiet",
+            *self.extra,
         ]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         # Its own session: a Ctrl-C reaches the bench only, which then stops the daemon.
@@ -484,7 +493,7 @@ class DaemonSide:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
                 try:
-                    self.process.wait(KILL_AFTER)
+                    self.process.wait(self.kill_after)
                 except subprocess.TimeoutExpired:
                     self.killed = True
                     self.process.kill()

@@ -89,7 +89,7 @@ def _router(config: Config, kernel: Kernel, log: LogBook) -> AnyRouter:
 def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tuple[Daemon, Services]:
     """Every part, whole: the daemon, and the services the API calls. Nothing here touches the
     kernel yet (Daemon.start does)."""
-    kernel = Kernel(config.prefix, config.cidr, config.resolv_dir)
+    kernel = Kernel(config.prefix, config.cidr, config.resolv_dir, config.shard_ports)
     state = State(config.state_dir)
     log = LogBook(f"{config.state_dir}/dynod.log", echo=sys.stderr if config.echo_logs else None)
     resolvers = upstreams(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from dynod.kernel.addressing import COMMON_RUNTIME_RANGE
+from dynod.kernel.addressing import COMMON_RUNTIME_RANGE, SHARD_PORTS
 
 DEFAULT_SOCKET = "/run/dynod.sock"
 DEFAULT_STATE_DIR = "/var/lib/dynod"
@@ -42,6 +42,7 @@ class Config:
     # re-apply the firewall when someone else changes it; off only to break it by hand and
     # watch `dynod inspect` flag the difference
     firewall_guard: bool = True
+    shard_ports: int = SHARD_PORTS  # dynos per bridge: a network is sharded over bridges
 
     @property
     def resolv_dir(self) -> str:

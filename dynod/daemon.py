@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from dynod.claim import Claim
 from dynod.config import Config
+from dynod.control import shard_setting
 from dynod.control.dynos import DynoService
 from dynod.control.reconcile import reconcile
 from dynod.control.routing import RoutePublisher
@@ -60,6 +61,7 @@ class Daemon:
                 f"made {len(self.claim.made_private)} file(s) and directories under "
                 f"{self.config.state_dir} readable by root only (an older dynod left them open)",
             )
+        shard_setting.keep(self.config.state_dir, self.config.shard_ports, len(self.state.dynos()))
         for warning in await self.kernel.prepare_host():
             self.log.emit(None, "dynod", f"warning: {warning}")
         self.dns.listen(self.kernel.common.address, DNS_PORT)

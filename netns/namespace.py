@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from netns import _libc, record
 
@@ -178,6 +179,32 @@ def pids_in(kind: str, wanted: int) -> list[int]:
         except OSError:
             continue  # exited meanwhile, or a kernel thread
     return found
+
+
+@dataclass(frozen=True)
+class Table:
+    """Every process's network and pid namespace, from one /proc scan: what `lsns -t net` and
+    `lsns -t pid` would list, kept so that many questions share one scan."""
+
+    net: dict[int, list[int]]  # namespace inode -> its processes
+    pid: dict[int, list[int]]
+
+
+def scan() -> Table:
+    """`for p in /proc/[0-9]*; do stat -L -c %i $p/ns/net $p/ns/pid; done`, once."""
+    net: dict[int, list[int]] = {}
+    pid: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            net_inode = os.stat(f"/proc/{entry}/ns/net").st_ino
+            pid_inode = os.stat(f"/proc/{entry}/ns/pid").st_ino
+        except OSError:
+            continue  # exited meanwhile, or a kernel thread
+        net.setdefault(net_inode, []).append(int(entry))
+        pid.setdefault(pid_inode, []).append(int(entry))
+    return Table(net, pid)
 
 
 def pids_in_child_pid_namespace(pid: int) -> list[int]:

@@ -108,6 +108,13 @@ def nft_tables() -> set[str]:
     return {line.strip() for line in out.splitlines() if line.strip()}
 
 
+def bridge_of(netns: str) -> str:
+    """The bridge the host end of the namespace's eth0 is a port of (`ip link show` master)."""
+    inside = json.loads(sh("ip", "-n", netns, "-j", "link", "show", "eth0").stdout)[0]
+    host = json.loads(sh("ip", "-j", "link", "show").stdout)
+    return next(link["master"] for link in host if link["ifindex"] == inside["link_index"])
+
+
 def port_elements(table: str) -> set[tuple[str, str, str]]:
     """The (port, MAC, IP) elements of a daemon's bridge table: whom the firewall lets send."""
     result = sh("nft", "-j", "list", "set", "bridge", table, "ports", check=False)

@@ -19,6 +19,7 @@ from dynod.cli.command import build_command
 from dynod.cli.explain import explain_group, explain_option
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
 from dynod.errors import DynodError
+from dynod.kernel.addressing import BRIDGE_PORT_LIMIT
 from dynod.rules import names, procfile, sizes
 
 # Variables of the caller's environment a dyno inherits; everything else comes from --env.
@@ -121,6 +122,14 @@ def main(ctx: click.Context, socket: str) -> None:
     type=click.FloatRange(min=0.01),
     help="Seconds between samples of each dyno's memory (R14, R15 logs).",
 )
+@click.option(
+    "--shard-ports",
+    default=Config.shard_ports,
+    show_default=True,
+    type=click.IntRange(min=1, max=BRIDGE_PORT_LIMIT),
+    help="Dynos per bridge: a network (the Common Runtime, a space) is sharded over bridges "
+    "of this many ports (a bridge takes at most 1,023).",
+)
 @click.option("--no-restart", is_flag=True, help="Do not restart crashed dynos.")
 @click.option(
     "--no-firewall-guard",
@@ -144,6 +153,7 @@ def daemon(
     upstream: tuple[str, ...],
     health_interval: float,
     metrics_interval: float,
+    shard_ports: int,
     no_restart: bool,
     no_firewall_guard: bool,
     quiet: bool,
@@ -171,6 +181,7 @@ def daemon(
             health_interval=health_interval,
             metrics_interval=metrics_interval,
             firewall_guard=not no_firewall_guard,
+            shard_ports=shard_ports,
         )
         asyncio.run(serve(config))
     except ValueError as exc:

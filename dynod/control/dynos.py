@@ -120,7 +120,7 @@ class DynoService:
         network = networks.allocated(
             self.names.netns(app, ptype, number),
             self.names.veth(dyno_id),
-            net.bridge,
+            net,
             subnet,
             ptype,
             port,
@@ -164,7 +164,7 @@ class DynoService:
         draining = self.state.draining()
         if not draining:
             return
-        present = await self.kernel.existing_veths()
+        present = await self.kernel.existing_veths(draining.values())
         self.state.drained([key for key, veth in draining.items() if veth not in present])
 
     # ---------------------------------------------------------------- stopping

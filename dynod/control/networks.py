@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dynod.kernel.addressing import Subnet
 from dynod.kernel.facts import DynoNetwork, Running, describe
+from dynod.kernel.machine import Net
 from dynod.kernel.protocol import KernelSide
 from dynod.rules import names
 from dynod.state.store import Dyno, State
@@ -17,10 +18,10 @@ def web_port(ptype: str, port: int | None) -> int | None:
 
 
 def allocated(
-    netns: str, veth: str, bridge: str, subnet: Subnet, ptype: str, port: int | None
+    netns: str, veth: str, net: Net, subnet: Subnet, ptype: str, port: int | None
 ) -> DynoNetwork:
-    """A new dyno's facts, from its allocation (Pool.allocate's /30 and its names)."""
-    return describe(netns, veth, bridge, subnet, web_port(ptype, port))
+    """A new dyno's facts, from its allocation (Pool.allocate's /30 in net, and its names)."""
+    return describe(netns, veth, net, subnet, web_port(ptype, port))
 
 
 def running(dyno: Dyno) -> Running:
@@ -53,7 +54,7 @@ class Networks:
             known = describe(
                 dyno.netns,
                 dyno.veth,
-                net.bridge,
+                net,
                 net.pool.subnet(dyno.slot),
                 web_port(dyno.type, dyno.port),
             )

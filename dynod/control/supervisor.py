@@ -22,6 +22,7 @@ from dynod.control.health import HealthWatch
 from dynod.control.memory import MemoryWatch
 from dynod.control.networks import Networks, group, running
 from dynod.control.output import Outputs
+from dynod.control.refusals import network_refused
 from dynod.dns.registry import Registry, dns_env
 from dynod.errors import DynodError
 from dynod.kernel import processes
@@ -141,9 +142,7 @@ class Supervisor:
                 await self._attach(dyno)
             except Exception as exc:
                 self.forget(dyno)
-                raise DynodError(
-                    f"could not set up the network of {dyno.name}: {exc}", status=500
-                ) from exc
+                raise network_refused(dyno.name, exc) from exc
             self._record_timing(dyno, "setup_ms", began)
             try:
                 self.registry.register(dyno)
@@ -217,7 +216,8 @@ class Supervisor:
         if dyno is not None:
             # The last output first: whoever waits for the exit has every line by then.
             self.outputs.drain(dyno, final=True)
-            self.memory.check_oom(dyno)  # an exit the kernel's OOM killer caused is an R15
+            # an exit the kernel's OOM killer caused is an R15
+            self.memory.check_oom(dyno, self.memory.usage(dyno))
             self.say(dyno, "Process exited" + ("" if status is None else f" with status {status}"))
             note = early_exit_note(dyno, status, time.time())
             if note is not None:

@@ -142,32 +142,39 @@ class _Builder:
         )
 
     # ---------------------------------------------------------------- bridges
-    def bridge(self, want: WantedNet) -> model.Bridge:
-        link = self.look.link(want.bridge)
-        dynos = [d for d in self.wanted.on_networks if d.network.bridge == want.bridge]
+    def shards(self, want: WantedNet) -> list[str]:
+        """The network's bridges: its own (shard 0), and the shards its dynos are ports of."""
+        used = {d.network.port_bridge for d in self.wanted.on_networks}
+        return [want.bridge] + sorted(
+            b for b in used if b != want.bridge and b.startswith(f"{want.bridge}-")
+        )
+
+    def bridge(self, want: WantedNet, name: str) -> model.Bridge:
+        """One bridge of the network `want`: `name` is its own bridge or one of its shards,
+        which have no address of their own (their dynos reach the network's through routing)."""
+        link = self.look.link(name)
+        dynos = [d for d in self.wanted.on_networks if d.network.port_bridge == name]
         if link is None or link.kind != "bridge":
-            self.flag("missing", f"bridge {want.bridge}", f"`ip -d link show {want.bridge}`")
-            return model.Bridge(want.bridge, None, want.key, want.cidr, (), (), want.nat_ip)
+            self.flag("missing", f"bridge {name}", f"`ip -d link show {name}`")
+            return model.Bridge(name, None, want.key, want.cidr, (), (), want.nat_ip)
         have = self.look.addresses.get(link.index, [])
-        own = f"{want.address}/{want.prefixlen}"
-        wanted_addresses = [own] + [f"{d.network.gateway}/{d.network.prefixlen}" for d in dynos]
+        own = [f"{want.address}/{want.prefixlen}"] if name == want.bridge else []
+        wanted_addresses = own + [f"{d.network.gateway}/{d.network.prefixlen}" for d in dynos]
         for address in wanted_addresses:
             if address not in have:
                 self.flag(
                     "missing",
                     f"address {address}",
-                    f"on {want.bridge}; `ip -4 addr show dev {want.bridge}`",
+                    f"on {name}; `ip -4 addr show dev {name}`",
                 )
         for address in have:
             if address not in wanted_addresses:
-                self.flag(
-                    "stray", f"address {address}", f"on {want.bridge}, no dyno of the state's"
-                )
+                self.flag("stray", f"address {address}", f"on {name}, no dyno of the state's")
         ordered = [a for a in wanted_addresses if a in have] + [
             a for a in have if a not in wanted_addresses
         ]
         return model.Bridge(
-            name=want.bridge,
+            name=name,
             index=link.index,
             network=want.key,
             cidr=want.cidr,
@@ -251,16 +258,13 @@ class _Builder:
     # ---------------------------------------------------------------- strays
     def strays(self) -> None:
         known_veths = {d.network.veth for d in self.wanted.dynos}
-        known_bridges = {n.bridge for n in self.wanted.networks}
+        known_bridges = {b for n in self.wanted.networks for b in self.shards(n)}
         known_netns = {d.network.netns for d in self.wanted.dynos}
         for link in self.look.links:
             if self.names.veth_pattern.fullmatch(link.name) and link.name not in known_veths:
                 if link.master is None:  # a port's stray is flagged with its bridge
                     self.flag("stray", f"link {link.name}", "no dyno of the state owns it")
-            elif (
-                self.names.space_bridge_pattern.fullmatch(link.name)
-                or link.name == self.names.bridge
-            ) and link.name not in known_bridges:
+            elif self.names.bridge_pattern.fullmatch(link.name) and link.name not in known_bridges:
                 self.flag("stray", f"bridge {link.name}", "no network of the state's")
         for name in self.look.namespaces:
             if name not in known_netns:
@@ -269,7 +273,7 @@ class _Builder:
 
 def build(look: Look, wanted: Wanted) -> model.Topology:
     b = _Builder(look, wanted)
-    bridges = [b.bridge(n) for n in wanted.networks]
+    bridges = [b.bridge(n, name) for n in wanted.networks for name in b.shards(n)]
     dynos = [b.dyno(d) for d in wanted.dynos]
     sets = b.sets()
     if wanted.everything:

@@ -47,7 +47,7 @@ class InspectService:
                     m.worker.ipr,
                     nft,
                     prefix,
-                    [n.bridge for n in nets],
+                    {n.bridge for n in nets} | {d.network.port_bridge for d in dynos},
                     [d.network.netns for d in dynos],
                 )
             finally:

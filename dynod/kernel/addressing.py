@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from dynod.errors import DynodError
 
 COMMON_RUNTIME_RANGE = ipaddress.IPv4Network("172.16.0.0/12")
+# A bridge takes at most 1,023 ports (BR_MAX_PORTS is 1,024 and port number 0 is never used):
+# the 1,024th `ip link set ... master` fails with EXFULL. A network is sharded over bridges
+# of SHARD_PORTS ports each (machine.Net).
+BRIDGE_PORT_LIMIT = 1023
+SHARD_PORTS = 1000
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
-from dynod.kernel import firewall, network, ruleset
+from dynod.kernel import firewall, network, ruleset, shards
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.machine import Machine
 from netns import links
@@ -17,7 +17,7 @@ def _attachment(dyno: DynoNetwork) -> network.Attachment:
 
 
 def attach(m: Machine, dyno: DynoNetwork) -> None:
-    bridge = m.bridge_index(dyno.bridge)
+    bridge = _shard(m, dyno)
     # Firewall elements first: they are plain data, harmless before the port exists, and
     # a refusal then leaves nothing in the network to undo.
     m.nftables().run(firewall.add_dyno(m.layout, dyno.port, dyno.web))
@@ -31,11 +31,25 @@ def attach(m: Machine, dyno: DynoNetwork) -> None:
         raise
 
 
+def _shard(m: Machine, dyno: DynoNetwork) -> int:
+    """The dyno's bridge; a shard made for it gets its firewall elements, or goes again."""
+    index, made = shards.open_shard(m, dyno)
+    if made:
+        net = shards.network_of(m, dyno)
+        try:
+            ruleset.add_shard(m, net, net.shard_bridge(dyno.shard))
+        except BaseException:
+            shards.close_shard(m, net, dyno.shard)
+            raise
+    return index
+
+
 def detach(m: Machine, dyno: DynoNetwork) -> None:
     with contextlib.suppress(NftError):  # elements already gone: nothing to remove
         m.nftables().run(firewall.remove_dyno(m.layout, dyno.port, dyno.web))
     ruleset.expect(m, dyno, present=False)
-    index = m.bridge_index(dyno.bridge) if m.is_open(dyno.bridge) else None
+    net = m.network_of(dyno.bridge)
+    index = net.shard_index(dyno.shard) if net is not None else None
     network.detach(m.worker.ipr, index, _attachment(dyno))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import shlex
 import shutil
 
@@ -68,7 +69,8 @@ def remove_space(m: Machine, key: str, live: list[DynoNetwork]) -> None:
     except BaseException:
         m.spaces[key] = net  # nothing changed: the space is still whole
         raise
-    network.remove_bridge(m.worker.ipr, net.bridge)
+    for bridge, _ in reversed(net.open_shards()):
+        network.remove_bridge(m.worker.ipr, bridge)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(m.resolv_path(net.bridge))
         record.note("rm", m.resolv_path(net.bridge))
@@ -85,8 +87,10 @@ def remove_host_objects(m: Machine) -> None:
     ipr = m.worker.ipr
     for veth in network.existing_veths(ipr, m.names):
         links.delete(ipr, veth)
-    for bridge in network.existing_space_bridges(ipr, m.names) | {m.common.bridge}:
+    for bridge in network.existing_bridges(ipr, m.names) | {m.common.bridge}:
         network.remove_bridge(ipr, bridge)
+    for net in m.nets():
+        net.shards.clear()
     m.cgroups.release()
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(m.resolv_dir)
@@ -97,10 +101,16 @@ def check_range_is_free(
 ) -> None:
     """Refuse a range that a route of the host already covers (a LAN on 172.16/12 or 10/8 is
     common): dynos would shadow those hosts, or never be reached. A route through our own bridge
-    of that name (left by a previous run) does not count."""
-    ours = links.index_of(ipr, own_bridge) if own_bridge else None
+    of that name or one of its shards (`NAME-N`, left by a previous run) does not count."""
+    ours: set[int] = set()
+    if own_bridge:
+        shards = re.compile(rf"{re.escape(own_bridge)}(-[0-9]+)?")
+        for name in links.names_matching(ipr, shards):
+            index = links.index_of(ipr, name)
+            if index is not None:
+                ours.add(index)
     for routed, oif in addresses.ipv4_routes(ipr):
-        if routed.prefixlen == 0 or (ours and oif == ours) or not routed.overlaps(wanted):
+        if routed.prefixlen == 0 or oif in ours or not routed.overlaps(wanted):
             continue
         device = links.name_of(ipr, oif) if oif else "?"
         raise DynodError(

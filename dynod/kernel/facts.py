@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from dynod.kernel.addressing import Subnet
 from dynod.kernel.firewall import Port, WebTarget
+from dynod.kernel.machine import Net, shard_bridge
 
 
 @dataclass(frozen=True)
@@ -17,9 +18,15 @@ class DynoNetwork:
 
     netns: str  # its network namespace, /run/netns/NETNS
     veth: str  # the host end of its veth (the dyno end is eth0)
-    bridge: str  # the bridge its veth is a port of
+    bridge: str  # its network's bridge (shard 0), which names the network
+    shard: int  # which of the network's bridges its veth is a port of (machine.Net)
     subnet: Subnet  # its /30: address, gateway, prefix length, MACs
     web: WebTarget | None  # where the router may reach it; None: not a web dyno
+
+    @property
+    def port_bridge(self) -> str:
+        """The bridge its veth is a port of: its shard's."""
+        return shard_bridge(self.bridge, self.shard)
 
     @property
     def address(self) -> str:
@@ -47,11 +54,11 @@ def target(subnet: Subnet, web_port: int | None) -> WebTarget | None:
     return WebTarget(subnet.address, web_port) if web_port else None
 
 
-def describe(
-    netns: str, veth: str, bridge: str, subnet: Subnet, web_port: int | None
-) -> DynoNetwork:
-    """The facts of a dyno given its allocation: web_port is its PORT if it is a web dyno."""
-    return DynoNetwork(netns, veth, bridge, subnet, target(subnet, web_port))
+def describe(netns: str, veth: str, net: Net, subnet: Subnet, web_port: int | None) -> DynoNetwork:
+    """The facts of a dyno given its allocation in net: web_port is its PORT if it is a web
+    dyno. Its shard follows from its slot (Net.shard_of)."""
+    shard = net.shard_of(subnet.slot)
+    return DynoNetwork(netns, veth, net.bridge, shard, subnet, target(subnet, web_port))
 
 
 @dataclass(frozen=True)

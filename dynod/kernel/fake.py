@@ -43,6 +43,7 @@ class FakeKernel:
     groups_removed: list[str] = field(default_factory=list)
     sessions: dict[str, int] = field(default_factory=dict)  # netns -> its session's id
     fail_spawn: str = ""  # a reason to refuse the next spawns with
+    fail_attach: int = 0  # an errno to refuse the next attaches with, as netlink does
 
     def __post_init__(self) -> None:
         self.common = Net("", "fake0", Pool(self.cidr))
@@ -64,6 +65,8 @@ class FakeKernel:
 
     async def attach(self, dyno: DynoNetwork, live: Callable[[], Iterable[DynoNetwork]]) -> None:
         self._hand("attach", dyno)
+        if self.fail_attach:
+            raise OSError(self.fail_attach, os.strerror(self.fail_attach))
         self.namespaces.add(dyno.netns)
         self.links.add(dyno.veth)
         if dyno.web is not None:

@@ -60,16 +60,22 @@ class WebTarget:
 
 @dataclass(frozen=True)
 class Network:
-    """One bridge and its range: the Common Runtime's, or a Private Space's (with nat_ip)."""
+    """One network and its range: the Common Runtime's, or a Private Space's (with nat_ip),
+    on one bridge or sharded over several (machine.Net)."""
 
-    bridge: str
+    bridge: str  # shard 0, which holds the network's address
     cidr: str
     address: str  # the bridge's own address, where dynod's DNS (and router) listen
     nat_ip: str | None = None  # None: masquerade (Common Runtime)
+    shards: tuple[str, ...] = ()  # every bridge of the network, shard 0 first; () just bridge
 
     @property
     def is_space(self) -> bool:
         return self.nat_ip is not None
+
+    @property
+    def bridges(self) -> tuple[str, ...]:
+        return self.shards or (self.bridge,)
 
 
 @dataclass(frozen=True)
@@ -99,12 +105,27 @@ def _elements(items: list[str]) -> str:
     return "{ " + ", ".join(items) + " }"
 
 
-def _services(net: Network) -> list[str]:
-    """What dynos of a network may reach on the host: DNS, and in a space the internal router."""
+def _services(net: Network, bridges: Iterable[str] | None = None) -> list[str]:
+    """What dynos of a network may reach on the host: DNS, and in a space the internal router,
+    on the network's address, whichever of its bridges (shards) they come from (the host
+    routes a shard's traffic to that address as to any of its own)."""
     ports = [("udp", DNS_PORT), ("tcp", DNS_PORT)]
     if net.is_space:
         ports.append(("tcp", INTERNAL_ROUTER_PORT))
-    return [f'"{net.bridge}" . {net.address} . {proto} . {port}' for proto, port in ports]
+    return [
+        f'"{bridge}" . {net.address} . {proto} . {port}'
+        for bridge in (net.bridges if bridges is None else bridges)
+        for proto, port in ports
+    ]
+
+
+def _intra(net: Network, new: str | None = None) -> list[str]:
+    """In a space, every pair of its bridges (a shard to itself included): its dynos reach
+    each other across shards through the host's routing. With new, the pairs it adds."""
+    if not net.is_space:
+        return []
+    pairs = [(a, b) for a in net.bridges for b in net.bridges if new is None or new in (a, b)]
+    return [f'"{a}" . "{b}"' for a, b in pairs]
 
 
 def _set_body(kind: str, items: list[str], flags: str = "") -> str:
@@ -123,8 +144,8 @@ def ruleset(layout: Layout, ports: Iterable[Port] = (), web: Iterable[WebTarget]
     """
     t, glob, cr = layout.table, layout.port_glob, layout.common
     spaces = layout.spaces
-    bridges = _set_body("ifname", [f'"{n.bridge}"' for n in layout.networks])
-    intra = _set_body("ifname . ifname", [f'"{n.bridge}" . "{n.bridge}"' for n in spaces])
+    bridges = _set_body("ifname", [f'"{b}"' for n in layout.networks for b in n.bridges])
+    intra = _set_body("ifname . ifname", [pair for n in spaces for pair in _intra(n)])
     services = _set_body(
         "ifname . ipv4_addr . inet_proto . inet_service",
         [item for n in layout.networks for item in _services(n)],
@@ -257,6 +278,18 @@ def remove_dyno(layout: Layout, port: Port, web: WebTarget | None = None) -> str
     text = f"delete element bridge {layout.table} ports {{ {_port_element(port)} }}\n"
     if web is not None:
         text += f"delete element inet {layout.table} web {{ {_web_element(web)} }}\n"
+    return text
+
+
+def add_shard(layout: Layout, net: Network, bridge: str) -> str:
+    """A new shard of net (already in net.bridges): where its dynos come from and go to, the
+    host services they may use, and in a space its pairs with the other shards."""
+    t = layout.table
+    text = f'add element inet {t} bridges {{ "{bridge}" }}\n'
+    text += f"add element inet {t} services {_elements(_services(net, [bridge]))}\n"
+    pairs = _intra(net, bridge)
+    if pairs:
+        text += f"add element inet {t} intra {_elements(pairs)}\n"
     return text
 
 

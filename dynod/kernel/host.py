@@ -11,7 +11,6 @@ state row.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import signal
@@ -19,13 +18,14 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 
 from dynod.kernel import attachments, bridges, firewall, network, ruleset, sandbox, sweep
-from dynod.kernel.addressing import Pool
+from dynod.kernel.addressing import SHARD_PORTS, Pool
 from dynod.kernel.bridges import check_range_is_free
 from dynod.kernel.cgroups import DynoCgroups
 from dynod.kernel.facts import DynoNetwork, Running
-from dynod.kernel.inside import dyno_pids, signal_dyno
+from dynod.kernel.inside import dyno_pids, dyno_pids_in, signal_dyno_in
 from dynod.kernel.machine import Machine, Net
 from dynod.kernel.ruleset import foreign_drop_policies
+from dynod.kernel.scans import SharedScans
 from dynod.kernel.stdio import DynoEnds
 from netns import addresses, cgroup, namespace
 from netns.nftables import NftError
@@ -37,11 +37,14 @@ SYS_NET = "/sys/class/net"  # the host's links, one directory each
 
 
 class Kernel:
-    def __init__(self, prefix: str, cidr: str, resolv_dir: str) -> None:
+    def __init__(
+        self, prefix: str, cidr: str, resolv_dir: str, shard_ports: int = SHARD_PORTS
+    ) -> None:
         names = network.Names(prefix)
+        self.shard_ports = shard_ports  # ports per bridge of a network (machine.Net)
         self.machine = Machine(
             names=names,
-            common=Net("", names.bridge, Pool(cidr)),
+            common=Net("", names.bridge, Pool(cidr), shard_ports=shard_ports),
             resolv_dir=resolv_dir,
             worker=KernelWorker(f"{prefix}-kernel"),
             cgroups=DynoCgroups(prefix),  # where sized dynos' groups go
@@ -52,6 +55,7 @@ class Kernel:
         self.worker = self.machine.worker
         self.cgroups = self.machine.cgroups
         self.touched = False  # whether anything was made that shutdown must remove
+        self.scans = SharedScans()  # who runs in which namespace, one scan for many askers
 
     @property
     def pool(self) -> Pool:
@@ -83,7 +87,8 @@ class Kernel:
         which opens every space of the state first and then applies the firewall once) the
         firewall is left alone, and a failure removes nothing: the space's dynos may be
         running on that bridge."""
-        net = Net(key, self.names.space_bridge(space_id), Pool(cidr), nat_ip)
+        bridge = self.names.space_bridge(space_id)
+        net = Net(key, bridge, Pool(cidr), nat_ip, shard_ports=self.shard_ports)
         known = None if live is None else list(live)
         await self.worker.run(bridges.add_space, self.machine, net, known)
         return net
@@ -195,18 +200,19 @@ class Kernel:
     async def kill_inside(self, dyno: Running) -> None:
         """SIGKILL to every process of the dyno (see dyno_pids): its pid namespace's init first
         among them, whose death makes the kernel kill the rest of that namespace."""
-        await self.worker.run(signal_dyno, dyno, signal.SIGKILL)
+        await self.signal_inside(dyno, signal.SIGKILL)
 
     async def signal_inside(self, dyno: Running, sig: signal.Signals) -> int:
-        """Send sig to every process of the dyno, found and signalled in one go (a PID found now
-        is signalled now, not after it could have been reused); how many."""
-        return await self.worker.run(signal_dyno, dyno, sig)
+        """Send sig to every process of the dyno, found in a /proc scan shared with whoever
+        asked at the same time (scans.py: many dynos stopping at once scan once), each checked
+        to be the dyno's still right before its signal; how many."""
+        table = await self.scans.fresh()
+        return await self.worker.run(signal_dyno_in, dyno, table, sig)
 
-    @staticmethod
-    async def pids_inside(dyno: Running) -> list[int]:
-        """The dyno's processes (dyno_pids): a /proc scan, off the event loop and off the kernel
-        thread."""
-        return await asyncio.to_thread(dyno_pids, dyno)
+    async def pids_inside(self, dyno: Running) -> list[int]:
+        """The dyno's processes (dyno_pids), from a shared /proc scan (scans.py) made off the
+        event loop and off the kernel thread."""
+        return dyno_pids_in(dyno, await self.scans.fresh())
 
     def cgroup_usage(self, group: str) -> cgroup.Usage | None:
         return self.cgroups.usage(group)
@@ -225,8 +231,12 @@ class Kernel:
         opened while it was missing would live on in conntrack); how many."""
         return await self.worker.run(ruleset.restore, self.machine, list(live))
 
-    async def existing_veths(self) -> set[str]:
-        return await self.worker.run(lambda: network.existing_veths(self.worker.ipr, self.names))
+    @staticmethod
+    async def existing_veths(veths: Iterable[str]) -> set[str]:
+        """Which of these veths the kernel still has (`ip link show VETH`, as a stat of
+        /sys/class/net/VETH each): as cheap with 4,000 dynos as with one, unlike listing
+        every link of the host."""
+        return {v for v in veths if os.path.exists(os.path.join(SYS_NET, v))}
 
     async def remove_unknown(self, live: Iterable[DynoNetwork]) -> None:
         """Namespaces, veths and bridge addresses with our prefix that no live dyno owns."""

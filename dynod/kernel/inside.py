@@ -3,6 +3,8 @@ namespace its recorded process made. Plain /proc reads and kill(2): any thread."
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 
 from dynod.kernel import processes
@@ -25,11 +27,54 @@ def dyno_pids(dyno: Running) -> list[int]:
     return sorted(found)
 
 
-def signal_dyno(dyno: Running, sig: signal.Signals) -> int:
-    """`kill -SIG` every process of the dyno, found and signalled in one go; how many."""
-    pids = dyno_pids(dyno)
-    processes.signal_all(pids, sig)
-    return len(pids)
+def dyno_pids_in(dyno: Running, table: namespace.Table) -> list[int]:
+    """dyno_pids() answered from a scan of /proc that many questions share (scans.py): the
+    same processes, found by the namespaces the table lists them in."""
+    found: set[int] = set()
+    with contextlib.suppress(FileNotFoundError):
+        found.update(table.net.get(namespace.inode(dyno.netns), ()))
+    if dyno.pid is not None and processes.is_alive(dyno.pid, dyno.pid_start):
+        found.add(dyno.pid)
+        children = _child_pid_namespace(dyno.pid)
+        if children is not None:
+            found.update(table.pid.get(children, ()))
+    return sorted(found)
+
+
+def _child_pid_namespace(pid: int) -> int | None:
+    target = namespace.inode_of(pid, "pid_for_children")
+    if target is None or target == namespace.inode_of(os.getpid(), "pid"):
+        return None  # gone, or no pid namespace of its own
+    return target
+
+
+def signal_dyno_in(dyno: Running, table: namespace.Table, sig: signal.Signals) -> int:
+    """`kill -SIG` every process of the dyno (dyno_pids), found in a shared scan: each one is
+    checked to be in the dyno's network or pid namespace still, right before its signal (its
+    PID may have been reused since the scan); how many were signalled."""
+    try:
+        net = namespace.inode(dyno.netns)
+    except FileNotFoundError:
+        net = None
+    children = None
+    if dyno.pid is not None and processes.is_alive(dyno.pid, dyno.pid_start):
+        children = _child_pid_namespace(dyno.pid)
+    sent = 0
+    for pid in dyno_pids_in(dyno, table):
+        if not _still_in(pid, dyno.pid, net, children):
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+            sent += 1
+    return sent
+
+
+def _still_in(pid: int, own: int | None, net: int | None, children: int | None) -> bool:
+    if pid == own:
+        return True  # the recorded process, checked alive (by its start time) just now
+    if net is not None and namespace.inode_of(pid, "net") == net:
+        return True
+    return children is not None and namespace.inode_of(pid, "pid") == children
 
 
 def kill_namespace(netns: str) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from dynod.errors import DynodError
 from dynod.kernel import firewall, network
-from dynod.kernel.addressing import Pool
+from dynod.kernel.addressing import SHARD_PORTS, Pool
 from dynod.kernel.cgroups import DynoCgroups
 from netns.nftables import Nft, Snapshot
 from netns.worker import KernelWorker
@@ -17,21 +17,48 @@ from netns.worker import KernelWorker
 
 @dataclass
 class Net:
-    """One dyno network: the Common Runtime's (key "") or a Private Space's (key: its name)."""
+    """One dyno network: the Common Runtime's (key "") or a Private Space's (key: its name).
+
+    It is sharded over bridges: shard 0 is `bridge` (it holds the network's own address, where
+    DNS and the internal router listen), shard N is `bridge-N`. A dyno's shard follows from its
+    /30's slot: slots 1..shard_ports are shard 0's, and so on. Slots are handed out lowest
+    first, so a new shard is made only when the ones before it are full, and no shard ever has
+    more than shard_ports ports. Every dyno keeps its own routed /30, so which bridge it hangs
+    off changes nothing a dyno (or the control side) sees."""
 
     key: str
     bridge: str
     pool: Pool
     nat_ip: str | None = None  # a space's stable NAT address; None: masquerade
     index: int | None = None  # the bridge's ifindex, once it exists
+    shard_ports: int = SHARD_PORTS
+    shards: dict[int, int] = field(default_factory=dict)  # open shards past 0 -> ifindex
 
     @property
     def address(self) -> str:
         """The bridge's own address: where dynod's DNS (and a space's internal router) listen."""
         return self.pool.bridge.gateway
 
+    def shard_of(self, slot: int) -> int:
+        return max(slot - 1, 0) // self.shard_ports
+
+    def shard_bridge(self, shard: int) -> str:
+        return shard_bridge(self.bridge, shard)
+
+    def shard_index(self, shard: int) -> int | None:
+        """The ifindex of one of its shards, if open."""
+        return self.index if shard == 0 else self.shards.get(shard)
+
+    def open_shards(self) -> list[tuple[str, int]]:
+        """(bridge, ifindex) of every open shard, shard 0 first."""
+        found = [(self.bridge, self.index)] if self.index is not None else []
+        return found + [(self.shard_bridge(n), self.shards[n]) for n in sorted(self.shards)]
+
     def firewall(self) -> firewall.Network:
-        return firewall.Network(self.bridge, str(self.pool.network), self.address, self.nat_ip)
+        bridges = (self.bridge, *(self.shard_bridge(n) for n in sorted(self.shards)))
+        return firewall.Network(
+            self.bridge, str(self.pool.network), self.address, self.nat_ip, bridges
+        )
 
 
 @dataclass
@@ -63,14 +90,21 @@ class Machine:
         return [self.common, *self.spaces.values()]
 
     def bridge_index(self, bridge: str) -> int:
-        """The ifindex of one of our open bridges, by name."""
+        """The ifindex of one of our open networks' bridge (shard 0), by name."""
         for net in self.nets():
             if net.bridge == bridge and net.index is not None:
                 return net.index
         raise DynodError(f"the bridge {bridge} is not open", "restart the daemon", status=500)
 
+    def network_of(self, bridge: str) -> Net | None:
+        """The open network whose shard 0 is this bridge."""
+        for net in self.nets():
+            if net.bridge == bridge:
+                return net
+        return None
+
     def is_open(self, bridge: str) -> bool:
-        return any(net.bridge == bridge for net in self.nets())
+        return self.network_of(bridge) is not None
 
     def nftables(self) -> Nft:
         if self.nft is None:
@@ -79,3 +113,8 @@ class Machine:
 
     def resolv_path(self, bridge: str) -> str:
         return os.path.join(self.resolv_dir, f"{bridge}.conf")
+
+
+def shard_bridge(bridge: str, shard: int) -> str:
+    """The name of a network's bridge number `shard`: shard 0 is the network's own bridge."""
+    return bridge if shard == 0 else f"{bridge}-{shard}"

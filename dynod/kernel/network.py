@@ -22,10 +22,12 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
+from dynod.errors import DynodError
 from dynod.kernel.addressing import Pool, Subnet, mac_for
 from netns import addresses, links, namespace, sysctl
 
 PREFIX = re.compile(r"^[a-z][a-z0-9]{1,5}$")
+IFNAMSIZ = 15  # a link name's longest, without its NUL
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,9 @@ class Names:
         return f"{self.prefix}s{space_id}"
 
     @property
-    def space_bridge_pattern(self) -> re.Pattern[str]:
-        return re.compile(rf"{self.prefix}s[0-9]{{1,8}}")
+    def bridge_pattern(self) -> re.Pattern[str]:
+        """Every bridge of ours: the Common Runtime's, the spaces', and their shards (`-N`)."""
+        return re.compile(rf"{self.prefix}(0|s[0-9]{{1,8}})(-[0-9]{{1,7}})?")
 
     @property
     def port_glob(self) -> str:
@@ -84,12 +87,26 @@ class Attachment:
 
 
 def ensure_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
-    """The bridge with a fixed MAC (a bridge otherwise takes its lowest port's MAC, which changes
-    as dynos come and go and leaves dynos with a stale gateway MAC) and the range's first /30."""
-    index = links.ensure_bridge(ipr, name)
+    """A network's bridge (shard_bridge) with the range's first /30: the network's address."""
+    index = ensure_shard_bridge(ipr, name, pool)
     own = pool.bridge
-    links.set_address(ipr, index, mac_for(own.gateway, 0x5A))
     addresses.add(ipr, index, own.gateway, own.prefixlen)
+    return index
+
+
+def ensure_shard_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
+    """A bridge of the network with a fixed MAC (a bridge otherwise takes its lowest port's
+    MAC, which changes as dynos come and go and leaves dynos with a stale gateway MAC). A shard
+    past the first gets no address of its own: its dynos reach the network's address (DNS)
+    through their gateway, routed by the host."""
+    if len(name) > IFNAMSIZ:
+        raise DynodError(
+            f"the bridge name {name} is longer than the kernel's {IFNAMSIZ} characters",
+            "use a shorter --prefix, or a larger --shard-ports so fewer shards are needed",
+            status=503,
+        )
+    index = links.ensure_bridge(ipr, name)
+    links.set_address(ipr, index, mac_for(pool.bridge.gateway, 0x5A))
     # Dynos get no IPv6 from the bridge; it needs no link-local address either.
     sysctl.write(f"net.ipv6.conf.{name}.disable_ipv6", 1)
     # ARP is answered only for an address of the asker's own subnet (its gateway): a dyno
@@ -175,8 +192,8 @@ def remove_bridge(ipr: IPRoute, name: str) -> None:
     links.delete(ipr, name)
 
 
-def existing_space_bridges(ipr: IPRoute, names: Names) -> set[str]:
-    return set(links.names_matching(ipr, names.space_bridge_pattern))
+def existing_bridges(ipr: IPRoute, names: Names) -> set[str]:
+    return set(links.names_matching(ipr, names.bridge_pattern))
 
 
 def existing_veths(ipr: IPRoute, names: Names) -> set[str]:

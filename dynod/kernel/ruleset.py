@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 
-from dynod.kernel import firewall, network
+from dynod.kernel import firewall, network, shards
 from dynod.kernel.facts import DynoNetwork
-from dynod.kernel.machine import Machine
+from dynod.kernel.machine import Machine, Net
 from netns import addresses, conntrack
 from netns.nftables import Nft, element_key, snapshot
 
@@ -16,6 +16,8 @@ def apply(m: Machine, live: list[DynoNetwork]) -> None:
     """`nft -f RULESET`: every table, chain, rule and element, replacing what is there."""
     # At start-up spaces are opened one by one: a dyno of one not opened yet waits for it.
     live = [n for n in live if m.is_open(n.bridge)]
+    for dyno in live:  # every shard a dyno is on is in the ruleset written below
+        shards.open_shard(m, dyno)
     web = [n.web for n in live if n.web is not None]
     m.nftables().run(firewall.ruleset(m.layout, [n.port for n in live], web))
     m.expected = snapshot(m.nftables(), tables(m))
@@ -24,6 +26,15 @@ def apply(m: Machine, live: list[DynoNetwork]) -> None:
     for dyno in live:
         with contextlib.suppress(FileNotFoundError):  # its veth is gone: reconcile's job
             network.close_port_to_host(dyno.veth)
+
+
+def add_shard(m: Machine, net: Net, bridge: str) -> None:
+    """A new shard's elements in our sets, in one transaction. The guard's record is taken
+    again when the tables were intact (else the guard restores them whole, this shard too)."""
+    was_intact = intact(m)
+    m.nftables().run(firewall.add_shard(m.layout, net.firewall(), bridge))
+    if was_intact:
+        m.expected = snapshot(m.nftables(), tables(m))
 
 
 def tables(m: Machine) -> list[tuple[str, str]]:

@@ -3,7 +3,7 @@ lost comes back."""
 
 from __future__ import annotations
 
-from dynod.kernel import network, tracing
+from dynod.kernel import network, shards, tracing
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.inside import kill_namespace
 from dynod.kernel.machine import Machine
@@ -23,19 +23,24 @@ def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
     for veth in network.existing_veths(ipr, m.names):
         if veth not in known_veths:
             links.delete(ipr, veth)
-    known_bridges = {n.bridge for n in m.spaces.values()}
-    for bridge in network.existing_space_bridges(ipr, m.names) - known_bridges:
+    live = [d for d in live if m.is_open(d.bridge)]
+    for dyno in live:  # the shards kept dynos are on (a restarted daemon opens them here)
+        shards.open_shard(m, dyno)
+    known_bridges = {bridge for net in m.nets() for bridge, _ in net.open_shards()}
+    for bridge in network.existing_bridges(ipr, m.names) - known_bridges:
         network.remove_bridge(ipr, bridge)
     for net in m.nets():
-        index = m.bridge_index(net.bridge)
         wanted = {net.address} | {d.gateway for d in live if d.bridge == net.bridge}
-        for iface in addresses.ipv4_on(ipr, index):
-            if iface.ip in net.pool.network and str(iface.ip) not in wanted:
-                addresses.delete(ipr, index, str(iface.ip), iface.network.prefixlen)
+        for _, index in net.open_shards():
+            for iface in addresses.ipv4_on(ipr, index):
+                if iface.ip in net.pool.network and str(iface.ip) not in wanted:
+                    addresses.delete(ipr, index, str(iface.ip), iface.network.prefixlen)
 
 
 def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
     """`ip addr replace GATEWAY/30 dev BRIDGE` for every kept dyno (someone may have removed
     it)."""
     for dyno in live:
-        addresses.add(m.worker.ipr, m.bridge_index(dyno.bridge), dyno.gateway, dyno.prefixlen)
+        if m.is_open(dyno.bridge):
+            index, _ = shards.open_shard(m, dyno)
+            addresses.add(m.worker.ipr, index, dyno.gateway, dyno.prefixlen)

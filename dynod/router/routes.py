@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -60,12 +60,15 @@ class AppRoute:
     internal_routing: bool = False
 
 
-def _backends(app: str, dynos: Iterable[Dyno]) -> tuple[Backend, ...]:
-    return tuple(
-        Backend(d.name, d.ip, d.port)
-        for d in dynos
-        if d.app == app and d.type == names.WEB_TYPE and d.state == "up" and d.port
-    )
+def backend(dyno: Dyno) -> Backend | None:
+    """The dyno as the router reaches it: a web dyno that is up with a port; else None."""
+    if dyno.type == names.WEB_TYPE and dyno.state == "up" and dyno.port:
+        return Backend(dyno.name, dyno.ip, dyno.port)
+    return None
+
+
+def _number(b: Backend) -> int:
+    return int(b.dyno.rsplit(".", 1)[1])
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,15 @@ class RouteTable:
     ) -> RouteTable:
         """The table for these apps and dynos. space_cidrs maps each space to its CIDR,
         trusted each space to its trusted IP ranges (a space missing there trusts nobody)."""
-        dynos = list(dynos)
+        serving: dict[str, list[Backend]] = {}
+        for dyno in dynos:  # one pass, however many apps
+            found = backend(dyno)
+            if found is not None:
+                serving.setdefault(dyno.app, []).append(found)
         routes = {
-            app.name: AppRoute(_backends(app.name, dynos), app.space or None, app.internal_routing)
+            app.name: AppRoute(
+                tuple(serving.get(app.name, ())), app.space or None, app.internal_routing
+            )
             for app in apps
         }
         ranges = {
@@ -129,6 +138,19 @@ class RouteTable:
             for name, (network, trusted) in data["spaces"].items()
         }
         return cls(MappingProxyType(apps), MappingProxyType(ranges))
+
+    def with_dyno(self, app: str, name: str, serving: Backend | None) -> RouteTable:
+        """The same table with one web dyno of an app that it has (dyno NAME) in its
+        backends (serving) or out of them (None), in number order: what one dyno's change
+        makes, without the whole table built again."""
+        route = self.apps[app]
+        others = [b for b in route.backends if b.dyno != name]
+        if serving is not None:
+            others.append(serving)
+            others.sort(key=_number)
+        routes = dict(self.apps)
+        routes[app] = replace(route, backends=tuple(others))
+        return RouteTable(MappingProxyType(routes), self.spaces)
 
     def resolve(self, app: str, client: str) -> tuple[Backend, ...] | None:
         """The web dynos that serve `app` to `client`; None when the app does not exist for

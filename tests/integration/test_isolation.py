@@ -25,7 +25,7 @@ import pytest
 from dynod.kernel import firewall
 from dynod.kernel.addressing import Pool
 from netns.conntrack import Flow
-from tests.support import PYTHON, gateway_of, port_elements, running_daemon, sh
+from tests.support import PYTHON, bridge_of, gateway_of, port_elements, running_daemon, sh
 
 pytestmark = pytest.mark.root
 
@@ -520,14 +520,18 @@ def router_reaches(d: Any, app: str) -> bool:
         return False
 
 
-def test_probe_matrix_every_pair_host_and_router_match_the_policy() -> None:
+@pytest.mark.parametrize("shard_ports", [None, 1], ids=["one-bridge", "bridge-per-dyno"])
+def test_probe_matrix_every_pair_host_and_router_match_the_policy(shard_ports: int | None) -> None:
     """One daemon: 2 Common Runtime dynos, a space with 2 apps, another with 1. Every ordered
     pair of dynos x TCP/UDP/ICMP, the host to each dyno, each dyno to the host (a service it is
     not offered, and its bridge's DNS), and the router to each web dyno; the verdict expected of
-    each probe comes from the policy (firewall.allows), not from a table in this test."""
+    each probe comes from the policy (firewall.allows), not from a table in this test. Run
+    twice: every network on one bridge, and with `--shard-ports 1`, every dyno on a bridge
+    (shard) of its own, so each pair of a network is on two different bridges."""
     services = HostServices()
+    extra = ["--shard-ports", str(shard_ports)] if shard_ports else []
     try:
-        with running_daemon() as d:
+        with running_daemon(extra=extra) as d:
             (d.app_dir / "responder.py").write_text(RESPONDER)
             (d.app_dir / "responder.py").chmod(0o644)
             spaces = []
@@ -551,6 +555,13 @@ def test_probe_matrix_every_pair_host_and_router_match_the_policy() -> None:
                 # the router sends requests only to dynos that are up (seen bound to PORT)
                 d.wait_for(lambda x=dyno: d.dyno(x["app"], x["name"])["state"] == "up", "dyno up")
             info = {s["name"]: s for s in d.client.call("GET", "/v1/spaces")}
+            on = [bridge_of(x["netns"]) for x in dynos]
+            if shard_ports:  # every dyno on a bridge of its own, the second of a network on -1
+                base = [f"{d.prefix}0"] * 2 + [info[spaces[0]]["bridge"]] * 2
+                base.append(info[spaces[1]]["bridge"])
+                assert on == [b + ("-1" if n in (1, 3) else "") for n, b in enumerate(base)]
+            else:
+                assert len(set(on)) == 3
             common = firewall.Network(f"{d.prefix}0", d.cidr, Pool(d.cidr).bridge.gateway)
             nets = {
                 name: firewall.Network(s["bridge"], s["cidr"], s["dns"], s["nat_ip"])

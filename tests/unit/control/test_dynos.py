@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -21,6 +21,7 @@ from dynod.dns.registry import Registry
 from dynod.errors import DynodError, NotFound
 from dynod.kernel.addressing import Pool
 from dynod.kernel.fake import FakeKernel
+from dynod.kernel.machine import Net
 from dynod.kernel.network import Names
 from dynod.logs.book import LogBook
 from dynod.router.routes import RouteTable
@@ -39,10 +40,10 @@ class AllocatingKernel(FakeKernel):
 
     def net(self, key: str) -> Any:
         assert key == "", "only the Common Runtime here"
-        return SimpleNamespace(pool=self.pool, bridge=self.names.bridge)
+        return Net("", self.names.bridge, self.pool)
 
-    async def existing_veths(self) -> set[str]:
-        return set(self.links)
+    async def existing_veths(self, veths: Iterable[str]) -> set[str]:
+        return set(self.links) & set(veths)
 
 
 @dataclass

@@ -62,7 +62,9 @@ def test_an_adopted_dyno_s_facts_come_from_its_row_once(world: World) -> None:
     networks = world.supervisor.networks
     facts = networks.of(dyno)
     subnet = world.kernel.net("").pool.subnet(dyno.slot)
-    assert facts == allocated(dyno.netns, dyno.veth, "fake0", subnet, dyno.type, dyno.port)
+    assert facts == allocated(
+        dyno.netns, dyno.veth, world.kernel.net(""), subnet, dyno.type, dyno.port
+    )
     assert facts.address == dyno.ip  # the row's address is the allocation's
     assert networks.of(dyno) is facts  # kept: not computed again
     assert networks.live() == [facts]

@@ -6,6 +6,7 @@ only the network is sets of names."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,6 +18,7 @@ from dynod.config import Config
 from dynod.control import networks
 from dynod.control.supervisor import RESTART_CAP, Supervisor, restart_delay
 from dynod.dns.registry import Registry
+from dynod.errors import DynodError
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.fake import FakeKernel
 from dynod.logs.book import LogBook
@@ -68,8 +70,8 @@ class World:
     def allocated(self, dyno: Dyno) -> DynoNetwork:
         """The facts the daemon computes when it allocates the dyno's /30."""
         subnet = self.kernel.net(dyno.space).pool.subnet(dyno.slot)
-        bridge = self.kernel.net(dyno.space).bridge
-        return networks.allocated(dyno.netns, dyno.veth, bridge, subnet, dyno.type, dyno.port)
+        net = self.kernel.net(dyno.space)
+        return networks.allocated(dyno.netns, dyno.veth, net, subnet, dyno.type, dyno.port)
 
     async def launch(self, dyno: Dyno) -> None:
         await self.supervisor.launch(dyno, self.allocated(dyno))
@@ -247,6 +249,24 @@ def test_a_failed_spawn_undoes_the_network_and_forgets_the_dyno(world: World) ->
         assert world.kernel.operations(dyno.netns) == ["attach", "spawn", "detach"]
         assert world.row(dyno) is None
         assert dyno.netns not in world.kernel.namespaces
+
+    run(world, test)
+
+
+def test_a_refused_network_says_why_and_what_to_do_and_forgets_the_dyno(world: World) -> None:
+    """A full bridge (EXFULL, what the 1,024th port of a bridge gets) or any other refusal of
+    the kernel comes back at once as an error with a fix, and leaves nothing stored."""
+
+    async def test() -> None:
+        for code, words in ((errno.EXFULL, "--shard-ports"), (errno.EPERM, "dmesg")):
+            world.kernel.fail_attach = code
+            dyno = world.dyno("true")
+            with pytest.raises(DynodError) as refused:
+                await world.launch(dyno)
+            assert refused.value.problem.startswith("could not set up the network of worker")
+            assert words in refused.value.fix
+            assert world.row(dyno) is None
+            assert world.kernel.operations(dyno.netns) == ["attach"]
 
     run(world, test)
 

@@ -11,12 +11,13 @@ from dynod.inspect.look import Look
 from dynod.kernel import firewall
 from dynod.kernel.addressing import Pool
 from dynod.kernel.facts import describe
+from dynod.kernel.machine import Net
 from netns.nftables import element_key
 from netns.topology import FdbEntry, Link, Namespace, PortFlags, Route
 
 POOL = Pool("172.16.0.0/24")
 SUBNET = POOL.subnet(1)
-NET = describe("dynod-sushi.web.1", "dynod-1", "dynod0", SUBNET, 41234)
+NET = describe("dynod-sushi.web.1", "dynod-1", Net("", "dynod0", POOL), SUBNET, 41234)
 GOOD = PortFlags(isolated=True, learning=False, flood=False)
 
 

@@ -143,3 +143,34 @@ def test_firewall_text_keeps_per_dyno_facts_in_sets() -> None:
     )
     assert "delete element bridge dynod ports" in firewall.remove_dyno(layout, ports[0])
     assert firewall.remove(layout).count("delete table") == 2
+
+
+def test_a_sharded_network_is_one_network_over_its_bridges() -> None:
+    """Every shard is a bridge of ours; a space's shards reach each other (every pair), the
+    Common Runtime's never; DNS (and a space's router) on the network's one address is
+    offered from every shard; a new shard's elements come in one transaction."""
+    common = firewall.Network("dynod0", "172.16.0.0/12", "172.16.0.1", None, ("dynod0", "dynod0-1"))
+    space = firewall.Network(
+        "dynods1", "10.1.0.0/16", "10.1.0.1", "192.0.2.1", ("dynods1", "dynods1-1", "dynods1-2")
+    )
+    layout = firewall.Layout(table="dynod", port_glob="dynod-*", common=common, spaces=(space,))
+    text = firewall.ruleset(layout)
+    for bridge in ("dynod0", "dynod0-1", "dynods1", "dynods1-1", "dynods1-2"):
+        assert f'"{bridge}" . ' in text.split("set services")[1].split("}")[0]
+    for a in space.bridges:
+        for b in space.bridges:
+            assert f'"{a}" . "{b}"' in text
+    assert '"dynod0" . "dynod0-1"' not in text and '"dynod0" . "dynod0"' not in text
+    assert '"dynods1-2" . 10.1.0.1 . tcp . 80' in text
+    assert '"dynod0-1" . 172.16.0.1 . udp . 53' in text
+    added = firewall.add_shard(layout, space, "dynods1-2")
+    assert added.count("\n") == 3 and 'bridges { "dynods1-2" }' in added
+    assert '"dynods1-2" . "dynods1"' in added and '"dynods1" . "dynods1-2"' in added
+    assert '"dynods1" . "dynods1-1"' not in added  # pairs the older shards have already
+    assert "intra" not in firewall.add_shard(layout, common, "dynod0-1")
+    # a flow between two dynos of the space on different shards is judged by address only
+    local = {"10.1.0.1"}
+    across = Flow(TCP, "10.1.0.6", "10.1.4.2", 40000, 8080, None)
+    assert firewall.allows(layout, set(), local, across, marked=False)
+    dns = Flow(UDP, "10.1.4.2", "10.1.0.1", 40000, 53, None)
+    assert firewall.allows(layout, set(), local, dns, marked=False)

@@ -12,7 +12,7 @@ from dynod.kernel.host import Kernel, dyno_pids
 
 def facts(veth: str) -> DynoNetwork:
     return DynoNetwork(
-        "tstunit-no-such-namespace", veth, "dynod0", Pool("172.16.0.0/12").subnet(1), None
+        "tstunit-no-such-namespace", veth, "dynod0", 0, Pool("172.16.0.0/12").subnet(1), None
     )
 
 

@@ -18,3 +18,11 @@ def test_kernel_names_fit_and_are_prefixed() -> None:
     for bad in ("Dynod", "d", "toolongx", "1ab", "a-b"):
         with pytest.raises(ValueError):
             Names(bad)
+
+
+def test_every_bridge_of_ours_matches_and_nothing_else() -> None:
+    pattern = Names("dynod").bridge_pattern
+    for ours in ("dynod0", "dynod0-1", "dynods3", "dynods3-12"):
+        assert pattern.fullmatch(ours)
+    for other in ("dynod-1a", "dynodx0", "dynod1", "dynods-1", "docker0", "dynod0-"):
+        assert not pattern.fullmatch(other)

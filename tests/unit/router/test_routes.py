@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from dynod.router.routes import Backend, Refused, RouteTable
+from dynod.router.routes import Backend, Refused, RouteTable, backend
 from dynod.router.server import Router
 from dynod.state.store import App, Dyno
 
@@ -136,3 +136,25 @@ def test_router_update_replaces_the_table() -> None:
     before, after = asyncio.run(asyncio.wait_for(main(), 10))
     assert before == b"HTTP/1.1 404 Not Found"
     assert after == b"HTTP/1.1 503 Service Unavailable"  # H14: the app exists, no web dynos
+
+
+def test_one_dyno_s_change_gives_the_table_a_whole_build_would() -> None:
+    """with_dyno (what one web dyno's start or stop pushes) moves only that dyno, in number
+    order, and leaves every other app and the spaces as they were."""
+    apps = [App("sushi"), App("ramen")]
+    dynos = [dyno("sushi", "web", n) for n in (1, 3)] + [dyno("ramen", "web", 1)]
+    before = RouteTable.build(apps, dynos, {}, {})
+    web2 = dyno("sushi", "web", 2)
+    added = before.with_dyno("sushi", "web.2", backend(web2))
+    # the state lists dynos by type and number, as the whole build gets them
+    assert added == RouteTable.build(apps, [dynos[0], web2, *dynos[1:]], {}, {})
+    assert [b.dyno for b in added.apps["sushi"].backends] == ["web.1", "web.2", "web.3"]
+    removed = added.with_dyno("sushi", "web.1", None)
+    assert removed == RouteTable.build(apps, [web2, *dynos[1:]], {}, {})
+    assert removed.apps["ramen"] is before.apps["ramen"]
+    assert (
+        before.apps["sushi"].backends
+        == RouteTable.build(apps, dynos, {}, {}).apps["sushi"].backends
+    )  # the old table is untouched
+    assert backend(dyno("sushi", "web", 4, state="starting")) is None
+    assert backend(dyno("sushi", "worker", 1)) is None

@@ -1,0 +1,324 @@
+"""Many dynos on one host: what the 1st, the 1,000th and the 4,000th dyno cost, and what the
+daemon and the kernel hold with them all running.
+
+    sudo .venv/bin/python bench/density.py [-n 4000] [--shard-ports 1000] [--budget 1800] [--json]
+
+A temporary `dynod daemon` (its own state dir, socket, prefix, ranges, bridges and nftables
+tables) gets a Private Space (a free 10.X.0.0/16) with one app, and N `worker` dynos running
+`sleep 3600` are started in it one after another through the API: so the DNS registry holds N
+names and the space is sharded over N / --shard-ports bridges. Reported:
+
+* setup at dyno #1, #1,000 and #N: the daemon's own kernel part (`setup_ms`) and the whole
+  API call, each as the median of the 20 dynos up to that one (single calls are noisy on a
+  shared machine); target: #N's kernel part at most 1.5x #1's;
+* the daemon's RSS, before the first dyno and with all N;
+* kernel memory per dyno: /proc/meminfo's Slab + KernelStack + PageTables + Percpu with all N
+  running, less before, divided by N (and MemAvailable's drop per dyno, which includes the
+  dynos' own processes);
+* `dynod ps` (the CLI, a new process, as a user types it) and GET /v1/dynos, the median of 3;
+* one DNS answer with an N-name registry: `1.worker.APP.app.localspace` asked from inside the
+  last dyno's namespace, UDP, the median of 200 queries one after another;
+* how long stopping every dyno takes (`dynod stop --app APP`, one API call);
+* that nothing with the bench's prefix is left afterwards (namespaces, links, nftables tables,
+  cgroups).
+
+Bounded: starting stops at --budget seconds whatever N was reached (and says so). Everything is
+removed on the way out, on error or Ctrl-C too: the daemon gets SIGTERM (it stops its dynos and
+removes what it made), SIGKILL after a time that grows with N, then a sweep of whatever it left
+(namespaces and their processes, links, tables, cgroups). The only kernel limit it needs above
+Debian's defaults is none at 4,000 (pid_max 32,768 holds 3 processes a dyno; the daemon raises
+its own open-file limit); the script checks pid_max first and refuses an N it cannot hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import psutil
+from dyno_lifecycle import (
+    DaemonSide,
+    host_networks,
+    leftovers,
+    ms_since,
+    random_prefix,
+    sweep,
+)
+from run_support import Interrupted, machine, signals_ignored, sigterm_as_interrupt
+
+from dynod.api.client import Client
+from netns import cgroup
+
+APP = "dense"
+COMMAND = "sleep 3600"
+WINDOW = 20  # dynos per reported setup figure
+MARKS = (1, 1000)  # and N
+DNS_QUERIES = 200
+PROCESSES_PER_DYNO = 3  # unshare, the dyno's init shell, sleep
+KERNEL_FIELDS = ("Slab", "KernelStack", "PageTables", "Percpu")
+SETUP_TARGET = 1.5  # #N within this many times #1
+
+RESOLVE = r"""
+import json, statistics, sys, time
+from dnslib import DNSRecord, QTYPE
+server, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+query = DNSRecord.question(name)
+times, answers = [], set()
+for _ in range(count):
+    began = time.perf_counter()
+    reply = DNSRecord.parse(query.send(server, 53, timeout=2))
+    times.append((time.perf_counter() - began) * 1e6)
+    answers |= {str(r.rdata) for r in reply.rr if r.rtype == QTYPE.A}
+print(json.dumps({"median_us": statistics.median(times), "answers": sorted(answers)}))
+"""
+
+
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo in kB."""
+    found = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":", 1)
+            found[key] = int(value.split()[0])
+    return found
+
+
+def kernel_kb(info: dict[str, int]) -> int:
+    return sum(info.get(k, 0) for k in KERNEL_FIELDS)
+
+
+def free_space_range() -> str:
+    taken = host_networks()
+    free = [
+        f"10.{n}.0.0/16"
+        for n in range(100, 250)
+        if not any(ipaddress.IPv4Network(f"10.{n}.0.0/16").overlaps(t) for t in taken)
+    ]
+    return random.choice(free)
+
+
+def free_common_range() -> ipaddress.IPv4Network:
+    taken = host_networks()
+    blocks = ipaddress.IPv4Network("172.31.0.0/16").subnets(new_prefix=24)
+    return random.choice([b for b in blocks if not any(b.overlaps(t) for t in taken)])
+
+
+def median_window(values: list[float], upto: int) -> float:
+    """The median of the WINDOW values ending at dyno #upto (1-based)."""
+    chunk = values[max(0, upto - WINDOW) : upto]
+    return statistics.median(chunk) if chunk else float("nan")
+
+
+def cli(daemon: DaemonSide, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DYNOD_SOCKET": daemon.socket}
+    return subprocess.run(
+        [sys.executable, "-m", "dynod", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def timed_ms(fn: Any, times: int = 3) -> float:
+    found = []
+    for _ in range(times):
+        began = time.perf_counter()
+        fn()
+        found.append(ms_since(began))
+    return statistics.median(found)
+
+
+def remove_cgroups(prefix: str) -> list[str]:
+    """Dyno cgroups a SIGKILLed daemon left (it makes them below its own, the bench's)."""
+    try:
+        tree = cgroup.discover()
+    except cgroup.Unavailable:
+        return []
+    left = sorted(cgroup.names(tree, f"{prefix}-"))
+    for name in left:
+        cgroup.remove(tree, name)
+    return left
+
+
+def check_limits(n: int) -> None:
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid_max = int(f.read())
+    in_use = len(psutil.pids())
+    if in_use + PROCESSES_PER_DYNO * n > 0.9 * pid_max:
+        raise SystemExit(
+            f"error: {n} dynos need about {PROCESSES_PER_DYNO * n} processes and {in_use} run "
+            f"already; kernel.pid_max is {pid_max}\nfix: a smaller -n, or raise kernel.pid_max"
+        )
+
+
+def measure(n: int, shard_ports: int, budget: float, quiet: bool) -> dict[str, Any]:
+    prefix = random_prefix()
+    workdir = tempfile.mkdtemp(prefix=f"dynod-density-{prefix}-")
+    os.chmod(workdir, 0o755)
+    daemon = DaemonSide(prefix, free_common_range(), workdir, ("--shard-ports", str(shard_ports)))
+    daemon.kill_after = 60 + n * 0.1
+    out: dict[str, Any] = {"n_wanted": n, "shard_ports": shard_ports, "machine": machine()}
+    problems: list[str] = []
+    out["problems"] = problems
+    try:
+        before = meminfo()
+        daemon.start()
+        assert daemon.process is not None
+        proc = psutil.Process(daemon.process.pid)
+        space = f"{prefix}s"
+        made = cli(daemon, "spaces:create", space, "--cidr", free_space_range())
+        if made.returncode:
+            raise RuntimeError(made.stderr)
+        made = cli(daemon, "apps:create", APP, "--space", space)
+        if made.returncode:
+            raise RuntimeError(made.stderr)
+        out["rss_mb_empty"] = proc.memory_info().rss / 2**20
+        kernel_setup: list[float] = []
+        api_setup: list[float] = []
+        started: list[dict[str, Any]] = []
+        deadline = time.monotonic() + budget
+        body = {"type": "worker", "command": COMMAND, "cwd": "/", "env": {}, "detach": True}
+        for number in range(1, n + 1):
+            if time.monotonic() > deadline:
+                problems.append(f"budget of {budget:g} s reached at {number - 1} dynos")
+                break
+            began = time.perf_counter()
+            answer = daemon.client.call("POST", f"/v1/apps/{APP}/dynos", body)
+            api_setup.append(ms_since(began))
+            kernel_setup.append(float(answer["setup_ms"]))
+            started.append(answer)
+            if not quiet and number % 250 == 0:
+                print(
+                    f"{number} dynos, last 20: kernel {median_window(kernel_setup, number):.1f} "
+                    f"ms, API {median_window(api_setup, number):.1f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        reached = len(started)
+        out["n"] = reached
+        marks = [m for m in (*MARKS, reached) if m <= reached]
+        out["setup_ms"] = {
+            f"#{m}": {
+                "kernel": median_window(kernel_setup, m),
+                "api": median_window(api_setup, m),
+            }
+            for m in dict.fromkeys(marks)
+        }
+        first = out["setup_ms"]["#1"]["kernel"]
+        last = out["setup_ms"][f"#{reached}"]["kernel"]
+        out["setup_ratio_last_to_first"] = last / first
+        out["verdict"] = "PASS" if last / first <= SETUP_TARGET else "OVER"
+        time.sleep(2)  # the last dynos' processes settle
+        during = meminfo()
+        out["rss_mb"] = proc.memory_info().rss / 2**20
+        out["kernel_kb_per_dyno"] = (kernel_kb(during) - kernel_kb(before)) / reached
+        out["available_kb_per_dyno"] = (before["MemAvailable"] - during["MemAvailable"]) / reached
+        out["bridges"] = sorted(
+            name for name in os.listdir("/sys/class/net") if name.startswith(f"{prefix}s")
+        )
+        out["ps_cli_ms"] = timed_ms(lambda: cli(daemon, "ps", "--app", APP))
+        out["ps_api_ms"] = timed_ms(lambda: daemon.client.call("GET", f"/v1/dynos?app={APP}"))
+        spaces = daemon.client.call("GET", "/v1/spaces")
+        dns = next(s["dns"] for s in spaces if s["name"] == space)
+        asked = subprocess.run(
+            ["ip", "netns", "exec", started[-1]["netns"], sys.executable, "-c", RESOLVE, dns]
+            + [f"1.worker.{APP}.app.localspace", str(DNS_QUERIES)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if asked.returncode:
+            problems.append(f"DNS query failed: {asked.stderr.strip()}")
+        else:
+            answer = json.loads(asked.stdout)
+            out["dns_answer_us"] = answer["median_us"]
+            if answer["answers"] != [started[0]["ip"]]:
+                problems.append(f"DNS answered {answer['answers']}, not {started[0]['ip']}")
+        began = time.perf_counter()
+        # one call for every dyno: minutes at 4,000, longer than the client's usual 60 s
+        Client(daemon.socket, timeout=120 + reached).call("DELETE", f"/v1/apps/{APP}/dynos?grace=5")
+        out["stop_all_s"] = time.perf_counter() - began
+        out["rss_mb_after_stop"] = proc.memory_info().rss / 2**20
+    except (KeyboardInterrupt, Interrupted) as exc:
+        problems.append(f"interrupted: {exc!r}")
+    except Exception as exc:
+        problems.append(f"failed: {exc!r}")
+    finally:
+        with signals_ignored():
+            daemon.stop()
+            if daemon.killed:
+                problems.append("the daemon did not stop in time: SIGKILLed")
+            left = leftovers(prefix)
+            cgroups_left = remove_cgroups(prefix)
+            if any(left.values()) or cgroups_left:
+                problems.append(f"left behind (now swept): {left}, cgroups {cgroups_left}")
+                sweep(prefix)
+            out["left_behind"] = {**left, "cgroups": cgroups_left}
+            after = meminfo()
+            out["kernel_kb_not_returned"] = kernel_kb(after) - kernel_kb(before)
+            shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def table(out: dict[str, Any]) -> str:
+    lines = [f"density: {out.get('n', 0)} dynos in one space ({out['machine']})"]
+    for mark, value in out.get("setup_ms", {}).items():
+        lines.append(
+            f"  setup at dyno {mark:>6}: kernel {value['kernel']:6.2f} ms, "
+            f"API {value['api']:6.2f} ms (median of the {WINDOW} up to it)"
+        )
+    if "setup_ratio_last_to_first" in out:
+        lines.append(
+            f"  last / first kernel part: {out['setup_ratio_last_to_first']:.2f}x "
+            f"(target <= {SETUP_TARGET}x): {out['verdict']}"
+        )
+    for key, text in (
+        ("bridges", "bridges of the space"),
+        ("rss_mb_empty", "daemon RSS, no dyno (MB)"),
+        ("rss_mb", "daemon RSS, all dynos (MB)"),
+        ("kernel_kb_per_dyno", "kernel memory per dyno (kB: Slab+KernelStack+PageTables+Percpu)"),
+        ("available_kb_per_dyno", "MemAvailable per dyno (kB, with its processes)"),
+        ("ps_cli_ms", "`dynod ps --app` (ms)"),
+        ("ps_api_ms", "GET /v1/dynos (ms)"),
+        ("dns_answer_us", "one DNS answer, N-name registry (us)"),
+        ("stop_all_s", "stopping every dyno (s)"),
+        ("left_behind", "left behind"),
+        ("problems", "problems"),
+    ):
+        if key in out:
+            value = out[key]
+            shown = f"{value:.1f}" if isinstance(value, float) else value
+            lines.append(f"  {text}: {shown}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=4000, help="dynos to start (default 4000)")
+    parser.add_argument("--shard-ports", type=int, default=1000, help="dynos per bridge")
+    parser.add_argument("--budget", type=float, default=1800, help="seconds for starting")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("error: the bench makes namespaces and bridges\nfix: run it as root", file=sys.stderr)
+        return 1
+    if not 1 <= args.n <= 16000:
+        print("error: -n must be 1..16000 (a /16 space)\nfix: pick another -n", file=sys.stderr)
+        return 1
+    check_limits(args.n)
+    with sigterm_as_interrupt():
+        out = measure(args.n, args.shard_ports, args.budget, args.quiet)
+    print(json.dumps(out, indent=2) if args.json else table(out))
+    return 1 if out["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

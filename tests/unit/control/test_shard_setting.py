@@ -1,0 +1,26 @@
+"""The shard size kept with the state (dynod/control/shard_setting.py). No root needed."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from dynod.control import shard_setting
+from dynod.errors import DynodError
+
+
+def test_another_size_is_refused_only_while_dynos_of_the_state_run(tmp_path: object) -> None:
+    state_dir = str(tmp_path)
+    assert shard_setting.recorded(state_dir) is None
+    shard_setting.keep(state_dir, 1000, dynos=0)  # a new state: recorded
+    assert shard_setting.recorded(state_dir) == 1000
+    assert stat.S_IMODE(os.stat(os.path.join(state_dir, "shard-ports")).st_mode) == 0o600
+    shard_setting.keep(state_dir, 1000, dynos=5)  # the same size: fine
+    with pytest.raises(DynodError) as refused:
+        shard_setting.keep(state_dir, 2, dynos=5)
+    assert "--shard-ports 1000" in refused.value.fix
+    assert shard_setting.recorded(state_dir) == 1000  # nothing changed
+    shard_setting.keep(state_dir, 2, dynos=0)  # no dyno to misplace: the new size holds
+    assert shard_setting.recorded(state_dir) == 2
