@@ -28,12 +28,24 @@ def _fetch(ctx: click.Context, app: str) -> dict[str, str]:
     return found
 
 
+def _visible(value: str) -> str:
+    """A value for a person to read: control characters (an escape sequence set by whoever set
+    the var) are shown escaped instead of driving the reader's terminal; newlines stay."""
+    return "".join(c if c == "\n" or c.isprintable() or c == "\t" else repr(c)[1:-1] for c in value)
+
+
+def _exact(text: str) -> None:
+    """Print as it is: click.echo would strip escape sequences when stdout is not a terminal,
+    and `config:get X > file` or `eval "$(dynod config --shell)"` must give the stored bytes."""
+    click.echo(text, color=True)
+
+
 def styled(variables: dict[str, str]) -> list[str]:
     """`NAME: value` with the values in one column; a value's further lines are indented to it."""
     width = max((len(k) for k in variables), default=0) + 2
     lines = []
     for name, value in variables.items():
-        first, *rest = value.split("\n")
+        first, *rest = _visible(value).split("\n")
         lines.append(f"{name + ':':<{width}}{first}".rstrip())
         lines.extend(" " * width + line for line in rest)
     return lines
@@ -56,7 +68,7 @@ def config(ctx: click.Context, app: str, as_json: bool, shell: bool) -> None:
         click.echo(json.dumps(variables, indent=2))
     elif shell:
         for line in shell_lines(variables):
-            click.echo(line)
+            _exact(line)
     else:
         click.echo(f"=== {app} Config Vars\n")
         for line in styled(variables):
@@ -72,7 +84,7 @@ def config_get(ctx: click.Context, app: str, shell: bool, name: str) -> None:
     """Print one config var's value as it is (an empty line when it is not set)."""
     check_name(name)
     value = _fetch(ctx, app).get(name, "")
-    click.echo(shell_lines({name: value})[0] if shell else value)
+    _exact(shell_lines({name: value})[0] if shell else value)
 
 
 def _change(ctx: click.Context, app: str, changes: dict[str, str | None], verb: str) -> Any:
@@ -84,6 +96,15 @@ def _change(ctx: click.Context, app: str, changes: dict[str, str | None], verb: 
     except DynodError:
         click.echo("failed", err=True)  # the error follows on its own line
         raise
+    except KeyboardInterrupt:
+        # The daemon may have stored the change already (it restarts the dynos after): say so
+        # rather than a bare "Aborted!".
+        click.echo("interrupted", err=True)
+        raise DynodError(
+            "interrupted while the daemon was applying the change: it may be stored, and the "
+            "app's dynos restarting",
+            f"`dynod config --app {app}` shows the vars as stored",
+        ) from None
     click.echo(f"done, v{done['version']}", err=True)
     return done
 

@@ -15,7 +15,7 @@ from typing import Any
 from dynod.control.supervisor import Supervisor
 from dynod.errors import DynodError, NotFound
 from dynod.logs.book import LogBook
-from dynod.rules import names
+from dynod.rules import configvars, names
 from dynod.rules.configvars import check_changes
 from dynod.state.store import State
 
@@ -48,7 +48,7 @@ class ConfigService:
         check_changes(changes)
         current = self.state.config_vars(app)
         after = {k: v for k, v in (current | changes).items() if v is not None}
-        if sum(len(k) + len(v) for k, v in after.items()) > MAX_VALUE:
+        if configvars.size(after) > MAX_VALUE:
             raise DynodError(
                 f"{app}'s config vars would take over {MAX_VALUE // 1024} kB",
                 "keep large data out of config vars (store a URL or a path instead)",

@@ -56,3 +56,22 @@ def check_changes(changes: dict[str, str | None]) -> None:
             )
         if value is not None and "\0" in value:
             raise DynodError(f"the value of {name} holds a NUL byte", "remove it")
+        if value is not None and not _utf8(value):
+            raise DynodError(
+                f"the value of {name} is not valid Unicode text (a lone surrogate)",
+                "send the value as UTF-8 text",
+            )
+
+
+def _utf8(value: str) -> bool:
+    """JSON may carry "\\ud800", which no environment (UTF-8 bytes) can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def size(variables: dict[str, str]) -> int:
+    """How much room the vars take, in UTF-8 bytes, as Heroku counts its 32 kB."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in variables.items())
