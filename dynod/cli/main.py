@@ -650,6 +650,7 @@ def status(ctx: click.Context) -> None:
 from dynod.cli.config import COMMANDS as CONFIG_COMMANDS  # noqa: E402
 from dynod.cli.inspect import inspect  # noqa: E402
 from dynod.cli.trace import trace as _trace  # noqa: E402
+from dynod.cli.up import up as _up  # noqa: E402
 
-for _command in (inspect, explain_group, _trace, *CONFIG_COMMANDS):
+for _command in (inspect, explain_group, _trace, *CONFIG_COMMANDS, _up):
     main.add_command(_command)
