@@ -15,14 +15,11 @@ from typing import Any
 import click
 
 from dynod.api.client import Client, api_path
-from dynod.cli.command import build_command
+from dynod.cli.command import INHERITED_ENV, build_command
 from dynod.cli.explain import explain_group, explain_option
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
 from dynod.errors import DynodError
 from dynod.rules import names, procfile, sizes
-
-# Variables of the caller's environment a dyno inherits; everything else comes from --env.
-INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 
 
 def _client(ctx: click.Context) -> Client:

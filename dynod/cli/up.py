@@ -25,12 +25,12 @@ from typing import Any
 import click
 
 from dynod.api.client import Client, api_path
+from dynod.cli.command import INHERITED_ENV
 from dynod.cli.prefix import Prefixer, parse
 from dynod.errors import DynodError
 from dynod.rules import configvars, dotenv, names, procfile
 from dynod.rules import formation as formation_rules
 
-INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")  # as `dynod run` and `ps:scale` pass them
 EXITED = re.compile(r"^Process exited(?: with status (-?\d+))?")
 # A dyno that is stopped or restarted on purpose says so before its process ends.
 ON_PURPOSE = re.compile(r"^State changed from \S+ to (down|starting)$")

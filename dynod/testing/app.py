@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynod.api.client import Client, api_path
+from dynod.cli.command import INHERITED_ENV  # what `dynod ps:scale` passes on
 from dynod.rules import procfile
-
-INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")  # as `dynod ps:scale` passes them
 
 
 def unique(stem: str) -> str:
