@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import select
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 
 from dynod.cli.up import app_name_for
@@ -154,3 +156,33 @@ def test_bad_input_is_refused_before_anything_changes(daemon: DaemonProc) -> Non
         assert "error: no Procfile at" in missing.stderr
         apps = {a["name"] for a in daemon.client.call("GET", "/v1/apps")}
         assert app not in apps
+
+
+def test_on_a_terminal_prefixes_are_coloured_and_ctrl_c_stops_all(daemon: DaemonProc) -> None:
+    """A real terminal: `up` runs in a pty, and Ctrl-C is the byte a user's key sends."""
+    procfile = "worker: echo ready; exec sleep 600\n"
+    with project(daemon, procfile) as where:
+        env = {**os.environ, "DYNOD_SOCKET": daemon.socket, "PATH": "/usr/bin:/bin"}
+        env.pop("NO_COLOR", None)
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: `dynod up` with the pty as its terminal
+            os.chdir(where)
+            os.execve(sys.executable, [sys.executable, "-m", "dynod", "up"], env)
+        try:
+            seen = b""
+            wanted = click.style("worker.1 |", fg="cyan").encode() + b" ready"
+            deadline = time.monotonic() + 60
+            while wanted not in seen and time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.5)[0]:
+                    seen += os.read(fd, 65536)
+            assert wanted in seen, seen
+            os.write(fd, b"\x03")  # Ctrl-C
+            _, status = os.waitpid(pid, 0)
+            pid = 0
+            assert os.waitstatus_to_exitcode(status) == 130
+            assert daemon.dynos(app_of(where)) == []
+        finally:
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            os.close(fd)
