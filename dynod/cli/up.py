@@ -85,6 +85,8 @@ def plan(commands: dict[str, str], args: tuple[str, ...], where: str) -> dict[st
             raise DynodError(f"`up` takes TYPE=N, not {change.type}...", "write e.g. web=2")
         procfile.command(commands, change.type, where)  # an unknown type: error naming the types
         result[change.type] = change.quantity
+    if not any(result.values()):
+        raise DynodError("`up` with every type at 0 runs nothing", "give e.g. web=1")
     return result
 
 

@@ -131,8 +131,8 @@ def test_a_dyno_that_ends_ends_the_session_with_its_status(daemon: DaemonProc) -
                 proc.wait()
 
 
-def test_detach_then_ps_wait(daemon: DaemonProc) -> None:
-    with project(daemon, f"web: {PYTHON} -u web.py\n") as where:
+def test_detach_then_ps_wait_and_an_unchanged_env_makes_no_release(daemon: DaemonProc) -> None:
+    with project(daemon, f"web: {PYTHON} -u web.py\n", "A=1\n") as where:
         proc = start_up(daemon, where, "--detach", "web=2")
         out, err = proc.communicate(timeout=90)
         assert proc.returncode == 0, err
@@ -140,7 +140,14 @@ def test_detach_then_ps_wait(daemon: DaemonProc) -> None:
         app = app_of(where)
         waited = daemon.cli("ps:wait", "--app", app, cwd=str(where))
         assert waited.returncode == 0, waited.stderr
-        assert {d["name"] for d in daemon.dynos(app)} == {"web.1", "web.2"}
+        dynos = {d["name"]: d["pid"] for d in daemon.dynos(app)}
+        assert set(dynos) == {"web.1", "web.2"}
+        release = daemon.client.call("GET", f"/v1/apps/{app}/config-vars")["version"]
+        again = daemon.cli("up", "--detach", "web=2", cwd=str(where))
+        assert again.returncode == 0, again.stderr
+        assert "from the env file" not in again.stderr  # nothing differed: nothing set
+        assert daemon.client.call("GET", f"/v1/apps/{app}/config-vars")["version"] == release
+        assert {d["name"]: d["pid"] for d in daemon.dynos(app)} == dynos  # no restart
 
 
 def test_bad_input_is_refused_before_anything_changes(daemon: DaemonProc) -> None:

@@ -37,6 +37,8 @@ def test_the_plan_is_one_of_each_type_or_the_arguments() -> None:
     assert plan(commands, ("web=2", "worker=0"), "Procfile") == {"web": 2, "worker": 0}
     with pytest.raises(DynodError, match="no 'clock' process type"):
         plan(commands, ("clock=1",), "Procfile")
+    with pytest.raises(DynodError, match="runs nothing"):
+        plan(commands, ("web=0",), "Procfile")
     with pytest.raises(DynodError, match="takes TYPE=N"):
         plan(commands, ("web+1",), "Procfile")
 
