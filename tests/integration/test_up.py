@@ -193,3 +193,17 @@ def test_on_a_terminal_prefixes_are_coloured_and_ctrl_c_stops_all(daemon: Daemon
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
             os.close(fd)
+
+
+def test_sigterm_stops_every_dyno_too(daemon: DaemonProc) -> None:
+    with project(daemon, "worker: echo up-and-running; exec sleep 600\n") as where:
+        proc = start_up(daemon, where)
+        try:
+            assert "worker.1 | up-and-running" in read_until(proc, ["| up-and-running"])
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 130
+            assert daemon.dynos(app_of(where)) == []
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
