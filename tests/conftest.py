@@ -34,15 +34,18 @@ def _ours(found: list[object]) -> list[object]:
     ]
 
 
-INTEGRATION = Path(__file__).parent / "integration"
+TESTS = Path(__file__).parent
+INTEGRATION = TESTS / "integration"
 
 
 def misplaced(items: list[pytest.Item]) -> list[str]:
-    """Root tests live in tests/integration/ and only there, so that tests/unit/ runs anywhere."""
+    """Root tests live in tests/integration/ and only there, so that tests/unit/ runs anywhere.
+    (The examples' tests, outside tests/, mark themselves: they are skipped like root tests.)"""
     return [
         item.nodeid
         for item in items
-        if (INTEGRATION in item.path.parents) != (item.get_closest_marker("root") is not None)
+        if TESTS in item.path.parents
+        and (INTEGRATION in item.path.parents) != (item.get_closest_marker("root") is not None)
     ]
 
 

@@ -15,15 +15,12 @@ from typing import Any
 import click
 
 from dynod.api.client import Client, api_path
-from dynod.cli.command import build_command
+from dynod.cli.command import INHERITED_ENV, build_command
 from dynod.cli.explain import explain_group, explain_option
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
 from dynod.errors import DynodError
 from dynod.kernel.addressing import BRIDGE_PORT_LIMIT
 from dynod.rules import names, procfile, sizes
-
-# Variables of the caller's environment a dyno inherits; everything else comes from --env.
-INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 
 
 def _client(ctx: click.Context) -> Client:
@@ -692,6 +689,7 @@ def status(ctx: click.Context) -> None:
 from dynod.cli.config import COMMANDS as CONFIG_COMMANDS  # noqa: E402
 from dynod.cli.inspect import inspect  # noqa: E402
 from dynod.cli.trace import trace as _trace  # noqa: E402
+from dynod.cli.up import up as _up  # noqa: E402
 
-for _command in (inspect, explain_group, _trace, *CONFIG_COMMANDS):
+for _command in (inspect, explain_group, _trace, *CONFIG_COMMANDS, _up):
     main.add_command(_command)
