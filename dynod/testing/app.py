@@ -110,7 +110,8 @@ def one_off(
     output, stdout then stderr."""
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "dynod", "--socket", client.socket_path, "run", "--app", app],
+            [sys.executable, "-m", "dynod", "--socket", client.socket_path]
+            + ["run", "--app", app, "--no-tty", "--", command],
             input="",
             capture_output=True,
             text=True,

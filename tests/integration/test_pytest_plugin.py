@@ -75,7 +75,7 @@ def pytest_run(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("DYNOD_SOCKET", None)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "dynod.testing.plugin", "-p", "no:cacheprovider"]
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]  # the plugin: its entry point
         + ["-q", "--rootdir", str(where), *args, str(where)],
         capture_output=True,
         text=True,

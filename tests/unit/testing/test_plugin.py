@@ -21,7 +21,7 @@ def test_without_a_daemon_a_user_is_told_how_to_start_one(tmp_path: Path) -> Non
     (tmp_path / "test_tiny.py").write_text(TEST)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "dynod.testing.plugin", "-p", "no:cacheprovider"]
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]  # the plugin: its entry point
         + ["-rs", "--rootdir", str(tmp_path), "--dynod-socket", str(tmp_path / "none.sock")],
         capture_output=True,
         text=True,
