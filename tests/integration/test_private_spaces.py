@@ -534,7 +534,9 @@ def test_internal_app_is_served_to_its_space_through_the_router(sp: Spaces) -> N
     status, output = _run(sp, "sushi", code)
     assert status == 0, output
     assert "GOT 200 web.1" in output
-    assert "host=api.herokuapp.localspace" in sp.daemon.log()
+    sp.daemon.wait_for(
+        lambda: "host=api.herokuapp.localspace" in sp.daemon.log(), "the router's line"
+    )
 
 
 def test_internal_app_does_not_exist_outside_its_space(sp: Spaces) -> None:
@@ -557,8 +559,12 @@ def test_trusted_ip_ranges_limit_who_reaches_a_spaces_apps(sp: Spaces) -> None:
     try:
         status, body = _router_get(sp, "sushi", client.netns)
         assert status == 403 and "trusted" in body
-        log = [line for line in daemon.log().splitlines() if f'fwd="{client.ip}"' in line]
-        assert "status=403" in log[-1]
+
+        def refusal_logged() -> bool:  # router workers send their log lines in batches
+            log = [line for line in daemon.log().splitlines() if f'fwd="{client.ip}"' in line]
+            return "status=403" in log[-1]
+
+        daemon.wait_for(refusal_logged, "the router's 403 line")
         # dynos of the space are never refused
         code = (
             "import urllib.request\n"
