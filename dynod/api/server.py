@@ -37,12 +37,12 @@ works as well as the CLI.
     GET    /v1/inspect[?app=APP|space=SPACE]     the live topology read from the kernel, and
                                                  every difference from the state (problems)
     GET    /v1/explain/daemon                    the commands the daemon's start-up did
-
-Any request may add `?explain=1`: the answer then carries the commands that do what the daemon
-did for it (api/explain.py says where).
     POST   /v1/traces                            one probe {from, to, protocol?, port?, wait?},
                                                  traced: an NDJSON line {"report": ...} or
                                                  {"error", "fix"}; closing it cancels the trace
+
+Any request may add `?explain=1`: the answer then carries the commands that do what the daemon
+did for it (api/explain.py says where).
 
 Path segments are URL-decoded after the path is split, so a CIDR's slash travels as %2F. In the
 bodies of the space, app and feature endpoints, a missing field, one of the wrong JSON type and an
