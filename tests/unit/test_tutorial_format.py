@@ -45,3 +45,36 @@ def test_an_empty_expectation_means_no_output() -> None:
 def test_an_expect_without_a_run_is_refused() -> None:
     with pytest.raises(ValueError):
         parse("<!-- expect -->\n```text\nx\n```\n")
+
+
+DAEMON_DOC = """<!-- daemon -->
+```sh
+dynod daemon --router-port 5000
+```
+
+<!-- run -->
+```sh
+dynod status
+```
+"""
+
+
+def test_a_daemon_block_is_a_step_of_its_own() -> None:
+    steps = parse(DAEMON_DOC).steps
+    assert [(s.script, s.daemon) for s in steps] == [
+        ("dynod daemon --router-port 5000", True),
+        ("dynod status", False),
+    ]
+
+
+@pytest.mark.parametrize(
+    "script", ["dynod daemon; rm -rf /tmp/x", "sudo dynod daemon", "dynod daemon &\nsleep 1"]
+)
+def test_a_daemon_block_is_one_dynod_daemon_command(script: str) -> None:
+    with pytest.raises(ValueError, match="one `dynod daemon` command"):
+        parse(f"<!-- daemon -->\n```sh\n{script}\n```\n")
+
+
+def test_a_daemon_block_has_no_expectation() -> None:
+    with pytest.raises(ValueError):
+        parse(DAEMON_DOC.split("<!-- run -->")[0] + "<!-- expect -->\n```text\nx\n```\n")
