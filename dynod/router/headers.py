@@ -116,8 +116,8 @@ def forward_request_headers(
     """
     upgrade = is_upgrade_request(headers)
     chunked = bool(_values(headers, b"transfer-encoding"))
-    # With both framings h11 went by Transfer-Encoding; passing Content-Length on as well
-    # would let a dyno that prefers it read the body differently (request smuggling).
+    # The server refuses a request with both framings; should one ever get here, Content-Length
+    # must not go on beside Transfer-Encoding (a dyno preferring it would read another body).
     out = _end_to_end(headers, upgrade, _ROUTER_OWNED | ({b"content-length"} if chunked else set()))
     if chunked:
         out.append((b"Transfer-Encoding", b"chunked"))

@@ -115,6 +115,9 @@ class Peer:
         if self.pending:
             data, self.pending = bytes(self.pending), bytearray()
             self.writer.write(data)
+            transport = self.writer.transport
+            if transport.get_write_buffer_size() == 0 and not transport.is_closing():
+                return  # all went to the kernel: no drain, no timer to arm and cancel
             async with asyncio.timeout(timeout):
                 await self.writer.drain()
 

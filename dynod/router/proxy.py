@@ -273,8 +273,12 @@ class Exchange:
         headers = forward_response_headers(list(head.headers.raw_items()), upgrade=False)
         try:
             # Held, not sent: it goes out with the body when that is already here.
+            # `_parsed`: the dyno's headers passed h11's regexes when its head was parsed (and
+            # Via is the router's own); framing headers are still checked.
             self.client.hold(
-                h11.Response(status_code=head.status_code, reason=head.reason, headers=headers)
+                h11.Response(
+                    status_code=head.status_code, reason=head.reason, headers=headers, _parsed=True
+                )
             )
         except h11.LocalProtocolError as exc:
             raise Fail(H17) from exc
