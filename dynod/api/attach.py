@@ -70,9 +70,14 @@ async def relay(
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
     finally:
+        # Each pump is cancelled itself: a gather that ended with one pump's error (the client
+        # gone mid-write) cancels nothing, and a pump left waiting in _ready would keep its fd
+        # in the loop's selector after ends.close(); the next relay's pipe on that fd number
+        # would then never be watched (add_reader finds it "registered") and never end.
         client.cancel()
-        output_done.cancel()
-        await asyncio.gather(client, output_done, return_exceptions=True)
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(client, output_done, *pumps, return_exceptions=True)
         # closing the master first hangs the terminal up: its shell gets SIGHUP, as when a
         # terminal window is closed
         ends.close()

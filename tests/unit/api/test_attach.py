@@ -105,3 +105,30 @@ def test_a_refused_upgrade_is_the_daemons_error_for_the_cli(run_api: FakeApi) ->
 def test_a_one_off_needs_a_command() -> None:
     result = cli("run", "--app", "sushi")
     refused_with(result, "a one-off dyno needs a command")
+
+
+def test_a_client_gone_mid_flood_leaves_no_pump_nor_watched_fd(world: World) -> None:  # noqa: F811
+    """The client goes while the stdout pump writes to it (its drain fails, which ends the
+    gather of the pumps with that error) and the stderr pump waits for output: the relay cancels
+    that pump too, so no fd of the closed ends stays in the loop's selector, where a later
+    relay's pipe on the same fd number would never be watched (`dynod run` hanging)."""
+
+    async def test() -> None:
+        request = RunRequest("sushi", command="exec yes", cwd="/", attach=True, detach=False)
+        dyno, ends = await world.dynos.run_attached(request, os.getuid(), os.getgid())
+        fds = [ends.stdout, ends.stderr]
+        upgrade = attach.session(dyno, ends, world.dynos)
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=theirs)
+        loop = asyncio.get_running_loop()
+        relay = loop.create_task(upgrade.session(reader, writer, b""))
+        await until(lambda: writer.transport.get_write_buffer_size() > 0, 20)
+        ours.close()
+        await asyncio.wait_for(relay, 20)
+        pumps = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "_pump"]
+        assert pumps == []
+        watched = loop._selector.get_map()  # type: ignore[attr-defined]
+        assert [fd for fd in fds if fd in watched] == []
+        await until(lambda: world.state.dyno(dyno.id) is None, 20)
+
+    asyncio.run(test())
