@@ -60,6 +60,11 @@ class AppService:
                 f"the app's directory must be an absolute path, and it is {directory!r}",
                 "give --dir an absolute path (the CLI makes a relative one absolute)",
             )
+        if directory and not os.path.isdir(directory):
+            raise DynodError(
+                f"the app's directory {directory} does not exist (or is not a directory)",
+                "give --dir the directory that holds the app's Procfile",
+            )
         self.state.add_app(
             App(
                 name,

@@ -108,12 +108,16 @@ class FormationService:
                 launch.check_can_enter(cwd, uid, gid)
                 processes.check_command(command, cwd, path)
             rows[ptype] = Process(app, ptype, command, quantity, cwd, uid, gid, env, size)
-        # The other types of the formation take the Procfile's commands as they are now.
+        # The other types of the formation take the Procfile's commands as they are now, when
+        # the caller is who they run as and reads the same directory; their user, directory and
+        # environment never change here (a scale of `web` must not hand `worker` to whoever
+        # asked: they would then run that caller's commands under the app's name).
         for ptype, old in current.items():
-            if ptype not in rows and ptype in request.commands:
+            same_owner = (old.uid, old.gid, old.cwd) == (uid, gid, cwd)
+            if ptype not in rows and ptype in request.commands and same_owner:
                 command = request.commands[ptype]
                 rows[ptype] = Process(
-                    app, ptype, command, old.quantity, cwd, uid, gid, env, old.size
+                    app, ptype, command, old.quantity, old.cwd, old.uid, old.gid, old.env, old.size
                 )
         self.state.set_formation(list(rows.values()))
         failed = await self.converge(app)

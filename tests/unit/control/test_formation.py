@@ -193,3 +193,25 @@ def test_scaling_down_needs_no_procfile(world: World) -> None:
         assert [p.command for p in world.state.formation("sushi")] == ["sleep 30"]
 
     asyncio.run(test())
+
+
+def test_scaling_one_type_never_hands_the_others_to_the_caller(world: World) -> None:
+    """Found by an adversarial review: scaling `web` from another directory (another user's
+    Procfile) rewrote `worker`'s command and user, so `worker` ran the caller's code."""
+
+    async def test() -> None:
+        await scale(world, "worker=1")
+        before = {p.type: p for p in world.state.formation("sushi")}["worker"]
+        theirs = ScaleRequest(
+            "sushi",
+            formation.parse_changes(["web=1"]),
+            {"web": PROCFILE["web"], "worker": "id; sleep 999"},
+            "/tmp",
+            {"PATH": "/usr/bin:/bin"},
+        )
+        await world.formation.scale(theirs, os.getuid(), os.getgid())
+        after = {p.type: p for p in world.state.formation("sushi")}
+        assert after["worker"] == before
+        assert after["web"].cwd == "/tmp"  # the scaled type is the caller's
+
+    asyncio.run(test())
