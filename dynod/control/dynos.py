@@ -191,7 +191,7 @@ class DynoService:
     # ---------------------------------------------------------------- queries
     def find(self, app: str, dyno_name: str) -> Dyno:
         ptype, number = names.parse_dyno_name(dyno_name)
-        self.of_app(app)
+        self._known_app(app)  # by key: each stop of one of N dynos used to load all N
         dyno = self.state.find_dyno(app, ptype, number)
         if dyno is None:
             raise NotFound(
@@ -201,10 +201,14 @@ class DynoService:
 
     def of_app(self, app: str) -> list[Dyno]:
         """The app's dynos; NotFound when there is no such app."""
+        self._known_app(app)
+        return self.state.dynos(app)
+
+    def _known_app(self, app: str) -> None:
+        """NotFound unless the app exists (a look-up by its key: not a list of its dynos)."""
         names.check_app(app)
         if not self.state.app_exists(app):
             raise NotFound(f"no app named {app!r}", "`dynod apps` lists the apps")
-        return self.state.dynos(app)
 
     def ps(self, app: str | None = None) -> list[dict[str, Any]]:
         """What `dynod ps` shows: every dyno (of the app when given), with its memory."""

@@ -2,9 +2,11 @@
 
 A dyno is *registered* once its network exists and before its process starts, and unregistered
 the moment it starts stopping or crashes, before its address can be reused (podman#13983: a
-container nobody can resolve for seconds). Every change rebuilds the records of that one space
-and hands them to the DNS server, which swaps them in for the very next query: there is no
-refresh interval (Heroku's registry converges in about 10 s; dynod's has no delay).
+container nobody can resolve for seconds). A dyno's start or stop changes two names (its own and
+its formation's), and only those go to the DNS server (`update_scope`), which swaps them in for
+the very next query: there is no refresh interval (Heroku's registry converges in about 10 s;
+dynod's has no delay), and the cost does not grow with the space's other dynos.  A change of the
+apps (a new app, discovery turned on) rebuilds the space's records whole (`publish`).
 
 Names, all scoped to the asker's space and answered with TTL 0:
 
@@ -15,6 +17,9 @@ Names, all scoped to the asker's space and answered with TTL 0:
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import operator
 from collections.abc import Callable
 from typing import Protocol
 
@@ -28,7 +33,14 @@ MAX_LABEL = 63  # a DNS label's limit: longer process types get no names
 
 class Server(Protocol):
     def set_scope(self, scope: str, network: str, records: dict[str, list[str]]) -> None: ...
+    def update_scope(self, scope: str, changes: dict[str, list[str] | None]) -> None: ...
     def remove_scope(self, scope: str) -> None: ...
+
+
+# One registered dyno in its formation's list: the order of `Registry.records` (process type,
+# number, then who registered first), and the address.
+_Member = tuple[str, int, int, int, str]  # type, number, order of registration, id, address
+_ADDRESS = operator.itemgetter(4)
 
 
 def formation_name(app: str, ptype: str) -> str:
@@ -67,25 +79,98 @@ class Registry:
         self.server = server
         self.network_of = network_of
         self._dynos: dict[str, dict[int, Dyno]] = {}
+        # space -> formation name -> its registered dynos in the order of `records`: a dyno's
+        # change recomputes its formation's addresses, not the space's.
+        self._formations: dict[str, dict[str, list[_Member]]] = {}
+        # The same by dyno name (N.TYPE.APP...): two dynos share one while one replaces the
+        # other, and types differing only in case share their names.
+        self._named: dict[str, dict[str, list[_Member]]] = {}
+        self._order = itertools.count()
+        self._published: set[str] = set()
 
     def register(self, dyno: Dyno) -> None:
         if not dyno.space:
             return  # Common Runtime dynos have no names
-        self._dynos.setdefault(dyno.space, {})[dyno.id] = dyno
-        self.publish(dyno.space)
+        registered = self._dynos.setdefault(dyno.space, {})
+        previous = registered.get(dyno.id)
+        if previous is not None:
+            if previous == dyno:
+                return
+            order = self._order_of(previous)
+            self._leave(previous)
+        else:
+            order = next(self._order)
+        registered[dyno.id] = dyno
+        member = (dyno.type, dyno.number, order, dyno.id, dyno.ip)
+        for index, name in self._names_of(dyno):
+            bisect.insort(index.setdefault(dyno.space, {}).setdefault(name, []), member)
+        self._changed(dyno if previous is None else previous, dyno)
 
     def unregister(self, dyno: Dyno) -> None:
-        if dyno.space and self._dynos.get(dyno.space, {}).pop(dyno.id, None) is not None:
-            self.publish(dyno.space)
+        if not dyno.space:
+            return
+        previous = self._dynos.get(dyno.space, {}).pop(dyno.id, None)
+        if previous is not None:
+            self._leave(previous)
+            self._changed(previous, previous)
 
     def publish(self, space: str) -> None:
         """Rebuild the space's records from the state and the registered dynos."""
         cidr, _ = self.network_of(space)
         self.server.set_scope(space, cidr, self.records(space))
+        self._published.add(space)
 
     def forget_space(self, space: str) -> None:
         self._dynos.pop(space, None)
+        self._formations.pop(space, None)
+        self._named.pop(space, None)
+        self._published.discard(space)
         self.server.remove_scope(space)
+
+    def _names_of(self, dyno: Dyno) -> tuple[tuple[dict[str, dict[str, list[_Member]]], str], ...]:
+        return (
+            (self._formations, formation_name(dyno.app, dyno.type)),
+            (self._named, dyno_name(dyno.app, dyno.type, dyno.number)),
+        )
+
+    def _leave(self, dyno: Dyno) -> None:
+        for index, name in self._names_of(dyno):
+            members = index[dyno.space][name]
+            members.remove(next(m for m in members if m[3] == dyno.id))
+            if not members:
+                del index[dyno.space][name]
+
+    def _order_of(self, dyno: Dyno) -> int:
+        """When a dyno re-registered with new facts: its place among equals is kept, as the
+        dict of registered dynos (which `records` sorts, stably) keeps it."""
+        for member in self._formations[dyno.space].get(formation_name(dyno.app, dyno.type), []):
+            if member[3] == dyno.id:
+                return member[2]
+        return next(self._order)
+
+    def _changed(self, old: Dyno, new: Dyno) -> None:
+        """Send the server the names of `old` and `new` (the same dyno before and after) as
+        `records` would now make them."""
+        space = new.space
+        if space not in self._published:
+            self.publish(space)  # the first names of a space: all of them
+            return
+        apps = {name: self.state.app(name) for name in {old.app, new.app}}
+        changes: dict[str, list[str] | None] = {}
+        for dyno in (old, new):
+            app = apps[dyno.app]
+            if app is None or app.space != space or not app.dns_discovery:
+                continue
+            if len(dyno.type) > MAX_LABEL:
+                continue
+            formation = formation_name(dyno.app, dyno.type)
+            members = self._formations[space].get(formation)
+            changes[formation] = list(map(_ADDRESS, members)) if members else None
+            name = dyno_name(dyno.app, dyno.type, dyno.number)
+            named = self._named[space].get(name)
+            changes[name] = [named[-1][4]] if named else None  # records: the last one wins
+        if changes:
+            self.server.update_scope(space, changes)
 
     def records(self, space: str) -> dict[str, list[str]]:
         _, router_address = self.network_of(space)

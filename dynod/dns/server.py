@@ -30,7 +30,8 @@ names) takes a slower path (about 5 us) that parses the query by hand, strictly:
 question, no compression pointers, at most an OPT record.  A plain query whose answer has
 nothing to rotate (NXDOMAIN, no data) leaves its answer behind in the zone's bounded cache of
 prepared negative answers (`zone.remember_negative`), so the next one takes the fast path too;
-a new zone (any change of the registry) starts with none.
+a whole new zone (`set_scope`) starts with none, and a changed one (`update_scope`: a dyno
+came or went) loses those of the names it changed.
 
 Why TC and TCP
 --------------
@@ -104,7 +105,14 @@ from dynod.dns.wire import (
     parse_query,
     udp_limit,
 )
-from dynod.dns.zone import EMPTY_ZONE, Zone, build_zone, local_reply, remember_negative
+from dynod.dns.zone import (
+    EMPTY_ZONE,
+    Zone,
+    build_zone,
+    local_reply,
+    patch_zone,
+    remember_negative,
+)
 from dynod.errors import DynodError
 
 __all__ = ["DnsServer"]
@@ -204,6 +212,18 @@ class DnsServer:
                 current.zone = EMPTY_ZONE  # in case a query still holds the old scope
             self._scopes[scope] = Scope(scope, net, zone)
             self._reroute()
+
+    def update_scope(self, scope: str, changes: Mapping[str, Sequence[str] | None]) -> None:
+        """Change some names of what `scope` serves (name -> its new addresses, None: the name
+        goes), from the next query on; the other names keep their prepared answers, so the
+        cost is that of the change, not of the scope's size.  DynodError if the scope does
+        not exist (set_scope makes it), ValueError for a bad name or address (nothing changes
+        then)."""
+        with self._lock:
+            current = self._scopes.get(scope)
+            if current is None:
+                raise DynodError(f"no DNS scope {scope!r}", "this is a bug in dynod")
+            current.zone = patch_zone(current.zone, changes)
 
     def remove_scope(self, scope: str) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ import socket
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from dynod.dns.wire import (
     A_PREFIX,
@@ -44,6 +45,7 @@ __all__ = [
     "build_zone",
     "encode_name",
     "local_reply",
+    "patch_zone",
     "remember_negative",
 ]
 
@@ -58,15 +60,20 @@ _Section = tuple[bool, int, int, Sequence[bytes], Iterator[int]]
 class Name:
     """One name of a scope with its answers prepared: the work of a query is then a lookup."""
 
-    __slots__ = ("wire", "source", "count", "records", "turn", "prepared")
+    __slots__ = ("wire", "source", "explicit", "count", "records", "turn", "prepared")
 
-    def __init__(self, wire: bytes, source: tuple[str, ...], turn: Iterator[int]) -> None:
+    def __init__(
+        self, wire: bytes, source: tuple[str, ...], turn: Iterator[int], explicit: bool = True
+    ) -> None:
         self.wire = wire
         self.source = source  # the addresses as given, to tell whether a new set differs
-        addresses = dict.fromkeys(_pack_address(text) for text in source)  # each once, in order
+        # False for an empty non-terminal: a name that exists only because names below it do,
+        # and goes with the last of them.
+        self.explicit = explicit
+        addresses = _pack_addresses(source)
         self.count = len(addresses)
         # The records twice in a row, so that rotation k is one slice: records[16k : 16(k+n)].
-        self.records = b"".join(A_PREFIX + address for address in addresses) * 2
+        self.records = (A_PREFIX + A_PREFIX.join(addresses)) * 2 if addresses else b""
         # One counter per name, kept across set_scope calls: restarting it on every change
         # (dynos come and go many times a second) would send most queries to the first dyno.
         self.turn = turn
@@ -97,25 +104,64 @@ class Name:
         answers still spread the load."""
         room = PLAIN_UDP_LIMIT - HEADER_LEN - len(self.wire) - 4
         fit = min(self.count, room // RECORD_LEN)
-        starts = range(0, self.count * RECORD_LEN, RECORD_LEN)
-        rotations = [self.records[start : start + fit * RECORD_LEN] for start in starts]
+        rotations: Sequence[bytes]
+        if self.count > EAGER_ROTATIONS:
+            rotations = _Rotations(self.records, self.count, fit * RECORD_LEN)
+        else:
+            starts = range(0, self.count * RECORD_LEN, RECORD_LEN)
+            rotations = [self.records[start : start + fit * RECORD_LEN] for start in starts]
         return (fit < self.count, fit, 0, rotations, self.turn)
+
+
+class _Rotations(Sequence[bytes]):
+    """The rotations of a name with many addresses, each cut when a query asks for it: a
+    formation of 4,000 dynos would otherwise cut 4,000 sections (2 MB) on each dyno's start
+    and stop.  A query pays about 0.2 us more for the call."""
+
+    __slots__ = ("records", "n", "size")
+
+    def __init__(self, records: bytes, count: int, size: int) -> None:
+        self.records = records
+        self.n = count
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, k: int) -> bytes: ...
+    @overload
+    def __getitem__(self, k: slice) -> Sequence[bytes]: ...
+    def __getitem__(self, k: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self.n))]
+        if not 0 <= k < self.n:
+            raise IndexError(k)
+        start = k * RECORD_LEN
+        return self.records[start : start + self.size]
 
 
 @dataclass(frozen=True, slots=True)
 class Zone:
-    """What one scope serves; replaced whole (one attribute assignment) by set_scope, so a query
-    sees either the old zone or the new one, never a mix."""
+    """What one scope serves; replaced whole (one attribute assignment) by set_scope and
+    update_scope, so a query sees either the old zone or the new one, never a mix."""
 
     prepared: dict[bytes, Prepared]  # query after the ID, lowercased -> plain UDP answer
     names: dict[bytes, Name]  # lowercased wire name -> Name
     # Answers with nothing to rotate (NXDOMAIN, no data), prepared the first time they are
-    # asked: keyed like `prepared`, and born empty with each zone, so a change of the registry
-    # (a new zone) forgets them all at once.  At most MAX_NEGATIVE (cleared when full).
+    # asked: keyed like `prepared`.  A whole new zone (build_zone) starts with none; a patched
+    # one (patch_zone) keeps those of the names the patch did not touch.  At most MAX_NEGATIVE
+    # (cleared when full).
     negative: dict[bytes, Prepared] = field(default_factory=dict)
+    # Wire name -> how many names of the zone are directly below it: an empty non-terminal
+    # goes when this drops to 0 (patch_zone).
+    children: dict[bytes, int] = field(default_factory=dict)
 
 
 EMPTY_ZONE = Zone({}, {})
+# Where the name starts in a key of `prepared` / `negative`: after the flags and the counts.
+_KEY_NAME = 10
+EAGER_ROTATIONS = 64  # names with more addresses cut their rotations when asked (_Rotations)
 MAX_NEGATIVE = 4096  # a dyno asking random names may fill it: then it starts again
 _NO_TURN = itertools.repeat(0)
 
@@ -133,13 +179,19 @@ def build_zone(records: Mapping[str, Sequence[str]], previous: Zone) -> Zone:
     ValueError for a bad name or address."""
     names: dict[bytes, Name] = {}
     changed: list[Name] = []
+    explicit = {encode_name(text) for text in records}
     for wire, source in _with_empty_non_terminals(records).items():
         name = previous.names.get(wire)
-        if name is None or name.source != source:
-            name = Name(wire, source, name.turn if name else itertools.count())
+        if name is None or name.source != source or name.explicit != (wire in explicit):
+            turn = name.turn if name else itertools.count()
+            name = Name(wire, source, turn, wire in explicit)
             changed.append(name)
         names[wire] = name
     gone = previous.names.keys() - names.keys()
+    children: dict[bytes, int] = {}
+    for wire in names:
+        parent = _parent(wire)
+        children[parent] = children.get(parent, 0) + 1
     if 4 * (len(changed) + len(gone)) > len(names):
         prepared = {key: answer for name in names.values() for key, answer in name.prepared.items()}
     else:
@@ -149,7 +201,95 @@ def build_zone(records: Mapping[str, Sequence[str]], previous: Zone) -> Zone:
                 del prepared[key]
         for name in changed:  # the keys of a name depend on its name only: these replace
             prepared.update(name.prepared)
-    return Zone(prepared, names)
+    return Zone(prepared, names, children=children)
+
+
+def patch_zone(previous: Zone, changes: Mapping[str, Sequence[str] | None]) -> Zone:
+    """`previous` with `changes` applied: name -> its new addresses, or None for a name that
+    goes.  The same zone as build_zone of the changed records (tests/unit/dns/test_zone.py),
+    at the cost of what changed: one dyno's start or stop touches its own name and its
+    formation's, not the thousands of others of its space.  The prepared negative answers of
+    every name added, changed or removed (empty non-terminals included) are dropped, the
+    others kept.  ValueError for a bad name or address (nothing changes then)."""
+    names = previous.names.copy()
+    children = previous.children.copy()
+    touched: set[bytes] = set()
+    for text, addresses in changes.items():
+        wire = encode_name(text)
+        if addresses is None:
+            _remove(wire, names, children, touched)
+        else:
+            _put(wire, tuple(addresses), names, children, touched)
+    prepared = previous.prepared.copy()
+    for wire in touched:
+        old = previous.names.get(wire)
+        if old is not None:
+            for key in old.prepared:
+                del prepared[key]
+    for wire in touched:  # the keys of a name depend on its name only
+        new = names.get(wire)
+        if new is not None:
+            prepared.update(new.prepared)
+    # A copy first (one C call: atomic while query threads add to the old one), then weeded.
+    negative = previous.negative.copy()
+    for key in [key for key in negative if key[_KEY_NAME:-4] in touched]:
+        del negative[key]
+    return Zone(prepared, names, negative, children)
+
+
+def _put(
+    wire: bytes,
+    source: tuple[str, ...],
+    names: dict[bytes, Name],
+    children: dict[bytes, int],
+    touched: set[bytes],
+) -> None:
+    """Give `wire` the addresses `source`, adding the empty non-terminals above it."""
+    name = names.get(wire)
+    if name is not None and name.explicit and name.source == source:
+        return
+    names[wire] = Name(wire, source, name.turn if name else itertools.count())
+    touched.add(wire)
+    while name is None:  # a new name: its parent counts one more child, and may be new too
+        parent = _parent(wire)
+        children[parent] = children.get(parent, 0) + 1
+        if parent == APEX:
+            return
+        name = names.get(parent)
+        if name is None:
+            names[parent] = Name(parent, (), itertools.count(), explicit=False)
+            touched.add(parent)
+        wire = parent
+
+
+def _remove(
+    wire: bytes, names: dict[bytes, Name], children: dict[bytes, int], touched: set[bytes]
+) -> None:
+    """Take `wire`'s records away: it stays as an empty non-terminal while names are below it,
+    else it goes, and so do the empty non-terminals above it that it alone kept."""
+    name = names.get(wire)
+    if name is None or not name.explicit:
+        return  # not a name of the records: nothing to take away
+    touched.add(wire)
+    if children.get(wire):
+        names[wire] = Name(wire, (), name.turn, explicit=False)
+        return
+    while True:
+        del names[wire]
+        parent = _parent(wire)
+        left = children[parent] - 1
+        if left:
+            children[parent] = left
+            return
+        del children[parent]
+        if parent == APEX or names[parent].explicit:
+            return
+        wire = parent
+        touched.add(wire)
+
+
+def _parent(wire: bytes) -> bytes:
+    return wire[wire[0] + 1 :]  # drop the first label
 
 
 def _with_empty_non_terminals(records: Mapping[str, Sequence[str]]) -> dict[bytes, tuple[str, ...]]:
@@ -158,18 +298,25 @@ def _with_empty_non_terminals(records: Mapping[str, Sequence[str]]) -> dict[byte
     named = {encode_name(text): tuple(addresses) for text, addresses in records.items()}
     empty: dict[bytes, tuple[str, ...]] = {}
     for wire in named:
-        parent = wire[wire[0] + 1 :]  # drop the first label
+        parent = _parent(wire)
         while parent != APEX and parent not in named and parent not in empty:
             empty[parent] = ()
-            parent = parent[parent[0] + 1 :]
+            parent = _parent(parent)
     return named | empty
 
 
-def _pack_address(text: str) -> bytes:
+def _pack_addresses(source: Sequence[str]) -> dict[bytes, None]:
+    """The addresses packed, each once, in order (one C loop: a formation may have thousands).
+    ValueError for one that is not an IPv4 address."""
     try:
-        return socket.inet_pton(socket.AF_INET, text)
+        return dict.fromkeys(map(socket.inet_pton, itertools.repeat(socket.AF_INET), source))
     except OSError:
-        raise ValueError(f"not an IPv4 address: {text!r}") from None
+        for text in source:
+            try:
+                socket.inet_pton(socket.AF_INET, text)
+            except OSError:
+                raise ValueError(f"not an IPv4 address: {text!r}") from None
+        raise
 
 
 @functools.lru_cache(maxsize=65536)

@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dynod.errors import DynodError
@@ -219,11 +219,15 @@ class Dyno:
         return f"{self.type}.{self.number}"
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Field by field, not asdict(): that deep-copies `env` (a whole inherited environment)
+        # only to drop it, which made `dynod ps` take about 0.2 ms a dyno.
+        data = {name: getattr(self, name) for name in _DYNO_FIELDS}
         data["name"] = self.name
-        data.pop("env")
         data["uptime"] = (time.time() - self.started_at) if self.started_at else None
         return data
+
+
+_DYNO_FIELDS = tuple(f.name for f in fields(Dyno) if f.name != "env")  # what to_json shows
 
 
 @dataclass

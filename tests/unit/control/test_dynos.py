@@ -121,6 +121,9 @@ def test_stop_find_and_ps(world: World) -> None:
             await world.dynos.stop(StopDynos("sushi", "web.9"))
         with pytest.raises(NotFound, match="no app named 'nope'"):
             world.dynos.ps("nope")
+        with pytest.raises(NotFound, match="no app named 'nope'"):
+            await world.dynos.stop(StopDynos("nope", "web.1"))
+        assert world.dynos.find("sushi", "web.1").id == web.id
         answer = await world.dynos.stop(StopDynos("sushi", "web.1", grace=1))
         assert answer["stopped"] == ["web.1"] and "web.1" in answer["teardown_ms"]
         assert [d.name for d in world.state.dynos()] == ["worker.1"]

@@ -86,6 +86,14 @@ class Listeners:
     def set_scope(self, scope: str, network: str, records: dict[str, list[str]]) -> None:
         self.scopes[scope] = records
 
+    def update_scope(self, scope: str, changes: dict[str, list[str] | None]) -> None:
+        records = self.scopes[scope]
+        for name, addresses in changes.items():
+            if addresses is None:
+                records.pop(name, None)
+            else:
+                records[name] = addresses
+
     def remove_scope(self, scope: str) -> None:
         self.scopes.pop(scope, None)
 

@@ -533,6 +533,32 @@ def test_small_changes_to_a_big_scope(make_server: MakeServer) -> None:
         assert addresses(ask(address, "9.web.sushi.app.localspace", tcp=tcp)) == ["10.4.0.10"]
 
 
+def test_update_scope_changes_the_names_given_from_the_next_query(make_server: MakeServer) -> None:
+    """A dyno's start and stop, as the registry sends them: the names it changes answer anew
+    at once, on UDP (prepared, then a remembered negative answer) and TCP; the others as
+    before."""
+    server, address = make_server()
+    server.set_scope("sushi-space", "127.10.0.0/16", RECORDS)
+    one = "4.web.sushi.app.localspace"
+    many = [f"10.5.{i // 250}.{i % 250 + 1}" for i in range(100)]  # rotations cut when asked
+    assert rcode(ask(address, one)) == "NXDOMAIN"
+    assert rcode(ask(address, one)) == "NXDOMAIN"  # now a remembered negative answer
+    server.update_scope("sushi-space", {one: ["10.4.0.6"], WEB: many})
+    for tcp in (False, True):
+        assert addresses(ask(address, one, tcp=tcp)) == ["10.4.0.6"]
+        assert sorted(addresses(ask(address, WEB, tcp=True))) == sorted(many)
+    first = [addresses(ask(address, WEB))[0] for _ in range(3)]
+    assert len(set(first)) == 3  # round robin over the big name: each query starts elsewhere
+    server.update_scope("sushi-space", {one: None})
+    for tcp in (False, True):
+        assert rcode(ask(address, one, tcp=tcp)) == "NXDOMAIN"
+    with pytest.raises(ValueError):
+        server.update_scope("sushi-space", {WEB: ["10.0.0.300"]})
+    assert sorted(addresses(ask(address, WEB, tcp=True))) == sorted(many)
+    with pytest.raises(DynodError):
+        server.update_scope("tuna-space", {WEB: ["10.0.0.1"]})
+
+
 def test_set_scope_rejects_bad_records_and_changes_nothing(make_server: MakeServer) -> None:
     server, address = make_server()
     for bad in ({"web.example.com": ["10.0.0.1"]}, {WEB: ["10.0.0.300"]}, {"a..localspace": []}):

@@ -115,3 +115,23 @@ def test_a_version_4_state_gains_the_config_var_tables(tmp_path: Path) -> None:
         assert state.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         state.close()
+
+
+def test_a_dynos_json_has_every_field_but_its_environment() -> None:
+    """What `dynod ps` and the API show of a dyno: each field as stored (in field order), its
+    name and uptime, never its environment (it holds the config vars' secrets)."""
+    import dataclasses
+
+    from dynod.state.store import Dyno
+
+    dyno = Dyno(
+        id=7, app="sushi", type="web", number=2, state="up", slot=3, ip="10.1.0.14",
+        port=5000, pid=42, pid_start=1.5, netns="ns", veth="v", command="run", cwd="/app",
+        uid=1000, gid=1000, env={"SECRET": "x"}, started_at=100.0, size="basic",
+    )  # fmt: skip
+    shown = dyno.to_json()
+    expected = {k: v for k, v in dataclasses.asdict(dyno).items() if k != "env"}
+    assert list(shown)[: len(expected)] == list(expected)
+    assert {k: shown[k] for k in expected} == expected
+    assert shown["name"] == "web.2" and shown["uptime"] > 0 and "env" not in shown
+    assert "SECRET" not in str(shown)
