@@ -7,6 +7,7 @@ live in tests/integration/, the others in tests/unit/: a test in the wrong folde
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
