@@ -38,6 +38,12 @@ def _ours(found: list[object]) -> list[object]:
 TESTS = Path(__file__).parent
 INTEGRATION = TESTS / "integration"
 
+# Started in the background by a non-interactive shell (`bash .ci/run &`, nohup), this process
+# ignores SIGINT, and the CLIs the tests start would inherit that: Ctrl-C (or SIGINT) would not
+# reach them as it does a user's. A handler (unlike SIG_IGN) is reset to the default by exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def misplaced(items: list[pytest.Item]) -> list[str]:
     """Root tests live in tests/integration/ and only there, so that tests/unit/ runs anywhere.
