@@ -26,12 +26,9 @@ class DynoEnds:
 
     def close(self) -> None:
         """Once only: a second close could hit an fd number reused meanwhile."""
-        if self.closed:
-            return
-        self.closed = True
-        for fd in {self.stdin, self.stdout, self.stderr}:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        if not self.closed:
+            self.closed = True
+            _close_each(self.stdin, self.stdout, self.stderr)
 
 
 @dataclass
@@ -47,13 +44,9 @@ class DaemonEnds:
 
     def close(self) -> None:
         """Once only: a second close could hit an fd number reused meanwhile."""
-        if self.closed:
-            return
-        self.closed = True
-        for fd in {self.stdin, self.stdout, self.stderr}:
-            if fd is not None and fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        if not self.closed:
+            self.closed = True
+            _close_each(self.stdin, self.stdout, self.stderr)
 
     def close_stdin(self) -> None:
         """End of the user's stdin: the dyno reads EOF (pipes only; on a terminal, Ctrl-D is a
@@ -102,3 +95,11 @@ def get_window(fd: int) -> tuple[int, int]:
     except OSError:
         return 0, 0
     return rows, cols
+
+
+def _close_each(*fds: int | None) -> None:
+    """Each fd once (on a terminal stdin and stdout are one fd); None or -1: none there."""
+    for fd in set(fds):
+        if fd is not None and fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
