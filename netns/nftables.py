@@ -71,7 +71,9 @@ class Nft:
             err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
         if rc != 0:
             raise NftError(err.strip() or f"nft failed (rc={rc})")
-        if not as_json:  # a listing is always asked for as JSON here: this changed the kernel
+        # Listings are asked for as JSON, or with handles (a trace's `nft -a -t list ruleset`):
+        # anything else changed the kernel.
+        if not (as_json or handles) and record.active():
             record.note_text(record.here_document("nft -f -", text, "NFT"))
         return out
 

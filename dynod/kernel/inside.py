@@ -77,6 +77,11 @@ def _still_in(pid: int, own: int | None, net: int | None, children: int | None) 
     return children is not None and namespace.inode_of(pid, "pid") == children
 
 
-def kill_namespace(netns: str) -> None:
-    """`ip netns pids NS | xargs kill -KILL`, for namespaces no dyno of the state owns."""
-    processes.signal_all(namespace.pids_inside(netns), signal.SIGKILL)
+def kill_namespace(netns: str, table: namespace.Table) -> None:
+    """`ip netns pids NS | xargs kill -KILL`, for namespaces no dyno of the state owns; `table`
+    is one /proc scan shared by every namespace a sweep removes."""
+    try:
+        inode = namespace.inode(netns)
+    except FileNotFoundError:
+        return
+    processes.signal_all(table.net.get(inode, []), signal.SIGKILL)

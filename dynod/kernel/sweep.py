@@ -15,9 +15,15 @@ def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
     tracing.sweep_leftovers(m)  # a trace's tables, left by a daemon killed mid-trace
     ipr = m.worker.ipr
     known_netns = {d.netns for d in live}
-    for name in namespace.names(f"{m.names.prefix}-"):
-        if m.names.owns_netns(name) and name not in known_netns:
-            kill_namespace(name)
+    unknown = [
+        name
+        for name in namespace.names(f"{m.names.prefix}-")
+        if m.names.owns_netns(name) and name not in known_netns
+    ]
+    if unknown:
+        table = namespace.scan()  # one /proc scan for all of them, not one each
+        for name in unknown:
+            kill_namespace(name, table)
             namespace.delete(name)
     known_veths = {d.veth for d in live}
     for veth in network.existing_veths(ipr, m.names):

@@ -95,8 +95,8 @@ def open_trace(m: Machine, plan: ProbePlan) -> Opened:
         probe, flow = _probe_socket(plan)
         opened = Opened(probe, flow, watches)
         name = table_name(m)
-        for family, hooks in HOST_TABLES:
-            _nft(None, nftrace.trace_table(family, name, hooks, flow))
+        # the host's tables in one transaction: both or neither
+        _nft(None, "\n".join(nftrace.trace_table(f, name, h, flow) for f, h in HOST_TABLES))
         if plan.src_netns is not None:
             _nft(plan.src_netns, nftrace.trace_table("inet", name, FROM_HOOKS, flow))
         if plan.dst_netns is not None:
