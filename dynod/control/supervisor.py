@@ -296,7 +296,13 @@ class Supervisor:
             self.state.update_dyno(current, state="stopping")
             self.on_change(current)
             self.registry.unregister(current)
-            await terminate(self.kernel, self.exits, self.say, current, self._grace(grace))
+            try:
+                await terminate(self.kernel, self.exits, self.say, current, self._grace(grace))
+            except Exception as exc:  # noqa: BLE001 - left "stopping", nothing would pick it up
+                self.say(current, f"Restart failed: {exc}")
+                self._set_state(current, "crashed")
+                self.schedule_restart(current)
+                return True
             self.outputs.drain(current, final=True)
             self.state.update_dyno(current, state="starting")
             self.on_change(current)

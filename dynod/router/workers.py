@@ -76,6 +76,7 @@ class RouterWorkers:
         self._table = RouteTable()
         self._sockets: dict[str, socket.socket] = {}  # "main" or a space's address -> listening
         self._workers: dict[int, _Worker] = {}  # slot -> worker
+        self._delays: dict[int, float] = {}  # slot -> its last restart delay
         self._watchers: set[asyncio.Task[None]] = set()
         self._closing = False
         self._turns_fd = -1  # the shared round-robin counters (router/turns.py), from start()
@@ -186,8 +187,12 @@ class RouterWorkers:
         if self._closing or self._workers.get(slot) is not worker:
             return
         _logger.warning("router worker %d exited with status %s; starting it again", slot, status)
+        # A worker that lived long starts again at once; one that keeps dying (a broken install)
+        # waits twice as long each time, up to RESTART_MOST: its own life says nothing of that.
         lived = time.monotonic() - worker.started
-        delay = RESTART_FIRST if lived > RESTART_MOST else min(RESTART_MOST, 2 * lived + 0.5)
+        last = self._delays.get(slot, RESTART_FIRST / 2)
+        delay = RESTART_FIRST if lived > RESTART_MOST else min(RESTART_MOST, 2 * last)
+        self._delays[slot] = delay
         await asyncio.sleep(delay)
         if not self._closing and self._workers.get(slot) is worker:
             self._spawn(slot)
