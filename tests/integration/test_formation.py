@@ -159,8 +159,12 @@ def test_scaling_up_and_down_20_times_leaves_no_kernel_objects() -> None:
         assert d.dynos("churn") == []
         assert {n for n in netns_names() - before if n.startswith(d.prefix)} == set()
         veths = re.compile(rf"^{d.prefix}-[0-9a-f]+$")
-        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-        assert [w for w in re.findall(r"^\d+: ([^:@]+)", links, re.M) if veths.match(w)] == []
+
+        def no_veth_left() -> bool:  # the kernel destroys a deleted namespace's veth lazily
+            links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+            return not [w for w in re.findall(r"^\d+: ([^:@]+)", links, re.M) if veths.match(w)]
+
+        d.wait_for(no_veth_left, "no veth of ours left", timeout=10)
         assert port_elements(d.prefix) == set()
 
 
