@@ -211,13 +211,9 @@ def up(
     """
     path = os.path.abspath(procfile_path)
     directory = os.path.dirname(path)
-    try:
-        with open(path, "rb") as f:
-            commands = procfile.parse(f.read().decode(errors="replace"), path)
-    except (FileNotFoundError, IsADirectoryError):
-        raise DynodError(
-            f"no Procfile at {path}", "add one (`web: python3 server.py`), or give -f FILE"
-        ) from None
+    commands = procfile.read_file(
+        path, f"no Procfile at {path}", "add one (`web: python3 server.py`), or give -f FILE"
+    )
     wanted = plan(commands, formation, path)
     env_vars = read_env_file(env_path or os.path.join(os.getcwd(), ".env"), env_path is not None)
     name = names.check_app(app) if app else app_name_for(directory)

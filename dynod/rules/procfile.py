@@ -50,16 +50,21 @@ def parse(text: str, where: str = NAME) -> dict[str, str]:
 
 def read(directory: str) -> dict[str, str]:
     """The Procfile of a directory, parsed; a missing or unreadable one is a DynodError."""
-    path = os.path.join(directory, NAME)
+    return read_file(
+        os.path.join(directory, NAME),
+        f"no Procfile in {directory}",
+        "add one (`web: python3 server.py`), or give the app's directory with "
+        "`dynod apps:create APP --dir DIR`",
+    )
+
+
+def read_file(path: str, missing: str, fix: str) -> dict[str, str]:
+    """A Procfile, parsed: `missing` and `fix` say what to do when there is none."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise DynodError(
-            f"no Procfile in {directory}",
-            "add one (`web: python3 server.py`), or give the app's directory with "
-            "`dynod apps:create APP --dir DIR`",
-        ) from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise DynodError(missing, fix) from None
     except OSError as exc:
         raise DynodError(f"cannot read {path}: {exc.strerror}", "check its permissions") from None
     if len(data) > MAX_BYTES:
