@@ -68,11 +68,6 @@ def _prefixed(stream: Stream, first: bytes) -> Stream:
     return Stream(stream.content_type, chunks, stream.on_close)
 
 
-def daemon_commands(startup: record.Recording) -> list[str]:
-    """What the daemon's start-up did (`dynod explain daemon`)."""
-    return startup.commands()
-
-
 def _told_first(upgrade: Upgrade, commands: list[str]) -> Upgrade:
     """An attached one-off: the commands are its first stderr frame, as a foreground `run`
     prints them on stderr once the dyno has started."""
