@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable, Sequence
 
 from dynod.api.endpoints import Services
 from dynod.api.server import ApiServer, socket_group
@@ -31,7 +32,7 @@ from dynod.inspect.service import InspectService
 from dynod.kernel.host import Kernel
 from dynod.logs.book import LogBook
 from dynod.router.limits import raise_open_file_limit
-from dynod.router.routes import RouteTable
+from dynod.router.routes import RouteChange, RouteTable
 from dynod.router.server import Router
 from dynod.router.workers import AnyRouter, RouterWorkers
 from dynod.rules import names
@@ -86,6 +87,13 @@ def _router(config: Config, kernel: Kernel, log: LogBook) -> AnyRouter:
     return Router(RouteTable().resolve, emit, socket_mark=kernel.layout.router_mark)
 
 
+def _pusher(router: AnyRouter) -> Callable[[RouteTable, Sequence[RouteChange]], None]:
+    """Worker processes are sent what changed; a router in the daemon takes the table."""
+    if isinstance(router, RouterWorkers):
+        return router.update
+    return lambda table, _changes: router.update(table)
+
+
 def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tuple[Daemon, Services]:
     """Every part, whole: the daemon, and the services the API calls. Nothing here touches the
     kernel yet (Daemon.start does)."""
@@ -101,7 +109,7 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
     )
     registry = Registry(state, dns, kernel.space_network)
     router = _router(config, kernel, log)
-    routes = RoutePublisher(state, kernel.space_network, router.update)
+    routes = RoutePublisher(state, kernel.space_network, _pusher(router))
     supervisor = Supervisor(state, kernel, log, config, registry, on_change=routes.dyno_changed)
     admin = asyncio.Lock()  # spaces and apps: see control/admin.py
     spaces = SpaceService(

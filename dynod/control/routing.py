@@ -1,15 +1,17 @@
 """Pushes the router's route table: whoever changes what the router needs (a web dyno's state,
-an app, a space, a space's trusted IP ranges) calls this, and the table is handed to the router.
-An app, a space or trusted ranges build the whole table anew from the state; one web dyno's
-change (the frequent one: 4,000 dynos start and stop) only moves that dyno in or out of its
-app's backends, so it costs the same however many dynos run. The router never asks the state
-per request."""
+an app, a space, a space's trusted IP ranges) calls this, and the table is handed to the router
+with what changed since the last one (the router's worker processes are sent only that).
+An app, a space or trusted ranges build the whole table anew from the state, and only the apps
+and spaces that differ are pushed; one web dyno's change (the frequent one: 4,000 dynos start
+and stop) only moves that dyno in or out of its app's backends, so it costs the same however
+many dynos run. A change that moves nothing (a dyno forgotten after `stopping`, `starting`
+after `crashed`) pushes nothing. The router never asks the state per request."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from dynod.router.routes import RouteTable, backend
+from dynod.router.routes import DynoMoved, RouteChange, RouteTable, backend
 from dynod.rules import names
 from dynod.state.store import Dyno, State
 
@@ -19,17 +21,17 @@ class RoutePublisher:
         self,
         state: State,
         space_network: Callable[[str], tuple[str, str]],
-        update: Callable[[RouteTable], None],
+        update: Callable[[RouteTable, Sequence[RouteChange]], None],
     ) -> None:
         """space_network(space) gives an open space's (CIDR, bridge address); update receives
-        each new table (Router.update)."""
+        each new table and the changes that made it out of the last one (never none)."""
         self._state = state
         self._space_network = space_network
         self._update = update
         # Spaces whose bridge, DNS and router are up: a space being created or destroyed has
         # no range in the table, so nobody is inside it (as before it opens).
         self._open: set[str] = set()
-        self._table: RouteTable | None = None  # the last one handed over
+        self._table = RouteTable()  # the last one handed over (the router starts empty too)
 
     def publish(self) -> None:
         """Build the whole table from the state now and hand it to the router."""
@@ -40,8 +42,7 @@ class RoutePublisher:
             {name: self._space_network(name)[0] for name in spaces},
             {name: self._state.trusted_ips(name) for name in spaces},
         )
-        self._table = table
-        self._update(table)
+        self._push(table, self._table.changes_to(table))
 
     def dyno_changed(self, dyno: Dyno) -> None:
         """The supervisor's callback (a state change, a dyno forgotten): only web dynos serve
@@ -49,12 +50,20 @@ class RoutePublisher:
         (None: forgotten) says whether it serves."""
         if dyno.type != names.WEB_TYPE:
             return
-        if self._table is None or dyno.app not in self._table.apps:
+        if dyno.app not in self._table.apps:
             self.publish()
             return
         now = self._state.dyno(dyno.id)
-        self._table = self._table.with_dyno(dyno.app, dyno.name, backend(now) if now else None)
-        self._update(self._table)
+        serving = backend(now) if now else None
+        if self._table.serving(dyno.app, dyno.name) == serving:
+            return  # already in (or out) as it is: nothing the router reads changed
+        change = DynoMoved(dyno.app, dyno.name, serving)
+        self._push(self._table.changed(change), [change])
+
+    def _push(self, table: RouteTable, changes: Sequence[RouteChange]) -> None:
+        self._table = table
+        if changes:
+            self._update(table, changes)
 
     def space_opened(self, name: str) -> None:
         self._open.add(name)

@@ -26,7 +26,20 @@ from typing import Any
 from dynod.rules import names, spaces
 from dynod.state.store import App, Dyno
 
-__all__ = ["AppRoute", "Backend", "Refused", "Resolve", "RouteTable", "SpaceRanges"]
+__all__ = [
+    "AppChanged",
+    "AppRoute",
+    "Backend",
+    "DynoMoved",
+    "Refused",
+    "Resolve",
+    "RouteChange",
+    "RouteTable",
+    "SpaceChanged",
+    "SpaceRanges",
+    "change_from_wire",
+    "change_to_wire",
+]
 
 
 @dataclass(frozen=True)
@@ -111,32 +124,14 @@ class RouteTable:
     def to_wire(self) -> dict[str, Any]:
         """The table as JSON-ready data, for the router's worker processes (`from_wire`)."""
         return {
-            "apps": {
-                name: [
-                    [[b.dyno, b.host, b.port] for b in route.backends],
-                    route.space,
-                    route.internal_routing,
-                ]
-                for name, route in self.apps.items()
-            },
-            "spaces": {
-                name: [str(r.network), [str(t) for t in r.trusted]]
-                for name, r in self.spaces.items()
-            },
+            "apps": {name: _route_wire(route) for name, route in self.apps.items()},
+            "spaces": {name: _ranges_wire(r) for name, r in self.spaces.items()},
         }
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> RouteTable:
-        apps = {
-            name: AppRoute(tuple(Backend(d, h, int(p)) for d, h, p in backends), space, internal)
-            for name, (backends, space, internal) in data["apps"].items()
-        }
-        ranges = {
-            name: SpaceRanges(
-                ipaddress.IPv4Network(network), tuple(ipaddress.IPv4Network(t) for t in trusted)
-            )
-            for name, (network, trusted) in data["spaces"].items()
-        }
+        apps = {name: _route_from_wire(route) for name, route in data["apps"].items()}
+        ranges = {name: _ranges_from_wire(r) for name, r in data["spaces"].items()}
         return cls(MappingProxyType(apps), MappingProxyType(ranges))
 
     def with_dyno(self, app: str, name: str, serving: Backend | None) -> RouteTable:
@@ -151,6 +146,51 @@ class RouteTable:
         routes = dict(self.apps)
         routes[app] = replace(route, backends=tuple(others))
         return RouteTable(MappingProxyType(routes), self.spaces)
+
+    def with_route(self, app: str, route: AppRoute | None) -> RouteTable:
+        """The same table with one app's route replaced (None: the app is gone)."""
+        routes = dict(self.apps)
+        if route is None:
+            routes.pop(app, None)
+        else:
+            routes[app] = route
+        return RouteTable(MappingProxyType(routes), self.spaces)
+
+    def with_space(self, space: str, ranges: SpaceRanges | None) -> RouteTable:
+        """The same table with one space's ranges replaced (None: the space is closed)."""
+        ranges_by_space = dict(self.spaces)
+        if ranges is None:
+            ranges_by_space.pop(space, None)
+        else:
+            ranges_by_space[space] = ranges
+        return RouteTable(self.apps, MappingProxyType(ranges_by_space))
+
+    def serving(self, app: str, name: str) -> Backend | None:
+        """Dyno NAME of `app` as this table routes to it; None: not in its backends."""
+        route = self.apps.get(app)
+        return next((b for b in route.backends if b.dyno == name), None) if route else None
+
+    def changed(self, change: RouteChange) -> RouteTable:
+        """This table after one change."""
+        if isinstance(change, DynoMoved):
+            return self.with_dyno(change.app, change.dyno, change.serving)
+        if isinstance(change, AppChanged):
+            return self.with_route(change.app, change.route)
+        return self.with_space(change.space, change.ranges)
+
+    def changes_to(self, new: RouteTable) -> list[RouteChange]:
+        """The changes that make `new` out of this table (one per app or space that differs),
+        so that a whole new build reaches the router's workers as what moved, not all of it."""
+        found: list[RouteChange] = []
+        for app, route in new.apps.items():
+            if self.apps.get(app) != route:
+                found.append(AppChanged(app, route))
+        found.extend(AppChanged(app, None) for app in self.apps if app not in new.apps)
+        for space, ranges in new.spaces.items():
+            if self.spaces.get(space) != ranges:
+                found.append(SpaceChanged(space, ranges))
+        found.extend(SpaceChanged(space, None) for space in self.spaces if space not in new.spaces)
+        return found
 
     def resolve(self, app: str, client: str) -> tuple[Backend, ...] | None:
         """The web dynos that serve `app` to `client`; None when the app does not exist for
@@ -170,3 +210,87 @@ class RouteTable:
         if ranges is None or not spaces.allows(ranges.trusted, client):
             raise Refused(f"{client} is not in the trusted IP ranges of space {route.space}")
         return route.backends
+
+
+@dataclass(frozen=True)
+class AppChanged:
+    """An app's route, whole (None: the app is gone)."""
+
+    app: str
+    route: AppRoute | None
+
+
+@dataclass(frozen=True)
+class SpaceChanged:
+    """A space's ranges (None: the space is closed)."""
+
+    space: str
+    ranges: SpaceRanges | None
+
+
+@dataclass(frozen=True)
+class DynoMoved:
+    """One web dyno of an app in its backends (serving) or out of them (None)."""
+
+    app: str
+    dyno: str
+    serving: Backend | None
+
+
+# One step from a table to the next: what the daemon pushes to the router's workers per change
+# (router/wire.py); a worker that (re)starts gets the whole table instead.
+RouteChange = AppChanged | SpaceChanged | DynoMoved
+
+
+def change_to_wire(change: RouteChange) -> list[Any]:
+    """A change as JSON-ready data (`change_from_wire`)."""
+    if isinstance(change, DynoMoved):
+        serving = change.serving
+        return ["dyno", change.app, change.dyno, _backend_wire(serving) if serving else None]
+    if isinstance(change, AppChanged):
+        return ["app", change.app, _route_wire(change.route) if change.route else None]
+    ranges = change.ranges
+    return ["space", change.space, _ranges_wire(ranges) if ranges else None]
+
+
+def change_from_wire(data: Sequence[Any]) -> RouteChange:
+    kind = data[0]
+    if kind == "dyno":
+        _, app, dyno, serving = data
+        return DynoMoved(app, dyno, _backend_from_wire(serving) if serving else None)
+    if kind == "app":
+        _, app, route = data
+        return AppChanged(app, _route_from_wire(route) if route is not None else None)
+    if kind == "space":
+        _, space, ranges = data
+        return SpaceChanged(space, _ranges_from_wire(ranges) if ranges is not None else None)
+    raise ValueError(f"unknown route change {kind!r}")
+
+
+def _backend_wire(b: Backend) -> list[Any]:
+    return [b.dyno, b.host, b.port]
+
+
+def _backend_from_wire(data: Sequence[Any]) -> Backend:
+    name, host, port = data
+    return Backend(str(name), str(host), int(port))
+
+
+def _route_wire(route: AppRoute) -> list[Any]:
+    return [[_backend_wire(b) for b in route.backends], route.space, route.internal_routing]
+
+
+def _route_from_wire(data: Sequence[Any]) -> AppRoute:
+    backends, space, internal = data
+    return AppRoute(tuple(_backend_from_wire(b) for b in backends), space, internal)
+
+
+def _ranges_wire(ranges: SpaceRanges) -> list[Any]:
+    return [str(ranges.network), [str(t) for t in ranges.trusted]]
+
+
+def _ranges_from_wire(data: Sequence[Any]) -> SpaceRanges:
+    network, trusted = data
+    return SpaceRanges(
+        ipaddress.IPv4Network(network), tuple(ipaddress.IPv4Network(t) for t in trusted)
+    )

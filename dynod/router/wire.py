@@ -1,8 +1,10 @@
 """What the daemon and the router's worker processes say to each other, on a Unix stream
 socket pair: frames of a 4-byte big-endian length and a JSON value.
 
-daemon -> worker: ``{"table": RouteTable.to_wire()}`` on every change (a whole table, so a
-worker that starts late or restarts needs only the last one). worker -> daemon: ``{"logs":
+daemon -> worker: ``{"table": RouteTable.to_wire()}`` once, when the worker (re)starts, then
+``{"changes": [change_to_wire(...), ...]}`` per change: one app's route, one space's ranges, or
+one web dyno in or out of its app's backends, so that a dyno's start costs the same on the wire
+however many dynos run (`routed` applies either). worker -> daemon: ``{"logs":
 [[line, app], ...]}``, the router log lines of the last few milliseconds in one frame.
 Listening sockets travel on a second, datagram socket pair (`send_listen`), with SCM_RIGHTS.
 """
@@ -13,9 +15,21 @@ import asyncio
 import json
 import socket
 import struct
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MAX_FRAME", "frame", "read_frame", "recv_listen", "send_listen"]
+from dynod.router.routes import RouteChange, RouteTable, change_from_wire, change_to_wire
+
+__all__ = [
+    "MAX_FRAME",
+    "changes_frame",
+    "frame",
+    "read_frame",
+    "recv_listen",
+    "routed",
+    "send_listen",
+    "table_frame",
+]
 
 MAX_FRAME = 64 << 20  # a route table of 100,000 dynos is a few MB
 _LENGTH = struct.Struct(">I")
@@ -24,6 +38,26 @@ _LENGTH = struct.Struct(">I")
 def frame(value: Any) -> bytes:
     data = json.dumps(value, separators=(",", ":")).encode()
     return _LENGTH.pack(len(data)) + data
+
+
+def table_frame(table: RouteTable) -> bytes:
+    return frame({"table": table.to_wire()})
+
+
+def changes_frame(changes: Sequence[RouteChange]) -> bytes:
+    return frame({"changes": [change_to_wire(c) for c in changes]})
+
+
+def routed(table: RouteTable, message: Any) -> RouteTable | None:
+    """The table a worker routes by after `message` (from `table`, its last one); None: the
+    message says nothing of routes."""
+    if "table" in message:
+        return RouteTable.from_wire(message["table"])
+    if "changes" in message:
+        for change in message["changes"]:
+            table = table.changed(change_from_wire(change))
+        return table
+    return None
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 from dynod.router.routes import RouteTable
 from dynod.router.server import Router
 from dynod.router.turns import Turns
-from dynod.router.wire import frame, read_frame, recv_listen
+from dynod.router.wire import frame, read_frame, recv_listen, routed
 
 __all__ = ["LogBatcher", "main"]
 
@@ -106,9 +106,11 @@ async def serve(settings: dict[str, Any]) -> None:
                 await router.unlisten(key)
 
     async def apply_tables() -> None:
+        table = RouteTable()
         while (message := await read_frame(reader)) is not None:
-            if "table" in message:
-                router.update(RouteTable.from_wire(message["table"]))
+            if (new := routed(table, message)) is not None:
+                table = new
+                router.update(table)
         if not done.done():
             done.set_result(None)  # the daemon is gone
 

@@ -4,9 +4,9 @@ The daemon keeps the router's interface (`update`, `start`, `listen`, `unlisten`
 `port`) but does no HTTP itself: its event loop stays free for the API, the supervisor and DNS
 whatever the load on the router. It binds every listening socket (the main port, and port 80 on
 each space's address) and hands each worker a copy (SCM_RIGHTS), so the workers share each
-accept queue and need no right to bind. Each new route table goes to every worker at once, as a
-whole (`wire`); their log lines come back in batches and go into the daemon's log book, one
-line per request as before.
+accept queue and need no right to bind. Each change of the route table goes to every worker at
+once, as what changed (a worker that starts gets the whole table; `wire`); their log lines
+come back in batches and go into the daemon's log book, one line per request as before.
 
 Workers run ``python -m dynod.router.worker`` under ``setpriv`` with every capability dropped
 but CAP_NET_ADMIN (the firewall lets only the router's socket mark reach the dynos; setting it
@@ -31,13 +31,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from dynod.router.limits import MAX_CLIENT_CONNECTIONS
-from dynod.router.routes import RouteTable
+from dynod.router.routes import RouteChange, RouteTable
 from dynod.router.server import Router
 from dynod.router.turns import shared_turns_file
-from dynod.router.wire import frame, read_frame, send_listen
+from dynod.router.wire import changes_frame, read_frame, send_listen, table_frame
 
 __all__ = ["AnyRouter", "RouterWorkers"]
 
@@ -83,9 +83,13 @@ class RouterWorkers:
 
     # -- the router's interface ----------------------------------------------------------
 
-    def update(self, table: RouteTable) -> None:
+    def update(self, table: RouteTable, changes: Sequence[RouteChange] | None = None) -> None:
+        """Route by `table` from now on. `changes`: what made it out of the last one, sent
+        instead of the whole table (None: send it whole)."""
         self._table = table
-        data = frame({"table": table.to_wire()})
+        if changes is not None and not changes:
+            return
+        data = table_frame(table) if changes is None else changes_frame(changes)
         for worker in self._workers.values():
             if worker.writer is not None and not worker.writer.is_closing():
                 worker.writer.write(data)
@@ -171,7 +175,7 @@ class RouterWorkers:
         """Feed the worker its table and sockets, relay its log lines; restart it if it dies."""
         reader, writer = await asyncio.open_connection(sock=worker.ctl)
         worker.writer = writer
-        writer.write(frame({"table": self._table.to_wire()}))
+        writer.write(table_frame(self._table))  # whole: it knows nothing yet
         for key, sock in self._sockets.items():
             _send(worker, key, sock)
         try:

@@ -63,7 +63,11 @@ def world(tmp_path: object) -> Iterator[World]:
     config = Config(grace=0.5, metrics_interval=60, state_dir=directory)
     registry = Registry(state, NoDns(), lambda space: ("10.1.0.0/16", "10.1.0.1"))
     tables: list[RouteTable] = []
-    routes = RoutePublisher(state, lambda space: ("10.1.0.0/16", "10.1.0.1"), tables.append)
+    routes = RoutePublisher(
+        state,
+        lambda space: ("10.1.0.0/16", "10.1.0.1"),
+        lambda table, _changes: tables.append(table),
+    )
     supervisor = Supervisor(state, kernel, log, config, registry, on_change=routes.dyno_changed)
     claim = SimpleNamespace(output_dir=directory)
     dynos = DynoService(config, claim, kernel, state, supervisor, routes)  # type: ignore[arg-type]

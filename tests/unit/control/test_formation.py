@@ -49,7 +49,7 @@ def world(tmp_path: object) -> Iterator[World]:
     log = LogBook(None, echo=None)
     config = Config(grace=0.5, metrics_interval=60, state_dir=directory)
     registry = Registry(state, NoDns(), lambda space: ("10.1.0.0/16", "10.1.0.1"))
-    routes = RoutePublisher(state, lambda space: ("10.1.0.0/16", "10.1.0.1"), lambda t: None)
+    routes = RoutePublisher(state, lambda space: ("10.1.0.0/16", "10.1.0.1"), lambda t, c: None)
     supervisor = Supervisor(state, kernel, log, config, registry, on_change=routes.dyno_changed)
     claim = SimpleNamespace(output_dir=directory)
     dynos = DynoService(config, claim, kernel, state, supervisor, routes)  # type: ignore[arg-type]

@@ -130,7 +130,9 @@ def world(tmp_path: object) -> Iterator[World]:
     state = State(os.path.join(str(tmp_path), "state"))
     kernel, dns, router = SpaceKernel(), Listeners(), Router()
     tables: list[RouteTable] = []
-    routes = RoutePublisher(state, kernel.space_network, tables.append)
+    routes = RoutePublisher(
+        state, kernel.space_network, lambda table, _changes: tables.append(table)
+    )
     fake: Any = SimpleNamespace(kernel=kernel, dns=dns, router=router)  # typed as the real ones
     registry = Registry(state, fake.dns, kernel.space_network)
     log = LogBook(None, echo=None)

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 import psutil
 
-from dynod.router.routes import AppRoute, Backend, RouteTable
+from dynod.router.routes import AppChanged, AppRoute, Backend, DynoMoved, RouteTable
 from dynod.router.workers import RouterWorkers
 from tests.unit.router.test_proxy import echo_backend, fetch, run, serve
 
@@ -86,6 +86,28 @@ def test_a_worker_that_dies_is_started_again_with_the_table() -> None:
             os.kill(first, signal.SIGKILL)
             await until(lambda: router.pids() and router.pids() != [first], "a new worker")
             await get_until_200(router.port)
+
+    run(main(), timeout=60)
+
+
+def test_workers_route_by_the_changes_pushed_and_a_new_one_gets_the_table_they_made() -> None:
+    async def main() -> None:
+        async with serve(echo_backend("web.1")) as port, workers(1) as (router, _):
+            backend = Backend("web.1", "127.0.0.1", port)
+            empty = RouteTable({"sushi": AppRoute(())})
+            router.update(empty, [AppChanged("sushi", AppRoute(()))])
+            serving = empty.with_dyno("sushi", "web.1", backend)
+            router.update(serving, [DynoMoved("sushi", "web.1", backend)])
+            await get_until_200(router.port)  # the worker was sent the changes alone
+            (first,) = router.pids()
+            os.kill(first, signal.SIGKILL)
+            await until(lambda: router.pids() and router.pids() != [first], "a new worker")
+            await get_until_200(router.port)  # the new one got the whole table
+            router.update(empty, [DynoMoved("sushi", "web.1", None)])
+            deadline = asyncio.get_running_loop().time() + TIMEOUT
+            while (await fetch(router.port))[0].status_code != 503:  # H14: out of the backends
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
 
     run(main(), timeout=60)
 
