@@ -7,15 +7,17 @@ import asyncio
 from collections.abc import Callable
 
 from dynod.control.networks import Networks, running
+from dynod.kernel.facts import Removed
 from dynod.kernel.protocol import KernelSide
 from dynod.state.store import Dyno, State
 
 Say = Callable[[Dyno, str], None]  # a heroku[TYPE.N] line in the dyno's app's log
 
 
-def were_removed(removed: list[str]) -> str:
-    """["veth x"] -> "veth x was removed"; two of them "... and ... were removed"."""
-    return f"{' and '.join(removed)} {'was' if len(removed) == 1 else 'were'} removed"
+def were_removed(removed: Removed) -> str:
+    """ "veth x was removed"; two of them "... and ... were removed"."""
+    gone = removed.described()
+    return f"{' and '.join(gone)} {'was' if len(gone) == 1 else 'were'} removed"
 
 
 class HealthWatch:
@@ -74,8 +76,8 @@ class HealthWatch:
         self._broken.discard(dyno.id)
         removed = self.removed(dyno)
         if removed:
-            self.say(dyno, f"Rebuilding its network ({' and '.join(removed)} gone)")
+            self.say(dyno, f"Rebuilding its network ({' and '.join(removed.described())} gone)")
             await self.kernel.rebuild(self.networks.of(dyno))
 
-    def removed(self, dyno: Dyno) -> list[str]:
+    def removed(self, dyno: Dyno) -> Removed:
         return self.kernel.removed_objects(self.networks.of(dyno))

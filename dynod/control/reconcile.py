@@ -13,7 +13,7 @@ from dynod.control.health import were_removed
 from dynod.control.networks import running
 from dynod.control.supervisor import Supervisor
 from dynod.kernel import processes
-from dynod.kernel.facts import DynoNetwork
+from dynod.kernel.facts import DynoNetwork, Removed
 from dynod.kernel.protocol import KernelSide
 from dynod.state.store import Dyno, State
 
@@ -26,10 +26,10 @@ class Decision(enum.Enum):
     CLEAN = "clean"  # dead (or unusable): everything of it removed, its row forgotten
 
 
-def decide(dyno: Dyno, alive: bool, removed: list[str]) -> Decision:
+def decide(dyno: Dyno, alive: bool, removed: Removed) -> Decision:
     """What to do with one dyno of the state, given whether its process is alive and which of
     its network objects are gone."""
-    namespace_exists = not any(r.startswith("network namespace ") for r in removed)
+    namespace_exists = not removed.namespace_gone
     if alive and not removed and dyno.state != "crashed":
         # `dynod run` in the foreground lost its stream with the old daemon: the dyno ends.
         if dyno.state == "stopping" or not dyno.detached:

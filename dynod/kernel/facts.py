@@ -69,3 +69,24 @@ class Running:
     netns: str
     pid: int | None
     pid_start: float | None
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What someone removed of a dyno's network while it ran (`ip netns delete`, `ip link
+    del`): a field per object, for the control side to decide on, and words for the user."""
+
+    netns: str | None = None  # the namespace's name, when it is gone
+    veth: str | None = None  # the veth's name, when it is gone
+
+    @property
+    def namespace_gone(self) -> bool:
+        return self.netns is not None
+
+    def __bool__(self) -> bool:
+        return self.netns is not None or self.veth is not None
+
+    def described(self) -> list[str]:
+        """["network namespace NS", "veth VETH"], what is gone of them."""
+        found = [] if self.netns is None else [f"network namespace {self.netns}"]
+        return found if self.veth is None else [*found, f"veth {self.veth}"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from dynod.kernel import firewall
 from dynod.kernel.addressing import Pool
-from dynod.kernel.facts import DynoNetwork, Running
+from dynod.kernel.facts import DynoNetwork, Removed, Running
 from dynod.kernel.machine import Net
 from dynod.kernel.protocol import KernelSide
 from dynod.kernel.sandbox import Launch
@@ -146,13 +146,11 @@ class FakeKernel:
                 found.append(int(entry))
         return sorted(found)
 
-    def removed_objects(self, dyno: DynoNetwork) -> list[str]:
-        removed = []
-        if dyno.netns not in self.namespaces:
-            removed.append(f"network namespace {dyno.netns}")
-        if dyno.veth not in self.links:
-            removed.append(f"veth {dyno.veth}")
-        return removed
+    def removed_objects(self, dyno: DynoNetwork) -> Removed:
+        return Removed(
+            None if dyno.netns in self.namespaces else dyno.netns,
+            None if dyno.veth in self.links else dyno.veth,
+        )
 
     def cgroup_usage(self, group: str) -> cgroup.Usage | None:
         return self.usage.get(group)

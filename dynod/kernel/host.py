@@ -21,7 +21,7 @@ from dynod.kernel import attachments, bridges, firewall, network, ruleset, sandb
 from dynod.kernel.addressing import SHARD_PORTS, Pool
 from dynod.kernel.bridges import check_range_is_free
 from dynod.kernel.cgroups import DynoCgroups
-from dynod.kernel.facts import DynoNetwork, Running
+from dynod.kernel.facts import DynoNetwork, Removed, Running
 from dynod.kernel.inside import dyno_pids, dyno_pids_in, signal_dyno_in
 from dynod.kernel.machine import Machine, Net
 from dynod.kernel.ruleset import foreign_drop_policies
@@ -152,15 +152,13 @@ class Kernel:
         await self.worker.run(attachments.rebuild, self.machine, dyno)
 
     @staticmethod
-    def removed_objects(dyno: DynoNetwork) -> list[str]:
+    def removed_objects(dyno: DynoNetwork) -> Removed:
         """What someone removed of the dyno's network while it runs, as `ip netns list` and
         `ip link show VETH` would tell: a stat each, cheap enough to ask every second."""
-        removed = []
-        if not namespace.exists(dyno.netns):
-            removed.append(f"network namespace {dyno.netns}")
-        if not os.path.exists(os.path.join(SYS_NET, dyno.veth)):
-            removed.append(f"veth {dyno.veth}")
-        return removed
+        return Removed(
+            None if namespace.exists(dyno.netns) else dyno.netns,
+            None if os.path.exists(os.path.join(SYS_NET, dyno.veth)) else dyno.veth,
+        )
 
     # ---------------------------------------------------------------- one dyno's processes
     async def spawn(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from dynod.kernel import firewall
-from dynod.kernel.facts import DynoNetwork, Running
+from dynod.kernel.facts import DynoNetwork, Removed, Running
 from dynod.kernel.machine import Net
 from dynod.kernel.sandbox import Launch
 from dynod.kernel.stdio import DynoEnds
@@ -52,6 +52,6 @@ class KernelSide(Protocol):
 
     async def pids_inside(self, dyno: Running) -> list[int]: ...
 
-    def removed_objects(self, dyno: DynoNetwork) -> list[str]: ...
+    def removed_objects(self, dyno: DynoNetwork) -> Removed: ...
 
     def cgroup_usage(self, group: str) -> cgroup.Usage | None: ...

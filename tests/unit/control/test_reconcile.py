@@ -10,33 +10,36 @@ from collections.abc import Iterator
 import pytest
 
 from dynod.control.reconcile import Decision, decide, reconcile
+from dynod.kernel.facts import Removed
 from tests.unit.control.test_supervisor import World, until
 from tests.unit.control.test_supervisor import world as world  # noqa: F401 - the fixture
 
-NS = "network namespace ns-1"
-VETH = "veth veth-1"
+NONE = Removed()
+NS = Removed(netns="ns-1")
+VETH = Removed(veth="veth-1")
+BOTH = Removed("ns-1", "veth-1")
 
 
 @pytest.mark.parametrize(
     ("state", "detached", "alive", "removed", "expected"),
     [
-        ("up", True, True, [], Decision.ADOPT),
-        ("starting", True, True, [], Decision.ADOPT),
-        ("stopping", True, True, [], Decision.ADOPT_AND_STOP),  # caught mid-stop
-        ("up", False, True, [], Decision.ADOPT_AND_STOP),  # foreground: its stream is gone
-        ("crashed", True, False, [], Decision.RESTART),
-        ("crashed", True, True, [VETH], Decision.RESTART),  # its namespace is still there
-        ("crashed", True, False, [NS, VETH], Decision.CLEAN),
-        ("up", True, True, [VETH], Decision.CRASH),  # removed while no daemon watched
-        ("up", True, True, [NS], Decision.CRASH),
-        ("up", False, True, [VETH], Decision.CLEAN),  # a foreground one ends instead
-        ("stopping", True, True, [VETH], Decision.CLEAN),
-        ("up", True, False, [], Decision.CLEAN),  # dead
-        ("starting", True, False, [NS, VETH], Decision.CLEAN),
+        ("up", True, True, NONE, Decision.ADOPT),
+        ("starting", True, True, NONE, Decision.ADOPT),
+        ("stopping", True, True, NONE, Decision.ADOPT_AND_STOP),  # caught mid-stop
+        ("up", False, True, NONE, Decision.ADOPT_AND_STOP),  # foreground: its stream is gone
+        ("crashed", True, False, NONE, Decision.RESTART),
+        ("crashed", True, True, VETH, Decision.RESTART),  # its namespace is still there
+        ("crashed", True, False, BOTH, Decision.CLEAN),
+        ("up", True, True, VETH, Decision.CRASH),  # removed while no daemon watched
+        ("up", True, True, NS, Decision.CRASH),
+        ("up", False, True, VETH, Decision.CLEAN),  # a foreground one ends instead
+        ("stopping", True, True, VETH, Decision.CLEAN),
+        ("up", True, False, NONE, Decision.CLEAN),  # dead
+        ("starting", True, False, BOTH, Decision.CLEAN),
     ],
 )
 def test_decide(
-    world: World, state: str, detached: bool, alive: bool, removed: list[str], expected: Decision
+    world: World, state: str, detached: bool, alive: bool, removed: Removed, expected: Decision
 ) -> None:
     dyno = world.dyno("true", detached=detached)
     dyno.state = state

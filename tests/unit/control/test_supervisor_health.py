@@ -8,7 +8,7 @@ import asyncio
 from dynod.config import Config
 from dynod.control.supervisor import Supervisor
 from dynod.kernel.addressing import Pool
-from dynod.kernel.facts import DynoNetwork, Running
+from dynod.kernel.facts import DynoNetwork, Removed, Running
 from dynod.kernel.machine import Net
 from dynod.logs.book import LogBook
 from dynod.state.store import Dyno
@@ -34,8 +34,8 @@ class FakeKernel:
     def net(self, key: str) -> Net:
         return Net(key, "fake0", Pool("172.16.0.0/12"))
 
-    def removed_objects(self, d: DynoNetwork) -> list[str]:
-        return [f"veth {d.veth}"] if d.veth in self.broken else []
+    def removed_objects(self, d: DynoNetwork) -> Removed:
+        return Removed(veth=d.veth) if d.veth in self.broken else Removed()
 
     async def kill_inside(self, d: Running) -> None:
         self.killed.append(d.pid)

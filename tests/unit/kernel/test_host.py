@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from dynod.kernel.addressing import Pool
-from dynod.kernel.facts import DynoNetwork, Running
+from dynod.kernel.facts import DynoNetwork, Removed, Running
 from dynod.kernel.host import Kernel, dyno_pids
 
 
@@ -17,11 +17,24 @@ def facts(veth: str) -> DynoNetwork:
 
 
 def test_removed_objects_names_what_is_missing() -> None:
-    assert Kernel.removed_objects(facts("lo")) == ["network namespace tstunit-no-such-namespace"]
-    assert Kernel.removed_objects(facts("tstunit-nolink")) == [
+    gone = Kernel.removed_objects(facts("lo"))
+    assert gone == Removed(netns="tstunit-no-such-namespace") and gone.namespace_gone
+    assert gone.described() == ["network namespace tstunit-no-such-namespace"]
+    both = Kernel.removed_objects(facts("tstunit-nolink"))
+    assert both == Removed("tstunit-no-such-namespace", "tstunit-nolink")
+    assert both.described() == [
         "network namespace tstunit-no-such-namespace",
         "veth tstunit-nolink",
     ]
+
+
+def test_a_removed_veth_alone_leaves_the_namespace_flag_down() -> None:
+    """Reconcile decides on the flag, not on how the words read (a veth could be named
+    anything, "network namespace x" included)."""
+    removed = Removed(veth="network namespace x")
+    assert removed and not removed.namespace_gone
+    assert removed.described() == ["veth network namespace x"]
+    assert not Removed()
 
 
 def test_a_dead_or_reused_pid_finds_no_processes() -> None:
