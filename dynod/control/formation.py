@@ -140,7 +140,13 @@ class FormationService:
     async def _converge(self, app: str) -> list[str]:
         """converge(), under the app's lock."""
         processes_ = self.state.formation(app)
-        ours = [d for d in self.state.dynos(app) if d.formation and d.state != "stopping"]
+        # A dyno whose process a restart replaces (a config change's) is still one of them.
+        restarting = self.supervisor.restarting
+        ours = [
+            d
+            for d in self.state.dynos(app)
+            if d.formation and (d.state != "stopping" or d.id in restarting)
+        ]
         extra: list[Dyno] = []
         missing: list[Process] = []
         for process in processes_:
@@ -238,17 +244,34 @@ class FormationService:
         return found
 
     async def restart(self, app: str, target: str | None) -> list[str]:
-        """Stop, then start again: a formation dyno by the formation (with its current
-        command), another one with its own command; each keeps its name."""
+        """`ps:restart`, Heroku's restart: each dyno's process ends (SIGTERM, the grace period)
+        and a new one starts in its place, with the same name, namespace and address (a web
+        dyno gets a new PORT, as on Heroku); a crashed one starts now. A formation dyno takes
+        its type's command, directory and environment as stored now (the last scale's
+        Procfile); another one keeps its own. Returns the names restarted."""
         chosen = self.targets(app, target)
-        async with self._lock(app):  # no converge fills the gap with another number meanwhile
-            await asyncio.gather(*(self.supervisor.stop(d) for d in chosen))
-            # the manual ones first: they take their own numbers back before the formation
-            # picks the lowest free ones
-            manual = [d for d in chosen if not d.formation and d.detached]
-            await asyncio.gather(*(self.dynos.create(_again(d)) for d in manual))
-            await self._converge(app)
-        return [d.name for d in chosen]
+        async with self._lock(app):  # no converge counts a restarting dyno as gone meanwhile
+            processes_ = {p.type: p for p in self.state.formation(app)}
+            for dyno in chosen:
+                process = processes_.get(dyno.type)
+                if dyno.formation and process is not None:
+                    self._refresh(dyno, process)
+            done = await asyncio.gather(*(self.supervisor.restart(d, crashed=True) for d in chosen))
+        return [d.name for d, restarted in zip(chosen, done, strict=True) if restarted]
+
+    def _refresh(self, dyno: Dyno, process: Process) -> None:
+        """What a new process of the formation's type starts with, on the dyno's row."""
+        new = self._new_dyno(process)
+        changes = {
+            "command": new.command,
+            "cwd": new.cwd,
+            "uid": new.uid,
+            "gid": new.gid,
+            "env": new.env,
+            "size": new.size,
+        }
+        if any(getattr(dyno, key) != value for key, value in changes.items()):
+            self.state.update_dyno(dyno, **changes)
 
     async def stop(self, app: str, target: str) -> dict[str, list[str]]:
         """`ps:stop`: as on Heroku, a dyno of the formation is started again by it (scale the
@@ -271,19 +294,3 @@ class FormationService:
             for row in rows:
                 row.quantity = 0
             self.state.set_formation(rows)
-
-
-def _again(dyno: Dyno) -> NewDyno:
-    """A dyno outside the formation, started again as it was."""
-    return NewDyno(
-        dyno.app,
-        dyno.type,
-        dyno.command,
-        dyno.cwd,
-        dyno.uid,
-        dyno.gid,
-        dyno.env,
-        dyno.size,
-        detach=True,
-        number=dyno.number,
-    )

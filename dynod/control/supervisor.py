@@ -69,6 +69,8 @@ class Supervisor:
         self.exits = Exits()  # each dyno's main process, and its exit
         self._locks: dict[int, asyncio.Lock] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        # Dynos "stopping" only while their process is replaced (restart): they stay.
+        self.restarting: set[int] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         # Kernel-side cost of recent setups and teardowns (network, firewall, state): what
         # bench/dyno_lifecycle.py compares with the bare pyroute2 floor.
@@ -283,16 +285,29 @@ class Supervisor:
             self._set_state(dyno, "crashed")
             self.schedule_restart(dyno)
 
-    async def restart(self, dyno: Dyno, grace: float | None = None) -> bool:
-        """Heroku's restart of a running dyno (after a config change): SIGTERM, the grace
-        period, then a new process with the environment of now. False if it was not running."""
+    async def restart(
+        self, dyno: Dyno, grace: float | None = None, *, crashed: bool = False
+    ) -> bool:
+        """Heroku's restart of a running dyno (a config change, `ps:restart`): SIGTERM, the
+        grace period, then a new process with the environment of now, in the same namespace,
+        with the same address and name. `crashed`: a crashed one waiting for its backoff starts
+        now too (`ps:restart`). False if it was not restarted (stopping, gone)."""
         async with self._lock(dyno.id):
             current = self.state.dyno(dyno.id)
+            if crashed and current is not None and current.state == "crashed":
+                timer = self._timers.pop(current.id, None)
+                if timer is not None:
+                    timer.cancel()
+                self.say(current, "Restarting")
+                self._set_state(current, "starting")
+                await self._respawn(current)
+                return True
             if current is None or current.state not in ("starting", "up"):
                 return False
             self.say(current, "Restarting")
             self.say(current, f"State changed from {current.state} to starting")
             # "stopping" while the old process ends: its exit is no crash, no route points at it
+            self.restarting.add(current.id)
             self.state.update_dyno(current, state="stopping")
             self.on_change(current)
             self.registry.unregister(current)
@@ -301,10 +316,12 @@ class Supervisor:
             except Exception as exc:  # noqa: BLE001 - left "stopping", nothing would pick it up
                 self.say(current, f"Restart failed: {exc}")
                 self._set_state(current, "crashed")
+                self.restarting.discard(current.id)
                 self.schedule_restart(current)
                 return True
             self.outputs.drain(current, final=True)
             self.state.update_dyno(current, state="starting")
+            self.restarting.discard(current.id)
             self.on_change(current)
             await self._respawn(current)
             return True

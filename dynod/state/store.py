@@ -496,9 +496,8 @@ class State:
         for key, value in changes.items():
             setattr(dyno, key, value)
         sets = ", ".join(f"{k}=?" for k in changes)
-        cursor = self.db.execute(
-            f"UPDATE dynos SET {sets} WHERE id=?", (*changes.values(), dyno.id)
-        )
+        values = (json.dumps(v) if k == "env" else v for k, v in changes.items())
+        cursor = self.db.execute(f"UPDATE dynos SET {sets} WHERE id=?", (*values, dyno.id))
         if cursor.rowcount == 0:
             raise KeyError(f"dyno {dyno.id} ({dyno.name}) is no longer in the state")
 

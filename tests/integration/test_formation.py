@@ -5,6 +5,7 @@ bad input that changes nothing, and ps:wait's success, timeout and crash."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -103,12 +104,23 @@ def test_scale_ps_restart_stop_and_manual_dynos() -> None:
         assert "=== worker: outside the formation (1)" in ps
         assert re.search(r"^worker\.2 \([\w -]+\): up .*: sleep 999", ps, re.M), ps
 
-        # ps:restart of a type: same names, new processes; the manual dyno too
-        before = {x["name"]: x["pid"] for x in d.dynos("form")}
+        # ps:restart: in place, as on Heroku: same names, namespaces and addresses, new
+        # processes; the manual dyno too
+        before = {x["name"]: x for x in d.dynos("form")}
+        inodes = {n: os.stat(f"/run/netns/{x['netns']}").st_ino for n, x in before.items()}
         restarted = d.cli("ps:restart", "--app", "form")
         assert restarted.returncode == 0, restarted.stderr
-        after = {x["name"]: x["pid"] for x in d.dynos("form")}
-        assert set(after) == set(before) and all(after[n] != before[n] for n in before)
+        after = {x["name"]: x for x in d.dynos("form")}
+        assert set(after) == set(before)
+        for name, old in before.items():
+            new = after[name]
+            assert new["pid"] != old["pid"], name
+            assert (new["id"], new["netns"], new["ip"]) == (old["id"], old["netns"], old["ip"])
+            # the namespace is the same one, not one made again under the same name
+            assert os.stat(f"/run/netns/{new['netns']}").st_ino == inodes[name], name
+        waited = d.cli("ps:wait", "--app", "form", "--timeout", "30")
+        assert waited.returncode == 0, waited.stderr
+        assert router_get(d, "form") == (200, "web.1")  # routed to its new process and PORT
 
         # ps:stop: the formation's dyno comes back, the manual one stays stopped
         stopped = d.cli("ps:stop", "web.1", "--app", "form")

@@ -142,6 +142,53 @@ def test_manual_and_foreground_dynos_are_left_alone(world: World) -> None:
     asyncio.run(test())
 
 
+def test_ps_restart_restarts_in_place_with_the_formation_s_command_now(world: World) -> None:
+    """Heroku's restart: the same dyno (row, name, namespace, veth, address), a new process; a
+    crashed dyno starts now; a formation dyno takes its type's command as stored now."""
+
+    async def test() -> None:
+        await scale(world, "web=1", "worker=1")
+        before = {d.name: d for d in world.state.dynos("sushi")}
+        (worker,) = [d for d in before.values() if d.type == "worker"]
+        world.formation.supervisor._set_state(worker, "crashed")  # waiting for its backoff
+        calls = len(world.kernel.calls)
+        await scale(world, "web=1", commands={**PROCFILE, "web": "sleep 31"})  # same quantity
+        restarted = await world.formation.restart("sushi", None)
+        assert sorted(restarted) == ["web.1", "worker.1"]
+        after = {d.name: d for d in world.state.dynos("sushi")}
+        assert set(after) == set(before)
+        for name, old in before.items():
+            new = after[name]
+            assert (new.id, new.netns, new.veth, new.ip) == (old.id, old.netns, old.veth, old.ip)
+            assert new.state in ("starting", "up") and new.pid and new.pid != old.pid
+        assert after["web.1"].command == "sleep 31" and after["worker.1"].command == "sleep 30"
+        # No network was taken down or made again.
+        done = [what for what, _, _ in world.kernel.calls[calls:]]
+        assert "attach" not in done and "detach" not in done, done
+
+    asyncio.run(test())
+
+
+def test_a_dyno_restarting_for_a_config_change_is_not_replaced_by_converge(
+    world: World,
+) -> None:
+    """A config change restarts dynos outside the formation's lock: while one is "stopping"
+    for its restart, converging sees it as still there and starts no other."""
+
+    async def test() -> None:
+        await scale(world, "web=1")
+        (web,) = world.state.dynos("sushi")
+        restart = asyncio.create_task(world.formation.supervisor.restart(web))
+        while (current := world.state.dyno(web.id)) is not None and current.state != "stopping":
+            await asyncio.sleep(0)
+        assert await world.formation.converge("sushi") == []
+        assert [d.name for d in world.state.dynos("sushi")] == ["web.1"]
+        assert await restart
+        assert names(world) == ["web.1"]
+
+    asyncio.run(test())
+
+
 def test_ps_stop_of_a_formation_dyno_starts_it_again(world: World) -> None:
     async def test() -> None:
         await scale(world, "web=2")
