@@ -13,6 +13,7 @@ from typing import Any
 
 from dynod.errors import DynodError
 from dynod.rules import sizes
+from dynod.rules.caller import INHERITED_ENV
 
 MAX_ID = 0xFFFFFFFE  # uid_t and gid_t are 32 bits; 0xFFFFFFFF is (uid_t)-1, "no change"
 
@@ -26,7 +27,9 @@ class RunRequest:
     type: str = ""
     command: str = ""
     cwd: str = "/"
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)  # `run -e`: over the config vars
+    # The caller's PATH, LANG, LC_ALL, TZ (rules/caller.py): under the config vars.
+    inherited: Mapping[str, str] = field(default_factory=dict)
     size: str | None = None
     detach: bool = True  # missing means detached, as `heroku ps:scale` dynos
     sudo_uid: int | None = None  # who called sudo, when root runs `sudo dynod run`
@@ -48,6 +51,7 @@ class RunRequest:
             if fields.get(key) is not None:
                 text(fields, key)
         string_map(fields, "env")
+        string_map(fields, "inherited")
         attach, tty = flag(fields, "attach"), flag(fields, "tty")
         rows, cols = _window(fields, "rows"), _window(fields, "cols")
         if tty and not attach:
@@ -81,12 +85,26 @@ class RunRequest:
         size = body.get("size")
         if size is not None and not isinstance(size, str):
             sizes.parse(size)  # says what a size looks like
+        inherited = body.get("inherited") or {}
+        if not isinstance(inherited, Mapping):
+            raise DynodError(
+                "the field 'inherited' must be an object of names and values",
+                'send it as {"inherited": {"PATH": "/usr/bin:/bin"}}',
+            )
+        unknown = sorted(set(inherited) - set(INHERITED_ENV))
+        if unknown:
+            raise DynodError(
+                f"the field 'inherited' holds {', '.join(map(repr, unknown))}: only "
+                f"{', '.join(INHERITED_ENV)} are passed on from the caller",
+                "send any other variable in 'env'",
+            )
         return cls(
             app=app,
             type=str(body.get("type", "")),
             command=str(body.get("command") or ""),
             cwd=str(body.get("cwd") or "/"),
             env={str(k): str(v) for k, v in env.items()},
+            inherited={str(k): str(v) for k, v in inherited.items()},
             size=size,
             detach=bool(body.get("detach", True)),
             sudo_uid=_sudo_id(body, "sudo_uid"),
@@ -115,6 +133,7 @@ RUN_FIELDS = (
     "command",
     "cwd",
     "env",
+    "inherited",
     "detach",
     "size",
     "sudo_uid",

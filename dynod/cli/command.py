@@ -3,9 +3,6 @@ as `heroku run` reads them (heroku/cli, packages/run, buildCommand)."""
 
 from __future__ import annotations
 
-# Variables of the caller's environment a dyno inherits; everything else comes from --env.
-INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
-
 
 def build_command(args: tuple[str, ...] | list[str]) -> str:
     """One word is the whole command line (`dynod run -- 'rake test'` is `rake test`). Of several,

@@ -14,9 +14,10 @@ from typing import Any
 import click
 
 from dynod.api.client import Client, api_path
-from dynod.cli.main import INHERITED_ENV, _client, _echo_json, _memory, main
+from dynod.cli.main import _client, _echo_json, _memory, main
 from dynod.errors import DynodError
 from dynod.rules import formation, names, procfile
+from dynod.rules.caller import inherited_env, sudo_ids
 
 
 def size_label(size: str | None) -> str:
@@ -115,13 +116,6 @@ def _app_dir(client: Client, app: str) -> str:
     return str(info.get("dir") or os.getcwd())
 
 
-def _sudo() -> tuple[int, int] | None:
-    if os.geteuid() == 0 and os.environ.get("SUDO_UID", "").isdigit():
-        uid = int(os.environ["SUDO_UID"])
-        return uid, int(os.environ.get("SUDO_GID", str(uid)))
-    return None
-
-
 def _summary(processes: list[dict[str, Any]]) -> str:
     return (
         ", ".join(f"{p['type']} at {p['quantity']}:{size_label(p['size'])}" for p in processes)
@@ -160,9 +154,9 @@ def ps_scale(ctx: click.Context, changes: tuple[str, ...], app: str, as_json: bo
         if any(c.quantity != 0 and c.delta >= 0 for c in parsed):
             raise
         commands = {}  # scaling down needs no Procfile (the stored commands stay)
-    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    env = inherited_env()
     updates = [c.to_json() for c in parsed]
-    result = client.scale(app, updates, commands, directory, env, _sudo())
+    result = client.scale(app, updates, commands, directory, env, sudo_ids())
     if as_json:
         _echo_json(result)
     else:

@@ -15,12 +15,13 @@ from typing import Any
 import click
 
 from dynod.api.client import Client, api_path
-from dynod.cli.command import INHERITED_ENV, build_command
+from dynod.cli.command import build_command
 from dynod.cli.explain import explain_group, explain_option
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
 from dynod.errors import DynodError
 from dynod.kernel.addressing import BRIDGE_PORT_LIMIT
 from dynod.rules import names, procfile, sizes
+from dynod.rules.caller import inherited_env, sudo_ids
 
 
 def _client(ctx: click.Context) -> Client:
@@ -201,7 +202,8 @@ def _read_procfile(ptype: str) -> str:
 
 
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
-    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    """`--env NAME=VALUE`s: the dyno's own variables, over the app's config vars."""
+    env: dict[str, str] = {}
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or not key:
@@ -266,13 +268,13 @@ def run(
         "command": line,
         "cwd": os.getcwd(),
         "env": _parse_env(env),
+        "inherited": inherited_env(),  # under the config vars
         "detach": detach,
     }
     if size is not None:
         body["size"] = sizes.parse(size).name
-    if os.geteuid() == 0 and os.environ.get("SUDO_UID", "").isdigit():
-        body["sudo_uid"] = int(os.environ["SUDO_UID"])
-        body["sudo_gid"] = int(os.environ.get("SUDO_GID", os.environ["SUDO_UID"]))
+    if (sudo := sudo_ids()) is not None:
+        body["sudo_uid"], body["sudo_gid"] = sudo
     if one_off:
         from dynod.cli import oneoff
 

@@ -25,11 +25,11 @@ from typing import Any
 import click
 
 from dynod.api.client import Client, api_path
-from dynod.cli.command import INHERITED_ENV
 from dynod.cli.prefix import Prefixer, parse
 from dynod.errors import DynodError
 from dynod.rules import configvars, dotenv, names, procfile
 from dynod.rules import formation as formation_rules
+from dynod.rules.caller import inherited_env, sudo_ids
 
 EXITED = re.compile(r"^Process exited(?: with status (-?\d+))?")
 # A dyno that is stopped or restarted on purpose says so before its process ends.
@@ -135,13 +135,6 @@ class Session:
         self.ended.set()
 
 
-def _sudo() -> tuple[int, int] | None:
-    if os.geteuid() == 0 and os.environ.get("SUDO_UID", "").isdigit():
-        uid = int(os.environ["SUDO_UID"])
-        return uid, int(os.environ.get("SUDO_GID", str(uid)))
-    return None
-
-
 def ensure_app(client: Client, app: str, space: str | None, directory: str) -> bool:
     """Create the app (its Procfile's directory recorded) unless it exists; True if created."""
     try:
@@ -235,9 +228,9 @@ def _run(
     detach: bool,
 ) -> int:
     updates = [{"type": t, "quantity": n} for t, n in wanted.items()]
-    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    env = inherited_env()
     if detach:
-        client.scale(app, updates, commands, directory, env, _sudo())
+        client.scale(app, updates, commands, directory, env, sudo_ids())
         started = ", ".join(f"{t}={n}" for t, n in wanted.items())
         click.echo(f"started {app}: {started}")
         click.echo(f"`dynod ps:wait --app {app}` waits until they are up; `dynod logs -t -a {app}`")
@@ -252,7 +245,7 @@ def _run(
     status = 130
     try:
         try:
-            client.scale(app, updates, commands, directory, env, _sudo())
+            client.scale(app, updates, commands, directory, env, sudo_ids())
             while not session.ended.wait(0.5):
                 pass
             status = session.status

@@ -7,7 +7,7 @@ import asyncio
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dynod.api.requests import RunRequest, StopDynos
@@ -34,12 +34,13 @@ class NewDyno:
     cwd: str
     uid: int
     gid: int
-    env: Mapping[str, str]
+    env: Mapping[str, str]  # its own (`run -e`): over the config vars
     size: str
     detach: bool = True
     formation: bool = False  # the formation's: it may stop or replace it
     number: int | None = None  # its number when free (a restart keeps the name), else the lowest
     attached: DynoEnds | None = None  # a one-off's terminal or pipes, relayed to its caller
+    inherited: Mapping[str, str] = field(default_factory=dict)  # the caller's PATH...: under them
 
 
 class DynoService:
@@ -87,12 +88,25 @@ class DynoService:
         cwd = os.path.abspath(request.cwd)
         uid, gid = launch.dyno_user(request, peer_uid, peer_gid, self.config.dyno_user)
         env = launch.dyno_env(request.env)
+        inherited = launch.dyno_env(request.inherited)
         size = sizes.choose(request.size, self.kernel.cgroups.problem)
         launch.check_can_enter(cwd, uid, gid)
-        processes.check_command(command, cwd, (launch.defaults(uid) | env)["PATH"])
+        config = self.state.config_vars(app)
+        path = launch.layered(uid, inherited, config, env)["PATH"]  # the PATH it will start with
+        processes.check_command(command, cwd, path)
         return await self.create(
             NewDyno(
-                app, ptype, command, cwd, uid, gid, env, size, request.detach, attached=attached
+                app,
+                ptype,
+                command,
+                cwd,
+                uid,
+                gid,
+                env,
+                size,
+                request.detach,
+                attached=attached,
+                inherited=inherited,
             )
         )
 
@@ -144,6 +158,7 @@ class DynoService:
                 uid=new.uid,
                 gid=new.gid,
                 env=dict(new.env),
+                inherited=dict(new.inherited),
                 detached=new.detach,
                 log_path=os.path.join(self.claim.output_dir, f"{dyno_id}.out"),
                 created_at=time.time(),

@@ -83,7 +83,8 @@ class FormationService:
         who = RunRequest(app, sudo_uid=request.sudo_uid, sudo_gid=request.sudo_gid)
         uid, gid = launch.dyno_user(who, peer_uid, peer_gid, self.config.dyno_user)
         env = launch.dyno_env(request.env)
-        path = (launch.defaults(uid) | env)["PATH"]
+        # the PATH its dynos start with: the caller's, unless a config var sets one
+        path = launch.layered(uid, env, self.state.config_vars(app), {})["PATH"]
         # From here to set_formation nothing awaits: two scales (web+1, web+1) cannot both read
         # the same quantities.
         current = {p.type: p for p in self.state.formation(app)}
@@ -177,10 +178,11 @@ class FormationService:
             process.cwd,
             process.uid,
             process.gid,
-            process.env,
+            {},  # nothing of its own: a formation has no `run -e`
             size,
             detach=True,
             formation=True,
+            inherited=process.env,  # the caller's PATH, LANG... at the last scale
         )
 
     def _note(self, process: Process, result: object) -> bool:
@@ -268,6 +270,7 @@ class FormationService:
             "uid": new.uid,
             "gid": new.gid,
             "env": new.env,
+            "inherited": new.inherited,
             "size": new.size,
         }
         if any(getattr(dyno, key) != value for key, value in changes.items()):

@@ -68,7 +68,7 @@ def defaults(uid: int) -> dict[str, str]:
 
 
 def dyno_env(given: Mapping[str, Any]) -> dict[str, str]:
-    """The variables `run` was given (-e, and the caller's PATH, LANG, LC_ALL, TZ), checked: what
+    """The variables `run` was given (-e; or the caller's PATH, LANG, LC_ALL, TZ), checked: what
     the dyno's row keeps. The defaults and the config vars are added at each start."""
     env: dict[str, str] = {}
     for key, value in given.items():
@@ -79,12 +79,24 @@ def dyno_env(given: Mapping[str, Any]) -> dict[str, str]:
     return env
 
 
+def layered(
+    uid: int,
+    inherited: Mapping[str, str],
+    config: Mapping[str, str],
+    own: Mapping[str, str],
+) -> dict[str, str]:
+    """The environment below the platform's variables, each layer over the one before: the
+    defaults, the caller's PATH, LANG, LC_ALL, TZ (`inherited`), the app's config vars, the
+    dyno's own (`run -e`: for that one dyno)."""
+    return defaults(uid) | dict(inherited) | dict(config) | dict(own)
+
+
 def process_env(dyno: Dyno, config: Mapping[str, str], dns: Mapping[str, str]) -> dict[str, str]:
-    """What the process sees, each layer over the one before: the defaults, the app's config
-    vars, the dyno's own environment (`run -e`: for that one dyno), then the platform's DYNO,
-    PORT on web dynos, HEROKU_PRIVATE_IP in a Private Space, and the HEROKU_DNS_* names (`dns`)
-    when the app has DNS discovery on, which nothing overrides."""
-    env = defaults(dyno.uid) | dict(config) | dict(dyno.env)
+    """What the process sees: `layered` (defaults < the caller's inherited variables < config
+    vars < `run -e`), then the platform's DYNO, PORT on web dynos, HEROKU_PRIVATE_IP in a Private
+    Space, and the HEROKU_DNS_* names (`dns`) when the app has DNS discovery on, which nothing
+    overrides."""
+    env = layered(dyno.uid, dyno.inherited, config, dyno.env)
     env["DYNO"] = dyno.name
     if dyno.port:
         env["PORT"] = str(dyno.port)

@@ -16,7 +16,7 @@ from typing import Any
 
 from dynod.errors import DynodError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spaces (
@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS dynos (
     uid         INTEGER NOT NULL,
     gid         INTEGER NOT NULL,
     env         TEXT NOT NULL,
+    inherited   TEXT NOT NULL DEFAULT '{{}}',  -- the caller's PATH, LANG...: below config vars
     detached    INTEGER NOT NULL,
     restarts    INTEGER NOT NULL DEFAULT 0,
     log_path    TEXT NOT NULL,
@@ -165,6 +166,12 @@ ALTER TABLE dynos ADD COLUMN formation INTEGER NOT NULL DEFAULT 0;
 {FORMATION}
 """
 
+# Version 5: a dyno's caller's environment (PATH, LANG, LC_ALL, TZ) was in `env` with `run -e`'s
+# values, above the config vars; it has a column of its own now, below them. Old rows keep theirs.
+MIGRATE_FROM_5 = """
+ALTER TABLE dynos ADD COLUMN inherited TEXT NOT NULL DEFAULT '{}';
+"""
+
 
 @dataclass
 class Space:
@@ -203,7 +210,7 @@ class Dyno:
     cwd: str
     uid: int
     gid: int
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # its own (`run -e`): over config vars
     detached: bool = True
     restarts: int = 0
     log_path: str = ""
@@ -213,6 +220,8 @@ class Dyno:
     space: str = ""  # the network of its /30: "" is the Common Runtime
     size: str = ""  # its dyno size (dynod.sizes); "": none, no limits
     formation: bool = False  # started by the app's formation, which may stop or replace it
+    # The caller's PATH, LANG, LC_ALL, TZ (`run`, `ps:scale`): under the config vars.
+    inherited: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -227,7 +236,8 @@ class Dyno:
         return data
 
 
-_DYNO_FIELDS = tuple(f.name for f in fields(Dyno) if f.name != "env")  # what to_json shows
+# what to_json shows: no environment
+_DYNO_FIELDS = tuple(f.name for f in fields(Dyno) if f.name not in ("env", "inherited"))
 
 
 @dataclass
@@ -278,12 +288,14 @@ class State:
         old = self.db.execute("SELECT 1 FROM sqlite_master WHERE name='dynos'").fetchone()
         if not old:
             script = SCHEMA
+        elif version == 5:
+            script = MIGRATE_FROM_5
         elif version == 4:
-            script = MIGRATE_FROM_4
+            script = MIGRATE_FROM_4 + MIGRATE_FROM_5
         elif version == 3:
-            script = MIGRATE_FROM_3 + MIGRATE_FROM_4
+            script = MIGRATE_FROM_3 + MIGRATE_FROM_4 + MIGRATE_FROM_5
         elif version == 2:
-            script = MIGRATE_FROM_2 + MIGRATE_FROM_3 + MIGRATE_FROM_4
+            script = MIGRATE_FROM_2 + MIGRATE_FROM_3 + MIGRATE_FROM_4 + MIGRATE_FROM_5
         else:
             script = MIGRATE_FROM_1.format(schema=SCHEMA)
         script += CONFIG_VARS
@@ -442,6 +454,7 @@ class State:
     def _dyno(row: sqlite3.Row) -> Dyno:
         data = dict(row)
         data["env"] = json.loads(data["env"])
+        data["inherited"] = json.loads(data["inherited"])
         data["detached"] = bool(data["detached"])
         data["formation"] = bool(data["formation"])
         return Dyno(**data)
@@ -482,6 +495,7 @@ class State:
         data = asdict(dyno)
         data.pop("id")
         data["env"] = json.dumps(dyno.env)
+        data["inherited"] = json.dumps(dyno.inherited)
         data["detached"] = int(dyno.detached)
         data["formation"] = int(dyno.formation)
         columns = ", ".join(data)
@@ -496,7 +510,7 @@ class State:
         for key, value in changes.items():
             setattr(dyno, key, value)
         sets = ", ".join(f"{k}=?" for k in changes)
-        values = (json.dumps(v) if k == "env" else v for k, v in changes.items())
+        values = (json.dumps(v) if k in ("env", "inherited") else v for k, v in changes.items())
         cursor = self.db.execute(f"UPDATE dynos SET {sets} WHERE id=?", (*values, dyno.id))
         if cursor.rowcount == 0:
             raise KeyError(f"dyno {dyno.id} ({dyno.name}) is no longer in the state")

@@ -4,7 +4,6 @@ the router with the right Host header, destroyed at the end."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -15,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynod.api.client import Client, api_path
-from dynod.cli.command import INHERITED_ENV  # what `dynod ps:scale` passes on
 from dynod.rules import procfile
+from dynod.rules.caller import inherited_env  # what `dynod ps:scale` passes on
 
 
 def unique(stem: str) -> str:
@@ -94,7 +93,7 @@ class TestApp:
     def scale(self, formation: dict[str, int]) -> None:
         commands = procfile.read(self.directory)
         updates = [{"type": t, "quantity": n} for t, n in formation.items()]
-        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env = inherited_env()
         self.client.scale(self.name, updates, commands, self.directory, env)
 
     def run(self, command: str, timeout: float = 60) -> tuple[int | None, str]:

@@ -109,3 +109,45 @@ def test_run_e_wins_for_its_dyno_platform_names_are_refused_and_bad_input_change
         assert missing.returncode == 1 and "no app named 'nope'" in missing.stderr
         assert json.loads(d.cli("config", "-a", "prec", "--json").stdout) == {"WHO": "config"}
         assert d.dyno("prec", "web.1")["pid"] == pid  # nothing was restarted
+
+
+# What a dyno prints of the four variables the caller passes on.
+SHOW = 'echo "env=$PATH|$TZ|$LANG|$LC_ALL"'
+
+
+def test_config_vars_win_over_the_caller_s_path_lang_lc_all_and_tz() -> None:
+    """defaults < the caller's PATH, LANG, LC_ALL, TZ < config vars < run -e < platform: for a
+    one-off (`run`), a detached process dyno (`run --type`) and a formation dyno (`ps:scale`)."""
+    caller = {"TZ": "Europe/Paris", "LANG": "fr_FR.UTF-8", "LC_ALL": "fr_FR.UTF-8"}
+    with running_daemon() as d:
+        (d.app_dir / "Procfile").write_text(f"worker: sh -c '{SHOW}; exec sleep 600'\n")
+        assert d.cli("apps:create", "envs", "--dir", str(d.app_dir), cwd="/").returncode == 0
+        one = d.cli("run", "--app", "envs", "--no-tty", "--", SHOW, env=caller)
+        assert one.returncode == 0, one.stderr
+        path = one.stdout.strip().removeprefix("env=").split("|")[0]
+        assert one.stdout.strip() == f"env={path}|Europe/Paris|fr_FR.UTF-8|fr_FR.UTF-8"
+
+        config = ["TZ=UTC", "PATH=/x:/usr/bin:/bin", "LANG=C.UTF-8", "LC_ALL=C.UTF-8"]
+        assert d.cli("config:set", "--app", "envs", *config).returncode == 0
+        want = "env=/x:/usr/bin:/bin|UTC|C.UTF-8|C.UTF-8"
+        one = d.cli("run", "--app", "envs", "--no-tty", "--", SHOW, env=caller)
+        assert one.returncode == 0 and one.stdout.strip() == want, (one.stdout, one.stderr)
+        scaled = d.cli("ps:scale", "--app", "envs", "worker=1", cwd="/", env=caller)
+        assert scaled.returncode == 0, scaled.stderr
+        detached = d.cli(
+            "run", "--app", "envs", "--type", "clock", "--detach", "--", f"{SHOW}; exec sleep 600",
+            env=caller,
+        )  # fmt: skip
+        assert detached.returncode == 0, detached.stderr
+        for name in ("worker.1", "clock.1"):
+            d.wait_for(lambda n=name: want in d.output("envs", n), f"{name}'s environment")
+
+        # `run -e` wins over a config var, for its dyno only
+        tokyo = d.cli(
+            "run", "--app", "envs", "--no-tty", "-e", "TZ=Asia/Tokyo", "--", SHOW, env=caller
+        )
+        assert tokyo.stdout.strip() == "env=/x:/usr/bin:/bin|Asia/Tokyo|C.UTF-8|C.UTF-8"
+        # without the config var, the caller's value is back
+        assert d.cli("config:unset", "--app", "envs", "TZ").returncode == 0
+        one = d.cli("run", "--app", "envs", "--no-tty", "--", SHOW, env=caller)
+        assert one.stdout.strip() == "env=/x:/usr/bin:/bin|Europe/Paris|C.UTF-8|C.UTF-8"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from dynod.api.requests import CreateApp, CreateSpace, SetFeature, TrustedRange
+from dynod.api.requests import CreateApp, CreateSpace, RunRequest, SetFeature, TrustedRange
 from dynod.errors import DynodError
 
 
@@ -50,3 +50,16 @@ def test_a_body_of_the_wrong_shape_is_a_400_naming_the_field(parse: Any, problem
         parse()
     assert err.value.problem == problem or problem in err.value.problem
     assert err.value.status == 400 and err.value.fix
+
+
+def test_a_run_s_inherited_variables_are_the_caller_s_four_and_apart_from_env() -> None:
+    body = {"env": {"TZ": "Asia/Tokyo"}, "inherited": {"TZ": "UTC", "PATH": "/bin"}}
+    parsed = RunRequest.from_body("a", body)
+    assert parsed.env == {"TZ": "Asia/Tokyo"} and parsed.inherited == {"TZ": "UTC", "PATH": "/bin"}
+    for inherited, says in [
+        ({"SECRET": "x"}, "the field 'inherited' holds 'SECRET': only PATH, LANG, LC_ALL, TZ"),
+        ({"PATH": 1}, "the field 'inherited' must be a JSON object of strings"),
+        (["PATH"], "the field 'inherited' must be a JSON object of strings"),
+    ]:
+        with pytest.raises(DynodError, match=says):
+            RunRequest.from_body("a", {"inherited": inherited})

@@ -102,13 +102,19 @@ def test_an_unknown_app_is_not_found(world: World) -> None:
         service(world).get("nope")
 
 
-def test_precedence_defaults_then_config_then_run_env_then_platform(world: World) -> None:
+def test_precedence_defaults_then_caller_then_config_then_run_env_then_platform(
+    world: World,
+) -> None:
     dyno = world.dyno("true", ptype="web")
     dyno.env = {"FROM_RUN": "run", "SHARED": "run"}
-    config = {"SHARED": "config", "LANG": "fr_FR.UTF-8", "ONLY_CONFIG": "c"}
+    dyno.inherited = {"LANG": "de_DE.UTF-8", "TZ": "Europe/Paris", "LC_ALL": "C", "PATH": "/c"}
+    config = {"SHARED": "config", "LANG": "fr_FR.UTF-8", "ONLY_CONFIG": "c", "TZ": "UTC"}
     env = launch.process_env(dyno, config, {"HEROKU_DNS_APP_NAME": "dns"})
     assert env["SHARED"] == "run"  # `run -e` wins for that one dyno
-    assert env["LANG"] == "fr_FR.UTF-8"  # a config var wins over dynod's default
+    assert env["LANG"] == "fr_FR.UTF-8" and env["TZ"] == "UTC"  # config wins over the caller
+    assert env["LC_ALL"] == "C" and env["PATH"] == "/c"  # the caller's win over the defaults
+    dyno.inherited = {}
+    env = launch.process_env(dyno, config, {"HEROKU_DNS_APP_NAME": "dns"})
     assert env["ONLY_CONFIG"] == "c" and env["FROM_RUN"] == "run"
     assert env["PORT"] == str(dyno.port) and env["DYNO"] == dyno.name
     assert env["HEROKU_DNS_APP_NAME"] == "dns" and env["PATH"] == launch.DEFAULT_PATH

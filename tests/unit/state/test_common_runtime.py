@@ -36,7 +36,7 @@ def test_version_3_apps_with_a_null_space_are_migrated(tmp_path: Path) -> None:
     db.executescript(V3_APPS)
     db.close()
     state = State(str(tmp_path))
-    assert state.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert state.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     common, private = state.app("common"), state.app("private")
     assert common is not None and common.space == "" and common.created_at == 1
     assert private is not None and private.space == "acme" and private.internal_routing

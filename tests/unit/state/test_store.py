@@ -56,7 +56,9 @@ def test_state_v2_gains_sizes(tmp_path: Path) -> None:
     v4 = SCHEMA.split("CREATE TABLE IF NOT EXISTS formation")[0]
     v4 = v4.replace("DEFAULT 0,\n    dir ", "DEFAULT 0\n    -- dir ")  # no app directory yet
     old_schema = "\n".join(
-        line for line in v4.splitlines() if "size " not in line and "formation " not in line
+        line
+        for line in v4.splitlines()
+        if "size " not in line and "formation " not in line and "inherited " not in line
     )
     db.executescript(old_schema)
     db.execute("INSERT INTO apps (name, created_at) VALUES ('a', 0)")
@@ -102,7 +104,13 @@ def test_a_version_4_state_gains_the_config_var_tables(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "state.db")
     v4 = SCHEMA.split("CREATE TABLE IF NOT EXISTS formation")[0]
     v4 = v4.replace("DEFAULT 0,\n    dir ", "DEFAULT 0\n    -- dir ")  # no app directory yet
-    db.executescript("\n".join(line for line in v4.splitlines() if "formation " not in line))
+    db.executescript(
+        "\n".join(
+            line
+            for line in v4.splitlines()
+            if "formation " not in line and "inherited " not in line
+        )
+    )
     db.execute("INSERT INTO apps (name, created_at) VALUES ('a', 0)")
     db.execute("PRAGMA user_version=4")
     db.commit()
@@ -128,10 +136,37 @@ def test_a_dynos_json_has_every_field_but_its_environment() -> None:
         id=7, app="sushi", type="web", number=2, state="up", slot=3, ip="10.1.0.14",
         port=5000, pid=42, pid_start=1.5, netns="ns", veth="v", command="run", cwd="/app",
         uid=1000, gid=1000, env={"SECRET": "x"}, started_at=100.0, size="basic",
+        inherited={"TZ": "Europe/Paris"},
     )  # fmt: skip
     shown = dyno.to_json()
-    expected = {k: v for k, v in dataclasses.asdict(dyno).items() if k != "env"}
+    hidden = ("env", "inherited")
+    expected = {k: v for k, v in dataclasses.asdict(dyno).items() if k not in hidden}
     assert list(shown)[: len(expected)] == list(expected)
     assert {k: shown[k] for k in expected} == expected
     assert shown["name"] == "web.2" and shown["uptime"] > 0 and "env" not in shown
-    assert "SECRET" not in str(shown)
+    assert "SECRET" not in str(shown) and "Paris" not in str(shown)
+
+
+def test_a_version_5_dyno_gains_an_empty_inherited_environment(tmp_path: Path) -> None:
+    """Its `env` (the caller's PATH... and run -e's, as they were) stays whole: it starts as
+    before; only dynos started from now on have the caller's apart."""
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript("\n".join(line for line in SCHEMA.splitlines() if "inherited " not in line))
+    db.execute("INSERT INTO apps (name, created_at) VALUES ('a', 0)")
+    db.execute(
+        "INSERT INTO dynos (app, type, number, state, slot, ip, netns, veth, command, cwd, uid, "
+        "gid, env, detached, log_path, created_at) VALUES ('a', 'web', 1, 'up', 1, '10.0.0.2', "
+        """'d-a.web.1', 'd-1', 'x', '/', 1, 1, '{"PATH": "/p"}', 1, '/o', 0)"""
+    )
+    db.execute("PRAGMA user_version=5")
+    db.commit()
+    db.close()
+    state = State(str(tmp_path))
+    try:
+        (dyno,) = state.dynos()
+        assert (dyno.env, dyno.inherited) == ({"PATH": "/p"}, {})
+        state.update_dyno(dyno, inherited={"TZ": "UTC"})
+        assert state.dynos()[0].inherited == {"TZ": "UTC"}
+        assert state.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        state.close()
