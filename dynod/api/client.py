@@ -130,6 +130,11 @@ class Client:
         result: list[dict[str, Any]] = self.call("GET", api_path("apps", app, "formation"))
         return result
 
+    def formations(self) -> dict[str, list[dict[str, Any]]]:
+        """Every app's process types, by app, in one call."""
+        result: dict[str, list[dict[str, Any]]] = self.call("GET", api_path("formation"))
+        return result
+
     def scale(
         self,
         app: str,

@@ -125,10 +125,7 @@ class Endpoints:
         return 201, await self.spaces.create(CreateSpace.from_body(r.body))
 
     async def _space(self, r: Request, space: str) -> Answer:
-        for entry in await self.spaces.infos():
-            if entry["name"] == space:
-                return 200, entry
-        raise NotFound(f"no space named {space!r}", "`dynod spaces` lists the spaces")
+        return 200, await self.spaces.info_of(space)
 
     async def _destroy_space(self, r: Request, space: str) -> Answer:
         await self.spaces.destroy(space)
@@ -151,10 +148,7 @@ class Endpoints:
         return 201, await self.apps.create(CreateApp.from_body(r.body))
 
     async def _app(self, r: Request, app: str) -> Answer:
-        for entry in await self.apps.infos():
-            if entry["name"] == app:
-                return 200, entry
-        raise NotFound(f"no app named {app!r}", "`dynod apps` lists the apps")
+        return 200, await self.apps.info_of(app)
 
     async def _destroy_app(self, r: Request, app: str) -> Answer:
         return 200, await self.apps.destroy(app)

@@ -1,5 +1,6 @@
 """The formation's endpoints (issue 9), beside api/endpoints.py's:
 
+    GET    /v1/formation                          every app's process types: {"APP": [...]}
     GET    /v1/apps/APP/formation                 the process types: command, quantity, size
     PATCH  /v1/apps/APP/formation                 ps:scale: {"updates": [...], "commands": ...}
     GET    /v1/apps/APP/formation/wait?timeout=S  ps:wait: until every dyno is up, or why not
@@ -112,6 +113,9 @@ def routes(service: FormationService) -> list[tuple[str, tuple[str, ...], Handle
     async def get(r: Request, app: str) -> Answer:
         return 200, service.formation(app)
 
+    async def get_all(r: Request) -> Answer:
+        return 200, service.formations()
+
     async def scale(r: Request, app: str) -> Answer:
         return 200, await service.scale(scale_request(app, r.body), r.uid, r.gid)
 
@@ -129,6 +133,7 @@ def routes(service: FormationService) -> list[tuple[str, tuple[str, ...], Handle
         return 200, await service.stop(app, target)
 
     result: list[tuple[str, tuple[str, ...], Handler]] = [
+        ("GET", ("formation",), get_all),
         ("GET", ("apps", "*", "formation"), get),
         ("PATCH", ("apps", "*", "formation"), scale),
         ("GET", ("apps", "*", "formation", "wait"), wait),

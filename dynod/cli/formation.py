@@ -94,20 +94,23 @@ def ps(ctx: click.Context, app: str | None, as_json: bool) -> None:
     if as_json:
         _echo_json(dynos)
         return
-    apps = [app] if app else sorted({d["app"] for d in dynos} | _apps_with_formation(client))
+    # Every app's formation in one call (not one per app), the dynos grouped in one pass.
+    formations = {app: client.formation(app)} if app else client.formations()
+    running = {d["app"] for d in dynos} | {
+        name for name, processes in formations.items() if any(p["quantity"] for p in processes)
+    }
+    apps = [app] if app else sorted(running)
+    by_app: dict[str, list[dict[str, Any]]] = {}
+    for dyno in dynos:
+        by_app.setdefault(dyno["app"], []).append(dyno)
     lines: list[str] = []
     for name in apps:
         prefix = "" if app else f"{name}: "
-        mine = [d for d in dynos if d["app"] == name]
-        lines += render(prefix, client.formation(name), mine)
+        lines += render(prefix, formations.get(name, []), by_app.get(name, []))
     if not any(lines):
         click.echo("no dynos" + (f" in {app}" if app else ""))
         return
     click.echo("\n".join(lines).rstrip())
-
-
-def _apps_with_formation(client: Client) -> set[str]:
-    return {a["name"] for a in client.call("GET", api_path("apps")) if a.get("formation")}
 
 
 def _app_dir(client: Client, app: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from typing import Any
 
 from dynod.api.requests import CreateApp, SetFeature
@@ -79,19 +80,25 @@ class AppService:
         self.routes.publish()
         return self.info(self.get(name))
 
-    def info(self, app: App) -> dict[str, Any]:
+    def info(self, app: App, dynos: int | None = None) -> dict[str, Any]:
+        """GET /v1/apps/APP. `dynos`: its count when the caller has counted them all at once."""
         return {
             "name": app.name,
             "space": app.space or None,  # the API's Common Runtime is null
             "internal_routing": app.internal_routing,
             "features": {FEATURE: app.dns_discovery},
-            "dynos": len(self.state.dynos(app.name)),
+            "dynos": len(self.state.dynos(app.name)) if dynos is None else dynos,
             "dir": app.dir or None,
             "formation": sum(p.quantity for p in self.state.formation(app.name)),
         }
 
+    async def info_of(self, name: str) -> dict[str, Any]:
+        """One app's info, built for that app alone (NotFound if there is none)."""
+        return self.info(self.get(name))
+
     async def infos(self) -> list[dict[str, Any]]:
-        return [self.info(a) for a in self.state.apps()]
+        counts = Counter(d.app for d in self.state.dynos())  # one read for every app's dynos
+        return [self.info(a, counts[a.name]) for a in self.state.apps()]
 
     @administrative
     async def destroy(self, name: str) -> dict[str, Any]:

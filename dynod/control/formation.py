@@ -71,6 +71,13 @@ class FormationService:
         self.dynos.of_app(app)  # NotFound for an unknown app
         return [p.to_json() for p in self.state.formation(app)]
 
+    def formations(self) -> dict[str, list[dict[str, Any]]]:
+        """Every app's formation, by app (`dynod ps` of all apps asks once)."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for process in self.state.formations():
+            found.setdefault(process.app, []).append(process.to_json())
+        return found
+
     # ---------------------------------------------------------------- scale
     async def scale(self, request: ScaleRequest, peer_uid: int, peer_gid: int) -> list[Any]:
         """Check every change, store them all in one transaction, then converge. Nothing is

@@ -162,6 +162,10 @@ class SpaceService:
             "trusted_ips": self.state.trusted_ips(space.name),
         }
 
+    async def info_of(self, name: str) -> dict[str, Any]:
+        """One space's info, built for that space alone (NotFound if there is none)."""
+        return self.info(self.get(name))
+
     async def infos(self) -> list[dict[str, Any]]:
         return [self.info(s) for s in self.state.spaces()]
 

@@ -188,6 +188,10 @@ class _Spaces:
     async def infos(self) -> list[dict]:
         return await self.d.spaces_info()
 
+    async def info_of(self, name: str) -> dict:
+        self.d._space(name)  # NotFound
+        return next(s for s in await self.d.spaces_info() if s["name"] == name)
+
     async def destroy(self, name: str) -> None:
         await self.d.destroy_space(name)
 
@@ -210,6 +214,9 @@ class _Apps:
 
     async def infos(self) -> list[dict]:
         return await self.d.apps_info()
+
+    async def info_of(self, name: str) -> dict:
+        return dict(self.d._app(name))  # NotFound
 
     async def destroy(self, name: str) -> dict:
         return await self.d.destroy_app(name)
@@ -278,5 +285,5 @@ def services(daemon: Any) -> Services:
         None,
         _Config(daemon),
         None,
-        None,
+        getattr(daemon, "formation_service", None),  # a daemon of a test that needs one
     )

@@ -88,6 +88,7 @@ def test_scale_up_down_lowest_free_numbers_and_highest_stopped(world: World) -> 
             {"type": "worker", "command": "sleep 30", "quantity": 1, "size": None},
         ]
         assert names(world) == ["web.1", "web.2", "worker.1"]
+        assert world.formation.formations() == {"sushi": shown}  # every app's, in one read
         await scale(world, "web+2")
         assert names(world) == ["web.1", "web.2", "web.3", "web.4", "worker.1"]
         # a gap is filled from the lowest number

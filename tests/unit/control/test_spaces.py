@@ -244,3 +244,42 @@ def test_a_space_with_apps_is_not_destroyed(world: World) -> None:
         assert err.value.status == 409 and world.kernel.spaces
 
     asyncio.run(test())
+
+
+def test_one_app_s_or_space_s_info_reads_that_one_alone(world: World) -> None:
+    """GET /v1/apps/APP and /v1/spaces/NAME build one entry; the lists count every app's dynos
+    in one read, not one per app."""
+
+    async def test() -> None:
+        await world.spaces.create(CreateSpace("acme", "10.7.0.0/16"))
+        await world.spaces.create(CreateSpace("beta", "10.8.0.0/16"))
+        for n in range(5):
+            await world.apps.create(CreateApp(f"app{n}", "acme" if n % 2 else None))
+        reads: list[str | None] = []
+        dynos, formation = world.state.dynos, world.state.formation
+
+        def counted_dynos(app: str | None = None) -> list[Any]:
+            reads.append(app)
+            return dynos(app)
+
+        def counted_formation(app: str) -> list[Any]:
+            reads.append(f"formation {app}")
+            return formation(app)
+
+        world.state.dynos = counted_dynos  # type: ignore[method-assign]
+        world.state.formation = counted_formation  # type: ignore[method-assign]
+        info = await world.apps.info_of("app3")
+        assert info["name"] == "app3" and info["space"] == "acme" and info["dynos"] == 0
+        assert reads == ["app3", "formation app3"]
+        reads.clear()
+        listed = await world.apps.infos()
+        assert [a["name"] for a in listed] == [f"app{n}" for n in range(5)]
+        assert reads == [None] + [f"formation app{n}" for n in range(5)]  # one read of dynos
+        with pytest.raises(NotFound, match="no app named 'nope'"):
+            await world.apps.info_of("nope")
+        space = await world.spaces.info_of("acme")
+        assert space["apps"] == ["app1", "app3"] and space["cidr"] == "10.7.0.0/16"
+        with pytest.raises(NotFound, match="no space named 'nope'"):
+            await world.spaces.info_of("nope")
+
+    asyncio.run(test())
