@@ -60,11 +60,37 @@ class Wanted:
 
 
 class _Builder:
+    """Every look-up below goes through a dict or a set built once here, so a build is linear
+    in what the kernel and the state hold (thousands of dynos), never a scan per dyno."""
+
     def __init__(self, look: Look, wanted: Wanted) -> None:
         self.look = look
         self.wanted = wanted
         self.names = Names(wanted.prefix)
         self.problems: list[model.Problem] = []
+        self.links = {link.name: link for link in look.links}
+        self.namespaces = set(look.namespaces)
+        self.ports: dict[int, list[topology.Link]] = {}  # bridge index -> its ports, in order
+        for link in look.links:
+            if link.master is not None:
+                self.ports.setdefault(link.master, []).append(link)
+        self.on_bridge: dict[str, list[WantedDyno]] = {}  # port bridge -> its dynos
+        for d in wanted.on_networks:
+            self.on_bridge.setdefault(d.network.port_bridge, []).append(d)
+        self._dns_names: dict[str, dict[str, list[str]]] = {}  # space -> address -> names
+
+    def link(self, name: str) -> topology.Link | None:
+        return self.links.get(name)
+
+    def dns_names(self, space: str, address: str) -> tuple[str, ...]:
+        """The space's DNS names that answer `address`, sorted."""
+        if space not in self._dns_names:
+            by_address: dict[str, list[str]] = {}
+            for name, ips in self.wanted.dns.get(space, {}).items():
+                for ip in set(ips):
+                    by_address.setdefault(ip, []).append(name)
+            self._dns_names[space] = by_address
+        return tuple(sorted(self._dns_names[space].get(address, ())))
 
     def flag(self, kind: str, subject: str, detail: str) -> None:
         self.problems.append(model.Problem(kind, subject, detail))
@@ -74,10 +100,10 @@ class _Builder:
         net = want.network
         label = f"{want.app}/{want.name}"
         found_before = len(self.problems)
-        exists = net.netns in self.look.namespaces
+        exists = net.netns in self.namespaces
         if not exists:
             self.flag("missing", f"namespace {net.netns}", f"{label}'s; `ip netns list`")
-        veth = self.look.link(net.veth)
+        veth = self.link(net.veth)
         if veth is None:
             self.flag("missing", f"veth {net.veth}", f"{label}'s; `ip link show {net.veth}`")
         inside = self.look.inside.get(net.netns)
@@ -132,46 +158,40 @@ class _Builder:
             routes=routes,
             bridge=net.bridge,
             web_port=net.web.port if net.web else None,
-            dns=tuple(
-                sorted(
-                    name
-                    for name, ips in self.wanted.dns.get(want.space, {}).items()
-                    if net.address in ips
-                )
-            ),
+            dns=self.dns_names(want.space, net.address),
         )
 
     # ---------------------------------------------------------------- bridges
     def shards(self, want: WantedNet) -> list[str]:
         """The network's bridges: its own (shard 0), and the shards its dynos are ports of."""
-        used = {d.network.port_bridge for d in self.wanted.on_networks}
         return [want.bridge] + sorted(
-            b for b in used if b != want.bridge and b.startswith(f"{want.bridge}-")
+            b for b in self.on_bridge if b != want.bridge and b.startswith(f"{want.bridge}-")
         )
 
     def bridge(self, want: WantedNet, name: str) -> model.Bridge:
         """One bridge of the network `want`: `name` is its own bridge or one of its shards,
         which have no address of their own (their dynos reach the network's through routing)."""
-        link = self.look.link(name)
-        dynos = [d for d in self.wanted.on_networks if d.network.port_bridge == name]
+        link = self.link(name)
+        dynos = self.on_bridge.get(name, [])
         if link is None or link.kind != "bridge":
             self.flag("missing", f"bridge {name}", f"`ip -d link show {name}`")
             return model.Bridge(name, None, want.key, want.cidr, (), (), want.nat_ip)
         have = self.look.addresses.get(link.index, [])
         own = [f"{want.address}/{want.prefixlen}"] if name == want.bridge else []
         wanted_addresses = own + [f"{d.network.gateway}/{d.network.prefixlen}" for d in dynos]
+        have_set, wanted_set = set(have), set(wanted_addresses)
         for address in wanted_addresses:
-            if address not in have:
+            if address not in have_set:
                 self.flag(
                     "missing",
                     f"address {address}",
                     f"on {name}; `ip -4 addr show dev {name}`",
                 )
         for address in have:
-            if address not in wanted_addresses:
+            if address not in wanted_set:
                 self.flag("stray", f"address {address}", f"on {name}, no dyno of the state's")
-        ordered = [a for a in wanted_addresses if a in have] + [
-            a for a in have if a not in wanted_addresses
+        ordered = [a for a in wanted_addresses if a in have_set] + [
+            a for a in have if a not in wanted_set
         ]
         return model.Bridge(
             name=name,
@@ -185,14 +205,15 @@ class _Builder:
 
     def _ports(self, bridge: topology.Link, dynos: list[WantedDyno]) -> list[model.Port]:
         by_veth = {d.network.veth: d for d in dynos}
-        fdb = self.look.fdb.get(bridge.index, [])
+        static: dict[int, list[str]] = {}  # port index -> its static MACs
+        for entry in self.look.fdb.get(bridge.index, []):
+            if entry.static:
+                static.setdefault(entry.port, []).append(entry.mac)
         ports = []
-        for link in self.look.links:
-            if link.master != bridge.index:
-                continue
+        for link in self.ports.get(bridge.index, []):
             owner = by_veth.get(link.name)
             flags = link.port or topology.PortFlags(False, True, True)
-            macs = tuple(sorted(e.mac for e in fdb if e.port == link.index and e.static))
+            macs = tuple(sorted(static.get(link.index, ())))
             ports.append(
                 model.Port(
                     name=link.name,
@@ -222,7 +243,7 @@ class _Builder:
                     f"static on {link.name}; `bridge fdb show br {bridge.name}`",
                 )
         for d in dynos:
-            veth = self.look.link(d.network.veth)
+            veth = self.link(d.network.veth)
             if veth is not None and veth.master != bridge.index:
                 self.flag("wrong", f"veth {veth.name}", f"is not a port of {bridge.name}")
         return ports

@@ -35,12 +35,6 @@ class Look:
     sets: dict[str, list[Any]] = field(default_factory=dict)  # "family name" -> elements
     tables: list[str] = field(default_factory=list)  # "family table" of ours that exist
 
-    def link(self, name: str) -> topology.Link | None:
-        for link in self.links:
-            if link.name == name:
-                return link
-        return None
-
 
 def look(ipr: IPRoute, nft: Nft, prefix: str, bridges: Iterable[str], netns: Iterable[str]) -> Look:
     """The host's view, the namespaces named in `netns` from inside, and `bridges`' FDBs."""
@@ -50,8 +44,9 @@ def look(ipr: IPRoute, nft: Nft, prefix: str, bridges: Iterable[str], netns: Ite
         if link.name in wanted and link.kind == "bridge":
             found.fdb[link.index] = topology.fdb(ipr, link.index)
     found.namespaces = namespace.names(f"{prefix}-")
+    listed = set(found.namespaces)
     for name in netns:
-        if name not in found.namespaces:
+        if name not in listed:
             continue
         try:
             found.inside[name] = topology.inside(name)

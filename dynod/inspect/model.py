@@ -6,6 +6,7 @@ that differs from what the state says should be there."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -116,7 +117,27 @@ class Topology:
         )
 
     def dynos_on(self, bridge: str) -> list[Dyno]:
-        return [d for d in self.dynos if d.bridge == bridge]
+        return self._on_bridge.get(bridge, [])
+
+    def gateway_of(self, bridge: str, address: str) -> Dyno | None:
+        """The first dyno on `bridge` whose gateway is `address` (no prefix length)."""
+        return self._gateways.get((bridge, address))
+
+    # Indexes built once per topology (not fields: to_json and == ignore them), so that the
+    # renderers look a dyno up by its bridge or gateway without a scan per address.
+    @cached_property
+    def _on_bridge(self) -> dict[str, list[Dyno]]:
+        found: dict[str, list[Dyno]] = {}
+        for d in self.dynos:
+            found.setdefault(d.bridge, []).append(d)
+        return found
+
+    @cached_property
+    def _gateways(self) -> dict[tuple[str, str], Dyno]:
+        found: dict[tuple[str, str], Dyno] = {}
+        for d in self.dynos:
+            found.setdefault((d.bridge, d.gateway), d)
+        return found
 
 
 def element_text(value: Any) -> str:

@@ -109,9 +109,9 @@ def bridge_lines(top: Topology, bridge: Bridge) -> list[str]:
 
 def address_label(top: Topology, bridge: Bridge, address: str) -> str:
     """An address of a bridge, with whose it is: its own, or a dyno's gateway."""
-    for d in top.dynos_on(bridge.name):
-        if address.split("/")[0] == d.gateway:
-            return f"{address} ({d.label} gw)"
+    d = top.gateway_of(bridge.name, address.split("/")[0])
+    if d is not None:
+        return f"{address} ({d.label} gw)"
     if bridge.addresses and address == bridge.addresses[0]:
         return f"{address} (its own)"
     return f"{address} (! no dyno's)"
