@@ -8,11 +8,10 @@ from collections.abc import Callable
 
 from dynod.config import Config
 from dynod.control.networks import running
+from dynod.control.say import Say
 from dynod.kernel import processes
 from dynod.kernel.protocol import KernelSide
 from dynod.state.store import Dyno, State
-
-Say = Callable[[Dyno, str], None]  # a heroku[TYPE.N] line in the dyno's app's log
 
 
 class BootWatch:

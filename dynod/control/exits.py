@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 
 from dynod.control.networks import running
+from dynod.control.say import Say
 from dynod.kernel.protocol import KernelSide
 from dynod.state.store import Dyno
 
 KILL_WAIT = 5.0
 EARLY_EXIT = 10.0  # a process dyno that ends this soon after its start, with 0, was likely misread
-Say = Callable[[Dyno, str], None]  # a heroku[TYPE.N] line in the dyno's app's log
 
 
 class Exits:

@@ -7,11 +7,10 @@ import asyncio
 from collections.abc import Callable
 
 from dynod.control.networks import Networks, running
+from dynod.control.say import Say
 from dynod.kernel.facts import Removed
 from dynod.kernel.protocol import KernelSide
 from dynod.state.store import Dyno, State
-
-Say = Callable[[Dyno, str], None]  # a heroku[TYPE.N] line in the dyno's app's log
 
 
 def were_removed(removed: Removed) -> str:

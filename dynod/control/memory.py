@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 from dynod.control.networks import group, running
+from dynod.control.say import Say
 from dynod.kernel.protocol import KernelSide
 from dynod.rules import sizes
 from dynod.state.store import Dyno, State
 from netns import cgroup
-
-Say = Callable[[Dyno, str], None]  # a heroku[TYPE.N] line in the dyno's app's log
 
 
 class MemoryWatch:
