@@ -28,6 +28,9 @@ class WantedNet:
     address: str  # the bridge's own address
     prefixlen: int
     nat_ip: str | None
+    # Its shards past 0 the daemon holds open (machine.Net.shards): one whose last dyno left
+    # stays until the next start (kernel/shards.py), a bridge of the network, not a stray.
+    shards: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,10 +166,10 @@ class _Builder:
 
     # ---------------------------------------------------------------- bridges
     def shards(self, want: WantedNet) -> list[str]:
-        """The network's bridges: its own (shard 0), and the shards its dynos are ports of."""
-        return [want.bridge] + sorted(
-            b for b in self.on_bridge if b != want.bridge and b.startswith(f"{want.bridge}-")
-        )
+        """The network's bridges: its own (shard 0), the shards its dynos are ports of, and
+        those the daemon holds open without a dyno."""
+        used = {b for b in self.on_bridge if b.startswith(f"{want.bridge}-")}
+        return [want.bridge] + sorted((used | set(want.shards)) - {want.bridge})
 
     def bridge(self, want: WantedNet, name: str) -> model.Bridge:
         """One bridge of the network `want`: `name` is its own bridge or one of its shards,

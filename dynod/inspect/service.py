@@ -39,8 +39,10 @@ class InspectService:
         prefix = self.kernel.names.prefix
         m = self.kernel.machine
 
-        def read() -> tuple[look.Look, dict[str, set[str]] | None]:
-            # on the kernel thread: the netlink socket, and Machine.expected, live there
+        def read() -> tuple[look.Look, dict[str, set[str]] | None, dict[str, tuple[str, ...]]]:
+            # on the kernel thread: the netlink socket, Machine.expected and the open shards
+            # live there
+            shards = {n.key: tuple(n.shard_bridge(s) for s in sorted(n.shards)) for n in nets}
             nft = m.nft or Nft()
             try:
                 seen = look.look(
@@ -54,15 +56,16 @@ class InspectService:
                 if nft is not m.nft:
                     nft.close()
             expected = m.expected
-            return seen, None if expected is None else {
-                k: set(v) for k, v in expected.elements.items()
-            }
+            elements = (
+                None if expected is None else {k: set(v) for k, v in expected.elements.items()}
+            )
+            return seen, elements, shards
 
-        seen, elements = await m.worker.run(read)
+        seen, elements, shards = await m.worker.run(read)
         wanted = build.Wanted(
             prefix=prefix,
             scope=scope,
-            networks=[_wanted_net(n) for n in nets],
+            networks=[_wanted_net(n, shards.get(n.key, ())) for n in nets],
             dynos=dynos,
             elements=elements,
             dns=dns,
@@ -88,7 +91,7 @@ class InspectService:
         return key == "" or key in self.kernel.machine.spaces
 
 
-def _wanted_net(net: Net) -> build.WantedNet:
+def _wanted_net(net: Net, shards: tuple[str, ...]) -> build.WantedNet:
     own = net.pool.bridge
     return build.WantedNet(
         key=net.key,
@@ -97,4 +100,5 @@ def _wanted_net(net: Net) -> build.WantedNet:
         address=own.gateway,
         prefixlen=own.prefixlen,
         nat_ip=net.nat_ip,
+        shards=shards,
     )

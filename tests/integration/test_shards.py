@@ -109,6 +109,12 @@ def test_a_space_over_three_bridges_is_one_network_and_reconcile_keeps_its_shard
         # a shard stays while the daemon runs; a restart's reconcile removes the empty one
         assert d.stop_dyno("shd", "web.5")["stopped"] == ["web.5"]
         assert f"{base}-2" in our_bridges(d.prefix)
+        # meanwhile inspect draws it as its network's, empty, and flags nothing (no stray)
+        seen = d.cli("inspect", "--format", "json")
+        assert seen.returncode == 0, seen.stderr
+        topology = json.loads(seen.stdout)
+        ports = {b["name"]: len(b["ports"]) for b in topology["bridges"]}
+        assert ports[f"{base}-2"] == 0 and topology["problems"] == [], topology["problems"]
         d.kill9()
         d.start()
         assert our_bridges(d.prefix) == {f"{d.prefix}0", base, f"{base}-1"}

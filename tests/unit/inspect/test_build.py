@@ -187,3 +187,17 @@ def test_a_starting_dynos_differences_say_it_is_starting() -> None:
     starting = [dataclasses.replace(_wanted().dynos[0], state="starting")]
     (problem,) = [p for p in _problems(look, _wanted(dynos=starting)) if "namespace" in p]
     assert problem.endswith("(it is starting: its network may be unfinished)")
+
+
+def test_an_empty_shard_the_daemon_holds_open_is_a_bridge_of_its_network_not_a_stray() -> None:
+    """A shard whose last dyno left stays until the next start (kernel/shards.py): inspect
+    draws it, without ports, and flags nothing; a shard bridge the daemon does not hold is
+    still a stray."""
+    look = _look()
+    look.links.append(Link("dynod0-1", 20, "bridge", "", True, None, None, None))
+    look.links.append(Link("dynod0-2", 21, "bridge", "", True, None, None, None))
+    (net,) = _wanted().networks
+    wanted = _wanted(networks=[dataclasses.replace(net, shards=("dynod0-1",))])
+    top = build.build(look, wanted)
+    assert [(b.name, b.ports) for b in top.bridges][1:] == [("dynod0-1", ())]
+    assert [str(p) for p in top.problems] == ["stray bridge dynod0-2: no network of the state's"]
