@@ -107,12 +107,17 @@ async def serve(settings: dict[str, Any]) -> None:
 
     async def apply_tables() -> None:
         table = RouteTable()
-        while (message := await read_frame(reader)) is not None:
-            if (new := routed(table, message)) is not None:
-                table = new
-                router.update(table)
+        try:
+            while (message := await read_frame(reader)) is not None:
+                if (new := routed(table, message)) is not None:
+                    table = new
+                    router.update(table)
+        except (KeyError, TypeError, ValueError) as exc:
+            # a change this table cannot take: end, so that the daemon starts this worker again
+            # with the whole table rather than let it route by a table that went astray
+            _logger.warning("a route change it cannot apply (%r): exiting", exc)
         if not done.done():
-            done.set_result(None)  # the daemon is gone
+            done.set_result(None)  # the daemon is gone, or the table went astray
 
     loop.add_reader(listen_channel.fileno(), on_listen_message)
     tasks = [asyncio.create_task(apply_listening()), asyncio.create_task(apply_tables())]

@@ -52,6 +52,13 @@ async def get_until_200(port: int) -> None:
         await asyncio.sleep(0.05)
 
 
+async def until_503(port: int) -> None:
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while (await fetch(port))[0].status_code != 503:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+
+
 def test_workers_route_by_the_pushed_table_and_log_through_the_daemon() -> None:
     async def main() -> None:
         async with serve(echo_backend("web.1")) as port, workers(2) as (router, lines):
@@ -96,18 +103,31 @@ def test_workers_route_by_the_changes_pushed_and_a_new_one_gets_the_table_they_m
             backend = Backend("web.1", "127.0.0.1", port)
             empty = RouteTable({"sushi": AppRoute(())})
             router.update(empty, [AppChanged("sushi", AppRoute(()))])
+            await until_503(router.port)  # the worker is connected and has the app
             serving = empty.with_dyno("sushi", "web.1", backend)
             router.update(serving, [DynoMoved("sushi", "web.1", backend)])
-            await get_until_200(router.port)  # the worker was sent the changes alone
+            await get_until_200(router.port)  # the worker was sent the change alone
             (first,) = router.pids()
             os.kill(first, signal.SIGKILL)
             await until(lambda: router.pids() and router.pids() != [first], "a new worker")
             await get_until_200(router.port)  # the new one got the whole table
             router.update(empty, [DynoMoved("sushi", "web.1", None)])
-            deadline = asyncio.get_running_loop().time() + TIMEOUT
-            while (await fetch(router.port))[0].status_code != 503:  # H14: out of the backends
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.05)
+            await until_503(router.port)  # H14: out of the backends
+
+    run(main(), timeout=60)
+
+
+def test_a_worker_sent_a_change_its_table_cannot_take_starts_again_with_the_whole() -> None:
+    async def main() -> None:
+        async with serve(echo_backend("web.1")) as port, workers(1) as (router, _):
+            backend = Backend("web.1", "127.0.0.1", port)
+            (first,) = router.pids()
+            router.update(RouteTable({"sushi": AppRoute(())}))
+            await until_503(router.port)  # it is connected and has a table
+            table = RouteTable({"sushi": AppRoute((backend,))})
+            router.update(table, [DynoMoved("no-such-app", "web.1", backend)])  # astray
+            await until(lambda: router.pids() and router.pids() != [first], "a new worker")
+            await get_until_200(router.port)  # the new one routes by the whole table
 
     run(main(), timeout=60)
 
