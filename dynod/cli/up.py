@@ -34,6 +34,8 @@ from dynod.rules.caller import inherited_env, sudo_ids
 EXITED = re.compile(r"^Process exited(?: with status (-?\d+))?")
 # A dyno that is stopped or restarted on purpose says so before its process ends.
 ON_PURPOSE = re.compile(r"^State changed from \S+ to (down|starting)$")
+STARTING = re.compile(r"^Starting process\b")
+DRAIN_WAIT = 5.0  # seconds `up` waits, once its dynos stopped, for their last lines to be shown
 
 
 def app_name_for(directory: str) -> str:
@@ -101,7 +103,11 @@ class Session:
     status: int = 1
     who: str = ""
     stopping: bool = False
+    types: frozenset[str] = frozenset()  # the formation's: whose last lines `drained` waits for
     _on_purpose: set[str] = field(default_factory=set)
+    # Each dyno of `types` seen: True while its process runs (its "Process exited" not shown).
+    _running: dict[str, bool] = field(default_factory=dict)
+    _shown: threading.Condition = field(default_factory=threading.Condition)
 
     def follow(self, client: Client, app: str) -> None:
         query = urllib.parse.urlencode({"app": app, "tail": "1000", "follow": "1"})
@@ -119,6 +125,7 @@ class Session:
         shown = f"heroku: {parsed.text}" if parsed.platform else parsed.text
         click.echo(self.prefixer.format(parsed.name, shown))
         sys.stdout.flush()
+        self._note_running(parsed.name, parsed.platform, parsed.text)
         if not parsed.platform or self.stopping or self.ended.is_set():
             return
         if ON_PURPOSE.match(parsed.text):
@@ -133,6 +140,25 @@ class Session:
         self.who = parsed.name
         self.status = int(exited.group(1)) if exited.group(1) else 1
         self.ended.set()
+
+    def _note_running(self, name: str, platform: bool, text: str) -> None:
+        if name.split(".")[0] not in self.types:
+            return
+        with self._shown:
+            if platform and EXITED.match(text):
+                self._running[name] = False  # its last output came before this line
+                self._shown.notify_all()
+            elif platform and STARTING.match(text):
+                self._running[name] = True
+            else:
+                self._running.setdefault(name, True)
+
+    def drained(self, timeout: float) -> bool:
+        """After the dynos were stopped (the daemon has logged every line by then): wait until
+        each one seen has had its "Process exited" shown, so that its last lines are not cut
+        off when `up` returns. False if some had not after `timeout`."""
+        with self._shown:
+            return self._shown.wait_for(lambda: not any(self._running.values()), timeout)
 
 
 def ensure_app(client: Client, app: str, space: str | None, directory: str) -> bool:
@@ -238,7 +264,7 @@ def _run(
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     prefixer = Prefixer(colour)
     prefixer.expect([f"{t}.{i}" for t, n in wanted.items() for i in range(1, n + 1)])
-    session = Session(prefixer, _now())
+    session = Session(prefixer, _now(), types=frozenset(t for t, n in wanted.items() if n))
     follower = Client(client.socket_path)
     threading.Thread(target=session.follow, args=(follower, app), daemon=True).start()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -256,6 +282,7 @@ def _run(
         session.stopping = True
         try:
             stop_all(client, app, directory)
+            session.drained(DRAIN_WAIT)  # their last lines, which the log stream still carries
         except KeyboardInterrupt:  # a second Ctrl-C stops waiting; the daemon still stops them
             click.echo(f"not waiting; `dynod ps --app {app}` shows them go", err=True)
     finally:

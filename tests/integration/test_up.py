@@ -116,6 +116,30 @@ def test_up_prefixes_output_reads_env_and_ctrl_c_stops_all(daemon: DaemonProc) -
                 proc.wait()
 
 
+def test_ctrl_c_shows_what_the_dynos_print_as_they_stop(daemon: DaemonProc) -> None:
+    """`up` returns only once each dyno's last lines (printed on SIGTERM) and its "Process
+    exited" are shown, not as soon as the scale to 0 answers."""
+    procfile = (
+        "worker: trap 'echo bye-on-term; exit 0' TERM; echo worker-hi; "
+        "while :; do sleep 0.1; done\n"
+    )
+    with project(daemon, procfile) as where:
+        proc = start_up(daemon, where)
+        try:
+            out = read_until(proc, ["worker.1 | worker-hi"])
+            assert "worker.1 | worker-hi" in out, out
+            proc.send_signal(signal.SIGINT)
+            rest, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 130
+            lines = rest.decode(errors="replace").splitlines()
+            assert "worker.1 | bye-on-term" in lines, lines
+            assert "worker.1 | heroku: Process exited with status 0" in lines, lines
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def test_a_dyno_that_ends_ends_the_session_with_its_status(daemon: DaemonProc) -> None:
     procfile = f"web: {PYTHON} -u web.py\nworker: echo leaving; sleep 1; exit 3\n"
     with project(daemon, procfile) as where:

@@ -3,6 +3,8 @@ Procfile and TYPE=N, the prefixed (and coloured) lines, and which log lines end 
 
 from __future__ import annotations
 
+import threading
+
 import click
 import pytest
 
@@ -88,3 +90,30 @@ def test_the_first_exit_ends_the_session_but_a_restart_does_not(
     out = capsys.readouterr().out
     assert "worker.1 | heroku: Process exited with status 4" in out
     assert "status 9" not in out
+
+
+def test_drained_waits_for_each_formation_dyno_s_process_exited_line() -> None:
+    """Once its dynos are stopped, `up` returns only after each one's "Process exited" was
+    shown (its last output comes before that line), or after the bound."""
+    s = Session(
+        Prefixer(colour=False),
+        since="2026-11-25T22:00:00.000000+00:00",
+        types=frozenset({"web", "worker"}),
+    )
+    t = "2026-11-25T22:00:01.000000+00:00"
+    s.line(f"{t} heroku[web.1]: Starting process with command `x`")
+    s.line(f"{t} app[worker.1]: hello")
+    s.line(f"{t} heroku[run.1]: Starting process with command `y`")  # not the formation's
+    assert not s.drained(0)
+    s.line(f"{t} heroku[web.1]: Process exited with status 143")
+    assert not s.drained(0)  # worker.1 still runs
+    s.stopping = True
+
+    def later() -> None:
+        s.line(f"{t} app[worker.1]: bye")
+        s.line(f"{t} heroku[worker.1]: Process exited with status 0")
+
+    threading.Timer(0.05, later).start()
+    assert s.drained(30)  # woken by the line, long before the bound
+    s.line(f"{t} heroku[web.1]: Starting process with command `x`")  # a restart: it runs again
+    assert not s.drained(0)
