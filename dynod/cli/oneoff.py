@@ -33,6 +33,9 @@ from dynod.kernel.stdio import get_window
 
 READ_SIZE = 64 << 10
 SEND_LIMIT = 256 << 10  # bytes of stdin queued for the daemon before stdin is left unread
+# A terminal that went away (its window closed, its ssh connection lost) fails reads and writes
+# with EIO; SIGHUP may never come (it goes to the session leader). The CLI ends as SIGHUP ends it.
+HANGUP = 128 + signal.SIGHUP
 
 
 def run_attached(socket_path: str, path: str, body: dict[str, Any], use_tty: bool) -> int:
@@ -131,7 +134,8 @@ def _raw(fd: int) -> Iterator[None]:
     try:
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        with contextlib.suppress(termios.error, OSError):  # a terminal gone has nothing to restore
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 @contextlib.contextmanager
@@ -221,6 +225,9 @@ class _Relay:
             data = b""
         if data:
             self.outgoing += frames.data(frames.STDIN, data)
+        elif self.winch >= 0:
+            # a terminal in raw mode never reads as ended (Ctrl-D is a byte): it hung up
+            raise SystemExit(HANGUP)
         else:
             self.selector.unregister(0)
             self._stdin_ended()
@@ -272,6 +279,10 @@ def _write(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
             select.select([], [fd], [])
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # the terminal hung up
+                raise SystemExit(HANGUP) from None
+            raise
 
 
 def wants_tty(no_tty: bool) -> bool:

@@ -186,6 +186,44 @@ def test_the_cli_killed_by_a_signal_restores_the_terminal_and_the_dyno_stops(
         d.wait_for(lambda: not d.dynos("sigs"), "the one-off stopped")
 
 
+def test_a_closed_terminal_ends_the_cli_with_129_and_stops_the_one_off() -> None:
+    """The terminal closes (its window, an ssh connection): reads and writes on it fail (EIO),
+    and SIGHUP goes to the session leader only (here a shell that ignores it, as `nohup` or a
+    shell that does not forward it would). The CLI ends as SIGHUP would end it, 129, and the
+    one-off stops with it, as `heroku run`'s session does."""
+    with running_daemon() as d:
+        status_read, status_write = os.pipe()
+        pid, fd = pty.fork()
+        if pid == 0:  # the session leader of the terminal, ignoring SIGHUP
+            try:
+                os.close(status_read)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                os.chdir(d.app_dir)
+                os.environ["DYNOD_SOCKET"] = d.socket
+                cli = [sys.executable, "-m", "dynod", "run", "--app", "hup", "--"]
+                cli += ["sh", "-c", "echo ready; sleep 100"]
+                done = subprocess.run(cli, timeout=WAIT)
+                os.write(status_write, str(done.returncode).encode())
+            finally:
+                os._exit(0)
+        os.close(status_write)
+        try:
+            term = Terminal.__new__(Terminal)
+            term.seen, term.pid, term.fd = b"", pid, fd
+            term.expect(b"ready")
+            os.close(fd)  # the terminal goes away
+            ready, _, _ = select.select([status_read], [], [], WAIT + 5)
+            assert ready, "the CLI never ended"
+            assert os.read(status_read, 64) == b"129"
+            d.wait_for(lambda: not d.dynos("hup"), "the one-off stopped")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            os.close(status_read)
+
+
 def test_stdin_piped_in_reaches_the_dyno_and_its_exit_status_comes_back() -> None:
     with running_daemon() as d:
         env = {**os.environ, "DYNOD_SOCKET": d.socket}
