@@ -1,11 +1,12 @@
 """The router's access policy as a plain value: which web dynos serve an app, to which clients.
 
-The control side builds a whole new `RouteTable` from the state whenever something the policy
-depends on changes (a dyno goes up or down, an app or a space comes or goes, a space's trusted
-IP ranges change) and hands it to the router with `Router.update(table)`. The router reads only
-the table it was last given, per request, and never asks the state: a table is immutable, so it
-can be swapped between two requests without a lock, and it is all a router worker process
-would need to receive (issue 11).
+The control side makes a new `RouteTable` whenever something the policy depends on changes (a
+dyno goes up or down, an app or a space comes or goes, a space's trusted IP ranges change) and
+hands it to the router with `Router.update(table)`. The router reads only the table it was last
+given, per request, and never asks the state: a table is immutable, so it can be swapped between
+two requests without a lock. A router worker process is sent the table once, then the changes
+(`RouteChange`: one app's route, one space's ranges, one web dyno in or out) that it applies to
+its copy (`RouteTable.changed`), so a dyno's start costs the same on the wire however many run.
 
 The policy, as on Heroku:
 - an app is served by its web dynos that are up and have a port, in the order given;
