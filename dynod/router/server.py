@@ -80,6 +80,8 @@ from collections.abc import Callable
 
 import h11
 
+from dynod.router.fast import FastClient
+from dynod.router.fastpool import UpstreamPool
 from dynod.router.headers import (
     Headers,
     app_from_host,
@@ -140,13 +142,17 @@ class Router:
         self._tasks: set[asyncio.Task[None]] = set()
         self._turns = turns or Turns()  # round robin per app (shared between workers)
         self._pool = BackendPool()  # idle keep-alive connections to the dynos
+        self._fast: set[FastClient] = set()  # client connections on the fast path
+        self._upstreams = UpstreamPool()  # the fast path's idle connections to the dynos
         self._closing = False
 
     def update(self, table: RouteTable) -> None:
         """Route every request from now on by `table` (a whole new one: tables never change)."""
         self._resolve = table.resolve
         # A dyno no longer in the table (stopped, crashed, on a new port) loses its pool.
-        self._pool.retain({b for route in table.apps.values() for b in route.backends})
+        routed = {b for route in table.apps.values() for b in route.backends}
+        self._pool.retain(routed)
+        self._upstreams.retain(routed)
 
     async def start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         """Bind and listen; ``port=0`` picks a free port, readable afterwards as ``.port``.
@@ -154,20 +160,22 @@ class Router:
         if self._server is not None:
             raise RuntimeError("router already started")
         self._closing = False
-        if sock is not None:
-            self._server = await asyncio.start_server(self._on_client, sock=sock)
-        else:
-            self._server = await asyncio.start_server(self._on_client, host, port)
+        self._server = await self._listen(host, port, sock)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def listen(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         """Listen on one more address (a Private Space's router address)."""
         if host in self._extra:
             return
+        self._extra[host] = await self._listen(host, port, sock)
+
+    async def _listen(self, host: str, port: int, sock: socket.socket | None) -> asyncio.Server:
+        """Each connection starts on the fast path (`router.fast`), which hands what it does
+        not take over to `_serve`."""
+        loop = asyncio.get_running_loop()
         if sock is not None:
-            self._extra[host] = await asyncio.start_server(self._on_client, sock=sock)
-        else:
-            self._extra[host] = await asyncio.start_server(self._on_client, host, port)
+            return await loop.create_server(lambda: FastClient(self), sock=sock)
+        return await loop.create_server(lambda: FastClient(self), host, port)
 
     async def unlisten(self, host: str) -> None:
         """Stop listening on that address; its connections in progress finish."""
@@ -184,11 +192,14 @@ class Router:
         self._extra.clear()
         if server is not None:
             server.close()
+        for client in list(self._fast):
+            client.abort()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._pool.close()
+        self._upstreams.close()
         if server is not None:
             await server.wait_closed()
 
@@ -209,8 +220,42 @@ class Router:
 
     def _admit(self, client_ip: str) -> bool:
         return self._admission.admit(
-            client_ip, len(self._tasks), self.max_client_connections, self.max_connections
+            client_ip,
+            len(self._tasks) + len(self._fast),
+            self.max_client_connections,
+            self.max_connections,
         )
+
+    def _admit_fast(self, client: FastClient) -> bool:
+        """Count a new connection on the fast path, or refuse it (the caps of `_admit`)."""
+        if self._closing or not self._admit(client.ip):
+            return False
+        self._fast.add(client)
+        return True
+
+    def _release_fast(self, client: FastClient) -> None:
+        if client in self._fast:
+            self._fast.discard(client)
+            self._admission.release(client.ip)
+
+    def _handed_over(
+        self, client: FastClient, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """The fast path gives this connection (and its admission) to `_serve`."""
+        self._fast.discard(client)
+        task = asyncio.get_running_loop().create_task(self._serve_handed(client.ip, reader, writer))
+        self._tasks.add(task)
+
+    async def _serve_handed(
+        self, client_ip: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            await self._serve(Peer(h11.Connection(h11.SERVER), reader, writer))
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
+            self._admission.release(client_ip)
 
     async def _serve(self, client: Peer) -> None:
         client_ip = peer_ip(client.writer)
