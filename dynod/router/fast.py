@@ -24,17 +24,17 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 import httptools
 
 from dynod.router.deadline import Deadline
-from dynod.router.frames import error_page, rejection, request_head
+from dynod.router.fastheaders import request_head_bytes
+from dynod.router.frames import error_page, rejection
 from dynod.router.headers import (
     Headers,
     app_from_host,
-    forward_request_headers,
+    new_request_id,
     pick_request_id,
     strict_head_problem,
 )
@@ -67,6 +67,7 @@ class FastClient(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.ip = ""
+        self.ip_bytes = b""
         self.buf = b""  # received, not yet a request taken
         self.parser = httptools.HttpRequestParser(self)
         self.deadline = Deadline(self.loop, self._expired)
@@ -97,6 +98,7 @@ class FastClient(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.ip = ip.removeprefix("::ffff:")
+        self.ip_bytes = self.ip.encode()
         if not self.router._admit_fast(self):
             self.closed = True
             transport.abort()
@@ -253,14 +255,15 @@ class FastClient(asyncio.Protocol):
             return
         backend = backends[router._turns.next(app) % len(backends)]
         entry.dyno = backend.dyno
-        headers = forward_request_headers(
+        request = request_head_bytes(
+            method,
+            self._url,
             raw,
-            client_ip=entry.fwd,
-            listen_port=router.port,
+            client_ip=self.ip_bytes,
+            listen_port=b"%d" % router.port,
             request_start_ms=arrived_ms,
-            request_id=entry.request_id,
+            request_id=entry.request_id.encode(),
         )
-        request = request_head(method, self._url, headers)
         upstream = router._upstreams.take(backend)
         if upstream is None:
             self._connect(backend, request, retry=False)
@@ -376,7 +379,7 @@ class FastClient(asyncio.Protocol):
         if self.entry is not None or self.closed:
             return
         if self.buf:  # a head begun and not finished in time: slowloris
-            entry = RequestLog(request_id=str(uuid.uuid4()), fwd=self.ip, status=408)
+            entry = RequestLog(request_id=new_request_id(), fwd=self.ip, status=408)
             entry.error = H28
             self.write(rejection(408))
             self.router._emit(entry)

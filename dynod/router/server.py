@@ -75,7 +75,6 @@ import contextlib
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Callable
 
 import h11
@@ -87,6 +86,7 @@ from dynod.router.headers import (
     app_from_host,
     forward_request_headers,
     is_upgrade_request,
+    new_request_id,
     pick_request_id,
     split_absolute_form,
     strict_head_problem,
@@ -321,7 +321,7 @@ class Router:
         self, client: Peer, client_ip: str, status: int, error: HerokuError | None
     ) -> None:
         """Answer a request the router cannot read (malformed, or too slow) and log it."""
-        entry = RequestLog(request_id=str(uuid.uuid4()), fwd=client_ip, status=status)
+        entry = RequestLog(request_id=new_request_id(), fwd=client_ip, status=status)
         entry.error = error
         try:
             await send_rejection(client, status, self.idle_timeout)

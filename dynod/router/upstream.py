@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from dynod.router.deadline import Deadline
+from dynod.router.fastheaders import response_plan
 from dynod.router.frames import CHUNKED_END, response_head
 from dynod.router.headers import Headers, forward_response_headers
 from dynod.router.logline import H12, H13, H15, H17, H18, H19, H99, HerokuError, RequestLog
@@ -194,15 +195,15 @@ class Upstream(asyncio.Protocol):
         self.head = True
         entry.status = status
         entry.bytes = 0
-        names = [name.lower() for name, _ in headers]
-        self.keep = self.parser.get_http_version() == "1.1" and not _asks_close(headers)
-        out = forward_response_headers(headers, upgrade=False)
-        chunked = b"transfer-encoding" in names
-        if status not in _NO_BODY and (chunked or b"content-length" not in names):
+        plan = response_plan(headers)
+        self.keep = not plan.asks_close and self.parser.get_http_version() == "1.1"
+        out = plan.headers
+        if status not in _NO_BODY and (plan.chunked or not plan.length):
             # chunked from the dyno, or delimited by its close: chunked to the client (h11's rule)
             self.chunked = True
-            self.until_close = not chunked
-            out = [(n, v) for n, v in out if n.lower() != b"content-length"]
+            self.until_close = not plan.chunked
+            if plan.length:
+                out = [(n, v) for n, v in out if n.lower() != b"content-length"]
             out.append((b"Transfer-Encoding", b"chunked"))
         if client.close_after:
             out.append((b"Connection", b"close"))
@@ -229,13 +230,6 @@ class Upstream(asyncio.Protocol):
         if self.chunked:
             self.out += CHUNKED_END
         self.complete = True
-
-
-def _asks_close(headers: Headers) -> bool:
-    for name, value in headers:
-        if name.lower() == b"connection" and b"close" in value.lower():
-            return True
-    return False
 
 
 async def open_upstream(
