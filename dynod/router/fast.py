@@ -35,8 +35,7 @@ from dynod.router.headers import (
     Headers,
     app_from_host,
     new_request_id,
-    pick_request_id,
-    strict_head_problem,
+    request_id_from,
 )
 from dynod.router.limits import READ_SIZE
 from dynod.router.logline import H14, H27, H28, H99, HerokuError, RequestLog
@@ -89,6 +88,9 @@ class FastClient(asyncio.Protocol):
         self._headers: Headers = []
         self._whole = False
         self._keep = True
+        self._host = b""
+        self._lowers: list[bytes] = []  # the header names, lowercased
+        self._ids: list[bytes] = []  # X-Request-Id values
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -179,8 +181,10 @@ class FastClient(asyncio.Protocol):
 
     def _parse(self, head: bytes) -> bool:
         """Parse a whole head; True if the fast path takes it."""
-        if head[0] in b"\r\n" or strict_head_problem(head) is not None:
-            return False
+        if head[0] in b"\r\n" or b"\r\n " in head or b"\r\n\t" in head:
+            return False  # leading empty lines, obs-fold: the proven path decides
+        if head.count(b"\n") != head.count(b"\r\n"):
+            return False  # a bare LF (`headers.strict_head_problem`'s two rules, without regexes)
         self._url, self._headers, self._whole = b"", [], False
         try:
             self.parser.feed_data(head)
@@ -191,12 +195,18 @@ class FastClient(asyncio.Protocol):
         if self.parser.get_method() in _SLOW_METHODS or not self._url.startswith(b"/"):
             return False
         hosts = 0
+        self._lowers = lowers = []
+        self._ids = ids = []
         for name, value in self._headers:
             lower = name.lower()
+            lowers.append(lower)
             if lower in _SLOW_HEADERS or (lower == b"content-length" and value != b"0"):
                 return False
             if lower == b"host":
                 hosts += 1
+                self._host = value
+            elif lower == b"x-request-id":
+                ids.append(value)
         return hosts == 1
 
     def on_url(self, url: bytes) -> None:
@@ -218,12 +228,12 @@ class FastClient(asyncio.Protocol):
         self.close_after = not self._keep
         self.head_begun = False
         self.deadline.clear()
-        host = next(value for name, value in raw if name.lower() == b"host").decode("latin-1")
+        host = self._host.decode("latin-1")
         entry = self.entry = RequestLog(
             method=method.decode("ascii", "replace"),
             path=self._url.decode("ascii", "backslashreplace"),
             host=(host.rsplit(":", 1)[0] if not host.startswith("[") else host).lower(),
-            request_id=pick_request_id(raw),
+            request_id=request_id_from(self._ids) if self._ids else new_request_id(),
             fwd=self.ip,
         )
         self._route(entry, method, raw)
@@ -263,6 +273,7 @@ class FastClient(asyncio.Protocol):
             listen_port=b"%d" % router.port,
             request_start_ms=arrived_ms,
             request_id=entry.request_id.encode(),
+            lowers=self._lowers,
         )
         upstream = router._upstreams.take(backend)
         if upstream is None:

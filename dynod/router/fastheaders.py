@@ -37,9 +37,12 @@ def request_head_bytes(
     listen_port: bytes,
     request_start_ms: int,
     request_id: bytes,
+    lowers: list[bytes] | None = None,
 ) -> bytes:
-    """The head h11 writes for ``Request(method, target, forward_request_headers(raw, ...))``."""
-    lowers = [name.lower() for name, _ in raw]
+    """The head h11 writes for ``Request(method, target, forward_request_headers(raw, ...))``;
+    `lowers`: the names of `raw` lowercased, when the caller has them."""
+    if lowers is None:
+        lowers = [name.lower() for name, _ in raw]
     drop = _dropped(raw, lowers, _REQUEST_DROP)
     host = b""
     lines = []

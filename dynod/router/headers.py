@@ -18,6 +18,7 @@ __all__ = [
     "is_upgrade_request",
     "new_request_id",
     "pick_request_id",
+    "request_id_from",
     "split_absolute_form",
     "strict_head_problem",
 ]
@@ -142,7 +143,12 @@ def forward_response_headers(headers: Sequence[tuple[bytes, bytes]], *, upgrade:
 
 def pick_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The client's X-Request-Id if it is 20-200 chars of [A-Za-z0-9+/=-], else a uuid4."""
-    for value in _values(headers, b"x-request-id"):
+    return request_id_from(_values(headers, b"x-request-id"))
+
+
+def request_id_from(values: Iterable[bytes]) -> str:
+    """`pick_request_id`, given the values of the request's X-Request-Id headers."""
+    for value in values:
         if _REQUEST_ID.fullmatch(value):
             return value.decode("ascii")
     return new_request_id()
