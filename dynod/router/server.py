@@ -92,6 +92,7 @@ from dynod.router.headers import (
     strict_head_problem,
 )
 from dynod.router.limits import DISCARD_LIMIT, MAX_CLIENT_CONNECTIONS, READ_SIZE, Admission
+from dynod.router.listener import Listener
 from dynod.router.logline import H14, H28, H99, HerokuError, RequestLog, format_log_line
 from dynod.router.pages import send_error_page, send_rejection
 from dynod.router.peer import Fail, H11Event, Peer, close_writer, linger, now_ms, peer_ip
@@ -137,8 +138,8 @@ class Router:
         self.socket_mark = socket_mark
         self.source_address = source_address
         self.port = 0  # the bound port, set by start()
-        self._server: asyncio.Server | None = None
-        self._extra: dict[str, asyncio.Server] = {}  # more listening addresses, by host
+        self._server: asyncio.Server | Listener | None = None
+        self._extra: dict[str, asyncio.Server | Listener] = {}  # more listening addresses, by host
         self._tasks: set[asyncio.Task[None]] = set()
         self._turns = turns or Turns()  # round robin per app (shared between workers)
         self._pool = BackendPool()  # idle keep-alive connections to the dynos
@@ -169,12 +170,15 @@ class Router:
             return
         self._extra[host] = await self._listen(host, port, sock)
 
-    async def _listen(self, host: str, port: int, sock: socket.socket | None) -> asyncio.Server:
+    async def _listen(
+        self, host: str, port: int, sock: socket.socket | None
+    ) -> asyncio.Server | Listener:
         """Each connection starts on the fast path (`router.fast`), which hands what it does
-        not take over to `_serve`."""
-        loop = asyncio.get_running_loop()
+        not take over to `_serve`. A socket from the daemon, which the other workers share, is
+        served one accept at a time (`router.listener`)."""
         if sock is not None:
-            return await loop.create_server(lambda: FastClient(self), sock=sock)
+            return Listener(sock, lambda: FastClient(self))
+        loop = asyncio.get_running_loop()
         return await loop.create_server(lambda: FastClient(self), host, port)
 
     async def unlisten(self, host: str) -> None:
