@@ -15,8 +15,15 @@ Design
   splicing), ``pages`` (answers the router writes itself), ``headers`` (HTTP header and target
   rules), ``logline`` (Heroku's error codes and log line), ``limits`` (caps and admission),
   ``routes`` (the access policy, as a value).
-* One asyncio task per client connection.  Requests on a keep-alive connection are handled
-  one after the other, each routed independently (a router that balances per request).  The
+* Each connection starts on the fast path (``fast``: an ``asyncio.Protocol`` with httptools'
+  parser, its dyno side in ``upstream``, its pool in ``fastpool``, its bytes in ``frames``),
+  which serves the common exchange, a bodyless HTTP/1.1 request, with callbacks only and the
+  same headers, log line and error codes.  Anything else (a body, HEAD, Upgrade, Expect,
+  HTTP/1.0, absolute-form, a malformed or ambiguous head) is handed over, from the first byte
+  of that request, to the h11 path below for the rest of the connection.
+* On the h11 path, one asyncio task per client connection.  Requests on a keep-alive
+  connection are handled one after the other, each routed independently (a router that
+  balances per request).  The
   connections to the dynos are kept alive and reused (``pool``: at most 64 idle per dyno, only
   after a clean exchange, closed when the dyno leaves the route table); a reused connection the
   dyno closed meanwhile is retried once on a fresh one when the request may be repeated.
@@ -208,19 +215,6 @@ class Router:
             await server.wait_closed()
 
     # -- client connections --------------------------------------------------------------
-
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        client_ip = peer_ip(writer)
-        if self._closing or task is None or not self._admit(client_ip):
-            writer.transport.abort()
-            return
-        self._tasks.add(task)
-        try:
-            await self._serve(Peer(h11.Connection(h11.SERVER), reader, writer))
-        finally:
-            self._tasks.discard(task)
-            self._admission.release(client_ip)
 
     def _admit(self, client_ip: str) -> bool:
         return self._admission.admit(
