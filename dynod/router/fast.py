@@ -26,9 +26,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import httptools
-
 from dynod.router.deadline import Deadline
+from dynod.router.fasthead import RequestHead
 from dynod.router.fastheaders import request_head_bytes
 from dynod.router.frames import error_page, rejection
 from dynod.router.headers import (
@@ -53,9 +52,6 @@ _logger = logging.getLogger(__name__)
 
 # h11's max_incomplete_event_size: a longer head is the proven path's to refuse (431).
 MAX_HEAD = 16 * 1024
-# Headers that take a request off the fast path (lowercased).
-_SLOW_HEADERS = frozenset({b"transfer-encoding", b"upgrade", b"expect"})
-_SLOW_METHODS = frozenset({b"CONNECT", b"HEAD"})
 
 
 class FastClient(asyncio.Protocol):
@@ -68,7 +64,7 @@ class FastClient(asyncio.Protocol):
         self.ip = ""
         self.ip_bytes = b""
         self.buf = b""  # received, not yet a request taken
-        self.parser = httptools.HttpRequestParser(self)
+        self.head = RequestHead()
         self.deadline = Deadline(self.loop, self._expired)
         self.head_begun = False  # the slowloris clock runs
         self.closed = False
@@ -83,14 +79,6 @@ class FastClient(asyncio.Protocol):
         self.sent_at = 0.0
         self.retry = False  # the request may be sent again on a fresh connection
         self.request = b""  # its head, as sent to the dyno
-        # The head being parsed.
-        self._url = b""
-        self._headers: Headers = []
-        self._whole = False
-        self._keep = True
-        self._host = b""
-        self._lowers: list[bytes] = []  # the header names, lowercased
-        self._ids: list[bytes] = []  # X-Request-Id values
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -173,67 +161,25 @@ class FastClient(asyncio.Protocol):
                     self.deadline.set(self.loop.time() + self.router.head_timeout)
                 return
             head = buf[: end + 4]
-            if not self._parse(head):
+            if not self.head.parse(head):
                 self._handover()
                 return
             self.buf = buf[end + 4 :]
             self._start(head)
 
-    def _parse(self, head: bytes) -> bool:
-        """Parse a whole head; True if the fast path takes it."""
-        if head[0] in b"\r\n" or b"\r\n " in head or b"\r\n\t" in head:
-            return False  # leading empty lines, obs-fold: the proven path decides
-        if head.count(b"\n") != head.count(b"\r\n"):
-            return False  # a bare LF (`headers.strict_head_problem`'s two rules, without regexes)
-        self._url, self._headers, self._whole = b"", [], False
-        try:
-            self.parser.feed_data(head)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            return False
-        if not self._whole or self.parser.get_http_version() != "1.1":
-            return False  # a body follows, or HTTP/1.0: the proven path
-        if self.parser.get_method() in _SLOW_METHODS or not self._url.startswith(b"/"):
-            return False
-        hosts = 0
-        self._lowers = lowers = []
-        self._ids = ids = []
-        for name, value in self._headers:
-            lower = name.lower()
-            lowers.append(lower)
-            if lower in _SLOW_HEADERS or (lower == b"content-length" and value != b"0"):
-                return False
-            if lower == b"host":
-                hosts += 1
-                self._host = value
-            elif lower == b"x-request-id":
-                ids.append(value)
-        return hosts == 1
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value.rstrip(b" \t")))
-
-    def on_headers_complete(self) -> None:
-        # Asked here: once the message is complete, llhttp has forgotten `Connection: close`.
-        self._keep = self.parser.should_keep_alive()
-
-    def on_message_complete(self) -> None:
-        self._whole = True
-
-    def _start(self, head: bytes) -> None:
-        method = self.parser.get_method()
-        raw = self._headers
-        self.close_after = not self._keep
+    def _start(self, request: bytes) -> None:
+        head = self.head
+        method = head.method
+        raw = head.headers
+        self.close_after = not head.keep
         self.head_begun = False
         self.deadline.clear()
-        host = self._host.decode("latin-1")
+        host = head.host.decode("latin-1")
         entry = self.entry = RequestLog(
             method=method.decode("ascii", "replace"),
-            path=self._url.decode("ascii", "backslashreplace"),
+            path=head.url.decode("ascii", "backslashreplace"),
             host=(host.rsplit(":", 1)[0] if not host.startswith("[") else host).lower(),
-            request_id=request_id_from(self._ids) if self._ids else new_request_id(),
+            request_id=request_id_from(head.ids) if head.ids else new_request_id(),
             fwd=self.ip,
         )
         self._route(entry, method, raw)
@@ -267,13 +213,13 @@ class FastClient(asyncio.Protocol):
         entry.dyno = backend.dyno
         request = request_head_bytes(
             method,
-            self._url,
+            self.head.url,
             raw,
             client_ip=self.ip_bytes,
             listen_port=b"%d" % router.port,
             request_start_ms=arrived_ms,
             request_id=entry.request_id.encode(),
-            lowers=self._lowers,
+            lowers=self.head.lowers,
         )
         upstream = router._upstreams.take(backend)
         if upstream is None:

@@ -14,7 +14,7 @@ from typing import Any
 import h11
 import pytest
 
-from dynod.router import fast
+from dynod.router.fasthead import RequestHead
 from dynod.router.frames import error_page, request_head, response_head
 from dynod.router.headers import forward_response_headers
 from dynod.router.logline import H12, H14
@@ -38,12 +38,12 @@ RID = b"r" * 24
 @contextlib.contextmanager
 def slow_path_only() -> Iterator[None]:
     """Every request handed over to the proven h11 path, as before the fast path."""
-    original = fast.FastClient._parse
-    fast.FastClient._parse = lambda self, head: False  # type: ignore[method-assign]
+    original = RequestHead.parse
+    RequestHead.parse = lambda self, head: False  # type: ignore[method-assign]
     try:
         yield
     finally:
-        fast.FastClient._parse = original  # type: ignore[method-assign]
+        RequestHead.parse = original  # type: ignore[method-assign]
 
 
 def fixed_backend(response: bytes, connections: list[int], received: list[bytes]) -> Any:
