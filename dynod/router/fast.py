@@ -24,11 +24,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from dynod.router.deadline import Deadline
 from dynod.router.fasthead import RequestHead
 from dynod.router.fastheaders import request_head_bytes
+from dynod.router.fastpool import UpstreamPool
 from dynod.router.frames import error_page, rejection
 from dynod.router.headers import (
     Headers,
@@ -40,11 +41,9 @@ from dynod.router.limits import READ_SIZE
 from dynod.router.logline import H14, H27, H28, H99, HerokuError, RequestLog
 from dynod.router.peer import Fail, elapsed_ms, now_ms
 from dynod.router.pool import IDEMPOTENT
-from dynod.router.routes import Backend, Refused
+from dynod.router.routes import Backend, Refused, Resolve
+from dynod.router.turns import Turns
 from dynod.router.upstream import Upstream, open_upstream
-
-if TYPE_CHECKING:
-    from dynod.router.server import Router
 
 __all__ = ["MAX_HEAD", "FastClient"]
 
@@ -54,10 +53,36 @@ _logger = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024
 
 
+class RouterSide(Protocol):
+    """What the fast path uses of its `server.Router`."""
+
+    port: int
+    connect_timeout: float
+    response_timeout: float
+    idle_timeout: float
+    head_timeout: float
+    socket_mark: int | None
+    source_address: str | None
+    _closing: bool
+    _resolve: Resolve
+    _turns: Turns
+    _upstreams: UpstreamPool
+
+    def _admit_fast(self, client: FastClient) -> bool: ...
+
+    def _release_fast(self, client: FastClient) -> None: ...
+
+    def _handed_over(
+        self, client: FastClient, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None: ...
+
+    def _emit(self, entry: RequestLog) -> None: ...
+
+
 class FastClient(asyncio.Protocol):
     """One client connection on the fast path."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: RouterSide) -> None:
         self.router = router
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -234,7 +259,8 @@ class FastClient(asyncio.Protocol):
         self.request = request
         self.sent_at = time.monotonic()
         assert self.entry is not None
-        upstream.begin(self, self.entry, request)
+        router = self.router
+        upstream.begin(self, self.entry, request, router.response_timeout, router.idle_timeout)
 
     def _connect(self, backend: Backend, request: bytes, *, retry: bool) -> None:
         self.connecting = self.loop.create_task(self._connect_and_send(backend, request))

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httptools
 
@@ -32,14 +32,26 @@ from dynod.router.logline import H12, H13, H15, H17, H18, H19, H99, HerokuError,
 from dynod.router.peer import Fail, elapsed_ms
 from dynod.router.routes import Backend
 
-if TYPE_CHECKING:
-    from dynod.router.fast import FastClient
-
-__all__ = ["Upstream", "open_upstream"]
+__all__ = ["Receiver", "Upstream", "open_upstream"]
 
 _logger = logging.getLogger(__name__)
 
 _NO_BODY = (204, 304)
+
+
+class Receiver(Protocol):
+    """The client side of an exchange, as an `Upstream` sees it (`fast.Receiver`)."""
+
+    close_after: bool  # the client asked to close after this response
+    write_paused: bool  # the client's transport is over its high-water mark
+
+    def write(self, data: bytes | bytearray) -> None: ...
+
+    def exchange_done(self, upstream: Upstream, reusable: bool) -> None: ...
+
+    def exchange_failed(
+        self, upstream: Upstream, error: HerokuError, head_sent: bool, *, stale: bool
+    ) -> None: ...
 
 
 class Upstream(asyncio.Protocol):
@@ -50,7 +62,7 @@ class Upstream(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.client: FastClient | None = None
+        self.client: Receiver | None = None
         self.entry: RequestLog | None = None
         self.open = True
         self.reusable = True  # false once anything unclean happened on it
@@ -75,11 +87,14 @@ class Upstream(asyncio.Protocol):
 
     # -- the exchange ---------------------------------------------------------------------
 
-    def begin(self, client: FastClient, entry: RequestLog, request: bytes) -> None:
-        """Send `request` (a bodyless head) for `client` and await the answer."""
+    def begin(
+        self, client: Receiver, entry: RequestLog, request: bytes, timeout: float, idle: float
+    ) -> None:
+        """Send `request` (a bodyless head) for `client` and await the answer: its head within
+        `timeout` (H12), then no more than `idle` between two pieces of body (H15)."""
         self._reset()
         self.client, self.entry = client, entry
-        self.timeout, self.idle = client.router.response_timeout, client.router.idle_timeout
+        self.timeout, self.idle = timeout, idle
         assert self.transport is not None
         self.transport.write(request)
         self.deadline.set(self.loop.time() + self.timeout)
