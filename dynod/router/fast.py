@@ -131,7 +131,10 @@ class FastClient(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         if self.entry is None and not self.closed:
-            self._close()
+            if self.buf:
+                self._handover()  # a head cut short: the proven path answers it (400)
+            else:
+                self._close()
         return True  # half-closed: an exchange in progress still answers
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -403,6 +406,8 @@ class FastClient(asyncio.Protocol):
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
+        if self.write_paused:
+            protocol.pause_writing()  # the transport will not say it again: drain must wait
         if self.buf:
             reader.feed_data(self.buf)
         if self.eof:

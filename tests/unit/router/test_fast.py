@@ -501,3 +501,24 @@ def test_router_still_answers_after_close_and_reopen() -> None:
         assert not router._fast
 
     run(main())
+
+
+def test_a_head_cut_short_by_the_client_s_close_is_answered_as_before() -> None:
+    async def answer(slow: bool) -> bytes:
+        async with router_for({}) as (router, lines):
+            with slow_path_only() if slow else contextlib.nullcontext():
+                reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+                writer.write(b"GET / HTTP/1.1\r\nHost: a.loc")
+                writer.write_eof()
+                data = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+            await wait_for_logs(lines, 1)
+            assert "status=400" in lines[0]
+        return data
+
+    async def main() -> None:
+        fast_answer = await answer(slow=False)
+        assert fast_answer.startswith(b"HTTP/1.1 400 "), fast_answer
+        assert fast_answer == await answer(slow=True)
+
+    run(main())
