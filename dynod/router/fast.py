@@ -53,6 +53,21 @@ _logger = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024
 
 
+# `app_from_host` by host: the same few hosts come again and again. Bounded: cleared when full.
+_APPS_SIZE = 4096
+_apps: dict[str, str | None] = {}
+
+
+def _app_of(host: str) -> str | None:
+    try:
+        return _apps[host]
+    except KeyError:
+        if len(_apps) >= _APPS_SIZE:
+            _apps.clear()
+        app = _apps[host] = app_from_host(host)
+        return app
+
+
 class RouterSide(Protocol):
     """What the fast path uses of its `server.Router`."""
 
@@ -216,7 +231,7 @@ class FastClient(asyncio.Protocol):
         """`Router._route` for the fast path."""
         router = self.router
         arrived_ms = now_ms()
-        app = app_from_host(entry.host)
+        app = _app_of(entry.host)
         if app is None:
             self._answer(404, None)
             return
