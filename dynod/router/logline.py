@@ -43,7 +43,7 @@ H28 = HerokuError("H28", "Client Connection Idle", 499)
 H99 = HerokuError("H99", "Platform error")
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestLog:
     """Everything that goes into one router log line.
 
