@@ -522,3 +522,46 @@ def test_a_head_cut_short_by_the_client_s_close_is_answered_as_before() -> None:
         assert fast_answer == await answer(slow=True)
 
     run(main())
+
+
+def test_an_upgrade_after_a_fast_request_on_the_same_connection_is_spliced() -> None:
+    async def dyno(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if b"Upgrade: websocket" not in head:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    continue
+                writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\n\r\n")  # fmt: skip
+                while data := await reader.read(65536):
+                    writer.write(b"echo:" + data)
+                return
+        except asyncio.IncompleteReadError:
+            return
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        async with serve(dyno) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps) as (router, lines):
+                reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+                writer.write(b"GET /first HTTP/1.1\r\nHost: sushi.localhost\r\n\r\n")
+                first = await asyncio.wait_for(reader.readuntil(b"ok"), 5)
+                assert first.startswith(b"HTTP/1.1 200 ")
+                writer.write(
+                    b"GET /ws HTTP/1.1\r\nHost: sushi.localhost\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\n\r\nhello"
+                )
+                switched = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert switched.startswith(b"HTTP/1.1 101 "), switched
+                got = b""
+                while len(got) < len(b"echo:hello"):
+                    got += await asyncio.wait_for(reader.read(65536), 5)
+                assert got == b"echo:hello"
+                writer.close()
+                await wait_for_logs(lines, 2)
+                assert [fields(line)["status"] for line in lines] == ["200", "101"]
+
+    run(main())
