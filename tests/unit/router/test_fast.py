@@ -565,3 +565,36 @@ def test_an_upgrade_after_a_fast_request_on_the_same_connection_is_spliced() -> 
                 assert [fields(line)["status"] for line in lines] == ["200", "101"]
 
     run(main())
+
+
+@pytest.mark.parametrize("slow", [False, True], ids=["fast path", "h11 path"])
+def test_platform_errors_are_h99_on_both_paths(slow: bool) -> None:
+    """An outgoing socket that cannot be set up (a source address the host does not have) and
+    a route table that raises are both H99, with the same page on both paths."""
+
+    async def main() -> None:
+        def broken(app: str, ip: str) -> list[Backend]:
+            if app == "broken":
+                raise RuntimeError("a bug in the table")
+            return [Backend("web.1", "127.0.0.1", 9)]
+
+        router = Router(broken, lambda line, app: lines.append(line), source_address="192.0.2.1")
+        lines: list[str] = []
+        await router.start("127.0.0.1", 0)
+        try:
+            with slow_path_only() if slow else contextlib.nullcontext():
+                answer = await exchange(
+                    router.port,
+                    b"GET / HTTP/1.1\r\nHost: sushi.localhost\r\n\r\n"
+                    b"GET / HTTP/1.1\r\nHost: broken.localhost\r\n\r\n",
+                    responses=2,
+                )
+            await wait_for_logs(lines, 2)
+        finally:
+            await router.close()
+        assert answer.count(b"HTTP/1.1 503 Service Unavailable\r\n") == 2, answer
+        assert answer.count(b"Platform error (H99)") == 2
+        assert ["code=H99" in line for line in lines] == [True, True]
+        assert fields(lines[0])["dyno"] == "web.1" and fields(lines[1])["dyno"] == ""
+
+    run(main())
