@@ -294,11 +294,14 @@ class FastClient(asyncio.Protocol):
                 socket_mark=router.socket_mark,
                 source_address=router.source_address,
             )
-        except Fail as fail:
+        except Exception as exc:  # Fail (H99, H19, H13), or a bug: never a request left hanging
             self.connecting = None
+            error = exc.error if isinstance(exc, Fail) else H99
+            if not isinstance(exc, Fail):
+                _logger.exception("router: connecting to %s failed", backend)
             if self.entry is entry:
                 entry.bytes = 0
-                self._answer(fail.error.status, fail.error)
+                self._answer(error.status, error)
             return
         self.connecting = None
         if self.entry is not entry or self.closed:
