@@ -53,7 +53,8 @@ _logger = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024
 
 
-# `app_from_host` by host: the same few hosts come again and again. Bounded: cleared when full.
+# `app_from_host` by host: the same few hosts come again and again. Bounded: cleared when full,
+# and only hosts of a sane length kept.
 _APPS_SIZE = 4096
 _apps: dict[str, str | None] = {}
 
@@ -62,6 +63,8 @@ def _app_of(host: str) -> str | None:
     try:
         return _apps[host]
     except KeyError:
+        if len(host) > 255:
+            return app_from_host(host)
         if len(_apps) >= _APPS_SIZE:
             _apps.clear()
         app = _apps[host] = app_from_host(host)

@@ -78,8 +78,10 @@ def _escape(match: re.Match[str]) -> str:
 
 
 # Escaped values by their text: hosts, addresses, dynos and paths repeat from one request to the
-# next, and a dictionary look-up is a tenth of a substitution. Bounded: cleared when full.
+# next, and a dictionary look-up is a tenth of a substitution. Bounded: cleared when full, and
+# only short values kept (a client's 16 KiB paths must not fill it with megabytes).
 _CACHE_SIZE = 4096
+_CACHE_LONGEST = 256
 _bare_cache: dict[str, str] = {}
 _quoted_cache: dict[str, str] = {}
 
@@ -90,6 +92,8 @@ def _bare(value: str | None) -> str:
         return ""
     escaped = _bare_cache.get(value)
     if escaped is None:
+        if len(value) > _CACHE_LONGEST:
+            return _UNSAFE_BARE.sub(_escape, value)
         if len(_bare_cache) >= _CACHE_SIZE:
             _bare_cache.clear()
         escaped = _bare_cache[value] = _UNSAFE_BARE.sub(_escape, value)
@@ -99,6 +103,8 @@ def _bare(value: str | None) -> str:
 def _quoted(value: str) -> str:
     escaped = _quoted_cache.get(value)
     if escaped is None:
+        if len(value) > _CACHE_LONGEST:
+            return '"' + _UNSAFE_QUOTED.sub(_escape, value) + '"'
         if len(_quoted_cache) >= _CACHE_SIZE:
             _quoted_cache.clear()
         escaped = _quoted_cache[value] = '"' + _UNSAFE_QUOTED.sub(_escape, value) + '"'

@@ -75,6 +75,7 @@ class Upstream(asyncio.Protocol):
     def _reset(self) -> None:
         self.reason = b""
         self.headers: Headers = []
+        self.head_size = 0  # bytes of header names and values
         self.head = False  # the final response head has come
         self.chunked = False  # re-chunked to the client
         self.informational = False
@@ -191,6 +192,7 @@ class Upstream(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value.rstrip(b" \t")))
+        self.head_size += len(name) + len(value)
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -205,7 +207,7 @@ class Upstream(asyncio.Protocol):
             self.out += response_head(
                 status, self.reason, forward_response_headers(headers, upgrade=False)
             )
-            self.reason, self.headers = b"", []
+            self.reason, self.headers, self.head_size = b"", [], 0
             return
         self.head = True
         entry.status = status
@@ -215,9 +217,10 @@ class Upstream(asyncio.Protocol):
         framed = _framed.get(key)
         if framed is None:
             framed = _frame(status, self.reason, version, client.close_after, headers)
-            if len(_framed) >= _FRAMED_SIZE:
-                _framed.clear()
-            _framed[key] = framed
+            if self.head_size <= _FRAMED_LONGEST:
+                if len(_framed) >= _FRAMED_SIZE:
+                    _framed.clear()
+                _framed[key] = framed
         head, self.chunked, self.until_close, self.keep = framed
         self.out += head
         self.deadline.set(self.loop.time() + self.idle)
@@ -247,6 +250,7 @@ class Upstream(asyncio.Protocol):
 # The client's head and framing, by the dyno's head: a dyno answers the same head (within its
 # Date's second) to one request after another; building it was a tenth of a request. Bounded.
 _FRAMED_SIZE = 256
+_FRAMED_LONGEST = 4096  # a head with more header bytes is framed, not kept
 _framed: dict[tuple[object, ...], tuple[bytes, bool, bool, bool]] = {}
 
 

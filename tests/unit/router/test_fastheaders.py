@@ -100,3 +100,16 @@ def test_request_head_is_h11_s() -> None:
     assert request_head(b"GET", b"/", raw) == h11.Connection(h11.CLIENT).send(
         h11.Request(method=b"GET", target=b"/", headers=raw)
     )
+
+
+def test_log_line_escapes_are_cached_only_for_short_values() -> None:
+    from dynod.router import logline
+
+    long_path = "/" + "a" * 300 + '"'
+    entry = logline.RequestLog(method="GET", path=long_path, host="h", request_id="r", fwd="f")
+    line = logline.format_log_line(entry)
+    assert 'path="/' + "a" * 300 + '\\""' in line
+    assert long_path not in logline._quoted_cache
+    short = logline.RequestLog(method="GET", path='/x"y', host="h", request_id="r", fwd="f")
+    assert 'path="/x\\"y"' in logline.format_log_line(short)
+    assert logline._quoted_cache['/x"y'] == '"/x\\"y"'
