@@ -3,8 +3,8 @@ picks, and which app a Host or an absolute-form target names."""
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Iterable, Sequence
 
 __all__ = [
@@ -16,7 +16,9 @@ __all__ = [
     "forward_response_headers",
     "hop_by_hop_names",
     "is_upgrade_request",
+    "new_request_id",
     "pick_request_id",
+    "request_id_from",
     "split_absolute_form",
     "strict_head_problem",
 ]
@@ -141,10 +143,41 @@ def forward_response_headers(headers: Sequence[tuple[bytes, bytes]], *, upgrade:
 
 def pick_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The client's X-Request-Id if it is 20-200 chars of [A-Za-z0-9+/=-], else a uuid4."""
-    for value in _values(headers, b"x-request-id"):
+    return request_id_from(_values(headers, b"x-request-id"))
+
+
+def request_id_from(values: Iterable[bytes]) -> str:
+    """`pick_request_id`, given the values of the request's X-Request-Id headers."""
+    for value in values:
         if _REQUEST_ID.fullmatch(value):
             return value.decode("ascii")
-    return str(uuid.uuid4())
+    return new_request_id()
+
+
+# Random bytes for request ids, drawn from the kernel 4 KiB at a time (a system call each
+# request was a tenth of making an id); an id's 16 bytes are used once.
+_random = b""
+
+
+def _forget_random() -> None:
+    global _random
+    _random = b""
+
+
+os.register_at_fork(after_in_child=_forget_random)  # a forked child draws its own
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID in its usual text form, as ``str(uuid.uuid4())`` gives, in a
+    third of the time: 16 random bytes with the version and variant bits set."""
+    global _random
+    if not _random:
+        _random = os.urandom(4096)
+    raw, _random = bytearray(_random[:16]), _random[16:]
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # ``APP.localhost`` from the host; ``APP.herokuapp.localspace`` from a Private Space's dynos,

@@ -15,8 +15,15 @@ Design
   splicing), ``pages`` (answers the router writes itself), ``headers`` (HTTP header and target
   rules), ``logline`` (Heroku's error codes and log line), ``limits`` (caps and admission),
   ``routes`` (the access policy, as a value).
-* One asyncio task per client connection.  Requests on a keep-alive connection are handled
-  one after the other, each routed independently (a router that balances per request).  The
+* Each connection starts on the fast path (``fast``: an ``asyncio.Protocol`` with httptools'
+  parser, its dyno side in ``upstream``, its pool in ``fastpool``, its bytes in ``frames``),
+  which serves the common exchange, a bodyless HTTP/1.1 request, with callbacks only and the
+  same headers, log line and error codes.  Anything else (a body, HEAD, Upgrade, Expect,
+  HTTP/1.0, absolute-form, a malformed or ambiguous head) is handed over, from the first byte
+  of that request, to the h11 path below for the rest of the connection.
+* On the h11 path, one asyncio task per client connection.  Requests on a keep-alive
+  connection are handled one after the other, each routed independently (a router that
+  balances per request).  The
   connections to the dynos are kept alive and reused (``pool``: at most 64 idle per dyno, only
   after a clean exchange, closed when the dyno leaves the route table); a reused connection the
   dyno closed meanwhile is retried once on a fresh one when the request may be repeated.
@@ -66,6 +73,13 @@ the server role (towards clients) and the client role (towards dynos), including
 protocol-switch bookkeeping (``trailing_data``) that WebSocket splicing needs.  aiohttp is a
 whole framework with its own server/client lifecycles and lenient parsing, and httptools is
 a C parser binding that only parses (no framing of what we send, no client role).
+
+Why httptools too
+-----------------
+h11 was half of each request's time. The fast path parses with httptools (llhttp, what uvicorn
+uses) and frames by hand (``frames``) the few shapes it takes, held byte for byte to h11's output
+by the tests; every case where framing gets subtle (bodies, upgrades, 100-continue, HTTP/1.0,
+malformed or ambiguous heads) stays with h11 through the handover.
 """
 
 from __future__ import annotations
@@ -75,21 +89,24 @@ import contextlib
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Callable
 
 import h11
 
+from dynod.router.fast import FastClient
+from dynod.router.fastpool import UpstreamPool
 from dynod.router.headers import (
     Headers,
     app_from_host,
     forward_request_headers,
     is_upgrade_request,
+    new_request_id,
     pick_request_id,
     split_absolute_form,
     strict_head_problem,
 )
 from dynod.router.limits import DISCARD_LIMIT, MAX_CLIENT_CONNECTIONS, READ_SIZE, Admission
+from dynod.router.listener import Listener
 from dynod.router.logline import H14, H28, H99, HerokuError, RequestLog, format_log_line
 from dynod.router.pages import send_error_page, send_rejection
 from dynod.router.peer import Fail, H11Event, Peer, close_writer, linger, now_ms, peer_ip
@@ -135,18 +152,22 @@ class Router:
         self.socket_mark = socket_mark
         self.source_address = source_address
         self.port = 0  # the bound port, set by start()
-        self._server: asyncio.Server | None = None
-        self._extra: dict[str, asyncio.Server] = {}  # more listening addresses, by host
+        self._server: asyncio.Server | Listener | None = None
+        self._extra: dict[str, asyncio.Server | Listener] = {}  # more listening addresses, by host
         self._tasks: set[asyncio.Task[None]] = set()
         self._turns = turns or Turns()  # round robin per app (shared between workers)
         self._pool = BackendPool()  # idle keep-alive connections to the dynos
+        self._fast: set[FastClient] = set()  # client connections on the fast path
+        self._upstreams = UpstreamPool()  # the fast path's idle connections to the dynos
         self._closing = False
 
     def update(self, table: RouteTable) -> None:
         """Route every request from now on by `table` (a whole new one: tables never change)."""
         self._resolve = table.resolve
         # A dyno no longer in the table (stopped, crashed, on a new port) loses its pool.
-        self._pool.retain({b for route in table.apps.values() for b in route.backends})
+        routed = {b for route in table.apps.values() for b in route.backends}
+        self._pool.retain(routed)
+        self._upstreams.retain(routed)
 
     async def start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         """Bind and listen; ``port=0`` picks a free port, readable afterwards as ``.port``.
@@ -154,20 +175,25 @@ class Router:
         if self._server is not None:
             raise RuntimeError("router already started")
         self._closing = False
-        if sock is not None:
-            self._server = await asyncio.start_server(self._on_client, sock=sock)
-        else:
-            self._server = await asyncio.start_server(self._on_client, host, port)
+        self._server = await self._listen(host, port, sock)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def listen(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         """Listen on one more address (a Private Space's router address)."""
         if host in self._extra:
             return
+        self._extra[host] = await self._listen(host, port, sock)
+
+    async def _listen(
+        self, host: str, port: int, sock: socket.socket | None
+    ) -> asyncio.Server | Listener:
+        """Each connection starts on the fast path (`router.fast`), which hands what it does
+        not take over to `_serve`. A socket from the daemon, which the other workers share, is
+        served one accept at a time (`router.listener`)."""
         if sock is not None:
-            self._extra[host] = await asyncio.start_server(self._on_client, sock=sock)
-        else:
-            self._extra[host] = await asyncio.start_server(self._on_client, host, port)
+            return Listener(sock, lambda: FastClient(self))
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(lambda: FastClient(self), host, port)
 
     async def unlisten(self, host: str) -> None:
         """Stop listening on that address; its connections in progress finish."""
@@ -184,33 +210,57 @@ class Router:
         self._extra.clear()
         if server is not None:
             server.close()
+        for client in list(self._fast):
+            client.abort()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._pool.close()
+        self._upstreams.close()
         if server is not None:
             await server.wait_closed()
 
     # -- client connections --------------------------------------------------------------
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        client_ip = peer_ip(writer)
-        if self._closing or task is None or not self._admit(client_ip):
-            writer.transport.abort()
-            return
+    def _admit(self, client_ip: str) -> bool:
+        return self._admission.admit(
+            client_ip,
+            len(self._tasks) + len(self._fast),
+            self.max_client_connections,
+            self.max_connections,
+        )
+
+    def _admit_fast(self, client: FastClient) -> bool:
+        """Count a new connection on the fast path, or refuse it (the caps of `_admit`)."""
+        if self._closing or not self._admit(client.ip):
+            return False
+        self._fast.add(client)
+        return True
+
+    def _release_fast(self, client: FastClient) -> None:
+        if client in self._fast:
+            self._fast.discard(client)
+            self._admission.release(client.ip)
+
+    def _handed_over(
+        self, client: FastClient, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """The fast path gives this connection (and its admission) to `_serve`."""
+        self._fast.discard(client)
+        task = asyncio.get_running_loop().create_task(self._serve_handed(client.ip, reader, writer))
         self._tasks.add(task)
+
+    async def _serve_handed(
+        self, client_ip: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             await self._serve(Peer(h11.Connection(h11.SERVER), reader, writer))
         finally:
-            self._tasks.discard(task)
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
             self._admission.release(client_ip)
-
-    def _admit(self, client_ip: str) -> bool:
-        return self._admission.admit(
-            client_ip, len(self._tasks), self.max_client_connections, self.max_connections
-        )
 
     async def _serve(self, client: Peer) -> None:
         client_ip = peer_ip(client.writer)
@@ -276,7 +326,7 @@ class Router:
         self, client: Peer, client_ip: str, status: int, error: HerokuError | None
     ) -> None:
         """Answer a request the router cannot read (malformed, or too slow) and log it."""
-        entry = RequestLog(request_id=str(uuid.uuid4()), fwd=client_ip, status=status)
+        entry = RequestLog(request_id=new_request_id(), fwd=client_ip, status=status)
         entry.error = error
         try:
             await send_rejection(client, status, self.idle_timeout)

@@ -35,10 +35,15 @@ class Turns:
 
     def __init__(self, fd: int | None = None) -> None:
         self._memory: mmap.mmap | bytearray = bytearray(SIZE) if fd is None else mmap.mmap(fd, SIZE)
+        self._offsets: dict[str, int] = {}  # each app's counter, by name
 
     def next(self, app: str) -> int:
         """This app's turn number, then the next one."""
-        offset = zlib.crc32(app.encode()) % SLOTS * _COUNTER.size
+        offset = self._offsets.get(app)
+        if offset is None:
+            if len(self._offsets) >= SLOTS:
+                self._offsets.clear()
+            offset = self._offsets[app] = zlib.crc32(app.encode()) % SLOTS * _COUNTER.size
         (turn,) = _COUNTER.unpack_from(self._memory, offset)
         _COUNTER.pack_into(self._memory, offset, (turn + 1) & 0xFFFF_FFFF_FFFF_FFFF)
         return int(turn)

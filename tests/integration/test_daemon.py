@@ -269,13 +269,14 @@ def _readable_copy_of_dynod(target: Path) -> str:
     import click
     import dnslib
     import h11
+    import httptools
     import psutil as ps
     import pyroute2
 
     import dynod
     import netns
 
-    for module in (dynod, netns, click, dnslib, h11, ps, pyroute2):
+    for module in (dynod, netns, click, dnslib, h11, httptools, ps, pyroute2):
         source = Path(module.__file__).parent
         shutil.copytree(source, target / source.name, ignore=shutil.ignore_patterns("__pycache__"))
     for path in [target, *target.rglob("*")]:

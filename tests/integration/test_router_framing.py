@@ -82,3 +82,49 @@ def test_requests_reach_the_dyno_once_each_on_a_kept_connection(daemon: DaemonPr
     # One dyno connection served all three: the dyno saw no close in between.
     assert "recv b''" not in daemon.output(APP, "web.1").split("GET /kept-0")[-1]
     assert b"Connection: close" not in seen[seen.index(b"GET /kept-0 ") :]
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_HEADS))
+def test_ambiguous_heads_behind_a_fast_request_never_reach_the_dyno(
+    daemon: DaemonProc, name: str
+) -> None:
+    """Pipelined behind a request the router's fast path takes: that one reaches the dyno once,
+    the ambiguous head is refused and nothing of it reaches the dyno."""
+    raw, status = REFUSED_HEADS[name]
+    marker = b"/first-" + name.replace(" ", "-").encode()
+    answer = exchange(
+        daemon.router_port, b"GET %s HTTP/1.1\r\nHost: frame.localhost\r\n\r\n" % marker + raw
+    )
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert f"HTTP/1.1 {status} ".encode() in answer and answer.count(b"HTTP/1.1 ") == 2, answer
+    daemon.wait_for(lambda: marker in received(daemon), "the first request")
+    seen = received(daemon)
+    assert seen.count(b"GET %s HTTP/1.1\r\n" % marker) == 1
+    assert b"/smuggled" not in seen and b"X-Note" not in seen and b"X-Big" not in seen
+
+
+def test_fast_and_handed_over_requests_pipelined_on_one_connection(daemon: DaemonProc) -> None:
+    """A bodyless GET (fast path), a chunked POST (handed over to the h11 path) and a GET, in
+    one packet: three answers in order, each request once at the dyno, one log line each."""
+    answer = exchange(
+        daemon.router_port,
+        b"GET /pipe-1 HTTP/1.1\r\nHost: frame.localhost\r\nX-Request-Id: pipe-request-id-00001\r\n"
+        b"\r\nPOST /pipe-2 HTTP/1.1\r\nHost: frame.localhost\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n3\r\nabc\r\n0\r\n\r\n"
+        b"GET /pipe-3 HTTP/1.1\r\nHost: frame.localhost\r\nConnection: close\r\n\r\n",
+    )
+    assert answer.count(b"HTTP/1.1 200 OK\r\n") == 3, answer
+    daemon.wait_for(lambda: b"GET /pipe-3 " in received(daemon), "the third request")
+    seen = received(daemon)
+    for head in (b"GET /pipe-1 HTTP/1.1\r\n", b"POST /pipe-2 HTTP/1.1\r\n", b"GET /pipe-3 "):
+        assert seen.count(head) == 1, seen
+    first = seen[seen.index(b"GET /pipe-1 ") :].split(b"\r\n\r\n", 1)[0]
+    assert b"X-Forwarded-For: 127.0.0.1\r\n" in first and first.endswith(b"\r\nVia: 1.1 dynod")
+    assert b"X-Request-Id: pipe-request-id-00001\r\n" in first
+    daemon.wait_for(lambda: 'path="/pipe-3"' in daemon.log(), "the log lines")
+    lines = [line for line in daemon.log().splitlines() if 'path="/pipe-' in line]
+    assert len(lines) == 3, lines
+    for line, path in zip(lines, ("/pipe-1", "/pipe-2", "/pipe-3"), strict=True):
+        assert f'path="{path}"' in line and "status=200" in line and "dyno=web.1" in line
+        assert "host=frame.localhost" in line and 'fwd="127.0.0.1"' in line
+    assert "request_id=pipe-request-id-00001" in lines[0] and "bytes=2" in lines[0]

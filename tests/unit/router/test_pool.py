@@ -5,10 +5,13 @@ a connection the dyno closed meanwhile retried once when it may be repeated (as 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import h11
+import pytest
 
 from dynod.router.routes import AppRoute, Backend, RouteTable
+from tests.unit.router.test_fast import slow_path_only
 from tests.unit.router.test_proxy import (
     Client,
     read_request,
@@ -17,6 +20,16 @@ from tests.unit.router.test_proxy import (
     serve,
     wait_for_logs,
 )
+
+
+@pytest.fixture(autouse=True, params=["fast path", "h11 path"])
+def path(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test on both paths: the fast path's pool (`fastpool`) and the h11 path's (`pool`)."""
+    if request.param == "h11 path":
+        with slow_path_only():
+            yield
+    else:
+        yield
 
 
 class Dyno:

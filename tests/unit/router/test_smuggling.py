@@ -133,3 +133,32 @@ def test_strict_head_problem() -> None:
     assert strict_head_problem(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n") is None
     assert strict_head_problem(b"GET / HTTP/1.1\nHost") == "a line ends with a bare LF"
     assert strict_head_problem(b"GET / HTTP/1.1\r\nA: 1\r\n 2\r\n\r\n") is not None
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_HEADS))
+def test_ambiguous_heads_behind_a_fast_path_request_never_reach_a_dyno(name: str) -> None:
+    """The same heads pipelined behind a request the fast path takes: that one is answered
+    and reaches the dyno, exactly once; the ambiguous one is refused and nothing of it (or of
+    what follows it) reaches the dyno."""
+    raw, status = REFUSED_HEADS[name]
+    first = b"GET /first HTTP/1.1\r\nHost: sushi.localhost\r\n\r\n"
+
+    async def main() -> None:
+        received: list[bytes] = []
+        async with serve(recording_backend(received)) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps) as (router, lines):
+                reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+                writer.write(first + raw)
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.read(), 5)  # until the router closes
+                writer.close()
+                assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+                assert f"HTTP/1.1 {status} ".encode() in answer, answer[:400]
+                assert answer.count(b"HTTP/1.1 ") == 2, answer
+                await wait_for_logs(lines, 2)
+                assert "status=200 " in lines[0] and f"status={status} " in lines[1]
+        sent = b"".join(received)
+        assert sent.count(b" HTTP/1.1\r\n") == 1 and sent.startswith(b"GET /first "), sent
+
+    run(main())

@@ -1,0 +1,314 @@
+"""The dyno side of the fast path (`dynod.router.fast`): one keep-alive connection to a dyno as
+an `asyncio.Protocol`, its response parsed by httptools (llhttp) and re-framed for the client as
+it arrives, with flow control from the client's side.
+
+The response goes to the client as h11 would frame it on the proven path: the head with
+`forward_response_headers`, a Content-Length body relayed as it comes, a chunked one re-chunked
+from the parser's body callbacks (trailers dropped), a close-delimited one chunked too (the
+client is HTTP/1.1) so the client connection stays usable, 204/304 bodyless, other 1xx relayed
+before the final answer. A dyno that answers 101 without being asked is H17.
+
+Timeouts, on one `Deadline` per connection: H12 until the response head (``response_timeout``
+from the request sent), then H15 between two pieces of body (``idle_timeout``). A dyno that
+closes before any byte of the answer is H13 (or, on a reused connection, a stale connection the
+client side may retry); mid-body it is H18.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Protocol
+
+import httptools
+
+from dynod.router.deadline import Deadline
+from dynod.router.fastheaders import response_plan
+from dynod.router.frames import CHUNKED_END, response_head
+from dynod.router.headers import Headers, forward_response_headers
+from dynod.router.logline import H12, H13, H15, H17, H18, H19, H99, HerokuError, RequestLog
+from dynod.router.peer import Fail, elapsed_ms
+from dynod.router.routes import Backend
+
+__all__ = ["Receiver", "Upstream", "open_upstream"]
+
+_logger = logging.getLogger(__name__)
+
+_NO_BODY = (204, 304)
+
+
+class Receiver(Protocol):
+    """The client side of an exchange, as an `Upstream` sees it (`fast.Receiver`)."""
+
+    close_after: bool  # the client asked to close after this response
+    write_paused: bool  # the client's transport is over its high-water mark
+
+    def write(self, data: bytes | bytearray) -> None: ...
+
+    def exchange_done(self, upstream: Upstream, reusable: bool) -> None: ...
+
+    def exchange_failed(
+        self, upstream: Upstream, error: HerokuError, head_sent: bool, *, stale: bool
+    ) -> None: ...
+
+
+class Upstream(asyncio.Protocol):
+    """A connection to one dyno; `client` is the exchange using it (None while it is idle)."""
+
+    def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
+        self.backend = backend
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: Receiver | None = None
+        self.entry: RequestLog | None = None
+        self.open = True
+        self.reusable = True  # false once anything unclean happened on it
+        self.idle_since = 0.0
+        self.deadline = Deadline(loop, self._expired)
+        self.timeout = 30.0
+        self.idle = 55.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.reason = b""
+        self.headers: Headers = []
+        self.head_size = 0  # bytes of header names and values
+        self.head = False  # the final response head has come
+        self.chunked = False  # re-chunked to the client
+        self.informational = False
+        self.complete = False
+        self.keep = True  # the dyno lets the connection be reused
+        self.got_any = False
+        self.until_close = False  # the body ends when the dyno closes
+        self.error: HerokuError | None = None  # set by a callback that stopped the parser
+        self.out = bytearray()
+
+    # -- the exchange ---------------------------------------------------------------------
+
+    def begin(
+        self, client: Receiver, entry: RequestLog, request: bytes, timeout: float, idle: float
+    ) -> None:
+        """Send `request` (a bodyless head) for `client` and await the answer: its head within
+        `timeout` (H12), then no more than `idle` between two pieces of body (H15)."""
+        self._reset()
+        self.client, self.entry = client, entry
+        self.timeout, self.idle = timeout, idle
+        assert self.transport is not None
+        self.transport.write(request)
+        self.deadline.set(self.loop.time() + self.timeout)
+        if client.write_paused:
+            self.transport.pause_reading()
+
+    def detach(self) -> None:
+        """The exchange is over (or abandoned): no more relaying to its client."""
+        self.client = self.entry = None
+        self.deadline.clear()
+
+    def abort(self) -> None:
+        self.open = self.reusable = False
+        self.detach()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None or self.complete:
+            self.abort()  # bytes nobody asked for: the connection cannot be trusted again
+            return
+        self.got_any = True
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # or a callback's
+            if not self.complete:
+                self._fail(self.error or (H18 if self.head else H17))
+                return
+            self.reusable = False  # garbage behind a whole answer
+        if self.client is not client:
+            return  # failed inside a callback
+        if self.out:
+            client.write(self.out)
+            self.out = bytearray()
+        if self.complete:
+            self.detach()
+            client.exchange_done(self, self.keep and self.reusable and self.open)
+
+    def eof_received(self) -> bool:
+        self._ended()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended()
+        self.deadline.cancel()
+
+    def pause_writing(self) -> None:
+        pass  # only request heads are written here: they fit in the socket buffer
+
+    def resume_writing(self) -> None:
+        pass
+
+    def _ended(self) -> None:
+        self.open = self.reusable = False
+        client = self.client
+        if client is None:
+            return
+        if self.head and not self.complete and self.until_close:
+            self.out += CHUNKED_END  # a close-delimited body ends here, whole
+            client.write(self.out)
+            self.out = bytearray()
+            self.detach()
+            client.exchange_done(self, False)
+        elif self.head:
+            self._fail(H18)
+        else:
+            self._fail(H13)
+
+    def _expired(self) -> None:
+        if self.client is not None:
+            self._fail(H15 if self.head else H12)
+
+    def _fail(self, error: HerokuError) -> None:
+        client, got_any = self.client, self.got_any
+        self.abort()
+        if client is not None:
+            client.exchange_failed(self, error, self.head, stale=error is H13 and not got_any)
+
+    # -- httptools callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.reusable = False
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value.rstrip(b" \t")))
+        self.head_size += len(name) + len(value)
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        client, entry = self.client, self.entry
+        assert client is not None and entry is not None
+        headers = self.headers
+        if status < 200:
+            if status == 101:  # never asked for: the fast path forwards no Upgrade
+                self.error = H17
+                raise ValueError("101 without an Upgrade request")
+            self.informational = True
+            self.out += response_head(
+                status, self.reason, forward_response_headers(headers, upgrade=False)
+            )
+            self.reason, self.headers, self.head_size = b"", [], 0
+            return
+        self.head = True
+        entry.status = status
+        entry.bytes = 0
+        version = self.parser.get_http_version()
+        key = (status, self.reason, version, client.close_after, *headers)
+        framed = _framed.get(key)
+        if framed is None:
+            framed = _frame(status, self.reason, version, client.close_after, headers)
+            if self.head_size <= _FRAMED_LONGEST:
+                if len(_framed) >= _FRAMED_SIZE:
+                    _framed.clear()
+                _framed[key] = framed
+        head, self.chunked, self.until_close, self.keep = framed
+        self.out += head
+        self.deadline.set(self.loop.time() + self.idle)
+
+    def on_body(self, body: bytes) -> None:
+        entry = self.entry
+        assert entry is not None
+        entry.bytes = (entry.bytes or 0) + len(body)
+        if self.chunked:
+            if body:
+                self.out += b"%x\r\n" % len(body)
+                self.out += body
+                self.out += b"\r\n"
+        else:
+            self.out += body
+        self.deadline.set(self.loop.time() + self.idle)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        if self.chunked:
+            self.out += CHUNKED_END
+        self.complete = True
+
+
+# The client's head and framing, by the dyno's head: a dyno answers the same head (within its
+# Date's second) to one request after another; building it was a tenth of a request. Bounded.
+_FRAMED_SIZE = 256
+_FRAMED_LONGEST = 4096  # a head with more header bytes is framed, not kept
+_framed: dict[tuple[object, ...], tuple[bytes, bool, bool, bool]] = {}
+
+
+def _frame(
+    status: int, reason: bytes, version: str, close_after: bool, headers: Headers
+) -> tuple[bytes, bool, bool, bool]:
+    """(head for the client, re-chunked, delimited by the dyno's close, dyno keeps alive)."""
+    plan = response_plan(headers)
+    keep = not plan.asks_close and version == "1.1"
+    out = plan.headers
+    chunked = until_close = False
+    if status not in _NO_BODY and (plan.chunked or not plan.length):
+        # chunked from the dyno, or delimited by its close: chunked to the client (h11's rule)
+        chunked, until_close = True, not plan.chunked
+        if plan.length:
+            out = [(n, v) for n, v in out if n.lower() != b"content-length"]
+        out.append((b"Transfer-Encoding", b"chunked"))
+    if close_after:
+        out.append((b"Connection", b"close"))
+    return response_head(status, reason, out), chunked, until_close, keep
+
+
+async def open_upstream(
+    backend: Backend,
+    entry: RequestLog,
+    *,
+    timeout: float,
+    socket_mark: int | None,
+    source_address: str | None,
+) -> Upstream:
+    """A new marked (optionally source-bound) connection to the dyno: `proxy.connect`'s rules,
+    H99 (socket set-up), H19 (connect timeout) or H13 (refused) as `Fail`."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in backend.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.setblocking(False)
+            if socket_mark is not None:
+                # The firewall only lets packets carrying this mark reach the dynos.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, socket_mark)
+            if source_address:
+                sock.bind((source_address, 0))
+        except OSError as exc:
+            _logger.error("router: cannot set up socket to %s: %s", backend, exc)
+            raise Fail(H99) from exc
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, (backend.host, backend.port))
+        except TimeoutError as exc:
+            raise Fail(H19) from exc
+        except OSError as exc:
+            raise Fail(H13) from exc
+        finally:
+            entry.connect_ms = elapsed_ms(started)
+        _, upstream = await loop.create_connection(lambda: Upstream(backend, loop), sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return upstream
