@@ -81,7 +81,10 @@ def _router(config: Config, kernel: Kernel, log: LogBook) -> AnyRouter:
 
     if config.router_workers > 0:
         return RouterWorkers(
-            emit, count=config.router_workers, socket_mark=kernel.layout.router_mark
+            emit,
+            count=config.router_workers,
+            socket_mark=kernel.layout.router_mark,
+            log_batch=lambda items: log.emit_many("heroku[router]", items),
         )
     # no app until the first table is pushed
     return Router(RouteTable().resolve, emit, socket_mark=kernel.layout.router_mark)

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -305,6 +305,26 @@ class LogBook:
             if follower.keep(line):
                 self._feed(follower, line)
         return line
+
+    def emit_many(self, source: str, items: Iterable[tuple[str, str | None]]) -> None:
+        """Lines of one source that arrived together (a router worker's batch of (text, app)):
+        one timestamp and one write to the log file for all of them. Under router load a write
+        per line was most of the daemon's cost per request."""
+        now = timestamp()
+        lines = [LogLine(app, source, text, now) for text, app in items]
+        if not lines:
+            return
+        self._recent.extend(lines)
+        rendered = [str(line) for line in lines]
+        if self._file:
+            data = "\n".join(rendered).encode(errors="backslashreplace") + b"\n"
+            self._file.write(data)
+        if self._echo:  # one item: a slow stderr drops the batch (counted as one line)
+            self._echo.put("\n".join(rendered))
+        for follower in self._followers:
+            for line in lines:
+                if follower.keep(line):
+                    self._feed(follower, line)
 
     @staticmethod
     def _feed(follower: _Follower, line: LogLine) -> None:

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from dynod.router.limits import MAX_CLIENT_CONNECTIONS
 from dynod.router.routes import RouteChange, RouteTable
@@ -67,8 +68,12 @@ class RouterWorkers:
         count: int,
         socket_mark: int | None = None,
         max_client_connections: int = MAX_CLIENT_CONNECTIONS,
+        log_batch: Callable[[list[tuple[str, str | None]]], object] | None = None,
     ) -> None:
+        """`log(line, app)` takes each request's line; `log_batch([(line, app), ...])`, when
+        given, takes a worker's batch at once instead (the daemon writes it in one go)."""
         self._log = log
+        self._log_batch = log_batch
         self.count = max(1, count)
         self.socket_mark = socket_mark
         self.max_client_connections = max_client_connections
@@ -171,6 +176,13 @@ class RouterWorkers:
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
 
+    def _relay_logs(self, items: list[list[Any]]) -> None:
+        if self._log_batch is not None:
+            self._log_batch([(str(line), app) for line, app in items])
+            return
+        for line, app in items:
+            self._log(str(line), app)
+
     async def _watch(self, slot: int, worker: _Worker) -> None:
         """Feed the worker its table and sockets, relay its log lines; restart it if it dies."""
         reader, writer = await asyncio.open_connection(sock=worker.ctl)
@@ -180,8 +192,7 @@ class RouterWorkers:
             _send(worker, key, sock)
         try:
             while (message := await read_frame(reader)) is not None:
-                for line, app in message.get("logs", ()):
-                    self._log(str(line), app)
+                self._relay_logs(message.get("logs", ()))
         except (OSError, ValueError) as exc:  # reset, or a frame it could not have meant
             _logger.warning("router worker %d: control channel broken: %s", slot, exc)
             with contextlib.suppress(ProcessLookupError):

@@ -229,6 +229,40 @@ def test_a_slow_follower_is_told_what_it_missed() -> None:
     ), notice
 
 
+def test_a_batch_of_lines_is_one_write_in_order_and_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> list[str]:
+        book = LogBook(str(tmp_path / "dynod.log"), echo=None)
+        book.emit(None, "dynod", "before")
+        writes: list[bytes] = []
+        real_write = os.write
+        monkeypatch.setattr(
+            os, "write", lambda fd, data: writes.append(data) or real_write(fd, data)
+        )
+        with book.follow(lambda line: line.app == "sushi") as queue:
+            book.emit_many("heroku[router]", [("one", "sushi"), ("two", None), ("three", "sushi")])
+            followed = []
+            while not queue.empty():
+                item = queue.get_nowait()
+                assert item is not None
+                followed.append(item.text)
+        assert len(writes) == 1
+        recent = book.recent(lambda line: True, 10)
+        assert [line.text for line in recent] == ["before", "one", "two", "three"]
+        assert recent[1].source == "heroku[router]" and recent[2].app is None
+        return followed
+
+    assert asyncio.run(scenario()) == ["one", "three"]
+    text = (tmp_path / "dynod.log").read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in text] == [
+        "dynod: before",
+        "heroku[router]: one",
+        "heroku[router]: two",
+        "heroku[router]: three",
+    ]
+
+
 def test_a_full_disk_loses_log_lines_not_the_daemon(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,9 +21,23 @@ TIMEOUT = 15.0
 
 
 @asynccontextmanager
-async def workers(count: int) -> AsyncIterator[tuple[RouterWorkers, list[tuple[str, str | None]]]]:
+async def workers(
+    count: int, batches: list[int] | None = None
+) -> AsyncIterator[tuple[RouterWorkers, list[tuple[str, str | None]]]]:
+    """`batches`: take the workers' lines a batch at a time (as the daemon does), noting each
+    batch's size there; else a line at a time."""
     lines: list[tuple[str, str | None]] = []
-    router = RouterWorkers(lambda line, app: lines.append((line, app)), count=count)
+
+    def take_batch(items: list[tuple[str, str | None]]) -> None:
+        assert batches is not None
+        batches.append(len(items))
+        lines.extend(items)
+
+    router = RouterWorkers(
+        lambda line, app: lines.append((line, app)),
+        count=count,
+        log_batch=take_batch if batches is not None else None,
+    )
     await router.start("127.0.0.1", 0)
     try:
         yield router, lines
@@ -80,6 +94,21 @@ def test_workers_route_by_the_pushed_table_and_log_through_the_daemon() -> None:
             while (await fetch(router.port))[0].status_code != 503:  # H14 once every worker knows
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.05)
+
+    run(main(), timeout=60)
+
+
+def test_a_workers_log_lines_reach_the_daemon_in_batches() -> None:
+    async def main() -> None:
+        batches: list[int] = []
+        async with serve(echo_backend("web.1")) as port, workers(1, batches) as (router, lines):
+            router.update(RouteTable({"sushi": AppRoute((Backend("web.1", "127.0.0.1", port),))}))
+            await get_until_200(router.port)
+            await asyncio.gather(*(fetch(router.port) for _ in range(40)))
+            await until(lambda: len([x for x in lines if " status=200 " in x[0]]) >= 41, "lines")
+            assert all(app == "sushi" for line, app in lines if " status=200 " in line)
+            # 41 requests' lines, fewer calls: lines that came in one frame went in one call.
+            assert sum(batches) == len(lines) and len(batches) < len(lines), batches
 
     run(main(), timeout=60)
 
