@@ -22,6 +22,7 @@ from dynod.control import readiness
 from dynod.control.formation import FormationService, ScaleRequest
 from dynod.errors import DynodError
 from dynod.rules import formation, sizes
+from dynod.rules.caller import INHERITED_ENV
 
 Handler = Callable[..., Awaitable[Answer]]
 MAX_WAIT = 86_400.0
@@ -45,6 +46,15 @@ def scale_request(app: str, body: Any) -> ScaleRequest:
         seen.add(change.type)
     string_map(fields, "commands")
     string_map(fields, "env")
+    # What a scale passes on is the caller's environment, below the config vars: the names
+    # `dynod run` may pass on too, nothing else (a variable of the app's is a config var).
+    unknown = sorted(set(fields.get("env") or {}) - set(INHERITED_ENV))
+    if unknown:
+        raise DynodError(
+            f"the field 'env' holds {', '.join(map(repr, unknown))}: a scale passes on only "
+            f"{', '.join(INHERITED_ENV)} from the caller",
+            "set the app's variables with `dynod config:set NAME=VALUE --app APP`",
+        )
     cwd = text(fields, "cwd")
     if not cwd.startswith("/"):
         raise DynodError(f"'cwd' must be an absolute path, and it is {cwd!r}", "send one")

@@ -175,7 +175,12 @@ def ps_restart(ctx: click.Context, target: str | None, app: str) -> None:
     names.check_app(app)
     _check_target(target)
     restarted = _client(ctx).restart(app, target)
-    click.echo(f"restarted {', '.join(restarted)}" if restarted else f"{app} had no dynos")
+    if restarted:
+        click.echo(f"restarted {', '.join(restarted)}")
+    elif target:  # named, but stopping or gone by the time its turn came
+        click.echo(f"{target}: nothing to restart (stopping or stopped)")
+    else:
+        click.echo(f"{app} had no dynos")
 
 
 @main.command("ps:stop")

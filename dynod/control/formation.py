@@ -257,16 +257,26 @@ class FormationService:
         and a new one starts in its place, with the same name, namespace and address (a web
         dyno gets a new PORT, as on Heroku); a crashed one starts now. A formation dyno takes
         its type's command, directory and environment as stored now (the last scale's
-        Procfile); another one keeps its own. Returns the names restarted."""
-        chosen = self.targets(app, target)
+        Procfile); another one keeps its own. A foreground dyno (attached to a terminal, named
+        explicitly) is stopped, as before: a new process would have no terminal. Returns the
+        names restarted or stopped."""
+        self.targets(app, target)  # refuses a bad target at once, before waiting for the lock
         async with self._lock(app):  # no converge counts a restarting dyno as gone meanwhile
+            # Chosen under the lock: a scale or stop that ran meanwhile may have removed some.
+            chosen = self.targets(app, target)
             processes_ = {p.type: p for p in self.state.formation(app)}
             for dyno in chosen:
                 process = processes_.get(dyno.type)
-                if dyno.formation and process is not None:
+                if dyno.formation and dyno.detached and process is not None:
                     self._refresh(dyno, process)
-            done = await asyncio.gather(*(self.supervisor.restart(d, crashed=True) for d in chosen))
+            done = await asyncio.gather(*(self._restart_one(d) for d in chosen))
         return [d.name for d, restarted in zip(chosen, done, strict=True) if restarted]
+
+    async def _restart_one(self, dyno: Dyno) -> bool:
+        if not dyno.detached:
+            await self.supervisor.stop(dyno)
+            return True
+        return await self.supervisor.restart(dyno, crashed=True)
 
     def _refresh(self, dyno: Dyno, process: Process) -> None:
         """What a new process of the formation's type starts with, on the dyno's row."""

@@ -308,20 +308,21 @@ class Supervisor:
             self.say(current, f"State changed from {current.state} to starting")
             # "stopping" while the old process ends: its exit is no crash, no route points at it
             self.restarting.add(current.id)
-            self.state.update_dyno(current, state="stopping")
-            self.on_change(current)
-            self.registry.unregister(current)
-            try:
-                await terminate(self.kernel, self.exits, self.say, current, self._grace(grace))
-            except Exception as exc:  # noqa: BLE001 - left "stopping", nothing would pick it up
-                self.say(current, f"Restart failed: {exc}")
-                self._set_state(current, "crashed")
+            try:  # the mark goes whatever happens: convergence would count this dyno forever
+                self.state.update_dyno(current, state="stopping")
+                self.on_change(current)
+                self.registry.unregister(current)
+                try:
+                    await terminate(self.kernel, self.exits, self.say, current, self._grace(grace))
+                except Exception as exc:  # noqa: BLE001 - left "stopping", nothing picks it up
+                    self.say(current, f"Restart failed: {exc}")
+                    self._set_state(current, "crashed")
+                    self.schedule_restart(current)
+                    return True
+                self.outputs.drain(current, final=True)
+                self.state.update_dyno(current, state="starting")
+            finally:
                 self.restarting.discard(current.id)
-                self.schedule_restart(current)
-                return True
-            self.outputs.drain(current, final=True)
-            self.state.update_dyno(current, state="starting")
-            self.restarting.discard(current.id)
             self.on_change(current)
             await self._respawn(current)
             return True

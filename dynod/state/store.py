@@ -167,9 +167,15 @@ ALTER TABLE dynos ADD COLUMN formation INTEGER NOT NULL DEFAULT 0;
 """
 
 # Version 5: a dyno's caller's environment (PATH, LANG, LC_ALL, TZ) was in `env` with `run -e`'s
-# values, above the config vars; it has a column of its own now, below them. Old rows keep theirs.
+# values, above the config vars; it has a column of its own now, below them. A formation dyno's
+# `env` was only the caller's (a scale copied it), so it moves whole; a one-off's mixes the two,
+# which cannot be told apart: that row keeps the old order.
 MIGRATE_FROM_5 = """
 ALTER TABLE dynos ADD COLUMN inherited TEXT NOT NULL DEFAULT '{}';
+"""
+# Only a version 5 state can hold formation dynos (version 4 had no formations).
+FORMATION_ENV_FROM_5 = """
+UPDATE dynos SET inherited = env, env = '{}' WHERE formation = 1;
 """
 
 
@@ -289,7 +295,7 @@ class State:
         if not old:
             script = SCHEMA
         elif version == 5:
-            script = MIGRATE_FROM_5
+            script = MIGRATE_FROM_5 + FORMATION_ENV_FROM_5
         elif version == 4:
             script = MIGRATE_FROM_4 + MIGRATE_FROM_5
         elif version == 3:

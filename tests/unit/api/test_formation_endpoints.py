@@ -58,6 +58,7 @@ def test_a_scale_body() -> None:
         (body(commands={"web": 1}), "'commands' must be a JSON object of strings"),
         (body(cwd="relative"), "'cwd' must be an absolute path"),
         (body(sudo_uid=True), "'sudo_uid' must be a user or group ID"),
+        (body(env={"PATH": "/bin", "SECRET": "x"}), "'env' holds 'SECRET': a scale passes on"),
         (body(other=1), "unknown field 'other'"),
     ],
 )

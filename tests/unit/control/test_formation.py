@@ -170,6 +170,58 @@ def test_ps_restart_restarts_in_place_with_the_formation_s_command_now(world: Wo
     asyncio.run(test())
 
 
+def test_ps_restart_of_a_foreground_dyno_stops_it(world: World) -> None:
+    """A new process of an attached dyno would have no terminal: it is stopped, as before."""
+
+    async def test() -> None:
+        attached = await world.dynos.run(
+            RunRequest("sushi", "worker", "sleep 30", detach=False), os.getuid(), os.getgid()
+        )
+        assert await world.formation.restart("sushi", attached.name) == [attached.name]
+        assert world.state.dynos("sushi") == []
+
+    asyncio.run(test())
+
+
+def test_ps_restart_chooses_under_the_lock_what_a_scale_left(world: World) -> None:
+    """A scale that holds the app's lock when a restart comes: the restart waits, then restarts
+    what is left (no error about a dyno the scale removed)."""
+
+    async def test() -> None:
+        await scale(world, "web=2")
+        lock = world.formation._lock("sushi")
+        await lock.acquire()
+        restart = asyncio.create_task(world.formation.restart("sushi", "web"))
+        await asyncio.sleep(0.05)  # the restart chose, by the old code, and waits for the lock
+        # what the scale does meanwhile: web=1 with a new command
+        await world.formation.supervisor.stop(world.dynos.find("sushi", "web.2"))
+        (web,) = world.state.formation("sushi")
+        web.quantity, web.command = 1, "sleep 31"
+        world.state.set_formation([web])
+        lock.release()
+        assert await restart == ["web.1"]
+        (web1,) = world.state.dynos("sushi")
+        assert web1.command == "sleep 31"
+
+    asyncio.run(test())
+
+
+def test_a_restart_that_is_cancelled_does_not_stay_counted_as_restarting(world: World) -> None:
+    async def test() -> None:
+        await scale(world, "web=1")
+        (web,) = world.state.dynos("sushi")
+        supervisor = world.formation.supervisor
+        restart = asyncio.create_task(supervisor.restart(web))
+        while not supervisor.restarting:
+            await asyncio.sleep(0)
+        restart.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await restart
+        assert supervisor.restarting == set()
+
+    asyncio.run(test())
+
+
 def test_a_dyno_restarting_for_a_config_change_is_not_replaced_by_converge(
     world: World,
 ) -> None:

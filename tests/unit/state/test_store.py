@@ -148,23 +148,34 @@ def test_a_dynos_json_has_every_field_but_its_environment() -> None:
 
 
 def test_a_version_5_dyno_gains_an_empty_inherited_environment(tmp_path: Path) -> None:
-    """Its `env` (the caller's PATH... and run -e's, as they were) stays whole: it starts as
-    before; only dynos started from now on have the caller's apart."""
+    """A `dynod run` dyno's `env` (the caller's PATH... and run -e's, as they were) stays whole:
+    it starts as before. A formation dyno's was only the caller's (a scale copied it): it moves
+    to `inherited`, under the config vars, as a scale makes it now."""
     db = sqlite3.connect(tmp_path / "state.db")
     db.executescript("\n".join(line for line in SCHEMA.splitlines() if "inherited " not in line))
     db.execute("INSERT INTO apps (name, created_at) VALUES ('a', 0)")
-    db.execute(
-        "INSERT INTO dynos (app, type, number, state, slot, ip, netns, veth, command, cwd, uid, "
-        "gid, env, detached, log_path, created_at) VALUES ('a', 'web', 1, 'up', 1, '10.0.0.2', "
-        """'d-a.web.1', 'd-1', 'x', '/', 1, 1, '{"PATH": "/p"}', 1, '/o', 0)"""
-    )
+    for number, formation in ((1, 0), (2, 1)):
+        db.execute(
+            "INSERT INTO dynos (app, type, number, state, slot, ip, netns, veth, command, cwd, "
+            "uid, gid, env, detached, log_path, created_at, formation) VALUES ('a', 'web', ?, "
+            """'up', ?, ?, ?, ?, 'x', '/', 1, 1, '{"PATH": "/p"}', 1, '/o', 0, ?)""",
+            (
+                number,
+                number,
+                f"10.0.0.{4 * number + 2}",
+                f"d-a.web.{number}",
+                f"d-{number}",
+                formation,
+            ),
+        )
     db.execute("PRAGMA user_version=5")
     db.commit()
     db.close()
     state = State(str(tmp_path))
     try:
-        (dyno,) = state.dynos()
+        dyno, formed = state.dynos()
         assert (dyno.env, dyno.inherited) == ({"PATH": "/p"}, {})
+        assert (formed.env, formed.inherited) == ({}, {"PATH": "/p"})
         state.update_dyno(dyno, inherited={"TZ": "UTC"})
         assert state.dynos()[0].inherited == {"TZ": "UTC"}
         assert state.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
