@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 from dynod.router.deadline import Deadline
 from dynod.router.fasthead import RequestHead
@@ -126,7 +126,8 @@ class FastClient(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses, but are one in all we use.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -116,7 +116,8 @@ class Upstream(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses, but are one in all we use.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:

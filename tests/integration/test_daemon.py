@@ -272,11 +272,12 @@ def _readable_copy_of_dynod(target: Path) -> str:
     import httptools
     import psutil as ps
     import pyroute2
+    import uvloop
 
     import dynod
     import netns
 
-    for module in (dynod, netns, click, dnslib, h11, httptools, ps, pyroute2):
+    for module in (dynod, netns, click, dnslib, h11, httptools, ps, pyroute2, uvloop):
         source = Path(module.__file__).parent
         shutil.copytree(source, target / source.name, ignore=shutil.ignore_patterns("__pycache__"))
     for path in [target, *target.rglob("*")]:
