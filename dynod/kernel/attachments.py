@@ -23,7 +23,7 @@ def attach(m: Machine, dyno: DynoNetwork) -> None:
     m.nftables().run(firewall.add_dyno(m.layout, dyno.port, dyno.web))
     ruleset.expect(m, dyno, present=True)
     try:
-        network.attach(m.worker.ipr, bridge, _attachment(dyno))
+        network.attach(m.worker.rtnl, bridge, _attachment(dyno))
     except BaseException:
         with contextlib.suppress(NftError):
             m.nftables().run(firewall.remove_dyno(m.layout, dyno.port, dyno.web))
@@ -50,7 +50,7 @@ def detach(m: Machine, dyno: DynoNetwork) -> None:
     ruleset.expect(m, dyno, present=False)
     net = m.network_of(dyno.bridge)
     index = net.shard_index(dyno.shard) if net is not None else None
-    network.detach(m.worker.ipr, index, _attachment(dyno))
+    network.detach(m.worker.rtnl, index, _attachment(dyno))
 
 
 def rebuild(m: Machine, dyno: DynoNetwork) -> None:

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from dynod.kernel import attachments, bridges, firewall, network, ruleset, sandbox, sweep
@@ -24,6 +25,7 @@ from dynod.kernel.cgroups import DynoCgroups
 from dynod.kernel.facts import DynoNetwork, Running
 from dynod.kernel.inside import dyno_pids, dyno_pids_in, signal_dyno_in
 from dynod.kernel.machine import Machine, Net
+from dynod.kernel.protocol import Launched, SpawnFailed
 from dynod.kernel.ruleset import foreign_drop_policies
 from dynod.kernel.scans import SharedScans
 from dynod.kernel.stdio import DynoEnds
@@ -133,9 +135,53 @@ class Kernel:
             await self.apply_firewall(live())
             await self.worker.run(attachments.attach, self.machine, dyno)
 
+    async def launch(
+        self,
+        dyno: DynoNetwork,
+        live: Callable[[], Iterable[DynoNetwork]],
+        how: sandbox.Launch,
+        env: Mapping[str, str],
+        output_path: str,
+        stdio: DynoEnds | None = None,
+    ) -> Launched:
+        """attach() and spawn() in one job of the kernel thread: one hand-over from the event
+        loop and back instead of two (about 0.5 ms of a start). The firewall's rebuild on an
+        NftError is attach()'s."""
+        try:
+            return await self.worker.run(self._launch, dyno, how, env, output_path, stdio)
+        except NftError:
+            await self.apply_firewall(live())
+            return await self.worker.run(self._launch, dyno, how, env, output_path, stdio)
+
+    def _launch(
+        self,
+        dyno: DynoNetwork,
+        how: sandbox.Launch,
+        env: Mapping[str, str],
+        output_path: str,
+        stdio: DynoEnds | None,
+    ) -> Launched:
+        attachments.attach(self.machine, dyno)
+        attached_at = time.perf_counter()
+        try:
+            popen = self._spawn(how, env, output_path, stdio)
+        except Exception as exc:
+            raise SpawnFailed(str(exc)) from exc
+        return Launched(attached_at, popen)
+
     async def detach(self, dyno: DynoNetwork) -> None:
         """Firewall elements, gateway address and namespace (and so the veth) go."""
         await self.worker.run(attachments.detach, self.machine, dyno)
+
+    async def teardown(self, dyno: DynoNetwork, group: str | None) -> None:
+        """detach(), and the sized dyno's cgroup (cgroups.py), in one job of the kernel
+        thread."""
+        await self.worker.run(self._teardown, dyno, group)
+
+    def _teardown(self, dyno: DynoNetwork, group: str | None) -> None:
+        attachments.detach(self.machine, dyno)
+        if group is not None:
+            self.cgroups.remove(group)
 
     async def remove_group(self, group: str) -> None:
         """A sized dyno's cgroup: its processes killed, `rmdir` (cgroups.py)."""

@@ -25,6 +25,8 @@ from pyroute2 import IPRoute
 from dynod.errors import DynodError
 from dynod.kernel.addressing import Pool, Subnet, mac_for
 from netns import addresses, links, namespace, sysctl
+from netns.links import Netlink
+from netns.rtnl import Rtnl
 
 PREFIX = re.compile(r"^[a-z][a-z0-9]{1,5}$")
 IFNAMSIZ = 15  # a link name's longest, without its NUL
@@ -115,7 +117,7 @@ def ensure_shard_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
     return index
 
 
-def attach(ipr: IPRoute, bridge_index: int, dyno: Attachment) -> None:
+def attach(ipr: Netlink, bridge_index: int, dyno: Attachment) -> None:
     subnet = dyno.subnet
     namespace.create(dyno.netns)
     try:
@@ -151,7 +153,7 @@ def close_port_to_host(port: str) -> None:
 
 def _configure_inside(netns: str, subnet: Subnet) -> None:
     with namespace.entered(netns):
-        inner = IPRoute()
+        inner = Rtnl()  # opened inside: the namespace's links
         try:
             eth0 = links.index_of(inner, "eth0")
             assert eth0 is not None
@@ -166,7 +168,7 @@ def _configure_inside(netns: str, subnet: Subnet) -> None:
             inner.close()
 
 
-def detach(ipr: IPRoute, bridge_index: int | None, dyno: Attachment) -> None:
+def detach(ipr: Netlink, bridge_index: int | None, dyno: Attachment) -> None:
     """Undo attach(), whatever part of it happened. Deleting the namespace is enough for the
     veth: the kernel destroys both ends with it, without us waiting for it."""
     subnet = dyno.subnet
