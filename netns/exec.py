@@ -56,14 +56,12 @@ def as_typed(name: str, argv: Sequence[str], popen_kwargs: dict[str, Any], stdio
 # caller checked (device:inode), so a directory swapped for a symlink meanwhile is refused.
 # The caller's umask is not the program's: the usual 022 (the directories made here for the
 # kept one must be traversable, and the program's files are its own business).
-# `mount -n`: no entry in /run/mount/utab (these mounts have no userspace-only options to keep
-# there), which about halves each mount(8)'s cost; a dyno's start runs seven of them.
 ISOLATE = """
 umask 022
 keep=$1 keep_id=$2 resolv=$3 size=$4 lock_size=$5
 shift 5
 if [ -n "$resolv" ]; then
-    mount -n --bind -o ro "$resolv" /etc/resolv.conf || exit 126
+    mount --bind -o ro "$resolv" /etc/resolv.conf || exit 126
 fi
 case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*|/run/lock/*)
     exec 3<"$keep" || exit 126
@@ -73,18 +71,18 @@ case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*|/run/lock/*)
     fi;;
 esac
 for dir in /tmp /dev/shm /var/tmp; do
-    mount -n -t tmpfs -o "mode=1777,nosuid,nodev${size:+,size=$size}" tmpfs "$dir" || exit 126
+    mount -t tmpfs -o "mode=1777,nosuid,nodev${size:+,size=$size}" tmpfs "$dir" || exit 126
 done
 if [ -d /run/lock ]; then
-    mount -n -t tmpfs -o "mode=1777,nosuid,nodev,noexec,size=$lock_size" tmpfs /run/lock || exit 126
+    mount -t tmpfs -o "mode=1777,nosuid,nodev,noexec,size=$lock_size" tmpfs /run/lock || exit 126
 fi
 if [ -d /run/netns ]; then
-    mount -n -t tmpfs -o mode=755,nosuid,nodev,noexec tmpfs /run/netns || exit 126
+    mount -t tmpfs -o mode=755,nosuid,nodev,noexec tmpfs /run/netns || exit 126
 fi
-mount -n -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys || exit 126
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys || exit 126
 case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*|/run/lock/*)
     mkdir -p "$keep" || exit 126
-    mount -n --no-canonicalize --bind /proc/self/fd/3 "$keep" || exit 126
+    mount --no-canonicalize --bind /proc/self/fd/3 "$keep" || exit 126
     exec 3<&-;;
 esac
 exec "$@"
