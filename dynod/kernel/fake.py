@@ -177,6 +177,11 @@ class FakeKernel:
             removed.append(f"veth {dyno.veth}")
         return removed
 
+    def missing_objects(self, dynos: list[tuple[int, str, str]]) -> list[int]:
+        return [
+            i for i, netns, veth in dynos if netns not in self.namespaces or veth not in self.links
+        ]
+
     def cgroup_usage(self, group: str) -> cgroup.Usage | None:
         return self.usage.get(group)
 

@@ -208,6 +208,16 @@ class Kernel:
             removed.append(f"veth {dyno.veth}")
         return removed
 
+    @staticmethod
+    def missing_objects(dynos: list[tuple[int, str, str]]) -> list[int]:
+        """`ip netns list` and `ls /sys/class/net` once, for all these (id, netns, veth): the
+        ids whose namespace name or veth is missing (removed_objects() says which)."""
+        if not dynos:
+            return []
+        names = set(namespace.names())
+        veths = set(os.listdir(SYS_NET))
+        return [i for i, netns, veth in dynos if netns not in names or veth not in veths]
+
     # ---------------------------------------------------------------- one dyno's processes
     async def spawn(
         self,

@@ -83,4 +83,9 @@ class KernelSide(Protocol):
 
     def removed_objects(self, dyno: DynoNetwork) -> list[str]: ...
 
+    def missing_objects(self, dynos: list[tuple[int, str, str]]) -> list[int]:
+        """Of these (id, netns, veth), the ids whose namespace name or veth is not there, from
+        one listing of each for all of them."""
+        ...
+
     def cgroup_usage(self, group: str) -> cgroup.Usage | None: ...

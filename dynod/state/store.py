@@ -453,6 +453,14 @@ class State:
             rows = self.db.execute("SELECT * FROM dynos WHERE app=? ORDER BY type, number", (app,))
         return [self._dyno(r) for r in rows]
 
+    def running_networks(self) -> list[tuple[int, str, str]]:
+        """(id, netns, veth) of every dyno starting or up with a process: what the health check
+        looks at every second, read without building the rows (4,000 dynos: 48 ms as rows)."""
+        rows = self.db.execute(
+            "SELECT id, netns, veth FROM dynos WHERE state IN ('starting', 'up') AND pid"
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
     def dyno(self, dyno_id: int) -> Dyno | None:
         row = self.db.execute("SELECT * FROM dynos WHERE id=?", (dyno_id,)).fetchone()
         return self._dyno(row) if row else None
