@@ -171,14 +171,20 @@ def _configure_inside(netns: str, subnet: Subnet) -> None:
 def detach(ipr: Netlink, bridge_index: int | None, dyno: Attachment) -> None:
     """Undo attach(), whatever part of it happened. Deleting the namespace is enough for the
     veth: the kernel destroys both ends with it, without us waiting for it."""
-    subnet = dyno.subnet
     try:
-        if bridge_index is not None:
-            addresses.delete(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
-            addresses.forget_neighbour(ipr, bridge_index, subnet.address)
+        unplug(ipr, bridge_index, dyno)
     finally:
         # whatever happened to the bridge (someone may have deleted it), the namespace goes
         namespace.delete(dyno.netns)
+
+
+def unplug(ipr: Netlink, bridge_index: int | None, dyno: Attachment) -> None:
+    """The host side of detach(): the dyno's gateway address and neighbour entry on its bridge
+    (the namespace is left to the caller)."""
+    subnet = dyno.subnet
+    if bridge_index is not None:
+        addresses.delete(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
+        addresses.forget_neighbour(ipr, bridge_index, subnet.address)
 
 
 def set_ipv6(netns: str, enabled: bool) -> None:
