@@ -162,10 +162,11 @@ class Kernel:
         output_path: str,
         stdio: DynoEnds | None,
     ) -> Launched:
+        network.new_namespaces_have_ipv6()  # read once, here in the host's namespace
         attachments.attach(self.machine, dyno)
         attached_at = time.perf_counter()
         try:
-            popen = self._spawn(how, env, output_path, stdio)
+            popen = self._spawn(how, env, output_path, stdio, fresh=True)
         except Exception as exc:
             raise SpawnFailed(str(exc)) from exc
         return Launched(attached_at, popen)
@@ -252,9 +253,11 @@ class Kernel:
         env: Mapping[str, str],
         output_path: str,
         stdio: DynoEnds | None = None,
+        fresh: bool = False,
     ) -> subprocess.Popen[bytes]:
+        """fresh: the dyno's namespace was made in this same job (a first start)."""
         netns = how.network.netns
-        network.set_ipv6(netns, how.ipv6)
+        network.set_ipv6(netns, how.ipv6, fresh)
         size = how.size
         spawn = sandbox.Spawn(
             netns=netns,
