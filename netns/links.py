@@ -14,7 +14,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netns import namespace, record
-from netns.rtnl import Rtnl
+from netns.rtnl import IPV4_DEVCONF_ARP_IGNORE, Rtnl
 
 # What the functions here take: pyroute2's IPRoute, or the lean socket of the per-dyno path
 # (netns/rtnl.py), which answers the same calls.
@@ -149,6 +149,12 @@ def isolate_bridge_port(ipr: Netlink, index: int) -> None:
             "flood",
             "off",
         )
+
+
+def set_arp_ignore(rtnl: Rtnl, index: int, value: int) -> None:
+    """`sysctl -w net.ipv4.conf.IF.arp_ignore=VALUE`, as a netlink message (Rtnl.ipv4_conf)."""
+    rtnl.ipv4_conf(index=index, settings={IPV4_DEVCONF_ARP_IGNORE: value})
+    record.note("sysctl", "-w", f"net.ipv4.conf.{name_of(rtnl, index)}.arp_ignore={value}")
 
 
 def add_fdb_entry(ipr: Netlink, port_index: int, mac: str) -> None:

@@ -49,7 +49,10 @@ IFLA_IFNAME = 3
 IFLA_MASTER = 10
 IFLA_PROTINFO = 12
 IFLA_LINKINFO = 18
+IFLA_AF_SPEC = 26
 IFLA_NET_NS_FD = 28
+IFLA_INET_CONF = 1  # in IFLA_AF_SPEC, AF_INET: the IPv4 settings (IPV4_DEVCONF_*)
+IPV4_DEVCONF_ARP_IGNORE = 19
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
 VETH_INFO_PEER = 1
@@ -193,6 +196,14 @@ class Rtnl:
             self.request(RTM_DELLINK, 0, _IFINFO.pack(0, 0, index, 0, 0) + b"".join(attrs))
         else:
             raise ValueError(f"unsupported link command {command!r}")
+
+    def ipv4_conf(self, *, index: int, settings: dict[int, int]) -> None:
+        """`sysctl -w net.ipv4.conf.IF.NAME=VALUE` for each IPV4_DEVCONF_* id given, through
+        netlink (IFLA_AF_SPEC, AF_INET, IFLA_INET_CONF): no /proc/sys path lookup, whose cost
+        grows with the number of network namespaces on the host."""
+        conf = b"".join(_attr(key, _u32(value)) for key, value in settings.items())
+        spec = _nested(IFLA_AF_SPEC, _nested(socket.AF_INET, _nested(IFLA_INET_CONF, conf)))
+        self.request(RTM_NEWLINK, 0, _IFINFO.pack(0, 0, index, 0, 0) + spec)
 
     def brport(
         self, command: str, *, index: int, isolated: int, learning: int, unicast_flood: int

@@ -131,7 +131,7 @@ def attach(ipr: Netlink, bridge_index: int, dyno: Attachment) -> None:
             peer_mac=subnet.dyno_mac,
             netns=dyno.netns,
         )
-        close_port_to_host(dyno.veth)
+        close_port_to_host(dyno.veth, ipr if isinstance(ipr, Rtnl) else None, port)
         links.isolate_bridge_port(ipr, port)
         links.add_fdb_entry(ipr, port, subnet.dyno_mac)
         addresses.add(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
@@ -141,15 +141,20 @@ def attach(ipr: Netlink, bridge_index: int, dyno: Attachment) -> None:
         raise
 
 
-def close_port_to_host(port: str) -> None:
-    """`sysctl -w net.ipv6.conf.PORT.disable_ipv6=1 net.ipv4.conf.PORT.arp_ignore=8`.
+def close_port_to_host(port: str, rtnl: Rtnl | None = None, index: int | None = None) -> None:
+    """`sysctl -w net.ipv6.conf.PORT.disable_ipv6=1 net.ipv4.conf.PORT.arp_ignore=8`; with an
+    Rtnl and the port's index, arp_ignore goes as a netlink message (links.set_arp_ignore),
+    which spares a /proc/sys lookup (IPv6's settings have no netlink form).
 
     A dyno's traffic to the host enters through its bridge. Frames to an IEEE link-local group
     MAC are handed to the host on the port instead (the firewall drops them there too): with
     IPv6 off the port has no link-local address and takes no IPv6 at all, and arp_ignore=8
     makes it answer no ARP request for any host address. These live and die with the veth."""
     sysctl.write(f"net.ipv6.conf.{port}.disable_ipv6", 1)
-    sysctl.write(f"net.ipv4.conf.{port}.arp_ignore", 8)
+    if rtnl is not None and index is not None:
+        links.set_arp_ignore(rtnl, index, 8)
+    else:
+        sysctl.write(f"net.ipv4.conf.{port}.arp_ignore", 8)
 
 
 def _configure_inside(netns: str, subnet: Subnet) -> None:

@@ -136,6 +136,10 @@ def test_the_lean_netlink_socket_makes_what_the_commands_say(prefix: str) -> Non
             assert host_end.get_attr("IFLA_IFNAME") == port_name
             assert host_end.get_attr("IFLA_ADDRESS") == "0a:59:01:02:03:05"
             assert host_end.get_attr("IFLA_MASTER") == bridge and host_end["flags"] & 1  # up
+            links.set_arp_ignore(rtnl, port, 8)
+            assert sysctl.read(f"net.ipv4.conf.{port_name}.arp_ignore") == "8"
+            default = sysctl.read("net.ipv4.conf.default.arp_announce")
+            assert sysctl.read(f"net.ipv4.conf.{port_name}.arp_announce") == default  # only that
             links.isolate_bridge_port(rtnl, port)
             shown = sh("bridge", "-d", "link", "show", "dev", port_name)
             assert "isolated on" in shown and "learning off" in shown and "flood off" in shown
