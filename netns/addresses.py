@@ -8,7 +8,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netns import record
-from netns.links import name_of
+from netns.links import Netlink, name_of
 
 EEXIST = 17
 ENOENT = 2
@@ -18,7 +18,7 @@ ESRCH = 3
 RTPROT_STATIC = 4  # `proto static` in `ip route`
 
 
-def add(ipr: IPRoute, index: int, address: str, prefixlen: int) -> None:
+def add(ipr: Netlink, index: int, address: str, prefixlen: int) -> None:
     """`ip addr add ADDRESS/PREFIXLEN dev IF` (no error if it is already there)."""
     try:
         ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
@@ -30,7 +30,7 @@ def add(ipr: IPRoute, index: int, address: str, prefixlen: int) -> None:
         record.note("ip", "addr", "add", f"{address}/{prefixlen}", "dev", name_of(ipr, index))
 
 
-def delete(ipr: IPRoute, index: int, address: str, prefixlen: int) -> bool:
+def delete(ipr: Netlink, index: int, address: str, prefixlen: int) -> bool:
     """`ip addr del ADDRESS/PREFIXLEN dev IF`; False if it was not there."""
     try:
         ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
@@ -60,14 +60,14 @@ def ipv4_routes(ipr: IPRoute) -> list[tuple[ipaddress.IPv4Network, int | None]]:
     return found
 
 
-def add_default_route(ipr: IPRoute, gateway: str) -> None:
+def add_default_route(ipr: Netlink, gateway: str) -> None:
     """`ip route add default via GATEWAY proto static` (a route an administrator set, as
     pyroute2 marks it by default; `ip route add` alone would say `proto boot`)."""
     ipr.route("add", dst="0.0.0.0/0", gateway=gateway, proto=RTPROT_STATIC)
     record.note("ip", "route", "add", "default", "via", gateway, "proto", "static")
 
 
-def forget_neighbour(ipr: IPRoute, index: int, address: str) -> None:
+def forget_neighbour(ipr: Netlink, index: int, address: str) -> None:
     """`ip neigh del ADDRESS dev IF`: no stale ARP entry may answer for an address we reuse."""
     # looked up before, while the link surely exists
     device = name_of(ipr, index) if record.active() else ""

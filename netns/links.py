@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TypeAlias
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netns import namespace, record
+from netns.rtnl import IPV4_DEVCONF_ARP_IGNORE, Rtnl
+
+# What the functions here take: pyroute2's IPRoute, or the lean socket of the per-dyno path
+# (netns/rtnl.py), which answers the same calls.
+Netlink: TypeAlias = "IPRoute | Rtnl"
 
 LOOPBACK_INDEX = 1  # the kernel's LOOPBACK_IFINDEX: lo is 1 in every network namespace
 ENOENT = 2
@@ -22,12 +28,16 @@ NUD_NOARP = 0x40  # `static` in `bridge fdb`
 NTF_MASTER = 0x04  # the entry goes to the bridge the port is in
 
 
-def index_of(ipr: IPRoute, name: str) -> int | None:
+def index_of(ipr: Netlink, name: str) -> int | None:
+    if isinstance(ipr, Rtnl):
+        return ipr.index_of(name)
     found = ipr.link_lookup(ifname=name)
     return found[0] if found else None
 
 
-def name_of(ipr: IPRoute, index: int) -> str:
+def name_of(ipr: Netlink, index: int) -> str:
+    if isinstance(ipr, Rtnl):
+        return ipr.name_of(index)
     found = ipr.get_links(index)
     return found[0].get_attr("IFLA_IFNAME") if found else f"if{index}"
 
@@ -54,7 +64,7 @@ def ensure_bridge(ipr: IPRoute, name: str) -> int:
     return index
 
 
-def set_address(ipr: IPRoute, index: int, mac: str) -> None:
+def set_address(ipr: Netlink, index: int, mac: str) -> None:
     """`ip link set IF address MAC`."""
     ipr.link("set", index=index, address=mac)
     if record.active():
@@ -62,7 +72,7 @@ def set_address(ipr: IPRoute, index: int, mac: str) -> None:
 
 
 def add_veth_into_netns(
-    ipr: IPRoute,
+    ipr: Netlink,
     *,
     host_name: str,
     host_mac: str,
@@ -116,7 +126,7 @@ def add_veth_into_netns(
     return index
 
 
-def isolate_bridge_port(ipr: IPRoute, index: int) -> None:
+def isolate_bridge_port(ipr: Netlink, index: int) -> None:
     """`bridge link set dev PORT isolated on learning off flood off`.
 
     An isolated port can talk only to the bridge itself and to non-isolated ports, never to
@@ -141,7 +151,13 @@ def isolate_bridge_port(ipr: IPRoute, index: int) -> None:
         )
 
 
-def add_fdb_entry(ipr: IPRoute, port_index: int, mac: str) -> None:
+def set_arp_ignore(rtnl: Rtnl, index: int, value: int) -> None:
+    """`sysctl -w net.ipv4.conf.IF.arp_ignore=VALUE`, as a netlink message (Rtnl.ipv4_conf)."""
+    rtnl.ipv4_conf(index=index, settings={IPV4_DEVCONF_ARP_IGNORE: value})
+    record.note("sysctl", "-w", f"net.ipv4.conf.{name_of(rtnl, index)}.arp_ignore={value}")
+
+
+def add_fdb_entry(ipr: Netlink, port_index: int, mac: str) -> None:
     """`bridge fdb replace MAC dev PORT master static`: with learning off, the bridge knows
     where the container's MAC is from us, not from frames the container sends."""
     ipr.fdb("replace", ifindex=port_index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER)
@@ -151,14 +167,14 @@ def add_fdb_entry(ipr: IPRoute, port_index: int, mac: str) -> None:
         )
 
 
-def set_up(ipr: IPRoute, index: int) -> None:
+def set_up(ipr: Netlink, index: int) -> None:
     """`ip link set IF up`."""
     ipr.link("set", index=index, state="up")
     if record.active():
         record.note("ip", "link", "set", name_of(ipr, index), "up")
 
 
-def delete(ipr: IPRoute, name: str) -> bool:
+def delete(ipr: Netlink, name: str) -> bool:
     """`ip link del NAME`; False if it was already gone."""
     index = index_of(ipr, name)
     if index is None:

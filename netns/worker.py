@@ -16,6 +16,8 @@ from typing import ParamSpec, TypeVar
 
 from pyroute2 import IPRoute
 
+from netns.rtnl import Rtnl
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -35,6 +37,17 @@ class KernelWorker:
             ipr = self._local.ipr = IPRoute()
         return ipr
 
+    @property
+    def rtnl(self) -> Rtnl:
+        """The host namespace's lean netlink socket (netns/rtnl.py) for the per-dyno calls;
+        only valid on the worker thread."""
+        if threading.current_thread() is threading.main_thread():
+            raise RuntimeError("KernelWorker.rtnl used outside the kernel thread")
+        rtnl = getattr(self._local, "rtnl", None)
+        if rtnl is None:
+            rtnl = self._local.rtnl = Rtnl()
+        return rtnl
+
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run fn on the worker thread without blocking the event loop, in a copy of the
         caller's context: the recorder (netns/record.py) credits its commands to the caller."""
@@ -51,6 +64,10 @@ class KernelWorker:
             if ipr is not None:
                 ipr.close()
                 self._local.ipr = None
+            rtnl = getattr(self._local, "rtnl", None)
+            if rtnl is not None:
+                rtnl.close()
+                self._local.rtnl = None
 
         try:
             self._pool.submit(_close).result(timeout=5)

@@ -163,7 +163,10 @@ class ApiServer:
                     deadline = time.monotonic() + self.request_timeout
                 wait = self.idle_timeout if deadline is None else deadline - time.monotonic()
                 try:
-                    data = await asyncio.wait_for(reader.read(65536), max(wait, 0.0))
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for runs the read in a
+                    # task of its own, twice per request
+                    async with asyncio.timeout(max(wait, 0.0)):
+                        data = await reader.read(65536)
                 except TimeoutError:
                     return None
                 conn.receive_data(data)
@@ -220,9 +223,11 @@ class ApiServer:
         status, obj = answer
         payload = json.dumps(obj, indent=None).encode() + b"\n"
         headers = [("content-type", "application/json"), ("content-length", str(len(payload)))]
-        writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
-        writer.write(conn.send(h11.Data(data=payload)))
-        writer.write(conn.send(h11.EndOfMessage()))
+        # one write, so one send(2): the head, the body and the end
+        head = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+        data = conn.send(h11.Data(data=payload)) or b""
+        end = conn.send(h11.EndOfMessage()) or b""
+        writer.write(head + data + end)
         await writer.drain()
 
     async def _send_stream(

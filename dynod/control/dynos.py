@@ -119,12 +119,15 @@ class DynoService:
         # dyno has a /30, with the caller's directory as its own (where its Procfile is).
         known = self.state.app(app)
         space = known.space if known is not None else ""
-        taken = self.state.numbers_taken(app, ptype)
         number = new.number
-        if number is None or number in taken:
-            number = names.lowest_free_number(taken)
+        if number is None or self.state.number_taken(app, ptype, number):
+            number = self._lowest_free_number(app, ptype)
         net = self.kernel.net(space)
-        subnet = net.pool.allocate(self.state.slots_unavailable(space))
+        dense = self.state.dense_slots(space)  # slots 1..dense in use: no list to read
+        if dense is None:
+            subnet = net.pool.allocate(self.state.slots_unavailable(space))
+        else:
+            subnet = net.pool.allocate((), start=dense + 1)
         if known is None:
             self.state.add_app(App(app, dir=cwd))
         dyno_id = self.state.next_dyno_id()
@@ -173,6 +176,14 @@ class DynoService:
             self.supervisor.stdio[dyno.id] = attached
         await self.supervisor.launch(dyno, network)
         return dyno
+
+    def _lowest_free_number(self, app: str, ptype: str) -> int:
+        """The lowest free number of the type: N+1 when 1..N are taken (from the state's index,
+        whatever N), else from the list of the numbers taken."""
+        dense = self.state.dense_numbers(app, ptype)
+        if dense is not None:
+            return dense + 1
+        return names.lowest_free_number(self.state.numbers_taken(app, ptype))
 
     async def sweep_draining(self) -> None:
         """A drained /30 is free again once the kernel has destroyed its dyno's veth."""

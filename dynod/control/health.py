@@ -40,14 +40,19 @@ class HealthWatch:
         self._broken.discard(dyno_id)
 
     async def check(self) -> None:
-        """A stat of /run/netns/NAME and /sys/class/net/VETH per running dyno. A dyno being
-        started, restarted or stopped (its lock is held) is skipped: its objects come and go."""
-        for dyno in self.state.dynos():
-            if dyno.state not in ("starting", "up") or not dyno.pid or dyno.id in self._broken:
+        """Every running dyno's namespace name and veth, from one listing of /run/netns and
+        /sys/class/net (not a stat of each, nor each dyno's row: every second, that was O(N) on
+        the event loop, 70 ms at 4,000 dynos); a dyno missing one is looked at closer. A dyno
+        being started, restarted or stopped (its lock is held) is skipped: its objects come and
+        go."""
+        for dyno_id in self.kernel.missing_objects(self.state.running_networks()):
+            if dyno_id in self._broken or self.lock(dyno_id).locked():
                 continue
-            if self.lock(dyno.id).locked() or not self.removed(dyno):
+            dyno = self.state.dyno(dyno_id)
+            if dyno is None or dyno.state not in ("starting", "up") or not dyno.pid:
                 continue
-            await self._on_network_removed(dyno.id)
+            if self.removed(dyno):
+                await self._on_network_removed(dyno.id)
 
     async def _on_network_removed(self, dyno_id: int) -> None:
         """Someone deleted the dyno's veth or its namespace's name: it can no longer be

@@ -46,6 +46,8 @@ class Outputs:
         for dyno_id, reader in list(self._readers.items()):
             if self._readers.get(dyno_id) is not reader:
                 continue  # forgotten while an earlier dyno's lines were handed over
+            if reader.quiet():
+                continue  # most dynos, most polls: one fstat, nothing else
             offset = reader.offset
             lines = reader.read_lines()
             report = reader.overflow()

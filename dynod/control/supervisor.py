@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -27,7 +28,7 @@ from dynod.dns.registry import Registry, dns_env
 from dynod.errors import DynodError
 from dynod.kernel import processes
 from dynod.kernel.facts import DynoNetwork
-from dynod.kernel.protocol import KernelSide
+from dynod.kernel.protocol import KernelSide, SpawnFailed
 from dynod.kernel.sandbox import Launch
 from dynod.kernel.stdio import DynoEnds
 from dynod.logs.book import LogBook
@@ -101,6 +102,9 @@ class Supervisor:
 
     def _record_timing(self, dyno: Dyno, what: str, began: float) -> None:
         self.timings.setdefault(dyno.id, {})[what] = 1000 * (time.perf_counter() - began)
+        self._trim_timings()
+
+    def _trim_timings(self) -> None:
         while len(self.timings) > 1000:  # only recent ones are asked for
             del self.timings[next(iter(self.timings))]
 
@@ -138,35 +142,41 @@ class Supervisor:
         await asyncio.shield(self.background(self._launch(dyno)))
 
     async def _launch(self, dyno: Dyno) -> None:
+        """A first start: the network and the process in one job of the kernel thread
+        (KernelSide.launch); its names are in DNS before the process starts."""
         async with self._lock(dyno.id):
             began = time.perf_counter()
+            self.registry.register(dyno)
+            how, env = self._process(dyno)
+            ends = self.stdio.pop(dyno.id, None)
+            network = self.networks.of(dyno)
             try:
-                await self._attach(dyno)
-            except Exception as exc:
-                self.forget(dyno)
-                raise network_refused(dyno.name, exc) from exc
-            self._record_timing(dyno, "setup_ms", began)
-            try:
-                self.registry.register(dyno)
-                await self._spawn(dyno)
-            except Exception as exc:
+                launched = await self.kernel.launch(
+                    network, self.networks.live, how, env, dyno.log_path, ends
+                )
+            except SpawnFailed as exc:
+                cause = exc.__cause__ or exc
                 self.registry.unregister(dyno)
                 await self.teardown(dyno)
                 self.forget(dyno)
-                raise DynodError(f"could not start {dyno.name}: {exc}", status=500) from exc
-
-    async def _attach(self, dyno: Dyno) -> None:
-        await self.kernel.attach(self.networks.of(dyno), self.networks.live)
+                raise DynodError(f"could not start {dyno.name}: {cause}", status=500) from exc
+            except Exception as exc:
+                self.registry.unregister(dyno)
+                self.forget(dyno)
+                raise network_refused(dyno.name, exc) from exc
+            finally:
+                if ends is not None:
+                    ends.close()  # the dyno has its copies: the daemon's end sees EOF at exit
+            self.timings.setdefault(dyno.id, {})["setup_ms"] = 1000 * (launched.attached_at - began)
+            self._trim_timings()
+            self._started(dyno, launched.popen, attached=ends is not None)
 
     async def teardown(self, dyno: Dyno) -> None:
-        """Its network goes, and its cgroup if it is sized."""
-        await self.kernel.detach(self.networks.of(dyno))
-        sized = group(dyno)
-        if sized is not None:
-            await self.kernel.remove_group(sized)
+        """Its network goes, and its cgroup if it is sized: one job of the kernel thread."""
+        await self.kernel.teardown(self.networks.of(dyno), group(dyno))
 
-    async def _spawn(self, dyno: Dyno) -> None:
-        self.say(dyno, f"Starting process with command `{dyno.command}`")
+    def _process(self, dyno: Dyno) -> tuple[Launch, dict[str, str]]:
+        """How the dyno's process is started, and its environment, as of this start."""
         app = self.state.app(dyno.app)
         # The environment and IPv6 follow the app's discovery setting as of this start.
         with_dns = bool(dyno.space and app is not None and app.dns_discovery)
@@ -182,17 +192,28 @@ class Supervisor:
             size=sizes.SIZES[dyno.size] if dyno.size else None,
             ipv6=not with_dns,
         )
+        return how, env
+
+    async def _spawn(self, dyno: Dyno) -> None:
+        """A new process on the dyno's network (a restart)."""
+        how, env = self._process(dyno)
         ends = self.stdio.pop(dyno.id, None)
         try:
             popen = await self.kernel.spawn(how, env, dyno.log_path, ends)
         finally:
             if ends is not None:
                 ends.close()  # the dyno has its copies: the daemon's end sees EOF when it exits
+        self._started(dyno, popen, attached=ends is not None)
+
+    def _started(self, dyno: Dyno, popen: subprocess.Popen[bytes], attached: bool) -> None:
+        """Its process is running: watch it, read its output, and say it is up (a web dyno
+        once it listens: boot.py)."""
+        self.say(dyno, f"Starting process with command `{dyno.command}`")
         self.exits.child(dyno.id, popen)
         self.state.update_dyno(
             dyno, pid=popen.pid, pid_start=processes.start_time(popen.pid), started_at=time.time()
         )
-        if ends is None:
+        if not attached:
             self.outputs.open(dyno)  # an attached one-off's output goes to its client only
         self.exits.watch(dyno, self._on_exit)
         if dyno.type == names.WEB_TYPE:

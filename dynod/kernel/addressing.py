@@ -76,10 +76,11 @@ class Pool:
     def bridge(self) -> Subnet:
         return self.subnet(0)
 
-    def allocate(self, unavailable: Iterable[int]) -> Subnet:
-        """The lowest dyno slot not in use and not still being torn down."""
+    def allocate(self, unavailable: Iterable[int], start: int = 1) -> Subnet:
+        """The lowest dyno slot not in use and not still being torn down, from `start` (every
+        slot below it is known to be taken)."""
         taken = set(unavailable)
-        for slot in range(1, self.size):
+        for slot in range(max(start, 1), self.size):
             if slot not in taken:
                 return self.subnet(slot)
         raise DynodError(

@@ -8,7 +8,7 @@ import contextlib
 from dynod.kernel import firewall, network, ruleset, shards
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.machine import Machine
-from netns import links
+from netns import links, namespace
 from netns.nftables import NftError
 
 
@@ -23,7 +23,7 @@ def attach(m: Machine, dyno: DynoNetwork) -> None:
     m.nftables().run(firewall.add_dyno(m.layout, dyno.port, dyno.web))
     ruleset.expect(m, dyno, present=True)
     try:
-        network.attach(m.worker.ipr, bridge, _attachment(dyno))
+        network.attach(m.worker.rtnl, bridge, _attachment(dyno))
     except BaseException:
         with contextlib.suppress(NftError):
             m.nftables().run(firewall.remove_dyno(m.layout, dyno.port, dyno.web))
@@ -45,12 +45,21 @@ def _shard(m: Machine, dyno: DynoNetwork) -> int:
 
 
 def detach(m: Machine, dyno: DynoNetwork) -> None:
+    try:
+        unplug(m, dyno)
+    finally:
+        namespace.delete(dyno.netns)
+
+
+def unplug(m: Machine, dyno: DynoNetwork) -> None:
+    """detach() but the namespace's name: the firewall elements, the gateway address and the
+    neighbour entry (kernel thread)."""
     with contextlib.suppress(NftError):  # elements already gone: nothing to remove
         m.nftables().run(firewall.remove_dyno(m.layout, dyno.port, dyno.web))
     ruleset.expect(m, dyno, present=False)
     net = m.network_of(dyno.bridge)
     index = net.shard_index(dyno.shard) if net is not None else None
-    network.detach(m.worker.ipr, index, _attachment(dyno))
+    network.unplug(m.worker.rtnl, index, _attachment(dyno))
 
 
 def rebuild(m: Machine, dyno: DynoNetwork) -> None:

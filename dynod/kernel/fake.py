@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from dynod.kernel import firewall
 from dynod.kernel.addressing import Pool
 from dynod.kernel.facts import DynoNetwork, Removed, Running
 from dynod.kernel.machine import Net
-from dynod.kernel.protocol import KernelSide
+from dynod.kernel.protocol import KernelSide, Launched, SpawnFailed
 from dynod.kernel.sandbox import Launch
 from dynod.kernel.stdio import DynoEnds
 from netns import cgroup
@@ -78,6 +79,28 @@ class FakeKernel:
         self.links.discard(dyno.veth)
         if dyno.web is not None:
             self.web_elements.discard(dyno.web)
+
+    async def launch(
+        self,
+        dyno: DynoNetwork,
+        live: Callable[[], Iterable[DynoNetwork]],
+        how: Launch,
+        env: Mapping[str, str],
+        output_path: str,
+        stdio: DynoEnds | None = None,
+    ) -> Launched:
+        await self.attach(dyno, live)
+        attached_at = time.perf_counter()
+        try:
+            popen = await self.spawn(how, env, output_path, stdio)
+        except Exception as exc:
+            raise SpawnFailed(str(exc)) from exc
+        return Launched(attached_at, popen)
+
+    async def teardown(self, dyno: DynoNetwork, group: str | None) -> None:
+        await self.detach(dyno)
+        if group is not None:
+            await self.remove_group(group)
 
     async def remove_group(self, group: str) -> None:
         self.groups_removed.append(group)
@@ -151,6 +174,11 @@ class FakeKernel:
             None if dyno.netns in self.namespaces else dyno.netns,
             None if dyno.veth in self.links else dyno.veth,
         )
+
+    def missing_objects(self, dynos: list[tuple[int, str, str]]) -> list[int]:
+        return [
+            i for i, netns, veth in dynos if netns not in self.namespaces or veth not in self.links
+        ]
 
     def cgroup_usage(self, group: str) -> cgroup.Usage | None:
         return self.usage.get(group)

@@ -17,6 +17,7 @@ Everything here runs on the kernel worker's thread (netns.worker). For one dyno 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from pyroute2 import IPRoute
 from dynod.errors import DynodError
 from dynod.kernel.addressing import Pool, Subnet, mac_for
 from netns import addresses, links, namespace, sysctl
+from netns.links import Netlink
+from netns.rtnl import Rtnl
 
 PREFIX = re.compile(r"^[a-z][a-z0-9]{1,5}$")
 IFNAMSIZ = 15  # a link name's longest, without its NUL
@@ -115,7 +118,7 @@ def ensure_shard_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
     return index
 
 
-def attach(ipr: IPRoute, bridge_index: int, dyno: Attachment) -> None:
+def attach(ipr: Netlink, bridge_index: int, dyno: Attachment) -> None:
     subnet = dyno.subnet
     namespace.create(dyno.netns)
     try:
@@ -128,7 +131,7 @@ def attach(ipr: IPRoute, bridge_index: int, dyno: Attachment) -> None:
             peer_mac=subnet.dyno_mac,
             netns=dyno.netns,
         )
-        close_port_to_host(dyno.veth)
+        close_port_to_host(dyno.veth, ipr if isinstance(ipr, Rtnl) else None, port)
         links.isolate_bridge_port(ipr, port)
         links.add_fdb_entry(ipr, port, subnet.dyno_mac)
         addresses.add(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
@@ -138,20 +141,25 @@ def attach(ipr: IPRoute, bridge_index: int, dyno: Attachment) -> None:
         raise
 
 
-def close_port_to_host(port: str) -> None:
-    """`sysctl -w net.ipv6.conf.PORT.disable_ipv6=1 net.ipv4.conf.PORT.arp_ignore=8`.
+def close_port_to_host(port: str, rtnl: Rtnl | None = None, index: int | None = None) -> None:
+    """`sysctl -w net.ipv6.conf.PORT.disable_ipv6=1 net.ipv4.conf.PORT.arp_ignore=8`; with an
+    Rtnl and the port's index, arp_ignore goes as a netlink message (links.set_arp_ignore),
+    which spares a /proc/sys lookup (IPv6's settings have no netlink form).
 
     A dyno's traffic to the host enters through its bridge. Frames to an IEEE link-local group
     MAC are handed to the host on the port instead (the firewall drops them there too): with
     IPv6 off the port has no link-local address and takes no IPv6 at all, and arp_ignore=8
     makes it answer no ARP request for any host address. These live and die with the veth."""
     sysctl.write(f"net.ipv6.conf.{port}.disable_ipv6", 1)
-    sysctl.write(f"net.ipv4.conf.{port}.arp_ignore", 8)
+    if rtnl is not None and index is not None:
+        links.set_arp_ignore(rtnl, index, 8)
+    else:
+        sysctl.write(f"net.ipv4.conf.{port}.arp_ignore", 8)
 
 
 def _configure_inside(netns: str, subnet: Subnet) -> None:
     with namespace.entered(netns):
-        inner = IPRoute()
+        inner = Rtnl()  # opened inside: the namespace's links
         try:
             eth0 = links.index_of(inner, "eth0")
             assert eth0 is not None
@@ -166,26 +174,62 @@ def _configure_inside(netns: str, subnet: Subnet) -> None:
             inner.close()
 
 
-def detach(ipr: IPRoute, bridge_index: int | None, dyno: Attachment) -> None:
+def detach(ipr: Netlink, bridge_index: int | None, dyno: Attachment) -> None:
     """Undo attach(), whatever part of it happened. Deleting the namespace is enough for the
     veth: the kernel destroys both ends with it, without us waiting for it."""
-    subnet = dyno.subnet
     try:
-        if bridge_index is not None:
-            addresses.delete(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
-            addresses.forget_neighbour(ipr, bridge_index, subnet.address)
+        unplug(ipr, bridge_index, dyno)
     finally:
         # whatever happened to the bridge (someone may have deleted it), the namespace goes
         namespace.delete(dyno.netns)
 
 
-def set_ipv6(netns: str, enabled: bool) -> None:
+def unplug(ipr: Netlink, bridge_index: int | None, dyno: Attachment) -> None:
+    """The host side of detach(): the dyno's gateway address and neighbour entry on its bridge
+    (the namespace is left to the caller)."""
+    subnet = dyno.subnet
+    if bridge_index is not None:
+        addresses.delete(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
+        addresses.forget_neighbour(ipr, bridge_index, subnet.address)
+
+
+def set_ipv6(netns: str, enabled: bool, fresh: bool = False) -> None:
     """`ip netns exec NS sysctl -w net.ipv6.conf.{all,default,lo,eth0}.disable_ipv6=N`: with
-    it off, the dyno has no ::1 and no link-local address, so nothing in it tries IPv6 first."""
+    it off, the dyno has no ::1 and no link-local address, so nothing in it tries IPv6 first.
+
+    fresh: the namespace was made just now. When the host gives new namespaces the kernel's
+    IPv6 defaults (new_namespaces_have_ipv6()), its four values are 0 already: nothing is
+    written to turn IPv6 on, and `all=1` alone turns it off (the kernel then sets `default` and
+    every link of the namespace, lo and eth0, to 1 too). Each /proc/sys write costs a lookup
+    that grows with the number of namespaces on the host (each one's /proc/sys/net entries
+    share the directory cache's hash chains): four writes a start were about 4 ms of it at
+    1,000 dynos."""
     value = 0 if enabled else 1
+    if fresh and new_namespaces_have_ipv6():
+        if not enabled:
+            with namespace.entered(netns):
+                sysctl.write("net.ipv6.conf.all.disable_ipv6", 1)
+        return
     with namespace.entered(netns):
         for conf in ("all", "default", "lo", "eth0"):
             sysctl.write(f"net.ipv6.conf.{conf}.disable_ipv6", value)
+
+
+@functools.cache
+def new_namespaces_have_ipv6() -> bool:
+    """Does a new network namespace start with IPv6 on everywhere (disable_ipv6 0 in all,
+    default and each link)? Yes when the kernel was not booted with ipv6.disable_ipv6=1 and
+    `net.core.devconf_inherit_init_net` resets a new namespace's IPv6 settings to the kernel's
+    defaults (0 or 2; 1 and 3 copy the host's instead). Read once, in the host's namespace;
+    anything unreadable is a no."""
+    try:
+        with open("/sys/module/ipv6/parameters/disable_ipv6") as f:
+            if f.read().strip() != "0":
+                return False
+        with open("/proc/sys/net/core/devconf_inherit_init_net") as f:
+            return f.read().strip() in ("0", "2")
+    except OSError:
+        return False
 
 
 def remove_bridge(ipr: IPRoute, name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from dynod.kernel import firewall
@@ -18,6 +19,16 @@ from dynod.kernel.machine import Net
 from dynod.kernel.sandbox import Launch
 from dynod.kernel.stdio import DynoEnds
 from netns import cgroup
+
+
+class SpawnFailed(Exception):
+    """The dyno's network is up, but its process could not be started (the cause chained)."""
+
+
+@dataclass(frozen=True)
+class Launched:
+    attached_at: float  # time.perf_counter() when the network was up: the setup's end
+    popen: subprocess.Popen[bytes]
 
 
 class KernelSide(Protocol):
@@ -30,7 +41,25 @@ class KernelSide(Protocol):
         firewall to be rebuilt from if it refuses (changed behind our back)."""
         ...
 
+    async def launch(
+        self,
+        dyno: DynoNetwork,
+        live: Callable[[], Iterable[DynoNetwork]],
+        how: Launch,
+        env: Mapping[str, str],
+        output_path: str,
+        stdio: DynoEnds | None = None,
+    ) -> Launched:
+        """attach() then spawn() in one hand-over to the kernel side (a first start): the
+        time the network was up, and the process. A spawn's failure is a SpawnFailed (the
+        network is up then: the caller undoes it); an attach's is raised as it is."""
+        ...
+
     async def detach(self, dyno: DynoNetwork) -> None: ...
+
+    async def teardown(self, dyno: DynoNetwork, group: str | None) -> None:
+        """detach(), then remove_group(group) when the dyno is sized, in one hand-over."""
+        ...
 
     async def remove_group(self, group: str) -> None: ...
 
@@ -53,5 +82,10 @@ class KernelSide(Protocol):
     async def pids_inside(self, dyno: Running) -> list[int]: ...
 
     def removed_objects(self, dyno: DynoNetwork) -> Removed: ...
+
+    def missing_objects(self, dynos: list[tuple[int, str, str]]) -> list[int]:
+        """Of these (id, netns, veth), the ids whose namespace name or veth is not there, from
+        one listing of each for all of them."""
+        ...
 
     def cgroup_usage(self, group: str) -> cgroup.Usage | None: ...

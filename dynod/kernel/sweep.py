@@ -3,6 +3,8 @@ lost comes back."""
 
 from __future__ import annotations
 
+import contextlib
+
 from dynod.kernel import network, shards, tracing
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.inside import kill_namespace
@@ -45,8 +47,11 @@ def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
 
 def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
     """`ip addr replace GATEWAY/30 dev BRIDGE` for every kept dyno (someone may have removed
-    it)."""
+    it), and its port's settings (network.close_port_to_host: a port made by an older dynod,
+    or changed by hand since)."""
     for dyno in live:
         if m.is_open(dyno.bridge):
             index, _ = shards.open_shard(m, dyno)
             addresses.add(m.worker.ipr, index, dyno.gateway, dyno.prefixlen)
+        with contextlib.suppress(FileNotFoundError):  # its veth is gone: rebuilt elsewhere
+            network.close_port_to_host(dyno.veth)

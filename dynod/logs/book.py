@@ -479,6 +479,13 @@ class OutputFile:
             os.close(self._fd)
             self._fd = None
 
+    def quiet(self) -> bool:
+        """Nothing to do this poll: the open file has no byte past the offset and no drop is
+        waiting to be reported (one fstat, the cheapest question a poll of N dynos can ask)."""
+        if self._fd is None or self.dropped or self.skipped or self._resync:
+            return False
+        return os.fstat(self._fd).st_size == self.offset
+
     def read_lines(self, limit: int = READ_BUDGET) -> list[str]:
         """Complete lines from at most `limit` new bytes (after a skip-ahead, if the dyno is more
         than WINDOW ahead); the lines over the rate limit are counted, not returned."""

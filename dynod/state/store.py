@@ -472,6 +472,14 @@ class State:
             rows = self.db.execute("SELECT * FROM dynos WHERE app=? ORDER BY type, number", (app,))
         return [self._dyno(r) for r in rows]
 
+    def running_networks(self) -> list[tuple[int, str, str]]:
+        """(id, netns, veth) of every dyno starting or up with a process: what the health check
+        looks at every second, read without building the rows (4,000 dynos: 48 ms as rows)."""
+        rows = self.db.execute(
+            "SELECT id, netns, veth FROM dynos WHERE state IN ('starting', 'up') AND pid"
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
     def dyno(self, dyno_id: int) -> Dyno | None:
         row = self.db.execute("SELECT * FROM dynos WHERE id=?", (dyno_id,)).fetchone()
         return self._dyno(row) if row else None
@@ -485,6 +493,39 @@ class State:
     def numbers_taken(self, app: str, ptype: str) -> set[int]:
         rows = self.db.execute("SELECT number FROM dynos WHERE app=? AND type=?", (app, ptype))
         return {r["number"] for r in rows}
+
+    def dense_numbers(self, app: str, ptype: str) -> int | None:
+        """N when the type's dynos are numbered exactly 1..N (the usual case: the next is N+1),
+        else None (ask numbers_taken). Counted in the table's index: no row is read, so a start
+        costs the same with 4,000 dynos of one type as with one."""
+        count, low, top = self.db.execute(
+            "SELECT COUNT(*), MIN(number), MAX(number) FROM dynos WHERE app=? AND type=?",
+            (app, ptype),
+        ).fetchone()
+        if not count:
+            return 0
+        return top if low == 1 and count == top else None
+
+    def number_taken(self, app: str, ptype: str, number: int) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM dynos WHERE app=? AND type=? AND number=?", (app, ptype, number)
+        ).fetchone()
+        return row is not None
+
+    def dense_slots(self, space: str) -> int | None:
+        """N when the network's slots in use (dynos and draining /30s) are exactly 1..N, else
+        None (ask slots_unavailable): like dense_numbers, from the indexes alone."""
+        counts = self.db.execute(
+            "SELECT COUNT(*), MIN(slot), MAX(slot) FROM dynos WHERE space=?1 "
+            "UNION ALL SELECT COUNT(*), MIN(slot), MAX(slot) FROM draining WHERE space=?1",
+            (space,),
+        ).fetchall()
+        count = sum(row[0] for row in counts)
+        if not count:
+            return 0
+        low = min(row[1] for row in counts if row[0])
+        top = max(row[2] for row in counts if row[0])
+        return top if low == 1 and count == top else None
 
     def slots_unavailable(self, space: str) -> set[int]:
         rows = self.db.execute(

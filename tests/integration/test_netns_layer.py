@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 
 import pytest
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from netns import addresses, links, namespace, sysctl
 from netns.nftables import Nft, NftError
+from netns.rtnl import Rtnl
 from tests.support import sweep, unique_prefix
 
 pytestmark = pytest.mark.root
@@ -109,6 +112,93 @@ def test_veth_peer_is_born_inside_with_a_small_index(prefix: str) -> None:
             time.sleep(0.02)
         assert links.index_of(ipr, f"{prefix}-1") is None
         links.delete(ipr, f"{prefix}br")
+
+
+def test_the_lean_netlink_socket_makes_what_the_commands_say(prefix: str) -> None:
+    """netns/rtnl.py packs its own messages: each call leaves the kernel as `ip`, `bridge` and
+    pyroute2 read it back, and a refusal is pyroute2's NetlinkError with the kernel's errno."""
+    name, port_name, bridge_name = f"{prefix}-ns", f"{prefix}-1", f"{prefix}br"
+    namespace.create(name)
+    rtnl = Rtnl()
+    try:
+        with IPRoute() as ipr:
+            bridge = links.ensure_bridge(ipr, bridge_name)
+            port = links.add_veth_into_netns(
+                rtnl,
+                host_name=port_name,
+                host_mac="0a:59:01:02:03:05",
+                master=bridge,
+                peer_name="eth0",
+                peer_mac="0a:58:01:02:03:05",
+                netns=name,
+            )
+            (host_end,) = ipr.get_links(port)
+            assert host_end.get_attr("IFLA_IFNAME") == port_name
+            assert host_end.get_attr("IFLA_ADDRESS") == "0a:59:01:02:03:05"
+            assert host_end.get_attr("IFLA_MASTER") == bridge and host_end["flags"] & 1  # up
+            links.set_arp_ignore(rtnl, port, 8)
+            assert sysctl.read(f"net.ipv4.conf.{port_name}.arp_ignore") == "8"
+            default = sysctl.read("net.ipv4.conf.default.arp_announce")
+            assert sysctl.read(f"net.ipv4.conf.{port_name}.arp_announce") == default  # only that
+            links.isolate_bridge_port(rtnl, port)
+            shown = sh("bridge", "-d", "link", "show", "dev", port_name)
+            assert "isolated on" in shown and "learning off" in shown and "flood off" in shown
+            links.add_fdb_entry(rtnl, port, "0a:58:01:02:03:05")
+            fdb = sh("bridge", "fdb", "show", "dev", port_name)
+            assert f"0a:58:01:02:03:05 master {bridge_name} static" in fdb
+            addresses.add(rtnl, bridge, "10.255.254.1", 30)
+            addresses.add(rtnl, bridge, "10.255.254.1", 30)  # there already: no error
+            assert [str(a) for a in addresses.ipv4_on(ipr, bridge)] == ["10.255.254.1/30"]
+            sh(
+                "ip",
+                "neigh",
+                "replace",
+                "10.255.254.2",
+                "lladdr",
+                "0a:58:01:02:03:05",
+                "dev",
+                bridge_name,
+            )
+            addresses.forget_neighbour(rtnl, bridge, "10.255.254.2")
+            assert "10.255.254.2" not in sh("ip", "neigh", "show", "dev", bridge_name)
+            addresses.forget_neighbour(rtnl, bridge, "10.255.254.2")  # gone already: fine
+            with pytest.raises(NetlinkError) as refused:
+                rtnl.link("add", ifname=port_name, kind="veth", peer={"ifname": "x"})
+            assert refused.value.code == 17  # EEXIST, as IPRoute reports it
+            with namespace.entered(name):
+                inner = Rtnl()
+                try:
+                    assert links.index_of(inner, "eth0") == 2
+                    links.set_up(inner, links.LOOPBACK_INDEX)
+                    links.set_up(inner, 2)
+                    addresses.add(inner, 2, "10.255.254.2", 30)
+                    addresses.add_default_route(inner, "10.255.254.1")
+                finally:
+                    inner.close()
+            routes = sh("ip", "-n", name, "-4", "route", "show", "default")
+            assert routes.split() == [
+                "default",
+                "via",
+                "10.255.254.1",
+                "dev",
+                "eth0",
+                "proto",
+                "static",
+            ]
+            assert "inet 10.255.254.2/30 scope global eth0" in sh("ip", "-n", name, "addr")
+            assert "LOOPBACK,UP" in sh("ip", "-n", name, "link", "show", "lo")
+            assert addresses.delete(rtnl, bridge, "10.255.254.1", 30) is True
+            assert addresses.delete(rtnl, bridge, "10.255.254.1", 30) is False
+            assert links.delete(rtnl, port_name) is True
+            assert links.delete(rtnl, port_name) is False
+            links.delete(ipr, bridge_name)
+    finally:
+        rtnl.close()
+        namespace.delete(name)
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
 def test_nft_runs_one_transaction_and_reports_errors(prefix: str) -> None:

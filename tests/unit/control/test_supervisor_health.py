@@ -25,6 +25,13 @@ class FakeState:
     def dyno(self, dyno_id: int) -> Dyno | None:
         return self._dynos.get(dyno_id)
 
+    def running_networks(self) -> list[tuple[int, str, str]]:
+        return [
+            (d.id, d.netns, d.veth)
+            for d in self._dynos.values()
+            if d.state in ("starting", "up") and d.pid
+        ]
+
 
 class FakeKernel:
     def __init__(self, broken: set[int]) -> None:
@@ -36,6 +43,9 @@ class FakeKernel:
 
     def removed_objects(self, d: DynoNetwork) -> Removed:
         return Removed(veth=d.veth) if d.veth in self.broken else Removed()
+
+    def missing_objects(self, dynos: list[tuple[int, str, str]]) -> list[int]:
+        return [i for i, _, veth in dynos if veth in self.broken]
 
     async def kill_inside(self, d: Running) -> None:
         self.killed.append(d.pid)

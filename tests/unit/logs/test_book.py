@@ -353,3 +353,24 @@ def test_a_line_about_a_dyno_carries_its_name(tmp_path: Path) -> None:
         "heroku[logplex]: Error L10 (output buffer overflow): 1"
     )
     assert book.emit("sushi", "app[web.1]", "hi").dyno is None
+
+
+def test_a_quiet_output_file_is_told_by_one_fstat_and_is_never_wrong(tmp_path) -> None:
+    """quiet() (the poll's fast path) is True only when read_lines() would return nothing and
+    there is no drop to report."""
+    path = tmp_path / "1.out"
+    path.write_bytes(b"")
+    reader = OutputFile(str(path), 0)
+    assert not reader.quiet()  # not open yet: the poll opens it
+    assert reader.read_lines() == [] and reader.quiet()
+    with open(path, "ab") as out:
+        out.write(b"one\ntw")
+    assert not reader.quiet()
+    assert reader.read_lines() == ["one"] and reader.quiet()  # "tw" waits for its line's end
+    with open(path, "ab") as out:
+        out.write(b"o\n")
+    assert not reader.quiet() and reader.read_lines() == ["two"] and reader.quiet()
+    path.write_bytes(b"")  # truncated by someone: not quiet, the reader starts over
+    assert not reader.quiet()
+    reader.read_lines()
+    reader.close()

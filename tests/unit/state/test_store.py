@@ -181,3 +181,50 @@ def test_a_version_5_dyno_gains_an_empty_inherited_environment(tmp_path: Path) -
         assert state.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         state.close()
+
+
+def test_dense_numbers_and_slots_agree_with_the_lists(tmp_path: Path) -> None:
+    """The index-only answers a start uses (dense_numbers, dense_slots) never differ from what
+    the full lists say, over random starts, stops and drains in two networks."""
+    import random
+
+    from dynod.rules.names import lowest_free_number
+
+    rng = random.Random(11)
+    state = State(str(tmp_path))
+    try:
+        state.add_app(App("sushi"))
+        live: dict[int, tuple[str, int, int]] = {}  # id -> (space, number, slot)
+        next_id = 0
+        for _ in range(400):
+            space = rng.choice(["", "acme"])
+            if live and rng.random() < 0.35:
+                dyno_id = rng.choice(list(live))
+                row = state.dyno(dyno_id)
+                assert row is not None
+                state.remove_dyno(row)
+                del live[dyno_id]
+                if rng.random() < 0.5:
+                    state.drained(list(state.draining()))
+            else:
+                taken = state.numbers_taken("sushi", space or "web")
+                dense = state.dense_numbers("sushi", space or "web")
+                assert dense is None or taken == set(range(1, dense + 1))
+                number = lowest_free_number(taken)
+                if dense is not None:
+                    assert number == dense + 1
+                slots = state.slots_unavailable(space)
+                top = state.dense_slots(space)
+                assert top is None or slots == set(range(1, top + 1))
+                slot = min(set(range(1, 2 + len(slots))) - slots)
+                next_id += 1
+                state.db.execute(
+                    "INSERT INTO dynos (app, space, type, number, state, slot, ip, netns, veth,"
+                    " command, cwd, uid, gid, env, detached, log_path, created_at) VALUES"
+                    " ('sushi', ?, ?, ?, 'up', ?, 'x', ?, ?, 'c', '/', 1, 1, '{}', 1, 'l', 0)",
+                    (space, space or "web", number, slot, f"n{next_id}", f"v{next_id}"),
+                )
+                live[state.next_dyno_id() - 1] = (space, number, slot)
+        assert state.dense_numbers("sushi", "nothing") == 0 and state.dense_slots("none") == 0
+    finally:
+        state.close()
