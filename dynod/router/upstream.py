@@ -39,6 +39,10 @@ _logger = logging.getLogger(__name__)
 _NO_BODY = (204, 304)
 
 
+# At most what a dyno may send before its request went out (one response head and a small body).
+EARLY_LIMIT = 64 * 1024
+
+
 class Receiver(Protocol):
     """The client side of an exchange, as an `Upstream` sees it (`fast.Receiver`)."""
 
@@ -70,6 +74,12 @@ class Upstream(asyncio.Protocol):
         self.deadline = Deadline(loop, self._expired)
         self.timeout = 30.0
         self.idle = 55.0
+        # What a new connection got before its first request went out: a dyno may answer as it
+        # accepts, without reading (the h11 path reads it as the answer too). Kept until
+        # `begin`, then read as the answer; on a reused connection such bytes are unasked-for.
+        self.fresh = True
+        self.early = bytearray()
+        self.early_end = False
         self._reset()
 
     def _reset(self) -> None:
@@ -101,6 +111,19 @@ class Upstream(asyncio.Protocol):
         self.deadline.set(self.loop.time() + self.timeout)
         if client.write_paused:
             self.transport.pause_reading()
+        if self.fresh:
+            self.fresh = False
+            if self.early or self.early_end:  # read after this call: never inside the caller's
+                self.loop.call_soon(self._read_early)
+
+    def _read_early(self) -> None:
+        """Read what came before `begin` (at most once); then the end, if it came too."""
+        early, self.early = bytes(self.early), bytearray()
+        if early and self.client is not None:
+            self.data_received(early)
+        if self.early_end:
+            self.early_end = False
+            self._ended()
 
     def detach(self) -> None:
         """The exchange is over (or abandoned): no more relaying to its client."""
@@ -122,6 +145,9 @@ class Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
+        if client is None and self.fresh and len(self.early) + len(data) <= EARLY_LIMIT:
+            self.early += data
+            return
         if client is None or self.complete:
             self.abort()  # bytes nobody asked for: the connection cannot be trusted again
             return
@@ -143,10 +169,17 @@ class Upstream(asyncio.Protocol):
             client.exchange_done(self, self.keep and self.reusable and self.open)
 
     def eof_received(self) -> bool:
+        if self.fresh:
+            self.early_end = True
+            return True  # the transport stays until `begin` has read what came before
         self._ended()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.fresh:
+            self.early_end = True
+            self.deadline.cancel()
+            return
         self._ended()
         self.deadline.cancel()
 
@@ -157,6 +190,8 @@ class Upstream(asyncio.Protocol):
         pass
 
     def _ended(self) -> None:
+        if self.early and not self.fresh:  # the end overtook the read of the early answer
+            self._read_early()
         self.open = self.reusable = False
         client = self.client
         if client is None:
