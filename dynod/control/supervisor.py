@@ -146,9 +146,17 @@ class Supervisor:
         (KernelSide.launch); its names are in DNS before the process starts."""
         async with self._lock(dyno.id):
             began = time.perf_counter()
-            self.registry.register(dyno)
-            how, env = self._process(dyno)
             ends = self.stdio.pop(dyno.id, None)
+            try:  # before anything is made: a refusal here leaves nothing behind
+                how, env = self._process(dyno)
+            except Exception as exc:
+                if ends is not None:
+                    ends.close()
+                self.forget(dyno)
+                if isinstance(exc, DynodError):
+                    raise
+                raise DynodError(f"could not start {dyno.name}: {exc}", status=500) from exc
+            self.registry.register(dyno)
             network = self.networks.of(dyno)
             try:
                 launched = await self.kernel.launch(

@@ -3,7 +3,9 @@ our tables should hold, the check that they still do, and its restoration (kerne
 
 from __future__ import annotations
 
-from dynod.kernel import firewall, shards
+import contextlib
+
+from dynod.kernel import firewall, network, shards
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.machine import Machine, Net
 from netns import addresses, conntrack
@@ -64,8 +66,14 @@ def intact(m: Machine) -> bool:
 
 
 def restore(m: Machine, live: list[DynoNetwork]) -> int:
-    """apply(), then `conntrack -D` the tracked flows the firewall refuses; how many."""
+    """apply(), the ports' own settings again, then `conntrack -D` the tracked flows the
+    firewall refuses; how many. The guard comes here when someone changed our tables, rarely:
+    whoever did may have changed host sysctls too (`net.ipv6.conf.all.disable_ipv6=0` reaches
+    every port), so the ports' settings are written again here, never on a start's apply."""
     apply(m, live)
+    for dyno in live:
+        with contextlib.suppress(FileNotFoundError):  # its veth is gone: reconcile's business
+            network.close_port_to_host(dyno.veth)
     web = {n.web for n in live if n.web is not None}
     local = addresses.local_ipv4(m.worker.ipr)
     layout = m.layout

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -375,6 +376,24 @@ def test_a_connection_opened_while_the_firewall_was_gone_is_cut_after_the_restor
         with socket.socket() as s:
             s.settimeout(1)
             assert s.connect_ex((worker["ip"], 7000)) != 0  # and nothing new gets through
+
+
+def test_the_firewall_restore_puts_the_ports_own_settings_back() -> None:
+    """Whoever removed our tables may have changed host sysctls too: `all.disable_ipv6=0`
+    reaches every port. The restore writes each live port's settings again."""
+    with running_daemon() as d:
+        web = d.run_app("sushi", "web")
+        setting = f"/proc/sys/net/ipv6/conf/{web['veth']}/disable_ipv6"
+        assert Path(setting).read_text().strip() == "1"
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGSTOP)
+        try:
+            Path(setting).write_text("0")
+            sh("nft", "delete", "table", "inet", d.prefix)
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        d.wait_for(lambda: "firewall restored" in d.log(), "the firewall restored", 10)
+        assert Path(setting).read_text().strip() == "1"
 
 
 # ---------------------------------------------------------------- the probe matrix

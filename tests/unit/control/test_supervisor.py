@@ -253,6 +253,20 @@ def test_a_failed_spawn_undoes_the_network_and_forgets_the_dyno(world: World) ->
     run(world, test)
 
 
+def test_a_start_refused_before_its_network_is_forgotten(world: World) -> None:
+    """What the process needs is read before anything is made (here: a size this dynod does
+    not know, as a state from a newer one could hold): nothing made, no row left starting."""
+
+    async def test() -> None:
+        dyno = world.dyno("true", size="no-such-size")
+        with pytest.raises(DynodError, match="could not start worker"):
+            await world.launch(dyno)
+        assert world.row(dyno) is None
+        assert world.kernel.operations(dyno.netns) == []
+
+    run(world, test)
+
+
 def test_a_refused_network_says_why_and_what_to_do_and_forgets_the_dyno(world: World) -> None:
     """A full bridge (EXFULL, what the 1,024th port of a bridge gets) or any other refusal of
     the kernel comes back at once as an error with a fix, and leaves nothing stored."""
