@@ -37,7 +37,7 @@ from dynod.router.headers import (
     new_request_id,
     request_id_from,
 )
-from dynod.router.limits import READ_SIZE
+from dynod.router.limits import MAX_HEAD, READ_SIZE
 from dynod.router.logline import H14, H27, H28, H99, HerokuError, RequestLog
 from dynod.router.peer import Fail, elapsed_ms, now_ms
 from dynod.router.pool import IDEMPOTENT
@@ -48,9 +48,6 @@ from dynod.router.upstream import Upstream, open_upstream
 __all__ = ["MAX_HEAD", "FastClient"]
 
 _logger = logging.getLogger(__name__)
-
-# h11's max_incomplete_event_size: a longer head is the proven path's to refuse (431).
-MAX_HEAD = 16 * 1024
 
 
 # `app_from_host` by host: the same few hosts come again and again. Bounded: cleared when full,

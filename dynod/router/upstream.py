@@ -6,7 +6,10 @@ The response goes to the client as h11 would frame it on the proven path: the he
 `forward_response_headers`, a Content-Length body relayed as it comes, a chunked one re-chunked
 from the parser's body callbacks (trailers dropped), a close-delimited one chunked too (the
 client is HTTP/1.1) so the client connection stays usable, 204/304 bodyless, other 1xx relayed
-before the final answer. A dyno that answers 101 without being asked is H17.
+before the final answer. A dyno that answers 101 without being asked is H17. Only the first
+response is relayed: bytes after it (a second response in the same packet) stop the parser and
+the connection is not reused, so they never answer the client's next request. A response head
+(or the bytes before one) past `MAX_HEAD` is H17, trailers past it H18 (h11's bound).
 
 Timeouts, on one `Deadline` per connection: H12 until the response head (``response_timeout``
 from the request sent), then H15 between two pieces of body (``idle_timeout``). A dyno that
@@ -28,6 +31,7 @@ from dynod.router.deadline import Deadline
 from dynod.router.fastheaders import response_plan
 from dynod.router.frames import CHUNKED_END, response_head
 from dynod.router.headers import Headers, forward_response_headers
+from dynod.router.limits import MAX_HEAD
 from dynod.router.logline import H12, H13, H15, H17, H18, H19, H99, HerokuError, RequestLog
 from dynod.router.peer import Fail, elapsed_ms
 from dynod.router.routes import Backend
@@ -76,6 +80,10 @@ class Upstream(asyncio.Protocol):
         self.reason = b""
         self.headers: Headers = []
         self.head_size = 0  # bytes of header names and values
+        # Bytes fed since the parser last got to a head or a piece of body: a head, trailers or a
+        # chunk line past MAX_HEAD is refused (h11's bound), not accumulated.
+        self.unframed = 0
+        self.trailers = 0  # bytes of trailers, dropped
         self.head = False  # the final response head has come
         self.chunked = False  # re-chunked to the client
         self.informational = False
@@ -126,15 +134,21 @@ class Upstream(asyncio.Protocol):
             self.abort()  # bytes nobody asked for: the connection cannot be trusted again
             return
         self.got_any = True
+        self.unframed += len(data)
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # or a callback's
             if not self.complete:
                 self._fail(self.error or (H18 if self.head else H17))
                 return
-            self.reusable = False  # garbage behind a whole answer
+            # Bytes behind a whole answer (another response, garbage): never relayed, they would
+            # answer the client's next request; the connection is not used again.
+            self.reusable = False
         if self.client is not client:
             return  # failed inside a callback
+        if self.unframed > MAX_HEAD and not self.complete:
+            self._fail(H18 if self.head else H17)  # an endless head, trailer or chunk line
+            return
         if self.out:
             client.write(self.out)
             self.out = bytearray()
@@ -178,6 +192,9 @@ class Upstream(asyncio.Protocol):
 
     def _fail(self, error: HerokuError) -> None:
         client, got_any = self.client, self.got_any
+        if client is not None and self.head and self.out:
+            client.write(self.out)  # what came before the fault, as the h11 path relays it
+            self.out = bytearray()
         self.abort()
         if client is not None:
             client.exchange_failed(self, error, self.head, stale=error is H13 and not got_any)
@@ -185,13 +202,19 @@ class Upstream(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self.complete:
-            self.reusable = False
+        if self.complete:  # a second response in the same read: stop before it is parsed
+            raise ValueError("bytes after a whole response")
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head:  # a trailer: dropped (as h11's re-chunking does), bounded like a head
+            self.trailers += len(name) + len(value) + 4
+            if self.trailers > MAX_HEAD:
+                self.error = H18
+                raise ValueError("trailers too long")
+            return
         self.headers.append((name, value.rstrip(b" \t")))
         self.head_size += len(name) + len(value)
 
@@ -200,6 +223,10 @@ class Upstream(asyncio.Protocol):
         client, entry = self.client, self.entry
         assert client is not None and entry is not None
         headers = self.headers
+        self.unframed = 0
+        if self.head_size > MAX_HEAD:  # a head past h11's bound, come in one read
+            self.error = H17
+            raise ValueError("response head too long")
         if status < 200:
             if status == 101:  # never asked for: the fast path forwards no Upgrade
                 self.error = H17
@@ -230,6 +257,7 @@ class Upstream(asyncio.Protocol):
         entry = self.entry
         assert entry is not None
         entry.bytes = (entry.bytes or 0) + len(body)
+        self.unframed = 0
         if self.chunked:
             if body:
                 self.out += b"%x\r\n" % len(body)

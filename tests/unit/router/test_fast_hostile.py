@@ -1,0 +1,137 @@
+"""The fast path (`dynod.router.fast`, `upstream`) against hostile dynos and clients, on real
+127.0.0.1 sockets: a dyno answering twice in one packet, endless response heads and trailers,
+clients pipelining requests they never read, a slow reader, odd request lines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from dynod.router.routes import Backend
+from tests.unit.router.test_fast import GET, RID, slow_path_only
+from tests.unit.router.test_proxy import (
+    router_for,
+    run,
+    serve,
+    wait_for_logs,
+)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> bytes:
+    """One Content-Length response, as a client reading by its framing does."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+# --------------------------------------------------------------------------- desync
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_a_second_response_in_the_same_packet_never_answers_the_next_request(slow: bool) -> None:
+    """A dyno of app `evil` writes two responses for one request; the client's next request,
+    for app `good` on the same connection, gets good's answer, not evil's forged one."""
+
+    async def evil(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nSet-Cookie: s=evil\r\n\r\nforged"
+        )
+        await writer.drain()
+        await asyncio.sleep(3)
+        writer.close()
+
+    async def good(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhonest")
+                await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        async with serve(evil) as evil_port, serve(good) as good_port:
+            apps = {
+                "evil": [Backend("web.1", "127.0.0.1", evil_port)],
+                "good": [Backend("web.1", "127.0.0.1", good_port)],
+            }
+            async with router_for(apps) as (router, lines):
+                with slow_path_only() if slow else contextlib.nullcontext():
+                    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+                    writer.write(b"GET / HTTP/1.1\r\nHost: evil.localhost\r\n\r\n")
+                    first = await _read_response(reader)
+                    await asyncio.sleep(0.2)  # the forged answer has reached the router
+                    writer.write(b"GET /account HTTP/1.1\r\nHost: good.localhost\r\n\r\n")
+                    second = await _read_response(reader)
+                    writer.close()
+                await wait_for_logs(lines, 2)
+                # The dyno's connection is not pooled: its next bytes cannot be trusted.
+                assert router._upstreams.idle_count(apps["evil"][0]) == 0
+        assert first.endswith(b"\r\n\r\nhi"), first
+        assert second.endswith(b"\r\n\r\nhonest"), second
+        assert b"evil" not in second
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def _endless(start: bytes, piece: bytes, sent: list[int]) -> Any:
+    """A dyno answering `start`, then `piece` over and over (bounded), then stalling."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(start)
+        with contextlib.suppress(ConnectionError):
+            while sent[0] < 8 << 20:
+                writer.write(piece)
+                await writer.drain()
+                sent[0] += len(piece)
+            await asyncio.sleep(5)
+        writer.close()
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    ("start", "piece", "code", "status_line"),
+    [
+        (b"HTTP/1.1 200 ", b"a" * 4096, "H17", b"HTTP/1.1 503 "),  # endless status line
+        (b"HTTP/1.1 200 OK\r\nX: ", b"a" * 4096, "H17", b"HTTP/1.1 503 "),  # endless header
+        (b"HTTP/1.1 200 OK\r\n", b"X-Many: 1\r\n" * 400, "H17", b"HTTP/1.1 503 "),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n",
+            b"Trailer: 1\r\n" * 400,
+            "H18",
+            b"HTTP/1.1 200 ",
+        ),
+    ],
+    ids=["status-line", "header-value", "many-headers", "trailers"],
+)
+def test_an_endless_response_head_or_trailers_is_refused_at_16_kib(
+    start: bytes, piece: bytes, code: str, status_line: bytes
+) -> None:
+    """Not accumulated until the response or idle timeout (5 s here): refused at h11's bound."""
+
+    async def main() -> None:
+        sent = [0]
+        async with serve(_endless(start, piece, sent)) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps, response_timeout=5, idle_timeout=5) as (router, lines):
+                reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+                writer.write(GET % RID)
+                answer = await asyncio.wait_for(reader.read(len(status_line)), 8)
+                await wait_for_logs(lines, 1)
+                writer.close()
+        assert answer.startswith(status_line), answer[:200]
+        assert f"code={code} " in lines[0], lines
+
+    run(main())
