@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any
 
 import pytest
@@ -135,3 +136,74 @@ def test_an_endless_response_head_or_trailers_is_refused_at_16_kib(
         assert f"code={code} " in lines[0], lines
 
     run(main())
+
+
+# --------------------------------------------------------------------------- local answers
+
+UNKNOWN = b"GET / HTTP/1.1\r\nHost: nosuchapp.localhost\r\n\r\n"
+
+
+def test_thousands_of_pipelined_404s_in_one_packet() -> None:
+    """Answered one after the other in a loop (no recursion through each answer)."""
+    count = 3000
+
+    async def main() -> None:
+        async with router_for({}) as (router, lines):
+            reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+            writer.write(UNKNOWN * count)
+            got = b""
+            while got.count(b"HTTP/1.1 404 ") < count:
+                data = await asyncio.wait_for(reader.read(1 << 20), 5)
+                assert data, got[-300:]
+                got += data
+            writer.close()
+            await wait_for_logs(lines, count)
+        assert got.count(b"HTTP/1.1 404 ") == count
+        assert len(lines) == count and all("status=404" in line for line in lines[:3])
+
+    run(main(), timeout=30)
+
+
+def test_a_client_pipelining_404s_it_never_reads_is_held_back() -> None:
+    """The router stops reading requests while its answers wait unread (its write buffer stays
+    small), and answers all of them once the client reads."""
+    batch = UNKNOWN * 100
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with router_for({}) as (router, lines):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", router.port))
+            sent, blocked = 0, 0
+            while sent < 2000 * len(batch) and blocked < 10:  # 200,000 requests at most
+                try:
+                    sent += sock.send(batch[sent % len(batch) :])
+                    blocked = 0
+                    await asyncio.sleep(0)  # the router's turn
+                except BlockingIOError:
+                    blocked += 1
+                    await asyncio.sleep(0.05)
+            (client,) = router._fast
+            assert client.transport is not None
+            buffered = client.transport.get_write_buffer_size()
+            assert buffered < 1 << 20, buffered
+            assert blocked, "the router read every request without its answers being read"
+            # The client reads now: every request it sent is answered.
+            rest = -sent % len(UNKNOWN)
+            requests = (sent + rest) // len(UNKNOWN)
+            sending = loop.create_task(loop.sock_sendall(sock, batch[sent % len(batch) :][:rest]))
+            received = bytearray()
+            while (answers := received.count(b"HTTP/1.1 404 ")) < requests:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5)
+                assert data
+                received += data
+            await sending
+            sock.close()
+            await wait_for_logs(lines, requests)
+        assert answers == requests
+        assert len(lines) == requests
+
+    run(main(), timeout=60)
