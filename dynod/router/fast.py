@@ -185,12 +185,18 @@ class FastClient(asyncio.Protocol):
         self.write_paused = True
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.pause_reading()
+        if self.entry is not None:
+            # The dyno is not read now, so not to blame for its silence (H12, H15): the client
+            # has idle_timeout to read on, as on the proven path.
+            self.deadline.set(self.loop.time() + self.router.idle_timeout)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.resume_reading()
-        elif self.entry is None and not self.closed:
+        if self.entry is not None:
+            self.deadline.clear()
+            if self.upstream is not None:
+                self.upstream.resume_reading()
+        elif not self.closed:
             self._next()  # the requests waiting behind answers the client had not read
 
     # -- requests -------------------------------------------------------------------------
@@ -410,7 +416,11 @@ class FastClient(asyncio.Protocol):
         self._next()  # (resumes reading unless the client is not reading our answers)
 
     def _expired(self) -> None:
-        if self.entry is not None or self.closed:
+        if self.closed:
+            return
+        if self.entry is not None:
+            if self.write_paused:
+                self._unread()
             return
         if self.write_paused:  # our answers went unread for idle_timeout: give up on them
             self.closed = True
@@ -423,6 +433,24 @@ class FastClient(asyncio.Protocol):
             self.write(rejection(408))
             self.router._emit(entry)
         self._close()
+
+    def _unread(self) -> None:
+        """The client read nothing of the response for idle_timeout: hang up, logged as the
+        proven path logs it (the dyno's status, the bytes relayed, no error of the dyno's)."""
+        entry, self.entry = self.entry, None
+        assert entry is not None and self.transport is not None
+        if self.connecting is not None:
+            self.connecting.cancel()
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.abort()
+        if self.sent_at:
+            entry.service_ms = elapsed_ms(self.sent_at)
+        if entry.status == 0:
+            entry.status, entry.error = H27.status, H27
+        self._finish(entry)
+        self.closed = True
+        self.transport.abort()
 
     def _pause_reading(self) -> None:
         self.reading = False

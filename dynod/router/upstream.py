@@ -12,7 +12,9 @@ the connection is not reused, so they never answer the client's next request. A 
 (or the bytes before one) past `MAX_HEAD` is H17, trailers past it H18 (h11's bound).
 
 Timeouts, on one `Deadline` per connection: H12 until the response head (``response_timeout``
-from the request sent), then H15 between two pieces of body (``idle_timeout``). A dyno that
+from the request sent), then H15 between two pieces of body (``idle_timeout``); neither while
+the client's transport is paused (the dyno is not read then: the client's own idle deadline
+ends an exchange it does not read, logged as the proven path logs it). A dyno that
 closes before any byte of the answer is H13 (or, on a reused connection, a stale connection the
 client side may retry); mid-body it is H18.
 """
@@ -110,6 +112,13 @@ class Upstream(asyncio.Protocol):
         if client.write_paused:
             self.transport.pause_reading()
 
+    def resume_reading(self) -> None:
+        """The client reads again: read the dyno, whose clock restarts (it was not to blame)."""
+        if self.transport is not None:
+            self.transport.resume_reading()
+        if self.client is not None:
+            self.deadline.set(self.loop.time() + (self.idle if self.head else self.timeout))
+
     def detach(self) -> None:
         """The exchange is over (or abandoned): no more relaying to its client."""
         self.client = self.entry = None
@@ -187,7 +196,8 @@ class Upstream(asyncio.Protocol):
             self._fail(H13)
 
     def _expired(self) -> None:
-        if self.client is not None:
+        client = self.client
+        if client is not None and not client.write_paused:  # else the client's clock runs
             self._fail(H15 if self.head else H12)
 
     def _fail(self, error: HerokuError) -> None:

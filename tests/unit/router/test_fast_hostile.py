@@ -14,6 +14,7 @@ import pytest
 from dynod.router.routes import Backend
 from tests.unit.router.test_fast import GET, RID, slow_path_only
 from tests.unit.router.test_proxy import (
+    fields,
     router_for,
     run,
     serve,
@@ -207,3 +208,42 @@ def test_a_client_pipelining_404s_it_never_reads_is_held_back() -> None:
         assert len(lines) == requests
 
     run(main(), timeout=60)
+
+
+# --------------------------------------------------------------------------- slow reader
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_a_client_that_stops_reading_is_not_the_dyno_s_fault(slow: bool) -> None:
+    """The dyno sends a big body to a client that reads none of it: after idle_timeout the
+    client is hung up on, logged with the dyno's 200 as on the proven path, not H15."""
+    size = 20 << 20
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(size // 65536):
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with serve(big) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps, response_timeout=0.5, idle_timeout=0.5) as (router, lines):
+                with slow_path_only() if slow else contextlib.nullcontext():
+                    sock = socket.socket()
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, ("127.0.0.1", router.port))
+                    await loop.sock_sendall(sock, GET % RID)
+                    await wait_for_logs(lines, 1)
+                    sock.close()
+        assert len(lines) == 1, lines
+        assert "code=" not in lines[0] and lines[0].startswith("at=info "), lines
+        assert fields(lines[0])["status"] == "200"
+        assert 0 < int(fields(lines[0])["bytes"]) < size
+
+    run(main())
