@@ -260,6 +260,9 @@ class Upstream(asyncio.Protocol):
                     _framed.clear()
                 _framed[key] = framed
         head, self.chunked, self.until_close, self.keep = framed
+        if not head:  # a framing h11 refuses: H17 before anything is relayed
+            self.head, self.error = False, H17
+            raise ValueError("unsupported Transfer-Encoding")
         self.out += head
         self.deadline.set(self.loop.time() + self.idle)
 
@@ -296,7 +299,12 @@ _framed: dict[tuple[object, ...], tuple[bytes, bool, bool, bool]] = {}
 def _frame(
     status: int, reason: bytes, version: str, close_after: bool, headers: Headers
 ) -> tuple[bytes, bool, bool, bool]:
-    """(head for the client, re-chunked, delimited by the dyno's close, dyno keeps alive)."""
+    """(head for the client, re-chunked, delimited by the dyno's close, dyno keeps alive); an
+    empty head for a Transfer-Encoding h11 refuses (not exactly one, and `chunked`): a `gzip`
+    alone would be close-delimited to llhttp, H17 on the proven path."""
+    codings = [v for n, v in headers if n.lower() == b"transfer-encoding"]
+    if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
+        return b"", False, False, False
     plan = response_plan(headers)
     keep = not plan.asks_close and version == "1.1"
     out = plan.headers

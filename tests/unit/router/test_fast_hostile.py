@@ -247,3 +247,43 @@ def test_a_client_that_stops_reading_is_not_the_dyno_s_fault(slow: bool) -> None
         assert 0 < int(fields(lines[0])["bytes"]) < size
 
     run(main())
+
+
+# --------------------------------------------------------------------------- framing
+
+
+@pytest.mark.parametrize(
+    "coding", [b"gzip", b"gzip, chunked", b"identity", b"chunked\r\nTransfer-Encoding: chunked"]
+)
+@pytest.mark.parametrize("slow", [False, True])
+def test_a_transfer_encoding_h11_refuses_is_h17_before_anything_is_relayed(
+    coding: bytes, slow: bool
+) -> None:
+    reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n3\r\nabc\r\n0\r\n\r\n" % coding
+
+    async def main() -> None:
+        async with serve(fixed_reply(reply)) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps) as (router, lines):
+                with slow_path_only() if slow else contextlib.nullcontext():
+                    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+                    writer.write(GET % RID)
+                    answer = await _read_response(reader)
+                    writer.close()
+                await wait_for_logs(lines, 1)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"(H17)" in answer
+        assert "code=H17 " in lines[0], lines
+
+    run(main())
+
+
+def fixed_reply(reply: bytes) -> Any:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+
+    return handle
