@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dynod.router.fasthead import RequestHead
 from dynod.router.routes import Backend
 from tests.unit.router.test_fast import GET, RID, slow_path_only
 from tests.unit.router.test_proxy import (
@@ -287,3 +288,34 @@ def fixed_reply(reply: bytes) -> Any:
         writer.close()
 
     return handle
+
+
+# --------------------------------------------------------------------------- request line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"GET  / HTTP/1.1", b"GET /  HTTP/1.1", b"GET / HTTP/1.1 ", b"GET\t/ HTTP/1.1"],
+    ids=["two-spaces-before-target", "two-spaces-before-version", "trailing-space", "tab"],
+)
+def test_a_request_line_h11_refuses_is_not_served_by_the_fast_path(line: bytes) -> None:
+    head = line + b"\r\nHost: sushi.localhost\r\n\r\n"
+    assert not RequestHead().parse(head)
+
+    async def main() -> None:
+        async with serve(fixed_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps) as (router, lines):
+                reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+                writer.write(head)
+                answer = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+                await wait_for_logs(lines, 1)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        assert fields(lines[0])["status"] == "400"
+
+    run(main())
+
+
+def test_a_plain_request_line_is_still_served_by_the_fast_path() -> None:
+    assert RequestHead().parse(b"GET /a?b=c HTTP/1.1\r\nHost: sushi.localhost\r\n\r\n")
