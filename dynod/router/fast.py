@@ -15,7 +15,10 @@ left, for the connect), and answered from the `Upstream`'s callbacks. The log en
 `RequestLog`, emitted once per request. The client may idle ``idle_timeout`` between requests
 and must finish a head within ``head_timeout`` of its first byte; while an exchange runs,
 further (pipelined) bytes wait unparsed, and reading pauses once they pass ``READ_SIZE``.
-Flow control: while the client's transport is over its high-water mark, the dyno's is not read.
+Flow control: while the client's transport is over its high-water mark, the dyno's is not read,
+and no further request of the client's is taken (nor read): pages the router writes itself
+(404...) wait for the client to read too, for ``idle_timeout`` at most. Pipelined requests are
+taken in a loop over a read offset, however many the router answers itself.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from dynod.router.headers import (
     new_request_id,
     request_id_from,
 )
-from dynod.router.limits import READ_SIZE
+from dynod.router.limits import MAX_HEAD, READ_SIZE
 from dynod.router.logline import H14, H27, H28, H99, HerokuError, RequestLog
 from dynod.router.peer import Fail, elapsed_ms, now_ms
 from dynod.router.pool import IDEMPOTENT
@@ -48,9 +51,6 @@ from dynod.router.upstream import Upstream, open_upstream
 __all__ = ["MAX_HEAD", "FastClient"]
 
 _logger = logging.getLogger(__name__)
-
-# h11's max_incomplete_event_size: a longer head is the proven path's to refuse (431).
-MAX_HEAD = 16 * 1024
 
 
 # `app_from_host` by host: the same few hosts come again and again. Bounded: cleared when full,
@@ -106,7 +106,9 @@ class FastClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.ip = ""
         self.ip_bytes = b""
-        self.buf = b""  # received, not yet a request taken
+        self.buf = b""  # received; the requests before `pos` are taken
+        self.pos = 0
+        self.taking = False  # `_next` is running: an answer given inside it does not recurse
         self.head = RequestHead()
         self.deadline = Deadline(self.loop, self._expired)
         self.head_begun = False  # the slowloris clock runs
@@ -140,7 +142,10 @@ class FastClient(asyncio.Protocol):
         self.deadline.set(self.loop.time() + self.router.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self.buf = self.buf + data if self.buf else data
+        if self.pos:
+            self.buf, self.pos = self.buf[self.pos :] + data, 0
+        else:
+            self.buf = self.buf + data if self.buf else data
         if self.entry is not None:
             if len(self.buf) > READ_SIZE and self.reading:
                 self._pause_reading()  # pipelined bytes wait for the exchange
@@ -149,8 +154,8 @@ class FastClient(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        if self.entry is None and not self.closed:
-            if self.buf:
+        if self.entry is None and not self.closed and not self.write_paused:
+            if len(self.buf) > self.pos:
                 self._handover()  # a head cut short: the proven path answers it (400)
             else:
                 self._close()
@@ -180,38 +185,69 @@ class FastClient(asyncio.Protocol):
         self.write_paused = True
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.pause_reading()
+        if self.entry is not None:
+            # The dyno is not read now, so not to blame for its silence (H12, H15): the client
+            # has idle_timeout to read on, as on the proven path.
+            self.deadline.set(self.loop.time() + self.router.idle_timeout)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.resume_reading()
+        if self.entry is not None:
+            self.deadline.clear()
+            if self.upstream is not None:
+                self.upstream.resume_reading()
+        elif not self.closed:
+            self._next()  # the requests waiting behind answers the client had not read
 
     # -- requests -------------------------------------------------------------------------
 
     def _next(self) -> None:
-        """Take the requests that are whole, one at a time, while no exchange runs."""
+        """Take the requests that are whole, one at a time, while no exchange runs: a loop, as
+        requests answered by the router itself (404...) may come pipelined by the thousand."""
+        if self.taking:
+            return  # called back from inside the loop (an answer given in `_start`)
+        self.taking = True
+        try:
+            self._take()
+        finally:
+            self.taking = False
+
+    def _take(self) -> None:
         while self.entry is None and not self.closed:
-            buf = self.buf
-            if not buf:
+            if self.write_paused:
+                # The client does not read our answers: read no more requests from it until
+                # it does (`resume_writing`), for `idle_timeout` at most.
+                if self.reading:
+                    self._pause_reading()
+                self.head_begun = False
+                self.deadline.set(self.loop.time() + self.router.idle_timeout)
+                return
+            if not self.reading:
+                self.reading = True
+                assert self.transport is not None
+                self.transport.resume_reading()
+            buf, pos = self.buf, self.pos
+            if pos >= len(buf):
+                self.buf, self.pos = b"", 0
                 if self.eof:
                     self._close()
                 else:
                     self.head_begun = False
                     self.deadline.set(self.loop.time() + self.router.idle_timeout)
                 return
-            end = buf.find(b"\r\n\r\n", 0, MAX_HEAD)
+            end = buf.find(b"\r\n\r\n", pos, pos + MAX_HEAD)
             if end < 0:
-                if len(buf) >= MAX_HEAD or self.eof:
+                if len(buf) - pos >= MAX_HEAD or self.eof:
                     self._handover()  # oversized or cut: the proven path answers
                 elif not self.head_begun:
                     self.head_begun = True
                     self.deadline.set(self.loop.time() + self.router.head_timeout)
                 return
-            head = buf[: end + 4]
+            head = buf[pos : end + 4]
             if not self.head.parse(head):
                 self._handover()
                 return
-            self.buf = buf[end + 4 :]
+            self.pos = end + 4
             self._start(head)
 
     def _start(self, request: bytes) -> None:
@@ -377,21 +413,44 @@ class FastClient(asyncio.Protocol):
         if self.close_after:
             self._close()
             return
-        if not self.reading and not self.closed:
-            self.reading = True
-            assert self.transport is not None
-            self.transport.resume_reading()
-        self._next()
+        self._next()  # (resumes reading unless the client is not reading our answers)
 
     def _expired(self) -> None:
-        if self.entry is not None or self.closed:
+        if self.closed:
             return
-        if self.buf:  # a head begun and not finished in time: slowloris
+        if self.entry is not None:
+            if self.write_paused:
+                self._unread()
+            return
+        if self.write_paused:  # our answers went unread for idle_timeout: give up on them
+            self.closed = True
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        if len(self.buf) > self.pos:  # a head begun and not finished in time: slowloris
             entry = RequestLog(request_id=new_request_id(), fwd=self.ip, status=408)
             entry.error = H28
             self.write(rejection(408))
             self.router._emit(entry)
         self._close()
+
+    def _unread(self) -> None:
+        """The client read nothing of the response for idle_timeout: hang up, logged as the
+        proven path logs it (the dyno's status, the bytes relayed, no error of the dyno's)."""
+        entry, self.entry = self.entry, None
+        assert entry is not None and self.transport is not None
+        if self.connecting is not None:
+            self.connecting.cancel()
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.abort()
+        if self.sent_at:
+            entry.service_ms = elapsed_ms(self.sent_at)
+        if entry.status == 0:
+            entry.status, entry.error = H27.status, H27
+        self._finish(entry)
+        self.closed = True
+        self.transport.abort()
 
     def _pause_reading(self) -> None:
         self.reading = False
@@ -430,8 +489,8 @@ class FastClient(asyncio.Protocol):
         writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
         if self.write_paused:
             protocol.pause_writing()  # the transport will not say it again: drain must wait
-        if self.buf:
-            reader.feed_data(self.buf)
+        if len(self.buf) > self.pos:
+            reader.feed_data(self.buf[self.pos :])
         if self.eof:
             reader.feed_eof()
         if not self.reading:

@@ -1,7 +1,8 @@
 """A request head on the fast path (`dynod.router.fast`): parsed by httptools (llhttp), and
 whether the fast path takes it. It takes a whole, bodyless HTTP/1.1 head in origin form with one
 Host, not HEAD or CONNECT, without Transfer-Encoding, Upgrade or Expect, Content-Length absent or
-0, and free of what `headers.strict_head_problem` refuses (obs-fold, bare LF). It refuses nothing
+0, its request line exactly `METHOD SP target SP HTTP/1.1 CRLF`, and free of what
+`headers.strict_head_problem` refuses (obs-fold, bare LF). It refuses nothing
 itself: a head it does not take goes to the proven h11 path, which answers it."""
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class RequestHead:
         self.method = self.parser.get_method()
         if self.method in _SLOW_METHODS or not self.url.startswith(b"/"):
             return False
+        if not head.startswith(b"%s %s HTTP/1.1\r\n" % (self.method, self.url)):
+            return False  # llhttp's leniencies in the request line (`GET  /`): h11's 400
         hosts = 0
         self.lowers = lowers = []
         self.ids = ids = []

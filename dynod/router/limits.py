@@ -11,6 +11,7 @@ __all__ = [
     "CLOSE_GRACE",
     "DISCARD_LIMIT",
     "FD_RESERVE",
+    "MAX_HEAD",
     "MAX_CLIENT_CONNECTIONS",
     "OPEN_FILES",
     "READ_SIZE",
@@ -22,6 +23,8 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 READ_SIZE = 65536
+# h11's max_incomplete_event_size: the longest head (request or response) the router takes.
+MAX_HEAD = 16 * 1024
 # How much of an unwanted request body (404, H14, ...) we read to keep the connection alive.
 DISCARD_LIMIT = 1 << 20
 # Upper bound for flushing our last bytes / reading the client's leftovers before closing.

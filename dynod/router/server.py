@@ -79,7 +79,12 @@ Why httptools too
 h11 was half of each request's time. The fast path parses with httptools (llhttp, what uvicorn
 uses) and frames by hand (``frames``) the few shapes it takes, held byte for byte to h11's output
 by the tests; every case where framing gets subtle (bodies, upgrades, 100-continue, HTTP/1.0,
-malformed or ambiguous heads) stays with h11 through the handover.
+malformed or ambiguous heads) stays with h11 through the handover. Where the dyno's response is
+odd, the fast path is stricter than h11 and answers H17 where h11 relays it: a duplicate
+identical Content-Length, Content-Length with Transfer-Encoding, a bare-LF response head. Both
+refuse a Transfer-Encoding other than one ``chunked`` (H17, before anything is relayed) and
+relay only the dyno's first response; the fast path bounds a response head by h11's 16 KiB (H17)
+and drops trailers, 16 KiB at most (H18).
 """
 
 from __future__ import annotations

@@ -6,10 +6,15 @@ The response goes to the client as h11 would frame it on the proven path: the he
 `forward_response_headers`, a Content-Length body relayed as it comes, a chunked one re-chunked
 from the parser's body callbacks (trailers dropped), a close-delimited one chunked too (the
 client is HTTP/1.1) so the client connection stays usable, 204/304 bodyless, other 1xx relayed
-before the final answer. A dyno that answers 101 without being asked is H17.
+before the final answer. A dyno that answers 101 without being asked is H17. Only the first
+response is relayed: bytes after it (a second response in the same packet) stop the parser and
+the connection is not reused, so they never answer the client's next request. A response head
+(or the bytes before one) past `MAX_HEAD` is H17, trailers past it H18 (h11's bound).
 
 Timeouts, on one `Deadline` per connection: H12 until the response head (``response_timeout``
-from the request sent), then H15 between two pieces of body (``idle_timeout``). A dyno that
+from the request sent), then H15 between two pieces of body (``idle_timeout``); neither while
+the client's transport is paused (the dyno is not read then: the client's own idle deadline
+ends an exchange it does not read, logged as the proven path logs it). A dyno that
 closes before any byte of the answer is H13 (or, on a reused connection, a stale connection the
 client side may retry); mid-body it is H18.
 """
@@ -28,6 +33,7 @@ from dynod.router.deadline import Deadline
 from dynod.router.fastheaders import response_plan
 from dynod.router.frames import CHUNKED_END, response_head
 from dynod.router.headers import Headers, forward_response_headers
+from dynod.router.limits import MAX_HEAD
 from dynod.router.logline import H12, H13, H15, H17, H18, H19, H99, HerokuError, RequestLog
 from dynod.router.peer import Fail, elapsed_ms
 from dynod.router.routes import Backend
@@ -86,6 +92,10 @@ class Upstream(asyncio.Protocol):
         self.reason = b""
         self.headers: Headers = []
         self.head_size = 0  # bytes of header names and values
+        # Bytes fed since the parser last got to a head or a piece of body: a head, trailers or a
+        # chunk line past MAX_HEAD is refused (h11's bound), not accumulated.
+        self.unframed = 0
+        self.trailers = 0  # bytes of trailers, dropped
         self.head = False  # the final response head has come
         self.chunked = False  # re-chunked to the client
         self.informational = False
@@ -125,6 +135,13 @@ class Upstream(asyncio.Protocol):
             self.early_end = False
             self._ended()
 
+    def resume_reading(self) -> None:
+        """The client reads again: read the dyno, whose clock restarts (it was not to blame)."""
+        if self.transport is not None:
+            self.transport.resume_reading()
+        if self.client is not None:
+            self.deadline.set(self.loop.time() + (self.idle if self.head else self.timeout))
+
     def detach(self) -> None:
         """The exchange is over (or abandoned): no more relaying to its client."""
         self.client = self.entry = None
@@ -152,15 +169,21 @@ class Upstream(asyncio.Protocol):
             self.abort()  # bytes nobody asked for: the connection cannot be trusted again
             return
         self.got_any = True
+        self.unframed += len(data)
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # or a callback's
             if not self.complete:
                 self._fail(self.error or (H18 if self.head else H17))
                 return
-            self.reusable = False  # garbage behind a whole answer
+            # Bytes behind a whole answer (another response, garbage): never relayed, they would
+            # answer the client's next request; the connection is not used again.
+            self.reusable = False
         if self.client is not client:
             return  # failed inside a callback
+        if self.unframed > MAX_HEAD and not self.complete:
+            self._fail(H18 if self.head else H17)  # an endless head, trailer or chunk line
+            return
         if self.out:
             client.write(self.out)
             self.out = bytearray()
@@ -208,11 +231,15 @@ class Upstream(asyncio.Protocol):
             self._fail(H13)
 
     def _expired(self) -> None:
-        if self.client is not None:
+        client = self.client
+        if client is not None and not client.write_paused:  # else the client's clock runs
             self._fail(H15 if self.head else H12)
 
     def _fail(self, error: HerokuError) -> None:
         client, got_any = self.client, self.got_any
+        if client is not None and self.head and self.out:
+            client.write(self.out)  # what came before the fault, as the h11 path relays it
+            self.out = bytearray()
         self.abort()
         if client is not None:
             client.exchange_failed(self, error, self.head, stale=error is H13 and not got_any)
@@ -220,13 +247,19 @@ class Upstream(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self.complete:
-            self.reusable = False
+        if self.complete:  # a second response in the same read: stop before it is parsed
+            raise ValueError("bytes after a whole response")
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head:  # a trailer: dropped (as h11's re-chunking does), bounded like a head
+            self.trailers += len(name) + len(value) + 4
+            if self.trailers > MAX_HEAD:
+                self.error = H18
+                raise ValueError("trailers too long")
+            return
         self.headers.append((name, value.rstrip(b" \t")))
         self.head_size += len(name) + len(value)
 
@@ -235,6 +268,10 @@ class Upstream(asyncio.Protocol):
         client, entry = self.client, self.entry
         assert client is not None and entry is not None
         headers = self.headers
+        self.unframed = 0
+        if self.head_size > MAX_HEAD:  # a head past h11's bound, come in one read
+            self.error = H17
+            raise ValueError("response head too long")
         if status < 200:
             if status == 101:  # never asked for: the fast path forwards no Upgrade
                 self.error = H17
@@ -258,6 +295,9 @@ class Upstream(asyncio.Protocol):
                     _framed.clear()
                 _framed[key] = framed
         head, self.chunked, self.until_close, self.keep = framed
+        if not head:  # a framing h11 refuses: H17 before anything is relayed
+            self.head, self.error = False, H17
+            raise ValueError("unsupported Transfer-Encoding")
         self.out += head
         self.deadline.set(self.loop.time() + self.idle)
 
@@ -265,6 +305,7 @@ class Upstream(asyncio.Protocol):
         entry = self.entry
         assert entry is not None
         entry.bytes = (entry.bytes or 0) + len(body)
+        self.unframed = 0
         if self.chunked:
             if body:
                 self.out += b"%x\r\n" % len(body)
@@ -293,7 +334,12 @@ _framed: dict[tuple[object, ...], tuple[bytes, bool, bool, bool]] = {}
 def _frame(
     status: int, reason: bytes, version: str, close_after: bool, headers: Headers
 ) -> tuple[bytes, bool, bool, bool]:
-    """(head for the client, re-chunked, delimited by the dyno's close, dyno keeps alive)."""
+    """(head for the client, re-chunked, delimited by the dyno's close, dyno keeps alive); an
+    empty head for a Transfer-Encoding h11 refuses (not exactly one, and `chunked`): a `gzip`
+    alone would be close-delimited to llhttp, H17 on the proven path."""
+    codings = [v for n, v in headers if n.lower() == b"transfer-encoding"]
+    if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
+        return b"", False, False, False
     plan = response_plan(headers)
     keep = not plan.asks_close and version == "1.1"
     out = plan.headers
