@@ -26,7 +26,7 @@ import sys
 import time
 
 from density import WINDOW, free_space_range, median_window
-from dyno_lifecycle import leftovers, ms_since, sweep
+from dyno_lifecycle import configure_inside, leftovers, ms_since, sweep
 from pyroute2 import IPRoute
 from run_support import sigterm_as_interrupt
 
@@ -76,19 +76,7 @@ class DenseFloor:
             os.close(fd)
         self.ipr.link("set", index=self.ipr.link_lookup(ifname=name)[0], state="up")
         self.ipr.addr("add", index=master, address=gateway, prefixlen=30)
-        with namespace.entered(name):
-            inner = IPRoute()
-            try:
-                lo = inner.link_lookup(ifname="lo")[0]
-                eth0 = inner.link_lookup(ifname="eth0")[0]
-                inner.link("set", index=lo, state="up")
-                inner.link("set", index=eth0, state="up")
-                inner.addr("add", index=eth0, address=address, prefixlen=30)
-                inner.route("add", dst="0.0.0.0/0", gateway=gateway)
-                with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
-                    f.write("0 2147483647")
-            finally:
-                inner.close()
+        configure_inside(name, address, gateway)
         return ms_since(began)
 
     def close(self) -> None:

@@ -228,6 +228,24 @@ def sweep(prefix: str) -> None:
 
 
 # ---------------------------------------------------------------------------- the floor
+def configure_inside(name: str, address: str, gateway: str) -> None:
+    """The floor's steps inside the namespace (in-thread setns): lo and eth0 up, the address,
+    the default route, `ping_group_range`."""
+    with namespace.entered(name):
+        inner = IPRoute()
+        try:
+            lo = inner.link_lookup(ifname="lo")[0]
+            eth0 = inner.link_lookup(ifname="eth0")[0]
+            inner.link("set", index=lo, state="up")
+            inner.link("set", index=eth0, state="up")
+            inner.addr("add", index=eth0, address=address, prefixlen=30)
+            inner.route("add", dst="0.0.0.0/0", gateway=gateway)
+            with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
+                f.write("0 2147483647")
+        finally:
+            inner.close()
+
+
 class Floor:
     """The bare kernel steps, on one dedicated thread with its own host netlink socket."""
 
@@ -285,19 +303,7 @@ class Floor:
             os.close(fd)
         ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
         ipr.addr("add", index=self._bridge_index, address=gateway, prefixlen=30)
-        with namespace.entered(name):
-            inner = IPRoute()
-            try:
-                lo = inner.link_lookup(ifname="lo")[0]
-                eth0 = inner.link_lookup(ifname="eth0")[0]
-                inner.link("set", index=lo, state="up")
-                inner.link("set", index=eth0, state="up")
-                inner.addr("add", index=eth0, address=address, prefixlen=30)
-                inner.route("add", dst="0.0.0.0/0", gateway=gateway)
-                with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
-                    f.write("0 2147483647")
-            finally:
-                inner.close()
+        configure_inside(name, address, gateway)
         return ms_since(began)
 
     def teardown(self, seq: int) -> float:

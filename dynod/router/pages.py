@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import h11
 
-from dynod.router.headers import VIA
+from dynod.router.frames import page
 from dynod.router.logline import HerokuError
 from dynod.router.peer import Peer, reason
 
 __all__ = ["send_error_page", "send_rejection"]
-
-
-def _error_body(error: HerokuError) -> bytes:
-    return (
-        "<!DOCTYPE html><html><head><title>Application Error</title></head><body>"
-        f"<h1>Application Error</h1><p>{error.desc} ({error.code})</p></body></html>\n"
-    ).encode()
 
 
 async def send_error_page(
@@ -30,16 +23,7 @@ async def send_error_page(
     nothing when the response has already (partly) gone out: all that is left is to close."""
     if client.conn.our_state is not h11.SEND_RESPONSE:
         return
-    if error is None:
-        body, ctype = text, b"text/plain; charset=utf-8"
-    else:
-        body, ctype = _error_body(error), b"text/html; charset=utf-8"
-    headers = [
-        (b"Content-Type", ctype),
-        (b"Content-Length", str(len(body)).encode()),
-        (b"Cache-Control", b"no-cache, no-store"),
-        (b"Via", VIA),
-    ]
+    body, headers = page(error, text)
     if client.conn.their_state is not h11.DONE:
         headers.append((b"Connection", b"close"))  # unread request body: we will hang up
     await client.send(

@@ -7,15 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Callable
 
 import h11
 
+from dynod.router.dial import dial
 from dynod.router.headers import forward_response_headers
 from dynod.router.limits import READ_SIZE
-from dynod.router.logline import H12, H13, H15, H17, H18, H19, H25, H27, H28, H99, RequestLog
+from dynod.router.logline import H12, H13, H15, H17, H18, H25, H27, H28, RequestLog
 from dynod.router.pages import send_error_page
 from dynod.router.peer import BadBody, ClientGone, Fail, H11Event, Peer, Splice, elapsed_ms
 from dynod.router.routes import Backend
@@ -34,29 +34,10 @@ async def connect(
     source_address: str | None,
 ) -> Peer:
     """Open a marked (and optionally source-bound) connection to the dyno; H99, H19 or H13."""
-    loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in backend.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = await dial(
+        backend, entry, timeout=timeout, socket_mark=socket_mark, source_address=source_address
+    )
     try:
-        try:
-            sock.setblocking(False)
-            if socket_mark is not None:
-                # The firewall only lets packets carrying this mark reach the dynos.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, socket_mark)
-            if source_address:
-                sock.bind((source_address, 0))
-        except OSError as exc:
-            _logger.error("router: cannot set up socket to %s: %s", backend, exc)
-            raise Fail(H99) from exc
-        started = time.monotonic()
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, (backend.host, backend.port)), timeout)
-        except TimeoutError as exc:
-            raise Fail(H19) from exc
-        except OSError as exc:
-            raise Fail(H13) from exc
-        finally:
-            entry.connect_ms = elapsed_ms(started)
         reader, writer = await asyncio.open_connection(sock=sock)
     except BaseException:
         sock.close()

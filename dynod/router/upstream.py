@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import time
 from typing import Protocol, cast
 
 import httptools
 
 from dynod.router.deadline import Deadline
+from dynod.router.dial import dial
 from dynod.router.fastheaders import response_plan
 from dynod.router.frames import CHUNKED_END, response_head
 from dynod.router.headers import Headers, forward_response_headers
 from dynod.router.limits import MAX_HEAD
-from dynod.router.logline import H12, H13, H15, H17, H18, H19, H99, HerokuError, RequestLog
-from dynod.router.peer import Fail, elapsed_ms
+from dynod.router.logline import H12, H13, H15, H17, H18, HerokuError, RequestLog
 from dynod.router.routes import Backend
 
 __all__ = ["Receiver", "Upstream", "open_upstream"]
@@ -366,29 +364,10 @@ async def open_upstream(
     """A new marked (optionally source-bound) connection to the dyno: `proxy.connect`'s rules,
     H99 (socket set-up), H19 (connect timeout) or H13 (refused) as `Fail`."""
     loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in backend.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = await dial(
+        backend, entry, timeout=timeout, socket_mark=socket_mark, source_address=source_address
+    )
     try:
-        try:
-            sock.setblocking(False)
-            if socket_mark is not None:
-                # The firewall only lets packets carrying this mark reach the dynos.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, socket_mark)
-            if source_address:
-                sock.bind((source_address, 0))
-        except OSError as exc:
-            _logger.error("router: cannot set up socket to %s: %s", backend, exc)
-            raise Fail(H99) from exc
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(timeout):
-                await loop.sock_connect(sock, (backend.host, backend.port))
-        except TimeoutError as exc:
-            raise Fail(H19) from exc
-        except OSError as exc:
-            raise Fail(H13) from exc
-        finally:
-            entry.connect_ms = elapsed_ms(started)
         _, upstream = await loop.create_connection(lambda: Upstream(backend, loop), sock=sock)
     except BaseException:
         sock.close()
