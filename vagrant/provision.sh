@@ -16,7 +16,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 packages=(python3 python3-venv python3-pip nftables iproute2 util-linux procps iputils-ping curl
           dnsmasq-base     # the tutorial's DNS step, the DNS bench's reference
-          chromium graphviz)  # `dynod inspect`'s browser test and its svg/png drawings
+          chromium graphviz   # `dynod inspect`'s browser test and its svg/png drawings
+          wrk nginx-light)    # bench/router_throughput.py: the client and the reference proxy
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
