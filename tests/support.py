@@ -15,7 +15,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 
 from dynod.api.client import Client
 from dynod.errors import DynodError
+from dynod.testing.daemon import free_port, free_range
 from netns import cgroup
 from netns.exec import in_cgroups
 
@@ -44,21 +44,6 @@ def unique_prefix() -> str:
     prefix = "tst" + secrets.token_hex(2)[:3]
     MADE_PREFIXES.add(prefix)
     return prefix
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_test_range() -> str:
-    """A /24 of 172.31/16 that no route of the host covers now (another test run's daemon may
-    hold one on a shared machine)."""
-    routed = sh("ip", "-4", "route", "show", "table", "all").stdout
-    taken = {line.split(".")[2] for line in routed.split() if line.startswith("172.31.")}
-    free = [n for n in range(256) if str(n) not in taken]
-    return f"172.31.{random.choice(free or list(range(256)))}.0/24"
 
 
 def gateway_of(ip: str) -> str:
@@ -239,7 +224,7 @@ class DaemonProc:
         self.state_dir = str(self.dir / "state")
         self.log_path = self.dir / "daemon.log"
         self.router_port = free_port()
-        self.cidr = self.cidr or free_test_range()
+        self.cidr = self.cidr or free_range()
         # The dynos' working directory: readable by the unprivileged user they run as.
         self.app_dir = Path(tempfile.mkdtemp(prefix=f"dynod-app-{self.prefix}-", dir="/tmp"))
         self.app_dir.chmod(0o755)

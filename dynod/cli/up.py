@@ -43,8 +43,7 @@ def app_name_for(directory: str) -> str:
     characters becomes one '-'; what comes before the first letter is dropped; at most 30
     characters; no '-' at the end. `My_Shop 2` -> `my-shop-2`."""
     base = os.path.basename(os.path.abspath(directory)).lower()
-    name = re.sub(r"[^a-z0-9]+", "-", base)
-    name = re.sub(r"^[^a-z]+", "", name)[:30].rstrip("-")
+    name = names.stem(base)[:30].rstrip("-")
     if len(name) < 3:
         raise DynodError(
             f"the directory's name {base!r} makes no valid app name ({name!r})",

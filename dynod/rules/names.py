@@ -33,6 +33,14 @@ WEB_TYPE = "web"
 ONE_OFF_TYPE = "run"  # `dynod run` attached, as `heroku run`: run.1, run.2, ...
 
 
+def stem(text: str) -> str:
+    """Heroku's app-name rule applied to any text: lowercase; every run of other characters
+    becomes one '-'; what comes before the first letter is dropped. `My_Shop 2` -> `my-shop-2`.
+    The caller cuts it to its length (and drops a '-' left at the end)."""
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower())
+    return re.sub(r"^[^a-z]+", "", name)
+
+
 def check_app(name: str) -> str:
     if not APP_NAME.fullmatch(name or ""):
         raise DynodError(

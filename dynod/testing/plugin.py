@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 from dynod.api.client import Client, api_path
 from dynod.config import socket_path
 from dynod.errors import DynodError
+from dynod.rules import names
 from dynod.testing.app import TestApp, unique
 from dynod.testing.daemon import HOW_TO_START, Daemon, session_daemon
 
@@ -110,9 +110,7 @@ def dynod_app(dynod_daemon: Daemon, dynod_space: Any) -> Iterator[AppFactory]:
 
 def _stem(directory: str) -> str:
     """The directory's name as the start of an app name (Heroku's rule), or `app`."""
-    name = re.sub(r"[^a-z0-9]+", "-", os.path.basename(directory).lower())
-    name = re.sub(r"^[^a-z]+", "", name).strip("-")
-    return name[:20] or "app"
+    return names.stem(os.path.basename(directory))[:20].rstrip("-") or "app"
 
 
 def _wait(client: Client, app: str, timeout: float) -> None:

@@ -29,6 +29,7 @@ from dynod.router.headers import (
 from dynod.router.logline import H14, RequestLog, format_log_line
 from dynod.router.routes import Backend
 from dynod.router.server import Router
+from dynod.testing.daemon import free_port
 
 TIMEOUT = 5.0
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -211,12 +212,6 @@ def header(
 def sent_headers(body: bytes) -> dict[str, str]:
     """Headers the echo backend received (names lowercased)."""
     return {k.lower(): v for k, v in json.loads(body)["headers"]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fields(line: str) -> dict[str, str]:
