@@ -41,17 +41,37 @@ def _explaining(path: str) -> str:
     return path + ("&" if "?" in path else "?") + "explain=1"
 
 
+def connect(socket_path: str, timeout: float | None = None) -> socket.socket:
+    """A connection to the daemon's socket; DaemonUnavailable, with what to do, if none."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if timeout is not None:
+        sock.settimeout(timeout)
+    try:
+        sock.connect(socket_path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise DaemonUnavailable(
+            f"the dynod daemon is not running (nothing answers on {socket_path})",
+            "start it with `sudo dynod daemon` (or `systemctl start dynod`)",
+            status=503,
+        ) from None
+    except PermissionError:
+        sock.close()
+        raise DaemonUnavailable(
+            f"permission denied on {socket_path}",
+            "run the command with sudo, or add yourself to the dynod group",
+            status=403,
+        ) from None
+    return sock
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if self.timeout is not None:
-            sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
+        self.sock = connect(self._path, self.timeout)
 
 
 class Client:
@@ -66,21 +86,8 @@ class Client:
         conn = _UnixConnection(self.socket_path, self.timeout)
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"content-type": "application/json"} if payload else {}
-        try:
-            conn.request(method, path, body=payload, headers=headers)
-            return conn.getresponse()
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise DaemonUnavailable(
-                f"the dynod daemon is not running (nothing answers on {self.socket_path})",
-                "start it with `sudo dynod daemon` (or `systemctl start dynod`)",
-                status=503,
-            ) from None
-        except PermissionError:
-            raise DaemonUnavailable(
-                f"permission denied on {self.socket_path}",
-                "run the command with sudo, or add yourself to the dynod group",
-                status=403,
-            ) from None
+        conn.request(method, path, body=payload, headers=headers)
+        return conn.getresponse()
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         if self.explain is not None:

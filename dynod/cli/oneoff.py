@@ -27,7 +27,7 @@ from typing import Any
 import h11
 
 from dynod.api import frames
-from dynod.api.client import DaemonUnavailable
+from dynod.api.client import connect
 from dynod.errors import DynodError
 from dynod.kernel.stdio import get_window
 
@@ -59,31 +59,10 @@ def run_attached(socket_path: str, path: str, body: dict[str, Any], use_tty: boo
         sock.close()
 
 
-def _connect(socket_path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(socket_path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        raise DaemonUnavailable(
-            f"the dynod daemon is not running (nothing answers on {socket_path})",
-            "start it with `sudo dynod daemon` (or `systemctl start dynod`)",
-            status=503,
-        ) from None
-    except PermissionError:
-        sock.close()
-        raise DaemonUnavailable(
-            f"permission denied on {socket_path}",
-            "run the command with sudo, or add yourself to the dynod group",
-            status=403,
-        ) from None
-    return sock
-
-
 def _upgrade(socket_path: str, path: str, body: dict[str, Any]) -> tuple[socket.socket, bytes]:
     """POST the run request asking for the switch; the socket after 101 and the bytes already
     read past it. An error answer is raised as the daemon's DynodError."""
-    sock = _connect(socket_path)
+    sock = connect(socket_path)
     conn = h11.Connection(h11.CLIENT)
     payload = json.dumps(body).encode()
     headers = [
