@@ -37,8 +37,9 @@ class MemoryWatch:
         the event loop, all at once (with 4,000 dynos that is about a second of file reads)."""
         sized = [d for d in self.state.dynos() if d.size and d.state in ("starting", "up")]
         found = await asyncio.to_thread(lambda: [self.usage(d) for d in sized])
+        present = self.state.dyno_ids()  # one query, not a row per dyno
         for dyno, usage in zip(sized, found, strict=True):
-            if usage is None or self.state.dyno(dyno.id) is None:
+            if usage is None or dyno.id not in present:
                 continue  # no group (any more), or stopped meanwhile
             if self.check_oom(dyno, usage):
                 await self.kernel.kill_inside(running(dyno))

@@ -3,9 +3,7 @@ our tables should hold, the check that they still do, and its restoration (kerne
 
 from __future__ import annotations
 
-import contextlib
-
-from dynod.kernel import firewall, network, shards
+from dynod.kernel import firewall, shards, sweep
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.machine import Machine, Net
 from netns import addresses, conntrack
@@ -72,8 +70,7 @@ def restore(m: Machine, live: list[DynoNetwork]) -> int:
     every port), so the ports' settings are written again here, never on a start's apply."""
     apply(m, live)
     for dyno in live:
-        with contextlib.suppress(FileNotFoundError):  # its veth is gone: reconcile's business
-            network.close_port_to_host(dyno.veth)
+        sweep.close_port(m.worker.rtnl, dyno.veth)
     web = {n.web for n in live if n.web is not None}
     local = addresses.local_ipv4(m.worker.ipr)
     layout = m.layout

@@ -10,6 +10,7 @@ from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.inside import kill_namespace
 from dynod.kernel.machine import Machine
 from netns import addresses, links, namespace
+from netns.rtnl import Rtnl
 
 
 def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
@@ -49,9 +50,15 @@ def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
     """`ip addr replace GATEWAY/30 dev BRIDGE` for every kept dyno (someone may have removed
     it), and its port's settings (network.close_port_to_host: a port made by an older dynod,
     or changed by hand since)."""
+    rtnl = m.worker.rtnl  # the per-dyno calls' lean socket, as at a start
     for dyno in live:
         if m.is_open(dyno.bridge):
             index, _ = shards.open_shard(m, dyno)
-            addresses.add(m.worker.ipr, index, dyno.gateway, dyno.prefixlen)
-        with contextlib.suppress(FileNotFoundError):  # its veth is gone: rebuilt elsewhere
-            network.close_port_to_host(dyno.veth)
+            addresses.add(rtnl, index, dyno.gateway, dyno.prefixlen)
+        close_port(rtnl, dyno.veth)
+
+
+def close_port(rtnl: Rtnl, veth: str) -> None:
+    """network.close_port_to_host on a kept dyno's port, if its veth is still there."""
+    with contextlib.suppress(FileNotFoundError):  # its veth is gone: rebuilt elsewhere
+        network.close_port_to_host(veth, rtnl, rtnl.index_of(veth))

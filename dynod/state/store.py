@@ -480,6 +480,9 @@ class State:
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
+    def dyno_ids(self) -> set[int]:
+        return {row[0] for row in self.db.execute("SELECT id FROM dynos")}
+
     def dyno(self, dyno_id: int) -> Dyno | None:
         row = self.db.execute("SELECT * FROM dynos WHERE id=?", (dyno_id,)).fetchone()
         return self._dyno(row) if row else None
