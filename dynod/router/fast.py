@@ -41,10 +41,10 @@ from dynod.router.headers import (
     request_id_from,
 )
 from dynod.router.limits import MAX_HEAD, READ_SIZE
-from dynod.router.logline import H14, H27, H28, H99, HerokuError, RequestLog
+from dynod.router.logline import H27, H28, H99, HerokuError, RequestLog
 from dynod.router.peer import Fail, elapsed_ms, now_ms
 from dynod.router.pool import IDEMPOTENT
-from dynod.router.routes import Backend, Refused, Resolve
+from dynod.router.routes import Backend, Resolve
 from dynod.router.turns import Turns
 from dynod.router.upstream import Upstream, open_upstream
 
@@ -95,6 +95,10 @@ class RouterSide(Protocol):
     ) -> None: ...
 
     def _emit(self, entry: RequestLog) -> None: ...
+
+    def _choose(
+        self, entry: RequestLog, app: str | None
+    ) -> Backend | tuple[int, HerokuError | None, bytes]: ...
 
 
 class FastClient(asyncio.Protocol):
@@ -166,19 +170,8 @@ class FastClient(asyncio.Protocol):
             return  # handed over
         self.closed = True
         self.deadline.cancel()
-        entry = self.entry
-        if entry is not None:
-            self.entry = None
-            if self.connecting is not None:
-                self.connecting.cancel()
-            upstream, self.upstream = self.upstream, None
-            if upstream is not None:
-                upstream.abort()
-            if entry.status == 0:  # nothing answered yet: the client went away
-                entry.status, entry.error = H27.status, H27
-            if self.sent_at:
-                entry.service_ms = elapsed_ms(self.sent_at)
-            self._finish(entry)
+        if self.entry is not None:
+            self._abandon()
         self.router._release_fast(self)
 
     def pause_writing(self) -> None:
@@ -271,28 +264,10 @@ class FastClient(asyncio.Protocol):
         """`Router._route` for the fast path."""
         router = self.router
         arrived_ms = now_ms()
-        app = _app_of(entry.host)
-        if app is None:
-            self._answer(404, None)
+        backend = router._choose(entry, _app_of(entry.host))
+        if not isinstance(backend, Backend):
+            self._answer(*backend)
             return
-        try:
-            backends = router._resolve(app, entry.fwd)
-        except Refused as refused:
-            entry.app = app
-            self._answer(403, None, f"{refused}\n".encode())
-            return
-        except Exception:
-            _logger.exception("router: resolve(%r) failed", app)
-            self._answer(H99.status, H99)
-            return
-        if backends is None:
-            self._answer(404, None)
-            return
-        entry.app = app
-        if not backends:
-            self._answer(H14.status, H14)
-            return
-        backend = backends[router._turns.next(app) % len(backends)]
         entry.dyno = backend.dyno
         request = request_head_bytes(
             method,
@@ -306,7 +281,7 @@ class FastClient(asyncio.Protocol):
         )
         upstream = router._upstreams.take(backend)
         if upstream is None:
-            self._connect(backend, request, retry=False)
+            self._connect(backend, request)
         else:
             entry.connect_ms = 0
             self._send(upstream, request, retry=method in IDEMPOTENT)
@@ -320,7 +295,7 @@ class FastClient(asyncio.Protocol):
         router = self.router
         upstream.begin(self, self.entry, request, router.response_timeout, router.idle_timeout)
 
-    def _connect(self, backend: Backend, request: bytes, *, retry: bool) -> None:
+    def _connect(self, backend: Backend, request: bytes) -> None:
         self.connecting = self.loop.create_task(self._connect_and_send(backend, request))
 
     async def _connect_and_send(self, backend: Backend, request: bytes) -> None:
@@ -381,7 +356,7 @@ class FastClient(asyncio.Protocol):
         if stale and self.retry:
             # A reused connection the dyno had closed: once more on a fresh one (nginx's rule).
             entry.service_ms = None
-            self._connect(upstream.backend, self.request, retry=False)
+            self._connect(upstream.backend, self.request)
             return
         entry.service_ms = elapsed_ms(self.sent_at)
         entry.error = error
@@ -437,20 +412,26 @@ class FastClient(asyncio.Protocol):
     def _unread(self) -> None:
         """The client read nothing of the response for idle_timeout: hang up, logged as the
         proven path logs it (the dyno's status, the bytes relayed, no error of the dyno's)."""
+        assert self.transport is not None
+        self._abandon()
+        self.closed = True
+        self.transport.abort()
+
+    def _abandon(self) -> None:
+        """Drop the exchange in progress, the client gone or hung up on; logged (H27 if
+        nothing was answered yet)."""
         entry, self.entry = self.entry, None
-        assert entry is not None and self.transport is not None
+        assert entry is not None
         if self.connecting is not None:
             self.connecting.cancel()
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.abort()
+        if entry.status == 0:  # nothing answered yet: the client went away
+            entry.status, entry.error = H27.status, H27
         if self.sent_at:
             entry.service_ms = elapsed_ms(self.sent_at)
-        if entry.status == 0:
-            entry.status, entry.error = H27.status, H27
         self._finish(entry)
-        self.closed = True
-        self.transport.abort()
 
     def _pause_reading(self) -> None:
         self.reading = False

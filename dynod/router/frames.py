@@ -11,7 +11,6 @@ from dynod.router.peer import reason
 
 __all__ = [
     "CHUNKED_END",
-    "chunk",
     "error_page",
     "rejection",
     "request_head",
@@ -35,10 +34,6 @@ def response_head(status: int, reason_phrase: bytes, headers: Headers) -> bytes:
     lines += [b"%s: %s\r\n" % (name, value) for name, value in headers]
     lines.append(b"\r\n")
     return b"".join(lines)
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
 
 
 def _error_body(error: HerokuError) -> bytes:

@@ -17,13 +17,17 @@ for bodyless requests with an idempotent method (RFC 9110 9.2.2).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import h11
 
 from dynod.router.peer import Peer
 from dynod.router.routes import Backend
 
-__all__ = ["IDEMPOTENT", "IDLE_PER_BACKEND", "IDLE_SECONDS", "BackendPool"]
+__all__ = ["IDEMPOTENT", "IDLE_PER_BACKEND", "IDLE_SECONDS", "BackendPool", "IdlePool"]
+
+C = TypeVar("C")
 
 # nginx's ``keepalive 64`` in the bench's reference configuration.
 IDLE_PER_BACKEND = 64
@@ -33,52 +37,82 @@ IDLE_SECONDS = 50.0
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
-class BackendPool:
-    """Idle keep-alive connections, per dyno (`Backend`: its name, address and port)."""
+class IdlePool(Generic[C]):
+    """Idle keep-alive connections, per dyno (`Backend`: its name, address and port): a
+    connection is kept while `usable` says so, and closed with `close`."""
 
-    def __init__(self, per_backend: int = IDLE_PER_BACKEND, idle: float = IDLE_SECONDS) -> None:
+    def __init__(
+        self,
+        usable: Callable[[C], bool],
+        close: Callable[[C], None],
+        per_backend: int = IDLE_PER_BACKEND,
+        idle: float = IDLE_SECONDS,
+    ) -> None:
         self.per_backend = per_backend
         self.idle = idle
-        self._idle: dict[Backend, list[tuple[float, Peer]]] = {}
+        self._usable = usable
+        self._close = close
+        self._idle: dict[Backend, list[tuple[float, C]]] = {}
 
-    def take(self, backend: Backend) -> Peer | None:
+    def take(self, backend: Backend) -> C | None:
         """The most recently used idle connection to `backend` still open, or None."""
         stack = self._idle.get(backend)
+        if not stack:
+            return None
         now = time.monotonic()
         while stack:
-            since, peer = stack.pop()
-            if now - since < self.idle and _still_idle(peer):
-                return peer
-            peer.writer.transport.abort()
+            since, conn = stack.pop()
+            if now - since < self.idle and self._usable(conn):
+                return conn
+            self._close(conn)
         return None
 
-    def give(self, backend: Backend, peer: Peer) -> bool:
-        """Keep `peer` for the next request to `backend` if its exchange ended cleanly and
-        the pool has room; close it otherwise. True if it was kept."""
-        conn = peer.conn
-        clean = conn.our_state is h11.DONE and conn.their_state is h11.DONE
-        if not clean or conn.trailing_data[0] or not _still_idle(peer):
-            peer.writer.transport.abort()
-            return False
+    def give(self, backend: Backend, conn: C) -> bool:
+        """Keep `conn` for the next request to `backend` if it is usable and the pool has room
+        (the caller knows its exchange ended cleanly); close it otherwise. True if kept."""
         stack = self._idle.setdefault(backend, [])
-        if len(stack) >= self.per_backend:
-            peer.writer.transport.abort()
+        if len(stack) >= self.per_backend or not self._usable(conn):
+            self._close(conn)
             return False
-        conn.start_next_cycle()
-        stack.append((time.monotonic(), peer))
+        stack.append((time.monotonic(), conn))
         return True
 
     def retain(self, backends: set[Backend]) -> None:
         """Close the pools of the dynos that are no longer routed to."""
         for backend in [b for b in self._idle if b not in backends]:
-            for _, peer in self._idle.pop(backend):
-                peer.writer.transport.abort()
+            for _, conn in self._idle.pop(backend):
+                self._close(conn)
+
+    def drop(self, backend: Backend) -> None:
+        """Close the pool of a dyno no longer routed to."""
+        for _, conn in self._idle.pop(backend, ()):
+            self._close(conn)
 
     def close(self) -> None:
         self.retain(set())
 
     def idle_count(self, backend: Backend) -> int:
         return len(self._idle.get(backend, ()))
+
+
+class BackendPool(IdlePool[Peer]):
+    """The h11 path's: a connection goes back only when h11 saw its exchange end cleanly."""
+
+    def __init__(self, per_backend: int = IDLE_PER_BACKEND, idle: float = IDLE_SECONDS) -> None:
+        super().__init__(_still_idle, _abort, per_backend, idle)
+
+    def give(self, backend: Backend, conn: Peer) -> bool:
+        h11_conn = conn.conn
+        clean = h11_conn.our_state is h11.DONE and h11_conn.their_state is h11.DONE
+        if not clean or h11_conn.trailing_data[0]:
+            _abort(conn)
+            return False
+        h11_conn.start_next_cycle()
+        return super().give(backend, conn)
+
+
+def _abort(peer: Peer) -> None:
+    peer.writer.transport.abort()
 
 
 def _still_idle(peer: Peer) -> bool:

@@ -179,6 +179,17 @@ class RouteTable:
             return self.with_route(change.app, change.route)
         return self.with_space(change.space, change.ranges)
 
+    def dropped(self, change: RouteChange) -> list[Backend]:
+        """The backends this table routes to that `change` takes out."""
+        if isinstance(change, DynoMoved):
+            old = self.serving(change.app, change.dyno)
+            return [old] if old is not None and old != change.serving else []
+        if isinstance(change, AppChanged):
+            route = self.apps.get(change.app)
+            kept = set(change.route.backends) if change.route is not None else set()
+            return [b for b in route.backends if b not in kept] if route is not None else []
+        return []
+
     def changes_to(self, new: RouteTable) -> list[RouteChange]:
         """The changes that make `new` out of this table (one per app or space that differs),
         so that a whole new build reaches the router's workers as what moved, not all of it."""

@@ -94,7 +94,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import h11
 
@@ -123,6 +123,11 @@ from dynod.router.turns import Turns
 __all__ = ["Router"]
 
 _logger = logging.getLogger(__name__)
+
+
+NO_SUCH_APP = b"no such app\n"
+# The router's own answer: status, Heroku error, text of a plain page.
+Answer = tuple[int, HerokuError | None, bytes]
 
 
 class Router:
@@ -166,13 +171,19 @@ class Router:
         self._upstreams = UpstreamPool()  # the fast path's idle connections to the dynos
         self._closing = False
 
-    def update(self, table: RouteTable) -> None:
-        """Route every request from now on by `table` (a whole new one: tables never change)."""
+    def update(self, table: RouteTable, gone: Iterable[Backend] | None = None) -> None:
+        """Route every request from now on by `table` (a whole new one: tables never change);
+        `gone`, when known, the backends it no longer has (else all are looked over)."""
         self._resolve = table.resolve
         # A dyno no longer in the table (stopped, crashed, on a new port) loses its pool.
-        routed = {b for route in table.apps.values() for b in route.backends}
-        self._pool.retain(routed)
-        self._upstreams.retain(routed)
+        if gone is None:
+            routed = {b for route in table.apps.values() for b in route.backends}
+            self._pool.retain(routed)
+            self._upstreams.retain(routed)
+            return
+        for backend in gone:
+            self._pool.drop(backend)
+            self._upstreams.drop(backend)
 
     async def start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         """Bind and listen; ``port=0`` picks a free port, readable afterwards as ``.port``.
@@ -370,23 +381,30 @@ class Router:
     ) -> bool:
         arrived_ms = now_ms()
         app = app_from_host(entry.host) if request.method != b"CONNECT" else None
+        chosen = self._choose(entry, app)
+        if not isinstance(chosen, Backend):
+            return await self._answer_locally(client, entry, *chosen)
+        return await self._proxy(client, request, raw, entry, target, chosen, arrived_ms)
+
+    def _choose(self, entry: RequestLog, app: str | None) -> Backend | Answer:
+        """The dyno for this request (round robin over its app's), or the router's own answer
+        (404, 403, H99, H14); `entry.app` once the app is known to this client."""
         if app is None:
-            return await self._answer_locally(client, entry, 404, None)
+            return 404, None, NO_SUCH_APP
         try:
             backends = self._resolve(app, entry.fwd)
         except Refused as refused:
             entry.app = app
-            return await self._answer_locally(client, entry, 403, None, f"{refused}\n".encode())
+            return 403, None, f"{refused}\n".encode()
         except Exception:
             _logger.exception("router: resolve(%r) failed", app)
-            return await self._answer_locally(client, entry, H99.status, H99)
+            return H99.status, H99, NO_SUCH_APP
         if backends is None:
-            return await self._answer_locally(client, entry, 404, None)
+            return 404, None, NO_SUCH_APP
         entry.app = app
         if not backends:
-            return await self._answer_locally(client, entry, H14.status, H14)
-        backend = backends[self._turns.next(app) % len(backends)]
-        return await self._proxy(client, request, raw, entry, target, backend, arrived_ms)
+            return H14.status, H14, NO_SUCH_APP
+        return backends[self._turns.next(app) % len(backends)]
 
     async def _proxy(
         self,
@@ -470,7 +488,7 @@ class Router:
         entry: RequestLog,
         status: int,
         error: HerokuError | None,
-        text: bytes = b"no such app\n",
+        text: bytes = NO_SUCH_APP,
     ) -> bool:
         """Answer without (further) involving a dyno: 404, 403, or a 503 error page."""
         entry.status, entry.error = status, error

@@ -74,7 +74,6 @@ class Upstream(asyncio.Protocol):
         self.entry: RequestLog | None = None
         self.open = True
         self.reusable = True  # false once anything unclean happened on it
-        self.idle_since = 0.0
         self.deadline = Deadline(loop, self._expired)
         self.timeout = 30.0
         self.idle = 55.0

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from dynod.router.routes import RouteChange, RouteTable, change_from_wire, change_to_wire
+from dynod.router.routes import Backend, RouteChange, RouteTable, change_from_wire, change_to_wire
 
 __all__ = [
     "MAX_FRAME",
@@ -48,15 +48,19 @@ def changes_frame(changes: Sequence[RouteChange]) -> bytes:
     return frame({"changes": [change_to_wire(c) for c in changes]})
 
 
-def routed(table: RouteTable, message: Any) -> RouteTable | None:
-    """The table a worker routes by after `message` (from `table`, its last one); None: the
-    message says nothing of routes."""
+def routed(table: RouteTable, message: Any) -> tuple[RouteTable, list[Backend] | None] | None:
+    """The table a worker routes by after `message` (from `table`, its last one), and the
+    backends the changes took out (None: a whole table); None: the message says nothing of
+    routes."""
     if "table" in message:
-        return RouteTable.from_wire(message["table"])
+        return RouteTable.from_wire(message["table"]), None
     if "changes" in message:
-        for change in message["changes"]:
-            table = table.changed(change_from_wire(change))
-        return table
+        gone: list[Backend] = []
+        for data in message["changes"]:
+            change = change_from_wire(data)
+            gone += table.dropped(change)
+            table = table.changed(change)
+        return table, gone
     return None
 
 

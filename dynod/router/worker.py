@@ -113,8 +113,8 @@ async def serve(settings: dict[str, Any]) -> None:
         try:
             while (message := await read_frame(reader)) is not None:
                 if (new := routed(table, message)) is not None:
-                    table = new
-                    router.update(table)
+                    table, gone = new
+                    router.update(table, gone)
         except (KeyError, TypeError, ValueError) as exc:
             # a change this table cannot take: end, so that the daemon starts this worker again
             # with the whole table rather than let it route by a table that went astray

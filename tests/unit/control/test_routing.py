@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -24,7 +25,6 @@ from dynod.router.routes import Backend, Refused, RouteChange, RouteTable
 from dynod.router.wire import changes_frame, routed
 from dynod.rules import names
 from dynod.state.store import App, Dyno, State
-from dynod.testing.daemon import free_port
 from tests.unit.control.worlds import NoDns, end_sessions, run_with, until
 
 SPACE_NET = ("10.9.0.0/16", "10.9.0.1")
@@ -48,7 +48,7 @@ class Pushed:
         frame = changes_frame(changes)
         new = routed(self.worker, json.loads(frame[4:]))
         assert new is not None
-        self.worker = new
+        self.worker = new[0]
 
     def serves(self, app: str, client: str = "127.0.0.1") -> tuple[Backend, ...] | None:
         return (self.tables[-1] if self.tables else RouteTable()).resolve(app, client)
@@ -111,6 +111,12 @@ def world(tmp_path: object) -> Iterator[World]:
 
 def run(world: World, test: Callable[[], Awaitable[None]]) -> None:
     run_with(world.supervisor, test)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 # A web process that binds its PORT on 127.0.0.1 and waits.
