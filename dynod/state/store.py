@@ -7,10 +7,12 @@ leaves a state it can reconcile.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -323,9 +325,19 @@ class State:
         row = self.db.execute("SELECT * FROM spaces WHERE name=?", (name,)).fetchone()
         return self._space(row) if row else None
 
-    def add_space(self, name: str, cidr: str, nat_ip: str, trusted: list[str]) -> Space:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN ... COMMIT, or ROLLBACK if anything in between raised: all or nothing."""
         self.db.execute("BEGIN")
         try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def add_space(self, name: str, cidr: str, nat_ip: str, trusted: list[str]) -> Space:
+        with self._transaction():
             cursor = self.db.execute(
                 "INSERT INTO spaces (name, cidr, nat_ip, created_at) VALUES (?, ?, ?, ?)",
                 (name, cidr, nat_ip, time.time()),
@@ -333,23 +345,14 @@ class State:
             self.db.executemany(
                 "INSERT INTO trusted_ips (space, cidr) VALUES (?, ?)", [(name, c) for c in trusted]
             )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         space = self.space(name)
         assert space is not None and space.id == cursor.lastrowid
         return space
 
     def remove_space(self, name: str) -> None:
-        self.db.execute("BEGIN")
-        try:
+        with self._transaction():
             self.db.execute("DELETE FROM trusted_ips WHERE space=?", (name,))
             self.db.execute("DELETE FROM spaces WHERE name=?", (name,))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     def trusted_ips(self, space: str) -> list[str]:
         rows = self.db.execute(
@@ -399,16 +402,11 @@ class State:
     def remove_app(self, name: str) -> None:
         """The app, its formation, its config vars and its release counter, in one
         transaction."""
-        self.db.execute("BEGIN")
-        try:
+        with self._transaction():
             self.db.execute("DELETE FROM config_vars WHERE app=?", (name,))
             self.db.execute("DELETE FROM releases WHERE app=?", (name,))
             self.db.execute("DELETE FROM formation WHERE app=?", (name,))
             self.db.execute("DELETE FROM apps WHERE name=?", (name,))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     # config vars
     def config_vars(self, app: str) -> dict[str, str]:
@@ -425,8 +423,7 @@ class State:
     def change_config(self, app: str, changes: dict[str, str | None]) -> int:
         """Set (a str) and unset (None) config vars and raise the release counter, in one
         transaction. Returns the new release number."""
-        self.db.execute("BEGIN")
-        try:
+        with self._transaction():
             for name, value in changes.items():
                 if value is None:
                     self.db.execute("DELETE FROM config_vars WHERE app=? AND name=?", (app, name))
@@ -439,10 +436,6 @@ class State:
             self.db.execute(
                 "INSERT OR REPLACE INTO releases (app, version) VALUES (?, ?)", (app, version)
             )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         return version
 
     def set_dns_discovery(self, name: str, enabled: bool) -> None:
@@ -567,17 +560,12 @@ class State:
 
     def remove_dyno(self, dyno: Dyno) -> None:
         """Forget a dyno; its /30 drains until the kernel has destroyed its veth."""
-        self.db.execute("BEGIN")
-        try:
+        with self._transaction():
             self.db.execute("DELETE FROM dynos WHERE id=?", (dyno.id,))
             self.db.execute(
                 "INSERT OR REPLACE INTO draining (space, slot, veth) VALUES (?, ?, ?)",
                 (dyno.space, dyno.slot, dyno.veth),
             )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     # draining /30s
     def draining(self) -> dict[tuple[str, int], str]:
@@ -609,8 +597,7 @@ class State:
 
     def set_formation(self, processes: list[Process]) -> None:
         """Insert or replace these process types' rows, all in one transaction."""
-        self.db.execute("BEGIN")
-        try:
+        with self._transaction():
             for p in processes:
                 self.db.execute(
                     "INSERT OR REPLACE INTO formation (app, type, command, quantity, size, cwd,"
@@ -628,10 +615,6 @@ class State:
                         time.time(),
                     ),
                 )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     def clear_formation(self, app: str) -> None:
         self.db.execute("DELETE FROM formation WHERE app=?", (app,))
