@@ -64,7 +64,7 @@ class FakeKernel:
         """The requests made for one dyno, in order."""
         return [what for what, name, _ in self.calls if name == netns]
 
-    async def attach(self, dyno: DynoNetwork, live: Callable[[], Iterable[DynoNetwork]]) -> None:
+    async def _attach(self, dyno: DynoNetwork) -> None:
         self._hand("attach", dyno)
         if self.fail_attach:
             raise OSError(self.fail_attach, os.strerror(self.fail_attach))
@@ -73,7 +73,7 @@ class FakeKernel:
         if dyno.web is not None:
             self.web_elements.add(dyno.web)
 
-    async def detach(self, dyno: DynoNetwork) -> None:
+    async def _detach(self, dyno: DynoNetwork) -> None:
         self._hand("detach", dyno)
         self.namespaces.discard(dyno.netns)
         self.links.discard(dyno.veth)
@@ -89,7 +89,7 @@ class FakeKernel:
         output_path: str,
         stdio: DynoEnds | None = None,
     ) -> Launched:
-        await self.attach(dyno, live)
+        await self._attach(dyno)
         attached_at = time.perf_counter()
         try:
             popen = await self.spawn(how, env, output_path, stdio)
@@ -98,7 +98,7 @@ class FakeKernel:
         return Launched(attached_at, popen)
 
     async def teardown(self, dyno: DynoNetwork, group: str | None) -> None:
-        await self.detach(dyno)
+        await self._detach(dyno)
         if group is not None:
             await self.remove_group(group)
 

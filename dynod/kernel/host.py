@@ -24,7 +24,7 @@ from dynod.kernel.addressing import SHARD_PORTS, Pool
 from dynod.kernel.bridges import check_range_is_free
 from dynod.kernel.cgroups import DynoCgroups
 from dynod.kernel.facts import DynoNetwork, Removed, Running
-from dynod.kernel.inside import dyno_pids, dyno_pids_in, signal_dyno_in
+from dynod.kernel.inside import dyno_pids_in, signal_dyno_in
 from dynod.kernel.machine import Machine, Net
 from dynod.kernel.protocol import Launched, SpawnFailed
 from dynod.kernel.ruleset import foreign_drop_policies
@@ -34,7 +34,7 @@ from netns import addresses, cgroup, namespace
 from netns.nftables import NftError
 from netns.worker import KernelWorker
 
-__all__ = ["Kernel", "Net", "dyno_pids", "foreign_drop_policies"]
+__all__ = ["Kernel", "Net", "foreign_drop_policies"]
 
 SYS_NET = "/sys/class/net"  # the host's links, one directory each
 
@@ -125,17 +125,6 @@ class Kernel:
         self.worker.close()
 
     # ---------------------------------------------------------------- one dyno
-    async def attach(self, dyno: DynoNetwork, live: Callable[[], Iterable[DynoNetwork]]) -> None:
-        """The dyno's namespace, veth, /30, route and sysctls, and its firewall elements; all
-        or nothing. When nft refuses the elements, our tables were changed behind our back (a
-        flushed ruleset): they are rebuilt from live() (this dyno included), and tried again
-        once."""
-        try:
-            await self.worker.run(attachments.attach, self.machine, dyno)
-        except NftError:
-            await self.apply_firewall(live())
-            await self.worker.run(attachments.attach, self.machine, dyno)
-
     async def launch(
         self,
         dyno: DynoNetwork,
@@ -145,9 +134,11 @@ class Kernel:
         output_path: str,
         stdio: DynoEnds | None = None,
     ) -> Launched:
-        """attach() and spawn() in one job of the kernel thread: one hand-over from the event
-        loop and back instead of two (about 0.5 ms of a start). The firewall's rebuild on an
-        NftError is attach()'s."""
+        """The dyno's namespace, veth, /30, route and sysctls and its firewall elements (all or
+        nothing), then its process, in one job of the kernel thread: one hand-over from the
+        event loop and back instead of two (about 0.5 ms of a start). When nft refuses the
+        elements, our tables were changed behind our back (a flushed ruleset): they are rebuilt
+        from live() (this dyno included), and tried again once."""
         try:
             return await self.worker.run(self._launch, dyno, how, env, output_path, stdio)
         except NftError:
@@ -171,12 +162,9 @@ class Kernel:
             raise SpawnFailed(str(exc)) from exc
         return Launched(attached_at, popen)
 
-    async def detach(self, dyno: DynoNetwork) -> None:
-        """Firewall elements, gateway address and namespace (and so the veth) go."""
-        await self.worker.run(attachments.detach, self.machine, dyno)
-
     async def teardown(self, dyno: DynoNetwork, group: str | None) -> None:
-        """detach(), and the sized dyno's cgroup (cgroups.py). The firewall elements, gateway
+        """Firewall elements, gateway address and namespace (and so the veth) go, and the sized
+        dyno's cgroup (cgroups.py). The firewall elements, gateway
         address and neighbour entry go on the kernel thread while, on another thread, the
         namespace's name and the cgroup go: none depends on another once the dyno's processes
         are gone, and each mostly waits (an unmount for an RCU grace period, an address for
@@ -270,7 +258,7 @@ class Kernel:
         return sandbox.spawn(spawn, env, output_path, stdio)
 
     async def kill_inside(self, dyno: Running) -> None:
-        """SIGKILL to every process of the dyno (see dyno_pids): its pid namespace's init first
+        """SIGKILL to every process of the dyno (see dyno_pids_in): its pid namespace's init first
         among them, whose death makes the kernel kill the rest of that namespace."""
         await self.signal_inside(dyno, signal.SIGKILL)
 
@@ -282,7 +270,7 @@ class Kernel:
         return await self.worker.run(signal_dyno_in, dyno, table, sig)
 
     async def pids_inside(self, dyno: Running) -> list[int]:
-        """The dyno's processes (dyno_pids), from a shared /proc scan (scans.py) made off the
+        """The dyno's processes (dyno_pids_in), from a shared /proc scan (scans.py) made off the
         event loop and off the kernel thread."""
         return dyno_pids_in(dyno, await self.scans.fresh())
 

@@ -12,24 +12,15 @@ from dynod.kernel.facts import Running
 from netns import namespace
 
 
-def dyno_pids(dyno: Running) -> list[int]:
+def dyno_pids_in(dyno: Running, table: namespace.Table) -> list[int]:
     """Every process of a dyno, also when its namespace's name was deleted (`ip netns delete`
-    while it runs: the namespace lives on, held by its processes).
+    while it runs: the namespace lives on, held by its processes), from a scan of /proc that
+    many questions share (scans.py).
 
     The dyno's recorded process is `unshare --pid --fork`; every process whose pid namespace
     is the one unshare made for its children belongs to the dyno, and a dyno's processes cannot
     leave it. Also unshare itself, and whatever is in the named network namespace (a process
     that root put there with `ip netns exec`, or one whose unshare is gone)."""
-    found: set[int] = set(namespace.pids_inside(dyno.netns))
-    if dyno.pid is not None and processes.is_alive(dyno.pid, dyno.pid_start):
-        found.add(dyno.pid)
-        found.update(namespace.pids_in_child_pid_namespace(dyno.pid))
-    return sorted(found)
-
-
-def dyno_pids_in(dyno: Running, table: namespace.Table) -> list[int]:
-    """dyno_pids() answered from a scan of /proc that many questions share (scans.py): the
-    same processes, found by the namespaces the table lists them in."""
     found: set[int] = set()
     with contextlib.suppress(FileNotFoundError):
         found.update(table.net.get(namespace.inode(dyno.netns), ()))
@@ -49,7 +40,7 @@ def _child_pid_namespace(pid: int) -> int | None:
 
 
 def signal_dyno_in(dyno: Running, table: namespace.Table, sig: signal.Signals) -> int:
-    """`kill -SIG` every process of the dyno (dyno_pids), found in a shared scan: each one is
+    """`kill -SIG` every process of the dyno (dyno_pids_in), found in a shared scan: each one is
     checked to be in the dyno's network or pid namespace still, right before its signal (its
     PID may have been reused since the scan); how many were signalled."""
     try:

@@ -89,13 +89,6 @@ class Machine:
     def nets(self) -> list[Net]:
         return [self.common, *self.spaces.values()]
 
-    def bridge_index(self, bridge: str) -> int:
-        """The ifindex of one of our open networks' bridge (shard 0), by name."""
-        for net in self.nets():
-            if net.bridge == bridge and net.index is not None:
-                return net.index
-        raise DynodError(f"the bridge {bridge} is not open", "restart the daemon", status=500)
-
     def network_of(self, bridge: str) -> Net | None:
         """The open network whose shard 0 is this bridge."""
         for net in self.nets():

@@ -36,11 +36,6 @@ class KernelSide(Protocol):
         """The network ("" the Common Runtime, else a space's) whose pool /30s come from."""
         ...
 
-    async def attach(self, dyno: DynoNetwork, live: Callable[[], Iterable[DynoNetwork]]) -> None:
-        """Network and firewall elements for the dyno; live() gives every dyno, for the
-        firewall to be rebuilt from if it refuses (changed behind our back)."""
-        ...
-
     async def launch(
         self,
         dyno: DynoNetwork,
@@ -50,12 +45,12 @@ class KernelSide(Protocol):
         output_path: str,
         stdio: DynoEnds | None = None,
     ) -> Launched:
-        """attach() then spawn() in one hand-over to the kernel side (a first start): the
-        time the network was up, and the process. A spawn's failure is a SpawnFailed (the
-        network is up then: the caller undoes it); an attach's is raised as it is."""
+        """Network and firewall elements, then the process, in one hand-over to the kernel side
+        (a first start; live() gives every dyno, for the firewall to be rebuilt from if it
+        refuses, changed behind our back): the time the network was up, and the process. A
+        spawn's failure is a SpawnFailed (the network is up then: the caller undoes it); the
+        network's is raised as it is."""
         ...
-
-    async def detach(self, dyno: DynoNetwork) -> None: ...
 
     async def teardown(self, dyno: DynoNetwork, group: str | None) -> None:
         """detach(), then remove_group(group) when the dyno is sized, in one hand-over."""

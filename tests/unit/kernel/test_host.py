@@ -7,7 +7,9 @@ import os
 
 from dynod.kernel.addressing import Pool
 from dynod.kernel.facts import DynoNetwork, Removed, Running
-from dynod.kernel.host import Kernel, dyno_pids
+from dynod.kernel.host import Kernel
+from dynod.kernel.inside import dyno_pids_in
+from netns import namespace
 
 
 def facts(veth: str) -> DynoNetwork:
@@ -39,7 +41,8 @@ def test_a_removed_veth_alone_leaves_the_namespace_flag_down() -> None:
 
 def test_a_dead_or_reused_pid_finds_no_processes() -> None:
     # The recorded start time does not match: a reused PID is never taken for the dyno's.
-    assert dyno_pids(Running("tstunit-no-such-namespace", os.getpid(), 1.0)) == []
+    dyno = Running("tstunit-no-such-namespace", os.getpid(), 1.0)
+    assert dyno_pids_in(dyno, namespace.scan()) == []
 
 
 def test_a_default_drop_firewall_elsewhere_is_reported() -> None:
