@@ -131,7 +131,7 @@ def routes(service: FormationService) -> list[tuple[str, tuple[str, ...], Handle
 
     async def wait(r: Request, app: str) -> Answer:
         timeout = _timeout(r)
-        service.dynos.of_app(app)
+        service.dynos.known_app(app)
         return 200, await readiness.wait(service.state, service.log, app, timeout)
 
     async def restart(r: Request, app: str) -> Answer:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from dynod.control.dynos import known_app
 from dynod.control.supervisor import Supervisor
-from dynod.errors import DynodError, NotFound
+from dynod.errors import DynodError
 from dynod.logs.book import LogBook
-from dynod.rules import configvars, names
+from dynod.rules import configvars
 from dynod.rules.configvars import check_changes
 from dynod.state.store import State
 
@@ -29,13 +30,7 @@ class ConfigService:
         self.log = log
 
     def _app(self, app: str) -> str:
-        names.check_app(app)
-        if not self.state.app_exists(app):
-            raise NotFound(
-                f"no app named {app!r}",
-                f"create it first (`dynod apps:create {app}`); `dynod apps` lists the apps",
-            )
-        return app
+        return known_app(self.state, app)
 
     def get(self, app: str) -> dict[str, Any]:
         app = self._app(app)

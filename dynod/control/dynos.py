@@ -43,6 +43,17 @@ class NewDyno:
     inherited: Mapping[str, str] = field(default_factory=dict)  # the caller's PATH...: under them
 
 
+def known_app(state: State, app: str) -> str:
+    """`app`, or NotFound unless it exists (a look-up by its key: not a list of its dynos)."""
+    names.check_app(app)
+    if not state.app_exists(app):
+        raise NotFound(
+            f"no app named {app!r}",
+            f"create it first (`dynod apps:create {app}`); `dynod apps` lists the apps",
+        )
+    return app
+
+
 class DynoService:
     def __init__(
         self,
@@ -217,7 +228,7 @@ class DynoService:
     # ---------------------------------------------------------------- queries
     def find(self, app: str, dyno_name: str) -> Dyno:
         ptype, number = names.parse_dyno_name(dyno_name)
-        self._known_app(app)  # by key: each stop of one of N dynos used to load all N
+        self.known_app(app)  # by key: each stop of one of N dynos used to load all N
         dyno = self.state.find_dyno(app, ptype, number)
         if dyno is None:
             raise NotFound(
@@ -227,14 +238,11 @@ class DynoService:
 
     def of_app(self, app: str) -> list[Dyno]:
         """The app's dynos; NotFound when there is no such app."""
-        self._known_app(app)
+        self.known_app(app)
         return self.state.dynos(app)
 
-    def _known_app(self, app: str) -> None:
-        """NotFound unless the app exists (a look-up by its key: not a list of its dynos)."""
-        names.check_app(app)
-        if not self.state.app_exists(app):
-            raise NotFound(f"no app named {app!r}", "`dynod apps` lists the apps")
+    def known_app(self, app: str) -> str:
+        return known_app(self.state, app)
 
     def ps(self, app: str | None = None) -> list[dict[str, Any]]:
         """What `dynod ps` shows: every dyno (of the app when given), with its memory."""

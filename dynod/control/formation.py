@@ -68,7 +68,7 @@ class FormationService:
         return self._locks.setdefault(app, asyncio.Lock())
 
     def formation(self, app: str) -> list[dict[str, Any]]:
-        self.dynos.of_app(app)  # NotFound for an unknown app
+        self.dynos.known_app(app)
         return [p.to_json() for p in self.state.formation(app)]
 
     def formations(self) -> dict[str, list[dict[str, Any]]]:
@@ -83,7 +83,7 @@ class FormationService:
         """Check every change, store them all in one transaction, then converge. Nothing is
         stored when one change is refused."""
         app = request.app
-        self.dynos.of_app(app)
+        self.dynos.known_app(app)
         for change in request.changes:  # the Procfile's other types (release:...) are not ours
             formation.check_type(change.type)
         cwd = request.cwd
@@ -240,9 +240,9 @@ class FormationService:
         """The app's dynos named by `target`: a dyno (web.1), a type (web), or all of them.
         Foreground dynos (`dynod run` attached, one-off run.N) are never targets of a whole
         app or a type: they belong to their terminal."""
-        dynos = self.dynos.of_app(app)
         if target and "." in target:
             return [self.dynos.find(app, target)]
+        dynos = self.dynos.of_app(app)
         found = [d for d in dynos if d.detached and (not target or d.type == target)]
         if target:
             names.check_process_type(target)
@@ -308,7 +308,7 @@ class FormationService:
     async def scale_to_zero(self, app: str) -> None:
         """`dynod stop --app APP` (every dyno): the formation goes to 0 first, or it would
         start them again."""
-        self.dynos.of_app(app)
+        self.dynos.known_app(app)
         async with self._lock(app):
             rows = self.state.formation(app)
             for row in rows:
