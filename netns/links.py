@@ -24,7 +24,7 @@ LOOPBACK_INDEX = 1  # the kernel's LOOPBACK_IFINDEX: lo is 1 in every network na
 ENOENT = 2
 ENODEV = 19
 EEXIST = 17
-NUD_NOARP = 0x40  # `static` in `bridge fdb`
+NUD_NOARP = 0x40  # `static` in `bridge fdb`: an entry put there, never learnt
 NTF_MASTER = 0x04  # the entry goes to the bridge the port is in
 
 

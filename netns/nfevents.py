@@ -11,10 +11,12 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
+NFNLGRP_NFTRACE = 9
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NFNL_SUBSYS_NFTABLES = 10
@@ -22,7 +24,7 @@ NFT_MSG_NEWGEN = 15
 NFTA_GEN_PROC_PID = 2
 NFTA_GEN_PROC_NAME = 3
 NLMSG_HEADER = struct.Struct("=IHHII")
-NFGENMSG_SIZE = 4
+NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
 NLA_HEADER = struct.Struct("=HH")
 NLA_TYPE_MASK = 0x3FFF
 UNKNOWN = -1  # a commit whose author is unknown (events were lost: the queue overflowed)
@@ -47,16 +49,7 @@ class NftEvents:
     """`nft monitor` without the text: the committers' thread ids, as they come."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, NETLINK_NETFILTER
-        )
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            self._sock.bind((0, 0))
-            self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
-        except BaseException:
-            self._sock.close()
-            raise
+        self._sock = open_group(NFNLGRP_NFTABLES)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -65,17 +58,12 @@ class NftEvents:
         """The thread ids of every transaction committed since the last read (UNKNOWN when the
         kernel dropped events because nobody read them in time)."""
         committers: list[Commit] = []
-        while True:
-            try:
-                data = self._sock.recv(1 << 16)
-            except BlockingIOError:
-                return committers
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
+        for data in receive(self._sock):
+            if data is None:
                 committers.append(Commit(UNKNOWN))
-                continue
-            committers.extend(parse_commits(data))
+            else:
+                committers.extend(parse_commits(data))
+        return committers
 
     def close(self) -> None:
         self._sock.close()
@@ -83,31 +71,74 @@ class NftEvents:
 
 def parse_commits(data: bytes) -> list[Commit]:
     """The commit (NFT_MSG_NEWGEN) messages in a netlink datagram."""
-    found = []
-    offset = 0
     newgen = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN
+    return [_commit(attributes(body[NFGENMSG.size :])) for body in messages(data, newgen)]
+
+
+def _commit(attrs: dict[int, bytes]) -> Commit:
+    pid, name = UNKNOWN, "?"
+    value = attrs.get(NFTA_GEN_PROC_PID)
+    if value is not None and len(value) == 4:
+        pid = int(struct.unpack("!I", value)[0])
+    value = attrs.get(NFTA_GEN_PROC_NAME)
+    if value is not None:
+        name = value.split(b"\0", 1)[0].decode(errors="replace")
+    return Commit(pid, name)
+
+
+# ---------------------------------------------------------------- nfnetlink, shared with nftrace
+def open_group(group: int) -> socket.socket:
+    """A non-blocking netfilter netlink socket subscribed to a multicast group (NFNLGRP_*), in
+    the calling thread's network namespace, with a 1 MiB receive buffer."""
+    sock = socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, NETLINK_NETFILTER
+    )
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, 0))
+        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def receive(sock: socket.socket) -> Iterator[bytes | None]:
+    """The datagrams waiting on a non-blocking socket, until none is left; None where the kernel
+    dropped some (ENOBUFS: the receive buffer overflowed, nobody read in time)."""
+    while True:
+        try:
+            yield sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            yield None
+
+
+def messages(data: bytes, kind: int) -> Iterator[bytes]:
+    """The bodies (what follows the netlink header: nfgenmsg, then attributes) of the messages
+    of this type ((subsystem << 8) | message) in a netlink datagram."""
+    offset = 0
     while offset + NLMSG_HEADER.size <= len(data):
-        length, kind, _flags, _seq, _port = NLMSG_HEADER.unpack_from(data, offset)
+        length, found, _flags, _seq, _port = NLMSG_HEADER.unpack_from(data, offset)
         if length < NLMSG_HEADER.size:
             break
-        if kind == newgen:
-            attrs = data[offset + NLMSG_HEADER.size + NFGENMSG_SIZE : offset + length]
-            found.append(_commit(attrs))
+        if found == kind:
+            yield data[offset + NLMSG_HEADER.size : offset + length]
         offset += (length + 3) & ~3
-    return found
 
 
-def _commit(attrs: bytes) -> Commit:
-    pid, name = UNKNOWN, "?"
+def attributes(data: bytes) -> dict[int, bytes]:
+    """A run of netlink attributes by type (nesting and byte-order flags masked off); the last
+    one wins when a type repeats."""
+    attrs: dict[int, bytes] = {}
     offset = 0
-    while offset + NLA_HEADER.size <= len(attrs):
-        length, kind = NLA_HEADER.unpack_from(attrs, offset)
+    while offset + NLA_HEADER.size <= len(data):
+        length, kind = NLA_HEADER.unpack_from(data, offset)
         if length < NLA_HEADER.size:
             break
-        value = attrs[offset + NLA_HEADER.size : offset + length]
-        if kind & NLA_TYPE_MASK == NFTA_GEN_PROC_PID and len(value) == 4:
-            pid = int(struct.unpack("!I", value)[0])
-        elif kind & NLA_TYPE_MASK == NFTA_GEN_PROC_NAME:
-            name = value.split(b"\0", 1)[0].decode(errors="replace")
+        attrs[kind & NLA_TYPE_MASK] = data[offset + NLA_HEADER.size : offset + length]
         offset += (length + 3) & ~3
-    return Commit(pid, name)
+    return attrs

@@ -14,23 +14,23 @@ no sign of when it has subscribed).
 
 from __future__ import annotations
 
-import errno
 import ipaddress
-import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-NETLINK_NETFILTER = 12
-NFNLGRP_NFTRACE = 9
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
-NFNL_SUBSYS_NFTABLES = 10
+from netns.conntrack import PROTOCOLS
+from netns.nfevents import (
+    NFGENMSG,
+    NFNL_SUBSYS_NFTABLES,
+    NFNLGRP_NFTRACE,
+    attributes,
+    messages,
+    open_group,
+    receive,
+)
+
 NFT_MSG_TRACE = 17
-NLMSG_HEADER = struct.Struct("=IHHII")
-NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
-NLA_HEADER = struct.Struct("=HH")
-NLA_TYPE_MASK = 0x3FFF
 
 # enum nft_trace_attributes (linux/netfilter/nf_tables.h)
 TRACE_TABLE = 1
@@ -63,7 +63,6 @@ VERDICTS = {
     -4: "goto",
     -5: "return",
 }
-PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp"}
 
 # Before every usual priority (raw is -300, conntrack -200, filter 0), so the first table a
 # packet meets in each hook is the one that switches tracing on.
@@ -110,49 +109,23 @@ class TraceEvents:
     namespace it was opened in). Non-blocking: read() returns what has come so far."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, NETLINK_NETFILTER
-        )
+        self._sock = open_group(NFNLGRP_NFTRACE)
         self.lost = False  # the kernel dropped events nobody read in time
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            self._sock.bind((0, 0))
-            self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTRACE)
-        except BaseException:
-            self._sock.close()
-            raise
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
     def read(self) -> list[TraceEvent]:
         found: list[TraceEvent] = []
-        while True:
-            try:
-                data = self._sock.recv(1 << 16)
-            except BlockingIOError:
-                return found
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
+        for data in receive(self._sock):
+            if data is None:
                 self.lost = True
-                continue
-            found.extend(parse_events(data))
+            else:
+                found.extend(parse_events(data))
+        return found
 
     def close(self) -> None:
         self._sock.close()
-
-
-def _attributes(data: bytes) -> dict[int, bytes]:
-    attrs: dict[int, bytes] = {}
-    offset = 0
-    while offset + NLA_HEADER.size <= len(data):
-        length, kind = NLA_HEADER.unpack_from(data, offset)
-        if length < NLA_HEADER.size:
-            break
-        attrs[kind & NLA_TYPE_MASK] = data[offset + NLA_HEADER.size : offset + length]
-        offset += (length + 3) & ~3
-    return attrs
 
 
 def _text(value: bytes | None) -> str:
@@ -166,24 +139,19 @@ def _u32(value: bytes | None) -> int | None:
 def parse_events(data: bytes) -> list[TraceEvent]:
     """The trace events (NFT_MSG_TRACE) in a netlink datagram."""
     found = []
-    offset = 0
-    trace = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE
-    while offset + NLMSG_HEADER.size <= len(data):
-        length, kind, _flags, _seq, _port = NLMSG_HEADER.unpack_from(data, offset)
-        if length < NLMSG_HEADER.size:
-            break
-        body = data[offset + NLMSG_HEADER.size : offset + length]
-        if kind == trace and len(body) >= NFGENMSG.size:
+    for body in messages(data, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE):
+        if len(body) >= NFGENMSG.size:
             family = NFGENMSG.unpack_from(body)[0]
-            found.append(_event(FAMILIES.get(family, str(family)), _attributes(body[4:])))
-        offset += (length + 3) & ~3
+            found.append(
+                _event(FAMILIES.get(family, str(family)), attributes(body[NFGENMSG.size :]))
+            )
     return found
 
 
 def _event(family: str, attrs: dict[int, bytes]) -> TraceEvent:
     verdict, target = "", ""
     if TRACE_VERDICT in attrs:
-        nested = _attributes(attrs[TRACE_VERDICT])
+        nested = attributes(attrs[TRACE_VERDICT])
         code = _u32(nested.get(VERDICT_CODE))
         if code is not None:
             signed = code - (1 << 32) if code & 0x80000000 else code

@@ -16,9 +16,9 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from netns import namespace
+from netns.links import NUD_NOARP
 from netns.nftables import Nft, NftError
 
-NUD_NOARP = 0x40  # `static` in `bridge fdb`: an entry put there, never learnt
 NUD_PERMANENT = 0x80  # the bridge's own addresses (`permanent`)
 
 

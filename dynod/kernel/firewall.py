@@ -36,6 +36,7 @@ from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 
 from dynod.rules.names import DNS_PORT, INTERNAL_ROUTER_PORT
+from netns import conntrack
 from netns.conntrack import Flow
 
 # The router marks its sockets (SO_MARK needs CAP_NET_ADMIN): the only host traffic let through
@@ -315,7 +316,10 @@ def web_value(target: WebTarget) -> object:
 # ---------------------------------------------------------------- tracked flows
 INTRA_PORTS = range(1024, 65536)
 ICMP_ECHO_REQUEST = 8
-PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
+# The protocols with ports, named as conntrack names them; ICMP, without, is judged apart.
+PROTOCOLS = {
+    number: conntrack.PROTOCOLS[number] for number in (socket.IPPROTO_TCP, socket.IPPROTO_UDP)
+}
 
 
 def _dyno_network(layout: Layout, address: str, local: Set[str]) -> Network | None:

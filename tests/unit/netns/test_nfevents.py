@@ -3,9 +3,21 @@ root needed."""
 
 from __future__ import annotations
 
+import errno
 import struct
 
-from netns.nfevents import NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, UNKNOWN, Commit, parse_commits
+import pytest
+
+from netns.nfevents import (
+    NFNL_SUBSYS_NFTABLES,
+    NFT_MSG_NEWGEN,
+    UNKNOWN,
+    Commit,
+    attributes,
+    messages,
+    parse_commits,
+    receive,
+)
 
 
 def newgen(pid: int | None, name: str | None) -> bytes:
@@ -31,3 +43,37 @@ def test_commit_events_name_who_committed() -> None:
     assert str(Commit(4242, "nft")) == "pid 4242 (nft)"
     assert not Commit(UNKNOWN).ours()  # lost events are always someone else's
     assert not Commit(2**31 - 1).ours()
+
+
+def test_messages_and_attributes_walk_a_datagram() -> None:
+    data = other_message() + newgen(7, "nft") + b"\0" * 3  # a tail too short for a header
+    bodies = list(messages(data, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN))
+    assert len(bodies) == 1
+    attrs = attributes(bodies[0][4:])
+    assert attrs == {2: struct.pack("!I", 7), 3: b"nft\0"}
+    assert attributes(struct.pack("=HH", 2, 1)) == {}  # a length shorter than its header
+
+
+class FakeSocket:
+    """recv() hands out these datagrams or raises these errors, then would block."""
+
+    def __init__(self, *results: bytes | OSError) -> None:
+        self.results = list(results)
+
+    def recv(self, _size: int) -> bytes:
+        if not self.results:
+            raise BlockingIOError
+        result = self.results.pop(0)
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+
+def test_receive_marks_lost_events_and_stops_when_nothing_is_left() -> None:
+    lost = OSError(errno.ENOBUFS, "No buffer space available")
+    sock = FakeSocket(b"one", lost, b"two")
+    assert list(receive(sock)) == [b"one", None, b"two"]  # type: ignore[arg-type]
+    failing = FakeSocket(OSError(errno.EBADF, "Bad file descriptor"))
+    with pytest.raises(OSError) as raised:  # other errors are the caller's
+        list(receive(failing))  # type: ignore[arg-type]
+    assert raised.value.errno == errno.EBADF
