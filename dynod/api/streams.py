@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator
 
 from dynod.api.wire import Stream, ndjson
 from dynod.control.dynos import DynoService
-from dynod.logs.book import FOREGROUND_WINDOW, LogBook, LogLine, OutputFile, shared_puncher
+from dynod.logs.book import (
+    FOREGROUND_WINDOW,
+    LogBook,
+    OutputFile,
+    about,
+    shared_puncher,
+)
 from dynod.state.store import Dyno
 
 OUTPUT_POLL = 0.05  # seconds between looks at a foreground dyno's output
@@ -81,10 +87,7 @@ def log_lines(
 ) -> Stream:
     """`dynod logs`: the last `tail` lines of the app (or dyno), then new ones if `follow`."""
 
-    def wanted(line: LogLine) -> bool:
-        if app and line.app != app:
-            return False
-        return not dyno_name or line.source.endswith(f"[{dyno_name}]") or line.dyno == dyno_name
+    wanted = about(app, dyno_name)
 
     async def chunks(closed: asyncio.Event) -> AsyncIterator[bytes]:
         with log.follow(wanted) as queue:

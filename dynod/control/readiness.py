@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from dynod.kernel import processes
-from dynod.logs.book import LogBook, LogLine
+from dynod.logs.book import LogBook, about
 from dynod.rules import names
 from dynod.state.store import Dyno, Process, State
 
@@ -64,22 +64,16 @@ async def wait(state: State, log: LogBook, app: str, timeout: float) -> dict[str
         elif now - ready_since >= SETTLE:
             return {"ready": True, "dynos": [d.name for d in dynos]}
         if waiting and now >= deadline:
-            problem, about = waiting[0]
-            return _failed(log, app, f"not up after {timeout:g} s: {problem}", about)
+            problem, stuck = waiting[0]
+            return _failed(log, app, f"not up after {timeout:g} s: {problem}", stuck)
         await asyncio.sleep(WAIT_POLL)
 
 
 def _failed(log: LogBook, app: str, problem: str, dyno: Dyno | None) -> dict[str, Any]:
     name = dyno.name if dyno is not None else None
-
-    def about(line: LogLine) -> bool:
-        if line.app != app:
-            return False
-        return name is None or name in (line.dyno, line.source[4:-1], line.source[7:-1])
-
     return {
         "ready": False,
         "problem": problem,
         "dyno": name,
-        "log": [str(line) for line in log.recent(about, LOG_LINES)],
+        "log": [str(line) for line in log.recent(about(app, name), LOG_LINES)],
     }

@@ -185,6 +185,19 @@ def overflow_text(messages: int, skipped: int, since: str) -> str:
 Filter = Callable[[LogLine], bool]
 
 
+def about(app: str | None, dyno: str | None) -> Filter:
+    """The lines of an app (any app: None), of one of its dynos when `dyno` is given: its own
+    output and the platform's lines about it (`app[web.1]`, `heroku[web.1]`, an L10 naming
+    it)."""
+
+    def keep(line: LogLine) -> bool:
+        if app and line.app != app:
+            return False
+        return not dyno or line.source.endswith(f"[{dyno}]") or line.dyno == dyno
+
+    return keep
+
+
 class RotatingFile:
     """An append-only file that is renamed to NAME.1 (NAME.1 to NAME.2 ...) once it reaches
     max_bytes; `keep` old files are kept. Created root-only (0600): the log names every app."""
