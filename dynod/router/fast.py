@@ -41,7 +41,7 @@ from dynod.router.headers import (
     request_id_from,
 )
 from dynod.router.limits import MAX_HEAD, READ_SIZE
-from dynod.router.logline import H27, H28, H99, HerokuError, RequestLog
+from dynod.router.logline import H27, H28, H99, HerokuError, RequestLog, request_log
 from dynod.router.peer import Fail, elapsed_ms, now_ms
 from dynod.router.pool import IDEMPOTENT
 from dynod.router.routes import Backend, Resolve
@@ -250,14 +250,8 @@ class FastClient(asyncio.Protocol):
         self.close_after = not head.keep
         self.head_begun = False
         self.deadline.clear()
-        host = head.host.decode("latin-1")
-        entry = self.entry = RequestLog(
-            method=method.decode("ascii", "replace"),
-            path=head.url.decode("ascii", "backslashreplace"),
-            host=(host.rsplit(":", 1)[0] if not host.startswith("[") else host).lower(),
-            request_id=request_id_from(head.ids) if head.ids else new_request_id(),
-            fwd=self.ip,
-        )
+        request_id = request_id_from(head.ids) if head.ids else new_request_id()
+        entry = self.entry = request_log(method, head.url, head.host, request_id, self.ip)
         self._route(entry, method, raw)
 
     def _route(self, entry: RequestLog, method: bytes, raw: Headers) -> None:

@@ -72,6 +72,19 @@ _UNSAFE_BARE = re.compile(r'[^\x21-\x7e]|["\\]')
 _UNSAFE_QUOTED = re.compile(r'[^\x20-\x7e]|["\\]')
 
 
+def request_log(method: bytes, target: bytes, host: bytes, request_id: str, fwd: str) -> RequestLog:
+    """The log entry of a request, as far as its head tells, on either of the router's paths:
+    the Host without its port (an IPv6 literal kept whole), lowercase."""
+    name = host.decode("latin-1")
+    return RequestLog(
+        method=method.decode("ascii", "replace"),
+        path=target.decode("ascii", "backslashreplace"),
+        host=(name.rsplit(":", 1)[0] if not name.startswith("[") else name).lower(),
+        request_id=request_id,
+        fwd=fwd,
+    )
+
+
 def _escape(match: re.Match[str]) -> str:
     char = match.group()
     return "\\" + char if char in '"\\' else f"%{ord(char) & 0xFF:02X}"

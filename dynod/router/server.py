@@ -112,7 +112,15 @@ from dynod.router.headers import (
 )
 from dynod.router.limits import DISCARD_LIMIT, MAX_CLIENT_CONNECTIONS, READ_SIZE, Admission
 from dynod.router.listener import Listener
-from dynod.router.logline import H14, H28, H99, HerokuError, RequestLog, format_log_line
+from dynod.router.logline import (
+    H14,
+    H28,
+    H99,
+    HerokuError,
+    RequestLog,
+    format_log_line,
+    request_log,
+)
 from dynod.router.pages import send_error_page, send_rejection
 from dynod.router.peer import Fail, H11Event, Peer, close_writer, linger, now_ms, peer_ip
 from dynod.router.pool import IDEMPOTENT, BackendPool
@@ -520,14 +528,8 @@ class Router:
 
 def _entry(request: h11.Request, raw: Headers, target: bytes, client_ip: str) -> RequestLog:
     """The log entry of a request, as far as its head tells."""
-    host = b", ".join(value for name, value in raw if name.lower() == b"host").decode("latin-1")
-    return RequestLog(
-        method=request.method.decode("ascii", "replace"),
-        path=target.decode("ascii", "backslashreplace"),
-        host=(host.rsplit(":", 1)[0] if not host.startswith("[") else host).lower(),
-        request_id=pick_request_id(raw),
-        fwd=client_ip,
-    )
+    host = b", ".join(value for name, value in raw if name.lower() == b"host")
+    return request_log(request.method, target, host, pick_request_id(raw), client_ip)
 
 
 def _has_both_framings(request: h11.Request) -> bool:
