@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,10 +323,15 @@ class DaemonProc:
         return self.client.call("POST", f"/v1/apps/{app}/dynos", body)
 
     def run_app(
-        self, app: str, ptype: str = "web", env: dict[str, str] | None = None
+        self,
+        app: str,
+        ptype: str = "web",
+        env: dict[str, str] | None = None,
+        script: str = "echo_app.py",
     ) -> dict[str, Any]:
-        """A dyno running tests/apps/echo_app.py, once it is up (web: bound to PORT)."""
-        dyno = self.run(app, ptype, f"{PYTHON} -u echo_app.py", env)
+        """A dyno running tests/apps/`script` (echo_app.py unless told), once it is up and says
+        it is listening (web: bound to PORT)."""
+        dyno = self.run(app, ptype, f"{PYTHON} -u {script}", env)
         self.wait_for(lambda: self.dyno(app, dyno["name"])["state"] == "up", f"{dyno['name']} up")
         self.wait_for(lambda: "listening on" in self.output(app, dyno["name"]), "app listening")
         return self.dyno(app, dyno["name"])
@@ -350,6 +357,19 @@ class DaemonProc:
             elif "exit" in message:
                 return message["exit"], lines
         return None, lines
+
+    def via_router(self, app: str, path: str = "/") -> tuple[int, bytes]:
+        """GET `path` of `app` through the daemon's router: the status and body (an HTTP error
+        status too, with its body)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.router_port}{path}", headers={"Host": f"{app}.localhost"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read()
 
     def dynos(self, app: str | None = None) -> list[dict[str, Any]]:
         return self.client.call("GET", "/v1/dynos" + (f"?app={app}" if app else ""))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import urllib.request
 from typing import Any
 
 import pytest
@@ -28,12 +27,10 @@ def digest(value: str) -> str:
 
 
 def env_via_router(d: DaemonProc, app: str) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{d.router_port}/", headers={"Host": f"{app}.localhost"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        env: dict[str, Any] = json.loads(response.read())["env"]
-        return env
+    status, body = d.via_router(app)
+    assert status == 200, (status, body)
+    env: dict[str, Any] = json.loads(body)["env"]
+    return env
 
 
 def pids(d: DaemonProc, app: str) -> dict[str, int]:

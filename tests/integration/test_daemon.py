@@ -34,15 +34,8 @@ pytestmark = pytest.mark.root
 
 
 def router_get(daemon: DaemonProc, app: str) -> tuple[int, str]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{daemon.router_port}/", headers={"Host": f"{app}.localhost"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            body = response.read()
-            return response.status, json.loads(body)["dyno"] if body.startswith(b"{") else ""
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
+    status, body = daemon.via_router(app)
+    return status, json.loads(body)["dyno"] if status < 400 and body.startswith(b"{") else ""
 
 
 def test_sigkilled_daemon_adopts_live_dynos_and_cleans_dead_ones() -> None:

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,11 +27,8 @@ pytestmark = pytest.mark.root
 
 
 def router_get(d: DaemonProc, app: str) -> tuple[int, str]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{d.router_port}/", headers={"Host": f"{app}.localhost"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status, json.loads(response.read())["dyno"]
+    status, body = d.via_router(app)
+    return status, json.loads(body)["dyno"] if status < 400 and body.startswith(b"{") else ""
 
 
 PROCFILE = f"web: {PYTHON} echo_app.py\nworker: sleep 1000\n# a comment\n\nclock: sleep 1000\n"

@@ -15,8 +15,6 @@ import subprocess
 import sys
 import termios
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import psutil
@@ -292,12 +290,7 @@ def test_two_one_offs_are_run_1_and_run_2_without_port_nor_route() -> None:
             assert all(x["port"] is None and x["type"] == "run" for x in dynos)
             listed = d.cli("ps", "--app", "lonely")
             assert "run.1" in listed.stdout and "run.2" in listed.stdout
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{d.router_port}/", headers={"Host": "lonely.localhost"}
-            )
-            with pytest.raises(urllib.error.HTTPError) as answer:
-                urllib.request.urlopen(request, timeout=10)
-            assert answer.value.code == 503
+            assert d.via_router("lonely")[0] == 503
             d.wait_for(lambda: "code=H14" in d.log(), "the router's H14")
             for cli in clis:
                 assert cli.stdin is not None

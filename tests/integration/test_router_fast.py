@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests.support import PYTHON, DaemonProc, running_daemon
+from tests.support import DaemonProc, running_daemon
 
 pytestmark = pytest.mark.root
 
@@ -21,11 +21,7 @@ SIZE = 64 << 20
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProc]:
     with running_daemon() as daemon:
-        dyno = daemon.run(APP, "web", f"{PYTHON} -u flood_app.py")
-        daemon.wait_for(
-            lambda: daemon.dyno(APP, dyno["name"])["state"] == "up", f"{dyno['name']} up"
-        )
-        daemon.wait_for(lambda: "listening on" in daemon.output(APP, "web.1"), "app listening")
+        daemon.run_app(APP, script="flood_app.py")
         yield daemon
 
 

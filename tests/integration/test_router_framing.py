@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import PYTHON, DaemonProc, running_daemon
+from tests.support import DaemonProc, running_daemon
 from tests.unit.router.test_smuggling import REFUSED_HEADS
 
 pytestmark = pytest.mark.root
@@ -23,11 +23,7 @@ TIMEOUT = 10.0
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProc]:
     with running_daemon() as daemon:
-        dyno = daemon.run(APP, "web", f"{PYTHON} -u recorder_app.py")
-        daemon.wait_for(
-            lambda: daemon.dyno(APP, dyno["name"])["state"] == "up", f"{dyno['name']} up"
-        )
-        daemon.wait_for(lambda: "listening on" in daemon.output(APP, "web.1"), "app listening")
+        daemon.run_app(APP, script="recorder_app.py")
         yield daemon
 
 

@@ -5,45 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from dynod.api.requests import RunRequest, StopDynos
-from dynod.config import Config
 from dynod.control.dynos import DynoService
-from dynod.control.routing import RoutePublisher
-from dynod.control.supervisor import Supervisor
-from dynod.dns.registry import Registry
 from dynod.errors import DynodError, NotFound
-from dynod.kernel.addressing import Pool
-from dynod.kernel.fake import FakeKernel
-from dynod.kernel.machine import Net
-from dynod.kernel.network import Names
-from dynod.logs.book import LogBook
 from dynod.router.routes import RouteTable
 from dynod.state.store import State
-from tests.unit.control.worlds import NoDns, end_sessions
-
-
-@dataclass
-class AllocatingKernel(FakeKernel):
-    """The fake kernel side, with what a run allocates from: names and the Common Runtime's
-    /30s (a real Pool), and no cgroups."""
-
-    names: Names = field(default_factory=lambda: Names("tstu"))
-    pool: Pool = field(default_factory=lambda: Pool("172.31.0.0/24"))
-    cgroups: Any = field(default_factory=lambda: SimpleNamespace(problem="no cgroups here"))
-
-    def net(self, key: str) -> Any:
-        assert key == "", "only the Common Runtime here"
-        return Net("", self.names.bridge, self.pool)
-
-    async def existing_veths(self, veths: Iterable[str]) -> set[str]:
-        return set(self.links) & set(veths)
+from tests.unit.control.worlds import AllocatingKernel, services
 
 
 @dataclass
@@ -56,25 +29,9 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: object) -> Iterator[World]:
-    directory = str(tmp_path)
-    state = State(os.path.join(directory, "state"))
-    kernel = AllocatingKernel()
-    log = LogBook(None, echo=None)
-    config = Config(grace=0.5, metrics_interval=60, state_dir=directory)
-    registry = Registry(state, NoDns(), lambda space: ("10.1.0.0/16", "10.1.0.1"))
     tables: list[RouteTable] = []
-    routes = RoutePublisher(
-        state,
-        lambda space: ("10.1.0.0/16", "10.1.0.1"),
-        lambda table, _changes: tables.append(table),
-    )
-    supervisor = Supervisor(state, kernel, log, config, registry, on_change=routes.dyno_changed)
-    claim = SimpleNamespace(output_dir=directory)
-    dynos = DynoService(config, claim, kernel, state, supervisor, routes)  # type: ignore[arg-type]
-    yield World(state, kernel, dynos, tables)
-    end_sessions(kernel)
-    asyncio.run(supervisor.close())
-    state.db.close()
+    with services(str(tmp_path), lambda table, _changes: tables.append(table)) as made:
+        yield World(made.state, made.kernel, made.dynos, tables)
 
 
 def run(request: RunRequest, world: World) -> Any:

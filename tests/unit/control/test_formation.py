@@ -12,18 +12,13 @@ from types import SimpleNamespace
 import pytest
 
 from dynod.api.requests import RunRequest
-from dynod.config import Config
 from dynod.control.dynos import DynoService
 from dynod.control.formation import FormationService, ScaleRequest
-from dynod.control.routing import RoutePublisher
-from dynod.control.supervisor import Supervisor
-from dynod.dns.registry import Registry
 from dynod.errors import DynodError
 from dynod.logs.book import LogBook
 from dynod.rules import formation
 from dynod.state.store import App, State
-from tests.unit.control.test_dynos import AllocatingKernel
-from tests.unit.control.worlds import NoDns, end_sessions
+from tests.unit.control.worlds import AllocatingKernel, services
 
 PROCFILE = {
     "web": "sleep 30",
@@ -43,22 +38,12 @@ class World(SimpleNamespace):
 
 @pytest.fixture
 def world(tmp_path: object) -> Iterator[World]:
-    directory = str(tmp_path)
-    state = State(os.path.join(directory, "state"))
-    kernel = AllocatingKernel()
-    log = LogBook(None, echo=None)
-    config = Config(grace=0.5, metrics_interval=60, state_dir=directory)
-    registry = Registry(state, NoDns(), lambda space: ("10.1.0.0/16", "10.1.0.1"))
-    routes = RoutePublisher(state, lambda space: ("10.1.0.0/16", "10.1.0.1"), lambda t, c: None)
-    supervisor = Supervisor(state, kernel, log, config, registry, on_change=routes.dyno_changed)
-    claim = SimpleNamespace(output_dir=directory)
-    dynos = DynoService(config, claim, kernel, state, supervisor, routes)  # type: ignore[arg-type]
-    service = FormationService(config, state, dynos, supervisor, log)
-    state.add_app(App("sushi", dir="/"))
-    yield World(state=state, kernel=kernel, dynos=dynos, formation=service, log=log)
-    end_sessions(kernel)
-    asyncio.run(supervisor.close())
-    state.db.close()
+    with services(str(tmp_path)) as made:
+        service = FormationService(made.config, made.state, made.dynos, made.supervisor, made.log)
+        made.state.add_app(App("sushi", dir="/"))
+        yield World(
+            state=made.state, kernel=made.kernel, dynos=made.dynos, formation=service, log=made.log
+        )
 
 
 def scale(world: World, *changes: str, commands: dict[str, str] | None = None) -> object:

@@ -1,5 +1,6 @@
-"""What the control side's unit tests share: a DNS server that serves nothing, running a test
-against a supervisor, waiting for a condition, and ending the fake kernel's processes."""
+"""What the control side's unit tests share: a DNS server that serves nothing, a fake kernel
+that allocates, a world of services around it, running a test against a supervisor, waiting for
+a condition, and ending the fake kernel's processes."""
 
 from __future__ import annotations
 
@@ -7,10 +8,23 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
 
+from dynod.config import Config
+from dynod.control.dynos import DynoService
+from dynod.control.routing import RoutePublisher
 from dynod.control.supervisor import Supervisor
+from dynod.dns.registry import Registry
+from dynod.kernel.addressing import Pool
 from dynod.kernel.fake import FakeKernel
+from dynod.kernel.machine import Net
+from dynod.kernel.network import Names
+from dynod.logs.book import LogBook
+from dynod.router.routes import RouteChange, RouteTable
+from dynod.state.store import State
 
 
 class NoDns:
@@ -48,3 +62,59 @@ def end_sessions(kernel: FakeKernel) -> None:
     for session in kernel.sessions.values():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(session, 9)
+
+
+@dataclass
+class AllocatingKernel(FakeKernel):
+    """The fake kernel side, with what a run allocates from: names and the Common Runtime's
+    /30s (a real Pool), and no cgroups."""
+
+    names: Names = field(default_factory=lambda: Names("tstu"))
+    pool: Pool = field(default_factory=lambda: Pool("172.31.0.0/24"))
+    cgroups: Any = field(default_factory=lambda: SimpleNamespace(problem="no cgroups here"))
+
+    def net(self, key: str) -> Any:
+        assert key == "", "only the Common Runtime here"
+        return Net("", self.names.bridge, self.pool)
+
+    async def existing_veths(self, veths: Iterable[str]) -> set[str]:
+        return set(self.links) & set(veths)
+
+
+@dataclass
+class Services:
+    """The control side around an AllocatingKernel: state, log book, config, supervisor and
+    dyno service (DNS serving nothing, the router's tables handed to `update`)."""
+
+    state: State
+    kernel: AllocatingKernel
+    log: LogBook
+    config: Config
+    supervisor: Supervisor
+    dynos: DynoService
+
+
+def no_update(table: RouteTable, changes: Sequence[RouteChange]) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def services(
+    directory: str,
+    update: Callable[[RouteTable, Sequence[RouteChange]], None] = no_update,
+) -> Iterator[Services]:
+    """The services over a state directory; afterwards the fake's processes end, the
+    supervisor closes and so does the state."""
+    state = State(os.path.join(directory, "state"))
+    kernel = AllocatingKernel()
+    log = LogBook(None, echo=None)
+    config = Config(grace=0.5, metrics_interval=60, state_dir=directory)
+    registry = Registry(state, NoDns(), lambda space: ("10.1.0.0/16", "10.1.0.1"))
+    routes = RoutePublisher(state, lambda space: ("10.1.0.0/16", "10.1.0.1"), update)
+    supervisor = Supervisor(state, kernel, log, config, registry, on_change=routes.dyno_changed)
+    claim = SimpleNamespace(output_dir=directory)
+    dynos = DynoService(config, claim, kernel, state, supervisor, routes)  # type: ignore[arg-type]
+    yield Services(state, kernel, log, config, supervisor, dynos)
+    end_sessions(kernel)
+    asyncio.run(supervisor.close())
+    state.db.close()
