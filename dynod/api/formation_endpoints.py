@@ -38,12 +38,7 @@ def scale_request(app: str, body: Any) -> ScaleRequest:
             "the field 'updates' must be a non-empty list",
             'send {"updates": [{"type": "web", "quantity": 2}]}',
         )
-    changes = [_change(u) for u in updates]
-    seen: set[str] = set()
-    for change in changes:
-        if change.type in seen:
-            raise DynodError(f"{change.type} is scaled twice", "give each type once")
-        seen.add(change.type)
+    changes = formation.distinct([_change(u) for u in updates])
     string_map(fields, "commands")
     string_map(fields, "env")
     # What a scale passes on is the caller's environment, below the config vars: the names

@@ -25,7 +25,7 @@ from dynod.control.supervisor import Supervisor
 from dynod.errors import DynodError, NotFound
 from dynod.kernel import processes
 from dynod.logs.book import LogBook
-from dynod.rules import formation, names, sizes
+from dynod.rules import formation, names, procfile, sizes
 from dynod.state.store import Dyno, Process, State
 
 CONVERGE_EVERY = 2.0  # seconds: a dyno that vanished or failed to start is replaced this soon
@@ -104,13 +104,10 @@ class FormationService:
             command = request.commands.get(ptype)
             if command is None:
                 # scaling down needs no Procfile: the stored command stays
-                if old is None or quantity > old.quantity:
-                    known = ", ".join(request.commands) or "none"
-                    raise DynodError(
-                        f"the Procfile in {cwd} has no {ptype!r} process type (it has: {known})",
-                        f"add a line `{ptype}: COMMAND` to it, or scale one of its types",
-                    )
-                command = old.command
+                if old is None or quantity > old.quantity:  # raises: the Procfile has none
+                    command = procfile.command(request.commands, ptype, cwd)
+                else:
+                    command = old.command
             size = sizes.choose(change.size or (old.size if old else None), problem)
             if quantity > 0:
                 launch.check_can_enter(cwd, uid, gid)

@@ -75,7 +75,11 @@ def parse_change(text: str) -> Change:
 
 
 def parse_changes(texts: Iterable[str]) -> list[Change]:
-    changes = [parse_change(t) for t in texts]
+    return distinct([parse_change(t) for t in texts])
+
+
+def distinct(changes: list[Change]) -> list[Change]:
+    """`changes`, refused if one type comes twice (`web=2 web+1`: which one is meant?)."""
     seen: set[str] = set()
     for change in changes:
         if change.type in seen:

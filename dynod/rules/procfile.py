@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 
 from dynod.errors import DynodError
 
@@ -72,7 +73,7 @@ def read_file(path: str, missing: str, fix: str) -> dict[str, str]:
     return parse(data.decode(errors="replace"), path)
 
 
-def command(commands: dict[str, str], ptype: str, where: str) -> str:
+def command(commands: Mapping[str, str], ptype: str, where: str) -> str:
     """The command of one type; DynodError naming the types there are when it is missing."""
     if ptype not in commands:
         known = ", ".join(commands) or "none"
