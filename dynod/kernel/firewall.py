@@ -146,6 +146,7 @@ def ruleset(layout: Layout, ports: Iterable[Port] = (), web: Iterable[WebTarget]
     t, glob, cr = layout.table, layout.port_glob, layout.common
     spaces = layout.spaces
     bridges = _set_body("ifname", [f'"{b}"' for n in layout.networks for b in n.bridges])
+    common = _set_body("ifname", [f'"{b}"' for b in cr.bridges])
     intra = _set_body("ifname . ifname", [pair for n in spaces for pair in _intra(n)])
     services = _set_body(
         "ifname . ipv4_addr . inet_proto . inet_service",
@@ -187,6 +188,10 @@ table inet {t} {{
     # every dyno bridge: the Common Runtime's and one per Private Space
     set bridges {{
         {bridges}
+    }}
+    # the Common Runtime's bridges (its shards): its dynos never reach each other
+    set common {{
+        {common}
     }}
     # "space bridge" . "same bridge": where dynos may open connections to each other
     set intra {{
@@ -235,7 +240,7 @@ table inet {t} {{
             comment "dyno to dyno in the same Private Space: ping"
         iifname . oifname @intra counter drop \\
             comment "dyno to dyno in the same Private Space: only ports 1024-65535 and ping"
-        iifname "{cr.bridge}" oifname "{cr.bridge}" counter drop \\
+        iifname @common oifname @common counter drop \\
             comment "dyno to dyno in the Common Runtime"
         iifname @bridges oifname @bridges counter drop \\
             comment "dyno to dyno of another network (Common Runtime or Private Space)"
@@ -287,6 +292,8 @@ def add_shard(layout: Layout, net: Network, bridge: str) -> str:
     host services they may use, and in a space its pairs with the other shards."""
     t = layout.table
     text = f'add element inet {t} bridges {{ "{bridge}" }}\n'
+    if not net.is_space:  # a shard of the Common Runtime
+        text += f'add element inet {t} common {{ "{bridge}" }}\n'
     text += f"add element inet {t} services {_elements(_services(net, [bridge]))}\n"
     pairs = _intra(net, bridge)
     if pairs:

@@ -168,6 +168,13 @@ def test_a_sharded_network_is_one_network_over_its_bridges() -> None:
     assert '"dynods1-2" . "dynods1"' in added and '"dynods1" . "dynods1-2"' in added
     assert '"dynods1" . "dynods1-1"' not in added  # pairs the older shards have already
     assert "intra" not in firewall.add_shard(layout, common, "dynod0-1")
+    # the Common Runtime's dynos never reach each other, across its shards too: one rule on
+    # the set of its bridges, which a new shard joins; a space's shards are not in it
+    common_set = text.split("set common")[1].split("}")[0]
+    assert '"dynod0"' in common_set and '"dynod0-1"' in common_set and "dynods1" not in common_set
+    assert "iifname @common oifname @common counter drop" in text
+    assert 'common { "dynod0-1" }' in firewall.add_shard(layout, common, "dynod0-1")
+    assert "common" not in added
     # a flow between two dynos of the space on different shards is judged by address only
     local = {"10.1.0.1"}
     across = Flow(TCP, "10.1.0.6", "10.1.4.2", 40000, 8080, None)
