@@ -12,14 +12,13 @@ from typing import Any
 
 import click
 
-from dynod.api.client import Client, api_path
+from dynod.api.client import api_path
+from dynod.cli.explain import client
 from dynod.errors import DynodError
 from dynod.rules import names
 from dynod.rules.configvars import check_changes, check_name, parse_assignments
 
-
-def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj["socket"])  # the --socket of the `main` group
+_client = client
 
 
 def _fetch(ctx: click.Context, app: str) -> dict[str, str]:

@@ -28,6 +28,13 @@ import click
 from dynod.api.client import Client
 from dynod.api.explain import HEADER, NOTHING, render  # noqa: F401  (HEADER, NOTHING: tests)
 
+
+def client(ctx: click.Context) -> Client:
+    """The API client of every command: the `main` group's --socket, and the commands the
+    daemon ran given to `--explain` when the command takes it."""
+    return Client(ctx.obj["socket"], explain=ctx.obj.get("explain"))
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -84,5 +91,5 @@ def explain_group() -> None:
 @click.pass_context
 def explain_daemon(ctx: click.Context) -> None:
     """The commands the running daemon's start-up did (its bridge, sysctls, firewall...)."""
-    commands = Client(ctx.obj["socket"]).call("GET", "/v1/explain/daemon")
+    commands = client(ctx).call("GET", "/v1/explain/daemon")
     click.echo(render(commands))

@@ -11,7 +11,8 @@ import sys
 
 import click
 
-from dynod.api.client import Client, api_path
+from dynod.api.client import api_path
+from dynod.cli.explain import client
 from dynod.errors import DynodError
 from dynod.inspect import dot, html, text
 from dynod.inspect.model import Topology
@@ -49,7 +50,7 @@ def inspect(
         names.check_app(app)
     if space is not None:
         names.check_space(space)
-    data = Client(ctx.obj["socket"]).call("GET", api_path("inspect", app=app, space=space))
+    data = client(ctx).call("GET", api_path("inspect", app=app, space=space))
     top = Topology.from_json(data)
     if fmt in IMAGES:
         _write(_image(dot.render(top), fmt, output), output)

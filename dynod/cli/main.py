@@ -16,16 +16,14 @@ import click
 
 from dynod.api.client import Client, api_path
 from dynod.cli.command import build_command
-from dynod.cli.explain import explain_group, explain_option
+from dynod.cli.explain import client, explain_group, explain_option
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
 from dynod.errors import DynodError
 from dynod.kernel.addressing import BRIDGE_PORT_LIMIT
 from dynod.rules import names, procfile, sizes
 from dynod.rules.caller import inherited_env, sudo_ids
 
-
-def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj["socket"], explain=ctx.obj.get("explain"))
+_client = client  # (cli/explain.py: the commands of other modules use it too)
 
 
 def _fail(exc: DynodError) -> None:

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from dynod.api.client import Client
+from dynod.cli import explain
 from dynod.errors import DynodError
 from dynod.trace.path import Report, format_report
 from dynod.trace.spec import DEFAULT_WAIT, TraceRequest, parse_words, with_app
@@ -47,7 +47,7 @@ def trace(
     request = TraceRequest.checked(
         with_app(source, app), with_app(target, app), protocol, port, wait
     )
-    client = Client(ctx.obj["socket"])
+    client = explain.client(ctx)
     answer: dict[str, object] | None = None
     try:
         for raw in client.lines("/v1/traces", "POST", request.to_body()):

@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from dynod.api.client import Client, api_path
+from dynod.cli import explain
 from dynod.cli.prefix import Prefixer, parse
 from dynod.errors import DynodError
 from dynod.rules import configvars, dotenv, names, procfile
@@ -235,7 +236,7 @@ def up(
     wanted = plan(commands, formation, path)
     env_vars = read_env_file(env_path or os.path.join(os.getcwd(), ".env"), env_path is not None)
     name = names.check_app(app) if app else app_name_for(directory)
-    client = Client(ctx.obj["socket"])
+    client = explain.client(ctx)
     if ensure_app(client, name, space, directory):
         click.echo(f"created {name}" + (f" in space {space}" if space else ""), err=True)
     changed = set_config(client, name, env_vars)
