@@ -183,17 +183,17 @@ def kernel_objects(prefix: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- clean-up of the copy
 @contextlib.contextmanager
-def throwaway_copy() -> Iterator[tuple[str, list[str]]]:
-    """A prefix for the replay, and a list the test fills with the replayed scripts: whatever
-    happens, the copy's namespaces (and their processes), links, tables, cgroups and
-    directories go."""
+def throwaway_copy(old: str) -> Iterator[tuple[str, list[str]]]:
+    """A prefix for the replay of the daemon's (`old`) commands, and a list the test fills with
+    the scripts to replay: whatever happens, the copy's namespaces (and their processes), links,
+    tables, cgroups and directories (the scripts' paths, with the copy's prefix) go."""
     new = unique_prefix()
     scripts: list[str] = []
     try:
         yield new, scripts
     finally:
         sweep(new)
-        text = "\n".join(scripts)
+        text = "\n".join(scripts).replace(old, new)  # what replay() ran
         for directory in reversed(re.findall(r"^mkdir -p (/sys/fs/cgroup/\S+)$", text, re.M)):
             _remove_cgroup(directory)
         for path in set(re.findall(r"(/tmp/dynod-" + new + r"-[^/\s]+)/", text)):
@@ -244,7 +244,7 @@ def same_objects(old: str, new: str) -> None:
 def test_a_common_runtime_web_dyno_replayed_makes_the_same_objects() -> None:
     cwd = app_dir()
     try:
-        with running_daemon() as d, throwaway_copy() as (new, scripts):
+        with running_daemon() as d, throwaway_copy(d.prefix) as (new, scripts):
             scripts.append(startup_commands(d))
             scripts.append(
                 cli_commands(
@@ -272,7 +272,7 @@ def test_a_common_runtime_web_dyno_replayed_makes_the_same_objects() -> None:
 def test_a_private_space_with_two_dynos_and_a_trusted_ip_replayed_makes_the_same_objects() -> None:
     cwd = app_dir()
     try:
-        with running_daemon() as d, throwaway_copy() as (new, scripts):
+        with running_daemon() as d, throwaway_copy(d.prefix) as (new, scripts):
             scripts.append(startup_commands(d))
             scripts.append(cli_commands(d, "spaces:create", "acme"))
             created = d.cli("apps:create", "menu", "--space", "acme")
