@@ -1,4 +1,5 @@
-"""The few libc calls Python 3.11's `os` module lacks: setns, unshare, mount, umount2.
+"""The few libc calls Python 3.11's `os` module lacks: setns, unshare, mount, umount2, and the
+new mount API's fsopen/fsconfig/fsmount.
 
 Python 3.12 adds os.setns and os.unshare; until Debian ships it we call libc through ctypes.
 """
@@ -26,6 +27,16 @@ _libc.mount.argtypes = [
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
+
+# The new mount API (Linux 5.2) has no libc wrappers in Debian 12's glibc: raw syscalls, whose
+# numbers are the same on every architecture that came after it was added (x86_64, arm64...).
+SYS_FSOPEN = 430
+SYS_FSCONFIG = 431
+SYS_FSMOUNT = 432
+FSOPEN_CLOEXEC = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 1
 
 
 def _check(result: int, what: str) -> None:
@@ -55,3 +66,22 @@ def mount(source: str, target: str, fstype: str | None, flags: int) -> None:
 
 def umount2(target: str, flags: int) -> None:
     _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def _syscall_fd(what: str, number: int, *args: object) -> int:
+    fd = int(_libc.syscall(number, *args))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return fd
+
+
+def new_instance(fstype: str) -> int:
+    """A new instance of a filesystem that is mounted nowhere (fsopen, fsconfig CMD_CREATE,
+    fsmount): an fd of its root, for openat(2). It goes away with the last fd."""
+    context = _syscall_fd(f"fsopen {fstype}", SYS_FSOPEN, fstype.encode(), FSOPEN_CLOEXEC)
+    try:
+        _syscall_fd(f"fsconfig {fstype}", SYS_FSCONFIG, context, FSCONFIG_CMD_CREATE, None, None, 0)
+        return _syscall_fd(f"fsmount {fstype}", SYS_FSMOUNT, context, FSMOUNT_CLOEXEC, 0)
+    finally:
+        os.close(context)

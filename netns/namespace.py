@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from netns import _libc, record
+from netns import _libc, record, sysctl
 
 RUN_DIR = "/run/netns"
 
@@ -138,7 +138,7 @@ def entered(name: str) -> Iterator[None]:
         finally:
             os.close(target)
         try:
-            with record.inside(name):
+            with record.inside(name), sysctl.own_instance():
                 yield
         finally:
             _libc.setns(home, _libc.CLONE_NEWNET)

@@ -213,3 +213,64 @@ def test_nft_runs_one_transaction_and_reports_errors(prefix: str) -> None:
         nft.run(f"delete table inet {prefix}")
     finally:
         nft.close()
+
+
+def _device(fd: int) -> int:
+    return os.fstat(fd).st_dev
+
+
+def test_settings_are_looked_up_in_procfs_instances_of_their_own(prefix: str) -> None:
+    """The host's settings go through one instance that is not /proc's superblock; a block
+    inside a namespace through a fresh one, closed with the block; both show the same kernel
+    values as /proc (each namespace's own)."""
+    name = f"{prefix}-ns"
+    namespace.create(name)
+    try:
+        proc = os.stat("/proc").st_dev
+        host = _device(sysctl.root())
+        assert host != proc
+        assert sysctl.read("net.ipv4.ip_default_ttl") == _proc_value("net/ipv4/ip_default_ttl")
+        open_before = len(os.listdir("/proc/self/fd"))
+        for ttl in (31, 32, 33):
+            with namespace.entered(name):
+                inside = _device(sysctl.root())
+                assert inside not in (proc, host)
+                sysctl.write("net.ipv4.ip_default_ttl", ttl)
+        assert len(os.listdir("/proc/self/fd")) == open_before  # each block's instance closed
+        seen = subprocess.run(
+            ["ip", "netns", "exec", name, "cat", "/proc/sys/net/ipv4/ip_default_ttl"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert seen == "33"
+        assert _proc_value("net/ipv4/ip_default_ttl") != "33"  # the host's untouched
+    finally:
+        namespace.delete(name)
+
+
+def _proc_value(path: str) -> str:
+    with open(f"/proc/sys/{path}") as f:
+        return f.read().strip()
+
+
+def test_settings_fall_back_to_proc_without_instances(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel without fsopen (or one that refuses it): /proc, and the settings still land."""
+    name = f"{prefix}-ns"
+
+    def refused(fstype: str) -> int:
+        raise OSError(38, "fsopen: Function not implemented")
+
+    monkeypatch.setattr(sysctl._libc, "new_instance", refused)
+    monkeypatch.setattr(sysctl, "_instances_work", True)
+    namespace.create(name)
+    try:
+        with namespace.entered(name):
+            assert _device(sysctl.root()) == os.stat("/proc").st_dev
+            sysctl.write("net.ipv4.ip_default_ttl", 44)
+            assert _proc_value("net/ipv4/ip_default_ttl") == "44"
+        assert sysctl._instances_work is False
+    finally:
+        namespace.delete(name)
