@@ -1,7 +1,7 @@
 """Many dynos on one host: what the 1st, the 1,000th and the 4,000th dyno cost, and what the
 daemon and the kernel hold with them all running.
 
-    sudo .venv/bin/python bench/density.py [-n 4000] [--shard-ports 1000] [--budget 1800] [--json]
+    sudo .venv/bin/python bench/density.py [-n 4000] [--shard-ports 256] [--budget 1800] [--json]
 
 A temporary `dynod daemon` (its own state dir, socket, prefix, ranges, bridges and nftables
 tables) gets a Private Space (a free 10.X.0.0/16) with one app, and N `worker` dynos running
@@ -57,6 +57,7 @@ from dyno_lifecycle import (
 from run_support import Interrupted, machine, signals_ignored, sigterm_as_interrupt
 
 from dynod.api.client import Client
+from dynod.kernel.addressing import SHARD_PORTS
 from netns import cgroup
 
 APP = "dense"
@@ -302,7 +303,9 @@ def table(out: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=4000, help="dynos to start (default 4000)")
-    parser.add_argument("--shard-ports", type=int, default=1000, help="dynos per bridge")
+    parser.add_argument(
+        "--shard-ports", type=int, default=SHARD_PORTS, help="dynos per bridge (dynod's default)"
+    )
     parser.add_argument("--budget", type=float, default=1800, help="seconds for starting")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -1,7 +1,7 @@
 """The bare kernel floor at density: what the 1st, the 1,000th and the Nth bare setup cost when
 the earlier ones are all kept, the reference for `density.py`'s growth target.
 
-    sudo .venv/bin/python bench/density_floor.py [-n 4000] [--shard-ports 1000] [--json]
+    sudo .venv/bin/python bench/density_floor.py [-n 4000] [--shard-ports 256] [--json]
 
 The same steps as `dyno_lifecycle.py`'s floor (pyroute2 on one thread: `ip netns add`, a veth
 with its peer made in the namespace as eth0 on a bridge, the gateway /30 on the bridge, lo and
@@ -30,6 +30,7 @@ from dyno_lifecycle import configure_inside, leftovers, ms_since, sweep
 from pyroute2 import IPRoute
 from run_support import sigterm_as_interrupt
 
+from dynod.kernel.addressing import SHARD_PORTS
 from netns import namespace
 
 
@@ -117,7 +118,9 @@ def measure(n: int, per_bridge: int, quiet: bool) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=4000, help="bare setups (default 4000)")
-    parser.add_argument("--shard-ports", type=int, default=1000, help="ports per bridge")
+    parser.add_argument(
+        "--shard-ports", type=int, default=SHARD_PORTS, help="ports per bridge (dynod's default)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)

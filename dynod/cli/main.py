@@ -18,6 +18,7 @@ from dynod.api.client import Client, api_path
 from dynod.cli.command import build_command
 from dynod.cli.explain import client, explain_group, explain_option
 from dynod.config import DEFAULT_STATE_DIR, Config, socket_path
+from dynod.control import shard_setting
 from dynod.errors import DynodError
 from dynod.kernel.addressing import BRIDGE_PORT_LIMIT
 from dynod.rules import names, procfile, sizes
@@ -120,11 +121,10 @@ def main(ctx: click.Context, socket: str) -> None:
 )
 @click.option(
     "--shard-ports",
-    default=Config.shard_ports,
-    show_default=True,
     type=click.IntRange(min=1, max=BRIDGE_PORT_LIMIT),
     help="Dynos per bridge: a network (the Common Runtime, a space) is sharded over bridges "
-    "of this many ports (a bridge takes at most 1,023).",
+    f"of this many ports (a bridge takes at most 1,023). Default: the state's size, else "
+    f"{Config.shard_ports}.",
 )
 @click.option("--no-restart", is_flag=True, help="Do not restart crashed dynos.")
 @click.option(
@@ -149,7 +149,7 @@ def daemon(
     upstream: tuple[str, ...],
     health_interval: float,
     metrics_interval: float,
-    shard_ports: int,
+    shard_ports: int | None,
     no_restart: bool,
     no_firewall_guard: bool,
     quiet: bool,
@@ -177,7 +177,7 @@ def daemon(
             health_interval=health_interval,
             metrics_interval=metrics_interval,
             firewall_guard=not no_firewall_guard,
-            shard_ports=shard_ports,
+            shard_ports=shard_setting.chosen(state_dir, shard_ports),
         )
         asyncio.run(serve(config))
     except ValueError as exc:

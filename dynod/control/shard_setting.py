@@ -9,8 +9,18 @@ import contextlib
 import os
 
 from dynod.errors import DynodError
+from dynod.kernel.addressing import SHARD_PORTS
 
 FILE = "shard-ports"
+
+
+def chosen(state_dir: str, given: int | None) -> int:
+    """The size to run with: the one given to `dynod daemon --shard-ports`, else the state's
+    (a daemon upgraded to another default keeps placing dynos as before), else the default."""
+    if given is not None:
+        return given
+    before = recorded(state_dir)
+    return before if before is not None else SHARD_PORTS
 
 
 def recorded(state_dir: str) -> int | None:

@@ -165,6 +165,9 @@ def test_a_restart_with_another_shard_size_is_refused_while_dynos_run() -> None:
         assert "error: the state's 2 dynos are on bridges of 1 ports each" in str(refused.value)
         assert "fix: start the daemon with --shard-ports 1" in str(refused.value)
         assert bridge_of(second["netns"]) == f"{d.prefix}0-1"  # untouched
-        d.extra = ["--shard-ports", "1"]
+        d.extra = []  # no --shard-ports: the state's size, not the default
         d.start(timeout=60)
         assert {x["pid"] for x in d.dynos("kept")} == {first["pid"], second["pid"]}
+        assert bridge_of(second["netns"]) == f"{d.prefix}0-1"
+        third = d.run_app("kept", "web")
+        assert bridge_of(third["netns"]) == f"{d.prefix}0-2"  # one port each, as before

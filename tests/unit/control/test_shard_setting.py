@@ -9,6 +9,7 @@ import pytest
 
 from dynod.control import shard_setting
 from dynod.errors import DynodError
+from dynod.kernel.addressing import SHARD_PORTS
 
 
 def test_another_size_is_refused_only_while_dynos_of_the_state_run(tmp_path: object) -> None:
@@ -24,3 +25,14 @@ def test_another_size_is_refused_only_while_dynos_of_the_state_run(tmp_path: obj
     assert shard_setting.recorded(state_dir) == 1000  # nothing changed
     shard_setting.keep(state_dir, 2, dynos=0)  # no dyno to misplace: the new size holds
     assert shard_setting.recorded(state_dir) == 2
+
+
+def test_the_size_given_else_the_states_else_the_default(tmp_path: object) -> None:
+    """A daemon started without --shard-ports keeps the state's size (an upgrade to another
+    default must not be refused, nor place new dynos elsewhere); a new state gets the default."""
+    state_dir = str(tmp_path)
+    assert shard_setting.chosen(state_dir, None) == SHARD_PORTS
+    assert shard_setting.chosen(state_dir, 7) == 7
+    shard_setting.keep(state_dir, 1000, dynos=3)
+    assert shard_setting.chosen(state_dir, None) == 1000
+    assert shard_setting.chosen(state_dir, 7) == 7  # given: keep() then decides

@@ -48,5 +48,5 @@ def test_the_shard_follows_from_the_slot() -> None:
     assert [f.shard for f in shards] == [0, 0, 1, 1, 2]
     assert {f.bridge for f in shards} == {"ps3"}  # the network's name, whatever the shard
     assert [net.shard_bridge(f.shard) for f in shards[::2]] == ["ps3", "ps3-1", "ps3-2"]
-    assert describe("p-a.w.1", "p-1", NET, pool.subnet(1000), None).shard == 0  # default 1,000
-    assert describe("p-a.w.1", "p-1", NET, pool.subnet(1001), None).shard == 1
+    assert describe("p-a.w.1", "p-1", NET, pool.subnet(256), None).shard == 0  # default 256
+    assert describe("p-a.w.1", "p-1", NET, pool.subnet(257), None).shard == 1
