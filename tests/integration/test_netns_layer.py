@@ -6,6 +6,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from pyroute2 import IPRoute
@@ -219,10 +220,13 @@ def _device(fd: int) -> int:
     return os.fstat(fd).st_dev
 
 
-def test_settings_are_looked_up_in_procfs_instances_of_their_own(prefix: str) -> None:
-    """The host's settings go through one instance that is not /proc's superblock; a block
-    inside a namespace through a fresh one, closed with the block; both show the same kernel
-    values as /proc (each namespace's own)."""
+def test_settings_are_looked_up_in_procfs_instances_of_their_own(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host's settings go through one instance that is not /proc's superblock; blocks
+    inside namespaces through another, replaced every ROTATE blocks and closed once replaced
+    or once its thread ends; both show the same kernel values as /proc (each namespace's)."""
+    monkeypatch.setattr(sysctl, "ROTATE", 2)
     name = f"{prefix}-ns"
     namespace.create(name)
     try:
@@ -230,23 +234,42 @@ def test_settings_are_looked_up_in_procfs_instances_of_their_own(prefix: str) ->
         host = _device(sysctl.root())
         assert host != proc
         assert sysctl.read("net.ipv4.ip_default_ttl") == _proc_value("net/ipv4/ip_default_ttl")
-        open_before = len(os.listdir("/proc/self/fd"))
-        for ttl in (31, 32, 33):
-            with namespace.entered(name):
-                inside = _device(sysctl.root())
-                assert inside not in (proc, host)
-                sysctl.write("net.ipv4.ip_default_ttl", ttl)
-        assert len(os.listdir("/proc/self/fd")) == open_before  # each block's instance closed
-        seen = subprocess.run(
+        open_before = _open_fds()
+        seen: list[int] = []
+
+        def blocks() -> None:
+            for ttl in (31, 32, 33, 34, 35):
+                with namespace.entered(name):
+                    seen.append(_device(sysctl.root()))
+                    assert seen[-1] not in (proc, host)
+                    sysctl.write("net.ipv4.ip_default_ttl", ttl)
+
+        worker = threading.Thread(target=blocks)
+        worker.start()
+        worker.join()
+        assert seen[0] == seen[1] != seen[2] == seen[3] != seen[4]  # two blocks an instance
+        _wait_for(lambda: _open_fds() == open_before)  # replaced ones and the thread's: closed
+        value = subprocess.run(
             ["ip", "netns", "exec", name, "cat", "/proc/sys/net/ipv4/ip_default_ttl"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
-        assert seen == "33"
-        assert _proc_value("net/ipv4/ip_default_ttl") != "33"  # the host's untouched
+        assert value == "35"
+        assert _proc_value("net/ipv4/ip_default_ttl") != "35"  # the host's untouched
     finally:
         namespace.delete(name)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within 5 s"
+        time.sleep(0.01)
 
 
 def _proc_value(path: str) -> str:
@@ -268,6 +291,7 @@ def test_settings_fall_back_to_proc_without_instances(
     namespace.create(name)
     try:
         with namespace.entered(name):
+            sysctl._inside.held = None  # this thread's instance from an earlier test
             assert _device(sysctl.root()) == os.stat("/proc").st_dev
             sysctl.write("net.ipv4.ip_default_ttl", 44)
             assert _proc_value("net/ipv4/ip_default_ttl") == "44"
