@@ -8,9 +8,10 @@ private --mount-proc --ipc --uts sh -c ISOLATE ... true`, netns/exec.py), withou
 switch and the cgroups, from inside one network namespace, `--runs` times each way,
 interleaved: first with the host's own namespaces only, then with -n more (`ip netns add`, a
 random `bsm` prefix). "host" as before (unshare copies the host's mounts), "template" as now
-(`nsenter --mount=TEMPLATE unshare ...`, netns/mntns.py). Reported: the median and p90 wall
-time of each, in ms, and the mounts each copy holds. Everything it made is removed on the way
-out (on error, Ctrl-C, SIGTERM too).
+(`nsenter --mount=TEMPLATE unshare ...`, netns/mntns.py); and the copy alone (`unshare --mount
+--propagation private true`) both ways. Reported: the median and p90 wall time of each, in ms,
+and the mounts each copy holds, with their `struct mount`s' size (mnt_cache's object size).
+Everything it made is removed on the way out (on error, Ctrl-C, SIGTERM too).
 """
 
 from __future__ import annotations
@@ -56,17 +57,41 @@ def timed(netns: str, argv: list[str]) -> float:
     return 1000 * (time.perf_counter() - began)
 
 
+COPY_ALONE = ["unshare", "--mount", "--propagation", "private", "true"]
+
+
+def mount_objects() -> tuple[int, int]:
+    """The kernel's live mount structures and the size of one (`grep mnt_cache
+    /proc/slabinfo`: active objects, object size). Weighing copies by the change in live
+    objects is hopeless on a busy machine (any start elsewhere copies the host's table too):
+    a copy's mounts times the size of one is reported instead."""
+    with open("/proc/slabinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[0] == "mnt_cache":
+                return int(fields[1]), int(fields[3])
+    raise RuntimeError("no mnt_cache in /proc/slabinfo")
+
+
 def measure(netns: str, template: str, runs: int) -> dict[str, dict[str, float]]:
-    host, through = chain(None), chain(template)
-    times: dict[str, list[float]] = {"host": [], "template": []}
-    for _ in range(runs):  # interleaved: the machine's load weighs on both alike
-        times["host"].append(timed(netns, host))
-        times["template"].append(timed(netns, through))
+    """The whole chain and the copy alone (`unshare --mount --propagation private true`), each
+    from the host's table and through the template."""
+    ways = {
+        "chain, host": chain(None),
+        "chain, template": chain(template),
+        "copy alone, host": COPY_ALONE,
+        "copy alone, template": mntns.entered(template, COPY_ALONE),
+    }
+    times: dict[str, list[float]] = {way: [] for way in ways}
+    for _ in range(runs):  # interleaved: the machine's load weighs on all alike
+        for way, argv in ways.items():
+            times[way].append(timed(netns, argv))
     return {
         way: {
             "median_ms": round(statistics.median(values), 2),
             "p90_ms": round(sorted(values)[int(0.9 * (len(values) - 1))], 2),
-            "mounts": mounts_seen(None if way == "host" else template),
+            "mounts": (mounts := mounts_seen(None if way.endswith("host") else template)),
+            "mount_kib": round(mounts * mount_objects()[1] / 1024, 1),
         }
         for way, values in times.items()
     }
