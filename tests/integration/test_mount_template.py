@@ -117,6 +117,22 @@ def test_a_dyno_copies_the_template_without_the_hosts_network_namespaces() -> No
         assert d.stop_dyno("mounts", dyno["name"])["stopped"] == [dyno["name"]]
 
 
+def test_a_formation_dyno_copies_the_template_too() -> None:
+    with host_namespaces(10) as before, running_daemon() as d:
+        (d.app_dir / "Procfile").write_text("worker: sleep 600\n")
+        created = d.cli("apps:create", "formed", "--dir", str(d.app_dir), cwd="/")
+        assert created.returncode == 0, created.stderr
+        scaled = d.cli("ps:scale", "--app", "formed", "worker=1", cwd="/")
+        assert scaled.returncode == 0, scaled.stderr
+        netns = d.netns("formed", "worker.1")
+        d.wait_for(lambda: sleeping(netns), "the formation's sleep")
+        with open(f"/proc/{sleeping(netns)[0]}/mountinfo") as f:
+            table = f.read()
+        assert " nsfs " not in table and " /run/netns/" not in table
+        assert not [n for n in before if n in table]
+        assert d.cli("ps:scale", "--app", "formed", "worker=0", cwd="/").returncode == 0
+
+
 def test_the_template_goes_at_a_stop_and_is_made_again_after_a_sigkill() -> None:
     d = DaemonProc()
     template = os.path.join(directory_of(d.prefix), "mnt")
