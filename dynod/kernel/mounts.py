@@ -57,9 +57,13 @@ class MountTemplate:
         return self.made
 
     def remove(self) -> None:
-        """`umount -l DIR/mnt; umount -l DIR; rm -r DIR`."""
+        """`umount -l DIR/mnt; umount -l DIR; rm -r DIR`; what is in the way (someone's
+        directory in it) is said, and the daemon's stop goes on."""
         self.made = None
-        mntns.remove(self.directory)
+        try:
+            mntns.remove(self.directory)
+        except OSError as exc:
+            self.say(f"warning: the dynos' mount template {self.directory} was not removed: {exc}")
 
     def for_dyno(self, device: int) -> str:
         """The template for a dyno whose directory is on `device` (st_dev), made again if it is

@@ -102,7 +102,8 @@ class Spawn:
 def spawn(
     how: Spawn, env: Mapping[str, str], output_path: str, stdio: DynoEnds | None = None
 ) -> subprocess.Popen[bytes]:
-    """`ip netns exec NS setpriv ... /bin/sh -c DYNO_INIT COMMAND CWD >>OUTPUT 2>&1`, the
+    """`ip netns exec NS nsenter --mount=TEMPLATE unshare ... setpriv ... /bin/sh -c DYNO_INIT
+    COMMAND CWD >>OUTPUT 2>&1`, the
     environment on stdin (a memfd), in its own session, as the dyno's user. With `stdio` (an
     attached one-off), its fds 0-2 are those, the environment comes on another fd, and on a
     terminal `setsid --ctty` makes the terminal its controlling one in a session of its own."""

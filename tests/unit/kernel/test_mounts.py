@@ -123,3 +123,22 @@ def test_a_failed_make_leaves_nothing(kernel: FakeKernel) -> None:
 def test_entered_puts_nsenter_before_the_program() -> None:
     argv = mntns.entered("/run/dynod-x/mnt", ["unshare", "--mount", "true"])
     assert argv == ["nsenter", "--mount=/run/dynod-x/mnt", "--", "unshare", "--mount", "true"]
+
+
+def test_a_removal_in_the_way_is_said_and_the_stop_goes_on(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    said: list[str] = []
+    made = template(said)
+    made.make()
+
+    def refuse(directory: str) -> None:
+        raise IsADirectoryError(21, "Is a directory", f"{directory}/someone")
+
+    monkeypatch.setattr(mounts.mntns, "remove", refuse)
+    made.remove()
+    assert made.made is None
+    assert said == [
+        "warning: the dynos' mount template /run/dynod-tstm was not removed: "
+        "[Errno 21] Is a directory: '/run/dynod-tstm/someone'"
+    ]
