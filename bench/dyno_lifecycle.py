@@ -72,7 +72,8 @@ from run_support import Interrupted, machine, signals_ignored, sigterm_as_interr
 
 from dynod.api.client import Client
 from dynod.errors import DynodError
-from netns import namespace
+from dynod.kernel.mounts import directory_of
+from netns import mntns, namespace
 from netns.nftables import Nft, NftError
 
 T = TypeVar("T")
@@ -181,6 +182,7 @@ def leftovers(prefix: str) -> dict[str, list[str]]:
         "netns": [n for n in namespace.names() if prefix in n],
         "links": sorted(n for n in link_names if prefix in n),
         "nft tables": tables,
+        "mount template": mntns.mount_points(directory_of(prefix)),
     }
 
 
@@ -225,6 +227,7 @@ def sweep(prefix: str) -> None:
         for family, table in nft.tables():
             if table == prefix and family in ("bridge", "inet"):
                 nft.run(f"delete table {family} {table}")
+    mntns.remove(directory_of(prefix))  # the daemon's mount template (kernel/mounts.py)
 
 
 # ---------------------------------------------------------------------------- the floor

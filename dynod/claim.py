@@ -68,9 +68,9 @@ class Claim:
                 "dynod daemon must run as root: it creates namespaces, links and nftables tables",
                 "start it with `sudo dynod daemon`",
             )
-        for tool, package in (("setpriv", "util-linux"), ("unshare", "util-linux")):
+        for tool in ("setpriv", "unshare", "nsenter"):  # all three are util-linux's
             if shutil.which(tool) is None:
-                raise DynodError(f"{tool} is missing (dynos need it)", f"apt-get install {package}")
+                raise DynodError(f"{tool} is missing (dynos need it)", "apt-get install util-linux")
 
     def _readable_by_dynos(self, path: str) -> bool:
         """The resolv.conf files: bound over a dyno's /etc/resolv.conf, read as its user."""

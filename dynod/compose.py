@@ -100,9 +100,16 @@ def _pusher(router: AnyRouter) -> Callable[[RouteTable, Sequence[RouteChange]], 
 def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tuple[Daemon, Services]:
     """Every part, whole: the daemon, and the services the API calls. Nothing here touches the
     kernel yet (Daemon.start does)."""
-    kernel = Kernel(config.prefix, config.cidr, config.resolv_dir, config.shard_ports)
     state = State(config.state_dir)
     log = LogBook(f"{config.state_dir}/dynod.log", echo=sys.stderr if config.echo_logs else None)
+    kernel = Kernel(
+        config.prefix,
+        config.cidr,
+        config.resolv_dir,
+        # from the kernel thread: the log belongs to the event loop
+        say=lambda text: loop.call_soon_threadsafe(log.emit, None, "dynod", text),
+        shard_ports=config.shard_ports,
+    )
     resolvers = upstreams(config)
     dns = DnsServer(
         resolvers,

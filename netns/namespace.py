@@ -28,7 +28,7 @@ def path(name: str) -> str:
     return os.path.join(RUN_DIR, name)
 
 
-def _ensure_run_dir() -> None:
+def ensure_run_dir() -> None:
     """Make /run/netns a shared mount point, as `ip netns add` does.
 
     Shared propagation lets the bind mounts below show up in mount namespaces made later
@@ -68,7 +68,7 @@ def create(name: str) -> None:
     """`ip netns add NAME`, done in this thread."""
     _assert_not_event_loop_thread()
     target = path(name)
-    _ensure_run_dir()
+    ensure_run_dir()
     # O_EXCL: a namespace that already exists is an error, never silently replaced.
     os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
     try:

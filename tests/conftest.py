@@ -76,8 +76,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def kernel_unchanged() -> object:
-    """After the whole suite, netns, links and nftables tables look as they did before, and no
-    process lives in a network namespace that was not there before (a leaked dyno would)."""
+    """After the whole suite, netns, links, nftables tables and daemons' mount templates look as
+    they did before, and no process lives in a network namespace that was not there before (a
+    leaked dyno would)."""
     if os.geteuid() != 0:
         yield None
         return
@@ -85,6 +86,7 @@ def kernel_unchanged() -> object:
         support.netns_names(),
         support.link_names(),
         support.nft_tables(),
+        support.run_mounts(),
         support.process_netns(),
         support.lock_files(),
     )
@@ -95,12 +97,13 @@ def kernel_unchanged() -> object:
             support.netns_names(),
             support.link_names(),
             support.nft_tables(),
+            support.run_mounts(),
             support.process_netns(),
             support.lock_files(),
         )
         added = [sorted(b - a) for a, b in zip(before, after, strict=True)]
         if SHARED:
-            added = [_ours(found) for found in added[:3]]  # processes and locks: not attributable
+            added = [_ours(found) for found in added[:4]]  # processes and locks: not attributable
         if not any(added) or time.monotonic() > deadline:
             break
         time.sleep(0.1)

@@ -28,8 +28,9 @@ from typing import Any
 
 from dynod.api.client import Client
 from dynod.errors import DynodError
+from dynod.kernel.mounts import directory_of
 from dynod.testing.daemon import free_port, free_range
-from netns import cgroup
+from netns import cgroup, mntns
 from netns.exec import in_cgroups
 
 APPS_DIR = Path(__file__).parent / "apps"
@@ -86,6 +87,24 @@ def lock_files() -> set[str]:
     return {n for n in os.listdir("/run") if n.startswith("dynod-") and n.endswith(".lock")}
 
 
+def template_mounts(prefix: str) -> list[str]:
+    """The mount template of the daemon of that prefix (kernel/mounts.py): its mount points, and
+    its directory while it is there."""
+    directory = directory_of(prefix)
+    found = mntns.mount_points(directory)
+    return found + [directory] if os.path.isdir(directory) else found
+
+
+def run_mounts() -> set[str]:
+    """The daemons' mount templates: mount points and directories /run/dynod-* (`findmnt`)."""
+    points = {p for p in mntns.mount_points("/run") if p.startswith("/run/dynod-")}
+    return points | {
+        os.path.join("/run", n)
+        for n in os.listdir("/run")
+        if n.startswith("dynod-") and os.path.isdir(os.path.join("/run", n))
+    }
+
+
 def link_names() -> set[str]:
     return set(os.listdir("/sys/class/net"))
 
@@ -121,6 +140,7 @@ def leftovers(prefix: str) -> dict[str, list[str]]:
         "links": sorted(n for n in link_names() if n.startswith(prefix)),
         "tables": sorted(t for t in nft_tables() if t.split()[-1].startswith(prefix)),
         "cgroups": sorted(cgroup_names(prefix)),
+        "mounts": template_mounts(prefix),
     }
     return {k: v for k, v in found.items() if v}
 
@@ -154,6 +174,8 @@ def sweep(prefix: str) -> dict[str, list[str]]:
     for name in found.get("cgroups", []):
         if tree is not None:
             cgroup.remove(tree, name)
+    if found.get("mounts"):
+        mntns.remove(directory_of(prefix))
     return found
 
 

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 
 from pyroute2 import IPRoute
 
@@ -21,13 +22,19 @@ from netns.nftables import Nft
 
 
 def prepare_host(m: Machine) -> list[str]:
-    """`sysctl -w net.ipv4.ip_forward=1`, the Common Runtime's bridge; warnings."""
+    """`sysctl -w net.ipv4.ip_forward=1`, the Common Runtime's bridge, the dynos' mount
+    template (kernel/mounts.py); warnings."""
     check_range_is_free(m.worker.ipr, m.common.pool.network, m.common.bridge)
     m.nft = Nft()
     if sysctl.read("net.ipv4.ip_forward") != "1":
         sysctl.write("net.ipv4.ip_forward", 1)
     make_bridge(m, m.common)
-    return ruleset.foreign_drop_policies(m.nft, m.layout.table) + m.cgroups.find()
+    warnings = ruleset.foreign_drop_policies(m.nft, m.layout.table) + m.cgroups.find()
+    try:
+        m.mounts.make()
+    except (OSError, subprocess.SubprocessError) as exc:  # each start tries again (mounts.py)
+        warnings.append(f"no mount template ({exc}): dynos copy the host's mounts")
+    return warnings
 
 
 def make_bridge(m: Machine, net: Net) -> None:
@@ -77,7 +84,8 @@ def remove_space(m: Machine, key: str, live: list[DynoNetwork]) -> None:
 
 
 def remove_host_objects(m: Machine) -> None:
-    """`nft delete table ...`, every veth and bridge of ours, our cgroups and resolv.confs."""
+    """`nft delete table ...`, every veth and bridge of ours, our cgroups and resolv.confs,
+    the dynos' mount template."""
     nft = m.nft or Nft()
     nft.run(firewall.remove(m.layout))
     nft.close()
@@ -92,6 +100,7 @@ def remove_host_objects(m: Machine) -> None:
     for net in m.nets():
         net.shards.clear()
     m.cgroups.release()
+    m.mounts.remove()
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(m.resolv_dir)
 

@@ -26,6 +26,7 @@ from dynod.kernel.cgroups import DynoCgroups
 from dynod.kernel.facts import DynoNetwork, Removed, Running
 from dynod.kernel.inside import dyno_pids_in, signal_dyno_in
 from dynod.kernel.machine import Machine, Net
+from dynod.kernel.mounts import MountTemplate
 from dynod.kernel.protocol import Launched, SpawnFailed
 from dynod.kernel.ruleset import foreign_drop_policies
 from dynod.kernel.scans import SharedScans
@@ -41,8 +42,14 @@ SYS_NET = "/sys/class/net"  # the host's links, one directory each
 
 class Kernel:
     def __init__(
-        self, prefix: str, cidr: str, resolv_dir: str, shard_ports: int = SHARD_PORTS
+        self,
+        prefix: str,
+        cidr: str,
+        resolv_dir: str,
+        say: Callable[[str], object],
+        shard_ports: int = SHARD_PORTS,
     ) -> None:
+        """say: a line for the daemon's log, from any thread (the mount template's repairs)."""
         names = network.Names(prefix)
         self.shard_ports = shard_ports  # ports per bridge of a network (machine.Net)
         self.machine = Machine(
@@ -51,6 +58,7 @@ class Kernel:
             resolv_dir=resolv_dir,
             worker=KernelWorker(f"{prefix}-kernel"),
             cgroups=DynoCgroups(prefix),  # where sized dynos' groups go
+            mounts=MountTemplate(prefix, say),
         )
         self.names = names
         self.common = self.machine.common
@@ -254,6 +262,7 @@ class Kernel:
             resolv=self.machine.resolv_path(how.network.bridge),
             tmpfs_size=size.tmpfs_bytes if size else None,
             cgroups=self.cgroups.make(netns, size, how.name) if size else [],
+            mounts=self.machine.mounts.for_dyno,
         )
         return sandbox.spawn(spawn, env, output_path, stdio)
 

@@ -11,6 +11,7 @@ from dynod.errors import DynodError
 from dynod.kernel import firewall, network
 from dynod.kernel.addressing import SHARD_PORTS, Pool
 from dynod.kernel.cgroups import DynoCgroups
+from dynod.kernel.mounts import MountTemplate
 from netns.nftables import Nft, Snapshot
 from netns.worker import KernelWorker
 
@@ -68,6 +69,7 @@ class Machine:
     resolv_dir: str
     worker: KernelWorker
     cgroups: DynoCgroups
+    mounts: MountTemplate  # what dynos' mount namespaces are copied from
     spaces: dict[str, Net] = field(default_factory=dict)
     nft: Nft | None = None
     # What our tables should hold: taken right after each full apply, and kept up to date

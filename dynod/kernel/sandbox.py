@@ -7,7 +7,7 @@ import fcntl
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from dynod.kernel import directory, processes
@@ -15,7 +15,7 @@ from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.stdio import DynoEnds
 from dynod.rules.sizes import Size
 from netns import exec as netns_exec
-from netns import record
+from netns import mntns, record
 
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -94,12 +94,16 @@ class Spawn:
     resolv: str  # the network's resolv.conf, bound over /etc/resolv.conf
     tmpfs_size: int | None  # its /tmp's size; None: the kernel's default
     cgroups: list[str]  # the group directories to enter first; []: none
+    # the template mount namespace to copy for a dyno whose directory is on this device
+    # (st_dev); "": the host's (kernel/mounts.py)
+    mounts: Callable[[int], str]
 
 
 def spawn(
     how: Spawn, env: Mapping[str, str], output_path: str, stdio: DynoEnds | None = None
 ) -> subprocess.Popen[bytes]:
-    """`ip netns exec NS setpriv ... /bin/sh -c DYNO_INIT COMMAND CWD >>OUTPUT 2>&1`, the
+    """`ip netns exec NS nsenter --mount=TEMPLATE unshare ... setpriv ... /bin/sh -c DYNO_INIT
+    COMMAND CWD >>OUTPUT 2>&1`, the
     environment on stdin (a memfd), in its own session, as the dyno's user. With `stdio` (an
     attached one-off), its fds 0-2 are those, the environment comes on another fd, and on a
     terminal `setsid --ctty` makes the terminal its controlling one in a session of its own."""
@@ -132,25 +136,30 @@ def spawn(
         os.close(out_fd)
 
 
-def _checked_dir(how: Spawn) -> str:
-    """The dyno's directory's device:inode, checked again at every start, on the very inode
-    handed down: it may have been swapped for a symlink since the last one."""
+def _checked_dir(how: Spawn) -> os.stat_result:
+    """The dyno's directory's stat, checked again at every start, on the very inode handed
+    down: it may have been swapped for a symlink since the last one."""
     dir_fd = directory.open_as(how.cwd, how.uid, how.gid)
     try:
-        checked = os.fstat(dir_fd)
+        return os.fstat(dir_fd)
     finally:
         os.close(dir_fd)
-    return f"{checked.st_dev}:{checked.st_ino}"
 
 
 def _argv(how: Spawn, inner: list[str]) -> list[str]:
+    checked = _checked_dir(how)
     argv = netns_exec.own_namespaces(
         netns_exec.drop_privileges_argv(how.uid, how.gid, inner),
         keep=how.cwd,
-        keep_id=_checked_dir(how),
+        keep_id=f"{checked.st_dev}:{checked.st_ino}",
         resolv=how.resolv,
         tmpfs_size=how.tmpfs_size,
     )
+    # its mount namespace a copy of the template's, not of the host's (every dyno's
+    # /run/netns mount): `nsenter --mount=TEMPLATE unshare --mount ...`
+    template = how.mounts(checked.st_dev)
+    if template:
+        argv = mntns.entered(template, argv)
     return netns_exec.in_cgroups(how.cgroups, argv) if how.cgroups else argv
 
 

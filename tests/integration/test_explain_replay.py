@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from dynod.cli.explain import HEADER, NOTHING
-from tests.support import DaemonProc, running_daemon, sweep, unique_prefix
+from tests.support import DaemonProc, running_daemon, sweep, template_mounts, unique_prefix
 
 pytestmark = pytest.mark.root
 
@@ -263,6 +263,9 @@ def test_a_common_runtime_web_dyno_replayed_makes_the_same_objects() -> None:
                 replay(script, d.prefix, new)
             daemon = kernel_objects(d.prefix)
             assert [ns for ns in daemon["namespaces"]] == ["PREFIX-sushi.web.1"]
+            # the dynos' mount template, made by the replayed start-up, entered by its dyno
+            made = [p.replace(d.prefix, new) for p in template_mounts(d.prefix)]
+            assert made and template_mounts(new) == made
             assert any(link["port"]["isolated"] for link in daemon["links"])
             same_objects(d.prefix, new)
     finally:
@@ -329,5 +332,6 @@ def test_a_foreground_run_prints_its_commands_on_stderr_once_started() -> None:
             commands = explained(result.stderr)
             assert "ip netns add " in commands and "setpriv --reuid=" in commands
             assert "unshare --pid --fork" in commands
+            assert f"nsenter --mount=/run/dynod-{d.prefix}/mnt -- unshare" in commands
     finally:
         shutil.rmtree(cwd, ignore_errors=True)
