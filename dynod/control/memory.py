@@ -35,7 +35,7 @@ class MemoryWatch:
         sample; at the hard limit the kernel OOM-kills inside the dyno's cgroup, and that is
         R15: the whole dyno is killed and, like any crash, restarted. The cgroups are read off
         the event loop, all at once (with 4,000 dynos that is about a second of file reads)."""
-        sized = [d for d in self.state.dynos() if d.size and d.state in ("starting", "up")]
+        sized = self.state.sized_running()  # not every row: most dynos have no size
         found = await asyncio.to_thread(lambda: [self.usage(d) for d in sized])
         present = self.state.dyno_ids()  # one query, not a row per dyno
         for dyno, usage in zip(sized, found, strict=True):
