@@ -6,6 +6,9 @@ that read only its budget, or has a drop to report, is asked again at the next p
 new event. Files that cannot be watched (no inotify instance left, more files than
 fs.inotify.max_user_watches, a watch the kernel dropped) are polled every time, as before:
 output is never lost, only its cost is back to one fstat per poll for those files.
+
+The events are read at each poll, not as they come (loop.add_reader): a chatty dyno's writes
+then wake the event loop for nothing between two polls, and a poll's events are one read.
 """
 
 from __future__ import annotations
