@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from dynod.logs.book import FOREGROUND_WINDOW, LogBook, OutputFile, OutputLimit, shared_puncher
 from dynod.logs.changes import Changes
@@ -32,7 +33,8 @@ class Outputs:
     def _add(self, dyno: Dyno) -> None:
         # Opened and watched before the first poll reads it: no write falls between the two.
         reader = self._readers[dyno.id] = self._reader(dyno)
-        reader.open()
+        with contextlib.suppress(OSError):  # not openable now: polled, each poll tries again
+            reader.open()
         self.changes.watch(dyno.id, reader.fileno())
 
     def close(self, dyno_id: int) -> None:
