@@ -465,14 +465,15 @@ class State:
             rows = self.db.execute("SELECT * FROM dynos WHERE app=? ORDER BY type, number", (app,))
         return [self._dyno(r) for r in rows]
 
-    def sized_running(self) -> list[Dyno]:
-        """The dynos with a size that are starting or up: what memory sampling reads, without
-        building the others' rows (most dynos have no size)."""
+    def sized_running(self) -> list[tuple[int, str, str, float]]:
+        """(id, netns, size, created_at) of the dynos with a size that are starting or up: what
+        memory sampling reads every 20 s, without building a row per dyno (4,000 rows: about
+        0.1 s on the event loop)."""
         rows = self.db.execute(
-            "SELECT * FROM dynos WHERE size != '' AND state IN ('starting', 'up')"
-            " ORDER BY app, type, number"
+            "SELECT id, netns, size, created_at FROM dynos"
+            " WHERE size != '' AND state IN ('starting', 'up')"
         )
-        return [self._dyno(r) for r in rows]
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def running_networks(self) -> list[tuple[int, str, str]]:
         """(id, netns, veth) of every dyno starting or up with a process: what the health check

@@ -1,5 +1,6 @@
-"""Memory sampling (control/memory.py, every 20 s) builds the rows of the sized dynos only:
-the same work with 20 unsized dynos beside them as with 200."""
+"""Memory sampling (control/memory.py, every 20 s) builds the row of a dyno only when it has
+something to say about it (R14, R15): the same work with 20 quiet sized dynos (or unsized ones)
+beside it as with 200."""
 
 from __future__ import annotations
 
@@ -29,18 +30,19 @@ def row(state: State, size: str, dyno_state: str = "up") -> Dyno:
     )  # fmt: skip
 
 
-def rows_built_by_a_sample(tmp_path: Path, unsized: int, monkeypatch: pytest.MonkeyPatch) -> int:
-    state = State(str(tmp_path / f"state{unsized}"))
+def rows_built_by_a_sample(tmp_path: Path, quiet: int, monkeypatch: pytest.MonkeyPatch) -> int:
+    state = State(str(tmp_path / f"state{quiet}"))
     try:
         state.add_app(App("app"))
-        for _ in range(unsized):
-            row(state, "")
-        sized = row(state, "standard-1x")
-        row(state, "standard-1x", dyno_state="crashed")  # not sampled either
         kernel = FakeKernel()
-        kernel.usage[sized.netns] = cgroup.Usage(memory=1 << 20, oom_kills=0)
-        told: list[str] = []
-        watch = MemoryWatch(state, kernel, lambda dyno, text: told.append(text))
+        for number in range(quiet):
+            dyno = row(state, "standard-1x" if number % 2 else "")
+            kernel.usage[dyno.netns] = cgroup.Usage(memory=1 << 20, oom_kills=0)  # under quota
+        over = row(state, "standard-1x")
+        kernel.usage[over.netns] = cgroup.Usage(memory=600 << 20, oom_kills=0)  # over 512 MB
+        row(state, "standard-1x", dyno_state="crashed")  # not sampled
+        told: list[tuple[str, str]] = []
+        watch = MemoryWatch(state, kernel, lambda dyno, text: told.append((dyno.name, text)))
         built = 0
         real = State._dyno
 
@@ -52,15 +54,16 @@ def rows_built_by_a_sample(tmp_path: Path, unsized: int, monkeypatch: pytest.Mon
         monkeypatch.setattr(State, "_dyno", staticmethod(counted))
         asyncio.run(watch.sample())
         monkeypatch.undo()
-        assert told == []  # 1 MB: under its quota
+        assert [name for name, _ in told] == [over.name, over.name]
+        assert told[1][1].startswith("Error R14 (Memory quota exceeded)")
         return built
     finally:
         state.db.close()
 
 
-def test_a_sample_builds_the_sized_rows_only(
+def test_a_sample_builds_the_row_of_the_dyno_over_its_quota_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before: every row (22 and 202 here)."""
+    """Before: every row (23 and 203 here)."""
     assert rows_built_by_a_sample(tmp_path, 20, monkeypatch) == 1
     assert rows_built_by_a_sample(tmp_path, 200, monkeypatch) == 1
