@@ -147,6 +147,10 @@ class FormationService:
         processes_ = self.state.formation(app)
         # A dyno whose process a restart replaces (a config change's) is still one of them.
         restarting = self.supervisor.restarting
+        if not restarting and self.state.formation_counts(app) == {
+            p.type: p.quantity for p in processes_ if p.quantity
+        }:
+            return []  # nothing missing, nothing extra: no row built (every 2 s, N dynos)
         ours = [
             d
             for d in self.state.dynos(app)

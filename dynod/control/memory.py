@@ -34,36 +34,50 @@ class MemoryWatch:
         """Heroku's behaviour: over the quota, `Process running mem=...` and R14 at every
         sample; at the hard limit the kernel OOM-kills inside the dyno's cgroup, and that is
         R15: the whole dyno is killed and, like any crash, restarted. The cgroups are read off
-        the event loop, all at once (with 4,000 dynos that is about a second of file reads)."""
-        sized = [d for d in self.state.dynos() if d.size and d.state in ("starting", "up")]
-        found = await asyncio.to_thread(lambda: [self.usage(d) for d in sized])
+        the event loop, all at once (with 4,000 dynos that is about a second of file reads);
+        a dyno's row is read only when there is something to say about it."""
+        sized = self.state.sized_running()
+        found = await asyncio.to_thread(
+            lambda: [self.kernel.cgroup_usage(netns) for _, netns, _, _ in sized]
+        )
         present = self.state.dyno_ids()  # one query, not a row per dyno
-        for dyno, usage in zip(sized, found, strict=True):
-            if usage is None or dyno.id not in present:
+        for (dyno_id, _netns, size_name, created_at), usage in zip(sized, found, strict=True):
+            if usage is None or dyno_id not in present:
                 continue  # no group (any more), or stopped meanwhile
-            if self.check_oom(dyno, usage):
+            size = sizes.SIZES[size_name]
+            oom = self._oom_news(dyno_id, created_at, usage)
+            if not oom and usage.memory <= size.quota_mb * sizes.MB:
+                continue  # most dynos, most samples: nothing to say, no row read
+            dyno = self.state.dyno(dyno_id)
+            if dyno is None:
+                continue
+            if oom:
+                self._tell_oom(dyno, usage)
                 await self.kernel.kill_inside(running(dyno))
                 continue
-            size = sizes.SIZES[dyno.size]
-            if usage.memory > size.quota_mb * sizes.MB:
-                self.say(dyno, sizes.running_line(size, usage.memory))
-                self.say(dyno, sizes.R14)
+            self.say(dyno, sizes.running_line(size, usage.memory))
+            self.say(dyno, sizes.R14)
 
     def check_oom(self, dyno: Dyno, usage: cgroup.Usage | None) -> bool:
         """Log R15 if the kernel OOM-killed in the dyno's cgroup since we last looked (usage:
         its cgroup as just read). A dyno adopted from an earlier daemon starts from the count
         it has: those were told then."""
-        if usage is None:
+        if usage is None or not self._oom_news(dyno.id, dyno.created_at, usage):
             return False
-        made_here = dyno.created_at >= self._began  # so was its cgroup: it counts from 0
-        seen = self._oom_seen.setdefault(dyno.id, 0 if made_here else usage.oom_kills)
-        self._oom_seen[dyno.id] = usage.oom_kills
-        if usage.oom_kills <= seen:
-            return False
+        self._tell_oom(dyno, usage)
+        return True
+
+    def _oom_news(self, dyno_id: int, created_at: float, usage: cgroup.Usage) -> bool:
+        """OOM kills in the group since the last look (and the count kept for the next)."""
+        made_here = created_at >= self._began  # so was its cgroup: it counts from 0
+        seen = self._oom_seen.setdefault(dyno_id, 0 if made_here else usage.oom_kills)
+        self._oom_seen[dyno_id] = usage.oom_kills
+        return usage.oom_kills > seen
+
+    def _tell_oom(self, dyno: Dyno, usage: cgroup.Usage) -> None:
         size = sizes.SIZES[dyno.size]
         # The kernel kills at the group's limit, so that is what it held then (what is left
         # now, after the kill, says nothing).
         self.say(dyno, sizes.running_line(size, max(usage.memory, size.hard_mb * sizes.MB)))
         self.say(dyno, sizes.R15)
         self.say(dyno, sizes.KILLED)
-        return True

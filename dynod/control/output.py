@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from dynod.logs.book import FOREGROUND_WINDOW, LogBook, OutputFile, OutputLimit, shared_puncher
+from dynod.logs.changes import Changes
 from dynod.state.store import Dyno, State
 
 
@@ -16,19 +18,34 @@ class Outputs:
         self.state = state
         self.log = log
         self._readers: dict[int, OutputFile] = {}
+        self.changes = Changes()  # which files were written since the last poll
 
     def open(self, dyno: Dyno) -> None:
         """Start reading the dyno's output where the state says it was left (kept if open)."""
-        self._readers.setdefault(dyno.id, self._reader(dyno))
+        if dyno.id not in self._readers:
+            self._add(dyno)
 
     def reopen(self, dyno: Dyno) -> None:
         """A dyno adopted after a daemon restart: a new reader from the recorded offset."""
-        self._readers[dyno.id] = self._reader(dyno)
+        self.close(dyno.id)
+        self._add(dyno)
+
+    def _add(self, dyno: Dyno) -> None:
+        # Opened and watched before the first poll reads it: no write falls between the two.
+        reader = self._readers[dyno.id] = self._reader(dyno)
+        with contextlib.suppress(OSError):  # not openable now: polled, each poll tries again
+            reader.open()
+        self.changes.watch(dyno.id, reader.fileno())
 
     def close(self, dyno_id: int) -> None:
+        self.changes.forget(dyno_id)
         reader = self._readers.pop(dyno_id, None)
         if reader is not None:
             reader.close()
+
+    def shutdown(self) -> None:
+        """The change watch goes (the readers stay open for a drain)."""
+        self.changes.close()
 
     @staticmethod
     def _reader(dyno: Dyno) -> OutputFile:
@@ -40,14 +57,18 @@ class Outputs:
         )
 
     async def read_all(self) -> None:
-        # A stat per dyno; the state is read only for dynos that wrote something. Each reader
-        # reads at most READ_BUDGET bytes and hands over at most its rate limit of lines, so a
-        # flooding dyno costs one bounded slice of a poll, and the others still get theirs.
-        for dyno_id, reader in list(self._readers.items()):
-            if self._readers.get(dyno_id) is not reader:
+        # Only the files written since the last poll (inotify: changes.py), and those still
+        # busy; a quiet dyno costs nothing. The state is read only for dynos that wrote
+        # something. Each reader reads at most READ_BUDGET bytes and hands over at most its rate
+        # limit of lines, so a flooding dyno costs one bounded slice of a poll, and the others
+        # still get theirs; what it left stays due for the next poll.
+        for dyno_id in self.changes.due():
+            reader = self._readers.get(dyno_id)
+            if reader is None:
                 continue  # forgotten while an earlier dyno's lines were handed over
             if reader.quiet():
-                continue  # most dynos, most polls: one fstat, nothing else
+                self.changes.settled(dyno_id)
+                continue
             offset = reader.offset
             lines = reader.read_lines()
             report = reader.overflow()

@@ -132,6 +132,7 @@ class Supervisor:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.outputs.shutdown()
 
     # ---------------------------------------------------------------- starting
     async def launch(self, dyno: Dyno, network: DynoNetwork) -> None:

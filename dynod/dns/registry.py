@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import operator
 from collections.abc import Callable
 from typing import Protocol
 
@@ -40,7 +39,31 @@ class Server(Protocol):
 # One registered dyno in its formation's list: the order of `Registry.records` (process type,
 # number, then who registered first), and the address.
 _Member = tuple[str, int, int, int, str]  # type, number, order of registration, id, address
-_ADDRESS = operator.itemgetter(4)
+
+
+class _Members:
+    """The registered dynos of one name, in `records` order, with their addresses alongside:
+    a change finds its place by bisection and hands the server a copy of `addresses` (one C
+    copy), not a list rebuilt from the members."""
+
+    __slots__ = ("keys", "addresses")
+
+    def __init__(self) -> None:
+        self.keys: list[_Member] = []
+        self.addresses: list[str] = []
+
+    def add(self, member: _Member) -> None:
+        at = bisect.bisect(self.keys, member)
+        self.keys.insert(at, member)
+        self.addresses.insert(at, member[4])
+
+    def remove(self, member: _Member) -> None:
+        at = bisect.bisect_left(self.keys, member)  # members differ in their id: this one
+        del self.keys[at]
+        del self.addresses[at]
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
 
 
 def formation_name(app: str, ptype: str) -> str:
@@ -81,10 +104,11 @@ class Registry:
         self._dynos: dict[str, dict[int, Dyno]] = {}
         # space -> formation name -> its registered dynos in the order of `records`: a dyno's
         # change recomputes its formation's addresses, not the space's.
-        self._formations: dict[str, dict[str, list[_Member]]] = {}
+        self._formations: dict[str, dict[str, _Members]] = {}
         # The same by dyno name (N.TYPE.APP...): two dynos share one while one replaces the
         # other, and types differing only in case share their names.
-        self._named: dict[str, dict[str, list[_Member]]] = {}
+        self._named: dict[str, dict[str, _Members]] = {}
+        self._member: dict[int, _Member] = {}  # dyno id -> its entry in both
         self._order = itertools.count()
         self._published: set[str] = set()
 
@@ -101,9 +125,13 @@ class Registry:
         else:
             order = next(self._order)
         registered[dyno.id] = dyno
-        member = (dyno.type, dyno.number, order, dyno.id, dyno.ip)
+        member = self._member[dyno.id] = (dyno.type, dyno.number, order, dyno.id, dyno.ip)
         for index, name in self._names_of(dyno):
-            bisect.insort(index.setdefault(dyno.space, {}).setdefault(name, []), member)
+            names = index.setdefault(dyno.space, {})
+            members = names.get(name)
+            if members is None:
+                members = names[name] = _Members()
+            members.add(member)
         self._changed(dyno if previous is None else previous, dyno)
 
     def unregister(self, dyno: Dyno) -> None:
@@ -121,32 +149,31 @@ class Registry:
         self._published.add(space)
 
     def forget_space(self, space: str) -> None:
-        self._dynos.pop(space, None)
+        for dyno_id in self._dynos.pop(space, {}):
+            self._member.pop(dyno_id, None)
         self._formations.pop(space, None)
         self._named.pop(space, None)
         self._published.discard(space)
         self.server.remove_scope(space)
 
-    def _names_of(self, dyno: Dyno) -> tuple[tuple[dict[str, dict[str, list[_Member]]], str], ...]:
+    def _names_of(self, dyno: Dyno) -> tuple[tuple[dict[str, dict[str, _Members]], str], ...]:
         return (
             (self._formations, formation_name(dyno.app, dyno.type)),
             (self._named, dyno_name(dyno.app, dyno.type, dyno.number)),
         )
 
     def _leave(self, dyno: Dyno) -> None:
+        member = self._member.pop(dyno.id)
         for index, name in self._names_of(dyno):
             members = index[dyno.space][name]
-            members.remove(next(m for m in members if m[3] == dyno.id))
+            members.remove(member)
             if not members:
                 del index[dyno.space][name]
 
     def _order_of(self, dyno: Dyno) -> int:
         """When a dyno re-registered with new facts: its place among equals is kept, as the
         dict of registered dynos (which `records` sorts, stably) keeps it."""
-        for member in self._formations[dyno.space].get(formation_name(dyno.app, dyno.type), []):
-            if member[3] == dyno.id:
-                return member[2]
-        return next(self._order)
+        return self._member[dyno.id][2]
 
     def _changed(self, old: Dyno, new: Dyno) -> None:
         """Send the server the names of `old` and `new` (the same dyno before and after) as
@@ -165,10 +192,10 @@ class Registry:
                 continue
             formation = formation_name(dyno.app, dyno.type)
             members = self._formations[space].get(formation)
-            changes[formation] = list(map(_ADDRESS, members)) if members else None
+            changes[formation] = members.addresses.copy() if members else None
             name = dyno_name(dyno.app, dyno.type, dyno.number)
             named = self._named[space].get(name)
-            changes[name] = [named[-1][4]] if named else None  # records: the last one wins
+            changes[name] = [named.addresses[-1]] if named else None  # records: the last wins
         if changes:
             self.server.update_scope(space, changes)
 

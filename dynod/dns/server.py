@@ -111,6 +111,7 @@ from dynod.dns.zone import (
     build_zone,
     local_reply,
     patch_zone,
+    prepare_late,
     remember_negative,
 )
 from dynod.errors import DynodError
@@ -347,6 +348,9 @@ class DnsServer:
         if q.local:
             reply = self._local(q, zone, udp_limit(q), counters)
             remember_negative(zone, q, reply)
+            if q.qname in zone.late:  # a big formation's first query since it changed
+                with self._lock:
+                    prepare_late(zone, q.qname)
             return reply
         return self._forwarder.forward_udp(q, sock, client, _share_key(scope, client[0]))
 

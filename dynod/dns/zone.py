@@ -46,6 +46,7 @@ __all__ = [
     "encode_name",
     "local_reply",
     "patch_zone",
+    "prepare_late",
     "remember_negative",
 ]
 
@@ -58,9 +59,14 @@ _Section = tuple[bool, int, int, Sequence[bytes], Iterator[int]]
 
 
 class Name:
-    """One name of a scope with its answers prepared: the work of a query is then a lookup."""
+    """One name of a scope with its answers prepared: the work of a query is then a lookup.
 
-    __slots__ = ("wire", "source", "explicit", "count", "records", "turn", "prepared")
+    A name with more than EAGER_ROTATIONS addresses (a big formation) packs its addresses and
+    prepares its answers when first asked (`count`, `records`, `prepared`), not when made: a
+    formation of N dynos changes on each of their starts and stops, and N of those changes with
+    no query between would otherwise cost N packings of N addresses (patch_zone: `late`)."""
+
+    __slots__ = ("wire", "source", "explicit", "turn", "_count", "_records", "_prepared")
 
     def __init__(
         self, wire: bytes, source: tuple[str, ...], turn: Iterator[int], explicit: bool = True
@@ -70,14 +76,47 @@ class Name:
         # False for an empty non-terminal: a name that exists only because names below it do,
         # and goes with the last of them.
         self.explicit = explicit
-        addresses = _pack_addresses(source)
-        self.count = len(addresses)
-        # The records twice in a row, so that rotation k is one slice: records[16k : 16(k+n)].
-        self.records = (A_PREFIX + A_PREFIX.join(addresses)) * 2 if addresses else b""
         # One counter per name, kept across set_scope calls: restarting it on every change
         # (dynos come and go many times a second) would send most queries to the first dyno.
         self.turn = turn
-        self.prepared = self._prepare_udp()
+        self._count = 0
+        self._records: bytes | None = None
+        self._prepared: dict[bytes, Prepared] | None = None
+        if not self.late:  # small: packed (and its addresses checked) now
+            self._pack()
+            self._prepared = self._prepare_udp()
+
+    @property
+    def late(self) -> bool:
+        """Prepared on its first query rather than when made."""
+        return len(self.source) > EAGER_ROTATIONS
+
+    def _pack(self) -> bytes:
+        """ValueError for an address that is not IPv4 (a late name: on its first query)."""
+        if self._records is None:
+            addresses = _pack_addresses(self.source)
+            self._count = len(addresses)
+            # The records twice in a row, so that rotation k is one slice: records[16k : 16(k+n)].
+            self._records = (A_PREFIX + A_PREFIX.join(addresses)) * 2 if addresses else b""
+        return self._records
+
+    @property
+    def count(self) -> int:
+        self._pack()
+        return self._count
+
+    @property
+    def records(self) -> bytes:
+        return self._pack()
+
+    @property
+    def prepared(self) -> dict[bytes, Prepared]:
+        """The answers of plain UDP queries by key (a late name's made on first use; two threads
+        making them at once make the same)."""
+        prepared = self._prepared
+        if prepared is None:
+            prepared = self._prepared = self._prepare_udp()
+        return prepared
 
     def _prepare_udp(self) -> dict[bytes, Prepared]:
         """The answers of plain (no EDNS) UDP queries for A, ANY and AAAA, keyed by the query
@@ -87,7 +126,7 @@ class Name:
         nodata: _Section = (False, 0, 1, [SOA_RECORD], itertools.repeat(0))
         answer = self._udp_answer() if self.count else nodata
         prepared: dict[bytes, Prepared] = {}
-        for flags in (b"\x00\x00", b"\x00\x20", b"\x01\x00", b"\x01\x20"):
+        for flags in _FLAGS:
             for qtype, (tc, an, ns, sections, turn) in ((A, answer), (ANY, answer), (AAAA, nodata)):
                 head = reply_flags(flags, NOERROR, aa=True, tc=tc) + struct.pack(
                     "!4H", 1, an, ns, 0
@@ -143,8 +182,11 @@ class _Rotations(Sequence[bytes]):
 
 @dataclass(frozen=True, slots=True)
 class Zone:
-    """What one scope serves; replaced whole (one attribute assignment) by set_scope and
-    update_scope, so a query sees either the old zone or the new one, never a mix."""
+    """What one scope serves.  set_scope replaces it whole (one attribute assignment).
+    update_scope (patch_zone) changes its names, prepared answers and children in place, name by
+    name and key by key (a query sees a name's old answer or its new one), and replaces the zone
+    object for a new `negative` table: a query that read a name before the change and remembers
+    its negative answer puts it in the old table, which no query reads any more."""
 
     prepared: dict[bytes, Prepared]  # query after the ID, lowercased -> plain UDP answer
     names: dict[bytes, Name]  # lowercased wire name -> Name
@@ -156,14 +198,18 @@ class Zone:
     # Wire name -> how many names of the zone are directly below it: an empty non-terminal
     # goes when this drops to 0 (patch_zone).
     children: dict[bytes, int] = field(default_factory=dict)
+    # Late names (Name.late) changed since their answers were last in `prepared`: their
+    # queries take the slower path until the first one puts them there (prepare_late).
+    late: set[bytes] = field(default_factory=set)
 
 
-EMPTY_ZONE = Zone({}, {})
+EMPTY_ZONE = Zone({}, {})  # never changed: patch_zone starts a new zone from it
 # Where the name starts in a key of `prepared` / `negative`: after the flags and the counts.
 _KEY_NAME = 10
 EAGER_ROTATIONS = 64  # names with more addresses cut their rotations when asked (_Rotations)
 MAX_NEGATIVE = 4096  # a dyno asking random names may fill it: then it starts again
 _NO_TURN = itertools.repeat(0)
+_FLAGS = (b"\x00\x00", b"\x00\x20", b"\x01\x00", b"\x01\x20")  # RD, AD: set or not
 
 
 def build_zone(records: Mapping[str, Sequence[str]], previous: Zone) -> Zone:
@@ -192,14 +238,15 @@ def build_zone(records: Mapping[str, Sequence[str]], previous: Zone) -> Zone:
     for wire in names:
         parent = _parent(wire)
         children[parent] = children.get(parent, 0) + 1
-    if 4 * (len(changed) + len(gone)) > len(names):
+    if 4 * (len(changed) + len(gone) + len(previous.late)) > len(names):
         prepared = {key: answer for name in names.values() for key, answer in name.prepared.items()}
     else:
         prepared = previous.prepared.copy()
         for wire in gone:
-            for key in previous.names[wire].prepared:
-                del prepared[key]
-        for name in changed:  # the keys of a name depend on its name only: these replace
+            for key in _keys(wire):
+                prepared.pop(key, None)
+        # the keys of a name depend on its name only: these replace
+        for name in itertools.chain(changed, (names[w] for w in previous.late if w in names)):
             prepared.update(name.prepared)
     return Zone(prepared, names, children=children)
 
@@ -208,33 +255,72 @@ def patch_zone(previous: Zone, changes: Mapping[str, Sequence[str] | None]) -> Z
     """`previous` with `changes` applied: name -> its new addresses, or None for a name that
     goes.  The same zone as build_zone of the changed records (tests/unit/dns/test_zone.py),
     at the cost of what changed: one dyno's start or stop touches its own name and its
-    formation's, not the thousands of others of its space.  The prepared negative answers of
-    every name added, changed or removed (empty non-terminals included) are dropped, the
-    others kept.  ValueError for a bad name or address (nothing changes then)."""
-    names = previous.names.copy()
-    children = previous.children.copy()
+    formation's, not the thousands of others of its space, and a big formation's answers are
+    prepared on its first query after the change (Name.late), not on each change.
+
+    `previous` is changed in place (see Zone): its names, prepared answers and children are
+    the returned zone's; the returned zone has its own negative answers, those of `previous`
+    but for the names this change touched (empty non-terminals included).  The caller holds
+    the lock that prepare_late takes.  ValueError for a bad name, or a bad address of a name
+    that is not late (nothing changes then); a late name's bad address is found when it is
+    first asked."""
+    if previous is EMPTY_ZONE:
+        previous = Zone({}, {})
+    checked = [
+        (encode_name(text), None if addresses is None else tuple(addresses))
+        for text, addresses in changes.items()
+    ]
+    for _wire, source in checked:
+        if source is not None and len(source) <= EAGER_ROTATIONS:
+            _pack_addresses(source)  # before anything changes
+    names, children, prepared, late = (
+        previous.names,
+        previous.children,
+        previous.prepared,
+        previous.late,
+    )
     touched: set[bytes] = set()
-    for text, addresses in changes.items():
-        wire = encode_name(text)
-        if addresses is None:
+    for wire, source in checked:
+        if source is None:
             _remove(wire, names, children, touched)
         else:
-            _put(wire, tuple(addresses), names, children, touched)
-    prepared = previous.prepared.copy()
-    for wire in touched:
-        old = previous.names.get(wire)
-        if old is not None:
-            for key in old.prepared:
-                del prepared[key]
+            _put(wire, source, names, children, touched)
     for wire in touched:  # the keys of a name depend on its name only
-        new = names.get(wire)
-        if new is not None:
-            prepared.update(new.prepared)
+        name = names.get(wire)
+        if name is not None and not name.late:
+            prepared.update(name.prepared)  # key by key: each query sees the old or the new
+            late.discard(wire)
+            continue
+        for key in _keys(wire):
+            prepared.pop(key, None)
+        if name is None:
+            late.discard(wire)
+        else:
+            late.add(wire)
     # A copy first (one C call: atomic while query threads add to the old one), then weeded.
     negative = previous.negative.copy()
     for key in [key for key in negative if key[_KEY_NAME:-4] in touched]:
         del negative[key]
-    return Zone(prepared, names, negative, children)
+    return Zone(prepared, names, negative, children, late)
+
+
+def prepare_late(zone: Zone, wire: bytes) -> None:
+    """Put a late name's answers in the zone's prepared table, on its first query after a
+    change; under the lock the zone's patches are made under."""
+    if wire in zone.late:
+        name = zone.names.get(wire)
+        if name is not None:
+            zone.prepared.update(name.prepared)
+        zone.late.discard(wire)
+
+
+def _keys(wire: bytes) -> list[bytes]:
+    """The keys of a name's prepared answers (Name._prepare_udp)."""
+    return [
+        flags + QD1 + wire + struct.pack("!HH", qtype, IN)
+        for flags in _FLAGS
+        for qtype in (A, ANY, AAAA)
+    ]
 
 
 def _put(

@@ -492,6 +492,10 @@ class OutputFile:
             os.close(self._fd)
             self._fd = None
 
+    def fileno(self) -> int | None:
+        """The open file (None until open() found it): what a change watch follows."""
+        return self._fd
+
     def quiet(self) -> bool:
         """Nothing to do this poll: the open file has no byte past the offset and no drop is
         waiting to be reported (one fstat, the cheapest question a poll of N dynos can ask)."""

@@ -465,6 +465,16 @@ class State:
             rows = self.db.execute("SELECT * FROM dynos WHERE app=? ORDER BY type, number", (app,))
         return [self._dyno(r) for r in rows]
 
+    def sized_running(self) -> list[tuple[int, str, str, float]]:
+        """(id, netns, size, created_at) of the dynos with a size that are starting or up: what
+        memory sampling reads every 20 s, without building a row per dyno (4,000 rows: about
+        0.1 s on the event loop)."""
+        rows = self.db.execute(
+            "SELECT id, netns, size, created_at FROM dynos"
+            " WHERE size != '' AND state IN ('starting', 'up')"
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
     def running_networks(self) -> list[tuple[int, str, str]]:
         """(id, netns, veth) of every dyno starting or up with a process: what the health check
         looks at every second, read without building the rows (4,000 dynos: 48 ms as rows)."""
@@ -590,6 +600,16 @@ class State:
         """Every app's formation, in one read (by app, then type, as `formation`)."""
         rows = self.db.execute("SELECT * FROM formation ORDER BY app, type")
         return [self._process(r) for r in rows]
+
+    def formation_counts(self, app: str) -> dict[str, int]:
+        """Type -> how many of the app's formation dynos are not stopping: one counting query,
+        no rows built (what a converge with nothing to do needs, every 2 s)."""
+        rows = self.db.execute(
+            "SELECT type, COUNT(*) FROM dynos WHERE app=? AND formation AND state != 'stopping'"
+            " GROUP BY type",
+            (app,),
+        )
+        return {r[0]: r[1] for r in rows}
 
     def formation_apps(self) -> list[str]:
         rows = self.db.execute("SELECT DISTINCT app FROM formation ORDER BY app")

@@ -1,0 +1,69 @@
+"""Memory sampling (control/memory.py, every 20 s) builds the row of a dyno only when it has
+something to say about it (R14, R15): the same work with 20 quiet sized dynos (or unsized ones)
+beside it as with 200."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynod.control.memory import MemoryWatch
+from dynod.kernel.fake import FakeKernel
+from dynod.state.store import App, Dyno, State
+from netns import cgroup
+
+
+def row(state: State, size: str, dyno_state: str = "up") -> Dyno:
+    dyno_id = state.next_dyno_id()
+    return state.insert_dyno(
+        Dyno(
+            id=dyno_id, app="app", type="worker", number=dyno_id, state=dyno_state, slot=dyno_id,
+            ip="10.0.0.2", port=None, pid=None, pid_start=None, netns=f"ns-{dyno_id}",
+            veth=f"veth-{dyno_id}", command="sleep 1", cwd="/", uid=os.getuid(),
+            gid=os.getgid(), created_at=time.time(), size=size,
+        )
+    )  # fmt: skip
+
+
+def rows_built_by_a_sample(tmp_path: Path, quiet: int, monkeypatch: pytest.MonkeyPatch) -> int:
+    state = State(str(tmp_path / f"state{quiet}"))
+    try:
+        state.add_app(App("app"))
+        kernel = FakeKernel()
+        for number in range(quiet):
+            dyno = row(state, "standard-1x" if number % 2 else "")
+            kernel.usage[dyno.netns] = cgroup.Usage(memory=1 << 20, oom_kills=0)  # under quota
+        over = row(state, "standard-1x")
+        kernel.usage[over.netns] = cgroup.Usage(memory=600 << 20, oom_kills=0)  # over 512 MB
+        row(state, "standard-1x", dyno_state="crashed")  # not sampled
+        told: list[tuple[str, str]] = []
+        watch = MemoryWatch(state, kernel, lambda dyno, text: told.append((dyno.name, text)))
+        built = 0
+        real = State._dyno
+
+        def counted(data: Any) -> Any:
+            nonlocal built
+            built += 1
+            return real(data)
+
+        monkeypatch.setattr(State, "_dyno", staticmethod(counted))
+        asyncio.run(watch.sample())
+        monkeypatch.undo()
+        assert [name for name, _ in told] == [over.name, over.name]
+        assert told[1][1].startswith("Error R14 (Memory quota exceeded)")
+        return built
+    finally:
+        state.db.close()
+
+
+def test_a_sample_builds_the_row_of_the_dyno_over_its_quota_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: every row (23 and 203 here)."""
+    assert rows_built_by_a_sample(tmp_path, 20, monkeypatch) == 1
+    assert rows_built_by_a_sample(tmp_path, 200, monkeypatch) == 1
