@@ -64,11 +64,20 @@ def _thread_netns_fd() -> Iterator[int]:
         os.close(fd)
 
 
+_run_dir_made = False  # by this process: ensure_run_dir() once, not at every create
+
+
 def create(name: str) -> None:
-    """`ip netns add NAME`, done in this thread."""
+    """`ip netns add NAME`, done in this thread. /run/netns is made a shared mount point once
+    per process (`ip netns add` does it every time): its `--make-rshared` walks every namespace
+    name mounted below it (0.09 ms at 4,000), and the names mounted since are shared anyway
+    (a mount below a shared one joins its peer group)."""
+    global _run_dir_made
     _assert_not_event_loop_thread()
     target = path(name)
-    ensure_run_dir()
+    if not _run_dir_made or not os.path.isdir(RUN_DIR):
+        ensure_run_dir()
+        _run_dir_made = True
     # O_EXCL: a namespace that already exists is an error, never silently replaced.
     os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
     try:
