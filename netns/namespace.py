@@ -140,14 +140,16 @@ def entered(name: str) -> Iterator[None]:
     is back in its own namespace when the block ends, whatever happens in it.
     """
     _assert_not_event_loop_thread()
-    with _thread_netns_fd() as home:
+    # sysctl's instance is replaced (and its closing thread made) here, before the switch: a
+    # thread made inside the namespace would stay in it and keep it alive.
+    with _thread_netns_fd() as home, sysctl.own_instance():
         target = open_fd(name)
         try:
             _libc.setns(target, _libc.CLONE_NEWNET)
         finally:
             os.close(target)
         try:
-            with record.inside(name), sysctl.own_instance():
+            with record.inside(name):
                 yield
         finally:
             _libc.setns(home, _libc.CLONE_NEWNET)

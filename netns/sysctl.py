@@ -109,7 +109,10 @@ def root() -> int:
 @contextlib.contextmanager
 def own_instance() -> Iterator[None]:
     """For a block this thread runs inside another network namespace: its settings are looked
-    up in the thread's instance for such blocks, which is replaced every ROTATE blocks."""
+    up in the thread's instance for such blocks, which is replaced every ROTATE blocks. To be
+    entered before the thread switches namespace: a replaced instance goes to the closing
+    thread, made on first use, and a thread is born in its maker's namespace (it would keep a
+    dyno's namespace, and its veth, alive for the life of the process)."""
     if _inside.depth == 0:
         _inside.blocks += 1
         if _inside.blocks > ROTATE:

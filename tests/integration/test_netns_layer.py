@@ -298,3 +298,31 @@ def test_settings_fall_back_to_proc_without_instances(
         assert sysctl._instances_work is False
     finally:
         namespace.delete(name)
+
+
+def test_replacing_an_instance_keeps_no_namespace_alive(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instances replaced at every block (ROTATE 1), with the closing thread made during these
+    blocks: once the namespaces' names are gone, the kernel frees them and their veths."""
+    monkeypatch.setattr(sysctl, "ROTATE", 1)
+    monkeypatch.setattr(sysctl, "_closer", None)  # made again, here
+    names = [f"{prefix}-n{i}" for i in range(3)]
+
+    def blocks() -> None:
+        for name in names:
+            namespace.create(name)
+            subprocess.run(
+                ["ip", "link", "add", f"{name}h", "type", "veth", "peer", "eth0", "netns", name],
+                check=True,
+            )
+            for _ in range(2):
+                with namespace.entered(name):
+                    sysctl.write("net.ipv4.ping_group_range", "0 2147483647")
+        for name in names:
+            namespace.delete(name)
+
+    worker = threading.Thread(target=blocks)
+    worker.start()
+    worker.join()
+    _wait_for(lambda: not any(os.path.exists(f"/sys/class/net/{n}h") for n in names))
