@@ -4,34 +4,27 @@ is one counting query, the same for a formation of 5 dynos as of 50."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
-from dynod.state.store import State
 from tests.unit.control.test_formation import World, names, scale
 from tests.unit.control.test_formation import world as world  # noqa: F401 - the fixture
+from tests.unit.control.worlds import RowsBuilt
 
 
 def rows_built_by_idle_converges(world: World, size: int, monkeypatch: pytest.MonkeyPatch) -> int:
-    built = 0
-    real = State._dyno
-
-    def counted(row: Any) -> Any:
-        nonlocal built
-        built += 1
-        return real(row)
+    built: list[RowsBuilt] = []
 
     async def test() -> None:
         await scale(world, f"web={size}")
         assert len(names(world)) == size
-        monkeypatch.setattr(State, "_dyno", staticmethod(counted))
+        built.append(RowsBuilt(monkeypatch))
         for _ in range(3):
             assert await world.formation.converge("sushi") == []
         monkeypatch.undo()
 
     asyncio.run(test())
-    return built
+    return built[0].count
 
 
 @pytest.mark.parametrize("size", [5, 50])

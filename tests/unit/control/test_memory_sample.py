@@ -8,7 +8,6 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +15,7 @@ from dynod.control.memory import MemoryWatch
 from dynod.kernel.fake import FakeKernel
 from dynod.state.store import App, Dyno, State
 from netns import cgroup
+from tests.unit.control.worlds import RowsBuilt
 
 
 def row(state: State, size: str, dyno_state: str = "up") -> Dyno:
@@ -43,20 +43,12 @@ def rows_built_by_a_sample(tmp_path: Path, quiet: int, monkeypatch: pytest.Monke
         row(state, "standard-1x", dyno_state="crashed")  # not sampled
         told: list[tuple[str, str]] = []
         watch = MemoryWatch(state, kernel, lambda dyno, text: told.append((dyno.name, text)))
-        built = 0
-        real = State._dyno
-
-        def counted(data: Any) -> Any:
-            nonlocal built
-            built += 1
-            return real(data)
-
-        monkeypatch.setattr(State, "_dyno", staticmethod(counted))
+        built = RowsBuilt(monkeypatch)
         asyncio.run(watch.sample())
         monkeypatch.undo()
         assert [name for name, _ in told] == [over.name, over.name]
         assert told[1][1].startswith("Error R14 (Memory quota exceeded)")
-        return built
+        return built.count
     finally:
         state.db.close()
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from dynod.config import Config
 from dynod.control.dynos import DynoService
 from dynod.control.routing import RoutePublisher
@@ -118,3 +120,18 @@ def services(
     end_sessions(kernel)
     asyncio.run(supervisor.close())
     state.db.close()
+
+
+class RowsBuilt:
+    """Counts the dyno rows the state builds (State._dyno) while installed: how tests tell a
+    pass over every dyno from one over the few it needs."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = State._dyno
+
+        def counted(row: Any) -> Any:
+            self.count += 1
+            return real(row)
+
+        monkeypatch.setattr(State, "_dyno", staticmethod(counted))
