@@ -9,8 +9,9 @@ costs the same whatever N.
 The template is made as `ip netns` makes its directory: a private mount point of its own
 (`mount --bind DIR DIR; mount --make-private DIR`: the kernel refuses to bind a mount namespace
 where propagation could copy it into itself), then `unshare --mount=DIR/mnt --propagation slave
-umount -l PATH...`. As a slave it still receives the mounts made later on the host (where the
-host's mounts are shared, as systemd makes them), but under the paths it dropped.
+sh -c DROP drop PATH...` (below). As a slave it still receives the mounts made later on the host
+where the host's mounts are shared (as systemd makes them), but those on the parents of the paths
+it dropped.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from dataclasses import dataclass
 from netns import _libc, record
 
 MS_PRIVATE = 1 << 18
+# unshare(1)'s bind of the new namespace onto FILE was refused now and then (EINVAL) when made
+# from a mount namespace other than the first (a test's `unshare --mount` with / made rshared):
+# the kernel's check against binding a namespace into an older one (mnt_ns_loop). It went
+# through at a later try or not at all for that namespace; never seen from the host's.
+ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -60,17 +66,40 @@ def private_dir(path: str) -> None:
     record.note("mount", "--make-private", path)
 
 
+# Runs in the new template: drops each DIR's mount (and all below it). Where the host's mounts
+# are shared (systemd's), DIR's mount (a bind of DIR onto itself) is a peer of its parent's, so
+# every name mounted under DIR has a second copy on the parent, uncovered here once DIR's mount
+# is gone, and the parent would go on receiving each new one: those copies go too, and the
+# parent stops receiving the host's mounts (dynos whose directory is on a filesystem mounted
+# since get a new template: dynod/kernel/mounts.py).
+DROP = """
+for dir; do
+    umount -l "$dir" || exit 1
+    awk -v dir="$dir/" 'index($5, dir) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+        while read -r point; do umount -l "$point" 2>/dev/null; done
+    mount --make-private "$(findmnt -n -o TARGET -T "$dir")" || exit 1
+done
+"""
+
+
 def make(path: str, without: Sequence[str]) -> Template:
-    """`touch FILE; unshare --mount=FILE --propagation slave umount -l PATH...`, FILE in a
-    private_dir(). Each PATH must be a mount point here. Undone on failure."""
-    with open(path, "a"):
-        pass
-    record.note("touch", path)
-    argv = ["unshare", f"--mount={path}", "--propagation", "slave", "umount", "-l", *without]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
-    if result.returncode != 0:
+    """`touch FILE; unshare --mount=FILE --propagation slave sh -c DROP drop DIR...`, FILE in a
+    private_dir(). Each DIR must be a mount point here. A FILE that holds a template already
+    gets the new one on top (a spawn on its way to the old one still finds a template). Undone
+    on failure."""
+    if not os.path.exists(path):
+        with open(path, "a"):
+            pass
+        record.note("touch", path)
+    argv = ["unshare", f"--mount={path}", "--propagation", "slave", "sh", "-c", DROP, "drop"]
+    argv += without
+    for attempt in range(ATTEMPTS):
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+        if result.returncode == 0:
+            break
         unmount(path)  # unshare binds FILE before it runs the program: the copy is whole
-        raise OSError(f"{' '.join(argv)}: {result.stderr.strip() or result.returncode}")
+        if "failed: Invalid argument" not in result.stderr or attempt == ATTEMPTS - 1:
+            raise OSError(f"{' '.join(argv)}: {result.stderr.strip() or result.returncode}")
     record.note(*argv)
     try:
         found = os.stat(path)
@@ -115,7 +144,8 @@ def remove(directory: str) -> None:
     if not os.path.isdir(directory):
         return  # none, or someone else's file: not a template
     for name in sorted(os.listdir(directory)):
-        unmount(os.path.join(directory, name))
+        while unmount(os.path.join(directory, name)):  # templates made again stack
+            pass
     while unmount(directory):  # stacked binds, if a killed daemon left one under another
         pass
     with contextlib.suppress(FileNotFoundError):

@@ -23,6 +23,7 @@ Where the kernel has no such instances (before 5.2) or refuses one, /proc is use
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
 import threading
@@ -68,8 +69,11 @@ def _open_root() -> int:
     if _instances_work:
         try:
             return _libc.new_instance("proc")
-        except OSError:
-            _instances_work = False
+        except OSError as exc:
+            # no such instances here (an old kernel, a seccomp filter, no CAP_SYS_ADMIN): /proc
+            # from then on; a passing shortage (EMFILE, ENOMEM) only this once
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                _instances_work = False
     return os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 

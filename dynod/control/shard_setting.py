@@ -10,17 +10,25 @@ import os
 
 from dynod.errors import DynodError
 from dynod.kernel.addressing import SHARD_PORTS
+from dynod.state.store import DB_FILE
 
 FILE = "shard-ports"
+LEGACY_SHARD_PORTS = 1000  # every dynod before the size was recorded
 
 
 def chosen(state_dir: str, given: int | None) -> int:
     """The size to run with: the one given to `dynod daemon --shard-ports`, else the state's
-    (a daemon upgraded to another default keeps placing dynos as before), else the default."""
+    (a daemon upgraded to another default keeps placing dynos as before), else the default.
+    A state made before the size was recorded (a `state.db` without this file) was placed on
+    bridges of 1,000, the default then."""
     if given is not None:
         return given
     before = recorded(state_dir)
-    return before if before is not None else SHARD_PORTS
+    if before is not None:
+        return before
+    if os.path.exists(os.path.join(state_dir, DB_FILE)):
+        return LEGACY_SHARD_PORTS
+    return SHARD_PORTS
 
 
 def recorded(state_dir: str) -> int | None:

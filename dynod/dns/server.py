@@ -156,7 +156,9 @@ class DnsServer:
         )
         self.tcp_idle_timeout = tcp_idle_timeout
         self._tcp_shares = Shares(max_tcp_connections, max_tcp_per_scope, max_tcp_per_source)
-        self._lock = threading.Lock()  # scopes, listeners, counters: never taken by queries
+        # scopes, listeners, counters; a query takes it only to prepare a big formation's name
+        # on its first query after a change (prepare_late), once per change
+        self._lock = threading.Lock()
         self._scopes: dict[str, Scope] = {}
         self._listeners: dict[str, Listener] = {}
         self._counters: list[Counters] = []

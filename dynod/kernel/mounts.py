@@ -41,9 +41,9 @@ class MountTemplate:
         self.retry_at = 0.0  # time.monotonic() after which a failed make is tried again
 
     def make(self) -> mntns.Template:
-        """`mkdir -p DIR; mount --bind DIR DIR; mount --make-private DIR; touch DIR/mnt;
-        unshare --mount=DIR/mnt --propagation slave umount -l /run/netns`, anything left
-        there by an earlier daemon removed first."""
+        """At the daemon's start: `mkdir -p DIR; mount --bind DIR DIR; mount --make-private
+        DIR; touch DIR/mnt; unshare --mount=DIR/mnt --propagation slave sh -c DROP drop
+        /run/netns` (netns/mntns.py), anything left there by an earlier daemon removed first."""
         self.made = None
         self.unlisted.clear()
         mntns.remove(self.directory)
@@ -54,6 +54,18 @@ class MountTemplate:
         except BaseException:
             mntns.remove(self.directory)
             raise
+        return self.made
+
+    def remake(self) -> mntns.Template:
+        """Made again on top of the one there, which stays until the stop: a dyno started
+        moments ago whose `nsenter` has not opened DIR/mnt yet still finds a template. The
+        private directory is made again if it went."""
+        self.unlisted.clear()
+        if self.directory not in mntns.mount_points(self.directory):
+            mntns.remove(self.directory)
+            mntns.private_dir(self.directory)
+        namespace.ensure_run_dir()
+        self.made = mntns.make(self.path, [namespace.RUN_DIR])
         return self.made
 
     def remove(self) -> None:
@@ -80,7 +92,7 @@ class MountTemplate:
         if time.monotonic() < self.retry_at:
             return ""  # the last attempt failed moments ago, and said so
         try:
-            made = self.make()
+            made = self.remake()
         except (OSError, subprocess.SubprocessError) as exc:
             self.retry_at = time.monotonic() + RETRY
             self.say(

@@ -18,6 +18,8 @@ from typing import Any
 
 from dynod.errors import DynodError
 
+DB_FILE = "state.db"  # in the state directory
+
 SCHEMA_VERSION = 6
 
 SCHEMA = """
@@ -277,7 +279,7 @@ class State:
     def __init__(self, directory: str) -> None:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.directory = directory
-        self.db = sqlite3.connect(os.path.join(directory, "state.db"), isolation_level=None)
+        self.db = sqlite3.connect(os.path.join(directory, DB_FILE), isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")

@@ -221,7 +221,8 @@ def test_the_template_is_in_the_start_up_commands_and_a_dyno_enters_it() -> None
         for line in (
             f"mount --bind {directory} {directory}",
             f"mount --make-private {directory}",
-            f"unshare --mount={directory}/mnt --propagation slave umount -l /run/netns",
+            f"unshare --mount={directory}/mnt --propagation slave sh -c",
+            "drop /run/netns",
         ):
             assert line in startup.stdout, startup.stdout
         run = d.cli("run", "--app", "told", "--type", "job", "--explain", "--", "true")
@@ -240,3 +241,59 @@ def test_a_stopped_daemon_leaves_no_template_even_with_dynos_running_at_stop() -
         assert directory_of(d.prefix) not in out.stdout
     finally:
         assert d.close() == {}
+
+
+# Where the host's mounts are shared (systemd's), run in a mount namespace of its own (nothing
+# of it reaches the host): a shared tmpfs stands for /run, its `netns` directory bound onto
+# itself and made shared as `ip netns add` makes /run/netns (so it joins the tmpfs's peer
+# group), a template dropping it, then a name mounted there as `ip netns add` mounts one.
+SHARED_HOST = """
+import os, subprocess, sys
+sys.path.insert(0, sys.argv[2])
+from netns import _libc, mntns
+run = sys.argv[1]
+netns = os.path.join(run, "netns")
+subprocess.run(["mount", "--make-rshared", "/"], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "tmpfs", run], check=True)
+os.mkdir(netns)
+subprocess.run(["mount", "--bind", netns, netns], check=True)
+subprocess.run(["mount", "--make-shared", netns], check=True)
+early = os.path.join(netns, "early")
+open(early, "w").close()
+_libc.mount("/proc/self/ns/net", early, "none", _libc.MS_BIND)
+mntns.private_dir(os.path.join(run, "tpl"))
+template = mntns.make(os.path.join(run, "tpl", "mnt"), [netns])
+late = os.path.join(netns, "late")
+open(late, "w").close()
+_libc.mount("/proc/self/ns/net", late, "none", _libc.MS_BIND)
+seen = subprocess.run(
+    ["nsenter", "--mount=" + template.path, "cat", "/proc/self/mountinfo"],
+    capture_output=True, text=True, check=True,
+).stdout
+for line in seen.splitlines():
+    print("mount", line.split()[4])
+"""
+
+
+def test_on_a_host_with_shared_mounts_the_template_gets_no_name_before_or_after() -> None:
+    """`ip netns add` on a systemd host mounts each name twice (on /run/netns and, hidden, on
+    /run, its peer): the template has neither the names there when it was made nor those
+    mounted after (each dyno would otherwise copy them all again, and keep them alive)."""
+    run = tempfile.mkdtemp(prefix=f"dynod-{unique_prefix()}-")
+    try:
+        for _ in range(5):  # a new outer namespace when the template's bind met mnt_ns_loop
+            out = subprocess.run(
+                ["unshare", "--mount", "--propagation", "unchanged", PYTHON, "-c", SHARED_HOST]
+                + [run, os.getcwd()],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if "failed: Invalid argument" not in out.stderr:
+                break
+        assert out.returncode == 0, out.stderr
+        points = [line.split()[1] for line in out.stdout.splitlines()]
+        assert run in points  # the template has the /run stand-in...
+        assert [p for p in points if p.startswith(os.path.join(run, "netns"))] == []  # ...no name
+    finally:
+        os.rmdir(run)

@@ -36,3 +36,13 @@ def test_the_size_given_else_the_states_else_the_default(tmp_path: object) -> No
     shard_setting.keep(state_dir, 1000, dynos=3)
     assert shard_setting.chosen(state_dir, None) == 1000
     assert shard_setting.chosen(state_dir, 7) == 7  # given: keep() then decides
+
+
+def test_a_state_from_before_the_size_was_recorded_keeps_1000(tmp_path: object) -> None:
+    """Its dynos were placed on bridges of 1,000 (the default then): an upgraded daemon
+    started without --shard-ports must look for them there, not on bridges of 256."""
+    state_dir = str(tmp_path)
+    open(os.path.join(state_dir, shard_setting.DB_FILE), "w").close()
+    assert shard_setting.chosen(state_dir, None) == 1000
+    shard_setting.keep(state_dir, 1000, dynos=4)
+    assert shard_setting.chosen(state_dir, None) == 1000
