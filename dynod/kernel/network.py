@@ -225,8 +225,7 @@ def new_namespaces_have_ipv6() -> bool:
         with open("/sys/module/ipv6/parameters/disable_ipv6") as f:
             if f.read().strip() != "0":
                 return False
-        with open("/proc/sys/net/core/devconf_inherit_init_net") as f:
-            return f.read().strip() in ("0", "2")
+        return sysctl.read("net.core.devconf_inherit_init_net") in ("0", "2")
     except OSError:
         return False
 

@@ -5,8 +5,6 @@ beside it as with 200."""
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 from pathlib import Path
 
 import pytest
@@ -15,19 +13,11 @@ from dynod.control.memory import MemoryWatch
 from dynod.kernel.fake import FakeKernel
 from dynod.state.store import App, Dyno, State
 from netns import cgroup
-from tests.unit.control.worlds import RowsBuilt
+from tests.unit.control.worlds import RowsBuilt, stored_dyno
 
 
 def row(state: State, size: str, dyno_state: str = "up") -> Dyno:
-    dyno_id = state.next_dyno_id()
-    return state.insert_dyno(
-        Dyno(
-            id=dyno_id, app="app", type="worker", number=dyno_id, state=dyno_state, slot=dyno_id,
-            ip="10.0.0.2", port=None, pid=None, pid_start=None, netns=f"ns-{dyno_id}",
-            veth=f"veth-{dyno_id}", command="sleep 1", cwd="/", uid=os.getuid(),
-            gid=os.getgid(), created_at=time.time(), size=size,
-        )
-    )  # fmt: skip
+    return stored_dyno(state, state=dyno_state, size=size)
 
 
 def rows_built_by_a_sample(tmp_path: Path, quiet: int, monkeypatch: pytest.MonkeyPatch) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from dynod.logs import changes as changes_module
 from dynod.logs.book import READ_BUDGET, LogBook
 from dynod.logs.inotify import IN_Q_OVERFLOW, Inotify
 from dynod.state.store import App, Dyno, State
+from tests.unit.control.worlds import stored_dyno
 
 
 @dataclass
@@ -34,31 +34,9 @@ class Poll:
     def add(self, count: int = 1) -> list[Dyno]:
         made = []
         for _ in range(count):
-            dyno_id = self.state.next_dyno_id()
-            path = self.directory / f"{dyno_id}.out"
+            path = self.directory / f"{self.state.next_dyno_id()}.out"
             path.write_bytes(b"")
-            dyno = self.state.insert_dyno(
-                Dyno(
-                    id=dyno_id,
-                    app="app",
-                    type="worker",
-                    number=dyno_id,
-                    state="up",
-                    slot=dyno_id,
-                    ip=f"10.0.{dyno_id // 64}.{4 * (dyno_id % 64) + 2}",
-                    port=None,
-                    pid=None,
-                    pid_start=None,
-                    netns=f"ns-{dyno_id}",
-                    veth=f"veth-{dyno_id}",
-                    command="sleep 1",
-                    cwd="/",
-                    uid=os.getuid(),
-                    gid=os.getgid(),
-                    log_path=str(path),
-                    created_at=time.time(),
-                )
-            )
+            dyno = stored_dyno(self.state, log_path=str(path))
             self.outputs.open(dyno)
             made.append(dyno)
         self.dynos += made

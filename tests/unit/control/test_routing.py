@@ -25,7 +25,7 @@ from dynod.router.routes import Backend, Refused, RouteChange, RouteTable
 from dynod.router.wire import changes_frame, routed
 from dynod.rules import names
 from dynod.state.store import App, Dyno, State
-from tests.unit.control.worlds import NoDns, end_sessions, run_with, until
+from tests.unit.control.worlds import NoDns, end_sessions, run_with, stored_dyno, until
 
 SPACE_NET = ("10.9.0.0/16", "10.9.0.1")
 
@@ -201,29 +201,20 @@ def _truth(world: World, opened: set[str]) -> RouteTable:
 
 def _random_dyno(world: World, rnd: random.Random, app: str) -> Dyno:
     dyno_id = world.state.next_dyno_id()
-    return world.state.insert_dyno(
-        Dyno(
-            id=dyno_id,
-            app=app,
-            type=rnd.choice([names.WEB_TYPE, names.WEB_TYPE, "worker"]),
-            number=dyno_id,
-            state=rnd.choice(["starting", "up"]),
-            slot=dyno_id,
-            ip=f"10.9.{dyno_id // 256}.{dyno_id % 256}",
-            port=rnd.choice([None, 5000, 5001]),
-            pid=None,
-            pid_start=None,
-            netns=f"ns-{dyno_id}",
-            veth=f"veth-{dyno_id}",
-            command="true",
-            cwd="/",
-            uid=0,
-            gid=0,
-            env={},
-            detached=True,
-            log_path="/dev/null",
-            created_at=0.0,
-        )
+    return stored_dyno(
+        world.state,
+        app=app,
+        type=rnd.choice([names.WEB_TYPE, names.WEB_TYPE, "worker"]),
+        state=rnd.choice(["starting", "up"]),
+        ip=f"10.9.{dyno_id // 256}.{dyno_id % 256}",
+        port=rnd.choice([None, 5000, 5001]),
+        command="true",
+        uid=0,
+        gid=0,
+        env={},
+        detached=True,
+        log_path="/dev/null",
+        created_at=0.0,
     )
 
 

@@ -26,7 +26,7 @@ from dynod.kernel.machine import Net
 from dynod.kernel.network import Names
 from dynod.logs.book import LogBook
 from dynod.router.routes import RouteChange, RouteTable
-from dynod.state.store import State
+from dynod.state.store import Dyno, State
 
 
 class NoDns:
@@ -135,3 +135,29 @@ class RowsBuilt:
             return real(row)
 
         monkeypatch.setattr(State, "_dyno", staticmethod(counted))
+
+
+def stored_dyno(store: State, /, **fields: Any) -> Dyno:
+    """A dyno row inserted with the next id: an `up` worker of `app` with its own /30 address,
+    namespace and veth named after the id; `fields` override any of these."""
+    dyno_id = store.next_dyno_id()
+    row: dict[str, Any] = {
+        "id": dyno_id,
+        "app": "app",
+        "type": "worker",
+        "number": dyno_id,
+        "state": "up",
+        "slot": dyno_id,
+        "ip": f"10.0.{dyno_id // 64}.{4 * (dyno_id % 64) + 2}",
+        "port": None,
+        "pid": None,
+        "pid_start": None,
+        "netns": f"ns-{dyno_id}",
+        "veth": f"veth-{dyno_id}",
+        "command": "sleep 1",
+        "cwd": "/",
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "created_at": time.time(),
+    }
+    return store.insert_dyno(Dyno(**{**row, **fields}))
