@@ -28,13 +28,14 @@ import time
 from run_support import machine, signals_ignored, sigterm_as_interrupt
 
 from netns import exec as netns_exec
-from netns import mntns, namespace
+from netns import fstab, mntns, namespace
 
 
-def chain(template: str | None) -> list[str]:
-    """The dyno's chain around `true`; through the template when one is given."""
+def chain(template: str | None, mounts: str) -> list[str]:
+    """The dyno's chain around `true` with the private mounts listed in the file `mounts`;
+    through the template when one is given."""
     root = os.stat("/")
-    argv = netns_exec.own_namespaces(["true"], keep="/", keep_id=f"{root.st_dev}:{root.st_ino}")
+    argv = netns_exec.own_namespaces(["true"], "/", f"{root.st_dev}:{root.st_ino}", mounts)
     return argv if template is None else mntns.entered(template, argv)
 
 
@@ -73,12 +74,12 @@ def mount_objects() -> tuple[int, int]:
     raise RuntimeError("no mnt_cache in /proc/slabinfo")
 
 
-def measure(netns: str, template: str, runs: int) -> dict[str, dict[str, float]]:
+def measure(netns: str, template: str, mounts: str, runs: int) -> dict[str, dict[str, float]]:
     """The whole chain and the copy alone (`unshare --mount --propagation private true`), each
     from the host's table and through the template."""
     ways = {
-        "chain, host": chain(None),
-        "chain, template": chain(template),
+        "chain, host": chain(None, mounts),
+        "chain, template": chain(template, mounts),
         "copy alone, host": COPY_ALONE,
         "copy alone, template": mntns.entered(template, COPY_ALONE),
     }
@@ -114,15 +115,16 @@ def main() -> int:
             namespace.ensure_run_dir()
             mntns.private_dir(directory)
             template = mntns.make(os.path.join(directory, "mnt"), [namespace.RUN_DIR]).path
+            mounts = fstab.Files(os.path.join(directory, "fstab")).path(fstab.Private(prefix))
             probe = f"{prefix}-probe"
             namespace.create(probe)
             made.append(probe)
-            results["with 0 extra"] = measure(probe, template, args.runs)
+            results["with 0 extra"] = measure(probe, template, mounts, args.runs)
             for seq in range(args.n):
                 name = f"{prefix}-{seq}"
                 namespace.create(name)
                 made.append(name)
-            results[f"with {args.n} extra"] = measure(probe, template, args.runs)
+            results[f"with {args.n} extra"] = measure(probe, template, mounts, args.runs)
     finally:
         with signals_ignored():
             for name in made:

@@ -48,3 +48,8 @@ class Config:
     def resolv_dir(self) -> str:
         """Where each network's resolv.conf is written (bound over a dyno's /etc/resolv.conf)."""
         return os.path.join(self.state_dir, "resolv")
+
+    @property
+    def fstab_dir(self) -> str:
+        """Where the dynos' private mounts are listed, for their `mount -a -T` (netns/fstab.py)."""
+        return os.path.join(self.state_dir, "fstab")

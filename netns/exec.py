@@ -6,26 +6,33 @@ inside the namespace is born there: no helper process, no setns in the child.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from netns import namespace, record
-
-LOCK_SIZE = 5 * 1024 * 1024  # /run/lock: lock files only (Debian mounts its own with 5 MB)
+from netns import mntns, namespace, record
 
 
 def popen_inside(
-    name: str, argv: Sequence[str], shown_stdio: str = "", **popen_kwargs: Any
+    name: str,
+    argv: Sequence[str],
+    shown_stdio: str = "",
+    mounts: str = "",
+    **popen_kwargs: Any,
 ) -> subprocess.Popen[bytes]:
     """`ip netns exec NAME ARGV...`, started from this thread while it is inside NAME.
     shown_stdio is how the recorder shows the child's stdin, stdout and stderr (the Popen's
-    are file descriptors), e.g. `</dev/null >>FILE 2>&1`."""
-    with namespace.entered(name):
+    are file descriptors), e.g. `</dev/null >>FILE 2>&1`. With `mounts` (a mount namespace's
+    file: `ip netns exec NAME nsenter --mount=MOUNTS ARGV...`), the child is born in that
+    mount namespace too, the thread having entered it (netns/mntns.py thread_entered)."""
+    in_mounts = mntns.thread_entered(mounts) if mounts else contextlib.nullcontext()
+    with namespace.entered(name), in_mounts:  # the network's first: its name is in /run/netns
         process = subprocess.Popen(list(argv), **popen_kwargs)
     if record.active():
-        record.note_text(as_typed(name, argv, popen_kwargs, shown_stdio))
+        shown = mntns.entered(mounts, argv) if mounts else argv
+        record.note_text(as_typed(name, shown, popen_kwargs, shown_stdio))
     return process
 
 
@@ -45,24 +52,21 @@ def as_typed(name: str, argv: Sequence[str], popen_kwargs: dict[str, Any], stdio
     return f"{line} {stdio}".rstrip()
 
 
-# Runs as root in the new namespaces: binds the given resolv.conf over /etc/resolv.conf (the host's
-# file is never changed; a symlinked one has its target covered, in this mount namespace only),
-# gives them their own empty /tmp, /dev/shm and /var/tmp (of `size` bytes each when given) and
-# /run/lock (of `lock_size`: lock files of one program are none of another's business),
-# an empty /run/netns (the names of other namespaces are none of its business), and a /sys that
-# shows its own network namespace's links (as `ip netns exec` does); binds the kept directory
-# back in if it was under one of the private directories; then becomes the program. The kept
-# directory is opened before the private mounts cover it, and must be the very inode the
-# caller checked (device:inode), so a directory swapped for a symlink meanwhile is refused.
-# The caller's umask is not the program's: the usual 022 (the directories made here for the
-# kept one must be traversable, and the program's files are its own business).
+# Runs as root in the new namespaces: mounts what the fstab file lists (netns/fstab.py: the
+# given resolv.conf bound over /etc/resolv.conf, so the host's file is never changed and a
+# symlinked one has its target covered, in this mount namespace only; their own empty /tmp,
+# /dev/shm, /var/tmp and /run/lock, as lock files of one program are none of another's business;
+# an empty /run/netns, as the names of other namespaces are none of its business; a /sys that
+# shows its own network namespace's links, as `ip netns exec` does), all in one exec of mount(8);
+# binds the kept directory back in if it was under one of the private directories; then becomes
+# the program. The kept directory is opened before the private mounts cover it, and must be the
+# very inode the caller checked (device:inode), so a directory swapped for a symlink meanwhile is
+# refused. The caller's umask is not the program's: the usual 022 (the directories made here for
+# the kept one must be traversable, and the program's files are its own business).
 ISOLATE = """
 umask 022
-keep=$1 keep_id=$2 resolv=$3 size=$4 lock_size=$5
-shift 5
-if [ -n "$resolv" ]; then
-    mount --bind -o ro "$resolv" /etc/resolv.conf || exit 126
-fi
+keep=$1 keep_id=$2 fstab=$3
+shift 3
 case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*|/run/lock/*)
     exec 3<"$keep" || exit 126
     if [ "$(stat -L -c %d:%i /proc/self/fd/3)" != "$keep_id" ]; then
@@ -70,16 +74,7 @@ case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*|/run/lock/*)
         exit 126
     fi;;
 esac
-for dir in /tmp /dev/shm /var/tmp; do
-    mount -t tmpfs -o "mode=1777,nosuid,nodev${size:+,size=$size}" tmpfs "$dir" || exit 126
-done
-if [ -d /run/lock ]; then
-    mount -t tmpfs -o "mode=1777,nosuid,nodev,noexec,size=$lock_size" tmpfs /run/lock || exit 126
-fi
-if [ -d /run/netns ]; then
-    mount -t tmpfs -o mode=755,nosuid,nodev,noexec tmpfs /run/netns || exit 126
-fi
-mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys || exit 126
+mount -a -T "$fstab" || exit 126
 case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*|/run/lock/*)
     mkdir -p "$keep" || exit 126
     mount --no-canonicalize --bind /proc/self/fd/3 "$keep" || exit 126
@@ -89,21 +84,14 @@ exec "$@"
 """
 
 
-def own_namespaces(
-    argv: Sequence[str],
-    keep: str,
-    keep_id: str,
-    resolv: str = "",
-    tmpfs_size: int | None = None,
-    lock_size: int = LOCK_SIZE,
-) -> list[str]:
-    """`unshare --pid --fork --mount --mount-proc --ipc --uts` with private temporary directories
-    (/tmp, /dev/shm, /var/tmp: `mount -t tmpfs -o size=tmpfs_size`; /run/lock):
-    the program sees only its own processes, IPC objects and temporary files, and cannot address
-    (ptrace, signal, read /proc/PID/environ of) processes outside. The directory `keep` (whose
-    "device:inode" is keep_id) stays visible where it is, even under /tmp. unshare itself
-    waits in the parent namespace, ignores SIGTERM and SIGINT, and exits with the program's
-    status. A non-empty `resolv` is a file bound read-only over /etc/resolv.conf."""
+def own_namespaces(argv: Sequence[str], keep: str, keep_id: str, fstab: str) -> list[str]:
+    """`unshare --pid --fork --mount --mount-proc --ipc --uts`, then `mount -a -T FSTAB` (the
+    sandbox's private mounts, netns/fstab.py: empty /tmp, /dev/shm, /var/tmp, /run/lock of
+    their sizes, a read-only resolv.conf, its own /sys): the program sees only its own
+    processes, IPC objects and temporary files, and cannot address (ptrace, signal, read
+    /proc/PID/environ of) processes outside. The directory `keep` (whose "device:inode" is
+    keep_id) stays visible where it is, even under /tmp. unshare itself waits in the parent
+    namespace, ignores SIGTERM and SIGINT, and exits with the program's status."""
     return [
         "unshare",
         "--pid",
@@ -121,9 +109,7 @@ def own_namespaces(
         "isolate",
         keep,
         keep_id,
-        resolv,
-        "" if tmpfs_size is None else str(tmpfs_size),
-        str(lock_size),
+        fstab,
         *argv,
     ]
 

@@ -20,7 +20,7 @@ import contextlib
 import errno
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from netns import _libc, record
@@ -161,6 +161,40 @@ def mount_points(directory: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         points = [line.split()[4] for line in f]
     return sorted(p for p in points if p == directory or p.startswith(directory + "/"))
+
+
+@contextlib.contextmanager
+def thread_entered(path: str) -> Iterator[None]:
+    """`nsenter --mount=FILE` for the calling thread only: a process it starts in the block is
+    born in the template (fork copies the calling thread's namespaces), without an nsenter of
+    its own (an exec, about 1.4 ms of CPU per start). The thread's working directory is back
+    when the block ends, whatever happens in it.
+
+    setns(2) into a mount namespace is refused to a thread that shares its root and working
+    directory with others (all of a process's threads do, and a thread shares them with the
+    threads it starts): the thread first gets its own, `unshare(CLONE_FS)`, every time (a
+    no-op when it already has them alone; the daemon never changes directory or umask after
+    it starts its threads). Entering moves its root and working directory to the namespace's
+    root, and so does coming back: the working directory is restored by hand."""
+    _libc.unshare(_libc.CLONE_FS)
+    home = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _libc.setns(target, _libc.CLONE_NEWNS)
+            finally:
+                os.close(target)
+            try:
+                yield
+            finally:
+                _libc.setns(home, _libc.CLONE_NEWNS)
+                os.fchdir(cwd)
+        finally:
+            os.close(cwd)
+    finally:
+        os.close(home)
 
 
 def entered(path: str, argv: Sequence[str]) -> list[str]:

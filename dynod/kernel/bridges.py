@@ -85,7 +85,7 @@ def remove_space(m: Machine, key: str, live: list[DynoNetwork]) -> None:
 
 def remove_host_objects(m: Machine) -> None:
     """`nft delete table ...`, every veth and bridge of ours, our cgroups and resolv.confs,
-    the dynos' mount template."""
+    the dynos' mount template and fstab files."""
     nft = m.nft or Nft()
     nft.run(firewall.remove(m.layout))
     nft.close()
@@ -101,6 +101,7 @@ def remove_host_objects(m: Machine) -> None:
         net.shards.clear()
     m.cgroups.release()
     m.mounts.remove()
+    m.fstabs.remove()
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(m.resolv_dir)
 

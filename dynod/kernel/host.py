@@ -31,7 +31,7 @@ from dynod.kernel.protocol import Launched, SpawnFailed
 from dynod.kernel.ruleset import foreign_drop_policies
 from dynod.kernel.scans import SharedScans
 from dynod.kernel.stdio import DynoEnds
-from netns import addresses, cgroup, namespace
+from netns import addresses, cgroup, fstab, namespace
 from netns.nftables import NftError
 from netns.worker import KernelWorker
 
@@ -46,6 +46,7 @@ class Kernel:
         prefix: str,
         cidr: str,
         resolv_dir: str,
+        fstab_dir: str,
         say: Callable[[str], object],
         shard_ports: int = SHARD_PORTS,
     ) -> None:
@@ -56,6 +57,7 @@ class Kernel:
             names=names,
             common=Net("", names.bridge, Pool(cidr), shard_ports=shard_ports),
             resolv_dir=resolv_dir,
+            fstabs=fstab.Files(fstab_dir),
             worker=KernelWorker(f"{prefix}-kernel"),
             cgroups=DynoCgroups(prefix),  # where sized dynos' groups go
             mounts=MountTemplate(prefix, say),
@@ -259,8 +261,13 @@ class Kernel:
             cwd=how.cwd,
             uid=how.uid,
             gid=how.gid,
-            resolv=self.machine.resolv_path(how.network.bridge),
-            tmpfs_size=size.tmpfs_bytes if size else None,
+            fstab=self.machine.fstabs.path(
+                fstab.Private(
+                    source=f"dynod-{self.names.prefix}",
+                    resolv=self.machine.resolv_path(how.network.bridge),
+                    tmpfs_size=size.tmpfs_bytes if size else None,
+                )
+            ),
             cgroups=self.cgroups.make(netns, size, how.name) if size else [],
             mounts=self.machine.mounts.for_dyno,
         )

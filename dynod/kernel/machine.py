@@ -12,6 +12,7 @@ from dynod.kernel import firewall, network
 from dynod.kernel.addressing import SHARD_PORTS, Pool
 from dynod.kernel.cgroups import DynoCgroups
 from dynod.kernel.mounts import MountTemplate
+from netns import fstab
 from netns.nftables import Nft, Snapshot
 from netns.worker import KernelWorker
 
@@ -67,6 +68,7 @@ class Machine:
     names: network.Names
     common: Net
     resolv_dir: str
+    fstabs: fstab.Files  # the files of dynos' private mounts (one `mount -a -T` each)
     worker: KernelWorker
     cgroups: DynoCgroups
     mounts: MountTemplate  # what dynos' mount namespaces are copied from

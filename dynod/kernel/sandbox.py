@@ -15,7 +15,7 @@ from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.stdio import DynoEnds
 from dynod.rules.sizes import Size
 from netns import exec as netns_exec
-from netns import mntns, record
+from netns import record
 
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -91,8 +91,7 @@ class Spawn:
     cwd: str
     uid: int
     gid: int
-    resolv: str  # the network's resolv.conf, bound over /etc/resolv.conf
-    tmpfs_size: int | None  # its /tmp's size; None: the kernel's default
+    fstab: str  # the file of its private mounts (netns/fstab.py), for `mount -a -T FSTAB`
     cgroups: list[str]  # the group directories to enter first; []: none
     # the template mount namespace to copy for a dyno whose directory is on this device
     # (st_dev); "": the host's (kernel/mounts.py)
@@ -109,7 +108,7 @@ def spawn(
     terminal `setsid --ctty` makes the terminal its controlling one in a session of its own."""
     if stdio is not None:
         return _spawn_attached(how, env, stdio)
-    argv = _argv(how, ["/bin/sh", "-c", DYNO_INIT, how.command, how.cwd])
+    argv, mounts = _argv(how, ["/bin/sh", "-c", DYNO_INIT, how.command, how.cwd])
     env_fd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
     out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
@@ -123,6 +122,7 @@ def spawn(
             how.netns,
             argv,
             shown_stdio=f"</dev/null >>{shlex.quote(output_path)} 2>&1",
+            mounts=mounts,
             cwd="/",  # the dyno's directory is entered by the dyno's user, not by root
             env={"PATH": SAFE_PATH},
             stdin=env_fd,
@@ -146,21 +146,21 @@ def _checked_dir(how: Spawn) -> os.stat_result:
         os.close(dir_fd)
 
 
-def _argv(how: Spawn, inner: list[str]) -> list[str]:
+def _argv(how: Spawn, inner: list[str]) -> tuple[list[str], str]:
+    """The chain that starts `inner`, and the mount namespace it is to be born in (the
+    template whose copy becomes its own; "": the host's)."""
     checked = _checked_dir(how)
     argv = netns_exec.own_namespaces(
         netns_exec.drop_privileges_argv(how.uid, how.gid, inner),
         keep=how.cwd,
         keep_id=f"{checked.st_dev}:{checked.st_ino}",
-        resolv=how.resolv,
-        tmpfs_size=how.tmpfs_size,
+        fstab=how.fstab,
     )
     # its mount namespace a copy of the template's, not of the host's (every dyno's
-    # /run/netns mount): `nsenter --mount=TEMPLATE unshare --mount ...`
+    # /run/netns mount): `nsenter --mount=TEMPLATE unshare --mount ...`, the nsenter done
+    # by the thread that starts it
     template = how.mounts(checked.st_dev)
-    if template:
-        argv = mntns.entered(template, argv)
-    return netns_exec.in_cgroups(how.cgroups, argv) if how.cgroups else argv
+    return (netns_exec.in_cgroups(how.cgroups, argv) if how.cgroups else argv), template
 
 
 def _spawn_attached(how: Spawn, env: Mapping[str, str], stdio: DynoEnds) -> subprocess.Popen[bytes]:
@@ -180,9 +180,11 @@ def _spawn_attached(how: Spawn, env: Mapping[str, str], stdio: DynoEnds) -> subp
             # setsid(2), then TIOCSCTTY on stdin: the slave is the terminal of the dyno's
             # session, so Ctrl-C typed by the user reaches its foreground processes.
             inner = ["setsid", "--ctty", *inner]
+        argv, mounts = _argv(how, inner)
         return netns_exec.popen_inside(
             how.netns,
-            _argv(how, inner),
+            argv,
+            mounts=mounts,
             cwd="/",
             env={"PATH": SAFE_PATH},
             stdin=stdio.stdin,

@@ -332,6 +332,7 @@ def test_a_foreground_run_prints_its_commands_on_stderr_once_started() -> None:
             commands = explained(result.stderr)
             assert "ip netns add " in commands and "setpriv --reuid=" in commands
             assert "unshare --pid --fork" in commands
-            assert f"nsenter --mount=/run/dynod-{d.prefix}/mnt -- unshare" in commands
+            assert f"nsenter --mount=/run/dynod-{d.prefix}/mnt -- " in commands
+            assert "mount -a -T " in commands
     finally:
         shutil.rmtree(cwd, ignore_errors=True)

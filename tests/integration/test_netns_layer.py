@@ -7,12 +7,15 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from netns import addresses, links, namespace, sysctl
+from dynod.kernel.mounts import directory_of
+from netns import addresses, fstab, links, mntns, namespace, sysctl
+from netns import exec as netns_exec
 from netns.nftables import Nft, NftError
 from netns.rtnl import Rtnl
 from tests.support import sweep, unique_prefix
@@ -326,3 +329,115 @@ def test_replacing_an_instance_keeps_no_namespace_alive(
     worker.start()
     worker.join()
     _wait_for(lambda: not any(os.path.exists(f"/sys/class/net/{n}h") for n in names))
+
+
+def test_the_sandbox_mounts_its_own_where_the_host_already_has_a_tmpfs(tmp_path: Path) -> None:
+    """`mount -a` skips what is already mounted: the sandbox's /tmp, /dev/shm, /run/lock and
+    /sys are its own even where the host has a tmpfs of the usual name there (systemd's
+    /run/lock and /tmp, Debian's /dev/shm). All in a throwaway mount and network namespace
+    (whose /var/tmp and /run/lock play the host's: the files are under /tmp)."""
+    resolv = tmp_path / "a dir" / "resolv.conf"  # a blank in the path: escaped in the file
+    resolv.parent.mkdir()
+    resolv.write_text("nameserver 127.0.0.53\n")
+    source = f"dynod-{unique_prefix()}"
+    mounts = fstab.Files(str(tmp_path / "fstab")).path(
+        fstab.Private(source, resolv=str(resolv), tmpfs_size=4 * 1024 * 1024)
+    )
+    report = (
+        "cat /proc/self/mountinfo; echo --; cat /etc/resolv.conf;"
+        " stat -f -c %b*%S /tmp /dev/shm /var/tmp /run/lock;"
+        " touch /etc/resolv.conf 2>/dev/null && echo resolv-writable || echo resolv-ro"
+    )
+    root = os.stat("/")
+    chain = netns_exec.own_namespaces(
+        ["sh", "-c", report], "/", f"{root.st_dev}:{root.st_ino}", mounts
+    )
+    # the host as systemd makes it: a tmpfs "tmpfs" on /var/tmp and /run/lock
+    host_like = 'mount -t tmpfs tmpfs /var/tmp && mount -t tmpfs tmpfs /run/lock && exec "$@"'
+    done = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--net",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            host_like,
+            "host",
+            *chain,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    table, _, rest = done.stdout.partition("--\n")
+    top = {}  # mount point: (fstype, source) of the last one mounted there, the one seen
+    for line in table.splitlines():
+        mine, _, theirs = line.partition(" - ")
+        top[mine.split()[4]] = tuple(theirs.split()[:2])
+    for target in ("/tmp", "/dev/shm", "/var/tmp", "/run/lock"):
+        assert top[target] == ("tmpfs", source), (target, table)
+    assert top["/sys"] == ("sysfs", source), table
+    resolv_seen, *sizes, writable = rest.splitlines()
+    assert resolv_seen == "nameserver 127.0.0.53"
+    mb = 1024 * 1024  # blocks*block size: their own sizes, not the host-like mounts' (half the RAM)
+    assert [eval(size) for size in sizes] == [4 * mb, 4 * mb, 4 * mb, fstab.LOCK_SIZE]
+    assert writable == "resolv-ro"
+
+
+def test_a_thread_starts_a_child_in_a_mount_namespace_and_comes_back(prefix: str) -> None:
+    """mntns.thread_entered: a child started in the block is born in the template (as
+    `nsenter --mount=FILE` would put it there); the thread is back in its own mount namespace
+    and working directory after, the other threads never left theirs, and a thread the
+    entering thread started since (it shares its root and cwd) does not keep it from entering
+    again."""
+    directory = directory_of(prefix)
+    mntns.private_dir(directory)
+    try:
+        template = mntns.make(os.path.join(directory, "mnt"), [namespace.RUN_DIR]).path
+        wanted = os.stat(template).st_ino
+        main_home = os.stat("/proc/thread-self/ns/mnt").st_ino
+        seen: dict[str, object] = {}
+
+        def look() -> list[object]:
+            with mntns.thread_entered(template):
+                inside = os.stat("/proc/thread-self/ns/mnt").st_ino
+                seen["main while inside"] = os.stat(
+                    f"/proc/{os.getpid()}/task/{main}/ns/mnt"
+                ).st_ino
+                child = subprocess.run(
+                    ["readlink", "/proc/self/ns/mnt"], capture_output=True, text=True, check=True
+                )
+            return [
+                inside,
+                child.stdout.strip(),
+                os.stat("/proc/thread-self/ns/mnt").st_ino,
+                os.getcwd(),
+            ]
+
+        def worker() -> None:
+            try:
+                cwd = os.getcwd()
+                first = look()
+                bystander = threading.Thread(target=lambda: None)  # shares this thread's fs
+                bystander.start()
+                bystander.join()
+                seen["runs"] = [first, look()]
+                seen["cwd"] = cwd
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                seen["error"] = exc
+
+        main = threading.get_native_id()
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(30)
+        assert "error" not in seen, seen["error"]
+        for inside, child, after, cwd in seen["runs"]:  # type: ignore[attr-defined]
+            assert inside == wanted and child == f"mnt:[{wanted}]"
+            assert after == main_home and cwd == seen["cwd"]
+        assert seen["main while inside"] == main_home
+        assert os.stat("/proc/thread-self/ns/mnt").st_ino == main_home
+    finally:
+        mntns.remove(directory)

@@ -25,9 +25,7 @@ def test_join_wrapper_stops_when_a_group_refuses(tmp_path: Path) -> None:
     assert done.returncode == 126 and "ran" not in done.stdout
 
 
-def test_isolate_arguments_carry_the_sizes() -> None:
-    argv = netns_exec.own_namespaces(["true"], "/app", "1:2", "", tmpfs_size=512 * MB)
-    assert argv[-6:] == ["/app", "1:2", "", str(512 * MB), str(netns_exec.LOCK_SIZE), "true"]
-    unsized = netns_exec.own_namespaces(["true"], "/app", "1:2")
-    assert unsized[-3] == ""
-    assert "/run/lock" in netns_exec.ISOLATE
+def test_isolate_arguments_carry_the_fstab() -> None:
+    argv = netns_exec.own_namespaces(["true"], "/app", "1:2", "/state/fstab/x.fstab")
+    assert argv[-4:] == ["/app", "1:2", "/state/fstab/x.fstab", "true"]
+    assert 'mount -a -T "$fstab"' in netns_exec.ISOLATE
