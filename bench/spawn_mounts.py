@@ -8,8 +8,9 @@ private --mount-proc --ipc --uts sh -c ISOLATE ... true`, netns/exec.py), withou
 switch and the cgroups, from inside one network namespace, `--runs` times each way,
 interleaved: first with the host's own namespaces only, then with -n more (`ip netns add`, a
 random `bsm` prefix). "host" as before (unshare copies the host's mounts), "template" as now
-(`nsenter --mount=TEMPLATE unshare ...`, netns/mntns.py); and the copy alone (`unshare --mount
---propagation private true`) both ways. Reported: the median and p90 wall time of each, in ms,
+(born in the template, as `nsenter --mount=TEMPLATE unshare ...`: the starting thread enters it,
+netns/mntns.py); and the copy alone (`unshare --mount --propagation private true`) both ways.
+Reported: the median and p90 wall time of each, in ms, the median CPU time of all its processes,
 and the mounts each copy holds, with their `struct mount`s' size (mnt_cache's object size).
 Everything it made is removed on the way out (on error, Ctrl-C, SIGTERM too).
 """
@@ -19,10 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import secrets
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from run_support import machine, signals_ignored, sigterm_as_interrupt
@@ -31,12 +34,10 @@ from netns import exec as netns_exec
 from netns import fstab, mntns, namespace
 
 
-def chain(template: str | None, mounts: str) -> list[str]:
-    """The dyno's chain around `true` with the private mounts listed in the file `mounts`;
-    through the template when one is given."""
+def chain(mounts: str) -> list[str]:
+    """The dyno's chain around `true`, with the private mounts listed in the file `mounts`."""
     root = os.stat("/")
-    argv = netns_exec.own_namespaces(["true"], "/", f"{root.st_dev}:{root.st_ino}", mounts)
-    return argv if template is None else mntns.entered(template, argv)
+    return netns_exec.own_namespaces(["true"], "/", f"{root.st_dev}:{root.st_ino}", mounts)
 
 
 def mounts_seen(template: str | None) -> int:
@@ -48,14 +49,20 @@ def mounts_seen(template: str | None) -> int:
     return len(out.splitlines())
 
 
-def timed(netns: str, argv: list[str]) -> float:
+def children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def timed(netns: str, argv: list[str], template: str) -> tuple[float, float]:
     """Started from inside the namespace, as the daemon starts a dyno (its own /sys is mounted
-    for the namespace's links); until it exits."""
-    began = time.perf_counter()
-    process = netns_exec.popen_inside(netns, argv, stdin=subprocess.DEVNULL)
+    for the namespace's links), born in the template when one is given (as the daemon's thread
+    starts it); until it exits. Wall time and the CPU time of all its processes, in ms."""
+    cpu, began = children_cpu(), time.perf_counter()
+    process = netns_exec.popen_inside(netns, argv, mounts=template, stdin=subprocess.DEVNULL)
     if process.wait(60) != 0:
         raise RuntimeError(f"the chain exited {process.returncode}: {argv}")
-    return 1000 * (time.perf_counter() - began)
+    return 1000 * (time.perf_counter() - began), 1000 * (children_cpu() - cpu)
 
 
 COPY_ALONE = ["unshare", "--mount", "--propagation", "private", "true"]
@@ -77,22 +84,26 @@ def mount_objects() -> tuple[int, int]:
 def measure(netns: str, template: str, mounts: str, runs: int) -> dict[str, dict[str, float]]:
     """The whole chain and the copy alone (`unshare --mount --propagation private true`), each
     from the host's table and through the template."""
-    ways = {
-        "chain, host": chain(None, mounts),
-        "chain, template": chain(template, mounts),
-        "copy alone, host": COPY_ALONE,
-        "copy alone, template": mntns.entered(template, COPY_ALONE),
+    ways = {  # argv, and the mount namespace it is born in ("": the host's)
+        "chain, host": (chain(mounts), ""),
+        "chain, template": (chain(mounts), template),
+        "copy alone, host": (COPY_ALONE, ""),
+        "copy alone, template": (COPY_ALONE, template),
     }
     times: dict[str, list[float]] = {way: [] for way in ways}
+    cpus: dict[str, list[float]] = {way: [] for way in ways}
     for _ in range(runs):  # interleaved: the machine's load weighs on all alike
-        for way, argv in ways.items():
-            times[way].append(timed(netns, argv))
+        for way, (argv, born_in) in ways.items():
+            wall, cpu = timed(netns, argv, born_in)
+            times[way].append(wall)
+            cpus[way].append(cpu)
     return {
         way: {
             "median_ms": round(statistics.median(values), 2),
             "p90_ms": round(sorted(values)[int(0.9 * (len(values) - 1))], 2),
-            "mounts": (mounts := mounts_seen(None if way.endswith("host") else template)),
-            "mount_kib": round(mounts * mount_objects()[1] / 1024, 1),
+            "cpu_median_ms": round(statistics.median(cpus[way]), 2),
+            "mounts": (seen := mounts_seen(None if way.endswith("host") else template)),
+            "mount_kib": round(seen * mount_objects()[1] / 1024, 1),
         }
         for way, values in times.items()
     }
@@ -109,13 +120,14 @@ def main() -> int:
     prefix = "bsm" + secrets.token_hex(3)
     directory = f"/run/{prefix}"
     made: list[str] = []
+    files = fstab.Files(tempfile.mkdtemp(prefix=f"{prefix}-"))
     results: dict[str, object] = {"machine": machine(), "extra_namespaces": args.n}
     try:
         with sigterm_as_interrupt():
             namespace.ensure_run_dir()
             mntns.private_dir(directory)
             template = mntns.make(os.path.join(directory, "mnt"), [namespace.RUN_DIR]).path
-            mounts = fstab.Files(os.path.join(directory, "fstab")).path(fstab.Private(prefix))
+            mounts = files.path(fstab.Private(prefix))
             probe = f"{prefix}-probe"
             namespace.create(probe)
             made.append(probe)
@@ -130,6 +142,7 @@ def main() -> int:
             for name in made:
                 namespace.delete(name)
             mntns.remove(directory)
+            files.remove()
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -57,9 +57,9 @@ class MountTemplate:
         return self.made
 
     def remake(self) -> mntns.Template:
-        """Made again on top of the one there, which stays until the stop: a dyno started
-        moments ago whose `nsenter` has not opened DIR/mnt yet still finds a template. The
-        private directory is made again if it went."""
+        """Made again on top of the one there, which stays until the stop (whoever opened
+        DIR/mnt a moment before still finds a template). The private directory is made again
+        if it went."""
         self.unlisted.clear()
         if self.directory not in mntns.mount_points(self.directory):
             mntns.remove(self.directory)
