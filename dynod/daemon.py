@@ -17,6 +17,7 @@ from dynod.claim import Claim
 from dynod.config import Config
 from dynod.control import shard_setting
 from dynod.control.dynos import DynoService
+from dynod.control.guard import CommitLedger
 from dynod.control.reconcile import reconcile
 from dynod.control.routing import RoutePublisher
 from dynod.control.spaces import SpaceService
@@ -122,10 +123,12 @@ class Daemon:
         """`nft flush ruleset` or a firewall reload removes dynod's tables (docker/for-linux#1472),
         and anyone may delete a rule or a set element: notice at once (every nftables commit
         by another process is an event), put the whole firewall back from the state, and cut
-        the connections that slipped through meanwhile. A slow poll backs the events up."""
+        the connections that slipped through meanwhile. A slow poll backs the events up; it
+        reads the tables only when a commit happened that it did not see, or was not ours
+        (control/guard.py)."""
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
-        foreign: list[nfevents.Commit] = []  # commits by others since the last check
+        ledger = CommitLedger()  # what was committed since the last check (control/guard.py)
         try:
             events: nfevents.NftEvents | None = nfevents.NftEvents()
         except OSError as exc:
@@ -138,8 +141,7 @@ class Daemon:
             events = None
 
         def on_events(source: nfevents.NftEvents) -> None:
-            foreign.extend(c for c in source.read() if not c.ours())
-            if foreign:
+            if ledger.saw(source.read()):
                 changed.set()
 
         if events is not None:
@@ -149,19 +151,32 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), FIREWALL_CHECK)
                 changed.clear()
-                seen = sorted({str(c) for c in foreign})
+                current = await self._generation()
+                if events is not None and current is not None:
+                    on_events(events)  # every commit up to `current` is in the socket by now
+                    if ledger.unchanged(current):
+                        continue  # every commit since the last check was ours
+                seen = sorted({str(c) for c in ledger.take()})
                 by = ", ".join(seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
-                foreign.clear()
-                await self._check_firewall(by or "none, found by the poll")
+                right = await self._check_firewall(by or "none, found by the poll")
+                ledger.checked(current, right)
         finally:
             if events is not None:
                 loop.remove_reader(events.fileno())
                 events.close()
 
-    async def _check_firewall(self, by: str) -> None:
+    async def _generation(self) -> int | None:
+        """The ruleset's generation now; None when the kernel would not say."""
+        try:
+            return await self.kernel.nft_generation()
+        except OSError:
+            return None
+
+    async def _check_firewall(self, by: str) -> bool:
+        """Whether the tables were right, or were made right again."""
         try:
             if await self.kernel.firewall_intact():
-                return
+                return True
             self.log.emit(
                 None,
                 "dynod",
@@ -172,5 +187,7 @@ class Daemon:
             # 0 when conntrack was off meanwhile (no table needed it): the restored rules then
             # refuse the window's connections at their next packet all the same
             self.log.emit(None, "dynod", f"firewall restored; cut {cut} connections it refuses")
+            return True
         except Exception as exc:  # noqa: BLE001 - keep guarding
             self.log.emit(None, "dynod", f"error: re-applying the firewall: {exc}")
+            return False

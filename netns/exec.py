@@ -28,8 +28,15 @@ def popen_inside(
     file: `ip netns exec NAME nsenter --mount=MOUNTS ARGV...`), the child is born in that
     mount namespace too, the thread having entered it (netns/mntns.py thread_entered)."""
     in_mounts = mntns.thread_entered(mounts) if mounts else contextlib.nullcontext()
-    with namespace.entered(name), in_mounts:  # the network's first: its name is in /run/netns
-        process = subprocess.Popen(list(argv), **popen_kwargs)
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        with namespace.entered(name), in_mounts:  # the network's first: its name is in /run/netns
+            process = subprocess.Popen(list(argv), **popen_kwargs)
+    except BaseException:
+        if process is not None:  # started, but the thread could not switch back: none of it
+            process.kill()
+            process.wait()
+        raise
     if record.active():
         shown = mntns.entered(mounts, argv) if mounts else argv
         record.note_text(as_typed(name, shown, popen_kwargs, shown_stdio))

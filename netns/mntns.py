@@ -167,34 +167,41 @@ def mount_points(directory: str) -> list[str]:
 def thread_entered(path: str) -> Iterator[None]:
     """`nsenter --mount=FILE` for the calling thread only: a process it starts in the block is
     born in the template (fork copies the calling thread's namespaces), without an nsenter of
-    its own (an exec, about 1.4 ms of CPU per start). The thread's working directory is back
-    when the block ends, whatever happens in it.
+    its own (an exec, about 1.4 ms of CPU per start).
 
     setns(2) into a mount namespace is refused to a thread that shares its root and working
     directory with others (all of a process's threads do, and a thread shares them with the
     threads it starts): the thread first gets its own, `unshare(CLONE_FS)`, every time (a
-    no-op when it already has them alone; the daemon never changes directory or umask after
-    it starts its threads). Entering moves its root and working directory to the namespace's
-    root, and so does coming back: the working directory is restored by hand."""
+    no-op when it already has them alone). Entering moves its root and working directory to
+    the namespace's root, and so does coming back: from the first block on, the thread works
+    from `/` (the daemon's paths are absolute; its other threads keep their directory).
+
+    Coming back cannot be left undone: a thread stuck in the template would make every later
+    mount (`ip netns add`) there, out of the host's sight. If it fails (only ENOMEM can), the
+    process aborts, as the kernel itself gives up on what it cannot undo; a daemon started
+    again adopts its dynos."""
     _libc.unshare(_libc.CLONE_FS)
     home = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _libc.setns(target, _libc.CLONE_NEWNS)
-            finally:
-                os.close(target)
-            try:
-                yield
-            finally:
-                _libc.setns(home, _libc.CLONE_NEWNS)
-                os.fchdir(cwd)
+            _libc.setns(target, _libc.CLONE_NEWNS)
         finally:
-            os.close(cwd)
+            os.close(target)
+        try:
+            yield
+        finally:
+            _come_back(home)
     finally:
         os.close(home)
+
+
+def _come_back(home: int) -> None:
+    try:
+        _libc.setns(home, _libc.CLONE_NEWNS)
+    except OSError as exc:
+        os.write(2, f"fatal: a thread could not leave a mount namespace: {exc}\n".encode())
+        os.abort()
 
 
 def entered(path: str, argv: Sequence[str]) -> list[str]:

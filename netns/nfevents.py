@@ -2,7 +2,9 @@
 
 Every committed nftables transaction ends with an NFT_MSG_NEWGEN message that carries the id of
 the thread that committed it (NFTA_GEN_PROC_PID), so a listener can tell its own transactions
-from everybody else's. The socket is non-blocking: an event loop reads it when it is readable.
+from everybody else's, and the ruleset's new generation (NFTA_GEN_ID, one more at every commit).
+The socket is non-blocking: an event loop reads it when it is readable. generation() asks for
+the current one (NFT_MSG_GETGEN, as `nft list ruleset` does first).
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWGEN = 15
+NFT_MSG_GETGEN = 16
+NFTA_GEN_ID = 1
 NFTA_GEN_PROC_PID = 2
 NFTA_GEN_PROC_NAME = 3
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 1
 NLMSG_HEADER = struct.Struct("=IHHII")
 NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
 NLA_HEADER = struct.Struct("=HH")
@@ -32,10 +38,12 @@ UNKNOWN = -1  # a commit whose author is unknown (events were lost: the queue ov
 
 @dataclass(frozen=True)
 class Commit:
-    """One committed nftables transaction: the committing thread's id and its process's name."""
+    """One committed nftables transaction: the committing thread's id and its process's name,
+    and the ruleset's generation it made (None: not said)."""
 
     pid: int
     name: str = "?"
+    generation: int | None = None
 
     def ours(self) -> bool:
         """Made by one of this process's threads (libnftables runs in-process)?"""
@@ -83,7 +91,40 @@ def _commit(attrs: dict[int, bytes]) -> Commit:
     value = attrs.get(NFTA_GEN_PROC_NAME)
     if value is not None:
         name = value.split(b"\0", 1)[0].decode(errors="replace")
-    return Commit(pid, name)
+    return Commit(pid, name, _generation(attrs))
+
+
+def _generation(attrs: dict[int, bytes]) -> int | None:
+    value = attrs.get(NFTA_GEN_ID)
+    return int(struct.unpack("!I", value)[0]) if value is not None and len(value) == 4 else None
+
+
+def generation() -> int:
+    """The ruleset's current generation (NFT_MSG_GETGEN) in the calling thread's network
+    namespace: it changes at every committed transaction, whoever commits it."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        sock.settimeout(5)
+        sock.bind((0, 0))
+        kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN
+        body = NFGENMSG.pack(socket.AF_UNSPEC, 0, 0)
+        sock.send(
+            NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), kind, NLM_F_REQUEST, 1, 0) + body
+        )
+        while True:
+            data = sock.recv(1 << 16)
+            _raise_error(data)
+            for reply in messages(data, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN):
+                found = _generation(attributes(reply[NFGENMSG.size :]))
+                if found is not None:
+                    return found
+
+
+def _raise_error(data: bytes) -> None:
+    """An NLMSG_ERROR with a non-zero code in the datagram, as the OSError it stands for."""
+    for body in messages(data, NLMSG_ERROR):
+        code = -struct.unpack_from("=i", body)[0]
+        if code:
+            raise OSError(code, f"nftables generation: {os.strerror(code)}")
 
 
 # ---------------------------------------------------------------- nfnetlink, shared with nftrace

@@ -160,9 +160,9 @@ def daemon(
     from dynod.compose import serve
 
     try:
-        config = Config(
-            state_dir=state_dir,
-            socket=ctx.obj["socket"],
+        config = Config(  # absolute paths: the daemon's kernel thread works from / (mntns.py)
+            state_dir=os.path.abspath(state_dir),
+            socket=os.path.abspath(ctx.obj["socket"]),
             prefix=prefix,
             cidr=cidr,
             router_host=router_host,

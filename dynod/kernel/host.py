@@ -31,7 +31,7 @@ from dynod.kernel.protocol import Launched, SpawnFailed
 from dynod.kernel.ruleset import foreign_drop_policies
 from dynod.kernel.scans import SharedScans
 from dynod.kernel.stdio import DynoEnds
-from netns import addresses, cgroup, fstab, namespace
+from netns import addresses, cgroup, fstab, namespace, nfevents
 from netns.nftables import NftError
 from netns.worker import KernelWorker
 
@@ -297,6 +297,10 @@ class Kernel:
     async def apply_firewall(self, live: Iterable[DynoNetwork]) -> None:
         """The whole ruleset, rebuilt from the facts, replacing what is there atomically."""
         await self.worker.run(ruleset.apply, self.machine, list(live))
+
+    async def nft_generation(self) -> int:
+        """The host's nftables ruleset generation (one more at every commit, anyone's)."""
+        return await self.worker.run(nfevents.generation)
 
     async def firewall_intact(self) -> bool:
         """Are our tables there with every rule and every set element we put in them?"""

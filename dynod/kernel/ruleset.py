@@ -6,8 +6,13 @@ from __future__ import annotations
 from dynod.kernel import firewall, shards, sweep
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.machine import Machine, Net
-from netns import addresses, conntrack
-from netns.nftables import Nft, element_key, snapshot
+from netns import addresses, conntrack, nfevents
+from netns.nftables import Nft, Snapshot, element_key, snapshot
+
+# Whole applies tried again when someone else committed between ours and the reading back of
+# the record (record() below); after that many the record is left unknown.
+ATTEMPTS = 3
+GENERATIONS = 1 << 32  # the ruleset's generation is a u32 that wraps
 
 
 def apply(m: Machine, live: list[DynoNetwork]) -> None:
@@ -17,8 +22,10 @@ def apply(m: Machine, live: list[DynoNetwork]) -> None:
     for dyno in live:  # every shard a dyno is on is in the ruleset written below
         shards.open_shard(m, dyno)
     web = [n.web for n in live if n.web is not None]
-    m.nftables().run(firewall.ruleset(m.layout, [n.port for n in live], web))
-    m.expected = snapshot(m.nftables(), tables(m))
+    text = firewall.ruleset(m.layout, [n.port for n in live], web)
+    for _ in range(ATTEMPTS):
+        if commit_and_record(m, text):
+            break
     # The ports' own settings (network.close_port_to_host) are not the firewall's: they live
     # with each veth, are written where it is made and at reconcile (sweep.restore_gateways),
     # and no ruleset change undoes them. Writing them here cost 2 writes per live dyno on
@@ -28,10 +35,37 @@ def apply(m: Machine, live: list[DynoNetwork]) -> None:
 def add_shard(m: Machine, net: Net, bridge: str) -> None:
     """A new shard's elements in our sets, in one transaction. The guard's record is taken
     again when the tables were intact (else the guard restores them whole, this shard too)."""
-    was_intact = intact(m)
-    m.nftables().run(firewall.add_shard(m.layout, net.firewall(), bridge))
-    if was_intact:
-        m.expected = snapshot(m.nftables(), tables(m))
+    text = firewall.add_shard(m.layout, net.firewall(), bridge)
+    if intact(m):
+        commit_and_record(m, text)
+    else:
+        m.nftables().run(text)
+
+
+def commit_and_record(m: Machine, text: str) -> bool:
+    """Commit text, then read our tables back as the guard's record of what they hold. True
+    when that record is what our commit made: nobody else committed between the two (the
+    ruleset's generation moved by one). Else the record is unknown (an empty one, which no
+    table matches): a table someone deleted right after our commit must not become "what they
+    should hold" (a missing one would have left no record at all, and the guard blind)."""
+    before = _generation()
+    m.nftables().run(text)
+    found = snapshot(m.nftables(), tables(m))
+    after = _generation()
+    # where the kernel would not say, the reading is trusted
+    alone = before is None or after is None or after == (before + 1) % GENERATIONS
+    if found is not None and alone:
+        m.expected = found
+        return True
+    m.expected = Snapshot()
+    return False
+
+
+def _generation() -> int | None:
+    try:
+        return nfevents.generation()
+    except OSError:
+        return None
 
 
 def tables(m: Machine) -> list[tuple[str, str]]:

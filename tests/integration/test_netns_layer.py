@@ -14,7 +14,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from dynod.kernel.mounts import directory_of
-from netns import addresses, fstab, links, mntns, namespace, sysctl
+from netns import addresses, fstab, links, mntns, namespace, nfevents, sysctl
 from netns import exec as netns_exec
 from netns.nftables import Nft, NftError
 from netns.rtnl import Rtnl
@@ -390,9 +390,9 @@ def test_the_sandbox_mounts_its_own_where_the_host_already_has_a_tmpfs(tmp_path:
 def test_a_thread_starts_a_child_in_a_mount_namespace_and_comes_back(prefix: str) -> None:
     """mntns.thread_entered: a child started in the block is born in the template (as
     `nsenter --mount=FILE` would put it there); the thread is back in its own mount namespace
-    and working directory after, the other threads never left theirs, and a thread the
-    entering thread started since (it shares its root and cwd) does not keep it from entering
-    again."""
+    after, working from /, the other threads never left theirs nor their directory, and a
+    thread the entering thread started since (it shares its root and cwd) does not keep it
+    from entering again."""
     directory = directory_of(prefix)
     mntns.private_dir(directory)
     try:
@@ -419,25 +419,51 @@ def test_a_thread_starts_a_child_in_a_mount_namespace_and_comes_back(prefix: str
 
         def worker() -> None:
             try:
-                cwd = os.getcwd()
                 first = look()
                 bystander = threading.Thread(target=lambda: None)  # shares this thread's fs
                 bystander.start()
                 bystander.join()
                 seen["runs"] = [first, look()]
-                seen["cwd"] = cwd
             except BaseException as exc:  # noqa: BLE001 - reported below
                 seen["error"] = exc
 
         main = threading.get_native_id()
+        main_cwd = os.getcwd()
         thread = threading.Thread(target=worker)
         thread.start()
         thread.join(30)
         assert "error" not in seen, seen["error"]
         for inside, child, after, cwd in seen["runs"]:  # type: ignore[attr-defined]
             assert inside == wanted and child == f"mnt:[{wanted}]"
-            assert after == main_home and cwd == seen["cwd"]
-        assert seen["main while inside"] == main_home
+            assert after == main_home and cwd == "/"
+        assert seen["main while inside"] == main_home and os.getcwd() == main_cwd
         assert os.stat("/proc/thread-self/ns/mnt").st_ino == main_home
     finally:
         mntns.remove(directory)
+
+
+def test_the_generation_moves_at_each_commit_and_each_event_carries_it(prefix: str) -> None:
+    """nfevents.generation() (NFT_MSG_GETGEN) and the monitor's commits, in a namespace of the
+    test's own (nobody else commits there): the firewall guard skips reading the tables when
+    the generation is the last one its monitor saw (control/guard.py)."""
+    name = f"{prefix}-gen"
+    namespace.create(name)
+    try:
+        with namespace.entered(name):
+            events = nfevents.NftEvents()
+            nft = Nft()
+            try:
+                before = nfevents.generation()
+                assert nfevents.generation() == before  # asking commits nothing
+                nft.run("add table inet t")
+                nft.run("add chain inet t c")
+                after = nfevents.generation()
+                commits = events.read()
+            finally:
+                nft.close()
+                events.close()
+        assert after == before + 2
+        assert [c.generation for c in commits] == [before + 1, before + 2]
+        assert all(c.ours() for c in commits)
+    finally:
+        namespace.delete(name)

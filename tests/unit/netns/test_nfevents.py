@@ -20,8 +20,10 @@ from netns.nfevents import (
 )
 
 
-def newgen(pid: int | None, name: str | None) -> bytes:
+def newgen(pid: int | None, name: str | None, generation: int | None = None) -> bytes:
     attrs = b""
+    if generation is not None:
+        attrs += struct.pack("=HH", 8, 1) + struct.pack("!I", generation)
     if pid is not None:
         attrs += struct.pack("=HH", 8, 2) + struct.pack("!I", pid)
     if name is not None:
@@ -43,6 +45,12 @@ def test_commit_events_name_who_committed() -> None:
     assert str(Commit(4242, "nft")) == "pid 4242 (nft)"
     assert not Commit(UNKNOWN).ours()  # lost events are always someone else's
     assert not Commit(2**31 - 1).ours()
+
+
+def test_commit_events_carry_the_generation_they_made() -> None:
+    data = newgen(4242, "nft", 2**32 - 1) + newgen(4243, "nft")
+    assert [c.generation for c in parse_commits(data)] == [2**32 - 1, None]
+    assert parse_commits(data)[0] == Commit(4242, "nft", 2**32 - 1)
 
 
 def test_messages_and_attributes_walk_a_datagram() -> None:
