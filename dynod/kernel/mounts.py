@@ -21,6 +21,9 @@ from collections.abc import Callable
 from netns import mntns, namespace
 
 RUN = "/run"
+# templates stacked on DIR/mnt unmounted before a new one at most (by earlier daemons, if any:
+# this one leaves none)
+STACKED = 16
 RETRY = 10.0  # seconds between attempts to make it again after one failed (none in between)
 
 
@@ -57,13 +60,17 @@ class MountTemplate:
         return self.made
 
     def remake(self) -> mntns.Template:
-        """Made again on top of the one there, which stays until the stop (whoever opened
-        DIR/mnt a moment before still finds a template). The private directory is made again
-        if it went."""
+        """Made again, the one there (if any) unmounted first: only this thread opens DIR/mnt,
+        right before a spawn (netns/mntns.py thread_entered), so no start is on its way to the
+        old one, and the old one would hold the host's filesystems of its day until the stop.
+        The private directory is made again if it went."""
         self.unlisted.clear()
         if self.directory not in mntns.mount_points(self.directory):
             mntns.remove(self.directory)
             mntns.private_dir(self.directory)
+        for _ in range(STACKED):
+            if not mntns.unmount(self.path):
+                break
         namespace.ensure_run_dir()
         self.made = mntns.make(self.path, [namespace.RUN_DIR])
         return self.made

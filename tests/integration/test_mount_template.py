@@ -188,6 +188,8 @@ def test_a_directory_on_a_filesystem_mounted_after_the_template_is_seen() -> Non
                 assert "'only-on-the-new-filesystem'" in seen["cwd"][0], seen["cwd"]
                 no_host_namespaces(seen, [])
                 assert "had no mount of device" in d.log()
+                template = os.path.join(directory_of(d.prefix), "mnt")
+                assert template_mounts(d.prefix).count(template) == 1  # the old one went
             finally:
                 sh("umount", "-l", where)
         finally:

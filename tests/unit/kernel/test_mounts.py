@@ -21,13 +21,15 @@ class FakeKernel:
         self.fail: Exception | None = None
         self.intact = True
         self.identity = 0
+        self.mounted = 0  # templates stacked on the file
         self.points: list[str] = ["/run/dynod-tstm"]  # the private directory is mounted
-        monkeypatch.setattr(mounts.mntns, "remove", lambda d: self.calls.append(f"remove {d}"))
+        monkeypatch.setattr(mounts.mntns, "remove", self.remove)
         monkeypatch.setattr(
             mounts.mntns, "private_dir", lambda d: self.calls.append(f"private {d}")
         )
         monkeypatch.setattr(mounts.mntns, "make", self.make)
         monkeypatch.setattr(mounts.mntns, "mount_points", lambda d: self.points)
+        monkeypatch.setattr(mounts.mntns, "unmount", self.unmount)
         monkeypatch.setattr(mounts.namespace, "ensure_run_dir", lambda: None)
         monkeypatch.setattr(mntns.Template, "intact", lambda _: self.intact)
 
@@ -36,7 +38,19 @@ class FakeKernel:
         if self.fail is not None:
             raise self.fail
         self.identity += 1
+        self.mounted += 1
         return mntns.Template(path, (0, self.identity), self.devices)
+
+    def remove(self, directory: str) -> None:
+        self.calls.append(f"remove {directory}")
+        self.mounted = 0
+
+    def unmount(self, path: str) -> bool:
+        if not self.mounted:
+            return False
+        self.mounted -= 1
+        self.calls.append(f"umount -l {path}")
+        return True
 
 
 @pytest.fixture
@@ -66,8 +80,8 @@ def test_unmounted_by_someone_it_is_made_again_and_said(kernel: FakeKernel) -> N
     made = template(said)
     made.make()
     kernel.intact = False
+    kernel.mounted = 0  # unmounted by someone
     assert made.for_dyno(1) == "/run/dynod-tstm/mnt"
-    # on top of the old one, which a spawn on its way may still open: nothing removed
     assert kernel.calls[3:] == ["make /run/dynod-tstm/mnt without /run/netns"]
     assert said == [
         "the dynos' mount template /run/dynod-tstm/mnt was unmounted or replaced by someone "
@@ -82,6 +96,12 @@ def test_a_filesystem_mounted_since_makes_it_again_once(kernel: FakeKernel) -> N
     kernel.devices = frozenset({1, 2, 3})
     assert made.for_dyno(3) == "/run/dynod-tstm/mnt"
     assert "had no mount of device 0:3 (mounted since): made again" in said[0]
+    # the old one is unmounted first: it would hold the host's old filesystems until the stop
+    assert kernel.calls[3:] == [
+        "umount -l /run/dynod-tstm/mnt",
+        "make /run/dynod-tstm/mnt without /run/netns",
+    ]
+    assert kernel.mounted == 1
     assert made.for_dyno(3) == "/run/dynod-tstm/mnt" and len(said) == 1
 
 
