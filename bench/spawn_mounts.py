@@ -81,12 +81,14 @@ def mount_objects() -> tuple[int, int]:
     raise RuntimeError("no mnt_cache in /proc/slabinfo")
 
 
-def measure(netns: str, template: str, mounts: str, runs: int) -> dict[str, dict[str, float]]:
+def measure(
+    netns: str, template: str, mounts: tuple[str, str], runs: int
+) -> dict[str, dict[str, float]]:
     """The whole chain and the copy alone (`unshare --mount --propagation private true`), each
     from the host's table and through the template."""
     ways = {  # argv, and the mount namespace it is born in ("": the host's)
-        "chain, host": (chain(mounts), ""),
-        "chain, template": (chain(mounts), template),
+        "chain, host": (chain(mounts[0]), ""),
+        "chain, template": (chain(mounts[1]), template),
         "copy alone, host": (COPY_ALONE, ""),
         "copy alone, template": (COPY_ALONE, template),
     }
@@ -127,7 +129,11 @@ def main() -> int:
             namespace.ensure_run_dir()
             mntns.private_dir(directory)
             template = mntns.make(os.path.join(directory, "mnt"), [namespace.RUN_DIR]).path
-            mounts = files.path(fstab.Private(prefix))
+            # the chain's fstab outside a template and in one (which covers /run/netns)
+            mounts = (
+                files.path(fstab.Private(prefix)),
+                files.path(fstab.Private(prefix, cover_netns=False)),
+            )
             probe = f"{prefix}-probe"
             namespace.create(probe)
             made.append(probe)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -144,6 +145,13 @@ class Daemon:
             if ledger.saw(source.read()):
                 changed.set()
 
+        def answered(taken: list[nfevents.Commit]) -> list[nfevents.Commit]:
+            """The foreign commits a restore answers: those the check started for, and those
+            that came while it read the tables (its reading may have seen them too)."""
+            if events is not None:
+                on_events(events)
+            return taken + ledger.more()
+
         if events is not None:
             loop.add_reader(events.fileno(), on_events, events)
         try:
@@ -156,9 +164,7 @@ class Daemon:
                     on_events(events)  # every commit up to `current` is in the socket by now
                     if ledger.unchanged(current):
                         continue  # every commit since the last check was ours
-                seen = sorted({str(c) for c in ledger.take()})
-                by = ", ".join(seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
-                right = await self._check_firewall(by or "none, found by the poll")
+                right = await self._check_firewall(functools.partial(answered, ledger.take()))
                 ledger.checked(current, right)
         finally:
             if events is not None:
@@ -172,11 +178,15 @@ class Daemon:
         except OSError:
             return None
 
-    async def _check_firewall(self, by: str) -> bool:
-        """Whether the tables were right, or were made right again."""
+    async def _check_firewall(self, commits: Callable[[], list[nfevents.Commit]]) -> bool:
+        """Whether the tables were right, or were made right again. commits(): the foreign
+        ones the check answers, for the log."""
         try:
             if await self.kernel.firewall_intact():
                 return True
+            seen = sorted({str(c) for c in commits()})
+            by = ", ".join(seen[:5]) + (f" and {len(seen) - 5} more" if len(seen) > 5 else "")
+            by = by or "none, found by the poll"
             self.log.emit(
                 None,
                 "dynod",

@@ -38,12 +38,15 @@ class Private:
     resolv: str = ""  # a file bound read-only over /etc/resolv.conf; "": none
     tmpfs_size: int | None = None  # bytes of /tmp, /dev/shm and /var/tmp each; None: the default
     lock_size: int = LOCK_SIZE
+    # an empty /run/netns of its own; False where the sandbox's mounts are copied from a
+    # template that covers it already (netns/mntns.py DROP)
+    cover_netns: bool = True
 
 
 def text(mounts: Private) -> str:
     """The fstab lines, in mount order: the resolv.conf bind, an empty /tmp, /dev/shm and
-    /var/tmp, /run/lock and /run/netns where the host has them, a /sys of the sandbox's own
-    network namespace (read-only)."""
+    /var/tmp, /run/lock and /run/netns where the host has them (/run/netns unless covered
+    already), a /sys of the sandbox's own network namespace (read-only)."""
     size = "" if mounts.tmpfs_size is None else f",size={mounts.tmpfs_size}"
     lines = []
     if mounts.resolv:
@@ -53,7 +56,7 @@ def text(mounts: Private) -> str:
     if os.path.isdir(LOCK_DIR):
         options = f"mode=1777,nosuid,nodev,noexec,size={mounts.lock_size}"
         lines.append(_line(mounts.source, LOCK_DIR, "tmpfs", options))
-    if os.path.isdir(NETNS_DIR):
+    if mounts.cover_netns and os.path.isdir(NETNS_DIR):
         lines.append(_line(mounts.source, NETNS_DIR, "tmpfs", "mode=755,nosuid,nodev,noexec"))
     lines.append(_line(mounts.source, "/sys", "sysfs", "ro,nosuid,nodev,noexec"))
     return "".join(f"{line}\n" for line in lines)

@@ -71,20 +71,25 @@ def private_dir(path: str) -> None:
 # every name mounted under DIR has a second copy on the parent, uncovered here once DIR's mount
 # is gone, and the parent would go on receiving each new one: those copies go too, and the
 # parent stops receiving the host's mounts (dynos whose directory is on a filesystem mounted
-# since get a new template: dynod/kernel/mounts.py).
+# since get a new template: dynod/kernel/mounts.py). Then DIR is covered with an empty
+# read-only tmpfs: what the directory itself holds (`ip netns add`'s files) stays unseen, in
+# every copy, without each copy mounting its own over the host's DIR (a mount locks its mount
+# point's directory: the host's `ip netns add` waited for the dynos' chains).
 DROP = """
 for dir; do
     umount -l "$dir" || exit 1
     awk -v dir="$dir/" 'index($5, dir) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
         while read -r point; do umount -l "$point" 2>/dev/null; done
     mount --make-private "$(findmnt -n -o TARGET -T "$dir")" || exit 1
+    mount -t tmpfs -o ro,mode=755,nosuid,nodev,noexec,size=4k empty "$dir" || exit 1
 done
 """
 
 
 def make(path: str, without: Sequence[str]) -> Template:
     """`touch FILE; unshare --mount=FILE --propagation slave sh -c DROP drop DIR...`, FILE in a
-    private_dir(). Each DIR must be a mount point here. A FILE that holds a template already
+    private_dir(). Each DIR must be a mount point here; in the template it is an empty
+    read-only tmpfs. A FILE that holds a template already
     gets the new one on top (a spawn on its way to the old one still finds a template). Undone
     on failure."""
     if not os.path.exists(path):

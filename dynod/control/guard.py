@@ -49,6 +49,12 @@ class CommitLedger:
         self.clean, self._checking, self._since = None, True, None
         return taken
 
+    def more(self) -> list[Commit]:
+        """During a check: the foreign commits seen since it started, which a restore it makes
+        answers too (they stay unknown otherwise: checked() sees them)."""
+        taken, self.foreign = self.foreign, []
+        return taken
+
     def checked(self, current: int | None, right: bool) -> None:
         """The check that started after generation `current` ended: the tables were right or
         made right again (right), or it failed. Our own commits meanwhile count as clean;

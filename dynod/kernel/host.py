@@ -261,11 +261,12 @@ class Kernel:
             cwd=how.cwd,
             uid=how.uid,
             gid=how.gid,
-            fstab=self.machine.fstabs.path(
+            fstab=lambda in_template: self.machine.fstabs.path(
                 fstab.Private(
                     source=f"dynod-{self.names.prefix}",
                     resolv=self.machine.resolv_path(how.network.bridge),
                     tmpfs_size=size.tmpfs_bytes if size else None,
+                    cover_netns=not in_template,
                 )
             ),
             cgroups=self.cgroups.make(netns, size, how.name) if size else [],

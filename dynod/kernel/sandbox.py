@@ -91,7 +91,9 @@ class Spawn:
     cwd: str
     uid: int
     gid: int
-    fstab: str  # the file of its private mounts (netns/fstab.py), for `mount -a -T FSTAB`
+    # the file of its private mounts (netns/fstab.py), for `mount -a -T FSTAB`, for a chain
+    # born in a template (True: /run/netns is covered there) or in the host's mounts (False)
+    fstab: Callable[[bool], str]
     cgroups: list[str]  # the group directories to enter first; []: none
     # the template mount namespace to copy for a dyno whose directory is on this device
     # (st_dev); "": the host's (kernel/mounts.py)
@@ -150,16 +152,16 @@ def _argv(how: Spawn, inner: list[str]) -> tuple[list[str], str]:
     """The chain that starts `inner`, and the mount namespace it is to be born in (the
     template whose copy becomes its own; "": the host's)."""
     checked = _checked_dir(how)
-    argv = netns_exec.own_namespaces(
-        netns_exec.drop_privileges_argv(how.uid, how.gid, inner),
-        keep=how.cwd,
-        keep_id=f"{checked.st_dev}:{checked.st_ino}",
-        fstab=how.fstab,
-    )
     # its mount namespace a copy of the template's, not of the host's (every dyno's
     # /run/netns mount): `nsenter --mount=TEMPLATE unshare --mount ...`, the nsenter done
     # by the thread that starts it
     template = how.mounts(checked.st_dev)
+    argv = netns_exec.own_namespaces(
+        netns_exec.drop_privileges_argv(how.uid, how.gid, inner),
+        keep=how.cwd,
+        keep_id=f"{checked.st_dev}:{checked.st_ino}",
+        fstab=how.fstab(bool(template)),
+    )
     return (netns_exec.in_cgroups(how.cgroups, argv) if how.cgroups else argv), template
 
 

@@ -35,10 +35,13 @@ for line in open('/proc/self/mountinfo'):
     fields = line.split()
     kind = fields[fields.index('-') + 1]
     print('mount', fields[4], kind)
+    if fields[4] == '/run/netns':
+        print('netns-options', fields[5])
 print('cwd', os.getcwd(), sorted(os.listdir('.')))
 print('tmp', os.listdir('/tmp'))
 print('resolv', open('/etc/resolv.conf').read().replace(chr(10), ' '))
 print('os-release', os.path.exists('/etc/os-release'))
+print('netns', sorted(os.listdir('/run/netns')))
 """
 
 
@@ -102,6 +105,8 @@ def test_a_dyno_copies_the_template_without_the_hosts_network_namespaces() -> No
         assert first["tmp"] == [str([d.app_dir.name])], first["tmp"]
         assert "/tmp tmpfs" in first["mount"]
         assert first["resolv"][0].startswith("# dynod: DNS on the "), first["resolv"]
+        # /run/netns: the template's empty read-only cover, not one of the dyno's own
+        assert first["netns"] == ["[]"] and first["netns-options"][0].startswith("ro,")
         with host_namespaces(20) as later:
             second = look(d, "mounts")
             no_host_namespaces(second, before + later)
@@ -299,6 +304,8 @@ def test_on_a_host_with_shared_mounts_the_template_gets_no_name_before_or_after(
         assert out.returncode == 0, out.stderr
         points = [line.split()[1] for line in out.stdout.splitlines()]
         assert run in points  # the template has the /run stand-in...
-        assert [p for p in points if p.startswith(os.path.join(run, "netns"))] == []  # ...no name
+        netns = os.path.join(run, "netns")
+        assert [p for p in points if p.startswith(netns + "/")] == []  # ...no name
+        assert points.count(netns) == 1  # only the empty cover
     finally:
         os.rmdir(run)

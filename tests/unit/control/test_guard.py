@@ -72,3 +72,14 @@ def test_a_failed_check_or_a_commit_without_its_generation_leaves_them_unknown()
     ledger.take()
     ledger.checked(None, right=True)  # the generation could not be asked for
     assert not ledger.unchanged(0)
+
+
+def test_commits_that_came_during_a_check_are_answered_by_its_restore() -> None:
+    ledger = checked_at(5)
+    ledger.saw([theirs(6)])
+    assert ledger.take() == [theirs(6)]
+    ledger.saw([theirs(7)])  # came while the tables were read: the restore answers it too
+    assert ledger.more() == [theirs(7)]
+    ledger.saw([ours(8)])  # the restore
+    ledger.checked(7, right=True)
+    assert ledger.unchanged(8)

@@ -58,6 +58,12 @@ def test_unsized_without_resolv_and_without_the_hosts_lock_and_netns_dirs(
     assert lines[0][3] == "mode=1777,nosuid,nodev"
 
 
+def test_no_netns_line_where_a_template_covers_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os.path, "isdir", lambda path: True)
+    lines = fields(fstab.text(fstab.Private("dynod-abc", cover_netns=False)))
+    assert "/run/netns" not in [line[1] for line in lines] and "/run/lock" in lines[3]
+
+
 def test_a_path_with_blanks_or_backslashes_stays_one_field() -> None:
     escaped = fstab.escape("/a dir/tab\there\\x\nend")
     assert escaped == "/a\\040dir/tab\\011here\\134x\\012end"
