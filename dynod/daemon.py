@@ -129,7 +129,8 @@ class Daemon:
         (control/guard.py)."""
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
-        ledger = CommitLedger()  # what was committed since the last check (control/guard.py)
+        # what was committed since the last check (control/guard.py)
+        ledger = CommitLedger(trusted=nfevents.pids_are_global())
         try:
             events: nfevents.NftEvents | None = nfevents.NftEvents()
         except OSError as exc:

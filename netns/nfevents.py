@@ -25,6 +25,7 @@ NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWGEN = 15
 NFT_MSG_GETGEN = 16
 NFTA_GEN_ID = 1
+GENERATIONS = 1 << 32  # the ruleset's generation is a u32 that wraps (past 0: the kernel skips it)
 NFTA_GEN_PROC_PID = 2
 NFTA_GEN_PROC_NAME = 3
 NLMSG_ERROR = 2
@@ -46,7 +47,8 @@ class Commit:
     generation: int | None = None
 
     def ours(self) -> bool:
-        """Made by one of this process's threads (libnftables runs in-process)?"""
+        """Made by one of this process's threads (libnftables runs in-process)? Sure only
+        where this process's pids are the kernel's own (pids_are_global())."""
         return self.pid != UNKNOWN and os.path.exists(f"/proc/self/task/{self.pid}")
 
     def __str__(self) -> str:
@@ -97,6 +99,25 @@ def _commit(attrs: dict[int, bytes]) -> Commit:
 def _generation(attrs: dict[int, bytes]) -> int | None:
     value = attrs.get(NFTA_GEN_ID)
     return int(struct.unpack("!I", value)[0]) if value is not None and len(value) == 4 else None
+
+
+def next_generation(generation: int) -> int:
+    """The generation one commit after this one."""
+    return (generation + 1) % GENERATIONS or 1
+
+
+def pids_are_global() -> bool:
+    """Are this process's pids those of the kernel's first pid namespace, as the events'
+    NFTA_GEN_PROC_PID is (`grep NSpid /proc/self/status`: one number)? Not in a container with
+    a pid namespace of its own: there a host process may have the pid of one of our threads."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) == 2
+    except OSError:
+        pass
+    return False
 
 
 def generation() -> int:

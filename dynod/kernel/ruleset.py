@@ -10,9 +10,8 @@ from netns import addresses, conntrack, nfevents
 from netns.nftables import Nft, Snapshot, element_key, snapshot
 
 # Whole applies tried again when someone else committed between ours and the reading back of
-# the record (record() below); after that many the record is left unknown.
+# the record (_record() below); the last one's reading is taken as it is.
 ATTEMPTS = 3
-GENERATIONS = 1 << 32  # the ruleset's generation is a u32 that wraps
 
 
 def apply(m: Machine, live: list[DynoNetwork]) -> None:
@@ -23,8 +22,10 @@ def apply(m: Machine, live: list[DynoNetwork]) -> None:
         shards.open_shard(m, dyno)
     web = [n.web for n in live if n.web is not None]
     text = firewall.ruleset(m.layout, [n.port for n in live], web)
-    for _ in range(ATTEMPTS):
-        if commit_and_record(m, text):
+    for attempt in range(ATTEMPTS):
+        before = _generation()
+        m.nftables().run(text)
+        if _record(m, before, last=attempt == ATTEMPTS - 1):
             break
     # The ports' own settings (network.close_port_to_host) are not the firewall's: they live
     # with each veth, are written where it is made and at reconcile (sweep.restore_gateways),
@@ -34,27 +35,30 @@ def apply(m: Machine, live: list[DynoNetwork]) -> None:
 
 def add_shard(m: Machine, net: Net, bridge: str) -> None:
     """A new shard's elements in our sets, in one transaction. The guard's record is taken
-    again when the tables were intact (else the guard restores them whole, this shard too)."""
+    again when the tables were intact and nobody else committed since they were read (else the
+    guard restores them whole, this shard too)."""
     text = firewall.add_shard(m.layout, net.firewall(), bridge)
+    before = _generation()  # before the tables are read: a commit after it is someone's
     if intact(m):
-        commit_and_record(m, text)
+        m.nftables().run(text)
+        _record(m, before, last=False)
     else:
         m.nftables().run(text)
 
 
-def commit_and_record(m: Machine, text: str) -> bool:
-    """Commit text, then read our tables back as the guard's record of what they hold. True
-    when that record is what our commit made: nobody else committed between the two (the
-    ruleset's generation moved by one). Else the record is unknown (an empty one, which no
-    table matches): a table someone deleted right after our commit must not become "what they
-    should hold" (a missing one would have left no record at all, and the guard blind)."""
-    before = _generation()
-    m.nftables().run(text)
+def _record(m: Machine, before: int | None, last: bool) -> bool:
+    """Read our tables back as the guard's record of what they hold, after our one commit since
+    generation `before`. True when nobody else committed meanwhile (the generation moved by
+    one). Else a missing table, or any reading but the last attempt's, leaves the record
+    unknown (an empty one, which no table matches): a table someone deleted right after our
+    commit must not become "what they should hold" (it left no record at all, and the guard
+    blind). The last attempt's reading is taken: a host whose firewall commits all the time
+    must not make every later commit of theirs a restore."""
     found = snapshot(m.nftables(), tables(m))
     after = _generation()
     # where the kernel would not say, the reading is trusted
-    alone = before is None or after is None or after == (before + 1) % GENERATIONS
-    if found is not None and alone:
+    alone = before is None or after is None or after == nfevents.next_generation(before)
+    if found is not None and (alone or last):
         m.expected = found
         return True
     m.expected = Snapshot()

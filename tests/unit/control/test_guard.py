@@ -83,3 +83,17 @@ def test_commits_that_came_during_a_check_are_answered_by_its_restore() -> None:
     ledger.saw([ours(8)])  # the restore
     ledger.checked(7, right=True)
     assert ledger.unchanged(8)
+
+
+def test_a_start_between_the_asking_and_the_reading_still_counts_as_unchanged() -> None:
+    ledger = checked_at(2**32 - 1)
+    ledger.saw([ours(1)])  # the kernel skips 0 when it wraps
+    assert ledger.unchanged(2**32 - 1) and ledger.unchanged(1)
+    assert not ledger.unchanged(2)  # a commit not read yet
+
+
+def test_where_pids_cannot_be_told_apart_every_poll_reads_the_tables() -> None:
+    ledger = CommitLedger(trusted=False)
+    ledger.take()
+    ledger.checked(5, right=True)
+    assert not ledger.unchanged(5)
