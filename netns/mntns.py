@@ -73,8 +73,7 @@ def private_dir(path: str) -> None:
 # parent stops receiving the host's mounts (dynos whose directory is on a filesystem mounted
 # since get a new template: dynod/kernel/mounts.py). Then DIR is covered with an empty
 # read-only tmpfs: what the directory itself holds (`ip netns add`'s files) stays unseen, in
-# every copy, without each copy mounting its own over the host's DIR (a mount locks its mount
-# point's directory: the host's `ip netns add` waited for the dynos' chains).
+# every copy, without each copy mounting its own over the host's DIR (one mount per start).
 DROP = """
 for dir; do
     umount -l "$dir" || exit 1

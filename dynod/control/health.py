@@ -4,13 +4,17 @@ a crashed dyno: killed, then restarted on a rebuilt network like any crash."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from dynod.control.networks import Networks, running
 from dynod.control.say import Say
 from dynod.kernel.facts import Removed
-from dynod.kernel.protocol import KernelSide
+from dynod.kernel.protocol import KernelSide, RemovalEvents
 from dynod.state.store import Dyno, State
+
+# seconds between listings when the deletions' watch says nothing was deleted (a backstop)
+BACKSTOP = 30.0
 
 
 def were_removed(removed: Removed) -> str:
@@ -35,6 +39,36 @@ class HealthWatch:
         self.say = say
         self.lock = lock
         self._broken: set[int] = set()  # dynos whose network someone removed: being killed
+        self.events: RemovalEvents | None = None  # deletions as they happen (watch())
+        self._dirty = True  # a deletion was seen since the last listing
+        self._next_listing = 0.0  # time.monotonic() of the next backstop listing
+
+    def watch(self) -> None:
+        """Wait for deletions instead of listing every second (on the event loop)."""
+        self.events = self.kernel.removal_events()
+        if self.events is not None:
+            asyncio.get_running_loop().add_reader(self.events.fileno(), self._on_events)
+
+    def close(self) -> None:
+        if self.events is not None:
+            asyncio.get_running_loop().remove_reader(self.events.fileno())
+            self.events.close()
+            self.events = None
+
+    def _on_events(self) -> None:
+        if self.events is not None and self.events.drain():
+            self._dirty = True
+
+    def _nothing_deleted(self) -> bool:
+        """No listing needed: the watch works, saw no deletion, and the backstop is not due."""
+        if self.events is None or self.events.broken:
+            return False
+        self._on_events()
+        now = time.monotonic()
+        if self._dirty or now >= self._next_listing:
+            self._dirty, self._next_listing = False, now + BACKSTOP
+            return False
+        return True
 
     def forget(self, dyno_id: int) -> None:
         self._broken.discard(dyno_id)
@@ -44,7 +78,10 @@ class HealthWatch:
         /sys/class/net (not a stat of each, nor each dyno's row: every second, that was O(N) on
         the event loop, 70 ms at 4,000 dynos); a dyno missing one is looked at closer. A dyno
         being started, restarted or stopped (its lock is held) is skipped: its objects come and
-        go."""
+        go. The listings are made only after a deletion was seen (netns/removals.py), and every
+        BACKSTOP seconds: each one costs O(dynos) (11-13 ms at 2,000), every second."""
+        if self._nothing_deleted():
+            return
         for dyno_id in self.kernel.missing_objects(self.state.running_networks()):
             if dyno_id in self._broken or self.lock(dyno_id).locked():
                 continue

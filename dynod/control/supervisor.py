@@ -133,6 +133,7 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.outputs.shutdown()
+        self.health.close()
 
     # ---------------------------------------------------------------- starting
     async def launch(self, dyno: Dyno, network: DynoNetwork) -> None:
@@ -391,6 +392,7 @@ class Supervisor:
 
     # ---------------------------------------------------------------- output and boot
     def start_loops(self) -> None:
+        self.health.watch()
         self.background(self._every(POLL, self.outputs.read_all, "reading output"))
         self.background(self._every(POLL, self.boot.check, "the boot check"))
         self.background(

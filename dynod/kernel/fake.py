@@ -180,6 +180,9 @@ class FakeKernel:
             i for i, netns, veth in dynos if netns not in self.namespaces or veth not in self.links
         ]
 
+    def removal_events(self) -> None:
+        return None
+
     def cgroup_usage(self, group: str) -> cgroup.Usage | None:
         return self.usage.get(group)
 

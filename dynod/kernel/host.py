@@ -31,7 +31,7 @@ from dynod.kernel.protocol import Launched, SpawnFailed
 from dynod.kernel.ruleset import foreign_drop_policies
 from dynod.kernel.scans import SharedScans
 from dynod.kernel.stdio import DynoEnds
-from netns import addresses, cgroup, fstab, namespace, nfevents
+from netns import addresses, cgroup, fstab, namespace, nfevents, removals
 from netns.nftables import NftError
 from netns.worker import KernelWorker
 
@@ -229,6 +229,12 @@ class Kernel:
         names = set(namespace.names())
         veths = set(os.listdir(SYS_NET))
         return [i for i, netns, veth in dynos if netns not in names or veth not in veths]
+
+    @staticmethod
+    def removal_events() -> removals.Removals | None:
+        """`inotifywait -m -e delete /run/netns` and `ip monitor link`, in this thread's (the
+        host's) network namespace: what the health check waits for instead of listing."""
+        return removals.removals()
 
     # ---------------------------------------------------------------- one dyno's processes
     async def spawn(

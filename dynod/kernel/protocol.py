@@ -31,6 +31,20 @@ class Launched:
     popen: subprocess.Popen[bytes]
 
 
+class RemovalEvents(Protocol):
+    """Deletions of namespace names and links as they happen (netns/removals.py)."""
+
+    broken: bool  # the watch is gone: only listings can tell
+
+    def fileno(self) -> int: ...
+
+    def drain(self) -> bool:
+        """Was something deleted (or were events lost) since the last drain?"""
+        ...
+
+    def close(self) -> None: ...
+
+
 class KernelSide(Protocol):
     def net(self, key: str) -> Net:
         """The network ("" the Common Runtime, else a space's) whose pool /30s come from."""
@@ -81,6 +95,10 @@ class KernelSide(Protocol):
     def missing_objects(self, dynos: list[tuple[int, str, str]]) -> list[int]:
         """Of these (id, netns, veth), the ids whose namespace name or veth is not there, from
         one listing of each for all of them."""
+        ...
+
+    def removal_events(self) -> RemovalEvents | None:
+        """A watch of deletions; None where there is none (listings only)."""
         ...
 
     def cgroup_usage(self, group: str) -> cgroup.Usage | None: ...

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from dynod.logs.inotify import IN_IGNORED, IN_MODIFY, IN_Q_OVERFLOW, Inotify
+from netns.inotify import IN_IGNORED, IN_MODIFY, IN_Q_OVERFLOW, Inotify
 
 
 def _inotify() -> Inotify | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import threading
 import time
@@ -14,7 +15,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from dynod.kernel.mounts import directory_of
-from netns import addresses, fstab, links, mntns, namespace, nfevents, sysctl
+from netns import addresses, fstab, links, mntns, namespace, nfevents, removals, sysctl
 from netns import exec as netns_exec
 from netns.nftables import Nft, NftError
 from netns.rtnl import Rtnl
@@ -466,4 +467,34 @@ def test_the_generation_moves_at_each_commit_and_each_event_carries_it(prefix: s
         assert [c.generation for c in commits] == [before + 1, before + 2]
         assert all(c.ours() for c in commits)
     finally:
+        namespace.delete(name)
+
+
+def test_deletions_of_names_and_links_are_seen_as_they_happen(prefix: str) -> None:
+    """netns/removals.py: `ip netns delete` and `ip link del` wake the watch (its one fd), a
+    new name or link does not; the links are those of the namespace it was opened in (here a
+    test namespace, nobody else's links)."""
+    name, other = f"{prefix}-rm", f"{prefix}-rm2"
+    namespace.create(name)
+    try:
+        with namespace.entered(name):
+            watch = removals.Removals()
+        try:
+            assert not watch.drain()
+            subprocess.run(
+                ["ip", "-n", name, "link", "add", "rm0", "type", "veth", "peer", "name", "rm1"],
+                check=True,
+            )
+            namespace.create(other)
+            assert not watch.drain()  # made, not removed
+            subprocess.run(["ip", "-n", name, "link", "del", "rm0"], check=True)
+            assert select.select([watch.fileno()], [], [], 5)[0]  # an event loop would wake
+            assert watch.drain() and not watch.drain()
+            namespace.delete(other)
+            assert select.select([watch.fileno()], [], [], 5)[0]
+            assert watch.drain() and not watch.broken
+        finally:
+            watch.close()
+    finally:
+        namespace.delete(other)
         namespace.delete(name)

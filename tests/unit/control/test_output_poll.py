@@ -18,8 +18,8 @@ import pytest
 from dynod.control.output import Outputs
 from dynod.logs import changes as changes_module
 from dynod.logs.book import READ_BUDGET, LogBook
-from dynod.logs.inotify import IN_Q_OVERFLOW, Inotify
 from dynod.state.store import App, Dyno, State
+from netns.inotify import IN_Q_OVERFLOW, Inotify
 from tests.unit.control.worlds import stored_dyno
 
 

@@ -4,8 +4,12 @@ dynos it stops when a part of their network was removed. No root needed."""
 from __future__ import annotations
 
 import asyncio
+import os
+
+import pytest
 
 from dynod.config import Config
+from dynod.control import health
 from dynod.control.supervisor import Supervisor
 from dynod.kernel.addressing import Pool
 from dynod.kernel.facts import DynoNetwork, Removed, Running
@@ -77,3 +81,89 @@ def test_the_health_check_kills_only_running_dynos_with_a_removed_part() -> None
         "processes with SIGKILL" in line
         for line in said
     ), said
+
+
+class FakeRemovals:
+    """A deletions' watch: drain() answers from `deleted`, then forgets it."""
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.deleted = False
+        self.read, self.write = os.pipe()
+
+    def fileno(self) -> int:
+        return self.read
+
+    def drain(self) -> bool:
+        deleted, self.deleted = self.deleted, False
+        return deleted
+
+    def close(self) -> None:
+        os.close(self.read)
+        os.close(self.write)
+
+
+class ListingKernel(FakeKernel):
+    def __init__(self, broken: set[int], events: FakeRemovals | None) -> None:
+        super().__init__(broken)
+        self.events = events
+        self.listings = 0
+
+    def missing_objects(self, dynos: list[tuple[int, str, str]]) -> list[int]:
+        self.listings += 1
+        return super().missing_objects(dynos)
+
+    def removal_events(self) -> FakeRemovals | None:
+        return self.events
+
+
+def test_with_a_deletions_watch_it_lists_only_after_a_deletion_or_at_the_backstop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(health.time, "monotonic", lambda: now[0])
+    events = FakeRemovals()
+    kernel = ListingKernel({1}, events)
+    dynos = [dyno(id=1, pid=10, veth="v1")]
+    sup = Supervisor(FakeState(dynos), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+
+    async def scenario() -> list[int]:
+        sup.health.watch()
+        seen = []
+        await sup.health.check()  # the first: a listing
+        seen.append(kernel.listings)
+        for _ in range(5):  # nothing deleted: no listing
+            now[0] += 1
+            await sup.health.check()
+        seen.append(kernel.listings)
+        events.deleted = True  # someone deleted something
+        now[0] += 1
+        await sup.health.check()
+        seen.append(kernel.listings)
+        now[0] += health.BACKSTOP  # the backstop, whatever the watch says
+        await sup.health.check()
+        seen.append(kernel.listings)
+        events.broken = True  # a watch that is gone: a listing every time
+        await sup.health.check()
+        await sup.health.check()
+        seen.append(kernel.listings)
+        await sup.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [1, 1, 2, 3, 5]
+    assert kernel.killed == [10]
+
+
+def test_without_a_watch_it_lists_every_time() -> None:
+    kernel = ListingKernel(set(), None)
+    sup = Supervisor(
+        FakeState([dyno(id=1, pid=10)]), kernel, LogBook(None, echo=None), Config(), None
+    )  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        sup.health.watch()
+        for _ in range(3):
+            await sup.health.check()
+
+    asyncio.run(scenario())
+    assert kernel.listings == 3

@@ -10,6 +10,9 @@ import struct
 from collections.abc import Iterator
 
 IN_MODIFY = 0x00000002  # written, truncated, or a hole punched
+IN_MOVED_FROM = 0x00000040  # a name moved out of the watched directory
+IN_DELETE = 0x00000200  # a name deleted from the watched directory
+IN_DELETE_SELF = 0x00000400  # the watched directory itself deleted
 IN_Q_OVERFLOW = 0x00004000  # the kernel's event queue was full: events were lost
 IN_IGNORED = 0x00008000  # the watch is gone (removed, or its file deleted for good)
 IN_NONBLOCK = os.O_NONBLOCK
