@@ -9,6 +9,7 @@ every time (11-13 ms a second at 2,000 dynos, on the daemon's event loop).
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 
@@ -17,12 +18,15 @@ from netns.inotify import (
     IN_DELETE,
     IN_DELETE_SELF,
     IN_IGNORED,
+    IN_MOVE_SELF,
     IN_MOVED_FROM,
     IN_Q_OVERFLOW,
+    IN_UNMOUNT,
     Inotify,
 )
 
 RTMGRP_LINK = 1
+_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED  # the watched directory itself
 RTM_DELLINK = 17
 
 
@@ -34,10 +38,12 @@ class Removals:
     def __init__(self) -> None:
         self.broken = False  # the directory's watch is gone: only a listing can tell now
         self._inotify = Inotify()
+        found = os.stat(namespace.RUN_DIR)
+        self._identity = (found.st_dev, found.st_ino)
         self._links: socket.socket | None = None
         self._poll: select.epoll | None = None
         try:
-            self._inotify.add(namespace.RUN_DIR, IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF)
+            self._inotify.add(namespace.RUN_DIR, IN_DELETE | IN_MOVED_FROM | _GONE)
             self._links = socket.socket(
                 socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE
             )
@@ -50,6 +56,15 @@ class Removals:
             self.close()
             raise
 
+    def current(self) -> bool:
+        """Is the watched directory still /run/netns (`stat -c %d:%i /run/netns`)? Not when
+        someone moved, removed or covered it: a new watch is needed."""
+        try:
+            found = os.stat(namespace.RUN_DIR)
+        except OSError:
+            return False
+        return not self.broken and (found.st_dev, found.st_ino) == self._identity
+
     def fileno(self) -> int:
         assert self._poll is not None
         return self._poll.fileno()
@@ -58,9 +73,9 @@ class Removals:
         """Everything queued so far, read: was a name or a link deleted, or were events lost?"""
         removed = False
         for _wd, mask in self._inotify.events():
-            if mask & (IN_DELETE_SELF | IN_IGNORED):
+            if mask & _GONE:
                 self.broken = True
-            if mask & (IN_DELETE | IN_MOVED_FROM | IN_Q_OVERFLOW | IN_DELETE_SELF | IN_IGNORED):
+            if mask & (IN_DELETE | IN_MOVED_FROM | IN_Q_OVERFLOW | _GONE):
                 removed = True
         assert self._links is not None
         while True:

@@ -44,8 +44,10 @@ class HealthWatch:
         self._next_listing = 0.0  # time.monotonic() of the next backstop listing
 
     def watch(self) -> None:
-        """Wait for deletions instead of listing every second (on the event loop)."""
+        """Wait for deletions instead of listing every second (on the event loop); a listing
+        follows."""
         self.events = self.kernel.removal_events()
+        self._dirty = True
         if self.events is not None:
             asyncio.get_running_loop().add_reader(self.events.fileno(), self._on_events)
 
@@ -60,8 +62,12 @@ class HealthWatch:
             self._dirty = True
 
     def _nothing_deleted(self) -> bool:
-        """No listing needed: the watch works, saw no deletion, and the backstop is not due."""
-        if self.events is None or self.events.broken:
+        """No listing needed: the watch works, saw no deletion, and the backstop is not due.
+        A watch of a /run/netns that someone moved, removed or covered is opened again."""
+        if self.events is not None and not self.events.current():
+            self.close()
+            self.watch()
+        if self.events is None:
             return False
         self._on_events()
         now = time.monotonic()
@@ -82,14 +88,20 @@ class HealthWatch:
         BACKSTOP seconds: each one costs O(dynos) (11-13 ms at 2,000), every second."""
         if self._nothing_deleted():
             return
+        self._dirty = True  # until this listing has looked at every dyno it found missing
+        skipped = False
         for dyno_id in self.kernel.missing_objects(self.state.running_networks()):
-            if dyno_id in self._broken or self.lock(dyno_id).locked():
+            if dyno_id in self._broken:  # being killed: its restart rebuilds its network
+                continue
+            if self.lock(dyno_id).locked():
+                skipped = True  # being started or stopped: looked at again next time
                 continue
             dyno = self.state.dyno(dyno_id)
             if dyno is None or dyno.state not in ("starting", "up") or not dyno.pid:
                 continue
             if self.removed(dyno):
                 await self._on_network_removed(dyno.id)
+        self._dirty = skipped
 
     async def _on_network_removed(self, dyno_id: int) -> None:
         """Someone deleted the dyno's veth or its namespace's name: it can no longer be

@@ -36,6 +36,10 @@ class RemovalEvents(Protocol):
 
     broken: bool  # the watch is gone: only listings can tell
 
+    def current(self) -> bool:
+        """Still watching what it was opened on (else a new watch is needed)?"""
+        ...
+
     def fileno(self) -> int: ...
 
     def drain(self) -> bool:

@@ -480,7 +480,7 @@ def test_deletions_of_names_and_links_are_seen_as_they_happen(prefix: str) -> No
         with namespace.entered(name):
             watch = removals.Removals()
         try:
-            assert not watch.drain()
+            assert not watch.drain() and watch.current()
             subprocess.run(
                 ["ip", "-n", name, "link", "add", "rm0", "type", "veth", "peer", "name", "rm1"],
                 check=True,
@@ -492,7 +492,7 @@ def test_deletions_of_names_and_links_are_seen_as_they_happen(prefix: str) -> No
             assert watch.drain() and not watch.drain()
             namespace.delete(other)
             assert select.select([watch.fileno()], [], [], 5)[0]
-            assert watch.drain() and not watch.broken
+            assert watch.drain() and not watch.broken and watch.current()
         finally:
             watch.close()
     finally:

@@ -94,6 +94,9 @@ class FakeRemovals:
     def fileno(self) -> int:
         return self.read
 
+    def current(self) -> bool:
+        return not self.broken
+
     def drain(self) -> bool:
         deleted, self.deleted = self.deleted, False
         return deleted
@@ -104,9 +107,10 @@ class FakeRemovals:
 
 
 class ListingKernel(FakeKernel):
-    def __init__(self, broken: set[int], events: FakeRemovals | None) -> None:
+    def __init__(self, broken: set[int], watches: bool) -> None:
         super().__init__(broken)
-        self.events = events
+        self.watches = watches
+        self.opened: list[FakeRemovals] = []
         self.listings = 0
 
     def missing_objects(self, dynos: list[tuple[int, str, str]]) -> list[int]:
@@ -114,7 +118,10 @@ class ListingKernel(FakeKernel):
         return super().missing_objects(dynos)
 
     def removal_events(self) -> FakeRemovals | None:
-        return self.events
+        if not self.watches:
+            return None
+        self.opened.append(FakeRemovals())
+        return self.opened[-1]
 
 
 def test_with_a_deletions_watch_it_lists_only_after_a_deletion_or_at_the_backstop(
@@ -122,13 +129,13 @@ def test_with_a_deletions_watch_it_lists_only_after_a_deletion_or_at_the_backsto
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr(health.time, "monotonic", lambda: now[0])
-    events = FakeRemovals()
-    kernel = ListingKernel({1}, events)
+    kernel = ListingKernel({1}, watches=True)
     dynos = [dyno(id=1, pid=10, veth="v1")]
     sup = Supervisor(FakeState(dynos), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
 
     async def scenario() -> list[int]:
         sup.health.watch()
+        events = kernel.opened[0]
         seen = []
         await sup.health.check()  # the first: a listing
         seen.append(kernel.listings)
@@ -143,19 +150,37 @@ def test_with_a_deletions_watch_it_lists_only_after_a_deletion_or_at_the_backsto
         now[0] += health.BACKSTOP  # the backstop, whatever the watch says
         await sup.health.check()
         seen.append(kernel.listings)
-        events.broken = True  # a watch that is gone: a listing every time
+        events.broken = True  # /run/netns moved or covered: a new watch, and a listing
         await sup.health.check()
-        await sup.health.check()
+        seen.append(kernel.listings)
+        await sup.health.check()  # the new watch is quiet
         seen.append(kernel.listings)
         await sup.close()
         return seen
 
-    assert asyncio.run(scenario()) == [1, 1, 2, 3, 5]
+    assert asyncio.run(scenario()) == [1, 1, 2, 3, 4, 4]
+    assert len(kernel.opened) == 2
     assert kernel.killed == [10]
 
 
+def test_a_missing_dyno_skipped_while_locked_is_listed_again_next_time() -> None:
+    kernel = ListingKernel({1}, watches=True)
+    dynos = [dyno(id=1, pid=10, veth="v1")]
+    sup = Supervisor(FakeState(dynos), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        sup.health.watch()
+        async with sup._lock(1):  # a start or a stop under way: skipped
+            await sup.health.check()
+        await sup.health.check()  # no event since, but it was skipped: listed again
+        await sup.close()
+
+    asyncio.run(scenario())
+    assert kernel.listings == 2 and kernel.killed == [10]
+
+
 def test_without_a_watch_it_lists_every_time() -> None:
-    kernel = ListingKernel(set(), None)
+    kernel = ListingKernel(set(), watches=False)
     sup = Supervisor(
         FakeState([dyno(id=1, pid=10)]), kernel, LogBook(None, echo=None), Config(), None
     )  # type: ignore[arg-type]
