@@ -52,6 +52,18 @@ def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(fd, nstype), "setns")
 
 
+def setns_back(fd: int, nstype: int, what: str) -> None:
+    """setns(2) back into the thread's own namespace. A thread that cannot go back would make
+    every later link, mount or process in the wrong namespace, out of the host's sight: if it
+    fails (only ENOMEM can), the process aborts, as the kernel gives up on what it cannot undo
+    (a daemon started again adopts its dynos)."""
+    try:
+        setns(fd, nstype)
+    except OSError as exc:
+        os.write(2, f"fatal: a thread could not leave a {what} namespace: {exc}\n".encode())
+        os.abort()
+
+
 def unshare(flags: int) -> None:
     """Give the calling *thread* new namespaces of the kinds in flags (unshare(2))."""
     _check(_libc.unshare(flags), "unshare")

@@ -88,9 +88,7 @@ done
 def make(path: str, without: Sequence[str]) -> Template:
     """`touch FILE; unshare --mount=FILE --propagation slave sh -c DROP drop DIR...`, FILE in a
     private_dir(). Each DIR must be a mount point here; in the template it is an empty
-    read-only tmpfs. A FILE that holds a template already
-    gets the new one on top (a spawn on its way to the old one still finds a template). Undone
-    on failure."""
+    read-only tmpfs. Undone on failure."""
     if not os.path.exists(path):
         with open(path, "a"):
             pass
@@ -148,7 +146,7 @@ def remove(directory: str) -> None:
     if not os.path.isdir(directory):
         return  # none, or someone else's file: not a template
     for name in sorted(os.listdir(directory)):
-        while unmount(os.path.join(directory, name)):  # templates made again stack
+        while unmount(os.path.join(directory, name)):  # stacked by a killed older daemon
             pass
     while unmount(directory):  # stacked binds, if a killed daemon left one under another
         pass
@@ -180,10 +178,8 @@ def thread_entered(path: str) -> Iterator[None]:
     the namespace's root, and so does coming back: from the first block on, the thread works
     from `/` (the daemon's paths are absolute; its other threads keep their directory).
 
-    Coming back cannot be left undone: a thread stuck in the template would make every later
-    mount (`ip netns add`) there, out of the host's sight. If it fails (only ENOMEM can), the
-    process aborts, as the kernel itself gives up on what it cannot undo; a daemon started
-    again adopts its dynos."""
+    A thread that cannot come back aborts the process (_libc.setns_back): stuck in the
+    template, it would make every later mount (`ip netns add`) there."""
     _libc.unshare(_libc.CLONE_FS)
     home = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -195,17 +191,9 @@ def thread_entered(path: str) -> Iterator[None]:
         try:
             yield
         finally:
-            _come_back(home)
+            _libc.setns_back(home, _libc.CLONE_NEWNS, "mount")
     finally:
         os.close(home)
-
-
-def _come_back(home: int) -> None:
-    try:
-        _libc.setns(home, _libc.CLONE_NEWNS)
-    except OSError as exc:
-        os.write(2, f"fatal: a thread could not leave a mount namespace: {exc}\n".encode())
-        os.abort()
 
 
 def entered(path: str, argv: Sequence[str]) -> list[str]:

@@ -152,18 +152,7 @@ def entered(name: str) -> Iterator[None]:
             with record.inside(name):
                 yield
         finally:
-            _come_back(home)
-
-
-def _come_back(home: int) -> None:
-    """Back to the thread's own network namespace; a thread left in a dyno's would make every
-    later link, socket and process there: if that fails (only ENOMEM can), the process aborts,
-    as netns/mntns.py does (a daemon started again adopts its dynos)."""
-    try:
-        _libc.setns(home, _libc.CLONE_NEWNET)
-    except OSError as exc:
-        os.write(2, f"fatal: a thread could not leave a network namespace: {exc}\n".encode())
-        os.abort()
+            _libc.setns_back(home, _libc.CLONE_NEWNET, "network")
 
 
 def pids_inside(name: str) -> list[int]:

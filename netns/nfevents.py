@@ -149,12 +149,10 @@ def _raise_error(data: bytes) -> None:
 
 
 # ---------------------------------------------------------------- nfnetlink, shared with nftrace
-def open_group(group: int) -> socket.socket:
-    """A non-blocking netfilter netlink socket subscribed to a multicast group (NFNLGRP_*), in
-    the calling thread's network namespace, with a 1 MiB receive buffer."""
-    sock = socket.socket(
-        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, NETLINK_NETFILTER
-    )
+def open_group(group: int, protocol: int = NETLINK_NETFILTER) -> socket.socket:
+    """A non-blocking netlink socket subscribed to a multicast group (NFNLGRP_*; RTNLGRP_* with
+    NETLINK_ROUTE), in the calling thread's network namespace, with a 1 MiB receive buffer."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, protocol)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.bind((0, 0))

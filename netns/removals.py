@@ -8,7 +8,6 @@ every time (11-13 ms a second at 2,000 dynos, on the daemon's event loop).
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import socket
@@ -25,7 +24,7 @@ from netns.inotify import (
     Inotify,
 )
 
-RTMGRP_LINK = 1
+RTNLGRP_LINK = 1
 _GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED  # the watched directory itself
 RTM_DELLINK = 17
 
@@ -38,17 +37,13 @@ class Removals:
     def __init__(self) -> None:
         self.broken = False  # the directory's watch is gone: only a listing can tell now
         self._inotify = Inotify()
-        found = os.stat(namespace.RUN_DIR)
-        self._identity = (found.st_dev, found.st_ino)
         self._links: socket.socket | None = None
         self._poll: select.epoll | None = None
         try:
+            found = os.stat(namespace.RUN_DIR)
+            self._identity = (found.st_dev, found.st_ino)
             self._inotify.add(namespace.RUN_DIR, IN_DELETE | IN_MOVED_FROM | _GONE)
-            self._links = socket.socket(
-                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE
-            )
-            self._links.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            self._links.bind((0, RTMGRP_LINK))
+            self._links = nfevents.open_group(RTNLGRP_LINK, socket.NETLINK_ROUTE)
             self._poll = select.epoll()
             self._poll.register(self._inotify.fd, select.EPOLLIN)
             self._poll.register(self._links.fileno(), select.EPOLLIN)
@@ -78,17 +73,8 @@ class Removals:
             if mask & (IN_DELETE | IN_MOVED_FROM | IN_Q_OVERFLOW | _GONE):
                 removed = True
         assert self._links is not None
-        while True:
-            try:
-                data = self._links.recv(1 << 16)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                removed = True  # the kernel dropped some: any of them may have been one
-                continue
-            removed = removed or _has_dellink(data)
+        for data in nfevents.receive(self._links):  # None: the kernel dropped some
+            removed = removed or data is None or _has_dellink(data)
         return removed
 
     def close(self) -> None:

@@ -88,20 +88,30 @@ class HealthWatch:
         BACKSTOP seconds: each one costs O(dynos) (11-13 ms at 2,000), every second."""
         if self._nothing_deleted():
             return
-        self._dirty = True  # until this listing has looked at every dyno it found missing
+        try:
+            skipped = await self._look()
+        except BaseException:
+            self._dirty = True  # looked at nothing: the next tick lists again
+            raise
+        if skipped:
+            self._dirty = True  # being started or stopped: looked at again next time
+
+    async def _look(self) -> bool:
+        """The listing: each running dyno missing a part is handled; whether one was skipped
+        because its lock was held."""
         skipped = False
         for dyno_id in self.kernel.missing_objects(self.state.running_networks()):
             if dyno_id in self._broken:  # being killed: its restart rebuilds its network
                 continue
             if self.lock(dyno_id).locked():
-                skipped = True  # being started or stopped: looked at again next time
+                skipped = True
                 continue
             dyno = self.state.dyno(dyno_id)
             if dyno is None or dyno.state not in ("starting", "up") or not dyno.pid:
                 continue
             if self.removed(dyno):
                 await self._on_network_removed(dyno.id)
-        self._dirty = skipped
+        return skipped
 
     async def _on_network_removed(self, dyno_id: int) -> None:
         """Someone deleted the dyno's veth or its namespace's name: it can no longer be

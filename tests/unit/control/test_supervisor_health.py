@@ -4,6 +4,7 @@ dynos it stops when a part of their network was removed. No root needed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import pytest
@@ -90,6 +91,7 @@ class FakeRemovals:
         self.broken = False
         self.deleted = False
         self.read, self.write = os.pipe()
+        os.set_blocking(self.read, False)
 
     def fileno(self) -> int:
         return self.read
@@ -98,6 +100,8 @@ class FakeRemovals:
         return not self.broken
 
     def drain(self) -> bool:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.read, 64)
         deleted, self.deleted = self.deleted, False
         return deleted
 
@@ -192,3 +196,26 @@ def test_without_a_watch_it_lists_every_time() -> None:
 
     asyncio.run(scenario())
     assert kernel.listings == 3
+
+
+def test_a_deletion_seen_while_the_listing_kills_a_dyno_is_listed_next_time() -> None:
+    class KillAndDelete(ListingKernel):
+        async def kill_inside(self, d: Running) -> None:
+            await super().kill_inside(d)
+            self.opened[-1].deleted = True  # someone deletes another dyno's veth meanwhile
+            os.write(self.opened[-1].write, b"x")
+            await asyncio.sleep(0.01)  # the event loop reads the watch
+
+    kernel = KillAndDelete({1}, watches=True)
+    dynos = [dyno(id=1, pid=10, veth="v1")]
+    sup = Supervisor(FakeState(dynos), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        sup.health.watch()
+        await sup.health.check()  # lists, kills dyno 1; a deletion comes meanwhile
+        await sup.health.check()  # so it lists again
+        await sup.health.check()  # and no more
+        await sup.close()
+
+    asyncio.run(scenario())
+    assert kernel.listings == 2 and kernel.killed == [10]
