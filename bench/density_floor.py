@@ -1,17 +1,19 @@
 """The bare kernel floor at density: what the 1st, the 1,000th and the Nth bare setup cost when
 the earlier ones are all kept, the reference for `density.py`'s growth target.
 
-    sudo .venv/bin/python bench/density_floor.py [-n 4000] [--shard-ports 256] [--json]
+    sudo .venv/bin/python bench/density_floor.py [-n 4000] [--shard-ports 256] [--steps dynod]
+        [--json]
 
 The same steps as `dyno_lifecycle.py`'s floor (pyroute2 on one thread: `ip netns add`, a veth
 with its peer made in the namespace as eth0 on a bridge, the gateway /30 on the bridge, lo and
 eth0 up, the address, the default route, `ping_group_range`), N times one after another, every
 namespace kept, on bridges of --shard-ports ports each as dynod shards a space (a bridge takes
 at most 1,024). No process, no firewall, no state. Reported: each setup's time at #1, #1,000
-and #N as the median of the 20 up to it, as density.py reports the daemon's kernel part, and
-#N / #1. Everything it made (namespaces, veths, bridges, all named with a random `bfl` prefix;
-addresses in a free 10.X.0.0/16) is removed on the way out, on error or Ctrl-C too, and
-checked.
+and #N as the median of the 20 up to it (#1: of the first 20), as density.py reports the
+daemon's kernel part, and #N / #1. With `--steps dynod`, the daemon's own kernel steps
+instead (dynod/kernel/network.py attach(): how its kernel part alone scales). Everything it
+made (namespaces, veths, bridges, all named with a random `bfl` prefix; addresses in a free
+10.X.0.0/16) is removed on the way out, on error or Ctrl-C too, and checked.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ import random
 import sys
 import time
 
-from density import WINDOW, free_space_range, median_window
+from density import WINDOW, free_space_range, median_window, window_of
 from dyno_lifecycle import configure_inside, leftovers, ms_since, sweep
 from pyroute2 import IPRoute
 from run_support import sigterm_as_interrupt
 
-from dynod.kernel.addressing import SHARD_PORTS
+from dynod.kernel import network
+from dynod.kernel.addressing import SHARD_PORTS, Pool
 from netns import namespace
+from netns.rtnl import Rtnl
 
 
 class DenseFloor:
@@ -84,12 +88,47 @@ class DenseFloor:
         self.ipr.close()
 
 
-def measure(n: int, per_bridge: int, quiet: bool) -> dict[str, object]:
+class DaemonSteps(DenseFloor):
+    """The same, with the daemon's own kernel steps instead (`--steps dynod`):
+    dynod/kernel/network.py's attach() on its netlink socket (netns/rtnl.py: one queue each way,
+    the port's sysctls, isolation and FDB entry, the inside configured), on bridges made as
+    dynod makes a network's shards. Still no process, no firewall, no state: how the kernel part
+    alone scales, apart from the processes and the CPU they share with it."""
+
+    def __init__(self, prefix: str, network_: ipaddress.IPv4Network, per_bridge: int) -> None:
+        super().__init__(prefix, network_, per_bridge)
+        self.pool = Pool(str(network_))
+        self.rtnl = Rtnl()
+
+    def bridge(self, seq: int) -> int:
+        shard = seq // self.per_bridge
+        while len(self.bridges) <= shard:
+            name = f"{self.prefix}b{len(self.bridges)}"
+            self.bridges.append(network.ensure_shard_bridge(self.ipr, name, self.pool))
+        return self.bridges[shard]
+
+    def setup(self, seq: int) -> float:
+        master = self.bridge(seq)  # not timed: a bridge is made once per shard
+        dyno = network.Attachment(
+            f"{self.prefix}-{seq:x}", f"{self.prefix}v{seq:x}", self.pool.subnet(seq + 1)
+        )
+        began = time.perf_counter()
+        network.attach(self.rtnl, master, dyno)
+        return ms_since(began)
+
+    def close(self) -> None:
+        self.rtnl.close()
+        super().close()
+
+
+def measure(n: int, per_bridge: int, quiet: bool, steps: str = "pyroute2") -> dict[str, object]:
     prefix = f"bfl{random.randrange(16**3):03x}"
-    network = ipaddress.IPv4Network(free_space_range())
-    floor = DenseFloor(prefix, network, per_bridge)
+    space = ipaddress.IPv4Network(free_space_range())
+    floor = (DaemonSteps if steps == "dynod" else DenseFloor)(prefix, space, per_bridge)
     times: list[float] = []
     problems: list[str] = []
+    # where the daemon would: its names in memory when /run is on disk (namespace.py)
+    namespace.names_in_memory()
     try:
         for seq in range(n):
             times.append(floor.setup(seq))
@@ -99,7 +138,7 @@ def measure(n: int, per_bridge: int, quiet: bool) -> dict[str, object]:
     finally:
         floor.close()
         began = time.monotonic()
-        sweep(prefix)  # the namespaces (their veths go with them), then the bridges
+        sweep(prefix)  # the namespaces (their veths go with them), then the bridges and the tmpfs
         left = leftovers(prefix)
         if any(left.values()):
             problems.append(f"left behind: {left}")
@@ -121,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shard-ports", type=int, default=SHARD_PORTS, help="ports per bridge (dynod's default)"
     )
+    parser.add_argument(
+        "--steps",
+        choices=("pyroute2", "dynod"),
+        default="pyroute2",
+        help="the bare pyroute2 steps (the floor), or the daemon's own kernel steps",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -134,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     with sigterm_as_interrupt(), contextlib.suppress(KeyboardInterrupt):
-        out = measure(args.n, args.shard_ports, args.quiet)
+        out = measure(args.n, args.shard_ports, args.quiet, args.steps)
         if args.json:
             print(json.dumps(out, indent=2))
         else:
-            print(f"bare floor, {out['n']} setups kept, {out['bridges']} bridges")
+            what = "dynod's kernel steps" if args.steps == "dynod" else "bare floor"
+            print(f"{what}, {out['n']} setups kept, {out['bridges']} bridges")
             for k, v in out["setup_ms"].items():  # type: ignore[attr-defined]
-                print(f"  setup at #{k}: {v:.2f} ms (median of the {WINDOW} up to it)")
+                print(f"  setup at #{k}: {v:.2f} ms (median of {WINDOW}: {window_of(f'#{k}')})")
             ratio, cleanup = out["last_over_first"], out["cleanup_s"]
             print(f"  last / first: {ratio:.2f}x; cleanup {cleanup:.1f} s")
             for problem in out["problems"]:  # type: ignore[attr-defined]

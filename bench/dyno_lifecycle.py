@@ -228,6 +228,7 @@ def sweep(prefix: str) -> None:
             if table == prefix and family in ("bridge", "inet"):
                 nft.run(f"delete table {family} {table}")
     mntns.remove(directory_of(prefix))  # the daemon's mount template (kernel/mounts.py)
+    namespace.release_memory()  # its tmpfs on /run/netns, if it made one and it is empty
 
 
 # ---------------------------------------------------------------------------- the floor

@@ -13,6 +13,9 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
 CLONE_FS = 0x00000200
 
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
 MS_BIND = 4096
 MS_REC = 16384
 MS_SHARED = 1 << 20
@@ -69,10 +72,16 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
-def mount(source: str, target: str, fstype: str | None, flags: int) -> None:
+def mount(
+    source: str, target: str, fstype: str | None, flags: int, options: str | None = None
+) -> None:
     _check(
         _libc.mount(
-            source.encode(), target.encode(), fstype.encode() if fstype else None, flags, None
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            options.encode() if options else None,
         ),
         f"mount {source} on {target}",
     )

@@ -71,6 +71,9 @@ def set_address(ipr: Netlink, index: int, mac: str) -> None:
         record.note("ip", "link", "set", name_of(ipr, index), "address", mac)
 
 
+QUEUES = ("numtxqueues", "1", "numrxqueues", "1")  # how `ip link` says one queue each way
+
+
 def add_veth_into_netns(
     ipr: Netlink,
     *,
@@ -81,11 +84,17 @@ def add_veth_into_netns(
     peer_mac: str,
     netns: str,
 ) -> int:
-    """`ip link add HOST address MAC master BR up type veth peer name eth0 address MAC netns NS`.
+    """`ip link add HOST address MAC master BR up numtxqueues 1 numrxqueues 1 type veth peer
+    name eth0 address MAC netns NS numtxqueues 1 numrxqueues 1`.
 
     The peer is created directly inside the namespace, so it gets an index from the
     namespace's own counter (2, after lo) however many links the host has seen. The host end
     is up from the start.
+
+    One queue each way, as the kernel would leave them: a veth is made with a queue per CPU
+    (for XDP) and, unless told how many, cut down to one right after, which waits for an
+    expedited RCU grace period per end with the kernel's rtnl lock held (1.8 ms each on a busy
+    2-CPU host, every other link change waiting meanwhile: bench/README.md, "Sixth round").
     """
     fd = namespace.open_fd(netns)
     try:
@@ -96,7 +105,15 @@ def add_veth_into_netns(
             kind="veth",
             master=master,
             state="up",
-            peer={"ifname": peer_name, "address": peer_mac, "net_ns_fd": fd},
+            num_tx_queues=1,
+            num_rx_queues=1,
+            peer={
+                "ifname": peer_name,
+                "address": peer_mac,
+                "net_ns_fd": fd,
+                "num_tx_queues": 1,
+                "num_rx_queues": 1,
+            },
         )
     finally:
         os.close(fd)
@@ -111,6 +128,7 @@ def add_veth_into_netns(
             "master",
             name_of(ipr, master),
             "up",
+            *QUEUES,
             "type",
             "veth",
             "peer",
@@ -120,6 +138,7 @@ def add_veth_into_netns(
             peer_mac,
             "netns",
             netns,
+            *QUEUES,
         )
     index = index_of(ipr, host_name)
     assert index is not None

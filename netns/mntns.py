@@ -74,12 +74,15 @@ def private_dir(path: str) -> None:
 # since get a new template: dynod/kernel/mounts.py). Then DIR is covered with an empty
 # read-only tmpfs: what the directory itself holds (`ip netns add`'s files) stays unseen, in
 # every copy, without each copy mounting its own over the host's DIR (one mount per start).
+# Every mount stacked on DIR goes (a daemon's tmpfs of names on `ip netns add`'s bind mount:
+# netns/namespace.py names_in_memory), so findmnt -T names the mount that holds DIR.
 DROP = """
 for dir; do
     umount -l "$dir" || exit 1
+    while mountpoint -q "$dir"; do umount -l "$dir" || exit 1; done
     awk -v dir="$dir/" 'index($5, dir) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
         while read -r point; do umount -l "$point" 2>/dev/null; done
-    mount --make-private "$(findmnt -n -o TARGET -T "$dir")" || exit 1
+    mount --make-private "$(findmnt -n -o TARGET -T "$dir" | head -n 1)" || exit 1
     mount -t tmpfs -o ro,mode=755,nosuid,nodev,noexec,size=4k empty "$dir" || exit 1
 done
 """

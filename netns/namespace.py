@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from dataclasses import dataclass
 from netns import _libc, record, sysctl
 
 RUN_DIR = "/run/netns"
+# The source of the tmpfs a daemon mounts on /run/netns where /run is on disk (names_in_memory):
+# how any daemon's stop tells it from someone else's mount (release_memory).
+MEMORY_SOURCE = "dynod-netns"
+MEMORY_TYPES = ("tmpfs", "ramfs")
 
 
 def path(name: str) -> str:
@@ -45,6 +50,70 @@ def ensure_run_dir() -> None:
         # Not a mount point yet: `mount --bind /run/netns /run/netns; mount --make-rshared ...`
         _libc.mount(RUN_DIR, RUN_DIR, "none", _libc.MS_BIND | _libc.MS_REC)
         _libc.mount("", RUN_DIR, "none", _libc.MS_SHARED | _libc.MS_REC)
+
+
+def holding_mount(directory: str) -> tuple[str, str, str]:
+    """(mount point, type, source) of the mount that holds directory, the topmost where
+    several are stacked (`findmnt -T DIR`): the deepest mount point that is directory or one
+    of its parents, the last mounted of those at it."""
+    found = ("", "", "")
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4]
+            if point != "/" and point != directory and not directory.startswith(point + "/"):
+                continue
+            if len(point) >= len(found[0]):
+                rest = fields[fields.index("-") + 1 :]
+                found = (point, rest[0], rest[1])
+    return found
+
+
+def names_in_memory(directory: str = RUN_DIR) -> bool:
+    """Where /run is on disk (a host without systemd: a container, a small VM), each name
+    `ip netns add` makes is a journaled inode, and ext4 looks for a free one past every inode
+    deleted in the last minutes: 0.3-1.1 ms a start, growing with the dynos started and stopped
+    before (bench/README.md, "Sixth round"). /run is meant to be memory, cleared at boot
+    (systemd mounts a tmpfs there): when directory is on disk and holds no name, `mkdir -p
+    /run/netns; mount -t tmpfs -o mode=755,nosuid,nodev,noexec dynod-netns /run/netns; mount
+    --make-shared /run/netns` (shared as `ip netns add` makes it). Names someone else made are
+    never hidden: with any there, nothing is mounted. Returns whether it mounted."""
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    if holding_mount(directory)[1] in MEMORY_TYPES or os.listdir(directory):
+        return False
+    flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC
+    _libc.mount(MEMORY_SOURCE, directory, "tmpfs", flags, "mode=755")
+    try:
+        _libc.mount("", directory, "none", _libc.MS_SHARED)
+    except BaseException:
+        _libc.umount2(directory, 0)
+        raise
+    # shown as the test it was: run again, it leaves a tmpfs that is there already alone
+    record.note_text(
+        f'[ "$(stat -f -c %T {directory})" = tmpfs ] || '
+        f"{{ mount -t tmpfs -o mode=755,nosuid,nodev,noexec {MEMORY_SOURCE} {directory}; "
+        f"mount --make-shared {directory}; }}"
+    )
+    return True
+
+
+def release_memory(directory: str = RUN_DIR) -> bool:
+    """At a daemon's stop: `umount /run/netns` when what is mounted there is names_in_memory()'s
+    tmpfs (this daemon's or another's: whoever leaves it empty removes it) and it holds no name.
+    A name made meanwhile by another daemon keeps it (the kernel refuses with EBUSY once its
+    namespace is mounted there; create() tries again if it was not yet). Returns whether it
+    unmounted."""
+    point, fstype, source = holding_mount(directory)
+    if (point, fstype, source) != (directory, "tmpfs", MEMORY_SOURCE) or os.listdir(directory):
+        return False
+    try:
+        _libc.umount2(directory, 0)
+    except OSError as exc:
+        if exc.errno in (errno.EBUSY, errno.EINVAL):
+            return False  # a name mounted meanwhile, or unmounted by someone else meanwhile
+        raise
+    record.note("umount", directory)
+    return True
 
 
 def _assert_not_event_loop_thread() -> None:
@@ -78,6 +147,18 @@ def create(name: str) -> None:
     if not _run_dir_made or not os.path.isdir(RUN_DIR):
         ensure_run_dir()
         _run_dir_made = True
+    try:
+        _bound(target)
+    except FileNotFoundError:
+        # Its file went between its creation and the mount: another daemon's stop unmounted
+        # an empty tmpfs from /run/netns (release_memory) right then. Once more, on what is
+        # there now.
+        _bound(target)
+    record.note("ip", "netns", "add", name)
+
+
+def _bound(target: str) -> None:
+    """The file, then a new namespace mounted on it; the file is removed if the mount fails."""
     # O_EXCL: a namespace that already exists is an error, never silently replaced.
     os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
     try:
@@ -88,9 +169,9 @@ def create(name: str) -> None:
             finally:
                 _libc.setns(home, _libc.CLONE_NEWNET)
     except BaseException:
-        os.unlink(target)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)
         raise
-    record.note("ip", "netns", "add", name)
 
 
 def delete(name: str) -> bool:

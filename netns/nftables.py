@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from netns import record
+from netns import descriptors, record
 
 NFT_CTX_DEFAULT = 0
 NFT_CTX_OUTPUT_HANDLE = 1 << 3
@@ -53,6 +53,13 @@ class Nft:
 
     def __init__(self) -> None:
         self._lib = _load()
+        # The context opens its netlink socket now, and libmnl select()s on it at every
+        # command: a number above 1023 would abort the process there (netns/descriptors.py).
+        if not descriptors.low_one_free():
+            raise NftError(
+                f"no file descriptor below {descriptors.FD_SETSIZE} is free, and libnftables "
+                "cannot use a larger one"
+            )
         self._ctx = self._lib.nft_ctx_new(NFT_CTX_DEFAULT)
         self._lib.nft_ctx_buffer_output(self._ctx)
         self._lib.nft_ctx_buffer_error(self._ctx)

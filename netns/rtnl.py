@@ -51,6 +51,8 @@ IFLA_PROTINFO = 12
 IFLA_LINKINFO = 18
 IFLA_AF_SPEC = 26
 IFLA_NET_NS_FD = 28
+IFLA_NUM_TX_QUEUES = 31
+IFLA_NUM_RX_QUEUES = 32
 IFLA_INET_CONF = 1  # in IFLA_AF_SPEC, AF_INET: the IPv4 settings (IPV4_DEVCONF_*)
 IPV4_DEVCONF_ARP_IGNORE = 19
 IFLA_INFO_KIND = 1
@@ -162,10 +164,12 @@ class Rtnl:
         address: str | None = None,
         master: int | None = None,
         state: str | None = None,
+        num_tx_queues: int | None = None,
+        num_rx_queues: int | None = None,
         peer: dict[str, object] | None = None,
     ) -> None:
-        """`ip link add NAME [address MAC] [master IF] [up] type veth peer ...`,
-        `ip link set IF up`, `ip link set IF address MAC`, `ip link del IF`."""
+        """`ip link add NAME [address MAC] [master IF] [up] [numtxqueues N] [numrxqueues N] type
+        veth peer ...`, `ip link set IF up`, `ip link set IF address MAC`, `ip link del IF`."""
         up = IFF_UP if state == "up" else 0
         if state not in (None, "up"):
             raise ValueError(f"unsupported link state {state!r}")
@@ -176,6 +180,7 @@ class Rtnl:
             attrs.append(_attr(IFLA_ADDRESS, _mac(address)))
         if master is not None:
             attrs.append(_attr(IFLA_MASTER, _u32(master)))
+        attrs += _queues(num_tx_queues, num_rx_queues)
         if command == "add":
             if kind != "veth" or peer is None:
                 raise ValueError("Rtnl.link('add') makes veth pairs only")
@@ -276,9 +281,17 @@ class Rtnl:
             return f"if{index}"
 
 
+def _queues(tx: int | None, rx: int | None) -> list[bytes]:
+    return [
+        _attr(kind, _u32(n))
+        for kind, n in ((IFLA_NUM_TX_QUEUES, tx), (IFLA_NUM_RX_QUEUES, rx))
+        if n
+    ]
+
+
 def _peer(peer: dict[str, object]) -> bytes:
-    """A veth peer: an ifinfomsg and its own name, MAC and namespace (an fd)."""
-    unknown = set(peer) - {"ifname", "address", "net_ns_fd"}
+    """A veth peer: an ifinfomsg and its own name, MAC, namespace (an fd) and queues."""
+    unknown = set(peer) - {"ifname", "address", "net_ns_fd", "num_tx_queues", "num_rx_queues"}
     if unknown:
         raise ValueError(f"unsupported veth peer attributes {sorted(unknown)}")
     attrs = _IFINFO.pack(0, 0, 0, 0, 0)
@@ -290,4 +303,7 @@ def _peer(peer: dict[str, object]) -> bytes:
         fd = peer["net_ns_fd"]
         assert isinstance(fd, int)
         attrs += _attr(IFLA_NET_NS_FD, _u32(fd))
-    return attrs
+    tx, rx = peer.get("num_tx_queues"), peer.get("num_rx_queues")
+    assert tx is None or isinstance(tx, int)
+    assert rx is None or isinstance(rx, int)
+    return attrs + b"".join(_queues(tx, rx))

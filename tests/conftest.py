@@ -89,6 +89,7 @@ def kernel_unchanged() -> object:
         support.run_mounts(),
         support.process_netns(),
         support.lock_files(),
+        support.run_dir_mounts(),
     )
     yield None
     deadline = time.monotonic() + 10  # the kernel destroys a deleted namespace's veth lazily
@@ -100,6 +101,7 @@ def kernel_unchanged() -> object:
             support.run_mounts(),
             support.process_netns(),
             support.lock_files(),
+            support.run_dir_mounts(),
         )
         added = [sorted(b - a) for a, b in zip(before, after, strict=True)]
         if SHARED:

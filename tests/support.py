@@ -30,7 +30,7 @@ from dynod.api.client import Client
 from dynod.errors import DynodError
 from dynod.kernel.mounts import directory_of
 from dynod.testing.daemon import free_port, free_range
-from netns import cgroup, mntns
+from netns import cgroup, mntns, namespace
 from netns.exec import in_cgroups
 
 APPS_DIR = Path(__file__).parent / "apps"
@@ -105,6 +105,21 @@ def run_mounts() -> set[str]:
     }
 
 
+def run_dir_mounts() -> set[str]:
+    """A daemon's tmpfs on /run/netns (netns/namespace.py names_in_memory), which goes at its
+    stop: each one mounted there (`findmnt /run/netns`), by its depth in the stack. (The bind
+    mount of /run/netns on itself that `ip netns add` makes stays, as the command leaves it.)"""
+    with open("/proc/self/mountinfo") as f:
+        stack = [
+            line.split(" - ")[1].split()[1] for line in f if line.split()[4] == namespace.RUN_DIR
+        ]
+    return {
+        f"{depth}: tmpfs {namespace.MEMORY_SOURCE} on {namespace.RUN_DIR}"
+        for depth, source in enumerate(stack)
+        if source == namespace.MEMORY_SOURCE
+    }
+
+
 def link_names() -> set[str]:
     return set(os.listdir("/sys/class/net"))
 
@@ -176,6 +191,7 @@ def sweep(prefix: str) -> dict[str, list[str]]:
             cgroup.remove(tree, name)
     if found.get("mounts"):
         mntns.remove(directory_of(prefix))
+    namespace.release_memory()  # a killed daemon's tmpfs on /run/netns, when empty
     return found
 
 

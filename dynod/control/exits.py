@@ -15,6 +15,7 @@ from dynod.control.networks import running
 from dynod.control.say import Say
 from dynod.kernel.protocol import KernelSide
 from dynod.state.store import Dyno
+from netns import descriptors
 
 KILL_WAIT = 5.0
 EARLY_EXIT = 10.0  # a process dyno that ends this soon after its start, with 0, was likely misread
@@ -35,7 +36,7 @@ class Exits:
         loop = asyncio.get_running_loop()
         self._futures[dyno.id] = loop.create_future()
         try:
-            pidfd = os.pidfd_open(dyno.pid)
+            pidfd = descriptors.lifted(os.pidfd_open(dyno.pid))
         except ProcessLookupError:
             loop.call_soon(on_exit, dyno.id)
             return

@@ -17,19 +17,21 @@ from dynod.errors import DynodError
 from dynod.kernel import firewall, network, ruleset
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.machine import Machine, Net
-from netns import addresses, links, record, sysctl
+from netns import addresses, links, namespace, record, sysctl
 from netns.nftables import Nft
 
 
 def prepare_host(m: Machine) -> list[str]:
-    """`sysctl -w net.ipv4.ip_forward=1`, the Common Runtime's bridge, the dynos' mount
-    template (kernel/mounts.py); warnings."""
+    """`sysctl -w net.ipv4.ip_forward=1`, the Common Runtime's bridge, /run/netns in memory
+    where /run is on disk (netns/namespace.py names_in_memory), the dynos' mount template
+    (kernel/mounts.py); warnings."""
     check_range_is_free(m.worker.ipr, m.common.pool.network, m.common.bridge)
     m.nft = Nft()
     if sysctl.read("net.ipv4.ip_forward") != "1":
         sysctl.write("net.ipv4.ip_forward", 1)
     make_bridge(m, m.common)
     warnings = ruleset.foreign_drop_policies(m.nft, m.layout.table) + m.cgroups.find()
+    namespace.names_in_memory()  # before the template, which drops /run/netns's mounts
     try:
         m.mounts.make()
     except (OSError, subprocess.SubprocessError) as exc:  # each start tries again (mounts.py)
@@ -85,7 +87,8 @@ def remove_space(m: Machine, key: str, live: list[DynoNetwork]) -> None:
 
 def remove_host_objects(m: Machine) -> None:
     """`nft delete table ...`, every veth and bridge of ours, our cgroups and resolv.confs,
-    the dynos' mount template and fstab files."""
+    the dynos' mount template and fstab files, and /run/netns's tmpfs if it is dynod's and
+    empty."""
     nft = m.nft or Nft()
     nft.run(firewall.remove(m.layout))
     nft.close()
@@ -104,6 +107,7 @@ def remove_host_objects(m: Machine) -> None:
     m.fstabs.remove()
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(m.resolv_dir)
+    namespace.release_memory()
 
 
 def check_range_is_free(

@@ -12,6 +12,8 @@ import struct
 import termios
 from dataclasses import dataclass
 
+from netns import descriptors
+
 
 @dataclass
 class DynoEnds:
@@ -68,6 +70,7 @@ def terminal(rows: int, cols: int) -> tuple[DaemonEnds, DynoEnds]:
     dyno, with the caller's window size set before the dyno starts."""
     master, slave = os.openpty()
     os.set_inheritable(master, False)
+    master = descriptors.lifted(master)  # kept while it runs: above select()'s range
     os.set_blocking(master, False)
     if rows and cols:
         set_window(master, rows, cols)
@@ -79,6 +82,8 @@ def pipes() -> tuple[DaemonEnds, DynoEnds]:
     in_r, in_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    # the daemon's ends are kept while the dyno runs: above select()'s range
+    in_w, out_r, err_r = (descriptors.lifted(fd) for fd in (in_w, out_r, err_r))
     for fd in (in_w, out_r, err_r):
         os.set_blocking(fd, False)
     return DaemonEnds(in_w, out_r, err_r, False), DynoEnds(in_r, out_w, err_w, False)

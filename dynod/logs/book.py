@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
+from netns import descriptors
+
 MAX_LINE = 10_000  # Heroku splits longer lines
 
 # Per dyno. Logplex buffers 1,024 messages per drain (drain_buffer_size in heroku/logplex's
@@ -482,7 +484,8 @@ class OutputFile:
     def open(self) -> bool:
         if self._fd is None:
             try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+                # one per dyno: kept above select()'s range (netns/descriptors.py)
+                self._fd = descriptors.lifted(os.open(self.path, os.O_RDWR | os.O_CLOEXEC))
             except FileNotFoundError:
                 return False
         return True

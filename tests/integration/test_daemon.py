@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import random
@@ -20,6 +21,7 @@ import psutil
 import pytest
 
 from dynod.errors import DynodError
+from netns import namespace
 from tests.support import (
     DaemonProc,
     leftovers,
@@ -733,3 +735,31 @@ def test_a_web_dyno_bound_to_loopback_is_not_up_and_is_told_why() -> None:
         assert d.dyno("loopy", "web.1")["state"] == "starting"
         assert router_get(d, "loopy")[0] == 503
         d.wait_for(lambda: "Error R10 (Boot timeout)" in d.log(), "R10", timeout=10)
+
+
+def test_names_are_in_memory_and_what_is_kept_per_dyno_is_above_select_range() -> None:
+    """/run/netns on a disk filesystem gets the daemon's tmpfs while it runs, and loses it at
+    its stop (netns/namespace.py names_in_memory); a dyno's pidfd and output file are kept at
+    1024 and up, where they never take the low numbers libnftables needs (netns/descriptors.py)."""
+    run_dir = namespace.RUN_DIR
+    before = namespace.holding_mount(run_dir) if os.path.isdir(run_dir) else None
+    had_names = bool(before and os.listdir(run_dir))
+    with running_daemon() as daemon:
+        daemon.run("sushi", "worker", "sleep 600")
+        holding = namespace.holding_mount(run_dir)
+        assert holding[1] in namespace.MEMORY_TYPES or had_names, holding
+        if before is None or (before[1] not in namespace.MEMORY_TYPES and not had_names):
+            assert holding == (run_dir, "tmpfs", namespace.MEMORY_SOURCE)
+        assert daemon.proc is not None
+        fds = f"/proc/{daemon.proc.pid}/fd"
+        kept: dict[str, list[int]] = {}
+        for number in os.listdir(fds):
+            with contextlib.suppress(FileNotFoundError):
+                target = os.readlink(os.path.join(fds, number))
+                kind = "pidfd" if target == "anon_inode:[pidfd]" else target
+                kept.setdefault(kind, []).append(int(number))
+        outputs = [n for target, ns in kept.items() if target.endswith(".out") for n in ns]
+        assert kept.get("pidfd") and min(kept["pidfd"]) >= 1024, kept
+        assert outputs and min(outputs) >= 1024, kept
+    if before is not None and not had_names:
+        assert namespace.holding_mount(run_dir) == before

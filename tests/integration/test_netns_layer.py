@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyroute2 import IPRoute
@@ -86,6 +91,11 @@ def test_entered_refuses_an_event_loop_thread(prefix: str) -> None:
     namespace.delete(name)
 
 
+def _queues(link: Any) -> tuple[int, int]:
+    """(allocated TX queues, RX queues) of a link as pyroute2 reads it (`ip -d link show`)."""
+    return link.get_attr("IFLA_NUM_TX_QUEUES"), link.get_attr("IFLA_NUM_RX_QUEUES")
+
+
 def test_veth_peer_is_born_inside_with_a_small_index(prefix: str) -> None:
     name = f"{prefix}-ns"
     namespace.create(name)
@@ -110,6 +120,7 @@ def test_veth_peer_is_born_inside_with_a_small_index(prefix: str) -> None:
             # (not /sys: sysfs shows the namespace it was mounted in, the host's)
             eth0 = inner.get_links(2)[0]
             assert eth0.get_attr("IFLA_ADDRESS") == "0a:58:01:02:03:04"
+            assert _queues(eth0) == (1, 1)
         namespace.delete(name)
         # deleting the namespace is enough: the kernel destroys both ends of the veth with it
         deadline = time.monotonic() + 10
@@ -141,6 +152,10 @@ def test_the_lean_netlink_socket_makes_what_the_commands_say(prefix: str) -> Non
             assert host_end.get_attr("IFLA_IFNAME") == port_name
             assert host_end.get_attr("IFLA_ADDRESS") == "0a:59:01:02:03:05"
             assert host_end.get_attr("IFLA_MASTER") == bridge and host_end["flags"] & 1  # up
+            # one queue each way, made so (not cut down after, which waits for RCU)
+            assert _queues(host_end) == (1, 1)
+            with namespace.entered(name), IPRoute() as inner:
+                assert _queues(inner.get_links(2)[0]) == (1, 1)
             links.set_arp_ignore(rtnl, port, 8)
             assert sysctl.read(f"net.ipv4.conf.{port_name}.arp_ignore") == "8"
             default = sysctl.read("net.ipv4.conf.default.arp_announce")
@@ -498,3 +513,142 @@ def test_deletions_of_names_and_links_are_seen_as_they_happen(prefix: str) -> No
     finally:
         namespace.delete(other)
         namespace.delete(name)
+
+
+def _disk_directory() -> str:
+    """A new directory on a filesystem that is not memory: the temporary directory's, or
+    /var/tmp's, or else the checkout's (a clone is on disk)."""
+    for base in (tempfile.gettempdir(), "/var/tmp", str(Path(__file__).parent)):
+        if namespace.holding_mount(base)[1] not in namespace.MEMORY_TYPES:
+            return tempfile.mkdtemp(prefix="dynod-test-", dir=base)
+    raise AssertionError("no directory on disk to test with")
+
+
+def _mount_flags(directory: str) -> tuple[str, str]:
+    """(per-mount options, optional fields) of the mount at directory, the topmost."""
+    found = ("", "")
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == directory:
+                found = (fields[5], " ".join(fields[6 : fields.index("-")]))
+    return found
+
+
+def test_names_live_in_memory_where_their_directory_is_on_disk() -> None:
+    base = _disk_directory()
+    names = os.path.join(base, "netns")  # made by it, as /run/netns may not exist yet
+    try:
+        assert namespace.names_in_memory(names) is True
+        assert namespace.holding_mount(names) == (names, "tmpfs", namespace.MEMORY_SOURCE)
+        options, optional = _mount_flags(names)
+        assert {"nosuid", "nodev", "noexec"} <= set(options.split(","))
+        assert "shared:" in optional  # as `ip netns add` makes /run/netns
+        assert oct(os.stat(names).st_mode & 0o777) == "0o755"
+        assert namespace.names_in_memory(names) is False  # memory already: nothing more
+        Path(names, "someone").touch()
+        assert namespace.release_memory(names) is False  # a name in it keeps it
+        assert namespace.holding_mount(names)[0] == names
+        os.unlink(os.path.join(names, "someone"))
+        assert namespace.release_memory(names) is True
+        assert namespace.holding_mount(names)[0] != names
+        assert namespace.release_memory(names) is False
+    finally:
+        while namespace.holding_mount(names)[0] == names:
+            subprocess.run(["umount", names], check=True)
+        shutil.rmtree(base)
+
+
+def test_names_of_someone_else_and_someone_elses_mount_are_left_alone() -> None:
+    base = _disk_directory()
+    with_names, mounted = os.path.join(base, "with-names"), os.path.join(base, "mounted")
+    try:
+        os.makedirs(with_names)
+        Path(with_names, "theirs").touch()
+        assert namespace.names_in_memory(with_names) is False
+        assert namespace.holding_mount(with_names)[0] != with_names  # never hidden
+        os.makedirs(mounted)
+        subprocess.run(["mount", "-t", "tmpfs", "theirs", mounted], check=True)
+        assert namespace.names_in_memory(mounted) is False  # memory already
+        assert namespace.release_memory(mounted) is False  # empty, but not dynod's
+        assert namespace.holding_mount(mounted) == (mounted, "tmpfs", "theirs")
+    finally:
+        while namespace.holding_mount(mounted)[0] == mounted:
+            subprocess.run(["umount", mounted], check=True)
+        shutil.rmtree(base)
+
+
+def test_a_name_whose_file_went_before_its_mount_is_made_again(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another daemon's stop may unmount an empty /run/netns tmpfs between the file and the
+    mount (release_memory): the file went with it, and create() makes it once more."""
+    name = f"{prefix}-ns"
+    real_mount = namespace._libc.mount
+    went: list[str] = []
+
+    def file_gone_first(source: str, target: str, fstype: str | None, flags: int) -> None:
+        if not went and target == namespace.path(name):
+            went.append(target)
+            os.unlink(target)  # as the unmount of its tmpfs would
+        real_mount(source, target, fstype, flags)
+
+    namespace.ensure_run_dir()
+    monkeypatch.setattr(namespace._libc, "mount", file_gone_first)
+    namespace.create(name)
+    monkeypatch.undo()
+    try:
+        assert went == [namespace.path(name)]
+        home = os.stat("/proc/thread-self/ns/net").st_ino
+        assert namespace.inode(name) != home  # a namespace of its own is mounted there
+    finally:
+        namespace.delete(name)
+
+
+_FILL_LOW_NUMBERS = """
+import os, resource, sys
+sys.path.insert(0, {root!r})
+from netns import descriptors
+from netns.nftables import Nft, NftError, _load
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+lift = sys.argv[1] == "lifted"
+# a transaction (libmnl's batch path, the one that select()s), which leaves nothing behind
+batch = "add table inet {table}; delete table inet {table}"
+while True:  # what the daemon keeps per dyno, 1,100 of them
+    fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    fd = descriptors.lifted(fd) if lift else fd
+    if fd >= descriptors.FD_SETSIZE + 100:
+        break
+if sys.argv[2] == "unguarded":  # libnftables as it is, its socket above 1023
+    lib = _load()
+    ctx = lib.nft_ctx_new(0)
+    lib.nft_ctx_buffer_output(ctx)
+    lib.nft_ctx_buffer_error(ctx)
+    print(lib.nft_run_cmd_from_buffer(ctx, batch.encode()), flush=True)
+    sys.exit(0)
+try:
+    Nft().run(batch)
+except NftError as exc:
+    print("refused:", exc)
+    sys.exit(3)
+print("ran")
+"""
+
+
+def test_libnftables_needs_a_descriptor_below_1024(prefix: str) -> None:
+    """libmnl select()s on the context's socket: glibc aborts the process when its number is
+    above 1023. The daemon keeps what it holds per dyno above that range, and a context that
+    would get such a number is refused instead of killing the daemon."""
+    script = _FILL_LOW_NUMBERS.format(root=str(Path(__file__).parents[2]), table=prefix)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-c", script, *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+    unguarded = run("low", "unguarded")
+    assert unguarded.returncode == -signal.SIGABRT, unguarded
+    assert "FD_SETSIZE" in unguarded.stderr
+    refused = run("low", "guarded")
+    assert refused.returncode == 3 and "no file descriptor below 1024" in refused.stdout
+    lifted = run("lifted", "guarded")
+    assert lifted.returncode == 0 and lifted.stdout.strip() == "ran", lifted
