@@ -27,6 +27,7 @@ def lifted(fd: int) -> int:
     except OSError as exc:
         if exc.errno in (errno.EINVAL, errno.EMFILE):
             return fd
+        os.close(fd)  # the caller gets no descriptor back: none is left open
         raise
     os.close(fd)
     return new

@@ -33,23 +33,23 @@ def path(name: str) -> str:
     return os.path.join(RUN_DIR, name)
 
 
-def ensure_run_dir() -> None:
+def ensure_run_dir(directory: str = RUN_DIR) -> None:
     """Make /run/netns a shared mount point, as `ip netns add` does.
 
     Shared propagation lets the bind mounts below show up in mount namespaces made later
     (a process's private /etc, say) and be unmounted everywhere at once.
     """
     try:
-        os.mkdir(RUN_DIR)
-        os.chmod(RUN_DIR, 0o755)  # as `ip netns add` makes it, whatever the caller's umask
+        os.mkdir(directory)
+        os.chmod(directory, 0o755)  # as `ip netns add` makes it, whatever the caller's umask
     except FileExistsError:
         pass
     try:
-        _libc.mount("", RUN_DIR, "none", _libc.MS_SHARED | _libc.MS_REC)
+        _libc.mount("", directory, "none", _libc.MS_SHARED | _libc.MS_REC)
     except OSError:
         # Not a mount point yet: `mount --bind /run/netns /run/netns; mount --make-rshared ...`
-        _libc.mount(RUN_DIR, RUN_DIR, "none", _libc.MS_BIND | _libc.MS_REC)
-        _libc.mount("", RUN_DIR, "none", _libc.MS_SHARED | _libc.MS_REC)
+        _libc.mount(directory, directory, "none", _libc.MS_BIND | _libc.MS_REC)
+        _libc.mount("", directory, "none", _libc.MS_SHARED | _libc.MS_REC)
 
 
 def holding_mount(directory: str) -> tuple[str, str, str]:
@@ -77,10 +77,13 @@ def names_in_memory(directory: str = RUN_DIR) -> bool:
     (systemd mounts a tmpfs there): when directory is on disk and holds no name, `mkdir -p
     /run/netns; mount -t tmpfs -o mode=755,nosuid,nodev,noexec dynod-netns /run/netns; mount
     --make-shared /run/netns` (shared as `ip netns add` makes it). Names someone else made are
-    never hidden: with any there, nothing is mounted. Returns whether it mounted."""
+    never hidden: with any there, nothing is mounted. It goes on `ip netns add`'s shared bind
+    mount of the directory on itself (made first if missing), so that when it is unmounted the
+    directory is still the shared mount point names need. Returns whether it mounted."""
     os.makedirs(directory, mode=0o755, exist_ok=True)
     if holding_mount(directory)[1] in MEMORY_TYPES or os.listdir(directory):
         return False
+    ensure_run_dir(directory)
     flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC
     _libc.mount(MEMORY_SOURCE, directory, "tmpfs", flags, "mode=755")
     try:
@@ -88,11 +91,14 @@ def names_in_memory(directory: str = RUN_DIR) -> bool:
     except BaseException:
         _libc.umount2(directory, 0)
         raise
-    # shown as the test it was: run again, it leaves a tmpfs that is there already alone
+    # shown as the test it was: run again, it leaves memory, or names there, alone
     record.note_text(
-        f'[ "$(stat -f -c %T {directory})" = tmpfs ] || '
-        f"{{ mount -t tmpfs -o mode=755,nosuid,nodev,noexec {MEMORY_SOURCE} {directory}; "
-        f"mount --make-shared {directory}; }}"
+        f'case "$(stat -f -c %T {directory} 2>/dev/null)" in tmpfs|ramfs) ;; *) '
+        f'[ -n "$(ls -A {directory} 2>/dev/null)" ] || {{ mkdir -p {directory}; '
+        f"mountpoint -q {directory} || mount --bind {directory} {directory}; "
+        f"mount --make-shared {directory}; "
+        f"mount -t tmpfs -o mode=755,nosuid,nodev,noexec {MEMORY_SOURCE} {directory}; "
+        f"mount --make-shared {directory}; }};; esac"
     )
     return True
 
@@ -152,7 +158,8 @@ def create(name: str) -> None:
     except FileNotFoundError:
         # Its file went between its creation and the mount: another daemon's stop unmounted
         # an empty tmpfs from /run/netns (release_memory) right then. Once more, on what is
-        # there now.
+        # there now (a shared mount point still, or made one again).
+        ensure_run_dir()
         _bound(target)
     record.note("ip", "netns", "add", name)
 

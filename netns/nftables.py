@@ -25,6 +25,10 @@ class NftError(RuntimeError):
     """nft refused a command; the message is nft's own, with the offending line."""
 
 
+class NoLowDescriptor(NftError):
+    """No descriptor below 1024 is free for a new context's socket (netns/descriptors.py)."""
+
+
 def _load() -> ctypes.CDLL:
     name = ctypes.util.find_library("nftables") or "libnftables.so.1"
     try:
@@ -56,7 +60,7 @@ class Nft:
         # The context opens its netlink socket now, and libmnl select()s on it at every
         # command: a number above 1023 would abort the process there (netns/descriptors.py).
         if not descriptors.low_one_free():
-            raise NftError(
+            raise NoLowDescriptor(
                 f"no file descriptor below {descriptors.FD_SETSIZE} is free, and libnftables "
                 "cannot use a larger one"
             )

@@ -107,17 +107,14 @@ def run_mounts() -> set[str]:
 
 def run_dir_mounts() -> set[str]:
     """A daemon's tmpfs on /run/netns (netns/namespace.py names_in_memory), which goes at its
-    stop: each one mounted there (`findmnt /run/netns`), by its depth in the stack. (The bind
-    mount of /run/netns on itself that `ip netns add` makes stays, as the command leaves it.)"""
+    stop: how many are mounted there (`findmnt /run/netns`). (The bind mount of /run/netns on
+    itself that `ip netns add` makes stays, as the command leaves it.)"""
     with open("/proc/self/mountinfo") as f:
-        stack = [
+        sources = [
             line.split(" - ")[1].split()[1] for line in f if line.split()[4] == namespace.RUN_DIR
         ]
-    return {
-        f"{depth}: tmpfs {namespace.MEMORY_SOURCE} on {namespace.RUN_DIR}"
-        for depth, source in enumerate(stack)
-        if source == namespace.MEMORY_SOURCE
-    }
+    count = sources.count(namespace.MEMORY_SOURCE)
+    return {f"{count} tmpfs {namespace.MEMORY_SOURCE} on {namespace.RUN_DIR}"} if count else set()
 
 
 def link_names() -> set[str]:

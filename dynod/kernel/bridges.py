@@ -31,7 +31,10 @@ def prepare_host(m: Machine) -> list[str]:
         sysctl.write("net.ipv4.ip_forward", 1)
     make_bridge(m, m.common)
     warnings = ruleset.foreign_drop_policies(m.nft, m.layout.table) + m.cgroups.find()
-    namespace.names_in_memory()  # before the template, which drops /run/netns's mounts
+    try:  # before the template, which drops /run/netns's mounts
+        namespace.names_in_memory()
+    except OSError as exc:  # only slower without it: say so, and go on
+        warnings.append(f"/run/netns stays on disk ({exc}): each start writes its name there")
     try:
         m.mounts.make()
     except (OSError, subprocess.SubprocessError) as exc:  # each start tries again (mounts.py)

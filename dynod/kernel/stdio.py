@@ -83,7 +83,14 @@ def pipes() -> tuple[DaemonEnds, DynoEnds]:
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     # the daemon's ends are kept while the dyno runs: above select()'s range
-    in_w, out_r, err_r = (descriptors.lifted(fd) for fd in (in_w, out_r, err_r))
+    waiting, lifted = [in_w, out_r, err_r], []
+    try:
+        while waiting:
+            lifted.append(descriptors.lifted(waiting.pop(0)))  # a failed lift closed its own
+    except BaseException:
+        _close_each(in_r, out_w, err_w, *waiting, *lifted)
+        raise
+    in_w, out_r, err_r = lifted
     for fd in (in_w, out_r, err_r):
         os.set_blocking(fd, False)
     return DaemonEnds(in_w, out_r, err_r, False), DynoEnds(in_r, out_w, err_w, False)

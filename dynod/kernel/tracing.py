@@ -21,9 +21,10 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from dynod.errors import DynodError
 from dynod.kernel.machine import Machine
 from netns import namespace, nftrace
-from netns.nftables import Nft, NftError
+from netns.nftables import Nft, NftError, NoLowDescriptor
 
 SO_MARK = 36
 # where tracing starts in each place: the host sees packets from dynos (prerouting, in the bridge
@@ -79,8 +80,15 @@ def _inside(netns: str | None) -> Iterator[None]:
 
 def _nft(netns: str | None, text: str, handles: bool = False) -> str:
     """`ip netns exec NETNS nft -f -` (its own libnftables context, opened inside)."""
-    with _inside(netns), Nft() as nft:
-        return nft.run(text, handles=handles)
+    try:
+        with _inside(netns), Nft() as nft:
+            return nft.run(text, handles=handles)
+    except NoLowDescriptor as exc:
+        raise DynodError(
+            f"cannot trace now: {exc}",
+            "try again when fewer connections to the API and the router are open",
+            status=503,
+        ) from exc
 
 
 def open_trace(m: Machine, plan: ProbePlan) -> Opened:

@@ -763,3 +763,5 @@ def test_names_are_in_memory_and_what_is_kept_per_dyno_is_above_select_range() -
         assert outputs and min(outputs) >= 1024, kept
     if before is not None and not had_names:
         assert namespace.holding_mount(run_dir) == before
+    else:
+        assert namespace.holding_mount(run_dir)[2] != namespace.MEMORY_SOURCE
