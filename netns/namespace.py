@@ -174,7 +174,7 @@ def _bound(target: str) -> None:
             try:
                 _libc.mount("/proc/thread-self/ns/net", target, "none", _libc.MS_BIND)
             finally:
-                _libc.setns(home, _libc.CLONE_NEWNET)
+                _libc.setns_back(home, _libc.CLONE_NEWNET, "network")
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(target)
