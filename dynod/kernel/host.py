@@ -33,6 +33,7 @@ from dynod.kernel.scans import SharedScans
 from dynod.kernel.stdio import DynoEnds
 from netns import addresses, cgroup, fstab, namespace, nfevents, removals
 from netns.nftables import NftError
+from netns.spawner import Spawner, borrowed
 from netns.worker import KernelWorker
 
 __all__ = ["Kernel", "Net", "foreign_drop_policies"]
@@ -66,6 +67,9 @@ class Kernel:
         self.common = self.machine.common
         self.spaces = self.machine.spaces
         self.worker = self.machine.worker
+        # dynos' processes start from a thread of their own, whose descriptor table is not the
+        # daemon's two per dyno (netns/spawner.py)
+        self.spawner = Spawner(f"{prefix}-spawn")
         self.cgroups = self.machine.cgroups
         self.touched = False  # whether anything was made that shutdown must remove
         self.scans = SharedScans()  # who runs in which namespace, one scan for many askers
@@ -132,7 +136,10 @@ class Kernel:
         await self.worker.run(bridges.remove_host_objects, self.machine)
 
     def close(self) -> None:
-        self.worker.close()
+        try:
+            self.worker.close()
+        finally:
+            self.spawner.close()
 
     # ---------------------------------------------------------------- one dyno
     async def launch(
@@ -145,8 +152,9 @@ class Kernel:
         stdio: DynoEnds | None = None,
     ) -> Launched:
         """The dyno's namespace, veth, /30, route and sysctls and its firewall elements (all or
-        nothing), then its process, in one job of the kernel thread: one hand-over from the
-        event loop and back instead of two (about 0.5 ms of a start). When nft refuses the
+        nothing), then its process, in one job of the kernel thread (which waits for the
+        spawn thread to start the process): one hand-over from the event loop and back instead
+        of two (about 0.5 ms of a start). When nft refuses the
         elements, our tables were changed behind our back (a flushed ruleset): they are rebuilt
         from live() (this dyno included), and tried again once."""
         try:
@@ -278,7 +286,8 @@ class Kernel:
             cgroups=self.cgroups.make(netns, size, how.name) if size else [],
             mounts=self.machine.mounts.for_dyno,
         )
-        return sandbox.spawn(spawn, env, output_path, stdio)
+        chosen = sandbox.ready(spawn)  # here: it may remake the mount template, and say so
+        return self.spawner.call(_spawn_from_own_table, chosen, env, output_path, stdio)
 
     async def kill_inside(self, dyno: Running) -> None:
         """SIGKILL to every process of the dyno (see dyno_pids_in): its pid namespace's init first
@@ -337,3 +346,13 @@ class Kernel:
     async def restore_gateways(self, live: Iterable[DynoNetwork]) -> None:
         """Put back the gateway address of every kept dyno (someone may have removed it)."""
         await self.worker.run(sweep.restore_gateways, self.machine, list(live))
+
+
+def _spawn_from_own_table(
+    how: sandbox.Ready, env: Mapping[str, str], output_path: str, stdio: DynoEnds | None
+) -> subprocess.Popen[bytes]:
+    """sandbox.spawn on the spawn thread, an attached one-off's ends borrowed into its table."""
+    if stdio is None:
+        return sandbox.spawn(how, env, output_path)
+    with borrowed([stdio.stdin, stdio.stdout, stdio.stderr]) as (stdin, stdout, stderr):
+        return sandbox.spawn(how, env, output_path, DynoEnds(stdin, stdout, stderr, stdio.tty))

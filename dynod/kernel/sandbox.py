@@ -100,17 +100,42 @@ class Spawn:
     mounts: Callable[[int], str]
 
 
+@dataclass(frozen=True)
+class Ready:
+    """A Spawn whose directory is checked and whose mount template and fstab file are chosen
+    (ready(), on the kernel thread: choosing may make files and mounts, and say so in the
+    daemon's log). spawn() needs nothing more than these values, so it can run on the spawn
+    thread, whose descriptor table is its own (netns/spawner.py)."""
+
+    how: Spawn
+    keep_id: str  # "device:inode" of the directory checked
+    template: str  # the mount namespace to copy ("": the host's)
+    fstab: str  # its private mounts' file
+
+
+def ready(how: Spawn) -> Ready:
+    """The directory checked again at every start, on the very inode handed down (it may have
+    been swapped for a symlink since the last one); its mount template and its fstab file:
+    the chain is born in a copy of the template's mounts, not of the host's (every dyno's
+    /run/netns mount), `nsenter --mount=TEMPLATE unshare --mount ...`, the nsenter done by the
+    thread that starts it."""
+    checked = _checked_dir(how)
+    template = how.mounts(checked.st_dev)
+    return Ready(how, f"{checked.st_dev}:{checked.st_ino}", template, how.fstab(bool(template)))
+
+
 def spawn(
-    how: Spawn, env: Mapping[str, str], output_path: str, stdio: DynoEnds | None = None
+    ready: Ready, env: Mapping[str, str], output_path: str, stdio: DynoEnds | None = None
 ) -> subprocess.Popen[bytes]:
     """`ip netns exec NS nsenter --mount=TEMPLATE unshare ... setpriv ... /bin/sh -c DYNO_INIT
     COMMAND CWD >>OUTPUT 2>&1`, the
     environment on stdin (a memfd), in its own session, as the dyno's user. With `stdio` (an
     attached one-off), its fds 0-2 are those, the environment comes on another fd, and on a
     terminal `setsid --ctty` makes the terminal its controlling one in a session of its own."""
+    how = ready.how
     if stdio is not None:
-        return _spawn_attached(how, env, stdio)
-    argv, mounts = _argv(how, ["/bin/sh", "-c", DYNO_INIT, how.command, how.cwd])
+        return _spawn_attached(ready, env, stdio)
+    argv = _argv(ready, ["/bin/sh", "-c", DYNO_INIT, how.command, how.cwd])
     env_fd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
     out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
@@ -124,7 +149,7 @@ def spawn(
             how.netns,
             argv,
             shown_stdio=f"</dev/null >>{shlex.quote(output_path)} 2>&1",
-            mounts=mounts,
+            mounts=ready.template,
             cwd="/",  # the dyno's directory is entered by the dyno's user, not by root
             env={"PATH": SAFE_PATH},
             stdin=env_fd,
@@ -148,24 +173,22 @@ def _checked_dir(how: Spawn) -> os.stat_result:
         os.close(dir_fd)
 
 
-def _argv(how: Spawn, inner: list[str]) -> tuple[list[str], str]:
-    """The chain that starts `inner`, and the mount namespace it is to be born in (the
-    template whose copy becomes its own; "": the host's)."""
-    checked = _checked_dir(how)
-    # its mount namespace a copy of the template's, not of the host's (every dyno's
-    # /run/netns mount): `nsenter --mount=TEMPLATE unshare --mount ...`, the nsenter done
-    # by the thread that starts it
-    template = how.mounts(checked.st_dev)
+def _argv(ready: Ready, inner: list[str]) -> list[str]:
+    """The chain that starts `inner`."""
+    how = ready.how
     argv = netns_exec.own_namespaces(
         netns_exec.drop_privileges_argv(how.uid, how.gid, inner),
         keep=how.cwd,
-        keep_id=f"{checked.st_dev}:{checked.st_ino}",
-        fstab=how.fstab(bool(template)),
+        keep_id=ready.keep_id,
+        fstab=ready.fstab,
     )
-    return (netns_exec.in_cgroups(how.cgroups, argv) if how.cgroups else argv), template
+    return netns_exec.in_cgroups(how.cgroups, argv) if how.cgroups else argv
 
 
-def _spawn_attached(how: Spawn, env: Mapping[str, str], stdio: DynoEnds) -> subprocess.Popen[bytes]:
+def _spawn_attached(
+    ready: Ready, env: Mapping[str, str], stdio: DynoEnds
+) -> subprocess.Popen[bytes]:
+    how = ready.how
     # Its streams are its own, as grantpt(3) gives a login its terminal: so it can reopen them
     # (/dev/stdin, the path `tty` prints), which root's 0600 pipes and 0620 pty refuse.
     for fd in {stdio.stdin, stdio.stdout, stdio.stderr}:
@@ -182,11 +205,10 @@ def _spawn_attached(how: Spawn, env: Mapping[str, str], stdio: DynoEnds) -> subp
             # setsid(2), then TIOCSCTTY on stdin: the slave is the terminal of the dyno's
             # session, so Ctrl-C typed by the user reaches its foreground processes.
             inner = ["setsid", "--ctty", *inner]
-        argv, mounts = _argv(how, inner)
         return netns_exec.popen_inside(
             how.netns,
-            argv,
-            mounts=mounts,
+            _argv(ready, inner),
+            mounts=ready.template,
             cwd="/",
             env={"PATH": SAFE_PATH},
             stdin=stdio.stdin,

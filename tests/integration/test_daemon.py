@@ -740,7 +740,8 @@ def test_a_web_dyno_bound_to_loopback_is_not_up_and_is_told_why() -> None:
 def test_names_are_in_memory_and_what_is_kept_per_dyno_is_above_select_range() -> None:
     """/run/netns on a disk filesystem gets the daemon's tmpfs while it runs, and loses it at
     its stop (netns/namespace.py names_in_memory); a dyno's pidfd and output file are kept at
-    1024 and up, where they never take the low numbers libnftables needs (netns/descriptors.py)."""
+    1024 and up, where they never take the low numbers libnftables needs (netns/descriptors.py),
+    and out of the spawn thread's table (netns/spawner.py)."""
     run_dir = namespace.RUN_DIR
     before = namespace.holding_mount(run_dir) if os.path.isdir(run_dir) else None
     had_names = bool(before and os.listdir(run_dir))
@@ -761,6 +762,11 @@ def test_names_are_in_memory_and_what_is_kept_per_dyno_is_above_select_range() -
         outputs = [n for target, ns in kept.items() if target.endswith(".out") for n in ns]
         assert kept.get("pidfd") and min(kept["pidfd"]) >= 1024, kept
         assert outputs and min(outputs) >= 1024, kept
+        # and the thread that starts dynos' processes has a table of its own, without them
+        # (netns/spawner.py): a start copies a few descriptors, not two per dyno
+        tasks = f"/proc/{daemon.proc.pid}/task"
+        tables = {t: set(os.listdir(f"{tasks}/{t}/fd")) for t in os.listdir(tasks)}
+        assert [t for t, fds in tables.items() if fds <= {"0", "1", "2"}], tables
     if before is not None and not had_names:
         assert namespace.holding_mount(run_dir) == before
     else:

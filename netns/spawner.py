@@ -1,0 +1,103 @@
+"""The spawn thread: programs are started from a thread with a descriptor table of its own.
+
+A child gets a copy of the descriptor table of the thread that starts it (vfork as fork: the
+`dup_fd` of clone(2) without CLONE_FILES), and a close-on-exec descriptor is closed only after
+that copy (by the child's close_range(2), or by execve), each closed one flushed. The daemon
+keeps two descriptors per dyno (its pidfd, its output file): with 4,000 dynos every start
+copied and closed 8,000 of them before the daemon got its thread back (0.7 ms at the first
+dyno, 5 ms at the 4,000th). A thread may unshare its table (`unshare(CLONE_FILES)`) and close
+everything but 0-2 in its copy: the children it starts then copy a handful, however many the
+process holds.
+
+What the spawn thread opens is in its table only, and the process's descriptors are not: a
+number means nothing from one table to the other. So the jobs run here take paths and values,
+and the descriptors they need from the process are `borrowed` (pidfd_getfd(2): a duplicate of
+the process's descriptor in this thread's table, the same open file, closed after the job).
+Nothing opened here may be handed to another thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import contextvars
+import ctypes
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import ParamSpec, TypeVar
+
+from netns import _libc
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+CLONE_FILES = 0x00000400
+# Raw syscalls (Debian 12's glibc has no wrappers); the same numbers on every architecture
+# that came after they were added (x86_64, arm64...).
+SYS_CLOSE_RANGE = 436
+SYS_PIDFD_GETFD = 438
+ALL = 0xFFFFFFFF  # close_range's last descriptor: every one from `first` up
+
+
+def own_table() -> None:
+    """For the calling thread: `unshare(CLONE_FILES)`, then close_range(3, ~0U) in the new
+    table, which is the thread's alone (the process's other threads keep theirs whole)."""
+    _libc.unshare(CLONE_FILES)
+    if _libc._libc.syscall(SYS_CLOSE_RANGE, 3, ALL, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"close_range: {os.strerror(err)}")
+
+
+def _fd_of_process(pidfd: int, fd: int) -> int:
+    """pidfd_getfd(2): a duplicate, close-on-exec, in this thread's table, of descriptor fd of
+    the process's table (its first thread's)."""
+    got = int(_libc._libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0))
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"pidfd_getfd {fd}: {os.strerror(err)}")
+    return got
+
+
+@contextlib.contextmanager
+def borrowed(fds: Sequence[int]) -> Iterator[list[int]]:
+    """Duplicates in the calling thread's table of the process's descriptors `fds` (in the
+    same order; the same open files), for a thread with a table of its own; closed after."""
+    local: list[int] = []
+    pidfd = os.pidfd_open(os.getpid())  # the first thread's, whose table is the process's
+    try:
+        for fd in fds:
+            local.append(_fd_of_process(pidfd, fd))
+        yield local
+    finally:
+        for fd in local:
+            os.close(fd)
+        os.close(pidfd)
+
+
+class Spawner:
+    """One thread with its own, nearly empty, descriptor table (own_table), running jobs one
+    at a time; made before it is needed, at no cost while it waits."""
+
+    def __init__(self, name: str = "spawn") -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=name, initializer=own_table
+        )
+
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run fn on the spawn thread and wait for it, in a copy of the caller's context (the
+        recorder, netns/record.py, credits its commands to the caller). From a worker thread:
+        it blocks."""
+        context = contextvars.copy_context()
+
+        def job() -> T:
+            return context.run(fn, *args, **kwargs)
+
+        return self._pool.submit(job).result()
+
+    def thread_id(self) -> int:
+        """The spawn thread's id (`ls /proc/self/task/TID/fd` lists its table)."""
+        return self.call(threading.get_native_id)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
