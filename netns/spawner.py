@@ -14,6 +14,13 @@ number means nothing from one table to the other. So the jobs run here take path
 and the descriptors they need from the process are `borrowed` (pidfd_getfd(2): a duplicate of
 the process's descriptor in this thread's table, the same open file, closed after the job).
 Nothing opened here may be handed to another thread.
+
+Two numbers of the process's do reach this thread unasked, and are provided for: the signal
+wake-up descriptor (a signal may be delivered to any thread, and Python's C handler writes its
+number to that descriptor from the thread that caught it: the thread keeps that one open file at
+that number, `keep`), and a descriptor closed by a finalizer (an object collected by the cyclic
+garbage collector is finalized on whichever thread's allocation set the collection off: none is
+collected during a job here, gc.disable()).
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import concurrent.futures
 import contextlib
 import contextvars
 import ctypes
+import gc
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import ParamSpec, TypeVar
@@ -40,13 +49,35 @@ SYS_PIDFD_GETFD = 438
 ALL = 0xFFFFFFFF  # close_range's last descriptor: every one from `first` up
 
 
-def own_table() -> None:
+def own_table(keep: int = -1) -> None:
     """For the calling thread: `unshare(CLONE_FILES)`, then close_range(3, ~0U) in the new
-    table, which is the thread's alone (the process's other threads keep theirs whole)."""
+    table, which is the thread's alone (the process's other threads keep theirs whole); the
+    process's descriptor `keep` (> 2), if any, stays, the same open file at the same number."""
     _libc.unshare(CLONE_FILES)
-    if _libc._libc.syscall(SYS_CLOSE_RANGE, 3, ALL, 0) != 0:
+    if keep > 2:
+        _close_range(3, keep - 1)
+        _close_range(keep + 1, ALL)
+    else:
+        _close_range(3, ALL)
+
+
+def _close_range(first: int, last: int) -> None:
+    if first <= last and _libc._libc.syscall(SYS_CLOSE_RANGE, first, last, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"close_range: {os.strerror(err)}")
+
+
+def signal_wakeup_fd() -> int:
+    """The descriptor Python's signal handler writes each caught signal's number to (an asyncio
+    loop's, once it has a signal handler), or -1; read on the main thread only (-1 elsewhere).
+    There is no getter: it is set to -1 and back, two calls in which a signal would wake no
+    loop; made at the daemon's start, before it serves anything."""
+    if threading.current_thread() is not threading.main_thread():
+        return -1
+    fd = signal.set_wakeup_fd(-1)
+    if fd != -1:
+        signal.set_wakeup_fd(fd)
+    return fd
 
 
 def _fd_of_process(pidfd: int, fd: int) -> int:
@@ -70,19 +101,30 @@ def borrowed(fds: Sequence[int]) -> Iterator[list[int]]:
             local.append(_fd_of_process(pidfd, fd))
         yield local
     finally:
-        for fd in local:
-            os.close(fd)
-        os.close(pidfd)
+        for fd in [*local, pidfd]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Spawner:
     """One thread with its own, nearly empty, descriptor table (own_table), running jobs one
     at a time; made before it is needed, at no cost while it waits."""
 
-    def __init__(self, name: str = "spawn") -> None:
+    def __init__(self, name: str = "spawn", keep: int = -1) -> None:
+        """Starts the thread now (from the thread that makes it, whose namespaces it is born
+        in: the host's), so a refused table is an error at once, not at the first spawn. keep:
+        a descriptor of the process's that the thread keeps (signal_wakeup_fd())."""
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=name, initializer=own_table
+            max_workers=1, thread_name_prefix=name, initializer=own_table, initargs=(keep,)
         )
+        try:
+            self._pool.submit(int).result()
+        except concurrent.futures.BrokenExecutor:
+            self._pool.shutdown(wait=True)
+            raise OSError(
+                "the spawn thread could not get a descriptor table of its own "
+                "(unshare(CLONE_FILES) and close_range(2) need Linux 5.9 or later)"
+            ) from None
 
     def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run fn on the spawn thread and wait for it, in a copy of the caller's context (the
@@ -91,7 +133,13 @@ class Spawner:
         context = contextvars.copy_context()
 
         def job() -> T:
-            return context.run(fn, *args, **kwargs)
+            collecting = gc.isenabled()
+            gc.disable()  # no finalizer of the process's objects runs on this table
+            try:
+                return context.run(fn, *args, **kwargs)
+            finally:
+                if collecting:
+                    gc.enable()
 
         return self._pool.submit(job).result()
 

@@ -33,7 +33,7 @@ from dynod.kernel.scans import SharedScans
 from dynod.kernel.stdio import DynoEnds
 from netns import addresses, cgroup, fstab, namespace, nfevents, removals
 from netns.nftables import NftError
-from netns.spawner import Spawner, borrowed
+from netns.spawner import Spawner, borrowed, signal_wakeup_fd
 from netns.worker import KernelWorker
 
 __all__ = ["Kernel", "Net", "foreign_drop_policies"]
@@ -69,7 +69,7 @@ class Kernel:
         self.worker = self.machine.worker
         # dynos' processes start from a thread of their own, whose descriptor table is not the
         # daemon's two per dyno (netns/spawner.py)
-        self.spawner = Spawner(f"{prefix}-spawn")
+        self.spawner = Spawner(f"{prefix}-spawn", keep=signal_wakeup_fd())
         self.cgroups = self.machine.cgroups
         self.touched = False  # whether anything was made that shutdown must remove
         self.scans = SharedScans()  # who runs in which namespace, one scan for many askers

@@ -137,7 +137,11 @@ def spawn(
         return _spawn_attached(ready, env, stdio)
     argv = _argv(ready, ["/bin/sh", "-c", DYNO_INIT, how.command, how.cwd])
     env_fd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
-    out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except BaseException:
+        os.close(env_fd)  # on the spawn thread, whose table every later child copies
+        raise
     try:
         os.write(env_fd, processes.env_script(env).encode())
         os.lseek(env_fd, 0, os.SEEK_SET)

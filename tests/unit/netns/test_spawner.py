@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextvars
 import os
+import signal
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -102,3 +105,39 @@ def test_a_job_runs_in_the_caller_s_context_and_its_error_comes_back(
     with pytest.raises(FileNotFoundError, match="no such program"):
         spawn_thread.call(refuse)
     assert spawn_thread.call(lambda: 7) == 7  # the thread goes on after an error
+
+
+def test_the_signal_wakeup_descriptor_is_kept_so_a_signal_caught_there_wakes_the_loop(
+    many_descriptors: list[int],
+) -> None:
+    """A signal may be delivered to the spawn thread; Python's C handler then writes the
+    signal's number to the wake-up descriptor's number in that thread's table (an asyncio
+    loop's self-pipe): it must be the same socket there, or the loop never hears of it."""
+    loop_end, handler_end = socket.socketpair()
+    handler_end.setblocking(False)
+    loop_end.settimeout(5)
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
+    old_wakeup = signal.set_wakeup_fd(handler_end.fileno())
+    made = None
+    try:
+        assert spawner.signal_wakeup_fd() == handler_end.fileno()
+        made = spawner.Spawner("test-spawn", keep=spawner.signal_wakeup_fd())
+        task = made.thread_id()
+        assert _table(task) <= {0, 1, 2, handler_end.fileno()}
+        signal.pthread_kill(made.call(threading.get_ident), signal.SIGUSR1)
+        assert loop_end.recv(1) == bytes([signal.SIGUSR1])
+    finally:
+        if made is not None:
+            made.close()
+        signal.set_wakeup_fd(old_wakeup)
+        signal.signal(signal.SIGUSR1, previous)
+        loop_end.close()
+        handler_end.close()
+
+
+def test_no_wakeup_descriptor_off_the_main_thread() -> None:
+    found: list[int] = []
+    worker = threading.Thread(target=lambda: found.append(spawner.signal_wakeup_fd()))
+    worker.start()
+    worker.join()
+    assert found == [-1]
