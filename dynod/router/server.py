@@ -291,7 +291,9 @@ class Router:
         try:
             while await self._serve_one(client, client_ip):
                 client.conn.start_next_cycle()
-            if client.conn.their_state is h11.SEND_BODY:
+            # a body not read, or a head refused while it was still coming (431): closing on
+            # unread input would make the kernel reset the connection, answer and all
+            if client.conn.their_state in (h11.SEND_BODY, h11.ERROR):
                 await linger(client)
         except (ConnectionError, OSError, TimeoutError, h11.ProtocolError):
             pass  # the client went away or we could not frame something: just hang up

@@ -162,3 +162,29 @@ def test_ambiguous_heads_behind_a_fast_path_request_never_reach_a_dyno(name: str
         assert sent.count(b" HTTP/1.1\r\n") == 1 and sent.startswith(b"GET /first "), sent
 
     run(main())
+
+
+def test_the_rest_of_a_refused_head_is_swallowed_so_the_client_reads_the_answer() -> None:
+    """A head refused while the client is still sending it (431): closing with its rest unread
+    would make the kernel send RST, and the client lose the answer to `Connection reset by
+    peer`. The router half-closes and swallows what comes (as after an unread body), so the
+    client reads the 431 and then the end of the stream."""
+    head = b"GET / HTTP/1.1\r\nHost: sushi.localhost\r\nX-Big: " + b"a" * (512 << 10) + b"\r\n\r\n"
+
+    async def main() -> None:
+        received: list[bytes] = []
+        async with serve(recording_backend(received)) as port:
+            apps = {"sushi": [Backend("web.1", "127.0.0.1", port)]}
+            async with router_for(apps) as (router, lines):
+                for _ in range(5):  # a reset is a race: five tries make it all but certain
+                    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+                    writer.write(head)  # still going out while the answer comes back
+                    try:
+                        answer = await asyncio.wait_for(reader.read(), 5)
+                    finally:
+                        writer.transport.abort()
+                    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+                await wait_for_logs(lines, 5)
+        assert b"".join(received) == b"", received
+
+    run(main())
