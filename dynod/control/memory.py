@@ -37,6 +37,8 @@ class MemoryWatch:
         the event loop, all at once (with 4,000 dynos that is about a second of file reads);
         a dyno's row is read only when there is something to say about it."""
         sized = self.state.sized_running()
+        if not sized:
+            return  # no thread to wake and wait for (with thousands of unsized dynos too)
         found = await asyncio.to_thread(
             lambda: [self.kernel.cgroup_usage(netns) for _, netns, _, _ in sized]
         )

@@ -49,3 +49,26 @@ def test_a_sample_builds_the_row_of_the_dyno_over_its_quota_only(
     """Before: every row (23 and 203 here)."""
     assert rows_built_by_a_sample(tmp_path, 20, monkeypatch) == 1
     assert rows_built_by_a_sample(tmp_path, 200, monkeypatch) == 1
+
+
+def test_a_sample_with_no_sized_dyno_wakes_no_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of unsized dynos: nothing to read, so no thread to wait for (it took 0.3-0.4 s
+    to come back with 3,000 dynos starting)."""
+    state = State(str(tmp_path / "state"))
+    try:
+        state.add_app(App("app"))
+        for _ in range(3):
+            row(state, "")
+        told: list[tuple[str, str]] = []
+        watch = MemoryWatch(state, FakeKernel(), lambda dyno, text: told.append((dyno.name, text)))
+
+        async def no_thread(*_args: object, **_kwargs: object) -> None:
+            raise AssertionError("a thread was started with nothing to read")
+
+        monkeypatch.setattr("dynod.control.memory.asyncio.to_thread", no_thread)
+        asyncio.run(watch.sample())
+        assert told == []
+    finally:
+        state.db.close()

@@ -228,3 +228,19 @@ def test_dense_numbers_and_slots_agree_with_the_lists(tmp_path: Path) -> None:
         assert state.dense_numbers("sushi", "nothing") == 0 and state.dense_slots("none") == 0
     finally:
         state.close()
+
+
+def test_memory_sampling_reads_the_index_of_sized_dynos_never_the_table(tmp_path: Path) -> None:
+    """A row holds environments (kilobytes): a scan of thousands stalled the event loop every
+    20 s. The statement sized_running() runs is answered from the partial index alone."""
+    state = State(str(tmp_path / "state"))
+    try:
+        ran: list[str] = []
+        state.db.set_trace_callback(ran.append)
+        state.sized_running()
+        state.db.set_trace_callback(None)
+        (statement,) = [s for s in ran if s.lstrip().upper().startswith("SELECT")]
+        plan = " ".join(r[3] for r in state.db.execute(f"EXPLAIN QUERY PLAN {statement}"))
+        assert "USING COVERING INDEX dynos_sized" in plan, plan
+    finally:
+        state.close()
