@@ -87,6 +87,7 @@ class Peer:
         self.reader = reader
         self.writer = writer
         self.saw_eof = False
+        self.refused = False  # its last head was refused (400, 431...): it may still be coming
         self.pending = bytearray()  # framed by h11 but not yet written (`hold`)
 
     async def next_event(self, timeout: float | None = None) -> H11Event:

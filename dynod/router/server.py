@@ -291,9 +291,10 @@ class Router:
         try:
             while await self._serve_one(client, client_ip):
                 client.conn.start_next_cycle()
-            # a body not read, or a head refused while it was still coming (431): closing on
-            # unread input would make the kernel reset the connection, answer and all
-            if client.conn.their_state in (h11.SEND_BODY, h11.ERROR):
+            # a body not read, or a head refused while it was still coming (431, or 400 for a
+            # bare LF seen early): closing on unread input would make the kernel reset the
+            # connection, answer and all
+            if client.conn.their_state is h11.SEND_BODY or client.refused:
                 await linger(client)
         except (ConnectionError, OSError, TimeoutError, h11.ProtocolError):
             pass  # the client went away or we could not frame something: just hang up
@@ -307,6 +308,7 @@ class Router:
         try:
             event = await self._next_request(client)
         except h11.RemoteProtocolError as exc:
+            client.refused = True
             await self._reject(client, client_ip, exc.error_status_hint, None)
             return False
         except TimeoutError:

@@ -164,12 +164,21 @@ def test_ambiguous_heads_behind_a_fast_path_request_never_reach_a_dyno(name: str
     run(main())
 
 
-def test_the_rest_of_a_refused_head_is_swallowed_so_the_client_reads_the_answer() -> None:
-    """A head refused while the client is still sending it (431): closing with its rest unread
-    would make the kernel send RST, and the client lose the answer to `Connection reset by
-    peer`. The router half-closes and swallows what comes (as after an unread body), so the
-    client reads the 431 and then the end of the stream."""
-    head = b"GET / HTTP/1.1\r\nHost: sushi.localhost\r\nX-Big: " + b"a" * (512 << 10) + b"\r\n\r\n"
+@pytest.mark.parametrize(
+    ("start", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: sushi.localhost\r\nX-Big: ", 431),  # h11's refusal
+        (b"GET / HTTP/1.1\nHost: sushi.localhost\r\nX-Big: ", 400),  # the router's own
+    ],
+)
+def test_the_rest_of_a_refused_head_is_swallowed_so_the_client_reads_the_answer(
+    start: bytes, status: int
+) -> None:
+    """A head refused while the client is still sending it (431 for its size, 400 for a bare
+    LF seen early): closing with its rest unread would make the kernel send RST, and the client
+    lose the answer to `Connection reset by peer`. The router half-closes and swallows what
+    comes (as after an unread body), so the client reads the answer and then the end."""
+    head = start + b"a" * (512 << 10) + b"\r\n\r\n"
 
     async def main() -> None:
         received: list[bytes] = []
@@ -183,7 +192,7 @@ def test_the_rest_of_a_refused_head_is_swallowed_so_the_client_reads_the_answer(
                         answer = await asyncio.wait_for(reader.read(), 5)
                     finally:
                         writer.transport.abort()
-                    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+                    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
                 await wait_for_logs(lines, 5)
         assert b"".join(received) == b"", received
 
