@@ -69,11 +69,12 @@ def _close_range(first: int, last: int) -> None:
 
 def signal_wakeup_fd() -> int:
     """The descriptor Python's signal handler writes each caught signal's number to (an asyncio
-    loop's, once it has a signal handler), or -1; read on the main thread only (-1 elsewhere).
+    loop's, once it has a signal handler), or -1; readable on the main thread only (elsewhere
+    RuntimeError: a guessed -1 would leave the spawn thread without the loop's socket).
     There is no getter: it is set to -1 and back, two calls in which a signal would wake no
     loop; made at the daemon's start, before it serves anything."""
     if threading.current_thread() is not threading.main_thread():
-        return -1
+        raise RuntimeError("the signal wake-up descriptor is read on the main thread only")
     fd = signal.set_wakeup_fd(-1)
     if fd != -1:
         signal.set_wakeup_fd(fd)

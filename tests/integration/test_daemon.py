@@ -769,10 +769,11 @@ def test_names_are_in_memory_and_what_is_kept_per_dyno_is_above_select_range() -
         for task in os.listdir(tasks):
             with contextlib.suppress(FileNotFoundError):
                 tables[task] = set(os.listdir(f"{tasks}/{task}/fd"))
+        # every other thread shares the table with the dyno's pidfd and output file (1024 and
+        # up); the spawn thread's holds 0-2 and the signal wake-up socket (a few more during a
+        # start)
         own = [t for t, fds in tables.items() if fds and max(map(int, fds)) < 1024]
-        # 0-2 and the signal wake-up socket; every other thread shares the table with the
-        # dyno's pidfd and output file (1024 and up)
-        assert len(own) == 1 and len(tables[own[0]]) <= 4, tables
+        assert len(own) == 1 and len(tables[own[0]]) <= 12, tables
     if before is not None and not had_names:
         assert namespace.holding_mount(run_dir) == before
     else:
