@@ -1,5 +1,5 @@
-"""The few libc calls Python 3.11's `os` module lacks: setns, unshare, mount, umount2, and the
-new mount API's fsopen/fsconfig/fsmount.
+"""The few libc calls Python 3.11's `os` module lacks: setns, unshare, mount, umount2, the
+new mount API's fsopen/fsconfig/fsmount, close_range and pidfd_getfd.
 
 Python 3.12 adds os.setns and os.unshare; until Debian ships it we call libc through ctypes.
 """
@@ -12,6 +12,7 @@ import os
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
 CLONE_FS = 0x00000200
+CLONE_FILES = 0x00000400
 
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -42,6 +43,9 @@ SYS_FSMOUNT = 432
 FSOPEN_CLOEXEC = 1
 FSCONFIG_CMD_CREATE = 6
 FSMOUNT_CLOEXEC = 1
+SYS_CLOSE_RANGE = 436
+SYS_PIDFD_GETFD = 438
+CLOSE_RANGE_ALL = 0xFFFFFFFF  # close_range's last descriptor: every one from `first` up
 
 
 def _check(result: int, what: str) -> None:
@@ -108,3 +112,15 @@ def new_instance(fstype: str) -> int:
         return _syscall_fd(f"fsmount {fstype}", SYS_FSMOUNT, context, FSMOUNT_CLOEXEC, 0)
     finally:
         os.close(context)
+
+
+def close_range(first: int, last: int = CLOSE_RANGE_ALL) -> None:
+    """close_range(2) in the calling thread's descriptor table: first to last, both included."""
+    if first <= last:
+        _check(int(_libc.syscall(SYS_CLOSE_RANGE, first, last, 0)), "close_range")
+
+
+def pidfd_getfd(pidfd: int, fd: int) -> int:
+    """pidfd_getfd(2): a close-on-exec duplicate, in the calling thread's table, of descriptor
+    fd of the process behind pidfd (of its first thread's table)."""
+    return _syscall_fd(f"pidfd_getfd {fd}", SYS_PIDFD_GETFD, pidfd, fd, 0)

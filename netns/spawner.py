@@ -28,7 +28,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
-import ctypes
 import gc
 import os
 import signal
@@ -41,30 +40,17 @@ from netns import _libc
 P = ParamSpec("P")
 T = TypeVar("T")
 
-CLONE_FILES = 0x00000400
-# Raw syscalls (Debian 12's glibc has no wrappers); the same numbers on every architecture
-# that came after they were added (x86_64, arm64...).
-SYS_CLOSE_RANGE = 436
-SYS_PIDFD_GETFD = 438
-ALL = 0xFFFFFFFF  # close_range's last descriptor: every one from `first` up
-
 
 def own_table(keep: int = -1) -> None:
     """For the calling thread: `unshare(CLONE_FILES)`, then close_range(3, ~0U) in the new
     table, which is the thread's alone (the process's other threads keep theirs whole); the
     process's descriptor `keep` (> 2), if any, stays, the same open file at the same number."""
-    _libc.unshare(CLONE_FILES)
+    _libc.unshare(_libc.CLONE_FILES)
     if keep > 2:
-        _close_range(3, keep - 1)
-        _close_range(keep + 1, ALL)
+        _libc.close_range(3, keep - 1)
+        _libc.close_range(keep + 1)
     else:
-        _close_range(3, ALL)
-
-
-def _close_range(first: int, last: int) -> None:
-    if first <= last and _libc._libc.syscall(SYS_CLOSE_RANGE, first, last, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"close_range: {os.strerror(err)}")
+        _libc.close_range(3)
 
 
 def signal_wakeup_fd() -> int:
@@ -81,16 +67,6 @@ def signal_wakeup_fd() -> int:
     return fd
 
 
-def _fd_of_process(pidfd: int, fd: int) -> int:
-    """pidfd_getfd(2): a duplicate, close-on-exec, in this thread's table, of descriptor fd of
-    the process's table (its first thread's)."""
-    got = int(_libc._libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0))
-    if got < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"pidfd_getfd {fd}: {os.strerror(err)}")
-    return got
-
-
 @contextlib.contextmanager
 def borrowed(fds: Sequence[int]) -> Iterator[list[int]]:
     """Duplicates in the calling thread's table of the process's descriptors `fds` (in the
@@ -99,7 +75,7 @@ def borrowed(fds: Sequence[int]) -> Iterator[list[int]]:
     pidfd = os.pidfd_open(os.getpid())  # the first thread's, whose table is the process's
     try:
         for fd in fds:
-            local.append(_fd_of_process(pidfd, fd))
+            local.append(_libc.pidfd_getfd(pidfd, fd))
         yield local
     finally:
         for fd in [*local, pidfd]:
