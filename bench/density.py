@@ -66,7 +66,7 @@ COMMAND = "sleep 3600"
 WINDOW = 20  # dynos per reported setup figure
 MARKS = (1, 1000)  # and N
 DNS_QUERIES = 200
-PROCESSES_PER_DYNO = 3  # unshare, the dyno's init shell, sleep
+PROCESSES_PER_DYNO = 3  # the dyno's init shell (pid 1 of its pid namespace), `sh -c`, sleep
 KERNEL_FIELDS = ("Slab", "KernelStack", "PageTables", "Percpu")
 SETUP_TARGET = 1.5  # #N within this many times #1
 

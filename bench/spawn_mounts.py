@@ -3,15 +3,17 @@ table (one bind mount per namespace under /run/netns) against copying the daemon
 
     sudo .venv/bin/python bench/spawn_mounts.py [-n 2000] [--runs 40] [--json]
 
-Runs the chain a dyno's process starts with (`unshare --pid --fork --mount --propagation
-private --mount-proc --ipc --uts sh -c ISOLATE ... true`, netns/exec.py), without the user
-switch and the cgroups, from inside one network namespace, `--runs` times each way,
-interleaved: first with the host's own namespaces only, then with -n more (`ip netns add`, a
-random `bsm` prefix). "host" as before (unshare copies the host's mounts), "template" as now
-(born in the template, as `nsenter --mount=TEMPLATE unshare ...`: the starting thread enters it,
-netns/mntns.py); and the copy alone (`unshare --mount --propagation private true`) both ways.
-Reported: the median and p90 wall time of each, in ms, the median CPU time of all its processes,
-and the mounts each copy holds, with their `struct mount`s' size (mnt_cache's object size).
+Runs the chain a dyno's process starts with (`sh -c ISOLATE ... true` born in new pid, mount,
+IPC and UTS namespaces, as `unshare --pid --fork --mount --propagation private --ipc --uts`
+would start it: netns/exec.py isolated()), without the user switch and the cgroups, from inside
+one network namespace, `--runs` times each way, interleaved: first with the host's own
+namespaces only, then with -n more (`ip netns add`, a random `bsm` prefix). "host" as before
+(unshare copies the host's mounts), "template" as now (born in the template, as `nsenter
+--mount=TEMPLATE unshare ...`: the starting thread enters it, netns/mntns.py); and the copy alone
+(`unshare --mount --propagation private true`) both ways. Reported: the median and p90 wall time
+of each, in ms, the median CPU time of all its processes (the starting thread's unshare is not
+in it: the same both ways), and the mounts each copy holds, with their `struct mount`s' size
+(mnt_cache's object size).
 Everything it made is removed on the way out (on error, Ctrl-C, SIGTERM too).
 """
 
@@ -37,7 +39,7 @@ from netns import fstab, mntns, namespace
 def chain(mounts: str) -> list[str]:
     """The dyno's chain around `true`, with the private mounts listed in the file `mounts`."""
     root = os.stat("/")
-    return netns_exec.own_namespaces(["true"], "/", f"{root.st_dev}:{root.st_ino}", mounts)
+    return netns_exec.sandboxed(["true"], "/", f"{root.st_dev}:{root.st_ino}", mounts)
 
 
 def mounts_seen(template: str | None) -> int:
@@ -59,7 +61,9 @@ def timed(netns: str, argv: list[str], template: str) -> tuple[float, float]:
     for the namespace's links), born in the template when one is given (as the daemon's thread
     starts it); until it exits. Wall time and the CPU time of all its processes, in ms."""
     cpu, began = children_cpu(), time.perf_counter()
-    process = netns_exec.popen_inside(netns, argv, mounts=template, stdin=subprocess.DEVNULL)
+    process = netns_exec.popen_inside(
+        netns, argv, mounts=template, isolate=True, stdin=subprocess.DEVNULL
+    )
     if process.wait(60) != 0:
         raise RuntimeError(f"the chain exited {process.returncode}: {argv}")
     return 1000 * (time.perf_counter() - began), 1000 * (children_cpu() - cpu)

@@ -1,18 +1,34 @@
-"""Starting a program inside a network namespace (`ip netns exec NAME argv...`).
+"""Starting a program inside a network namespace (`ip netns exec NAME argv...`), and in
+namespaces of its own (`unshare --pid --fork --mount --ipc --uts`).
 
 fork/vfork copies the namespaces of the calling thread, so a child started while this thread is
-inside the namespace is born there: no helper process, no setns in the child.
+inside the namespace is born there: no helper process, no setns in the child. The same holds for
+the namespaces a thread unshares for itself: its next child is born in them, the first process
+(pid 1) of a new pid namespace, with no `unshare` process waiting for it outside.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from netns import mntns, namespace, record
+from netns import _libc, mntns, namespace, record
+
+# What a thread unshares for the children it starts in isolated(), with their kinds' files in
+# /proc/thread-self/ns, which it goes back to: pid_for_children is the namespace its children
+# are born in (its own processes stay where they are).
+OWN_KINDS = (
+    ("mnt", _libc.CLONE_NEWNS),
+    ("ipc", _libc.CLONE_NEWIPC),
+    ("uts", _libc.CLONE_NEWUTS),
+    ("pid_for_children", _libc.CLONE_NEWPID),
+)
+# isolated() as one would type it: the same namespaces, unshare's own process waiting outside
+UNSHARE = ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", "--ipc", "--uts"]
 
 
 def popen_inside(
@@ -20,17 +36,23 @@ def popen_inside(
     argv: Sequence[str],
     shown_stdio: str = "",
     mounts: str = "",
+    isolate: bool = False,
     **popen_kwargs: Any,
 ) -> subprocess.Popen[bytes]:
     """`ip netns exec NAME ARGV...`, started from this thread while it is inside NAME.
     shown_stdio is how the recorder shows the child's stdin, stdout and stderr (the Popen's
     are file descriptors), e.g. `</dev/null >>FILE 2>&1`. With `mounts` (a mount namespace's
     file: `ip netns exec NAME nsenter --mount=MOUNTS ARGV...`), the child is born in that
-    mount namespace too, the thread having entered it (netns/mntns.py thread_entered)."""
+    mount namespace too, the thread having entered it (netns/mntns.py thread_entered). With
+    `isolate`, it is born in new pid, mount (a copy of that one), IPC and UTS namespaces, as the
+    first process of its pid namespace (`... unshare --pid --fork --mount --propagation private
+    --ipc --uts -- ARGV...`, but no unshare process: isolated())."""
     in_mounts = mntns.thread_entered(mounts) if mounts else contextlib.nullcontext()
+    in_own = isolated() if isolate else contextlib.nullcontext()
     process: subprocess.Popen[bytes] | None = None
     try:
-        with namespace.entered(name), in_mounts:  # the network's first: its name is in /run/netns
+        # the network's first: its name is in /run/netns
+        with namespace.entered(name), in_mounts, in_own:
             process = subprocess.Popen(list(argv), **popen_kwargs)
     except BaseException:
         if process is not None:  # started, but the thread could not switch back: none of it
@@ -38,9 +60,45 @@ def popen_inside(
             process.wait()
         raise
     if record.active():
-        shown = mntns.entered(mounts, argv) if mounts else argv
+        shown = [*UNSHARE, "--", *argv] if isolate else list(argv)
+        shown = mntns.entered(mounts, shown) if mounts else shown
         record.note_text(as_typed(name, shown, popen_kwargs, shown_stdio))
     return process
+
+
+@contextlib.contextmanager
+def isolated() -> Iterator[None]:
+    """`unshare --pid --mount --propagation private --ipc --uts` for the calling thread only: a
+    process it starts in the block is born in new namespaces of those kinds (the first process
+    of the pid namespace: its init), copied from the thread's mounts, which are made private
+    in the copy, so no mount of the child's reaches the namespace it was copied from. The thread
+    itself stays in its pid namespace (unshare(2) of a pid namespace is for the children), and
+    goes back to its own mount, IPC and UTS namespaces and children's pid namespace after the
+    block (aborting the process if it cannot: _libc.setns_back).
+
+    A new mount namespace needs the thread's root and working directory of its own
+    (`unshare(CLONE_FS)`, as in mntns.thread_entered); coming back moves them to `/`. One
+    child per block: a second would be born into the first one's pid namespace."""
+    _libc.unshare(_libc.CLONE_FS)
+    homes: list[tuple[int, int, str]] = []
+    try:
+        for kind, flag in OWN_KINDS:
+            fd = os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+            homes.append((fd, flag, kind))
+        flags = 0
+        for _, flag in OWN_KINDS:
+            flags |= flag
+        _libc.unshare(flags)  # all of them or none (unshare(2) is atomic)
+        try:
+            # unshare(1)'s --propagation private: `mount --make-rprivate /` in the copy
+            _libc.mount("none", "/", None, _libc.MS_REC | _libc.MS_PRIVATE)
+            yield
+        finally:
+            for fd, flag, kind in reversed(homes):
+                _libc.setns_back(fd, flag, kind.removesuffix("_for_children"))
+    finally:
+        for fd, _, _ in homes:
+            os.close(fd)
 
 
 def as_typed(name: str, argv: Sequence[str], popen_kwargs: dict[str, Any], stdio: str) -> str:
@@ -59,21 +117,29 @@ def as_typed(name: str, argv: Sequence[str], popen_kwargs: dict[str, Any], stdio
     return f"{line} {stdio}".rstrip()
 
 
-# Runs as root in the new namespaces: mounts what the fstab file lists (netns/fstab.py: the
-# given resolv.conf bound over /etc/resolv.conf, so the host's file is never changed and a
-# symlinked one has its target covered, in this mount namespace only; their own empty /tmp,
-# /dev/shm, /var/tmp and /run/lock, as lock files of one program are none of another's business;
-# an empty /run/netns, as the names of other namespaces are none of its business; a /sys that
-# shows its own network namespace's links, as `ip netns exec` does), all in one exec of mount(8);
-# binds the kept directory back in if it was under one of the private directories; then becomes
-# the program. The kept directory is opened before the private mounts cover it, and must be the
-# very inode the caller checked (device:inode), so a directory swapped for a symlink meanwhile is
-# refused. The caller's umask is not the program's: the usual 022 (the directories made here for
-# the kept one must be traversable, and the program's files are its own business).
+# Runs as root as the first process of the new namespaces (isolated()): first joins the given
+# cgroups (`echo 0 > GROUP/cgroup.procs` for each: 0 is the writer itself), so every process it
+# starts is born in them and none escapes them; mounts what the fstab file lists (netns/fstab.py:
+# its own /proc, of its pid namespace; the given resolv.conf bound over /etc/resolv.conf, so the
+# host's file is never changed and a symlinked one has its target covered, in this mount
+# namespace only; their own empty /tmp, /dev/shm, /var/tmp and /run/lock, as lock files of one
+# program are none of another's business; an empty /run/netns, as the names of other namespaces
+# are none of its business; a /sys that shows its own network namespace's links, as `ip netns
+# exec` does), all in one exec of mount(8); binds the kept directory back in if it was under one
+# of the private directories; then becomes the program. The kept directory is opened before the
+# private mounts cover it, and must be the very inode the caller checked (device:inode), so a
+# directory swapped for a symlink meanwhile is refused. The caller's umask is not the program's:
+# the usual 022 (the directories made here for the kept one must be traversable, and the
+# program's files are its own business).
 ISOLATE = """
 umask 022
 keep=$1 keep_id=$2 fstab=$3
 shift 3
+while [ "$1" != -- ]; do
+    echo 0 > "$1" || exit 126
+    shift
+done
+shift
 case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*|/run/lock/*)
     exec 3<"$keep" || exit 126
     if [ "$(stat -L -c %d:%i /proc/self/fd/3)" != "$keep_id" ]; then
@@ -91,34 +157,17 @@ exec "$@"
 """
 
 
-def own_namespaces(argv: Sequence[str], keep: str, keep_id: str, fstab: str) -> list[str]:
-    """`unshare --pid --fork --mount --mount-proc --ipc --uts`, then `mount -a -T FSTAB` (the
-    sandbox's private mounts, netns/fstab.py: empty /tmp, /dev/shm, /var/tmp, /run/lock of
-    their sizes, a read-only resolv.conf, its own /sys): the program sees only its own
-    processes, IPC objects and temporary files, and cannot address (ptrace, signal, read
-    /proc/PID/environ of) processes outside. The directory `keep` (whose "device:inode" is
-    keep_id) stays visible where it is, even under /tmp. unshare itself waits in the parent
-    namespace, ignores SIGTERM and SIGINT, and exits with the program's status."""
-    return [
-        "unshare",
-        "--pid",
-        "--fork",
-        "--mount",
-        "--propagation",
-        "private",
-        "--mount-proc",
-        "--ipc",
-        "--uts",
-        "--",
-        "/bin/sh",
-        "-c",
-        ISOLATE,
-        "isolate",
-        keep,
-        keep_id,
-        fstab,
-        *argv,
-    ]
+def sandboxed(
+    argv: Sequence[str], keep: str, keep_id: str, fstab: str, cgroups: Sequence[str] = ()
+) -> list[str]:
+    """`sh -c ISOLATE`, to be started in namespaces of its own (popen_inside's `isolate`):
+    joins the cgroups (their cgroup.procs files), then `mount -a -T FSTAB` (the sandbox's
+    private mounts, netns/fstab.py: its /proc, empty /tmp, /dev/shm, /var/tmp, /run/lock of
+    their sizes, a read-only resolv.conf, its own /sys), then runs argv: the program sees only
+    its own processes, IPC objects and temporary files, and cannot address (ptrace, signal,
+    read /proc/PID/environ of) processes outside. The directory `keep` (whose "device:inode"
+    is keep_id) stays visible where it is, even under /tmp."""
+    return ["/bin/sh", "-c", ISOLATE, "isolate", keep, keep_id, fstab, *cgroups, "--", *argv]
 
 
 # Runs as root on the host before anything else: `echo 0 > DIR/cgroup.procs` for each given file

@@ -5,11 +5,11 @@ One exec of mount(8) instead of one per mount: each costs about 1 ms of CPU (the
 libraries loaded, the mount table read), and seven of them were most of a start's CPU, which on a
 small machine competes with the daemon and with the next start (bench/README.md).
 
-`mount -a` skips an entry whose source and target are already mounted, so every tmpfs and sysfs
-line carries the caller's own source name (`dynod-PREFIX`): the host's /run/lock ("tmpfs") or
-/sys ("sysfs") is never taken for the sandbox's own and left in place. A name is never mounted
-where it is about to be mounted: a sandbox's mount namespace is copied from the host's (or the
-template's), never from another sandbox's.
+`mount -a` skips an entry whose source and target are already mounted, so every proc, tmpfs and
+sysfs line carries the caller's own source name (`dynod-PREFIX`): the host's /proc ("proc"),
+/run/lock ("tmpfs") or /sys ("sysfs") is never taken for the sandbox's own and left in place. A
+name is never mounted where it is about to be mounted: a sandbox's mount namespace is copied from
+the host's (or the template's), never from another sandbox's.
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ class Private:
 
 
 def text(mounts: Private) -> str:
-    """The fstab lines, in mount order: the resolv.conf bind, an empty /tmp, /dev/shm and
-    /var/tmp, /run/lock and /run/netns where the host has them (/run/netns unless covered
-    already), a /sys of the sandbox's own network namespace (read-only)."""
+    """The fstab lines, in mount order: a /proc of the sandbox's own pid namespace (mounted by
+    a process of it: what `unshare --mount-proc` does), the resolv.conf bind, an empty /tmp,
+    /dev/shm and /var/tmp, /run/lock and /run/netns where the host has them (/run/netns unless
+    covered already), a /sys of the sandbox's own network namespace (read-only)."""
     size = "" if mounts.tmpfs_size is None else f",size={mounts.tmpfs_size}"
-    lines = []
+    lines = [_line(mounts.source, "/proc", "proc", "nosuid,nodev,noexec")]
     if mounts.resolv:
         lines.append(_line(mounts.resolv, RESOLV, "none", "bind,ro"))
     for directory in TMP_DIRS:

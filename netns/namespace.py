@@ -307,11 +307,11 @@ def scan() -> Table:
 
 
 def pids_in_child_pid_namespace(pid: int) -> list[int]:
-    """Every process of the pid namespace that PID made for its children (what `unshare --pid
-    --fork` makes; `lsns -t pid` lists it), found without any namespace name: the processes
-    whose /proc/P/ns/pid is PID's /proc/PID/ns/pid_for_children. Empty when PID is gone or
-    made no pid namespace of its own (never the caller's own namespace: that is every process
-    of the host)."""
+    """Every process of the pid namespace that PID's children are born in (what `unshare --pid
+    --fork` makes for its child; a namespace's first process's own; `lsns -t pid` lists it),
+    found without any namespace name: the processes whose /proc/P/ns/pid is PID's
+    /proc/PID/ns/pid_for_children. Empty when PID is gone or its children are born in the
+    caller's own namespace (that is every process of the host)."""
     target = inode_of(pid, "pid_for_children")
     if target is None or target == inode_of(os.getpid(), "pid"):
         return []

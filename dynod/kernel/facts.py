@@ -64,7 +64,7 @@ def describe(netns: str, veth: str, net: Net, subnet: Subnet, web_port: int | No
 @dataclass(frozen=True)
 class Running:
     """A dyno's processes as the kernel finds them: those in its network namespace, and its
-    recorded process (`unshare --pid --fork`, pid and start time) with its pid namespace."""
+    recorded process (the first of its pid namespace, pid and start time) with that namespace."""
 
     netns: str
     pid: int | None

@@ -17,10 +17,13 @@ def dyno_pids_in(dyno: Running, table: namespace.Table) -> list[int]:
     while it runs: the namespace lives on, held by its processes), from a scan of /proc that
     many questions share (scans.py).
 
-    The dyno's recorded process is `unshare --pid --fork`; every process whose pid namespace
-    is the one unshare made for its children belongs to the dyno, and a dyno's processes cannot
-    leave it. Also unshare itself, and whatever is in the named network namespace (a process
-    that root put there with `ip netns exec`, or one whose unshare is gone)."""
+    The dyno's recorded process is the first of its pid namespace (its init, pid 1 there), or,
+    for a dyno started by a daemon before that, the `unshare --pid --fork` that made the
+    namespace and waits outside it; either way its /proc/PID/ns/pid_for_children is the dyno's
+    pid namespace (init's children are born in its own). Every process in that namespace
+    belongs to the dyno, and a dyno's processes cannot leave it. Also the recorded process
+    itself, and whatever is in the named network namespace (a process that root put there with
+    `ip netns exec`, or one whose first process is gone)."""
     found: set[int] = set()
     with contextlib.suppress(FileNotFoundError):
         found.update(table.net.get(namespace.inode(dyno.netns), ()))

@@ -65,6 +65,8 @@ SHELL_WORDS = {
     "!",
 }
 
+# The characters of sh's operators and redirections (shlex's punctuation_chars)
+SHELL_OPERATOR_CHARS = "();<>|&"
 TCP_LISTEN = "0A"
 # A command travels as one argument of `sh -c` (the kernel takes at most 128 KiB per argument),
 # and is parsed here before anything is set up: 32 KiB is more than any Procfile line.
@@ -153,6 +155,10 @@ def check_command(command: str, cwd: str, path: str) -> None:
         raise DynodError(f"cannot parse command {command!r}: {exc}", "check its quotes") from exc
     program = next((w for w in words if not _is_assignment(w)), "")
     if not program or program in SHELL_WORDS or "$" in program:
+        return
+    if not program.strip(SHELL_OPERATOR_CHARS):
+        # an operator or a redirection first (`X=1; echo $X`, `> log run`): no program to
+        # look up before it, which sh takes as it is
         return
     if "/" in program:
         full = os.path.join(cwd, program)

@@ -64,7 +64,7 @@ if [ -n "$stopping" ]; then
 fi
 exit "$status"
 """
-ENV_FD_FLOOR = 10  # above the fds the namespace scripts use (ISOLATE's 3)
+ENV_FD_FLOOR = 10  # above the fds the sandbox's script uses (ISOLATE's 3)
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,8 @@ def ready(how: Spawn) -> Ready:
 def spawn(
     ready: Ready, env: Mapping[str, str], output_path: str, stdio: DynoEnds | None = None
 ) -> subprocess.Popen[bytes]:
-    """`ip netns exec NS nsenter --mount=TEMPLATE unshare ... setpriv ... /bin/sh -c DYNO_INIT
-    COMMAND CWD >>OUTPUT 2>&1`, the
+    """`ip netns exec NS nsenter --mount=TEMPLATE unshare ... sh -c ISOLATE ... setpriv ...
+    /bin/sh -c DYNO_INIT COMMAND CWD >>OUTPUT 2>&1`, the
     environment on stdin (a memfd), in its own session, as the dyno's user. With `stdio` (an
     attached one-off), its fds 0-2 are those, the environment comes on another fd, and on a
     terminal `setsid --ctty` makes the terminal its controlling one in a session of its own."""
@@ -154,6 +154,7 @@ def spawn(
             argv,
             shown_stdio=f"</dev/null >>{shlex.quote(output_path)} 2>&1",
             mounts=ready.template,
+            isolate=True,
             cwd="/",  # the dyno's directory is entered by the dyno's user, not by root
             env={"PATH": SAFE_PATH},
             stdin=env_fd,
@@ -178,15 +179,16 @@ def _checked_dir(how: Spawn) -> os.stat_result:
 
 
 def _argv(ready: Ready, inner: list[str]) -> list[str]:
-    """The chain that starts `inner`."""
+    """The chain that starts `inner`, to be born in namespaces of its own (popen_inside's
+    `isolate`): its cgroups joined, its mounts made, its privileges dropped."""
     how = ready.how
-    argv = netns_exec.own_namespaces(
+    return netns_exec.sandboxed(
         netns_exec.drop_privileges_argv(how.uid, how.gid, inner),
         keep=how.cwd,
         keep_id=ready.keep_id,
         fstab=ready.fstab,
+        cgroups=how.cgroups,
     )
-    return netns_exec.in_cgroups(how.cgroups, argv) if how.cgroups else argv
 
 
 def _spawn_attached(
@@ -213,12 +215,19 @@ def _spawn_attached(
             how.netns,
             _argv(ready, inner),
             mounts=ready.template,
+            isolate=True,
             cwd="/",
             env={"PATH": SAFE_PATH},
             stdin=stdio.stdin,
             stdout=stdio.stdout,
             stderr=stdio.stderr,
-            start_new_session=True,
+            # On a terminal `setsid --ctty` makes the session: setsid(1) forks when its caller
+            # leads a process group already, and the dyno's first process must not (its exit
+            # would end the pid namespace), so it is not made a leader here. Until setsid its
+            # root stage (the cgroup join, `mount -a`) is in the daemon's process group: a
+            # Ctrl-C on a daemon run in a terminal reaches it too, and ends that start with the
+            # daemon, which is stopping then anyway (pid 1 itself ignores it: an init).
+            start_new_session=not stdio.tty,
             close_fds=True,
             pass_fds=(env_fd,),
         )

@@ -156,13 +156,13 @@ FAST = ["--health-interval", "0.1"]
 
 
 def dyno_processes(dyno: dict[str, object]) -> list[int]:
-    """As root, outside dynod: the unshare process and every process of its pid namespace."""
-    unshare = int(str(dyno["pid"]))
-    wanted = os.stat(f"/proc/{unshare}/ns/pid_for_children").st_ino
-    found = [unshare]
+    """As root, outside dynod: the recorded process and every process of its pid namespace."""
+    first = int(str(dyno["pid"]))
+    wanted = os.stat(f"/proc/{first}/ns/pid_for_children").st_ino
+    found = [first]
     if wanted == os.stat("/proc/self/ns/pid").st_ino:
-        # unshare has not made the dyno's pid namespace yet (its wrapper is still starting):
-        # its children's namespace is still the host's, which is every process of the machine.
+        # never for a dyno's first process (born in its own); were it the host's, every
+        # process of the machine would be in it
         return found
     for entry in os.listdir("/proc"):
         if entry.isdigit():

@@ -234,10 +234,12 @@ def test_the_template_is_in_the_start_up_commands_and_a_dyno_enters_it() -> None
             assert line in startup.stdout, startup.stdout
         run = d.cli("run", "--app", "told", "--type", "job", "--explain", "--", "true")
         assert run.returncode == 0, run.stderr
-        # the thread that starts it enters the template: the chain is born there, its cgroups
-        # joined first (a one-off is sized), then its own copy made
+        # the thread that starts it enters the template, and its own copy is made of it: the
+        # chain is born there, and joins its cgroups first (a one-off is sized)
         chain = run.stderr[run.stderr.index(f"nsenter --mount={directory}/mnt -- ") :]
-        assert "join-cgroups" in chain and "unshare --pid --fork --mount" in chain
+        assert chain.startswith(f"nsenter --mount={directory}/mnt -- unshare --pid --fork --mount")
+        isolate = chain[chain.index(" isolate ") :]
+        assert "cgroup.procs -- setpriv" in isolate
 
 
 def test_a_stopped_daemon_leaves_no_template_even_with_dynos_running_at_stop() -> None:

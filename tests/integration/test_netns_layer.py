@@ -255,17 +255,23 @@ def test_settings_are_looked_up_in_procfs_instances_of_their_own(
         assert sysctl.read("net.ipv4.ip_default_ttl") == _proc_value("net/ipv4/ip_default_ttl")
         open_before = _open_fds()
         seen: list[int] = []
+        # each instance seen is held open until compared: a closed one's device number is
+        # free for the next one made (as 41 and 41 once were)
+        held: list[int] = []
 
         def blocks() -> None:
             for ttl in (31, 32, 33, 34, 35):
                 with namespace.entered(name):
-                    seen.append(_device(sysctl.root()))
+                    held.append(os.dup(sysctl.root()))
+                    seen.append(_device(held[-1]))
                     assert seen[-1] not in (proc, host)
                     sysctl.write("net.ipv4.ip_default_ttl", ttl)
 
         worker = threading.Thread(target=blocks)
         worker.start()
         worker.join()
+        for fd in held:
+            os.close(fd)
         assert seen[0] == seen[1] != seen[2] == seen[3] != seen[4]  # two blocks an instance
         _wait_for(lambda: _open_fds() == open_before)  # replaced ones and the thread's: closed
         value = subprocess.run(
@@ -365,9 +371,7 @@ def test_the_sandbox_mounts_its_own_where_the_host_already_has_a_tmpfs(tmp_path:
         " touch /etc/resolv.conf 2>/dev/null && echo resolv-writable || echo resolv-ro"
     )
     root = os.stat("/")
-    chain = netns_exec.own_namespaces(
-        ["sh", "-c", report], "/", f"{root.st_dev}:{root.st_ino}", mounts
-    )
+    chain = netns_exec.sandboxed(["sh", "-c", report], "/", f"{root.st_dev}:{root.st_ino}", mounts)
     # the host as systemd makes it: a tmpfs "tmpfs" on /var/tmp and /run/lock
     host_like = 'mount -t tmpfs tmpfs /var/tmp && mount -t tmpfs tmpfs /run/lock && exec "$@"'
     done = subprocess.run(
@@ -375,6 +379,8 @@ def test_the_sandbox_mounts_its_own_where_the_host_already_has_a_tmpfs(tmp_path:
             "unshare",
             "--mount",
             "--net",
+            "--pid",
+            "--fork",
             "--propagation",
             "private",
             "sh",
@@ -396,11 +402,52 @@ def test_the_sandbox_mounts_its_own_where_the_host_already_has_a_tmpfs(tmp_path:
     for target in ("/tmp", "/dev/shm", "/var/tmp", "/run/lock"):
         assert top[target] == ("tmpfs", source), (target, table)
     assert top["/sys"] == ("sysfs", source), table
+    assert top["/proc"] == ("proc", source), table
     resolv_seen, *sizes, writable = rest.splitlines()
     assert resolv_seen == "nameserver 127.0.0.53"
     mb = 1024 * 1024  # blocks*block size: their own sizes, not the host-like mounts' (half the RAM)
     assert [eval(size) for size in sizes] == [4 * mb, 4 * mb, 4 * mb, fstab.LOCK_SIZE]
     assert writable == "resolv-ro"
+
+
+def test_a_thread_starts_a_child_as_the_init_of_namespaces_of_its_own() -> None:
+    """exec.isolated: the child started in the block is the first process (pid 1) of a new pid
+    namespace, in new mount (every mount private: the host's /run/netns is shared), IPC and
+    UTS namespaces; the thread itself never left its pid namespace, is back in its own mount,
+    IPC and UTS namespaces after, and its next child is born in the host's pid namespace."""
+    kinds = ("pid", "mnt", "ipc", "uts")
+    namespace.ensure_run_dir()  # /run/netns, shared as `ip netns add` makes it
+    with open("/proc/self/mountinfo") as f:
+        assert " shared:" in f.read()  # what the copy must not keep
+    host = {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in kinds}
+    seen: dict[str, object] = {}
+    show = (
+        'echo "$$"; for k in pid mnt ipc uts; do readlink /proc/self/ns/$k; done;'
+        " grep -c ' shared:' /proc/self/mountinfo || true"
+    )
+
+    def worker() -> None:
+        try:
+            with netns_exec.isolated():
+                seen["thread pid inside"] = os.readlink("/proc/thread-self/ns/pid")
+                child = subprocess.run(["sh", "-c", show], capture_output=True, text=True)
+            seen["child"] = child.stdout.split()
+            seen["after"] = {k: os.readlink(f"/proc/thread-self/ns/{k}") for k in kinds}
+            seen["next"] = subprocess.run(
+                ["readlink", "/proc/self/ns/pid"], capture_output=True, text=True
+            ).stdout.strip()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            seen["error"] = exc
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(30)
+    assert "error" not in seen, seen["error"]
+    init, *namespaces, shared = seen["child"]  # type: ignore[misc]
+    assert init == "1" and shared == "0", seen
+    assert all(ns != host[kind] for kind, ns in zip(kinds, namespaces, strict=True)), seen
+    assert seen["thread pid inside"] == host["pid"]
+    assert seen["after"] == host and seen["next"] == host["pid"]
 
 
 def test_a_thread_starts_a_child_in_a_mount_namespace_and_comes_back(prefix: str) -> None:

@@ -16,6 +16,10 @@ def test_command_checks(tmp_path: object) -> None:
     processes.check_command("FOO=1 BAR=2 true", "/", "/usr/bin:/bin")
     processes.check_command("exec sleep 1", "/", "/usr/bin:/bin")
     processes.check_command("$HOME/bin/x", "/", "/usr/bin:/bin")
+    # assignments or a redirection before the first operator: nothing to look up (was refused
+    # as "command not found: ;")
+    processes.check_command("i=0; while [ $i -lt 3 ]; do i=$((i+1)); done", "/", "/usr/bin")
+    processes.check_command("> out.log echo hi", "/", "/usr/bin:/bin")
     for bad, words in [
         ("nosuchprog-q", "command not found"),
         ("./nope", "no executable file"),

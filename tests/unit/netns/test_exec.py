@@ -25,7 +25,27 @@ def test_join_wrapper_stops_when_a_group_refuses(tmp_path: Path) -> None:
     assert done.returncode == 126 and "ran" not in done.stdout
 
 
-def test_isolate_arguments_carry_the_fstab() -> None:
-    argv = netns_exec.own_namespaces(["true"], "/app", "1:2", "/state/fstab/x.fstab")
-    assert argv[-4:] == ["/app", "1:2", "/state/fstab/x.fstab", "true"]
+def test_isolate_arguments_carry_the_fstab_and_the_groups() -> None:
+    groups = ["/g/cgroup.procs"]
+    argv = netns_exec.sandboxed(["true"], "/app", "1:2", "/state/fstab/x.fstab", groups)
+    assert argv[-6:] == ["/app", "1:2", "/state/fstab/x.fstab", "/g/cgroup.procs", "--", "true"]
     assert 'mount -a -T "$fstab"' in netns_exec.ISOLATE
+
+
+def test_isolate_joins_its_groups_before_anything_else(tmp_path: Path) -> None:
+    """ISOLATE (as its own first process would run it, here as anyone): each group's file gets
+    the writer's 0; a group that refuses stops it before its mounts and its program."""
+    files = [str(tmp_path / "a.procs"), str(tmp_path / "b.procs")]
+    empty = tmp_path / "empty.fstab"
+    empty.write_text("")
+    root = Path("/").stat()
+    keep = f"{root.st_dev}:{root.st_ino}"
+    argv = netns_exec.sandboxed(["echo", "ran"], "/", keep, str(empty), files)
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "ran\n", done.stderr
+    assert [Path(f).read_text() for f in files] == ["0\n", "0\n"]
+    refused = [str(tmp_path / "missing" / "cgroup.procs")]
+    argv = netns_exec.sandboxed(["echo", "ran"], "/", keep, str(tmp_path / "no.fstab"), refused)
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 126 and "ran" not in done.stdout
+    assert "no.fstab" not in done.stderr  # stopped before mount -a

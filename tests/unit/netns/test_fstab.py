@@ -24,6 +24,7 @@ def test_lines_carry_the_source_sizes_and_resolv_in_mount_order(
     mounts = fstab.Private("dynod-abc", resolv="/s/resolv/br0.conf", tmpfs_size=512 * MB)
     lines = fields(fstab.text(mounts))
     assert [line[1] for line in lines] == [
+        "/proc",
         "/etc/resolv.conf",
         "/tmp",
         "/dev/shm",
@@ -32,8 +33,10 @@ def test_lines_carry_the_source_sizes_and_resolv_in_mount_order(
         "/run/netns",
         "/sys",
     ]
-    assert lines[0] == ["/s/resolv/br0.conf", "/etc/resolv.conf", "none", "bind,ro", "0", "0"]
-    for line in lines[1:4]:
+    # its own pid namespace's, mounted by its first process (the host's "proc" is never taken)
+    assert lines[0] == ["dynod-abc", "/proc", "proc", "nosuid,nodev,noexec", "0", "0"]
+    assert lines[1] == ["/s/resolv/br0.conf", "/etc/resolv.conf", "none", "bind,ro", "0", "0"]
+    for line in lines[2:5]:
         assert line == [
             "dynod-abc",
             line[1],
@@ -42,11 +45,11 @@ def test_lines_carry_the_source_sizes_and_resolv_in_mount_order(
             "0",
             "0",
         ]
-    assert lines[4][3] == f"mode=1777,nosuid,nodev,noexec,size={fstab.LOCK_SIZE}"
-    assert lines[5][3] == "mode=755,nosuid,nodev,noexec"
-    assert lines[6] == ["dynod-abc", "/sys", "sysfs", "ro,nosuid,nodev,noexec", "0", "0"]
+    assert lines[5][3] == f"mode=1777,nosuid,nodev,noexec,size={fstab.LOCK_SIZE}"
+    assert lines[6][3] == "mode=755,nosuid,nodev,noexec"
+    assert lines[7] == ["dynod-abc", "/sys", "sysfs", "ro,nosuid,nodev,noexec", "0", "0"]
     # every line but the bind names the caller: `mount -a` never takes the host's for its own
-    assert {line[0] for line in lines[1:]} == {"dynod-abc"}
+    assert {line[0] for i, line in enumerate(lines) if i != 1} == {"dynod-abc"}
 
 
 def test_unsized_without_resolv_and_without_the_hosts_lock_and_netns_dirs(
@@ -54,20 +57,21 @@ def test_unsized_without_resolv_and_without_the_hosts_lock_and_netns_dirs(
 ) -> None:
     monkeypatch.setattr(os.path, "isdir", lambda path: path not in ("/run/lock", "/run/netns"))
     lines = fields(fstab.text(fstab.Private("dynod-abc")))
-    assert [line[1] for line in lines] == ["/tmp", "/dev/shm", "/var/tmp", "/sys"]
-    assert lines[0][3] == "mode=1777,nosuid,nodev"
+    assert [line[1] for line in lines] == ["/proc", "/tmp", "/dev/shm", "/var/tmp", "/sys"]
+    assert lines[1][3] == "mode=1777,nosuid,nodev"
 
 
 def test_no_netns_line_where_a_template_covers_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os.path, "isdir", lambda path: True)
     lines = fields(fstab.text(fstab.Private("dynod-abc", cover_netns=False)))
-    assert "/run/netns" not in [line[1] for line in lines] and "/run/lock" in lines[3]
+    assert "/run/netns" not in [line[1] for line in lines] and "/run/lock" in lines[4]
 
 
 def test_a_path_with_blanks_or_backslashes_stays_one_field() -> None:
     escaped = fstab.escape("/a dir/tab\there\\x\nend")
     assert escaped == "/a\\040dir/tab\\011here\\134x\\012end"
-    assert len(fstab.text(fstab.Private("s", resolv="/a b/r.conf")).splitlines()[0].split()) == 6
+    resolv = fstab.text(fstab.Private("s", resolv="/a b/r.conf")).splitlines()[1]
+    assert resolv.startswith("/a\\040b/r.conf ") and len(resolv.split()) == 6
 
 
 def test_files_are_written_once_per_content_and_again_when_gone(tmp_path: Path) -> None:
