@@ -130,8 +130,11 @@ def as_typed(name: str, argv: Sequence[str], popen_kwargs: dict[str, Any], stdio
 # private mounts cover it, and must be the very inode the caller checked (device:inode), so a
 # directory swapped for a symlink meanwhile is refused. The caller's umask is not the program's:
 # the usual 022 (the directories made here for the kept one must be traversable, and the
-# program's files are its own business).
+# program's files are its own business). SIGTERM is ignored until the program is run (and back
+# to its default for it): a stop that lands meanwhile must not kill a `mount` half-way (the
+# start would fail, 126); the program is told again (dynod/control/exits.py term_once_heard).
 ISOLATE = """
+trap '' TERM
 umask 022
 keep=$1 keep_id=$2 fstab=$3
 shift 3
@@ -153,6 +156,7 @@ case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*|/run/lock/*)
     mount --no-canonicalize --bind /proc/self/fd/3 "$keep" || exit 126
     exec 3<&-;;
 esac
+trap - TERM
 exec "$@"
 """
 

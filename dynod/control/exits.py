@@ -90,11 +90,25 @@ def early_exit_note(dyno: Dyno, status: int | None, now: float) -> str | None:
 
 
 async def terminate(kernel: KernelSide, exits: Exits, say: Say, dyno: Dyno, grace: float) -> None:
-    """SIGTERM to every process of the dyno; R12 and SIGKILL for what outlives the grace."""
-    if not await kernel.signal_inside(running(dyno), signal.SIGTERM):
+    """SIGTERM to every process of the dyno; R12 and SIGKILL for what outlives the grace. A
+    dyno stopped while it is still starting gets its SIGTERM again once its first process
+    handles it: the kernel drops the first one (its init has no handler yet), and its command,
+    started just after, would otherwise run on until the SIGKILL."""
+    deadline = time.monotonic() + grace
+    # A detached dyno's init passes SIGTERM on to every process of its pid namespace (DYNO_INIT);
+    # an attached one's cannot (its command runs in the foreground, and sh runs a trap only
+    # once that has ended), so the daemon signals them all.
+    via_init = dyno.detached
+    unheard = await kernel.still_starting(running(dyno))
+    sent = await kernel.signal_inside(running(dyno), signal.SIGTERM, via_init=via_init)
+    if not sent:
         return
     say(dyno, "Stopping all processes with SIGTERM")
-    if await wait_empty(kernel, exits, dyno, grace):
+    if unheard or await kernel.still_starting(running(dyno)):
+        # all but the first process heard it: none of them gets a second one
+        heard = frozenset(sent) - {dyno.pid}
+        await term_once_heard(kernel, exits, dyno, deadline, heard, via_init)
+    if await wait_empty(kernel, exits, dyno, max(0.0, deadline - time.monotonic())):
         return
     say(
         dyno,
@@ -104,6 +118,28 @@ async def terminate(kernel: KernelSide, exits: Exits, say: Say, dyno: Dyno, grac
     say(dyno, "Stopping remaining processes with SIGKILL")
     await kernel.kill_inside(running(dyno))
     await wait_empty(kernel, exits, dyno, KILL_WAIT)
+
+
+async def term_once_heard(
+    kernel: KernelSide,
+    exits: Exits,
+    dyno: Dyno,
+    deadline: float,
+    heard: frozenset[int],
+    via_init: bool,
+) -> None:
+    """SIGTERM again to the first process of a dyno, which may have dropped the first one, and to
+    every process started since (not in `heard`: the command, when it began meanwhile), once
+    the first process handles SIGTERM (checked with a growing delay), unless it ended first or
+    the grace ran out."""
+    delay = 0.002
+    while await kernel.still_starting(running(dyno)):
+        future = exits.future(dyno.id)
+        if (future is not None and future.done()) or time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, 0.05)
+    await kernel.signal_inside(running(dyno), signal.SIGTERM, skip=heard, via_init=via_init)
 
 
 async def wait_empty(kernel: KernelSide, exits: Exits, dyno: Dyno, timeout: float) -> bool:

@@ -61,6 +61,10 @@ def describe(netns: str, veth: str, net: Net, subnet: Subnet, web_port: int | No
     return DynoNetwork(netns, veth, net.bridge, shard, subnet, target(subnet, web_port))
 
 
+Pids = frozenset[int]
+NO_PIDS: Pids = frozenset()
+
+
 @dataclass(frozen=True)
 class Running:
     """A dyno's processes as the kernel finds them: those in its network namespace, and its

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from dynod.kernel import firewall
 from dynod.kernel.addressing import Pool
-from dynod.kernel.facts import DynoNetwork, Removed, Running
+from dynod.kernel.facts import NO_PIDS, DynoNetwork, Pids, Removed, Running
 from dynod.kernel.machine import Net
 from dynod.kernel.protocol import KernelSide, Launched, SpawnFailed
 from dynod.kernel.sandbox import Launch
@@ -45,6 +45,9 @@ class FakeKernel:
     sessions: dict[str, int] = field(default_factory=dict)  # netns -> its session's id
     fail_spawn: str = ""  # a reason to refuse the next spawns with
     fail_attach: int = 0  # an errno to refuse the next attaches with, as netlink does
+    # how many still_starting() questions are answered yes, and a SIGTERM meanwhile dropped,
+    # as the kernel drops it for an init with no handler yet
+    starting: int = 0
 
     def __post_init__(self) -> None:
         self.common = Net("", "fake0", Pool(self.cidr))
@@ -137,19 +140,30 @@ class FakeKernel:
         self.sessions[how.network.netns] = popen.pid
         return popen
 
-    async def signal_inside(self, dyno: Running, sig: signal.Signals) -> int:
+    async def signal_inside(
+        self, dyno: Running, sig: signal.Signals, skip: Pids = NO_PIDS, via_init: bool = False
+    ) -> list[int]:
+        """Every process of the session: what an init that passes the signal on gives too."""
         self._record(f"signal {sig.name}", dyno.netns)
-        pids = self._pids(dyno)
+        pids = [pid for pid in self._pids(dyno) if pid not in skip]
         for pid in pids:
+            if sig == signal.SIGTERM and self.starting > 0 and pid == dyno.pid:
+                continue  # sent, but dropped: an init with no handler yet
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        return len(pids)
+        return pids
 
     async def kill_inside(self, dyno: Running) -> None:
         await self.signal_inside(dyno, signal.SIGKILL)
 
     async def pids_inside(self, dyno: Running) -> list[int]:
         return self._pids(dyno)
+
+    async def still_starting(self, dyno: Running) -> bool:
+        if self.starting > 0:
+            self.starting -= 1
+            return True
+        return False
 
     def _pids(self, dyno: Running) -> list[int]:
         """The live (not zombie) processes of the dyno's session: `pgrep -s SID`."""

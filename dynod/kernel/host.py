@@ -23,8 +23,8 @@ from dynod.kernel import attachments, bridges, firewall, network, ruleset, sandb
 from dynod.kernel.addressing import SHARD_PORTS, Pool
 from dynod.kernel.bridges import check_range_is_free
 from dynod.kernel.cgroups import DynoCgroups
-from dynod.kernel.facts import DynoNetwork, Removed, Running
-from dynod.kernel.inside import dyno_pids_in, signal_dyno_in
+from dynod.kernel.facts import NO_PIDS, DynoNetwork, Pids, Removed, Running
+from dynod.kernel.inside import dyno_pids_in, signal_dyno_in, still_starting
 from dynod.kernel.machine import Machine, Net
 from dynod.kernel.mounts import MountTemplate
 from dynod.kernel.protocol import Launched, SpawnFailed
@@ -294,12 +294,19 @@ class Kernel:
         among them, whose death makes the kernel kill the rest of that namespace."""
         await self.signal_inside(dyno, signal.SIGKILL)
 
-    async def signal_inside(self, dyno: Running, sig: signal.Signals) -> int:
-        """Send sig to every process of the dyno, found in a /proc scan shared with whoever
-        asked at the same time (scans.py: many dynos stopping at once scan once), each checked
-        to be the dyno's still right before its signal; how many."""
+    async def signal_inside(
+        self, dyno: Running, sig: signal.Signals, skip: Pids = NO_PIDS, via_init: bool = False
+    ) -> list[int]:
+        """Send sig to every process of the dyno but those in skip, found in a /proc scan
+        shared with whoever asked at the same time (scans.py: many dynos stopping at once scan
+        once), each checked to be the dyno's still right before its signal; those signalled
+        (inside.signal_dyno_in: with via_init, its init passes it on)."""
         table = await self.scans.fresh()
-        return await self.worker.run(signal_dyno_in, dyno, table, sig)
+        return await self.worker.run(signal_dyno_in, dyno, table, sig, skip, via_init)
+
+    async def still_starting(self, dyno: Running) -> bool:
+        """inside.still_starting: one read of /proc/PID/status."""
+        return still_starting(dyno)
 
     async def pids_inside(self, dyno: Running) -> list[int]:
         """The dyno's processes (dyno_pids_in), from a shared /proc scan (scans.py) made off the

@@ -42,10 +42,19 @@ def _child_pid_namespace(pid: int) -> int | None:
     return target
 
 
-def signal_dyno_in(dyno: Running, table: namespace.Table, sig: signal.Signals) -> int:
-    """`kill -SIG` every process of the dyno (dyno_pids_in), found in a shared scan: each one is
-    checked to be in the dyno's network or pid namespace still, right before its signal (its
-    PID may have been reused since the scan); how many were signalled."""
+def signal_dyno_in(
+    dyno: Running,
+    table: namespace.Table,
+    sig: signal.Signals,
+    skip: frozenset[int] = frozenset(),
+    via_init: bool = False,
+) -> list[int]:
+    """`kill -SIG` every process of the dyno (dyno_pids_in) but those in skip, found in a shared
+    scan: each one is checked to be in the dyno's network or pid namespace still, right before
+    its signal (its PID may have been reused since the scan); those signalled. With via_init,
+    the processes of the dyno's pid namespace are left to its recorded process when that is
+    their init, which passes sig on to them all (DYNO_INIT: `kill -TERM -1`, which, unlike a
+    scan, no fork can race)."""
     try:
         net = namespace.inode(dyno.netns)
     except FileNotFoundError:
@@ -53,14 +62,44 @@ def signal_dyno_in(dyno: Running, table: namespace.Table, sig: signal.Signals) -
     children = None
     if dyno.pid is not None and processes.is_alive(dyno.pid, dyno.pid_start):
         children = _child_pid_namespace(dyno.pid)
-    sent = 0
+    # the pid namespace whose processes its init signals itself (None: the daemon signals them)
+    left = children if via_init and _is_init_of(dyno.pid, children) else None
+    sent = []
     for pid in dyno_pids_in(dyno, table):
-        if not _still_in(pid, dyno.pid, net, children):
+        if pid in skip or not _still_in(pid, dyno.pid, net, children):
+            continue
+        if pid != dyno.pid and left is not None and namespace.inode_of(pid, "pid") == left:
             continue
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-            sent += 1
+            sent.append(pid)
     return sent
+
+
+def _is_init_of(pid: int | None, children: int | None) -> bool:
+    """Whether pid is in the pid namespace its children are born in (the first process of its
+    own: a dyno's init), not an `unshare` waiting outside the one it made."""
+    return pid is not None and children is not None and namespace.inode_of(pid, "pid") == children
+
+
+def still_starting(dyno: Running) -> bool:
+    """Whether the dyno's recorded process is the init of its pid namespace (pid 1 there) and
+    has no SIGTERM handler yet (`grep -E 'NSpid|SigCgt' /proc/PID/status`): the kernel drops a
+    SIGTERM sent to such an init, so a stop that lands while the dyno's chain is still starting
+    (its root stage, setpriv, DYNO_INIT's first line) is not heard. False for a dyno recorded by
+    an older daemon (its `unshare`, outside the namespace, never an init) and once it is gone."""
+    if dyno.pid is None or not processes.is_alive(dyno.pid, dyno.pid_start):
+        return False
+    try:
+        with open(f"/proc/{dyno.pid}/status") as f:
+            fields = dict(line.split(":\t", 1) for line in f if ":\t" in line)
+    except OSError:
+        return False  # gone meanwhile
+    levels = fields.get("NSpid", "").split()
+    if len(levels) < 2 or levels[-1] != "1":
+        return False
+    caught = int(fields.get("SigCgt", "0").strip(), 16)
+    return not caught & (1 << (signal.SIGTERM - 1))
 
 
 def _still_in(pid: int, own: int | None, net: int | None, children: int | None) -> bool:

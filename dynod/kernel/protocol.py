@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dynod.kernel import firewall
-from dynod.kernel.facts import DynoNetwork, Removed, Running
+from dynod.kernel.facts import NO_PIDS, DynoNetwork, Pids, Removed, Running
 from dynod.kernel.machine import Net
 from dynod.kernel.sandbox import Launch
 from dynod.kernel.stdio import DynoEnds
@@ -88,9 +88,21 @@ class KernelSide(Protocol):
         stdio: DynoEnds | None = None,
     ) -> subprocess.Popen[bytes]: ...
 
-    async def signal_inside(self, dyno: Running, sig: signal.Signals) -> int: ...
+    async def signal_inside(
+        self, dyno: Running, sig: signal.Signals, skip: Pids = NO_PIDS, via_init: bool = False
+    ) -> list[int]:
+        """sig to every process of the dyno but those in skip (with via_init, those of its pid
+        namespace left to its init, which passes it on); those signalled."""
+        ...
 
     async def kill_inside(self, dyno: Running) -> None: ...
+
+    async def still_starting(self, dyno: Running) -> bool:
+        """Whether the dyno's first process, the init of its pid namespace, has no SIGTERM
+        handler yet: the kernel drops a SIGTERM sent to it now (an init is shielded from what
+        it does not handle), and it may not have started its command yet (DYNO_INIT sets its
+        trap right after it starts the command)."""
+        ...
 
     async def pids_inside(self, dyno: Running) -> list[int]: ...
 

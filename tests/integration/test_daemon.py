@@ -654,6 +654,26 @@ while True:
 """
 
 
+def test_a_stop_right_after_a_start_reaches_the_command() -> None:
+    """Stopped while its chain still starts (the API answers once the process is started, the
+    chain's root stage takes milliseconds more): the kernel drops a SIGTERM to the dyno's init
+    before its handler is in, so the daemon sends it again once it is, and the init passes on a
+    stop heard before the command began. Every stop ends by SIGTERM: no R12, no SIGKILL (before:
+    each of them waited out the grace)."""
+    with running_daemon() as d:
+        for _ in range(6):
+            name = d.run("hasty", "worker", "sleep 600")["name"]
+            d.stop_dyno("hasty", name, grace=5)
+        log = d.log()
+        assert "Error R12" not in log and "SIGKILL" not in log
+        assert log.count("Process exited with status 143") == 6, log
+        # the init's own words are not the app's: config vars of those names change nothing
+        d.run("hasty", "worker", "echo started; exec sleep 600", {"stopping": "yes", "main": "1"})
+        d.wait_for(lambda: "started" in d.output("hasty", "worker.1"), "started")
+        time.sleep(0.3)
+        assert d.dyno("hasty", "worker.1")["state"] == "up"
+
+
 def test_a_dyno_that_handles_sigterm_gets_its_grace_period() -> None:
     with running_daemon(grace=10) as d:
         (d.app_dir / "graceful.py").write_text(GRACEFUL)
