@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -263,6 +264,34 @@ def inode_of(pid: int, kind: str) -> int | None:
         return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
     except OSError:
         return None
+
+
+NS_GET_PARENT = 0xB702  # _IO(0xb7, 0x2), linux/nsfs.h: a namespace's parent, as a new fd
+MAX_PID_NESTING = 33  # the kernel nests pid namespaces at most 32 deep
+
+
+def pid_namespace_within(pid: int, ancestor: int) -> bool:
+    """Whether process PID's pid namespace is the one of inode `ancestor` or nested in it (so a
+    `kill -1` from that namespace's init reaches it): its namespace, then its parents
+    (ioctl(NS_GET_PARENT), what `lsns -t pid -o NS,PNS` shows), compared. False when PID is
+    gone or none of them is `ancestor` (the kernel refuses a parent above the caller's own)."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        for _ in range(MAX_PID_NESTING):
+            if os.fstat(fd).st_ino == ancestor:
+                return True
+            try:
+                parent = fcntl.ioctl(fd, NS_GET_PARENT)
+            except OSError:
+                return False  # the top, or above what the caller may see
+            os.close(fd)
+            fd = parent
+        return False
+    finally:
+        os.close(fd)
 
 
 def pids_in(kind: str, wanted: int) -> list[int]:

@@ -63,12 +63,13 @@ def signal_dyno_in(
     if dyno.pid is not None and processes.is_alive(dyno.pid, dyno.pid_start):
         children = _child_pid_namespace(dyno.pid)
     # the pid namespace whose processes its init signals itself (None: the daemon signals them)
-    left = children if via_init and _is_init_of(dyno.pid, children) else None
+    left = children if via_init and _passes_on(dyno.pid, children) else None
+    owner = _owner(dyno.pid) if left is not None else None
     sent = []
     for pid in dyno_pids_in(dyno, table):
         if pid in skip or not _still_in(pid, dyno.pid, net, children):
             continue
-        if pid != dyno.pid and left is not None and namespace.inode_of(pid, "pid") == left:
+        if pid != dyno.pid and left is not None and _reached(pid, left, owner):
             continue
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
@@ -76,10 +77,37 @@ def signal_dyno_in(
     return sent
 
 
-def _is_init_of(pid: int | None, children: int | None) -> bool:
-    """Whether pid is in the pid namespace its children are born in (the first process of its
-    own: a dyno's init), not an `unshare` waiting outside the one it made."""
-    return pid is not None and children is not None and namespace.inode_of(pid, "pid") == children
+# What a dyno's init that passes SIGTERM on to its namespace runs (sandbox.DYNO_INIT): an init
+# of a daemon before that (or an `unshare` outside) does not, and is not left to it.
+PASSES_ON = "kill -TERM -1"
+
+
+def _passes_on(pid: int | None, children: int | None) -> bool:
+    """Whether pid is the first process of the pid namespace its children are born in (a dyno's
+    init, not an `unshare` waiting outside the one it made), and runs the DYNO_INIT that passes
+    SIGTERM on (`grep -c 'kill -TERM -1' /proc/PID/cmdline`)."""
+    if pid is None or children is None or namespace.inode_of(pid, "pid") != children:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return PASSES_ON.encode() in f.read()
+    except OSError:
+        return False
+
+
+def _owner(pid: int | None) -> int | None:
+    """The user a process runs as (`stat -c %u /proc/PID`); None when it is gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _reached(pid: int, left: int, owner: int | None) -> bool:
+    """Whether the init's `kill -TERM -1` reaches pid: the same user (it has no privilege over
+    others: a root process someone put in its namespace is signalled by the daemon), in its pid
+    namespace or one nested in it (a dyno's own `unshare -p` sharing its network too)."""
+    return owner is not None and _owner(pid) == owner and namespace.pid_namespace_within(pid, left)
 
 
 def still_starting(dyno: Running) -> bool:

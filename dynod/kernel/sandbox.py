@@ -23,27 +23,27 @@ SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # environment from stdin (so nothing running as root ever sees it: LD_PRELOAD and the like),
 # enters the directory, and runs the command in the background with stdin on /dev/null.
 # As init it is shielded by the kernel from every signal it has no handler for. It handles
-# SIGTERM, from right after it started the command (and read the environment, which may name a
-# variable `stopping` too), to learn that the dyno is being stopped and to pass the SIGTERM on to
-# every other process of the dyno (`kill -TERM -1`: the daemon signals only it, as a scan of
-# /proc would miss a process forked meanwhile; a SIGTERM the kernel dropped before the handler
-# was in is sent again once it is: exits.py term_once_heard). Then it waits until every other
-# process of the dyno has exited (they have the grace period; the daemon SIGKILLs them after
-# it), so a graceful shutdown is never cut short. When the command exits on its own it exits at
-# once, with the command's status, and the kernel kills whatever the command left.
+# SIGTERM, from right after it started the command (so a config var named like its own variable
+# reaches the command intact), to learn that the dyno is being stopped and to pass the SIGTERM on,
+# once, to every other process of the dyno (`kill -TERM -1`, inside.PASSES_ON: the daemon
+# signals only it, as a scan of /proc would miss a process forked meanwhile; a SIGTERM the kernel
+# dropped before the handler was in is sent again once it is: exits.py term_once_heard). Then it
+# waits until every other process of the dyno has exited (they have the grace period; the daemon
+# SIGKILLs them after it), so a graceful shutdown is never cut short. When the command exits on
+# its own it exits at once, with the command's status, and the kernel kills whatever it left.
 DYNO_INIT = """
 . /dev/stdin || exit 126
 cd -- "$1" || exit 126
 /bin/sh -c "$0" </dev/null &
 main=$!
-stopping=
-trap 'stopping=yes; kill -TERM -1 2>/dev/null' TERM
+dynod_stopping=
+trap '[ -n "$dynod_stopping" ] || { dynod_stopping=yes; kill -TERM -1 2>/dev/null; }' TERM
 while :; do
     wait "$main"
     status=$?
     kill -0 "$main" 2>/dev/null || break
 done
-if [ -n "$stopping" ]; then
+if [ -n "$dynod_stopping" ]; then
     while set -- /proc/[0-9]*; [ "$#" -gt 1 ]; do sleep 0.01; done
 fi
 exit "$status"
@@ -55,17 +55,18 @@ exit "$status"
 # fd ($2, passed down by number: dash's redirections take one digit, so it cannot be moved or
 # closed; it is emptied once read). The command runs in the foreground, so it keeps stdin and
 # the terminal's default signals (an `&` job of a non-interactive shell ignores SIGINT); a stop
-# heard before it began ends the dyno instead (143, as SIGTERM would have).
+# heard before it began ends the dyno instead (143, as SIGTERM would have). Its variable is set
+# before the command: a config var named dynod_stopping reaches an attached command empty.
 ATTACHED_INIT = """
 . "/dev/fd/$2" || exit 126
 : > "/dev/fd/$2"
 cd -- "$1" || exit 126
-stopping=
-trap 'stopping=yes' TERM
-[ -z "$stopping" ] || exit 143
+dynod_stopping=
+trap 'dynod_stopping=yes' TERM
+[ -z "$dynod_stopping" ] || exit 143
 /bin/sh -c "$0"
 status=$?
-if [ -n "$stopping" ]; then
+if [ -n "$dynod_stopping" ]; then
     while set -- /proc/[0-9]*; [ "$#" -gt 1 ]; do sleep 0.01; done
 fi
 exit "$status"

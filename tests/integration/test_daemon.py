@@ -668,8 +668,9 @@ def test_a_stop_right_after_a_start_reaches_the_command() -> None:
         assert "Error R12" not in log and "SIGKILL" not in log
         assert log.count("Process exited with status 143") == 6, log
         # the init's own words are not the app's: config vars of those names change nothing
-        d.run("hasty", "worker", "echo started; exec sleep 600", {"stopping": "yes", "main": "1"})
-        d.wait_for(lambda: "started" in d.output("hasty", "worker.1"), "started")
+        names = {"stopping": "a", "dynod_stopping": "b", "main": "c"}
+        d.run("hasty", "worker", 'echo "got $stopping$dynod_stopping$main"; exec sleep 600', names)
+        d.wait_for(lambda: "got abc" in d.output("hasty", "worker.1"), "started")
         time.sleep(0.3)
         assert d.dyno("hasty", "worker.1")["state"] == "up"
 

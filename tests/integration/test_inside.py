@@ -11,11 +11,12 @@ import time
 
 import pytest
 
-from dynod.kernel import processes
+from dynod.kernel import processes, sandbox
 from dynod.kernel.facts import Running
-from dynod.kernel.inside import dyno_pids_in, signal_dyno_in, still_starting
+from dynod.kernel.inside import PASSES_ON, dyno_pids_in, signal_dyno_in, still_starting
 from netns import exec as netns_exec
 from netns import namespace
+from tests.support import unique_prefix
 
 pytestmark = pytest.mark.root
 
@@ -23,14 +24,19 @@ pytestmark = pytest.mark.root
 INIT = 'read line; trap "exit 7" TERM; echo trapped; sleep 30 & wait'
 
 
-def _started_as_init(argv: list[str]) -> subprocess.Popen[str]:
+def _started_as_init(argv: list[str], net: str = "") -> subprocess.Popen[str]:
+    """argv as the first process of a pid namespace of its own (in the network namespace net,
+    if given), started from a thread of its own, as the daemon's spawn thread starts a dyno:
+    the thread that starts it works from / afterwards."""
     born: list[subprocess.Popen[str]] = []
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
 
     def start() -> None:
+        if net:
+            born.append(netns_exec.popen_inside(net, argv, isolate=True, **pipes))
+            return
         with netns_exec.isolated():
-            born.append(
-                subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            )
+            born.append(subprocess.Popen(argv, **pipes))  # type: ignore[call-overload]
 
     thread = threading.Thread(target=start)
     thread.start()
@@ -72,21 +78,77 @@ def test_a_process_that_is_no_init_is_never_still_starting() -> None:
         plain.wait()
 
 
-def test_a_signal_via_the_init_is_sent_to_it_alone_and_otherwise_to_all() -> None:
-    """signal_dyno_in: with via_init, the processes of the init's pid namespace are left to it
-    (DYNO_INIT passes SIGTERM on with `kill -TERM -1`); without, each one is signalled."""
-    init = _started_as_init(["sh", "-c", "sleep 30 & echo started; wait"])
+# An init that passes SIGTERM on (its words, as DYNO_INIT's), with a child of its own user, one
+# in a pid namespace nested in its own, and one of another user.
+PASSING = (
+    "trap ': kill -TERM -1' TERM; sleep 30 & unshare --pid --fork sleep 30 &"
+    " setpriv --reuid=65534 --regid=65534 --clear-groups sleep 30 & sleep 0.2; echo started; wait"
+)
+
+
+def test_a_signal_via_the_init_is_left_to_it_for_what_its_kill_reaches() -> None:
+    """signal_dyno_in: with via_init, the processes the init's `kill -TERM -1` reaches (its
+    user's, in its pid namespace or one nested in it) are left to it; another user's process
+    is signalled by the daemon; without via_init, or for an init that does not pass SIGTERM
+    on (a daemon's before), each one is."""
+    assert PASSES_ON in sandbox.DYNO_INIT
+    net = f"{unique_prefix()}-ns"
+    namespace.create(net)  # the nested one is found through it, as in a dyno
+    try:
+        for script, passes in ((PASSING, True), (PASSING.replace(PASSES_ON, "true"), False)):
+            _check_left_to_init(net, script, passes)
+    finally:
+        namespace.delete(net)
+
+
+def _check_left_to_init(net: str, script: str, passes: bool) -> None:
+    init = _started_as_init(["sh", "-c", script], net)
     try:
         assert init.stdout is not None and init.stdout.readline() == "started\n"
-        dyno = Running(f"dynod-none-{os.getpid()}", init.pid, processes.start_time(init.pid))
+        dyno = Running(net, init.pid, processes.start_time(init.pid))
         table = namespace.scan()
-        children = [p for p in dyno_pids_in(dyno, table) if p != init.pid]
-        assert len(children) == 1  # the sleep
-        assert signal_dyno_in(dyno, table, signal.SIGCONT, via_init=True) == [init.pid]
-        everyone = signal_dyno_in(dyno, table, signal.SIGCONT)
-        assert sorted(everyone) == sorted([init.pid, *children])
-        skipped = signal_dyno_in(dyno, table, signal.SIGCONT, skip=frozenset(children))
-        assert skipped == [init.pid]
+        everyone = sorted(dyno_pids_in(dyno, table))
+        others = [p for p in everyone if os.stat(f"/proc/{p}").st_uid != 0]
+        assert len(everyone) == 5 and len(others) == 1, everyone  # + unshare's own
+        expected = [init.pid, *others] if passes else everyone
+        via = signal_dyno_in(dyno, table, signal.SIGCONT, via_init=True)
+        assert sorted(via) == sorted(expected)
+        assert sorted(signal_dyno_in(dyno, table, signal.SIGCONT)) == everyone
+        rest = frozenset(everyone) - {init.pid}
+        assert signal_dyno_in(dyno, table, signal.SIGCONT, skip=rest) == [init.pid]
+    finally:
+        init.kill()
+        init.wait()
+
+
+# Counts the SIGTERMs it gets for 2 s, then says how many.
+COUNTER = (
+    "/usr/bin/python3 -c 'import signal, time\n"
+    "got = []\n"
+    "signal.signal(signal.SIGTERM, lambda *_: got.append(1))\n"
+    'print("ready", flush=True)\n'
+    "time.sleep(2)\n"
+    'print("got", len(got), flush=True)\''
+)
+
+
+def test_the_init_passes_sigterm_on_once_however_often_it_hears_it() -> None:
+    """DYNO_INIT as a dyno's init: a SIGTERM to it reaches the command, once, also when the init
+    hears it twice (the daemon's second send to an init that heard the first after all)."""
+    init = _started_as_init(["sh", "-c", sandbox.DYNO_INIT, COUNTER, "/"])
+    try:
+        assert init.stdin is not None and init.stdout is not None
+        init.stdin.close()  # the environment: none
+        assert init.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 5
+        while still_starting(_running(init)):
+            assert time.monotonic() < deadline, "the init never handled SIGTERM"
+            time.sleep(0.01)
+        os.kill(init.pid, signal.SIGTERM)
+        time.sleep(0.2)
+        os.kill(init.pid, signal.SIGTERM)
+        assert init.stdout.readline() == "got 1\n"
+        # (it would then wait for every process of its /proc: the host's one here, not its own)
     finally:
         init.kill()
         init.wait()
