@@ -18,6 +18,9 @@ from dynod.state.store import Dyno
 from netns import descriptors
 
 KILL_WAIT = 5.0
+# How long after a stop that found an attached one-off's init alone the daemon looks again for
+# its command (forked since the scan: a fork and its exec of sh take about a millisecond)
+COMMAND_FORK_WAIT = 0.02
 EARLY_EXIT = 10.0  # a process dyno that ends this soon after its start, with 0, was likely misread
 
 
@@ -107,7 +110,12 @@ async def terminate(kernel: KernelSide, exits: Exits, say: Say, dyno: Dyno, grac
     if unheard or await kernel.still_starting(running(dyno)):
         # all but the first process heard it: none of them gets a second one
         heard = frozenset(sent) - {dyno.pid}
-        await term_once_heard(kernel, exits, dyno, deadline, heard, via_init)
+        sent = [*sent, *await term_once_heard(kernel, exits, dyno, deadline, heard, via_init)]
+    if not via_init and set(sent) == {dyno.pid}:
+        # An attached one-off's init alone was found: it runs its handler only once its
+        # foreground command has ended, so a command forked since the scan is told here.
+        await asyncio.sleep(COMMAND_FORK_WAIT)
+        await kernel.signal_inside(running(dyno), signal.SIGTERM, skip=frozenset(sent))
     if await wait_empty(kernel, exits, dyno, max(0.0, deadline - time.monotonic())):
         return
     say(
@@ -127,19 +135,19 @@ async def term_once_heard(
     deadline: float,
     heard: frozenset[int],
     via_init: bool,
-) -> None:
+) -> list[int]:
     """SIGTERM again to the first process of a dyno, which may have dropped the first one, and to
     every process started since (not in `heard`: the command, when it began meanwhile), once
     the first process handles SIGTERM (checked with a growing delay), unless it ended first or
-    the grace ran out."""
+    the grace ran out; those signalled."""
     delay = 0.002
     while await kernel.still_starting(running(dyno)):
         future = exits.future(dyno.id)
         if (future is not None and future.done()) or time.monotonic() >= deadline:
-            return
+            return []
         await asyncio.sleep(delay)
         delay = min(2 * delay, 0.05)
-    await kernel.signal_inside(running(dyno), signal.SIGTERM, skip=heard, via_init=via_init)
+    return await kernel.signal_inside(running(dyno), signal.SIGTERM, skip=heard, via_init=via_init)
 
 
 async def wait_empty(kernel: KernelSide, exits: Exits, dyno: Dyno, timeout: float) -> bool:

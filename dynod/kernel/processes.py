@@ -153,12 +153,8 @@ def check_command(command: str, cwd: str, path: str) -> None:
         words = list(lexer)
     except ValueError as exc:
         raise DynodError(f"cannot parse command {command!r}: {exc}", "check its quotes") from exc
-    program = next((w for w in words if not _is_assignment(w)), "")
+    program = _first_program(words)
     if not program or program in SHELL_WORDS or "$" in program:
-        return
-    if not program.strip(SHELL_OPERATOR_CHARS):
-        # an operator or a redirection first (`X=1; echo $X`, `> log run`): no program to
-        # look up before it, which sh takes as it is
         return
     if "/" in program:
         full = os.path.join(cwd, program)
@@ -189,6 +185,31 @@ def check_env_name(name: str) -> None:
             f"invalid environment variable name {name!r}",
             "use letters, digits and '_', not starting with a digit (--env NAME=VALUE)",
         )
+
+
+def _first_program(words: list[str]) -> str:
+    """The program of the first simple command, as sh finds it: past `NAME=value` assignments
+    and redirections (`> log`, `2>&1`, `2>/dev/null`: an operator with `<` or `>`, its target,
+    and a file descriptor's number just before it); "" when that command has none before an
+    operator ends it (`X=1; ...`: nothing to look up, sh takes it as it is)."""
+    at = 0
+    while at < len(words):
+        word = words[at]
+        if _is_assignment(word):
+            at += 1
+        elif word.isdigit() and at + 1 < len(words) and _is_redirection(words[at + 1]):
+            at += 1  # the descriptor of `2>...`
+        elif _is_redirection(word):
+            at += 2  # the operator and its target
+        elif not word.strip(SHELL_OPERATOR_CHARS):
+            return ""  # `;`, `&&`, `|`...: the first command ended without a program
+        else:
+            return word
+    return ""
+
+
+def _is_redirection(word: str) -> bool:
+    return not word.strip(SHELL_OPERATOR_CHARS) and ("<" in word or ">" in word)
 
 
 def _is_assignment(word: str) -> bool:

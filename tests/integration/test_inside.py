@@ -82,7 +82,7 @@ def test_a_process_that_is_no_init_is_never_still_starting() -> None:
 # in a pid namespace nested in its own, and one of another user.
 PASSING = (
     "trap ': kill -TERM -1' TERM; sleep 30 & unshare --pid --fork sleep 30 &"
-    " setpriv --reuid=65534 --regid=65534 --clear-groups sleep 30 & sleep 0.2; echo started; wait"
+    " setpriv --reuid=65534 --regid=65534 --clear-groups sleep 30 & echo started; wait"
 )
 
 
@@ -101,15 +101,39 @@ def test_a_signal_via_the_init_is_left_to_it_for_what_its_kill_reaches() -> None
         namespace.delete(net)
 
 
+def _owner(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _all_sleep(pids: list[int]) -> bool:
+    """Whether the three children are `sleep` already (exec'd, setpriv's switch done)."""
+    names = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            return False
+    return sorted(names).count("sleep") == 3
+
+
 def _check_left_to_init(net: str, script: str, passes: bool) -> None:
     init = _started_as_init(["sh", "-c", script], net)
     try:
         assert init.stdout is not None and init.stdout.readline() == "started\n"
         dyno = Running(net, init.pid, processes.start_time(init.pid))
-        table = namespace.scan()
-        everyone = sorted(dyno_pids_in(dyno, table))
-        others = [p for p in everyone if os.stat(f"/proc/{p}").st_uid != 0]
-        assert len(everyone) == 5 and len(others) == 1, everyone  # + unshare's own
+        deadline = time.monotonic() + 10
+        while True:  # until all have started, unshare's child and setpriv's switch too
+            table = namespace.scan()
+            everyone = sorted(dyno_pids_in(dyno, table))
+            others = [p for p in everyone if _owner(p) not in (0, None)]
+            if len(everyone) == 5 and len(others) == 1 and _all_sleep(everyone):
+                break
+            assert time.monotonic() < deadline, everyone
+            time.sleep(0.02)
         expected = [init.pid, *others] if passes else everyone
         via = signal_dyno_in(dyno, table, signal.SIGCONT, via_init=True)
         assert sorted(via) == sorted(expected)

@@ -190,6 +190,25 @@ def test_a_process_that_obeys_sigterm_gets_no_sigkill(world: World, starting: in
     run(world, test)
 
 
+def test_a_stop_that_finds_an_attached_one_offs_init_alone_looks_again_for_its_command(
+    world: World,
+) -> None:
+    """An attached one-off's init runs its SIGTERM handler only once its foreground command has
+    ended: when the stop's scan found the init alone, the command may have been forked since,
+    so the daemon looks again (the fake: nothing more to find, as its init is all there is)."""
+
+    async def test() -> None:
+        dyno = world.dyno("echo ready; exec sleep 30", detached=False)
+        await world.launch(dyno)
+        await until(lambda: "ready" in world.output(dyno))
+        await world.supervisor.stop(dyno)
+        signals = [op for op in world.kernel.operations(dyno.netns) if op.startswith("signal")]
+        assert signals == ["signal SIGTERM", "signal SIGTERM"]
+        assert "Process exited with status 143" in world.said(dyno)
+
+    run(world, test)
+
+
 def test_a_crash_is_restarted_at_once_then_with_backoff(world: World) -> None:
     async def test() -> None:
         dyno = world.dyno("echo hi; exit 3")

@@ -16,12 +16,16 @@ def test_command_checks(tmp_path: object) -> None:
     processes.check_command("FOO=1 BAR=2 true", "/", "/usr/bin:/bin")
     processes.check_command("exec sleep 1", "/", "/usr/bin:/bin")
     processes.check_command("$HOME/bin/x", "/", "/usr/bin:/bin")
-    # assignments or a redirection before the first operator: nothing to look up (was refused
-    # as "command not found: ;")
+    # assignments alone before the first operator: nothing to look up (was refused as
+    # "command not found: ;"); redirections before the program are skipped, theirs too
     processes.check_command("i=0; while [ $i -lt 3 ]; do i=$((i+1)); done", "/", "/usr/bin")
-    processes.check_command("> out.log echo hi", "/", "/usr/bin:/bin")
+    for ok in ("> out.log echo hi", "2>&1 echo hi", "2>/dev/null X=1 echo hi", "&& true"):
+        processes.check_command(ok, "/", "/usr/bin:/bin")
     for bad, words in [
-        ("nosuchprog-q", "command not found"),
+        ("nosuchprog-q", "command not found: nosuchprog-q"),
+        ("> log nosuchprog-q", "command not found: nosuchprog-q"),
+        ("2>&1 nosuchprog-q", "command not found: nosuchprog-q"),
+        ("2", "command not found: 2"),
         ("./nope", "no executable file"),
         ("", "no command"),
         ("echo 'unterminated", "cannot parse"),
