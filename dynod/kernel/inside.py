@@ -51,7 +51,9 @@ def signal_dyno_in(
 ) -> list[int]:
     """`kill -SIG` every process of the dyno (dyno_pids_in) but those in skip, found in a shared
     scan: each one is checked to be in the dyno's network or pid namespace still, right before
-    its signal (its PID may have been reused since the scan); those signalled. With via_init,
+    its signal (its PID may have been reused since the scan), through a pidfd taken before the
+    checks (a PID reused during them is another process: the pidfd's signal finds its own gone);
+    those signalled. With via_init,
     the processes of the dyno's pid namespace are left to its recorded process when that is
     their init, which passes sig on to them all (DYNO_INIT: `kill -TERM -1`, which, unlike a
     scan, no fork can race)."""
@@ -67,13 +69,23 @@ def signal_dyno_in(
     owner = _owner(dyno.pid) if left is not None else None
     sent = []
     for pid in dyno_pids_in(dyno, table):
-        if pid in skip or not _still_in(pid, dyno.pid, net, children):
+        if pid in skip:
             continue
-        if pid != dyno.pid and left is not None and _reached(pid, left, owner):
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-            sent.append(pid)
+        try:
+            handle = os.pidfd_open(pid)
+        except OSError:
+            continue  # gone since the scan
+        try:
+            # the recorded process (by its start time: not a reuse of its PID), or one in the
+            # dyno's namespaces that its init's `kill -1` does not reach
+            own = pid == dyno.pid and processes.is_alive(pid, dyno.pid_start)
+            inside = _still_in(pid, net, children)
+            if own or (inside and not (left is not None and _reached(pid, left, owner))):
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(handle, sig)
+                    sent.append(pid)
+        finally:
+            os.close(handle)
     return sent
 
 
@@ -130,9 +142,8 @@ def still_starting(dyno: Running) -> bool:
     return not caught & (1 << (signal.SIGTERM - 1))
 
 
-def _still_in(pid: int, own: int | None, net: int | None, children: int | None) -> bool:
-    if pid == own:
-        return True  # the recorded process, checked alive (by its start time) just now
+def _still_in(pid: int, net: int | None, children: int | None) -> bool:
+    """Whether pid is in the dyno's network namespace (net) or pid namespace (children)."""
     if net is not None and namespace.inode_of(pid, "net") == net:
         return True
     return children is not None and namespace.inode_of(pid, "pid") == children

@@ -176,3 +176,25 @@ def test_the_init_passes_sigterm_on_once_however_often_it_hears_it() -> None:
     finally:
         init.kill()
         init.wait()
+
+
+def test_a_process_gone_since_the_scan_is_not_signalled() -> None:
+    """A PID the scan listed whose process has exited since (its pidfd cannot be opened) is
+    neither signalled nor an error."""
+    init = _started_as_init(["sh", "-c", "echo started; sleep 30"])
+    try:
+        assert init.stdout is not None and init.stdout.readline() == "started\n"
+        dyno = Running(f"dynod-none-{os.getpid()}", init.pid, processes.start_time(init.pid))
+        ns = os.stat(f"/proc/{init.pid}/ns/pid").st_ino
+        table = namespace.Table(net={}, pid={ns: [init.pid, _reaped_pid()]})
+        assert signal_dyno_in(dyno, table, signal.SIGCONT) == [init.pid]
+    finally:
+        init.kill()
+        init.wait()
+
+
+def _reaped_pid() -> int:
+    """The PID of a process that has exited and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
