@@ -117,6 +117,16 @@ def as_typed(name: str, argv: Sequence[str], popen_kwargs: dict[str, Any], stdio
     return f"{line} {stdio}".rstrip()
 
 
+# `echo 0 > FILE` for each cgroup.procs file before `--` (0 is the writer itself), then the rest
+# of the arguments are "$@": the writer, and every process it starts after, is in those groups.
+JOIN_GROUPS = """
+while [ "$1" != -- ]; do
+    echo 0 > "$1" || exit 126
+    shift
+done
+shift
+"""
+
 # Runs as root as the first process of the new namespaces (isolated()): first joins the given
 # cgroups (`echo 0 > GROUP/cgroup.procs` for each: 0 is the writer itself), so every process it
 # starts is born in them and none escapes them; mounts what the fstab file lists (netns/fstab.py:
@@ -133,16 +143,15 @@ def as_typed(name: str, argv: Sequence[str], popen_kwargs: dict[str, Any], stdio
 # program's files are its own business). SIGTERM is ignored until the program is run (and back
 # to its default for it): a stop that lands meanwhile must not kill a `mount` half-way (the
 # start would fail, 126); the program is told again (dynod/control/exits.py term_once_heard).
-ISOLATE = """
+ISOLATE = (
+    """
 trap '' TERM
 umask 022
 keep=$1 keep_id=$2 fstab=$3
 shift 3
-while [ "$1" != -- ]; do
-    echo 0 > "$1" || exit 126
-    shift
-done
-shift
+"""
+    + JOIN_GROUPS
+    + """
 case "$keep" in /tmp/*|/dev/shm/*|/var/tmp/*|/run/lock/*)
     exec 3<"$keep" || exit 126
     if [ "$(stat -L -c %d:%i /proc/self/fd/3)" != "$keep_id" ]; then
@@ -159,6 +168,7 @@ esac
 trap - TERM
 exec "$@"
 """
+)
 
 
 def sandboxed(
@@ -174,17 +184,9 @@ def sandboxed(
     return ["/bin/sh", "-c", ISOLATE, "isolate", keep, keep_id, fstab, *cgroups, "--", *argv]
 
 
-# Runs as root on the host before anything else: `echo 0 > DIR/cgroup.procs` for each given file
-# (0 is the writer itself), then becomes the program, so every process it starts is born in
-# those groups and none escapes them.
-JOIN = """
-while [ "$1" != -- ]; do
-    echo 0 > "$1" || exit 126
-    shift
-done
-shift
-exec "$@"
-"""
+# Runs as root on the host before anything else: joins the groups, then becomes the program, so
+# every process it starts is born in those groups and none escapes them.
+JOIN = JOIN_GROUPS + 'exec "$@"\n'
 
 
 def in_cgroups(procs_files: Sequence[str], argv: Sequence[str]) -> list[str]:

@@ -43,6 +43,9 @@ class FakeKernel:
     usage: dict[str, cgroup.Usage] = field(default_factory=dict)  # cgroup name -> usage
     groups_removed: list[str] = field(default_factory=list)
     sessions: dict[str, int] = field(default_factory=dict)  # netns -> its session's id
+    # every session started, also one a later spawn in the same namespace replaced in sessions
+    # (a test that marks a running dyno crashed and restarts it): end_sessions ends them all
+    started: list[int] = field(default_factory=list)
     fail_spawn: str = ""  # a reason to refuse the next spawns with
     fail_attach: int = 0  # an errno to refuse the next attaches with, as netlink does
     # how many still_starting() questions are answered yes, and a SIGTERM meanwhile dropped,
@@ -138,6 +141,7 @@ class FakeKernel:
                 start_new_session=True,
             )
         self.sessions[how.network.netns] = popen.pid
+        self.started.append(popen.pid)
         return popen
 
     async def signal_inside(

@@ -8,7 +8,7 @@ import os
 import signal
 
 from dynod.kernel import processes
-from dynod.kernel.facts import Running
+from dynod.kernel.facts import NO_PIDS, Pids, Running
 from netns import namespace
 
 
@@ -46,17 +46,17 @@ def signal_dyno_in(
     dyno: Running,
     table: namespace.Table,
     sig: signal.Signals,
-    skip: frozenset[int] = frozenset(),
+    skip: Pids = NO_PIDS,
     via_init: bool = False,
 ) -> list[int]:
     """`kill -SIG` every process of the dyno (dyno_pids_in) but those in skip, found in a shared
     scan: each one is checked to be in the dyno's network or pid namespace still, right before
     its signal (its PID may have been reused since the scan), through a pidfd taken before the
     checks (a PID reused during them is another process: the pidfd's signal finds its own gone);
-    those signalled. With via_init,
-    the processes of the dyno's pid namespace are left to its recorded process when that is
-    their init, which passes sig on to them all (DYNO_INIT: `kill -TERM -1`, which, unlike a
-    scan, no fork can race)."""
+    those signalled. With via_init, the processes of the dyno's pid namespace are left to its
+    recorded process when that is their init, which passes sig on to them all (DYNO_INIT: `kill
+    -TERM -1`, which, unlike a scan, no fork can race); a dyno of a daemon before that has its
+    `unshare` recorded, outside the namespace, and each of its processes is signalled here."""
     try:
         net = namespace.inode(dyno.netns)
     except FileNotFoundError:
@@ -65,7 +65,7 @@ def signal_dyno_in(
     if dyno.pid is not None and processes.is_alive(dyno.pid, dyno.pid_start):
         children = _child_pid_namespace(dyno.pid)
     # the pid namespace whose processes its init signals itself (None: the daemon signals them)
-    left = children if via_init and _passes_on(dyno.pid, children) else None
+    left = children if via_init and _is_init_of(dyno.pid, children) else None
     owner = _owner(dyno.pid) if left is not None else None
     sent = []
     for pid in dyno_pids_in(dyno, table):
@@ -89,22 +89,10 @@ def signal_dyno_in(
     return sent
 
 
-# What a dyno's init that passes SIGTERM on to its namespace runs (sandbox.DYNO_INIT): an init
-# of a daemon before that (or an `unshare` outside) does not, and is not left to it.
-PASSES_ON = "kill -TERM -1"
-
-
-def _passes_on(pid: int | None, children: int | None) -> bool:
-    """Whether pid is the first process of the pid namespace its children are born in (a dyno's
-    init, not an `unshare` waiting outside the one it made), and runs the DYNO_INIT that passes
-    SIGTERM on (`grep -c 'kill -TERM -1' /proc/PID/cmdline`)."""
-    if pid is None or children is None or namespace.inode_of(pid, "pid") != children:
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return PASSES_ON.encode() in f.read()
-    except OSError:
-        return False
+def _is_init_of(pid: int | None, children: int | None) -> bool:
+    """Whether pid is in the pid namespace its children are born in: the first process of its
+    own (a dyno's init), not an `unshare` waiting outside the one it made."""
+    return pid is not None and children is not None and namespace.inode_of(pid, "pid") == children
 
 
 def _owner(pid: int | None) -> int | None:

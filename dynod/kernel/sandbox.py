@@ -25,9 +25,10 @@ SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # As init it is shielded by the kernel from every signal it has no handler for. It handles
 # SIGTERM, from right after it started the command (so a config var named like its own variable
 # reaches the command intact), to learn that the dyno is being stopped and to pass the SIGTERM on,
-# once, to every other process of the dyno (`kill -TERM -1`, inside.PASSES_ON: the daemon
-# signals only it, as a scan of /proc would miss a process forked meanwhile; a SIGTERM the kernel
-# dropped before the handler was in is sent again once it is: exits.py term_once_heard). Then it
+# once, to every other process of the dyno (`kill -TERM -1`; the daemon signals only it, see
+# inside.signal_dyno_in's via_init, as a scan of /proc would miss a process forked meanwhile; a
+# SIGTERM the kernel dropped before the handler was in is sent again once it is: exits.py
+# term_once_heard). Then it
 # waits until every other process of the dyno has exited (they have the grace period; the daemon
 # SIGKILLs them after it), so a graceful shutdown is never cut short. When the command exits on
 # its own it exits at once, with the command's status, and the kernel kills whatever it left.

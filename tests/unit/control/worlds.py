@@ -61,7 +61,7 @@ async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def end_sessions(kernel: FakeKernel) -> None:
     """Whatever the fake's dynos left running (a test failed half-way) goes."""
-    for session in kernel.sessions.values():
+    for session in kernel.started:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(session, 9)
 
