@@ -10,7 +10,6 @@ import contextlib
 import html
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import DaemonProc, sh
+from tests.support import DaemonProc, free_space_cidr, sh
 
 pytestmark = pytest.mark.root
 
@@ -56,7 +55,7 @@ def net() -> Iterator[Net]:
     try:
         daemon.start()
         space = f"{daemon.prefix}sp"
-        cidr = f"10.{random.randrange(100, 200)}.0.0/16"
+        cidr = free_space_cidr()
         for args in (
             ["spaces:create", space, "--cidr", cidr],
             ["apps:create", "shop"],

@@ -20,7 +20,15 @@ from typing import Any
 
 import pytest
 
-from tests.support import PYTHON, DaemonProc, InternetHost, netns_exec, read, sh
+from tests.support import (
+    PYTHON,
+    DaemonProc,
+    InternetHost,
+    free_space_cidr,
+    netns_exec,
+    read,
+    sh,
+)
 
 pytestmark = pytest.mark.root
 
@@ -84,10 +92,6 @@ class Spaces:
         return [ip for _, _, ip in self.dig(dyno, name)["answers"]]
 
 
-def _space_cidr() -> str:
-    return f"10.{random.randrange(100, 200)}.0.0/16"
-
-
 def _dyno(daemon: DaemonProc, app: str, ptype: str, space: str, **env: str) -> dict[str, Any]:
     dyno = daemon.run_app(app, ptype, env={"APP_PORT": str(WORKER_PORT), **env})
     dyno["space"] = space
@@ -107,10 +111,10 @@ def sp() -> Iterator[Spaces]:
         nat_a = f"198.18.{random.randrange(256)}.{random.randrange(1, 255)}"
         client.start(routes=[])
         daemon = DaemonProc(router_host=client.host_ip, upstream=f"{inet.ip}:53")
-        cidr_a = _space_cidr()
+        cidr_a = free_space_cidr()
         cidr_b = cidr_a
         while cidr_b == cidr_a:
-            cidr_b = _space_cidr()
+            cidr_b = free_space_cidr()
         inet.start(routes=[f"{nat_a}/32", daemon.cidr, cidr_a, cidr_b])
         sh("ip", "addr", "add", f"{nat_a}/32", "dev", inet.link)
         inet.serve_dns({UPSTREAM_NAME: UPSTREAM_ADDRESS})
@@ -676,7 +680,7 @@ def test_a_sigkilled_daemon_brings_its_spaces_back() -> None:
     try:
         daemon.start()
         space = f"{daemon.prefix}r"
-        created = daemon.cli("spaces:create", space, "--cidr", _space_cidr())
+        created = daemon.cli("spaces:create", space, "--cidr", free_space_cidr())
         assert created.returncode == 0, created.stderr
         assert daemon.cli("apps:create", "kept", "--space", space).returncode == 0
         worker = _dyno(daemon, "kept", "worker", space)

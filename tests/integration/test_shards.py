@@ -11,14 +11,13 @@ dyno per bridge too.
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from typing import Any
 
 import pytest
 
-from tests.support import PYTHON, DaemonProc, bridge_of, running_daemon, sh
+from tests.support import PYTHON, DaemonProc, bridge_of, free_space_cidr, running_daemon, sh
 
 pytestmark = pytest.mark.root
 
@@ -65,7 +64,7 @@ def nft_set(prefix: str, name: str) -> list[Any]:
 
 def make_space(d: DaemonProc, app: str) -> dict[str, Any]:
     space = f"{d.prefix}a"
-    made = d.cli("spaces:create", space, "--cidr", f"10.{random.randrange(100, 200)}.0.0/16")
+    made = d.cli("spaces:create", space, "--cidr", free_space_cidr())
     assert made.returncode == 0, made.stderr
     made = d.cli("apps:create", app, "--space", space)
     assert made.returncode == 0, made.stderr
