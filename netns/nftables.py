@@ -139,11 +139,10 @@ def snapshot(nft: Nft, tables: list[tuple[str, str]]) -> Snapshot | None:
     """`nft -j list table FAMILY NAME` for each table, normalized; None when one is missing."""
     found = Snapshot()
     for family, name in tables:
-        try:
-            listing = json.loads(nft.run(f"list table {family} {name}", as_json=True))
-        except NftError:
+        listing = _listed(nft, f"table {family} {name}")
+        if listing is None:
             return None
-        for item in listing["nftables"]:
+        for item in listing:
             if "metainfo" in item:
                 continue
             kind, body = next(iter(item.items()))
@@ -153,6 +152,26 @@ def snapshot(nft: Nft, tables: list[tuple[str, str]]) -> Snapshot | None:
                 elements.update(element_key(e) for e in body.pop("elem", []))
             found.structure.append(element_key({kind: _without_counts(body)}))
     return found
+
+
+def set_elements(nft: Nft, family: str, table: str, name: str) -> set[str] | None:
+    """`nft -j list set FAMILY TABLE NAME`: its elements keyed as snapshot() keys them; None
+    when the set or its table is missing (a map is not a set: `list map`, not read here)."""
+    for item in _listed(nft, f"set {family} {table} {name}") or []:
+        if "set" in item:
+            return {element_key(e) for e in item["set"].get("elem", [])}
+    return None
+
+
+def _listed(nft: Nft, what: str) -> list[dict[str, Any]] | None:
+    """`nft -j list WHAT`'s items; None when WHAT is missing."""
+    try:
+        listing: list[dict[str, Any]] = json.loads(nft.run(f"list {what}", as_json=True))[
+            "nftables"
+        ]
+    except NftError:
+        return None
+    return listing
 
 
 def _without_counts(value: Any) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from netns.nftables import Nft, set_elements, snapshot
 from tests.support import PYTHON, DaemonProc, bridge_of, free_space_cidr, running_daemon, sh
 
 pytestmark = pytest.mark.root
@@ -82,6 +83,14 @@ def test_a_space_over_three_bridges_is_one_network_and_reconcile_keeps_its_shard
         assert our_bridges(d.prefix) == {f"{d.prefix}0", base, f"{base}-1", f"{base}-2"}
         bridges = {e for e in nft_set(d.prefix, "bridges")}
         assert {base, f"{base}-1", f"{base}-2"} <= bridges
+        # a set read alone is keyed as a reading of its table keys it: the guard's record of
+        # the sets a new shard's elements go to is taken that way (ruleset.add_shard)
+        with Nft() as nft:
+            whole = snapshot(nft, [("inet", d.prefix)])
+            assert whole is not None
+            for name in ("bridges", "common", "intra", "services"):
+                alone = set_elements(nft, "inet", d.prefix, name)
+                assert alone and alone == whole.elements[f"inet {name}"], name
         # DNS: the address every dyno's resolv.conf names answers from the last shard too
         resolv = sh("cat", f"{d.state_dir}/resolv/{base}.conf").stdout
         assert f"nameserver {space['dns']}" in resolv
