@@ -29,7 +29,9 @@ MS_PRIVATE = 1 << 18
 # unshare(1)'s bind of the new namespace onto FILE was refused now and then (EINVAL) when made
 # from a mount namespace other than the first (a test's `unshare --mount` with / made rshared):
 # the kernel's check against binding a namespace into an older one (mnt_ns_loop). It went
-# through at a later try or not at all for that namespace; never seen from the host's.
+# through at a later try or not at all for that namespace; never seen from the host's. (Linux
+# 6.18 numbers namespaces from per-CPU batches: one made on another CPU can be numbered below
+# an older one; the host's first namespace is numbered below them all.)
 ATTEMPTS = 5
 
 
