@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from netns import _libc, record
 
 MS_PRIVATE = 1 << 18
-# unshare(1)'s bind of the new namespace onto FILE was refused now and then (EINVAL) when made
-# from a mount namespace other than the first (a test's `unshare --mount` with / made rshared):
-# the kernel's check against binding a namespace into an older one (mnt_ns_loop). It went
-# through at a later try or not at all for that namespace; never seen from the host's. (Linux
-# 6.18 numbers namespaces from per-CPU batches: one made on another CPU can be numbered below
-# an older one; the host's first namespace is numbered below them all.)
-ATTEMPTS = 5
+# unshare(1)'s bind of the new namespace onto FILE is refused (EINVAL) when the new namespace is
+# numbered below the caller's (the kernel's check against binding a namespace into an older
+# one, mnt_ns_loop). Linux 6.18 numbers namespaces from per-CPU batches, so one made on another
+# CPU than the caller's own namespace was can be numbered below it: from a mount namespace
+# other than the host's first (a systemd unit's private one, a test's `unshare --mount`), 29
+# callers in 40 failed five tries in a row. Made on the CPU that made the caller's namespace, it
+# is numbered above: after a refusal, make() tries once pinned to each CPU it may use (`taskset
+# -c N`), which was 0 failures in 40. The host's first namespace is numbered below them all.
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,14 @@ def make(path: str, without: Sequence[str]) -> Template:
         record.note("touch", path)
     argv = ["unshare", f"--mount={path}", "--propagation", "slave", "sh", "-c", DROP, "drop"]
     argv += without
-    for attempt in range(ATTEMPTS):
-        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+    cpus = sorted(os.sched_getaffinity(0))
+    tries = [argv, *(["taskset", "-c", str(cpu), *argv] for cpu in cpus)]
+    for attempt, tried in enumerate(tries):
+        result = subprocess.run(tried, capture_output=True, text=True, check=False, timeout=30)
         if result.returncode == 0:
             break
         unmount(path)  # unshare binds FILE before it runs the program: the copy is whole
-        if "failed: Invalid argument" not in result.stderr or attempt == ATTEMPTS - 1:
+        if "failed: Invalid argument" not in result.stderr or attempt == len(tries) - 1:
             raise OSError(f"{' '.join(argv)}: {result.stderr.strip() or result.returncode}")
     record.note(*argv)
     try:
