@@ -43,15 +43,6 @@ SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 MADE_PREFIXES: set[str] = set()
 
 
-def free_space_cidr() -> str:
-    """A 10.X.0.0/16 (X from 100 to 199) that no route of the host covers: another test's
-    daemon may hold a space there (one picked at random collided about once in fifty runs)."""
-    routed = sh("ip", "-4", "route", "show", "table", "all").stdout
-    taken = {word.split(".")[1] for word in routed.split() if word.startswith("10.")}
-    free = [n for n in range(100, 200) if str(n) not in taken]
-    return f"10.{random.choice(free)}.0.0/16"
-
-
 def unique_prefix() -> str:
     prefix = "tst" + secrets.token_hex(2)[:3]
     MADE_PREFIXES.add(prefix)

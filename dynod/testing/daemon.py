@@ -80,12 +80,24 @@ def free_port() -> int:
 
 def free_range() -> str:
     """A /24 of 172.31/16 that no route of the host covers (another daemon may hold one)."""
+    return f"172.31.{_unrouted('172.31.', 2, range(256))}.0/24"
+
+
+def free_space_cidr() -> str:
+    """A 10.X.0.0/16 (X from 100 to 199) that no route of the host covers: another daemon may
+    hold a space there (one picked at random collided about once in fifty test runs)."""
+    return f"10.{_unrouted('10.', 1, range(100, 200))}.0.0/16"
+
+
+def _unrouted(start: str, octet: int, choices: range) -> int:
+    """One of `choices` that no IPv4 route of the host starting with `start` has as its octet
+    number `octet` (`ip -4 route show table all`); any of them when all are taken."""
     routed = subprocess.run(
         ["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True, check=False
     ).stdout
-    taken = {word.split(".")[2] for word in routed.split() if word.startswith("172.31.")}
-    free = [n for n in range(256) if str(n) not in taken]
-    return f"172.31.{random.choice(free or list(range(256)))}.0/24"
+    taken = {word.split(".")[octet] for word in routed.split() if word.startswith(start)}
+    free = [n for n in choices if str(n) not in taken]
+    return random.choice(free or list(choices))
 
 
 def start_throwaway(timeout: float = 60) -> Daemon:

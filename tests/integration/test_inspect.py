@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.support import DaemonProc, free_space_cidr, sh
+from dynod.testing.daemon import free_space_cidr
+from tests.support import DaemonProc, sh
 
 pytestmark = pytest.mark.root
 

@@ -20,15 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.support import (
-    PYTHON,
-    DaemonProc,
-    InternetHost,
-    free_space_cidr,
-    netns_exec,
-    read,
-    sh,
-)
+from dynod.testing.daemon import free_space_cidr
+from tests.support import PYTHON, DaemonProc, InternetHost, netns_exec, read, sh
 
 pytestmark = pytest.mark.root
 

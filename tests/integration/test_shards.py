@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from dynod.testing.daemon import free_space_cidr
 from netns.nftables import Nft, set_elements, snapshot
-from tests.support import PYTHON, DaemonProc, bridge_of, free_space_cidr, running_daemon, sh
+from tests.support import PYTHON, DaemonProc, bridge_of, running_daemon, sh
 
 pytestmark = pytest.mark.root
 
