@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from dynod.dns.zone import PackedAddresses
 from dynod.state.store import Dyno, State
 
 DOMAIN = "app.localspace"
@@ -32,7 +34,7 @@ MAX_LABEL = 63  # a DNS label's limit: longer process types get no names
 
 class Server(Protocol):
     def set_scope(self, scope: str, network: str, records: dict[str, list[str]]) -> None: ...
-    def update_scope(self, scope: str, changes: dict[str, list[str] | None]) -> None: ...
+    def update_scope(self, scope: str, changes: dict[str, Sequence[str] | None]) -> None: ...
     def remove_scope(self, scope: str) -> None: ...
 
 
@@ -42,28 +44,42 @@ _Member = tuple[str, int, int, int, str]  # type, number, order of registration,
 
 
 class _Members:
-    """The registered dynos of one name, in `records` order, with their addresses alongside:
-    a change finds its place by bisection and hands the server a copy of `addresses` (one C
-    copy), not a list rebuilt from the members."""
+    """The registered dynos of one name, in `records` order, with their addresses alongside,
+    packed: a change finds its place by bisection and hands the server the addresses as one
+    copy of `packed` (PackedAddresses), never touching each member's string."""
 
-    __slots__ = ("keys", "addresses")
+    __slots__ = ("keys", "packed")
 
     def __init__(self) -> None:
         self.keys: list[_Member] = []
-        self.addresses: list[str] = []
+        self.packed = bytearray()
 
-    def add(self, member: _Member) -> None:
+    def add(self, member: _Member, address: bytes) -> None:
+        """`address` is member's, packed."""
         at = bisect.bisect(self.keys, member)
         self.keys.insert(at, member)
-        self.addresses.insert(at, member[4])
+        self.packed[4 * at : 4 * at] = address
 
     def remove(self, member: _Member) -> None:
         at = bisect.bisect_left(self.keys, member)  # members differ in their id: this one
         del self.keys[at]
-        del self.addresses[at]
+        del self.packed[4 * at : 4 * at + 4]
+
+    def addresses(self) -> PackedAddresses:
+        return PackedAddresses(bytes(self.packed))
+
+    def last(self) -> str:
+        return self.keys[-1][4]
 
     def __bool__(self) -> bool:
         return bool(self.keys)
+
+
+def _packed(address: str) -> bytes:
+    try:
+        return socket.inet_pton(socket.AF_INET, address)
+    except OSError:
+        raise ValueError(f"not an IPv4 address: {address!r}") from None
 
 
 def formation_name(app: str, ptype: str) -> str:
@@ -113,8 +129,10 @@ class Registry:
         self._published: set[str] = set()
 
     def register(self, dyno: Dyno) -> None:
+        """ValueError for an address that is not IPv4 (nothing changes then)."""
         if not dyno.space:
             return  # Common Runtime dynos have no names
+        address = _packed(dyno.ip)
         registered = self._dynos.setdefault(dyno.space, {})
         previous = registered.get(dyno.id)
         if previous is not None:
@@ -131,7 +149,7 @@ class Registry:
             members = names.get(name)
             if members is None:
                 members = names[name] = _Members()
-            members.add(member)
+            members.add(member, address)
         self._changed(dyno if previous is None else previous, dyno)
 
     def unregister(self, dyno: Dyno) -> None:
@@ -183,7 +201,7 @@ class Registry:
             self.publish(space)  # the first names of a space: all of them
             return
         apps = {name: self.state.app(name) for name in {old.app, new.app}}
-        changes: dict[str, list[str] | None] = {}
+        changes: dict[str, Sequence[str] | None] = {}
         for dyno in (old, new):
             app = apps[dyno.app]
             if app is None or app.space != space or not app.dns_discovery:
@@ -192,10 +210,10 @@ class Registry:
                 continue
             formation = formation_name(dyno.app, dyno.type)
             members = self._formations[space].get(formation)
-            changes[formation] = members.addresses.copy() if members else None
+            changes[formation] = members.addresses() if members else None
             name = dyno_name(dyno.app, dyno.type, dyno.number)
             named = self._named[space].get(name)
-            changes[name] = [named.addresses[-1]] if named else None  # records: the last wins
+            changes[name] = [named.last()] if named else None  # records: the last wins
         if changes:
             self.server.update_scope(space, changes)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -86,13 +86,13 @@ class Listeners:
     def set_scope(self, scope: str, network: str, records: dict[str, list[str]]) -> None:
         self.scopes[scope] = records
 
-    def update_scope(self, scope: str, changes: dict[str, list[str] | None]) -> None:
+    def update_scope(self, scope: str, changes: dict[str, Sequence[str] | None]) -> None:
         records = self.scopes[scope]
         for name, addresses in changes.items():
             if addresses is None:
                 records.pop(name, None)
             else:
-                records[name] = addresses
+                records[name] = list(addresses)
 
     def remove_scope(self, scope: str) -> None:
         self.scopes.pop(scope, None)

@@ -33,7 +33,7 @@ class NoDns:
     def set_scope(self, scope: str, network: str, records: dict[str, list[str]]) -> None:
         pass
 
-    def update_scope(self, scope: str, changes: dict[str, list[str] | None]) -> None:
+    def update_scope(self, scope: str, changes: dict[str, Sequence[str] | None]) -> None:
         pass
 
     def remove_scope(self, scope: str) -> None:

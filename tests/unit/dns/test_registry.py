@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Sequence
 
 from dynod.dns.registry import Registry
 from dynod.state.store import App, Dyno
@@ -35,8 +36,10 @@ class FakeServer:
         self.calls.append(("set", scope))
         self.scopes[scope] = dict(records)
 
-    def update_scope(self, scope: str, changes: dict[str, list[str] | None]) -> None:
-        self.calls.append(("update", dict(changes)))
+    def update_scope(self, scope: str, changes: dict[str, Sequence[str] | None]) -> None:
+        # as lists: the registry sends a formation's addresses packed (a Sequence[str])
+        sent = {name: None if a is None else list(a) for name, a in changes.items()}
+        self.calls.append(("update", sent))
         records = self.scopes[scope]
         for name, addresses in changes.items():
             if addresses is None:
