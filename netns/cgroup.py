@@ -205,9 +205,20 @@ def _refused(base: str, exc: OSError) -> Unavailable:
 
 
 def create(tree: Tree, name: str, limits: Limits) -> list[str]:
-    """`mkdir BASE/NAME` and its limits; returns the cgroup.procs files a task writes its pid
-    (or 0, itself) into to join. v2: memory.max, memory.swap.max 0, pids.max, cpu.weight.
-    v1: memory.limit_in_bytes (and memsw, so no swap beyond it), pids.max, cpu.shares."""
+    """`mkdir BASE/NAME` and its limits; returns the files a single-threaded process writes 0
+    (itself) into to join: cgroup.procs on v2, `tasks` on v1. v2: memory.max, memory.swap.max
+    0, pids.max, cpu.weight. v1: memory.limit_in_bytes (and memsw, so no swap beyond it),
+    pids.max, cpu.shares.
+
+    Why `tasks` on v1: a write to cgroup.procs moves a whole thread group, so the kernel takes
+    the global cgroup_threadgroup_rwsem for writing, which waits for an RCU grace period and
+    holds every fork and exit of the machine meanwhile, under cgroup_mutex (the next dyno's
+    `mkdir` waited 6-8 ms for it on a busy host: bench/README.md, "Tenth round"). Writing 0 to
+    `tasks` moves only the calling thread, which recent kernels (6.18 here) do without that
+    lock, and older ones with it as before; the joiners are single-threaded shells
+    (netns/exec.py JOIN_GROUPS), so the thread is the process, and everything it starts after
+    is born in the groups. v2's `cgroup.threads` works only in threaded subtrees: v2 keeps
+    cgroup.procs."""
     for directory in tree.directories(name):
         _mkdir(directory)
     memory, pids, cpu = (os.path.join(tree.base(c), name) for c in CONTROLLERS)
@@ -221,7 +232,8 @@ def create(tree: Tree, name: str, limits: Limits) -> list[str]:
         # v1's shares are on a 1024 scale where v2's weight is on 100
         _write(os.path.join(cpu, "cpu.shares"), str(max(2, limits.cpu_weight * 1024 // 100)))
     _write(os.path.join(pids, "pids.max"), str(limits.tasks))
-    return [os.path.join(d, "cgroup.procs") for d in tree.directories(name)]
+    join = "cgroup.procs" if tree.version == 2 else "tasks"
+    return [os.path.join(d, join) for d in tree.directories(name)]
 
 
 def _write_if_there(path: str, value: str) -> None:

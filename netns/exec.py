@@ -117,8 +117,9 @@ def as_typed(name: str, argv: Sequence[str], popen_kwargs: dict[str, Any], stdio
     return f"{line} {stdio}".rstrip()
 
 
-# `echo 0 > FILE` for each cgroup.procs file before `--` (0 is the writer itself), then the rest
-# of the arguments are "$@": the writer, and every process it starts after, is in those groups.
+# `echo 0 > FILE` for each file before `--` (0 is the writer itself: v1's `tasks` or v2's
+# cgroup.procs, netns/cgroup.py create), then the rest of the arguments are "$@": the writer, a
+# single-threaded shell, and every process it starts after, is in those groups.
 JOIN_GROUPS = """
 while [ "$1" != -- ]; do
     echo 0 > "$1" || exit 126
@@ -128,21 +129,21 @@ shift
 """
 
 # Runs as root as the first process of the new namespaces (isolated()): first joins the given
-# cgroups (`echo 0 > GROUP/cgroup.procs` for each: 0 is the writer itself), so every process it
-# starts is born in them and none escapes them; mounts what the fstab file lists (netns/fstab.py:
-# its own /proc, of its pid namespace; the given resolv.conf bound over /etc/resolv.conf, so the
-# host's file is never changed and a symlinked one has its target covered, in this mount
-# namespace only; their own empty /tmp, /dev/shm, /var/tmp and /run/lock, as lock files of one
-# program are none of another's business; an empty /run/netns, as the names of other namespaces
-# are none of its business; a /sys that shows its own network namespace's links, as `ip netns
-# exec` does), all in one exec of mount(8); binds the kept directory back in if it was under one
-# of the private directories; then becomes the program. The kept directory is opened before the
+# cgroups (`echo 0 > GROUP/tasks`, or cgroup.procs, for each: 0 is the writer itself), so every
+# process it starts is born in them and none escapes them; mounts what the fstab file lists
+# (netns/fstab.py: its own /proc, of its pid namespace; the given resolv.conf bound over
+# /etc/resolv.conf, so the host's file is never changed and a symlinked one has its target covered,
+# in this mount namespace only; their own empty /tmp, /dev/shm, /var/tmp and /run/lock, as lock
+# files of one program are none of another's business; an empty /run/netns, as the names of other
+# namespaces are none of its business; a /sys that shows its own network namespace's links, as `ip
+# netns exec` does), all in one exec of mount(8); binds the kept directory back in if it was under
+# one of the private directories; then becomes the program. The kept directory is opened before the
 # private mounts cover it, and must be the very inode the caller checked (device:inode), so a
-# directory swapped for a symlink meanwhile is refused. The caller's umask is not the program's:
-# the usual 022 (the directories made here for the kept one must be traversable, and the
-# program's files are its own business). SIGTERM is ignored until the program is run (and back
-# to its default for it): a stop that lands meanwhile must not kill a `mount` half-way (the
-# start would fail, 126); the program is told again (dynod/control/exits.py term_once_heard).
+# directory swapped for a symlink meanwhile is refused. The caller's umask is not the program's: the
+# usual 022 (the directories made here for the kept one must be traversable, and the program's files
+# are its own business). SIGTERM is ignored until the program is run (and back to its default for
+# it): a stop that lands meanwhile must not kill a `mount` half-way (the start would fail, 126); the
+# program is told again (dynod/control/exits.py term_once_heard).
 ISOLATE = (
     """
 trap '' TERM
@@ -175,7 +176,7 @@ def sandboxed(
     argv: Sequence[str], keep: str, keep_id: str, fstab: str, cgroups: Sequence[str] = ()
 ) -> list[str]:
     """`sh -c ISOLATE`, to be started in namespaces of its own (popen_inside's `isolate`):
-    joins the cgroups (their cgroup.procs files), then `mount -a -T FSTAB` (the sandbox's
+    joins the cgroups (their `tasks` or cgroup.procs files), then `mount -a -T FSTAB` (the sandbox's
     private mounts, netns/fstab.py: its /proc, empty /tmp, /dev/shm, /var/tmp, /run/lock of
     their sizes, a read-only resolv.conf, its own /sys), then runs argv: the program sees only
     its own processes, IPC objects and temporary files, and cannot address (ptrace, signal,
@@ -190,7 +191,8 @@ JOIN = JOIN_GROUPS + 'exec "$@"\n'
 
 
 def in_cgroups(procs_files: Sequence[str], argv: Sequence[str]) -> list[str]:
-    """`sh -c 'echo 0 > GROUP/cgroup.procs; exec ARGV'`: argv, and all it starts, in the groups."""
+    """`sh -c 'echo 0 > GROUP/tasks; exec ARGV'` (or cgroup.procs): argv, and all it starts, in
+    the groups."""
     return ["/bin/sh", "-c", JOIN, "join-cgroups", *procs_files, "--", *argv]
 
 

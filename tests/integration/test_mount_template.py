@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -239,7 +240,7 @@ def test_the_template_is_in_the_start_up_commands_and_a_dyno_enters_it() -> None
         chain = run.stderr[run.stderr.index(f"nsenter --mount={directory}/mnt -- ") :]
         assert chain.startswith(f"nsenter --mount={directory}/mnt -- unshare --pid --fork --mount")
         isolate = chain[chain.index(" isolate ") :]
-        assert "cgroup.procs -- setpriv" in isolate
+        assert re.search(r"/(cgroup\.procs|tasks) -- setpriv", isolate), isolate
 
 
 def test_a_stopped_daemon_leaves_no_template_even_with_dynos_running_at_stop() -> None:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 
 from dynod.api.client import Client
@@ -254,6 +255,31 @@ def test_default_size_unknown_size_and_cgroups_gone(sized: DaemonProc) -> None:
         run(daemon, "plain", "worker", "true", size=512)
     assert caught.value.status == 400 and "size" in caught.value.problem
     assert groups(daemon.prefix) == set()
+
+
+def test_every_process_of_a_dyno_is_in_each_of_its_groups(sized: DaemonProc) -> None:
+    """The dyno's first process joins its groups as one thread (v1: `echo 0 > tasks`, which
+    the kernel does without the machine-wide threadgroup lock; v2: cgroup.procs): what it
+    starts after, and what those fork, in the background or from a subshell, are in every
+    group of the dyno too (memory, pids and cpu)."""
+    daemon = sized
+    dyno = run(daemon, "forks", "worker", "sleep 61 & (sleep 62 &); sleep 63")
+    name = daemon.netns("forks", dyno["name"])
+    leader = psutil.Process(daemon.dyno("forks", dyno["name"])["pid"])
+
+    def sleeps() -> list[psutil.Process]:
+        return [p for p in leader.children(recursive=True) if p.name() == "sleep"]
+
+    daemon.wait_for(lambda: len(sleeps()) == 3, "the dyno's three sleeps")
+    t = tree(daemon.prefix)
+    wanted = {"memory", "pids", "cpu"} if t.version == 1 else {""}
+    for process in [leader, *leader.children(recursive=True)]:
+        with open(f"/proc/{process.pid}/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+        found = {c for _, controllers, path in lines for c in controllers.split(",")
+                 if path.endswith(f"/{name}")}  # fmt: skip
+        assert wanted <= found, (process.cmdline(), lines)
+    daemon.stop_dyno("forks")
 
 
 def _memory_limit(prefix: str, name: str) -> int:

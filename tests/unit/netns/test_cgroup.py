@@ -132,8 +132,8 @@ def test_v1_hybrid_host(tmp_path: Path) -> None:
     memory = points["memory"] / "process_api" / "abc" / "d-a.web.1"
     _write(memory / "memory.memsw.limit_in_bytes", "max")
     procs = cgroup.create(tree, "d-a.web.1", sizes.SIZES["standard-1x"].limits)
-    assert sorted(procs) == sorted(
-        str(p / "cgroup.procs")
+    assert sorted(procs) == sorted(  # a thread joins by `tasks`: no threadgroup lock
+        str(p / "tasks")
         for p in (memory, points["pids"] / "d-a.web.1", points["cpu,cpuacct"] / "d-a.web.1")
     )
     assert (memory / "memory.limit_in_bytes").read_text() == str(1024 * MB)
