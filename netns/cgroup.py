@@ -214,8 +214,8 @@ def create(tree: Tree, name: str, limits: Limits) -> list[str]:
     the global cgroup_threadgroup_rwsem for writing, which waits for an RCU grace period and
     holds every fork and exit of the machine meanwhile, under cgroup_mutex (the next dyno's
     `mkdir` waited 6-8 ms for it on a busy host: bench/README.md, "Tenth round"). Writing 0 to
-    `tasks` moves only the calling thread, which recent kernels (6.18 here) do without that
-    lock, and older ones with it as before; the joiners are single-threaded shells
+    `tasks` moves only the calling thread, which recent kernels do without that lock (6.18
+    here), and older ones with it as before; the joiners are single-threaded shells
     (netns/exec.py JOIN_GROUPS), so the thread is the process, and everything it starts after
     is born in the groups. v2's `cgroup.threads` works only in threaded subtrees: v2 keeps
     cgroup.procs."""

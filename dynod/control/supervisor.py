@@ -151,6 +151,7 @@ class Supervisor:
             ends = self.stdio.pop(dyno.id, None)
             try:  # before anything is made: a refusal here leaves nothing behind
                 how, env = self._process(dyno)
+                self.registry.register(dyno)  # names in DNS: nothing made when it refuses
             except Exception as exc:
                 if ends is not None:
                     ends.close()
@@ -158,7 +159,6 @@ class Supervisor:
                 if isinstance(exc, DynodError):
                     raise
                 raise DynodError(f"could not start {dyno.name}: {exc}", status=500) from exc
-            self.registry.register(dyno)
             network = self.networks.of(dyno)
             try:
                 launched = await self.kernel.launch(

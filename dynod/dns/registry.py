@@ -129,7 +129,8 @@ class Registry:
         self._published: set[str] = set()
 
     def register(self, dyno: Dyno) -> None:
-        """ValueError for an address that is not IPv4 (nothing changes then)."""
+        """ValueError for an address that is not IPv4 (nothing changes then; a dyno's address
+        comes from its network's pool, which has none)."""
         if not dyno.space:
             return  # Common Runtime dynos have no names
         address = _packed(dyno.ip)
@@ -202,7 +203,7 @@ class Registry:
             return
         apps = {name: self.state.app(name) for name in {old.app, new.app}}
         changes: dict[str, Sequence[str] | None] = {}
-        for dyno in (old, new):
+        for dyno in (new,) if old is new else (old, new):
             app = apps[dyno.app]
             if app is None or app.space != space or not app.dns_discovery:
                 continue

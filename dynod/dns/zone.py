@@ -71,7 +71,7 @@ class PackedAddresses(Sequence[str]):
     def __init__(self, data: bytes) -> None:
         if len(data) % 4:
             raise ValueError(f"packed IPv4 addresses take 4 bytes each, not {len(data)} in all")
-        self.data = data
+        self.data = bytes(data)  # its own: query threads read it while the registry changes
 
     def __len__(self) -> int:
         return len(self.data) // 4
@@ -272,7 +272,7 @@ def build_zone(records: Mapping[str, Sequence[str]], previous: Zone) -> Zone:
     explicit = {encode_name(text) for text in records}
     for wire, source in _with_empty_non_terminals(records).items():
         name = previous.names.get(wire)
-        if name is None or name.source != source or name.explicit != (wire in explicit):
+        if name is None or not _same(name.source, source) or name.explicit != (wire in explicit):
             turn = name.turn if name else itertools.count()
             name = Name(wire, source, turn, wire in explicit)
             changed.append(name)
@@ -364,6 +364,24 @@ def _keys(wire: bytes) -> list[bytes]:
     ]
 
 
+def _same(a: Source, b: Source) -> bool:
+    """Whether two sources are the same addresses in the same order: a packed one (the
+    registry's changes) and a listed one (a publish's records) too, so that a name whose
+    addresses did not change keeps its prepared answers across the two."""
+    if type(a) is type(b):
+        return a == b
+    try:
+        return _packed(a) == _packed(b)
+    except OSError:  # a listed address that is not IPv4: not what a packed source holds
+        return False
+
+
+def _packed(source: Source) -> bytes:
+    if isinstance(source, PackedAddresses):
+        return source.data
+    return b"".join(socket.inet_pton(socket.AF_INET, text) for text in source)
+
+
 def _source(addresses: Sequence[str] | None) -> Source | None:
     """The addresses kept as a name's source: packed ones as they are (no copy)."""
     if addresses is None or isinstance(addresses, PackedAddresses):
@@ -380,7 +398,7 @@ def _put(
 ) -> None:
     """Give `wire` the addresses `source`, adding the empty non-terminals above it."""
     name = names.get(wire)
-    if name is not None and name.explicit and name.source == source:
+    if name is not None and name.explicit and _same(name.source, source):
         return
     names[wire] = Name(wire, source, name.turn if name else itertools.count())
     touched.add(wire)

@@ -103,3 +103,20 @@ def test_the_registry_sends_a_formation_packed_in_records_order() -> None:
         assert 6 not in registry._member
     finally:
         server.close()
+
+
+def test_a_name_keeps_its_answers_between_a_packed_and_a_listed_source() -> None:
+    """A publish (build_zone, listed) after the registry's patches (packed) keeps an unchanged
+    formation's name and prepared answers, and so does a packed patch of a published name; a
+    different order, or a bad listed address, is a change."""
+    listed = [f"10.1.{i // 60}.{4 * (i % 60) + 2}" for i in range(EAGER_ROTATIONS + 6)]
+    wire = encode_name(WEB)
+    zone = patch_zone(EMPTY_ZONE, {WEB: packed(*listed)})
+    name = zone.names[wire]
+    assert build_zone({WEB: listed}, zone).names[wire] is name
+    published = build_zone({WEB: listed}, EMPTY_ZONE)
+    name = published.names[wire]
+    assert patch_zone(published, {WEB: packed(*listed)}).names[wire] is name
+    assert patch_zone(published, {WEB: packed(*reversed(listed))}).names[wire] is not name
+    bad = patch_zone(EMPTY_ZONE, {WEB: [*listed[:-1], "10.1.0.300"]})
+    assert patch_zone(bad, {WEB: packed(*listed)}).names[wire].source == packed(*listed)
