@@ -73,8 +73,12 @@ class Claim:
                 raise DynodError(f"{tool} is missing (dynos need it)", "apt-get install util-linux")
 
     def _readable_by_dynos(self, path: str) -> bool:
-        """The resolv.conf files: bound over a dyno's /etc/resolv.conf, read as its user."""
-        return os.path.dirname(path) == self.config.resolv_dir and path.endswith(".conf")
+        """The resolv.conf and hosts files: bound over a dyno's /etc/resolv.conf and
+        /etc/hosts, read as its user."""
+        folder = os.path.dirname(path)
+        return (folder == self.config.resolv_dir and path.endswith(".conf")) or (
+            folder == self.config.hosts_dir and path.endswith(".hosts")
+        )
 
     @property
     def output_dir(self) -> str:

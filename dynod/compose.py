@@ -106,7 +106,7 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
         config.prefix,
         config.cidr,
         config.resolv_dir,
-        config.fstab_dir,
+        config.hosts_dir,
         # from the kernel thread: the log belongs to the event loop
         say=lambda text: loop.call_soon_threadsafe(log.emit, None, "dynod", text),
         shard_ports=config.shard_ports,

@@ -50,6 +50,6 @@ class Config:
         return os.path.join(self.state_dir, "resolv")
 
     @property
-    def fstab_dir(self) -> str:
-        """Where the dynos' private mounts are listed, for their `mount -a -T` (netns/fstab.py)."""
-        return os.path.join(self.state_dir, "fstab")
+    def hosts_dir(self) -> str:
+        """Each running dyno's /etc/hosts (its hostname) and the fstab file that binds it in."""
+        return os.path.join(self.state_dir, "hosts")

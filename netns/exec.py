@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ def popen_inside(
     shown_stdio: str = "",
     mounts: str = "",
     isolate: bool = False,
+    hostname: str = "",
     **popen_kwargs: Any,
 ) -> subprocess.Popen[bytes]:
     """`ip netns exec NAME ARGV...`, started from this thread while it is inside NAME.
@@ -46,9 +48,10 @@ def popen_inside(
     mount namespace too, the thread having entered it (netns/mntns.py thread_entered). With
     `isolate`, it is born in new pid, mount (a copy of that one), IPC and UTS namespaces, as the
     first process of its pid namespace (`... unshare --pid --fork --mount --propagation private
-    --ipc --uts -- ARGV...`, but no unshare process: isolated())."""
+    --ipc --uts -- ARGV...`, but no unshare process: isolated()), with `hostname` (if any) as
+    the name of its UTS namespace."""
     in_mounts = mntns.thread_entered(mounts) if mounts else contextlib.nullcontext()
-    in_own = isolated() if isolate else contextlib.nullcontext()
+    in_own = isolated(hostname) if isolate else contextlib.nullcontext()
     process: subprocess.Popen[bytes] | None = None
     try:
         # the network's first: its name is in /run/netns
@@ -60,6 +63,8 @@ def popen_inside(
             process.wait()
         raise
     if record.active():
+        if isolate and hostname:  # unshare(1) names no host: a shell in between does
+            argv = ["sh", "-c", 'hostname "$0" && exec "$@"', hostname, *argv]
         shown = [*UNSHARE, "--", *argv] if isolate else list(argv)
         shown = mntns.entered(mounts, shown) if mounts else shown
         record.note_text(as_typed(name, shown, popen_kwargs, shown_stdio))
@@ -67,14 +72,15 @@ def popen_inside(
 
 
 @contextlib.contextmanager
-def isolated() -> Iterator[None]:
+def isolated(hostname: str = "") -> Iterator[None]:
     """`unshare --pid --mount --propagation private --ipc --uts` for the calling thread only: a
     process it starts in the block is born in new namespaces of those kinds (the first process
     of the pid namespace: its init), copied from the thread's mounts, which are made private
     in the copy, so no mount of the child's reaches the namespace it was copied from. The thread
     itself stays in its pid namespace (unshare(2) of a pid namespace is for the children), and
     goes back to its own mount, IPC and UTS namespaces and children's pid namespace after the
-    block (aborting the process if it cannot: _libc.setns_back).
+    block (aborting the process if it cannot: _libc.setns_back). With a hostname, the new UTS
+    namespace is given it (`hostname NAME` in it): the child's, not the host's.
 
     A new mount namespace needs the thread's root and working directory of its own
     (`unshare(CLONE_FS)`, as in mntns.thread_entered); coming back moves them to `/`. One
@@ -92,6 +98,8 @@ def isolated() -> Iterator[None]:
         try:
             # unshare(1)'s --propagation private: `mount --make-rprivate /` in the copy
             _libc.mount("none", "/", None, _libc.MS_REC | _libc.MS_PRIVATE)
+            if hostname:
+                socket.sethostname(hostname)  # this thread's UTS namespace is the new one
             yield
         finally:
             for fd, flag, kind in reversed(homes):

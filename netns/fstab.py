@@ -28,6 +28,7 @@ TMP_DIRS = ("/tmp", "/dev/shm", "/var/tmp")  # private and empty, writable by an
 LOCK_DIR = "/run/lock"
 NETNS_DIR = "/run/netns"
 RESOLV = "/etc/resolv.conf"
+HOSTS = "/etc/hosts"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Private:
 
     source: str  # the name every tmpfs and sysfs line shows as its source (see above)
     resolv: str = ""  # a file bound read-only over /etc/resolv.conf; "": none
+    hosts: str = ""  # a file bound read-only over /etc/hosts; "": none (netns/hosts.py)
     tmpfs_size: int | None = None  # bytes of /tmp, /dev/shm and /var/tmp each; None: the default
     lock_size: int = LOCK_SIZE
     # an empty /run/netns of its own; False where the sandbox's mounts are copied from a
@@ -45,13 +47,17 @@ class Private:
 
 def text(mounts: Private) -> str:
     """The fstab lines, in mount order: a /proc of the sandbox's own pid namespace (mounted by
-    a process of it: what `unshare --mount-proc` does), the resolv.conf bind, an empty /tmp,
-    /dev/shm and /var/tmp, /run/lock and /run/netns where the host has them (/run/netns unless
-    covered already), a /sys of the sandbox's own network namespace (read-only)."""
+    a process of it: what `unshare --mount-proc` does), the resolv.conf and hosts binds, an
+    empty /tmp, /dev/shm and /var/tmp, /run/lock and /run/netns where the host has them
+    (/run/netns unless covered already), a /sys of the sandbox's own network namespace
+    (read-only)."""
     size = "" if mounts.tmpfs_size is None else f",size={mounts.tmpfs_size}"
     lines = [_line(mounts.source, "/proc", "proc", "nosuid,nodev,noexec")]
+    # the binds first: a file under /tmp (a state directory there) is hidden once it is covered
     if mounts.resolv:
-        lines.append(_line(mounts.resolv, RESOLV, "none", "bind,ro"))
+        lines.append(_bind(mounts.resolv, RESOLV))
+    if mounts.hosts:
+        lines.append(_bind(mounts.hosts, HOSTS))
     for directory in TMP_DIRS:
         lines.append(_line(mounts.source, directory, "tmpfs", f"mode=1777,nosuid,nodev{size}"))
     if os.path.isdir(LOCK_DIR):
@@ -61,6 +67,10 @@ def text(mounts: Private) -> str:
         lines.append(_line(mounts.source, NETNS_DIR, "tmpfs", "mode=755,nosuid,nodev,noexec"))
     lines.append(_line(mounts.source, "/sys", "sysfs", "ro,nosuid,nodev,noexec"))
     return "".join(f"{line}\n" for line in lines)
+
+
+def _bind(source: str, target: str) -> str:
+    return _line(source, target, "none", "bind,ro")
 
 
 def _line(source: str, target: str, fstype: str, options: str) -> str:

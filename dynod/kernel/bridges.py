@@ -107,7 +107,7 @@ def remove_host_objects(m: Machine) -> None:
         net.shards.clear()
     m.cgroups.release()
     m.mounts.remove()
-    m.fstabs.remove()
+    m.hosts.remove_all()
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(m.resolv_dir)
     namespace.release_memory()

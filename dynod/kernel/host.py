@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 
 from dynod.kernel import attachments, bridges, firewall, network, ruleset, sandbox, sweep
@@ -31,7 +32,7 @@ from dynod.kernel.protocol import Launched, SpawnFailed
 from dynod.kernel.ruleset import foreign_drop_policies
 from dynod.kernel.scans import SharedScans
 from dynod.kernel.stdio import DynoEnds
-from netns import addresses, cgroup, fstab, namespace, nfevents, removals
+from netns import addresses, cgroup, fstab, hosts, namespace, nfevents, removals
 from netns.nftables import NftError
 from netns.spawner import Spawner, borrowed, signal_wakeup_fd
 from netns.worker import KernelWorker
@@ -47,7 +48,7 @@ class Kernel:
         prefix: str,
         cidr: str,
         resolv_dir: str,
-        fstab_dir: str,
+        hosts_dir: str,
         say: Callable[[str], object],
         shard_ports: int = SHARD_PORTS,
     ) -> None:
@@ -58,7 +59,7 @@ class Kernel:
             names=names,
             common=Net("", names.bridge, Pool(cidr), shard_ports=shard_ports),
             resolv_dir=resolv_dir,
-            fstabs=fstab.Files(fstab_dir),
+            hosts=hosts.Files(hosts_dir),
             worker=KernelWorker(f"{prefix}-kernel"),
             cgroups=DynoCgroups(prefix),  # where sized dynos' groups go
             mounts=MountTemplate(prefix, say),
@@ -202,6 +203,7 @@ class Kernel:
         try:
             namespace.delete(netns)
         finally:
+            self.machine.hosts.remove(netns)
             if group is not None:
                 self.cgroups.remove(group)
 
@@ -265,23 +267,30 @@ class Kernel:
         stdio: DynoEnds | None = None,
         fresh: bool = False,
     ) -> subprocess.Popen[bytes]:
-        """fresh: the dyno's namespace was made in this same job (a first start)."""
+        """fresh: the dyno's namespace was made in this same job (a first start). Each start
+        is a new dyno as Heroku counts them, with a hostname of its own: a UUID (Heroku's dyno
+        id), which its /etc/hosts gives its address."""
         netns = how.network.netns
         network.set_ipv6(netns, how.ipv6, fresh)
         size = how.size
+        hostname = str(uuid.uuid4())
         spawn = sandbox.Spawn(
             netns=netns,
             command=how.command,
             cwd=how.cwd,
             uid=how.uid,
             gid=how.gid,
-            fstab=lambda in_template: self.machine.fstabs.path(
+            hostname=hostname,
+            fstab=lambda in_template: self.machine.hosts.write(
+                netns,
+                hostname,
+                how.network.address,
                 fstab.Private(
                     source=f"dynod-{self.names.prefix}",
                     resolv=self.machine.resolv_path(how.network.bridge),
                     tmpfs_size=size.tmpfs_bytes if size else None,
                     cover_netns=not in_template,
-                )
+                ),
             ),
             cgroups=self.cgroups.make(netns, size, how.name) if size else [],
             mounts=self.machine.mounts.for_dyno,

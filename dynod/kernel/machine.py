@@ -12,7 +12,7 @@ from dynod.kernel import firewall, network
 from dynod.kernel.addressing import SHARD_PORTS, Pool
 from dynod.kernel.cgroups import DynoCgroups
 from dynod.kernel.mounts import MountTemplate
-from netns import fstab
+from netns import hosts
 from netns.nftables import Nft, Snapshot
 from netns.worker import KernelWorker
 
@@ -68,7 +68,9 @@ class Machine:
     names: network.Names
     common: Net
     resolv_dir: str
-    fstabs: fstab.Files  # the files of dynos' private mounts (one `mount -a -T` each)
+    # each running dyno's /etc/hosts, and the file of its private mounts that binds it in (one
+    # `mount -a -T` each)
+    hosts: hosts.Files
     worker: KernelWorker
     cgroups: DynoCgroups
     mounts: MountTemplate  # what dynos' mount namespaces are copied from

@@ -99,6 +99,7 @@ class Spawn:
     cwd: str
     uid: int
     gid: int
+    hostname: str  # its UTS namespace's name (netns/exec.py isolated)
     # the file of its private mounts (netns/fstab.py), for `mount -a -T FSTAB`, for a chain
     # born in a template (True: /run/netns is covered there) or in the host's mounts (False)
     fstab: Callable[[bool], str]
@@ -163,6 +164,7 @@ def spawn(
             shown_stdio=f"</dev/null >>{shlex.quote(output_path)} 2>&1",
             mounts=ready.template,
             isolate=True,
+            hostname=how.hostname,
             cwd="/",  # the dyno's directory is entered by the dyno's user, not by root
             env={"PATH": SAFE_PATH},
             stdin=env_fd,
@@ -224,6 +226,7 @@ def _spawn_attached(
             _argv(ready, inner),
             mounts=ready.template,
             isolate=True,
+            hostname=how.hostname,
             cwd="/",
             env={"PATH": SAFE_PATH},
             stdin=stdio.stdin,

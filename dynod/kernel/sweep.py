@@ -18,6 +18,7 @@ def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
     tracing.sweep_leftovers(m)  # a trace's tables, left by a daemon killed mid-trace
     ipr = m.worker.ipr
     known_netns = {d.netns for d in live}
+    m.hosts.remove_all_but(known_netns)  # a kept dyno's /etc/hosts is bound in: it stays
     unknown = [
         name
         for name in namespace.names(f"{m.names.prefix}-")

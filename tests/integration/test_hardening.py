@@ -83,6 +83,7 @@ def secret_paths(d: DaemonProc, worker: dict[str, object]) -> list[str]:
         f"{state}/output",
         str(worker["log_path"]),
         f"{state}/resolv",
+        f"{state}/hosts",
     ]
     for path in paths:
         assert os.path.exists(path), path  # refused must not mean "not there"
@@ -104,6 +105,8 @@ def assert_private(root: str) -> None:
             assert mode == 0o700, f"{path} is {mode:o}"
         elif path.endswith(".conf") and os.path.basename(os.path.dirname(path)) == "resolv":
             assert mode == 0o644, f"{path} is {mode:o}: dynos read it as /etc/resolv.conf"
+        elif path.endswith(".hosts") and os.path.basename(os.path.dirname(path)) == "hosts":
+            assert mode == 0o644, f"{path} is {mode:o}: its dyno reads it as /etc/hosts"
         else:
             assert mode == 0o600, f"{path} is {mode:o}"
 
@@ -118,11 +121,13 @@ def test_a_dyno_cannot_read_the_state_the_log_or_other_dynos_output() -> None:
         )
         d.wait_for(lambda: "connecting" in d.output("vault", worker["name"]), "worker output")
         paths = secret_paths(d, worker)
-        seen = probe_from_dyno(d, [*paths, "/etc/resolv.conf"])
+        seen = probe_from_dyno(d, [*paths, "/etc/resolv.conf", "/etc/hosts"])
         for path in paths:
             assert "REFUSED" in seen[path] and "PermissionError" in seen[path], seen[path]
-        # What dynos must read still reads: their resolv.conf is bound over /etc/resolv.conf.
+        # What dynos must read still reads: their resolv.conf and hosts files are bound over
+        # /etc/resolv.conf and /etc/hosts.
         assert seen["/etc/resolv.conf"].startswith("READ"), seen
+        assert seen["/etc/hosts"].startswith("READ"), seen
         assert_private(d.state_dir)
 
 

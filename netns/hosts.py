@@ -1,0 +1,89 @@
+"""A sandbox's own /etc/hosts, and the fstab file (netns/fstab.py) that binds it in with the
+sandbox's other private mounts: one pair per sandbox, in one directory, named after the
+sandbox's network namespace. Written before it starts, removed when it goes.
+
+A sandbox has a hostname of its own (set in its UTS namespace, netns/exec.py isolated), which
+must resolve inside it, as Docker makes sure with the /etc/hosts it writes for each container:
+a program that looks its own name up (Java's `InetAddress.getLocalHost()`, `hostname -f`,
+Erlang's short names) would otherwise ask DNS for it, and wait for an answer that, offline,
+never comes. The host's /etc/hosts is never changed: the sandbox's file is bound over it in the
+sandbox's mount namespace only, read-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shlex
+
+from netns import fstab, record
+
+SUFFIXES = (".hosts", ".fstab", ".hosts.new", ".fstab.new")
+
+
+def text(hostname: str, address: str) -> str:
+    """`/etc/hosts` of a sandbox: localhost, and its own name at its own address."""
+    return (
+        f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{hostname}\n"
+    )
+
+
+class Files:
+    """`DIR/NAME.hosts` (0644: read by the sandbox's user through its /etc/hosts) and
+    `DIR/NAME.fstab` (root's) for each sandbox NAME."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def write(self, name: str, hostname: str, address: str, mounts: fstab.Private) -> str:
+        """Both files of `name` (replaced if there): the fstab file's path, whose lines are
+        `mounts`' and the hosts file's bind over /etc/hosts."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        record.note("mkdir", "-p", "-m", "700", self.directory)
+        hosts = os.path.join(self.directory, f"{name}.hosts")
+        _replace(hosts, text(hostname, address), 0o644)
+        listed = fstab.text(dataclasses.replace(mounts, hosts=hosts))
+        path = os.path.join(self.directory, f"{name}.fstab")
+        _replace(path, listed, 0o600)
+        return path
+
+    def remove(self, name: str) -> None:
+        """`rm -f DIR/NAME.hosts DIR/NAME.fstab` (and a half-written one's `.new`)."""
+        for suffix in SUFFIXES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.directory, name + suffix))
+        record.note("rm", "-f", *(os.path.join(self.directory, name + s) for s in SUFFIXES[:2]))
+
+    def names(self) -> set[str]:
+        """The sandboxes that have files here."""
+        try:
+            entries = os.listdir(self.directory)
+        except FileNotFoundError:
+            return set()
+        return {e[: -len(s)] for e in entries for s in SUFFIXES if e.endswith(s)}
+
+    def remove_all_but(self, keep: set[str]) -> None:
+        """The files of every sandbox not in keep (left by a daemon killed with SIGKILL)."""
+        for name in self.names() - keep:
+            self.remove(name)
+
+    def remove_all(self) -> None:
+        """`rm -r DIR`"""
+        self.remove_all_but(set())
+        with contextlib.suppress(FileNotFoundError, OSError):
+            os.rmdir(self.directory)
+
+
+def _replace(path: str, content: str, mode: int) -> None:
+    """`cat > PATH; chmod MODE PATH`, atomically (a file bound in elsewhere keeps its inode)."""
+    fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # whatever the daemon's umask
+        os.write(fd, content.encode())
+    finally:
+        os.close(fd)
+    os.replace(path + ".new", path)
+    if record.active():
+        record.note_text(record.here_document(f"cat > {shlex.quote(path)}", content))
+        record.note("chmod", f"{mode:o}", path)

@@ -1,0 +1,87 @@
+"""Each dyno's hostname: a UUID of its own, as Heroku gives each dyno its id as its hostname,
+which its own /etc/hosts gives its address (netns/hosts.py); the host's name and /etc/hosts
+stay as they were. The files live while the dyno does: a stop removes them, a restarted daemon
+keeps those of the dynos it adopts and removes the rest, and its stop removes the directory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import DaemonProc
+
+pytestmark = pytest.mark.root
+
+# What a dyno says about its name: the name, what its /etc/hosts and a lookup make of it, and
+# whether its user can change either
+LOOK = (
+    "hostname; getent hosts $(hostname); cat /etc/hosts; "
+    "echo x >> /etc/hosts 2>/dev/null && echo hosts-writable; "
+    "hostname other 2>/dev/null && echo hostname-settable; echo end"
+)
+
+
+@pytest.fixture
+def daemon() -> Iterator[DaemonProc]:
+    d = DaemonProc()
+    try:
+        yield d.start()
+    finally:
+        found = d.close()
+        assert not found, f"the daemon left kernel objects behind: {found}"
+
+
+def look(d: DaemonProc, app: str) -> list[str]:
+    status, lines = d.run_once(app, "run", LOOK)
+    assert status == 0, lines
+    return [line.split(": ", 1)[1] if ": " in line else line for line in lines]
+
+
+def hosts_dir(d: DaemonProc) -> Path:
+    return Path(d.state_dir) / "hosts"
+
+
+def test_each_dyno_is_named_by_a_uuid_its_hosts_file_resolves(daemon: DaemonProc) -> None:
+    host_name, host_hosts = socket.gethostname(), Path("/etc/hosts").read_bytes()
+    worker = daemon.run("named", "worker", "sleep 60")
+    first, second = look(daemon, "named"), look(daemon, "named")
+    names = {first[0], second[0]}
+    assert len(names) == 2 and all(str(uuid.UUID(n)) == n for n in names), (first, second)
+    for seen in (first, second):
+        name, resolved = seen[0], seen[1].split()
+        assert resolved[1:] == [name] and resolved[0].startswith("172."), seen
+        assert "127.0.0.1\tlocalhost" in seen and f"{resolved[0]}\t{name}" in seen
+        assert "hosts-writable" not in seen and "hostname-settable" not in seen
+        assert seen[-1] == "end"
+    # the one-offs' files went with them; the worker's are there, named as its namespace
+    netns = daemon.netns("named", worker["name"])
+    assert sorted(os.listdir(hosts_dir(daemon))) == [f"{netns}.fstab", f"{netns}.hosts"]
+    assert (hosts_dir(daemon) / f"{netns}.hosts").stat().st_mode & 0o777 == 0o644
+    assert socket.gethostname() == host_name
+    assert Path("/etc/hosts").read_bytes() == host_hosts
+    daemon.stop_dyno("named")
+    assert os.listdir(hosts_dir(daemon)) == []
+
+
+def test_a_restarted_daemon_keeps_its_dynos_files_and_removes_the_rest(
+    daemon: DaemonProc,
+) -> None:
+    kept = daemon.run("kept", "worker", "sleep 60")
+    netns = daemon.netns("kept", kept["name"])
+    daemon.kill9()
+    stray = hosts_dir(daemon) / f"{daemon.prefix}-gone.web.1"
+    for suffix in (".hosts", ".fstab", ".hosts.new"):
+        Path(f"{stray}{suffix}").write_text("left by a killed daemon\n")
+    daemon.start()
+    daemon.wait_for(
+        lambda: sorted(os.listdir(hosts_dir(daemon))) == [f"{netns}.fstab", f"{netns}.hosts"],
+        "only the adopted dyno's files",
+    )
+    assert (hosts_dir(daemon) / f"{netns}.hosts").stat().st_mode & 0o777 == 0o644
+    assert daemon.terminate() == 0
+    assert not hosts_dir(daemon).exists()
