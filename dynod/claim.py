@@ -46,6 +46,9 @@ class Claim:
         make_private_dir(self.config.state_dir)
         os.makedirs(self.output_dir, mode=0o700, exist_ok=True)
         self._take_locks()
+        # An older dynod's shared fstab files (one per network and size, now one per dyno in
+        # hosts_dir): read by `mount -a` at a dyno's start only, so no running dyno needs them.
+        shutil.rmtree(os.path.join(self.config.state_dir, "fstab"), ignore_errors=True)
         # A state directory of an older dynod (0755, files 0644) is made private, before any
         # dyno starts.
         self.made_private = make_private_tree(
@@ -73,11 +76,11 @@ class Claim:
                 raise DynodError(f"{tool} is missing (dynos need it)", "apt-get install util-linux")
 
     def _readable_by_dynos(self, path: str) -> bool:
-        """The resolv.conf and hosts files: bound over a dyno's /etc/resolv.conf and
-        /etc/hosts, read as its user."""
+        """The resolv.conf, hosts and hostname files: bound over a dyno's /etc/resolv.conf,
+        /etc/hosts and /etc/hostname, read as its user."""
         folder = os.path.dirname(path)
         return (folder == self.config.resolv_dir and path.endswith(".conf")) or (
-            folder == self.config.hosts_dir and path.endswith(".hosts")
+            folder == self.config.hosts_dir and path.endswith((".hosts", ".hostname"))
         )
 
     @property

@@ -141,17 +141,18 @@ shift
 # process it starts is born in them and none escapes them; mounts what the fstab file lists
 # (netns/fstab.py: its own /proc, of its pid namespace; the given resolv.conf bound over
 # /etc/resolv.conf, so the host's file is never changed and a symlinked one has its target covered,
-# in this mount namespace only; their own empty /tmp, /dev/shm, /var/tmp and /run/lock, as lock
-# files of one program are none of another's business; an empty /run/netns, as the names of other
-# namespaces are none of its business; a /sys that shows its own network namespace's links, as `ip
-# netns exec` does), all in one exec of mount(8); binds the kept directory back in if it was under
-# one of the private directories; then becomes the program. The kept directory is opened before the
-# private mounts cover it, and must be the very inode the caller checked (device:inode), so a
-# directory swapped for a symlink meanwhile is refused. The caller's umask is not the program's: the
-# usual 022 (the directories made here for the kept one must be traversable, and the program's files
-# are its own business). SIGTERM is ignored until the program is run (and back to its default for
-# it): a stop that lands meanwhile must not kill a `mount` half-way (the start would fail, 126); the
-# program is told again (dynod/control/exits.py term_once_heard).
+# in this mount namespace only; its own /etc/hosts and /etc/hostname, the same way (netns/hosts.py);
+# their own empty /tmp, /dev/shm, /var/tmp and /run/lock, as lock files of one program are none of
+# another's business; an empty /run/netns, as the names of other namespaces are none of its
+# business; a /sys that shows its own network namespace's links, as `ip netns exec` does), all in
+# one exec of mount(8); binds the kept directory back in if it was under one of the private
+# directories; then becomes the program. The kept directory is opened before the private mounts
+# cover it, and must be the very inode the caller checked (device:inode), so a directory swapped for
+# a symlink meanwhile is refused. The caller's umask is not the program's: the usual 022 (the
+# directories made here for the kept one must be traversable, and the program's files are its own
+# business). SIGTERM is ignored until the program is run (and back to its default for it): a stop
+# that lands meanwhile must not kill a `mount` half-way (the start would fail, 126); the program is
+# told again (dynod/control/exits.py term_once_heard).
 ISOLATE = (
     """
 trap '' TERM
@@ -183,12 +184,12 @@ exec "$@"
 def sandboxed(
     argv: Sequence[str], keep: str, keep_id: str, fstab: str, cgroups: Sequence[str] = ()
 ) -> list[str]:
-    """`sh -c ISOLATE`, to be started in namespaces of its own (popen_inside's `isolate`):
-    joins the cgroups (their `tasks` or cgroup.procs files), then `mount -a -T FSTAB` (the sandbox's
-    private mounts, netns/fstab.py: its /proc, empty /tmp, /dev/shm, /var/tmp, /run/lock of
-    their sizes, a read-only resolv.conf, its own /sys), then runs argv: the program sees only
-    its own processes, IPC objects and temporary files, and cannot address (ptrace, signal,
-    read /proc/PID/environ of) processes outside. The directory `keep` (whose "device:inode"
+    """`sh -c ISOLATE`, to be started in namespaces of its own (popen_inside's `isolate`): joins the
+    cgroups (their `tasks` or cgroup.procs files), then `mount -a -T FSTAB` (the sandbox's private
+    mounts, netns/fstab.py: its /proc, empty /tmp, /dev/shm, /var/tmp, /run/lock of their sizes, a
+    read-only resolv.conf, /etc/hosts and /etc/hostname, its own /sys), then runs argv: the program
+    sees only its own processes, IPC objects and temporary files, and cannot address (ptrace,
+    signal, read /proc/PID/environ of) processes outside. The directory `keep` (whose "device:inode"
     is keep_id) stays visible where it is, even under /tmp."""
     return ["/bin/sh", "-c", ISOLATE, "isolate", keep, keep_id, fstab, *cgroups, "--", *argv]
 

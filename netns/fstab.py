@@ -29,6 +29,7 @@ LOCK_DIR = "/run/lock"
 NETNS_DIR = "/run/netns"
 RESOLV = "/etc/resolv.conf"
 HOSTS = "/etc/hosts"
+HOSTNAME = "/etc/hostname"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Private:
     source: str  # the name every tmpfs and sysfs line shows as its source (see above)
     resolv: str = ""  # a file bound read-only over /etc/resolv.conf; "": none
     hosts: str = ""  # a file bound read-only over /etc/hosts; "": none (netns/hosts.py)
+    hostname: str = ""  # a file bound read-only over /etc/hostname; "": none
     tmpfs_size: int | None = None  # bytes of /tmp, /dev/shm and /var/tmp each; None: the default
     lock_size: int = LOCK_SIZE
     # an empty /run/netns of its own; False where the sandbox's mounts are copied from a
@@ -47,8 +49,8 @@ class Private:
 
 def text(mounts: Private) -> str:
     """The fstab lines, in mount order: a /proc of the sandbox's own pid namespace (mounted by
-    a process of it: what `unshare --mount-proc` does), the resolv.conf and hosts binds, an
-    empty /tmp, /dev/shm and /var/tmp, /run/lock and /run/netns where the host has them
+    a process of it: what `unshare --mount-proc` does), the resolv.conf, hosts and hostname
+    binds, an empty /tmp, /dev/shm and /var/tmp, /run/lock and /run/netns where the host has them
     (/run/netns unless covered already), a /sys of the sandbox's own network namespace
     (read-only)."""
     size = "" if mounts.tmpfs_size is None else f",size={mounts.tmpfs_size}"
@@ -56,8 +58,10 @@ def text(mounts: Private) -> str:
     # the binds first: a file under /tmp (a state directory there) is hidden once it is covered
     if mounts.resolv:
         lines.append(_bind(mounts.resolv, RESOLV))
-    if mounts.hosts:
-        lines.append(_bind(mounts.hosts, HOSTS))
+    # (a bind needs its target: a host without /etc/hosts or /etc/hostname gets none there)
+    for source, target in ((mounts.hosts, HOSTS), (mounts.hostname, HOSTNAME)):
+        if source and os.path.exists(target):
+            lines.append(_bind(source, target))
     for directory in TMP_DIRS:
         lines.append(_line(mounts.source, directory, "tmpfs", f"mode=1777,nosuid,nodev{size}"))
     if os.path.isdir(LOCK_DIR):
@@ -85,8 +89,9 @@ def escape(field: str) -> str:
 
 
 class Files:
-    """fstab files by content, each written once into `directory` (root's, 0700) and reused:
-    a daemon needs a handful (one per network and dyno size). One that went is written again."""
+    """fstab files by content, each written once into `directory` (root's, 0700) and reused
+    (bench/spawn_mounts.py's sandboxes; the daemon's dynos have one each, with their hosts
+    file: netns/hosts.py). One that went is written again."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory

@@ -19,7 +19,8 @@ import shlex
 
 from netns import fstab, record
 
-SUFFIXES = (".hosts", ".fstab", ".hosts.new", ".fstab.new")
+FILES = (".hosts", ".hostname", ".fstab")
+SUFFIXES = (*FILES, *(f"{s}.new" for s in FILES))
 
 
 def text(hostname: str, address: str) -> str:
@@ -30,30 +31,35 @@ def text(hostname: str, address: str) -> str:
 
 
 class Files:
-    """`DIR/NAME.hosts` (0644: read by the sandbox's user through its /etc/hosts) and
-    `DIR/NAME.fstab` (root's) for each sandbox NAME."""
+    """`DIR/NAME.hosts` and `DIR/NAME.hostname` (0644: read by the sandbox's user through its
+    /etc/hosts and /etc/hostname) and `DIR/NAME.fstab` (root's) for each sandbox NAME."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
 
     def write(self, name: str, hostname: str, address: str, mounts: fstab.Private) -> str:
-        """Both files of `name` (replaced if there): the fstab file's path, whose lines are
-        `mounts`' and the hosts file's bind over /etc/hosts."""
+        """The files of `name` (replaced if there): the fstab file's path, whose lines are
+        `mounts`' and the binds of the hosts and hostname files over /etc/hosts and
+        /etc/hostname."""
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         record.note("mkdir", "-p", "-m", "700", self.directory)
         hosts = os.path.join(self.directory, f"{name}.hosts")
         _replace(hosts, text(hostname, address), 0o644)
-        listed = fstab.text(dataclasses.replace(mounts, hosts=hosts))
+        named = os.path.join(self.directory, f"{name}.hostname")
+        _replace(named, f"{hostname}\n", 0o644)
+        listed = fstab.text(dataclasses.replace(mounts, hosts=hosts, hostname=named))
         path = os.path.join(self.directory, f"{name}.fstab")
         _replace(path, listed, 0o600)
         return path
 
     def remove(self, name: str) -> None:
-        """`rm -f DIR/NAME.hosts DIR/NAME.fstab` (and a half-written one's `.new`)."""
+        """`rm -f DIR/NAME.hosts DIR/NAME.hostname DIR/NAME.fstab` (and a half-written one's
+        `.new`). A file that cannot be removed (a read-only state directory) is left for the
+        next daemon start's sweep: what follows it (a cgroup, the daemon's stop) goes on."""
         for suffix in SUFFIXES:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.directory, name + suffix))
-        record.note("rm", "-f", *(os.path.join(self.directory, name + s) for s in SUFFIXES[:2]))
+        record.note("rm", "-f", *(os.path.join(self.directory, name + s) for s in FILES))
 
     def names(self) -> set[str]:
         """The sandboxes that have files here."""
@@ -71,7 +77,7 @@ class Files:
     def remove_all(self) -> None:
         """`rm -r DIR`"""
         self.remove_all_but(set())
-        with contextlib.suppress(FileNotFoundError, OSError):
+        with contextlib.suppress(OSError):
             os.rmdir(self.directory)
 
 

@@ -105,8 +105,8 @@ def assert_private(root: str) -> None:
             assert mode == 0o700, f"{path} is {mode:o}"
         elif path.endswith(".conf") and os.path.basename(os.path.dirname(path)) == "resolv":
             assert mode == 0o644, f"{path} is {mode:o}: dynos read it as /etc/resolv.conf"
-        elif path.endswith(".hosts") and os.path.basename(os.path.dirname(path)) == "hosts":
-            assert mode == 0o644, f"{path} is {mode:o}: its dyno reads it as /etc/hosts"
+        elif path.endswith((".hosts", ".hostname")) and path.split("/")[-2] == "hosts":
+            assert mode == 0o644, f"{path} is {mode:o}: its dyno reads it in /etc"
         else:
             assert mode == 0o600, f"{path} is {mode:o}"
 

@@ -17,11 +17,11 @@ from tests.support import DaemonProc
 
 pytestmark = pytest.mark.root
 
-# What a dyno says about its name: the name, what its /etc/hosts and a lookup make of it, and
-# whether its user can change either
+# What a dyno says about its name: the name, what its /etc/hosts and a lookup make of it, its
+# /etc/hostname, and whether its user can change its hosts file or its name
 LOOK = (
-    "hostname; getent hosts $(hostname); cat /etc/hosts; "
-    "echo x >> /etc/hosts 2>/dev/null && echo hosts-writable; "
+    "hostname; getent hosts $(hostname); cat /etc/hosts; cat /etc/hostname; "
+    "{ echo x >> /etc/hosts; } 2>/dev/null && echo hosts-writable; "
     "hostname other 2>/dev/null && echo hostname-settable; echo end"
 )
 
@@ -42,6 +42,10 @@ def look(d: DaemonProc, app: str) -> list[str]:
     return [line.split(": ", 1)[1] if ": " in line else line for line in lines]
 
 
+def files_of(netns: str) -> list[str]:
+    return [f"{netns}.fstab", f"{netns}.hostname", f"{netns}.hosts"]
+
+
 def hosts_dir(d: DaemonProc) -> Path:
     return Path(d.state_dir) / "hosts"
 
@@ -56,11 +60,12 @@ def test_each_dyno_is_named_by_a_uuid_its_hosts_file_resolves(daemon: DaemonProc
         name, resolved = seen[0], seen[1].split()
         assert resolved[1:] == [name] and resolved[0].startswith("172."), seen
         assert "127.0.0.1\tlocalhost" in seen and f"{resolved[0]}\t{name}" in seen
+        assert seen[-2] == name  # /etc/hostname: the name, not the host's
         assert "hosts-writable" not in seen and "hostname-settable" not in seen
         assert seen[-1] == "end"
     # the one-offs' files went with them; the worker's are there, named as its namespace
     netns = daemon.netns("named", worker["name"])
-    assert sorted(os.listdir(hosts_dir(daemon))) == [f"{netns}.fstab", f"{netns}.hosts"]
+    assert sorted(os.listdir(hosts_dir(daemon))) == files_of(netns)
     assert (hosts_dir(daemon) / f"{netns}.hosts").stat().st_mode & 0o777 == 0o644
     assert socket.gethostname() == host_name
     assert Path("/etc/hosts").read_bytes() == host_hosts
@@ -79,7 +84,7 @@ def test_a_restarted_daemon_keeps_its_dynos_files_and_removes_the_rest(
         Path(f"{stray}{suffix}").write_text("left by a killed daemon\n")
     daemon.start()
     daemon.wait_for(
-        lambda: sorted(os.listdir(hosts_dir(daemon))) == [f"{netns}.fstab", f"{netns}.hosts"],
+        lambda: sorted(os.listdir(hosts_dir(daemon))) == files_of(netns),
         "only the adopted dyno's files",
     )
     assert (hosts_dir(daemon) / f"{netns}.hosts").stat().st_mode & 0o777 == 0o644

@@ -85,9 +85,14 @@ def no_host_namespaces(seen: dict[str, list[str]], names: list[str]) -> None:
 
 
 def sleeping(netns: str) -> list[str]:
-    """The dyno's `sleep` processes (`ip netns pids NS`, by their comm)."""
-    pids = sh("ip", "netns", "pids", netns).stdout.split()
-    return [p for p in pids if Path(f"/proc/{p}/comm").read_text().strip() == "sleep"]
+    """The dyno's `sleep` processes (`ip netns pids NS`, by their comm). A process of the
+    dyno's starting chain (its `mount`, a shell) may have exited since it was listed."""
+    found = []
+    for pid in sh("ip", "netns", "pids", netns).stdout.split():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
+                found.append(pid)
+    return found
 
 
 def template_identity(prefix: str) -> tuple[int, int]:
