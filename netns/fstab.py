@@ -17,11 +17,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shlex
 import shutil
 from dataclasses import dataclass
 
-from netns import record
+from netns import record, textfile
 
 LOCK_SIZE = 5 * 1024 * 1024  # /run/lock: lock files only (Debian mounts its own with 5 MB)
 TMP_DIRS = ("/tmp", "/dev/shm", "/var/tmp")  # private and empty, writable by anyone (1777)
@@ -89,9 +88,9 @@ def escape(field: str) -> str:
 
 
 class Files:
-    """fstab files by content, each written once into `directory` (root's, 0700) and reused
-    (bench/spawn_mounts.py's sandboxes; the daemon's dynos have one each, with their hosts
-    file: netns/hosts.py). One that went is written again."""
+    """fstab files by content, each written once into `directory` (root's, 0700) and reused,
+    for sandboxes that share their mounts (bench/spawn_mounts.py's; the daemon writes one per
+    dyno, beside its hosts file: netns/hosts.py). One that went is written again."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -109,11 +108,8 @@ class Files:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         digest = hashlib.sha256(content.encode()).hexdigest()[:16]
         path = os.path.join(self.directory, f"{digest}.fstab")
-        with open(path + ".new", "w") as f:
-            f.write(content)
-        os.replace(path + ".new", path)
         record.note("mkdir", "-p", "-m", "700", self.directory)
-        record.note_text(record.here_document(f"cat > {shlex.quote(path)}", content))
+        textfile.replace(path, content, 0o600)
         self._paths[content] = path
         return path
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shlex
 
-from netns import fstab, record
+from netns import fstab, record, textfile
 
 FILES = (".hosts", ".hostname", ".fstab")
 SUFFIXES = (*FILES, *(f"{s}.new" for s in FILES))
@@ -44,12 +43,12 @@ class Files:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         record.note("mkdir", "-p", "-m", "700", self.directory)
         hosts = os.path.join(self.directory, f"{name}.hosts")
-        _replace(hosts, text(hostname, address), 0o644)
+        textfile.replace(hosts, text(hostname, address), 0o644)
         named = os.path.join(self.directory, f"{name}.hostname")
-        _replace(named, f"{hostname}\n", 0o644)
+        textfile.replace(named, f"{hostname}\n", 0o644)
         listed = fstab.text(dataclasses.replace(mounts, hosts=hosts, hostname=named))
         path = os.path.join(self.directory, f"{name}.fstab")
-        _replace(path, listed, 0o600)
+        textfile.replace(path, listed, 0o600)
         return path
 
     def remove(self, name: str) -> None:
@@ -79,17 +78,3 @@ class Files:
         self.remove_all_but(set())
         with contextlib.suppress(OSError):
             os.rmdir(self.directory)
-
-
-def _replace(path: str, content: str, mode: int) -> None:
-    """`cat > PATH; chmod MODE PATH`, atomically (a file bound in elsewhere keeps its inode)."""
-    fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # whatever the daemon's umask
-        os.write(fd, content.encode())
-    finally:
-        os.close(fd)
-    os.replace(path + ".new", path)
-    if record.active():
-        record.note_text(record.here_document(f"cat > {shlex.quote(path)}", content))
-        record.note("chmod", f"{mode:o}", path)

@@ -7,7 +7,6 @@ import contextlib
 import ipaddress
 import os
 import re
-import shlex
 import shutil
 import subprocess
 
@@ -17,7 +16,7 @@ from dynod.errors import DynodError
 from dynod.kernel import firewall, network, ruleset
 from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.machine import Machine, Net
-from netns import addresses, links, namespace, record, sysctl
+from netns import addresses, links, namespace, record, sysctl, textfile
 from netns.nftables import Nft
 
 
@@ -49,13 +48,8 @@ def make_bridge(m: Machine, net: Net) -> None:
     os.makedirs(m.resolv_dir, mode=0o755, exist_ok=True)
     path = m.resolv_path(net.bridge)
     text = f"# dynod: DNS on the {net.bridge} bridge\nnameserver {net.address}\n"
-    with open(path + ".new", "w") as f:
-        f.write(text)
-    os.chmod(path + ".new", 0o644)
-    os.replace(path + ".new", path)
     record.note("mkdir", "-p", "-m", "755", m.resolv_dir)
-    record.note_text(record.here_document(f"cat > {shlex.quote(path)}", text))
-    record.note("chmod", "644", path)
+    textfile.replace(path, text, 0o644)
 
 
 def add_space(m: Machine, net: Net, live: list[DynoNetwork] | None) -> None:

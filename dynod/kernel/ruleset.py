@@ -42,19 +42,17 @@ def add_shard(m: Machine, net: Net, bridge: str) -> None:
     shard: 28-38 ms at 1,000 dynos, 70-220 ms at 3,000-4,000; bench/README.md, "Ninth round")."""
     text = firewall.add_shard(m.layout, net.firewall(), bridge)
     before = _generation()  # before the sets are read: a commit after it is someone's
-    sets = _sets_in(text, m.layout.table)
-    if m.expected is None or sets is None:  # never applied yet, or not elements alone
-        if intact(m):  # the whole tables, as before
-            m.nftables().run(text)
+    record, sets = m.expected, _sets_in(text, m.layout.table)
+    if record is None or sets is None:  # never applied yet, or not elements alone
+        held = intact(m)  # the whole tables, as before
+        m.nftables().run(text)
+        if held:
             _record(m, before, last=False)
-        else:
-            m.nftables().run(text)
         return
-    if _sets_hold(m, m.expected, sets):
-        m.nftables().run(text)
-        _record_sets(m, m.expected, sets, before)
-    else:
-        m.nftables().run(text)
+    held = _sets_hold(m, record, sets)
+    m.nftables().run(text)
+    if held:
+        _record_sets(m, record, sets, before)
 
 
 def _sets_in(text: str, table: str) -> list[tuple[str, str]] | None:
