@@ -66,7 +66,9 @@ COMMAND = "sleep 3600"
 WINDOW = 20  # dynos per reported setup figure
 MARKS = (1, 1000)  # and N
 DNS_QUERIES = 200
-PROCESSES_PER_DYNO = 3  # the dyno's init shell (pid 1 of its pid namespace), `sh -c`, sleep
+# At most: its init shell (pid 1 of its pid namespace), sleep, and the `sh -c` of a command that is
+# not one plain program (`sleep 3600` takes its shell's place: processes.in_place, so 2 here)
+PROCESSES_PER_DYNO = 3
 KERNEL_FIELDS = ("Slab", "KernelStack", "PageTables", "Percpu")
 SETUP_TARGET = 1.5  # #N within this many times #1
 

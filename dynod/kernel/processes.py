@@ -65,6 +65,20 @@ SHELL_WORDS = {
     "!",
 }
 
+# Words a command may not begin with to run in its shell's place (in_place): sh's own
+# commands and reserved words, and bash's, which `exec` would look up as programs instead.
+NOT_PROGRAMS = SHELL_WORDS | {
+    *("chdir", "fc", "jobid", "local", "setvar", "source", "let", "declare", "typeset"),
+    *("function", "select", "time", "coproc", "builtin", "enable", "shopt", "disown"),
+    *("then", "do", "done", "elif", "else", "fi", "esac", "in", "}", "[[", "]]"),
+}
+# A first word that is a program's name or path as written: nothing in it is expanded (no `$`,
+# glob or assignment), so what it names cannot turn out to be one of NOT_PROGRAMS.
+PLAIN_PROGRAM = re.compile(r"[A-Za-z0-9_./:+,~][A-Za-z0-9_./:+,~-]*")
+# What can end a simple command or start another one (operators, redirections, subshells,
+# command substitution, comments, quotes that could hide any of them, a line break).
+NOT_SIMPLE = frozenset(";&|<>()`'\"\\#\n\r")
+
 # The characters of sh's operators and redirections (shlex's punctuation_chars)
 SHELL_OPERATOR_CHARS = "();<>|&"
 TCP_LISTEN = "0A"
@@ -169,6 +183,24 @@ def check_command(command: str, cwd: str, path: str) -> None:
             f"command not found: {program} (not in PATH={path})",
             "install it, give its full path, or fix PATH with --env PATH=...",
         )
+
+
+def in_place(command: str) -> str:
+    """The command as the dyno's shell is given it: `exec COMMAND` when it is one simple command
+    of plain words (`sleep 3600`, `bundle exec puma -p $PORT`), so that its program takes the
+    shell's place instead of being its child, as `bash -c` does with such a command (dash, our
+    /bin/sh, forks and waits). Nothing else changes: the words are expanded as before, the
+    status and the signals that end it are the program's either way, and the dyno has one
+    process (and about 0.5 ms of a start's CPU) fewer. Anything else (a list, a pipeline, a
+    redirection, quotes, an assignment, a word the shell runs itself or one only known once
+    expanded) is left as it is."""
+    words = command.split()
+    if not words or NOT_SIMPLE.intersection(command):
+        return command
+    first = words[0]
+    if first in NOT_PROGRAMS or not PLAIN_PROGRAM.fullmatch(first):
+        return command
+    return f"exec {command}"
 
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

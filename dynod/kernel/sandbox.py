@@ -21,7 +21,8 @@ SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 # The dyno's first process, already its own user, and the init of its pid namespace. It reads the
 # environment from stdin (so nothing running as root ever sees it: LD_PRELOAD and the like),
-# enters the directory, and runs the command in the background with stdin on /dev/null.
+# enters the directory, and runs the command in the background with stdin on /dev/null (a
+# command that is one plain program `exec`s it in that shell's place: processes.in_place).
 # As init it is shielded by the kernel from every signal it has no handler for. It handles
 # SIGTERM, from right after it started the command (so a config var named like its own variable
 # reaches the command intact), to learn that the dyno is being stopped and to pass the SIGTERM on,
@@ -144,7 +145,7 @@ def spawn(
     how = ready.how
     if stdio is not None:
         return _spawn_attached(ready, env, stdio)
-    argv = _argv(ready, ["/bin/sh", "-c", DYNO_INIT, how.command, how.cwd])
+    argv = _argv(ready, ["/bin/sh", "-c", DYNO_INIT, processes.in_place(how.command), how.cwd])
     env_fd = os.memfd_create("dyno-env", os.MFD_CLOEXEC)
     try:
         out_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -216,7 +217,8 @@ def _spawn_attached(
         os.close(memfd)
     try:
         os.write(env_fd, processes.env_script(env).encode())
-        inner = ["/bin/sh", "-c", ATTACHED_INIT, how.command, how.cwd, str(env_fd)]
+        command = processes.in_place(how.command)
+        inner = ["/bin/sh", "-c", ATTACHED_INIT, command, how.cwd, str(env_fd)]
         if stdio.tty:
             # setsid(2), then TIOCSCTTY on stdin: the slave is the terminal of the dyno's
             # session, so Ctrl-C typed by the user reaches its foreground processes.

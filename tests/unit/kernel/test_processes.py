@@ -82,3 +82,73 @@ def test_a_command_over_the_limit_is_refused_quickly() -> None:
         processes.check_command("true " + "a" * 1_000_000, "/", "/usr/bin:/bin")
     assert time.monotonic() - began < 0.5
     processes.check_command("true " + "a" * 30_000, "/", "/usr/bin:/bin")  # within it: fine
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "sleep 3600",
+        "bundle exec puma -C config/puma.rb",
+        "gunicorn app:app --bind 0.0.0.0:$PORT --workers ${WEB_CONCURRENCY:-2}",
+        "/usr/bin/python3 -u app.py *.cfg",
+        "  ./bin/web\t--port=5000  ",
+        "~/bin/worker",
+        "sh",
+    ],
+)
+def test_one_plain_program_takes_its_shells_place(command: str) -> None:
+    assert processes.in_place(command) == f"exec {command}"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "",
+        "   ",
+        "sleep 1; true",
+        "sleep 1 && true",
+        "sleep 1 &",
+        "sleep 1 | cat",
+        "sleep 1 > log",
+        "sleep 1 2>&1",
+        "(sleep 1)",
+        "sleep $(echo 1)",
+        "sleep `echo 1`",
+        "sleep '1'",
+        'sleep "1"',
+        "sleep \\1",
+        "sleep 1 # nap",
+        "sleep 1\ntrue",
+        "FOO=1 sleep 1",
+        "$PROGRAM --flag",
+        "${PROGRAM}",
+        "slee* 1",
+        "-x",
+        "echo hi",  # a builtin: `exec echo` would run /bin/echo instead
+        "cd /tmp",
+        "exec sleep 1",
+        "local x",
+        "true",
+        "while",
+        "{",
+        "!",
+        "source env.sh",
+        "[[",
+        "time sleep 1",
+    ],
+)
+def test_anything_else_keeps_its_shell(command: str) -> None:
+    assert processes.in_place(command) == command
+
+
+def test_in_place_runs_as_its_shell_would() -> None:
+    """The same words, expanded the same way, with the same status, sh running either."""
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "NAP": "0", "LIST": "a  b"}
+    for command in ("/usr/bin/printf %s: $LIST", "ls /nonexistent-dynod-dir", "sleep $NAP"):
+        shown = processes.in_place(command)
+        assert shown.startswith("exec ")
+        before = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True)
+        after = subprocess.run(["/bin/sh", "-c", shown], env=env, capture_output=True)
+        assert (after.returncode, after.stdout) == (before.returncode, before.stdout)
