@@ -8,6 +8,13 @@ a program that looks its own name up (Java's `InetAddress.getLocalHost()`, `host
 Erlang's short names) would otherwise ask DNS for it, and wait for an answer that, offline,
 never comes. The host's /etc/hosts is never changed: the sandbox's file is bound over it in the
 sandbox's mount namespace only, read-only.
+
+The directory is a tmpfs of the caller's (in_memory), as a container engine keeps such files
+in its runtime directory in memory (Podman's runroot): each start writes three files and each
+stop removes them, and on disk, on an ext4 without a journal (a small VM's root, as on this
+project's test machines), every new inode is looked for past each inode deleted in the last
+minute, and more (1-3 ms of a start after a few hundred starts and stops: bench/README.md,
+"Eleventh round"). Files in memory also cost no disk writes.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import contextlib
 import dataclasses
 import os
 
-from netns import fstab, record, textfile
+from netns import _libc, fstab, namespace, record, textfile
 
 FILES = (".hosts", ".hostname", ".fstab")
 SUFFIXES = (*FILES, *(f"{s}.new" for s in FILES))
@@ -33,8 +40,41 @@ class Files:
     """`DIR/NAME.hosts` and `DIR/NAME.hostname` (0644: read by the sandbox's user through its
     /etc/hosts and /etc/hostname) and `DIR/NAME.fstab` (root's) for each sandbox NAME."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, source: str = "") -> None:
         self.directory = directory
+        self.source = source  # the name of in_memory()'s tmpfs
+        self.device: int | None = None  # its st_dev, while it is the one in_memory() found
+
+    def in_memory(self) -> bool:
+        """`mkdir -p DIR; mount -t tmpfs -o mode=700,nosuid,nodev,noexec SOURCE DIR` unless
+        DIR is in memory already: a killed daemon's tmpfs, with its dynos' files (kept, and
+        swept by remove_all_but), or a state directory on a tmpfs. Files on disk (an older
+        dynod's) are not hidden: then nothing is mounted. Returns whether DIR is in memory."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        record.note("mkdir", "-p", "-m", "700", self.directory)
+        point, fstype, source = namespace.holding_mount(self.directory)
+        if fstype in namespace.MEMORY_TYPES:
+            ours = (point, fstype, source) == (self.directory, "tmpfs", self.source)
+            self.device = os.stat(self.directory).st_dev if ours else None
+            return True
+        if os.listdir(self.directory):
+            return False
+        flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC
+        _libc.mount(self.source, self.directory, "tmpfs", flags, "mode=700")
+        options = "mode=700,nosuid,nodev,noexec"
+        record.note("mount", "-t", "tmpfs", "-o", options, self.source, self.directory)
+        self.device = os.stat(self.directory).st_dev
+        return True
+
+    def lost(self) -> bool:
+        """Was in_memory()'s tmpfs unmounted since (`stat -c %d DIR`)? Its files are gone with
+        it (a running sandbox keeps its own, bound in): in_memory() mounts a new one."""
+        if self.device is None:
+            return False
+        try:
+            return os.stat(self.directory).st_dev != self.device
+        except FileNotFoundError:
+            return True
 
     def write(self, name: str, hostname: str, address: str, mounts: fstab.Private) -> str:
         """The files of `name` (replaced if there): the fstab file's path, whose lines are
@@ -74,7 +114,13 @@ class Files:
             self.remove(name)
 
     def remove_all(self) -> None:
-        """`rm -r DIR`"""
+        """`rm -r DIR`, in_memory()'s tmpfs unmounted first (`umount -l DIR`: a sandbox's
+        bind keeps its own file, not the mount)."""
         self.remove_all_but(set())
+        if self.device is not None and not self.lost():
+            with contextlib.suppress(OSError):
+                _libc.umount2(self.directory, _libc.MNT_DETACH)
+                record.note("umount", "-l", self.directory)
+        self.device = None
         with contextlib.suppress(OSError):
             os.rmdir(self.directory)

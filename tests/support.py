@@ -95,6 +95,15 @@ def template_mounts(prefix: str) -> list[str]:
     return found + [directory] if os.path.isdir(directory) else found
 
 
+def named_mounts(prefix: str) -> list[str]:
+    """The host's mounts named after the daemon of that prefix (`dynod-PREFIX`: its dynos'
+    hosts files' tmpfs, netns/hosts.py in_memory): their mount points."""
+    with open("/proc/self/mountinfo") as f:
+        return [
+            line.split()[4] for line in f if line.split(" - ", 1)[1].split()[1] == f"dynod-{prefix}"
+        ]
+
+
 def run_mounts() -> set[str]:
     """The daemons' mount templates: mount points and directories /run/dynod-* (`findmnt`)."""
     points = {p for p in mntns.mount_points("/run") if p.startswith("/run/dynod-")}
@@ -152,7 +161,7 @@ def leftovers(prefix: str) -> dict[str, list[str]]:
         "links": sorted(n for n in link_names() if n.startswith(prefix)),
         "tables": sorted(t for t in nft_tables() if t.split()[-1].startswith(prefix)),
         "cgroups": sorted(cgroup_names(prefix)),
-        "mounts": template_mounts(prefix),
+        "mounts": template_mounts(prefix) + named_mounts(prefix),
     }
     return {k: v for k, v in found.items() if v}
 
@@ -188,6 +197,8 @@ def sweep(prefix: str) -> dict[str, list[str]]:
             cgroup.remove(tree, name)
     if found.get("mounts"):
         mntns.remove(directory_of(prefix))
+        for point in named_mounts(prefix):
+            mntns.unmount(point)
     namespace.release_memory()  # a killed daemon's tmpfs on /run/netns, when empty
     return found
 

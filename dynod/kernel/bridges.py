@@ -22,8 +22,8 @@ from netns.nftables import Nft
 
 def prepare_host(m: Machine) -> list[str]:
     """`sysctl -w net.ipv4.ip_forward=1`, the Common Runtime's bridge, /run/netns in memory
-    where /run is on disk (netns/namespace.py names_in_memory), the dynos' mount template
-    (kernel/mounts.py); warnings."""
+    where /run is on disk (netns/namespace.py names_in_memory), the dynos' hosts files in
+    memory (netns/hosts.py in_memory), the dynos' mount template (kernel/mounts.py); warnings."""
     check_range_is_free(m.worker.ipr, m.common.pool.network, m.common.bridge)
     m.nft = Nft()
     if sysctl.read("net.ipv4.ip_forward") != "1":
@@ -34,6 +34,14 @@ def prepare_host(m: Machine) -> list[str]:
         namespace.names_in_memory()
     except OSError as exc:  # only slower without it: say so, and go on
         warnings.append(f"/run/netns stays on disk ({exc}): each start writes its name there")
+    try:  # before the template too, which must show it (netns/hosts.py)
+        if not m.hosts.in_memory():
+            warnings.append(
+                f"{m.hosts.directory} stays on disk: it holds an older dynod's files (they go "
+                "with its dynos); each start writes its dyno's hosts files there"
+            )
+    except OSError as exc:  # only slower without it: say so, and go on
+        warnings.append(f"{m.hosts.directory} stays on disk ({exc})")
     try:
         m.mounts.make()
     except (OSError, subprocess.SubprocessError) as exc:  # each start tries again (mounts.py)

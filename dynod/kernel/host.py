@@ -59,7 +59,7 @@ class Kernel:
             names=names,
             common=Net("", names.bridge, Pool(cidr), shard_ports=shard_ports),
             resolv_dir=resolv_dir,
-            hosts=hosts.Files(hosts_dir),
+            hosts=hosts.Files(hosts_dir, f"dynod-{prefix}"),
             worker=KernelWorker(f"{prefix}-kernel"),
             cgroups=DynoCgroups(prefix),  # where sized dynos' groups go
             mounts=MountTemplate(prefix, say),
@@ -293,8 +293,11 @@ class Kernel:
                 ),
             ),
             cgroups=self.cgroups.make(netns, size, how.name) if size else [],
-            mounts=self.machine.mounts.for_dyno,
+            # the hosts files' tmpfs too: a template made before it was (again) lacks it
+            mounts=lambda device: self.machine.mounts.for_dyno(device, self.machine.hosts.device),
         )
+        if self.machine.hosts.lost():  # someone unmounted it: a new one, before the files
+            self.machine.hosts.in_memory()
         chosen = sandbox.ready(spawn)  # here: it may remake the mount template, and say so
         return self.spawner.call(_spawn_from_own_table, chosen, env, output_path, stdio)
 

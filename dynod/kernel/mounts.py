@@ -84,14 +84,18 @@ class MountTemplate:
         except OSError as exc:
             self.say(f"warning: the dynos' mount template {self.directory} was not removed: {exc}")
 
-    def for_dyno(self, device: int) -> str:
-        """The template for a dyno whose directory is on `device` (st_dev), made again if it is
-        broken or lacks that filesystem; "" (copy the host's mounts) if it cannot be made."""
+    def for_dyno(self, device: int, *more: int | None) -> str:
+        """The template for a dyno whose directory is on `device` (st_dev), and whose mounts
+        bind files from the filesystems `more` (None: none), made again if it is broken or
+        lacks one of them; "" (copy the host's mounts) if it cannot be made."""
         made = self.made
+        wanted = [device, *(d for d in more if d is not None)]
+        missing = [d for d in wanted if not made or not made.shows(d) and d not in self.unlisted]
         if made is not None and made.intact():
-            if made.shows(device) or device in self.unlisted:
+            if not missing:
                 return made.path
-            why = f"had no mount of device {os.major(device)}:{os.minor(device)} (mounted since)"
+            number = f"{os.major(missing[0])}:{os.minor(missing[0])}"
+            why = f"had no mount of device {number} (mounted since)"
         elif made is not None:
             why = "unmounted or replaced by someone else"
         else:
@@ -109,6 +113,5 @@ class MountTemplate:
             )
             return ""
         self.say(f"the dynos' mount template {self.path} was {why}: made again")
-        if not made.shows(device):
-            self.unlisted.add(device)
+        self.unlisted.update(d for d in wanted if not made.shows(d))
         return made.path

@@ -1,7 +1,9 @@
 """Each dyno's hostname: a UUID of its own, as Heroku gives each dyno its id as its hostname,
 which its own /etc/hosts gives its address (netns/hosts.py); the host's name and /etc/hosts
-stay as they were. The files live while the dyno does: a stop removes them, a restarted daemon
-keeps those of the dynos it adopts and removes the rest, and its stop removes the directory."""
+stay as they were. The files live while the dyno does, in a tmpfs of the daemon's: a stop
+removes them, a restarted daemon keeps those of the dynos it adopts (and the tmpfs) and removes
+the rest, and its stop removes the tmpfs and the directory; a tmpfs someone unmounted comes
+back at the next start."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import DaemonProc
+from tests.support import DaemonProc, named_mounts, sh
 
 pytestmark = pytest.mark.root
 
@@ -66,6 +68,7 @@ def test_each_dyno_is_named_by_a_uuid_its_hosts_file_resolves(daemon: DaemonProc
     # the one-offs' files went with them; the worker's are there, named as its namespace
     netns = daemon.netns("named", worker["name"])
     assert sorted(os.listdir(hosts_dir(daemon))) == files_of(netns)
+    assert named_mounts(daemon.prefix) == [str(hosts_dir(daemon))]  # in memory, named for us
     assert (hosts_dir(daemon) / f"{netns}.hosts").stat().st_mode & 0o777 == 0o644
     assert socket.gethostname() == host_name
     assert Path("/etc/hosts").read_bytes() == host_hosts
@@ -78,6 +81,7 @@ def test_a_restarted_daemon_keeps_its_dynos_files_and_removes_the_rest(
 ) -> None:
     kept = daemon.run("kept", "worker", "sleep 60")
     netns = daemon.netns("kept", kept["name"])
+    device = hosts_dir(daemon).stat().st_dev
     daemon.kill9()
     stray = hosts_dir(daemon) / f"{daemon.prefix}-gone.web.1"
     for suffix in (".hosts", ".fstab", ".hosts.new"):
@@ -88,5 +92,35 @@ def test_a_restarted_daemon_keeps_its_dynos_files_and_removes_the_rest(
         "only the adopted dyno's files",
     )
     assert (hosts_dir(daemon) / f"{netns}.hosts").stat().st_mode & 0o777 == 0o644
+    assert hosts_dir(daemon).stat().st_dev == device  # the killed daemon's tmpfs, kept
+    assert named_mounts(daemon.prefix) == [str(hosts_dir(daemon))]
     assert daemon.terminate() == 0
-    assert not hosts_dir(daemon).exists()
+    assert not hosts_dir(daemon).exists() and not named_mounts(daemon.prefix)
+
+
+def test_a_start_after_someone_unmounted_the_files_tmpfs_mounts_it_again(
+    daemon: DaemonProc,
+) -> None:
+    """The files of a running dyno are bound in its own mount namespace: they outlive the
+    host's mount. The next start mounts a new tmpfs, and a template that shows it."""
+    worker = daemon.run("lost", "worker", "sleep 60")
+    first = look(daemon, "lost")
+    device = hosts_dir(daemon).stat().st_dev
+    sh("umount", "-l", str(hosts_dir(daemon)))
+    assert not named_mounts(daemon.prefix)
+    second = look(daemon, "lost")  # fails before: the bind's file is not where the chain looks
+    assert second[1].split()[1:] == [second[0]] and second[0] != first[0], second
+    assert named_mounts(daemon.prefix) == [str(hosts_dir(daemon))]
+    assert hosts_dir(daemon).stat().st_dev != device
+    assert "mount template" in daemon.log() and "made again" in daemon.log()
+    # the worker started before still has its own files
+    netns = daemon.netns("lost", worker["name"])
+    inside = sh("ip", "netns", "exec", netns, "nsenter", "-t", str(worker_pid(netns)), "-m",
+                "cat", "/etc/hostname").stdout.strip()  # fmt: skip
+    assert str(uuid.UUID(inside)) == inside
+
+
+def worker_pid(netns: str) -> int:
+    """The first process of the dyno's pid namespace (its init), as the host numbers it."""
+    pids = [int(p) for p in sh("ip", "netns", "pids", netns).stdout.split()]
+    return min(pids)
