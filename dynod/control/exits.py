@@ -78,8 +78,9 @@ class Exits:
 def early_exit_note(dyno: Dyno, status: int | None, now: float) -> str | None:
     """What to tell the user when a detached dyno's process ended with status 0 within its first
     seconds: a process dyno must keep running, so that is a crash, and the usual cause is a
-    command line read differently than meant (`sh -c exec server` runs `exec` alone)."""
-    if not dyno.detached or status != 0 or dyno.started_at is None:
+    command line read differently than meant (`sh -c exec server` runs `exec` alone). Not for
+    a dyno being stopped or restarted: a program that ends cleanly on SIGTERM exits 0."""
+    if not dyno.detached or status != 0 or dyno.started_at is None or dyno.state == "stopping":
         return None
     seconds = now - dyno.started_at
     if seconds > EARLY_EXIT:

@@ -71,10 +71,14 @@ NOT_PROGRAMS = SHELL_WORDS | {
     *("chdir", "fc", "jobid", "local", "setvar", "source", "let", "declare", "typeset"),
     *("function", "select", "time", "coproc", "builtin", "enable", "shopt", "disown"),
     *("then", "do", "done", "elif", "else", "fi", "esac", "in", "}", "[[", "]]"),
+    *("bind", "caller", "compgen", "complete", "compopt", "dirs", "help", "history", "logout"),
+    *("mapfile", "popd", "pushd", "readarray", "suspend"),
 }
 # A first word that is a program's name or path as written: nothing in it is expanded (no `$`,
-# glob or assignment), so what it names cannot turn out to be one of NOT_PROGRAMS.
-PLAIN_PROGRAM = re.compile(r"[A-Za-z0-9_./:+,~][A-Za-z0-9_./:+,~-]*")
+# glob or assignment; a `~` only as the start of a path, `~/x` or `~user/x`, which is a path
+# whatever it expands to), so what it names cannot turn out to be one of NOT_PROGRAMS. Not
+# starting with `-` or `+`, which sh -c would take for its own options.
+PLAIN_PROGRAM = re.compile(r"(?:[A-Za-z0-9_./:,]|~[A-Za-z0-9_.-]*/)[A-Za-z0-9_./:+,~-]*")
 # What can end a simple command or start another one (operators, redirections, subshells,
 # command substitution, comments, quotes that could hide any of them, a line break).
 NOT_SIMPLE = frozenset(";&|<>()`'\"\\#\n\r")
@@ -189,11 +193,13 @@ def in_place(command: str) -> str:
     """The command as the dyno's shell is given it: `exec COMMAND` when it is one simple command
     of plain words (`sleep 3600`, `bundle exec puma -p $PORT`), so that its program takes the
     shell's place instead of being its child, as `bash -c` does with such a command (dash, our
-    /bin/sh, forks and waits). Nothing else changes: the words are expanded as before, the
-    status and the signals that end it are the program's either way, and the dyno has one
-    process (and about 0.5 ms of a start's CPU) fewer. Anything else (a list, a pipeline, a
-    redirection, quotes, an assignment, a word the shell runs itself or one only known once
-    expanded) is left as it is."""
+    /bin/sh, forks and waits). The words are expanded as before and the dyno has one process
+    (and about 0.5 ms of a start's CPU) fewer. What it ends with is the program's own status,
+    as on Heroku: at a stop, a program that exits cleanly on SIGTERM now says 0 where the shell
+    between said 143, and a name found in PATH that its user may not run says 126 (POSIX's
+    "found, not executable") where the shell said 127; errors read `exec: NAME: ...`. Anything
+    else (a list, a pipeline, a redirection, quotes, a backslash, a comment, a line break, an
+    assignment, a word the shell runs itself or one only known once expanded) is left as is."""
     words = command.split()
     if not words or NOT_SIMPLE.intersection(command):
         return command

@@ -92,3 +92,18 @@ def test_a_plain_command_takes_its_shells_place_and_anything_else_keeps_it() -> 
         lines = [line for line in d.log().splitlines() if "plain.1" in line]
         assert not any("R12" in line for line in lines), lines
         assert any("Process exited with status 143" in line for line in lines), lines
+
+
+def test_a_program_that_ends_cleanly_on_sigterm_is_stopped_without_a_crash_note() -> None:
+    """With no shell between, a stop's status is the program's: 0 from one that handles SIGTERM
+    (as on Heroku), where the shell said 143; a stop within the first seconds is no crash."""
+    with running_daemon() as d:
+        script = d.app_dir / "graceful"
+        script.write_text("#!/bin/sh\ntrap 'echo bye; exit 0' TERM\necho hi\nsleep 60 & wait\n")
+        script.chmod(0o755)
+        d.run("calm", "worker", "./graceful")
+        d.wait_for(lambda: "hi" in d.output("calm", "worker.1"), "the program's first line")
+        d.stop_dyno("calm", "worker.1", grace=5)
+        lines = [line for line in d.log().splitlines() if "worker.1" in line]
+        assert any("Process exited with status 0" in line for line in lines), lines
+        assert not any("keep running" in line or "R12" in line for line in lines), lines

@@ -28,3 +28,7 @@ def test_no_note_for_a_failure_a_late_exit_a_foreground_dyno_or_an_adopted_one()
     assert early_exit_note(dyno(), 0, 100.0 + EARLY_EXIT + 1) is None
     assert early_exit_note(dyno(detached=False), 0, 101.0) is None
     assert early_exit_note(dyno(started_at=None), 0, 101.0) is None
+    # stopped or restarted: a program that ends cleanly on SIGTERM exits 0 (no shell between)
+    stopped = dyno()
+    stopped.state = "stopping"
+    assert early_exit_note(stopped, 0, 101.0) is None

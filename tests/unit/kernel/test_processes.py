@@ -93,7 +93,9 @@ def test_a_command_over_the_limit_is_refused_quickly() -> None:
         "/usr/bin/python3 -u app.py *.cfg",
         "  ./bin/web\t--port=5000  ",
         "~/bin/worker",
+        "~deploy/bin/worker --fast",
         "sh",
+        "bin/web+admin",
     ],
 )
 def test_one_plain_program_takes_its_shells_place(command: str) -> None:
@@ -135,6 +137,14 @@ def test_one_plain_program_takes_its_shells_place(command: str) -> None:
         "source env.sh",
         "[[",
         "time sleep 1",
+        "~",  # $HOME, which could be any word
+        "~deploy",
+        "~ /tmp",
+        "+x 1",  # sh -c would take it for an option
+        ":",
+        ".",
+        "chdir /tmp",
+        "pushd /tmp",
     ],
 )
 def test_anything_else_keeps_its_shell(command: str) -> None:
