@@ -65,6 +65,7 @@ class Kernel:
             mounts=MountTemplate(prefix, say),
         )
         self.names = names
+        self.say = say
         self.common = self.machine.common
         self.spaces = self.machine.spaces
         self.worker = self.machine.worker
@@ -197,6 +198,19 @@ class Kernel:
             if isinstance(result, BaseException):
                 raise result
 
+    def _hosts_again(self) -> None:
+        """The dynos' hosts files' tmpfs, mounted again after someone unmounted it; where that
+        fails, they are written on disk, as a start-up that could not mount it does."""
+        hosts = self.machine.hosts
+        try:
+            if hosts.in_memory():
+                return
+            why = "it holds files on disk"
+        except OSError as exc:
+            why = str(exc)
+        self.say(f"warning: the dynos' hosts files' tmpfs {hosts.directory} was unmounted and "
+                 f"could not be mounted again ({why}): they are written on disk")  # fmt: skip
+
     def _unname(self, netns: str, group: str | None) -> None:
         """`ip netns delete NS` and the cgroup's `rmdir`: mount and cgroupfs calls, safe on any
         thread (no namespace is entered)."""
@@ -297,7 +311,7 @@ class Kernel:
             mounts=lambda device: self.machine.mounts.for_dyno(device, self.machine.hosts.device),
         )
         if self.machine.hosts.lost():  # someone unmounted it: a new one, before the files
-            self.machine.hosts.in_memory()
+            self._hosts_again()
         chosen = sandbox.ready(spawn)  # here: it may remake the mount template, and say so
         return self.spawner.call(_spawn_from_own_table, chosen, env, output_path, stdio)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import DaemonProc, named_mounts, sh
+from tests.support import DaemonProc, named_mounts, sh, state_in_memory
 
 pytestmark = pytest.mark.root
 
@@ -52,6 +52,12 @@ def hosts_dir(d: DaemonProc) -> Path:
     return Path(d.state_dir) / "hosts"
 
 
+def own_tmpfs(d: DaemonProc) -> list[str]:
+    """Where the daemon's tmpfs for the files is: its hosts directory, unless its whole state
+    directory is in memory already (a /tmp on a tmpfs), which needs none."""
+    return [] if state_in_memory(d.state_dir) else [str(hosts_dir(d))]
+
+
 def test_each_dyno_is_named_by_a_uuid_its_hosts_file_resolves(daemon: DaemonProc) -> None:
     host_name, host_hosts = socket.gethostname(), Path("/etc/hosts").read_bytes()
     worker = daemon.run("named", "worker", "sleep 60")
@@ -68,7 +74,7 @@ def test_each_dyno_is_named_by_a_uuid_its_hosts_file_resolves(daemon: DaemonProc
     # the one-offs' files went with them; the worker's are there, named as its namespace
     netns = daemon.netns("named", worker["name"])
     assert sorted(os.listdir(hosts_dir(daemon))) == files_of(netns)
-    assert named_mounts(daemon.prefix) == [str(hosts_dir(daemon))]  # in memory, named for us
+    assert named_mounts(daemon.prefix) == own_tmpfs(daemon)  # in memory, named for us
     assert (hosts_dir(daemon) / f"{netns}.hosts").stat().st_mode & 0o777 == 0o644
     assert socket.gethostname() == host_name
     assert Path("/etc/hosts").read_bytes() == host_hosts
@@ -93,7 +99,7 @@ def test_a_restarted_daemon_keeps_its_dynos_files_and_removes_the_rest(
     )
     assert (hosts_dir(daemon) / f"{netns}.hosts").stat().st_mode & 0o777 == 0o644
     assert hosts_dir(daemon).stat().st_dev == device  # the killed daemon's tmpfs, kept
-    assert named_mounts(daemon.prefix) == [str(hosts_dir(daemon))]
+    assert named_mounts(daemon.prefix) == own_tmpfs(daemon)
     assert daemon.terminate() == 0
     assert not hosts_dir(daemon).exists() and not named_mounts(daemon.prefix)
 
@@ -103,6 +109,8 @@ def test_a_start_after_someone_unmounted_the_files_tmpfs_mounts_it_again(
 ) -> None:
     """The files of a running dyno are bound in its own mount namespace: they outlive the
     host's mount. The next start mounts a new tmpfs, and a template that shows it."""
+    if state_in_memory(daemon.state_dir):
+        pytest.skip("the state directory is in memory already: no tmpfs of the daemon's")
     worker = daemon.run("lost", "worker", "sleep 60")
     first = look(daemon, "lost")
     device = hosts_dir(daemon).stat().st_dev
@@ -124,3 +132,30 @@ def worker_pid(netns: str) -> int:
     """The first process of the dyno's pid namespace (its init), as the host numbers it."""
     pids = [int(p) for p in sh("ip", "netns", "pids", netns).stdout.split()]
     return min(pids)
+
+
+def test_a_state_directory_reached_through_a_symlink_keeps_one_tmpfs_across_a_sigkill() -> None:
+    """The tmpfs is known by its device, not by the path mountinfo gives (the symlink's
+    target): a restarted daemon keeps the killed one's (fails before: a second one was mounted
+    over it, or none and a warning, and the first one was left behind at the stop)."""
+    d = DaemonProc()
+    real = d.dir / "real-state"
+    real.mkdir()
+    (d.dir / "state-link").symlink_to(real)
+    d.state_dir = str(d.dir / "state-link")
+    try:
+        d.start()
+        kept = d.run("linked", "worker", "sleep 60")
+        netns = d.netns("linked", kept["name"])
+        device = hosts_dir(d).stat().st_dev
+        d.kill9()
+        d.start()
+        d.wait_for(lambda: sorted(os.listdir(hosts_dir(d))) == files_of(netns), "its files")
+        assert hosts_dir(d).stat().st_dev == device
+        assert len(named_mounts(d.prefix)) == len(own_tmpfs(d))
+        assert "stays on disk" not in d.log()
+        assert d.terminate() == 0
+        assert not named_mounts(d.prefix)
+    finally:
+        found = d.close()
+        assert not found, f"the daemon left kernel objects behind: {found}"
