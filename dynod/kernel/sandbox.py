@@ -29,7 +29,9 @@ SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # once, to every other process of the dyno (`kill -TERM -1`; the daemon signals only it, see
 # inside.signal_dyno_in's via_init, as a scan of /proc would miss a process forked meanwhile; a
 # SIGTERM the kernel dropped before the handler was in is sent again once it is: exits.py
-# term_once_heard). Then it
+# term_once_heard). Its own stderr goes to /dev/null once the command runs (the command keeps
+# the dyno's): what it would say then is a job's end, dash's `Terminated` at one stop in
+# three, which is not the app's output (bash -c, as on Heroku, execs and says nothing). Then it
 # waits until every other process of the dyno has exited (they have the grace period; the daemon
 # SIGKILLs them after it), so a graceful shutdown is never cut short. When the command exits on
 # its own it exits at once, with the command's status, and the kernel kills whatever it left.
@@ -38,6 +40,7 @@ DYNO_INIT = """
 cd -- "$1" || exit 126
 /bin/sh -c "$0" </dev/null &
 main=$!
+exec 2>/dev/null
 dynod_stopping=
 trap '[ -n "$dynod_stopping" ] || { dynod_stopping=yes; kill -TERM -1 2>/dev/null; }' TERM
 while :; do
