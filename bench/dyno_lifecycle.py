@@ -73,7 +73,7 @@ from run_support import Interrupted, machine, signals_ignored, sigterm_as_interr
 from dynod.api.client import Client
 from dynod.errors import DynodError
 from dynod.kernel.mounts import directory_of
-from netns import hosts, mntns, namespace
+from netns import mntns, namespace
 from netns.nftables import Nft, NftError
 
 T = TypeVar("T")
@@ -183,7 +183,7 @@ def leftovers(prefix: str) -> dict[str, list[str]]:
         "links": sorted(n for n in link_names if prefix in n),
         "nft tables": tables,
         "mount template": mntns.mount_points(directory_of(prefix)),
-        "hosts files' tmpfs": hosts.mounted_as(f"dynod-{prefix}"),  # netns/hosts.py in_memory
+        "hosts files' tmpfs": mntns.mounted_as(f"dynod-{prefix}"),  # netns/hosts.py in_memory
     }
 
 
@@ -229,7 +229,7 @@ def sweep(prefix: str) -> None:
             if table == prefix and family in ("bridge", "inet"):
                 nft.run(f"delete table {family} {table}")
     mntns.remove(directory_of(prefix))  # the daemon's mount template (kernel/mounts.py)
-    for point in hosts.mounted_as(f"dynod-{prefix}"):  # its hosts files' tmpfs
+    for point in mntns.mounted_as(f"dynod-{prefix}"):  # its hosts files' tmpfs
         mntns.unmount(point)
     namespace.release_memory()  # its tmpfs on /run/netns, if it made one and it is empty
 

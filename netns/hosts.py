@@ -23,40 +23,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
+import shlex
 
-from netns import _libc, fstab, namespace, record, textfile
+from netns import _libc, fstab, mntns, namespace, record, textfile
 
 FILES = (".hosts", ".hostname", ".fstab")
 SUFFIXES = (*FILES, *(f"{s}.new" for s in FILES))
-
-
-def mount_of(device: int) -> tuple[str, str]:
-    """(type, source) of the filesystem whose st_dev is `device`: the first line of
-    /proc/self/mountinfo with its major:minor (`findmnt`), ("", "") if none."""
-    wanted = f"{os.major(device)}:{os.minor(device)}"
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            if line.split(maxsplit=3)[2] == wanted:
-                fstype, source = line.split(" - ", 1)[1].split()[:2]
-                return fstype, source
-    return "", ""
-
-
-def mounted_as(source: str) -> list[str]:
-    """The mount points of the mounts named `source` (`findmnt -n -o TARGET -S SOURCE`): what
-    a daemon killed before its stop left (in_memory's tmpfs), for a bench's or a test's sweep."""
-    with open("/proc/self/mountinfo") as f:
-        return [
-            _unescaped(line.split()[4])
-            for line in f
-            if line.split(" - ", 1)[1].split()[1] == source
-        ]
-
-
-def _unescaped(field: str) -> str:
-    """mountinfo's octal escapes (`\\040` for a space) undone."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def text(hostname: str, address: str) -> str:
@@ -87,7 +59,7 @@ class Files:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         record.note("mkdir", "-p", "-m", "700", self.directory)
         found = os.stat(self.directory).st_dev
-        fstype, source = mount_of(found)
+        fstype, source = mntns.mount_of(found)
         if fstype in namespace.MEMORY_TYPES:
             if (
                 fstype == "tmpfs"
@@ -101,10 +73,10 @@ class Files:
         flags = _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC
         _libc.mount(self.source, self.directory, "tmpfs", flags, "mode=700")
         # shown as the test it was: run again, it leaves memory, or files there, alone
-        where = self.directory
+        where, source = shlex.quote(self.directory), shlex.quote(self.source)
         record.note_text(
             f'case "$(stat -f -c %T {where})" in tmpfs|ramfs) ;; *) [ -n "$(ls -A {where})" ] '
-            f"|| mount -t tmpfs -o mode=700,nosuid,nodev,noexec {self.source} {where};; esac"
+            f"|| mount -t tmpfs -o mode=700,nosuid,nodev,noexec {source} {where};; esac"
         )
         self.device = os.stat(self.directory).st_dev
         return True

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -171,6 +172,34 @@ def mount_points(directory: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         points = [line.split()[4] for line in f]
     return sorted(p for p in points if p == directory or p.startswith(directory + "/"))
+
+
+def mount_of(device: int) -> tuple[str, str]:
+    """(type, source) of the filesystem whose st_dev is `device`: the first line of
+    /proc/self/mountinfo with its major:minor (`findmnt`), ("", "") if none."""
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            if line.split(maxsplit=3)[2] == wanted:
+                fstype, source = line.split(" - ", 1)[1].split()[:2]
+                return fstype, source
+    return "", ""
+
+
+def mounted_as(source: str) -> list[str]:
+    """The mount points of the mounts named `source` (`findmnt -n -o TARGET -S SOURCE`): what
+    a daemon killed before its stop left (netns/hosts.py in_memory's tmpfs), for a sweep."""
+    with open("/proc/self/mountinfo") as f:
+        return [
+            _unescaped(line.split()[4])
+            for line in f
+            if line.split(" - ", 1)[1].split()[1] == source
+        ]
+
+
+def _unescaped(field: str) -> str:
+    """mountinfo's octal escapes (`\\040` for a space) undone."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 @contextlib.contextmanager

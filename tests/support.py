@@ -30,7 +30,7 @@ from dynod.api.client import Client
 from dynod.errors import DynodError
 from dynod.kernel.mounts import directory_of
 from dynod.testing.daemon import free_port, free_range
-from netns import cgroup, hosts, mntns, namespace
+from netns import cgroup, mntns, namespace
 from netns.exec import in_cgroups
 
 APPS_DIR = Path(__file__).parent / "apps"
@@ -98,13 +98,13 @@ def template_mounts(prefix: str) -> list[str]:
 def named_mounts(prefix: str) -> list[str]:
     """The host's mounts named after the daemon of that prefix (`dynod-PREFIX`: its dynos'
     hosts files' tmpfs, netns/hosts.py in_memory): their mount points."""
-    return hosts.mounted_as(f"dynod-{prefix}")
+    return mntns.mounted_as(f"dynod-{prefix}")
 
 
 def state_in_memory(state_dir: str) -> bool:
     """Is a daemon's state directory on a tmpfs already (where /tmp is one: Debian 13, Fedora)?
     Then its hosts files need no tmpfs of their own (netns/hosts.py in_memory)."""
-    return hosts.mount_of(os.stat(state_dir).st_dev)[0] in namespace.MEMORY_TYPES
+    return mntns.mount_of(os.stat(state_dir).st_dev)[0] in namespace.MEMORY_TYPES
 
 
 def run_mounts() -> set[str]:

@@ -34,19 +34,27 @@ def prepare_host(m: Machine) -> list[str]:
         namespace.names_in_memory()
     except OSError as exc:  # only slower without it: say so, and go on
         warnings.append(f"/run/netns stays on disk ({exc}): each start writes its name there")
-    try:  # before the template too, which must show it (netns/hosts.py)
-        if not m.hosts.in_memory():
-            warnings.append(
-                f"{m.hosts.directory} stays on disk: it holds an older dynod's files (they go "
-                "with its dynos); each start writes its dyno's hosts files there"
-            )
-    except OSError as exc:  # only slower without it: say so, and go on
-        warnings.append(f"{m.hosts.directory} stays on disk ({exc})")
+    if why := hosts_in_memory(m):  # before the template too, which must show it
+        warnings.append(why)
     try:
         m.mounts.make()
     except (OSError, subprocess.SubprocessError) as exc:  # each start tries again (mounts.py)
         warnings.append(f"no mount template ({exc}): dynos copy the host's mounts")
     return warnings
+
+
+def hosts_in_memory(m: Machine) -> str:
+    """The dynos' hosts files' tmpfs (netns/hosts.py in_memory); why they stay on disk, if they
+    do ("": in memory). Only slower on disk: the caller says so, and goes on."""
+    try:
+        if m.hosts.in_memory():
+            return ""
+        return (
+            f"{m.hosts.directory} stays on disk: it holds an older dynod's files (they go with "
+            "its dynos); each start writes its dyno's hosts files there"
+        )
+    except OSError as exc:
+        return f"{m.hosts.directory} stays on disk ({exc})"
 
 
 def make_bridge(m: Machine, net: Net) -> None:

@@ -198,19 +198,6 @@ class Kernel:
             if isinstance(result, BaseException):
                 raise result
 
-    def _hosts_again(self) -> None:
-        """The dynos' hosts files' tmpfs, mounted again after someone unmounted it; where that
-        fails, they are written on disk, as a start-up that could not mount it does."""
-        hosts = self.machine.hosts
-        try:
-            if hosts.in_memory():
-                return
-            why = "it holds files on disk"
-        except OSError as exc:
-            why = str(exc)
-        self.say(f"warning: the dynos' hosts files' tmpfs {hosts.directory} was unmounted and "
-                 f"could not be mounted again ({why}): they are written on disk")  # fmt: skip
-
     def _unname(self, netns: str, group: str | None) -> None:
         """`ip netns delete NS` and the cgroup's `rmdir`: mount and cgroupfs calls, safe on any
         thread (no namespace is entered)."""
@@ -310,8 +297,9 @@ class Kernel:
             # the hosts files' tmpfs too: a template made before it was (again) lacks it
             mounts=lambda device: self.machine.mounts.for_dyno(device, self.machine.hosts.device),
         )
-        if self.machine.hosts.lost():  # someone unmounted it: a new one, before the files
-            self._hosts_again()
+        # someone unmounted it: a new one, before the files
+        if self.machine.hosts.lost() and (why := bridges.hosts_in_memory(self.machine)):
+            self.say(f"warning: the dynos' hosts files' tmpfs was unmounted: {why}")
         chosen = sandbox.ready(spawn)  # here: it may remake the mount template, and say so
         return self.spawner.call(_spawn_from_own_table, chosen, env, output_path, stdio)
 

@@ -90,7 +90,7 @@ class MountTemplate:
         lacks one of them; "" (copy the host's mounts) if it cannot be made."""
         made = self.made
         wanted = [device, *(d for d in more if d is not None)]
-        missing = [d for d in wanted if not made or not made.shows(d) and d not in self.unlisted]
+        missing = [d for d in wanted if not made or (not made.shows(d) and d not in self.unlisted)]
         if made is not None and made.intact():
             if not missing:
                 return made.path
