@@ -34,7 +34,7 @@ from run_support import sigterm_as_interrupt
 
 from dynod.kernel import network
 from dynod.kernel.addressing import SHARD_PORTS, Pool
-from netns import namespace
+from netns import namespace, nsid
 from netns.rtnl import Rtnl
 
 
@@ -99,6 +99,7 @@ class DaemonSteps(DenseFloor):
         super().__init__(prefix, network_, per_bridge)
         self.pool = Pool(str(network_))
         self.rtnl = Rtnl()
+        self.nsids = nsid.Descending()  # the daemon's namespace ids (netns/nsid.py)
 
     def bridge(self, seq: int) -> int:
         shard = seq // self.per_bridge
@@ -113,7 +114,7 @@ class DaemonSteps(DenseFloor):
             f"{self.prefix}-{seq:x}", f"{self.prefix}v{seq:x}", self.pool.subnet(seq + 1)
         )
         began = time.perf_counter()
-        network.attach(self.rtnl, master, dyno)
+        network.attach(self.rtnl, master, dyno, self.nsids)
         return ms_since(began)
 
     def close(self) -> None:

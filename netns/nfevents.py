@@ -16,6 +16,11 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from netns import nlmsg
+from netns.nlmsg import attributes
+
+__all__ = ["attributes"]  # read here, and by nftrace.py and the tests from here
+
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
 NFNLGRP_NFTRACE = 9
@@ -30,10 +35,8 @@ NFTA_GEN_PROC_PID = 2
 NFTA_GEN_PROC_NAME = 3
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 1
-NLMSG_HEADER = struct.Struct("=IHHII")
+NLMSG_HEADER = nlmsg.HEADER
 NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
-NLA_HEADER = struct.Struct("=HH")
-NLA_TYPE_MASK = 0x3FFF
 UNKNOWN = -1  # a commit whose author is unknown (events were lost: the queue overflowed)
 
 
@@ -180,25 +183,4 @@ def receive(sock: socket.socket) -> Iterator[bytes | None]:
 def messages(data: bytes, kind: int) -> Iterator[bytes]:
     """The bodies (what follows the netlink header: nfgenmsg, then attributes) of the messages
     of this type ((subsystem << 8) | message) in a netlink datagram."""
-    offset = 0
-    while offset + NLMSG_HEADER.size <= len(data):
-        length, found, _flags, _seq, _port = NLMSG_HEADER.unpack_from(data, offset)
-        if length < NLMSG_HEADER.size:
-            break
-        if found == kind:
-            yield data[offset + NLMSG_HEADER.size : offset + length]
-        offset += (length + 3) & ~3
-
-
-def attributes(data: bytes) -> dict[int, bytes]:
-    """A run of netlink attributes by type (nesting and byte-order flags masked off); the last
-    one wins when a type repeats."""
-    attrs: dict[int, bytes] = {}
-    offset = 0
-    while offset + NLA_HEADER.size <= len(data):
-        length, kind = NLA_HEADER.unpack_from(data, offset)
-        if length < NLA_HEADER.size:
-            break
-        attrs[kind & NLA_TYPE_MASK] = data[offset + NLA_HEADER.size : offset + length]
-        offset += (length + 3) & ~3
-    return attrs
+    return (body for found, _seq, body in nlmsg.frames(data) if found == kind)

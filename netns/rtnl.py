@@ -9,8 +9,9 @@ per call, nothing else.
 
 It offers the few pyroute2 methods the per-dyno path uses, with the same names and keywords, so
 the functions of links.py and addresses.py (and their recorder notes) are the same for both: a
-refusal raises pyroute2's NetlinkError with the kernel's errno, as IPRoute does. Anything else
-(dumps, bridges, start-up and reconcile) stays with pyroute2.
+refusal raises pyroute2's NetlinkError with the kernel's errno, as IPRoute does. It also gives
+namespaces their ids and lists them (netns/nsid.py), which pyroute2 0.9's IPRoute does not offer.
+Anything else (other dumps, bridges, start-up and reconcile) stays with pyroute2.
 
 A socket belongs to the network namespace of the thread that opened it; interface names are
 looked up with if_nametoindex(3) (an ioctl on a socket of the calling thread's namespace), so an
@@ -26,6 +27,8 @@ import threading
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from netns import nlmsg
+
 # message types (linux/rtnetlink.h)
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
@@ -35,10 +38,14 @@ RTM_DELADDR = 21
 RTM_NEWROUTE = 24
 RTM_NEWNEIGH = 28
 RTM_DELNEIGH = 29
+RTM_NEWNSID = 88
+RTM_GETNSID = 90
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
 # header flags (linux/netlink.h)
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
 NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
@@ -61,6 +68,8 @@ VETH_INFO_PEER = 1
 IFLA_BRPORT_LEARNING = 8
 IFLA_BRPORT_UNICAST_FLOOD = 9
 IFLA_BRPORT_ISOLATED = 33
+NETNSA_NSID = 1  # linux/net_namespace.h
+NETNSA_FD = 3
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 RTA_DST = 1
@@ -73,11 +82,12 @@ RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
 RTPROT_BOOT = 3
 
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
+_HEADER = nlmsg.HEADER
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg: family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg: family, dst_len, src_len, tos, table, ...
 _NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family, ifindex, state, flags, type
+_RTGEN = struct.Struct("=Bxxx")  # rtgenmsg: family, padded to 4 bytes
 _ERROR = struct.Struct("=i")
 
 
@@ -135,23 +145,54 @@ class Rtnl:
     def request(self, kind: int, flags: int, body: bytes) -> None:
         """Send one message and wait for its acknowledgement; NetlinkError on a refusal."""
         with self._lock:
-            self._seq = self._seq % 0xFFFFFFFF + 1
-            seq = self._seq
-            flags |= NLM_F_REQUEST | NLM_F_ACK
-            self._sock.send(_HEADER.pack(_HEADER.size + len(body), kind, flags, seq, 0) + body)
+            seq = self._send(kind, flags | NLM_F_ACK, body)
             while True:
-                data = self._sock.recv(65536)
-                offset = 0
-                while offset + _HEADER.size <= len(data):
-                    length, mtype, _, mseq, _ = _HEADER.unpack_from(data, offset)
+                for mtype, mseq, reply in nlmsg.frames(self._sock.recv(65536)):
                     if mtype == NLMSG_ERROR and mseq == seq:
-                        error = -_ERROR.unpack_from(data, offset + _HEADER.size)[0]
+                        error = -_ERROR.unpack_from(reply)[0]
                         if error:
                             raise NetlinkError(error, os.strerror(error))
                         return
-                    if length < _HEADER.size:
-                        break
-                    offset += (length + 3) & ~3
+
+    def _send(self, kind: int, flags: int, body: bytes) -> int:
+        """One request on the socket (the caller holds the lock); its sequence number."""
+        self._seq = self._seq % 0xFFFFFFFF + 1
+        flags |= NLM_F_REQUEST
+        self._sock.send(_HEADER.pack(_HEADER.size + len(body), kind, flags, self._seq, 0) + body)
+        return self._seq
+
+    def dump(self, kind: int, body: bytes) -> list[bytes]:
+        """Send one dump request and collect the answer's messages (each without its header)
+        until its end; NetlinkError on a refusal."""
+        with self._lock:
+            seq = self._send(kind, NLM_F_DUMP, body)
+            messages: list[bytes] = []
+            while True:
+                for mtype, mseq, reply in nlmsg.frames(self._sock.recv(65536)):
+                    if mseq != seq:
+                        continue
+                    if mtype == NLMSG_DONE:
+                        return messages
+                    if mtype == NLMSG_ERROR:
+                        error = -_ERROR.unpack_from(reply)[0]
+                        raise NetlinkError(error, os.strerror(error))
+                    messages.append(reply)
+
+    # ------------------------------------------------------------ namespace ids (netns/nsid.py)
+    def set_nsid(self, fd: int, nsid: int) -> None:
+        """`ip netns set NAME NSID`, the namespace given as an open fd of it."""
+        body = _RTGEN.pack(socket.AF_UNSPEC)
+        body += _attr(NETNSA_NSID, struct.pack("=i", nsid)) + _attr(NETNSA_FD, _u32(fd))
+        self.request(RTM_NEWNSID, NLM_F_CREATE | NLM_F_EXCL, body)
+
+    def nsids(self) -> list[int]:
+        """`ip netns list-id`: the ids this socket's namespace gave other namespaces."""
+        found = []
+        for message in self.dump(RTM_GETNSID, _RTGEN.pack(socket.AF_UNSPEC)):
+            nsid = nlmsg.attributes(message[_RTGEN.size :]).get(NETNSA_NSID)
+            if nsid is not None:
+                found.append(struct.unpack("=i", nsid[:4])[0])
+        return found
 
     # ------------------------------------------------------------ what links.py asks
     def link(

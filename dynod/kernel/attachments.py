@@ -23,7 +23,7 @@ def attach(m: Machine, dyno: DynoNetwork) -> None:
     m.nftables().run(firewall.add_dyno(m.layout, dyno.port, dyno.web))
     ruleset.expect(m, dyno, present=True)
     try:
-        network.attach(m.worker.rtnl, bridge, _attachment(dyno))
+        network.attach(m.worker.rtnl, bridge, _attachment(dyno), m.nsids)
     except BaseException:
         with contextlib.suppress(NftError):
             m.nftables().run(firewall.remove_dyno(m.layout, dyno.port, dyno.web))

@@ -32,7 +32,7 @@ from dynod.kernel.protocol import Launched, SpawnFailed
 from dynod.kernel.ruleset import foreign_drop_policies
 from dynod.kernel.scans import SharedScans
 from dynod.kernel.stdio import DynoEnds
-from netns import addresses, cgroup, fstab, hosts, namespace, nfevents, removals
+from netns import addresses, cgroup, fstab, hosts, namespace, nfevents, nsid, removals
 from netns.nftables import NftError
 from netns.spawner import Spawner, borrowed, signal_wakeup_fd
 from netns.worker import KernelWorker
@@ -63,6 +63,7 @@ class Kernel:
             worker=KernelWorker(f"{prefix}-kernel"),
             cgroups=DynoCgroups(prefix),  # where sized dynos' groups go
             mounts=MountTemplate(prefix, say),
+            nsids=nsid.Descending(),
         )
         self.names = names
         self.say = say
@@ -74,6 +75,7 @@ class Kernel:
         self.spawner = Spawner(f"{prefix}-spawn", keep=signal_wakeup_fd())
         self.cgroups = self.machine.cgroups
         self.touched = False  # whether anything was made that shutdown must remove
+        self.nsids_said = False  # whether the log said that namespace ids stopped (nsid.py)
         self.scans = SharedScans()  # who runs in which namespace, one scan for many askers
 
     @property
@@ -176,6 +178,13 @@ class Kernel:
         network.new_namespaces_have_ipv6()  # read once, here in the host's namespace
         attachments.attach(self.machine, dyno)
         attached_at = time.perf_counter()
+        if self.machine.nsids.stopped and not self.nsids_said:
+            self.nsids_said = True
+            self.say(
+                f"warning: dynos' network namespaces get no id of dynod's any more "
+                f"({self.machine.nsids.stopped}): the kernel gives them one, and a start costs "
+                "a little more with every dyno running"
+            )
         try:
             popen = self._spawn(how, env, output_path, stdio, fresh=True)
         except Exception as exc:

@@ -12,7 +12,7 @@ from dynod.kernel import firewall, network
 from dynod.kernel.addressing import SHARD_PORTS, Pool
 from dynod.kernel.cgroups import DynoCgroups
 from dynod.kernel.mounts import MountTemplate
-from netns import hosts
+from netns import hosts, nsid
 from netns.nftables import Nft, Snapshot
 from netns.worker import KernelWorker
 
@@ -74,6 +74,8 @@ class Machine:
     worker: KernelWorker
     cgroups: DynoCgroups
     mounts: MountTemplate  # what dynos' mount namespaces are copied from
+    # the ids dynos' namespaces get in the host's, newest lowest (netns/nsid.py)
+    nsids: nsid.Descending
     spaces: dict[str, Net] = field(default_factory=dict)
     nft: Nft | None = None
     # What our tables should hold: taken right after each full apply, and kept up to date

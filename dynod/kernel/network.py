@@ -25,7 +25,7 @@ from pyroute2 import IPRoute
 
 from dynod.errors import DynodError
 from dynod.kernel.addressing import Pool, Subnet, mac_for
-from netns import addresses, links, namespace, sysctl
+from netns import addresses, links, namespace, nsid, sysctl
 from netns.links import Netlink
 from netns.rtnl import Rtnl
 
@@ -118,10 +118,16 @@ def ensure_shard_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
     return index
 
 
-def attach(ipr: Netlink, bridge_index: int, dyno: Attachment) -> None:
+def attach(
+    ipr: Netlink, bridge_index: int, dyno: Attachment, nsids: nsid.Descending | None = None
+) -> None:
+    """The dyno's namespace (with its id in the host's from nsids, on an Rtnl: netns/nsid.py),
+    its veth on the bridge, the port's settings, the gateway /30 and the inside configured."""
     subnet = dyno.subnet
     namespace.create(dyno.netns)
     try:
+        if nsids is not None and isinstance(ipr, Rtnl):
+            nsids.give_next(ipr, dyno.netns)  # before the veth: its notifications carry it
         port = links.add_veth_into_netns(
             ipr,
             host_name=dyno.veth,

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -21,7 +22,7 @@ import psutil
 import pytest
 
 from dynod.errors import DynodError
-from netns import namespace
+from netns import namespace, nsid
 from tests.support import (
     DaemonProc,
     leftovers,
@@ -83,6 +84,58 @@ def test_sigkilled_daemon_adopts_live_dynos_and_cleans_dead_ones() -> None:
         d.wait_for(lambda: marker in d.output("sushi", "web.1"), "output of the adopted dyno")
         assert d.stop_dyno("sushi", "web.1")["stopped"] == ["web.1"]
         assert not psutil.pid_exists(web["pid"]) or psutil.Process(web["pid"]).status() == "zombie"
+
+
+def namespace_ids() -> dict[str, int]:
+    """`ip netns list-id`: each named namespace's id in the host's."""
+    found = {}
+    for line in sh("ip", "netns", "list-id").stdout.splitlines():
+        match = re.fullmatch(r"nsid (\d+) \(iproute2 netns name: (\S+)\)", line.strip())
+        if match:
+            found[match[2]] = int(match[1])
+    return found
+
+
+def host_end_nsid(netns: str) -> int:
+    """The id the host's end of the dyno's veth gives the namespace of its other end
+    (`ip -d link show`'s link-netnsid): what each notification about that link carries."""
+    inner = sh("ip", "-n", netns, "-o", "link", "show", "eth0").stdout
+    host_index = re.search(r"eth0@if(\d+):", inner)
+    assert host_index, inner
+    (link,) = [
+        link
+        for link in json.loads(sh("ip", "-j", "link", "show").stdout)
+        if link["ifindex"] == int(host_index[1])
+    ]
+    return int(link["link_netnsid"])
+
+
+def test_each_dyno_namespace_gets_an_id_below_every_earlier_one_across_a_sigkill() -> None:
+    """The kernel finds a namespace's id by walking the host's ids upwards (netns/nsid.py): the
+    daemon gives each new dyno's namespace an id below all it gave before, from the top of the
+    range, before its veth exists, so the veth's notifications carry that id and find it first.
+    A daemon started again after SIGKILL counts on from below what its adopted dyno kept."""
+    with running_daemon() as d:
+        d.run("ids", "worker", "sleep 600")
+        d.run("ids", "worker", "sleep 600")
+        first, second = (d.netns("ids", f"worker.{n}") for n in (1, 2))
+        ids = namespace_ids()
+        assert nsid.FLOOR <= ids[second] < ids[first] <= nsid.TOP, ids
+        assert host_end_nsid(first) == ids[first] and host_end_nsid(second) == ids[second]
+        d.kill9()
+        d.start()
+        assert [x["name"] for x in d.dynos("ids")] == ["worker.1", "worker.2"]
+        d.run("ids", "worker", "sleep 600")
+        third = d.netns("ids", "worker.3")
+        ids = namespace_ids()
+        assert nsid.FLOOR <= ids[third] < ids[second] < ids[first], ids
+        assert host_end_nsid(third) == ids[third]
+        explained = d.cli(
+            "run", "--detach", "--explain", "--app", "ids", "--type", "worker", "--", "sleep", "600"
+        )
+        assert re.search(
+            rf"^ip netns set {re.escape(d.netns('ids', 'worker.4'))} \d+$", explained.stdout, re.M
+        ), explained.stdout
 
 
 def test_daemon_stop_leaves_no_kernel_object_or_process() -> None:

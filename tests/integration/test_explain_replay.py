@@ -58,8 +58,10 @@ def startup_commands(d: DaemonProc) -> str:
 
 def replay(script: str, old: str, new: str) -> None:
     """The script with every `old` prefix made `new`, run by sh. The directories the daemon's
-    claim made (its state directory's output/) are made for the copy first."""
-    script = script.replace(old, new)
+    claim made (its state directory's output/) are made for the copy first. A namespace's id
+    (`ip netns set NAME NSID`, netns/nsid.py) is the host's to give once: the daemon's namespace
+    still has it, so the copy's takes one the kernel finds free (`auto`; ids are not compared)."""
+    script = re.sub(r"^(ip netns set \S+) \d+$", r"\1 auto", script.replace(old, new), flags=re.M)
     for directory in set(re.findall(r">>(\S+)/[^/\s]+\.out ", script)):
         os.makedirs(directory, exist_ok=True)
     result = subprocess.run(

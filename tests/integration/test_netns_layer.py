@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import select
 import shutil
@@ -20,7 +22,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from dynod.kernel.mounts import directory_of
-from netns import addresses, fstab, links, mntns, namespace, nfevents, removals, sysctl
+from netns import addresses, fstab, links, mntns, namespace, nfevents, nsid, removals, sysctl
 from netns import exec as netns_exec
 from netns.nftables import Nft, NftError
 from netns.rtnl import Rtnl
@@ -215,6 +217,47 @@ def test_the_lean_netlink_socket_makes_what_the_commands_say(prefix: str) -> Non
     finally:
         rtnl.close()
         namespace.delete(name)
+
+
+def test_namespace_ids_go_down_and_a_veth_made_after_carries_the_id_given(prefix: str) -> None:
+    """netns/nsid.py on the kernel, in a namespace of the test's standing in for the host's:
+    ids from the top down, one in use by someone else skipped, a daemon started again counting
+    on below, none below the floor; a veth made after carries the id given (link-netnsid)."""
+    host, veth = f"{prefix}-host", f"{prefix}v"
+    peers = [f"{prefix}-p{n}" for n in range(6)]
+    for name in (host, *peers):
+        namespace.create(name)
+    try:
+        with namespace.entered(host):
+            rtnl = Rtnl()
+            try:
+                ids = nsid.Descending(top=1000, floor=996)
+                assert nsid.listed(rtnl) == []
+                assert ids.give_next(rtnl, peers[0]) == 1000
+                nsid.give(rtnl, peers[1], 999)  # someone else's
+                assert ids.give_next(rtnl, peers[2]) == 998
+                fd = namespace.open_fd(peers[2])
+                try:
+                    rtnl.link("add", ifname=veth, kind="veth", peer={"net_ns_fd": fd})
+                finally:
+                    os.close(fd)
+                again = nsid.Descending(top=1000, floor=996)
+                assert again.give_next(rtnl, peers[3]) == 997
+                assert again.give_next(rtnl, peers[4]) == 996
+                assert again.give_next(rtnl, peers[5]) is None
+                assert nsid.listed(rtnl) == [996, 997, 998, 999, 1000]
+                with pytest.raises(NetlinkError) as refused:
+                    nsid.give(rtnl, peers[5], 1000)
+                assert refused.value.code == errno.EEXIST
+            finally:
+                rtnl.close()
+        (link,) = json.loads(sh("ip", "-n", host, "-j", "link", "show", veth))
+        assert link["link_netnsid"] == 998
+        listed = sh("ip", "-n", host, "netns", "list-id")
+        assert f"nsid 997 (iproute2 netns name: {peers[3]})" in listed, listed
+    finally:
+        for name in (host, *peers):
+            namespace.delete(name)
 
 
 def sh(*argv: str) -> str:
