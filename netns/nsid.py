@@ -70,7 +70,11 @@ class Descending:
         if self.stopped:
             return None
         if self._next is None:
-            ours = [i for i in listed(rtnl) if self.floor <= i <= self.top]
+            try:
+                ours = [i for i in listed(rtnl) if self.floor <= i <= self.top]
+            except NetlinkError as exc:
+                self.stopped = f"`ip netns list-id`: {os.strerror(exc.code)}"
+                return None
             self._next = min(ours, default=self.top + 1) - 1
         for _ in range(TRIES):
             if self._next < self.floor:

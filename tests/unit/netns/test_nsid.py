@@ -24,6 +24,8 @@ class FakeRtnl:
 
     def nsids(self) -> list[int]:
         self.dumps += 1
+        if self.refuse.get(-1):
+            raise NetlinkError(self.refuse[-1], os.strerror(self.refuse[-1]))
         return list(self.ids)
 
     def set_nsid(self, fd: int, nsid: int) -> None:
@@ -89,3 +91,10 @@ def test_a_given_id_is_explained_as_ip_netns_set() -> None:
     with record.recording() as rec:
         given(nsid.Descending(top=1000, floor=900), fake, "pfx-app.web.1")
     assert rec.commands() == ["ip netns set pfx-app.web.1 1000"]
+
+
+def test_a_refused_listing_stops_the_ids_and_the_start_goes_on() -> None:
+    fake = FakeRtnl([], refuse={-1: errno.EOPNOTSUPP})
+    ids = nsid.Descending(top=1000, floor=900)
+    assert given(ids, fake) is None and fake.asked == []
+    assert ids.stopped == "`ip netns list-id`: Operation not supported"
