@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -60,8 +61,9 @@ class Descending:
         self.top = top
         self.floor = floor
         self._next: int | None = None
-        # why ids are not given any more ("": they are): a kernel that refused one otherwise
-        # than by EEXIST; every start then goes on without (the kernel chooses the id)
+        # why ids are not given any more ("": they are): a listing of the host's ids that failed,
+        # or an id refused otherwise than by EEXIST; every start then goes on without one (the
+        # kernel chooses it)
         self.stopped = ""
 
     def give_next(self, rtnl: Rtnl, name: str) -> int | None:
@@ -72,8 +74,8 @@ class Descending:
         if self._next is None:
             try:
                 ours = [i for i in listed(rtnl) if self.floor <= i <= self.top]
-            except NetlinkError as exc:
-                self.stopped = f"`ip netns list-id`: {os.strerror(exc.code)}"
+            except (NetlinkError, OSError, struct.error) as exc:
+                self.stopped = f"`ip netns list-id`: {_reason(exc)}"
                 return None
             self._next = min(ours, default=self.top + 1) - 1
         for _ in range(TRIES):
@@ -84,8 +86,17 @@ class Descending:
             try:
                 give(rtnl, name, nsid)
                 return nsid
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    self.stopped = f"`ip netns set {name} {nsid}`: {os.strerror(exc.code)}"
+            except (NetlinkError, OSError) as exc:
+                if not (isinstance(exc, NetlinkError) and exc.code == errno.EEXIST):
+                    self.stopped = f"`ip netns set {name} {nsid}`: {_reason(exc)}"
                     return None
         return None
+
+
+def _reason(exc: Exception) -> str:
+    """A refusal's reason as the kernel's error text (`ip` says the same)."""
+    if isinstance(exc, NetlinkError):
+        return os.strerror(exc.code)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno)
+    return str(exc)

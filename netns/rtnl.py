@@ -172,6 +172,10 @@ class Rtnl:
                     if mseq != seq:
                         continue
                     if mtype == NLMSG_DONE:
+                        # a dump that failed midway says so in its end (netlink_dump_done)
+                        error = -_ERROR.unpack_from(reply)[0] if len(reply) >= _ERROR.size else 0
+                        if error > 0:
+                            raise NetlinkError(error, os.strerror(error))
                         return messages
                     if mtype == NLMSG_ERROR:
                         error = -_ERROR.unpack_from(reply)[0]

@@ -71,9 +71,12 @@ def test_each_dyno_is_named_by_a_uuid_its_hosts_file_resolves(daemon: DaemonProc
         assert seen[-2] == name  # /etc/hostname: the name, not the host's
         assert "hosts-writable" not in seen and "hostname-settable" not in seen
         assert seen[-1] == "end"
-    # the one-offs' files went with them; the worker's are there, named as its namespace
+    # the one-offs' files went with them (their teardown follows the exit the CLI was sent);
+    # the worker's are there, named as its namespace
     netns = daemon.netns("named", worker["name"])
-    assert sorted(os.listdir(hosts_dir(daemon))) == files_of(netns)
+    daemon.wait_for(
+        lambda: sorted(os.listdir(hosts_dir(daemon))) == files_of(netns), "the one-offs' files gone"
+    )
     assert named_mounts(daemon.prefix) == own_tmpfs(daemon)  # in memory, named for us
     assert (hosts_dir(daemon) / f"{netns}.hosts").stat().st_mode & 0o777 == 0o644
     assert socket.gethostname() == host_name

@@ -14,7 +14,8 @@ from netns.rtnl import Rtnl
 
 
 class FakeRtnl:
-    """The host's ids, and what set_nsid is asked: refused with `refuse`'s errno per id."""
+    """The host's ids, and what set_nsid is asked: refused with `refuse`'s errno per id (-1:
+    the listing of the ids)."""
 
     def __init__(self, ids: list[int], refuse: dict[int, int] | None = None) -> None:
         self.ids = list(ids)
@@ -98,3 +99,16 @@ def test_a_refused_listing_stops_the_ids_and_the_start_goes_on() -> None:
     ids = nsid.Descending(top=1000, floor=900)
     assert given(ids, fake) is None and fake.asked == []
     assert ids.stopped == "`ip netns list-id`: Operation not supported"
+    assert given(ids, fake) is None and fake.asked == [] and fake.dumps == 1  # for good
+
+
+def test_an_error_of_the_system_also_stops_the_ids_and_the_start_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_descriptor(name: str) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(namespace, "open_fd", no_descriptor)
+    ids = nsid.Descending(top=1000, floor=900)
+    assert given(ids, FakeRtnl([])) is None
+    assert ids.stopped == "`ip netns set ns 1000`: Too many open files"
