@@ -166,35 +166,45 @@ def remove(directory: str) -> None:
         record.note("rm", "-r", directory)
 
 
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/self/mountinfo, its paths and source unescaped."""
+
+    device: str  # major:minor, as st_dev reads
+    point: str
+    fstype: str
+    source: str
+
+
+def mounts() -> list[Mount]:
+    """This thread's mount namespace's mounts, in mount order (`findmnt -l`)."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            fstype, source = fields[fields.index("-") + 1 :][:2]
+            found.append(Mount(fields[2], _unescaped(fields[4]), fstype, _unescaped(source)))
+    return found
+
+
 def mount_points(directory: str) -> list[str]:
     """The mount points of this namespace at or under directory (`findmnt -R DIR`), each
     as often as it is mounted there."""
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
+    points = [m.point for m in mounts()]
     return sorted(p for p in points if p == directory or p.startswith(directory + "/"))
 
 
 def mount_of(device: int) -> tuple[str, str]:
-    """(type, source) of the filesystem whose st_dev is `device`: the first line of
-    /proc/self/mountinfo with its major:minor (`findmnt`), ("", "") if none."""
+    """(type, source) of the filesystem whose st_dev is `device`: the first mount with its
+    major:minor (`findmnt`), ("", "") if none."""
     wanted = f"{os.major(device)}:{os.minor(device)}"
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            if line.split(maxsplit=3)[2] == wanted:
-                fstype, source = line.split(" - ", 1)[1].split()[:2]
-                return fstype, source
-    return "", ""
+    return next(((m.fstype, m.source) for m in mounts() if m.device == wanted), ("", ""))
 
 
 def mounted_as(source: str) -> list[str]:
     """The mount points of the mounts named `source` (`findmnt -n -o TARGET -S SOURCE`): what
     a daemon killed before its stop left (netns/hosts.py in_memory's tmpfs), for a sweep."""
-    with open("/proc/self/mountinfo") as f:
-        return [
-            _unescaped(line.split()[4])
-            for line in f
-            if line.split(" - ", 1)[1].split()[1] == source
-        ]
+    return [m.point for m in mounts() if m.source == source]
 
 
 def _unescaped(field: str) -> str:

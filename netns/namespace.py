@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from netns import _libc, record, sysctl
+from netns import _libc, mntns, record, sysctl
 
 RUN_DIR = "/run/netns"
 # The source of the tmpfs a daemon mounts on /run/netns where /run is on disk (names_in_memory):
@@ -58,15 +58,12 @@ def holding_mount(directory: str) -> tuple[str, str, str]:
     several are stacked (`findmnt -T DIR`): the deepest mount point that is directory or one
     of its parents, the last mounted of those at it."""
     found = ("", "", "")
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4]
-            if point != "/" and point != directory and not directory.startswith(point + "/"):
-                continue
-            if len(point) >= len(found[0]):
-                rest = fields[fields.index("-") + 1 :]
-                found = (point, rest[0], rest[1])
+    for mount in mntns.mounts():
+        point = mount.point
+        if point != "/" and point != directory and not directory.startswith(point + "/"):
+            continue
+        if len(point) >= len(found[0]):
+            found = (point, mount.fstype, mount.source)
     return found
 
 
