@@ -9,6 +9,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from netns import record
 from netns.links import Netlink, name_of
+from netns.rtnl import RT_TABLE_LOCAL, RTN_LOCAL, Rtnl
 
 EEXIST = 17
 ENOENT = 2
@@ -41,6 +42,88 @@ def delete(ipr: Netlink, index: int, address: str, prefixlen: int) -> bool:
     if record.active():
         record.note("ip", "addr", "del", f"{address}/{prefixlen}", "dev", name_of(ipr, index))
     return True
+
+
+def add_gateway(rtnl: Rtnl, index: int, gateway: str, network: str, prefixlen: int) -> None:
+    """A gateway for the hosts of NETWORK/PREFIXLEN behind IF, made of two routes instead of an
+    address (no error for one already there):
+
+        ip route add local GATEWAY dev IF table local proto static src GATEWAY
+        ip route add NETWORK/PREFIXLEN dev IF proto static scope link src GATEWAY
+
+    The host takes GATEWAY as its own (it answers to it, and sends from it to that network) as
+    an address would make it, but without an address: the kernel walks every IPv4 address of
+    the namespace after each new one (check_lifetime, a worker on the adding thread's CPU),
+    which with one gateway a dyno grew every start with the dynos running. The hosts behind IF
+    must know GATEWAY's MAC from elsewhere (pin_neighbour): IF answers no ARP for it (it is not
+    an address of IF's, which arp_ignore 1 and 2 ask for)."""
+    for dst, length, local in ((gateway, 32, True), (network, prefixlen, False)):
+        try:
+            rtnl.device_route(
+                "add", dst=dst, prefixlen=length, index=index, source=gateway, local=local
+            )
+        except NetlinkError as exc:
+            if exc.code != EEXIST:
+                raise
+            continue
+        if record.active():
+            device = name_of(rtnl, index)
+            if local:
+                record.note(
+                    "ip", "route", "add", "local", dst, "dev", device, "table", "local",
+                    "proto", "static", "src", dst,
+                )  # fmt: skip
+            else:
+                record.note(
+                    "ip", "route", "add", f"{dst}/{length}", "dev", device, "proto", "static",
+                    "scope", "link", "src", gateway,
+                )  # fmt: skip
+
+
+def delete_gateway(rtnl: Rtnl, index: int, gateway: str, network: str, prefixlen: int) -> None:
+    """Undo add_gateway, whatever part of it is there:
+    `ip route del NETWORK/PREFIXLEN dev IF; ip route del local GATEWAY dev IF table local`."""
+    for dst, length, local in ((network, prefixlen, False), (gateway, 32, True)):
+        try:
+            rtnl.device_route(
+                "del", dst=dst, prefixlen=length, index=index, source=gateway, local=local
+            )
+        except NetlinkError as exc:
+            if exc.code in (ENOENT, ESRCH, ENODEV):
+                continue
+            raise
+        if record.active():
+            device = name_of(rtnl, index)
+            words = (
+                ["local", dst, "dev", device, "table", "local"]
+                if local
+                else [f"{dst}/{length}", "dev", device]
+            )
+            record.note("ip", "route", "del", *words)
+
+
+def pin_neighbour(rtnl: Rtnl, index: int, address: str, mac: str) -> None:
+    """`ip neigh replace ADDRESS lladdr MAC dev IF nud permanent`: no ARP asks for it, and no
+    answer can change it."""
+    rtnl.neigh("replace", ifindex=index, dst=address, lladdr=mac)
+    if record.active():
+        record.note(
+            "ip", "neigh", "replace", address, "lladdr", mac, "dev", name_of(rtnl, index),
+            "nud", "permanent",
+        )  # fmt: skip
+
+
+def local_gateways(ipr: IPRoute) -> dict[int, list[str]]:
+    """`ip route show table local type local proto static`: each device's addresses taken as
+    the host's own by a local route of add_gateway's (not by an address), by device index."""
+    found: dict[int, list[str]] = {}
+    for msg in ipr.get_routes(family=2, table=RT_TABLE_LOCAL):
+        if msg["type"] != RTN_LOCAL or msg["proto"] != RTPROT_STATIC:
+            continue
+        oif = msg.get_attr("RTA_OIF")
+        if oif is not None:
+            found.setdefault(oif, []).append(str(msg.get_attr("RTA_DST")))
+    return found
 
 
 def ipv4_on(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Interface]:
@@ -82,8 +165,13 @@ def forget_neighbour(ipr: Netlink, index: int, address: str) -> None:
 
 
 def local_ipv4(ipr: IPRoute) -> set[str]:
-    """`ip -4 -o addr show`: every IPv4 address of this namespace."""
-    return {str(msg.get_attr("IFA_ADDRESS")) for msg in ipr.get_addr(family=2)}
+    """`ip -4 -o addr show`: every IPv4 address of this namespace, and every address a local
+    route of add_gateway's makes its own (`ip route show table local type local proto
+    static`)."""
+    found = {str(msg.get_attr("IFA_ADDRESS")) for msg in ipr.get_addr(family=2)}
+    for gateways in local_gateways(ipr).values():
+        found.update(gateways)
+    return found
 
 
 def default_source(ipr: IPRoute) -> str | None:

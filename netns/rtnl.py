@@ -36,6 +36,7 @@ RTM_SETLINK = 19
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
 RTM_NEWROUTE = 24
+RTM_DELROUTE = 25
 RTM_NEWNEIGH = 28
 RTM_DELNEIGH = 29
 RTM_NEWNSID = 88
@@ -73,14 +74,22 @@ NETNSA_FD = 3
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 RTA_DST = 1
+RTA_OIF = 4
 RTA_GATEWAY = 5
+RTA_PREFSRC = 7
 NDA_DST = 1
 NDA_LLADDR = 2
 IFF_UP = 0x1
 RT_TABLE_MAIN = 254
+RT_TABLE_LOCAL = 255
 RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+RT_SCOPE_HOST = 254
 RTN_UNICAST = 1
+RTN_LOCAL = 2
 RTPROT_BOOT = 3
+RTPROT_STATIC = 4
+NUD_PERMANENT = 0x80
 
 _HEADER = nlmsg.HEADER
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
@@ -302,12 +311,39 @@ class Rtnl:
         body += _attr(RTA_GATEWAY, _ipv4(gateway))
         self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
 
-    def neigh(self, command: str, *, ifindex: int, dst: str) -> None:
-        """`ip neigh del ADDRESS dev IF` (IPv4)."""
-        if command != "del":
+    def device_route(
+        self, command: str, *, dst: str, prefixlen: int, index: int, source: str, local: bool
+    ) -> None:
+        """`ip route add|del DST/PREFIXLEN dev IF proto static scope link src SOURCE` (table
+        main), or with `local`: `ip route add|del local DST/PREFIXLEN dev IF table local proto
+        static` (scope host: the host takes DST as its own; SOURCE is DST)."""
+        table, scope, kind = (
+            (RT_TABLE_LOCAL, RT_SCOPE_HOST, RTN_LOCAL)
+            if local
+            else (RT_TABLE_MAIN, RT_SCOPE_LINK, RTN_UNICAST)
+        )
+        body = _RTMSG.pack(socket.AF_INET, prefixlen, 0, 0, table, RTPROT_STATIC, scope, kind, 0)
+        body += _attr(RTA_DST, _ipv4(dst)) + _attr(RTA_OIF, _u32(index))
+        body += _attr(RTA_PREFSRC, _ipv4(source))
+        if command == "add":
+            self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
+        elif command == "del":
+            self.request(RTM_DELROUTE, 0, body)
+        else:
+            raise ValueError(f"unsupported route command {command!r}")
+
+    def neigh(self, command: str, *, ifindex: int, dst: str, lladdr: str = "") -> None:
+        """`ip neigh del ADDRESS dev IF`, or `ip neigh replace ADDRESS lladdr MAC dev IF nud
+        permanent` (IPv4)."""
+        if command == "del":
+            body = _NDMSG.pack(socket.AF_INET, ifindex, 0, 0, 0) + _attr(NDA_DST, _ipv4(dst))
+            self.request(RTM_DELNEIGH, 0, body)
+        elif command == "replace" and lladdr:
+            body = _NDMSG.pack(socket.AF_INET, ifindex, NUD_PERMANENT, 0, 0)
+            body += _attr(NDA_DST, _ipv4(dst)) + _attr(NDA_LLADDR, _mac(lladdr))
+            self.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body)
+        else:
             raise ValueError(f"unsupported neigh command {command!r}")
-        body = _NDMSG.pack(socket.AF_INET, ifindex, 0, 0, 0) + _attr(NDA_DST, _ipv4(dst))
-        self.request(RTM_DELNEIGH, 0, body)
 
     # ------------------------------------------------------------ names and indexes
     @staticmethod

@@ -180,22 +180,37 @@ class _Builder:
             self.flag("missing", f"bridge {name}", f"`ip -d link show {name}`")
             return model.Bridge(name, None, want.key, want.cidr, (), (), want.nat_ip)
         have = self.look.addresses.get(link.index, [])
+        routed = self.look.gateways.get(link.index, [])
         own = [f"{want.address}/{want.prefixlen}"] if name == want.bridge else []
-        wanted_addresses = own + [f"{d.network.gateway}/{d.network.prefixlen}" for d in dynos]
-        have_set, wanted_set = set(have), set(wanted_addresses)
-        for address in wanted_addresses:
+        gateways = {d.network.gateway: d.network.prefixlen for d in dynos}
+        have_set, routed_set = set(have), set(routed)
+        for address in own:
             if address not in have_set:
                 self.flag(
                     "missing",
                     f"address {address}",
                     f"on {name}; `ip -4 addr show dev {name}`",
                 )
+        for gateway in gateways:
+            if gateway not in routed_set:
+                self.flag(
+                    "missing",
+                    f"gateway {gateway}",
+                    f"a local route to {name}; `ip route show table local dev {name}`",
+                )
         for address in have:
-            if address not in wanted_set:
+            if address not in own:
                 self.flag("stray", f"address {address}", f"on {name}, no dyno of the state's")
-        ordered = [a for a in wanted_addresses if a in have_set] + [
-            a for a in have if a not in wanted_set
-        ]
+        for gateway in routed:
+            if gateway not in gateways:
+                self.flag("stray", f"gateway {gateway}", f"a local route to {name}, no dyno's")
+        # its own address, then its dynos' gateways (each shown with its dyno's /30)
+        ordered = (
+            [a for a in own if a in have_set]
+            + [f"{g}/{length}" for g, length in gateways.items() if g in routed_set]
+            + [a for a in have if a not in own]
+            + [f"{g}/32" for g in routed if g not in gateways]
+        )
         return model.Bridge(
             name=name,
             index=link.index,

@@ -19,7 +19,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from netns import namespace, topology
+from netns import addresses, namespace, topology
 from netns.nftables import Nft
 
 FAMILIES = ("bridge", "inet")
@@ -29,6 +29,8 @@ FAMILIES = ("bridge", "inet")
 class Look:
     links: list[topology.Link] = field(default_factory=list)
     addresses: dict[int, list[str]] = field(default_factory=dict)
+    # the dynos' gateways: addresses a local route makes the host's, by device (no address)
+    gateways: dict[int, list[str]] = field(default_factory=dict)
     fdb: dict[int, list[topology.FdbEntry]] = field(default_factory=dict)  # bridge -> entries
     namespaces: list[str] = field(default_factory=list)  # every one with the prefix
     inside: dict[str, topology.Namespace] = field(default_factory=dict)  # those asked for
@@ -38,7 +40,11 @@ class Look:
 
 def look(ipr: IPRoute, nft: Nft, prefix: str, bridges: Iterable[str], netns: Iterable[str]) -> Look:
     """The host's view, the namespaces named in `netns` from inside, and `bridges`' FDBs."""
-    found = Look(links=topology.links(ipr), addresses=topology.ipv4_addresses(ipr))
+    found = Look(
+        links=topology.links(ipr),
+        addresses=topology.ipv4_addresses(ipr),
+        gateways=addresses.local_gateways(ipr),
+    )
     wanted = set(bridges)
     for link in found.links:
         if link.name in wanted and link.kind == "bridge":

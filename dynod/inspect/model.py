@@ -32,7 +32,7 @@ class Bridge:
     index: int | None  # None: the state has it but the kernel does not
     network: str  # "" for the Common Runtime, else the space's name
     cidr: str
-    addresses: tuple[str, ...]  # its own /30 first, then the dynos' gateways
+    addresses: tuple[str, ...]  # its own /30 first, then the dynos' gateways (local routes)
     ports: tuple[Port, ...] = ()
     nat_ip: str | None = None  # a space's NAT address; None: masquerade behind the host
 

@@ -1,6 +1,7 @@
 """Carving a range into /30s: one per dyno, plus the first for the bridge itself.
 
-A /30 holds four addresses: network, gateway (on the host's bridge), the dyno, broadcast.
+A /30 holds four addresses: network, gateway (the host's, routed to the dyno's bridge), the
+dyno, broadcast.
 Slot 0 is the bridge's own (its address is where dynod offers services to dynos); dyno slots
 count from 1. MAC addresses are derived from the IP, so an address that is reused always comes
 with the same MAC and no neighbour cache can point it at the wrong one.
@@ -79,6 +80,11 @@ class Pool:
     @property
     def bridge(self) -> Subnet:
         return self.subnet(0)
+
+    @property
+    def bridge_mac(self) -> str:
+        """The MAC of every bridge of the network (its shards too): its dynos' gateway's."""
+        return mac_for(self.bridge.gateway, 0x5A)
 
     def allocate(self, unavailable: Iterable[int], start: int = 1) -> Subnet:
         """The lowest dyno slot not in use and not still being torn down, from `start` (every

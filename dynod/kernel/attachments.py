@@ -13,7 +13,7 @@ from netns.nftables import NftError
 
 
 def _attachment(dyno: DynoNetwork) -> network.Attachment:
-    return network.Attachment(dyno.netns, dyno.veth, dyno.subnet)
+    return network.Attachment(dyno.netns, dyno.veth, dyno.subnet, dyno.bridge_mac)
 
 
 def attach(m: Machine, dyno: DynoNetwork) -> None:
@@ -52,7 +52,7 @@ def detach(m: Machine, dyno: DynoNetwork) -> None:
 
 
 def unplug(m: Machine, dyno: DynoNetwork) -> None:
-    """detach() but the namespace's name: the firewall elements, the gateway address and the
+    """detach() but the namespace's name: the firewall elements, the gateway's routes and the
     neighbour entry (kernel thread)."""
     with contextlib.suppress(NftError):  # elements already gone: nothing to remove
         m.nftables().run(firewall.remove_dyno(m.layout, dyno.port, dyno.web))

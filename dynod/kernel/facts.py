@@ -13,7 +13,7 @@ from dynod.kernel.machine import Net, shard_bridge
 
 @dataclass(frozen=True)
 class DynoNetwork:
-    """What `ip netns add`, `ip link add ... type veth`, `ip addr add` and the firewall's set
+    """What `ip netns add`, `ip link add ... type veth`, `ip route add` and the firewall's set
     elements of one dyno are made from."""
 
     netns: str  # its network namespace, /run/netns/NETNS
@@ -21,6 +21,7 @@ class DynoNetwork:
     bridge: str  # its network's bridge (shard 0), which names the network
     shard: int  # which of the network's bridges its veth is a port of (machine.Net)
     subnet: Subnet  # its /30: address, gateway, prefix length, MACs
+    bridge_mac: str  # its bridge's MAC, which its gateway's neighbour entry holds
     web: WebTarget | None  # where the router may reach it; None: not a web dyno
 
     @property
@@ -58,7 +59,9 @@ def describe(netns: str, veth: str, net: Net, subnet: Subnet, web_port: int | No
     """The facts of a dyno given its allocation in net: web_port is its PORT if it is a web
     dyno. Its shard follows from its slot (Net.shard_of)."""
     shard = net.shard_of(subnet.slot)
-    return DynoNetwork(netns, veth, net.bridge, shard, subnet, target(subnet, web_port))
+    return DynoNetwork(
+        netns, veth, net.bridge, shard, subnet, net.pool.bridge_mac, target(subnet, web_port)
+    )
 
 
 Pids = frozenset[int]

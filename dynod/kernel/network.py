@@ -8,10 +8,18 @@ Everything here runs on the kernel worker's thread (netns.worker). For one dyno 
     sysctl -w net.ipv6.conf.dynod-1a.disable_ipv6=1 net.ipv4.conf.dynod-1a.arp_ignore=8
     bridge link set dev dynod-1a isolated on learning off flood off
     bridge fdb replace 0a:58:.. dev dynod-1a master static
-    ip addr add 172.16.0.5/30 dev dynod0                 # the dyno's gateway, on the host side
+    ip route add local 172.16.0.5 dev dynod0 table local proto static src 172.16.0.5
+    ip route add 172.16.0.4/30 dev dynod0 proto static scope link src 172.16.0.5   # its gateway
+    ip neigh replace 172.16.0.6 lladdr 0a:58:.. dev dynod0 nud permanent
     ip -n NS link set lo up; ip -n NS link set eth0 up
     ip -n NS addr add 172.16.0.6/30 dev eth0
+    ip -n NS neigh replace 172.16.0.5 lladdr 0a:5a:.. dev eth0 nud permanent
     ip -n NS route add default via 172.16.0.5 proto static
+
+The gateway is two routes on the host, not an address (netns/addresses.py add_gateway: an
+address a dyno made every start walk all of them), and each side knows the other's MAC from a
+permanent neighbour entry: no ARP crosses the veth, so a dyno learns none of the host's
+addresses and no other dyno can answer for its gateway.
     ip netns exec NS sysctl -w net.ipv4.ping_group_range="0 2147483647"
 """
 
@@ -24,9 +32,8 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 
 from dynod.errors import DynodError
-from dynod.kernel.addressing import Pool, Subnet, mac_for
+from dynod.kernel.addressing import Pool, Subnet
 from netns import addresses, links, namespace, nsid, sysctl
-from netns.links import Netlink
 from netns.rtnl import Rtnl
 
 PREFIX = re.compile(r"^[a-z][a-z0-9]{1,5}$")
@@ -87,6 +94,7 @@ class Attachment:
     netns: str
     veth: str
     subnet: Subnet
+    bridge_mac: str  # its bridge's: where its gateway is
 
 
 def ensure_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
@@ -109,7 +117,7 @@ def ensure_shard_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
             status=503,
         )
     index = links.ensure_bridge(ipr, name)
-    links.set_address(ipr, index, mac_for(pool.bridge.gateway, 0x5A))
+    links.set_address(ipr, index, pool.bridge_mac)
     # Dynos get no IPv6 from the bridge; it needs no link-local address either.
     sysctl.write(f"net.ipv6.conf.{name}.disable_ipv6", 1)
     # ARP is answered only for an address of the asker's own subnet (its gateway): a dyno
@@ -119,14 +127,15 @@ def ensure_shard_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
 
 
 def attach(
-    ipr: Netlink, bridge_index: int, dyno: Attachment, nsids: nsid.Descending | None = None
+    ipr: Rtnl, bridge_index: int, dyno: Attachment, nsids: nsid.Descending | None = None
 ) -> None:
-    """The dyno's namespace (with its id in the host's from nsids, on an Rtnl: netns/nsid.py),
-    its veth on the bridge, the port's settings, the gateway /30 and the inside configured."""
+    """The dyno's namespace (with its id in the host's from nsids: netns/nsid.py), its veth on
+    the bridge, the port's settings, the gateway's routes, the dyno's neighbour entry and the
+    inside configured."""
     subnet = dyno.subnet
     namespace.create(dyno.netns)
     try:
-        if nsids is not None and isinstance(ipr, Rtnl):
+        if nsids is not None:
             nsids.give_next(ipr, dyno.netns)  # before the veth: its notifications carry it
         port = links.add_veth_into_netns(
             ipr,
@@ -137,11 +146,12 @@ def attach(
             peer_mac=subnet.dyno_mac,
             netns=dyno.netns,
         )
-        close_port_to_host(dyno.veth, ipr if isinstance(ipr, Rtnl) else None, port)
+        close_port_to_host(dyno.veth, ipr, port)
         links.isolate_bridge_port(ipr, port)
         links.add_fdb_entry(ipr, port, subnet.dyno_mac)
-        addresses.add(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
-        _configure_inside(dyno.netns, subnet)
+        add_gateway(ipr, bridge_index, subnet)
+        addresses.pin_neighbour(ipr, bridge_index, subnet.address, subnet.dyno_mac)
+        _configure_inside(dyno.netns, subnet, dyno.bridge_mac)
     except BaseException:
         detach(ipr, bridge_index, dyno)
         raise
@@ -163,7 +173,26 @@ def close_port_to_host(port: str, rtnl: Rtnl | None = None, index: int | None = 
         sysctl.write(f"net.ipv4.conf.{port}.arp_ignore", 8)
 
 
-def _configure_inside(netns: str, subnet: Subnet) -> None:
+def add_gateway(rtnl: Rtnl, bridge_index: int, subnet: Subnet) -> None:
+    """The dyno's gateway on the host, as routes (addresses.add_gateway)."""
+    network = str(subnet.network.network_address)
+    addresses.add_gateway(rtnl, bridge_index, subnet.gateway, network, subnet.prefixlen)
+
+
+def pin_gateway(netns: str, subnet: Subnet, bridge_mac: str) -> None:
+    """`ip -n NS neigh replace GATEWAY lladdr BRIDGE_MAC dev eth0 nud permanent`, for a dyno
+    made by a dynod that gave its gateway an address (which answered its ARP): now nothing does."""
+    with namespace.entered(netns):
+        inner = Rtnl()
+        try:
+            eth0 = links.index_of(inner, "eth0")
+            if eth0 is not None:
+                addresses.pin_neighbour(inner, eth0, subnet.gateway, bridge_mac)
+        finally:
+            inner.close()
+
+
+def _configure_inside(netns: str, subnet: Subnet, bridge_mac: str) -> None:
     with namespace.entered(netns):
         inner = Rtnl()  # opened inside: the namespace's links
         try:
@@ -172,6 +201,8 @@ def _configure_inside(netns: str, subnet: Subnet) -> None:
             links.set_up(inner, links.LOOPBACK_INDEX)
             links.set_up(inner, eth0)
             addresses.add(inner, eth0, subnet.address, subnet.prefixlen)
+            # its gateway's MAC, which the bridge would not tell it (addresses.add_gateway)
+            addresses.pin_neighbour(inner, eth0, subnet.gateway, bridge_mac)
             addresses.add_default_route(inner, subnet.gateway)
             # Unprivileged processes may open ICMP sockets, so `ping` works without
             # capabilities (Docker and Podman do the same).
@@ -180,7 +211,7 @@ def _configure_inside(netns: str, subnet: Subnet) -> None:
             inner.close()
 
 
-def detach(ipr: Netlink, bridge_index: int | None, dyno: Attachment) -> None:
+def detach(ipr: Rtnl, bridge_index: int | None, dyno: Attachment) -> None:
     """Undo attach(), whatever part of it happened. Deleting the namespace is enough for the
     veth: the kernel destroys both ends with it, without us waiting for it."""
     try:
@@ -190,12 +221,13 @@ def detach(ipr: Netlink, bridge_index: int | None, dyno: Attachment) -> None:
         namespace.delete(dyno.netns)
 
 
-def unplug(ipr: Netlink, bridge_index: int | None, dyno: Attachment) -> None:
-    """The host side of detach(): the dyno's gateway address and neighbour entry on its bridge
-    (the namespace is left to the caller)."""
+def unplug(ipr: Rtnl, bridge_index: int | None, dyno: Attachment) -> None:
+    """The host side of detach(): the dyno's gateway's routes and its neighbour entry on its
+    bridge (the namespace is left to the caller)."""
     subnet = dyno.subnet
     if bridge_index is not None:
-        addresses.delete(ipr, bridge_index, subnet.gateway, subnet.prefixlen)
+        network = str(subnet.network.network_address)
+        addresses.delete_gateway(ipr, bridge_index, subnet.gateway, network, subnet.prefixlen)
         addresses.forget_neighbour(ipr, bridge_index, subnet.address)
 
 

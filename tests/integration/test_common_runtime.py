@@ -6,6 +6,7 @@ nftables tables, and sockets opened inside the dynos' namespaces.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
+from dynod.kernel.addressing import Pool, mac_for
 from tests.support import (
     DaemonProc,
     InternetHost,
@@ -143,8 +145,21 @@ def test_dynos_have_their_own_namespace_veth_and_slash30(rt: Runtime) -> None:
         gateway = gateway_of(dyno["ip"])
         assert f"default via {gateway} dev eth0" in route
         assert "UP" in sh("ip", "-n", ns, "link", "show", "lo").stdout
-        bridge_addrs = sh("ip", "-o", "-4", "addr", "show", "dev", f"{d.prefix}0").stdout
-        assert f"{gateway}/30" in bridge_addrs
+        # the gateway is the host's by routes, not by an address (netns/addresses.py)
+        bridge = f"{d.prefix}0"
+        bridge_addrs = sh("ip", "-o", "-4", "addr", "show", "dev", bridge).stdout
+        assert gateway not in bridge_addrs
+        local = sh("ip", "route", "show", "table", "local", "dev", bridge).stdout
+        assert f"local {gateway} proto static scope host" in local
+        subnet = ipaddress.IPv4Network(f"{dyno['ip']}/30", strict=False)
+        main = sh("ip", "route", "show", f"{subnet}", "dev", bridge).stdout
+        assert f"{subnet} proto static scope link src {gateway}" in main
+        # each side knows the other's MAC without asking
+        pinned = sh("ip", "-n", ns, "neigh", "show", gateway, "dev", "eth0").stdout
+        bridge_mac = Pool(d.cidr).bridge_mac
+        assert f"{gateway} lladdr {bridge_mac} PERMANENT" in pinned, pinned
+        host_side = sh("ip", "neigh", "show", dyno["ip"], "dev", bridge).stdout
+        assert f"{dyno['ip']} lladdr {mac_for(dyno['ip'], 0x58)} PERMANENT" in host_side, host_side
         port = sh("bridge", "-d", "link", "show", "dev", f"{d.prefix}-{dyno['id']:x}").stdout
         assert f"master {d.prefix}0" in port and "isolated on" in port
 
@@ -479,7 +494,10 @@ def test_stop_removes_everything_of_the_dyno(rt: Runtime) -> None:
     assert ns not in sh("ip", "netns", "list").stdout
     d.wait_for(lambda: veth not in sh("ip", "-o", "link").stdout, "veth gone")
     gateway = gateway_of(dyno["ip"])
-    assert f"{gateway}/30" not in sh("ip", "-o", "addr", "show", "dev", f"{d.prefix}0").stdout
+    bridge = f"{d.prefix}0"
+    assert gateway not in sh("ip", "route", "show", "table", "local", "dev", bridge).stdout
+    assert f"src {gateway}" not in sh("ip", "route", "show", "dev", bridge).stdout
+    assert dyno["ip"] not in sh("ip", "neigh", "show", "dev", bridge).stdout
     assert all(veth != port and dyno["ip"] != ip for port, _, ip in port_elements(d.prefix))
     assert {ip for _, _, ip in port_elements(d.prefix)} >= {rt.web1["ip"], rt.worker["ip"]}
     import psutil

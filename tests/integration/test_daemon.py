@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ipaddress
 import json
 import os
 import random
@@ -25,6 +26,7 @@ from dynod.errors import DynodError
 from netns import namespace, nsid
 from tests.support import (
     DaemonProc,
+    gateway_of,
     leftovers,
     port_elements,
     read,
@@ -136,6 +138,30 @@ def test_each_dyno_namespace_gets_an_id_below_every_earlier_one_across_a_sigkill
         assert re.search(
             rf"^ip netns set {re.escape(d.netns('ids', 'worker.4'))} \d+$", explained.stdout, re.M
         ), explained.stdout
+
+
+def test_a_gateway_an_older_dynod_made_an_address_becomes_routes_at_the_next_start() -> None:
+    """An older dynod gave each dyno's gateway an address on the bridge, whose ARP answers told
+    the dyno its MAC. A daemon started on its dynos (after a SIGKILL and an upgrade) pins the
+    gateway's MAC in the dyno, then turns the address into routes: the dyno is still reached."""
+    with running_daemon() as d:
+        web = d.run_app("legacy", "web")
+        assert router_get(d, "legacy")[0] == 200
+        ns, bridge = d.netns("legacy", web["name"]), f"{d.prefix}0"
+        gateway = gateway_of(web["ip"])
+        subnet = ipaddress.IPv4Network(f"{web['ip']}/30", strict=False)
+        d.kill9()
+        # what an older dynod left: the address and a neighbour entry learned by ARP
+        sh("ip", "route", "del", str(subnet), "dev", bridge)
+        sh("ip", "route", "del", "local", gateway, "dev", bridge, "table", "local")
+        sh("ip", "addr", "add", f"{gateway}/30", "dev", bridge)
+        sh("ip", "-n", ns, "neigh", "del", gateway, "dev", "eth0")
+        d.start()
+        assert gateway not in sh("ip", "-o", "-4", "addr", "show", "dev", bridge).stdout
+        local = sh("ip", "route", "show", "table", "local", "dev", bridge).stdout
+        assert f"local {gateway} proto static" in local
+        assert "PERMANENT" in sh("ip", "-n", ns, "neigh", "show", gateway, "dev", "eth0").stdout
+        assert router_get(d, "legacy")[0] == 200
 
 
 def test_daemon_stop_leaves_no_kernel_object_or_process() -> None:

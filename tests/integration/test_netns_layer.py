@@ -219,6 +219,74 @@ def test_the_lean_netlink_socket_makes_what_the_commands_say(prefix: str) -> Non
         namespace.delete(name)
 
 
+def test_a_gateway_made_of_routes_is_the_hosts_and_each_side_knows_the_others_mac(
+    prefix: str,
+) -> None:
+    """addresses.add_gateway: the host answers to the gateway and sends from it, with no
+    address on the bridge; the namespace behind it reaches it with no ARP (both neighbour
+    entries pinned); deleting it twice is no error, and nothing of it is left."""
+    name, port_name, bridge_name = f"{prefix}-ns", f"{prefix}-1", f"{prefix}br"
+    gateway, address, network = "10.255.253.1", "10.255.253.2", "10.255.253.0"
+    namespace.create(name)
+    rtnl = Rtnl()
+    try:
+        with IPRoute() as ipr:
+            bridge = links.ensure_bridge(ipr, bridge_name)
+            bridge_mac = "0a:5a:0a:ff:fd:00"
+            links.set_address(ipr, bridge, bridge_mac)
+            port = links.add_veth_into_netns(
+                rtnl,
+                host_name=port_name,
+                host_mac="0a:59:0a:ff:fd:02",
+                master=bridge,
+                peer_name="eth0",
+                peer_mac="0a:58:0a:ff:fd:02",
+                netns=name,
+            )
+            links.isolate_bridge_port(rtnl, port)
+            links.add_fdb_entry(rtnl, port, "0a:58:0a:ff:fd:02")
+            addresses.add_gateway(rtnl, bridge, gateway, network, 30)
+            addresses.add_gateway(rtnl, bridge, gateway, network, 30)  # there already: fine
+            addresses.pin_neighbour(rtnl, bridge, address, "0a:58:0a:ff:fd:02")
+            assert addresses.ipv4_on(ipr, bridge) == []
+            assert addresses.local_gateways(ipr)[bridge] == [gateway]
+            assert gateway in addresses.local_ipv4(ipr)
+            local = sh("ip", "route", "show", "table", "local", "dev", bridge_name)
+            assert f"local {gateway} proto static scope host" in local
+            main = sh("ip", "route", "show", "dev", bridge_name)
+            assert f"{network}/30 proto static scope link src {gateway}" in main
+            with namespace.entered(name):
+                inner = Rtnl()
+                try:
+                    links.set_up(inner, 2)
+                    addresses.add(inner, 2, address, 30)
+                    addresses.pin_neighbour(inner, 2, gateway, bridge_mac)
+                    addresses.add_default_route(inner, gateway)
+                finally:
+                    inner.close()
+            pinned = sh("ip", "-n", name, "neigh", "show", gateway)
+            assert f"{gateway} dev eth0 lladdr {bridge_mac} PERMANENT" in pinned
+            # the host answers from the gateway, found without ARP on either side
+            echo = subprocess.run(
+                ["ip", "netns", "exec", name, "ping", "-c", "1", "-W", "2", gateway],
+                capture_output=True,
+                text=True,
+            )
+            assert echo.returncode == 0, echo.stdout + echo.stderr
+            assert f"{address} dev {bridge_name} lladdr 0a:58:0a:ff:fd:02 PERMANENT" in sh(
+                "ip", "neigh", "show", address
+            )
+            addresses.delete_gateway(rtnl, bridge, gateway, network, 30)
+            addresses.delete_gateway(rtnl, bridge, gateway, network, 30)  # gone already: fine
+            assert bridge not in addresses.local_gateways(ipr)
+            assert gateway not in sh("ip", "route", "show", "table", "all", "dev", bridge_name)
+            links.delete(rtnl, port_name)
+            links.delete(ipr, bridge_name)
+    finally:
+        rtnl.close()
+        namespace.delete(name)
+
+
 def test_namespace_ids_go_down_and_a_veth_made_after_carries_the_id_given(prefix: str) -> None:
     """netns/nsid.py on the kernel, in a namespace of the test's standing in for the host's:
     ids from the top down, one in use by someone else skipped, a daemon started again counting

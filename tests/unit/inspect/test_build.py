@@ -49,7 +49,8 @@ def _look() -> Look:
     )
     return Look(
         links=[lo, bridge, veth],
-        addresses={4: ["172.16.0.1/30", f"{SUBNET.gateway}/30"]},
+        addresses={4: ["172.16.0.1/30"]},
+        gateways={4: [SUBNET.gateway]},
         fdb={4: [FdbEntry(SUBNET.dyno_mac, 7, True)]},
         namespaces=["dynod-sushi.web.1"],
         inside={"dynod-sushi.web.1": inside},
@@ -138,12 +139,14 @@ def test_a_wrong_address_missing_route_gateway_and_fdb_entry_are_flagged() -> No
     inside.addresses[2] = ["172.16.0.99/30"]
     inside.routes = []
     look.addresses[4] = ["172.16.0.1/30", "172.16.0.77/30"]
+    look.gateways[4] = ["172.16.0.81"]
     look.fdb[4] = []
     found = _problems(look)
     assert any(p.startswith("wrong eth0 in dynod-sushi.web.1: has 172.16.0.99/30") for p in found)
     assert any(p.startswith("missing default route in dynod-sushi.web.1") for p in found)
-    assert any(p.startswith(f"missing address {SUBNET.gateway}/30") for p in found)
+    assert any(p.startswith(f"missing gateway {SUBNET.gateway}: a local route") for p in found)
     assert "stray address 172.16.0.77/30: on dynod0, no dyno of the state's" in found
+    assert "stray gateway 172.16.0.81: a local route to dynod0, no dyno's" in found
     assert any(p.startswith(f"missing fdb entry {SUBNET.dyno_mac}") for p in found)
 
 

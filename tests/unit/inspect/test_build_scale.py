@@ -49,6 +49,7 @@ def world(n: int) -> tuple[Look, build.Wanted]:
     bridge = Link("dynod0", 4, "bridge", "0a:5a:ac:10:00:01", True, None, None, None)
     links, fdb, dynos, inside = [bridge], [], [], {}
     addresses = [f"{POOL.bridge.gateway}/30"]
+    gateways = []
     names: dict[str, list[str]] = CountedDict()  # a space's DNS names
     for i in range(1, n + 1):
         subnet = POOL.subnet(i)
@@ -56,7 +57,7 @@ def world(n: int) -> tuple[Look, build.Wanted]:
         net = describe(netns, f"dynod-{i}", Net("", "dynod0", POOL), subnet, 40000 + i)
         links.append(Link(f"dynod-{i}", 100 + i, "veth", subnet.host_mac, True, 4, 2, GOOD))
         fdb.append(FdbEntry(subnet.dyno_mac, 100 + i, True))
-        addresses.append(f"{subnet.gateway}/30")
+        gateways.append(subnet.gateway)
         eth0 = Link("eth0", 2, "veth", subnet.dyno_mac, True, None, 100 + i, None)
         inside[netns] = Namespace(
             links=[eth0],
@@ -68,6 +69,7 @@ def world(n: int) -> tuple[Look, build.Wanted]:
     look = Look(
         links=Counted(links),
         addresses={4: Counted(addresses)},
+        gateways={4: Counted(gateways)},
         fdb={4: Counted(fdb)},
         namespaces=Counted(inside),
         inside=inside,

@@ -13,8 +13,9 @@ from netns import namespace
 
 
 def facts(veth: str) -> DynoNetwork:
+    pool = Pool("172.16.0.0/12")
     return DynoNetwork(
-        "tstunit-no-such-namespace", veth, "dynod0", 0, Pool("172.16.0.0/12").subnet(1), None
+        "tstunit-no-such-namespace", veth, "dynod0", 0, pool.subnet(1), pool.bridge_mac, None
     )
 
 
