@@ -111,7 +111,10 @@ class DaemonSteps(DenseFloor):
     def setup(self, seq: int) -> float:
         master = self.bridge(seq)  # not timed: a bridge is made once per shard
         dyno = network.Attachment(
-            f"{self.prefix}-{seq:x}", f"{self.prefix}v{seq:x}", self.pool.subnet(seq + 1)
+            f"{self.prefix}-{seq:x}",
+            f"{self.prefix}v{seq:x}",
+            self.pool.subnet(seq + 1),
+            self.pool.bridge_mac,
         )
         began = time.perf_counter()
         network.attach(self.rtnl, master, dyno, self.nsids)

@@ -10,7 +10,7 @@ What is measured, per dyno, on two sides run in the same invocation:
   - *kernel part*: the daemon's own measurement, `setup_ms` in the POST answer and
     `teardown_ms` in the DELETE answer. Setup is the namespace, veth, bridge port, addresses,
     route, sysctl, firewall set element and state row, without spawning the process; teardown
-    is the firewall element, gateway address, namespace and state row, without waiting for the
+    is the firewall element, gateway routes, namespace and state row, without waiting for the
     process to exit. This is what the targets below are about.
   - *API end-to-end*: the whole HTTP call over the Unix socket as the client sees it. It adds
     spawning the process (setup) or SIGTERM and waiting for the process to be gone (teardown),

@@ -9,7 +9,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from netns import record
 from netns.links import Netlink, name_of
-from netns.rtnl import RT_TABLE_LOCAL, RTN_LOCAL, Rtnl
+from netns.rtnl import NUD_PERMANENT, RT_TABLE_LOCAL, RTN_LOCAL, Rtnl
 
 EEXIST = 17
 ENOENT = 2
@@ -118,12 +118,33 @@ def local_gateways(ipr: IPRoute) -> dict[int, list[str]]:
     the host's own by a local route of add_gateway's (not by an address), by device index."""
     found: dict[int, list[str]] = {}
     for msg in ipr.get_routes(family=2, table=RT_TABLE_LOCAL):
-        if msg["type"] != RTN_LOCAL or msg["proto"] != RTPROT_STATIC:
+        if msg["type"] != RTN_LOCAL or msg["proto"] != RTPROT_STATIC or msg["dst_len"] != 32:
             continue
         oif = msg.get_attr("RTA_OIF")
         if oif is not None:
             found.setdefault(oif, []).append(str(msg.get_attr("RTA_DST")))
     return found
+
+
+def static_routes(ipr: IPRoute, index: int) -> list[tuple[str, int, str]]:
+    """`ip route show dev IF proto static` (table main): each route's destination, prefix
+    length and source, as add_gateway makes them ("" where a route has no source)."""
+    found = []
+    for msg in ipr.get_routes(family=2, table=254, oif=index):
+        if msg["proto"] != RTPROT_STATIC or msg.get_attr("RTA_OIF") != index:
+            continue
+        dst = msg.get_attr("RTA_DST") or "0.0.0.0"
+        found.append((str(dst), int(msg["dst_len"]), str(msg.get_attr("RTA_PREFSRC") or "")))
+    return found
+
+
+def pinned_neighbours(ipr: IPRoute, index: int) -> list[str]:
+    """`ip -4 neigh show dev IF nud permanent`: the addresses of IF's permanent entries."""
+    return [
+        str(msg.get_attr("NDA_DST"))
+        for msg in ipr.get_neighbours(family=2, ifindex=index)
+        if msg["state"] & NUD_PERMANENT and msg["ifindex"] == index
+    ]
 
 
 def ipv4_on(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Interface]:

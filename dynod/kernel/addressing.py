@@ -19,10 +19,10 @@ COMMON_RUNTIME_RANGE = ipaddress.IPv4Network("172.16.0.0/12")
 # A bridge takes at most 1,023 ports (BR_MAX_PORTS is 1,024 and port number 0 is never used):
 # the 1,024th `ip link set ... master` fails with EXFULL. A network is sharded over bridges
 # of SHARD_PORTS ports each (machine.Net). Adding a port walks the bridge's other ports several
-# times (MTU, features, headroom, promiscuity), and the gateway address the list of its other
-# addresses: a start costs O(ports of its bridge), so smaller bridges keep the 4,000th dyno's
-# start near the first's (bench/README.md, density). 256 is Docker's scale of a bridge, a
-# quarter of the limit; more bridges cost only their pairs in the `intra` set.
+# times (MTU, features, headroom, promiscuity): a start costs O(ports of its bridge), so smaller
+# bridges keep the 4,000th dyno's start near the first's (bench/README.md, density). 256 is
+# Docker's scale of a bridge, a quarter of the limit; more bridges cost only their pairs in the
+# `intra` set.
 BRIDGE_PORT_LIMIT = 1023
 SHARD_PORTS = 256
 

@@ -192,11 +192,11 @@ class Kernel:
         return Launched(attached_at, popen)
 
     async def teardown(self, dyno: DynoNetwork, group: str | None) -> None:
-        """Firewall elements, gateway address and namespace (and so the veth) go, and the sized
+        """Firewall elements, gateway routes and namespace (and so the veth) go, and the sized
         dyno's cgroup (cgroups.py). The firewall elements, gateway
-        address and neighbour entry go on the kernel thread while, on another thread, the
+        routes and neighbour entry go on the kernel thread while, on another thread, the
         namespace's name and the cgroup go: none depends on another once the dyno's processes
-        are gone, and each mostly waits (an unmount for an RCU grace period, an address for
+        are gone, and each mostly waits (an unmount for an RCU grace period, a route for
         the kernel's netlink lock), so the waits overlap instead of adding up."""
         results = await asyncio.gather(
             self.worker.run(attachments.unplug, self.machine, dyno),
@@ -228,7 +228,7 @@ class Kernel:
     async def rebuild(self, dyno: DynoNetwork) -> None:
         """A dyno's network from scratch, for one whose namespace name or veth was removed while
         it ran (its processes must be gone): what is left is removed (`ip netns delete`,
-        `ip link del VETH`, the gateway address and firewall elements), then attach()."""
+        `ip link del VETH`, the gateway routes and firewall elements), then attach()."""
         await self.worker.run(attachments.rebuild, self.machine, dyno)
 
     @staticmethod
@@ -374,7 +374,8 @@ class Kernel:
         await self.worker.run(self.cgroups.remove_all_but, set(groups))
 
     async def restore_gateways(self, live: Iterable[DynoNetwork]) -> None:
-        """Put back the gateway address of every kept dyno (someone may have removed it)."""
+        """Put back the gateway routes and neighbour entries of every kept dyno (someone may
+        have removed them); an older dynod's gateway address becomes routes (sweep.py)."""
         await self.worker.run(sweep.restore_gateways, self.machine, list(live))
 
 

@@ -15,12 +15,12 @@ Everything here runs on the kernel worker's thread (netns.worker). For one dyno 
     ip -n NS addr add 172.16.0.6/30 dev eth0
     ip -n NS neigh replace 172.16.0.5 lladdr 0a:5a:.. dev eth0 nud permanent
     ip -n NS route add default via 172.16.0.5 proto static
+    ip netns exec NS sysctl -w net.ipv4.ping_group_range="0 2147483647"
 
 The gateway is two routes on the host, not an address (netns/addresses.py add_gateway: an
 address a dyno made every start walk all of them), and each side knows the other's MAC from a
 permanent neighbour entry: no ARP crosses the veth, so a dyno learns none of the host's
 addresses and no other dyno can answer for its gateway.
-    ip netns exec NS sysctl -w net.ipv4.ping_group_range="0 2147483647"
 """
 
 from __future__ import annotations
@@ -120,8 +120,9 @@ def ensure_shard_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
     links.set_address(ipr, index, pool.bridge_mac)
     # Dynos get no IPv6 from the bridge; it needs no link-local address either.
     sysctl.write(f"net.ipv6.conf.{name}.disable_ipv6", 1)
-    # ARP is answered only for an address of the asker's own subnet (its gateway): a dyno
-    # does not learn the host's other addresses, nor other dynos' gateways.
+    # ARP is answered only for an address of the bridge's own in the asker's subnet: none of a
+    # dyno's (its gateway is routes, its MAC pinned: add_gateway), so a dyno learns none of the
+    # host's addresses, nor other dynos' gateways.
     sysctl.write(f"net.ipv4.conf.{name}.arp_ignore", 2)
     return index
 

@@ -15,8 +15,8 @@ from netns.rtnl import Rtnl
 
 
 def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
-    """`ip netns delete`, `ip link del`, `ip addr del` and `ip route del` of what has our prefix
-    but no owner."""
+    """`ip netns delete`, `ip link del`, `ip addr del`, `ip route del` and `ip neigh del` of what
+    has our prefix but no owner."""
     tracing.sweep_leftovers(m)  # a trace's tables, left by a daemon killed mid-trace
     ipr = m.worker.ipr
     known_netns = {d.netns for d in live}
@@ -54,27 +54,46 @@ def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
                     subnet = ipaddress.IPv4Network(f"{gateway}/30", strict=False)
                     address = str(subnet.network_address)
                     addresses.delete_gateway(m.worker.rtnl, index, gateway, address, 30)
+            # a /30's route whose local route someone deleted by hand
+            for dst, length, source in addresses.static_routes(ipr, index):
+                ours = source and ipaddress.IPv4Address(dst) in net.pool.network
+                if ours and source not in wanted:
+                    addresses.delete_gateway(m.worker.rtnl, index, source, dst, length)
+            # a dyno's entry left by a daemon killed between a start's steps
+            dynos = {d.address for d in live if d.bridge == net.bridge}
+            for address in addresses.pinned_neighbours(ipr, index):
+                if ipaddress.IPv4Address(address) in net.pool.network and address not in dynos:
+                    addresses.forget_neighbour(m.worker.rtnl, index, address)
 
 
 def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
     """The gateway's routes and the dyno's neighbour entry on the host for every kept dyno
     (someone may have removed them), and its port's settings (network.close_port_to_host: a
-    port made by an older dynod, or changed by hand since). A gateway an older dynod made an
-    address of becomes routes, its dyno told the gateway's MAC first (nothing answers its ARP
-    for it then)."""
+    port made by an older dynod, or changed by hand since).
+
+    A gateway an older dynod made an address of becomes routes: every such dyno is told its
+    gateway's MAC first (nothing answers its ARP for it then) and every such address goes,
+    before any route is made. The order matters: a bridge past the first has no address of
+    its own, and when its last address goes the kernel flushes every route and neighbour entry
+    through it (fib_inetaddr_event, fib_disable_ip), so routes made between two deletions would
+    be lost."""
     rtnl = m.worker.rtnl  # the per-dyno calls' lean socket, as at a start
+    kept = [(dyno, shards.open_shard(m, dyno)[0]) for dyno in live if m.is_open(dyno.bridge)]
     held: dict[int, set[str]] = {}  # the addresses of each bridge, listed once
+    for dyno, index in kept:
+        if index not in held:
+            held[index] = {str(a.ip) for a in addresses.ipv4_on(m.worker.ipr, index)}
+        if dyno.gateway in held[index]:
+            # its namespace is gone, or is not one any more: the dyno is rebuilt or stopped
+            with contextlib.suppress(OSError):
+                network.pin_gateway(dyno.netns, dyno.subnet, dyno.bridge_mac)
+    for dyno, index in kept:
+        if dyno.gateway in held[index]:
+            addresses.delete(rtnl, index, dyno.gateway, dyno.prefixlen)
+    for dyno, index in kept:
+        network.add_gateway(rtnl, index, dyno.subnet)
+        addresses.pin_neighbour(rtnl, index, dyno.address, dyno.subnet.dyno_mac)
     for dyno in live:
-        if m.is_open(dyno.bridge):
-            index, _ = shards.open_shard(m, dyno)
-            if index not in held:
-                held[index] = {str(a.ip) for a in addresses.ipv4_on(m.worker.ipr, index)}
-            if dyno.gateway in held[index]:
-                with contextlib.suppress(FileNotFoundError):  # its namespace is gone
-                    network.pin_gateway(dyno.netns, dyno.subnet, dyno.bridge_mac)
-                addresses.delete(rtnl, index, dyno.gateway, dyno.prefixlen)
-            network.add_gateway(rtnl, index, dyno.subnet)
-            addresses.pin_neighbour(rtnl, index, dyno.address, dyno.subnet.dyno_mac)
         close_port(rtnl, dyno.veth)
 
 

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from dynod.errors import DynodError
+from dynod.kernel.addressing import Pool
 from netns import namespace, nsid
 from tests.support import (
     DaemonProc,
@@ -62,8 +63,27 @@ def test_sigkilled_daemon_adopts_live_dynos_and_cleans_dead_ones() -> None:
             "name",
             f"{d.prefix}-fffe",
         )
+        # a gateway no dyno has (routes, and the dyno's entry), and a /30's route alone
+        bridge, pool = f"{d.prefix}0", Pool(d.cidr)
+        stray, lone = pool.subnet(50), pool.subnet(51)
+        for subnet in (stray, lone):
+            gateway, routed = subnet.gateway, str(subnet.network)
+            sh("ip", "route", "add", "local", gateway, "dev", bridge, "table", "local",
+               "proto", "static", "src", gateway)  # fmt: skip
+            sh("ip", "route", "add", routed, "dev", bridge, "proto", "static", "scope", "link",
+               "src", gateway)  # fmt: skip
+        sh("ip", "neigh", "replace", stray.address, "lladdr", stray.dyno_mac, "dev", bridge,
+           "nud", "permanent")  # fmt: skip
+        sh("ip", "route", "del", "local", lone.gateway, "dev", bridge, "table", "local")
         assert psutil.pid_exists(web["pid"])
         d.start()
+        routes = sh("ip", "route", "show", "table", "all", "dev", bridge).stdout
+        held = set(routes.split())
+        for gone in (stray.gateway, stray.network, lone.network, gateway_of(doomed["ip"])):
+            assert str(gone) not in held, (gone, routes)
+        assert f"local {gateway_of(web['ip'])} " in routes
+        pinned = sh("ip", "neigh", "show", "dev", bridge, "nud", "permanent").stdout
+        assert pinned.split() == [web["ip"], "lladdr", Pool(d.cidr).subnet(1).dyno_mac, "PERMANENT"]
         dynos = {x["name"]: x for x in d.dynos("sushi")}
         assert list(dynos) == ["web.1"], dynos
         assert dynos["web.1"]["pid"] == web["pid"] and dynos["web.1"]["state"] == "up"
@@ -142,26 +162,46 @@ def test_each_dyno_namespace_gets_an_id_below_every_earlier_one_across_a_sigkill
 
 def test_a_gateway_an_older_dynod_made_an_address_becomes_routes_at_the_next_start() -> None:
     """An older dynod gave each dyno's gateway an address on the bridge, whose ARP answers told
-    the dyno its MAC. A daemon started on its dynos (after a SIGKILL and an upgrade) pins the
-    gateway's MAC in the dyno, then turns the address into routes: the dyno is still reached."""
-    with running_daemon() as d:
-        web = d.run_app("legacy", "web")
+    the dyno its MAC. A daemon started on its dynos (after a SIGKILL and an upgrade) pins every
+    gateway's MAC in its dyno, deletes every such address, then makes the routes: every dyno is
+    still reached. With two dynos a bridge, the second bridge's two are the only addresses of
+    theirs, and deleting the last one flushes every route through it (fib_disable_ip): a route
+    made between two deletions would be lost (fails when converted one dyno at a time)."""
+    with running_daemon(extra=["--shard-ports", "2"]) as d:
+        webs = [d.run_app("legacy", "web") for _ in range(4)]
         assert router_get(d, "legacy")[0] == 200
-        ns, bridge = d.netns("legacy", web["name"]), f"{d.prefix}0"
-        gateway = gateway_of(web["ip"])
-        subnet = ipaddress.IPv4Network(f"{web['ip']}/30", strict=False)
         d.kill9()
-        # what an older dynod left: the address and a neighbour entry learned by ARP
-        sh("ip", "route", "del", str(subnet), "dev", bridge)
-        sh("ip", "route", "del", "local", gateway, "dev", bridge, "table", "local")
-        sh("ip", "addr", "add", f"{gateway}/30", "dev", bridge)
-        sh("ip", "-n", ns, "neigh", "del", gateway, "dev", "eth0")
+        held = []
+        for i, web in enumerate(webs):  # what an older dynod left: addresses, learned entries
+            ns, gateway = d.netns("legacy", web["name"]), gateway_of(web["ip"])
+            bridge = f"{d.prefix}0" if i < 2 else f"{d.prefix}0-1"  # slots 1-2, then 3-4
+            subnet = ipaddress.IPv4Network(f"{web['ip']}/30", strict=False)
+            sh("ip", "route", "del", str(subnet), "dev", bridge)
+            sh("ip", "route", "del", "local", gateway, "dev", bridge, "table", "local")
+            sh("ip", "neigh", "del", web["ip"], "dev", bridge)
+            sh("ip", "addr", "add", f"{gateway}/30", "dev", bridge)
+            sh("ip", "-n", ns, "neigh", "del", gateway, "dev", "eth0")
+            held.append((web, ns, gateway, subnet, bridge))
         d.start()
-        assert gateway not in sh("ip", "-o", "-4", "addr", "show", "dev", bridge).stdout
-        local = sh("ip", "route", "show", "table", "local", "dev", bridge).stdout
-        assert f"local {gateway} proto static" in local
-        assert "PERMANENT" in sh("ip", "-n", ns, "neigh", "show", gateway, "dev", "eth0").stdout
-        assert router_get(d, "legacy")[0] == 200
+        for web, ns, gateway, subnet, bridge in held:
+            assert gateway not in sh("ip", "-o", "-4", "addr", "show", "dev", bridge).stdout
+            local = sh("ip", "route", "show", "table", "local", "dev", bridge).stdout
+            assert f"local {gateway} proto static" in local, (web["name"], local)
+            routed = sh("ip", "route", "show", str(subnet), "dev", bridge).stdout
+            assert f"src {gateway}" in routed, (web["name"], routed)
+            pinned = sh("ip", "-n", ns, "neigh", "show", gateway, "dev", "eth0").stdout
+            assert "PERMANENT" in pinned, (web["name"], pinned)
+            host_side = sh("ip", "neigh", "show", web["ip"], "dev", bridge).stdout
+            assert "PERMANENT" in host_side, (web["name"], host_side)
+        # the router reaches every one of them (it takes them in turn)
+        answered: set[str] = set()
+        for _ in range(200):
+            status, name = router_get(d, "legacy")
+            assert status == 200, (status, name)
+            answered.add(name)
+            if len(answered) == len(webs):
+                break
+        assert answered == {w["name"] for w in webs}
 
 
 def test_daemon_stop_leaves_no_kernel_object_or_process() -> None:
