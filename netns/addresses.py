@@ -126,6 +126,18 @@ def local_gateways(ipr: IPRoute) -> dict[int, list[str]]:
     return found
 
 
+def static_networks(ipr: IPRoute) -> dict[int, set[str]]:
+    """`ip route show proto static` (table main), once: each device's routed networks
+    ("NETWORK/PREFIXLEN"), by device index."""
+    found: dict[int, set[str]] = {}
+    for msg in ipr.get_routes(family=2, table=254):
+        oif = msg.get_attr("RTA_OIF")
+        if msg["proto"] == RTPROT_STATIC and oif is not None:
+            dst = msg.get_attr("RTA_DST") or "0.0.0.0"
+            found.setdefault(oif, set()).add(f"{dst}/{msg['dst_len']}")
+    return found
+
+
 def static_routes(ipr: IPRoute, index: int) -> list[tuple[str, int, str]]:
     """`ip route show dev IF proto static` (table main): each route's destination, prefix
     length and source, as add_gateway makes them ("" where a route has no source)."""

@@ -1,6 +1,7 @@
-"""Deletions of network namespace names and of links, as they happen: `inotifywait -m -e delete
-/run/netns` and `ip monitor link` (RTM_DELLINK only), behind one descriptor an event loop can wait
-on (an epoll of the two).
+"""Deletions of network namespace names, of links and of IPv4 routes, as they happen:
+`inotifywait -m -e delete /run/netns`, `ip monitor link` (RTM_DELLINK only) and `ip monitor
+route` (RTM_DELROUTE only), behind one descriptor an event loop can wait on (an epoll of the
+three).
 
 Listing /run/netns and /sys/class/net instead, to find what someone removed, costs O(names)
 every time (11-13 ms a second at 2,000 dynos, on the daemon's event loop).
@@ -27,8 +28,10 @@ from netns.inotify import (
 )
 
 RTNLGRP_LINK = 1
+RTNLGRP_IPV4_ROUTE = 7
 _GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED  # the watched directory itself
 RTM_DELLINK = 17
+RTM_DELROUTE = 25
 SO_ATTACH_FILTER = 26
 # classic BPF: `ldh [4]; jeq #DELLINK, 0, 1; ret #0xffffffff; ret #0` (nlmsg_type is in the
 # host's byte order, and ldh reads big-endian)
@@ -42,18 +45,24 @@ class Removals:
 
     def __init__(self) -> None:
         self.broken = False  # the directory's watch is gone: only a listing can tell now
+        # an IPv4 route was deleted (or route events were lost) since the caller last cleared it
+        self.routes_removed = False
         self._inotify = Inotify()
         self._links: socket.socket | None = None
+        self._routes: socket.socket | None = None
         self._poll: select.epoll | None = None
         try:
             found = os.stat(namespace.RUN_DIR)
             self._identity = (found.st_dev, found.st_ino)
             self._inotify.add(namespace.RUN_DIR, IN_DELETE | IN_MOVED_FROM | _GONE)
             self._links = nfevents.open_group(RTNLGRP_LINK, socket.NETLINK_ROUTE)
-            _only_deletions(self._links)
+            _only(self._links, RTM_DELLINK)
+            self._routes = nfevents.open_group(RTNLGRP_IPV4_ROUTE, socket.NETLINK_ROUTE)
+            _only(self._routes, RTM_DELROUTE)
             self._poll = select.epoll()
             self._poll.register(self._inotify.fd, select.EPOLLIN)
             self._poll.register(self._links.fileno(), select.EPOLLIN)
+            self._poll.register(self._routes.fileno(), select.EPOLLIN)
         except BaseException:
             self.close()
             raise
@@ -72,7 +81,8 @@ class Removals:
         return self._poll.fileno()
 
     def drain(self) -> bool:
-        """Everything queued so far, read: was a name or a link deleted, or were events lost?"""
+        """Everything queued so far, read: was a name or a link deleted, or were events lost?
+        A deleted route (or lost route events) sets routes_removed instead."""
         removed = False
         for _wd, mask in self._inotify.events():
             if mask & _GONE:
@@ -81,27 +91,33 @@ class Removals:
                 removed = True
         assert self._links is not None
         for data in nfevents.receive(self._links):  # None: the kernel dropped some
-            removed = removed or data is None or _has_dellink(data)
+            removed = removed or data is None or _has(data, RTM_DELLINK)
+        assert self._routes is not None
+        for data in nfevents.receive(self._routes):
+            if data is None or _has(data, RTM_DELROUTE):
+                self.routes_removed = True
         return removed
 
     def close(self) -> None:
         if self._poll is not None:
             self._poll.close()
             self._poll = None
-        if self._links is not None:
-            self._links.close()
-            self._links = None
+        for sock in (self._links, self._routes):
+            if sock is not None:
+                sock.close()
+        self._links = self._routes = None
         self._inotify.close()
 
 
-def _only_deletions(sock: socket.socket) -> None:
-    """The kernel queues only RTM_DELLINK on the socket (a socket filter): every link a start
-    makes or changes sends RTM_NEWLINKs to the group, and each one queued would wake the event
-    loop, which reads them only to throw them away, while the kernel thread makes the next."""
-    dellink = struct.unpack(">H", struct.pack("=H", RTM_DELLINK))[0]
+def _only(sock: socket.socket, kind: int) -> None:
+    """The kernel queues only messages of this kind (RTM_DELLINK, RTM_DELROUTE) on the socket (a
+    socket filter): every link and route a start makes or changes sends RTM_NEWLINKs and
+    RTM_NEWROUTEs to the groups, and each one queued would wake the event loop, which reads them
+    only to throw them away, while the kernel thread makes the next."""
+    wanted = struct.unpack(">H", struct.pack("=H", kind))[0]
     program = (
         (_BPF_LDH_ABS, 0, 0, 4),
-        (_BPF_JEQ_K, 0, 1, dellink),
+        (_BPF_JEQ_K, 0, 1, wanted),
         (_BPF_RET_K, 0, 0, 0xFFFFFFFF),
         (_BPF_RET_K, 0, 0, 0),
     )
@@ -111,8 +127,8 @@ def _only_deletions(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def _has_dellink(data: bytes) -> bool:
-    return next(nfevents.messages(data, RTM_DELLINK), None) is not None
+def _has(data: bytes, kind: int) -> bool:
+    return next(nfevents.messages(data, kind), None) is not None
 
 
 def removals() -> Removals | None:

@@ -1,5 +1,7 @@
 """A running dyno whose network someone removed (`ip link del VETH`, `ip netns delete NS`) is
-a crashed dyno: killed, then restarted on a rebuilt network like any crash."""
+a crashed dyno: killed, then restarted on a rebuilt network like any crash. A dyno whose
+gateway's routes someone removed (`ip route del`, or `ip link set BRIDGE down`, which flushes
+every route through the bridge) gets them back, once its bridge is up again."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from collections.abc import Callable
 
 from dynod.control.networks import Networks, running
 from dynod.control.say import Say
-from dynod.kernel.facts import Removed
+from dynod.kernel.facts import DynoNetwork, Removed
 from dynod.kernel.protocol import KernelSide, RemovalEvents
 from dynod.state.store import Dyno, State
 
@@ -42,6 +44,8 @@ class HealthWatch:
         self.events: RemovalEvents | None = None  # deletions as they happen (watch())
         self._dirty = True  # a deletion was seen since the last listing
         self._next_listing = 0.0  # time.monotonic() of the next backstop listing
+        self._gateways_due = True  # a route was deleted since the gateways were last looked at
+        self._gateways_refused = ""  # why putting them back failed the last time ("": it did not)
 
     def watch(self) -> None:
         """Wait for deletions instead of listing every second (on the event loop); a listing
@@ -60,6 +64,9 @@ class HealthWatch:
     def _on_events(self) -> None:
         if self.events is not None and self.events.drain():
             self._dirty = True
+        if self.events is not None and self.events.routes_removed:
+            self.events.routes_removed = False
+            self._gateways_due = True
 
     def _nothing_deleted(self) -> bool:
         """No listing needed: the watch works, saw no deletion, and the backstop is not due.
@@ -72,6 +79,8 @@ class HealthWatch:
         self._on_events()
         now = time.monotonic()
         if self._dirty or now >= self._next_listing:
+            if now >= self._next_listing:
+                self._gateways_due = True  # the backstop looks at them too
             self._dirty, self._next_listing = False, now + BACKSTOP
             return False
         return True
@@ -86,32 +95,104 @@ class HealthWatch:
         being started, restarted or stopped (its lock is held) is skipped: its objects come and
         go. The listings are made only after a deletion was seen (netns/removals.py), and every
         BACKSTOP seconds: each one costs O(dynos) (11-13 ms at 2,000), every second."""
-        if self._nothing_deleted():
-            return
-        try:
-            skipped = await self._look()
-        except BaseException:
-            self._dirty = True  # looked at nothing: the next tick lists again
-            raise
-        if skipped:
-            self._dirty = True  # being started or stopped: looked at again next time
+        if not self._nothing_deleted():
+            try:
+                skipped = await self._look()
+            except BaseException:
+                self._dirty = True  # looked at nothing: the next tick lists again
+                raise
+            if skipped:
+                self._dirty = True  # being started or stopped: looked at again next time
+        if self.events is None:
+            self._gateways_due = True  # no route events: the listing is the only way to know
+        if self._gateways_due:
+            self._gateways_due = False
+            try:
+                again = await self._put_back_gateways()
+            except BaseException:
+                self._gateways_due = True
+                raise
+            self._gateways_due = again
 
     async def _look(self) -> bool:
         """The listing: each running dyno missing a part is handled; whether one was skipped
         because its lock was held."""
-        skipped = False
-        for dyno_id in self.kernel.missing_objects(self.state.running_networks()):
-            if dyno_id in self._broken:  # being killed: its restart rebuilds its network
-                continue
-            if self.lock(dyno_id).locked():
-                skipped = True
-                continue
+        missing = self.kernel.missing_objects(self.state.running_networks())
+        free, skipped = self._free(missing)
+        for dyno_id in free:
             dyno = self.state.dyno(dyno_id)
             if dyno is None or dyno.state not in ("starting", "up") or not dyno.pid:
                 continue
             if self.removed(dyno):
                 await self._on_network_removed(dyno.id)
         return skipped
+
+    async def _put_back_gateways(self) -> bool:
+        """The gateway routes (and the host's entry for the dyno) of every running dyno missing
+        one, from one listing: put back, with a line in its log. Whether to look again at the
+        next tick: a dyno was being started or stopped, or its bridge is down (the kernel
+        refuses a route through it until it is up; said once)."""
+        networks, again = self._unlocked_networks()
+        missing = await self.kernel.missing_gateways(list(networks.values()))
+        if not missing:
+            self._gateways_refused = ""
+            return again
+        ids = {network.netns: dyno_id for dyno_id, network in networks.items()}
+        try:
+            await self.kernel.restore_gateways(missing)
+        except Exception as exc:  # noqa: BLE001 - the bridge is down, or gone: looked at again
+            if str(exc) != self._gateways_refused:
+                self._gateways_refused = str(exc)
+                self._tell(
+                    [ids[n.netns] for n in missing],
+                    "Warning: the dyno's gateway routes were removed by someone else and "
+                    f"cannot be put back yet ({exc}); trying again every second",
+                )
+            return True
+        self._gateways_refused = ""
+        self._tell(
+            [ids[n.netns] for n in missing],
+            "Warning: the dyno's gateway routes were removed by someone else (`ip route del`, "
+            "or its bridge taken down); put back",
+        )
+        return again
+
+    def _unlocked_networks(self) -> tuple[dict[int, DynoNetwork], bool]:
+        """The facts of every running dyno not being started, stopped or killed, by id; and
+        whether one was left out because its lock was held."""
+        found: dict[int, DynoNetwork] = {}
+        free, locked = self._free([dyno_id for dyno_id, _, _ in self.state.running_networks()])
+        for dyno_id in free:
+            network = self.networks.known(dyno_id)
+            if network is None:
+                dyno = self.state.dyno(dyno_id)
+                if dyno is None:
+                    continue
+                try:
+                    network = self.networks.of(dyno)
+                except KeyError:  # its network is not open
+                    continue
+            found[dyno_id] = network
+        return found, locked
+
+    def _free(self, dyno_ids: list[int]) -> tuple[list[int], bool]:
+        """Those of the dynos neither being killed (their restart rebuilds their network) nor
+        being started or stopped (their lock is held: their objects come and go); and whether
+        one was left out for its lock, to be looked at again."""
+        free, locked = [], False
+        for dyno_id in dyno_ids:
+            if dyno_id in self._broken:
+                continue
+            if self.lock(dyno_id).locked():
+                locked = True
+                continue
+            free.append(dyno_id)
+        return free, locked
+
+    def _tell(self, dyno_ids: list[int], text: str) -> None:
+        for dyno_id in dyno_ids:
+            if (dyno := self.state.dyno(dyno_id)) is not None:
+                self.say(dyno, text)
 
     async def _on_network_removed(self, dyno_id: int) -> None:
         """Someone deleted the dyno's veth or its namespace's name: it can no longer be

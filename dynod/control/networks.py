@@ -45,6 +45,10 @@ class Networks:
     def forget(self, dyno_id: int) -> None:
         self._facts.pop(dyno_id, None)
 
+    def known(self, dyno_id: int) -> DynoNetwork | None:
+        """The dyno's facts if they were computed already (of()), without its row."""
+        return self._facts.get(dyno_id)
+
     def of(self, dyno: Dyno) -> DynoNetwork:
         """The dyno's facts; for a dyno this daemon did not allocate (adopted, reconciled)
         computed once from its row."""

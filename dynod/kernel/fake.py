@@ -41,6 +41,7 @@ class FakeKernel:
     links: set[str] = field(default_factory=set)
     web_elements: set[firewall.WebTarget] = field(default_factory=set)
     usage: dict[str, cgroup.Usage] = field(default_factory=dict)  # cgroup name -> usage
+    gateways_lost: set[str] = field(default_factory=set)  # netns whose gateway routes went
     groups_removed: list[str] = field(default_factory=list)
     sessions: dict[str, int] = field(default_factory=dict)  # netns -> its session's id
     # every session started, also one a later spawn in the same namespace replaced in sessions
@@ -215,9 +216,14 @@ class FakeKernel:
         keep = set(groups)
         self.usage = {name: u for name, u in self.usage.items() if name in keep}
 
+    async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+        return [d for d in dynos if d.netns in self.gateways_lost]
+
     async def restore_gateways(self, live: Iterable[DynoNetwork]) -> None:
-        # The fake has no addresses to lose: only the request is recorded.
+        # Only the request is recorded, and the gateways a test said were lost come back.
+        live = list(live)
         self.calls.append(("restore gateways", ",".join(sorted(d.netns for d in live)), None))
+        self.gateways_lost -= {d.netns for d in live}
 
 
 def _conforms(fake: FakeKernel) -> KernelSide:

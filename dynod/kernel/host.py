@@ -373,6 +373,10 @@ class Kernel:
         daemon killed with SIGKILL): their processes are killed, the groups removed."""
         await self.worker.run(self.cgroups.remove_all_but, set(groups))
 
+    async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+        """`ip route show table local`, once: the dynos whose gateway's route is not there."""
+        return await self.worker.run(sweep.missing_gateways, self.machine, dynos)
+
     async def restore_gateways(self, live: Iterable[DynoNetwork]) -> None:
         """Put back the gateway routes and neighbour entries of every kept dyno (someone may
         have removed them); an older dynod's gateway address becomes routes (sweep.py)."""

@@ -35,6 +35,7 @@ class RemovalEvents(Protocol):
     """Deletions of namespace names and links as they happen (netns/removals.py)."""
 
     broken: bool  # the watch is gone: only listings can tell
+    routes_removed: bool  # an IPv4 route was deleted since the caller cleared it
 
     def current(self) -> bool:
         """Still watching what it was opened on (else a new watch is needed)?"""
@@ -111,6 +112,14 @@ class KernelSide(Protocol):
     def missing_objects(self, dynos: list[tuple[int, str, str]]) -> list[int]:
         """Of these (id, netns, veth), the ids whose namespace name or veth is not there, from
         one listing of each for all of them."""
+        ...
+
+    async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+        """Of these, those whose gateway's local route is not on their bridge (one listing)."""
+        ...
+
+    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> None:
+        """Their gateways' routes and neighbour entries put back (kernel/sweep.py)."""
         ...
 
     def removal_events(self) -> RemovalEvents | None:

@@ -97,6 +97,28 @@ def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
         close_port(rtnl, dyno.veth)
 
 
+def missing_gateways(m: Machine, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+    """Of these dynos, those missing one of their gateway's routes on their bridge (someone
+    deleted it, or took the bridge down, which flushes the /30's route but not the local one),
+    from one listing of each table: `ip route show table local type local proto static` and
+    `ip route show proto static`."""
+    if not dynos:
+        return []
+    local = addresses.local_gateways(m.worker.ipr)
+    routed = addresses.static_networks(m.worker.ipr)
+    missing = []
+    for dyno in dynos:
+        net = m.network_of(dyno.bridge)
+        index = net.shard_index(dyno.shard) if net is not None else None
+        if index is None:
+            continue
+        if dyno.gateway not in local.get(index, ()) or (
+            str(dyno.subnet.network) not in routed.get(index, ())
+        ):
+            missing.append(dyno)
+    return missing
+
+
 def close_port(rtnl: Rtnl, veth: str) -> None:
     """network.close_port_to_host on a kept dyno's port, if its veth is still there."""
     with contextlib.suppress(FileNotFoundError):  # its veth is gone: rebuilt elsewhere

@@ -3,6 +3,7 @@ adversarial try of issue 7's fixes)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 
@@ -81,3 +82,36 @@ def test_a_deleted_space_bridge_neither_blocks_stop_nor_leaks_a_namespace() -> N
         assert not os.path.exists(f"/run/netns/{d.netns('spb', 'other.1')}")
         d.client.call("DELETE", "/v1/apps/spb")
         d.client.call("DELETE", f"/v1/spaces/{d.prefix}x")
+
+
+def test_a_bridge_taken_down_and_up_gets_its_dynos_gateway_routes_back() -> None:
+    """`ip link set BRIDGE down` flushes every route through the bridge, and every neighbour
+    entry on it: the gateways' routes (an address's would come back by themselves at `up`) and
+    the host's entries for its dynos. The health check puts them back once the bridge is up
+    (the kernel refuses a route through a bridge that is down, which the dyno's log says once);
+    a gateway route someone deletes is put back too."""
+    with running_daemon() as d:
+        web = d.run_app("flap", "web")
+        assert d.via_router("flap")[0] == 200
+        bridge, gateway = f"{d.prefix}0", gateway_of(web["ip"])
+
+        subnet = ipaddress.IPv4Network(f"{web['ip']}/30", strict=False)
+
+        def local_routes() -> str:
+            return sh("ip", "route", "show", "table", "local", "dev", bridge).stdout
+
+        def routed() -> bool:
+            return f"{subnet} proto static" in sh("ip", "route", "show", "dev", bridge).stdout
+
+        sh("ip", "link", "set", bridge, "down")
+        assert not routed()  # (the local route stays: scope host)
+        d.wait_for(lambda: "cannot be put back yet" in d.log(), "the refusal said")
+        sh("ip", "link", "set", bridge, "up")
+        d.wait_for(routed, "the /30's route back")
+        d.wait_for(lambda: d.via_router("flap")[0] == 200, "the web dyno reached again")
+        pinned = sh("ip", "neigh", "show", web["ip"], "dev", bridge).stdout
+        assert "PERMANENT" in pinned, pinned
+        assert "gateway routes were removed by someone else (`ip route del`" in d.log()
+        sh("ip", "route", "del", "local", gateway, "dev", bridge, "table", "local")
+        d.wait_for(lambda: f"local {gateway} " in local_routes(), "the deleted route back")
+        assert d.via_router("flap")[0] == 200

@@ -644,9 +644,9 @@ def test_the_generation_moves_at_each_commit_and_each_event_carries_it(prefix: s
 
 
 def test_deletions_of_names_and_links_are_seen_as_they_happen(prefix: str) -> None:
-    """netns/removals.py: `ip netns delete` and `ip link del` wake the watch (its one fd), a
-    new name or link does not; the links are those of the namespace it was opened in (here a
-    test namespace, nobody else's links)."""
+    """netns/removals.py: `ip netns delete`, `ip link del` and `ip route del` wake the watch (its
+    one fd), a new name, link or route does not; the links and routes are those of the
+    namespace it was opened in (here a test namespace, nobody else's)."""
     name, other = f"{prefix}-rm", f"{prefix}-rm2"
     namespace.create(name)
     try:
@@ -663,6 +663,17 @@ def test_deletions_of_names_and_links_are_seen_as_they_happen(prefix: str) -> No
             # made and changed, not removed: nothing queued, so an event loop is not even woken
             assert not select.select([watch.fileno()], [], [], 0.3)[0]
             assert not watch.drain()
+            # a route made wakes nothing; one deleted does, and says so apart (routes_removed)
+            subprocess.run(
+                ["ip", "-n", name, "route", "add", "10.8.8.0/24", "dev", "rm0"], check=True
+            )
+            assert not select.select([watch.fileno()], [], [], 0.3)[0]
+            subprocess.run(
+                ["ip", "-n", name, "route", "del", "10.8.8.0/24", "dev", "rm0"], check=True
+            )
+            assert select.select([watch.fileno()], [], [], 5)[0]
+            assert not watch.drain() and watch.routes_removed
+            watch.routes_removed = False
             subprocess.run(["ip", "-n", name, "link", "del", "rm0"], check=True)
             assert select.select([watch.fileno()], [], [], 5)[0]  # an event loop would wake
             assert watch.drain() and not watch.drain()

@@ -42,6 +42,10 @@ class FakeKernel:
     def __init__(self, broken: set[int]) -> None:
         self.broken = {f"v{i}" for i in broken}
         self.killed: list[int | None] = []
+        self.gateways_lost: set[str] = set()  # netns whose gateway routes someone removed
+        self.bridge_down = False  # restore_gateways refused, as the kernel refuses the routes
+        self.restored: list[list[str]] = []
+        self.gateway_listings = 0
 
     def net(self, key: str) -> Net:
         return Net(key, "fake0", Pool("172.16.0.0/12"))
@@ -54,6 +58,16 @@ class FakeKernel:
 
     async def kill_inside(self, d: Running) -> None:
         self.killed.append(d.pid)
+
+    async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+        self.gateway_listings += 1
+        return [d for d in dynos if d.netns in self.gateways_lost]
+
+    async def restore_gateways(self, live: list[DynoNetwork]) -> None:
+        if self.bridge_down:
+            raise OSError(100, "Network is down")
+        self.restored.append(sorted(d.netns for d in live))
+        self.gateways_lost -= {d.netns for d in live}
 
 
 def test_the_health_check_kills_only_running_dynos_with_a_removed_part() -> None:
@@ -90,6 +104,7 @@ class FakeRemovals:
     def __init__(self) -> None:
         self.broken = False
         self.deleted = False
+        self.routes_removed = False
         self.read, self.write = os.pipe()
         os.set_blocking(self.read, False)
 
@@ -219,3 +234,45 @@ def test_a_deletion_seen_while_the_listing_kills_a_dyno_is_listed_next_time() ->
 
     asyncio.run(scenario())
     assert kernel.listings == 2 and kernel.killed == [10]
+
+
+def test_gateway_routes_someone_removed_are_put_back_once_the_bridge_is_up() -> None:
+    """A route deletion (the watch's routes_removed) makes the next check list the gateways;
+    a dyno missing its own gets it back, with a line in its log; while its bridge is down the
+    kernel refuses, which is said once and tried again at every check. Without a route
+    deletion the gateways are not listed."""
+    kernel = ListingKernel(set(), watches=True)
+    dynos = [
+        dyno(id=1, pid=10, veth="v1", netns="n1"),
+        dyno(id=2, pid=20, veth="v2", netns="n2", number=2, slot=2),
+    ]
+    log = LogBook(None, echo=None)
+    sup = Supervisor(FakeState(dynos), kernel, log, Config(), None)  # type: ignore[arg-type]
+
+    async def scenario() -> list[int]:
+        sup.health.watch()
+        events = kernel.opened[0]
+        listings = []
+        await sup.health.check()  # the first check looks at them, whatever the watch says
+        listings.append(kernel.gateway_listings)
+        await sup.health.check()  # no route deleted: not listed
+        listings.append(kernel.gateway_listings)
+        kernel.gateways_lost = {"n2"}
+        kernel.bridge_down = True
+        events.routes_removed = True
+        await sup.health.check()  # refused: said, and looked at again
+        await sup.health.check()  # refused again: not said again
+        listings.append(kernel.gateway_listings)
+        kernel.bridge_down = False
+        await sup.health.check()  # put back
+        await sup.health.check()  # nothing due any more
+        listings.append(kernel.gateway_listings)
+        await sup.close()
+        return listings
+
+    assert asyncio.run(scenario()) == [1, 1, 3, 4]
+    assert kernel.restored == [["n2"]] and kernel.gateways_lost == set()
+    said = [str(x) for x in log.recent(lambda _: True, 10) if "gateway routes" in str(x)]
+    assert len(said) == 2, said
+    assert "cannot be put back yet ([Errno 100] Network is down)" in said[0]
+    assert said[1].endswith("(`ip route del`, or its bridge taken down); put back")
