@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netns import record
 from netns.links import Netlink, name_of
-from netns.rtnl import NUD_PERMANENT, RT_TABLE_LOCAL, RTN_LOCAL, Rtnl
+from netns.rtnl import NUD_PERMANENT, RT_TABLE_LOCAL, RT_TABLE_MAIN, RTN_LOCAL, Route, Rtnl
 
 EEXIST = 17
 ENOENT = 2
@@ -17,6 +18,8 @@ ENODEV = 19  # the device itself is gone: so is whatever it held
 EADDRNOTAVAIL = 99
 ESRCH = 3
 RTPROT_STATIC = 4  # `proto static` in `ip route`
+# (table, type, protocol, prefix length) of add_gateway's local route
+_LOCAL_GATEWAY = (RT_TABLE_LOCAL, RTN_LOCAL, RTPROT_STATIC, 32)
 
 
 def add(ipr: Netlink, index: int, address: str, prefixlen: int) -> None:
@@ -113,41 +116,35 @@ def pin_neighbour(rtnl: Rtnl, index: int, address: str, mac: str) -> None:
         )  # fmt: skip
 
 
-def local_gateways(ipr: IPRoute) -> dict[int, list[str]]:
-    """`ip route show table local type local proto static`: each device's addresses taken as
-    the host's own by a local route of add_gateway's (not by an address), by device index."""
+def local_gateways(routes: Iterable[Route]) -> dict[int, list[str]]:
+    """Of `ip route show table all` (Rtnl.routes()), `ip route show table local type local
+    proto static`'s /32s: each device's addresses taken as the host's own by a local route of
+    add_gateway's (not by an address), by device index."""
     found: dict[int, list[str]] = {}
-    for msg in ipr.get_routes(family=2, table=RT_TABLE_LOCAL):
-        if msg["type"] != RTN_LOCAL or msg["proto"] != RTPROT_STATIC or msg["dst_len"] != 32:
-            continue
-        oif = msg.get_attr("RTA_OIF")
-        if oif is not None:
-            found.setdefault(oif, []).append(str(msg.get_attr("RTA_DST")))
+    for route in routes:
+        if (route.table, route.kind, route.proto, route.dst_len) == _LOCAL_GATEWAY and route.oif:
+            found.setdefault(route.oif, []).append(route.dst)
     return found
 
 
-def static_networks(ipr: IPRoute) -> dict[int, set[str]]:
-    """`ip route show proto static` (table main), once: each device's routed networks
-    ("NETWORK/PREFIXLEN"), by device index."""
+def static_networks(routes: Iterable[Route]) -> dict[int, set[str]]:
+    """Of `ip route show table all` (Rtnl.routes()), `ip route show proto static`'s (table
+    main): each device's routed networks ("NETWORK/PREFIXLEN"), by device index."""
     found: dict[int, set[str]] = {}
-    for msg in ipr.get_routes(family=2, table=254):
-        oif = msg.get_attr("RTA_OIF")
-        if msg["proto"] == RTPROT_STATIC and oif is not None:
-            dst = msg.get_attr("RTA_DST") or "0.0.0.0"
-            found.setdefault(oif, set()).add(f"{dst}/{msg['dst_len']}")
+    for route in routes:
+        if route.table == RT_TABLE_MAIN and route.proto == RTPROT_STATIC and route.oif:
+            found.setdefault(route.oif, set()).add(f"{route.dst}/{route.dst_len}")
     return found
 
 
-def static_routes(ipr: IPRoute, index: int) -> list[tuple[str, int, str]]:
-    """`ip route show dev IF proto static` (table main): each route's destination, prefix
-    length and source, as add_gateway makes them ("" where a route has no source)."""
-    found = []
-    for msg in ipr.get_routes(family=2, table=254, oif=index):
-        if msg["proto"] != RTPROT_STATIC or msg.get_attr("RTA_OIF") != index:
-            continue
-        dst = msg.get_attr("RTA_DST") or "0.0.0.0"
-        found.append((str(dst), int(msg["dst_len"]), str(msg.get_attr("RTA_PREFSRC") or "")))
-    return found
+def static_routes(routes: Iterable[Route], index: int) -> list[tuple[str, int, str]]:
+    """Of `ip route show table all`, `ip route show dev IF proto static` (table main): each
+    route's destination, prefix length and source ("" where it has none)."""
+    return [
+        (r.dst, r.dst_len, r.source)
+        for r in routes
+        if r.table == RT_TABLE_MAIN and r.proto == RTPROT_STATIC and r.oif == index
+    ]
 
 
 def pinned_neighbours(ipr: IPRoute, index: int) -> list[str]:
@@ -197,12 +194,12 @@ def forget_neighbour(ipr: Netlink, index: int, address: str) -> None:
         record.note("ip", "neigh", "del", address, "dev", device)
 
 
-def local_ipv4(ipr: IPRoute) -> set[str]:
+def local_ipv4(ipr: IPRoute, routes: Iterable[Route]) -> set[str]:
     """`ip -4 -o addr show`: every IPv4 address of this namespace, and every address a local
-    route of add_gateway's makes its own (`ip route show table local type local proto
-    static`)."""
+    route of add_gateway's makes its own (of `routes`, Rtnl.routes(): `ip route show table
+    local type local proto static`)."""
     found = {str(msg.get_attr("IFA_ADDRESS")) for msg in ipr.get_addr(family=2)}
-    for gateways in local_gateways(ipr).values():
+    for gateways in local_gateways(routes).values():
         found.update(gateways)
     return found
 

@@ -24,6 +24,7 @@ import os
 import socket
 import struct
 import threading
+from typing import NamedTuple
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -37,6 +38,7 @@ RTM_NEWADDR = 20
 RTM_DELADDR = 21
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
+RTM_GETROUTE = 26
 RTM_NEWNEIGH = 28
 RTM_DELNEIGH = 29
 RTM_NEWNSID = 88
@@ -77,6 +79,7 @@ RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
 RTA_PREFSRC = 7
+RTA_TABLE = 15
 NDA_DST = 1
 NDA_LLADDR = 2
 IFF_UP = 0x1
@@ -90,6 +93,34 @@ RTN_LOCAL = 2
 RTPROT_BOOT = 3
 RTPROT_STATIC = 4
 NUD_PERMANENT = 0x80
+
+
+class Route(NamedTuple):
+    """One IPv4 route as `ip route show table all` lists it, the fields dynod asks."""
+
+    table: int  # RT_TABLE_MAIN, RT_TABLE_LOCAL, ...
+    kind: int  # RTN_UNICAST, RTN_LOCAL, ...
+    proto: int  # RTPROT_STATIC, ...
+    dst: str  # "0.0.0.0" for a default route
+    dst_len: int
+    oif: int  # its device's index; 0: none
+    source: str  # its `src`; "": none
+
+
+def route_of(body: bytes) -> Route | None:
+    """An RTM_NEWROUTE or RTM_DELROUTE message's route (its body: what follows the netlink
+    header); None for one that is not IPv4's."""
+    family, dst_len, _src_len, _tos, table, proto, _scope, kind, _flags = _RTMSG.unpack_from(body)
+    if family != socket.AF_INET:
+        return None
+    attrs = nlmsg.attributes(body[_RTMSG.size :])
+    if RTA_TABLE in attrs:  # the table's full number (rtm_table holds only 8 bits)
+        table = struct.unpack_from("=I", attrs[RTA_TABLE])[0]
+    dst = socket.inet_ntoa(attrs[RTA_DST][:4]) if RTA_DST in attrs else "0.0.0.0"
+    oif = struct.unpack_from("=i", attrs[RTA_OIF])[0] if RTA_OIF in attrs else 0
+    source = socket.inet_ntoa(attrs[RTA_PREFSRC][:4]) if RTA_PREFSRC in attrs else ""
+    return Route(table, kind, proto, dst, dst_len, oif, source)
+
 
 _HEADER = nlmsg.HEADER
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
@@ -190,6 +221,12 @@ class Rtnl:
                         error = -_ERROR.unpack_from(reply)[0]
                         raise NetlinkError(error, os.strerror(error))
                     messages.append(reply)
+
+    def routes(self) -> list[Route]:
+        """`ip -4 route show table all`, parsed here: at 4,000 dynos' 8,000 routes, tens of
+        ms, where pyroute2's parser takes most of a second."""
+        body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+        return [r for m in self.dump(RTM_GETROUTE, body) if (r := route_of(m)) is not None]
 
     # ------------------------------------------------------------ namespace ids (netns/nsid.py)
     def set_nsid(self, fd: int, nsid: int) -> None:

@@ -21,6 +21,7 @@ from pyroute2 import IPRoute
 
 from netns import addresses, namespace, topology
 from netns.nftables import Nft
+from netns.rtnl import Route, Rtnl
 
 FAMILIES = ("bridge", "inet")
 
@@ -38,12 +39,21 @@ class Look:
     tables: list[str] = field(default_factory=list)  # "family table" of ours that exist
 
 
+def _routes() -> list[Route]:
+    """`ip -4 route show table all` of the calling thread's namespace."""
+    rtnl = Rtnl()
+    try:
+        return rtnl.routes()
+    finally:
+        rtnl.close()
+
+
 def look(ipr: IPRoute, nft: Nft, prefix: str, bridges: Iterable[str], netns: Iterable[str]) -> Look:
     """The host's view, the namespaces named in `netns` from inside, and `bridges`' FDBs."""
     found = Look(
         links=topology.links(ipr),
         addresses=topology.ipv4_addresses(ipr),
-        gateways=addresses.local_gateways(ipr),
+        gateways=addresses.local_gateways(_routes()),
     )
     wanted = set(bridges)
     for link in found.links:

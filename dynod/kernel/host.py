@@ -129,7 +129,9 @@ class Kernel:
         )
 
     async def local_addresses(self) -> set[str]:
-        return await self.worker.run(lambda: addresses.local_ipv4(self.worker.ipr))
+        return await self.worker.run(
+            lambda: addresses.local_ipv4(self.worker.ipr, self.worker.rtnl.routes())
+        )
 
     async def default_source(self) -> str | None:
         """The address the host's own outbound traffic leaves from (`ip route get 192.0.2.0`'s

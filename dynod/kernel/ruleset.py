@@ -158,7 +158,7 @@ def restore(m: Machine, live: list[DynoNetwork]) -> int:
     for dyno in live:
         sweep.close_port(m.worker.rtnl, dyno.veth)
     web = {n.web for n in live if n.web is not None}
-    local = addresses.local_ipv4(m.worker.ipr)
+    local = addresses.local_ipv4(m.worker.ipr, m.worker.rtnl.routes())
     layout = m.layout
     return conntrack.delete_where(lambda flow: firewall.refused(layout, web, local, flow))
 

@@ -29,7 +29,12 @@ SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # once, to every other process of the dyno (`kill -TERM -1`; the daemon signals only it, see
 # inside.signal_dyno_in's via_init, as a scan of /proc would miss a process forked meanwhile; a
 # SIGTERM the kernel dropped before the handler was in is sent again once it is: exits.py
-# term_once_heard). Its own stderr goes to /dev/null once the command runs (the command keeps
+# term_once_heard). A `wait` a SIGTERM cuts short returns 143 (128 + 15) whatever the command
+# does, so after a SIGTERM it waits again: dash answers a finished job's status at every wait
+# (bash says 127, not a child, after the first: the status found before stays). It used to ask
+# `kill -0` instead, and a command that exits 0 on SIGTERM was reported as 143 when it ended
+# between the two.
+# Its own stderr goes to /dev/null once the command runs (the command keeps
 # the dyno's): what it would say then is a job's end, dash's `Terminated` at one stop in
 # three, which is not the app's output (bash -c, as on Heroku, execs and says nothing). Then it
 # waits until every other process of the dyno has exited (they have the grace period; the daemon
@@ -42,11 +47,15 @@ cd -- "$1" || exit 126
 main=$!
 exec 2>/dev/null
 dynod_stopping=
-trap '[ -n "$dynod_stopping" ] || { dynod_stopping=yes; kill -TERM -1 2>/dev/null; }' TERM
+trap 'dynod_heard=yes
+[ -n "$dynod_stopping" ] || { dynod_stopping=yes; kill -TERM -1 2>/dev/null; }' TERM
+status=127
 while :; do
+    dynod_heard=
     wait "$main"
-    status=$?
-    kill -0 "$main" 2>/dev/null || break
+    found=$?
+    [ "$found" -eq 127 ] || status=$found
+    [ -n "$dynod_heard" ] || break
 done
 if [ -n "$dynod_stopping" ]; then
     while set -- /proc/[0-9]*; [ "$#" -gt 1 ]; do sleep 0.01; done

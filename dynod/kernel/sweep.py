@@ -41,7 +41,8 @@ def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
     known_bridges = {bridge for net in m.nets() for bridge, _ in net.open_shards()}
     for bridge in network.existing_bridges(ipr, m.names) - known_bridges:
         network.remove_bridge(ipr, bridge)
-    gateways = addresses.local_gateways(ipr)
+    routes = m.worker.rtnl.routes()
+    gateways = addresses.local_gateways(routes)
     for net in m.nets():
         # a kept dyno's gateway address (an older dynod's) stays for restore_gateways
         wanted = {net.address} | {d.gateway for d in live if d.bridge == net.bridge}
@@ -55,7 +56,7 @@ def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
                     address = str(subnet.network_address)
                     addresses.delete_gateway(m.worker.rtnl, index, gateway, address, 30)
             # a /30's route whose local route someone deleted by hand
-            for dst, length, source in addresses.static_routes(ipr, index):
+            for dst, length, source in addresses.static_routes(routes, index):
                 ours = source and ipaddress.IPv4Address(dst) in net.pool.network
                 if ours and source not in wanted:
                     addresses.delete_gateway(m.worker.rtnl, index, source, dst, length)
@@ -104,8 +105,8 @@ def missing_gateways(m: Machine, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
     `ip route show proto static`."""
     if not dynos:
         return []
-    local = addresses.local_gateways(m.worker.ipr)
-    routed = addresses.static_networks(m.worker.ipr)
+    routes = m.worker.rtnl.routes()
+    local, routed = addresses.local_gateways(routes), addresses.static_networks(routes)
     missing = []
     for dyno in dynos:
         net = m.network_of(dyno.bridge)

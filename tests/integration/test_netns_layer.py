@@ -249,8 +249,9 @@ def test_a_gateway_made_of_routes_is_the_hosts_and_each_side_knows_the_others_ma
             addresses.add_gateway(rtnl, bridge, gateway, network, 30)  # there already: fine
             addresses.pin_neighbour(rtnl, bridge, address, "0a:58:0a:ff:fd:02")
             assert addresses.ipv4_on(ipr, bridge) == []
-            assert addresses.local_gateways(ipr)[bridge] == [gateway]
-            assert gateway in addresses.local_ipv4(ipr)
+            assert addresses.local_gateways(rtnl.routes())[bridge] == [gateway]
+            assert gateway in addresses.local_ipv4(ipr, rtnl.routes())
+            assert f"{network}/30" in addresses.static_networks(rtnl.routes())[bridge]
             local = sh("ip", "route", "show", "table", "local", "dev", bridge_name)
             assert f"local {gateway} proto static scope host" in local
             main = sh("ip", "route", "show", "dev", bridge_name)
@@ -278,7 +279,8 @@ def test_a_gateway_made_of_routes_is_the_hosts_and_each_side_knows_the_others_ma
             )
             addresses.delete_gateway(rtnl, bridge, gateway, network, 30)
             addresses.delete_gateway(rtnl, bridge, gateway, network, 30)  # gone already: fine
-            assert bridge not in addresses.local_gateways(ipr)
+            assert bridge not in addresses.local_gateways(rtnl.routes())
+            assert bridge not in addresses.static_networks(rtnl.routes())
             assert gateway not in sh("ip", "route", "show", "table", "all", "dev", bridge_name)
             links.delete(rtnl, port_name)
             links.delete(ipr, bridge_name)
@@ -659,17 +661,20 @@ def test_deletions_of_names_and_links_are_seen_as_they_happen(prefix: str) -> No
                 check=True,
             )
             subprocess.run(["ip", "-n", name, "link", "set", "rm0", "up"], check=True)
+            # lo, for the routes below: it has its carrier at once (a veth's comes later, from
+            # the kernel's link watch, which then changes the routes through it)
+            subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
             namespace.create(other)
             # made and changed, not removed: nothing queued, so an event loop is not even woken
             assert not select.select([watch.fileno()], [], [], 0.3)[0]
             assert not watch.drain()
             # a route made wakes nothing; one deleted does, and says so apart (routes_removed)
             subprocess.run(
-                ["ip", "-n", name, "route", "add", "10.8.8.0/24", "dev", "rm0"], check=True
+                ["ip", "-n", name, "route", "add", "10.8.8.0/24", "dev", "lo"], check=True
             )
             assert not select.select([watch.fileno()], [], [], 0.3)[0]
             subprocess.run(
-                ["ip", "-n", name, "route", "del", "10.8.8.0/24", "dev", "rm0"], check=True
+                ["ip", "-n", name, "route", "del", "10.8.8.0/24", "dev", "lo"], check=True
             )
             assert select.select([watch.fileno()], [], [], 5)[0]
             assert not watch.drain() and watch.routes_removed
