@@ -6,6 +6,7 @@ every route through the bridge) gets them back, once its bridge is up again."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 
@@ -23,6 +24,17 @@ def were_removed(removed: Removed) -> str:
     """ "veth x was removed"; two of them "... and ... were removed"."""
     gone = removed.described()
     return f"{' and '.join(gone)} {'was' if len(gone) == 1 else 'were'} removed"
+
+
+def reason(exc: Exception) -> str:
+    """What the kernel said: "Network is down", not "(100, 'Network is down')" (netlink's
+    errors carry their errno as `code`)."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and code > 0:
+        return os.strerror(code)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 class HealthWatch:
@@ -141,12 +153,12 @@ class HealthWatch:
         try:
             await self.kernel.restore_gateways(missing)
         except Exception as exc:  # noqa: BLE001 - the bridge is down, or gone: looked at again
-            if str(exc) != self._gateways_refused:
-                self._gateways_refused = str(exc)
+            if reason(exc) != self._gateways_refused:
+                self._gateways_refused = reason(exc)
                 self._tell(
                     [ids[n.netns] for n in missing],
                     "Warning: the dyno's gateway routes were removed by someone else and "
-                    f"cannot be put back yet ({exc}); trying again every second",
+                    f"cannot be put back yet ({reason(exc)}); trying again every second",
                 )
             return True
         self._gateways_refused = ""

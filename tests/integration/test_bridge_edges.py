@@ -105,7 +105,7 @@ def test_a_bridge_taken_down_and_up_gets_its_dynos_gateway_routes_back() -> None
 
         sh("ip", "link", "set", bridge, "down")
         assert not routed()  # (the local route stays: scope host)
-        d.wait_for(lambda: "cannot be put back yet" in d.log(), "the refusal said")
+        d.wait_for(lambda: "cannot be put back yet (Network is down)" in d.log(), "the refusal")
         sh("ip", "link", "set", bridge, "up")
         d.wait_for(routed, "the /30's route back")
         d.wait_for(lambda: d.via_router("flap")[0] == 200, "the web dyno reached again")
