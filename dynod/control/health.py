@@ -57,13 +57,15 @@ class HealthWatch:
         self._dirty = True  # a deletion was seen since the last listing
         self._next_listing = 0.0  # time.monotonic() of the next backstop listing
         self._gateways_due = True  # a route was deleted since the gateways were last looked at
-        self._gateways_refused = ""  # why putting them back failed the last time ("": it did not)
+        # why putting them back on a bridge failed the last time, by bridge (said once)
+        self._gateways_refused: dict[str, str] = {}
+        self._bridges: dict[str, bool] = {}  # each open bridge: is it up (bridges_up())
 
     def watch(self) -> None:
         """Wait for deletions instead of listing every second (on the event loop); a listing
         follows."""
         self.events = self.kernel.removal_events()
-        self._dirty = True
+        self._dirty = self._gateways_due = True
         if self.events is not None:
             asyncio.get_running_loop().add_reader(self.events.fileno(), self._on_events)
 
@@ -117,6 +119,11 @@ class HealthWatch:
                 self._dirty = True  # being started or stopped: looked at again next time
         if self.events is None:
             self._gateways_due = True  # no route events: the listing is the only way to know
+        # A bridge taken down loses its routes without a route event (fib_table_flush tells
+        # only of routes whose source address went): its state is read at every tick instead.
+        bridges = await self.kernel.bridges_up()
+        if bridges != self._bridges:
+            self._bridges, self._gateways_due = bridges, True
         if self._gateways_due:
             self._gateways_due = False
             try:
@@ -124,7 +131,8 @@ class HealthWatch:
             except BaseException:
                 self._gateways_due = True
                 raise
-            self._gateways_due = again
+            # (a route deletion heard meanwhile has set it again)
+            self._gateways_due = self._gateways_due or again
 
     async def _look(self) -> bool:
         """The listing: each running dyno missing a part is handled; whether one was skipped
@@ -141,32 +149,38 @@ class HealthWatch:
 
     async def _put_back_gateways(self) -> bool:
         """The gateway routes (and the host's entry for the dyno) of every running dyno missing
-        one, from one listing: put back, with a line in its log. Whether to look again at the
-        next tick: a dyno was being started or stopped, or its bridge is down (the kernel
-        refuses a route through it until it is up; said once)."""
+        one, from one listing: put back, bridge by bridge, with a line in the dyno's log.
+        Whether to look again at the next tick: a dyno was being started or stopped, or a
+        bridge refused (one that is down refuses a route through it until it is up; said once
+        a bridge, and the others are put back all the same)."""
         networks, again = self._unlocked_networks()
         missing = await self.kernel.missing_gateways(list(networks.values()))
-        if not missing:
-            self._gateways_refused = ""
-            return again
         ids = {network.netns: dyno_id for dyno_id, network in networks.items()}
-        try:
-            await self.kernel.restore_gateways(missing)
-        except Exception as exc:  # noqa: BLE001 - the bridge is down, or gone: looked at again
-            if reason(exc) != self._gateways_refused:
-                self._gateways_refused = reason(exc)
-                self._tell(
-                    [ids[n.netns] for n in missing],
-                    "Warning: the dyno's gateway routes were removed by someone else and "
-                    f"cannot be put back yet ({reason(exc)}); trying again every second",
-                )
-            return True
-        self._gateways_refused = ""
-        self._tell(
-            [ids[n.netns] for n in missing],
-            "Warning: the dyno's gateway routes were removed by someone else (`ip route del`, "
-            "or its bridge taken down); put back",
-        )
+        by_bridge: dict[str, list[DynoNetwork]] = {}
+        for network in missing:
+            by_bridge.setdefault(network.port_bridge, []).append(network)
+        for bridge in list(self._gateways_refused):
+            if bridge not in by_bridge:
+                del self._gateways_refused[bridge]
+        for bridge, group in by_bridge.items():
+            try:
+                await self.kernel.restore_gateways(group)
+            except Exception as exc:  # noqa: BLE001 - the bridge is down: looked at again
+                again = True
+                if self._gateways_refused.get(bridge) != reason(exc):
+                    self._gateways_refused[bridge] = reason(exc)
+                    self._tell(
+                        [ids[n.netns] for n in group],
+                        "Warning: the dyno's gateway routes were removed by someone else and "
+                        f"cannot be put back yet ({reason(exc)}); trying again every second",
+                    )
+                continue
+            self._gateways_refused.pop(bridge, None)
+            self._tell(
+                [ids[n.netns] for n in group],
+                "Warning: the dyno's gateway routes were removed by someone else (`ip route "
+                "del`, or its bridge taken down); put back",
+            )
         return again
 
     def _unlocked_networks(self) -> tuple[dict[int, DynoNetwork], bool]:

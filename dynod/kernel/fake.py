@@ -216,6 +216,9 @@ class FakeKernel:
         keep = set(groups)
         self.usage = {name: u for name, u in self.usage.items() if name in keep}
 
+    async def bridges_up(self) -> dict[str, bool]:
+        return {}
+
     async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
         return [d for d in dynos if d.netns in self.gateways_lost]
 

@@ -375,6 +375,11 @@ class Kernel:
         daemon killed with SIGKILL): their processes are killed, the groups removed."""
         await self.worker.run(self.cgroups.remove_all_but, set(groups))
 
+    async def bridges_up(self) -> dict[str, bool]:
+        """`cat /sys/class/net/BRIDGE/flags` of each open bridge: is it up. One short job of the
+        kernel thread (the open shards live there), every second."""
+        return await self.worker.run(sweep.bridges_up, self.machine)
+
     async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
         """`ip route show table local`, once: the dynos whose gateway's route is not there."""
         return await self.worker.run(sweep.missing_gateways, self.machine, dynos)

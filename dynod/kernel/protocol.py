@@ -114,6 +114,10 @@ class KernelSide(Protocol):
         one listing of each for all of them."""
         ...
 
+    async def bridges_up(self) -> dict[str, bool]:
+        """Each open bridge of the daemon's: is it up (`ip link show`'s UP)?"""
+        ...
+
     async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
         """Of these, those whose gateway's local route is not on their bridge (one listing)."""
         ...

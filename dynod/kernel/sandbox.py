@@ -30,10 +30,11 @@ SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # inside.signal_dyno_in's via_init, as a scan of /proc would miss a process forked meanwhile; a
 # SIGTERM the kernel dropped before the handler was in is sent again once it is: exits.py
 # term_once_heard). A `wait` a SIGTERM cuts short returns 143 (128 + 15) whatever the command
-# does, so after a SIGTERM it waits again: dash answers a finished job's status at every wait
-# (bash says 127, not a child, after the first: the status found before stays). It used to ask
-# `kill -0` instead, and a command that exits 0 on SIGTERM was reported as 143 when it ended
-# between the two.
+# does, so after a SIGTERM it waits again, until a wait ends with no SIGTERM heard: dash, the
+# /bin/sh this runs as on Debian, answers a finished job's own status at every wait. It used to
+# ask `kill -0` instead, and a command that exits 0 on SIGTERM was reported as 143 when it
+# ended between the two. (bash answers 127, not a child, after the first wait: as /bin/sh, a
+# SIGTERM right after the command's end would report 127.)
 # Its own stderr goes to /dev/null once the command runs (the command keeps
 # the dyno's): what it would say then is a job's end, dash's `Terminated` at one stop in
 # three, which is not the app's output (bash -c, as on Heroku, execs and says nothing). Then it
@@ -49,12 +50,10 @@ exec 2>/dev/null
 dynod_stopping=
 trap 'dynod_heard=yes
 [ -n "$dynod_stopping" ] || { dynod_stopping=yes; kill -TERM -1 2>/dev/null; }' TERM
-status=127
 while :; do
     dynod_heard=
     wait "$main"
-    found=$?
-    [ "$found" -eq 127 ] || status=$found
+    status=$?
     [ -n "$dynod_heard" ] || break
 done
 if [ -n "$dynod_stopping" ]; then

@@ -11,7 +11,7 @@ from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.inside import kill_namespace
 from dynod.kernel.machine import Machine
 from netns import addresses, links, namespace
-from netns.rtnl import Rtnl
+from netns.rtnl import IFF_UP, Rtnl
 
 
 def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
@@ -106,18 +106,38 @@ def missing_gateways(m: Machine, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
     if not dynos:
         return []
     routes = m.worker.rtnl.routes()
-    local, routed = addresses.local_gateways(routes), addresses.static_networks(routes)
+    local = {i: set(gateways) for i, gateways in addresses.local_gateways(routes).items()}
+    routed = addresses.static_networks(routes)
+    there: dict[int, bool] = {}  # each bridge: is it still the one we opened (not deleted)
     missing = []
     for dyno in dynos:
         net = m.network_of(dyno.bridge)
         index = net.shard_index(dyno.shard) if net is not None else None
         if index is None:
             continue
+        if index not in there:
+            there[index] = m.worker.rtnl.index_of(dyno.port_bridge) == index
+        if not there[index]:  # deleted: its dynos are cut off until the next start rebuilds it
+            continue
         if dyno.gateway not in local.get(index, ()) or (
             str(dyno.subnet.network) not in routed.get(index, ())
         ):
             missing.append(dyno)
     return missing
+
+
+def bridges_up(m: Machine) -> dict[str, bool]:
+    """Each open bridge: is it up (`cat /sys/class/net/BRIDGE/flags`, IFF_UP); a deleted one
+    reads as down."""
+    found = {}
+    for net in m.nets():
+        for bridge, _index in net.open_shards():
+            try:
+                with open(f"/sys/class/net/{bridge}/flags") as f:
+                    found[bridge] = bool(int(f.read(), 16) & IFF_UP)
+            except (OSError, ValueError):
+                found[bridge] = False
+    return found
 
 
 def close_port(rtnl: Rtnl, veth: str) -> None:

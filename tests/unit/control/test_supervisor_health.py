@@ -46,6 +46,7 @@ class FakeKernel:
         self.bridge_down = False  # restore_gateways refused, as the kernel refuses the routes
         self.restored: list[list[str]] = []
         self.gateway_listings = 0
+        self.bridges: dict[str, bool] = {"fake0": True}  # what bridges_up() says
 
     def net(self, key: str) -> Net:
         return Net(key, "fake0", Pool("172.16.0.0/12"))
@@ -58,6 +59,9 @@ class FakeKernel:
 
     async def kill_inside(self, d: Running) -> None:
         self.killed.append(d.pid)
+
+    async def bridges_up(self) -> dict[str, bool]:
+        return dict(self.bridges)
 
     async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
         self.gateway_listings += 1
@@ -237,10 +241,10 @@ def test_a_deletion_seen_while_the_listing_kills_a_dyno_is_listed_next_time() ->
 
 
 def test_gateway_routes_someone_removed_are_put_back_once_the_bridge_is_up() -> None:
-    """A route deletion (the watch's routes_removed) makes the next check list the gateways;
-    a dyno missing its own gets it back, with a line in its log; while its bridge is down the
-    kernel refuses, which is said once and tried again at every check. Without a route
-    deletion the gateways are not listed."""
+    """A route deletion (the watch's routes_removed), or a bridge whose state changed (taken
+    down, which no route event tells), makes the next check list the gateways; a dyno missing
+    its own gets it back, with a line in its log; while its bridge is down the kernel refuses,
+    which is said once and tried again at every check. Otherwise they are not listed."""
     kernel = ListingKernel(set(), watches=True)
     dynos = [
         dyno(id=1, pid=10, veth="v1", netns="n1"),
@@ -267,10 +271,14 @@ def test_gateway_routes_someone_removed_are_put_back_once_the_bridge_is_up() -> 
         await sup.health.check()  # put back
         await sup.health.check()  # nothing due any more
         listings.append(kernel.gateway_listings)
+        kernel.bridges = {"fake0": False}  # taken down: no route event says so (fib_table_flush)
+        await sup.health.check()  # its state changed: listed
+        await sup.health.check()  # the same state: not listed again
+        listings.append(kernel.gateway_listings)
         await sup.close()
         return listings
 
-    assert asyncio.run(scenario()) == [1, 1, 3, 4]
+    assert asyncio.run(scenario()) == [1, 1, 3, 4, 5]
     assert kernel.restored == [["n2"]] and kernel.gateways_lost == set()
     said = [str(x) for x in log.recent(lambda _: True, 10) if "gateway routes" in str(x)]
     assert len(said) == 2, said
