@@ -10,14 +10,21 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from netns import record
 from netns.links import Netlink, name_of
-from netns.rtnl import NUD_PERMANENT, RT_TABLE_LOCAL, RT_TABLE_MAIN, RTN_LOCAL, Route, Rtnl
+from netns.rtnl import (
+    NUD_PERMANENT,
+    RT_TABLE_LOCAL,
+    RT_TABLE_MAIN,
+    RTN_LOCAL,
+    RTPROT_STATIC,
+    Route,
+    Rtnl,
+)
 
 EEXIST = 17
 ENOENT = 2
 ENODEV = 19  # the device itself is gone: so is whatever it held
 EADDRNOTAVAIL = 99
 ESRCH = 3
-RTPROT_STATIC = 4  # `proto static` in `ip route`
 # (table, type, protocol, prefix length) of add_gateway's local route
 _LOCAL_GATEWAY = (RT_TABLE_LOCAL, RTN_LOCAL, RTPROT_STATIC, 32)
 

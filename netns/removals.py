@@ -33,7 +33,7 @@ _GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED  # the watched d
 RTM_DELLINK = 17
 RTM_DELROUTE = 25
 SO_ATTACH_FILTER = 26
-# classic BPF: `ldh [4]; jeq #DELLINK, 0, 1; ret #0xffffffff; ret #0` (nlmsg_type is in the
+# classic BPF: `ldh [4]; jeq #KIND, 0, 1; ret #0xffffffff; ret #0` (nlmsg_type is in the
 # host's byte order, and ldh reads big-endian)
 _BPF_LDH_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x28, 0x15, 0x06
 

@@ -108,7 +108,9 @@ class HealthWatch:
         the event loop, 70 ms at 4,000 dynos); a dyno missing one is looked at closer. A dyno
         being started, restarted or stopped (its lock is held) is skipped: its objects come and
         go. The listings are made only after a deletion was seen (netns/removals.py), and every
-        BACKSTOP seconds: each one costs O(dynos) (11-13 ms at 2,000), every second."""
+        BACKSTOP seconds: each one costs O(dynos) (11-13 ms at 2,000), every second. Then the
+        dynos' gateway routes, listed after a route deletion or a change of a bridge's state
+        (_put_back_gateways)."""
         if not self._nothing_deleted():
             try:
                 skipped = await self._look()

@@ -50,16 +50,15 @@ def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
             for iface in addresses.ipv4_on(ipr, index):
                 if iface.ip in net.pool.network and str(iface.ip) not in wanted:
                     addresses.delete(ipr, index, str(iface.ip), iface.network.prefixlen)
-            for gateway in gateways.get(index, []):
-                if ipaddress.IPv4Address(gateway) in net.pool.network and gateway not in wanted:
+            # gateways no kept dyno has: by their local route, or by a /30's route whose local
+            # route someone deleted by hand (its source); each goes whole, once
+            strays = set(gateways.get(index, []))
+            strays |= {source for _, _, source in addresses.static_routes(routes, index) if source}
+            for gateway in sorted(strays - wanted):
+                if ipaddress.IPv4Address(gateway) in net.pool.network:
                     subnet = ipaddress.IPv4Network(f"{gateway}/30", strict=False)
                     address = str(subnet.network_address)
                     addresses.delete_gateway(m.worker.rtnl, index, gateway, address, 30)
-            # a /30's route whose local route someone deleted by hand
-            for dst, length, source in addresses.static_routes(routes, index):
-                ours = source and ipaddress.IPv4Address(dst) in net.pool.network
-                if ours and source not in wanted:
-                    addresses.delete_gateway(m.worker.rtnl, index, source, dst, length)
             # a dyno's entry left by a daemon killed between a start's steps
             dynos = {d.address for d in live if d.bridge == net.bridge}
             for address in addresses.pinned_neighbours(ipr, index):
