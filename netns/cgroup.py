@@ -247,21 +247,55 @@ def _stat(path: str) -> dict[str, int]:
     return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].isdigit()}
 
 
-def usage(tree: Tree, name: str) -> Usage:
+def usage(tree: Tree, name: str, above: int | None = None) -> Usage:
     """`cat memory.stat` (anon + shmem + swap: what the processes hold, tmpfs files included,
-    the page cache not) and the OOM-kill counter (v2 memory.events, v1 memory.oom_control)."""
+    the page cache not) and the OOM-kill counter (v2 memory.events, v1 memory.oom_control).
+
+    With `above`, the group's whole charge is read first, one number (v2 memory.current +
+    memory.swap.current, v1 memory.memsw.usage_in_bytes, or memory.usage_in_bytes without swap
+    accounting): the page counter, which also counts the page cache and pages charged ahead,
+    so never less than the above. When it is at most `above`, it is the answer's memory (a
+    bound: "not over") and memory.stat is not read, the costly file to make and to parse (a
+    third of the reads' time, for what most samples of most dynos need)."""
     group = os.path.join(tree.base("memory"), name)
+    if above is not None:
+        bound = _charge(tree, group)
+        if bound is not None and bound <= above:
+            return Usage(bound, _oom_kills(tree, group))
     stat = _stat(os.path.join(group, "memory.stat"))
     if tree.version == 2:
         swap = 0
         with contextlib.suppress(FileNotFoundError):
             swap = int(_read(os.path.join(group, "memory.swap.current")))
         memory = stat.get("anon", 0) + stat.get("shmem", 0) + swap
-        kills = _stat(os.path.join(group, "memory.events")).get("oom_kill", 0)
     else:
         memory = stat.get("total_rss", 0) + stat.get("total_shmem", 0) + stat.get("total_swap", 0)
-        kills = _stat(os.path.join(group, "memory.oom_control")).get("oom_kill", 0)
-    return Usage(memory, kills)
+    return Usage(memory, _oom_kills(tree, group))
+
+
+def _oom_kills(tree: Tree, group: str) -> int:
+    """Tasks the kernel's OOM killer has killed in the group (v2 memory.events, v1
+    memory.oom_control)."""
+    counters = "memory.events" if tree.version == 2 else "memory.oom_control"
+    return _stat(os.path.join(group, counters)).get("oom_kill", 0)
+
+
+def _charge(tree: Tree, group: str) -> int | None:
+    """The group's page counter, swap included where it is counted; None if unreadable."""
+    try:
+        if tree.version == 2:
+            swap = 0
+            with contextlib.suppress(FileNotFoundError):
+                swap = int(_read(os.path.join(group, "memory.swap.current")))
+            return int(_read(os.path.join(group, "memory.current"))) + swap
+        try:
+            return int(_read(os.path.join(group, "memory.memsw.usage_in_bytes")))
+        except FileNotFoundError:
+            if not os.path.isdir(group):
+                raise
+            return int(_read(os.path.join(group, "memory.usage_in_bytes")))
+    except ValueError:
+        return None
 
 
 def remove(tree: Tree, name: str) -> None:

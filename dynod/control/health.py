@@ -18,6 +18,11 @@ from dynod.state.store import Dyno, State
 
 # seconds between listings when the deletions' watch says nothing was deleted (a backstop)
 BACKSTOP = 30.0
+# The backstop's listing waits for a quiet moment: while dynos are being started or stopped (one
+# began less than QUIET seconds ago), for at most BACKSTOP seconds more. It is O(dynos) (50-260
+# ms of the kernel thread and of the event loop at 4,000 dynos), and the starts beside it waited
+# for it (bench/README.md, "Fourteenth round"); what it is a backstop for can wait that long.
+QUIET = 1.0
 
 
 def were_removed(removed: Removed) -> str:
@@ -37,6 +42,15 @@ def reason(exc: Exception) -> str:
     return str(exc)
 
 
+def bridge_went_or_changed(before: dict[str, bool], now: dict[str, bool]) -> bool:
+    """Whether a bridge seen before went, or went down or up, since: what loses or gives back
+    gateway routes without a route event. A new bridge (a new shard) is not: its dynos' routes
+    are made as they start (a new shard every 256 dynos set off a look at all of them)."""
+    return any(now.get(name) != up for name, up in before.items()) or not all(
+        up for name, up in now.items() if name not in before
+    )
+
+
 class HealthWatch:
     def __init__(
         self,
@@ -45,18 +59,27 @@ class HealthWatch:
         networks: Networks,
         say: Say,
         lock: Callable[[int], asyncio.Lock],
+        last_change: Callable[[], float] = lambda: float("-inf"),
     ) -> None:
-        """lock(dyno_id) is the dyno's lock, held by whoever starts or stops it."""
+        """lock(dyno_id) is the dyno's lock, held by whoever starts or stops it; last_change(),
+        the time.monotonic() at which the latest start or stop began."""
         self.state = state
         self.kernel = kernel
         self.networks = networks
         self.say = say
         self.lock = lock
+        self.last_change = last_change
         self._broken: set[int] = set()  # dynos whose network someone removed: being killed
         self.events: RemovalEvents | None = None  # deletions as they happen (watch())
         self._dirty = True  # a deletion was seen since the last listing
         self._next_listing = 0.0  # time.monotonic() of the next backstop listing
         self._gateways_due = True  # a route was deleted since the gateways were last looked at
+        # Dynos left out of the last look at the gateways (being started or stopped then, or
+        # on a bridge that refused): looked at again at the next tick, and only they. Not all
+        # of them again: with starts back to back there is always one being started, and a
+        # look at all is O(dynos) (45-95 ms at 3,000-4,000): every second, it slowed the
+        # starts beside it (bench/README.md, "Fourteenth round").
+        self._gateways_owed: set[int] = set()
         # why putting them back on a bridge failed the last time, by bridge (said once)
         self._gateways_refused: dict[str, str] = {}
         self._bridges: dict[str, bool] = {}  # each open bridge: is it up (bridges_up())
@@ -83,8 +106,9 @@ class HealthWatch:
             self._gateways_due = True
 
     def _nothing_deleted(self) -> bool:
-        """No listing needed: the watch works, saw no deletion, and the backstop is not due.
-        A watch of a /run/netns that someone moved, removed or covered is opened again."""
+        """No listing needed: the watch works, saw no deletion, and the backstop is not due
+        (or can wait, QUIET). A watch of a /run/netns that someone moved, removed or covered
+        is opened again."""
         if self.events is not None and not self.events.current():
             self.close()
             self.watch()
@@ -92,12 +116,19 @@ class HealthWatch:
             return False
         self._on_events()
         now = time.monotonic()
+        backstop_only = not self._dirty and self._next_listing <= now
+        if backstop_only and now < self._next_listing + BACKSTOP and self._busy(now):
+            return True  # it can wait: dynos are being started or stopped
         if self._dirty or now >= self._next_listing:
             if now >= self._next_listing:
                 self._gateways_due = True  # the backstop looks at them too
             self._dirty, self._next_listing = False, now + BACKSTOP
             return False
         return True
+
+    def _busy(self, now: float) -> bool:
+        """A start or stop began less than QUIET seconds ago."""
+        return now - self.last_change() < QUIET
 
     def forget(self, dyno_id: int) -> None:
         self._broken.discard(dyno_id)
@@ -124,17 +155,18 @@ class HealthWatch:
         # A bridge taken down loses its routes without a route event (fib_table_flush tells
         # only of routes whose source address went): its state is read at every tick instead.
         bridges = await self.kernel.bridges_up()
-        if bridges != self._bridges:
-            self._bridges, self._gateways_due = bridges, True
-        if self._gateways_due:
-            self._gateways_due = False
+        if bridge_went_or_changed(self._bridges, bridges):
+            self._gateways_due = True
+        self._bridges = bridges
+        if self._gateways_due or self._gateways_owed:
+            everyone, self._gateways_due = self._gateways_due, False
             try:
-                again = await self._put_back_gateways()
+                owed = await self._put_back_gateways(None if everyone else self._gateways_owed)
             except BaseException:
                 self._gateways_due = True
                 raise
-            # (a route deletion heard meanwhile has set it again)
-            self._gateways_due = self._gateways_due or again
+            # (a route deletion heard meanwhile has set _gateways_due again)
+            self._gateways_owed = owed
 
     async def _look(self) -> bool:
         """The listing: each running dyno missing a part is handled; whether one was skipped
@@ -149,13 +181,13 @@ class HealthWatch:
                 await self._on_network_removed(dyno.id)
         return skipped
 
-    async def _put_back_gateways(self) -> bool:
-        """The gateway routes (and the host's entry for the dyno) of every running dyno missing
-        one, from one listing: put back, bridge by bridge, with a line in the dyno's log.
-        Whether to look again at the next tick: a dyno was being started or stopped, or a
-        bridge refused (one that is down refuses a route through it until it is up; said once
-        a bridge, and the others are put back all the same)."""
-        networks, again = self._unlocked_networks()
+    async def _put_back_gateways(self, only: set[int] | None) -> set[int]:
+        """The gateway routes (and the host's entry for the dyno) of every running dyno (or of
+        those in `only`) missing one, from one listing: put back, bridge by bridge, with a line
+        in the dyno's log. The dynos to look at again at the next tick: those being started or
+        stopped, and those on a bridge that refused (one that is down refuses a route through
+        it until it is up; said once a bridge, and the others are put back all the same)."""
+        networks, again = self._unlocked_networks(only)
         missing = await self.kernel.missing_gateways(list(networks.values()))
         ids = {network.netns: dyno_id for dyno_id, network in networks.items()}
         by_bridge: dict[str, list[DynoNetwork]] = {}
@@ -168,7 +200,7 @@ class HealthWatch:
             try:
                 await self.kernel.restore_gateways(group)
             except Exception as exc:  # noqa: BLE001 - the bridge is down: looked at again
-                again = True
+                again.update(ids[n.netns] for n in group)
                 if self._gateways_refused.get(bridge) != reason(exc):
                     self._gateways_refused[bridge] = reason(exc)
                     self._tell(
@@ -185,11 +217,14 @@ class HealthWatch:
             )
         return again
 
-    def _unlocked_networks(self) -> tuple[dict[int, DynoNetwork], bool]:
-        """The facts of every running dyno not being started, stopped or killed, by id; and
-        whether one was left out because its lock was held."""
+    def _unlocked_networks(self, only: set[int] | None) -> tuple[dict[int, DynoNetwork], set[int]]:
+        """The facts of every running dyno (of those in `only`) not being started, stopped or
+        killed, by id; and those left out because their lock was held."""
         found: dict[int, DynoNetwork] = {}
-        free, locked = self._free([dyno_id for dyno_id, _, _ in self.state.running_networks()])
+        running = [dyno_id for dyno_id, _, _ in self.state.running_networks()]
+        free, locked = self._free_ids(
+            running if only is None else [i for i in running if i in only]
+        )
         for dyno_id in free:
             network = self.networks.known(dyno_id)
             if network is None:
@@ -207,12 +242,18 @@ class HealthWatch:
         """Those of the dynos neither being killed (their restart rebuilds their network) nor
         being started or stopped (their lock is held: their objects come and go); and whether
         one was left out for its lock, to be looked at again."""
-        free, locked = [], False
+        free, locked = self._free_ids(dyno_ids)
+        return free, bool(locked)
+
+    def _free_ids(self, dyno_ids: list[int]) -> tuple[list[int], set[int]]:
+        """_free's, with the ids of those left out for their lock."""
+        free: list[int] = []
+        locked: set[int] = set()
         for dyno_id in dyno_ids:
             if dyno_id in self._broken:
                 continue
             if self.lock(dyno_id).locked():
-                locked = True
+                locked.add(dyno_id)
                 continue
             free.append(dyno_id)
         return free, locked

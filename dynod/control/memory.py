@@ -13,14 +13,25 @@ from dynod.rules import sizes
 from dynod.state.store import Dyno, State
 from netns import cgroup
 
+# Each sized dyno's cgroup is read once per interval, but not all at once: the dynos take turns
+# in slices (by id), one slice every SLICE_EVERY seconds. A read is about 0.2 ms of a thread's
+# CPU, holding the GIL between its files: all 4,000 dynos' at once was 0.3-0.7 s in which every
+# start beside it took 2.5x as long (bench/README.md, "Fourteenth round"), and `density.py`'s
+# last 20 starts read 2.3x its first 20 whenever that burst fell among them.
+SLICE_EVERY = 1.0
+
 
 class MemoryWatch:
-    def __init__(self, state: State, kernel: KernelSide, say: Say) -> None:
+    def __init__(self, state: State, kernel: KernelSide, say: Say, interval: float) -> None:
+        """interval: seconds between two samples of one dyno (--metrics-interval)."""
         self.state = state
         self.kernel = kernel
         self.say = say
         self._oom_seen: dict[int, int] = {}  # per dyno: OOM kills in its cgroup already told
         self._began = time.time()
+        self.slices = max(1, round(interval / SLICE_EVERY))
+        self.tick = interval / self.slices  # seconds between two calls of sample()
+        self._turn = 0  # the slice the next sample() reads
 
     def usage(self, dyno: Dyno) -> cgroup.Usage | None:
         """What a sized dyno's cgroup holds now; None for a dyno without a size."""
@@ -31,18 +42,24 @@ class MemoryWatch:
         self._oom_seen.pop(dyno_id, None)
 
     async def sample(self) -> None:
-        """Heroku's behaviour: over the quota, `Process running mem=...` and R14 at every
-        sample; at the hard limit the kernel OOM-kills inside the dyno's cgroup, and that is
-        R15: the whole dyno is killed and, like any crash, restarted. The cgroups are read off
-        the event loop, all at once (with 4,000 dynos that is about a second of file reads);
-        a dyno's row is read only when there is something to say about it."""
-        sized = self.state.sized_running()
+        """One slice's turn (call it every `tick` seconds): Heroku's behaviour, over the quota,
+        `Process running mem=...` and R14 at every sample; at the hard limit the kernel
+        OOM-kills inside the dyno's cgroup, and that is R15: the whole dyno is killed and, like
+        any crash, restarted. The slice's cgroups are read off the event loop; a dyno's row is
+        read only when there is something to say about it."""
+        turn, self._turn = self._turn, (self._turn + 1) % self.slices
+        sized = self.state.sized_running(self.slices, turn)
         if not sized:
             return  # no thread to wake and wait for (with thousands of unsized dynos too)
+        # under the quota (most dynos, most samples), one number is enough (cgroup.usage)
         found = await asyncio.to_thread(
-            lambda: [self.kernel.cgroup_usage(netns) for _, netns, _, _ in sized]
+            lambda: [
+                self.kernel.cgroup_usage(netns, sizes.SIZES[size].quota_mb * sizes.MB)
+                for _, netns, size, _ in sized
+            ]
         )
-        present = self.state.dyno_ids()  # one query, not a row per dyno
+        # still starting or up after the reads (one query of the slice, not a row per dyno)
+        present = {dyno_id for dyno_id, _, _, _ in self.state.sized_running(self.slices, turn)}
         for (dyno_id, _netns, size_name, created_at), usage in zip(sized, found, strict=True):
             if usage is None or dyno_id not in present:
                 continue  # no group (any more), or stopped meanwhile

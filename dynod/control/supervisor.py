@@ -64,11 +64,16 @@ class Supervisor:
         self.config = config
         self.outputs = Outputs(state, log)
         self.networks = Networks(state, kernel)  # each dyno's facts, computed once
-        self.memory = MemoryWatch(state, kernel, self.say)
-        self.health = HealthWatch(state, kernel, self.networks, self.say, self._lock)
+        self.memory = MemoryWatch(state, kernel, self.say, config.metrics_interval)
+        self.health = HealthWatch(
+            state, kernel, self.networks, self.say, self._lock, lambda: self.last_change
+        )
         self.boot = BootWatch(state, kernel, config, self.say, self._set_state)
         self.exits = Exits()  # each dyno's main process, and its exit
         self._locks: dict[int, asyncio.Lock] = {}
+        # time.monotonic() at which the latest start or stop began (the health check's
+        # backstop waits for a quiet moment)
+        self.last_change = float("-inf")
         self._timers: dict[int, asyncio.TimerHandle] = {}
         # Dynos "stopping" only while their process is replaced (restart): they stay.
         self.restarting: set[int] = set()
@@ -140,6 +145,7 @@ class Supervisor:
         """Network, firewall and process for a dyno whose row was just inserted, on the
         network computed at its allocation. Shielded: a caller that goes away (or a shutdown)
         never leaves a start half done."""
+        self.last_change = time.monotonic()
         self.networks.keep(dyno.id, network)
         await asyncio.shield(self.background(self._launch(dyno)))
 
@@ -365,6 +371,7 @@ class Supervisor:
     async def stop(self, dyno: Dyno, grace: float | None = None) -> None:
         """SIGTERM to every process of the dyno, SIGKILL after the grace period, then its
         namespace, links, address and firewall entries go."""
+        self.last_change = time.monotonic()
         timer = self._timers.pop(dyno.id, None)
         if timer is not None:
             timer.cancel()
@@ -398,9 +405,7 @@ class Supervisor:
         self.background(
             self._every(self.config.health_interval, self.health.check, "the health check")
         )
-        self.background(
-            self._every(self.config.metrics_interval, self.memory.sample, "sampling dyno memory")
-        )
+        self.background(self._every(self.memory.tick, self.memory.sample, "sampling dyno memory"))
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[None]], what: str) -> None:
         """Run step every interval seconds; one failure is logged, never the end of the loop."""

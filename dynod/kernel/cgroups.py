@@ -46,13 +46,14 @@ class DynoCgroups:
         if self.tree is not None:
             cgroup.remove(self.tree, group)
 
-    def usage(self, group: str) -> cgroup.Usage | None:
+    def usage(self, group: str, above: int | None = None) -> cgroup.Usage | None:
         """What the dyno's processes hold now (a few small cgroupfs reads: no netlink, safe
-        anywhere); None when its group is not there (yet)."""
+        anywhere), or only a bound of it if that is at most `above` (cgroup.usage); None when
+        its group is not there (yet)."""
         if self.tree is None:
             return None
         try:
-            return cgroup.usage(self.tree, group)
+            return cgroup.usage(self.tree, group, above)
         except FileNotFoundError:
             return None
 

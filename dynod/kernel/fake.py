@@ -202,7 +202,7 @@ class FakeKernel:
     def removal_events(self) -> None:
         return None
 
-    def cgroup_usage(self, group: str) -> cgroup.Usage | None:
+    def cgroup_usage(self, group: str, above: int | None = None) -> cgroup.Usage | None:
         return self.usage.get(group)
 
     # What reconcile asks beyond one dyno (control/reconcile.py's HostSweep).

@@ -338,8 +338,8 @@ class Kernel:
         event loop and off the kernel thread."""
         return dyno_pids_in(dyno, await self.scans.fresh())
 
-    def cgroup_usage(self, group: str) -> cgroup.Usage | None:
-        return self.cgroups.usage(group)
+    def cgroup_usage(self, group: str, above: int | None = None) -> cgroup.Usage | None:
+        return self.cgroups.usage(group, above)
 
     # ---------------------------------------------------------------- firewall and reconcile
     async def apply_firewall(self, live: Iterable[DynoNetwork]) -> None:

@@ -550,13 +550,15 @@ class State:
             rows = self.db.execute("SELECT * FROM dynos WHERE app=? ORDER BY type, number", (app,))
         return [self._dyno(r) for r in rows]
 
-    def sized_running(self) -> list[tuple[int, str, str, float]]:
-        """(id, netns, size, created_at) of the dynos with a size that are starting or up: what
-        memory sampling reads every 20 s, without building a row per dyno (4,000 rows: about
-        0.1 s on the event loop), from the index of sized dynos (SIZED_INDEX), never a scan."""
+    def sized_running(self, slices: int = 1, turn: int = 0) -> list[tuple[int, str, str, float]]:
+        """(id, netns, size, created_at) of the dynos with a size that are starting or up, those
+        whose id is `turn` modulo `slices`: what memory sampling reads in one turn, without
+        building a row per dyno (4,000 rows: about 0.1 s on the event loop), from the index of
+        sized dynos (SIZED_INDEX), never a scan of the rows."""
         rows = self.db.execute(
             "SELECT id, netns, size, created_at FROM dynos"
-            " WHERE size != '' AND state IN ('starting', 'up')"
+            " WHERE size != '' AND state IN ('starting', 'up') AND id % ?1 = ?2",
+            (slices, turn),
         )
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 

@@ -216,6 +216,46 @@ def test_r14_between_quota_and_hard_limit(sized: DaemonProc) -> None:
     daemon.stop_dyno("hold")
 
 
+# Holds N MB of its own memory and reads a file (its pages, the page cache, are charged to the
+# dyno's group too, but are not what its processes hold), says so, and waits.
+HOLD_AND_READ = (
+    "import sys, time\n"
+    "held = b'x' * (int(sys.argv[1]) << 20)\n"
+    "with open(sys.argv[2], 'rb') as f:\n"
+    "    while f.read(1 << 20):\n"
+    "        pass\n"
+    "print('read', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_a_samples_one_number_bounds_what_the_processes_hold(sized: DaemonProc) -> None:
+    """Memory sampling reads the group's page counter first (one number, with the page cache)
+    and memory.stat only when that is over the quota (netns/cgroup.py usage): the number is
+    never below what memory.stat says the processes hold, and counts the cache they read."""
+    daemon = sized
+    cached = daemon.app_dir / "cache.bin"
+    with open(cached, "wb") as f:
+        f.write(os.urandom(1 << 20) * 64)
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # read by the dyno first
+    cached.chmod(0o644)
+    command = run_script(daemon, "cache", "cache", HOLD_AND_READ, "32", str(cached))
+    dyno = run(daemon, "cache", "worker", command, "standard-1x")
+    daemon.wait_for(lambda: "read" in daemon.output("cache", dyno["name"]), "the read")
+    where, group = tree(daemon.prefix), dyno["netns"]
+    held = cgroup.usage(where, group)
+    bound = cgroup.usage(where, group, above=1 << 40)
+    again = cgroup.usage(where, group, above=MB)  # over that: memory.stat is read
+    assert held is not None and bound is not None and again is not None
+    assert 32 * MB <= held.memory < 128 * MB, held
+    assert bound.memory >= held.memory + 48 * MB, (bound, held)  # the 64 MB it read
+    assert abs(again.memory - held.memory) < 8 * MB, (again, held)
+    assert sizes.R14 not in heroku_lines(daemon, dyno["name"])
+    daemon.stop_dyno("cache")
+
+
 def test_r15_at_the_hard_limit_kills_and_restarts(sized: DaemonProc) -> None:
     daemon = sized
     command = run_script(daemon, "leak", "leak", HOLD, "1536")  # 1.5 times the 1 GB limit

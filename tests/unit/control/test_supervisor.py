@@ -133,6 +133,24 @@ def test_a_worker_is_attached_then_spawned_and_up(world: World) -> None:
     run(world, test)
 
 
+def test_a_start_and_a_stop_tell_the_health_check_when_they_began(world: World) -> None:
+    """Its backstop waits while dynos are being started or stopped (control/health.py)."""
+
+    async def test() -> None:
+        sup = world.supervisor
+        assert sup.last_change == float("-inf")
+        dyno = world.dyno("sleep 30")
+        before = time.monotonic()
+        await world.launch(dyno)
+        started = sup.last_change
+        assert before <= started <= time.monotonic()
+        assert sup.health._busy(time.monotonic())
+        await sup.stop(dyno, grace=0.2)
+        assert started < sup.last_change <= time.monotonic()
+
+    run(world, test)
+
+
 def test_stop_order_state_then_sigterm_then_grace_then_sigkill_then_detach(world: World) -> None:
     async def test() -> None:
         dyno = world.dyno("trap '' TERM; echo ready; while :; do sleep 0.05; done")

@@ -79,6 +79,10 @@ def test_v2_discover_prepare_create_and_usage(tmp_path: Path) -> None:
     _write(group / "memory.swap.current", "4\n")
     _write(group / "memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n")
     assert cgroup.usage(tree, "d-a.web.1") == cgroup.Usage(memory=324, oom_kills=2)
+    # a sample's question, "over the quota?": the page counter first, memory.stat only if over
+    _write(group / "memory.current", "5400\n")  # the page cache too
+    assert cgroup.usage(tree, "d-a.web.1", above=6000) == cgroup.Usage(5404, oom_kills=2)
+    assert cgroup.usage(tree, "d-a.web.1", above=5403) == cgroup.Usage(324, oom_kills=2)
     assert cgroup.names(tree, "d-") == {"d-a.web.1"}
     assert cgroup.names(tree, "e-") == set()
 
@@ -143,6 +147,17 @@ def test_v1_hybrid_host(tmp_path: Path) -> None:
     _write(memory / "memory.stat", "cache 900\nrss 1\ntotal_cache 900\ntotal_rss 100\n")
     _write(memory / "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
     assert cgroup.usage(tree, "d-a.web.1") == cgroup.Usage(memory=100, oom_kills=1)
+    # with swap accounting the counter with swap (memsw), without it the memory counter alone
+    _write(memory / "memory.usage_in_bytes", "1000\n")
+    _write(memory / "memory.memsw.usage_in_bytes", "1200\n")
+    assert cgroup.usage(tree, "d-a.web.1", above=1200) == cgroup.Usage(1200, oom_kills=1)
+    assert cgroup.usage(tree, "d-a.web.1", above=1199) == cgroup.Usage(100, oom_kills=1)
+    (memory / "memory.memsw.usage_in_bytes").unlink()
+    assert cgroup.usage(tree, "d-a.web.1", above=1000) == cgroup.Usage(1000, oom_kills=1)
+    (memory / "memory.usage_in_bytes").unlink()
+    (memory / "memory.oom_control").unlink()
+    with pytest.raises(FileNotFoundError):  # a group gone meanwhile: "no group" to the caller
+        cgroup.usage(tree, "d-a.web.1", above=1000)
 
 
 def test_v1_missing_pids_is_unavailable(tmp_path: Path) -> None:
