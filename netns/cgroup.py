@@ -48,7 +48,9 @@ class Limits:
 
 @dataclass(frozen=True)
 class Usage:
-    memory: int  # bytes of anonymous memory, tmpfs/shared memory and swap (no file cache)
+    # bytes of anonymous memory, tmpfs/shared memory and swap (no file cache); from
+    # usage(above=...) at most `above`, a bound that may count the file cache too
+    memory: int
     oom_kills: int  # tasks the kernel's OOM killer has killed in the group so far
 
 

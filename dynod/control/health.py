@@ -18,10 +18,11 @@ from dynod.state.store import Dyno, State
 
 # seconds between listings when the deletions' watch says nothing was deleted (a backstop)
 BACKSTOP = 30.0
-# The backstop's listing waits for a quiet moment: while dynos are being started or stopped (one
-# began less than QUIET seconds ago), for at most BACKSTOP seconds more. It is O(dynos) (50-260
-# ms of the kernel thread and of the event loop at 4,000 dynos), and the starts beside it waited
-# for it (bench/README.md, "Fourteenth round"); what it is a backstop for can wait that long.
+# The backstop's listing waits for a quiet moment: while dynos are being started, restarted or
+# stopped (one began less than QUIET seconds ago), for at most BACKSTOP seconds more. It is
+# O(dynos) (50-260 ms of the kernel thread and of the event loop at 4,000 dynos), and the starts
+# beside it waited for it (bench/README.md, "Fourteenth round"); what it is a backstop for can
+# wait that long.
 QUIET = 1.0
 
 
@@ -74,11 +75,10 @@ class HealthWatch:
         self._dirty = True  # a deletion was seen since the last listing
         self._next_listing = 0.0  # time.monotonic() of the next backstop listing
         self._gateways_due = True  # a route was deleted since the gateways were last looked at
-        # Dynos left out of the last look at the gateways (being started or stopped then, or
-        # on a bridge that refused): looked at again at the next tick, and only they. Not all
-        # of them again: with starts back to back there is always one being started, and a
-        # look at all is O(dynos) (45-95 ms at 3,000-4,000): every second, it slowed the
-        # starts beside it (bench/README.md, "Fourteenth round").
+        # Dynos left out of the last look at the gateways (being restarted, stopped or killed
+        # then, or on a bridge that refused): looked at again at the next tick, and only they
+        # (still from one listing of the route tables), not every dyno's facts again: a look at
+        # all is O(dynos), 45-95 ms at 3,000-4,000 (bench/README.md, "Fourteenth round").
         self._gateways_owed: set[int] = set()
         # why putting them back on a bridge failed the last time, by bridge (said once)
         self._gateways_refused: dict[str, str] = {}
@@ -139,9 +139,10 @@ class HealthWatch:
         the event loop, 70 ms at 4,000 dynos); a dyno missing one is looked at closer. A dyno
         being started, restarted or stopped (its lock is held) is skipped: its objects come and
         go. The listings are made only after a deletion was seen (netns/removals.py), and every
-        BACKSTOP seconds: each one costs O(dynos) (11-13 ms at 2,000), every second. Then the
-        dynos' gateway routes, listed after a route deletion or a change of a bridge's state
-        (_put_back_gateways)."""
+        BACKSTOP seconds (up to BACKSTOP more while dynos are being started or stopped: QUIET):
+        each one costs O(dynos) (11-13 ms at 2,000), every second. Then the dynos' gateway
+        routes, listed after a route deletion or a change of a bridge's state, and those of the
+        dynos the last look left out (_put_back_gateways)."""
         if not self._nothing_deleted():
             try:
                 skipped = await self._look()
@@ -196,7 +197,14 @@ class HealthWatch:
         for bridge in list(self._gateways_refused):
             if bridge not in by_bridge:
                 del self._gateways_refused[bridge]
-        for bridge, group in by_bridge.items():
+        for bridge, found in by_bridge.items():
+            # still not being stopped or killed: one whose stop began while the routes were
+            # listed must not get them back (its lock is held from the start of its stop)
+            busy = {ids[n.netns] for n in found if self.lock(ids[n.netns]).locked()}
+            again.update(busy)
+            group = [n for n in found if ids[n.netns] not in busy | self._broken]
+            if not group:
+                continue
             try:
                 await self.kernel.restore_gateways(group)
             except Exception as exc:  # noqa: BLE001 - the bridge is down: looked at again

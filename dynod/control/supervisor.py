@@ -295,6 +295,7 @@ class Supervisor:
 
     async def _restart(self, dyno_id: int) -> None:
         self._timers.pop(dyno_id, None)
+        self.last_change = time.monotonic()
         async with self._lock(dyno_id):
             dyno = self.state.dyno(dyno_id)
             if dyno is None or dyno.state != "crashed":
@@ -329,6 +330,7 @@ class Supervisor:
         grace period, then a new process with the environment of now, in the same namespace,
         with the same address and name. `crashed`: a crashed one waiting for its backoff starts
         now too (`ps:restart`). False if it was not restarted (stopping, gone)."""
+        self.last_change = time.monotonic()
         async with self._lock(dyno.id):
             current = self.state.dyno(dyno.id)
             if crashed and current is not None and current.state == "crashed":

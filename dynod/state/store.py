@@ -118,7 +118,7 @@ CREATE TABLE IF NOT EXISTS formation (
 """
 SCHEMA = SCHEMA.format(formation=FORMATION)
 
-# What memory sampling reads every 20 s (sized_running), in an index of the sized dynos only: a
+# What memory sampling reads (sized_running, a slice a second), in an index of the sized dynos: a
 # dyno's row holds its environment and the caller's (kilobytes), so a scan of 4,000 rows read
 # megabytes on the event loop (141 ms at 3,000 dynos, every 20 s, stalling the starts of that
 # moment), even with no sized dyno at all. Made at every open (any schema version has the

@@ -373,11 +373,14 @@ def test_an_oom_kill_is_r15_and_the_dyno_restarts(world: World) -> None:
     async def test() -> None:
         dyno = world.dyno("sleep 30", size="standard-1x")
         await world.launch(dyno)
+        watch = world.supervisor.memory
         world.kernel.usage[dyno.netns] = cgroup.Usage(memory=1 << 20, oom_kills=0)
-        await world.supervisor.memory.sample()
+        for _ in range(watch.slices):  # a whole interval: every dyno's turn came
+            await watch.sample()
         assert "signal SIGKILL" not in world.kernel.operations(dyno.netns)
         world.kernel.usage[dyno.netns] = cgroup.Usage(memory=1 << 20, oom_kills=1)
-        await world.supervisor.memory.sample()
+        for _ in range(watch.slices):
+            await watch.sample()
         said = world.said(dyno)
         assert any(line.startswith("Error R15 (Memory quota vastly exceeded)") for line in said)
         assert "signal SIGKILL" in world.kernel.operations(dyno.netns)

@@ -304,18 +304,19 @@ def three_dynos() -> list[Dyno]:
     ]
 
 
-def test_dynos_being_started_during_a_look_at_the_gateways_are_looked_at_again_alone() -> None:
-    """With starts back to back one dyno is always being started: a look at all the gateways
-    that left one out used to look at all of them again at the next tick, and so at every tick
-    (45-95 ms at 3,000-4,000 dynos). Now the next tick looks at the one left out, alone."""
+def test_dynos_left_out_of_a_look_at_the_gateways_are_looked_at_again_alone() -> None:
+    """A dyno being restarted, stopped or killed (its lock held, its row still running) is left
+    out; a look at all the gateways that left one out used to look at all of them again at the
+    next tick, and so at every tick while restarts came one after another (45-95 ms at
+    3,000-4,000 dynos). Now the next tick looks at the one left out, alone."""
     kernel = GatewayListingKernel()
     sup = Supervisor(FakeState(three_dynos()), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
 
     async def scenario() -> None:
         sup.health.watch()
-        async with sup._lock(2):  # being started when the first look comes
+        async with sup._lock(2):  # being restarted when the first look comes
             await sup.health.check()
-        async with sup._lock(3):  # the next start, at the next tick
+        async with sup._lock(3):  # the next restart, at the next tick
             await sup.health.check()
         async with sup._lock(1):  # and the next
             await sup.health.check()
@@ -440,3 +441,30 @@ def test_a_start_or_a_stop_tells_when_it_began() -> None:
     assert sup.health._busy(1000.0) is False
     sup.last_change = 999.5
     assert sup.health._busy(1000.0) is True
+
+
+def test_a_dyno_whose_stop_begins_while_the_routes_are_listed_gets_none_back() -> None:
+    """Its lock is taken between the listing and the putting back: left for the next tick
+    (by then stopped, or running again and given its routes)."""
+
+    class StopDuringListing(GatewayListingKernel):
+        async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+            found = await super().missing_gateways(dynos)
+            if len(self.looked_at) == 1:
+                await sup._lock(2).acquire()  # its stop begins meanwhile
+            return found
+
+    kernel = StopDuringListing()
+    sup = Supervisor(FakeState(three_dynos()), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        sup.health.watch()
+        kernel.gateways_lost = {"n1", "n2"}
+        await sup.health.check()
+        assert kernel.restored == [["n1"]]
+        sup._lock(2).release()  # its stop gave up: still running
+        await sup.health.check()
+        await sup.close()
+
+    asyncio.run(scenario())
+    assert kernel.restored == [["n1"], ["n2"]] and kernel.looked_at[1] == ["n2"]
