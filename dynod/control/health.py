@@ -173,21 +173,22 @@ class HealthWatch:
         """The listing: each running dyno missing a part is handled; whether one was skipped
         because its lock was held."""
         missing = self.kernel.missing_objects(self.state.running_networks())
-        free, skipped = self._free(missing)
+        free, locked = self._free(missing)
         for dyno_id in free:
             dyno = self.state.dyno(dyno_id)
             if dyno is None or dyno.state not in ("starting", "up") or not dyno.pid:
                 continue
             if self.removed(dyno):
                 await self._on_network_removed(dyno.id)
-        return skipped
+        return bool(locked)
 
     async def _put_back_gateways(self, only: set[int] | None) -> set[int]:
         """The gateway routes (and the host's entry for the dyno) of every running dyno (or of
         those in `only`) missing one, from one listing: put back, bridge by bridge, with a line
-        in the dyno's log. The dynos to look at again at the next tick: those being started or
-        stopped, and those on a bridge that refused (one that is down refuses a route through
-        it until it is up; said once a bridge, and the others are put back all the same)."""
+        in the dyno's log. The dynos to look at again at the next tick: those being restarted,
+        stopped or killed (their lock held), and those on a bridge that refused (one that is
+        down refuses a route through it until it is up; said once a bridge, and the others are
+        put back all the same)."""
         networks, again = self._unlocked_networks(only)
         missing = await self.kernel.missing_gateways(list(networks.values()))
         ids = {network.netns: dyno_id for dyno_id, network in networks.items()}
@@ -230,9 +231,7 @@ class HealthWatch:
         killed, by id; and those left out because their lock was held."""
         found: dict[int, DynoNetwork] = {}
         running = [dyno_id for dyno_id, _, _ in self.state.running_networks()]
-        free, locked = self._free_ids(
-            running if only is None else [i for i in running if i in only]
-        )
+        free, locked = self._free(running if only is None else [i for i in running if i in only])
         for dyno_id in free:
             network = self.networks.known(dyno_id)
             if network is None:
@@ -246,15 +245,10 @@ class HealthWatch:
             found[dyno_id] = network
         return found, locked
 
-    def _free(self, dyno_ids: list[int]) -> tuple[list[int], bool]:
+    def _free(self, dyno_ids: list[int]) -> tuple[list[int], set[int]]:
         """Those of the dynos neither being killed (their restart rebuilds their network) nor
-        being started or stopped (their lock is held: their objects come and go); and whether
-        one was left out for its lock, to be looked at again."""
-        free, locked = self._free_ids(dyno_ids)
-        return free, bool(locked)
-
-    def _free_ids(self, dyno_ids: list[int]) -> tuple[list[int], set[int]]:
-        """_free's, with the ids of those left out for their lock."""
+        being started or stopped (their lock is held: their objects come and go); and those
+        left out for their lock, to be looked at again."""
         free: list[int] = []
         locked: set[int] = set()
         for dyno_id in dyno_ids:
