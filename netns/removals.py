@@ -26,6 +26,7 @@ from netns.inotify import (
     IN_UNMOUNT,
     Inotify,
 )
+from netns.rtnl import route_of
 
 RTNLGRP_LINK = 1
 RTNLGRP_IPV4_ROUTE = 7
@@ -45,8 +46,9 @@ class Removals:
 
     def __init__(self) -> None:
         self.broken = False  # the directory's watch is gone: only a listing can tell now
-        # an IPv4 route was deleted (or route events were lost) since the caller last cleared it
-        self.routes_removed = False
+        # the IPv4 routes deleted since the last take_routes(), as (destination, prefix length);
+        # None: route events were lost, so any route may have gone
+        self._deleted_routes: list[tuple[str, int]] | None = []
         self._inotify = Inotify()
         self._links: socket.socket | None = None
         self._routes: socket.socket | None = None
@@ -82,7 +84,7 @@ class Removals:
 
     def drain(self) -> bool:
         """Everything queued so far, read: was a name or a link deleted, or were events lost?
-        A deleted route (or lost route events) sets routes_removed instead."""
+        Deleted routes are kept for take_routes() instead."""
         removed = False
         for _wd, mask in self._inotify.events():
             if mask & _GONE:
@@ -94,9 +96,20 @@ class Removals:
             removed = removed or data is None or _has(data, RTM_DELLINK)
         assert self._routes is not None
         for data in nfevents.receive(self._routes):
-            if data is None or _has(data, RTM_DELROUTE):
-                self.routes_removed = True
+            if data is None:
+                self._deleted_routes = None
+            elif self._deleted_routes is not None:
+                for body in nfevents.messages(data, RTM_DELROUTE):
+                    if (route := route_of(body)) is not None:
+                        self._deleted_routes.append((route.dst, route.dst_len))
         return removed
+
+    def take_routes(self) -> list[tuple[str, int]] | None:
+        """The IPv4 routes deleted since the last take (read by drain()), as (destination,
+        prefix length), so the caller can tell whose they were: each stop deletes its dyno's
+        own. None: route events were lost (any route may have gone)."""
+        taken, self._deleted_routes = self._deleted_routes, []
+        return taken
 
     def close(self) -> None:
         if self._poll is not None:

@@ -74,11 +74,14 @@ class HealthWatch:
         self.events: RemovalEvents | None = None  # deletions as they happen (watch())
         self._dirty = True  # a deletion was seen since the last listing
         self._next_listing = 0.0  # time.monotonic() of the next backstop listing
-        self._gateways_due = True  # a route was deleted since the gateways were last looked at
-        # Dynos left out of the last look at the gateways (being restarted, stopped or killed
-        # then, or on a bridge that refused): looked at again at the next tick, and only they
-        # (still from one listing of the route tables), not every dyno's facts again: a look at
-        # all is O(dynos), 45-95 ms at 3,000-4,000 (bench/README.md, "Fourteenth round").
+        # every dyno's gateway is to be looked at: route events were lost, a bridge changed, or
+        # the backstop is due
+        self._gateways_due = True
+        # Dynos whose gateway routes were deleted, and those left out of the last look (being
+        # restarted, stopped or killed then, or on a bridge that refused): looked at at the next
+        # tick, and only they (still from one listing of the route tables), not every dyno's
+        # facts: a look at all is O(dynos), 45-95 ms at 3,000-4,000 (bench/README.md,
+        # "Fourteenth round").
         self._gateways_owed: set[int] = set()
         # why putting them back on a bridge failed the last time, by bridge (said once)
         self._gateways_refused: dict[str, str] = {}
@@ -99,11 +102,25 @@ class HealthWatch:
             self.events = None
 
     def _on_events(self) -> None:
-        if self.events is not None and self.events.drain():
+        if self.events is None:
+            return
+        if self.events.drain():
             self._dirty = True
-        if self.events is not None and self.events.routes_removed:
-            self.events.routes_removed = False
+        self._owed_for(self.events.take_routes())
+
+    def _owed_for(self, deleted: list[tuple[str, int]] | None) -> None:
+        """The dynos whose gateway routes were deleted are looked at at the next tick, alone:
+        each stop deletes its own dyno's two (a look at every dyno, O(dynos), after each one
+        was 45-95 ms at 4,000 dynos during a mass stop), and a stopped dyno is not running
+        by then. A route of no dyno's is not dynod's concern; lost events are: all are looked
+        at."""
+        if deleted is None:
             self._gateways_due = True
+            return
+        for destination, prefixlen in deleted:
+            owner = self.networks.route_owner(destination, prefixlen)
+            if owner is not None:
+                self._gateways_owed.add(owner)
 
     def _nothing_deleted(self) -> bool:
         """No listing needed: the watch works, saw no deletion, and the backstop is not due
@@ -140,9 +157,10 @@ class HealthWatch:
         being started, restarted or stopped (its lock is held) is skipped: its objects come and
         go. The listings are made only after a deletion was seen (netns/removals.py), and every
         BACKSTOP seconds (up to BACKSTOP more while dynos are being started or stopped: QUIET):
-        each one costs O(dynos) (11-13 ms at 2,000), every second. Then the dynos' gateway
-        routes, listed after a route deletion or a change of a bridge's state, and those of the
-        dynos the last look left out (_put_back_gateways)."""
+        each one costs O(dynos) (11-13 ms at 2,000), every second. Then the gateway routes:
+        of every dyno after a change of a bridge's state, lost route events, or at the
+        backstop; else only of the dynos whose routes were deleted and of those the last look
+        left out (_put_back_gateways)."""
         if not self._nothing_deleted():
             try:
                 skipped = await self._look()
@@ -161,13 +179,14 @@ class HealthWatch:
         self._bridges = bridges
         if self._gateways_due or self._gateways_owed:
             everyone, self._gateways_due = self._gateways_due, False
+            only, self._gateways_owed = self._gateways_owed, set()
             try:
-                owed = await self._put_back_gateways(None if everyone else self._gateways_owed)
+                again = await self._put_back_gateways(None if everyone else only)
             except BaseException:
                 self._gateways_due = True
                 raise
-            # (a route deletion heard meanwhile has set _gateways_due again)
-            self._gateways_owed = owed
+            # with the dynos whose routes were deleted meanwhile (or all, _gateways_due)
+            self._gateways_owed |= again
 
     async def _look(self) -> bool:
         """The listing: each running dyno missing a part is handled; whether one was skipped
@@ -190,6 +209,8 @@ class HealthWatch:
         down refuses a route through it until it is up; said once a bridge, and the others are
         put back all the same)."""
         networks, again = self._unlocked_networks(only)
+        if not networks:  # all of them stopped, or being stopped: nothing to list
+            return again
         missing = await self.kernel.missing_gateways(list(networks.values()))
         ids = {network.netns: dyno_id for dyno_id, network in networks.items()}
         by_bridge: dict[str, list[DynoNetwork]] = {}

@@ -38,12 +38,25 @@ class Networks:
         self.state = state
         self.kernel = kernel
         self._facts: dict[int, DynoNetwork] = {}
+        # whose gateway each (destination, prefix length) route is: a deleted route names the
+        # one dyno to look at (health.py), not all of them
+        self._route_owners: dict[tuple[str, int], int] = {}
 
     def keep(self, dyno_id: int, network: DynoNetwork) -> None:
         self._facts[dyno_id] = network
+        for route in network.gateway_routes:
+            self._route_owners[route] = dyno_id
 
     def forget(self, dyno_id: int) -> None:
-        self._facts.pop(dyno_id, None)
+        network = self._facts.pop(dyno_id, None)
+        if network is not None:
+            for route in network.gateway_routes:
+                if self._route_owners.get(route) == dyno_id:
+                    del self._route_owners[route]
+
+    def route_owner(self, destination: str, prefixlen: int) -> int | None:
+        """The dyno whose gateway this route is one of (of those whose facts are known)."""
+        return self._route_owners.get((destination, prefixlen))
 
     def known(self, dyno_id: int) -> DynoNetwork | None:
         """The dyno's facts if they were computed already (of()), without its row."""
@@ -62,7 +75,7 @@ class Networks:
                 net.pool.subnet(dyno.slot),
                 web_port(dyno.type, dyno.port),
             )
-            self._facts[dyno.id] = known
+            self.keep(dyno.id, known)
         return known
 
     def live(self) -> list[DynoNetwork]:

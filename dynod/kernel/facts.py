@@ -42,6 +42,12 @@ class DynoNetwork:
         return self.subnet.prefixlen
 
     @property
+    def gateway_routes(self) -> tuple[tuple[str, int], tuple[str, int]]:
+        """The host's two routes its gateway is made of (netns/addresses.py add_gateway), as
+        (destination, prefix length): `local GATEWAY` and `NETWORK/30`."""
+        return (self.gateway, 32), (str(self.subnet.network.network_address), self.prefixlen)
+
+    @property
     def port(self) -> Port:
         """Its bridge port, as the firewall's ports set holds it."""
         return Port(self.veth, self.subnet.dyno_mac, self.subnet.address)

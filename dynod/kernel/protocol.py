@@ -32,10 +32,9 @@ class Launched:
 
 
 class RemovalEvents(Protocol):
-    """Deletions of namespace names and links as they happen (netns/removals.py)."""
+    """Deletions of namespace names, links and routes as they happen (netns/removals.py)."""
 
     broken: bool  # the watch is gone: only listings can tell
-    routes_removed: bool  # an IPv4 route was deleted since the caller cleared it
 
     def current(self) -> bool:
         """Still watching what it was opened on (else a new watch is needed)?"""
@@ -45,6 +44,11 @@ class RemovalEvents(Protocol):
 
     def drain(self) -> bool:
         """Was something deleted (or were events lost) since the last drain?"""
+        ...
+
+    def take_routes(self) -> list[tuple[str, int]] | None:
+        """The IPv4 routes deleted since the last take, as (destination, prefix length); None:
+        route events were lost."""
         ...
 
     def close(self) -> None: ...

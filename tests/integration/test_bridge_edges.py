@@ -115,3 +115,7 @@ def test_a_bridge_taken_down_and_up_gets_its_dynos_gateway_routes_back() -> None
         sh("ip", "route", "del", "local", gateway, "dev", bridge, "table", "local")
         d.wait_for(lambda: f"local {gateway} " in local_routes(), "the deleted route back")
         assert d.via_router("flap")[0] == 200
+        # the /30's route alone: the deletion names the dyno (Networks.route_owner)
+        sh("ip", "route", "del", str(subnet), "dev", bridge)
+        d.wait_for(routed, "the deleted /30 route back")
+        assert d.via_router("flap")[0] == 200

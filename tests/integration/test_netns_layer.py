@@ -668,7 +668,7 @@ def test_deletions_of_names_and_links_are_seen_as_they_happen(prefix: str) -> No
             # made and changed, not removed: nothing queued, so an event loop is not even woken
             assert not select.select([watch.fileno()], [], [], 0.3)[0]
             assert not watch.drain()
-            # a route made wakes nothing; one deleted does, and says so apart (routes_removed)
+            # a route made wakes nothing; one deleted does, and is told apart (take_routes)
             subprocess.run(
                 ["ip", "-n", name, "route", "add", "10.8.8.0/24", "dev", "lo"], check=True
             )
@@ -677,8 +677,8 @@ def test_deletions_of_names_and_links_are_seen_as_they_happen(prefix: str) -> No
                 ["ip", "-n", name, "route", "del", "10.8.8.0/24", "dev", "lo"], check=True
             )
             assert select.select([watch.fileno()], [], [], 5)[0]
-            assert not watch.drain() and watch.routes_removed
-            watch.routes_removed = False
+            assert not watch.drain() and watch.take_routes() == [("10.8.8.0", 24)]
+            assert watch.take_routes() == []
             subprocess.run(["ip", "-n", name, "link", "del", "rm0"], check=True)
             assert select.select([watch.fileno()], [], [], 5)[0]  # an event loop would wake
             assert watch.drain() and not watch.drain()
