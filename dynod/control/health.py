@@ -74,8 +74,8 @@ class HealthWatch:
         self.events: RemovalEvents | None = None  # deletions as they happen (watch())
         self._dirty = True  # a deletion was seen since the last listing
         self._next_listing = 0.0  # time.monotonic() of the next backstop listing
-        # every dyno's gateway is to be looked at: route events were lost, a bridge changed, or
-        # the backstop is due
+        # every dyno's gateway is to be looked at: the watch was (re)opened or there is none,
+        # route events were lost, a bridge's state or address changed, or the backstop is due
         self._gateways_due = True
         # Dynos whose gateway routes were deleted, and those left out of the last look (being
         # restarted, stopped or killed then, or on a bridge that refused): looked at at the next
@@ -112,15 +112,22 @@ class HealthWatch:
         """The dynos whose gateway routes were deleted are looked at at the next tick, alone:
         each stop deletes its own dyno's two (a look at every dyno, O(dynos), after each one
         was 45-95 ms at 4,000 dynos during a mass stop), and a stopped dyno is not running
-        by then. A route of no dyno's is not dynod's concern; lost events are: all are looked
-        at."""
+        by then. Every dyno is looked at after lost events, or when a bridge's address went
+        (`ip addr del`, `ip addr flush`: the kernel flushes every route through the bridge,
+        telling only of the address's own). Another route is not dynod's concern."""
         if deleted is None:
             self._gateways_due = True
             return
-        for destination, prefixlen in deleted:
-            owner = self.networks.route_owner(destination, prefixlen)
+        bridges: set[tuple[str, int]] | None = None  # read once, if a route is no dyno's
+        for route in deleted:
+            owner = self.networks.route_owner(*route)
             if owner is not None:
                 self._gateways_owed.add(owner)
+                continue
+            if bridges is None:
+                bridges = self.kernel.bridge_address_routes()
+            if route in bridges:
+                self._gateways_due = True
 
     def _nothing_deleted(self) -> bool:
         """No listing needed: the watch works, saw no deletion, and the backstop is not due

@@ -43,6 +43,7 @@ class Networks:
         self._route_owners: dict[tuple[str, int], int] = {}
 
     def keep(self, dyno_id: int, network: DynoNetwork) -> None:
+        self.forget(dyno_id)  # facts it had before (a restart's: the same routes) go whole
         self._facts[dyno_id] = network
         for route in network.gateway_routes:
             self._route_owners[route] = dyno_id
@@ -51,7 +52,7 @@ class Networks:
         network = self._facts.pop(dyno_id, None)
         if network is not None:
             for route in network.gateway_routes:
-                if self._route_owners.get(route) == dyno_id:
+                if self._route_owners.get(route) == dyno_id:  # not a newer dyno's on its /30
                     del self._route_owners[route]
 
     def route_owner(self, destination: str, prefixlen: int) -> int | None:

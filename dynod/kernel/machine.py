@@ -5,6 +5,7 @@ its cgroups. Touched only on the kernel worker's thread."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dynod.errors import DynodError
@@ -61,6 +62,16 @@ class Net:
         return firewall.Network(
             self.bridge, str(self.pool.network), self.address, self.nat_ip, bridges
         )
+
+
+def bridge_address_routes(nets: Iterable[Net]) -> set[tuple[str, int]]:
+    """(destination, prefix length) of the routes the bridge address of each of these networks
+    comes with: `local ADDRESS`/32 (table local) and its /30 (main)."""
+    found: set[tuple[str, int]] = set()
+    for net in nets:
+        own = net.pool.bridge
+        found |= {(own.gateway, 32), (str(own.network.network_address), own.prefixlen)}
+    return found
 
 
 @dataclass

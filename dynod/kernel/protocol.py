@@ -43,7 +43,8 @@ class RemovalEvents(Protocol):
     def fileno(self) -> int: ...
 
     def drain(self) -> bool:
-        """Was something deleted (or were events lost) since the last drain?"""
+        """Was a name or a link deleted (or were such events lost) since the last drain? Route
+        deletions are kept for take_routes()."""
         ...
 
     def take_routes(self) -> list[tuple[str, int]] | None:
@@ -116,6 +117,13 @@ class KernelSide(Protocol):
     def missing_objects(self, dynos: list[tuple[int, str, str]]) -> list[int]:
         """Of these (id, netns, veth), the ids whose namespace name or veth is not there, from
         one listing of each for all of them."""
+        ...
+
+    def bridge_address_routes(self) -> set[tuple[str, int]]:
+        """The routes each open network's bridge address comes with, as (destination, prefix
+        length): `local ADDRESS`/32 and its /30. Deleting that address flushes every route
+        through the bridge, the dynos' gateways too, with no event for theirs
+        (fib_disable_ip)."""
         ...
 
     async def bridges_up(self) -> dict[str, bool]:

@@ -119,3 +119,13 @@ def test_a_bridge_taken_down_and_up_gets_its_dynos_gateway_routes_back() -> None
         sh("ip", "route", "del", str(subnet), "dev", bridge)
         d.wait_for(routed, "the deleted /30 route back")
         assert d.via_router("flap")[0] == 200
+        # the bridge's own address: the kernel flushes every route through the bridge and
+        # tells only of the address's own routes, which name no dyno
+        own = sh("ip", "-o", "-4", "addr", "show", "dev", bridge).stdout.split()[3]
+        sh("ip", "addr", "del", own, "dev", bridge)
+        try:
+            assert not routed()
+            d.wait_for(routed, "the /30 route back after the bridge's address went")
+            assert d.via_router("flap")[0] == 200
+        finally:
+            sh("ip", "addr", "replace", own, "dev", bridge)

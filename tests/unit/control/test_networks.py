@@ -4,8 +4,11 @@ web target, and an adopted dyno's facts are computed from its row once. No root 
 
 from __future__ import annotations
 
-from dynod.control.networks import allocated
+from dynod.control.networks import Networks, allocated
+from dynod.kernel.addressing import Pool
+from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.firewall import WebTarget
+from dynod.kernel.machine import Net
 from dynod.rules import names
 from tests.unit.control.test_supervisor import World, run, until
 from tests.unit.control.test_supervisor import world as world  # noqa: F401 - the fixture
@@ -70,3 +73,27 @@ def test_an_adopted_dyno_s_facts_come_from_its_row_once(world: World) -> None:
     assert networks.live() == [facts]
     networks.forget(dyno.id)
     assert networks.of(dyno) is not facts and networks.of(dyno) == facts
+
+
+def test_each_dyno_s_gateway_routes_name_it_until_it_is_forgotten() -> None:
+    """A deleted route names the dyno to look at (health.py): the index follows the facts kept,
+    replaced and forgotten, and a newer dyno on a forgotten dyno's /30 keeps its own entry."""
+    pool = Pool("172.16.0.0/12")
+    net = Net("", "fake0", pool)
+
+    def facts(slot: int) -> DynoNetwork:
+        return allocated(f"ns{slot}", f"v{slot}", net, pool.subnet(slot), "worker", None)
+
+    networks = Networks(None, None)  # type: ignore[arg-type]
+    first, second = facts(1), facts(2)
+    assert first.gateway_routes == (("172.16.0.5", 32), ("172.16.0.4", 30))
+    networks.keep(1, first)
+    assert [networks.route_owner(*r) for r in first.gateway_routes] == [1, 1]
+    networks.keep(1, second)  # new facts on another /30: the old routes are no longer its
+    assert [networks.route_owner(*r) for r in first.gateway_routes] == [None, None]
+    assert [networks.route_owner(*r) for r in second.gateway_routes] == [1, 1]
+    networks.keep(2, second)  # a newer dyno on that /30 before the first is forgotten
+    networks.forget(1)
+    assert [networks.route_owner(*r) for r in second.gateway_routes] == [2, 2]
+    networks.forget(2)
+    assert networks.route_owner("172.16.0.9", 32) is None

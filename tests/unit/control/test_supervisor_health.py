@@ -14,7 +14,7 @@ from dynod.control import health
 from dynod.control.supervisor import Supervisor
 from dynod.kernel.addressing import Pool
 from dynod.kernel.facts import DynoNetwork, Removed, Running
-from dynod.kernel.machine import Net
+from dynod.kernel.machine import Net, bridge_address_routes
 from dynod.logs.book import LogBook
 from dynod.state.store import Dyno
 from tests.unit.rows import dyno
@@ -50,6 +50,9 @@ class FakeKernel:
 
     def net(self, key: str) -> Net:
         return Net(key, "fake0", Pool("172.16.0.0/12"))
+
+    def bridge_address_routes(self) -> set[tuple[str, int]]:
+        return bridge_address_routes([self.net("")])
 
     def removed_objects(self, d: DynoNetwork) -> Removed:
         return Removed(veth=d.veth) if d.veth in self.broken else Removed()
@@ -489,7 +492,8 @@ def test_a_deleted_route_sets_off_a_look_at_its_dyno_alone_and_a_stop_s_at_none(
     used to set off a look at every dyno's gateways at the next tick (O(dynos), 45-95 ms at
     4,000), so during a mass stop at every tick. Now a deleted route names its dyno: a running
     one is looked at alone; a stopped one (or a route of no dyno's) sets off nothing. Lost
-    route events still set off a look at all."""
+    route events, and the bridge's address deleted (which flushes every route through the
+    bridge without telling of them), set off a look at all."""
     kernel = GatewayListingKernel()
     dynos = three_dynos()
     state = FakeState(dynos)
@@ -508,8 +512,10 @@ def test_a_deleted_route_sets_off_a_look_at_its_dyno_alone_and_a_stop_s_at_none(
         await sup.health.check()
         events.routes = None  # events lost
         await sup.health.check()
+        events.routes = [("172.16.0.1", 32), ("172.16.0.3", 32)]  # `ip addr del` of the bridge's
+        await sup.health.check()
         await sup.close()
 
     asyncio.run(scenario())
-    assert kernel.looked_at == [["n1", "n2", "n3"], ["n2"], ["n1", "n2"]]
+    assert kernel.looked_at == [["n1", "n2", "n3"], ["n2"], ["n1", "n2"], ["n1", "n2"]]
     assert kernel.restored == [["n2"]]
