@@ -256,10 +256,15 @@ class HealthWatch:
 
     def _unlocked_networks(self, only: set[int] | None) -> tuple[dict[int, DynoNetwork], set[int]]:
         """The facts of every running dyno (of those in `only`) not being started, stopped or
-        killed, by id; and those left out because their lock was held."""
+        killed, by id; and those to look at again at the next tick: left out because their lock
+        was held, or (of `only`) crashed, waiting for their restart."""
         found: dict[int, DynoNetwork] = {}
-        running = [dyno_id for dyno_id, _, _ in self.state.running_networks()]
-        free, locked = self._free(running if only is None else [i for i in running if i in only])
+        waiting: set[int] = set()
+        if only is None:
+            running = [dyno_id for dyno_id, _, _ in self.state.running_networks()]
+        else:
+            running, waiting = self._running_or_waiting(only)
+        free, locked = self._free(running)
         for dyno_id in free:
             network = self.networks.known(dyno_id)
             if network is None:
@@ -271,7 +276,24 @@ class HealthWatch:
                 except KeyError:  # its network is not open
                     continue
             found[dyno_id] = network
-        return found, locked
+        return found, locked | waiting
+
+    def _running_or_waiting(self, dyno_ids: set[int]) -> tuple[list[int], set[int]]:
+        """Of these dynos, from each one's row (not every running dyno's, at every tick): those
+        running; and those to wait for, a crashed one (its routes deleted while it waited for its
+        restart are looked at once it runs: a restart keeps the network as it is) or one whose
+        lock is held (its state is changing). A stopped or gone one is dropped."""
+        running: list[int] = []
+        waiting: set[int] = set()
+        for dyno_id in sorted(dyno_ids):
+            dyno = self.state.dyno(dyno_id)
+            if dyno is None:
+                continue
+            if dyno.state in ("starting", "up") and dyno.pid:
+                running.append(dyno_id)
+            elif dyno.state == "crashed" or self.lock(dyno_id).locked():
+                waiting.add(dyno_id)
+        return running, waiting
 
     def _free(self, dyno_ids: list[int]) -> tuple[list[int], set[int]]:
         """Those of the dynos neither being killed (their restart rebuilds their network) nor

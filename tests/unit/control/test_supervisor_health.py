@@ -519,3 +519,31 @@ def test_a_deleted_route_sets_off_a_look_at_its_dyno_alone_and_a_stop_s_at_none(
     asyncio.run(scenario())
     assert kernel.looked_at == [["n1", "n2", "n3"], ["n2"], ["n1", "n2"], ["n1", "n2"]]
     assert kernel.restored == [["n2"]]
+
+
+def test_a_crashed_dyno_s_deleted_route_is_put_back_once_it_runs_again() -> None:
+    """A restart keeps the network as it is, so a gateway route deleted while the dyno waited
+    for its restart came back only at the backstop. Now it is looked at once the dyno runs (its
+    row is read at each tick meanwhile, not every dyno's); a stopped dyno's is dropped."""
+    kernel = GatewayListingKernel()
+    dynos = three_dynos()
+    sup = Supervisor(FakeState(dynos), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        sup.health.watch()
+        await sup.health.check()
+        events = kernel.opened[0]
+        dynos[1].state = "crashed"  # web.2 waits for its restart
+        dynos[2].state = "down"  # web.3 is stopped
+        kernel.gateways_lost = {"n2", "n3"}
+        events.routes = [gateway_routes(sup, 2)[0], gateway_routes(sup, 3)[0]]
+        await sup.health.check()  # neither runs: nothing listed
+        await sup.health.check()
+        dynos[1].state = "up"  # restarted
+        await sup.health.check()  # web.2 looked at, alone
+        await sup.health.check()  # nothing owed any more
+        await sup.close()
+
+    asyncio.run(scenario())
+    assert kernel.looked_at == [["n1", "n2", "n3"], ["n2"]]
+    assert kernel.restored == [["n2"]]
