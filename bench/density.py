@@ -19,6 +19,10 @@ names and the space is sharded over N / --shard-ports bridges. Reported:
 * `dynod ps` (the CLI, a new process, as a user types it) and GET /v1/dynos, the median of 3;
 * one DNS answer with an N-name registry: `1.worker.APP.app.localspace` asked from inside the
   last dyno's namespace, UDP, the median of 200 queries one after another;
+* what else the machine did during the first and the last window: how busy its CPUs were, and
+  the CPU the kernel's threads took, with the busiest one (MachineShare);
+* one sysfs mount in a new network namespace, with no dyno and with N: each dyno's /sys is one,
+  and the kernel walks every sysfs superblock of the machine to make it (sysfs_mount_us);
 * how long stopping every dyno takes (`dynod stop --app APP`, one API call);
 * that nothing with the bench's prefix is left afterwards (namespaces, links, nftables tables,
   cgroups).
@@ -125,6 +129,92 @@ def median_window(values: list[float], upto: int) -> float:
     return statistics.median(chunk) if chunk else float("nan")
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """/proc/stat's first line: all the CPUs' ticks, and their idle and iowait ones."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
+def kernel_thread_ticks(pids: list[int] | None = None) -> dict[int, tuple[str, int]]:
+    """Each kernel thread's (a child of kthreadd, pid 2) name and CPU ticks (utime + stime)."""
+    found = {}
+    for pid in pids if pids is not None else [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+        fields = rest.split()
+        if pid == 2 or fields[1] == "2":
+            found[pid] = (name, int(fields[11]) + int(fields[12]))
+    return found
+
+
+class MachineShare:
+    """What else the machine did while a window of starts ran: how busy its CPUs were, and the
+    CPU the kernel's own threads took (kworkers, ksoftirqd, and on some VMs kdamond: DAMON's
+    page sampling walks every mapping of a sampled page, so with a shared library mapped by
+    every dyno's processes it grows with the dynos). The starts share the CPUs with them: on
+    2 vCPUs a back-to-back run keeps them 88-97 % busy (bench/README.md, "Fifteenth round")."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self.cpu = cpu_ticks()
+        self.threads = kernel_thread_ticks()
+
+    def ended(self) -> dict[str, Any]:
+        seconds = time.monotonic() - self.began
+        total, idle = cpu_ticks()
+        now = kernel_thread_ticks(list(self.threads))
+        hz = os.sysconf("SC_CLK_TCK")
+        used: dict[str, float] = {}  # by name (a workqueue's kworkers share theirs)
+        for pid, (name, ticks) in now.items():
+            used[name] = used.get(name, 0.0) + (ticks - self.threads[pid][1]) / hz / seconds
+        top = max(used, key=lambda name: used[name], default="")
+        spent = total - self.cpu[0]
+        return {
+            "cpus_busy": 1 - (idle - self.cpu[1]) / spent if spent else 0.0,
+            "kernel_threads_cpus": sum(used.values()),
+            "busiest_kernel_thread": [top, used.get(top, 0.0)],
+        }
+
+
+SYSFS_PROBE = r"""
+import ctypes, os, statistics, sys, tempfile, time
+libc = ctypes.CDLL(None, use_errno=True)
+target = tempfile.mkdtemp()
+found = []
+for _ in range(3):
+    began = time.perf_counter()
+    if libc.mount(b"sysfs", target.encode(), b"sysfs", 0, None):
+        raise OSError(ctypes.get_errno(), "mount -t sysfs")
+    found.append((time.perf_counter() - began) * 1e6)
+    libc.umount2(target.encode(), 2)
+os.rmdir(target)
+print(statistics.median(found))
+"""
+
+
+def sysfs_mount_us() -> float:
+    """One `mount -t sysfs` in a new network and mount namespace (what each dyno's /sys is),
+    the median of 5: the kernel looks for an existing superblock of that namespace's by walking
+    every sysfs superblock of the machine (sget_fc), one a dyno, so it grows with them."""
+    found = []
+    for _ in range(5):
+        probe = subprocess.run(
+            ["unshare", "--net", "--mount", "--propagation", "private"]
+            + [sys.executable, "-c", SYSFS_PROBE],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        found.append(float(probe.stdout))
+    return statistics.median(found)
+
+
 def cli(daemon: DaemonSide, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DYNOD_SOCKET": daemon.socket}
     return subprocess.run(
@@ -186,20 +276,29 @@ def measure(n: int, shard_ports: int, budget: float, quiet: bool) -> dict[str, A
         if made.returncode:
             raise RuntimeError(made.stderr)
         out["rss_mb_empty"] = proc.memory_info().rss / 2**20
+        sysfs = {"#0": sysfs_mount_us()}
         kernel_setup: list[float] = []
         api_setup: list[float] = []
         started: list[dict[str, Any]] = []
         deadline = time.monotonic() + budget
         body = {"type": "worker", "command": COMMAND, "cwd": "/", "env": {}, "detach": True}
+        machine_during: dict[str, Any] = {}
+        watching: dict[int, MachineShare] = {}  # by the last dyno of its window
+        ends = {min(WINDOW, n), n}  # the first window's, and the last's
         for number in range(1, n + 1):
             if time.monotonic() > deadline:
                 problems.append(f"budget of {budget:g} s reached at {number - 1} dynos")
                 break
+            for end in ends:
+                if number == max(1, end - WINDOW + 1):
+                    watching[end] = MachineShare()
             began = time.perf_counter()
             answer = daemon.client.call("POST", f"/v1/apps/{APP}/dynos", body)
             api_setup.append(ms_since(began))
             kernel_setup.append(float(answer["setup_ms"]))
             started.append(answer)
+            if number in watching:
+                machine_during[f"#{number}"] = watching.pop(number).ended()
             if not quiet and number % 250 == 0:
                 print(
                     f"{number} dynos, last 20: kernel {median_window(kernel_setup, number):.1f} "
@@ -222,7 +321,10 @@ def measure(n: int, shard_ports: int, budget: float, quiet: bool) -> dict[str, A
         out["setup_ratio_last_to_first"] = last / first
         out["verdict"] = "PASS" if last / first <= SETUP_TARGET else "OVER"
         out["series_ms"] = {"kernel": kernel_setup, "api": api_setup}
+        out["machine_during"] = machine_during
         time.sleep(2)  # the last dynos' processes settle
+        sysfs[f"#{reached}"] = sysfs_mount_us()
+        out["sysfs_mount_us"] = sysfs
         during = meminfo()
         out["rss_mb"] = proc.memory_info().rss / 2**20
         out["kernel_kb_per_dyno"] = (kernel_kb(during) - kernel_kb(before)) / reached
@@ -293,6 +395,15 @@ def table(out: dict[str, Any]) -> str:
             f"  last / first kernel part: {out['setup_ratio_last_to_first']:.2f}x "
             f"(target <= {SETUP_TARGET}x): {out['verdict']}"
         )
+    for mark, during in out.get("machine_during", {}).items():
+        top, share = during["busiest_kernel_thread"]
+        lines.append(
+            f"  the machine during the window up to {mark}: CPUs {during['cpus_busy']:.0%} busy, "
+            f"kernel threads {during['kernel_threads_cpus']:.2f} CPU (most: {top} {share:.2f})"
+        )
+    if "sysfs_mount_us" in out:
+        shown = ", ".join(f"{us:.0f} us at {m}" for m, us in out["sysfs_mount_us"].items())
+        lines.append(f"  one sysfs mount in a new network namespace (a dyno's /sys): {shown}")
     for key, text in (
         ("bridges", "bridges of the space"),
         ("rss_mb_empty", "daemon RSS, no dyno (MB)"),
