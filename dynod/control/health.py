@@ -61,15 +61,18 @@ class HealthWatch:
         say: Say,
         lock: Callable[[int], asyncio.Lock],
         last_change: Callable[[], float] = lambda: float("-inf"),
+        locked: Callable[[int], bool] | None = None,
     ) -> None:
         """lock(dyno_id) is the dyno's lock, held by whoever starts or stops it; last_change(),
-        the time.monotonic() at which the latest start or stop began."""
+        the time.monotonic() at which the latest start or stop began; locked(dyno_id), whether
+        its lock is held, without making one for a dyno that has none (a forgotten one)."""
         self.state = state
         self.kernel = kernel
         self.networks = networks
         self.say = say
         self.lock = lock
         self.last_change = last_change
+        self.locked = locked if locked is not None else lambda dyno_id: lock(dyno_id).locked()
         self._broken: set[int] = set()  # dynos whose network someone removed: being killed
         self.events: RemovalEvents | None = None  # deletions as they happen (watch())
         self._dirty = True  # a deletion was seen since the last listing
@@ -125,7 +128,11 @@ class HealthWatch:
                 self._gateways_owed.add(owner)
                 continue
             if bridges is None:
-                bridges = self.kernel.bridge_address_routes()
+                try:
+                    bridges = self.kernel.bridge_address_routes()
+                except Exception:  # noqa: BLE001 - cannot tell: look at every dyno
+                    self._gateways_due = True
+                    return
             if route in bridges:
                 self._gateways_due = True
 
@@ -156,6 +163,7 @@ class HealthWatch:
 
     def forget(self, dyno_id: int) -> None:
         self._broken.discard(dyno_id)
+        self._gateways_owed.discard(dyno_id)
 
     async def check(self) -> None:
         """Every running dyno's namespace name and veth, from one listing of /run/netns and
@@ -280,19 +288,20 @@ class HealthWatch:
 
     def _running_or_waiting(self, dyno_ids: set[int]) -> tuple[list[int], set[int]]:
         """Of these dynos, from each one's row (not every running dyno's, at every tick): those
-        running; and those to wait for, a crashed one (its routes deleted while it waited for its
-        restart are looked at once it runs: a restart keeps the network as it is) or one whose
-        lock is held (its state is changing). A stopped or gone one is dropped."""
+        running; and those whose lock is held, to wait for (their state is changing: during a
+        mass stop, thousands, whose rows are not read at every tick). Any other is dropped: a
+        stopped or gone one, and a crashed one (its restart looks at it again: repair())."""
         running: list[int] = []
         waiting: set[int] = set()
         for dyno_id in sorted(dyno_ids):
+            if self.locked(dyno_id):
+                waiting.add(dyno_id)
+                continue
             dyno = self.state.dyno(dyno_id)
             if dyno is None:
                 continue
             if dyno.state in ("starting", "up") and dyno.pid:
                 running.append(dyno_id)
-            elif dyno.state == "crashed" or self.lock(dyno_id).locked():
-                waiting.add(dyno_id)
         return running, waiting
 
     def _free(self, dyno_ids: list[int]) -> tuple[list[int], set[int]]:
@@ -337,8 +346,12 @@ class HealthWatch:
             await self.kernel.kill_inside(running(dyno))
 
     async def repair(self, dyno: Dyno) -> None:
-        """Before a restart: a network with a removed part is rebuilt whole."""
+        """Before a restart: a network with a removed part is rebuilt whole, and its gateway is
+        looked at at the next tick (once it runs): a route deleted while it was not running (a
+        crashed dyno waits for its restart) was left out of every look, and a restart keeps the
+        network as it is."""
         self._broken.discard(dyno.id)
+        self._gateways_owed.add(dyno.id)
         removed = self.removed(dyno)
         if removed:
             self.say(dyno, f"Rebuilding its network ({' and '.join(removed.described())} gone)")

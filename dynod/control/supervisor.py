@@ -66,7 +66,13 @@ class Supervisor:
         self.networks = Networks(state, kernel)  # each dyno's facts, computed once
         self.memory = MemoryWatch(state, kernel, self.say, config.metrics_interval)
         self.health = HealthWatch(
-            state, kernel, self.networks, self.say, self._lock, lambda: self.last_change
+            state,
+            kernel,
+            self.networks,
+            self.say,
+            self._lock,
+            lambda: self.last_change,
+            self._locked,
         )
         self.boot = BootWatch(state, kernel, config, self.say, self._set_state)
         self.exits = Exits()  # each dyno's main process, and its exit
@@ -87,6 +93,11 @@ class Supervisor:
     # ---------------------------------------------------------------- bookkeeping
     def _lock(self, dyno_id: int) -> asyncio.Lock:
         return self._locks.setdefault(dyno_id, asyncio.Lock())
+
+    def _locked(self, dyno_id: int) -> bool:
+        """Is the dyno's lock held (without making one: a forgotten dyno has none)?"""
+        held = self._locks.get(dyno_id)
+        return held is not None and held.locked()
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A task the supervisor keeps (so it is not garbage-collected) and cancels at close."""

@@ -1,6 +1,7 @@
 """What one daemon has on the host, shared by the kernel side's modules: its networks (the
 Common Runtime's bridge and the spaces'), its nftables handle and what its tables should hold,
-its cgroups. Touched only on the kernel worker's thread."""
+its cgroups. Touched only on the kernel worker's thread, but for reads of facts that do not
+change once made (a network's pool, its bridge's name) from the event loop."""
 
 from __future__ import annotations
 

@@ -521,10 +521,11 @@ def test_a_deleted_route_sets_off_a_look_at_its_dyno_alone_and_a_stop_s_at_none(
     assert kernel.restored == [["n2"]]
 
 
-def test_a_crashed_dyno_s_deleted_route_is_put_back_once_it_runs_again() -> None:
-    """A restart keeps the network as it is, so a gateway route deleted while the dyno waited
-    for its restart came back only at the backstop. Now it is looked at once the dyno runs (its
-    row is read at each tick meanwhile, not every dyno's); a stopped dyno's is dropped."""
+def test_a_crashed_dyno_s_gateway_is_looked_at_once_it_runs_again() -> None:
+    """A restart keeps the network as it is, and no look at the gateways includes a dyno that
+    is not running: a route deleted while it waited for its restart (its own deletion heard, or
+    a look at every dyno after lost events) came back only at the backstop. Its restart
+    (repair()) now has it looked at once it runs; while it waits, nothing is read for it."""
     kernel = GatewayListingKernel()
     dynos = three_dynos()
     sup = Supervisor(FakeState(dynos), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
@@ -538,12 +539,53 @@ def test_a_crashed_dyno_s_deleted_route_is_put_back_once_it_runs_again() -> None
         kernel.gateways_lost = {"n2", "n3"}
         events.routes = [gateway_routes(sup, 2)[0], gateway_routes(sup, 3)[0]]
         await sup.health.check()  # neither runs: nothing listed
+        events.routes = None  # and then events lost: every running dyno, web.1 alone
         await sup.health.check()
-        dynos[1].state = "up"  # restarted
+        await sup.health.check()
+        await sup.health.repair(dynos[1])  # its restart
+        dynos[1].state = "up"
         await sup.health.check()  # web.2 looked at, alone
         await sup.health.check()  # nothing owed any more
         await sup.close()
 
     asyncio.run(scenario())
-    assert kernel.looked_at == [["n1", "n2", "n3"], ["n2"]]
+    assert kernel.looked_at == [["n1", "n2", "n3"], ["n1"], ["n2"]]
     assert kernel.restored == [["n2"]]
+
+
+def test_dynos_being_stopped_wait_for_their_stop_without_their_rows_being_read() -> None:
+    """During a mass stop thousands of dynos' deletions name them while their locks are held:
+    they wait for the next tick without a read of their row each tick, and go with the dyno."""
+
+    class CountingState(FakeState):
+        def __init__(self, dynos: list[Dyno]) -> None:
+            super().__init__(dynos)
+            self.reads: list[int] = []
+
+        def dyno(self, dyno_id: int) -> Dyno | None:
+            self.reads.append(dyno_id)
+            return super().dyno(dyno_id)
+
+    kernel = GatewayListingKernel()
+    state = CountingState(three_dynos())
+    sup = Supervisor(state, kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        sup.health.watch()
+        await sup.health.check()
+        kernel.opened[0].routes = [gateway_routes(sup, 2)[0], gateway_routes(sup, 3)[1]]
+        state.reads.clear()
+        async with sup._lock(2), sup._lock(3):  # their stops under way
+            await sup.health.check()
+            await sup.health.check()
+        assert state.reads == []  # no row read while they were locked
+        for dyno_id in (2, 3):  # stopped: gone from the state, forgotten
+            gone = state._dynos.pop(dyno_id)
+            sup._locks.pop(gone.id)  # as Supervisor.forget does
+            sup.health.forget(gone.id)
+        await sup.health.check()
+        await sup.close()
+
+    asyncio.run(scenario())
+    assert kernel.looked_at == [["n1", "n2", "n3"]]
+    assert sup.health._gateways_owed == set() and 2 not in sup._locks
