@@ -130,9 +130,10 @@ def median_window(values: list[float], upto: int) -> float:
 
 
 def cpu_ticks() -> tuple[int, int]:
-    """/proc/stat's first line: all the CPUs' ticks, and their idle and iowait ones."""
+    """/proc/stat's first line: all the CPUs' ticks (user to steal: guest time is in user
+    already), and their idle and iowait ones; steal counts as busy."""
     with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
+        fields = [int(v) for v in f.readline().split()[1:9]]
     return sum(fields), fields[3] + fields[4]
 
 
@@ -157,19 +158,21 @@ class MachineShare:
     CPU the kernel's own threads took (kworkers, ksoftirqd, and on some VMs kdamond: DAMON's
     page sampling walks every mapping of a sampled page, so with a shared library mapped by
     every dyno's processes it grows with the dynos). The starts share the CPUs with them: on
-    2 vCPUs a back-to-back run keeps them 88-97 % busy (bench/README.md, "Fifteenth round")."""
+    2 vCPUs a back-to-back run keeps them 70-99 % busy (bench/README.md, "Fifteenth round").
+    The kernel threads are those found before the first dyno (`kernel_threads`): listing them
+    again among thousands of processes would take longer than a window, on its CPUs."""
 
-    def __init__(self) -> None:
+    def __init__(self, kernel_threads: list[int]) -> None:
+        self.threads = kernel_thread_ticks(kernel_threads)
         self.began = time.monotonic()
         self.cpu = cpu_ticks()
-        self.threads = kernel_thread_ticks()
 
     def ended(self) -> dict[str, Any]:
         seconds = time.monotonic() - self.began
         total, idle = cpu_ticks()
         now = kernel_thread_ticks(list(self.threads))
         hz = os.sysconf("SC_CLK_TCK")
-        used: dict[str, float] = {}  # by name (a workqueue's kworkers share theirs)
+        used: dict[str, float] = {}  # by name (the same name twice is summed)
         for pid, (name, ticks) in now.items():
             used[name] = used.get(name, 0.0) + (ticks - self.threads[pid][1]) / hz / seconds
         top = max(used, key=lambda name: used[name], default="")
@@ -186,13 +189,15 @@ import ctypes, os, statistics, sys, tempfile, time
 libc = ctypes.CDLL(None, use_errno=True)
 target = tempfile.mkdtemp()
 found = []
-for _ in range(3):
-    began = time.perf_counter()
-    if libc.mount(b"sysfs", target.encode(), b"sysfs", 0, None):
-        raise OSError(ctypes.get_errno(), "mount -t sysfs")
-    found.append((time.perf_counter() - began) * 1e6)
-    libc.umount2(target.encode(), 2)
-os.rmdir(target)
+try:
+    for _ in range(3):
+        began = time.perf_counter()
+        if libc.mount(b"sysfs", target.encode(), b"sysfs", 0, None):
+            raise OSError(ctypes.get_errno(), "mount -t sysfs")
+        found.append((time.perf_counter() - began) * 1e6)
+        libc.umount2(target.encode(), 2)
+finally:
+    os.rmdir(target)
 print(statistics.median(found))
 """
 
@@ -285,13 +290,14 @@ def measure(n: int, shard_ports: int, budget: float, quiet: bool) -> dict[str, A
         machine_during: dict[str, Any] = {}
         watching: dict[int, MachineShare] = {}  # by the last dyno of its window
         ends = {min(WINDOW, n), n}  # the first window's, and the last's
+        kernel_threads = list(kernel_thread_ticks())
         for number in range(1, n + 1):
             if time.monotonic() > deadline:
                 problems.append(f"budget of {budget:g} s reached at {number - 1} dynos")
                 break
             for end in ends:
                 if number == max(1, end - WINDOW + 1):
-                    watching[end] = MachineShare()
+                    watching[end] = MachineShare(kernel_threads)
             began = time.perf_counter()
             answer = daemon.client.call("POST", f"/v1/apps/{APP}/dynos", body)
             api_setup.append(ms_since(began))
@@ -308,6 +314,8 @@ def measure(n: int, shard_ports: int, budget: float, quiet: bool) -> dict[str, A
                 )
         reached = len(started)
         out["n"] = reached
+        for share in watching.values():  # cut short by the budget: up to the last one reached
+            machine_during[f"#{reached}"] = share.ended()
         marks = [m for m in (*MARKS, reached) if m <= reached]
         out["setup_ms"] = {
             f"#{m}": {
