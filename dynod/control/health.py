@@ -236,10 +236,17 @@ class HealthWatch:
                 del self._gateways_refused[bridge]
         for bridge, found in by_bridge.items():
             # still not being stopped or killed: one whose stop began while the routes were
-            # listed must not get them back (its lock is held from the start of its stop)
-            busy = {ids[n.netns] for n in found if self.lock(ids[n.netns]).locked()}
+            # listed (or the routes of a bridge before were put back) must not get them back
+            # (its lock is held from the start of its stop), and one stopped and forgotten
+            # meanwhile (its facts gone) neither
+            busy = {ids[n.netns] for n in found if self.locked(ids[n.netns])}
             again.update(busy)
-            group = [n for n in found if ids[n.netns] not in busy | self._broken]
+            group = [
+                n
+                for n in found
+                if ids[n.netns] not in busy | self._broken
+                and self.networks.known(ids[n.netns]) is not None
+            ]
             if not group:
                 continue
             try:

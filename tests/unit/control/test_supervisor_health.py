@@ -315,6 +315,30 @@ def gateway_routes(sup: Supervisor, dyno_id: int) -> tuple[tuple[str, int], tupl
     return sup.networks.of(found).gateway_routes
 
 
+class CountingState(FakeState):
+    """Which dynos' rows were read."""
+
+    def __init__(self, dynos: list[Dyno]) -> None:
+        super().__init__(dynos)
+        self.reads: list[int] = []
+
+    def dyno(self, dyno_id: int) -> Dyno | None:
+        self.reads.append(dyno_id)
+        return super().dyno(dyno_id)
+
+
+def over(state: FakeState, kernel: FakeKernel) -> Supervisor:
+    """A supervisor over the fake state and kernel, its log kept in memory."""
+    return Supervisor(state, kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+
+
+async def first_look(sup: Supervisor, kernel: ListingKernel) -> FakeRemovals:
+    """The watch opened and the first check's look at every dyno made: its deletions' watch."""
+    sup.health.watch()
+    await sup.health.check()
+    return kernel.opened[0]
+
+
 def three_dynos() -> list[Dyno]:
     return [
         dyno(id=i, pid=10 * i, veth=f"v{i}", netns=f"n{i}", number=i, slot=i) for i in (1, 2, 3)
@@ -528,7 +552,8 @@ def test_a_crashed_dyno_s_gateway_is_looked_at_once_it_runs_again() -> None:
     (repair()) now has it looked at once it runs; while it waits, nothing is read for it."""
     kernel = GatewayListingKernel()
     dynos = three_dynos()
-    sup = Supervisor(FakeState(dynos), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+    state = CountingState(dynos)
+    sup = Supervisor(state, kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
 
     async def scenario() -> None:
         sup.health.watch()
@@ -540,10 +565,14 @@ def test_a_crashed_dyno_s_gateway_is_looked_at_once_it_runs_again() -> None:
         events.routes = [gateway_routes(sup, 2)[0], gateway_routes(sup, 3)[0]]
         await sup.health.check()  # neither runs: nothing listed
         events.routes = None  # and then events lost: every running dyno, web.1 alone
+        state.reads.clear()
         await sup.health.check()
         await sup.health.check()
-        await sup.health.repair(dynos[1])  # its restart
-        dynos[1].state = "up"
+        assert 2 not in state.reads  # nothing read for it while it waits
+        async with sup._lock(2):  # its restart, under its lock as _respawn is
+            await sup.health.repair(dynos[1])
+            dynos[1].state = "up"
+            await sup.health.check()  # still locked: waits
         await sup.health.check()  # web.2 looked at, alone
         await sup.health.check()  # nothing owed any more
         await sup.close()
@@ -557,23 +586,13 @@ def test_dynos_being_stopped_wait_for_their_stop_without_their_rows_being_read()
     """During a mass stop thousands of dynos' deletions name them while their locks are held:
     they wait for the next tick without a read of their row each tick, and go with the dyno."""
 
-    class CountingState(FakeState):
-        def __init__(self, dynos: list[Dyno]) -> None:
-            super().__init__(dynos)
-            self.reads: list[int] = []
-
-        def dyno(self, dyno_id: int) -> Dyno | None:
-            self.reads.append(dyno_id)
-            return super().dyno(dyno_id)
-
     kernel = GatewayListingKernel()
     state = CountingState(three_dynos())
-    sup = Supervisor(state, kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+    sup = over(state, kernel)
 
     async def scenario() -> None:
-        sup.health.watch()
-        await sup.health.check()
-        kernel.opened[0].routes = [gateway_routes(sup, 2)[0], gateway_routes(sup, 3)[1]]
+        events = await first_look(sup, kernel)
+        events.routes = [gateway_routes(sup, 2)[0], gateway_routes(sup, 3)[1]]
         state.reads.clear()
         async with sup._lock(2), sup._lock(3):  # their stops under way
             await sup.health.check()
@@ -583,9 +602,62 @@ def test_dynos_being_stopped_wait_for_their_stop_without_their_rows_being_read()
             gone = state._dynos.pop(dyno_id)
             sup._locks.pop(gone.id)  # as Supervisor.forget does
             sup.health.forget(gone.id)
+        assert sup.health._gateways_owed == set()
         await sup.health.check()
         await sup.close()
 
     asyncio.run(scenario())
     assert kernel.looked_at == [["n1", "n2", "n3"]]
     assert sup.health._gateways_owed == set() and 2 not in sup._locks
+
+
+def test_a_dyno_forgotten_while_the_routes_are_listed_is_dropped_without_a_lock() -> None:
+    """Its stop (its lock held) left it to the next tick; it ends and is forgotten while the
+    others' routes are listed, so the id comes back owed: the next tick drops it, reading its
+    (gone) row once, and makes no lock for it."""
+
+    class ForgetDuringListing(GatewayListingKernel):
+        async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+            found = await super().missing_gateways(dynos)
+            if len(self.looked_at) == 2:  # web.2's stop ends meanwhile
+                sup._locks.pop(2).release()
+                state._dynos.pop(2)
+                sup.health.forget(2)
+            return found
+
+    kernel = ForgetDuringListing()
+    state = CountingState(three_dynos())
+    sup = over(state, kernel)
+
+    async def scenario() -> None:
+        events = await first_look(sup, kernel)
+        events.routes = [gateway_routes(sup, 1)[0], gateway_routes(sup, 2)[0]]
+        await sup._lock(2).acquire()  # its stop under way
+        await sup.health.check()  # web.1 listed; web.2 waits, and is forgotten meanwhile
+        assert sup.health._gateways_owed == {2}
+        state.reads.clear()
+        await sup.health.check()
+        assert sup.health._gateways_owed == set() and state.reads == [2]
+        await sup.close()
+
+    asyncio.run(scenario())
+    assert kernel.looked_at == [["n1", "n2", "n3"], ["n1"]]
+    assert 2 not in sup._locks
+
+
+def test_a_route_of_no_dyno_s_looks_at_all_when_the_bridges_cannot_be_told() -> None:
+    class Unsure(GatewayListingKernel):
+        def bridge_address_routes(self) -> set[tuple[str, int]]:
+            raise RuntimeError("no networks yet")
+
+    kernel = Unsure()
+    sup = over(FakeState(three_dynos()), kernel)
+
+    async def scenario() -> None:
+        events = await first_look(sup, kernel)
+        events.routes = [("10.99.0.0", 24), gateway_routes(sup, 2)[0]]
+        await sup.health.check()
+        await sup.close()
+
+    asyncio.run(scenario())
+    assert kernel.looked_at == [["n1", "n2", "n3"], ["n1", "n2", "n3"]]
