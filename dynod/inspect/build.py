@@ -98,6 +98,21 @@ class _Builder:
     def flag(self, kind: str, subject: str, detail: str) -> None:
         self.problems.append(model.Problem(kind, subject, detail))
 
+    def routed_networks(self, name: str, index: int, dynos: list[WantedDyno]) -> None:
+        """Each dyno's /30 is routed through its bridge (the gateway's second route: without
+        it the host has no way to the dyno, and the router none); a /30 routed there that is
+        no dyno's is a stray."""
+        routed = self.look.routed.get(index, set())
+        wanted = {str(d.network.subnet.network) for d in dynos}
+        for network in sorted(wanted - routed):
+            self.flag(
+                "missing",
+                f"route {network}",
+                f"through {name}; `ip route show {network} dev {name}`",
+            )
+        for network in sorted(routed - wanted):
+            self.flag("stray", f"route {network}", f"through {name}, no dyno's")
+
     # ---------------------------------------------------------------- dynos
     def dyno(self, want: WantedDyno) -> model.Dyno:
         net = want.network
@@ -204,6 +219,7 @@ class _Builder:
         for gateway in routed:
             if gateway not in gateways:
                 self.flag("stray", f"gateway {gateway}", f"a local route to {name}, no dyno's")
+        self.routed_networks(name, link.index, dynos)
         # its own address, then its dynos' gateways (each shown with its dyno's /30)
         ordered = (
             [a for a in own if a in have_set]

@@ -3,7 +3,7 @@ bridge-port flags), addresses and FDB entries, the namespaces with the daemon's 
 from inside the ones asked for, and the elements of dynod's nftables sets. As a person would
 look:
 
-    ip -d link show; ip -4 addr show; bridge fdb show br BRIDGE
+    ip -d link show; ip -4 addr show; ip -4 route show table all; bridge fdb show br BRIDGE
     ip netns list | grep PREFIX-
     ip -n NETNS -d link show; ip -n NETNS -4 addr show; ip -n NETNS -4 route show
     nft -j list table bridge PREFIX; nft -j list table inet PREFIX
@@ -32,6 +32,8 @@ class Look:
     addresses: dict[int, list[str]] = field(default_factory=dict)
     # the dynos' gateways: addresses a local route makes the host's, by device (no address)
     gateways: dict[int, list[str]] = field(default_factory=dict)
+    # the dynos' /30s routed through a device (`ip route show proto static`), by device
+    routed: dict[int, set[str]] = field(default_factory=dict)
     fdb: dict[int, list[topology.FdbEntry]] = field(default_factory=dict)  # bridge -> entries
     namespaces: list[str] = field(default_factory=list)  # every one with the prefix
     inside: dict[str, topology.Namespace] = field(default_factory=dict)  # those asked for
@@ -50,10 +52,12 @@ def _routes() -> list[Route]:
 
 def look(ipr: IPRoute, nft: Nft, prefix: str, bridges: Iterable[str], netns: Iterable[str]) -> Look:
     """The host's view, the namespaces named in `netns` from inside, and `bridges`' FDBs."""
+    routes = _routes()
     found = Look(
         links=topology.links(ipr),
         addresses=topology.ipv4_addresses(ipr),
-        gateways=addresses.local_gateways(_routes()),
+        gateways=addresses.local_gateways(routes),
+        routed=addresses.static_networks(routes),
     )
     wanted = set(bridges)
     for link in found.links:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import ipaddress
 import json
 import os
 import shutil
@@ -180,6 +181,30 @@ def test_a_deleted_veth_is_flagged(net: Net) -> None:
         assert f"! veth {dyno['veth']} MISSING" in text
     finally:
         net.daemon.stop_dyno("jobs", dyno["name"])
+    assert net.problems() == []
+
+
+def test_a_missing_and_a_stray_route_through_a_bridge_are_flagged(net: Net) -> None:
+    """A dyno's /30 is routed through its bridge (its gateway's second route): deleted by hand
+    it is missing (the host cannot reach the dyno), and a /30 routed there that is no dyno's is
+    a stray. Both gone once put back."""
+    dyno = next(d for d in net.dynos if d["app"] == "api")
+    bridge = net.bridges[1]
+    subnet = ipaddress.IPv4Network(f"{dyno['ip']}/30", strict=False)
+    gateway = str(subnet.network_address + 1)
+    stray = ipaddress.IPv4Network(f"{subnet.network_address + 4 * 200}/30")
+    sh("ip", "route", "del", str(subnet), "dev", bridge)
+    sh("ip", "route", "add", str(stray), "dev", bridge, "proto", "static", "scope", "link")
+    try:
+        found = net.problems()
+        shown = f"`ip route show {subnet} dev {bridge}`"
+        assert f"missing route {subnet}: through {bridge}; {shown}" in found
+        assert f"stray route {stray}: through {bridge}, no dyno's" in found
+        assert f"  ! missing route {subnet}: through {bridge}" in net.inspect()
+    finally:
+        sh("ip", "route", "del", str(stray), "dev", bridge)
+        sh("ip", "route", "replace", str(subnet), "dev", bridge, "proto", "static", "scope",
+           "link", "src", gateway)  # fmt: skip
     assert net.problems() == []
 
 

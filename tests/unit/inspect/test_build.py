@@ -51,6 +51,7 @@ def _look() -> Look:
         links=[lo, bridge, veth],
         addresses={4: ["172.16.0.1/30"]},
         gateways={4: [SUBNET.gateway]},
+        routed={4: {str(SUBNET.network)}},
         fdb={4: [FdbEntry(SUBNET.dyno_mac, 7, True)]},
         namespaces=["dynod-sushi.web.1"],
         inside={"dynod-sushi.web.1": inside},
@@ -140,6 +141,7 @@ def test_a_wrong_address_missing_route_gateway_and_fdb_entry_are_flagged() -> No
     inside.routes = []
     look.addresses[4] = ["172.16.0.1/30", "172.16.0.77/30"]
     look.gateways[4] = ["172.16.0.81"]
+    look.routed[4] = {"172.16.0.80/30"}
     look.fdb[4] = []
     found = _problems(look)
     assert any(p.startswith("wrong eth0 in dynod-sushi.web.1: has 172.16.0.99/30") for p in found)
@@ -147,6 +149,9 @@ def test_a_wrong_address_missing_route_gateway_and_fdb_entry_are_flagged() -> No
     assert any(p.startswith(f"missing gateway {SUBNET.gateway}: a local route") for p in found)
     assert "stray address 172.16.0.77/30: on dynod0, no dyno of the state's" in found
     assert "stray gateway 172.16.0.81: a local route to dynod0, no dyno's" in found
+    shown = f"`ip route show {SUBNET.network} dev dynod0`"
+    assert f"missing route {SUBNET.network}: through dynod0; {shown}" in found
+    assert "stray route 172.16.0.80/30: through dynod0, no dyno's" in found
     assert any(p.startswith(f"missing fdb entry {SUBNET.dyno_mac}") for p in found)
 
 

@@ -50,6 +50,7 @@ def world(n: int) -> tuple[Look, build.Wanted]:
     links, fdb, dynos, inside = [bridge], [], [], {}
     addresses = [f"{POOL.bridge.gateway}/30"]
     gateways = []
+    routed: set[str] = set()
     names: dict[str, list[str]] = CountedDict()  # a space's DNS names
     for i in range(1, n + 1):
         subnet = POOL.subnet(i)
@@ -58,6 +59,7 @@ def world(n: int) -> tuple[Look, build.Wanted]:
         links.append(Link(f"dynod-{i}", 100 + i, "veth", subnet.host_mac, True, 4, 2, GOOD))
         fdb.append(FdbEntry(subnet.dyno_mac, 100 + i, True))
         gateways.append(subnet.gateway)
+        routed.add(str(subnet.network))
         eth0 = Link("eth0", 2, "veth", subnet.dyno_mac, True, None, 100 + i, None)
         inside[netns] = Namespace(
             links=[eth0],
@@ -70,6 +72,7 @@ def world(n: int) -> tuple[Look, build.Wanted]:
         links=Counted(links),
         addresses={4: Counted(addresses)},
         gateways={4: Counted(gateways)},
+        routed={4: routed},
         fdb={4: Counted(fdb)},
         namespaces=Counted(inside),
         inside=inside,
