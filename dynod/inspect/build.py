@@ -9,6 +9,7 @@ via the gateway; and every element the daemon's last firewall transactions put i
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass, field
 
@@ -18,6 +19,9 @@ from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.network import Names
 from netns import topology
 from netns.nftables import element_key
+
+# said with each difference of a dyno the state says is starting: attach() may be under way
+STARTING = " (it is starting: its network may be unfinished)"
 
 
 @dataclass(frozen=True)
@@ -98,20 +102,26 @@ class _Builder:
     def flag(self, kind: str, subject: str, detail: str) -> None:
         self.problems.append(model.Problem(kind, subject, detail))
 
-    def routed_networks(self, name: str, index: int, dynos: list[WantedDyno]) -> None:
+    def routed_networks(
+        self, want: WantedNet, name: str, index: int, dynos: list[WantedDyno]
+    ) -> None:
         """Each dyno's /30 is routed through its bridge (the gateway's second route: without
-        it the host has no way to the dyno, and the router none); a /30 routed there that is
-        no dyno's is a stray."""
+        it the host has no way to the dyno, and the router none); a static route there to a
+        /30 of the network's range that is no dyno's is a stray (one outside the range is
+        someone else's: an administrator's, systemd-networkd's)."""
         routed = self.look.routed.get(index, set())
-        wanted = {str(d.network.subnet.network) for d in dynos}
-        for network in sorted(wanted - routed):
+        wanted = {str(d.network.subnet.network): d for d in dynos}
+        for network in sorted(set(wanted) - routed, key=ipaddress.IPv4Network):
             self.flag(
                 "missing",
                 f"route {network}",
-                f"through {name}; `ip route show {network} dev {name}`",
+                f"through {name}; `ip route show {network} dev {name}`"
+                + (STARTING if wanted[network].state == "starting" else ""),
             )
-        for network in sorted(routed - wanted):
-            self.flag("stray", f"route {network}", f"through {name}, no dyno's")
+        ours = ipaddress.IPv4Network(want.cidr)
+        for network in sorted(routed - set(wanted), key=ipaddress.IPv4Network):
+            if ipaddress.IPv4Network(network).subnet_of(ours):
+                self.flag("stray", f"route {network}", f"through {name}, no dyno's")
 
     # ---------------------------------------------------------------- dynos
     def dyno(self, want: WantedDyno) -> model.Dyno:
@@ -158,9 +168,7 @@ class _Builder:
         if want.state == "starting":  # attach() may be under way: say so with each
             for i in range(found_before, len(self.problems)):
                 p = self.problems[i]
-                self.problems[i] = model.Problem(
-                    p.kind, p.subject, f"{p.detail} (it is starting: its network may be unfinished)"
-                )
+                self.problems[i] = model.Problem(p.kind, p.subject, f"{p.detail}{STARTING}")
         return model.Dyno(
             app=want.app,
             name=want.name,
@@ -206,12 +214,14 @@ class _Builder:
                     f"address {address}",
                     f"on {name}; `ip -4 addr show dev {name}`",
                 )
+        starting = {d.network.gateway for d in dynos if d.state == "starting"}
         for gateway in gateways:
             if gateway not in routed_set:
                 self.flag(
                     "missing",
                     f"gateway {gateway}",
-                    f"a local route to {name}; `ip route show table local dev {name}`",
+                    f"a local route to {name}; `ip route show table local dev {name}`"
+                    + (STARTING if gateway in starting else ""),
                 )
         for address in have:
             if address not in own:
@@ -219,7 +229,7 @@ class _Builder:
         for gateway in routed:
             if gateway not in gateways:
                 self.flag("stray", f"gateway {gateway}", f"a local route to {name}, no dyno's")
-        self.routed_networks(name, link.index, dynos)
+        self.routed_networks(want, name, link.index, dynos)
         # its own address, then its dynos' gateways (each shown with its dyno's /30)
         ordered = (
             [a for a in own if a in have_set]

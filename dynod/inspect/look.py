@@ -1,7 +1,7 @@
 """What the kernel holds right now, read on the kernel worker's thread: the host's links (with
-bridge-port flags), addresses and FDB entries, the namespaces with the daemon's prefix, the view
-from inside the ones asked for, and the elements of dynod's nftables sets. As a person would
-look:
+bridge-port flags), addresses, routes and FDB entries, the namespaces with the daemon's prefix,
+the view from inside the ones asked for, and the elements of dynod's nftables sets. As a person
+would look:
 
     ip -d link show; ip -4 addr show; ip -4 route show table all; bridge fdb show br BRIDGE
     ip netns list | grep PREFIX-
@@ -32,7 +32,8 @@ class Look:
     addresses: dict[int, list[str]] = field(default_factory=dict)
     # the dynos' gateways: addresses a local route makes the host's, by device (no address)
     gateways: dict[int, list[str]] = field(default_factory=dict)
-    # the dynos' /30s routed through a device (`ip route show proto static`), by device
+    # every static route of the main table ("NETWORK/PREFIXLEN", `ip route show proto
+    # static`: the dynos' /30s, and whatever else someone routed so), by device
     routed: dict[int, set[str]] = field(default_factory=dict)
     fdb: dict[int, list[topology.FdbEntry]] = field(default_factory=dict)  # bridge -> entries
     namespaces: list[str] = field(default_factory=list)  # every one with the prefix

@@ -195,6 +195,26 @@ def test_a_starting_dynos_differences_say_it_is_starting() -> None:
     starting = [dataclasses.replace(_wanted().dynos[0], state="starting")]
     (problem,) = [p for p in _problems(look, _wanted(dynos=starting)) if "namespace" in p]
     assert problem.endswith("(it is starting: its network may be unfinished)")
+    look.gateways[4], look.routed[4] = [], set()  # its gateway's routes not made yet either
+    found = [p for p in _problems(look, _wanted(dynos=starting)) if "gateway" in p or "route" in p]
+    assert len(found) == 2, found
+    assert all(p.endswith("(it is starting: its network may be unfinished)") for p in found)
+    assert [p for p in _problems(look) if "gateway" in p or "route" in p] == [
+        f"missing gateway {SUBNET.gateway}: a local route to dynod0; "
+        "`ip route show table local dev dynod0`",
+        f"missing route {SUBNET.network}: through dynod0; "
+        f"`ip route show {SUBNET.network} dev dynod0`",
+    ]  # up: no such words
+
+
+def test_a_static_route_outside_the_network_s_range_is_someone_else_s() -> None:
+    """An administrator's (or systemd-networkd's `[Route]`) static route on the bridge is not
+    dynod's to flag; a /30 of the network's range that no dyno has is a stray."""
+    look = _look()
+    look.routed[4] = {str(SUBNET.network), "10.20.0.0/24", "172.16.0.200/30"}
+    assert [p for p in _problems(look) if "route" in p] == [
+        "stray route 172.16.0.200/30: through dynod0, no dyno's"
+    ]
 
 
 def test_an_empty_shard_the_daemon_holds_open_is_a_bridge_of_its_network_not_a_stray() -> None:
