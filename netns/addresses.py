@@ -144,6 +144,17 @@ def static_networks(routes: Iterable[Route]) -> dict[int, set[str]]:
     return found
 
 
+def static_sources(routes: Iterable[Route]) -> dict[int, dict[str, str]]:
+    """Of `ip route show table all`, `ip route show proto static`'s (table main): each
+    device's routed networks ("NETWORK/PREFIXLEN") and each one's `src` ("" where it has
+    none), by device index."""
+    found: dict[int, dict[str, str]] = {}
+    for route in routes:
+        if route.table == RT_TABLE_MAIN and route.proto == RTPROT_STATIC and route.oif:
+            found.setdefault(route.oif, {})[f"{route.dst}/{route.dst_len}"] = route.source
+    return found
+
+
 def static_routes(routes: Iterable[Route], index: int) -> list[tuple[str, int, str]]:
     """Of `ip route show table all`, `ip route show dev IF proto static` (table main): each
     route's destination, prefix length and source ("" where it has none)."""

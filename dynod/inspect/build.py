@@ -105,21 +105,28 @@ class _Builder:
     def routed_networks(
         self, want: WantedNet, name: str, index: int, dynos: list[WantedDyno]
     ) -> None:
-        """Each dyno's /30 is routed through its bridge (the gateway's second route: without
-        it the host has no way to the dyno, and the router none); a static route there to a
-        /30 of the network's range that is no dyno's is a stray (one outside the range is
-        someone else's: an administrator's, systemd-networkd's)."""
-        routed = self.look.routed.get(index, set())
+        """Each dyno's /30 is routed through its bridge from its gateway (the gateway's second
+        route, `src GATEWAY`: without it the host has no way to the dyno, and the router none;
+        from another source the dyno's answers go elsewhere); a static route there to a /30 of
+        the network's range that is no dyno's is a stray (one outside the range is someone
+        else's: an administrator's, systemd-networkd's)."""
+        routed = self.look.routed.get(index, {})
         wanted = {str(d.network.subnet.network): d for d in dynos}
-        for network in sorted(set(wanted) - routed, key=ipaddress.IPv4Network):
-            self.flag(
-                "missing",
-                f"route {network}",
-                f"through {name}; `ip route show {network} dev {name}`"
-                + (STARTING if wanted[network].state == "starting" else ""),
-            )
+        for network in sorted(wanted, key=ipaddress.IPv4Network):
+            gateway = wanted[network].network.gateway
+            shown = f"`ip route show {network} dev {name}`"
+            starting = STARTING if wanted[network].state == "starting" else ""
+            if network not in routed:
+                self.flag("missing", f"route {network}", f"through {name}; {shown}{starting}")
+            elif routed[network] != gateway:
+                source = f"src {routed[network]}" if routed[network] else "no src"
+                self.flag(
+                    "wrong",
+                    f"route {network}",
+                    f"through {name} has {source}, the state says src {gateway}; {shown}",
+                )
         ours = ipaddress.IPv4Network(want.cidr)
-        for network in sorted(routed - set(wanted), key=ipaddress.IPv4Network):
+        for network in sorted(set(routed) - set(wanted), key=ipaddress.IPv4Network):
             if ipaddress.IPv4Network(network).subnet_of(ours):
                 self.flag("stray", f"route {network}", f"through {name}, no dyno's")
 

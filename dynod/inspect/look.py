@@ -33,8 +33,9 @@ class Look:
     # the dynos' gateways: addresses a local route makes the host's, by device (no address)
     gateways: dict[int, list[str]] = field(default_factory=dict)
     # every static route of the main table ("NETWORK/PREFIXLEN", `ip route show proto
-    # static`: the dynos' /30s, and whatever else someone routed so), by device
-    routed: dict[int, set[str]] = field(default_factory=dict)
+    # static`: the dynos' /30s, and whatever else someone routed so) and its `src` ("" none),
+    # by device
+    routed: dict[int, dict[str, str]] = field(default_factory=dict)
     fdb: dict[int, list[topology.FdbEntry]] = field(default_factory=dict)  # bridge -> entries
     namespaces: list[str] = field(default_factory=list)  # every one with the prefix
     inside: dict[str, topology.Namespace] = field(default_factory=dict)  # those asked for
@@ -58,7 +59,7 @@ def look(ipr: IPRoute, nft: Nft, prefix: str, bridges: Iterable[str], netns: Ite
         links=topology.links(ipr),
         addresses=topology.ipv4_addresses(ipr),
         gateways=addresses.local_gateways(routes),
-        routed=addresses.static_networks(routes),
+        routed=addresses.static_sources(routes),
     )
     wanted = set(bridges)
     for link in found.links:

@@ -186,8 +186,8 @@ def test_a_deleted_veth_is_flagged(net: Net) -> None:
 
 def test_a_missing_and_a_stray_route_through_a_bridge_are_flagged(net: Net) -> None:
     """A dyno's /30 is routed through its bridge (its gateway's second route): deleted by hand
-    it is missing (the host cannot reach the dyno), and a /30 routed there that is no dyno's is
-    a stray. Both gone once put back."""
+    it is missing (the host cannot reach the dyno), put back without its source it is wrong,
+    and a /30 routed there that is no dyno's is a stray. All gone once put back as it was."""
     dyno = next(d for d in net.dynos if d["app"] == "api")
     bridge = net.bridges[1]
     subnet = ipaddress.IPv4Network(f"{dyno['ip']}/30", strict=False)
@@ -201,6 +201,10 @@ def test_a_missing_and_a_stray_route_through_a_bridge_are_flagged(net: Net) -> N
         assert f"missing route {subnet}: through {bridge}; {shown}" in found
         assert f"stray route {stray}: through {bridge}, no dyno's" in found
         assert f"  ! missing route {subnet}: through {bridge}" in net.inspect()
+        # put back by hand without its source: the host would send from another address
+        sh("ip", "route", "add", str(subnet), "dev", bridge, "proto", "static", "scope", "link")
+        said = f"wrong route {subnet}: through {bridge} has no src, the state says src {gateway}"
+        assert any(p.startswith(said) for p in net.problems()), net.problems()
     finally:
         sh("ip", "route", "del", str(stray), "dev", bridge)
         sh("ip", "route", "replace", str(subnet), "dev", bridge, "proto", "static", "scope",

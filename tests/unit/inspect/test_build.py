@@ -51,7 +51,7 @@ def _look() -> Look:
         links=[lo, bridge, veth],
         addresses={4: ["172.16.0.1/30"]},
         gateways={4: [SUBNET.gateway]},
-        routed={4: {str(SUBNET.network)}},
+        routed={4: {str(SUBNET.network): SUBNET.gateway}},
         fdb={4: [FdbEntry(SUBNET.dyno_mac, 7, True)]},
         namespaces=["dynod-sushi.web.1"],
         inside={"dynod-sushi.web.1": inside},
@@ -141,7 +141,7 @@ def test_a_wrong_address_missing_route_gateway_and_fdb_entry_are_flagged() -> No
     inside.routes = []
     look.addresses[4] = ["172.16.0.1/30", "172.16.0.77/30"]
     look.gateways[4] = ["172.16.0.81"]
-    look.routed[4] = {"172.16.0.80/30"}
+    look.routed[4] = {"172.16.0.80/30": "172.16.0.81"}
     look.fdb[4] = []
     found = _problems(look)
     assert any(p.startswith("wrong eth0 in dynod-sushi.web.1: has 172.16.0.99/30") for p in found)
@@ -195,7 +195,7 @@ def test_a_starting_dynos_differences_say_it_is_starting() -> None:
     starting = [dataclasses.replace(_wanted().dynos[0], state="starting")]
     (problem,) = [p for p in _problems(look, _wanted(dynos=starting)) if "namespace" in p]
     assert problem.endswith("(it is starting: its network may be unfinished)")
-    look.gateways[4], look.routed[4] = [], set()  # its gateway's routes not made yet either
+    look.gateways[4], look.routed[4] = [], {}  # its gateway's routes not made yet either
     found = [p for p in _problems(look, _wanted(dynos=starting)) if "gateway" in p or "route" in p]
     assert len(found) == 2, found
     assert all(p.endswith("(it is starting: its network may be unfinished)") for p in found)
@@ -211,10 +211,26 @@ def test_a_static_route_outside_the_network_s_range_is_someone_else_s() -> None:
     """An administrator's (or systemd-networkd's `[Route]`) static route on the bridge is not
     dynod's to flag; a /30 of the network's range that no dyno has is a stray."""
     look = _look()
-    look.routed[4] = {str(SUBNET.network), "10.20.0.0/24", "172.16.0.200/30"}
+    look.routed[4] = {
+        str(SUBNET.network): SUBNET.gateway,
+        "10.20.0.0/24": "",
+        "172.16.0.200/30": "172.16.0.201",
+    }
     assert [p for p in _problems(look) if "route" in p] == [
         "stray route 172.16.0.200/30: through dynod0, no dyno's"
     ]
+
+
+def test_a_dyno_s_route_from_another_source_is_wrong() -> None:
+    """Put back by hand without `src GATEWAY`, the host sends to the dyno from another address
+    of its own, and the dyno's answers go there."""
+    look = _look()
+    for source, said in (("", "no src"), ("172.16.0.1", "src 172.16.0.1")):
+        look.routed[4] = {str(SUBNET.network): source}
+        assert [p for p in _problems(look) if "route" in p] == [
+            f"wrong route {SUBNET.network}: through dynod0 has {said}, the state says src "
+            f"{SUBNET.gateway}; `ip route show {SUBNET.network} dev dynod0`"
+        ]
 
 
 def test_an_empty_shard_the_daemon_holds_open_is_a_bridge_of_its_network_not_a_stray() -> None:

@@ -50,7 +50,7 @@ def world(n: int) -> tuple[Look, build.Wanted]:
     links, fdb, dynos, inside = [bridge], [], [], {}
     addresses = [f"{POOL.bridge.gateway}/30"]
     gateways = []
-    routed: set[str] = set()
+    routed: dict[str, str] = {}
     names: dict[str, list[str]] = CountedDict()  # a space's DNS names
     for i in range(1, n + 1):
         subnet = POOL.subnet(i)
@@ -59,7 +59,7 @@ def world(n: int) -> tuple[Look, build.Wanted]:
         links.append(Link(f"dynod-{i}", 100 + i, "veth", subnet.host_mac, True, 4, 2, GOOD))
         fdb.append(FdbEntry(subnet.dyno_mac, 100 + i, True))
         gateways.append(subnet.gateway)
-        routed.add(str(subnet.network))
+        routed[str(subnet.network)] = subnet.gateway
         eth0 = Link("eth0", 2, "veth", subnet.dyno_mac, True, None, 100 + i, None)
         inside[netns] = Namespace(
             links=[eth0],
