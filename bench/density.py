@@ -314,8 +314,9 @@ def measure(n: int, shard_ports: int, budget: float, quiet: bool) -> dict[str, A
                 )
         reached = len(started)
         out["n"] = reached
-        for share in watching.values():  # cut short by the budget: up to the last one reached
-            machine_during[f"#{reached}"] = share.ended()
+        for end, share in watching.items():  # cut short by the budget: up to the last reached
+            label = f"#{reached}" if end == n else f"#{reached} (the first window)"
+            machine_during[label] = share.ended()
         marks = [m for m in (*MARKS, reached) if m <= reached]
         out["setup_ms"] = {
             f"#{m}": {

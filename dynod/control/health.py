@@ -200,6 +200,8 @@ class HealthWatch:
             except BaseException:
                 self._gateways_due = True
                 raise
+            if everyone:  # a look at all leaves out a dyno being started (no pid yet): owed
+                again |= only
             # with the dynos whose routes were deleted meanwhile (or all, _gateways_due)
             self._gateways_owed |= again
 

@@ -108,8 +108,8 @@ class _Builder:
         """Each dyno's /30 is routed through its bridge from its gateway (the gateway's second
         route, `src GATEWAY`: without it the host has no way to the dyno, and the router none;
         from another source the dyno's answers go elsewhere); a static route there to a /30 of
-        the network's range that is no dyno's is a stray (one outside the range is someone
-        else's: an administrator's, systemd-networkd's)."""
+        the network's range that is no dyno's is a stray (another route, or one outside the
+        range, is someone else's: an administrator's, systemd-networkd's)."""
         routed = self.look.routed.get(index, {})
         wanted = {str(d.network.subnet.network): d for d in dynos}
         for network in sorted(wanted, key=ipaddress.IPv4Network):
@@ -127,7 +127,8 @@ class _Builder:
                 )
         ours = ipaddress.IPv4Network(want.cidr)
         for network in sorted(set(routed) - set(wanted), key=ipaddress.IPv4Network):
-            if ipaddress.IPv4Network(network).subnet_of(ours):
+            found = ipaddress.IPv4Network(network)
+            if found.prefixlen == 30 and found.subnet_of(ours):  # a dyno's shape, not a dyno's
                 self.flag("stray", f"route {network}", f"through {name}, no dyno's")
 
     # ---------------------------------------------------------------- dynos

@@ -1,7 +1,8 @@
 """What one daemon has on the host, shared by the kernel side's modules: its networks (the
 Common Runtime's bridge and the spaces'), its nftables handle and what its tables should hold,
-its cgroups. Touched only on the kernel worker's thread, but for reads of facts that do not
-change once made (a network's pool, its bridge's name) from the event loop."""
+its cgroups. Touched only on the kernel worker's thread, but for reads from the event loop of
+facts that do not change once made (a network's pool, its bridge's name), and of the list of
+open networks (copied in one step under the GIL: nets())."""
 
 from __future__ import annotations
 

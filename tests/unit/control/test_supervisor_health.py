@@ -661,3 +661,26 @@ def test_a_route_of_no_dyno_s_looks_at_all_when_the_bridges_cannot_be_told() -> 
 
     asyncio.run(scenario())
     assert kernel.looked_at == [["n1", "n2", "n3"], ["n1", "n2", "n3"]]
+
+
+def test_a_dyno_being_started_stays_owed_through_a_look_at_every_dyno() -> None:
+    """A look at every dyno (a bridge's state changed, lost events, the backstop) reads the
+    running ones: a dyno being started has no pid yet and is left out. If its route was
+    deleted meanwhile, it is still looked at once it runs, not only at the backstop."""
+    kernel = GatewayListingKernel()
+    dynos = three_dynos()
+    sup = over(FakeState(dynos), kernel)
+
+    async def scenario() -> None:
+        events = await first_look(sup, kernel)
+        dynos[1].state, dynos[1].pid = "starting", None  # web.2 being started
+        async with sup._lock(2):
+            events.routes = [gateway_routes(sup, 2)[1]]
+            kernel.bridges = {"fake0": False}  # and a look at every dyno at the same tick
+            await sup.health.check()
+        dynos[1].state, dynos[1].pid = "up", 20
+        await sup.health.check()
+        await sup.close()
+
+    asyncio.run(scenario())
+    assert kernel.looked_at == [["n1", "n2", "n3"], ["n1", "n3"], ["n2"]]

@@ -214,6 +214,7 @@ def test_a_static_route_outside_the_network_s_range_is_someone_else_s() -> None:
     look.routed[4] = {
         str(SUBNET.network): SUBNET.gateway,
         "10.20.0.0/24": "",
+        "172.16.0.128/25": "",
         "172.16.0.200/30": "172.16.0.201",
     }
     assert [p for p in _problems(look) if "route" in p] == [
