@@ -137,11 +137,7 @@ def local_gateways(routes: Iterable[Route]) -> dict[int, list[str]]:
 def static_networks(routes: Iterable[Route]) -> dict[int, set[str]]:
     """Of `ip route show table all` (Rtnl.routes()), `ip route show proto static`'s (table
     main): each device's routed networks ("NETWORK/PREFIXLEN"), by device index."""
-    found: dict[int, set[str]] = {}
-    for route in routes:
-        if route.table == RT_TABLE_MAIN and route.proto == RTPROT_STATIC and route.oif:
-            found.setdefault(route.oif, set()).add(f"{route.dst}/{route.dst_len}")
-    return found
+    return {index: set(networks) for index, networks in static_sources(routes).items()}
 
 
 def static_sources(routes: Iterable[Route]) -> dict[int, dict[str, str]]:

@@ -60,19 +60,19 @@ class HealthWatch:
         networks: Networks,
         say: Say,
         lock: Callable[[int], asyncio.Lock],
+        locked: Callable[[int], bool],
         last_change: Callable[[], float] = lambda: float("-inf"),
-        locked: Callable[[int], bool] | None = None,
     ) -> None:
-        """lock(dyno_id) is the dyno's lock, held by whoever starts or stops it; last_change(),
-        the time.monotonic() at which the latest start or stop began; locked(dyno_id), whether
-        its lock is held, without making one for a dyno that has none (a forgotten one)."""
+        """lock(dyno_id) is the dyno's lock, held by whoever starts or stops it; locked(dyno_id),
+        whether it is held, without making one for a dyno that has none (a forgotten one);
+        last_change(), the time.monotonic() at which the latest start or stop began."""
         self.state = state
         self.kernel = kernel
         self.networks = networks
         self.say = say
         self.lock = lock
         self.last_change = last_change
-        self.locked = locked if locked is not None else lambda dyno_id: lock(dyno_id).locked()
+        self.locked = locked
         self._broken: set[int] = set()  # dynos whose network someone removed: being killed
         self.events: RemovalEvents | None = None  # deletions as they happen (watch())
         self._dirty = True  # a deletion was seen since the last listing
@@ -273,8 +273,8 @@ class HealthWatch:
 
     def _unlocked_networks(self, only: set[int] | None) -> tuple[dict[int, DynoNetwork], set[int]]:
         """The facts of every running dyno (of those in `only`) not being started, stopped or
-        killed, by id; and those to look at again at the next tick: left out because their lock
-        was held, or (of `only`) crashed, waiting for their restart."""
+        killed, by id; and those to look at again at the next tick, left out because their lock
+        was held."""
         found: dict[int, DynoNetwork] = {}
         waiting: set[int] = set()
         if only is None:
@@ -322,7 +322,7 @@ class HealthWatch:
         for dyno_id in dyno_ids:
             if dyno_id in self._broken:
                 continue
-            if self.lock(dyno_id).locked():
+            if self.locked(dyno_id):
                 locked.add(dyno_id)
                 continue
             free.append(dyno_id)

@@ -71,8 +71,8 @@ class Supervisor:
             self.networks,
             self.say,
             self._lock,
-            lambda: self.last_change,
             self._locked,
+            lambda: self.last_change,
         )
         self.boot = BootWatch(state, kernel, config, self.say, self._set_state)
         self.exits = Exits()  # each dyno's main process, and its exit

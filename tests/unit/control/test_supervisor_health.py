@@ -77,6 +77,11 @@ class FakeKernel:
         self.gateways_lost -= {d.netns for d in live}
 
 
+def over(state: FakeState, kernel: FakeKernel) -> Supervisor:
+    """A supervisor over the fake state and kernel, its log kept in memory."""
+    return Supervisor(state, kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+
+
 def test_the_health_check_kills_only_running_dynos_with_a_removed_part() -> None:
     dynos = [
         dyno(id=1, pid=10, veth="v1"),  # up, broken: killed
@@ -162,7 +167,7 @@ def test_with_a_deletions_watch_it_lists_only_after_a_deletion_or_at_the_backsto
     monkeypatch.setattr(health.time, "monotonic", lambda: now[0])
     kernel = ListingKernel({1}, watches=True)
     dynos = [dyno(id=1, pid=10, veth="v1")]
-    sup = Supervisor(FakeState(dynos), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+    sup = over(FakeState(dynos), kernel)
 
     async def scenario() -> list[int]:
         sup.health.watch()
@@ -197,7 +202,7 @@ def test_with_a_deletions_watch_it_lists_only_after_a_deletion_or_at_the_backsto
 def test_a_missing_dyno_skipped_while_locked_is_listed_again_next_time() -> None:
     kernel = ListingKernel({1}, watches=True)
     dynos = [dyno(id=1, pid=10, veth="v1")]
-    sup = Supervisor(FakeState(dynos), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+    sup = over(FakeState(dynos), kernel)
 
     async def scenario() -> None:
         sup.health.watch()
@@ -235,7 +240,7 @@ def test_a_deletion_seen_while_the_listing_kills_a_dyno_is_listed_next_time() ->
 
     kernel = KillAndDelete({1}, watches=True)
     dynos = [dyno(id=1, pid=10, veth="v1")]
-    sup = Supervisor(FakeState(dynos), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+    sup = over(FakeState(dynos), kernel)
 
     async def scenario() -> None:
         sup.health.watch()
@@ -327,11 +332,6 @@ class CountingState(FakeState):
         return super().dyno(dyno_id)
 
 
-def over(state: FakeState, kernel: FakeKernel) -> Supervisor:
-    """A supervisor over the fake state and kernel, its log kept in memory."""
-    return Supervisor(state, kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
-
-
 async def first_look(sup: Supervisor, kernel: ListingKernel) -> FakeRemovals:
     """The watch opened and the first check's look at every dyno made: its deletions' watch."""
     sup.health.watch()
@@ -351,7 +351,7 @@ def test_dynos_left_out_of_a_look_at_the_gateways_are_looked_at_again_alone() ->
     next tick, and so at every tick while restarts came one after another (45-95 ms at
     3,000-4,000 dynos). Now the next tick looks at the one left out, alone."""
     kernel = GatewayListingKernel()
-    sup = Supervisor(FakeState(three_dynos()), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+    sup = over(FakeState(three_dynos()), kernel)
 
     async def scenario() -> None:
         sup.health.watch()
@@ -389,7 +389,7 @@ def test_a_dyno_left_out_and_missing_its_gateway_gets_it_back_at_the_next_tick()
 
 def test_a_refusing_bridge_s_dynos_alone_are_tried_again() -> None:
     kernel = GatewayListingKernel()
-    sup = Supervisor(FakeState(three_dynos()), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+    sup = over(FakeState(three_dynos()), kernel)
 
     async def scenario() -> None:
         sup.health.watch()
@@ -424,7 +424,7 @@ def test_only_a_bridge_that_went_or_changed_sets_off_a_look_at_the_gateways(
     """A new shard every 256 dynos used to set off a look at all the gateways."""
     assert health.bridge_went_or_changed({"fake0": True}, after) is looked
     kernel = GatewayListingKernel()
-    sup = Supervisor(FakeState(three_dynos()), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+    sup = over(FakeState(three_dynos()), kernel)
 
     async def scenario() -> None:
         sup.health.watch()
@@ -446,7 +446,7 @@ def test_the_backstop_waits_while_dynos_are_being_started_at_most_another_backst
     now = [1000.0]
     monkeypatch.setattr(health.time, "monotonic", lambda: now[0])
     kernel = ListingKernel(set(), watches=True)
-    sup = Supervisor(FakeState(three_dynos()), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+    sup = over(FakeState(three_dynos()), kernel)
 
     async def scenario() -> list[int]:
         sup.health.watch()
@@ -496,7 +496,7 @@ def test_a_dyno_whose_stop_begins_while_the_routes_are_listed_gets_none_back() -
             return found
 
     kernel = StopDuringListing()
-    sup = Supervisor(FakeState(three_dynos()), kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+    sup = over(FakeState(three_dynos()), kernel)
 
     async def scenario() -> None:
         sup.health.watch()
@@ -521,12 +521,10 @@ def test_a_deleted_route_sets_off_a_look_at_its_dyno_alone_and_a_stop_s_at_none(
     kernel = GatewayListingKernel()
     dynos = three_dynos()
     state = FakeState(dynos)
-    sup = Supervisor(state, kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+    sup = over(state, kernel)
 
     async def scenario() -> None:
-        sup.health.watch()
-        await sup.health.check()  # the first look: all of them
-        events = kernel.opened[0]
+        events = await first_look(sup, kernel)  # the first look: all of them
         stopped = gateway_routes(sup, 3)
         dynos[2].state = "down"  # stopped: its stop deleted its routes
         events.routes = [*stopped, ("10.99.0.0", 24)]  # and someone deleted a route of theirs
@@ -553,12 +551,10 @@ def test_a_crashed_dyno_s_gateway_is_looked_at_once_it_runs_again() -> None:
     kernel = GatewayListingKernel()
     dynos = three_dynos()
     state = CountingState(dynos)
-    sup = Supervisor(state, kernel, LogBook(None, echo=None), Config(), None)  # type: ignore[arg-type]
+    sup = over(state, kernel)
 
     async def scenario() -> None:
-        sup.health.watch()
-        await sup.health.check()
-        events = kernel.opened[0]
+        events = await first_look(sup, kernel)
         dynos[1].state = "crashed"  # web.2 waits for its restart
         dynos[2].state = "down"  # web.3 is stopped
         kernel.gateways_lost = {"n2", "n3"}
