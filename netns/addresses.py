@@ -54,12 +54,18 @@ def delete(ipr: Netlink, index: int, address: str, prefixlen: int) -> bool:
     return True
 
 
-def add_gateway(rtnl: Rtnl, index: int, gateway: str, network: str, prefixlen: int) -> None:
+def add_gateway(
+    rtnl: Rtnl, index: int, gateway: str, network: str, prefixlen: int, *, replace: bool = False
+) -> None:
     """A gateway for the hosts of NETWORK/PREFIXLEN behind IF, made of two routes instead of an
     address (no error for one already there):
 
         ip route add local GATEWAY dev IF table local proto static src GATEWAY
         ip route add NETWORK/PREFIXLEN dev IF proto static scope link src GATEWAY
+
+    With `replace`, the second is `ip route replace`: a route to NETWORK/PREFIXLEN someone
+    changed (another `src`, device or protocol) becomes this one again (one the same as this
+    already is stays as it is: the kernel makes no change and tells of none).
 
     The host takes GATEWAY as its own (it answers to it, and sends from it to that network) as
     an address would make it, but without an address: the kernel walks every IPv4 address of
@@ -68,9 +74,10 @@ def add_gateway(rtnl: Rtnl, index: int, gateway: str, network: str, prefixlen: i
     must know GATEWAY's MAC from elsewhere (pin_neighbour): IF answers no ARP for it (it is not
     an address of IF's, which arp_ignore 1 and 2 ask for)."""
     for dst, length, local in ((gateway, 32, True), (network, prefixlen, False)):
+        command = "replace" if replace and not local else "add"
         try:
             rtnl.device_route(
-                "add", dst=dst, prefixlen=length, index=index, source=gateway, local=local
+                command, dst=dst, prefixlen=length, index=index, source=gateway, local=local
             )
         except NetlinkError as exc:
             if exc.code != EEXIST:
@@ -85,9 +92,19 @@ def add_gateway(rtnl: Rtnl, index: int, gateway: str, network: str, prefixlen: i
                 )  # fmt: skip
             else:
                 record.note(
-                    "ip", "route", "add", f"{dst}/{length}", "dev", device, "proto", "static",
+                    "ip", "route", command, f"{dst}/{length}", "dev", device, "proto", "static",
                     "scope", "link", "src", gateway,
                 )  # fmt: skip
+
+
+def static_routes_through(rtnl: Rtnl, index: int) -> list[Route] | None:
+    """`ip route show table all dev IF proto static` (Rtnl.routes_through); None: IF is gone."""
+    try:
+        return rtnl.routes_through(index, RTPROT_STATIC)
+    except NetlinkError as exc:
+        if exc.code != ENODEV:
+            raise
+        return None
 
 
 def delete_gateway(rtnl: Rtnl, index: int, gateway: str, network: str, prefixlen: int) -> None:

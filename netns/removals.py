@@ -1,7 +1,7 @@
 """Deletions of network namespace names, of links and of IPv4 routes, as they happen:
 `inotifywait -m -e delete /run/netns`, `ip monitor link` (RTM_DELLINK only) and `ip monitor
-route` (RTM_DELROUTE only), behind one descriptor an event loop can wait on (an epoll of the
-three).
+route` (RTM_DELROUTE, and RTM_NEWROUTE for a route replaced: `ip route replace|change`), behind
+one descriptor an event loop can wait on (an epoll of the three).
 
 Listing /run/netns and /sys/class/net instead, to find what someone removed, costs O(names)
 every time (11-13 ms a second at 2,000 dynos, on the daemon's event loop).
@@ -15,7 +15,7 @@ import select
 import socket
 import struct
 
-from netns import namespace, nfevents
+from netns import namespace, nfevents, nlmsg
 from netns.inotify import (
     IN_DELETE,
     IN_DELETE_SELF,
@@ -32,11 +32,13 @@ RTNLGRP_LINK = 1
 RTNLGRP_IPV4_ROUTE = 7
 _GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED  # the watched directory itself
 RTM_DELLINK = 17
+RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
+NLM_F_REPLACE = 0x100
+_ROUTE_KINDS = (RTM_NEWROUTE, RTM_DELROUTE)
 SO_ATTACH_FILTER = 26
-# classic BPF: `ldh [4]; jeq #KIND, 0, 1; ret #0xffffffff; ret #0` (nlmsg_type is in the
-# host's byte order, and ldh reads big-endian)
-_BPF_LDH_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x28, 0x15, 0x06
+# classic BPF (linux/filter.h): ldh, jeq, jset, ret
+_BPF_LDH_ABS, _BPF_JEQ_K, _BPF_JSET_K, _BPF_RET_K = 0x28, 0x15, 0x45, 0x06
 
 
 class Removals:
@@ -46,8 +48,8 @@ class Removals:
 
     def __init__(self) -> None:
         self.broken = False  # the directory's watch is gone: only a listing can tell now
-        # the IPv4 routes deleted since the last take_routes(), as (destination, prefix length);
-        # None: route events were lost, so any route may have gone
+        # the IPv4 routes deleted or replaced since the last take_routes(), as (destination,
+        # prefix length); None: route events were lost, so any route may have gone
         self._deleted_routes: list[tuple[str, int]] | None = []
         self._inotify = Inotify()
         self._links: socket.socket | None = None
@@ -60,7 +62,7 @@ class Removals:
             self._links = nfevents.open_group(RTNLGRP_LINK, socket.NETLINK_ROUTE)
             _only(self._links, RTM_DELLINK)
             self._routes = nfevents.open_group(RTNLGRP_IPV4_ROUTE, socket.NETLINK_ROUTE)
-            _only(self._routes, RTM_DELROUTE)
+            _deleted_or_replaced(self._routes)
             self._poll = select.epoll()
             self._poll.register(self._inotify.fd, select.EPOLLIN)
             self._poll.register(self._links.fileno(), select.EPOLLIN)
@@ -99,15 +101,16 @@ class Removals:
             if data is None:
                 self._deleted_routes = None
             elif self._deleted_routes is not None:
-                for body in nfevents.messages(data, RTM_DELROUTE):
-                    if (route := route_of(body)) is not None:
+                # the filter queues only deletions and replacements (_deleted_or_replaced)
+                for kind, _seq, body in nlmsg.frames(data):
+                    if kind in _ROUTE_KINDS and (route := route_of(body)) is not None:
                         self._deleted_routes.append((route.dst, route.dst_len))
         return removed
 
     def take_routes(self) -> list[tuple[str, int]] | None:
-        """The IPv4 routes deleted since the last take (read by drain()), as (destination,
-        prefix length), so the caller can tell whose they were: each stop deletes its dyno's
-        own. None: route events were lost (any route may have gone)."""
+        """The IPv4 routes deleted or replaced since the last take (read by drain()), as
+        (destination, prefix length), so the caller can tell whose they were: each stop deletes
+        its dyno's own. None: route events were lost (any route may have gone)."""
         taken, self._deleted_routes = self._deleted_routes, []
         return taken
 
@@ -123,17 +126,42 @@ class Removals:
 
 
 def _only(sock: socket.socket, kind: int) -> None:
-    """The kernel queues only messages of this kind (RTM_DELLINK, RTM_DELROUTE) on the socket (a
-    socket filter): every link and route a start makes or changes sends RTM_NEWLINKs and
-    RTM_NEWROUTEs to the groups, and each one queued would wake the event loop, which reads them
-    only to throw them away, while the kernel thread makes the next."""
-    wanted = struct.unpack(">H", struct.pack("=H", kind))[0]
-    program = (
-        (_BPF_LDH_ABS, 0, 0, 4),
-        (_BPF_JEQ_K, 0, 1, wanted),
+    """The kernel queues only messages of this kind (RTM_DELLINK) on the socket (a socket
+    filter): every link a start makes or changes sends RTM_NEWLINKs to the group, and each one
+    queued would wake the event loop, which reads them only to throw them away, while the
+    kernel thread makes the next."""
+    _attach(
+        sock,
+        (_BPF_LDH_ABS, 0, 0, 4),  # nlmsg_type
+        (_BPF_JEQ_K, 0, 1, _big(kind)),
         (_BPF_RET_K, 0, 0, 0xFFFFFFFF),
         (_BPF_RET_K, 0, 0, 0),
     )
+
+
+def _deleted_or_replaced(sock: socket.socket) -> None:
+    """As _only, for RTM_DELROUTE and an RTM_NEWROUTE with NLM_F_REPLACE: a route someone
+    replaced (`ip route replace NET/30 dev BRIDGE`, without the gateway's `src`) is not one a
+    start makes (theirs are new routes)."""
+    _attach(
+        sock,
+        (_BPF_LDH_ABS, 0, 0, 4),  # nlmsg_type
+        (_BPF_JEQ_K, 3, 0, _big(RTM_DELROUTE)),  # -> accept
+        (_BPF_JEQ_K, 0, 3, _big(RTM_NEWROUTE)),  # else -> drop
+        (_BPF_LDH_ABS, 0, 0, 6),  # nlmsg_flags
+        (_BPF_JSET_K, 0, 1, _big(NLM_F_REPLACE)),
+        (_BPF_RET_K, 0, 0, 0xFFFFFFFF),  # accept
+        (_BPF_RET_K, 0, 0, 0),  # drop
+    )
+
+
+def _big(value: int) -> int:
+    """A header's 16-bit field as ldh reads it: the host's byte order read as big-endian."""
+    return int(struct.unpack(">H", struct.pack("=H", value))[0])
+
+
+def _attach(sock: socket.socket, *program: tuple[int, int, int, int]) -> None:
+    """`setsockopt(SO_ATTACH_FILTER)` of a classic BPF program."""
     code = b"".join(struct.pack("=HBBI", *op) for op in program)
     buffer = ctypes.create_string_buffer(code)
     fprog = struct.pack("@HP", len(program), ctypes.addressof(buffer))  # struct sock_fprog

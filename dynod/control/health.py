@@ -259,15 +259,16 @@ class HealthWatch:
                     self._gateways_refused[bridge] = reason(exc)
                     self._tell(
                         [ids[n.netns] for n in group],
-                        "Warning: the dyno's gateway routes were removed by someone else and "
+                        "Warning: the dyno's gateway routes were removed or changed by someone "
+                        "else and "
                         f"cannot be put back yet ({reason(exc)}); trying again every second",
                     )
                 continue
             self._gateways_refused.pop(bridge, None)
             self._tell(
                 [ids[n.netns] for n in group],
-                "Warning: the dyno's gateway routes were removed by someone else (`ip route "
-                "del`, or its bridge taken down); put back",
+                "Warning: the dyno's gateway routes were removed or changed by someone else "
+                "(`ip route del` or `replace`, or its bridge taken down); put back",
             )
         return again
 

@@ -89,7 +89,8 @@ def test_a_bridge_taken_down_and_up_gets_its_dynos_gateway_routes_back() -> None
     entry on it: the gateways' routes (an address's would come back by themselves at `up`) and
     the host's entries for its dynos. The health check puts them back once the bridge is up
     (the kernel refuses a route through a bridge that is down, which the dyno's log says once);
-    a gateway route someone deletes is put back too."""
+    a gateway route someone deletes is put back too, and one someone replaces is made the
+    gateway's again."""
     with running_daemon() as d:
         web = d.run_app("flap", "web")
         assert d.via_router("flap")[0] == 200
@@ -111,7 +112,7 @@ def test_a_bridge_taken_down_and_up_gets_its_dynos_gateway_routes_back() -> None
         d.wait_for(lambda: d.via_router("flap")[0] == 200, "the web dyno reached again")
         pinned = sh("ip", "neigh", "show", web["ip"], "dev", bridge).stdout
         assert "PERMANENT" in pinned, pinned
-        assert "gateway routes were removed by someone else (`ip route del`" in d.log()
+        assert "gateway routes were removed or changed by someone else (`ip route del`" in d.log()
         sh("ip", "route", "del", "local", gateway, "dev", bridge, "table", "local")
         d.wait_for(lambda: f"local {gateway} " in local_routes(), "the deleted route back")
         assert d.via_router("flap")[0] == 200
@@ -119,6 +120,18 @@ def test_a_bridge_taken_down_and_up_gets_its_dynos_gateway_routes_back() -> None
         sh("ip", "route", "del", str(subnet), "dev", bridge)
         d.wait_for(routed, "the deleted /30 route back")
         assert d.via_router("flap")[0] == 200
+        # replaced without the gateway's source (as `proto boot`, then as `proto static`):
+        # heard, and made the gateway's again
+        sourced = f"{subnet} proto static scope link src {gateway}"
+        for proto in ("boot", "static"):
+            assert sourced in sh("ip", "route", "show", "dev", bridge).stdout
+            sh("ip", "route", "replace", str(subnet), "dev", bridge, "proto", proto)
+            assert sourced not in sh("ip", "route", "show", "dev", bridge).stdout
+            d.wait_for(
+                lambda: sourced in sh("ip", "route", "show", "dev", bridge).stdout,
+                f"the /30 route replaced as proto {proto} made the gateway's again",
+            )
+            assert d.via_router("flap")[0] == 200
         # the bridge's own address: the kernel flushes every route through the bridge and
         # tells only of the address's own routes, which name no dyno
         own = sh("ip", "-o", "-4", "addr", "show", "dev", bridge).stdout.split()[3]

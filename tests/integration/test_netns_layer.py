@@ -256,6 +256,26 @@ def test_a_gateway_made_of_routes_is_the_hosts_and_each_side_knows_the_others_ma
             assert f"local {gateway} proto static scope host" in local
             main = sh("ip", "route", "show", "dev", bridge_name)
             assert f"{network}/30 proto static scope link src {gateway}" in main
+            # the bridge's own routes, filtered by the kernel: both of the gateway's, and
+            # neither another device's nor another protocol's
+            sh("ip", "route", "add", "10.255.252.0/30", "dev", "lo", "proto", "static")
+            sh("ip", "route", "add", "10.255.254.0/30", "dev", bridge_name)  # proto boot
+            try:
+                own = {(r.dst, r.dst_len, r.source) for r in rtnl.routes_through(bridge, 4)}
+                assert own == {(gateway, 32, gateway), (network, 30, gateway)}
+                assert addresses.static_routes_through(rtnl, bridge + 1000) is None  # gone
+            finally:
+                sh("ip", "route", "del", "10.255.252.0/30", "dev", "lo")
+                sh("ip", "route", "del", "10.255.254.0/30", "dev", bridge_name)
+            # a /30 someone replaced without the source: `replace` makes it the gateway's again
+            sh("ip", "route", "replace", f"{network}/30", "dev", bridge_name, "proto", "static")
+            assert addresses.static_sources(rtnl.routes())[bridge][f"{network}/30"] == ""
+            addresses.add_gateway(rtnl, bridge, gateway, network, 30)  # add: left as it is
+            assert addresses.static_sources(rtnl.routes())[bridge][f"{network}/30"] == ""
+            addresses.add_gateway(rtnl, bridge, gateway, network, 30, replace=True)
+            assert addresses.static_sources(rtnl.routes())[bridge][f"{network}/30"] == gateway
+            main = sh("ip", "route", "show", "dev", bridge_name)
+            assert f"{network}/30 proto static scope link src {gateway}" in main
             with namespace.entered(name):
                 inner = Rtnl()
                 try:
@@ -646,9 +666,10 @@ def test_the_generation_moves_at_each_commit_and_each_event_carries_it(prefix: s
 
 
 def test_deletions_of_names_and_links_are_seen_as_they_happen(prefix: str) -> None:
-    """netns/removals.py: `ip netns delete`, `ip link del` and `ip route del` wake the watch (its
-    one fd), a new name, link or route does not; the links and routes are those of the
-    namespace it was opened in (here a test namespace, nobody else's)."""
+    """netns/removals.py: `ip netns delete`, `ip link del`, `ip route del` and a route's `ip
+    route replace` wake the watch (its one fd), a new name, link or route does not; the links
+    and routes are those of the namespace it was opened in (here a test namespace, nobody
+    else's)."""
     name, other = f"{prefix}-rm", f"{prefix}-rm2"
     namespace.create(name)
     try:
@@ -679,6 +700,28 @@ def test_deletions_of_names_and_links_are_seen_as_they_happen(prefix: str) -> No
             assert select.select([watch.fileno()], [], [], 5)[0]
             assert not watch.drain() and watch.take_routes() == [("10.8.8.0", 24)]
             assert watch.take_routes() == []
+            # a route made with `replace` is new: nothing; one replaced (changed) is told too
+            subprocess.run(
+                ["ip", "-n", name, "route", "replace", "10.8.9.0/24", "dev", "lo"], check=True
+            )
+            assert not select.select([watch.fileno()], [], [], 0.3)[0]
+            subprocess.run(
+                [
+                    "ip",
+                    "-n",
+                    name,
+                    "route",
+                    "replace",
+                    "10.8.9.0/24",
+                    "dev",
+                    "lo",
+                    "proto",
+                    "static",
+                ],
+                check=True,
+            )
+            assert select.select([watch.fileno()], [], [], 5)[0]
+            assert not watch.drain() and watch.take_routes() == [("10.8.9.0", 24)]
             subprocess.run(["ip", "-n", name, "link", "del", "rm0"], check=True)
             assert select.select([watch.fileno()], [], [], 5)[0]  # an event loop would wake
             assert watch.drain() and not watch.drain()

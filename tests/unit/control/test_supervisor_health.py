@@ -297,7 +297,7 @@ def test_gateway_routes_someone_removed_are_put_back_once_the_bridge_is_up() -> 
     said = [str(x) for x in log.recent(lambda _: True, 10) if "gateway routes" in str(x)]
     assert len(said) == 2, said
     assert "cannot be put back yet (Network is down); trying again" in said[0]
-    assert said[1].endswith("(`ip route del`, or its bridge taken down); put back")
+    assert said[1].endswith("(`ip route del` or `replace`, or its bridge taken down); put back")
 
 
 class GatewayListingKernel(ListingKernel):

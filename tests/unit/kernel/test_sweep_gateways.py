@@ -1,0 +1,104 @@
+"""kernel/sweep.py missing_gateways, against a route table held here: which dynos miss a
+gateway route or have a /30 with another source, and which listing it reads. No root needed."""
+
+from __future__ import annotations
+
+import ipaddress
+from types import SimpleNamespace
+from typing import Any
+
+from dynod.kernel import sweep
+from dynod.kernel.addressing import Subnet
+from dynod.kernel.facts import DynoNetwork
+from netns.rtnl import (
+    RT_TABLE_LOCAL,
+    RT_TABLE_MAIN,
+    RTN_LOCAL,
+    RTN_UNICAST,
+    RTPROT_BOOT,
+    RTPROT_STATIC,
+    Route,
+)
+
+
+def dyno(n: int, bridge_index: int) -> DynoNetwork:
+    """Dyno n on shard `bridge_index - 10` of network dynod0."""
+    subnet = Subnet(n, ipaddress.IPv4Network(f"172.16.{n}.0/30"))
+    return DynoNetwork(f"ns{n}", f"v{n}", "dynod0", bridge_index - 10, subnet, "0a:00", None)
+
+
+def gateway_routes(d: DynoNetwork, index: int, source: str | None = None) -> list[Route]:
+    """add_gateway's two routes of this dyno, through index (its /30's `src`: source)."""
+    net = str(d.subnet.network.network_address)
+    return [
+        Route(RT_TABLE_LOCAL, RTN_LOCAL, RTPROT_STATIC, d.gateway, 32, index, d.gateway),
+        Route(
+            RT_TABLE_MAIN,
+            RTN_UNICAST,
+            RTPROT_STATIC,
+            net,
+            30,
+            index,
+            d.gateway if source is None else source,
+        ),
+    ]
+
+
+class Table:
+    """The host's routes, and which listings were asked for."""
+
+    def __init__(self, routes: list[Route], bridges: int) -> None:
+        self.table = routes
+        self.names = {
+            f"dynod0-{i - 10}" if i > 10 else "dynod0": i for i in range(10, 10 + bridges)
+        }
+        self.asked: list[Any] = []
+
+    def routes(self) -> list[Route]:
+        self.asked.append("all")
+        return list(self.table)
+
+    def routes_through(self, index: int, proto: int) -> list[Route]:
+        self.asked.append(index)
+        return [r for r in self.table if r.oif == index and r.proto == proto]
+
+    def index_of(self, name: str) -> int | None:
+        return self.names.get(name)
+
+
+def machine(table: Table) -> Any:
+    net = SimpleNamespace(
+        shard_index=lambda shard: 10 + shard if shard < len(table.names) else None
+    )
+    return SimpleNamespace(
+        network_of=lambda bridge: net if bridge == "dynod0" else None,
+        worker=SimpleNamespace(rtnl=table),
+    )
+
+
+def test_a_missing_route_or_a_30_with_another_source_is_missing_read_bridge_by_bridge() -> None:
+    a, b, c, d = dyno(1, 10), dyno(2, 10), dyno(3, 11), dyno(4, 11)
+    routes = gateway_routes(a, 10) + gateway_routes(b, 10, source="")
+    routes += gateway_routes(c, 11)[1:]  # its local route deleted
+    routes += gateway_routes(d, 11)
+    routes[-1] = routes[-1]._replace(proto=RTPROT_BOOT)  # replaced by hand (proto boot)
+    table = Table(routes, bridges=2)
+    assert sweep.missing_gateways(machine(table), [a, b, c, d]) == [b, c, d]
+    assert table.asked == [10, 11]  # each bridge's own, not the whole table
+
+
+def test_dynos_on_more_bridges_than_the_filter_pays_for_read_the_whole_table_once() -> None:
+    many = [dyno(n, 10 + n) for n in range(sweep.FILTERED_BRIDGES + 1)]
+    routes = [r for d in many for r in gateway_routes(d, 10 + d.shard)]
+    routes[1] = routes[1]._replace(source="172.16.99.1")
+    table = Table(routes, bridges=len(many))
+    assert sweep.missing_gateways(machine(table), many) == [many[0]]
+    assert table.asked == ["all"]
+
+
+def test_a_deleted_bridge_or_a_closed_shard_is_not_read() -> None:
+    on_deleted, on_closed, kept = dyno(1, 11), dyno(2, 15), dyno(3, 10)
+    table = Table(gateway_routes(kept, 10), bridges=2)
+    del table.names["dynod0-1"]
+    assert sweep.missing_gateways(machine(table), [on_deleted, on_closed, kept]) == []
+    assert table.asked == [10]
