@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -38,7 +39,7 @@ from dynod.router.workers import AnyRouter, RouterWorkers
 from dynod.rules import names
 from dynod.state.store import State
 from dynod.trace.service import TraceService
-from netns import record
+from netns import identity, record
 
 
 async def serve(config: Config) -> None:
@@ -75,7 +76,16 @@ async def serve(config: Config) -> None:
         await _close(api, daemon, stop_dynos=True)
 
 
-def _router(config: Config, kernel: Kernel, log: LogBook) -> AnyRouter:
+def _router_user(config: Config) -> int | None:
+    """The user id the router's workers run as: one no file, login or process of the host has
+    (netns/identity.py). None without workers, or for a daemon that is not root (it cannot
+    change its workers' user, and has no firewall)."""
+    if config.router_workers <= 0 or os.geteuid() != 0:
+        return None
+    return identity.unused_uid(config.prefix)
+
+
+def _router(config: Config, kernel: Kernel, log: LogBook, user: int | None) -> AnyRouter:
     def emit(text: str, app: str | None) -> None:
         log.emit(app, "heroku[router]", text)
 
@@ -83,7 +93,9 @@ def _router(config: Config, kernel: Kernel, log: LogBook) -> AnyRouter:
         return RouterWorkers(
             emit,
             count=config.router_workers,
-            socket_mark=kernel.layout.router_mark,
+            user=user,
+            # with a user of their own, their sockets need no mark (nor the capability for it)
+            socket_mark=None if user is not None else kernel.layout.router_mark,
             log_batch=lambda items: log.emit_many("heroku[router]", items),
         )
     # no app until the first table is pushed
@@ -101,6 +113,7 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
     """Every part, whole: the daemon, and the services the API calls. Nothing here touches the
     kernel yet (Daemon.start does)."""
     state = State(config.state_dir)
+    router_user = _router_user(config)
     log = LogBook(f"{config.state_dir}/dynod.log", echo=sys.stderr if config.echo_logs else None)
     kernel = Kernel(
         config.prefix,
@@ -110,6 +123,7 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
         # from the kernel thread: the log belongs to the event loop
         say=lambda text: loop.call_soon_threadsafe(log.emit, None, "dynod", text),
         shard_ports=config.shard_ports,
+        router_user=router_user,
     )
     resolvers = upstreams(config)
     dns = DnsServer(
@@ -119,7 +133,7 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
         log=lambda text: loop.call_soon_threadsafe(log.emit, None, "dynod", f"dns: {text}"),
     )
     registry = Registry(state, dns, kernel.space_network)
-    router = _router(config, kernel, log)
+    router = _router(config, kernel, log, router_user)
     routes = RoutePublisher(state, kernel.space_network, _pusher(router))
     supervisor = Supervisor(state, kernel, log, config, registry, on_change=routes.dyno_changed)
     admin = asyncio.Lock()  # spaces and apps: see control/admin.py

@@ -268,6 +268,8 @@ class DaemonProc:
     # Never the host's resolver in a test: a closed port on loopback unless a test gives its
     # own fake upstream.
     upstream: str = "127.0.0.1:9"
+    # where the daemon runs (`python -m dynod` imports the dynod found there first); None: here
+    cwd: str | None = None
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"dynod-{self.prefix}-", dir="/tmp"))
@@ -321,7 +323,9 @@ class DaemonProc:
             leaf = os.path.join(own, f"{self.prefix}.daemon")
             where = leaf if os.path.isdir(leaf) else own
             argv = in_cgroups([os.path.join(where, "cgroup.procs")], argv)
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=self.cwd
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

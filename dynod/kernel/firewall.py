@@ -39,8 +39,9 @@ from dynod.rules.names import DNS_PORT, INTERNAL_ROUTER_PORT
 from netns import conntrack
 from netns.conntrack import Flow
 
-# The router marks its sockets (SO_MARK needs CAP_NET_ADMIN): the only host traffic let through
-# to a dyno is the router's, to a web dyno's PORT.
+# The router in the daemon marks its sockets (SO_MARK needs CAP_NET_ADMIN), and the router's
+# worker processes run as a user of their own (Layout.router_user): the only host traffic let
+# through to a dyno is the router's, to a web dyno's PORT.
 ROUTER_MARK = 0x6479
 
 
@@ -88,6 +89,7 @@ class Layout:
     common: Network  # the Common Runtime
     spaces: tuple[Network, ...] = field(default=())
     router_mark: int = ROUTER_MARK
+    router_user: int | None = None  # the router workers' user id; None: no workers (or not root)
 
     @property
     def networks(self) -> tuple[Network, ...]:
@@ -155,6 +157,7 @@ def ruleset(layout: Layout, ports: Iterable[Port] = (), web: Iterable[WebTarget]
     nat = _set_body("ipv4_addr : ipv4_addr", [f"{n.cidr} : {n.nat_ip}" for n in spaces], "interval")
     port_set = _set_body("ifname . ether_addr . ipv4_addr", [_port_element(p) for p in ports])
     web_set = _set_body("ipv4_addr . inet_service", [_web_element(w) for w in web])
+    workers = _router_user_rule(layout)
     return f"""
 add table bridge {t}
 delete table bridge {t}
@@ -251,7 +254,7 @@ table inet {t} {{
         oifname @bridges ct state established,related accept \\
             comment "replies within a connection allowed before"
         oifname @bridges meta mark {layout.router_mark:#x} ip daddr . tcp dport @web accept \\
-            comment "the router (its sockets' mark) to a web dyno's PORT"
+            comment "the router (its sockets' mark) to a web dyno's PORT"{workers}
         oifname @bridges counter drop \\
             comment "the host to a dyno: only the router, only to a web dyno's PORT"
     }}
@@ -263,6 +266,17 @@ table inet {t} {{
     }}
 }}
 """
+
+
+def _router_user_rule(layout: Layout) -> str:
+    """The output chain's rule for the router's workers, which run as a user of their own."""
+    if layout.router_user is None:
+        return ""
+    return (
+        f"\n        oifname @bridges meta skuid {layout.router_user} ip daddr . tcp dport @web "
+        "accept \\\n"
+        "            comment \"the router's workers (their own user) to a web dyno's PORT\""
+    )
 
 
 def remove(layout: Layout) -> str:
@@ -343,8 +357,9 @@ def _dyno_network(layout: Layout, address: str, local: Set[str]) -> Network | No
 def allows(
     layout: Layout, web: Set[WebTarget], local: Set[str], flow: Flow, *, marked: bool
 ) -> bool:
-    """Do the rules let this flow's first packet through? `marked`: sent by a socket with the
-    router's mark. Flows that touch no dyno are not dynod's to judge: they pass."""
+    """Do the rules let this flow's first packet through? `marked`: sent by the router (a
+    socket with its mark, or of its workers' user). Flows that touch no dyno are not dynod's
+    to judge: they pass."""
     src = _dyno_network(layout, flow.src, local)
     dst = _dyno_network(layout, flow.dst, local)
     proto = PROTOCOLS.get(flow.proto)
@@ -360,8 +375,9 @@ def allows(
 
 
 def refused(layout: Layout, web: Set[WebTarget], local: Set[str], flow: Flow) -> bool:
-    """Would the rules have refused this tracked flow? Conntrack does not keep the router's
-    mark, so any host connection to a web dyno's PORT is taken for the router's."""
+    """Would the rules have refused this tracked flow? Conntrack keeps neither the router's
+    mark nor its socket's user, so any host connection to a web dyno's PORT is taken for the
+    router's."""
     return not allows(layout, web, local, flow, marked=True)
 
 

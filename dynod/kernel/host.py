@@ -51,8 +51,11 @@ class Kernel:
         hosts_dir: str,
         say: Callable[[str], object],
         shard_ports: int = SHARD_PORTS,
+        router_user: int | None = None,
     ) -> None:
-        """say: a line for the daemon's log, from any thread (the mount template's repairs)."""
+        """say: a line for the daemon's log, from any thread (the mount template's repairs);
+        router_user: the router workers' user id, whose connections to a web dyno's PORT the
+        firewall lets through (None: no workers)."""
         names = network.Names(prefix)
         self.shard_ports = shard_ports  # ports per bridge of a network (machine.Net)
         self.machine = Machine(
@@ -64,6 +67,7 @@ class Kernel:
             cgroups=DynoCgroups(prefix),  # where sized dynos' groups go
             mounts=MountTemplate(prefix, say),
             nsids=nsid.Descending(),
+            router_user=router_user,
         )
         self.names = names
         self.say = say

@@ -90,6 +90,7 @@ class Machine:
     # the ids dynos' namespaces get in the host's, newest lowest (netns/nsid.py)
     nsids: nsid.Descending
     spaces: dict[str, Net] = field(default_factory=dict)
+    router_user: int | None = None  # the router workers' user id, let through to web dynos
     nft: Nft | None = None
     # What our tables should hold: taken right after each full apply, and kept up to date
     # (on the kernel thread) with the elements each later transaction added or removed.
@@ -102,6 +103,7 @@ class Machine:
             port_glob=self.names.port_glob,
             common=self.common.firewall(),
             spaces=tuple(n.firewall() for _, n in sorted(self.spaces.items())),
+            router_user=self.router_user,
         )
 
     def net(self, key: str) -> Net:

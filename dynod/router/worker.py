@@ -5,8 +5,10 @@ It serves the listening sockets the daemon hands it (`wire.send_listen`: the dae
 worker needs no right to bind port 80) with a `Router` of its own, routes by the last table the
 daemon sent, and sends its log lines back in batches. It has no state and reads nothing from
 disk: it exits when the daemon's end of its control socket closes (the daemon stopped or died).
-It runs with one capability left, CAP_NET_ADMIN, for the socket mark the firewall lets through
-to the dynos (the daemon starts it through ``setpriv``). Its event loop is uvloop's: with the
+A root daemon starts it through ``setpriv`` with CAP_SETUID and CAP_SETGID alone; once its
+imports are done, before it reads a byte from anyone, it becomes the user the daemon chose
+(netns/identity.py) and holds no capability: the firewall lets that user's connections reach a
+web dyno's PORT. Its event loop is uvloop's: with the
 router's callbacks, asyncio's own loop was the largest cost per request (see the README).
 """
 
@@ -26,6 +28,7 @@ from dynod.router.routes import RouteTable
 from dynod.router.server import Router
 from dynod.router.turns import Turns
 from dynod.router.wire import frame, read_frame, recv_listen, routed
+from netns import identity
 
 __all__ = ["LogBatcher", "main"]
 
@@ -71,6 +74,12 @@ class LogBatcher:
             lines.append([note, None])
             self.dropped = 0
         self.writer.write(frame({"logs": lines}))
+
+
+def drop_root(settings: dict[str, Any]) -> None:
+    """Become the user of `settings` (none: stay as started, a daemon that is not root's)."""
+    if settings.get("user") is not None:
+        identity.become(int(settings["user"]))
 
 
 async def serve(settings: dict[str, Any]) -> None:
@@ -139,8 +148,10 @@ async def serve(settings: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="router worker: %(message)s")
+    settings = json.loads(args[0])
+    drop_root(settings)  # everything it runs is imported by now (this module's imports)
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(json.loads(args[0])))
+        uvloop.run(serve(settings))
     return 0
 
 

@@ -8,11 +8,15 @@ accept queue and need no right to bind. Each change of the route table goes to e
 once, as what changed (a worker that starts gets the whole table; `wire`); their log lines
 come back in batches and go into the daemon's log book, one line per request as before.
 
-Workers run ``python -m dynod.router.worker`` under ``setpriv`` with every capability dropped
-but CAP_NET_ADMIN (the firewall lets only the router's socket mark reach the dynos; setting it
-needs that capability), and no_new_privs. They keep uid 0, so a dyno (never root) cannot signal
-or trace them, which it could if they ran as ``nobody``, the dynos' default user; the price: file
-permissions still let them open what root owns (a dedicated system user would remove it).
+Workers parse what any client sends, so they run with no privilege: ``python -m
+dynod.router.worker`` under ``setpriv`` with every capability dropped but CAP_SETUID and
+CAP_SETGID, and no_new_privs; once it has imported all it runs (the checkout may be readable by
+root alone), the worker becomes `user`, a user id of its own that no file, login or process of
+the host has (netns/identity.py), and so loses those two as well. The firewall lets that user's
+connections to a web dyno's PORT through (`meta skuid`), as it does the in-daemon router's
+socket mark (SO_MARK, which needs CAP_NET_ADMIN); no other user's. Root, with no capability
+left, would still own every file root owns (/etc/cron.d among them); a user no dyno runs as
+cannot signal or trace them.
 A worker that exits is started again (after 0.5 s, doubling to 30 s while it keeps dying) and
 gets the current table and sockets; the daemon's stop ends them (SIGTERM, then SIGKILL), and a
 daemon that dies closes their control sockets, which ends them too.
@@ -66,15 +70,19 @@ class RouterWorkers:
         log: Callable[[str, str | None], object],
         *,
         count: int,
+        user: int | None = None,
         socket_mark: int | None = None,
         max_client_connections: int = MAX_CLIENT_CONNECTIONS,
         log_batch: Callable[[list[tuple[str, str | None]]], object] | None = None,
     ) -> None:
         """`log(line, app)` takes each request's line; `log_batch([(line, app), ...])`, when
-        given, takes a worker's batch at once instead (the daemon writes it in one go)."""
+        given, takes a worker's batch at once instead (the daemon writes it in one go). `user`:
+        the user id the workers run as (a root daemon's; None: the daemon's own, as a test's
+        daemon that is not root); `socket_mark`: the mark their sockets carry (None: none)."""
         self._log = log
         self._log_batch = log_batch
         self.count = max(1, count)
+        self.user = user
         self.socket_mark = socket_mark
         self.max_client_connections = max_client_connections
         self.port = 0
@@ -153,6 +161,7 @@ class RouterWorkers:
             "ctl_fd": ctl_child.fileno(),
             "listen_fd": chan_child.fileno(),
             "turns_fd": self._turns_fd,
+            "user": self.user,
             "socket_mark": self.socket_mark,
             # A client's share is split between the workers, which share its connections: a
             # client address holds at most max_client_connections in all, as with one router.
@@ -160,7 +169,7 @@ class RouterWorkers:
         }
         try:
             popen = subprocess.Popen(
-                [*_dropped_privileges(), sys.executable, "-m", "dynod.router.worker",
+                [*_dropped_privileges(self.user), sys.executable, "-m", "dynod.router.worker",
                  json.dumps(settings)],
                 stdin=subprocess.DEVNULL,
                 pass_fds=(ctl_child.fileno(), chan_child.fileno(), self._turns_fd),
@@ -244,18 +253,20 @@ def _listening(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _dropped_privileges() -> list[str]:
-    """setpriv: keep CAP_NET_ADMIN alone (the socket mark), no new privileges. Not root (a
-    test's daemon): nothing to drop."""
-    setpriv = shutil.which("setpriv")
-    if os.geteuid() != 0 or setpriv is None:
+def _dropped_privileges(user: int | None) -> list[str]:
+    """`setpriv --inh-caps=-all --bounding-set=-all,+setuid,+setgid --no-new-privs --`: root
+    with the two capabilities the change to `user` needs (worker.py, once its imports are
+    done), and no way to gain any back. No user (a daemon that is not root): nothing to drop.
+    RuntimeError without setpriv (util-linux): a worker must not run as root."""
+    if user is None:
         return []
-    keep = "-all,+net_admin"
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise RuntimeError("setpriv (util-linux) is not installed: the router cannot drop root")
     return [
         setpriv,
-        f"--inh-caps={keep}",
-        f"--ambient-caps={keep}",
-        f"--bounding-set={keep}",
+        "--inh-caps=-all",
+        "--bounding-set=-all,+setuid,+setgid",
         "--no-new-privs",
         "--",
     ]

@@ -4,6 +4,7 @@ No root needed."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import pytest
@@ -137,6 +138,16 @@ def test_firewall_text_keeps_per_dyno_facts_in_sets() -> None:
     assert '"dynod0" . 172.16.0.1 . tcp . 80' not in spaced  # no internal router there
     assert "ip saddr 172.16.0.0/12 masquerade" in large
     assert "meta mark 0x6479 ip daddr . tcp dport @web accept" in large
+    assert "skuid" not in large  # no router workers: no user of theirs let through
+    workers = dataclasses.replace(layout, router_user=61999)
+    output = firewall.ruleset(workers).split("chain output")[1].split("}")[0]
+    assert [line.split(" accept")[0].strip() for line in output.splitlines() if "@web" in line] == [
+        "oifname @bridges meta mark 0x6479 ip daddr . tcp dport @web",
+        "oifname @bridges meta skuid 61999 ip daddr . tcp dport @web",
+    ]
+    assert output.rstrip().endswith(
+        'comment "the host to a dyno: only the router, only to a web dyno\'s PORT"'
+    )
     assert firewall.add_dyno(layout, ports[0], web[0]) == (
         'add element bridge dynod ports { "dynod-1" . 0a:58:ac:10:00:06 . 172.16.0.6 }\n'
         "add element inet dynod web { 172.16.0.6 . 5000 }\n"
