@@ -8,7 +8,7 @@ from typing import Any
 from dynod.config import Config
 from dynod.dns.server import DnsServer
 from dynod.kernel.host import Kernel
-from dynod.router.workers import AnyRouter
+from dynod.router.workers import AnyRouter, RouterWorkers
 from dynod.rules import sizes
 
 
@@ -41,7 +41,16 @@ class StatusReport:
             "prefix": self.config.prefix,
             "state_dir": self.config.state_dir,
             "sizes": self._sizes(),
+            "workers": self._workers(),
         }
+
+    def _workers(self) -> str:
+        """The router's worker processes and who they run as (`ps` shows the uid bare)."""
+        if not isinstance(self.router, RouterWorkers):
+            return "none: the router runs in the daemon's own loop"
+        if self.router.user is None:
+            return f"{self.router.count} router processes, as the daemon's user"
+        return f"{self.router.count} router processes, as uid {self.router.user} (no capability)"
 
     def _sizes(self) -> str:
         """How dyno sizes are enforced here (cgroup v1 or v2), or why they are not."""

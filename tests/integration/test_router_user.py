@@ -85,6 +85,8 @@ def test_workers_run_as_their_own_user_with_no_capability_from_a_checkout_root_a
             assert 61184 <= uid <= 65519
             with pytest.raises(KeyError):
                 pwd.getpwuid(uid)
+            said = d.client.call("GET", "/v1/status")["workers"]
+            assert said == f"{len(found)} router processes, as uid {uid} (no capability)"
             rule = sh("nft", "list", "chain", "inet", d.prefix, "output").stdout
             assert f"meta skuid {uid} ip daddr . tcp dport @web accept" in rule
             # the router's every path, after the change of user: none imports or reads a file
