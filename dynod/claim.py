@@ -1,6 +1,7 @@
 """What a daemon owns on the host before it builds anything: root, the tools dynos need, its
-state directory (private), and the locks that make it the only daemon of its state directory
-and of its prefix. Taken first by compose.py; released last."""
+state directory (private), the locks that make it the only daemon of its state directory and
+of its prefix, and the user id its router workers run as. Taken first by compose.py; released
+last."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 
 from dynod.config import Config
 from dynod.errors import DynodError
+from netns import identity
 
 PRIVATE_UMASK = 0o077
 LOCK_DIR = "/run"
@@ -24,6 +26,8 @@ class Claim:
         self.config = config
         self.lock_fds: list[int] = []
         self.made_private: list[str] = []  # what an older dynod had left readable
+        # the router workers' user id (netns/identity.py); None: no workers
+        self.router_user: identity.Reserved | None = None
 
     @classmethod
     def take(cls, config: Config) -> Claim:
@@ -55,8 +59,22 @@ class Claim:
             self.config.state_dir, readable=self._readable_by_dynos
         )
         self._check_socket_free()
+        if self.config.router_workers > 0:
+            try:
+                self.router_user = identity.reserve_uid(
+                    self.config.prefix, f"dynod-router-{self.config.prefix}"
+                )
+            except RuntimeError as exc:
+                raise DynodError(
+                    f"no user id is free for the router's workers: {exc}",
+                    "stop a service that runs as a dynamic user, or start the daemon with "
+                    "--router-workers 0 (the router in the daemon)",
+                ) from None
 
     def release(self, remove_prefix_lock: bool = True) -> None:
+        if self.router_user is not None:
+            self.router_user.release()
+            self.router_user = None
         if remove_prefix_lock and len(self.lock_fds) == 2:
             # both ours: the prefix's lock file is ours to remove
             with contextlib.suppress(FileNotFoundError):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -39,7 +38,7 @@ from dynod.router.workers import AnyRouter, RouterWorkers
 from dynod.rules import names
 from dynod.state.store import State
 from dynod.trace.service import TraceService
-from netns import identity, record
+from netns import record
 
 
 async def serve(config: Config) -> None:
@@ -76,15 +75,6 @@ async def serve(config: Config) -> None:
         await _close(api, daemon, stop_dynos=True)
 
 
-def _router_user(config: Config) -> int | None:
-    """The user id the router's workers run as: one no file, login or process of the host has
-    (netns/identity.py). None without workers, or for a daemon that is not root (it cannot
-    change its workers' user, and has no firewall)."""
-    if config.router_workers <= 0 or os.geteuid() != 0:
-        return None
-    return identity.unused_uid(config.prefix)
-
-
 def _router(config: Config, kernel: Kernel, log: LogBook, user: int | None) -> AnyRouter:
     def emit(text: str, app: str | None) -> None:
         log.emit(app, "heroku[router]", text)
@@ -113,7 +103,8 @@ def build(config: Config, claim: Claim, loop: asyncio.AbstractEventLoop) -> tupl
     """Every part, whole: the daemon, and the services the API calls. Nothing here touches the
     kernel yet (Daemon.start does)."""
     state = State(config.state_dir)
-    router_user = _router_user(config)
+    # the user id the router's workers run as (claim.py; None: no workers)
+    router_user = claim.router_user.uid if claim.router_user is not None else None
     log = LogBook(f"{config.state_dir}/dynod.log", echo=sys.stderr if config.echo_logs else None)
     kernel = Kernel(
         config.prefix,

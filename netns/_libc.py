@@ -1,5 +1,5 @@
 """The few libc calls Python 3.11's `os` module lacks: setns, unshare, mount, umount2, the
-new mount API's fsopen/fsconfig/fsmount, close_range and pidfd_getfd.
+new mount API's fsopen/fsconfig/fsmount, close_range, pidfd_getfd and setfsuid.
 
 Python 3.12 adds os.setns and os.unshare; until Debian ships it we call libc through ctypes.
 """
@@ -37,6 +37,7 @@ _libc.mount.argtypes = [
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setfsuid.argtypes = [ctypes.c_uint]
 _libc.syscall.restype = ctypes.c_long
 
 # The new mount API (Linux 5.2) has no libc wrappers in Debian 12's glibc: raw syscalls, whose
@@ -73,6 +74,12 @@ def setns_back(fd: int, nstype: int, what: str) -> None:
     except OSError as exc:
         os.write(2, f"fatal: a thread could not leave a {what} namespace: {exc}\n".encode())
         os.abort()
+
+
+def setfsuid(uid: int) -> int:
+    """The calling *thread*'s filesystem user id (setfsuid(2): glibc calls the kernel and
+    nothing more, where setuid(2) changes every thread); the one it had."""
+    return int(_libc.setfsuid(uid))
 
 
 def unshare(flags: int) -> None:

@@ -15,6 +15,7 @@ from netns.rtnl import (
     RT_TABLE_LOCAL,
     RT_TABLE_MAIN,
     RTN_LOCAL,
+    RTN_UNICAST,
     RTPROT_STATIC,
     Route,
     Rtnl,
@@ -54,18 +55,13 @@ def delete(ipr: Netlink, index: int, address: str, prefixlen: int) -> bool:
     return True
 
 
-def add_gateway(
-    rtnl: Rtnl, index: int, gateway: str, network: str, prefixlen: int, *, replace: bool = False
-) -> None:
+def add_gateway(rtnl: Rtnl, index: int, gateway: str, network: str, prefixlen: int) -> None:
     """A gateway for the hosts of NETWORK/PREFIXLEN behind IF, made of two routes instead of an
     address (no error for one already there):
 
         ip route add local GATEWAY dev IF table local proto static src GATEWAY
         ip route add NETWORK/PREFIXLEN dev IF proto static scope link src GATEWAY
 
-    With `replace`, the second is `ip route replace`: a route to NETWORK/PREFIXLEN someone
-    changed (another `src`, device or protocol) becomes this one again (one the same as this
-    already is stays as it is: the kernel makes no change and tells of none).
 
     The host takes GATEWAY as its own (it answers to it, and sends from it to that network) as
     an address would make it, but without an address: the kernel walks every IPv4 address of
@@ -74,10 +70,9 @@ def add_gateway(
     must know GATEWAY's MAC from elsewhere (pin_neighbour): IF answers no ARP for it (it is not
     an address of IF's, which arp_ignore 1 and 2 ask for)."""
     for dst, length, local in ((gateway, 32, True), (network, prefixlen, False)):
-        command = "replace" if replace and not local else "add"
         try:
             rtnl.device_route(
-                command, dst=dst, prefixlen=length, index=index, source=gateway, local=local
+                "add", dst=dst, prefixlen=length, index=index, source=gateway, local=local
             )
         except NetlinkError as exc:
             if exc.code != EEXIST:
@@ -92,15 +87,82 @@ def add_gateway(
                 )  # fmt: skip
             else:
                 record.note(
-                    "ip", "route", command, f"{dst}/{length}", "dev", device, "proto", "static",
+                    "ip", "route", "add", f"{dst}/{length}", "dev", device, "proto", "static",
                     "scope", "link", "src", gateway,
                 )  # fmt: skip
 
 
-def static_routes_through(rtnl: Rtnl, index: int) -> list[Route] | None:
-    """`ip route show table all dev IF proto static` (Rtnl.routes_through); None: IF is gone."""
+def gateway_routes(gateway: str, network: str, prefixlen: int, index: int) -> tuple[Route, Route]:
+    """The two routes add_gateway makes, as a dump lists them."""
+    return (
+        Route(RT_TABLE_LOCAL, RTN_LOCAL, RTPROT_STATIC, gateway, 32, index, gateway),
+        Route(RT_TABLE_MAIN, RTN_UNICAST, RTPROT_STATIC, network, prefixlen, index, gateway),
+    )
+
+
+def gateway_intact(routes: Iterable[Route], wanted: tuple[Route, Route]) -> bool:
+    """Of a listing (Rtnl.routes(), or routes_through IF), is each of the gateway's routes the
+    first through IF to its destination in its table, the one a lookup meets there (another
+    before it, `ip route prepend` or `replace` without `src`, would be the one used)?"""
+    first = _firsts(routes, wanted)
+    return all(first.get(_key(route)) == route for route in wanted)
+
+
+def put_back_gateway(rtnl: Rtnl, routes: Iterable[Route], wanted: tuple[Route, Route]) -> None:
+    """Make add_gateway's two routes the first through their device again: where another route
+    through it to the same destination comes first, every route through it there goes (`ip
+    route del`, each by what the listing said of it), and add_gateway makes both (one already
+    right and first is left as it is)."""
+    listed = list(routes)
+    first = _firsts(listed, wanted)
+    for route in wanted:
+        if first.get(_key(route)) in (None, route):
+            continue
+        for found in listed:
+            if _key(found) == _key(route):
+                delete_route(rtnl, found)
+    local, network = wanted
+    add_gateway(rtnl, local.oif, local.dst, network.dst, network.dst_len)
+
+
+def _key(route: Route) -> tuple[int, str, int, int]:
+    return (route.table, route.dst, route.dst_len, route.oif)
+
+
+def _firsts(
+    routes: Iterable[Route], wanted: Iterable[Route]
+) -> dict[tuple[int, str, int, int], Route]:
+    """The first route listed to each destination of `wanted` (its table, through its device)."""
+    keys = {_key(route) for route in wanted}
+    first: dict[tuple[int, str, int, int], Route] = {}
+    for route in routes:
+        key = _key(route)
+        if key in keys and key not in first:
+            first[key] = route
+    return first
+
+
+def delete_route(rtnl: Rtnl, route: Route) -> None:
+    """`ip route del [TYPE] DST/LEN dev IF table TABLE proto PROTO [src SOURCE]` (no error if
+    it is gone)."""
     try:
-        return rtnl.routes_through(index, RTPROT_STATIC)
+        rtnl.delete_route(route)
+    except NetlinkError as exc:
+        if exc.code in (ENOENT, ESRCH, ENODEV):
+            return
+        raise
+    if record.active():
+        words = [f"{route.dst}/{route.dst_len}", "dev", name_of(rtnl, route.oif)]
+        words += ["table", str(route.table), "proto", str(route.proto)]
+        if route.source:
+            words += ["src", route.source]
+        record.note("ip", "route", "del", *(["local"] if route.kind == RTN_LOCAL else []), *words)
+
+
+def routes_through(rtnl: Rtnl, index: int) -> list[Route] | None:
+    """`ip route show table all dev IF` (Rtnl.routes_through); None: IF is gone."""
+    try:
+        return rtnl.routes_through(index)
     except NetlinkError as exc:
         if exc.code != ENODEV:
             raise
@@ -164,7 +226,8 @@ def static_sources(routes: Iterable[Route]) -> dict[int, dict[str, str]]:
     found: dict[int, dict[str, str]] = {}
     for route in routes:
         if route.table == RT_TABLE_MAIN and route.proto == RTPROT_STATIC and route.oif:
-            found.setdefault(route.oif, {})[f"{route.dst}/{route.dst_len}"] = route.source
+            # the first listed, the one a lookup meets (another after it is not used)
+            found.setdefault(route.oif, {}).setdefault(f"{route.dst}/{route.dst_len}", route.source)
     return found
 
 

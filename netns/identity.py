@@ -2,17 +2,52 @@
 it (`setpriv --reuid=UID --regid=UID --clear-groups`, done in the process itself).
 
 The ids are those systemd gives its DynamicUser services (61184-65519): no name in /etc/passwd
-or /etc/group, so no file on the host is theirs, and no login or service runs as one.
+or /etc/group, so no login or service runs as one. systemd hands them out with a lock file
+each, /run/systemd/dynamic-uid/UID, held (flock) while the id is in use; taking the same lock
+keeps it from giving a service the id while we hold it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import grp
 import os
 import pwd
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from netns._libc import setfsuid
 
 FIRST, LAST = 61184, 65519  # systemd's dynamic users (systemd.exec(5), DynamicUser=)
+SYSTEMD = "/run/systemd"  # with system/ when systemd is PID 1 (sd_booted(3))
+LOCKS = "dynamic-uid"  # its locks, one per id in use (src/core/dynamic-user.c, pick_uid())
+
+
+@dataclass
+class Reserved:
+    """A user id held: its lock file and descriptor (None where systemd does not run)."""
+
+    uid: int
+    lock_path: str | None = None
+    fd: int | None = None
+    made_dir: bool = False  # the lock directory was made for it
+
+    def release(self) -> None:
+        """`rm /run/systemd/dynamic-uid/UID`, then the lock goes with its descriptor (as
+        systemd itself lets go of an id); the directory too if it was made for this one and
+        nobody else's lock is in it."""
+        if self.lock_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.lock_path)
+            if self.made_dir:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.dirname(self.lock_path))
+            self.lock_path = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def running_uids(proc: str = "/proc") -> set[int]:
@@ -33,18 +68,53 @@ def running_uids(proc: str = "/proc") -> set[int]:
     return found
 
 
-def unused_uid(seed: str, taken: set[int] | None = None) -> int:
-    """A user id of the dynamic range with no user or group of that number and no process
-    running as it: the first free one from a point that `seed` picks (a daemon's prefix, so
+def reserve_uid(
+    seed: str, name: str, taken: set[int] | None = None, systemd: str = SYSTEMD
+) -> Reserved:
+    """A user id of the dynamic range with no user or group of that number, no process running
+    as it and, where systemd is PID 1, its lock in /run/systemd/dynamic-uid taken and `name`
+    written in it: the first free one from a point that `seed` picks (a daemon's prefix, so
     two daemons on one host start from different ids). RuntimeError when the range is full."""
     taken = running_uids() if taken is None else taken
+    booted = os.path.isdir(os.path.join(systemd, "system"))
+    locks = os.path.join(systemd, LOCKS)
+    made_dir = booted and not os.path.isdir(locks)
+    if made_dir:
+        os.makedirs(locks, mode=0o755, exist_ok=True)
     size = LAST - FIRST + 1
     start = zlib.crc32(seed.encode()) % size
     for step in range(size):
         uid = FIRST + (start + step) % size
-        if uid not in taken and not _named(uid):
-            return uid
+        if uid in taken or _named(uid):
+            continue
+        if not booted:
+            return Reserved(uid)
+        path = os.path.join(locks, str(uid))
+        fd = _locked(path)
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{name}\n".encode(), 0)
+            return Reserved(uid, path, fd, made_dir)
+    if made_dir:
+        with contextlib.suppress(OSError):
+            os.rmdir(locks)
     raise RuntimeError(f"every user id from {FIRST} to {LAST} is in use")
+
+
+def _locked(path: str) -> int | None:
+    """`flock -n PATH`, as systemd takes it: the open file, locked; None when someone holds it
+    (a service of systemd's, another daemon). A file unlinked between the open and the lock
+    (its holder let go meanwhile) is opened again."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        if os.fstat(fd).st_nlink > 0:
+            return fd
+        os.close(fd)
 
 
 def _named(uid: int) -> bool:
@@ -69,6 +139,19 @@ def become(uid: int) -> None:
     left = capabilities()
     if any(left.values()):
         raise RuntimeError(f"capabilities left after the change to user {uid}: {left}")
+
+
+@contextlib.contextmanager
+def files_as(uid: int) -> Iterator[None]:
+    """`setfsuid UID` for the calling thread only (glibc's setfsuid is the bare system call),
+    and back to root after: what it opens meanwhile is that user's (a socket's owner, which
+    nftables matches as `meta skuid`). The root thread gets back the file capabilities the
+    change took from it (capabilities(7))."""
+    setfsuid(uid)
+    try:
+        yield
+    finally:
+        setfsuid(0)
 
 
 def capabilities(pid: str = "self") -> dict[str, int]:

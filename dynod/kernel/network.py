@@ -174,13 +174,10 @@ def close_port_to_host(port: str, rtnl: Rtnl | None = None, index: int | None = 
         sysctl.write(f"net.ipv4.conf.{port}.arp_ignore", 8)
 
 
-def add_gateway(rtnl: Rtnl, bridge_index: int, subnet: Subnet, *, replace: bool = False) -> None:
-    """The dyno's gateway on the host, as routes (addresses.add_gateway; `replace`: its /30's
-    route made what it should be, whatever someone made of it)."""
+def add_gateway(rtnl: Rtnl, bridge_index: int, subnet: Subnet) -> None:
+    """The dyno's gateway on the host, as routes (addresses.add_gateway)."""
     network = str(subnet.network.network_address)
-    addresses.add_gateway(
-        rtnl, bridge_index, subnet.gateway, network, subnet.prefixlen, replace=replace
-    )
+    addresses.add_gateway(rtnl, bridge_index, subnet.gateway, network, subnet.prefixlen)
 
 
 def pin_gateway(netns: str, subnet: Subnet, bridge_mac: str) -> None:

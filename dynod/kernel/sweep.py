@@ -11,7 +11,7 @@ from dynod.kernel.facts import DynoNetwork
 from dynod.kernel.inside import kill_namespace
 from dynod.kernel.machine import Machine
 from netns import addresses, links, namespace
-from netns.rtnl import IFF_UP, Rtnl
+from netns.rtnl import IFF_UP, Route, Rtnl
 
 
 def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
@@ -68,7 +68,8 @@ def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
 
 def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
     """The gateway's routes and the dyno's neighbour entry on the host for every kept dyno
-    (someone may have removed them, or replaced its /30's), and its port's settings
+    (someone may have removed them, or put others before them: those go), from one listing of
+    each bridge's routes (or of the whole table), and its port's settings
     (network.close_port_to_host: a port made by an older dynod, or changed by hand since).
 
     A gateway an older dynod made an address of becomes routes: every such dyno is told its
@@ -90,9 +91,14 @@ def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
     for dyno, index in kept:
         if dyno.gateway in held[index]:
             addresses.delete(rtnl, index, dyno.gateway, dyno.prefixlen)
-    for dyno, index in kept:
-        network.add_gateway(rtnl, index, dyno.subnet, replace=True)  # one replaced by hand too
-        addresses.pin_neighbour(rtnl, index, dyno.address, dyno.subnet.dyno_mac)
+    # listed after those deletions (the last address of a bridge takes its routes with it)
+    for index, (on_bridge, routes) in gateway_listings(m, [d for d, _ in kept]).items():
+        mine = [r for r in routes if r.oif == index]
+        for dyno in on_bridge:
+            wanted = wanted_routes(dyno, index)
+            if not addresses.gateway_intact(mine, wanted):
+                addresses.put_back_gateway(rtnl, mine, wanted)
+            addresses.pin_neighbour(rtnl, index, dyno.address, dyno.subnet.dyno_mac)
     for dyno in live:
         close_port(rtnl, dyno.veth)
 
@@ -103,13 +109,13 @@ def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
 FILTERED_BRIDGES = 4
 
 
-def missing_gateways(m: Machine, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
-    """Of these dynos, those missing one of their gateway's routes on their bridge (someone
-    deleted it, or took the bridge down, which flushes the /30's route but not the local one),
-    or whose /30 route has another source than the gateway (someone replaced it: the host would
-    send to the dyno from another of its addresses). From `ip route show table all dev BRIDGE
-    proto static` for each of their bridges, or one `ip route show table all` for dynos on more
-    than FILTERED_BRIDGES."""
+def gateway_listings(
+    m: Machine, dynos: list[DynoNetwork]
+) -> dict[int, tuple[list[DynoNetwork], list[Route]]]:
+    """These dynos by the index of their bridge (their shard's, when open and not deleted), each
+    bridge's with the routes through it: `ip route show table all dev BRIDGE` for each, or one
+    `ip route show table all` for dynos on more than FILTERED_BRIDGES bridges (or where the
+    kernel does not filter dumps)."""
     bridges: dict[int, list[DynoNetwork]] = {}
     for dyno in dynos:
         net = m.network_of(dyno.bridge)
@@ -117,18 +123,35 @@ def missing_gateways(m: Machine, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
         if index is not None:
             bridges.setdefault(index, []).append(dyno)
     rtnl = m.worker.rtnl
-    everything = rtnl.routes() if len(bridges) > FILTERED_BRIDGES else None
-    missing = []
+    whole = len(bridges) > FILTERED_BRIDGES or not rtnl.filters
+    everything = rtnl.routes() if whole and bridges else None
+    found = {}
     for index, on_bridge in bridges.items():
         if rtnl.index_of(on_bridge[0].port_bridge) != index:
             continue  # deleted: its dynos are cut off until the next start rebuilds it
         routes = everything
-        if routes is None and (routes := addresses.static_routes_through(rtnl, index)) is None:
+        if routes is None and (routes := addresses.routes_through(rtnl, index)) is None:
             continue  # deleted since
-        local = set(addresses.local_gateways(routes).get(index, ()))
-        routed = addresses.static_sources(routes).get(index, {})
+        found[index] = (on_bridge, routes)
+    return found
+
+
+def wanted_routes(dyno: DynoNetwork, index: int) -> tuple[Route, Route]:
+    """The dyno's gateway routes (netns/addresses.py add_gateway), through bridge `index`."""
+    address = str(dyno.subnet.network.network_address)
+    return addresses.gateway_routes(dyno.gateway, address, dyno.prefixlen, index)
+
+
+def missing_gateways(m: Machine, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+    """Of these dynos, those whose gateway routes are not both the first through their bridge
+    to their destination (addresses.gateway_intact): someone deleted one, took the bridge down
+    (which flushes the /30's route but not the local one), or replaced or prepended another
+    (without the gateway's `src`, the host would send to the dyno from another address)."""
+    missing = []
+    for index, (on_bridge, routes) in gateway_listings(m, dynos).items():
+        mine = [r for r in routes if r.oif == index]
         for dyno in on_bridge:
-            if dyno.gateway not in local or routed.get(str(dyno.subnet.network)) != dyno.gateway:
+            if not addresses.gateway_intact(mine, wanted_routes(dyno, index)):
                 missing.append(dyno)
     return missing
 

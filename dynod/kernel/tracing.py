@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from dynod.errors import DynodError
 from dynod.kernel.machine import Machine
-from netns import namespace, nftrace
+from netns import identity, namespace, nftrace
 from netns.nftables import Nft, NftError, NoLowDescriptor
 
 SO_MARK = 36
@@ -44,7 +44,8 @@ class ProbePlan:
     src_netns: str | None
     src: str | None  # the source address when it is known (a dyno's eth0)
     dst_netns: str | None
-    mark: int = 0  # SO_MARK of the probe's socket (the router's)
+    mark: int = 0  # SO_MARK of the probe's socket (the router's in the daemon)
+    user: int | None = None  # the owner of the probe's socket (the router workers' user)
 
     def places(self) -> list[str | None]:
         """The namespaces the probe passes, in order: where it starts, the host, where it ends."""
@@ -123,7 +124,8 @@ def _probe_socket(plan: ProbePlan) -> tuple[socket.socket, nftrace.Flow]:
     """A non-blocking socket in the probe's namespace, bound so that its flow is known before
     anything is sent: a TCP or UDP source port, an ICMP echo id."""
     kind = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}.get(plan.protocol)
-    with _inside(plan.src_netns):
+    owner = identity.files_as(plan.user) if plan.user is not None else contextlib.nullcontext()
+    with _inside(plan.src_netns), owner:
         if kind is None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         else:

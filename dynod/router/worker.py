@@ -76,6 +76,15 @@ class LogBatcher:
         self.writer.write(frame({"logs": lines}))
 
 
+def preload() -> None:
+    """Import now what the worker runs but Python imports only at its first use, while the
+    files can still be read (the change of user may leave none readable): uvloop resolves the
+    address of every connection to a dyno (`loop.sock_connect`: getaddrinfo with type 0, past
+    its numeric fast path), which encodes the host with the idna codec, a module loaded on its
+    first use. tests/unit/router/test_worker_imports.py checks that serving loads nothing."""
+    "".encode("idna")
+
+
 def drop_root(settings: dict[str, Any]) -> None:
     """Become the user of `settings` (none: stay as started, a daemon that is not root's)."""
     if settings.get("user") is not None:
@@ -149,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="router worker: %(message)s")
     settings = json.loads(args[0])
-    drop_root(settings)  # everything it runs is imported by now (this module's imports)
+    preload()
+    drop_root(settings)  # everything it runs is imported by now
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve(settings))
     return 0

@@ -69,6 +69,7 @@ class TraceService:
             )
 
     async def _run(self, request: TraceRequest, ends: Ends) -> Report:
+        router, user = ends.source.kind == "router", self.kernel.layout.router_user
         plan = tracing.ProbePlan(
             protocol=request.protocol,
             dst=ends.target.address or "",
@@ -76,7 +77,9 @@ class TraceService:
             src_netns=ends.source.netns,
             src=ends.source.address if ends.source.kind == "dyno" else None,
             dst_netns=ends.target.netns,
-            mark=self.kernel.layout.router_mark if ends.source.kind == "router" else 0,
+            # as the router sends: from a socket of its workers' user, or one with its mark
+            mark=self.kernel.layout.router_mark if router and user is None else 0,
+            user=user if router else None,
         )
         worker = self.kernel.worker
         opened: tracing.Opened | None = None

@@ -120,18 +120,42 @@ def test_a_bridge_taken_down_and_up_gets_its_dynos_gateway_routes_back() -> None
         sh("ip", "route", "del", str(subnet), "dev", bridge)
         d.wait_for(routed, "the deleted /30 route back")
         assert d.via_router("flap")[0] == 200
-        # replaced without the gateway's source (as `proto boot`, then as `proto static`):
-        # heard, and made the gateway's again
+        # replaced without the gateway's source (as `proto boot`, then as `proto static`), or
+        # the local route replaced: heard (within a few ticks, where the listing that would
+        # find it anyway comes every 30 s), and made the gateway's again
         sourced = f"{subnet} proto static scope link src {gateway}"
-        for proto in ("boot", "static"):
+        local = f"local {gateway} proto static scope host src {gateway}"
+        for change in (
+            [str(subnet), "dev", bridge, "proto", "boot"],
+            [str(subnet), "dev", bridge, "proto", "static"],
+            ["local", gateway, "dev", bridge, "table", "local", "proto", "boot"],
+        ):
             assert sourced in sh("ip", "route", "show", "dev", bridge).stdout
-            sh("ip", "route", "replace", str(subnet), "dev", bridge, "proto", proto)
-            assert sourced not in sh("ip", "route", "show", "dev", bridge).stdout
+            assert local in local_routes()
+            sh("ip", "route", "replace", *change)
+            assert sourced not in sh("ip", "route", "show", "dev", bridge).stdout or (
+                local not in local_routes()
+            )
             d.wait_for(
-                lambda: sourced in sh("ip", "route", "show", "dev", bridge).stdout,
-                f"the /30 route replaced as proto {proto} made the gateway's again",
+                lambda: (
+                    sourced in sh("ip", "route", "show", "dev", bridge).stdout
+                    and local in local_routes()
+                ),
+                f"the gateway's routes made its own again after `ip route replace {change}`",
+                timeout=5,
             )
             assert d.via_router("flap")[0] == 200
+
+        # another /30 put before the gateway's (not heard: a new route): the listing every
+        # 30 s finds that a lookup meets it first, and it goes
+        def to_subnet() -> list[str]:
+            shown = sh("ip", "route", "show", "dev", bridge).stdout.splitlines()
+            return [line.strip() for line in shown if line.startswith(f"{subnet} ")]
+
+        sh("ip", "route", "prepend", str(subnet), "dev", bridge, "proto", "boot")
+        assert to_subnet() == [f"{subnet} scope link", sourced], to_subnet()
+        d.wait_for(lambda: to_subnet() == [sourced], "the prepended /30 route gone", timeout=40)
+        assert d.via_router("flap")[0] == 200
         # the bridge's own address: the kernel flushes every route through the bridge and
         # tells only of the address's own routes, which name no dyno
         own = sh("ip", "-o", "-4", "addr", "show", "dev", bridge).stdout.split()[3]

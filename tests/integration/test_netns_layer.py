@@ -256,24 +256,49 @@ def test_a_gateway_made_of_routes_is_the_hosts_and_each_side_knows_the_others_ma
             assert f"local {gateway} proto static scope host" in local
             main = sh("ip", "route", "show", "dev", bridge_name)
             assert f"{network}/30 proto static scope link src {gateway}" in main
-            # the bridge's own routes, filtered by the kernel: both of the gateway's, and
-            # neither another device's nor another protocol's
+            # the bridge's own routes, filtered by the kernel, of any protocol: not another
+            # device's
             sh("ip", "route", "add", "10.255.252.0/30", "dev", "lo", "proto", "static")
             sh("ip", "route", "add", "10.255.254.0/30", "dev", bridge_name)  # proto boot
+            wanted = addresses.gateway_routes(gateway, network, 30, bridge)
             try:
-                own = {(r.dst, r.dst_len, r.source) for r in rtnl.routes_through(bridge, 4)}
-                assert own == {(gateway, 32, gateway), (network, 30, gateway)}
-                assert addresses.static_routes_through(rtnl, bridge + 1000) is None  # gone
+                own = rtnl.routes_through(bridge)
+                assert {(r.dst, r.dst_len, r.source, r.proto) for r in own} == {
+                    (gateway, 32, gateway, 4),
+                    (network, 30, gateway, 4),
+                    ("10.255.254.0", 30, "", 3),
+                }
+                assert addresses.gateway_intact(own, wanted)
+                assert addresses.routes_through(rtnl, bridge + 1000) is None  # gone
             finally:
                 sh("ip", "route", "del", "10.255.252.0/30", "dev", "lo")
                 sh("ip", "route", "del", "10.255.254.0/30", "dev", bridge_name)
-            # a /30 someone replaced without the source: `replace` makes it the gateway's again
-            sh("ip", "route", "replace", f"{network}/30", "dev", bridge_name, "proto", "static")
-            assert addresses.static_sources(rtnl.routes())[bridge][f"{network}/30"] == ""
-            addresses.add_gateway(rtnl, bridge, gateway, network, 30)  # add: left as it is
-            assert addresses.static_sources(rtnl.routes())[bridge][f"{network}/30"] == ""
-            addresses.add_gateway(rtnl, bridge, gateway, network, 30, replace=True)
-            assert addresses.static_sources(rtnl.routes())[bridge][f"{network}/30"] == gateway
+            # another route to the /30 through the bridge: before the gateway's (it replaced it
+            # without the source, or was prepended), the one a lookup meets, so the gateway is
+            # not intact, and put_back_gateway makes it first again, alone; after it
+            # (appended), it is never met: intact, and left alone
+            target = [f"{network}/30", "dev", bridge_name]
+            for how, words, intact in (
+                ("replace", ["proto", "static"], False),
+                ("prepend", ["proto", "boot"], False),
+                ("append", ["proto", "boot"], True),
+            ):
+                sh("ip", "route", how, *target, *words)
+                listed = rtnl.routes_through(bridge)
+                assert addresses.gateway_intact(listed, wanted) is intact, how
+                if intact:
+                    sh("ip", "route", "del", *target, "proto", "boot")
+                    continue
+                addresses.put_back_gateway(rtnl, listed, wanted)
+                listed = rtnl.routes_through(bridge)
+                assert addresses.gateway_intact(listed, wanted), how
+                assert [r for r in listed if r.dst == network] == [wanted[1]], how
+            # and the local route, replaced (proto boot, no source)
+            sh("ip", "route", "replace", "local", gateway, "dev", bridge_name, "table", "local")
+            listed = rtnl.routes_through(bridge)
+            assert not addresses.gateway_intact(listed, wanted)
+            addresses.put_back_gateway(rtnl, listed, wanted)
+            assert [r for r in rtnl.routes_through(bridge) if r.dst == gateway] == [wanted[0]]
             main = sh("ip", "route", "show", "dev", bridge_name)
             assert f"{network}/30 proto static scope link src {gateway}" in main
             with namespace.entered(name):

@@ -4,6 +4,8 @@ that user, and no other, reach a web dyno's PORT from the host."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import pwd
 import shutil
 import socket
@@ -85,6 +87,19 @@ def test_workers_run_as_their_own_user_with_no_capability_from_a_checkout_root_a
             assert 61184 <= uid <= 65519
             with pytest.raises(KeyError):
                 pwd.getpwuid(uid)
+            # where systemd is PID 1 the id's dynamic-user lock is held, so it gives the id to
+            # no service; released with the daemon
+            lock = Path(f"/run/systemd/dynamic-uid/{uid}")
+            if Path("/run/systemd/system").is_dir():
+                assert lock.read_text() == f"dynod-router-{d.prefix}\n"
+                probe = os.open(lock, os.O_RDONLY)
+                try:
+                    with pytest.raises(BlockingIOError):
+                        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                finally:
+                    os.close(probe)
+            else:
+                assert not lock.exists()
             said = d.client.call("GET", "/v1/status")["workers"]
             assert said == f"{len(found)} router processes, as uid {uid} (no capability)"
             rule = sh("nft", "list", "chain", "inet", d.prefix, "output").stdout
@@ -115,5 +130,6 @@ def test_workers_run_as_their_own_user_with_no_capability_from_a_checkout_root_a
             assert reaches(uid, ip, dyno_port)
             assert not reaches(0, ip, dyno_port)
             assert not reaches(pwd.getpwnam("nobody").pw_uid, ip, dyno_port)
+        assert not lock.exists()
     finally:
         shutil.rmtree(code)

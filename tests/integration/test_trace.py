@@ -90,7 +90,8 @@ def test_router_to_web_port_is_accepted(daemon: DaemonProc) -> None:
     result = trace(daemon, "router", "web.1", "--app", "sushi")
     assert result.returncode == 0, result.stderr
     assert f"router -> sushi/web.1 tcp {web['port']}: accepted (probe: connected)" in result.stdout
-    assert "accepted: the router (its sockets' mark) to a web dyno's PORT" in result.stdout
+    # as the router's workers send: from a socket of their user (the rule the router meets)
+    assert "accepted: the router's workers (their own user) to a web dyno's PORT" in result.stdout
     # it reached web.1's own namespace
     assert f"sushi/web.1 (netns {daemon.prefix}-sushi.web.1):" in result.stdout
     as_json = json.loads(trace(daemon, "router", "sushi/web.1", "--json").stdout)
