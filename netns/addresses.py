@@ -100,63 +100,126 @@ def gateway_routes(gateway: str, network: str, prefixlen: int, index: int) -> tu
     )
 
 
-def gateway_intact(routes: Iterable[Route], wanted: tuple[Route, Route]) -> bool:
-    """Of a listing (Rtnl.routes(), or routes_through IF), is each of the gateway's routes the
-    first through IF to its destination in its table, the one a lookup meets there (another
-    before it, `ip route prepend` or `replace` without `src`, would be the one used)?"""
-    first = _firsts(routes, wanted)
-    return all(first.get(_key(route)) == route for route in wanted)
+RouteKey = tuple[int, str, int]  # (table, destination, prefix length): what a lookup meets first
 
 
-def put_back_gateway(rtnl: Rtnl, routes: Iterable[Route], wanted: tuple[Route, Route]) -> None:
-    """Make add_gateway's two routes the first through their device again: where another route
-    through it to the same destination comes first, every route through it there goes (`ip
-    route del`, each by what the listing said of it), and add_gateway makes both (one already
-    right and first is left as it is)."""
-    listed = list(routes)
-    first = _firsts(listed, wanted)
-    for route in wanted:
-        if first.get(_key(route)) in (None, route):
-            continue
-        for found in listed:
-            if _key(found) == _key(route):
-                delete_route(rtnl, found)
-    local, network = wanted
-    add_gateway(rtnl, local.oif, local.dst, network.dst, network.dst_len)
-
-
-def _key(route: Route) -> tuple[int, str, int, int]:
-    return (route.table, route.dst, route.dst_len, route.oif)
-
-
-def _firsts(
-    routes: Iterable[Route], wanted: Iterable[Route]
-) -> dict[tuple[int, str, int, int], Route]:
-    """The first route listed to each destination of `wanted` (its table, through its device)."""
-    keys = {_key(route) for route in wanted}
-    first: dict[tuple[int, str, int, int], Route] = {}
+def first_routes(routes: Iterable[Route]) -> dict[RouteKey, Route]:
+    """Of a listing (in the kernel's order: a prefix's routes in the order a lookup meets
+    them), the first route of tos 0 to each destination of each table: the one a lookup of the
+    host's (tos 0) meets, whatever its device (a blackhole has none)."""
+    first: dict[RouteKey, Route] = {}
     for route in routes:
-        key = _key(route)
-        if key in keys and key not in first:
-            first[key] = route
+        if route.tos == 0:
+            first.setdefault(_key(route), route)
     return first
 
 
-def delete_route(rtnl: Rtnl, route: Route) -> None:
-    """`ip route del [TYPE] DST/LEN dev IF table TABLE proto PROTO [src SOURCE]` (no error if
-    it is gone)."""
+def gateway_intact(first: dict[RouteKey, Route], wanted: tuple[Route, Route]) -> bool:
+    """Is each of the gateway's routes the first to its destination (first_routes), the one a
+    lookup meets (not another before it: `ip route prepend`, `replace` without `src`, through
+    another device)?"""
+    return all(first.get(_key(route)) == route for route in wanted)
+
+
+class GatewayBlocked(Exception):
+    """A route before the gateway's that cannot be removed: the gateway cannot be put back."""
+
+
+def put_back_gateway(rtnl: Rtnl, listed: list[Route], wanted: tuple[Route, Route]) -> None:
+    """Make add_gateway's two routes the first to their destinations again (gateway_intact), in
+    as few changes as it takes: where the gateway's route is listed, the routes listed before it
+    go (`ip route del`, each as listed); where it is not, those listed to its destination go
+    and it is added; if the kernel still holds another there (through a device the listing did
+    not cover), `ip route del DST/LEN table T` takes the first, and it is added again.
+    GatewayBlocked when a route stays before it."""
+    for route in wanted:
+        same = [r for r in listed if _key(r) == _key(route) and r.tos == 0]
+        if same[:1] == [route]:
+            continue
+        for other in same[: same.index(route)] if route in same else same:
+            if not delete_route(rtnl, other):  # just listed, yet not matched: it stays first
+                raise GatewayBlocked(
+                    f"a route to {other.dst}/{other.dst_len} in table {other.table} comes "
+                    "before the gateway's and cannot be removed"
+                )
+        if route in same:
+            continue
+        if not _add(rtnl, route):
+            _delete_first(rtnl, route)
+            if not _add(rtnl, route):
+                raise GatewayBlocked(
+                    f"another route to {route.dst}/{route.dst_len} in table {route.table} "
+                    "comes first and cannot be removed"
+                )
+
+
+def _add(rtnl: Rtnl, route: Route) -> bool:
+    """One of add_gateway's routes; False if one with its key is there (EEXIST)."""
+    local = route.kind == RTN_LOCAL
+    try:
+        rtnl.device_route(
+            "add",
+            dst=route.dst,
+            prefixlen=route.dst_len,
+            index=route.oif,
+            source=route.source,
+            local=local,
+        )
+    except NetlinkError as exc:
+        if exc.code != EEXIST:
+            raise
+        return False
+    if record.active():
+        device = name_of(rtnl, route.oif)
+        table = ["table", "local"] if local else []
+        kind = ["local"] if local else []
+        scope = [] if local else ["scope", "link"]
+        dst = route.dst if local else f"{route.dst}/{route.dst_len}"
+        record.note(
+            "ip", "route", "add", *kind, dst, "dev", device, *table, "proto", "static", *scope,
+            "src", route.source,
+        )  # fmt: skip
+    return True
+
+
+def _delete_first(rtnl: Rtnl, route: Route) -> None:
+    """`ip route del DST/LEN table TABLE`: the first route to `route`'s destination, whatever
+    it is (no error if there is none)."""
+    try:
+        rtnl.delete_first(route.table, route.dst, route.dst_len)
+    except NetlinkError as exc:
+        if exc.code in (ENOENT, ESRCH):
+            return
+        raise
+    if record.active():
+        words = [f"{route.dst}/{route.dst_len}", "table", str(route.table)]
+        record.note("ip", "route", "del", *words)
+
+
+def _key(route: Route) -> RouteKey:
+    return (route.table, route.dst, route.dst_len)
+
+
+def delete_route(rtnl: Rtnl, route: Route) -> bool:
+    """`ip route del [TYPE] DST/LEN [tos TOS] (dev IF | nhid ID) table TABLE proto PROTO [src
+    SOURCE]`; False if no such route is there."""
     try:
         rtnl.delete_route(route)
     except NetlinkError as exc:
         if exc.code in (ENOENT, ESRCH, ENODEV):
-            return
+            return False
         raise
     if record.active():
-        words = [f"{route.dst}/{route.dst_len}", "dev", name_of(rtnl, route.oif)]
+        words = ["local"] if route.kind == RTN_LOCAL else []
+        words.append(f"{route.dst}/{route.dst_len}")
+        if route.tos:
+            words += ["tos", f"{route.tos:#x}"]
+        words += ["nhid", str(route.nh_id)] if route.nh_id else ["dev", name_of(rtnl, route.oif)]
         words += ["table", str(route.table), "proto", str(route.proto)]
         if route.source:
             words += ["src", route.source]
-        record.note("ip", "route", "del", *(["local"] if route.kind == RTN_LOCAL else []), *words)
+        record.note("ip", "route", "del", *words)
+    return True
 
 
 def routes_through(rtnl: Rtnl, index: int) -> list[Route] | None:
@@ -225,7 +288,12 @@ def static_sources(routes: Iterable[Route]) -> dict[int, dict[str, str]]:
     none), by device index."""
     found: dict[int, dict[str, str]] = {}
     for route in routes:
-        if route.table == RT_TABLE_MAIN and route.proto == RTPROT_STATIC and route.oif:
+        if (
+            route.table == RT_TABLE_MAIN
+            and route.proto == RTPROT_STATIC
+            and route.oif
+            and not route.tos
+        ):
             # the first listed, the one a lookup meets (another after it is not used)
             found.setdefault(route.oif, {}).setdefault(f"{route.dst}/{route.dst_len}", route.source)
     return found

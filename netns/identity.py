@@ -32,18 +32,14 @@ class Reserved:
     uid: int
     lock_path: str | None = None
     fd: int | None = None
-    made_dir: bool = False  # the lock directory was made for it
 
     def release(self) -> None:
         """`rm /run/systemd/dynamic-uid/UID`, then the lock goes with its descriptor (as
-        systemd itself lets go of an id); the directory too if it was made for this one and
-        nobody else's lock is in it."""
+        systemd itself lets go of an id). The directory stays: systemd may be making a lock
+        of its own in it right now, and it would have made the directory itself."""
         if self.lock_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.lock_path)
-            if self.made_dir:
-                with contextlib.suppress(OSError):
-                    os.rmdir(os.path.dirname(self.lock_path))
             self.lock_path = None
         if self.fd is not None:
             os.close(self.fd)
@@ -78,9 +74,11 @@ def reserve_uid(
     taken = running_uids() if taken is None else taken
     booted = os.path.isdir(os.path.join(systemd, "system"))
     locks = os.path.join(systemd, LOCKS)
-    made_dir = booted and not os.path.isdir(locks)
-    if made_dir:
-        os.makedirs(locks, mode=0o755, exist_ok=True)
+    if booted and not os.path.isdir(locks):
+        # as systemd makes it (0755: unprivileged lookups of its users read it), whatever the
+        # daemon's umask
+        os.makedirs(locks, exist_ok=True)
+        os.chmod(locks, 0o755)
     size = LAST - FIRST + 1
     start = zlib.crc32(seed.encode()) % size
     for step in range(size):
@@ -94,10 +92,7 @@ def reserve_uid(
         if fd is not None:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{name}\n".encode(), 0)
-            return Reserved(uid, path, fd, made_dir)
-    if made_dir:
-        with contextlib.suppress(OSError):
-            os.rmdir(locks)
+            return Reserved(uid, path, fd)
     raise RuntimeError(f"every user id from {FIRST} to {LAST} is in use")
 
 

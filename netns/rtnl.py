@@ -84,6 +84,7 @@ RTA_OIF = 4
 RTA_GATEWAY = 5
 RTA_PREFSRC = 7
 RTA_TABLE = 15
+RTA_NH_ID = 30
 NDA_DST = 1
 NDA_LLADDR = 2
 IFF_UP = 0x1
@@ -110,12 +111,14 @@ class Route(NamedTuple):
     dst_len: int
     oif: int  # its device's index; 0: none
     source: str  # its `src`; "": none
+    tos: int = 0  # its `tos` (a lookup with another tos never meets it)
+    nh_id: int = 0  # its `nhid` (a nexthop object); 0: none
 
 
 def route_of(body: bytes) -> Route | None:
     """An RTM_NEWROUTE or RTM_DELROUTE message's route (its body: what follows the netlink
     header); None for one that is not IPv4's."""
-    family, dst_len, _src_len, _tos, table, proto, _scope, kind, _flags = _RTMSG.unpack_from(body)
+    family, dst_len, _src_len, tos, table, proto, _scope, kind, _flags = _RTMSG.unpack_from(body)
     if family != socket.AF_INET:
         return None
     attrs = nlmsg.attributes(body[_RTMSG.size :])
@@ -124,7 +127,8 @@ def route_of(body: bytes) -> Route | None:
     dst = socket.inet_ntoa(attrs[RTA_DST][:4]) if RTA_DST in attrs else "0.0.0.0"
     oif = struct.unpack_from("=i", attrs[RTA_OIF])[0] if RTA_OIF in attrs else 0
     source = socket.inet_ntoa(attrs[RTA_PREFSRC][:4]) if RTA_PREFSRC in attrs else ""
-    return Route(table, kind, proto, dst, dst_len, oif, source)
+    nh_id = struct.unpack_from("=I", attrs[RTA_NH_ID])[0] if RTA_NH_ID in attrs else 0
+    return Route(table, kind, proto, dst, dst_len, oif, source, tos, nh_id)
 
 
 _HEADER = nlmsg.HEADER
@@ -402,19 +406,38 @@ class Rtnl:
             raise ValueError(f"unsupported route command {command!r}")
 
     def delete_route(self, route: Route) -> None:
-        """`ip route del [TYPE] DST/LEN dev IF table TABLE proto PROTO [src SOURCE]`: this route
-        as a dump listed it, of any scope (NetlinkError ESRCH or ENOENT: not there)."""
+        """`ip route del [TYPE] DST/LEN [tos TOS] (dev IF | nhid ID) table TABLE proto PROTO
+        [src SOURCE]`: this route as a dump listed it, of any scope (NetlinkError ESRCH or
+        ENOENT: not there). A route of a nexthop object is named by its id alone: the kernel
+        matches no device against it (fib_nh_match)."""
         table = route.table if route.table < 256 else 0  # the full number in RTA_TABLE
         body = _RTMSG.pack(
-            socket.AF_INET, route.dst_len, 0, 0, table, route.proto, RT_SCOPE_NOWHERE, route.kind, 0
+            socket.AF_INET,
+            route.dst_len,
+            0,
+            route.tos,
+            table,
+            route.proto,
+            RT_SCOPE_NOWHERE,
+            route.kind,
+            0,
         )
         if route.dst_len:
             body += _attr(RTA_DST, _ipv4(route.dst))
         body += _attr(RTA_TABLE, _u32(route.table))
-        if route.oif:
+        if route.nh_id:
+            body += _attr(RTA_NH_ID, _u32(route.nh_id))
+        elif route.oif:
             body += _attr(RTA_OIF, _u32(route.oif))
         if route.source:
             body += _attr(RTA_PREFSRC, _ipv4(route.source))
+        self.request(RTM_DELROUTE, 0, body)
+
+    def delete_first(self, table: int, dst: str, dst_len: int) -> None:
+        """`ip route del DST/LEN table TABLE`: the first route there (tos 0) a lookup would meet,
+        whatever its type, protocol or device (NetlinkError ESRCH: none)."""
+        body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, 0, 0, RT_SCOPE_NOWHERE, 0, 0)
+        body += _attr(RTA_DST, _ipv4(dst)) + _attr(RTA_TABLE, _u32(table))
         self.request(RTM_DELROUTE, 0, body)
 
     def neigh(self, command: str, *, ifindex: int, dst: str, lladdr: str = "") -> None:

@@ -88,6 +88,8 @@ class HealthWatch:
         self._gateways_owed: set[int] = set()
         # why putting them back on a bridge failed the last time, by bridge (said once)
         self._gateways_refused: dict[str, str] = {}
+        # dynos whose routes a route before them keeps from being put back, with the reason said
+        self._gateways_blocked: dict[int, str] = {}
         self._bridges: dict[str, bool] = {}  # each open bridge: is it up (bridges_up())
 
     def watch(self) -> None:
@@ -164,6 +166,7 @@ class HealthWatch:
     def forget(self, dyno_id: int) -> None:
         self._broken.discard(dyno_id)
         self._gateways_owed.discard(dyno_id)
+        self._gateways_blocked.pop(dyno_id, None)
 
     async def check(self) -> None:
         """Every running dyno's namespace name and veth, from one listing of /run/netns and
@@ -252,7 +255,7 @@ class HealthWatch:
             if not group:
                 continue
             try:
-                await self.kernel.restore_gateways(group)
+                blocked = await self.kernel.restore_gateways(group)
             except Exception as exc:  # noqa: BLE001 - the bridge is down: looked at again
                 again.update(ids[n.netns] for n in group)
                 if self._gateways_refused.get(bridge) != reason(exc):
@@ -265,11 +268,24 @@ class HealthWatch:
                     )
                 continue
             self._gateways_refused.pop(bridge, None)
+            put_back = [ids[n.netns] for n in group if n.netns not in blocked]
+            for dyno_id in put_back:
+                self._gateways_blocked.pop(dyno_id, None)
             self._tell(
-                [ids[n.netns] for n in group],
+                put_back,
                 "Warning: the dyno's gateway routes were removed or changed by someone else "
                 "(`ip route del` or `replace`, or its bridge taken down); put back",
             )
+            for netns, why in blocked.items():  # looked at again; said once for each reason
+                dyno_id = ids[netns]
+                again.add(dyno_id)
+                if self._gateways_blocked.get(dyno_id) != why:
+                    self._gateways_blocked[dyno_id] = why
+                    self._tell(
+                        [dyno_id],
+                        "Warning: the dyno's gateway routes were removed or changed by someone "
+                        f"else and cannot be put back yet ({why}); trying again every second",
+                    )
         return again
 
     def _unlocked_networks(self, only: set[int] | None) -> tuple[dict[int, DynoNetwork], set[int]]:

@@ -42,6 +42,8 @@ class FakeKernel:
     web_elements: set[firewall.WebTarget] = field(default_factory=set)
     usage: dict[str, cgroup.Usage] = field(default_factory=dict)  # cgroup name -> usage
     gateways_lost: set[str] = field(default_factory=set)  # netns whose gateway routes went
+    # netns whose gateway routes cannot be put back, with why
+    gateways_blocked: dict[str, str] = field(default_factory=dict)
     groups_removed: list[str] = field(default_factory=list)
     sessions: dict[str, int] = field(default_factory=dict)  # netns -> its session's id
     # every session started, also one a later spawn in the same namespace replaced in sessions
@@ -225,11 +227,18 @@ class FakeKernel:
     async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
         return [d for d in dynos if d.netns in self.gateways_lost]
 
-    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> None:
-        # Only the request is recorded, and the gateways a test said were lost come back.
+    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> dict[str, str]:
+        # Only the request is recorded, and the gateways a test said were lost come back, but
+        # those a test said are blocked.
         live = list(live)
         self.calls.append(("restore gateways", ",".join(sorted(d.netns for d in live)), None))
-        self.gateways_lost -= {d.netns for d in live}
+        blocked = {
+            d.netns: self.gateways_blocked[d.netns]
+            for d in live
+            if d.netns in self.gateways_blocked
+        }
+        self.gateways_lost -= {d.netns for d in live} - set(blocked)
+        return blocked
 
 
 def _conforms(fake: FakeKernel) -> KernelSide:

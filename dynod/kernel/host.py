@@ -391,10 +391,11 @@ class Kernel:
         """`ip route show table local`, once: the dynos whose gateway's route is not there."""
         return await self.worker.run(sweep.missing_gateways, self.machine, dynos)
 
-    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> None:
+    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> dict[str, str]:
         """Put back the gateway routes and neighbour entries of every kept dyno (someone may
-        have removed them); an older dynod's gateway address becomes routes (sweep.py)."""
-        await self.worker.run(sweep.restore_gateways, self.machine, list(live))
+        have removed them, or put others first); an older dynod's gateway address becomes
+        routes (sweep.py). Those that could not be, by namespace, with why."""
+        return await self.worker.run(sweep.restore_gateways, self.machine, list(live))
 
 
 def _spawn_from_own_table(

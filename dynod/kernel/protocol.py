@@ -134,8 +134,9 @@ class KernelSide(Protocol):
         """Of these, those whose gateway's local route is not on their bridge (one listing)."""
         ...
 
-    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> None:
-        """Their gateways' routes and neighbour entries put back (kernel/sweep.py)."""
+    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> dict[str, str]:
+        """Their gateways' routes and neighbour entries put back (kernel/sweep.py); those that
+        could not be (a route first that cannot be removed), by namespace, with why."""
         ...
 
     def removal_events(self) -> RemovalEvents | None:

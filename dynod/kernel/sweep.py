@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+from dataclasses import dataclass
 
 from dynod.kernel import network, shards, tracing
 from dynod.kernel.facts import DynoNetwork
@@ -66,7 +67,7 @@ def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
                     addresses.forget_neighbour(m.worker.rtnl, index, address)
 
 
-def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
+def restore_gateways(m: Machine, live: list[DynoNetwork]) -> dict[str, str]:
     """The gateway's routes and the dyno's neighbour entry on the host for every kept dyno
     (someone may have removed them, or put others before them: those go), from one listing of
     each bridge's routes (or of the whole table), and its port's settings
@@ -77,7 +78,10 @@ def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
     before any route is made. The order matters: a bridge past the first has no address of
     its own, and when its last address goes the kernel flushes every route and neighbour entry
     through it (fib_inetaddr_event, fib_disable_ip), so routes made between two deletions would
-    be lost."""
+    be lost.
+
+    The dynos whose routes could not be put back (a route before them that cannot be removed),
+    by namespace, with why."""
     rtnl = m.worker.rtnl  # the per-dyno calls' lean socket, as at a start
     kept = [(dyno, shards.open_shard(m, dyno)[0]) for dyno in live if m.is_open(dyno.bridge)]
     held: dict[int, set[str]] = {}  # the addresses of each bridge, listed once
@@ -92,15 +96,19 @@ def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
         if dyno.gateway in held[index]:
             addresses.delete(rtnl, index, dyno.gateway, dyno.prefixlen)
     # listed after those deletions (the last address of a bridge takes its routes with it)
-    for index, (on_bridge, routes) in gateway_listings(m, [d for d, _ in kept]).items():
-        mine = [r for r in routes if r.oif == index]
-        for dyno in on_bridge:
+    blocked = {}
+    for index, listing in gateway_listings(m, [d for d, _ in kept]).items():
+        for dyno in listing.dynos:
             wanted = wanted_routes(dyno, index)
-            if not addresses.gateway_intact(mine, wanted):
-                addresses.put_back_gateway(rtnl, mine, wanted)
+            if not addresses.gateway_intact(listing.first, wanted):
+                try:
+                    addresses.put_back_gateway(rtnl, listing.routes, wanted)
+                except addresses.GatewayBlocked as exc:
+                    blocked[dyno.netns] = str(exc)
             addresses.pin_neighbour(rtnl, index, dyno.address, dyno.subnet.dyno_mac)
     for dyno in live:
         close_port(rtnl, dyno.veth)
+    return blocked
 
 
 # A look at the dynos of at most this many bridges lists each bridge's own routes (a filtered
@@ -109,13 +117,21 @@ def restore_gateways(m: Machine, live: list[DynoNetwork]) -> None:
 FILTERED_BRIDGES = 4
 
 
-def gateway_listings(
-    m: Machine, dynos: list[DynoNetwork]
-) -> dict[int, tuple[list[DynoNetwork], list[Route]]]:
+@dataclass
+class Listing:
+    """The dynos of one bridge, and the routes a look at their gateways reads: the bridge's own
+    (`ip route show table all dev BRIDGE`), or the whole table's, shared by every bridge."""
+
+    dynos: list[DynoNetwork]
+    routes: list[Route]
+    first: dict[addresses.RouteKey, Route]  # addresses.first_routes(routes)
+
+
+def gateway_listings(m: Machine, dynos: list[DynoNetwork]) -> dict[int, Listing]:
     """These dynos by the index of their bridge (their shard's, when open and not deleted), each
-    bridge's with the routes through it: `ip route show table all dev BRIDGE` for each, or one
-    `ip route show table all` for dynos on more than FILTERED_BRIDGES bridges (or where the
-    kernel does not filter dumps)."""
+    bridge's with its routes: `ip route show table all dev BRIDGE` for each, or one `ip route
+    show table all` for dynos on more than FILTERED_BRIDGES bridges (or where the kernel does
+    not filter dumps), read and indexed once."""
     bridges: dict[int, list[DynoNetwork]] = {}
     for dyno in dynos:
         net = m.network_of(dyno.bridge)
@@ -123,16 +139,18 @@ def gateway_listings(
         if index is not None:
             bridges.setdefault(index, []).append(dyno)
     rtnl = m.worker.rtnl
-    whole = len(bridges) > FILTERED_BRIDGES or not rtnl.filters
-    everything = rtnl.routes() if whole and bridges else None
+    whole: tuple[list[Route], dict[addresses.RouteKey, Route]] | None = None
+    if bridges and (len(bridges) > FILTERED_BRIDGES or not rtnl.filters):
+        everything = rtnl.routes()
+        whole = (everything, addresses.first_routes(everything))
     found = {}
     for index, on_bridge in bridges.items():
         if rtnl.index_of(on_bridge[0].port_bridge) != index:
             continue  # deleted: its dynos are cut off until the next start rebuilds it
-        routes = everything
-        if routes is None and (routes := addresses.routes_through(rtnl, index)) is None:
-            continue  # deleted since
-        found[index] = (on_bridge, routes)
+        if whole is not None:
+            found[index] = Listing(on_bridge, *whole)
+        elif (routes := addresses.routes_through(rtnl, index)) is not None:
+            found[index] = Listing(on_bridge, routes, addresses.first_routes(routes))
     return found
 
 
@@ -143,15 +161,15 @@ def wanted_routes(dyno: DynoNetwork, index: int) -> tuple[Route, Route]:
 
 
 def missing_gateways(m: Machine, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
-    """Of these dynos, those whose gateway routes are not both the first through their bridge
-    to their destination (addresses.gateway_intact): someone deleted one, took the bridge down
-    (which flushes the /30's route but not the local one), or replaced or prepended another
-    (without the gateway's `src`, the host would send to the dyno from another address)."""
+    """Of these dynos, those whose gateway routes are not both the first to their destination,
+    the one a lookup meets (addresses.gateway_intact): someone deleted one, took the bridge
+    down (which flushes the /30's route but not the local one), or replaced or prepended
+    another (without the gateway's `src`, the host would send to the dyno from another address;
+    through another device, not to the dyno at all)."""
     missing = []
-    for index, (on_bridge, routes) in gateway_listings(m, dynos).items():
-        mine = [r for r in routes if r.oif == index]
-        for dyno in on_bridge:
-            if not addresses.gateway_intact(mine, wanted_routes(dyno, index)):
+    for index, listing in gateway_listings(m, dynos).items():
+        for dyno in listing.dynos:
+            if not addresses.gateway_intact(listing.first, wanted_routes(dyno, index)):
                 missing.append(dyno)
     return missing
 

@@ -97,72 +97,79 @@ def test_a_bridge_taken_down_and_up_gets_its_dynos_gateway_routes_back() -> None
         bridge, gateway = f"{d.prefix}0", gateway_of(web["ip"])
 
         subnet = ipaddress.IPv4Network(f"{web['ip']}/30", strict=False)
-
-        def local_routes() -> str:
-            return sh("ip", "route", "show", "table", "local", "dev", bridge).stdout
-
-        def routed() -> bool:
-            return f"{subnet} proto static" in sh("ip", "route", "show", "dev", bridge).stdout
-
-        sh("ip", "link", "set", bridge, "down")
-        assert not routed()  # (the local route stays: scope host)
-        d.wait_for(lambda: "cannot be put back yet (Network is down)" in d.log(), "the refusal")
-        sh("ip", "link", "set", bridge, "up")
-        d.wait_for(routed, "the /30's route back")
-        d.wait_for(lambda: d.via_router("flap")[0] == 200, "the web dyno reached again")
-        pinned = sh("ip", "neigh", "show", web["ip"], "dev", bridge).stdout
-        assert "PERMANENT" in pinned, pinned
-        assert "gateway routes were removed or changed by someone else (`ip route del`" in d.log()
-        sh("ip", "route", "del", "local", gateway, "dev", bridge, "table", "local")
-        d.wait_for(lambda: f"local {gateway} " in local_routes(), "the deleted route back")
-        assert d.via_router("flap")[0] == 200
-        # the /30's route alone: the deletion names the dyno (Networks.route_owner)
-        sh("ip", "route", "del", str(subnet), "dev", bridge)
-        d.wait_for(routed, "the deleted /30 route back")
-        assert d.via_router("flap")[0] == 200
-        # replaced without the gateway's source (as `proto boot`, then as `proto static`), or
-        # the local route replaced: heard (within a few ticks, where the listing that would
-        # find it anyway comes every 30 s), and made the gateway's again
-        sourced = f"{subnet} proto static scope link src {gateway}"
-        local = f"local {gateway} proto static scope host src {gateway}"
-        for change in (
-            [str(subnet), "dev", bridge, "proto", "boot"],
-            [str(subnet), "dev", bridge, "proto", "static"],
-            ["local", gateway, "dev", bridge, "table", "local", "proto", "boot"],
-        ):
-            assert sourced in sh("ip", "route", "show", "dev", bridge).stdout
-            assert local in local_routes()
-            sh("ip", "route", "replace", *change)
-            assert sourced not in sh("ip", "route", "show", "dev", bridge).stdout or (
-                local not in local_routes()
-            )
-            d.wait_for(
-                lambda: (
-                    sourced in sh("ip", "route", "show", "dev", bridge).stdout
-                    and local in local_routes()
-                ),
-                f"the gateway's routes made its own again after `ip route replace {change}`",
-                timeout=5,
-            )
-            assert d.via_router("flap")[0] == 200
-
-        # another /30 put before the gateway's (not heard: a new route): the listing every
-        # 30 s finds that a lookup meets it first, and it goes
-        def to_subnet() -> list[str]:
-            shown = sh("ip", "route", "show", "dev", bridge).stdout.splitlines()
-            return [line.strip() for line in shown if line.startswith(f"{subnet} ")]
-
-        sh("ip", "route", "prepend", str(subnet), "dev", bridge, "proto", "boot")
-        assert to_subnet() == [f"{subnet} scope link", sourced], to_subnet()
-        d.wait_for(lambda: to_subnet() == [sourced], "the prepended /30 route gone", timeout=40)
-        assert d.via_router("flap")[0] == 200
-        # the bridge's own address: the kernel flushes every route through the bridge and
-        # tells only of the address's own routes, which name no dyno
-        own = sh("ip", "-o", "-4", "addr", "show", "dev", bridge).stdout.split()[3]
-        sh("ip", "addr", "del", own, "dev", bridge)
         try:
-            assert not routed()
-            d.wait_for(routed, "the /30 route back after the bridge's address went")
+
+            def local_routes() -> str:
+                return sh("ip", "route", "show", "table", "local", "dev", bridge).stdout
+
+            def routed() -> bool:
+                return f"{subnet} proto static" in sh("ip", "route", "show", "dev", bridge).stdout
+
+            sh("ip", "link", "set", bridge, "down")
+            assert not routed()  # (the local route stays: scope host)
+            d.wait_for(lambda: "cannot be put back yet (Network is down)" in d.log(), "the refusal")
+            sh("ip", "link", "set", bridge, "up")
+            d.wait_for(routed, "the /30's route back")
+            d.wait_for(lambda: d.via_router("flap")[0] == 200, "the web dyno reached again")
+            pinned = sh("ip", "neigh", "show", web["ip"], "dev", bridge).stdout
+            assert "PERMANENT" in pinned, pinned
+            assert (
+                "gateway routes were removed or changed by someone else (`ip route del`" in d.log()
+            )
+            sh("ip", "route", "del", "local", gateway, "dev", bridge, "table", "local")
+            d.wait_for(lambda: f"local {gateway} " in local_routes(), "the deleted route back")
             assert d.via_router("flap")[0] == 200
-        finally:
-            sh("ip", "addr", "replace", own, "dev", bridge)
+            # the /30's route alone: the deletion names the dyno (Networks.route_owner)
+            sh("ip", "route", "del", str(subnet), "dev", bridge)
+            d.wait_for(routed, "the deleted /30 route back")
+            assert d.via_router("flap")[0] == 200
+            # replaced without the gateway's source (as `proto boot`, then as `proto static`),
+            # through another device, or the local route replaced: heard (within a few ticks,
+            # where the listing that would find it anyway comes every 30 s), and made the
+            # gateway's again
+            sourced = f"{subnet} proto static scope link src {gateway}"
+            local = f"local {gateway} proto static scope host src {gateway}"
+            for change in (
+                [str(subnet), "dev", bridge, "proto", "boot"],
+                [str(subnet), "dev", bridge, "proto", "static"],
+                [str(subnet), "dev", "lo"],  # through another device: the dyno cut off
+                ["local", gateway, "dev", bridge, "table", "local", "proto", "boot"],
+            ):
+                assert sourced in sh("ip", "route", "show", "dev", bridge).stdout
+                assert local in local_routes()
+                sh("ip", "route", "replace", *change)
+                assert sourced not in sh("ip", "route", "show", "dev", bridge).stdout or (
+                    local not in local_routes()
+                )
+                d.wait_for(
+                    lambda: (
+                        sourced in sh("ip", "route", "show", "dev", bridge).stdout
+                        and local in local_routes()
+                    ),
+                    f"the gateway's routes made its own again after `ip route replace {change}`",
+                    timeout=5,
+                )
+                assert d.via_router("flap")[0] == 200
+
+            # another /30 put before the gateway's (not heard: a new route): the listing every
+            # 30 s finds that a lookup meets it first, and it goes
+            def to_subnet() -> list[str]:
+                shown = sh("ip", "route", "show", "dev", bridge).stdout.splitlines()
+                return [line.strip() for line in shown if line.startswith(f"{subnet} ")]
+
+            sh("ip", "route", "prepend", str(subnet), "dev", bridge, "proto", "boot")
+            assert to_subnet() == [f"{subnet} scope link", sourced], to_subnet()
+            d.wait_for(lambda: to_subnet() == [sourced], "the prepended /30 route gone", timeout=40)
+            assert d.via_router("flap")[0] == 200
+            # the bridge's own address: the kernel flushes every route through the bridge and
+            # tells only of the address's own routes, which name no dyno
+            own = sh("ip", "-o", "-4", "addr", "show", "dev", bridge).stdout.split()[3]
+            sh("ip", "addr", "del", own, "dev", bridge)
+            try:
+                assert not routed()
+                d.wait_for(routed, "the /30 route back after the bridge's address went")
+                assert d.via_router("flap")[0] == 200
+            finally:
+                sh("ip", "addr", "replace", own, "dev", bridge)
+        finally:  # a route of the test's through lo, if the daemon did not remove it
+            sh("ip", "route", "del", str(subnet), "dev", "lo", check=False)

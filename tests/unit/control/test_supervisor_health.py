@@ -45,6 +45,7 @@ class FakeKernel:
         self.gateways_lost: set[str] = set()  # netns whose gateway routes someone removed
         self.bridge_down = False  # restore_gateways refused, as the kernel refuses the routes
         self.restored: list[list[str]] = []
+        self.blocked: dict[str, str] = {}  # netns whose routes a route before them keeps out
         self.gateway_listings = 0
         self.bridges: dict[str, bool] = {"fake0": True}  # what bridges_up() says
 
@@ -70,11 +71,13 @@ class FakeKernel:
         self.gateway_listings += 1
         return [d for d in dynos if d.netns in self.gateways_lost]
 
-    async def restore_gateways(self, live: list[DynoNetwork]) -> None:
+    async def restore_gateways(self, live: list[DynoNetwork]) -> dict[str, str]:
         if self.bridge_down:
             raise OSError(100, "Network is down")
         self.restored.append(sorted(d.netns for d in live))
-        self.gateways_lost -= {d.netns for d in live}
+        blocked = {d.netns: self.blocked[d.netns] for d in live if d.netns in self.blocked}
+        self.gateways_lost -= {d.netns for d in live} - set(blocked)
+        return blocked
 
 
 def over(state: FakeState, kernel: FakeKernel) -> Supervisor:
@@ -253,12 +256,9 @@ def test_a_deletion_seen_while_the_listing_kills_a_dyno_is_listed_next_time() ->
     assert kernel.listings == 2 and kernel.killed == [10]
 
 
-def test_gateway_routes_someone_removed_are_put_back_once_the_bridge_is_up() -> None:
-    """A deletion of a dyno's gateway route (the watch's take_routes()), or a bridge whose state
-    changed (taken down, which no route event tells), makes the next check list the gateways
-    (that dyno's, or all); a dyno missing its own gets it back, with a line in its log; while
-    its bridge is down the kernel refuses, which is said once and tried again at every check.
-    Otherwise they are not listed."""
+def two_web_dynos() -> tuple[ListingKernel, LogBook, Supervisor]:
+    """web.1 (netns n1) and web.2 (n2) running, over a kernel with a deletions watch; the log
+    kept in memory."""
     kernel = ListingKernel(set(), watches=True)
     dynos = [
         dyno(id=1, pid=10, veth="v1", netns="n1"),
@@ -266,6 +266,16 @@ def test_gateway_routes_someone_removed_are_put_back_once_the_bridge_is_up() -> 
     ]
     log = LogBook(None, echo=None)
     sup = Supervisor(FakeState(dynos), kernel, log, Config(), None)  # type: ignore[arg-type]
+    return kernel, log, sup
+
+
+def test_gateway_routes_someone_removed_are_put_back_once_the_bridge_is_up() -> None:
+    """A deletion of a dyno's gateway route (the watch's take_routes()), or a bridge whose state
+    changed (taken down, which no route event tells), makes the next check list the gateways
+    (that dyno's, or all); a dyno missing its own gets it back, with a line in its log; while
+    its bridge is down the kernel refuses, which is said once and tried again at every check.
+    Otherwise they are not listed."""
+    kernel, log, sup = two_web_dynos()
 
     async def scenario() -> list[int]:
         sup.health.watch()
@@ -680,3 +690,35 @@ def test_a_dyno_being_started_stays_owed_through_a_look_at_every_dyno() -> None:
 
     asyncio.run(scenario())
     assert kernel.looked_at == [["n1", "n2", "n3"], ["n1", "n3"], ["n2"]]
+
+
+def test_a_dyno_whose_routes_are_blocked_is_said_once_and_tried_again_alone() -> None:
+    """A route before the gateway's that cannot be removed (restore_gateways says which dyno,
+    and why): that dyno's log says so once, the others on its bridge are put back, and it is
+    looked at again, alone, at every check until it is put back."""
+    kernel, log, sup = two_web_dynos()
+
+    async def scenario() -> None:
+        sup.health.watch()
+        events = kernel.opened[0]
+        await sup.health.check()
+        kernel.gateways_lost = {"n1", "n2"}
+        kernel.blocked = {"n2": "a route to 172.16.0.8/30 comes first"}
+        events.routes = [gateway_routes(sup, 1)[0], gateway_routes(sup, 2)[0]]
+        await sup.health.check()  # n1 put back; n2 blocked: said
+        await sup.health.check()  # n2 alone, blocked again: not said again
+        await sup.health.check()
+        kernel.blocked = {}
+        await sup.health.check()  # put back
+        await sup.health.check()  # nothing due any more
+        await sup.close()
+
+    asyncio.run(scenario())
+    assert kernel.restored == [["n1", "n2"], ["n2"], ["n2"], ["n2"]]
+    assert kernel.gateways_lost == set()
+    said = [str(x) for x in log.recent(lambda _: True, 10) if "gateway routes" in str(x)]
+    assert len(said) == 3, said
+    assert "heroku[web.1]" in said[0] and said[0].endswith("; put back")
+    assert "heroku[web.2]" in said[1]
+    assert "cannot be put back yet (a route to 172.16.0.8/30 comes first)" in said[1]
+    assert "heroku[web.2]" in said[2] and said[2].endswith("; put back")

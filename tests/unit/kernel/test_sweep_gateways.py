@@ -94,11 +94,20 @@ def test_a_missing_route_or_another_met_first_is_missing_read_bridge_by_bridge()
 
 
 def test_dynos_on_more_bridges_than_the_filter_pays_for_read_the_whole_table_once() -> None:
-    many = [dyno(n, 10 + n) for n in range(sweep.FILTERED_BRIDGES + 1)]
+    many = [dyno(n, 10 + n) for n in range(sweep.FILTERED_BRIDGES + 3)]
     routes = [r for d in many for r in gateway_routes(d, 10 + d.shard)]
     routes[1] = routes[1]._replace(source="172.16.99.1")
+    # the whole table shows what a bridge's own listing cannot: a route to many[1]'s /30
+    # through another device (eth0, index 2) before it; a tos route before many[2]'s is never
+    # met by the host's lookups (tos 0); a blackhole (no device) before many[3]'s local route
+    first_of_1 = routes.index(gateway_routes(many[1], 11)[1])
+    routes.insert(first_of_1, gateway_routes(many[1], 2)[1])
+    first_of_2 = routes.index(gateway_routes(many[2], 12)[1])
+    routes.insert(first_of_2, gateway_routes(many[2], 12, source="")[1]._replace(tos=0x10))
+    first_of_3 = routes.index(gateway_routes(many[3], 13)[0])
+    routes.insert(first_of_3, Route(RT_TABLE_LOCAL, 6, RTPROT_BOOT, many[3].gateway, 32, 0, ""))
     table = Table(routes, bridges=len(many))
-    assert sweep.missing_gateways(machine(table), many) == [many[0]]
+    assert sweep.missing_gateways(machine(table), many) == [many[0], many[1], many[3]]
     assert table.asked == ["all"]
 
 

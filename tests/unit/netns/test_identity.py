@@ -38,12 +38,19 @@ def test_the_search_wraps_around_the_range_and_a_full_range_is_an_error(
 ) -> None:
     every = set(range(identity.FIRST, identity.LAST + 1))
     (tmp_path / "system").mkdir()
-    found = identity.reserve_uid("dynod", "x", every - {identity.FIRST}, str(tmp_path))
+    old = os.umask(0o077)  # the daemon's (claim.py)
+    try:
+        found = identity.reserve_uid("dynod", "x", every - {identity.FIRST}, str(tmp_path))
+    finally:
+        os.umask(old)
     assert found.uid == identity.FIRST
     found.release()
     with pytest.raises(RuntimeError, match="61184 to 65519"):
         identity.reserve_uid("dynod", "x", taken=every, systemd=str(tmp_path))
-    assert os.listdir(tmp_path) == ["system"]  # the lock directory made for it, gone
+    # the lock directory, made as systemd makes it whatever the umask, and left in place
+    assert sorted(os.listdir(tmp_path)) == ["dynamic-uid", "system"]
+    assert (tmp_path / "dynamic-uid").stat().st_mode & 0o777 == 0o755
+    assert os.listdir(tmp_path / "dynamic-uid") == []
 
 
 def test_an_id_whose_systemd_lock_is_held_is_skipped_and_ours_is_held_until_released(
