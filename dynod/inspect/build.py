@@ -20,8 +20,12 @@ from dynod.kernel.network import Names
 from netns import topology
 from netns.nftables import element_key
 
-# said with each difference of a dyno the state says is starting: attach() may be under way
+# said with each difference of a dyno the state says is starting (attach() may be under way), or
+# stopping (its teardown may be under way; a restart in place is "stopping" too, its network
+# kept)
 STARTING = " (it is starting: its network may be unfinished)"
+STOPPING = " (it is stopping or restarting: its network may be being taken apart)"
+CHANGING = {"starting": STARTING, "stopping": STOPPING}
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ class _Builder:
         for network in sorted(wanted, key=ipaddress.IPv4Network):
             gateway = wanted[network].network.gateway
             shown = f"`ip route show {network} dev {name}`"
-            starting = STARTING if wanted[network].state == "starting" else ""
+            starting = CHANGING.get(wanted[network].state, "")
             if network not in routed:
                 self.flag("missing", f"route {network}", f"through {name}; {shown}{starting}")
             elif routed[network] != gateway:
@@ -173,10 +177,12 @@ class _Builder:
                     f"default route in {net.netns}",
                     f"via {net.gateway}; `ip -n {net.netns} route`",
                 )
-        if want.state == "starting":  # attach() may be under way: say so with each
+        if want.state in CHANGING:  # attach() or detach() may be under way: say so with each
             for i in range(found_before, len(self.problems)):
                 p = self.problems[i]
-                self.problems[i] = model.Problem(p.kind, p.subject, f"{p.detail}{STARTING}")
+                self.problems[i] = model.Problem(
+                    p.kind, p.subject, f"{p.detail}{CHANGING[want.state]}"
+                )
         return model.Dyno(
             app=want.app,
             name=want.name,
@@ -222,14 +228,14 @@ class _Builder:
                     f"address {address}",
                     f"on {name}; `ip -4 addr show dev {name}`",
                 )
-        starting = {d.network.gateway for d in dynos if d.state == "starting"}
+        changing = {d.network.gateway: CHANGING.get(d.state, "") for d in dynos}
         for gateway in gateways:
             if gateway not in routed_set:
                 self.flag(
                     "missing",
                     f"gateway {gateway}",
                     f"a local route to {name}; `ip route show table local dev {name}`"
-                    + (STARTING if gateway in starting else ""),
+                    + changing[gateway],
                 )
         for address in have:
             if address not in own:

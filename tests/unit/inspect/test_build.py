@@ -189,7 +189,7 @@ def test_an_apps_view_takes_its_neighbours_ports_and_gateways_as_theirs() -> Non
     assert "stray port dynod-1: on dynod0, no dyno owns it" in [str(p) for p in without.problems]
 
 
-def test_a_starting_dynos_differences_say_it_is_starting() -> None:
+def test_a_starting_or_stopping_dynos_differences_say_so() -> None:
     look = _look()
     look.namespaces, look.inside = [], {}
     starting = [dataclasses.replace(_wanted().dynos[0], state="starting")]
@@ -199,6 +199,13 @@ def test_a_starting_dynos_differences_say_it_is_starting() -> None:
     found = [p for p in _problems(look, _wanted(dynos=starting)) if "gateway" in p or "route" in p]
     assert len(found) == 2, found
     assert all(p.endswith("(it is starting: its network may be unfinished)") for p in found)
+    stopping = [dataclasses.replace(_wanted().dynos[0], state="stopping")]
+    found = [p for p in _problems(look, _wanted(dynos=stopping)) if "gateway" in p or "route" in p]
+    assert len(found) == 2, found
+    assert all(
+        p.endswith("(it is stopping or restarting: its network may be being taken apart)")
+        for p in found
+    )
     assert [p for p in _problems(look) if "gateway" in p or "route" in p] == [
         f"missing gateway {SUBNET.gateway}: a local route to dynod0; "
         "`ip route show table local dev dynod0`",
