@@ -26,7 +26,7 @@ from netns.inotify import (
     IN_UNMOUNT,
     Inotify,
 )
-from netns.rtnl import route_of
+from netns.rtnl import RT_TABLE_LOCAL, RTN_LOCAL, RTPROT_KERNEL, Route, route_of
 
 RTNLGRP_LINK = 1
 RTNLGRP_IPV4_ROUTE = 7
@@ -51,6 +51,9 @@ class Removals:
         # the IPv4 routes deleted or replaced since the last take_routes(), as (destination,
         # prefix length); None: route events were lost, so any route may have gone
         self._deleted_routes: list[tuple[str, int]] | None = []
+        # the devices an IPv4 address went from since the last take_unaddressed() (the kernel's
+        # own local route for it was deleted)
+        self._unaddressed: set[int] = set()
         self._inotify = Inotify()
         self._links: socket.socket | None = None
         self._routes: socket.socket | None = None
@@ -105,6 +108,8 @@ class Removals:
                 for kind, _seq, body in nlmsg.frames(data):
                     if kind in _ROUTE_KINDS and (route := route_of(body)) is not None:
                         self._deleted_routes.append((route.dst, route.dst_len))
+                        if kind == RTM_DELROUTE and _an_address(route):
+                            self._unaddressed.add(route.oif)
         return removed
 
     def take_routes(self) -> list[tuple[str, int]] | None:
@@ -112,6 +117,13 @@ class Removals:
         (destination, prefix length), so the caller can tell whose they were: each stop deletes
         its dyno's own. None: route events were lost (any route may have gone)."""
         taken, self._deleted_routes = self._deleted_routes, []
+        return taken
+
+    def take_unaddressed(self) -> set[int]:
+        """The devices (by index) an IPv4 address was removed from since the last take (`ip
+        addr del`, `ip addr flush`): when a device's last address goes, the kernel flushes every
+        route through it and tells only of the address's own (fib_disable_ip)."""
+        taken, self._unaddressed = self._unaddressed, set()
         return taken
 
     def close(self) -> None:
@@ -166,6 +178,12 @@ def _attach(sock: socket.socket, *program: tuple[int, int, int, int]) -> None:
     buffer = ctypes.create_string_buffer(code)
     fprog = struct.pack("@HP", len(program), ctypes.addressof(buffer))  # struct sock_fprog
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def _an_address(route: Route) -> bool:
+    """Is this the route the kernel makes for an address of a device (`local ADDRESS`, table
+    local, proto kernel)?"""
+    return (route.table, route.kind, route.proto) == (RT_TABLE_LOCAL, RTN_LOCAL, RTPROT_KERNEL)
 
 
 def _has(data: bytes, kind: int) -> bool:

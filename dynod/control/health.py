@@ -111,31 +111,29 @@ class HealthWatch:
             return
         if self.events.drain():
             self._dirty = True
-        self._owed_for(self.events.take_routes())
+        self._owed_for(self.events.take_routes(), self.events.take_unaddressed())
 
-    def _owed_for(self, deleted: list[tuple[str, int]] | None) -> None:
-        """The dynos whose gateway routes were deleted are looked at at the next tick, alone:
-        each stop deletes its own dyno's two (a look at every dyno, O(dynos), after each one
-        was 45-95 ms at 4,000 dynos during a mass stop), and a stopped dyno is not running
-        by then. Every dyno is looked at after lost events, or when a bridge's address went
-        (`ip addr del`, `ip addr flush`: the kernel flushes every route through the bridge,
-        telling only of the address's own). Another route is not dynod's concern."""
+    def _owed_for(self, deleted: list[tuple[str, int]] | None, unaddressed: set[int]) -> None:
+        """The dynos whose gateway routes were deleted or replaced are looked at at the next
+        tick, alone: each stop deletes its own dyno's two (a look at every dyno, O(dynos),
+        after each one was 45-95 ms at 4,000 dynos during a mass stop), and a stopped dyno is
+        not running by then. Every dyno is looked at after lost events, or when an address went
+        from one of our bridges, a shard's included (`ip addr del`, `ip addr flush`: when the
+        last goes, the kernel flushes every route through the bridge, telling only of the
+        address's own). Another route is not dynod's concern."""
         if deleted is None:
             self._gateways_due = True
             return
-        bridges: set[tuple[str, int]] | None = None  # read once, if a route is no dyno's
         for route in deleted:
             owner = self.networks.route_owner(*route)
             if owner is not None:
                 self._gateways_owed.add(owner)
-                continue
-            if bridges is None:
-                try:
-                    bridges = self.kernel.bridge_address_routes()
-                except Exception:  # noqa: BLE001 - cannot tell: look at every dyno
-                    self._gateways_due = True
-                    return
-            if route in bridges:
+        if unaddressed:
+            try:
+                ours = unaddressed & self.kernel.bridge_indexes()
+            except Exception:  # noqa: BLE001 - cannot tell: look at every dyno
+                ours = unaddressed
+            if ours:
                 self._gateways_due = True
 
     def _nothing_deleted(self) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from dynod.kernel import firewall
 from dynod.kernel.addressing import Pool
 from dynod.kernel.facts import NO_PIDS, DynoNetwork, Pids, Removed, Running
-from dynod.kernel.machine import Net, bridge_address_routes
+from dynod.kernel.machine import Net, bridge_indexes
 from dynod.kernel.protocol import KernelSide, Launched, SpawnFailed
 from dynod.kernel.sandbox import Launch
 from dynod.kernel.stdio import DynoEnds
@@ -218,8 +218,8 @@ class FakeKernel:
         keep = set(groups)
         self.usage = {name: u for name, u in self.usage.items() if name in keep}
 
-    def bridge_address_routes(self) -> set[tuple[str, int]]:
-        return bridge_address_routes([self.common, *self.spaces.values()])
+    def bridge_indexes(self) -> set[int]:
+        return bridge_indexes([self.common, *self.spaces.values()])
 
     async def bridges_up(self) -> dict[str, bool]:
         return {}

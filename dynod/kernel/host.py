@@ -26,7 +26,7 @@ from dynod.kernel.bridges import check_range_is_free
 from dynod.kernel.cgroups import DynoCgroups
 from dynod.kernel.facts import NO_PIDS, DynoNetwork, Pids, Removed, Running
 from dynod.kernel.inside import dyno_pids_in, signal_dyno_in, still_starting
-from dynod.kernel.machine import Machine, Net, bridge_address_routes
+from dynod.kernel.machine import Machine, Net, bridge_indexes
 from dynod.kernel.mounts import MountTemplate
 from dynod.kernel.protocol import Launched, SpawnFailed
 from dynod.kernel.ruleset import foreign_drop_policies
@@ -379,8 +379,8 @@ class Kernel:
         daemon killed with SIGKILL): their processes are killed, the groups removed."""
         await self.worker.run(self.cgroups.remove_all_but, set(groups))
 
-    def bridge_address_routes(self) -> set[tuple[str, int]]:
-        return bridge_address_routes(self.machine.nets())
+    def bridge_indexes(self) -> set[int]:
+        return bridge_indexes(self.machine.nets())
 
     async def bridges_up(self) -> dict[str, bool]:
         """`cat /sys/class/net/BRIDGE/flags` of each open bridge: is it up. One short job of the

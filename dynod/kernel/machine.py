@@ -66,14 +66,9 @@ class Net:
         )
 
 
-def bridge_address_routes(nets: Iterable[Net]) -> set[tuple[str, int]]:
-    """(destination, prefix length) of the routes the bridge address of each of these networks
-    comes with: `local ADDRESS`/32 (table local) and its /30 (main)."""
-    found: set[tuple[str, int]] = set()
-    for net in nets:
-        own = net.pool.bridge
-        found |= {(own.gateway, 32), (str(own.network.network_address), own.prefixlen)}
-    return found
+def bridge_indexes(nets: Iterable[Net]) -> set[int]:
+    """The ifindex of every open bridge (shard) of these networks."""
+    return {index for net in nets for _, index in net.open_shards()}
 
 
 @dataclass

@@ -48,8 +48,12 @@ class RemovalEvents(Protocol):
         ...
 
     def take_routes(self) -> list[tuple[str, int]] | None:
-        """The IPv4 routes deleted since the last take, as (destination, prefix length); None:
-        route events were lost."""
+        """The IPv4 routes deleted or replaced since the last take, as (destination, prefix
+        length); None: route events were lost."""
+        ...
+
+    def take_unaddressed(self) -> set[int]:
+        """The devices an IPv4 address was removed from since the last take, by index."""
         ...
 
     def close(self) -> None: ...
@@ -119,11 +123,10 @@ class KernelSide(Protocol):
         one listing of each for all of them."""
         ...
 
-    def bridge_address_routes(self) -> set[tuple[str, int]]:
-        """The routes each open network's bridge address comes with, as (destination, prefix
-        length): `local ADDRESS`/32 and its /30. Deleting that address flushes every route
-        through the bridge, the dynos' gateways too, with no event for theirs
-        (fib_disable_ip)."""
+    def bridge_indexes(self) -> set[int]:
+        """The index of every open bridge of every network (shards included). An address
+        removed from one (the last one: a shard past 0 has none of its own) flushes every route
+        through it, the dynos' gateways too, with no event for theirs (fib_disable_ip)."""
         ...
 
     async def bridges_up(self) -> dict[str, bool]:

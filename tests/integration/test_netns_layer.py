@@ -760,6 +760,17 @@ def test_deletions_of_names_and_links_are_seen_as_they_happen(prefix: str) -> No
             )
             assert select.select([watch.fileno()], [], [], 5)[0]
             assert not watch.drain() and watch.take_routes() == [("10.8.9.0", 24)]
+            assert watch.take_unaddressed() == set()  # no address went
+            # an address removed: its routes are told, and its device (lo: 1)
+            subprocess.run(
+                ["ip", "-n", name, "addr", "add", "10.8.7.1/24", "dev", "lo"], check=True
+            )
+            subprocess.run(
+                ["ip", "-n", name, "addr", "del", "10.8.7.1/24", "dev", "lo"], check=True
+            )
+            assert select.select([watch.fileno()], [], [], 5)[0]
+            assert not watch.drain() and ("10.8.7.1", 32) in (watch.take_routes() or [])
+            assert watch.take_unaddressed() == {1} and watch.take_unaddressed() == set()
             subprocess.run(["ip", "-n", name, "link", "del", "rm0"], check=True)
             assert select.select([watch.fileno()], [], [], 5)[0]  # an event loop would wake
             assert watch.drain() and not watch.drain()

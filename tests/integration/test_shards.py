@@ -10,9 +10,11 @@ dyno per bridge too.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -180,3 +182,32 @@ def test_a_restart_with_another_shard_size_is_refused_while_dynos_run() -> None:
         assert bridge_of(second["netns"]) == f"{d.prefix}0-1"
         third = d.run_app("kept", "web")
         assert bridge_of(third["netns"]) == f"{d.prefix}0-2"  # one port each, as before
+
+
+def test_an_address_removed_from_a_shard_bridge_gives_its_dynos_their_routes_back() -> None:
+    """A shard past the first has no address of its own. One added there and removed again
+    (`ip addr del`: the device's last) takes every route through the bridge with it, and the
+    kernel tells only of the address's own: the health check hears that an address went from
+    one of its bridges and puts the gateway routes of the shard's dynos back."""
+    with running_daemon(extra=["--shard-ports", "1"]) as d:
+        d.run_app("sa1", "web")
+        second = d.run_app("sa2", "web")
+        shard = f"{d.prefix}0-1"
+        assert bridge_of(second["netns"]) == shard
+        subnet = ipaddress.IPv4Network(f"{second['ip']}/30", strict=False)
+
+        def routed() -> bool:
+            return f"{subnet} proto static" in sh("ip", "route", "show", "dev", shard).stdout
+
+        assert routed()
+        time.sleep(3)  # the checks that follow the starts are over: none looks by chance
+        sh("ip", "addr", "add", "192.0.2.77/32", "dev", shard)
+        try:
+            sh("ip", "addr", "del", "192.0.2.77/32", "dev", shard)
+            assert not routed()  # gone with the address
+            # heard, within a few checks (the look at every dyno that would find it anyway
+            # comes every 30 s)
+            d.wait_for(routed, "the shard's dyno's /30 route back", timeout=10)
+            assert d.via_router("sa2")[0] == 200
+        finally:
+            sh("ip", "addr", "del", "192.0.2.77/32", "dev", shard, check=False)

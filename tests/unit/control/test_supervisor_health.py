@@ -14,10 +14,12 @@ from dynod.control import health
 from dynod.control.supervisor import Supervisor
 from dynod.kernel.addressing import Pool
 from dynod.kernel.facts import DynoNetwork, Removed, Running
-from dynod.kernel.machine import Net, bridge_address_routes
+from dynod.kernel.machine import Net
 from dynod.logs.book import LogBook
 from dynod.state.store import Dyno
 from tests.unit.rows import dyno
+
+BRIDGE_INDEX = 7  # the fake network's bridge, as bridge_indexes() says
 
 
 class FakeState:
@@ -52,8 +54,8 @@ class FakeKernel:
     def net(self, key: str) -> Net:
         return Net(key, "fake0", Pool("172.16.0.0/12"))
 
-    def bridge_address_routes(self) -> set[tuple[str, int]]:
-        return bridge_address_routes([self.net("")])
+    def bridge_indexes(self) -> set[int]:
+        return {BRIDGE_INDEX}
 
     def removed_objects(self, d: DynoNetwork) -> Removed:
         return Removed(veth=d.veth) if d.veth in self.broken else Removed()
@@ -121,6 +123,7 @@ class FakeRemovals:
         self.broken = False
         self.deleted = False
         self.routes: list[tuple[str, int]] | None = []
+        self.unaddressed: set[int] = set()  # take_unaddressed()
         self.read, self.write = os.pipe()
         os.set_blocking(self.read, False)
 
@@ -138,6 +141,10 @@ class FakeRemovals:
 
     def take_routes(self) -> list[tuple[str, int]] | None:
         taken, self.routes = self.routes, []
+        return taken
+
+    def take_unaddressed(self) -> set[int]:
+        taken, self.unaddressed = self.unaddressed, set()
         return taken
 
     def close(self) -> None:
@@ -544,7 +551,12 @@ def test_a_deleted_route_sets_off_a_look_at_its_dyno_alone_and_a_stop_s_at_none(
         await sup.health.check()
         events.routes = None  # events lost
         await sup.health.check()
-        events.routes = [("172.16.0.1", 32), ("172.16.0.3", 32)]  # `ip addr del` of the bridge's
+        # `ip addr del` of the bridge's address: its own routes, no dyno's, and an address gone
+        events.routes = [("172.16.0.1", 32), ("172.16.0.3", 32)]
+        events.unaddressed = {BRIDGE_INDEX}
+        await sup.health.check()
+        # an address added and removed on a device that is not ours: nothing
+        events.routes, events.unaddressed = [("192.0.2.1", 32)], {BRIDGE_INDEX + 1}
         await sup.health.check()
         await sup.close()
 
@@ -651,10 +663,10 @@ def test_a_dyno_forgotten_while_the_routes_are_listed_is_dropped_without_a_lock(
     assert 2 not in sup._locks
 
 
-def test_a_route_of_no_dyno_s_looks_at_all_when_the_bridges_cannot_be_told() -> None:
+def test_an_address_gone_looks_at_all_when_the_bridges_cannot_be_told() -> None:
     class Unsure(GatewayListingKernel):
-        def bridge_address_routes(self) -> set[tuple[str, int]]:
-            raise RuntimeError("no networks yet")
+        def bridge_indexes(self) -> set[int]:
+            raise RuntimeError("dictionary changed size during iteration")
 
     kernel = Unsure()
     sup = over(FakeState(three_dynos()), kernel)
@@ -662,11 +674,13 @@ def test_a_route_of_no_dyno_s_looks_at_all_when_the_bridges_cannot_be_told() -> 
     async def scenario() -> None:
         events = await first_look(sup, kernel)
         events.routes = [("10.99.0.0", 24), gateway_routes(sup, 2)[0]]
-        await sup.health.check()
+        await sup.health.check()  # a route of no dyno's and none's address: web.2 alone
+        events.routes, events.unaddressed = [("10.99.0.1", 32)], {BRIDGE_INDEX + 1}
+        await sup.health.check()  # an address gone, whose device cannot be told: all
         await sup.close()
 
     asyncio.run(scenario())
-    assert kernel.looked_at == [["n1", "n2", "n3"], ["n1", "n2", "n3"]]
+    assert kernel.looked_at == [["n1", "n2", "n3"], ["n2"], ["n1", "n2", "n3"]]
 
 
 def test_a_dyno_being_started_stays_owed_through_a_look_at_every_dyno() -> None:
