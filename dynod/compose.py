@@ -87,6 +87,7 @@ def _router(config: Config, kernel: Kernel, log: LogBook, user: int | None) -> A
             # with a user of their own, their sockets need no mark (nor the capability for it)
             socket_mark=None if user is not None else kernel.layout.router_mark,
             log_batch=lambda items: log.emit_many("heroku[router]", items),
+            say=lambda text: log.emit(None, "dynod", text),
         )
     # no app until the first table is pushed
     return Router(RouteTable().resolve, emit, socket_mark=kernel.layout.router_mark)

@@ -214,6 +214,8 @@ def delete_route(rtnl: Rtnl, route: Route) -> bool:
         words.append(f"{route.dst}/{route.dst_len}")
         if route.tos:
             words += ["tos", f"{route.tos:#x}"]
+        if route.gateway and not route.nh_id:
+            words += ["via", route.gateway]
         words += ["nhid", str(route.nh_id)] if route.nh_id else ["dev", name_of(rtnl, route.oif)]
         words += ["table", str(route.table), "proto", str(route.proto)]
         if route.source:

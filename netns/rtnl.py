@@ -114,6 +114,7 @@ class Route(NamedTuple):
     source: str  # its `src`; "": none
     tos: int = 0  # its `tos` (a lookup with another tos never meets it)
     nh_id: int = 0  # its `nhid` (a nexthop object); 0: none
+    gateway: str = ""  # its `via`; "": none (the destination is on the device's link)
 
 
 def route_of(body: bytes) -> Route | None:
@@ -129,7 +130,8 @@ def route_of(body: bytes) -> Route | None:
     oif = struct.unpack_from("=i", attrs[RTA_OIF])[0] if RTA_OIF in attrs else 0
     source = socket.inet_ntoa(attrs[RTA_PREFSRC][:4]) if RTA_PREFSRC in attrs else ""
     nh_id = struct.unpack_from("=I", attrs[RTA_NH_ID])[0] if RTA_NH_ID in attrs else 0
-    return Route(table, kind, proto, dst, dst_len, oif, source, tos, nh_id)
+    gateway = socket.inet_ntoa(attrs[RTA_GATEWAY][:4]) if RTA_GATEWAY in attrs else ""
+    return Route(table, kind, proto, dst, dst_len, oif, source, tos, nh_id, gateway)
 
 
 _HEADER = nlmsg.HEADER
@@ -407,10 +409,10 @@ class Rtnl:
             raise ValueError(f"unsupported route command {command!r}")
 
     def delete_route(self, route: Route) -> None:
-        """`ip route del [TYPE] DST/LEN [tos TOS] (dev IF | nhid ID) table TABLE proto PROTO
-        [src SOURCE]`: this route as a dump listed it, of any scope (NetlinkError ESRCH or
-        ENOENT: not there). A route of a nexthop object is named by its id alone: the kernel
-        matches no device against it (fib_nh_match)."""
+        """`ip route del [TYPE] DST/LEN [tos TOS] ([via GATEWAY] dev IF | nhid ID) table TABLE
+        proto PROTO [src SOURCE]`: this route as a dump listed it, of any scope (NetlinkError
+        ESRCH or ENOENT: not there). A route of a nexthop object is named by its id alone: the
+        kernel matches no device against it (fib_nh_match)."""
         table = route.table if route.table < 256 else 0  # the full number in RTA_TABLE
         body = _RTMSG.pack(
             socket.AF_INET,
@@ -430,6 +432,8 @@ class Rtnl:
             body += _attr(RTA_NH_ID, _u32(route.nh_id))
         elif route.oif:
             body += _attr(RTA_OIF, _u32(route.oif))
+        if route.gateway and not route.nh_id:
+            body += _attr(RTA_GATEWAY, _ipv4(route.gateway))
         if route.source:
             body += _attr(RTA_PREFSRC, _ipv4(route.source))
         self.request(RTM_DELROUTE, 0, body)

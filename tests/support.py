@@ -270,6 +270,9 @@ class DaemonProc:
     upstream: str = "127.0.0.1:9"
     # where the daemon runs (`python -m dynod` imports the dynod found there first); None: here
     cwd: str | None = None
+    # the Python it runs with, and its environment (None: this one's, and this environment)
+    python: str = sys.executable
+    env: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"dynod-{self.prefix}-", dir="/tmp"))
@@ -290,7 +293,7 @@ class DaemonProc:
 
     def argv(self) -> list[str]:
         return [
-            sys.executable,
+            self.python,
             "-m",
             "dynod",
             "--socket",
@@ -324,7 +327,7 @@ class DaemonProc:
             where = leaf if os.path.isdir(leaf) else own
             argv = in_cgroups([os.path.join(where, "cgroup.procs")], argv)
         self.proc = subprocess.Popen(
-            argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=self.cwd
+            argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=self.cwd, env=self.env
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -229,7 +229,10 @@ class HealthWatch:
         networks, again = self._unlocked_networks(only)
         if not networks:  # all of them stopped, or being stopped: nothing to list
             return again
-        missing = await self.kernel.missing_gateways(list(networks.values()))
+        # a look at every dyno reads the whole table: routes through other devices (a route
+        # prepended there, which no event tells of) are seen too
+        whole = only is None
+        missing = await self.kernel.missing_gateways(list(networks.values()), whole)
         ids = {network.netns: dyno_id for dyno_id, network in networks.items()}
         by_bridge: dict[str, list[DynoNetwork]] = {}
         for network in missing:
@@ -253,7 +256,7 @@ class HealthWatch:
             if not group:
                 continue
             try:
-                blocked = await self.kernel.restore_gateways(group)
+                done = await self.kernel.restore_gateways(group, whole)
             except Exception as exc:  # noqa: BLE001 - the bridge is down: looked at again
                 again.update(ids[n.netns] for n in group)
                 if self._gateways_refused.get(bridge) != reason(exc):
@@ -266,7 +269,9 @@ class HealthWatch:
                     )
                 continue
             self._gateways_refused.pop(bridge, None)
-            put_back = [ids[n.netns] for n in group if n.netns not in blocked]
+            # (one whose routes someone put back meanwhile is in neither)
+            put_back = [ids[netns] for netns, why in done.items() if not why]
+            blocked = {netns: why for netns, why in done.items() if why}
             for dyno_id in put_back:
                 self._gateways_blocked.pop(dyno_id, None)
             self._tell(

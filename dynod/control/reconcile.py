@@ -49,7 +49,9 @@ class HostSweep(Protocol):
 
     async def remove_unknown_cgroups(self, groups: Iterable[str]) -> None: ...
 
-    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> dict[str, str]: ...
+    async def restore_gateways(
+        self, live: Iterable[DynoNetwork], whole: bool = False
+    ) -> dict[str, str]: ...
 
 
 class ReconcileKernel(KernelSide, HostSweep, Protocol):
@@ -97,5 +99,14 @@ async def reconcile(
     networks = [supervisor.networks.of(d) for d in kept]
     await kernel.remove_unknown(networks)
     await kernel.remove_unknown_cgroups(d.netns for d in kept)  # a cgroup is named as its netns
-    await kernel.restore_gateways(networks)
+    # those that cannot be put back are the health check's to say and try again (its first look
+    # is at every dyno)
+    restored = await kernel.restore_gateways(networks, whole=True)
+    for dyno in kept:
+        if restored.get(dyno.netns) == "":
+            supervisor.say(
+                dyno,
+                "Warning: the dyno's gateway routes were missing or changed at the daemon's "
+                "start; put back",
+            )
     return kept, to_stop

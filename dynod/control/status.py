@@ -48,9 +48,11 @@ class StatusReport:
         """The router's worker processes and who they run as (`ps` shows the uid bare)."""
         if not isinstance(self.router, RouterWorkers):
             return "none: the router runs in the daemon's own loop"
+        running, count = self.router.running(), self.router.count
+        alive = f"{count}" if running == count else f"{running} of {count} (see `dynod logs`)"
         if self.router.user is None:
-            return f"{self.router.count} router processes, as the daemon's user"
-        return f"{self.router.count} router processes, as uid {self.router.user} (no capability)"
+            return f"{alive} router processes, as the daemon's user"
+        return f"{alive} router processes, as uid {self.router.user} (no capability)"
 
     def _sizes(self) -> str:
         """How dyno sizes are enforced here (cgroup v1 or v2), or why they are not."""

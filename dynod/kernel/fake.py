@@ -224,21 +224,25 @@ class FakeKernel:
     async def bridges_up(self) -> dict[str, bool]:
         return {}
 
-    async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+    async def missing_gateways(
+        self, dynos: list[DynoNetwork], whole: bool = False
+    ) -> list[DynoNetwork]:
         return [d for d in dynos if d.netns in self.gateways_lost]
 
-    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> dict[str, str]:
+    async def restore_gateways(
+        self, live: Iterable[DynoNetwork], whole: bool = False
+    ) -> dict[str, str]:
         # Only the request is recorded, and the gateways a test said were lost come back, but
         # those a test said are blocked.
         live = list(live)
         self.calls.append(("restore gateways", ",".join(sorted(d.netns for d in live)), None))
-        blocked = {
-            d.netns: self.gateways_blocked[d.netns]
+        done = {
+            d.netns: self.gateways_blocked.get(d.netns, "")
             for d in live
-            if d.netns in self.gateways_blocked
+            if d.netns in self.gateways_lost or d.netns in self.gateways_blocked
         }
-        self.gateways_lost -= {d.netns for d in live} - set(blocked)
-        return blocked
+        self.gateways_lost -= {netns for netns, why in done.items() if not why}
+        return done
 
 
 def _conforms(fake: FakeKernel) -> KernelSide:

@@ -387,15 +387,19 @@ class Kernel:
         kernel thread (the open shards live there), every second."""
         return await self.worker.run(sweep.bridges_up, self.machine)
 
-    async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+    async def missing_gateways(
+        self, dynos: list[DynoNetwork], whole: bool = False
+    ) -> list[DynoNetwork]:
         """`ip route show table local`, once: the dynos whose gateway's route is not there."""
-        return await self.worker.run(sweep.missing_gateways, self.machine, dynos)
+        return await self.worker.run(sweep.missing_gateways, self.machine, dynos, whole)
 
-    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> dict[str, str]:
+    async def restore_gateways(
+        self, live: Iterable[DynoNetwork], whole: bool = False
+    ) -> dict[str, str]:
         """Put back the gateway routes and neighbour entries of every kept dyno (someone may
         have removed them, or put others first); an older dynod's gateway address becomes
-        routes (sweep.py). Those that could not be, by namespace, with why."""
-        return await self.worker.run(sweep.restore_gateways, self.machine, list(live))
+        routes (sweep.py). Those put back (""), or that could not be (why), by namespace."""
+        return await self.worker.run(sweep.restore_gateways, self.machine, list(live), whole)
 
 
 def _spawn_from_own_table(

@@ -133,13 +133,18 @@ class KernelSide(Protocol):
         """Each open bridge of the daemon's: is it up (`ip link show`'s UP)?"""
         ...
 
-    async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+    async def missing_gateways(
+        self, dynos: list[DynoNetwork], whole: bool = False
+    ) -> list[DynoNetwork]:
         """Of these, those whose gateway's local route is not on their bridge (one listing)."""
         ...
 
-    async def restore_gateways(self, live: Iterable[DynoNetwork]) -> dict[str, str]:
-        """Their gateways' routes and neighbour entries put back (kernel/sweep.py); those that
-        could not be (a route first that cannot be removed), by namespace, with why."""
+    async def restore_gateways(
+        self, live: Iterable[DynoNetwork], whole: bool = False
+    ) -> dict[str, str]:
+        """Their gateways' routes and neighbour entries put back (kernel/sweep.py): those put
+        back (""), or that could not be (a route first that cannot be removed: why), by
+        namespace. `whole`: from a listing of the whole table (kernel/sweep.py)."""
         ...
 
     def removal_events(self) -> RemovalEvents | None:

@@ -67,7 +67,7 @@ def remove_unknown(m: Machine, live: list[DynoNetwork]) -> None:
                     addresses.forget_neighbour(m.worker.rtnl, index, address)
 
 
-def restore_gateways(m: Machine, live: list[DynoNetwork]) -> dict[str, str]:
+def restore_gateways(m: Machine, live: list[DynoNetwork], whole: bool) -> dict[str, str]:
     """The gateway's routes and the dyno's neighbour entry on the host for every kept dyno
     (someone may have removed them, or put others before them: those go), from one listing of
     each bridge's routes (or of the whole table), and its port's settings
@@ -80,8 +80,9 @@ def restore_gateways(m: Machine, live: list[DynoNetwork]) -> dict[str, str]:
     through it (fib_inetaddr_event, fib_disable_ip), so routes made between two deletions would
     be lost.
 
-    The dynos whose routes could not be put back (a route before them that cannot be removed),
-    by namespace, with why."""
+    The dynos whose routes were put back (""), or could not be (a route before them that
+    cannot be removed: why), by namespace; those whose routes were whole are not in it. The
+    listing is `whole` or per bridge as in gateway_listings."""
     rtnl = m.worker.rtnl  # the per-dyno calls' lean socket, as at a start
     kept = [(dyno, shards.open_shard(m, dyno)[0]) for dyno in live if m.is_open(dyno.bridge)]
     held: dict[int, set[str]] = {}  # the addresses of each bridge, listed once
@@ -96,24 +97,26 @@ def restore_gateways(m: Machine, live: list[DynoNetwork]) -> dict[str, str]:
         if dyno.gateway in held[index]:
             addresses.delete(rtnl, index, dyno.gateway, dyno.prefixlen)
     # listed after those deletions (the last address of a bridge takes its routes with it)
-    blocked = {}
-    for index, listing in gateway_listings(m, [d for d, _ in kept]).items():
+    done = {}
+    for index, listing in gateway_listings(m, [d for d, _ in kept], whole).items():
         for dyno in listing.dynos:
             wanted = wanted_routes(dyno, index)
             if not addresses.gateway_intact(listing.first, wanted):
                 try:
                     addresses.put_back_gateway(rtnl, listing.routes, wanted)
+                    done[dyno.netns] = ""
                 except addresses.GatewayBlocked as exc:
-                    blocked[dyno.netns] = str(exc)
+                    done[dyno.netns] = str(exc)
             addresses.pin_neighbour(rtnl, index, dyno.address, dyno.subnet.dyno_mac)
     for dyno in live:
         close_port(rtnl, dyno.veth)
-    return blocked
+    return done
 
 
-# A look at the dynos of at most this many bridges lists each bridge's own routes (a filtered
-# dump: 2 ms for a bridge's 500 routes among 8,000); one at more lists the whole table once (15-18
-# ms for the 8,000 of 4,000 dynos, where sixteen bridges' own would take 21-31 ms).
+# A look at a few dynos (those whose routes were deleted or replaced) on at most this many
+# bridges lists each bridge's own routes (a filtered dump: 2 ms for a bridge's 500 routes among
+# 8,000); one at more lists the whole table once (15-18 ms for the 8,000 of 4,000 dynos, where
+# sixteen bridges' own would take 21-31 ms).
 FILTERED_BRIDGES = 4
 
 
@@ -127,11 +130,14 @@ class Listing:
     first: dict[addresses.RouteKey, Route]  # addresses.first_routes(routes)
 
 
-def gateway_listings(m: Machine, dynos: list[DynoNetwork]) -> dict[int, Listing]:
+def gateway_listings(m: Machine, dynos: list[DynoNetwork], whole: bool) -> dict[int, Listing]:
     """These dynos by the index of their bridge (their shard's, when open and not deleted), each
-    bridge's with its routes: `ip route show table all dev BRIDGE` for each, or one `ip route
-    show table all` for dynos on more than FILTERED_BRIDGES bridges (or where the kernel does
-    not filter dumps), read and indexed once."""
+    bridge's with its routes: one `ip route show table all`, read and indexed once, when
+    `whole` (a look at every dyno, or reconcile's: it sees routes through other devices too, a
+    prepended one, which no event tells of, among them), for dynos on more than
+    FILTERED_BRIDGES bridges, or where the kernel does not filter dumps; else `ip route show
+    table all dev BRIDGE` for each (a look at a dyno whose own route was deleted or replaced:
+    it sees the gateway's routes, and what a bridge's listing misses makes them missing)."""
     bridges: dict[int, list[DynoNetwork]] = {}
     for dyno in dynos:
         net = m.network_of(dyno.bridge)
@@ -139,16 +145,16 @@ def gateway_listings(m: Machine, dynos: list[DynoNetwork]) -> dict[int, Listing]
         if index is not None:
             bridges.setdefault(index, []).append(dyno)
     rtnl = m.worker.rtnl
-    whole: tuple[list[Route], dict[addresses.RouteKey, Route]] | None = None
-    if bridges and (len(bridges) > FILTERED_BRIDGES or not rtnl.filters):
+    table: tuple[list[Route], dict[addresses.RouteKey, Route]] | None = None
+    if bridges and (whole or len(bridges) > FILTERED_BRIDGES or not rtnl.filters):
         everything = rtnl.routes()
-        whole = (everything, addresses.first_routes(everything))
+        table = (everything, addresses.first_routes(everything))
     found = {}
     for index, on_bridge in bridges.items():
         if rtnl.index_of(on_bridge[0].port_bridge) != index:
             continue  # deleted: its dynos are cut off until the next start rebuilds it
-        if whole is not None:
-            found[index] = Listing(on_bridge, *whole)
+        if table is not None:
+            found[index] = Listing(on_bridge, *table)
         elif (routes := addresses.routes_through(rtnl, index)) is not None:
             found[index] = Listing(on_bridge, routes, addresses.first_routes(routes))
     return found
@@ -160,14 +166,14 @@ def wanted_routes(dyno: DynoNetwork, index: int) -> tuple[Route, Route]:
     return addresses.gateway_routes(dyno.gateway, address, dyno.prefixlen, index)
 
 
-def missing_gateways(m: Machine, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+def missing_gateways(m: Machine, dynos: list[DynoNetwork], whole: bool) -> list[DynoNetwork]:
     """Of these dynos, those whose gateway routes are not both the first to their destination,
     the one a lookup meets (addresses.gateway_intact): someone deleted one, took the bridge
     down (which flushes the /30's route but not the local one), or replaced or prepended
     another (without the gateway's `src`, the host would send to the dyno from another address;
     through another device, not to the dyno at all)."""
     missing = []
-    for index, listing in gateway_listings(m, dynos).items():
+    for index, listing in gateway_listings(m, dynos, whole).items():
         for dyno in listing.dynos:
             if not addresses.gateway_intact(listing.first, wanted_routes(dyno, index)):
                 missing.append(dyno)

@@ -9,10 +9,11 @@ once, as what changed (a worker that starts gets the whole table; `wire`); their
 come back in batches and go into the daemon's log book, one line per request as before.
 
 Workers parse what any client sends, so they run with no privilege: ``python -m
-dynod.router.worker`` under ``setpriv`` with every capability dropped but CAP_SETUID and
-CAP_SETGID, and no_new_privs; once it has imported all it runs (the checkout may be readable by
-root alone), the worker becomes `user`, a user id of its own that no file, login or process of
-the host has (netns/identity.py), and so loses those two as well. The firewall lets that user's
+dynod.router.worker`` under ``setpriv`` with every capability dropped but CAP_SETUID,
+CAP_SETGID and CAP_DAC_READ_SEARCH, and no_new_privs; once it has imported all it runs (read
+with CAP_DAC_READ_SEARCH: the checkout may be readable by its owner alone, root's or a user's
+home), the worker becomes `user`, a user id of its own that no name, process or service of the
+host has (netns/identity.py), and so loses all three. The firewall lets that user's
 connections to a web dyno's PORT through (`meta skuid`), as it does the in-daemon router's
 socket mark (SO_MARK, which needs CAP_NET_ADMIN); no other user's. Root, with no capability
 left, would still own every file root owns (/etc/cron.d among them); a user no dyno runs as
@@ -74,13 +75,16 @@ class RouterWorkers:
         socket_mark: int | None = None,
         max_client_connections: int = MAX_CLIENT_CONNECTIONS,
         log_batch: Callable[[list[tuple[str, str | None]]], object] | None = None,
+        say: Callable[[str], object] | None = None,
     ) -> None:
         """`log(line, app)` takes each request's line; `log_batch([(line, app), ...])`, when
         given, takes a worker's batch at once instead (the daemon writes it in one go). `user`:
         the user id the workers run as (a root daemon's; None: the daemon's own, as a test's
-        daemon that is not root); `socket_mark`: the mark their sockets carry (None: none)."""
+        daemon that is not root); `socket_mark`: the mark their sockets carry (None: none);
+        `say(text)`: a line for the daemon's log (a worker's exit)."""
         self._log = log
         self._log_batch = log_batch
+        self._say = say
         self.count = max(1, count)
         self.user = user
         self.socket_mark = socket_mark
@@ -210,13 +214,20 @@ class RouterWorkers:
         await self._detach(worker)
         if self._closing or self._workers.get(slot) is not worker:
             return
-        _logger.warning("router worker %d exited with status %s; starting it again", slot, status)
         # A worker that lived long starts again at once; one that keeps dying (a broken install)
         # waits twice as long each time, up to RESTART_MOST: its own life says nothing of that.
         lived = time.monotonic() - worker.started
         last = self._delays.get(slot, RESTART_FIRST / 2)
         delay = RESTART_FIRST if lived > RESTART_MOST else min(RESTART_MOST, 2 * last)
         self._delays[slot] = delay
+        text = (
+            f"router worker {slot} exited with status {status} after {lived:.1f} s; starting "
+            f"it again in {delay:.1f} s (what it said is on the daemon's standard error)"
+        )
+        if self._say is not None:
+            self._say(text)
+        else:
+            _logger.warning("%s", text)
         await asyncio.sleep(delay)
         if not self._closing and self._workers.get(slot) is worker:
             self._spawn(slot)
@@ -230,6 +241,10 @@ class RouterWorkers:
 
     def pids(self) -> list[int]:
         return [w.popen.pid for w in self._workers.values()]
+
+    def running(self) -> int:
+        """How many worker processes are running now (not exited and waiting to start again)."""
+        return sum(1 for w in self._workers.values() if w.popen.poll() is None)
 
 
 def _send(worker: _Worker, key: str, sock: socket.socket | None) -> None:
@@ -254,10 +269,12 @@ def _listening(host: str, port: int) -> socket.socket:
 
 
 def _dropped_privileges(user: int | None) -> list[str]:
-    """`setpriv --inh-caps=-all --bounding-set=-all,+setuid,+setgid --no-new-privs --`: root
-    with the two capabilities the change to `user` needs (worker.py, once its imports are
-    done), and no way to gain any back. No user (a daemon that is not root): nothing to drop.
-    RuntimeError without setpriv (util-linux): a worker must not run as root."""
+    """`setpriv --inh-caps=-all --bounding-set=-all,+setuid,+setgid,+dac_read_search
+    --no-new-privs --`: root with the two capabilities the change to `user` needs, and the one
+    that reads its code wherever it is (worker.py: all three go with the change, once its
+    imports are done), and no way to gain any back. No user (a daemon that is not root):
+    nothing to drop. RuntimeError without setpriv (util-linux): a worker must not run as
+    root."""
     if user is None:
         return []
     setpriv = shutil.which("setpriv")
@@ -266,7 +283,7 @@ def _dropped_privileges(user: int | None) -> list[str]:
     return [
         setpriv,
         "--inh-caps=-all",
-        "--bounding-set=-all,+setuid,+setgid",
+        "--bounding-set=-all,+setuid,+setgid,+dac_read_search",
         "--no-new-privs",
         "--",
     ]

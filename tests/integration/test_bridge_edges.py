@@ -151,15 +151,19 @@ def test_a_bridge_taken_down_and_up_gets_its_dynos_gateway_routes_back() -> None
                 )
                 assert d.via_router("flap")[0] == 200
 
-            # another /30 put before the gateway's (not heard: a new route): the listing every
-            # 30 s finds that a lookup meets it first, and it goes
+            # another /30 put before the gateway's, through another device (not heard: a new
+            # route; and a listing of the bridge's routes does not show it): the look at every
+            # dyno every 30 s lists the whole table, finds that a lookup meets it first, and
+            # it goes
             def to_subnet() -> list[str]:
-                shown = sh("ip", "route", "show", "dev", bridge).stdout.splitlines()
-                return [line.strip() for line in shown if line.startswith(f"{subnet} ")]
+                shown = sh("ip", "route", "show", str(subnet)).stdout.splitlines()
+                return [line.strip() for line in shown]
 
-            sh("ip", "route", "prepend", str(subnet), "dev", bridge, "proto", "boot")
-            assert to_subnet() == [f"{subnet} scope link", sourced], to_subnet()
-            d.wait_for(lambda: to_subnet() == [sourced], "the prepended /30 route gone", timeout=40)
+            ours = f"{subnet} dev {bridge} proto static scope link src {gateway}"
+            sh("ip", "route", "prepend", str(subnet), "dev", "lo", "proto", "boot")
+            assert to_subnet() == [f"{subnet} dev lo scope link", ours], to_subnet()
+            assert d.via_router("flap")[0] == 503  # cut off
+            d.wait_for(lambda: to_subnet() == [ours], "the prepended /30 route gone", timeout=40)
             assert d.via_router("flap")[0] == 200
             # the bridge's own address: the kernel flushes every route through the bridge and
             # tells only of the address's own routes, which name no dyno

@@ -284,6 +284,8 @@ def test_a_gateway_made_of_routes_is_the_hosts_and_each_side_knows_the_others_ma
                 ("replace", ["dev", bridge_name, "proto", "static"], False),
                 ("prepend", ["dev", bridge_name, "proto", "boot"], False),
                 ("replace", ["dev", "lo"], False),  # the bridge's listing does not show it
+                # through the bridge, from the gateway, but to another next hop
+                ("replace", ["via", address, "dev", bridge_name, "onlink", "src", gateway], False),
                 ("append", ["dev", bridge_name, "proto", "boot"], True),
                 ("prepend", ["tos", "0x10", "dev", bridge_name], True),
             ):

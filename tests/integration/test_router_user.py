@@ -1,6 +1,7 @@
 """The router's worker processes run as a user of their own with no capability (dynod/router/
-workers.py, netns/identity.py), even from a checkout only root can read, and the firewall lets
-that user, and no other, reach a web dyno's PORT from the host."""
+workers.py, netns/identity.py), even from a checkout only its owner can read (another user's,
+as a clone in a home directory of 0700), and the firewall lets that user, and no other, reach a
+web dyno's PORT from the host."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import fcntl
 import os
 import pwd
 import shutil
+import site
 import socket
 import tempfile
 from pathlib import Path
@@ -20,6 +22,7 @@ from tests.support import PYTHON, DaemonProc, running_daemon, sh
 pytestmark = pytest.mark.root
 
 ROOT = Path(__file__).resolve().parents[2]
+OWNER = 4242  # the copy's owner: any user but root
 
 
 def workers(daemon: DaemonProc) -> list[psutil.Process]:
@@ -56,17 +59,25 @@ def reaches(uid: int, ip: str, port: int) -> bool:
     return sh(*user, PYTHON, "-c", code, check=False).returncode == 0
 
 
-def test_workers_run_as_their_own_user_with_no_capability_from_a_checkout_root_alone_reads() -> (
-    None
-):
-    code = Path(tempfile.mkdtemp(prefix="dynod-code-", dir="/tmp"))  # 0700: root's alone
+def test_workers_run_as_their_own_user_with_no_capability_from_a_checkout_its_owner_reads() -> None:
+    code = Path(tempfile.mkdtemp(prefix="dynod-code-", dir="/tmp"))  # 0700
     try:
         for package in ("dynod", "netns"):
             shutil.copytree(
                 ROOT / package, code / package, ignore=shutil.ignore_patterns("__pycache__")
             )
+        # another user's, as a clone in a home directory: root reads it only with
+        # CAP_DAC_READ_SEARCH (the workers keep it until their imports are done)
+        for folder, _dirs, files in os.walk(code):
+            for name in [folder, *(os.path.join(folder, f) for f in files)]:
+                os.chown(name, OWNER, OWNER)
         assert code.stat().st_mode & 0o777 == 0o700
-        with running_daemon(cwd=str(code)) as d:
+        # the system's Python, with the venv's packages on its path but not its .pth files: the
+        # venv's editable install would find this checkout's dynod wherever the copy cannot
+        # be read, and so hide what the workers could not read
+        packages = next(p for p in site.getsitepackages() if p.endswith("site-packages"))
+        env = dict(os.environ, PYTHONPATH=f"{code}{os.pathsep}{packages}")
+        with running_daemon(cwd=str(code), python=PYTHON, env=env) as d:
             web = d.run_app("owner", "web")
             assert d.via_router("owner")[0] == 200
             found = workers(d)

@@ -76,6 +76,7 @@ def test_reconcile_adopts_restarts_crashes_and_cleans(
             kernel.namespaces.add(dyno.netns)
             kernel.links.add(dyno.veth)
         kernel.links.discard(broken.veth)  # `ip link del` while the daemon was down
+        kernel.gateways_lost.add(alive.netns)  # `ip route del` of its gateway meanwhile
         kernel.namespaces.add("ns-left-by-nobody")
         living = {alive.id, foreground.id, broken.id}
 
@@ -91,6 +92,10 @@ def test_reconcile_adopts_restarts_crashes_and_cleans(
         assert "ns-left-by-nobody" not in kernel.namespaces  # what nobody owns is removed
         assert alive.netns in kernel.namespaces
         assert f"Adopted again (pid {sleeper.pid})" in world.said(alive)
+        put_back = "Warning: the dyno's gateway routes were missing or changed at the daemon's "
+        put_back += "start; put back"
+        assert put_back in world.said(alive) and alive.netns not in kernel.gateways_lost
+        assert put_back not in world.said(crashed)  # whole: nothing said
         # The broken one is a crash: killed, marked crashed, restarted on a rebuilt network.
         assert (
             f"Error: the dyno's veth {broken.veth} was removed while the daemon was down; "

@@ -69,17 +69,25 @@ class FakeKernel:
     async def bridges_up(self) -> dict[str, bool]:
         return dict(self.bridges)
 
-    async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+    async def missing_gateways(
+        self, dynos: list[DynoNetwork], whole: bool = False
+    ) -> list[DynoNetwork]:
         self.gateway_listings += 1
         return [d for d in dynos if d.netns in self.gateways_lost]
 
-    async def restore_gateways(self, live: list[DynoNetwork]) -> dict[str, str]:
+    async def restore_gateways(
+        self, live: list[DynoNetwork], whole: bool = False
+    ) -> dict[str, str]:
         if self.bridge_down:
             raise OSError(100, "Network is down")
         self.restored.append(sorted(d.netns for d in live))
-        blocked = {d.netns: self.blocked[d.netns] for d in live if d.netns in self.blocked}
-        self.gateways_lost -= {d.netns for d in live} - set(blocked)
-        return blocked
+        done = {
+            d.netns: self.blocked.get(d.netns, "")
+            for d in live
+            if d.netns in self.gateways_lost or d.netns in self.blocked
+        }
+        self.gateways_lost -= {netns for netns, why in done.items() if not why}
+        return done
 
 
 def over(state: FakeState, kernel: FakeKernel) -> Supervisor:
@@ -324,7 +332,9 @@ class GatewayListingKernel(ListingKernel):
         super().__init__(set(), watches=True)
         self.looked_at: list[list[str]] = []
 
-    async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+    async def missing_gateways(
+        self, dynos: list[DynoNetwork], whole: bool = False
+    ) -> list[DynoNetwork]:
         self.looked_at.append(sorted(d.netns for d in dynos))
         return await super().missing_gateways(dynos)
 
@@ -506,7 +516,9 @@ def test_a_dyno_whose_stop_begins_while_the_routes_are_listed_gets_none_back() -
     (by then stopped, or running again and given its routes)."""
 
     class StopDuringListing(GatewayListingKernel):
-        async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+        async def missing_gateways(
+            self, dynos: list[DynoNetwork], whole: bool = False
+        ) -> list[DynoNetwork]:
             found = await super().missing_gateways(dynos)
             if len(self.looked_at) == 1:
                 await sup._lock(2).acquire()  # its stop begins meanwhile
@@ -635,7 +647,9 @@ def test_a_dyno_forgotten_while_the_routes_are_listed_is_dropped_without_a_lock(
     (gone) row once, and makes no lock for it."""
 
     class ForgetDuringListing(GatewayListingKernel):
-        async def missing_gateways(self, dynos: list[DynoNetwork]) -> list[DynoNetwork]:
+        async def missing_gateways(
+            self, dynos: list[DynoNetwork], whole: bool = False
+        ) -> list[DynoNetwork]:
             found = await super().missing_gateways(dynos)
             if len(self.looked_at) == 2:  # web.2's stop ends meanwhile
                 sup._locks.pop(2).release()

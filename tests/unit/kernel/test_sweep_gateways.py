@@ -89,7 +89,7 @@ def test_a_missing_route_or_another_met_first_is_missing_read_bridge_by_bridge()
     routes += [gateway_routes(e, 11, source="")[1]] + gateway_routes(e, 11)
     routes.append(gateway_routes(a, 10, source="")[1])
     table = Table(routes, bridges=2)
-    assert sweep.missing_gateways(machine(table), [a, b, c, d, e]) == [b, c, d, e]
+    assert sweep.missing_gateways(machine(table), [a, b, c, d, e], whole=False) == [b, c, d, e]
     assert table.asked == [10, 11]  # each bridge's own, not the whole table
 
 
@@ -107,7 +107,7 @@ def test_dynos_on_more_bridges_than_the_filter_pays_for_read_the_whole_table_onc
     first_of_3 = routes.index(gateway_routes(many[3], 13)[0])
     routes.insert(first_of_3, Route(RT_TABLE_LOCAL, 6, RTPROT_BOOT, many[3].gateway, 32, 0, ""))
     table = Table(routes, bridges=len(many))
-    assert sweep.missing_gateways(machine(table), many) == [many[0], many[1], many[3]]
+    assert sweep.missing_gateways(machine(table), many, whole=False) == [many[0], many[1], many[3]]
     assert table.asked == ["all"]
 
 
@@ -115,7 +115,7 @@ def test_a_kernel_that_does_not_filter_dumps_is_read_once_whole() -> None:
     a, b = dyno(1, 10), dyno(2, 11)
     table = Table(gateway_routes(a, 10), bridges=2)
     table.filters = False
-    assert sweep.missing_gateways(machine(table), [a, b]) == [b]
+    assert sweep.missing_gateways(machine(table), [a, b], whole=False) == [b]
     assert table.asked == ["all"]
 
 
@@ -123,5 +123,21 @@ def test_a_deleted_bridge_or_a_closed_shard_is_not_read() -> None:
     on_deleted, on_closed, kept = dyno(1, 11), dyno(2, 15), dyno(3, 10)
     table = Table(gateway_routes(kept, 10), bridges=2)
     del table.names["dynod0-1"]
-    assert sweep.missing_gateways(machine(table), [on_deleted, on_closed, kept]) == []
+    assert sweep.missing_gateways(machine(table), [on_deleted, on_closed, kept], whole=False) == []
+    assert table.asked == [10]
+
+
+def test_a_look_at_every_dyno_reads_the_whole_table_and_sees_other_devices() -> None:
+    """A route prepended through another device (no event tells of it) or one with a `via` is
+    not the gateway's: a look at every dyno (whole) reads the whole table, even for one bridge,
+    and finds it; a look at one bridge's routes sees the `via` one only."""
+    a, b = dyno(1, 10), dyno(2, 10)
+    routes = [gateway_routes(a, 2)[1]]  # a's /30 through eth0 (index 2), before a's own
+    routes += gateway_routes(a, 10)
+    routes += [gateway_routes(b, 10)[0], gateway_routes(b, 10)[1]._replace(gateway="10.9.9.9")]
+    table = Table(routes, bridges=1)
+    assert sweep.missing_gateways(machine(table), [a, b], whole=True) == [a, b]
+    assert table.asked == ["all"]
+    table.asked.clear()
+    assert sweep.missing_gateways(machine(table), [a, b], whole=False) == [b]
     assert table.asked == [10]

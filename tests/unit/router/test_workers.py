@@ -22,10 +22,10 @@ TIMEOUT = 15.0
 
 @asynccontextmanager
 async def workers(
-    count: int, batches: list[int] | None = None
+    count: int, batches: list[int] | None = None, said: list[str] | None = None
 ) -> AsyncIterator[tuple[RouterWorkers, list[tuple[str, str | None]]]]:
     """`batches`: take the workers' lines a batch at a time (as the daemon does), noting each
-    batch's size there; else a line at a time."""
+    batch's size there; else a line at a time. `said`: the lines for the daemon's log."""
     lines: list[tuple[str, str | None]] = []
 
     def take_batch(items: list[tuple[str, str | None]]) -> None:
@@ -37,6 +37,7 @@ async def workers(
         lambda line, app: lines.append((line, app)),
         count=count,
         log_batch=take_batch if batches is not None else None,
+        say=said.append if said is not None else None,
     )
     await router.start("127.0.0.1", 0)
     try:
@@ -114,14 +115,22 @@ def test_a_workers_log_lines_reach_the_daemon_in_batches() -> None:
 
 
 def test_a_worker_that_dies_is_started_again_with_the_table() -> None:
+    said: list[str] = []
+
     async def main() -> None:
-        async with serve(echo_backend("web.1")) as port, workers(1) as (router, _):
+        async with serve(echo_backend("web.1")) as port, workers(1, said=said) as (router, _):
             router.update(RouteTable({"sushi": AppRoute((Backend("web.1", "127.0.0.1", port),))}))
             await get_until_200(router.port)
+            assert router.running() == 1
             (first,) = router.pids()
             os.kill(first, signal.SIGKILL)
+            await until(lambda: router.running() == 0 or router.pids() != [first], "its end")
             await until(lambda: router.pids() and router.pids() != [first], "a new worker")
             await get_until_200(router.port)
+            assert router.running() == 1
+            # the daemon's log says so (a worker that keeps dying is otherwise invisible)
+            assert len(said) == 1 and said[0].startswith("router worker 0 exited with status -9")
+            assert "starting it again in 0.5 s" in said[0]
 
     run(main(), timeout=60)
 
