@@ -103,15 +103,20 @@ def gateway_routes(gateway: str, network: str, prefixlen: int, index: int) -> tu
 RouteKey = tuple[int, str, int]  # (table, destination, prefix length): what a lookup meets first
 
 
-def first_routes(routes: Iterable[Route]) -> dict[RouteKey, Route]:
+def routes_by_key(routes: Iterable[Route]) -> dict[RouteKey, list[Route]]:
     """Of a listing (in the kernel's order: a prefix's routes in the order a lookup meets
-    them), the first route of tos 0 to each destination of each table: the one a lookup of the
-    host's (tos 0) meets, whatever its device (a blackhole has none)."""
-    first: dict[RouteKey, Route] = {}
+    them), the routes of tos 0 to each destination of each table, in that order, whatever their
+    device (a blackhole has none): the first is the one a lookup of the host's (tos 0) meets."""
+    found: dict[RouteKey, list[Route]] = {}
     for route in routes:
         if route.tos == 0:
-            first.setdefault(_key(route), route)
-    return first
+            found.setdefault(_key(route), []).append(route)
+    return found
+
+
+def first_routes(by_key: dict[RouteKey, list[Route]]) -> dict[RouteKey, Route]:
+    """Of routes_by_key(), the first of each: the one a lookup meets."""
+    return {key: routes[0] for key, routes in by_key.items()}
 
 
 def gateway_intact(first: dict[RouteKey, Route], wanted: tuple[Route, Route]) -> bool:
@@ -125,7 +130,9 @@ class GatewayBlocked(Exception):
     """A route before the gateway's that cannot be removed: the gateway cannot be put back."""
 
 
-def put_back_gateway(rtnl: Rtnl, listed: list[Route], wanted: tuple[Route, Route]) -> None:
+def put_back_gateway(
+    rtnl: Rtnl, listed: dict[RouteKey, list[Route]], wanted: tuple[Route, Route]
+) -> None:
     """Make add_gateway's two routes the first to their destinations again (gateway_intact), in
     as few changes as it takes: where the gateway's route is listed, the routes listed before it
     go (`ip route del`, each as listed); where it is not, those listed to its destination go
@@ -133,7 +140,7 @@ def put_back_gateway(rtnl: Rtnl, listed: list[Route], wanted: tuple[Route, Route
     not cover), `ip route del DST/LEN table T` takes the first, and it is added again.
     GatewayBlocked when a route stays before it."""
     for route in wanted:
-        same = [r for r in listed if _key(r) == _key(route) and r.tos == 0]
+        same = listed.get(_key(route), [])  # routes_by_key()
         if same[:1] == [route]:
             continue
         for other in same[: same.index(route)] if route in same else same:
@@ -201,8 +208,8 @@ def _key(route: Route) -> RouteKey:
 
 
 def delete_route(rtnl: Rtnl, route: Route) -> bool:
-    """`ip route del [TYPE] DST/LEN [tos TOS] (dev IF | nhid ID) table TABLE proto PROTO [src
-    SOURCE]`; False if no such route is there."""
+    """`ip route del [TYPE] DST/LEN [tos TOS] ([via GATEWAY] dev IF | nhid ID) table TABLE
+    proto PROTO [src SOURCE]`; False if no such route is there."""
     try:
         rtnl.delete_route(route)
     except NetlinkError as exc:

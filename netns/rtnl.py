@@ -83,7 +83,10 @@ RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
 RTA_PREFSRC = 7
+RTA_MULTIPATH = 9
 RTA_TABLE = 15
+RTA_VIA = 18
+RTA_ENCAP = 22
 RTA_NH_ID = 30
 NDA_DST = 1
 NDA_LLADDR = 2
@@ -115,6 +118,8 @@ class Route(NamedTuple):
     tos: int = 0  # its `tos` (a lookup with another tos never meets it)
     nh_id: int = 0  # its `nhid` (a nexthop object); 0: none
     gateway: str = ""  # its `via`; "": none (the destination is on the device's link)
+    # a next hop of another kind (an IPv6 `via`, `nexthop`s, an `encap`): not a device route
+    other_hop: bool = False
 
 
 def route_of(body: bytes) -> Route | None:
@@ -131,7 +136,8 @@ def route_of(body: bytes) -> Route | None:
     source = socket.inet_ntoa(attrs[RTA_PREFSRC][:4]) if RTA_PREFSRC in attrs else ""
     nh_id = struct.unpack_from("=I", attrs[RTA_NH_ID])[0] if RTA_NH_ID in attrs else 0
     gateway = socket.inet_ntoa(attrs[RTA_GATEWAY][:4]) if RTA_GATEWAY in attrs else ""
-    return Route(table, kind, proto, dst, dst_len, oif, source, tos, nh_id, gateway)
+    other_hop = any(attr in attrs for attr in (RTA_MULTIPATH, RTA_VIA, RTA_ENCAP))
+    return Route(table, kind, proto, dst, dst_len, oif, source, tos, nh_id, gateway, other_hop)
 
 
 _HEADER = nlmsg.HEADER

@@ -86,9 +86,8 @@ class HealthWatch:
         # facts: a look at all is O(dynos), 45-95 ms at 3,000-4,000 (bench/README.md,
         # "Fourteenth round").
         self._gateways_owed: set[int] = set()
-        # why putting them back on a bridge failed the last time, by bridge (said once)
-        self._gateways_refused: dict[str, str] = {}
-        # dynos whose routes a route before them keeps from being put back, with the reason said
+        # dynos whose routes could not be put back (their bridge refused, or a route before
+        # them cannot be removed), with the reason said (once)
         self._gateways_blocked: dict[int, str] = {}
         self._bridges: dict[str, bool] = {}  # each open bridge: is it up (bridges_up())
 
@@ -221,74 +220,59 @@ class HealthWatch:
 
     async def _put_back_gateways(self, only: set[int] | None) -> set[int]:
         """The gateway routes (and the host's entry for the dyno) of every running dyno (or of
-        those in `only`) missing one, from one listing: put back, bridge by bridge, with a line
-        in the dyno's log. The dynos to look at again at the next tick: those being restarted,
-        stopped or killed (their lock held), and those on a bridge that refused (one that is
-        down refuses a route through it until it is up; said once a bridge, and the others are
-        put back all the same)."""
+        those in `only`) missing one, from one listing: put back in one job of the kernel
+        thread, with a line in the dyno's log. The dynos to look at again at the next tick:
+        those being restarted, stopped or killed (their lock held), and those whose routes
+        could not be put back (a bridge that is down refuses a route through it until it is
+        up; a route first that cannot be removed), said once for each reason; the others are
+        put back all the same."""
         networks, again = self._unlocked_networks(only)
         if not networks:  # all of them stopped, or being stopped: nothing to list
             return again
-        # a look at every dyno reads the whole table: routes through other devices (a route
-        # prepended there, which no event tells of) are seen too
-        whole = only is None
+        # A look at every dyno reads the whole table: routes through other devices (a route
+        # prepended there, which no event tells of) are seen too; so does a look at a dyno
+        # whose routes could not be put back (what kept them out may be such a route).
+        whole = only is None or not only.isdisjoint(self._gateways_blocked)
         missing = await self.kernel.missing_gateways(list(networks.values()), whole)
         ids = {network.netns: dyno_id for dyno_id, network in networks.items()}
-        by_bridge: dict[str, list[DynoNetwork]] = {}
-        for network in missing:
-            by_bridge.setdefault(network.port_bridge, []).append(network)
-        for bridge in list(self._gateways_refused):
-            if bridge not in by_bridge:
-                del self._gateways_refused[bridge]
-        for bridge, found in by_bridge.items():
-            # still not being stopped or killed: one whose stop began while the routes were
-            # listed (or the routes of a bridge before were put back) must not get them back
-            # (its lock is held from the start of its stop), and one stopped and forgotten
-            # meanwhile (its facts gone) neither
-            busy = {ids[n.netns] for n in found if self.locked(ids[n.netns])}
-            again.update(busy)
-            group = [
-                n
-                for n in found
-                if ids[n.netns] not in busy | self._broken
-                and self.networks.known(ids[n.netns]) is not None
-            ]
-            if not group:
+        # still not being stopped or killed: one whose stop began while the routes were listed
+        # must not get them back (its lock is held from the start of its stop), and one stopped
+        # and forgotten meanwhile (its facts gone) neither
+        busy = {ids[n.netns] for n in missing if self.locked(ids[n.netns])}
+        again.update(busy)
+        group = [
+            n
+            for n in missing
+            if ids[n.netns] not in busy | self._broken
+            and self.networks.known(ids[n.netns]) is not None
+        ]
+        if not group:
+            return again
+        try:
+            done = await self.kernel.restore_gateways(group, whole)
+        except Exception as exc:  # noqa: BLE001 - none could be: looked at again
+            done = {n.netns: reason(exc) for n in group}
+        # (one whose routes someone put back meanwhile is in neither)
+        put_back = [ids[netns] for netns, why in done.items() if not why]
+        for dyno_id in put_back:
+            self._gateways_blocked.pop(dyno_id, None)
+        self._tell(
+            put_back,
+            "Warning: the dyno's gateway routes were removed or changed by someone else "
+            "(`ip route del` or `replace`, or its bridge taken down); put back",
+        )
+        for netns, why in done.items():  # looked at again; said once for each reason
+            dyno_id = ids[netns]
+            if not why:
                 continue
-            try:
-                done = await self.kernel.restore_gateways(group, whole)
-            except Exception as exc:  # noqa: BLE001 - the bridge is down: looked at again
-                again.update(ids[n.netns] for n in group)
-                if self._gateways_refused.get(bridge) != reason(exc):
-                    self._gateways_refused[bridge] = reason(exc)
-                    self._tell(
-                        [ids[n.netns] for n in group],
-                        "Warning: the dyno's gateway routes were removed or changed by someone "
-                        "else and "
-                        f"cannot be put back yet ({reason(exc)}); trying again every second",
-                    )
-                continue
-            self._gateways_refused.pop(bridge, None)
-            # (one whose routes someone put back meanwhile is in neither)
-            put_back = [ids[netns] for netns, why in done.items() if not why]
-            blocked = {netns: why for netns, why in done.items() if why}
-            for dyno_id in put_back:
-                self._gateways_blocked.pop(dyno_id, None)
-            self._tell(
-                put_back,
-                "Warning: the dyno's gateway routes were removed or changed by someone else "
-                "(`ip route del` or `replace`, or its bridge taken down); put back",
-            )
-            for netns, why in blocked.items():  # looked at again; said once for each reason
-                dyno_id = ids[netns]
-                again.add(dyno_id)
-                if self._gateways_blocked.get(dyno_id) != why:
-                    self._gateways_blocked[dyno_id] = why
-                    self._tell(
-                        [dyno_id],
-                        "Warning: the dyno's gateway routes were removed or changed by someone "
-                        f"else and cannot be put back yet ({why}); trying again every second",
-                    )
+            again.add(dyno_id)
+            if self._gateways_blocked.get(dyno_id) != why:
+                self._gateways_blocked[dyno_id] = why
+                self._tell(
+                    [dyno_id],
+                    "Warning: the dyno's gateway routes were removed or changed by someone "
+                    f"else and cannot be put back yet ({why}); trying again every second",
+                )
         return again
 
     def _unlocked_networks(self, only: set[int] | None) -> tuple[dict[int, DynoNetwork], set[int]]:

@@ -390,7 +390,8 @@ class Kernel:
     async def missing_gateways(
         self, dynos: list[DynoNetwork], whole: bool = False
     ) -> list[DynoNetwork]:
-        """`ip route show table local`, once: the dynos whose gateway's route is not there."""
+        """Of these, those whose gateway routes are not the first to their destinations, from
+        one listing of the whole table (`whole`) or of their bridges' routes (kernel/sweep.py)."""
         return await self.worker.run(sweep.missing_gateways, self.machine, dynos, whole)
 
     async def restore_gateways(

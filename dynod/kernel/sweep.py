@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 from dataclasses import dataclass
 
 from dynod.kernel import network, shards, tracing
@@ -93,24 +94,36 @@ def restore_gateways(m: Machine, live: list[DynoNetwork], whole: bool) -> dict[s
             # its namespace is gone, or is not one any more: the dyno is rebuilt or stopped
             with contextlib.suppress(OSError):
                 network.pin_gateway(dyno.netns, dyno.subnet, dyno.bridge_mac)
+    converted = set()  # bridges an older dynod's gateway addresses went from
     for dyno, index in kept:
         if dyno.gateway in held[index]:
             addresses.delete(rtnl, index, dyno.gateway, dyno.prefixlen)
+            converted.add(index)
     # listed after those deletions (the last address of a bridge takes its routes with it)
     done = {}
     for index, listing in gateway_listings(m, [d for d, _ in kept], whole).items():
         for dyno in listing.dynos:
             wanted = wanted_routes(dyno, index)
-            if not addresses.gateway_intact(listing.first, wanted):
-                try:
-                    addresses.put_back_gateway(rtnl, listing.routes, wanted)
-                    done[dyno.netns] = ""
-                except addresses.GatewayBlocked as exc:
-                    done[dyno.netns] = str(exc)
-            addresses.pin_neighbour(rtnl, index, dyno.address, dyno.subnet.dyno_mac)
+            try:
+                if not addresses.gateway_intact(listing.first, wanted):
+                    addresses.put_back_gateway(rtnl, listing.by_key, wanted)
+                    # what this did itself (an address made routes) is no one's change
+                    if index not in converted:
+                        done[dyno.netns] = ""
+                addresses.pin_neighbour(rtnl, index, dyno.address, dyno.subnet.dyno_mac)
+            except addresses.GatewayBlocked as exc:
+                done[dyno.netns] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - its bridge refused (down): it waits
+                done[dyno.netns] = _refusal(exc)
     for dyno in live:
         close_port(rtnl, dyno.veth)
     return done
+
+
+def _refusal(exc: Exception) -> str:
+    """Why the kernel refused, as a person would read it (`Network is down`)."""
+    code = getattr(exc, "code", None) or getattr(exc, "errno", None)
+    return os.strerror(code) if isinstance(code, int) and code > 0 else str(exc)
 
 
 # A look at a few dynos (those whose routes were deleted or replaced) on at most this many
@@ -126,8 +139,8 @@ class Listing:
     (`ip route show table all dev BRIDGE`), or the whole table's, shared by every bridge."""
 
     dynos: list[DynoNetwork]
-    routes: list[Route]
-    first: dict[addresses.RouteKey, Route]  # addresses.first_routes(routes)
+    by_key: dict[addresses.RouteKey, list[Route]]  # addresses.routes_by_key(the routes)
+    first: dict[addresses.RouteKey, Route]  # addresses.first_routes(by_key)
 
 
 def gateway_listings(m: Machine, dynos: list[DynoNetwork], whole: bool) -> dict[int, Listing]:
@@ -145,10 +158,11 @@ def gateway_listings(m: Machine, dynos: list[DynoNetwork], whole: bool) -> dict[
         if index is not None:
             bridges.setdefault(index, []).append(dyno)
     rtnl = m.worker.rtnl
-    table: tuple[list[Route], dict[addresses.RouteKey, Route]] | None = None
+    table: tuple[dict[addresses.RouteKey, list[Route]], dict[addresses.RouteKey, Route]] | None
+    table = None
     if bridges and (whole or len(bridges) > FILTERED_BRIDGES or not rtnl.filters):
-        everything = rtnl.routes()
-        table = (everything, addresses.first_routes(everything))
+        by_key = addresses.routes_by_key(rtnl.routes())
+        table = (by_key, addresses.first_routes(by_key))
     found = {}
     for index, on_bridge in bridges.items():
         if rtnl.index_of(on_bridge[0].port_bridge) != index:
@@ -156,7 +170,8 @@ def gateway_listings(m: Machine, dynos: list[DynoNetwork], whole: bool) -> dict[
         if table is not None:
             found[index] = Listing(on_bridge, *table)
         elif (routes := addresses.routes_through(rtnl, index)) is not None:
-            found[index] = Listing(on_bridge, routes, addresses.first_routes(routes))
+            by_key = addresses.routes_by_key(routes)
+            found[index] = Listing(on_bridge, by_key, addresses.first_routes(by_key))
     return found
 
 

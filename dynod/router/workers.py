@@ -221,8 +221,8 @@ class RouterWorkers:
         delay = RESTART_FIRST if lived > RESTART_MOST else min(RESTART_MOST, 2 * last)
         self._delays[slot] = delay
         text = (
-            f"router worker {slot} exited with status {status} after {lived:.1f} s; starting "
-            f"it again in {delay:.1f} s (what it said is on the daemon's standard error)"
+            f"warning: router worker {slot} exited with status {status} after {lived:.1f} s; "
+            f"starting it again in {delay:.1f} s (what it said is on the daemon's standard error)"
         )
         if self._say is not None:
             self._say(text)

@@ -25,7 +25,7 @@ from dynod.kernel.mounts import directory_of
 from netns import addresses, fstab, links, mntns, namespace, nfevents, nsid, removals, sysctl
 from netns import exec as netns_exec
 from netns.nftables import Nft, NftError
-from netns.rtnl import Rtnl
+from netns.rtnl import Route, Rtnl
 from tests.support import sweep, unique_prefix
 
 pytestmark = pytest.mark.root
@@ -219,6 +219,11 @@ def test_the_lean_netlink_socket_makes_what_the_commands_say(prefix: str) -> Non
         namespace.delete(name)
 
 
+def _intact(routes: list[Route], wanted: tuple[Route, Route]) -> bool:
+    """addresses.gateway_intact of a listing."""
+    return addresses.gateway_intact(addresses.first_routes(addresses.routes_by_key(routes)), wanted)
+
+
 def test_a_gateway_made_of_routes_is_the_hosts_and_each_side_knows_the_others_mac(
     prefix: str,
 ) -> None:
@@ -268,7 +273,7 @@ def test_a_gateway_made_of_routes_is_the_hosts_and_each_side_knows_the_others_ma
                     (network, 30, gateway, 4),
                     ("10.255.254.0", 30, "", 3),
                 }
-                assert addresses.gateway_intact(addresses.first_routes(own), wanted)
+                assert _intact(own, wanted)
                 if rtnl.filters:  # (a kernel before 4.20 lists the whole table, filtered here)
                     assert addresses.routes_through(rtnl, bridge + 1000) is None  # gone
             finally:
@@ -291,19 +296,21 @@ def test_a_gateway_made_of_routes_is_the_hosts_and_each_side_knows_the_others_ma
             ):
                 sh("ip", "route", how, *target, *words)
                 listed = rtnl.routes()
-                assert addresses.gateway_intact(addresses.first_routes(listed), wanted) is intact
+                assert _intact(listed, wanted) is intact
                 if intact:
                     sh("ip", "route", "del", *target, *words)
                     continue
-                addresses.put_back_gateway(rtnl, rtnl.routes_through(bridge), wanted)
+                addresses.put_back_gateway(
+                    rtnl, addresses.routes_by_key(rtnl.routes_through(bridge)), wanted
+                )
                 listed = rtnl.routes()
-                assert addresses.gateway_intact(addresses.first_routes(listed), wanted), how
+                assert _intact(listed, wanted), how
                 assert [r for r in listed if r.dst == network] == [wanted[1]], (how, words)
             # and the local route, replaced (proto boot, no source)
             sh("ip", "route", "replace", "local", gateway, "dev", bridge_name, "table", "local")
             listed = rtnl.routes_through(bridge)
-            assert not addresses.gateway_intact(addresses.first_routes(listed), wanted)
-            addresses.put_back_gateway(rtnl, listed, wanted)
+            assert not _intact(listed, wanted)
+            addresses.put_back_gateway(rtnl, addresses.routes_by_key(listed), wanted)
             assert [r for r in rtnl.routes_through(bridge) if r.dst == gateway] == [wanted[0]]
             main = sh("ip", "route", "show", "dev", bridge_name)
             assert f"{network}/30 proto static scope link src {gateway}" in main

@@ -47,6 +47,7 @@ class FakeKernel:
         self.gateways_lost: set[str] = set()  # netns whose gateway routes someone removed
         self.bridge_down = False  # restore_gateways refused, as the kernel refuses the routes
         self.restored: list[list[str]] = []
+        self.wholes: list[bool] = []  # each look: from the whole table?
         self.blocked: dict[str, str] = {}  # netns whose routes a route before them keeps out
         self.gateway_listings = 0
         self.bridges: dict[str, bool] = {"fake0": True}  # what bridges_up() says
@@ -73,6 +74,7 @@ class FakeKernel:
         self, dynos: list[DynoNetwork], whole: bool = False
     ) -> list[DynoNetwork]:
         self.gateway_listings += 1
+        self.wholes.append(whole)
         return [d for d in dynos if d.netns in self.gateways_lost]
 
     async def restore_gateways(
@@ -742,6 +744,10 @@ def test_a_dyno_whose_routes_are_blocked_is_said_once_and_tried_again_alone() ->
         await sup.close()
 
     asyncio.run(scenario())
+    # the first look, at every dyno, reads the whole table; the look at two dynos whose routes
+    # went, their bridges' routes; a blocked dyno's, the whole table again (what keeps its
+    # routes out may be a route through another device)
+    assert kernel.wholes == [True, False, True, True, True]
     assert kernel.restored == [["n1", "n2"], ["n2"], ["n2"], ["n2"]]
     assert kernel.gateways_lost == set()
     said = [str(x) for x in log.recent(lambda _: True, 10) if "gateway routes" in str(x)]
