@@ -62,34 +62,14 @@ def add_gateway(rtnl: Rtnl, index: int, gateway: str, network: str, prefixlen: i
         ip route add local GATEWAY dev IF table local proto static src GATEWAY
         ip route add NETWORK/PREFIXLEN dev IF proto static scope link src GATEWAY
 
-
     The host takes GATEWAY as its own (it answers to it, and sends from it to that network) as
     an address would make it, but without an address: the kernel walks every IPv4 address of
     the namespace after each new one (check_lifetime, a worker on the adding thread's CPU),
     which with one gateway a dyno grew every start with the dynos running. The hosts behind IF
     must know GATEWAY's MAC from elsewhere (pin_neighbour): IF answers no ARP for it (it is not
     an address of IF's, which arp_ignore 1 and 2 ask for)."""
-    for dst, length, local in ((gateway, 32, True), (network, prefixlen, False)):
-        try:
-            rtnl.device_route(
-                "add", dst=dst, prefixlen=length, index=index, source=gateway, local=local
-            )
-        except NetlinkError as exc:
-            if exc.code != EEXIST:
-                raise
-            continue
-        if record.active():
-            device = name_of(rtnl, index)
-            if local:
-                record.note(
-                    "ip", "route", "add", "local", dst, "dev", device, "table", "local",
-                    "proto", "static", "src", dst,
-                )  # fmt: skip
-            else:
-                record.note(
-                    "ip", "route", "add", f"{dst}/{length}", "dev", device, "proto", "static",
-                    "scope", "link", "src", gateway,
-                )  # fmt: skip
+    for route in gateway_routes(gateway, network, prefixlen, index):
+        _add(rtnl, route)
 
 
 def gateway_routes(gateway: str, network: str, prefixlen: int, index: int) -> tuple[Route, Route]:
@@ -114,16 +94,11 @@ def routes_by_key(routes: Iterable[Route]) -> dict[RouteKey, list[Route]]:
     return found
 
 
-def first_routes(by_key: dict[RouteKey, list[Route]]) -> dict[RouteKey, Route]:
-    """Of routes_by_key(), the first of each: the one a lookup meets."""
-    return {key: routes[0] for key, routes in by_key.items()}
-
-
-def gateway_intact(first: dict[RouteKey, Route], wanted: tuple[Route, Route]) -> bool:
-    """Is each of the gateway's routes the first to its destination (first_routes), the one a
-    lookup meets (not another before it: `ip route prepend`, `replace` without `src`, through
-    another device)?"""
-    return all(first.get(_key(route)) == route for route in wanted)
+def gateway_intact(listed: dict[RouteKey, list[Route]], wanted: tuple[Route, Route]) -> bool:
+    """Of routes_by_key(), is each of the gateway's routes the first to its destination, the
+    one a lookup meets (not another before it: `ip route prepend`, `replace` without `src`,
+    through another device)?"""
+    return all(listed.get(_key(route), [])[:1] == [route] for route in wanted)
 
 
 class GatewayBlocked(Exception):
@@ -161,7 +136,8 @@ def put_back_gateway(
 
 
 def _add(rtnl: Rtnl, route: Route) -> bool:
-    """One of add_gateway's routes; False if one with its key is there (EEXIST)."""
+    """`ip route add` of one of add_gateway's routes; False if one with its key is there
+    (EEXIST)."""
     local = route.kind == RTN_LOCAL
     try:
         rtnl.device_route(
@@ -283,12 +259,6 @@ def local_gateways(routes: Iterable[Route]) -> dict[int, list[str]]:
         if (route.table, route.kind, route.proto, route.dst_len) == _LOCAL_GATEWAY and route.oif:
             found.setdefault(route.oif, []).append(route.dst)
     return found
-
-
-def static_networks(routes: Iterable[Route]) -> dict[int, set[str]]:
-    """Of `ip route show table all` (Rtnl.routes()), `ip route show proto static`'s (table
-    main): each device's routed networks ("NETWORK/PREFIXLEN"), by device index."""
-    return {index: set(networks) for index, networks in static_sources(routes).items()}
 
 
 def static_sources(routes: Iterable[Route]) -> dict[int, dict[str, str]]:

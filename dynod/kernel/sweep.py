@@ -105,7 +105,7 @@ def restore_gateways(m: Machine, live: list[DynoNetwork], whole: bool) -> dict[s
         for dyno in listing.dynos:
             wanted = wanted_routes(dyno, index)
             try:
-                if not addresses.gateway_intact(listing.first, wanted):
+                if not addresses.gateway_intact(listing.by_key, wanted):
                     addresses.put_back_gateway(rtnl, listing.by_key, wanted)
                     # what this did itself (an address made routes) is no one's change
                     if index not in converted:
@@ -140,7 +140,6 @@ class Listing:
 
     dynos: list[DynoNetwork]
     by_key: dict[addresses.RouteKey, list[Route]]  # addresses.routes_by_key(the routes)
-    first: dict[addresses.RouteKey, Route]  # addresses.first_routes(by_key)
 
 
 def gateway_listings(m: Machine, dynos: list[DynoNetwork], whole: bool) -> dict[int, Listing]:
@@ -158,20 +157,17 @@ def gateway_listings(m: Machine, dynos: list[DynoNetwork], whole: bool) -> dict[
         if index is not None:
             bridges.setdefault(index, []).append(dyno)
     rtnl = m.worker.rtnl
-    table: tuple[dict[addresses.RouteKey, list[Route]], dict[addresses.RouteKey, Route]] | None
-    table = None
+    table: dict[addresses.RouteKey, list[Route]] | None = None
     if bridges and (whole or len(bridges) > FILTERED_BRIDGES or not rtnl.filters):
-        by_key = addresses.routes_by_key(rtnl.routes())
-        table = (by_key, addresses.first_routes(by_key))
+        table = addresses.routes_by_key(rtnl.routes())
     found = {}
     for index, on_bridge in bridges.items():
         if rtnl.index_of(on_bridge[0].port_bridge) != index:
             continue  # deleted: its dynos are cut off until the next start rebuilds it
         if table is not None:
-            found[index] = Listing(on_bridge, *table)
+            found[index] = Listing(on_bridge, table)
         elif (routes := addresses.routes_through(rtnl, index)) is not None:
-            by_key = addresses.routes_by_key(routes)
-            found[index] = Listing(on_bridge, by_key, addresses.first_routes(by_key))
+            found[index] = Listing(on_bridge, addresses.routes_by_key(routes))
     return found
 
 
@@ -190,7 +186,7 @@ def missing_gateways(m: Machine, dynos: list[DynoNetwork], whole: bool) -> list[
     missing = []
     for index, listing in gateway_listings(m, dynos, whole).items():
         for dyno in listing.dynos:
-            if not addresses.gateway_intact(listing.first, wanted_routes(dyno, index)):
+            if not addresses.gateway_intact(listing.by_key, wanted_routes(dyno, index)):
                 missing.append(dyno)
     return missing
 

@@ -5,11 +5,11 @@ It serves the listening sockets the daemon hands it (`wire.send_listen`: the dae
 worker needs no right to bind port 80) with a `Router` of its own, routes by the last table the
 daemon sent, and sends its log lines back in batches. It has no state and reads nothing from
 disk: it exits when the daemon's end of its control socket closes (the daemon stopped or died).
-A root daemon starts it through ``setpriv`` with CAP_SETUID and CAP_SETGID alone; once its
-imports are done, before it reads a byte from anyone, it becomes the user the daemon chose
-(netns/identity.py) and holds no capability: the firewall lets that user's connections reach a
-web dyno's PORT. Its event loop is uvloop's: with the
-router's callbacks, asyncio's own loop was the largest cost per request (see the README).
+A root daemon starts it through ``setpriv`` with CAP_SETUID, CAP_SETGID and CAP_DAC_READ_SEARCH
+alone; once its imports are done, before it reads a byte from anyone, it becomes the user the
+daemon chose (netns/identity.py) and holds no capability: the firewall lets that user's
+connections reach a web dyno's PORT. Its event loop is uvloop's: with the router's callbacks,
+asyncio's own loop was the largest cost per request (see the README).
 """
 
 from __future__ import annotations

@@ -221,7 +221,7 @@ def test_the_lean_netlink_socket_makes_what_the_commands_say(prefix: str) -> Non
 
 def _intact(routes: list[Route], wanted: tuple[Route, Route]) -> bool:
     """addresses.gateway_intact of a listing."""
-    return addresses.gateway_intact(addresses.first_routes(addresses.routes_by_key(routes)), wanted)
+    return addresses.gateway_intact(addresses.routes_by_key(routes), wanted)
 
 
 def test_a_gateway_made_of_routes_is_the_hosts_and_each_side_knows_the_others_mac(
@@ -256,7 +256,7 @@ def test_a_gateway_made_of_routes_is_the_hosts_and_each_side_knows_the_others_ma
             assert addresses.ipv4_on(ipr, bridge) == []
             assert addresses.local_gateways(rtnl.routes())[bridge] == [gateway]
             assert gateway in addresses.local_ipv4(ipr, rtnl.routes())
-            assert f"{network}/30" in addresses.static_networks(rtnl.routes())[bridge]
+            assert f"{network}/30" in addresses.static_sources(rtnl.routes())[bridge]
             local = sh("ip", "route", "show", "table", "local", "dev", bridge_name)
             assert f"local {gateway} proto static scope host" in local
             main = sh("ip", "route", "show", "dev", bridge_name)
@@ -338,7 +338,7 @@ def test_a_gateway_made_of_routes_is_the_hosts_and_each_side_knows_the_others_ma
             addresses.delete_gateway(rtnl, bridge, gateway, network, 30)
             addresses.delete_gateway(rtnl, bridge, gateway, network, 30)  # gone already: fine
             assert bridge not in addresses.local_gateways(rtnl.routes())
-            assert bridge not in addresses.static_networks(rtnl.routes())
+            assert bridge not in addresses.static_sources(rtnl.routes())
             assert gateway not in sh("ip", "route", "show", "table", "all", "dev", bridge_name)
             links.delete(rtnl, port_name)
             links.delete(ipr, bridge_name)
