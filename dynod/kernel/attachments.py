@@ -16,14 +16,16 @@ def _attachment(dyno: DynoNetwork) -> network.Attachment:
     return network.Attachment(dyno.netns, dyno.veth, dyno.subnet, dyno.bridge_mac)
 
 
-def attach(m: Machine, dyno: DynoNetwork) -> None:
+def attach(m: Machine, dyno: DynoNetwork, ipv6: bool = True) -> None:
+    """The dyno's firewall elements and network (network.attach), IPv6 off inside unless
+    `ipv6`: a first start's, as its process will have it."""
     bridge = _shard(m, dyno)
     # Firewall elements first: they are plain data, harmless before the port exists, and
     # a refusal then leaves nothing in the network to undo.
     m.nftables().run(firewall.add_dyno(m.layout, dyno.port, dyno.web))
     ruleset.expect(m, dyno, present=True)
     try:
-        network.attach(m.worker.rtnl, bridge, _attachment(dyno), m.nsids)
+        network.attach(m.worker.rtnl, bridge, _attachment(dyno), m.nsids, ipv6)
     except BaseException:
         with contextlib.suppress(NftError):
             m.nftables().run(firewall.remove_dyno(m.layout, dyno.port, dyno.web))

@@ -182,7 +182,7 @@ class Kernel:
         stdio: DynoEnds | None,
     ) -> Launched:
         network.new_namespaces_have_ipv6()  # read once, here in the host's namespace
-        attachments.attach(self.machine, dyno)
+        attachments.attach(self.machine, dyno, how.ipv6)
         attached_at = time.perf_counter()
         if self.machine.nsids.stopped and not self.nsids_said:
             self.nsids_said = True

@@ -11,6 +11,7 @@ Everything here runs on the kernel worker's thread (netns.worker). For one dyno 
     ip route add local 172.16.0.5 dev dynod0 table local proto static src 172.16.0.5
     ip route add 172.16.0.4/30 dev dynod0 proto static scope link src 172.16.0.5   # its gateway
     ip neigh replace 172.16.0.6 lladdr 0a:58:.. dev dynod0 nud permanent
+    ip netns exec NS sysctl -w net.ipv6.conf.all.disable_ipv6=1   # with DNS discovery
     ip -n NS link set lo up; ip -n NS link set eth0 up
     ip -n NS addr add 172.16.0.6/30 dev eth0
     ip -n NS neigh replace 172.16.0.5 lladdr 0a:5a:.. dev eth0 nud permanent
@@ -128,11 +129,15 @@ def ensure_shard_bridge(ipr: IPRoute, name: str, pool: Pool) -> int:
 
 
 def attach(
-    ipr: Rtnl, bridge_index: int, dyno: Attachment, nsids: nsid.Descending | None = None
+    ipr: Rtnl,
+    bridge_index: int,
+    dyno: Attachment,
+    nsids: nsid.Descending | None = None,
+    ipv6: bool = True,
 ) -> None:
     """The dyno's namespace (with its id in the host's from nsids: netns/nsid.py), its veth on
     the bridge, the port's settings, the gateway's routes, the dyno's neighbour entry and the
-    inside configured."""
+    inside configured, with IPv6 off inside when `ipv6` is false (ipv6_off_before_up)."""
     subnet = dyno.subnet
     namespace.create(dyno.netns)
     try:
@@ -152,7 +157,7 @@ def attach(
         links.add_fdb_entry(ipr, port, subnet.dyno_mac)
         add_gateway(ipr, bridge_index, subnet)
         addresses.pin_neighbour(ipr, bridge_index, subnet.address, subnet.dyno_mac)
-        _configure_inside(dyno.netns, subnet, dyno.bridge_mac)
+        _configure_inside(dyno.netns, subnet, dyno.bridge_mac, ipv6)
     except BaseException:
         detach(ipr, bridge_index, dyno)
         raise
@@ -193,12 +198,14 @@ def pin_gateway(netns: str, subnet: Subnet, bridge_mac: str) -> None:
             inner.close()
 
 
-def _configure_inside(netns: str, subnet: Subnet, bridge_mac: str) -> None:
+def _configure_inside(netns: str, subnet: Subnet, bridge_mac: str, ipv6: bool) -> None:
     with namespace.entered(netns):
         inner = Rtnl()  # opened inside: the namespace's links
         try:
             eth0 = links.index_of(inner, "eth0")
             assert eth0 is not None
+            if not ipv6:
+                ipv6_off_before_up()
             links.set_up(inner, links.LOOPBACK_INDEX)
             links.set_up(inner, eth0)
             addresses.add(inner, eth0, subnet.address, subnet.prefixlen)
@@ -232,21 +239,32 @@ def unplug(ipr: Rtnl, bridge_index: int | None, dyno: Attachment) -> None:
         addresses.forget_neighbour(ipr, bridge_index, subnet.address)
 
 
+def ipv6_off_before_up() -> None:
+    """`sysctl -w net.ipv6.conf.all.disable_ipv6=1` in a namespace made just now, before its
+    lo and eth0 go up (the calling thread is inside it): the kernel then sets `default` and
+    both links to 1 too, and they never get ::1 or a link-local address. Turned off after
+    they are up, the kernel would make both addresses (a link-local's duplicate detection,
+    multicast joins), then remove them again, and each removal queues a clean-up of the
+    conntrack table (nftables' masquerade listens to every namespace's addresses) on the CPU
+    of the start: work a start with DNS discovery does not need. Where new namespaces do not
+    get the kernel's IPv6 defaults, the spawn sets all four values (set_ipv6)."""
+    if new_namespaces_have_ipv6():
+        sysctl.write("net.ipv6.conf.all.disable_ipv6", 1)
+
+
 def set_ipv6(netns: str, enabled: bool, fresh: bool = False) -> None:
     """`ip netns exec NS sysctl -w net.ipv6.conf.{all,default,lo,eth0}.disable_ipv6=N`: with
     it off, the dyno has no ::1 and no link-local address, so nothing in it tries IPv6 first.
 
-    fresh: the namespace was made just now. When the host gives new namespaces the kernel's
-    IPv6 defaults (new_namespaces_have_ipv6()), its four values are 0 already: nothing is
-    written to turn IPv6 on, and `all=1` alone turns it off (the kernel then sets `default` and
-    every link of the namespace, lo and eth0, to 1 too). Through /proc each write's lookup grew
-    with the number of namespaces on the host (four writes a start were about 4 ms at 1,000
-    dynos); netns.sysctl's own procfs instances keep it flat, and fewer writes still cost less."""
+    fresh: attach() made the namespace in this same job, with `ipv6` as `enabled` says. When
+    the host gives new namespaces the kernel's IPv6 defaults (new_namespaces_have_ipv6()),
+    nothing is left to write: its four values are 0 already for IPv6 on, and attach() turned
+    it off before the links went up (ipv6_off_before_up). Through /proc each write's lookup
+    grew with the number of namespaces on the host (four writes a start were about 4 ms at
+    1,000 dynos); netns.sysctl's own procfs instances keep it flat, and fewer writes still
+    cost less."""
     value = 0 if enabled else 1
     if fresh and new_namespaces_have_ipv6():
-        if not enabled:
-            with namespace.entered(netns):
-                sysctl.write("net.ipv6.conf.all.disable_ipv6", 1)
         return
     with namespace.entered(netns):
         for conf in ("all", "default", "lo", "eth0"):
