@@ -117,7 +117,7 @@ class DaemonSteps(DenseFloor):
             self.pool.bridge_mac,
         )
         began = time.perf_counter()
-        network.attach(self.rtnl, master, dyno, self.nsids)
+        network.attach(self.rtnl, master, dyno, self.nsids, ipv6=True)
         return ms_since(began)
 
     def close(self) -> None:

@@ -16,16 +16,17 @@ def _attachment(dyno: DynoNetwork) -> network.Attachment:
     return network.Attachment(dyno.netns, dyno.veth, dyno.subnet, dyno.bridge_mac)
 
 
-def attach(m: Machine, dyno: DynoNetwork, ipv6: bool = True) -> None:
+def attach(m: Machine, dyno: DynoNetwork, *, ipv6: bool) -> None:
     """The dyno's firewall elements and network (network.attach), IPv6 off inside unless
-    `ipv6`: a first start's, as its process will have it."""
+    `ipv6`: a first start passes its process's; a rebuild leaves it on, and the spawn that
+    follows sets it (network.set_ipv6)."""
     bridge = _shard(m, dyno)
     # Firewall elements first: they are plain data, harmless before the port exists, and
     # a refusal then leaves nothing in the network to undo.
     m.nftables().run(firewall.add_dyno(m.layout, dyno.port, dyno.web))
     ruleset.expect(m, dyno, present=True)
     try:
-        network.attach(m.worker.rtnl, bridge, _attachment(dyno), m.nsids, ipv6)
+        network.attach(m.worker.rtnl, bridge, _attachment(dyno), m.nsids, ipv6=ipv6)
     except BaseException:
         with contextlib.suppress(NftError):
             m.nftables().run(firewall.remove_dyno(m.layout, dyno.port, dyno.web))
@@ -69,4 +70,4 @@ def rebuild(m: Machine, dyno: DynoNetwork) -> None:
     # A namespace whose name was deleted dies with its last process, and the kernel
     # destroys its veth a moment later: the name must be free for the new one now.
     links.delete(m.worker.ipr, dyno.veth)
-    attach(m, dyno)
+    attach(m, dyno, ipv6=True)

@@ -182,7 +182,7 @@ class Kernel:
         stdio: DynoEnds | None,
     ) -> Launched:
         network.new_namespaces_have_ipv6()  # read once, here in the host's namespace
-        attachments.attach(self.machine, dyno, how.ipv6)
+        attachments.attach(self.machine, dyno, ipv6=how.ipv6)
         attached_at = time.perf_counter()
         if self.machine.nsids.stopped and not self.nsids_said:
             self.nsids_said = True
@@ -283,7 +283,8 @@ class Kernel:
         stdio: DynoEnds | None = None,
         fresh: bool = False,
     ) -> subprocess.Popen[bytes]:
-        """fresh: the dyno's namespace was made in this same job (a first start). Each start
+        """fresh: the dyno's namespace was made in this same job (a first start), by an attach()
+        given this `how.ipv6` (network.set_ipv6 relies on it). Each start
         is a new dyno as Heroku counts them, with a hostname of its own: a UUID (Heroku's dyno
         id), which its /etc/hosts gives its address."""
         netns = how.network.netns

@@ -11,7 +11,7 @@ Everything here runs on the kernel worker's thread (netns.worker). For one dyno 
     ip route add local 172.16.0.5 dev dynod0 table local proto static src 172.16.0.5
     ip route add 172.16.0.4/30 dev dynod0 proto static scope link src 172.16.0.5   # its gateway
     ip neigh replace 172.16.0.6 lladdr 0a:58:.. dev dynod0 nud permanent
-    ip netns exec NS sysctl -w net.ipv6.conf.all.disable_ipv6=1   # with DNS discovery
+    ip netns exec NS sysctl -w net.ipv6.conf.all.disable_ipv6=1   # DNS discovery (kernel defaults)
     ip -n NS link set lo up; ip -n NS link set eth0 up
     ip -n NS addr add 172.16.0.6/30 dev eth0
     ip -n NS neigh replace 172.16.0.5 lladdr 0a:5a:.. dev eth0 nud permanent
@@ -27,6 +27,7 @@ addresses and no other dyno can answer for its gateway.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import dataclass
 
@@ -133,12 +134,15 @@ def attach(
     bridge_index: int,
     dyno: Attachment,
     nsids: nsid.Descending | None = None,
-    ipv6: bool = True,
+    *,
+    ipv6: bool,
 ) -> None:
     """The dyno's namespace (with its id in the host's from nsids: netns/nsid.py), its veth on
     the bridge, the port's settings, the gateway's routes, the dyno's neighbour entry and the
-    inside configured, with IPv6 off inside when `ipv6` is false (ipv6_off_before_up)."""
+    inside configured. Without `ipv6`, IPv6 goes off before the links go up where new
+    namespaces get the kernel's defaults (ipv6_off_before_up); elsewhere the spawn sets it."""
     subnet = dyno.subnet
+    off_first = not ipv6 and new_namespaces_have_ipv6()  # read in the host's namespace
     namespace.create(dyno.netns)
     try:
         if nsids is not None:
@@ -157,7 +161,7 @@ def attach(
         links.add_fdb_entry(ipr, port, subnet.dyno_mac)
         add_gateway(ipr, bridge_index, subnet)
         addresses.pin_neighbour(ipr, bridge_index, subnet.address, subnet.dyno_mac)
-        _configure_inside(dyno.netns, subnet, dyno.bridge_mac, ipv6)
+        _configure_inside(dyno.netns, subnet, dyno.bridge_mac, off_first)
     except BaseException:
         detach(ipr, bridge_index, dyno)
         raise
@@ -198,13 +202,13 @@ def pin_gateway(netns: str, subnet: Subnet, bridge_mac: str) -> None:
             inner.close()
 
 
-def _configure_inside(netns: str, subnet: Subnet, bridge_mac: str, ipv6: bool) -> None:
+def _configure_inside(netns: str, subnet: Subnet, bridge_mac: str, ipv6_off: bool) -> None:
     with namespace.entered(netns):
         inner = Rtnl()  # opened inside: the namespace's links
         try:
             eth0 = links.index_of(inner, "eth0")
             assert eth0 is not None
-            if not ipv6:
+            if ipv6_off:
                 ipv6_off_before_up()
             links.set_up(inner, links.LOOPBACK_INDEX)
             links.set_up(inner, eth0)
@@ -246,17 +250,17 @@ def ipv6_off_before_up() -> None:
     they are up, the kernel would make both addresses (a link-local's duplicate detection,
     multicast joins), then remove them again, and each removal queues a clean-up of the
     conntrack table (nftables' masquerade listens to every namespace's addresses) on the CPU
-    of the start: work a start with DNS discovery does not need. Where new namespaces do not
-    get the kernel's IPv6 defaults, the spawn sets all four values (set_ipv6)."""
-    if new_namespaces_have_ipv6():
-        sysctl.write("net.ipv6.conf.all.disable_ipv6", 1)
+    of the start: work a start with DNS discovery does not need. Only where new namespaces
+    get the kernel's IPv6 defaults (new_namespaces_have_ipv6()): elsewhere the spawn sets all
+    four values (set_ipv6)."""
+    sysctl.write("net.ipv6.conf.all.disable_ipv6", 1)
 
 
 def set_ipv6(netns: str, enabled: bool, fresh: bool = False) -> None:
     """`ip netns exec NS sysctl -w net.ipv6.conf.{all,default,lo,eth0}.disable_ipv6=N`: with
     it off, the dyno has no ::1 and no link-local address, so nothing in it tries IPv6 first.
 
-    fresh: attach() made the namespace in this same job, with `ipv6` as `enabled` says. When
+    fresh: attach() made the namespace in this same job, given `enabled` as its `ipv6`. When
     the host gives new namespaces the kernel's IPv6 defaults (new_namespaces_have_ipv6()),
     nothing is left to write: its four values are 0 already for IPv6 on, and attach() turned
     it off before the links went up (ipv6_off_before_up). Through /proc each write's lookup
@@ -264,11 +268,19 @@ def set_ipv6(netns: str, enabled: bool, fresh: bool = False) -> None:
     1,000 dynos); netns.sysctl's own procfs instances keep it flat, and fewer writes still
     cost less."""
     value = 0 if enabled else 1
-    if fresh and new_namespaces_have_ipv6():
-        return
+    if not kernel_has_ipv6() or (fresh and new_namespaces_have_ipv6()):
+        return  # no IPv6 to turn on or off, or attach() did
     with namespace.entered(netns):
         for conf in ("all", "default", "lo", "eth0"):
             sysctl.write(f"net.ipv6.conf.{conf}.disable_ipv6", value)
+
+
+@functools.cache
+def kernel_has_ipv6() -> bool:
+    """Is IPv6 in this kernel at all (`ls /proc/sys/net/ipv6`)? Not when it was booted with
+    ipv6.disable=1, or built without it: then a dyno has none, and there is nothing to set.
+    Read once, in the host's namespace."""
+    return os.path.isdir("/proc/sys/net/ipv6")
 
 
 @functools.cache
@@ -278,6 +290,8 @@ def new_namespaces_have_ipv6() -> bool:
     `net.core.devconf_inherit_init_net` resets a new namespace's IPv6 settings to the kernel's
     defaults (0 or 2; 1 and 3 copy the host's instead). Read once, in the host's namespace;
     anything unreadable is a no."""
+    if not kernel_has_ipv6():
+        return False
     try:
         with open("/sys/module/ipv6/parameters/disable_ipv6") as f:
             if f.read().strip() != "0":

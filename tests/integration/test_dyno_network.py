@@ -11,6 +11,7 @@ from pyroute2 import IPRoute
 
 from dynod.kernel import network
 from dynod.kernel.addressing import Pool
+from netns import links, sysctl
 from netns.rtnl import Rtnl
 from tests.support import sh, sweep, unique_prefix
 
@@ -42,14 +43,24 @@ def _carrier(netns: str) -> bool:
 
 
 @pytest.mark.parametrize("ipv6", [False, True])
-def test_a_first_start_without_ipv6_never_gets_an_ipv6_address(prefix: str, ipv6: bool) -> None:
-    """With IPv6 off (DNS discovery), attach() turns it off before lo and eth0 go up: right
-    after it, and once eth0 has its carrier (when the kernel would give it a link-local
-    address), the namespace has no IPv6 address at all, where turning it off later (as the
-    spawn did) first made ::1 and a link-local address, then removed them. With IPv6 on, lo
-    has ::1 as soon as it is up."""
+def test_a_first_start_without_ipv6_never_gets_an_ipv6_address(
+    prefix: str, ipv6: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With IPv6 off (DNS discovery), attach() turns it off before lo and eth0 go up (read
+    inside the namespace as each goes up), so they never get ::1 or a link-local address: none
+    right after, nor once eth0 has its carrier (when the kernel would give it one). Turned off
+    later, as the spawn did, the kernel first made both, then removed them. With IPv6 on, it is
+    on as they go up, and lo has ::1."""
     if not network.new_namespaces_have_ipv6():
         pytest.skip("new namespaces get no IPv6 here: the spawn sets all four values")
+    as_they_go_up: list[str] = []
+    set_up = links.set_up
+
+    def watched_set_up(rtnl: Rtnl, index: int) -> None:
+        as_they_go_up.append(sysctl.read("net.ipv6.conf.all.disable_ipv6"))  # inside it
+        set_up(rtnl, index)
+
+    monkeypatch.setattr(links, "set_up", watched_set_up)
     pool = Pool(POOL)
     dyno = network.Attachment(f"{prefix}-d", f"{prefix}-1", pool.subnet(1), pool.bridge_mac)
     rtnl = Rtnl()
@@ -58,6 +69,7 @@ def test_a_first_start_without_ipv6_never_gets_an_ipv6_address(prefix: str, ipv6
             bridge = network.ensure_shard_bridge(ipr, f"{prefix}b", pool)
             network.attach(rtnl, bridge, dyno, ipv6=ipv6)
             try:
+                assert as_they_go_up == ["0" if ipv6 else "1"] * 2  # lo, eth0
                 ipv6_addresses = _inside(dyno.netns, "ip", "-6", "-o", "addr", "show")
                 if ipv6:
                     assert "lo    inet6 ::1/128" in ipv6_addresses, ipv6_addresses
@@ -71,9 +83,11 @@ def test_a_first_start_without_ipv6_never_gets_an_ipv6_address(prefix: str, ipv6
                 assert _carrier(dyno.netns)
                 time.sleep(0.2)  # the kernel's link-local address comes with the carrier event
                 assert _inside(dyno.netns, "ip", "-6", "-o", "addr", "show") == ""
-                links = _inside(dyno.netns, "ip", "-o", "link", "show", "up")
-                assert "lo:" in links and "eth0@" in links  # up all the same
+                up_links = _inside(dyno.netns, "ip", "-o", "link", "show", "up")
+                assert "lo:" in up_links and "eth0@" in up_links  # up all the same
             finally:
+                # the veth first: a deleted namespace's goes later, when the kernel gets to it
+                sh("ip", "link", "del", dyno.veth, check=False)
                 network.detach(rtnl, bridge, dyno)
     finally:
         rtnl.close()
