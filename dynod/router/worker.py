@@ -156,7 +156,8 @@ async def serve(settings: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.WARNING, format="router worker: %(message)s")
+    # the daemon reads its standard error and says which worker it is (worker_stderr.py)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     settings = json.loads(args[0])
     preload()
     drop_root(settings)  # everything it runs is imported by now

@@ -6,7 +6,8 @@ whatever the load on the router. It binds every listening socket (the main port,
 each space's address) and hands each worker a copy (SCM_RIGHTS), so the workers share each
 accept queue and need no right to bind. Each change of the route table goes to every worker at
 once, as what changed (a worker that starts gets the whole table; `wire`); their log lines
-come back in batches and go into the daemon's log book, one line per request as before.
+come back in batches and go into the daemon's log book, one line per request as before, and so
+does what a worker prints on its standard error (worker_stderr.py).
 
 Workers parse what any client sends, so they run with no privilege: ``python -m
 dynod.router.worker`` under ``setpriv`` with every capability dropped but CAP_SETUID,
@@ -44,6 +45,7 @@ from dynod.router.routes import RouteChange, RouteTable
 from dynod.router.server import Router
 from dynod.router.turns import shared_turns_file
 from dynod.router.wire import changes_frame, read_frame, send_listen, table_frame
+from dynod.router.worker_stderr import StderrRelay
 
 __all__ = ["AnyRouter", "RouterWorkers"]
 
@@ -51,6 +53,7 @@ _logger = logging.getLogger(__name__)
 
 RESTART_FIRST, RESTART_MOST = 0.5, 30.0
 STOP_GRACE = 2.0
+LAST_WORDS = 1.0  # seconds an exited worker's standard error may take to reach its end
 
 
 class _Worker:
@@ -62,6 +65,7 @@ class _Worker:
         self.chan = chan
         self.writer: asyncio.StreamWriter | None = None
         self.reader_task: asyncio.Task[None] | None = None
+        self.stderr: asyncio.BaseTransport | None = None
         self.started = time.monotonic()
 
 
@@ -176,6 +180,7 @@ class RouterWorkers:
                 [*_dropped_privileges(self.user), sys.executable, "-m", "dynod.router.worker",
                  json.dumps(settings)],
                 stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,  # into the daemon's log: _watch
                 pass_fds=(ctl_child.fileno(), chan_child.fileno(), self._turns_fd),
                 env=_environment(),
                 start_new_session=True,  # a Ctrl-C reaches the daemon, which stops them
@@ -197,7 +202,13 @@ class RouterWorkers:
             self._log(str(line), app)
 
     async def _watch(self, slot: int, worker: _Worker) -> None:
-        """Feed the worker its table and sockets, relay its log lines; restart it if it dies."""
+        """Feed the worker its table and sockets, relay its log lines and what it prints;
+        restart it if it dies."""
+        assert worker.popen.stderr is not None
+        relay = StderrRelay(slot, self._said)
+        worker.stderr, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: relay, worker.popen.stderr
+        )
         reader, writer = await asyncio.open_connection(sock=worker.ctl)
         worker.writer = writer
         writer.write(table_frame(self._table))  # whole: it knows nothing yet
@@ -211,6 +222,9 @@ class RouterWorkers:
             with contextlib.suppress(ProcessLookupError):
                 worker.popen.kill()
         status = await _reap(worker.popen, STOP_GRACE)
+        # its last words before the line about its end (a process it left may hold the pipe)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(relay.ended), LAST_WORDS)
         await self._detach(worker)
         if self._closing or self._workers.get(slot) is not worker:
             return
@@ -220,17 +234,20 @@ class RouterWorkers:
         last = self._delays.get(slot, RESTART_FIRST / 2)
         delay = RESTART_FIRST if lived > RESTART_MOST else min(RESTART_MOST, 2 * last)
         self._delays[slot] = delay
-        text = (
+        self._said(
             f"warning: router worker {slot} exited with status {status} after {lived:.1f} s; "
-            f"starting it again in {delay:.1f} s (what it said is on the daemon's standard error)"
+            f"starting it again in {delay:.1f} s"
         )
+        await asyncio.sleep(delay)
+        if not self._closing and self._workers.get(slot) is worker:
+            self._spawn(slot)
+
+    def _said(self, text: str) -> None:
+        """A line for the daemon's log."""
         if self._say is not None:
             self._say(text)
         else:
             _logger.warning("%s", text)
-        await asyncio.sleep(delay)
-        if not self._closing and self._workers.get(slot) is worker:
-            self._spawn(slot)
 
     async def _detach(self, worker: _Worker) -> None:
         if worker.writer is not None:
@@ -238,6 +255,10 @@ class RouterWorkers:
         else:
             worker.ctl.close()
         worker.chan.close()
+        if worker.stderr is not None:
+            worker.stderr.close()
+        elif worker.popen.stderr is not None:  # stopped before its relay began
+            worker.popen.stderr.close()
 
     def pids(self) -> list[int]:
         return [w.popen.pid for w in self._workers.values()]

@@ -157,8 +157,10 @@ def test_workers_route_by_the_changes_pushed_and_a_new_one_gets_the_table_they_m
 
 
 def test_a_worker_sent_a_change_its_table_cannot_take_starts_again_with_the_whole() -> None:
+    said: list[str] = []
+
     async def main() -> None:
-        async with serve(echo_backend("web.1")) as port, workers(1) as (router, _):
+        async with serve(echo_backend("web.1")) as port, workers(1, said=said) as (router, _):
             backend = Backend("web.1", "127.0.0.1", port)
             (first,) = router.pids()
             router.update(RouteTable({"sushi": AppRoute(())}))
@@ -167,6 +169,9 @@ def test_a_worker_sent_a_change_its_table_cannot_take_starts_again_with_the_whol
             router.update(table, [DynoMoved("no-such-app", "web.1", backend)])  # astray
             await until(lambda: router.pids() and router.pids() != [first], "a new worker")
             await get_until_200(router.port)  # the new one routes by the whole table
+            # why it ended, from its standard error, before the line about its exit
+            assert said[0].startswith("router worker 0: a route change it cannot apply ("), said
+            assert said[1].startswith("warning: router worker 0 exited with status 0"), said
 
     run(main(), timeout=60)
 
