@@ -51,6 +51,7 @@ __all__ = ["AnyRouter", "RouterWorkers"]
 
 _logger = logging.getLogger(__name__)
 
+WORKER = "dynod.router.worker"  # the module a worker runs (`python -m`)
 RESTART_FIRST, RESTART_MOST = 0.5, 30.0
 STOP_GRACE = 2.0
 LAST_WORDS = 1.0  # seconds an exited worker's standard error may take to reach its end
@@ -177,7 +178,7 @@ class RouterWorkers:
         }
         try:
             popen = subprocess.Popen(
-                [*_dropped_privileges(self.user), sys.executable, "-m", "dynod.router.worker",
+                [*_dropped_privileges(self.user), sys.executable, "-m", WORKER,
                  json.dumps(settings)],
                 stdin=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,  # into the daemon's log: _watch
@@ -225,6 +226,7 @@ class RouterWorkers:
         # its last words before the line about its end (a process it left may hold the pipe)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(relay.ended), LAST_WORDS)
+        relay.finish()
         await self._detach(worker)
         if self._closing or self._workers.get(slot) is not worker:
             return

@@ -8,11 +8,14 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import psutil
+import pytest
 
+from dynod.router import workers as workers_module
 from dynod.router.routes import AppChanged, AppRoute, Backend, DynoMoved, RouteTable
 from dynod.router.workers import RouterWorkers
 from tests.unit.router.test_proxy import echo_backend, fetch, run, serve
@@ -134,6 +137,37 @@ def test_a_worker_that_dies_is_started_again_with_the_table() -> None:
             assert "starting it again in 0.5 s" in said[0]
 
     run(main(), timeout=60)
+
+
+def test_what_a_worker_printed_as_it_died_comes_before_the_line_about_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that prints and exits at once, leaving a process that holds the pipe: its
+    lines, the last one without a newline, are in the daemon's log before the line about its
+    exit, although the pipe's end comes later."""
+    monkeypatch.setattr(workers_module, "WORKER", "tests.unit.router.dying_worker")
+    said: list[str] = []
+
+    async def main() -> None:
+        async with workers(1, said=said):
+            await until(lambda: any(line.startswith("warning: ") for line in said), "its end")
+
+    run(main(), timeout=60)
+    deadline = time.monotonic() + TIMEOUT
+    while [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "dying-worker-child" in (p.info["cmdline"] or [])
+    ]:
+        assert time.monotonic() < deadline, "the dying worker's child is still there"
+        time.sleep(0.1)
+    assert said[:4] == [
+        "router worker 0: starting",
+        "router worker 0: Traceback (most recent call last):",
+        "router worker 0: ValueError: the reason it ended",
+        said[3],
+    ]
+    assert said[3].startswith("warning: router worker 0 exited with status 1 "), said
 
 
 def test_workers_route_by_the_changes_pushed_and_a_new_one_gets_the_table_they_made() -> None:
