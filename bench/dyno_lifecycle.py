@@ -71,6 +71,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from run_support import Interrupted, machine, signals_ignored, sigterm_as_interrupt
 
 from dynod.api.client import Client
+from dynod.claim import LOCK_DIR
 from dynod.errors import DynodError
 from dynod.kernel.mounts import directory_of
 from netns import mntns, namespace
@@ -169,8 +170,15 @@ def pick_ranges(prefixlen: int) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Ne
 
 
 # ---------------------------------------------------------------------------- leftovers
+def prefix_lock(prefix: str) -> str:
+    """The daemon's lock file for its prefix (dynod/claim.py): removed at its stop, left by
+    a SIGKILL."""
+    return os.path.join(LOCK_DIR, f"dynod-{prefix}.lock")
+
+
 def leftovers(prefix: str) -> dict[str, list[str]]:
-    """What `ip netns list`, `ip -o link` and `nft list tables` show with the prefix in it."""
+    """What `ip netns list`, `ip -o link` and `nft list tables` show with the prefix in it,
+    and the daemon's mounts and lock file."""
     with IPRoute() as ipr:
         link_names = [str(m.get_attr("IFLA_IFNAME") or "") for m in ipr.get_links()]
     try:
@@ -184,6 +192,7 @@ def leftovers(prefix: str) -> dict[str, list[str]]:
         "nft tables": tables,
         "mount template": mntns.mount_points(directory_of(prefix)),
         "hosts files' tmpfs": mntns.mounted_as(f"dynod-{prefix}"),  # netns/hosts.py in_memory
+        "lock file": [path for path in (prefix_lock(prefix),) if os.path.exists(path)],
     }
 
 
@@ -232,6 +241,8 @@ def sweep(prefix: str) -> None:
     for point in mntns.mounted_as(f"dynod-{prefix}"):  # its hosts files' tmpfs
         mntns.unmount(point)
     namespace.release_memory()  # its tmpfs on /run/netns, if it made one and it is empty
+    with contextlib.suppress(FileNotFoundError):  # the daemon is gone: no one holds it
+        os.unlink(prefix_lock(prefix))
 
 
 # ---------------------------------------------------------------------------- the floor
