@@ -181,7 +181,6 @@ class Kernel:
         output_path: str,
         stdio: DynoEnds | None,
     ) -> Launched:
-        network.new_namespaces_have_ipv6()  # read once, here in the host's namespace
         attachments.attach(self.machine, dyno, ipv6=how.ipv6)
         attached_at = time.perf_counter()
         if self.machine.nsids.stopped and not self.nsids_said:
