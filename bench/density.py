@@ -11,7 +11,11 @@ names and the space is sharded over N / --shard-ports bridges. Reported:
 * setup at dyno #1, #1,000 and #N: the daemon's own kernel part (`setup_ms`) and the whole
   API call, each as the median of the 20 dynos up to that one, and #1's of the first 20 (#1
   alone until the sixth round: single calls are noisy on a shared machine, and the first one
-  pays one-time costs); target: #N's kernel part at most 1.5x #1's;
+  pays one-time costs); target: #N's kernel part at most 1.5x #1's. Since the eighteenth round
+  those 20 are the last of 20 groups of 3 starts, each group after a random pause of 0.2-0.6 s
+  (PAUSE_S; before, the 20 ran back to back, in about 0.2 s); the medians of the 20
+  back-to-back starts beside each window (before it, after it for #1), when none of them is in
+  another window, are reported too;
 * the daemon's RSS, before the first dyno and with all N;
 * kernel memory per dyno: /proc/meminfo's Slab + KernelStack + PageTables + Percpu with all N
   running, less before, divided by N (and MemAvailable's drop per dyno, which includes the
@@ -19,8 +23,9 @@ names and the space is sharded over N / --shard-ports bridges. Reported:
 * `dynod ps` (the CLI, a new process, as a user types it) and GET /v1/dynos, the median of 3;
 * one DNS answer with an N-name registry: `1.worker.APP.app.localspace` asked from inside the
   last dyno's namespace, UDP, the median of 200 queries one after another;
-* what else the machine did during the first and the last window: how busy its CPUs were, and
-  the CPU the kernel's threads took, with the busiest one (MachineShare);
+* what else the machine did during the first and the last window (their groups, not their
+  pauses) and during the back-to-back starts beside them: how busy its CPUs were, and the CPU
+  the kernel's threads took, with the busiest one (MachineShare);
 * one sysfs mount in a new network namespace, with no dyno and with N: each dyno's /sys is one,
   and the kernel walks every sysfs superblock of the machine to make it (sysfs_mount_us);
 * how long stopping every dyno takes (`dynod stop --app APP`, one API call);
@@ -69,6 +74,19 @@ APP = "dense"
 COMMAND = "sleep 3600"
 WINDOW = 20  # dynos per reported setup figure
 MARKS = (1, 1000)  # and N
+# A reported window is 20 groups of GROUP starts back to back, each group after a random pause:
+# the last start of each group is timed. So its 20 timed starts sample 20 moments of the machine
+# spread over about 8 s, not one moment of 0.2 s (20 starts back to back): a host thread that
+# takes a CPU for a fraction of a second every half second (this VM's DAMON, `kdamond`) otherwise
+# lands on all 20 or none, and decides the window's median alone. Each timed start comes right
+# after other starts, as in a back-to-back run: what a start leaves the kernel and the daemon to
+# finish after it answers (workqueues, RCU, the dyno's own exec) meets the next one, and the CPUs
+# idle during the pause are woken by the first starts, not the timed one. Random, not fixed: a
+# fixed pause near a multiple of such a thread's period would meet it at the same phase every
+# time. The 20 starts before each window (after it, for #1) run back to back as all the others
+# do, and are reported beside it.
+PAUSE_S = (0.2, 0.6)
+GROUP = 3  # starts after each pause; the last of them is timed
 DNS_QUERIES = 200
 # At most: its init shell (pid 1 of its pid namespace), sleep, and the `sh -c` of a command that is
 # not one plain program (`sleep 3600` takes its shell's place: processes.in_place, so 2 here)
@@ -129,6 +147,35 @@ def median_window(values: list[float], upto: int) -> float:
     return statistics.median(chunk) if chunk else float("nan")
 
 
+def window_range(mark: int) -> range:
+    """The WINDOW dyno numbers (1-based) ending at #mark, the first WINDOW for an earlier one:
+    #1 -> 1-20, #1000 -> 981-1000 (median_window's)."""
+    start = max(1, mark - WINDOW + 1)
+    return range(start, max(mark, start + WINDOW - 1) + 1)
+
+
+def paced_range(mark: int) -> range:
+    """The dyno numbers of the paced window reported at #mark: WINDOW groups of GROUP starts
+    ending at #mark, the first ones for an earlier one (#1 -> 1-60, #4000 -> 3941-4000); each
+    group's first start comes after a pause, its last is timed (PAUSE_S)."""
+    start = max(1, mark - GROUP * WINDOW + 1)
+    return range(start, start + GROUP * WINDOW)
+
+
+def back_to_back_range(mark: int, paced: set[int], reached: int) -> range:
+    """The WINDOW starts beside the paced window at #mark that ran back to back, none paused:
+    those just before it, or just after it for the first window; empty if they overlap a paced
+    window or were not all reached."""
+    window = paced_range(mark)
+    if window.start > WINDOW:
+        beside = range(window.start - WINDOW, window.start)
+    else:
+        beside = range(window.stop, window.stop + WINDOW)
+    if beside.stop - 1 > reached or paced.intersection(beside):
+        return range(0)
+    return beside
+
+
 def cpu_ticks() -> tuple[int, int]:
     """/proc/stat's first line: all the CPUs' ticks (user to steal: guest time is in user
     already), and their idle and iowait ones; steal counts as busy."""
@@ -154,31 +201,54 @@ def kernel_thread_ticks(pids: list[int] | None = None) -> dict[int, tuple[str, i
 
 
 class MachineShare:
-    """What else the machine did while a window of starts ran: how busy its CPUs were, and the
+    """What else the machine did while a window's starts ran: how busy its CPUs were, and the
     CPU the kernel's own threads took (kworkers, ksoftirqd, and on some VMs kdamond: DAMON's
     page sampling walks every mapping of a sampled page, so with a shared library mapped by
     every dyno's processes it grows with the dynos). The starts share the CPUs with them: on
     2 vCPUs a back-to-back run keeps them 70-99 % busy (bench/README.md, "Fifteenth round").
-    The kernel threads are those found before the first dyno (`kernel_threads`): listing them
-    again among thousands of processes would take longer than a window, on its CPUs."""
+    It adds up the spans from each begin() to the next end(): a paced window's groups, not
+    its pauses. The kernel threads are those found before the first dyno (`kernel_threads`):
+    listing them again among thousands of processes would take longer than a window."""
 
     def __init__(self, kernel_threads: list[int]) -> None:
-        self.threads = kernel_thread_ticks(kernel_threads)
-        self.began = time.monotonic()
-        self.cpu = cpu_ticks()
+        self.kernel_threads = kernel_threads
+        self.seconds = 0.0
+        self.spent = self.idle = 0  # all CPUs' ticks, and their idle ones
+        self.used: dict[int, int] = {}  # ticks by kernel thread
+        self.names: dict[int, str] = {}
+        self._began: tuple[float, tuple[int, int], dict[int, tuple[str, int]]] | None = None
 
-    def ended(self) -> dict[str, Any]:
-        seconds = time.monotonic() - self.began
-        total, idle = cpu_ticks()
-        now = kernel_thread_ticks(list(self.threads))
+    def begin(self) -> None:
+        threads = kernel_thread_ticks(self.kernel_threads)
+        self._began = (time.monotonic(), cpu_ticks(), threads)
+
+    def end(self) -> None:
+        assert self._began is not None
+        began, (total, idle), threads = self._began
+        self.seconds += time.monotonic() - began
+        now_total, now_idle = cpu_ticks()
+        self.spent += now_total - total
+        self.idle += now_idle - idle
+        for pid, (name, ticks) in kernel_thread_ticks(list(threads)).items():
+            self.used[pid] = self.used.get(pid, 0) + ticks - threads[pid][1]
+            self.names[pid] = name
+        self._began = None
+
+    def close(self) -> None:
+        """Ends a span still open (a window the budget cut short)."""
+        if self._began is not None:
+            self.end()
+
+    def result(self) -> dict[str, Any]:
         hz = os.sysconf("SC_CLK_TCK")
-        used: dict[str, float] = {}  # by name (the same name twice is summed)
-        for pid, (name, ticks) in now.items():
-            used[name] = used.get(name, 0.0) + (ticks - self.threads[pid][1]) / hz / seconds
+        used: dict[str, float] = {}  # CPUs by name (the same name twice is summed)
+        for pid, ticks in self.used.items():
+            share = ticks / hz / self.seconds if self.seconds else 0.0
+            used[self.names[pid]] = used.get(self.names[pid], 0.0) + share
         top = max(used, key=lambda name: used[name], default="")
-        spent = total - self.cpu[0]
         return {
-            "cpus_busy": 1 - (idle - self.cpu[1]) / spent if spent else 0.0,
+            "seconds": self.seconds,
+            "cpus_busy": 1 - self.idle / self.spent if self.spent else 0.0,
             "kernel_threads_cpus": sum(used.values()),
             "busiest_kernel_thread": [top, used.get(top, 0.0)],
         }
@@ -288,23 +358,46 @@ def measure(n: int, shard_ports: int, budget: float, quiet: bool) -> dict[str, A
         deadline = time.monotonic() + budget
         body = {"type": "worker", "command": COMMAND, "cwd": "/", "env": {}, "detach": True}
         machine_during: dict[str, Any] = {}
-        watching: dict[int, MachineShare] = {}  # by the last dyno of its window
-        ends = {min(WINDOW, n), n}  # the first window's, and the last's
+        # #1,000's window is not paced where #N's overlaps it (N up to 1,059): their groups would
+        # not line up; nor are #1's and #N's apart below 120 dynos (a quick run's)
+        planned = [
+            mark
+            for mark in dict.fromkeys((*MARKS, n))
+            if mark <= n and (mark in (1, n) or paced_range(mark).stop <= paced_range(n).start)
+        ]
+        paced = {number for mark in planned for number in paced_range(mark) if number <= n}
+        pause_before = {number for mark in planned for number in paced_range(mark)[0::GROUP]}
+        # what else the machine did during the first and the last window (their groups, not their
+        # pauses), and during the back-to-back starts beside each: by label, the dynos whose
+        # start begins a span, and those whose start ends one
+        watch: dict[str, tuple[set[int], set[int]]] = {}
+        for mark in dict.fromkeys((1, n)):
+            window = paced_range(mark)
+            label = f"#{window.start}-#{min(window[-1], n)} (its groups)"
+            timed = set(window[GROUP - 1 :: GROUP]) | ({n} & set(window))
+            watch[label] = (set(window[0::GROUP]), timed)
+            beside = back_to_back_range(mark, paced, n)
+            if beside:
+                watch[f"#{beside.start}-#{beside[-1]} back to back"] = ({beside[0]}, {beside[-1]})
         kernel_threads = list(kernel_thread_ticks())
+        shares = {label: MachineShare(kernel_threads) for label in watch}
         for number in range(1, n + 1):
             if time.monotonic() > deadline:
                 problems.append(f"budget of {budget:g} s reached at {number - 1} dynos")
                 break
-            for end in ends:
-                if number == max(1, end - WINDOW + 1):
-                    watching[end] = MachineShare(kernel_threads)
+            if number in pause_before:
+                time.sleep(random.uniform(*PAUSE_S))
+            for label, (firsts, _) in watch.items():
+                if number in firsts:
+                    shares[label].begin()
             began = time.perf_counter()
             answer = daemon.client.call("POST", f"/v1/apps/{APP}/dynos", body)
             api_setup.append(ms_since(began))
             kernel_setup.append(float(answer["setup_ms"]))
             started.append(answer)
-            if number in watching:
-                machine_during[f"#{number}"] = watching.pop(number).ended()
+            for label, (_, lasts) in watch.items():
+                if number in lasts:
+                    shares[label].end()
             if not quiet and number % 250 == 0:
                 print(
                     f"{number} dynos, last 20: kernel {median_window(kernel_setup, number):.1f} "
@@ -314,22 +407,27 @@ def measure(n: int, shard_ports: int, budget: float, quiet: bool) -> dict[str, A
                 )
         reached = len(started)
         out["n"] = reached
-        for end, share in watching.items():  # cut short by the budget: up to the last reached
-            label = f"#{reached}" if end == n else f"#{reached} (the first window)"
-            machine_during[label] = share.ended()
-        marks = [m for m in (*MARKS, reached) if m <= reached]
+        for label, share in shares.items():
+            share.close()  # a span the budget cut short: up to the last start
+            if share.seconds:
+                machine_during[label] = share.result()
+        marks = [m for m in dict.fromkeys((*MARKS, reached)) if m <= reached]
         out["setup_ms"] = {
-            f"#{m}": {
-                "kernel": median_window(kernel_setup, m),
-                "api": median_window(api_setup, m),
-            }
-            for m in dict.fromkeys(marks)
+            f"#{m}": setup_figure(kernel_setup, api_setup, m, paced, (reached, n)) for m in marks
         }
-        first = out["setup_ms"]["#1"]["kernel"]
-        last = out["setup_ms"][f"#{reached}"]["kernel"]
-        out["setup_ratio_last_to_first"] = last / first
-        out["verdict"] = "PASS" if last / first <= SETUP_TARGET else "OVER"
-        out["series_ms"] = {"kernel": kernel_setup, "api": api_setup}
+        first, last = out["setup_ms"]["#1"], out["setup_ms"][f"#{reached}"]
+        out["setup_ratio_last_to_first"] = last["kernel"] / first["kernel"]
+        if not (first["paced"] and last["paced"]):
+            out["verdict"] = f"not comparable: the window at #{reached} was not paced (cut short)"
+        elif out["setup_ratio_last_to_first"] <= SETUP_TARGET:
+            out["verdict"] = "PASS"
+        else:
+            out["verdict"] = "OVER"
+        out["setup_ms_back_to_back"] = back_to_back(kernel_setup, api_setup, marks, paced, reached)
+        b2b_first, b2b_last = (out["setup_ms_back_to_back"].get(f"#{m}") for m in (1, reached))
+        if b2b_first and b2b_last and b2b_first["dynos"] != b2b_last["dynos"]:
+            out["back_to_back_ratio_last_to_first"] = b2b_last["kernel"] / b2b_first["kernel"]
+        out["series_ms"] = {"kernel": kernel_setup, "api": api_setup, "paced": sorted(paced)}
         out["machine_during"] = machine_during
         time.sleep(2)  # the last dynos' processes settle
         sysfs[f"#{reached}"] = sysfs_mount_us()
@@ -385,11 +483,54 @@ def measure(n: int, shard_ports: int, budget: float, quiet: bool) -> dict[str, A
     return out
 
 
+def setup_figure(
+    kernel: list[float], api: list[float], mark: int, paced: set[int], ends: tuple[int, int]
+) -> dict[str, Any]:
+    """The medians reported at dyno #mark: of the timed starts of its paced window (the last of
+    each group; dyno #1 alone if -n is 1); of the WINDOW back-to-back starts up to it if that
+    window was not paced all through (the budget cut the run short). ends: (reached, n)."""
+    reached, n = ends
+    window = paced_range(mark)
+    upto = [number for number in window if number <= reached]
+    if upto and paced.issuperset(upto) and (window[-1] <= reached or reached == n):
+        timed = [number for number in window[GROUP - 1 :: GROUP] if number <= reached] or upto
+        return {
+            "kernel": statistics.median(kernel[number - 1] for number in timed),
+            "api": statistics.median(api[number - 1] for number in timed),
+            "dynos": f"#{upto[0]}-#{upto[-1]}, the last start of each group of {GROUP}, each "
+            f"group after a pause of {PAUSE_S[0]:g}-{PAUSE_S[1]:g} s",
+            "paced": True,
+        }
+    window = window_range(mark)
+    return {
+        "kernel": median_window(kernel, mark),
+        "api": median_window(api, mark),
+        "dynos": f"#{window.start}-#{min(window[-1], reached)}, back to back",
+        "paced": False,
+    }
+
+
+def back_to_back(
+    kernel: list[float], api: list[float], marks: list[int], paced: set[int], reached: int
+) -> dict[str, dict[str, Any]]:
+    """The medians of the back-to-back starts beside each reported window, by its mark."""
+    found: dict[str, dict[str, Any]] = {}
+    for mark in dict.fromkeys(marks):
+        beside = back_to_back_range(mark, paced, reached)
+        if beside:
+            cut = slice(beside.start - 1, beside.stop - 1)
+            found[f"#{mark}"] = {
+                "dynos": f"#{beside.start}-#{beside.stop - 1}",
+                "kernel": statistics.median(kernel[cut]),
+                "api": statistics.median(api[cut]),
+            }
+    return found
+
+
 def window_of(mark: str) -> str:
     """The dynos a reported median is of: #1 -> "#1-#20", #1000 -> "#981-#1000"."""
-    upto = int(mark.lstrip("#"))
-    start = max(1, upto - WINDOW + 1)
-    return f"#{start}-#{max(upto, start + WINDOW - 1)}"
+    window = window_range(int(mark.lstrip("#")))
+    return f"#{window.start}-#{window.stop - 1}"
 
 
 def table(out: dict[str, Any]) -> str:
@@ -397,7 +538,17 @@ def table(out: dict[str, Any]) -> str:
     for mark, value in out.get("setup_ms", {}).items():
         lines.append(
             f"  setup at dyno {mark:>6}: kernel {value['kernel']:6.2f} ms, "
-            f"API {value['api']:6.2f} ms (median of {WINDOW}: {window_of(mark)})"
+            f"API {value['api']:6.2f} ms (median of {value['dynos']})"
+        )
+    for mark, value in out.get("setup_ms_back_to_back", {}).items():
+        lines.append(
+            f"  beside dyno {mark:>6}: kernel {value['kernel']:6.2f} ms, "
+            f"API {value['api']:6.2f} ms (median of {WINDOW} back to back: {value['dynos']})"
+        )
+    if "back_to_back_ratio_last_to_first" in out:
+        lines.append(
+            "  back to back, last / first kernel part: "
+            f"{out['back_to_back_ratio_last_to_first']:.2f}x"
         )
     if "setup_ratio_last_to_first" in out:
         lines.append(
@@ -407,7 +558,7 @@ def table(out: dict[str, Any]) -> str:
     for mark, during in out.get("machine_during", {}).items():
         top, share = during["busiest_kernel_thread"]
         lines.append(
-            f"  the machine during the window up to {mark}: CPUs {during['cpus_busy']:.0%} busy, "
+            f"  the machine during {mark}: CPUs {during['cpus_busy']:.0%} busy, "
             f"kernel threads {during['kernel_threads_cpus']:.2f} CPU (most: {top} {share:.2f})"
         )
     if "sysfs_mount_us" in out:
