@@ -176,12 +176,25 @@ def back_to_back_range(mark: int, paced: set[int], reached: int) -> range:
     return beside
 
 
-def cpu_ticks() -> tuple[int, int]:
+def cpu_ticks() -> tuple[int, int, int]:
     """/proc/stat's first line: all the CPUs' ticks (user to steal: guest time is in user
-    already), and their idle and iowait ones; steal counts as busy."""
+    already), their idle and iowait ones, and their steal (the hypervisor ran something else:
+    busy for the guest)."""
     with open("/proc/stat") as f:
         fields = [int(v) for v in f.readline().split()[1:9]]
-    return sum(fields), fields[3] + fields[4]
+    return sum(fields), fields[3] + fields[4], fields[7]
+
+
+def process_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """Each named process's CPU time (user + system, its threads'; 0 once it is gone)."""
+    found = {}
+    for name, pid in pids.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+            found[name] = times.user + times.system
+        except psutil.Error:
+            found[name] = 0.0
+    return found
 
 
 def kernel_thread_ticks(pids: list[int] | None = None) -> dict[int, tuple[str, int]]:
@@ -208,27 +221,36 @@ class MachineShare:
     2 vCPUs a back-to-back run keeps them 70-99 % busy (bench/README.md, "Fifteenth round").
     It adds up the spans from each begin() to the next end(): a paced window's groups, not
     its pauses. The kernel threads are those found before the first dyno (`kernel_threads`):
-    listing them again among thousands of processes would take longer than a window."""
+    listing them again among thousands of processes would take longer than a window. Beside
+    them: the CPU of the named `processes` (the daemon, the bench), the hypervisor's steal, and
+    the rest (every other process: the dynos' start-up chains, anything else running)."""
 
-    def __init__(self, kernel_threads: list[int]) -> None:
+    def __init__(self, kernel_threads: list[int], processes: dict[str, int]) -> None:
         self.kernel_threads = kernel_threads
+        self.processes = processes
         self.seconds = 0.0
-        self.spent = self.idle = 0  # all CPUs' ticks, and their idle ones
+        self.spent = self.idle = self.steal = 0  # all CPUs' ticks: all, idle, stolen
         self.used: dict[int, int] = {}  # ticks by kernel thread
         self.names: dict[int, str] = {}
-        self._began: tuple[float, tuple[int, int], dict[int, tuple[str, int]]] | None = None
+        self.process_seconds: dict[str, float] = dict.fromkeys(processes, 0.0)
+        self._began: tuple[float, tuple[int, int, int], dict[int, tuple[str, int]]] | None = None
+        self._began_processes: dict[str, float] = {}
 
     def begin(self) -> None:
         threads = kernel_thread_ticks(self.kernel_threads)
+        self._began_processes = process_seconds(self.processes)
         self._began = (time.monotonic(), cpu_ticks(), threads)
 
     def end(self) -> None:
         assert self._began is not None
-        began, (total, idle), threads = self._began
+        began, (total, idle, steal), threads = self._began
         self.seconds += time.monotonic() - began
-        now_total, now_idle = cpu_ticks()
+        now_total, now_idle, now_steal = cpu_ticks()
         self.spent += now_total - total
         self.idle += now_idle - idle
+        self.steal += now_steal - steal
+        for name, seconds in process_seconds(self.processes).items():
+            self.process_seconds[name] += max(0.0, seconds - self._began_processes[name])
         for pid, (name, ticks) in kernel_thread_ticks(list(threads)).items():
             self.used[pid] = self.used.get(pid, 0) + ticks - threads[pid][1]
             self.names[pid] = name
@@ -246,11 +268,18 @@ class MachineShare:
             share = ticks / hz / self.seconds if self.seconds else 0.0
             used[self.names[pid]] = used.get(self.names[pid], 0.0) + share
         top = max(used, key=lambda name: used[name], default="")
+        wall = self.seconds or float("inf")
+        busy = (self.spent - self.idle) / hz / wall  # CPUs, steal included
+        processes = {name: used_s / wall for name, used_s in self.process_seconds.items()}
+        steal = self.steal / hz / wall
         return {
             "seconds": self.seconds,
             "cpus_busy": 1 - self.idle / self.spent if self.spent else 0.0,
             "kernel_threads_cpus": sum(used.values()),
             "busiest_kernel_thread": [top, used.get(top, 0.0)],
+            **{f"{name}_cpus": share for name, share in processes.items()},
+            "steal_cpus": steal,
+            "rest_cpus": max(0.0, busy - sum(used.values()) - sum(processes.values()) - steal),
         }
 
 
@@ -380,7 +409,8 @@ def measure(n: int, shard_ports: int, budget: float, quiet: bool) -> dict[str, A
             if beside:
                 watch[f"#{beside.start}-#{beside[-1]} back to back"] = ({beside[0]}, {beside[-1]})
         kernel_threads = list(kernel_thread_ticks())
-        shares = {label: MachineShare(kernel_threads) for label in watch}
+        measured = {"daemon": daemon.process.pid, "bench": os.getpid()}
+        shares = {label: MachineShare(kernel_threads, measured) for label in watch}
         for number in range(1, n + 1):
             if time.monotonic() > deadline:
                 problems.append(f"budget of {budget:g} s reached at {number - 1} dynos")
@@ -559,7 +589,9 @@ def table(out: dict[str, Any]) -> str:
         top, share = during["busiest_kernel_thread"]
         lines.append(
             f"  the machine during {mark}: CPUs {during['cpus_busy']:.0%} busy, "
-            f"kernel threads {during['kernel_threads_cpus']:.2f} CPU (most: {top} {share:.2f})"
+            f"kernel threads {during['kernel_threads_cpus']:.2f} CPU (most: {top} {share:.2f}), "
+            f"daemon {during['daemon_cpus']:.2f}, bench {during['bench_cpus']:.2f}, "
+            f"steal {during['steal_cpus']:.2f}, the rest {during['rest_cpus']:.2f}"
         )
     if "sysfs_mount_us" in out:
         shown = ", ".join(f"{us:.0f} us at {m}" for m, us in out["sysfs_mount_us"].items())
