@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from dynod.logs.book import TokenBucket
 
 BURST = 50  # lines said at once: a whole traceback
 PER_SECOND = 1.0  # lines said a second after a burst
@@ -38,8 +39,7 @@ class StderrRelay(asyncio.Protocol):
         self._pipe: Any = None
         self._partial = b""
         self._cutting = False  # the rest of a line too long to keep, until its end
-        self._tokens = float(BURST)
-        self._refilled = time.monotonic()
+        self.bucket = TokenBucket(PER_SECOND, BURST)
         self._left_out = 0
         self._tail: deque[bytes] = deque(maxlen=TAIL)
 
@@ -47,8 +47,8 @@ class StderrRelay(asyncio.Protocol):
         self._pipe = transport.get_extra_info("pipe")
 
     def data_received(self, data: bytes) -> None:
-        self._refill()
-        if self._tokens < 1 and not self._cutting and b"\n" in data:
+        self.bucket.refill()
+        if self.bucket.tokens < 1 and not self._cutting and b"\n" in data:
             self._flooded(data)
             return
         *lines, rest = (self._partial + data).split(b"\n")
@@ -89,11 +89,6 @@ class StderrRelay(asyncio.Protocol):
         self.eof_received()
         self._say_left_out(last=True)
 
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(BURST, self._tokens + (now - self._refilled) * PER_SECOND)
-        self._refilled = now
-
     def _flooded(self, data: bytes) -> None:
         """No line may be said now: this chunk's lines are counted at once, its last kept."""
         # the first of these lines began in _partial; of more than TAIL, the first part is all
@@ -110,9 +105,9 @@ class StderrRelay(asyncio.Protocol):
 
     def _lines(self, lines: list[bytes]) -> None:
         """As many as the bucket allows; the rest counted, and the last of them kept."""
-        self._refill()
-        kept = lines[: max(0, int(self._tokens))]
-        self._tokens -= len(kept)
+        self.bucket.refill()
+        kept = lines[: max(0, int(self.bucket.tokens))]
+        self.bucket.tokens -= len(kept)
         for raw in kept:
             self._say_left_out()
             self._say_line(raw)

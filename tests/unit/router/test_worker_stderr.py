@@ -56,7 +56,7 @@ def test_lines_left_out_are_counted_and_the_next_one_said(monkeypatch: pytest.Mo
         relay = worker_stderr.StderrRelay(1, said.append)
         relay.data_received(b"a\nb\nc\nd\n")  # two said, two left out
         relay.data_received(b"e\n" * 30 + b"partial")  # counted at once, while none may go
-        monkeypatch.setattr(worker_stderr, "PER_SECOND", 1e6)  # the bucket is full again
+        relay.bucket.rate = 1e6  # the bucket is full again
         relay.data_received(b" end\nnext\n")
         relay.finish()
 
